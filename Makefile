@@ -1,0 +1,31 @@
+# `make demo` and `make test` each create .venv if missing, install the exact pins, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q pip==25.3
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dasd demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-all: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ''
+
+bench: setup
+	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .cache

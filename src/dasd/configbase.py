@@ -1,0 +1,13 @@
+"""Base class of every config model: unknown keys and wrong types are errors at load time."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that rejects unknown keys and validates on assignment.
+
+    Every stage's config derives from this, documents each field in its docstring or
+    `Field(description=...)`, and checks cross-field rules in a `model_validator`.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -1,0 +1,111 @@
+"""The engine protocol: what every backend (hf, openai, vllm) does, and the records it returns.
+
+Two calls:
+- ``generate(requests)``: sample ``n`` continuations for each request, from chat messages (the
+  engine applies its own tokenizer's chat template with the generation prompt) or from a raw text
+  ``prefix`` (used as given: for mixed-policy continuation, the caller has already templated it).
+- ``score(requests)``: teacher-forced per-token log-probs of a given ``continuation`` after a context.
+
+Log-probs are always those of the *untempered* model (log-softmax of the raw logits, temperature 1,
+no top-p), whatever temperature was used to sample: ``logprob_mode == "raw"``. A backend that can
+only return processed log-probs says ``"processed"`` so that downstream stages can re-score.
+
+Offsets are character spans ``(start, end)`` into the returned ``text`` (generate) or the
+``continuation`` (score). A token that covers only part of a multi-byte character (byte-level BPE)
+is mapped to the character it starts in; see ``engines.offsets`` for the exact rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class GenerateRequest:
+    """One prompt to sample from. Exactly one of ``messages`` or ``prefix`` is set."""
+
+    id: str
+    messages: Messages | None = None
+    prefix: str | None = None
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prefix is None):
+            raise ValueError(f"request {self.id!r}: set exactly one of messages or prefix")
+        if self.n < 1 or self.max_tokens < 1:
+            raise ValueError(f"request {self.id!r}: n and max_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"request {self.id!r}: temperature >= 0 and 0 < top_p <= 1 required")
+
+
+@dataclass
+class Generation:
+    """One sampled continuation. ``index`` is its position among the request's ``n`` samples."""
+
+    request_id: str
+    index: int
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    offsets: list[tuple[int, int]]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (end of turn / eos) or "length" (hit max_tokens)
+    logprob_mode: str = "raw"
+    prompt_tokens: int = 0
+
+
+@dataclass
+class ScoreRequest:
+    """Teacher-forced scoring of ``continuation`` after a context (``messages`` or ``prefix``).
+
+    If ``continuation_ids`` is given, exactly those token ids are scored (e.g. the ids a model
+    sampled); otherwise the engine's tokenizer encodes ``continuation`` on its own, separately
+    from the context, so that every token lies inside the continuation's characters.
+    """
+
+    id: str
+    continuation: str
+    messages: Messages | None = None
+    prefix: str | None = None
+    continuation_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prefix is None):
+            raise ValueError(f"request {self.id!r}: set exactly one of messages or prefix")
+
+
+@dataclass
+class ScoreResult:
+    request_id: str
+    tokens: list[str]
+    token_ids: list[int]
+    offsets: list[tuple[int, int]]
+    logprobs: list[float]
+    logprob_mode: str = "raw"
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What stages call. Implementations: ``hf`` (transformers), ``openai``, ``vllm``."""
+
+    name: str  # model name or path, recorded in every Sample
+
+    def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
+        """Per request, its ``n`` generations in index order."""
+        ...
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Per request, teacher-forced log-probs of its continuation."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of this model's tokens in ``text`` (no special tokens added)."""
+        ...

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with code 2."""
+
+
+class DasdError(Exception):
+    """A user-facing error: bad config, bad input file, bad run directory.
+
+    The message must say what is wrong and where (file, line, field) and, when possible,
+    what is allowed instead.
+    """
+
+
+class ConfigError(DasdError):
+    """A config file or override is invalid."""
+
+
+class InputError(DasdError):
+    """An input file cannot be read at all (missing, unreadable, wrong format)."""

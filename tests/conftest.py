@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny real models and tokenizers built on the fly (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+SAMPLE_CORPUS = [
+    "Compute 3 + 4 then times 2. 3 + 4 = 7. 7 * 2 = 14. The answer is \\boxed{14}.",
+    "<think>\nStart with 5. 5 - 2 = 3.\n</think>\nSo \\boxed{3}.",
+    "Caf\u00e9 na\u00efve r\u00e9sum\u00e9, \u65e5\u672c\u8a9e\u306e\u6587, emoji \U0001f600\U0001f389, $\\frac{1}{2}$ and \\[x^2\\].",
+    "Let me think step by step. First, note that 12 / 4 = 3. Then 3 + 9 = 12.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A random tiny Llama with a small byte-level BPE tokenizer (vocab ~300), saved to disk."""
+    from dasd.toy.model import make_model, save_model
+    from dasd.toy.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    tok = build_tokenizer(SAMPLE_CORPUS * 20, vocab_size=300)
+    model = make_model(tok, hidden=32, layers=2, heads=2, seed=0)
+    save_model(model, tok, str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir_other_vocab(tmp_path_factory):
+    """A second tiny Llama whose tokenizer has a different vocabulary (vocab ~400)."""
+    from dasd.toy.model import make_model, save_model
+    from dasd.toy.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_lm_other")
+    tok = build_tokenizer(list(reversed(SAMPLE_CORPUS)) * 30, vocab_size=400)
+    model = make_model(tok, hidden=48, layers=2, heads=2, seed=1)
+    save_model(model, tok, str(out))
+    return str(out)
