@@ -1,0 +1,188 @@
+"""The `dasd` command: one verb per pipeline stage, plus run, demo, report and toy.
+
+Every verb takes ``--config FILE`` (YAML) and dotted ``KEY=VALUE`` overrides::
+
+    dasd sample --config configs/demo.yaml sample.k=2
+    dasd run configs/demo.yaml
+    dasd demo
+
+Errors a user can fix (bad config, bad input, bad run directory, unknown verb) print one line and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from dasd.errors import DasdError
+
+app = typer.Typer(
+    help="Distribution-Aligned Sequence Distillation: sample, filter, score, select, train, mix, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+toy_app = typer.Typer(help="The built-in toy world (task, tiny teacher and student).", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+export_app = typer.Typer(help="Export selected data for other trainers.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults apply when omitted).")
+OverridesArg = typer.Argument(None, help="Dotted overrides KEY=VALUE, e.g. sample.k=2 teacher.batch_size=8.")
+
+
+def _load(config: Optional[Path], overrides: Optional[list[str]]):
+    from dasd.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _not_yet(verb: str, issue: str) -> None:
+    raise DasdError(f"`dasd {verb}` is not implemented yet (planned in the issue '{issue}')")
+
+
+@app.command()
+def sample(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Sample k teacher responses per prompt at each temperature of the schedule (one pool each)."""
+    from dasd.stages.sample import run_sample
+
+    run_sample(_load(config, overrides))
+
+
+@app.command(name="import")
+def import_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Bring existing teacher responses into a run (released DASD layout or chat JSONL)."""
+    _not_yet("import", "Teacher sampling on a temperature schedule, imports, and the filters")
+
+
+@app.command(name="filter")
+def filter_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Normalise delimiters and drop bad teacher responses; prints the funnel per pool."""
+    _not_yet("filter", "Teacher sampling on a temperature schedule, imports, and the filters")
+
+
+@app.command()
+def score(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Student teacher-forced log-probs and per-sentence teacher/student scores of kept responses."""
+    _not_yet("score", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+
+
+@app.command()
+def select(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Keep m of k candidates per prompt and pool, by DAS or by random sampling."""
+    _not_yet("select", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+
+
+@app.command()
+def train(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Staged SFT: stage 1 (low temperature), stage 2 (high temperature), stage 3 (mixed policy)."""
+    _not_yet("train", "Staged SFT training")
+
+
+@app.command()
+def mix(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Mixed-policy data: student prefixes that were cut off, continued by the teacher."""
+    _not_yet("mix", "Mixed-policy distillation")
+
+
+@app.command(name="eval")
+def eval_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Generate k samples per benchmark problem with a recorded protocol, grade, and summarise."""
+    _not_yet("eval", "Evaluation")
+
+
+@app.command()
+def grade(
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL (Prompt records with answers/tests)."),
+    responses: Path = typer.Option(..., "--responses", help="Responses JSONL: {problem_id, text} per line."),
+    out: Path = typer.Option(..., "--out", help="Where to write one result per response (JSONL)."),
+) -> None:
+    """Grade given responses without a model; prints a summary table."""
+    _not_yet("grade", "Evaluation")
+
+
+@app.command()
+def analyze(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Sentence-type diagnosis (Teacher/Student/Shared/Boosted) of the distilled model's responses."""
+    _not_yet("analyze", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Write a self-contained HTML report of a run."""
+    from dasd.store import RunStore
+
+    RunStore.open(run_dir)
+    _not_yet("report", "One command for the whole pipeline, the demo, the HTML report")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML config of the run."),
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Run every stage in order in one run directory; finished stages are skipped, partial ones resumed."""
+    from dasd.pipeline import run_pipeline
+
+    run_pipeline(_load(config, overrides))
+
+
+@app.command()
+def demo(overrides: Optional[list[str]] = OverridesArg) -> None:
+    """The whole pipeline on the toy world (configs/demo.yaml), on CPU, in minutes."""
+    from dasd.pipeline import demo_config_path, run_pipeline
+
+    run_pipeline(_load(demo_config_path(), overrides))
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Path = typer.Option(None, "--out", help="Where to write the models (default: the toy cache)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Deterministically build the toy teacher and student base (ordinary transformers format)."""
+    from dasd.toy.build import build_toy_world, default_toy_dir
+
+    paths = build_toy_world(out or default_toy_dir(), seed=seed)
+    for role, path in paths.items():
+        typer.echo(f"{role}: {path}")
+
+
+@export_app.command("llamafactory")
+def export_llamafactory(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs."""
+    _not_yet("export llamafactory", "Staged SFT training")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dasd` console script. Returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="dasd", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except DasdError as e:
+        lines = str(e).splitlines() or [type(e).__name__]
+        for line in lines:
+            print(f"dasd: error: {line}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("dasd: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        print(f"dasd: error: {e.format_message()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dasd: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Run configuration: one YAML file, validated at load into pydantic models, plus dotted overrides.
+
+    dasd sample --config configs/demo.yaml sample.k=2 teacher.batch_size=8
+
+An unknown key or a bad value is a ``ConfigError`` naming the key, the file and what is allowed;
+the CLI prints it as one line and exits with code 2. Each section is documented field by field in
+the module that uses it; ``docs/config.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from dasd.configbase import StrictModel
+from dasd.engines.config import EngineConfig
+from dasd.errors import ConfigError
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+class ToyDataConfig(StrictModel):
+    """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
+
+    n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
+    n_test: int = Field(50, ge=1, description="held-out evaluation problems")
+    seed: int = Field(0, description="seed of the problem generator")
+
+
+class DataConfig(StrictModel):
+    """Where the prompts come from."""
+
+    prompts: str = Field(
+        "toy",
+        description="'toy' (generate toy-world problems), or a path: JSONL/Parquet with `messages` or "
+        "`prompt` per record, or a local Hugging Face `datasets` folder (save_to_disk)",
+    )
+    system_prompt: str | None = Field(
+        DEFAULT_SYSTEM_PROMPT,
+        description="added as the system turn to prompts that have none (the paper's); null = none",
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first N valid prompts")
+    toy: ToyDataConfig = Field(default_factory=ToyDataConfig)
+
+
+class SampleConfig(StrictModel):
+    """Teacher sampling on a temperature schedule (PAPER.md section 1)."""
+
+    temperatures: list[float] = Field([0.6, 1.0], min_length=1, description="one pool per temperature")
+    k: int = Field(4, ge=1, description="candidate responses per prompt per temperature")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
+    seed: int = Field(0, description="base seed; each (prompt, temperature) derives its own")
+    batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("temperatures must be distinct")
+        return v
+
+
+class RunConfig(StrictModel):
+    """A whole pipeline run. Sections are documented in the modules that use them."""
+
+    run_dir: str = Field("runs/default", description="where every stage writes")
+    seed: int = Field(0, description="global seed")
+    teacher: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:teacher"))
+    student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_models(cls, data):
+        """A teacher/student section without `model` means the toy world's model."""
+        if isinstance(data, dict):
+            for role in ("teacher", "student"):
+                if isinstance(data.get(role), dict) and "model" not in data[role]:
+                    data = {**data, role: {**data[role], "model": f"toy:{role}"}}
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"{source}: bad override key {dotted!r}")
+    node = tree
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. sample.k=2")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from e
+        out.append((key.strip(), value))
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+) -> Any:
+    """Read YAML (or start from defaults), apply ``KEY=VALUE`` overrides, validate."""
+    source = str(path) if path else "<defaults>"
+    tree = read_yaml(path) if path else {}
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(tree, key, value, source)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, source)) from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The allowed keys of the section at ``loc`` (for 'did you mean' messages)."""
+    cur: Any = model
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None
+        ann = cur.model_fields[part].annotation
+        cur = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return list(cur.model_fields)
+    return None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line per problem: ``FILE: key.path: what is wrong (allowed: ...)``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc) or "<top>"
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1]) or []
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{source}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def dump_config(cfg: BaseModel) -> dict:
+    """The fully resolved config as plain data (stored in the manifest)."""
+    return cfg.model_dump(mode="json")

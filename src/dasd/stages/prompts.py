@@ -1,0 +1,118 @@
+"""Prompt input: JSONL, Parquet, a local Hugging Face `datasets` folder, or the toy world.
+
+Each record needs ``messages`` (a chat list) or ``prompt`` (a string, made the user turn). An ``id``
+is kept when present, else derived from the messages' content hash. A system turn
+(``data.system_prompt``, default "You are a helpful assistant." as in the paper) is added to
+prompts that have none. Records that cannot be used are quarantined with ``where`` (file:line) and
+``reason``; they never stop the load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from dasd.errors import InputError
+from dasd.jsonl import BadLine, iter_jsonl
+from dasd.records import Prompt, content_id
+
+
+def _iter_raw(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
+    """(where, record-or-bad-line) for each record of a prompt source."""
+    if path.is_dir():
+        try:
+            import datasets
+        except ImportError as e:  # pragma: no cover - datasets is a pinned dependency
+            raise InputError(f"{path}: reading a datasets folder needs the `datasets` package") from e
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise InputError(f"{path}: not a Hugging Face datasets folder saved with save_to_disk ({e})") from e
+        if isinstance(ds, datasets.DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        for i, row in enumerate(ds):
+            yield f"{path}[{i}]", dict(row)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+        for i, row in enumerate(table.to_pylist()):
+            yield f"{path}[{i}]", row
+    else:
+        for lineno, obj in iter_jsonl(path):
+            yield f"{path}:{lineno}", obj
+
+
+def to_prompt(raw: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """Normalise one raw record into a Prompt dict; raises ValueError with the field at fault."""
+    if "messages" in raw and raw["messages"] is not None:
+        messages = raw["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("field 'messages' must be a non-empty list of {role, content}")
+    elif isinstance(raw.get("prompt"), str):
+        if not raw["prompt"].strip():
+            raise ValueError("field 'prompt' is empty")
+        messages = [{"role": "user", "content": raw["prompt"]}]
+    else:
+        raise ValueError("missing field 'messages' (a chat list) or 'prompt' (a string)")
+    messages = [dict(m) if isinstance(m, dict) else m for m in messages]
+    if system_prompt is not None and not any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    rec = {k: v for k, v in raw.items() if k not in ("prompt", "messages") and v is not None}
+    rec["messages"] = messages
+    rec.setdefault("id", content_id("prompt", messages))
+    rec["id"] = str(rec["id"])
+    if "answer" in rec and not isinstance(rec["answer"], str):
+        rec["answer"] = str(rec["answer"])
+    try:
+        return Prompt.model_validate(rec).model_dump(mode="json", exclude_none=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"field '{field}': {first['msg']}") from None
+
+
+def load_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Load prompts; return (prompts, rejects). Duplicate ids are rejected after the first."""
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: prompt file or folder not found")
+    prompts: list[dict] = []
+    rejects: list[dict] = []
+    seen: set[str] = set()
+    for where, raw in _iter_raw(path):
+        if isinstance(raw, BadLine):
+            rejects.append(raw.to_record())
+            continue
+        try:
+            p = to_prompt(raw, system_prompt)
+        except ValueError as e:
+            rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
+            continue
+        if p["id"] in seen:
+            rejects.append({"where": where, "reason": f"duplicate prompt id {p['id']!r}", "raw": str(raw)[:2000]})
+            continue
+        seen.add(p["id"])
+        prompts.append(p)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return prompts, rejects
+
+
+def toy_prompts(n: int, seed: int, split: str, system_prompt: str | None) -> list[dict]:
+    """Toy-world prompts (train split for sampling, test split for evaluation)."""
+    from dasd.toy.world import make_problems, problem_to_prompt
+
+    out = []
+    for prob in make_problems(n, seed=seed, split=split):
+        p = problem_to_prompt(prob)
+        p = to_prompt(p, system_prompt)
+        out.append(p)
+    return out

@@ -1,0 +1,114 @@
+"""`dasd sample`: k teacher responses per prompt at every temperature of the schedule.
+
+Output: ``RUN/sample/pool-T<temp>-NNNNN.jsonl``, one Sample record per response, with the
+teacher's per-token (untempered) log-probs, token ids and character offsets. Ids hash (prompt,
+model, temperature, top_p, seed, index), so a re-run skips what exists and resumes the rest; the
+engine derives each sample's random stream from (request seed, index), so a resumed run samples
+the same responses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dasd.config import RunConfig, dump_config
+from dasd.engines.base import GenerateRequest
+from dasd.records import sample_id
+from dasd.stages.common import Rate, chunks, derived_seed, open_engine, pool_name, progress
+from dasd.stages.prompts import load_prompts, toy_prompts
+from dasd.store import RunStore
+
+STAGE = "sample"
+
+
+def training_prompts(cfg: RunConfig, store: RunStore, stage: str = STAGE) -> list[dict]:
+    """The prompts of the run (toy train split or a file); bad records go to ``stage/rejects``."""
+    d = cfg.data
+    if d.prompts == "toy":
+        prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt)
+        return prompts[: d.limit] if d.limit else prompts
+    prompts, rejects = load_prompts(d.prompts, d.system_prompt, d.limit)
+    if rejects:
+        store.write_rejects(stage, rejects)
+        print(f"[{stage}] {len(rejects)} prompt record(s) rejected; see {store.root / stage}/rejects-*.jsonl")
+    return prompts
+
+
+def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
+    """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
+    store = store or RunStore(cfg.run_dir)
+    s = cfg.sample
+    prompts = training_prompts(cfg, store)
+    stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data)}
+    store.begin_stage(STAGE, stage_cfg)
+    model_name = cfg.teacher.model
+    counts: dict[str, dict] = {}
+    for temp in s.temperatures:
+        pool = pool_name(temp)
+        with store.writer(STAGE, f"pool-{pool}", shard_size=64, flush_seconds=20) as w:
+            ids = {
+                p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
+            }
+            todo = [p for p in prompts if any(i not in w for i in ids[p["id"]])]
+            if todo and engine is None:
+                engine = open_engine(cfg.teacher)
+            rate_p, rate_t = Rate(), Rate()
+            bar = progress(len(todo), f"sample {pool}", "prompt")
+            for batch in chunks(todo, s.batch_prompts):
+                reqs = [
+                    GenerateRequest(
+                        id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
+                        max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp),
+                    )
+                    for p in batch
+                ]
+                for p, gens in zip(batch, engine.generate(reqs)):
+                    for g in gens:
+                        w.add(
+                            {
+                                "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
+                                "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
+                                "text": g.text, "finish_reason": g.finish_reason,
+                                "teacher": {
+                                    "tokens": g.tokens, "token_ids": g.token_ids,
+                                    "offsets": [list(o) for o in g.offsets], "logprobs": g.logprobs,
+                                    "logprob_mode": g.logprob_mode,
+                                },
+                            }
+                        )
+                        rate_t.add(len(g.token_ids))
+                rate_p.add(len(batch))
+                bar.update(len(batch))
+                bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
+            bar.close()
+        counts[pool] = pool_stats(store, pool)
+        counts[pool]["new"] = w.written
+        c = counts[pool]
+        print(
+            f"[sample] {pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
+            f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
+            f"{rate_t.per_s():.0f} tok/s"
+        )
+    store.end_stage(STAGE, counts)
+    return counts
+
+
+def pool_stats(store: RunStore, pool: str) -> dict:
+    """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted)."""
+    n = total_lp = total_tok = cut = 0
+    prompts = set()
+    for r in store.read(STAGE, f"pool-{pool}"):
+        n += 1
+        prompts.add(r["prompt_id"])
+        cut += r.get("finish_reason") == "length"
+        lps = (r.get("teacher") or {}).get("logprobs") or []
+        total_lp += math.fsum(lps)
+        total_tok += len(lps)
+    return {
+        "samples": n, "prompts": len(prompts), "cut_off": cut, "tokens": total_tok,
+        "mean_token_logprob": total_lp / total_tok if total_tok else None,
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,56 @@
+"""Config loading: strict validation, dotted overrides, one-line errors naming key and file."""
+
+from __future__ import annotations
+
+import pytest
+
+from dasd.config import RunConfig, load_config
+from dasd.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "run_dir: runs/x\nsample:\n  k: 3\n")
+    cfg = load_config(p, ["sample.temperatures=[0.5, 0.9]", "teacher.batch_size=4", "data.limit=10"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.sample.k == 3 and cfg.sample.temperatures == [0.5, 0.9]
+    assert cfg.teacher.batch_size == 4 and cfg.data.limit == 10
+    assert cfg.student.model == "toy:student"
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    p = write(tmp_path, "sample:\n  temprature: 0.6\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "sample.temprature" in msg and "temperatures" in msg
+
+
+def test_bad_value_names_key(tmp_path):
+    p = write(tmp_path, "sample:\n  k: 0\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: sample.k: .*greater than or equal to 1.*got 0"):
+        load_config(p)
+
+
+def test_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["sample.k"])
+    with pytest.raises(ConfigError, match="unknown key 'nosuch'"):
+        load_config(None, ["nosuch=1"])
+    with pytest.raises(ConfigError, match="sample.temperatures"):
+        load_config(None, ["sample.temperatures=[0.6, 0.6]"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    p = write(tmp_path, "sample: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
