@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from dasd.errors import DasdError
@@ -171,13 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(f"dasd: error: {line}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("dasd: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:
-        print(f"dasd: error: {e.format_message()}", file=sys.stderr)
+    except typer.TyperException as e:  # usage errors: unknown verb, bad option
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"dasd: error: {message} (see dasd --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dasd: interrupted; re-run the same command to resume", file=sys.stderr)
