@@ -1,0 +1,27 @@
+"""Engines: one protocol (``base``), backends chosen by ``EngineConfig.kind``.
+
+    from dasd.engines import EngineConfig, make_engine
+    engine = make_engine(EngineConfig(kind="hf", model="runs/toy/teacher"))
+"""
+
+from __future__ import annotations
+
+from dasd.engines.base import Engine, GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.config import EngineConfig
+from dasd.errors import DasdError
+
+__all__ = [
+    "Engine", "EngineConfig", "GenerateRequest", "Generation", "ScoreRequest", "ScoreResult",
+    "make_engine",
+]
+
+
+def make_engine(cfg: EngineConfig) -> Engine:
+    """Build the engine ``cfg.kind`` names (loads the model; may take a while for big ones)."""
+    if cfg.kind == "hf":
+        from dasd.engines.hf import HFEngine
+
+        return HFEngine(cfg)
+    raise DasdError(
+        f"engine.kind {cfg.kind!r} is not implemented yet; use kind: hf"
+    )
