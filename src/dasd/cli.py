@@ -57,7 +57,9 @@ def sample(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = 
 @app.command(name="import")
 def import_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Bring existing teacher responses into a run (released DASD layout or chat JSONL)."""
-    _not_yet("import", "Teacher sampling on a temperature schedule, imports, and the filters")
+    from dasd.stages.importer import run_import
+
+    run_import(_load(config, overrides))
 
 
 @app.command(name="filter")

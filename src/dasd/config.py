@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from dasd.configbase import StrictModel
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
+from dasd.stages.importer import ImportConfig
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -76,6 +77,7 @@ class RunConfig(StrictModel):
     student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))
     data: DataConfig = Field(default_factory=DataConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
 
     @model_validator(mode="before")
     @classmethod

@@ -34,6 +34,18 @@ def training_prompts(cfg: RunConfig, store: RunStore, stage: str = STAGE) -> lis
     return prompts
 
 
+def save_prompts(store: RunStore, prompts: list[dict]) -> None:
+    """Keep the run's prompts beside the samples (later stages need their messages and answers)."""
+    with store.writer(STAGE, "prompts") as w:
+        for p in prompts:
+            w.add(p)
+
+
+def load_run_prompts(store: RunStore) -> dict[str, dict]:
+    """The run's prompts by id."""
+    return {p["id"]: p for p in store.read(STAGE, "prompts")}
+
+
 def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
     """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
     store = store or RunStore(cfg.run_dir)
@@ -41,6 +53,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     prompts = training_prompts(cfg, store)
     stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data)}
     store.begin_stage(STAGE, stage_cfg)
+    save_prompts(store, prompts)
     model_name = cfg.teacher.model
     counts: dict[str, dict] = {}
     for temp in s.temperatures:
