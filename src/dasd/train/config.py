@@ -1,0 +1,112 @@
+"""Training configs: one ``TrainConfig`` (the recipe) holding a list of ``StageConfig`` (the schedule).
+
+A stage trains on one data set for a number of epochs or steps, starting from the base model, the
+previous stage's final model, or a path. Stage fields left ``None`` inherit the recipe's value.
+
+Batch unit: a **packed sequence** of at most ``context`` tokens. The global batch of one optimizer
+step is ``micro_batch x grad_accum x processes`` packed sequences; the loss of a step is the mean
+over every loss-carrying token of the global batch (see ``docs/training.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dasd.configbase import StrictModel
+
+
+class StageConfig(StrictModel):
+    """One training stage of the schedule."""
+
+    name: str = Field(description="Stage name; its outputs go to <out>/<name>/. Letters, digits, '-', '_' only.")
+    data: str = Field(
+        description="A named pool (key of the data dict the pipeline passes, e.g. 'das_low') or a path to a "
+        "chat JSONL of training examples (messages + optional prefix_chars)."
+    )
+    init: str = Field(
+        default="previous",
+        description="Starting weights: 'base' (TrainConfig.base_model), 'previous' (the previous stage's "
+        "final model) or a path to a transformers model directory.",
+    )
+    epochs: float | None = Field(default=None, description="Passes over the stage's data (fractions allowed); "
+                                 "None inherits TrainConfig.epochs. Ignored when max_steps is set.")
+    max_steps: int | None = Field(default=None, ge=1, description="Exact number of optimizer steps; overrides epochs.")
+    optional: bool = Field(default=False, description="Skip the stage (with a notice) when its data does not "
+                           "exist, e.g. the mixed-policy stage before `dasd mix` has run.")
+    lr: float | None = Field(default=None, gt=0, description="Peak learning rate override.")
+    min_lr: float | None = Field(default=None, ge=0, description="Final learning rate of the cosine override.")
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1, description="Warmup fraction override.")
+    mask_prefix: bool | None = Field(default=None, description="Override of TrainConfig.mask_prefix (ablation).")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_dir_name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError(f"stage name {v!r} must be non-empty and use only letters, digits, '-' and '_'")
+        return v
+
+
+class TrainConfig(StrictModel):
+    """The SFT recipe: model, optimiser, schedule, batch geometry, checkpointing and the stage list."""
+
+    base_model: str = Field(description="Path (or hub id when online) of the student base model in transformers format.")
+    stages: list[StageConfig] = Field(min_length=1, description="Stages run in order.")
+    context: int = Field(default=65536, ge=8, description="Max tokens of one packed sequence; longer examples are dropped (counted).")
+    packing: bool = Field(default=True, description="Pack several examples per sequence (attention kept inside each); "
+                          "False puts one example per sequence (for ablations and equivalence tests).")
+    micro_batch: int = Field(default=1, ge=1, description="Packed sequences per process per forward pass.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    epochs: float = Field(default=1.0, gt=0, description="Default passes over each stage's data.")
+    lr: float = Field(default=5e-5, gt=0, description="Peak learning rate (after warmup).")
+    min_lr: float = Field(default=1e-5, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Fraction of a stage's steps with linear warmup.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW decoupled weight decay (not on biases and norm weights).")
+    clip: float = Field(default=1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+    seed: int = Field(default=0, description="Seed of weights-independent randomness: data order per epoch, torch RNG.")
+    save_every: int = Field(default=0, ge=0, description="Checkpoint every N optimizer steps (0: only at each stage's end).")
+    keep_checkpoints: int = Field(default=2, ge=1, description="How many step checkpoints to keep per stage.")
+    mask_prefix: bool = Field(default=False, description="Mask the student-written prefix of mixed-policy examples "
+                              "(the paper's ablation; default False = trained unmasked, as the paper recommends).")
+    bf16: bool = Field(default=False, description="bf16 mixed precision (GPU). Keep False on CPU.")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward (GPU, long context). Keep False on CPU.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        default="sdpa", description="Attention kernel; all honour packed position ids (varlen on flash).")
+    loss_chunk: int = Field(default=4096, ge=1, description="Positions per cross-entropy chunk (bounds logits memory).")
+    liger: Literal["auto", "on", "off"] = Field(default="auto", description="Liger fused linear+CE kernel: 'auto' "
+                                                "uses it on CUDA when liger-kernel is installed.")
+    log_every: int = Field(default=1, ge=1, description="Print/log metrics every N steps (curve.jsonl gets every step).")
+    tensorboard: bool = Field(default=True, description="Also log to TensorBoard under <out>/<stage>/tb when tensorboard is installed.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        names = [s.name for s in self.stages]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
+        if self.stages[0].init == "previous":
+            raise ValueError(f"stage {self.stages[0].name!r} is the first stage: init must be 'base' or a path, not 'previous'")
+        for b in self.betas:
+            if not 0 <= b < 1:
+                raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        for s in self.stages:
+            lr = s.lr if s.lr is not None else self.lr
+            mn = s.min_lr if s.min_lr is not None else self.min_lr
+            if mn > lr:
+                raise ValueError(f"stage {s.name!r}: min_lr {mn} is above lr {lr}")
+        return self
+
+    def for_stage(self, stage: StageConfig) -> dict:
+        """The effective hyper-parameters of ``stage`` (its overrides applied)."""
+        pick = lambda name: getattr(stage, name) if getattr(stage, name) is not None else getattr(self, name)  # noqa: E731
+        return {
+            "lr": pick("lr"),
+            "min_lr": pick("min_lr"),
+            "warmup_ratio": pick("warmup_ratio"),
+            "mask_prefix": pick("mask_prefix"),
+            "epochs": pick("epochs"),
+            "max_steps": stage.max_steps,
+        }

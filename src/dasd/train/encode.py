@@ -1,0 +1,107 @@
+"""Turn a chat training example into token ids and per-token loss labels.
+
+Rules (tested token by token in tests/train/test_encode.py):
+
+- The text is the model's own chat template applied to ``messages`` (no generation prompt).
+- Loss goes to **assistant turns only**: each assistant turn's span runs from the first character of
+  its content to the end of the turn as the template renders it, trailing whitespace excluded. With
+  ChatML that is the content plus the closing ``<|im_end|>`` (the ``\\n`` after it belongs to the
+  template's next line, not to the assistant).
+- A token carries loss when its character span (fast tokenizer offsets) overlaps a loss span.
+- Mixed-policy examples: the first ``prefix_chars`` characters of the **last** assistant turn were
+  written by the student. A token carrying **any** prefix character is a *prefix token* (with
+  byte-level BPE a token may straddle the boundary or hold part of a multi-byte character). Prefix
+  tokens carry loss unless ``mask_prefix`` is set (the paper trains them unmasked).
+- ``labels[t]`` is the target of position ``t``: ``ids[t+1]`` when token ``t+1`` carries loss, else
+  ``IGNORE``; the last position has no target. Labels are shifted here, per example, so that packing
+  can never make one example predict the first token of the next.
+
+Pitfall: templates that rewrite assistant content (e.g. move ``<think>`` into a separate field or drop
+earlier turns' reasoning) break the character mapping; that is detected and reported, never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dasd.errors import InputError
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: ``input_ids``, shifted ``labels`` and the per-token masks behind them."""
+
+    input_ids: list[int]
+    labels: list[int]
+    loss_mask: list[bool]  # token t carries loss (is predicted)
+    prefix_mask: list[bool]  # token t carries a student-prefix character
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return sum(1 for y in self.labels if y != IGNORE)
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict], where: str = "example") -> tuple[str, list[tuple[int, int]], list[int]]:
+    """Render ``messages`` and return ``(text, loss spans, content starts)`` of the assistant turns.
+
+    Spans are found by rendering the conversation up to each assistant turn (with the generation
+    prompt) and through it, and checking that both renderings are prefixes of the full text.
+    """
+    text = _render(tokenizer, messages, False)
+    spans: list[tuple[int, int]] = []
+    starts: list[int] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = _render(tokenizer, messages[:i], True)
+        upto = _render(tokenizer, messages[: i + 1], False)
+        if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):
+            raise InputError(f"{where}: the chat template does not render assistant turn {i} as a prefix of the "
+                             "conversation (it rewrites earlier turns); cannot locate the assistant tokens")
+        end = len(upto.rstrip())
+        spans.append((len(head), end))
+        starts.append(len(head))
+    return text, spans, starts
+
+
+def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: str = "example") -> Encoded:
+    """Tokenise one training example (``messages``, optional ``prefix_chars``) with loss labels."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    prefix_chars = int(example.get("prefix_chars", 0) or 0)
+    text, spans, starts = assistant_spans(tokenizer, messages, where)
+    if not spans:
+        raise InputError(f"{where}: no assistant message, nothing to train on")
+    prefix_span = None
+    if prefix_chars > 0:
+        last = [m for m in messages if m["role"] == "assistant"][-1]["content"]
+        if prefix_chars > len(last):
+            raise InputError(f"{where}: prefix_chars={prefix_chars} is longer than the last assistant message ({len(last)} chars)")
+        s = starts[-1]
+        if text[s : s + len(last)] != last:
+            raise InputError(f"{where}: the chat template rewrites the last assistant message, so prefix_chars "
+                             "cannot be mapped to tokens; use a template that keeps assistant content verbatim")
+        prefix_span = (s, s + prefix_chars)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    loss = [False] * len(ids)
+    prefix = [False] * len(ids)
+    for t, (a, b) in enumerate(offsets):
+        if b <= a:
+            continue
+        loss[t] = any(a < e and s < b for s, e in spans)
+        if prefix_span is not None:
+            prefix[t] = a < prefix_span[1] and prefix_span[0] < b
+    if mask_prefix:
+        loss = [l and not p for l, p in zip(loss, prefix)]
+    labels = [ids[t + 1] if loss[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    return Encoded(ids, labels, loss, prefix)
