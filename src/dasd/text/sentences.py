@@ -1,0 +1,216 @@
+"""Sentence segmentation of long chain-of-thought text into character spans.
+
+``segment(text)`` returns ``[(start, end), ...]``: spans that cover ``text`` exactly, in order,
+without gaps or overlaps, each non-empty. Whitespace between sentences is **attached to the
+preceding sentence** (a sentence's span runs up to the first character of the next sentence);
+whitespace at the very start of the text is attached to the first sentence. Hence every span
+holds at least one non-whitespace character, unless the whole text is whitespace (one span).
+
+A sentence ends at:
+- ``.``, ``!``, ``?`` or ``…`` (a run of them, then optional closing quotes/brackets/``*``/``_``)
+  followed by whitespace or the end of the text;
+- ``。``, ``！``, ``？`` (CJK full stops end a sentence with or without following whitespace);
+- a newline (every line break ends a sentence; blank lines are whitespace of the previous one).
+
+It does not end at:
+- decimals and dotted numbers (``3.14``, ``v1.2.3``): no whitespace after the dot;
+- enumerations: ``1.``, ``a.``, ``iv.`` at the start of a line followed by text on that line;
+- abbreviations: ``e.g.``, ``i.e.``, ``Dr.``, ``Mr.``, ``vs.``, ``cf.``, ``et al.`` ...; ``etc.``
+  ends a sentence only before an upper-case letter; ``Fig.``, ``Eq.``, ``No.`` ... do not end one
+  before a digit or ``(``;
+- ellipses (``...``, ``…``) and single ``.`` followed, on the same line, by a lower-case letter;
+- anything inside LaTeX math, which is kept whole: ``$...$`` (pandoc's rule: no space after the
+  opening or before the closing ``$``, no digit after it, ``\\$`` is a literal dollar),
+  ``$$...$$``, ``\\[...\\]``, ``\\(...\\)``, ``\\begin{env}...\\end{env}`` (nesting of the same
+  ``env`` is counted).
+
+Code fences (a line starting with ````` ``` `````, up to the closing fence line, or the end of
+the text if unclosed, as in Markdown) are split into **line units**: each line of code is one span
+(its following blank lines and indentation attached), and sentence rules do not apply inside.
+
+Pitfalls: an unclosed math opener is plain text (its closer is looked for within
+``MAX_MATH_CHARS`` characters only, which bounds the work on malformed text); ``$`` used for
+currency is text (``$5 and $10`` is not math). Speed: one compiled regex scan whose first
+character class lets the regex engine skip ordinary text in C; see ``benchmarks/segment_speed.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_MATH_CHARS = 20_000
+"""Longest math region (characters) searched for a closing delimiter."""
+
+# The scan: one character class first (so `re` skips ordinary text with a fast charset search),
+# then a branch per kind of candidate, told apart by a lookbehind on that first character.
+_SCAN = re.compile(
+    r"[.!?\u2026\u3002\uff01\uff1f\n$\\`]"
+    r"(?:"
+    r"(?P<end>(?<=[.!?\u2026])[.!?\u2026]*[\"'\u201d\u2019)\]*_]*(?:\s+|\Z))"
+    r"|(?P<cjk>(?<=[\u3002\uff01\uff1f])[\u3002\uff01\uff1f]*[\u300d\u300f\u201d\u2019\uff09]*\s*)"
+    r"|(?P<nl>(?<=\n)\s*)"
+    r"|(?P<dollar>(?<=\$)\$?)"
+    r"|(?P<latex>(?<=\\)(?:\[|\(|begin\{(?P<env>[^{}\n]{1,40})\}))"
+    r"|(?P<fence>(?<=`)``)"
+    r")"
+)
+_INLINE_MATH = re.compile(r"\$(?=[^\s$])[^$\n]{0,2000}+(?<![\s\\])\$(?!\d)")
+_FENCE_CLOSE = re.compile(r"^[ \t]*```+[ \t]*(?:\n|\Z)", re.MULTILINE)
+_NL_WS = re.compile(r"\n\s*")
+_OPENERS = "([{\"'`*"
+_PUNCT = ".!?\u2026"
+_ENUM = re.compile(r"\d{1,3}|[A-Za-z]|[ivxIVX]{1,5}")
+_CLOSERS = "\"'\u201d\u2019)]*_"
+_WS = re.compile(r"\s*")
+
+# Abbreviations (lower-cased, inner dots kept, final dot removed).
+_ABBREV_ALWAYS = frozenset(
+    "e.g i.e dr mr mrs ms prof sr jr st vs cf approx resp viz al w.r.t a.k.a".split()
+)
+_ABBREV_BEFORE_NUMBER = frozenset("fig figs eq eqs no nos sec ch thm lem def prop cor p pp vol ex".split())
+
+
+def _ends_here(text: str, s: int, g: str) -> bool:
+    """Whether the Latin end-punctuation candidate ``g`` found at ``s`` ends a sentence.
+
+    ``g`` is the run of end punctuation, its closers and the following whitespace.
+    """
+    e = s + len(g)
+    if e == len(text) or "\n" in g:
+        return True  # the end of the text or of a line always ends a sentence
+    nxt = text[e]
+    run = g[: len(g) - len(g.lstrip(_PUNCT))]
+    if run != ".":
+        if run.count(".") >= 2 or "\u2026" in run:  # ellipsis: a break only before a capital
+            return nxt.isupper()
+        return True  # "!", "?", "?!", "!." ...
+    if nxt.islower():
+        return False  # an unknown abbreviation or a lower-case continuation
+    chunk = text[max(0, s - 7) : s]
+    word = chunk.rsplit(None, 1)[-1].lstrip(_OPENERS) if chunk else ""
+    if len(word) > 6 or not word:
+        return True
+    low = word.lower()
+    if low in _ABBREV_ALWAYS:
+        return False
+    if low in _ABBREV_BEFORE_NUMBER and (nxt.isdigit() or nxt == "("):
+        return False
+    if low == "etc":
+        return nxt.isupper()
+    if _ENUM.fullmatch(word):
+        line_start = text.rfind("\n", 0, s) + 1
+        if text[line_start : s - len(word)].strip() in ("", "-", "*", "+"):
+            return False  # "1. First ..." at the start of a line
+    return True
+
+
+def _find_closer(text: str, opener: str, closer: str, pos: int) -> int:
+    """End index (after ``closer``) of the region opened just before ``pos``, or -1.
+
+    Nested ``opener``s inside are counted (for ``\\begin{env}``), within ``MAX_MATH_CHARS``.
+    """
+    limit = min(len(text), pos + MAX_MATH_CHARS)
+    depth = 1
+    i = pos
+    while True:
+        j = text.find(closer, i, limit)
+        if j < 0:
+            return -1
+        if opener != closer:
+            depth += text.count(opener, i, j)
+        depth -= 1
+        if depth == 0:
+            return j + len(closer)
+        i = j + len(closer)
+
+
+def segment(text: str) -> list[tuple[int, int]]:
+    """Split ``text`` into sentence spans ``(start, end)`` covering it exactly (see module doc).
+
+    The empty string gives ``[]``. Pure and deterministic; linear in ``len(text)``.
+    """
+    n = len(text)
+    if n == 0:
+        return []
+    spans: list[tuple[int, int]] = []
+    start = 0
+
+    def cut(c: int) -> None:
+        nonlocal start
+        if c <= start:
+            return
+        if text[start].isspace() and text[start:c].isspace():
+            if spans:  # whitespace joins the preceding sentence
+                spans[-1] = (spans[-1][0], c)
+                start = c
+            return  # leading whitespace joins the first sentence
+        spans.append((start, c))
+        start = c
+
+    search = _SCAN.search
+    pos = 0
+    while True:
+        m = search(text, pos)
+        if m is None:
+            break
+        kind = m.lastgroup
+        if kind == "end":
+            g = m.group()
+            pos = m.start() + len(g)
+            if _ends_here(text, m.start(), g):
+                cut(pos)
+        elif kind == "nl" or kind == "cjk":
+            cut(m.end())
+            pos = m.end()
+        elif kind == "dollar":
+            s = m.start()
+            pos = s + 1
+            if s > 0 and text[s - 1] == "\\":
+                continue  # \$ is a literal dollar
+            if m.group("dollar"):  # "$$": display math
+                close = _find_closer(text, "$$", "$$", s + 2)
+                pos = close if close > 0 else s + 2
+            else:
+                mm = _INLINE_MATH.match(text, s)
+                if mm is not None:
+                    pos = mm.end()
+        elif kind == "latex":
+            s = m.start()
+            tok = m.group("latex")
+            if tok == "[":
+                close = _find_closer(text, "\\[", "\\]", s + 2)
+            elif tok == "(":
+                close = _find_closer(text, "\\(", "\\)", s + 2)
+            else:
+                env = m.group("env")
+                close = _find_closer(text, "\\begin{" + env + "}", "\\end{" + env + "}", m.end())
+            pos = close if close > 0 else m.end()
+        else:  # fence
+            s = m.start()
+            line_start = text.rfind("\n", 0, s) + 1
+            if text[line_start:s].strip(" \t"):
+                pos = m.end()  # not at the start of a line: inline backticks
+                continue
+            cut(line_start)
+            body = text.find("\n", m.end())
+            if body < 0:
+                end = n
+            else:
+                mc = _FENCE_CLOSE.search(text, body + 1)
+                end = mc.end() if mc is not None else n
+            end = _WS.match(text, end).end()
+            for ml in _NL_WS.finditer(text, s, end):
+                cut(ml.end())
+            cut(end)
+            pos = end
+    if start < n:
+        if spans and text[start:n].isspace():
+            spans[-1] = (spans[-1][0], n)
+        else:
+            spans.append((start, n))
+    return spans
+
+
+def sentences(text: str) -> list[str]:
+    """The sentence strings of ``text`` (``segment`` spans sliced out); for inspection and tests."""
+    return [text[s:e] for s, e in segment(text)]

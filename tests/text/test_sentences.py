@@ -1,0 +1,115 @@
+"""Sentence segmenter: exact coverage on arbitrary unicode, and one hand-made case per rule."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dasd.text.sentences import segment, sentences
+
+
+def _check_cover(text: str) -> list[tuple[int, int]]:
+    spans = segment(text)
+    if not text:
+        assert spans == []
+        return spans
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (s, e), (s2, _) in zip(spans, spans[1:]):
+        assert e == s2, "spans must be contiguous"
+    for s, e in spans:
+        assert s < e, "spans must be non-empty"
+    if not text.isspace():
+        for s, e in spans:
+            assert not text[s:e].isspace(), f"whitespace-only span {text[s:e]!r}"
+    return spans
+
+
+# Characters that exercise every branch of the scanner, mixed with arbitrary unicode.
+_SPECIAL = st.sampled_from(
+    list(".!?\u2026\u3002\uff01\uff1f\n $\\`{}[]()\"'*_ \t\r")
+    + ["$$", "\\[", "\\]", "\\(", "\\)", "\\begin{a}", "\\end{a}", "```", "```\n", "e.g.", "1. ", "...", "Dr. "]
+)
+_TEXT = st.lists(st.one_of(st.text(max_size=6), _SPECIAL), max_size=60).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXT)
+def test_spans_cover_text_exactly(text):
+    _check_cover(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_spans_cover_arbitrary_unicode(text):
+    _check_cover(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_TEXT, _TEXT)
+def test_paragraph_break_is_a_boundary(a, b):
+    """Text before a blank line is never in the same span as text after it (outside math/code)."""
+    if any(c in a + b for c in "$\\`"):
+        return
+    text = a.rstrip() + "\n\n" + b.lstrip() if a.strip() and b.strip() else None
+    if text is None:
+        return
+    cut = len(a.rstrip()) + 2
+    assert any(e == cut for _, e in segment(text))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # sentence ends, trailing whitespace attached to the preceding sentence
+        ("One. Two! Three? Four", ["One. ", "Two! ", "Three? ", "Four"]),
+        ("End.  \n\nNext.", ["End.  \n\n", "Next."]),
+        ("  Leading space. Then.", ["  Leading space. ", "Then."]),
+        ("He said \"yes.\" Then left.", ["He said \"yes.\" ", "Then left."]),
+        ("**Step 1.** Compute it.", ["**Step 1.** ", "Compute it."]),
+        # newlines and paragraphs
+        ("line one\nline two\n\nline three", ["line one\n", "line two\n\n", "line three"]),
+        # CJK, with and without spaces
+        ("\u4e2d\u6587\u3002\u7b2c\u4e8c\u53e5\uff01\u5bf9\u5417\uff1fok", ["\u4e2d\u6587\u3002", "\u7b2c\u4e8c\u53e5\uff01", "\u5bf9\u5417\uff1f", "ok"]),
+        # decimals, versions
+        ("Pi is 3.14 and v1.2.3 works. Next.", ["Pi is 3.14 and v1.2.3 works. ", "Next."]),
+        # enumerations at line start (but a number ending a sentence still ends it)
+        ("Steps:\n1. Add 2.\n2. Add 3.\nThe total is 14. Done.", ["Steps:\n", "1. Add 2.\n", "2. Add 3.\n", "The total is 14. ", "Done."]),
+        ("a. First option\nb. Second", ["a. First option\n", "b. Second"]),
+        ("iv. Fourth item here", ["iv. Fourth item here"]),
+        # abbreviations
+        ("Use e.g. Newton. Dr. Smith agrees, i.e. Yes. See Fig. 3 now.", ["Use e.g. Newton. ", "Dr. Smith agrees, i.e. Yes. ", "See Fig. 3 now."]),
+        ("Apples, pears, etc. Then more. Numbers etc. are fine.", ["Apples, pears, etc. ", "Then more. ", "Numbers etc. are fine."]),
+        ("It is approx. equal to x vs. y. Yes.", ["It is approx. equal to x vs. y. ", "Yes."]),
+        # ellipses
+        ("Hmm... let me think. Wait... Actually no.", ["Hmm... let me think. ", "Wait... ", "Actually no."]),
+        ("So\u2026 maybe. Or\u2026 No.", ["So\u2026 maybe. ", "Or\u2026 ", "No."]),
+        # inline and display LaTeX kept whole
+        ("We get $x = 1. Y$ here. Next.", ["We get $x = 1. Y$ here. ", "Next."]),
+        ("Then $$a. B\n\nC.$$ holds. Next.", ["Then $$a. B\n\nC.$$ holds. ", "Next."]),
+        ("So \\[ q. R \\] ok. And \\( a. B \\) too. End.", ["So \\[ q. R \\] ok. ", "And \\( a. B \\) too. ", "End."]),
+        ("\\begin{align} a. \\\\\n B. \\begin{align} c. D \\end{align} \\end{align} end. Next.",
+         ["\\begin{align} a. \\\\\n B. \\begin{align} c. D \\end{align} \\end{align} end. ", "Next."]),
+        # currency and escaped dollars are not math
+        ("It costs $5 and $10. Fine.", ["It costs $5 and $10. ", "Fine."]),
+        ("A \\$ sign. B $x$ y.", ["A \\$ sign. ", "B $x$ y."]),
+        # an unclosed opener is plain text
+        ("Open \\[ x. Next one.", ["Open \\[ x. ", "Next one."]),
+        # code fences: line units, no sentence rules inside
+        ("Code:\n```python\nx = 1. y = 2\n\nz = 3\n```\nAfter. Done.",
+         ["Code:\n", "```python\n", "x = 1. y = 2\n\n", "z = 3\n", "```\n", "After. ", "Done."]),
+        ("Run:\n```\nA. B\n", ["Run:\n", "```\n", "A. B\n"]),  # unclosed fence runs to the end
+        ("Inline ```x. Y``` here.", ["Inline ```x. ", "Y``` here."]),  # not at line start: ordinary text
+        ("", []),
+        ("   \n ", ["   \n "]),
+    ],
+)
+def test_rules(text, expected):
+    assert sentences(text) == expected
+    _check_cover(text)
+
+
+def test_long_text_is_linear_on_many_unclosed_openers():
+    text = "\\[ a. " * 5000 + "$$ b. " * 5000
+    spans = _check_cover(text)
+    assert len(spans) >= 5000
