@@ -1,0 +1,69 @@
+"""Where the final answer lives in a model's output, and how to cut it out.
+
+Rules shared by every grader:
+
+- ``final_part(text)``: the text after the **last** ``</think>``; a text that opens ``<think>`` and
+  never closes it has no final part (the reasoning was cut off: ``None``); a text with no think tags
+  is all final part. Answers inside the reasoning never count.
+- ``last_boxed(text)``: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces nested;
+  an unclosed box (output cut off inside it) is no answer.
+- ``last_code_block(text)``: the body of the last fenced block labelled python/py/python3 or
+  unlabelled; when there is none, the last fenced block of any label. An unclosed fence is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_OPENERS = ("\\boxed{", "\\fbox{", "\\boxed {")
+
+
+def final_part(text: str) -> str | None:
+    """The answer part of a response (after the last ``</think>``), or None if reasoning never ended."""
+    if "</think>" in text:
+        return text[text.rfind("</think>") + len("</think>"):]
+    if "<think>" in text:
+        return None
+    return text
+
+
+def _box_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for opener in _BOX_OPENERS:
+        start = 0
+        while (i := text.find(opener, start)) >= 0:
+            j, depth = i + len(opener), 1
+            for k in range(j, len(text)):
+                c = text[k]
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        spans.append((i, j, k))
+                        break
+            start = i + 1
+    spans.sort()
+    return [(j, k) for _, j, k in spans]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last closed ``\\boxed{...}``/``\\fbox{...}``, stripped; None if there is none."""
+    spans = _box_spans(text)
+    if not spans:
+        return None
+    j, k = spans[-1]
+    return text[j:k].strip()
+
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_PY = {"", "python", "py", "python3", "py3"}
+
+
+def last_code_block(text: str) -> str | None:
+    """Body of the last fenced code block (python or unlabelled preferred); None if there is none."""
+    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
+    if not blocks:
+        return None
+    py = [b for lang, b in blocks if lang in _PY]
+    return (py or [b for _, b in blocks])[-1]

@@ -1,0 +1,373 @@
+"""Run untrusted (model-written) Python in a contained child process.
+
+``run_python(files, main, stdin=..., limits=Limits(), collect=[...])`` writes ``files`` into a fresh
+temporary directory, runs ``python -I -B main`` there and returns a ``RunResult`` (exit status,
+capped stdout/stderr, timeout flag, the ``collect``-ed files read back safely, and which isolation
+was in force). Every run gets:
+
+- its own process, in a new session/process group, with a **minimal environment** (PATH, HOME=the
+  run directory, LANG, single-thread BLAS knobs: nothing inherited from the parent);
+- rlimits: CPU seconds, address space (memory), process count, file size, open files, no core;
+- a wall-clock timeout after which the **whole process group is SIGKILLed**;
+- when the OS allows it (see ``isolation()``):
+  * a new **network namespace** (no interface is up: no loopback, no internet),
+  * a new **PID namespace** with a fresh ``/proc``: the sandbox sees none of the host's processes
+    (so no parent environment to read, no parent to kill), and when the run ends the kernel kills
+    every process left in it, detached (``setsid``, double-fork) children included,
+  * as root, a **dedicated unprivileged uid** per concurrent run (``uid_base + slot``, the slot held
+    by a lock file): the process-count limit then counts only this run's processes, the program
+    cannot write to files it does not own, and a final ``kill(-1)`` as that uid sweeps stragglers.
+
+What degrades, and where (each is logged once per process as a WARNING, never silent):
+- no ``unshare`` or namespaces refused (unprivileged containers): network is NOT isolated, detached
+  children are swept only by uid (root) or not at all (non-root), /proc of the host is visible;
+- not root: no uid drop; RLIMIT_NPROC is shared with every process of the calling user (it is set to
+  the user's current count plus ``limits.nproc``), and the program can write wherever the user can.
+  Unprivileged user namespaces (``unshare --map-root-user``) still give network/PID isolation.
+
+Pitfalls: the memory limit is per process (RLIMIT_AS), so the worst total is ``nproc x memory``;
+``/tmp`` and ``/dev/shm`` of the host stay writable by the sandbox uid (world-writable dirs), bounded
+by the file-size limit. Do not run the grader as root on a machine whose secrets sit in
+world-readable files.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "dasd-sandbox-slots"
+MAX_SLOTS = 256
+PROBE_UID = 60999
+
+
+@dataclass
+class Limits:
+    """Resource limits of one sandboxed run.
+
+    - ``wall_s``: wall-clock seconds before the whole run is killed (sleeping counts).
+    - ``cpu_s``: CPU seconds per process (RLIMIT_CPU; SIGXCPU then SIGKILL).
+    - ``memory_mb``: address space per process (RLIMIT_AS). Python needs ~30 MB; numpy ~200 MB.
+    - ``nproc``: processes+threads the run may have at once (RLIMIT_NPROC, under its own uid).
+    - ``fsize_mb``: largest file the run may write, stdout/stderr included (RLIMIT_FSIZE; SIGXFSZ).
+    - ``nofile``: open file descriptors per process (RLIMIT_NOFILE).
+    - ``read_bytes``: most bytes read back from stdout, stderr or a collected file.
+    """
+
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_mb: int = 1024
+    nproc: int = 16
+    fsize_mb: int = 64
+    nofile: int = 64
+    read_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass
+class RunResult:
+    """Outcome of one sandboxed run.
+
+    ``returncode`` is the program's exit code, or ``-signum`` when a signal ended it (as subprocess
+    does); ``timed_out`` means the wall clock ran out and the run was killed. ``files`` holds the
+    collected files that exist and are regular files (symlinks, FIFOs, directories are refused).
+    ``isolation`` records what was in force for this run.
+    """
+
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    wall_s: float
+    files: dict[str, bytes] = field(default_factory=dict)
+    isolation: dict[str, bool] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# What this machine allows
+
+
+def _probe(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def isolation(python: str | None = None) -> dict[str, object]:
+    """What isolation this process can set up for ``python``, probed once (and warned about once).
+
+    Keys: ``namespaces`` (network + PID namespaces via ``unshare``), ``unshare_cmd`` (the prefix
+    used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
+    found: each run then gets its own uid), ``python`` (the interpreter runs use: ``python`` or this
+    one, else the system ``/usr/bin/python3`` when ours is unreadable to other uids, e.g. under /root).
+    """
+    return _isolation(python or sys.executable)
+
+
+@lru_cache(maxsize=None)
+def _isolation(python: str) -> dict[str, object]:
+    root = os.geteuid() == 0
+    unshare = shutil.which("unshare")
+    prefix: list[str] = []
+    if unshare:
+        base = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        cand = base if root else [unshare, "--map-root-user", *base[1:]]
+        if _probe([*cand, "true"]):
+            prefix = cand
+    uid_drop = False
+    if root:
+        for interp in dict.fromkeys([python, "/usr/bin/python3"]):
+            if os.path.exists(interp) and _probe(_launch_cmd(prefix, interp, PROBE_UID, ["-c", "pass"], Limits(), 64)):
+                if interp != python:
+                    log.warning("sandbox: %s cannot be run by an unprivileged uid; model code runs with %s",
+                                python, interp)
+                python, uid_drop = interp, True
+                break
+        else:
+            log.warning("sandbox: no interpreter runnable by an unprivileged uid; runs keep root's uid "
+                        "(model code can write anywhere root can)")
+    else:
+        log.warning("sandbox: not running as root, so no per-run uid: the process limit is shared with "
+                    "your user's processes and model code can write wherever you can")
+    if not prefix:
+        log.warning("sandbox: network/PID namespaces unavailable (%s); model code CAN reach the network "
+                    "and see host processes; detached children are swept %s",
+                    "no unshare binary" if not unshare else "unshare refused",
+                    "by uid" if uid_drop else "only by process group")
+    return {"uid_drop": uid_drop, "namespaces": bool(prefix), "unshare_cmd": prefix, "python": python}
+
+
+# ----------------------------------------------------------------------------------------------
+# Slots: one lock file (and, as root, one uid) per concurrent run
+
+
+class _Slot:
+    def __init__(self, uid_base: int):
+        LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.fd = -1
+        for i in range(MAX_SLOTS):
+            fd = os.open(LOCK_DIR / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.fd, self.index, self.uid = fd, i, uid_base + i
+            return
+        raise RuntimeError(f"sandbox: all {MAX_SLOTS} slots in {LOCK_DIR} are busy")
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher: runs inside the namespaces, sets limits, drops privileges, supervises the program.
+
+_LAUNCHER = r"""
+import json, os, resource, signal, sys
+cfg = json.loads(sys.argv[1])
+for name, val in cfg["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (val, val))
+if cfg["uid"] is not None:
+    os.setgroups([])
+    os.setgid(cfg["uid"])
+    os.setuid(cfg["uid"])
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+    except BaseException as e:
+        sys.stderr.write(f"sandbox launcher: cannot run {cfg['argv'][0]}: {e}\n")
+    os._exit(127)
+# Supervisor (pid 1 of the namespace when there is one): reap everything, report the program's status.
+status = None
+while True:
+    try:
+        p, st = os.wait()
+    except ChildProcessError:
+        break
+    if p == pid:
+        status = st
+        break
+if status is None:
+    os._exit(126)
+if os.WIFSIGNALED(status):
+    os._exit(128 + os.WTERMSIG(status))
+os._exit(os.WEXITSTATUS(status))
+"""
+
+
+def _launch_cmd(prefix: list[str], python: str, uid: int | None, args: list[str], limits: Limits,
+                nproc: int, env: dict[str, str] | None = None) -> list[str]:
+    cfg = {
+        "rlimits": {
+            "RLIMIT_CPU": int(limits.cpu_s),
+            "RLIMIT_AS": int(limits.memory_mb) * 1024 * 1024,
+            "RLIMIT_NPROC": int(nproc),
+            "RLIMIT_FSIZE": int(limits.fsize_mb) * 1024 * 1024,
+            "RLIMIT_NOFILE": int(limits.nofile),
+            "RLIMIT_CORE": 0,
+        },
+        "uid": uid,
+        "argv": [python, "-I", "-B", *args],
+        "env": env or _env("/"),
+    }
+    return [*prefix, python, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)]
+
+
+def _count_user_processes(uid: int) -> int:
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _sweep_uid(uid: int) -> None:
+    """Kill every process owned by ``uid`` (from a helper that becomes that uid and kills -1)."""
+    code = ("import os,signal\nos.setgroups([]);os.setgid(%d);os.setuid(%d)\n"
+            "try: os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError: pass\n") % (uid, uid)
+    subprocess.run([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+
+def _read_capped(path: Path, limit: int) -> bytes | None:
+    """Read a regular file without following symlinks or blocking on FIFOs; None if not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, left = [], limit
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _env(home: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def run_python(
+    files: dict[str, str | bytes],
+    main: str,
+    stdin: bytes = b"",
+    limits: Limits | None = None,
+    collect: list[str] | tuple[str, ...] = (),
+    python: str | None = None,
+    uid_base: int = 61000,
+) -> RunResult:
+    """Run ``python -I -B <main>`` in a fresh directory holding ``files``, under ``limits``.
+
+    ``files`` maps plain file names (no directories) to contents; ``stdin`` is fed to the program;
+    ``collect`` names files to read back from the directory afterwards. ``python`` defaults to this
+    interpreter (see ``isolation`` for when another one is used). ``uid_base``: first
+    uid of the per-run uids used when running as root. Safe to call from many processes at once.
+    """
+    limits = limits or Limits()
+    iso = isolation(python)
+    slot = _Slot(uid_base)
+    work = Path(tempfile.mkdtemp(prefix="dasd-sbx-"))
+    host = Path(tempfile.mkdtemp(prefix="dasd-sbx-io-"))  # stdout/stderr files, not visible to the run
+    uid = slot.uid if iso["uid_drop"] else None
+    try:
+        run_dir = work / "run"
+        run_dir.mkdir()
+        for name, content in files.items():
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"sandbox file name must be a plain name, got {name!r}")
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            (run_dir / name).write_bytes(data)
+        if uid is not None:
+            os.chmod(work, 0o711)
+            for p in [run_dir, *run_dir.iterdir()]:
+                os.chown(p, uid, uid)
+        nproc = limits.nproc if uid is not None else _count_user_processes(os.geteuid()) + limits.nproc
+        cmd = _launch_cmd(iso["unshare_cmd"], iso["python"], uid, [main], limits, nproc, _env(str(run_dir)))
+        t0 = time.monotonic()
+        with open(host / "stdin", "wb") as fh:
+            fh.write(stdin)
+        with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, \
+                open(host / "stderr", "wb") as ferr:
+            proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(str(run_dir)), stdin=fin, stdout=fout,
+                                    stderr=ferr, start_new_session=True, close_fds=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _kill_group(proc.pid)
+            proc.wait()
+        wall = time.monotonic() - t0
+        if uid is not None and (timed_out or not iso["namespaces"]):
+            _sweep_uid(uid)
+        rc = proc.returncode
+        if not timed_out and rc is not None and rc > 128 and rc - 128 < 65:
+            rc = -(rc - 128)  # the launcher reports a signal as 128 + signum
+        out = {}
+        for name in collect:
+            data = _read_capped(run_dir / name, limits.read_bytes)
+            if data is not None:
+                out[name] = data
+        return RunResult(
+            returncode=None if timed_out else rc,
+            stdout=_read_capped(host / "stdout", limits.read_bytes) or b"",
+            stderr=_read_capped(host / "stderr", limits.read_bytes) or b"",
+            timed_out=timed_out,
+            wall_s=wall,
+            files=out,
+            isolation={"uid_drop": uid is not None, "namespaces": bool(iso["namespaces"])},
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(host, ignore_errors=True)
+        slot.release()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError as e:
+        if e.errno not in (errno.ESRCH, errno.EPERM):
+            raise
