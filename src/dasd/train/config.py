@@ -57,7 +57,9 @@ class TrainConfig(StrictModel):
     packing: bool = Field(default=True, description="Pack several examples per sequence (attention kept inside each); "
                           "False puts one example per sequence (for ablations and equivalence tests).")
     micro_batch: int = Field(default=1, ge=1, description="Packed sequences per process per forward pass.")
-    grad_accum: int = Field(default=1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches accumulated per optimizer step (ignored when global_batch is set).")
+    global_batch: int | None = Field(default=None, ge=1, description="Packed sequences per optimizer step; when set, "
+                                     "grad_accum = global_batch / (micro_batch x processes), which must divide exactly.")
     epochs: float = Field(default=1.0, gt=0, description="Default passes over each stage's data.")
     lr: float = Field(default=5e-5, gt=0, description="Peak learning rate (after warmup).")
     min_lr: float = Field(default=1e-5, ge=0, description="Learning rate at the end of the cosine decay.")
@@ -98,6 +100,16 @@ class TrainConfig(StrictModel):
             if mn > lr:
                 raise ValueError(f"stage {s.name!r}: min_lr {mn} is above lr {lr}")
         return self
+
+    def resolve_batch(self, processes: int) -> "TrainConfig":
+        """A copy with ``grad_accum`` derived from ``global_batch`` for ``processes`` processes."""
+        if self.global_batch is None:
+            return self
+        per_step = self.micro_batch * processes
+        if self.global_batch % per_step:
+            raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch x processes = "
+                             f"{self.micro_batch} x {processes}")
+        return self.model_copy(update={"grad_accum": self.global_batch // per_step})
 
     def for_stage(self, stage: StageConfig) -> dict:
         """The effective hyper-parameters of ``stage`` (its overrides applied)."""

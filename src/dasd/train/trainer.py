@@ -305,7 +305,13 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
     (model directory), ``steps``, ``final_loss``, ``curve`` (JSONL path), ``examples``,
     ``sequences``, ``tokens``, ``dropped``, ``init``. Optional stages without data are skipped.
     """
+    from accelerate import PartialState
+
     out_dir = Path(out_dir)
+    try:
+        cfg = cfg.resolve_batch(PartialState().num_processes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     acc = _make_accelerator(cfg)
     results: list[dict] = []
     previous: str | None = None

@@ -1,0 +1,117 @@
+"""Loss masks, token by token: assistant tokens (content + end-of-turn) and the student prefix rule."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from dasd.errors import InputError
+from dasd.train.encode import IGNORE, encode_example
+
+ANSWER = "Café 日本 is 7."
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_lm_dir):
+    return AutoTokenizer.from_pretrained(tiny_lm_dir)
+
+
+def _bytes_of(tok, ids):
+    """Raw bytes of each token, from the byte-level alphabet (an oracle independent of offsets)."""
+    inv = {c: b for b, c in enumerate(_byte_alphabet())}
+    out = []
+    for t in tok.convert_ids_to_tokens(ids):
+        if t in tok.all_special_tokens:
+            out.append(t.encode())
+        else:
+            out.append(bytes(inv[c] for c in t))
+    return out
+
+
+def _byte_alphabet():
+    # GPT-2 byte <-> unicode table (the one ByteLevel uses), rebuilt here for the oracle
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
+
+def _example(prefix_chars=0, answer=ANSWER):
+    return {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3+4?"},
+                         {"role": "assistant", "content": answer}], "prefix_chars": prefix_chars}
+
+
+def _joined(tok, ids, mask):
+    return b"".join(b for b, m in zip(_bytes_of(tok, ids), mask) if m)
+
+
+def test_loss_tokens_are_the_assistant_content_and_end_of_turn(tok):
+    e = encode_example(tok, _example())
+    assert _joined(tok, e.input_ids, e.loss_mask) == (ANSWER + "<|im_end|>").encode()
+    # the loss-carrying tokens form one contiguous run ending at <|im_end|>, before the final newline
+    idx = [i for i, m in enumerate(e.loss_mask) if m]
+    assert idx == list(range(idx[0], idx[-1] + 1))
+    assert tok.convert_ids_to_tokens(e.input_ids[idx[-1]]) == "<|im_end|>"
+    assert not e.loss_mask[-1]  # the "\n" after <|im_end|>
+    # labels are the shifted loss tokens
+    assert e.labels[-1] == IGNORE
+    for t in range(len(e) - 1):
+        assert e.labels[t] == (e.input_ids[t + 1] if e.loss_mask[t + 1] else IGNORE)
+
+
+def test_multibyte_character_split_over_tokens_is_all_prefix(tok):
+    # "日" is 3 UTF-8 bytes; this tokenizer spells it as 3 byte tokens. Prefix "Café 日" ends right after it.
+    e = encode_example(tok, _example(prefix_chars=len("Café 日")))
+    pre = [i for i, p in enumerate(e.prefix_mask) if p]
+    assert _joined(tok, e.input_ids, e.prefix_mask) == "Café 日".encode()
+    ri = "日".encode()
+    assert _bytes_of(tok, [e.input_ids[i] for i in pre[-3:]]) == [ri[0:1], ri[1:2], ri[2:3]]
+    assert not e.prefix_mask[pre[-1] + 1]  # the first byte of "本" is not
+    # unmasked by default: loss still covers prefix + continuation
+    assert _joined(tok, e.input_ids, e.loss_mask) == (ANSWER + "<|im_end|>").encode()
+
+
+def test_token_straddling_the_prefix_boundary_is_a_prefix_token(tok):
+    answer = "So the answer is 7."
+    e0 = encode_example(tok, _example(answer=answer))
+    toks = tok.convert_ids_to_tokens(e0.input_ids)
+    # find a multi-character token inside the answer and cut the prefix in its middle
+    start = next(i for i, m in enumerate(e0.loss_mask) if m)
+    pos = 0
+    for i in range(start, len(toks)):
+        piece = _bytes_of(tok, [e0.input_ids[i]])[0].decode()
+        if len(piece) >= 2:
+            cut = pos + 1
+            break
+        pos += len(piece)
+    e = encode_example(tok, _example(prefix_chars=cut, answer=answer))
+    pre = [i for i, p in enumerate(e.prefix_mask) if p]
+    assert pre == list(range(start, i + 1))  # the straddling token i is included
+    assert _joined(tok, e.input_ids, e.prefix_mask).decode().startswith(answer[:cut])
+
+
+def test_masked_prefix_removes_exactly_the_prefix_tokens(tok):
+    n = len("Café 日")
+    un = encode_example(tok, _example(prefix_chars=n))
+    m = encode_example(tok, _example(prefix_chars=n), mask_prefix=True)
+    assert un.input_ids == m.input_ids
+    assert m.loss_mask == [l and not p for l, p in zip(un.loss_mask, un.prefix_mask)]
+    assert _joined(tok, m.input_ids, m.loss_mask) == ("本 is 7.<|im_end|>").encode()
+
+
+def test_multi_turn_every_assistant_turn_carries_loss(tok):
+    ex = {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "first"},
+                       {"role": "user", "content": "b?"}, {"role": "assistant", "content": "second"}]}
+    e = encode_example(tok, ex)
+    assert _joined(tok, e.input_ids, e.loss_mask) == b"first<|im_end|>second<|im_end|>"
+
+
+def test_bad_prefix_is_an_error_naming_the_example(tok):
+    with pytest.raises(InputError, match=r"data.jsonl:3.*prefix_chars"):
+        encode_example(tok, _example(prefix_chars=999), where="data.jsonl:3")
