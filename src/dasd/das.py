@@ -1,0 +1,240 @@
+"""Divergence-aware sampling (DAS): sentence tables, the DAS score, and budgeted selection.
+
+See docs/das.md for the method, the formula and why the defaults are what they are.
+
+- ``sentence_table(text, teacher_offsets, teacher_logprobs, student_offsets, student_logprobs, cfg)``
+  -> list of ``records.Sentence`` dicts (+ ``delta``).
+- ``das_summary(sentences, cfg)`` -> dict with token-weighted type fractions, mean delta, ``score``.
+- ``das_score(sentences, cfg)`` -> the score alone (``None`` when nothing could be scored).
+- ``score_sample(sample, student_offsets, student_logprobs, cfg)`` -> a ScoredSample dict.
+- ``select_das(candidates, m)`` / ``select_random(candidates, m, seed)`` -> ``(selected, rejected)``,
+  and ``select_grouped`` to apply either per prompt and temperature pool.
+
+All functions are pure: no I/O, inputs are not modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dasd.configbase import StrictModel
+from dasd.text.align import score_sentences
+from dasd.text.sentences import segment
+
+DEFAULT_TAU = math.log(2.0)
+
+
+class DASConfig(StrictModel):
+    """Knobs of sentence typing and of the DAS score (docs/das.md explains each default)."""
+
+    tau: float = Field(
+        DEFAULT_TAU,
+        gt=0,
+        description=(
+            "Threshold on delta = mean teacher log-prob - mean student log-prob of a sentence, in "
+            "nats/token. Teacher sentence: delta > tau; Student sentence: delta < -tau; else Shared. "
+            "Default ln 2 = 0.693: one model finds the sentence at least twice as likely per token "
+            "(geometric mean) as the other."
+        ),
+    )
+    penalty: float = Field(
+        1.0,
+        ge=0,
+        description="lambda in score = frac_teacher - lambda * frac_student (0 ignores Student sentences).",
+    )
+    weight: Literal["student_tokens", "teacher_tokens", "chars"] = Field(
+        "student_tokens",
+        description=(
+            "What a sentence weighs in the fractions: its student token count (default: its share of "
+            "the student's SFT loss), its teacher token count, or its length in characters."
+        ),
+    )
+    min_tokens: int = Field(
+        1,
+        ge=1,
+        description="A sentence with fewer tokens than this on either side is 'unscored' (not typed).",
+    )
+
+
+def sentence_table(
+    text: str,
+    teacher_offsets: Sequence[Sequence[int]],
+    teacher_logprobs: Sequence[float],
+    student_offsets: Sequence[Sequence[int]],
+    student_logprobs: Sequence[float],
+    cfg: DASConfig | None = None,
+) -> list[dict]:
+    """Segment ``text`` and score each sentence under both models (``text.align`` for the rules).
+
+    Offsets are character spans into ``text`` (each model's own tokenisation). Raises ``ValueError``
+    naming the side and token index for out-of-range offsets, length mismatches or non-finite
+    log-probs.
+    """
+    cfg = cfg or DASConfig()
+    return score_sentences(
+        text,
+        segment(text),
+        teacher_offsets,
+        teacher_logprobs,
+        student_offsets,
+        student_logprobs,
+        tau=cfg.tau,
+        min_tokens=cfg.min_tokens,
+    )
+
+
+def _weight(row: dict, how: str) -> float:
+    if how == "student_tokens":
+        return float(row["n_student_tokens"])
+    if how == "teacher_tokens":
+        return float(row["n_teacher_tokens"])
+    return float(row["end"] - row["start"])
+
+
+def das_summary(sentences: Sequence[dict], cfg: DASConfig | None = None) -> dict[str, Any]:
+    """Weighted type fractions, weighted mean delta and the DAS score of one response.
+
+    Fractions are over the total weight of *all* sentences (unscored ones included, so a response
+    that is mostly unscorable cannot look good); ``frac_unscored`` says how much was left out.
+    ``score = frac_teacher - penalty * frac_student``; ``score`` and ``mean_delta`` are ``None``
+    when no sentence is scored.
+    """
+    cfg = cfg or DASConfig()
+    totals = {"teacher": 0.0, "student": 0.0, "shared": 0.0, "unscored": 0.0}
+    counts = {"teacher": 0, "student": 0, "shared": 0, "unscored": 0}
+    delta_sum = 0.0
+    for row in sentences:
+        kind = row["type"]
+        if kind not in totals:
+            raise ValueError(f"sentence type {kind!r} cannot be used for DAS (teacher, student, shared, unscored)")
+        w = _weight(row, cfg.weight)
+        totals[kind] += w
+        counts[kind] += 1
+        if kind != "unscored":
+            delta = row.get("delta")
+            delta_sum += w * (delta if delta is not None else row["lp_teacher"] - row["lp_student"])
+    total = sum(totals.values())
+    scored = total - totals["unscored"]
+    frac = {k: (v / total if total > 0 else 0.0) for k, v in totals.items()}
+    has_score = scored > 0
+    return {
+        "n_sentences": len(sentences),
+        "n_teacher": counts["teacher"],
+        "n_student": counts["student"],
+        "n_shared": counts["shared"],
+        "n_unscored": counts["unscored"],
+        "frac_teacher": frac["teacher"],
+        "frac_student": frac["student"],
+        "frac_shared": frac["shared"],
+        "frac_unscored": frac["unscored"],
+        "mean_delta": delta_sum / scored if has_score else None,
+        "score": frac["teacher"] - cfg.penalty * frac["student"] if has_score else None,
+        "weight": cfg.weight,
+        "tau": cfg.tau,
+        "penalty": cfg.penalty,
+    }
+
+
+def das_score(sentences: Sequence[dict], cfg: DASConfig | None = None) -> float | None:
+    """``frac_teacher - penalty * frac_student`` (see ``das_summary``); ``None`` if nothing is scored."""
+    return das_summary(sentences, cfg)["score"]
+
+
+def score_sample(
+    sample: dict,
+    student_offsets: Sequence[Sequence[int]],
+    student_logprobs: Sequence[float],
+    cfg: DASConfig | None = None,
+) -> dict:
+    """A ScoredSample dict: ``sample`` + ``student`` + ``sentences`` + ``das`` (``sample`` is not modified).
+
+    ``sample["teacher"]`` must hold ``offsets`` and ``logprobs`` into ``sample["text"]``;
+    errors name the sample id.
+    """
+    sid = sample.get("id", "?")
+    teacher = sample.get("teacher") or {}
+    if "offsets" not in teacher or "logprobs" not in teacher:
+        raise ValueError(f"sample {sid}: no teacher offsets/logprobs to score (field 'teacher')")
+    try:
+        rows = sentence_table(
+            sample["text"], teacher["offsets"], teacher["logprobs"], student_offsets, student_logprobs, cfg
+        )
+    except ValueError as e:
+        raise ValueError(f"sample {sid}: {e}") from e
+    out = dict(sample)
+    out["student"] = {"offsets": [list(o) for o in student_offsets], "logprobs": list(student_logprobs)}
+    out["sentences"] = rows
+    out["das"] = das_summary(rows, cfg)
+    return out
+
+
+def _das_key(c: dict) -> tuple:
+    das = c.get("das")
+    if not isinstance(das, dict) or "score" not in das:
+        raise ValueError(f"candidate {c.get('id', '?')}: no 'das' summary (run the score stage first)")
+    score = das["score"]
+    # Unscorable candidates (score None) go last; then score descending; then id ascending.
+    return (score is None, -(score if score is not None else 0.0), str(c.get("id", "")))
+
+
+def select_das(candidates: Sequence[dict], m: int) -> tuple[list[dict], list[dict]]:
+    """Keep the ``m`` candidates with the highest DAS score; ties broken by sample id (ascending).
+
+    Deterministic and independent of input order. Candidates whose score is ``None`` (nothing
+    scorable) rank below all others. Returns ``(selected, rejected)``, both in rank order.
+    """
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    ranked = sorted(candidates, key=_das_key)
+    return ranked[:m], ranked[m:]
+
+
+def _random_key(seed: int, c: dict) -> tuple[str, str]:
+    sid = str(c.get("id", ""))
+    return hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest(), sid
+
+
+def select_random(candidates: Sequence[dict], m: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Keep ``m`` candidates chosen uniformly at random (the RS baseline, same budget as DAS).
+
+    The draw ranks candidates by ``sha256(seed:id)``, so it depends only on the seed and the ids:
+    not on input order, and one prompt's draw does not change when other prompts are added.
+    """
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    ranked = sorted(candidates, key=lambda c: _random_key(seed, c))
+    return ranked[:m], ranked[m:]
+
+
+def select_grouped(
+    candidates: Sequence[dict],
+    m: int,
+    method: Literal["das", "random"],
+    seed: int = 0,
+    key: Callable[[dict], Any] = lambda c: (c.get("prompt_id"), c.get("temperature")),
+) -> tuple[list[dict], list[dict]]:
+    """Apply ``select_das`` or ``select_random`` with budget ``m`` within each group.
+
+    Groups default to (prompt, temperature pool), as in DESIGN.md. Output order: groups in order of
+    first appearance, rank order within a group.
+    """
+    groups: dict[Any, list[dict]] = {}
+    for c in candidates:
+        groups.setdefault(key(c), []).append(c)
+    selected: list[dict] = []
+    rejected: list[dict] = []
+    for members in groups.values():
+        if method == "das":
+            s, r = select_das(members, m)
+        elif method == "random":
+            s, r = select_random(members, m, seed)
+        else:
+            raise ValueError(f"method must be 'das' or 'random', got {method!r}")
+        selected += s
+        rejected += r
+    return selected, rejected
