@@ -16,10 +16,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import StrictModel, dump_config  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
+from dasd.das import DASConfig
 from dasd.stages.importer import ImportConfig
+from dasd.stages.score import ScoreConfig
+from dasd.stages.select import SelectConfig
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -78,6 +81,9 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    das: DASConfig = Field(default_factory=DASConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -183,8 +189,3 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{source}: {key}: {e['msg']}{got_s}")
     return "\n".join(lines)
-
-
-def dump_config(cfg: BaseModel) -> dict:
-    """The fully resolved config as plain data (stored in the manifest)."""
-    return cfg.model_dump(mode="json")

@@ -11,3 +11,8 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def dump_config(cfg: BaseModel) -> dict:
+    """A config as plain JSON data (stored in the manifest; its hash decides whether a stage is done)."""
+    return cfg.model_dump(mode="json")

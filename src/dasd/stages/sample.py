@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 
-from dasd.config import RunConfig, dump_config
+from typing import TYPE_CHECKING
+
+from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
 from dasd.records import sample_id
 from dasd.stages.common import Rate, chunks, derived_seed, open_engine, pool_name, progress
 from dasd.stages.prompts import load_prompts, toy_prompts
 from dasd.store import RunStore
+
+if TYPE_CHECKING:
+    from dasd.config import RunConfig
 
 STAGE = "sample"
 

@@ -1,0 +1,91 @@
+"""`dasd score`: student teacher-forced log-probs of every kept teacher response, then sentence tables.
+
+Reads ``RUN/filter/kept-<pool>``; writes ``RUN/score/pool-<pool>`` (ScoredSample records: the
+sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary). The student sees the
+same messages through **its own** chat template and tokenizer; sentences are character spans, so
+teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
+sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
+decides whether the teacher engine re-scores the text. Resumable by sample id; a sample whose
+signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from dasd.configbase import StrictModel
+from dasd.das import score_sample
+from dasd.engines.base import ScoreRequest
+from dasd.stages.common import Rate, chunks, open_engine, progress
+from dasd.stages.sample import load_run_prompts
+from dasd.store import RunStore
+
+STAGE = "score"
+
+
+class ScoreConfig(StrictModel):
+    """`dasd score` settings (YAML section ``score``)."""
+
+    batch: int = Field(16, ge=1, description="responses per engine call")
+    rescore_teacher: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="re-score responses with the teacher engine: auto = only those whose teacher "
+        "log-probs are missing or not raw; never = quarantine those instead",
+    )
+
+
+def pools(store: RunStore, stage: str, prefix: str) -> list[str]:
+    """Pool names (e.g. ``T0.6``) of a stage's outputs called ``<prefix>-<pool>``."""
+    return [o[len(prefix) + 1 :] for o in store.outputs(stage) if o.startswith(prefix + "-")]
+
+
+def _signal(result) -> dict:
+    return {"offsets": [list(o) for o in result.offsets], "logprobs": list(result.logprobs), "logprob_mode": result.logprob_mode}
+
+
+def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) -> dict:
+    """Score every kept sample of every pool; return per-pool counts."""
+    store = store or RunStore(cfg.run_dir)
+    sc: ScoreConfig = cfg.score
+    stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump()}
+    store.begin_stage(STAGE, stage_cfg)
+    prompts = load_run_prompts(store)
+    counts = {}
+    for pool in pools(store, "filter", "kept"):
+        rejects = []
+        with store.writer(STAGE, f"pool-{pool}", shard_size=128) as w:
+            done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
+            todo = [s for s in store.read("filter", f"kept-{pool}") if s["id"] not in w and s["id"] not in done_rejected]
+            if todo and student is None:
+                student = open_engine(cfg.student)
+            bar, rate = progress(len(todo), f"score {pool}", "resp"), Rate()
+            for batch in chunks(todo, sc.batch):
+                reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
+                stu = student.score(reqs)
+                need = [i for i, s in enumerate(batch) if (s.get("teacher") or {}).get("logprob_mode") != "raw"]
+                if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
+                    idx = range(len(batch)) if sc.rescore_teacher == "always" else need
+                    if teacher is None:
+                        teacher = open_engine(cfg.teacher)
+                    for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
+                        batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
+                for s, r in zip(batch, stu):
+                    if (s.get("teacher") or {}).get("logprob_mode") != "raw":
+                        rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
+                        continue
+                    try:
+                        w.add(score_sample(s, r.offsets, r.logprobs, cfg.das))
+                    except ValueError as e:
+                        rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e)})
+                    rate.add(len(r.logprobs))
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
+            bar.close()
+        if rejects:
+            store.write_rejects(STAGE, rejects)
+        counts[pool] = {"scored": store.count(STAGE, f"pool-{pool}"), "rejected": len(rejects)}
+        print(f"[score] {pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+    store.end_stage(STAGE, counts)
+    return counts

@@ -1,0 +1,111 @@
+"""`dasd select`: keep m of k candidates per prompt and temperature pool, by DAS or at random.
+
+Reads ``RUN/score/pool-<pool>``; writes ``RUN/select/selected-<pool>`` and ``rejected-<pool>``
+(scored samples) and ``train-<pool>`` (training examples: the prompt's messages + the response as
+the assistant turn). Random selection (``select.method: random``) uses the same budget and is
+seeded, for the paper's RS baselines. The summary compares selected and rejected responses:
+DAS score, share of Teacher sentences, length, mean teacher log-prob/token and, where prompts
+carry a reference answer, correctness.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from dasd.configbase import StrictModel
+from dasd.das import select_grouped
+from dasd.records import content_id
+from dasd.stages.sample import load_run_prompts
+from dasd.stages.score import pools
+from dasd.store import RunStore
+
+STAGE = "select"
+
+
+class SelectConfig(StrictModel):
+    """`dasd select` settings (YAML section ``select``)."""
+
+    method: Literal["das", "random"] = Field("das", description="das (divergence-aware) or random (the RS baseline)")
+    m: int = Field(1, ge=1, description="responses kept per prompt and pool (the sampling budget)")
+    seed: int = Field(0, description="seed of random selection")
+
+
+def training_example(prompt: dict, sample: dict, source: str) -> dict:
+    """A TrainingExample: the prompt's messages then the response as the assistant turn."""
+    return {
+        "id": content_id("example", sample["id"]),
+        "messages": [*prompt["messages"], {"role": "assistant", "content": sample["text"]}],
+        "prefix_chars": 0,
+        "source": source,
+    }
+
+
+def _stats(items: list[dict], correct: dict[str, bool]) -> dict:
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    lp = [math.fsum(s["teacher"]["logprobs"]) / len(s["teacher"]["logprobs"]) for s in items if s["teacher"]["logprobs"]]
+    return {
+        "n": len(items),
+        "das_score": mean([s["das"]["score"] for s in items]),
+        "frac_teacher": mean([s["das"]["frac_teacher"] for s in items]),
+        "frac_student": mean([s["das"]["frac_student"] for s in items]),
+        "chars": mean([len(s["text"]) for s in items]),
+        "teacher_lp_per_token": mean(lp),
+        "accuracy": mean([float(correct[s["id"]]) for s in items if s["id"] in correct]),
+    }
+
+
+def run_select(cfg, store: RunStore | None = None, grade=None) -> dict:
+    """Select per pool; ``grade(prompt, text) -> bool`` (optional) adds correctness to the summary."""
+    store = store or RunStore(cfg.run_dir)
+    sc: SelectConfig = cfg.select
+    store.begin_stage(STAGE, {"select": sc.model_dump(), "das": cfg.das.model_dump()})
+    prompts = load_run_prompts(store)
+    summary = {}
+    for pool in pools(store, "score", "pool"):
+        cands = list(store.read("score", f"pool-{pool}"))
+        selected, rejected = select_grouped(cands, sc.m, sc.method, seed=sc.seed)
+        correct = {}
+        if grade is not None:
+            for s in cands:
+                p = prompts[s["prompt_id"]]
+                if p.get("answer") is not None:
+                    correct[s["id"]] = bool(grade(p, s["text"]))
+        # Selection is a pure function of the scored pool: outputs are rewritten whole (atomically).
+        for name in ("selected", "rejected", "train"):
+            for old in store.stage_dir(STAGE).glob(f"{name}-{pool}-*.jsonl"):
+                old.unlink()
+        with store.writer(STAGE, f"selected-{pool}", shard_size=10**9) as w:
+            for s in selected:
+                w.add(s)
+        with store.writer(STAGE, f"rejected-{pool}", shard_size=10**9) as w:
+            for s in rejected:
+                w.add(s)
+        with store.writer(STAGE, f"train-{pool}", shard_size=10**9) as w:
+            for s in selected:
+                w.add(training_example(prompts[s["prompt_id"]], s, f"{sc.method}:{pool}"))
+        summary[pool] = {"selected": _stats(selected, correct), "rejected": _stats(rejected, correct)}
+        print(format_summary(pool, sc.method, summary[pool]))
+    store.end_stage(STAGE, summary)
+    return summary
+
+
+def format_summary(pool: str, method: str, s: dict) -> str:
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    rows = [f"[select] {pool} ({method}): selected vs rejected"]
+    rows.append(f"  {'':10s} {'n':>5s} {'DAS':>7s} {'teacher%':>9s} {'student%':>9s} {'chars':>7s} {'lp/tok':>8s} {'acc':>6s}")
+    for k in ("selected", "rejected"):
+        r = s[k]
+        rows.append(
+            f"  {k:10s} {r['n']:5d} {f(r['das_score'], '7.3f')} {f(r['frac_teacher'] and 100 * r['frac_teacher'], '9.1f')} "
+            f"{f(r['frac_student'] and 100 * r['frac_student'], '9.1f')} {f(r['chars'], '7.0f')} "
+            f"{f(r['teacher_lp_per_token'], '8.4f')} {f(r['accuracy'], '6.2f')}"
+        )
+    return "\n".join(rows)
