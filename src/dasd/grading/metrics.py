@@ -1,0 +1,147 @@
+"""Metrics over graded samples: avg@k, unbiased pass@k, maj@k, bootstrap intervals, summary tables.
+
+Definitions (per problem with n graded samples, c of them correct; a benchmark score is the mean
+over its problems):
+
+- **avg@k** (the paper's headline metric): the fraction of the first k samples that are correct.
+- **pass@k**: the unbiased estimator of "at least one of k samples is correct" from n >= k samples,
+  ``1 - C(n-c, k) / C(n, k)`` (Chen et al. 2021).
+- **maj@k**: majority vote over the first k samples' extracted answers (no answer = no vote); the
+  problem counts as solved when the winning answer is correct. Correct answers all vote together
+  (they are all equivalent to the reference: "1/2" and "0.5" are one vote); wrong answers vote by
+  their exact string. Ties go to the answer seen first.
+- **CI**: percentile bootstrap over problems (resample problems with replacement, ``n_boot`` times,
+  fixed seed), 95% by default.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``n`` samples of which ``c`` are correct (needs k <= n)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def avg_at_k(correct: Sequence[Sequence[bool]], k: int | None = None) -> float:
+    """Mean over problems of the fraction correct among each problem's first ``k`` samples (all if None)."""
+    if not correct:
+        raise ValueError("avg_at_k of no problems")
+    per = []
+    for samples in correct:
+        s = list(samples)[:k] if k else list(samples)
+        if not s:
+            raise ValueError("avg_at_k: a problem has no samples")
+        per.append(sum(map(bool, s)) / len(s))
+    return sum(per) / len(per)
+
+
+def majority_correct(answers: Sequence[tuple[str | None, bool]]) -> bool:
+    """True when the majority answer among ``(extracted, correct)`` pairs is a correct one."""
+    votes: dict[str, int] = {}
+    first: dict[str, int] = {}
+    truth: dict[str, bool] = {}
+    for i, (ans, ok) in enumerate(answers):
+        if ans is None:
+            continue
+        key = "\x00correct" if ok else " ".join(str(ans).split())
+        votes[key] = votes.get(key, 0) + 1
+        first.setdefault(key, i)
+        truth[key] = bool(ok)
+    if not votes:
+        return False
+    best = max(votes, key=lambda a: (votes[a], -first[a]))
+    return truth[best]
+
+
+def maj_at_k(answers: Sequence[Sequence[tuple[str | None, bool]]], k: int | None = None) -> float:
+    """Fraction of problems whose majority answer over the first ``k`` samples is correct."""
+    if not answers:
+        raise ValueError("maj_at_k of no problems")
+    return sum(majority_correct(list(a)[:k] if k else list(a)) for a in answers) / len(answers)
+
+
+def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], float] | None = None,
+                 n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` (default: mean) over ``values`` (one per problem)."""
+    vals = list(values)
+    if not vals:
+        raise ValueError("bootstrap_ci of no values")
+    stat = stat or (lambda v: sum(v) / len(v))
+    rng = random.Random(seed)
+    n = len(vals)
+    boots = sorted(stat([vals[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
+    lo = boots[int(math.floor(alpha / 2 * (n_boot - 1)))]
+    hi = boots[int(math.ceil((1 - alpha / 2) * (n_boot - 1)))]
+    return lo, hi
+
+
+def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_problem[r["problem_id"]].append(r)
+    samples = [sorted(rs, key=lambda r: r.get("sample_index", 0)) for rs in by_problem.values()]
+    k = min(len(s) for s in samples)
+    correct = [[bool(r["correct"]) for r in s] for s in samples]
+    per_avg = [sum(c[:k]) / k for c in correct]
+    per_pass = [pass_at_k(len(c), sum(c), k) for c in correct]
+    per_maj = [float(majority_correct([(r.get("extracted"), bool(r["correct"])) for r in s[:k]])) for s in samples]
+    return {
+        "name": name,
+        "kind": kind,
+        "problems": len(samples),
+        "samples": sum(len(s) for s in samples),
+        "k": k,
+        "avg@k": sum(per_avg) / len(per_avg),
+        "avg@k_ci": list(bootstrap_ci(per_avg, n_boot=n_boot)),
+        "pass@1": sum(pass_at_k(len(c), sum(c), 1) for c in correct) / len(correct),
+        "pass@k": sum(per_pass) / len(per_pass),
+        "pass@k_ci": list(bootstrap_ci(per_pass, n_boot=n_boot)),
+        "maj@k": sum(per_maj) / len(per_maj),
+        "no_answer": sum(r.get("extracted") is None for s in samples for r in s) / sum(len(s) for s in samples),
+    }
+
+
+def summarize(results: Sequence[dict[str, Any]], n_boot: int = 1000) -> list[dict[str, Any]]:
+    """Table rows: one per benchmark, then one per domain, then "all" (EvalResult dicts in).
+
+    A result's benchmark is ``result["benchmark"]`` (falling back to its domain), its domain
+    ``result["domain"]`` (falling back to "unknown"). ``k`` of a row is the smallest number of samples
+    any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``).
+    """
+    results = list(results)
+    if not results:
+        return []
+    rows = []
+    for kind, key in (("benchmark", lambda r: r.get("benchmark") or r.get("domain") or "unknown"),
+                      ("domain", lambda r: r.get("domain") or "unknown")):
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in results:
+            groups[key(r)].append(r)
+        rows += [_group_rows(name, kind, rs, n_boot) for name, rs in sorted(groups.items())]
+    rows.append(_group_rows("all", "all", results, n_boot))
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of ``summarize`` rows (scores in percent, 95% CI in brackets)."""
+    head = ["kind", "name", "problems", "samples", "k", "avg@k [95% CI]", "pass@1", "pass@k", "maj@k", "no answer"]
+    body = []
+    for r in rows:
+        lo, hi = r["avg@k_ci"]
+        body.append([r["kind"], r["name"], str(r["problems"]), str(r["samples"]), str(r["k"]),
+                     f"{100 * r['avg@k']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]", f"{100 * r['pass@1']:.1f}",
+                     f"{100 * r['pass@k']:.1f}", f"{100 * r['maj@k']:.1f}", f"{100 * r['no_answer']:.1f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+    return "\n".join(lines)
