@@ -1,0 +1,206 @@
+"""The hf engine on real tiny Llamas: equivalences between generate, score and plain references."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dasd.engines import EngineConfig, GenerateRequest, ScoreRequest, make_engine
+from dasd.errors import DasdError
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 3 + 4 then times 2."}]
+OTHER = [{"role": "user", "content": "Caf\u00e9 \u65e5\u672c\u8a9e \U0001f600: 12 / 4 = ?"}]
+CONTINUATION = "<think>\nStart with 5. 5 - 2 = 3. Caf\u00e9 \u4e2d\u6587 \U0001f469\u200d\U0001f52c\n</think>\nSo \\boxed{3}."
+
+
+def reference_logprobs(engine, context_ids: list[int], cont_ids: list[int]) -> list[float]:
+    """Plain full-logits reference: one forward pass of the whole model, log_softmax, gather."""
+    ids = torch.tensor([context_ids + cont_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(engine.model(input_ids=ids).logits.float(), dim=-1)[0]
+    start = len(context_ids) - 1
+    return [float(logp[start + j, t]) for j, t in enumerate(cont_ids)]
+
+
+def close(a: list[float], b: list[float], tol: float = 1e-4) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_generate_logprobs_equal_score_with_ids(any_engine):
+    reqs = [
+        GenerateRequest(id="a", messages=MESSAGES, n=3, temperature=1.0, max_tokens=24, seed=1),
+        GenerateRequest(id="b", messages=OTHER, n=2, temperature=0.6, top_p=0.9, max_tokens=17, seed=2),
+    ]
+    gens = any_engine.generate(reqs)
+    score_reqs = [
+        ScoreRequest(id=f"{g.request_id}/{g.index}", messages=req.messages, continuation=g.text, continuation_ids=g.token_ids)
+        for req, gs in zip(reqs, gens) for g in gs
+    ]
+    scores = any_engine.score(score_reqs)
+    flat = [g for gs in gens for g in gs]
+    for g, s in zip(flat, scores):
+        assert g.logprob_mode == s.logprob_mode == "raw"
+        assert s.token_ids == g.token_ids and s.offsets == g.offsets and s.tokens == g.tokens
+        assert close(g.logprobs, s.logprobs), (g.logprobs, s.logprobs)
+
+
+def test_generate_logprobs_equal_score_of_text_when_canonical(hf_engine):
+    req = GenerateRequest(id="a", messages=MESSAGES, n=40, temperature=1.0, max_tokens=4, seed=3)
+    canonical = [g for g in hf_engine.generate([req])[0] if hf_engine.encode(g.text) == g.token_ids]
+    assert len(canonical) >= 2
+    scores = hf_engine.score([ScoreRequest(id="s", messages=MESSAGES, continuation=g.text) for g in canonical])
+    for g, s in zip(canonical, scores):
+        assert s.token_ids == g.token_ids
+        assert close(g.logprobs, s.logprobs)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100_000])
+def test_chunked_scoring_equals_full_logits_reference(any_engine, chunk):
+    path = any_engine.cfg.model
+    engine = make_engine(EngineConfig(model=path, device="cpu", logprob_chunk=chunk, score_batch_tokens=64))
+    reqs = [
+        ScoreRequest(id="m", messages=MESSAGES, continuation=CONTINUATION),
+        ScoreRequest(id="p", prefix="Question: 2 + 2?\nAnswer:", continuation=" 4, since 2 + 2 = 4 \u2713"),
+        ScoreRequest(id="e", prefix="x", continuation=""),
+    ]
+    results = engine.score(reqs)
+    for req, res in zip(reqs, results):
+        ctx = engine.context_ids(req.messages, req.prefix, req.id)
+        assert res.token_ids == engine.encode(req.continuation)
+        assert close(res.logprobs, reference_logprobs(engine, ctx, res.token_ids), tol=1e-5)
+    assert results[2].logprobs == [] and results[2].offsets == []
+
+
+def test_score_offsets_cover_the_continuation(any_engine):
+    (res,) = any_engine.score([ScoreRequest(id="m", messages=MESSAGES, continuation=CONTINUATION)])
+    assert res.offsets[0][0] == 0 and res.offsets[-1][1] == len(CONTINUATION)
+    assert "".join(CONTINUATION[s:e] for s, e in res.offsets if s >= 0).startswith("<think>")
+
+
+def test_score_batching_does_not_change_results(hf_engine, tiny_lm_dir):
+    reqs = [
+        ScoreRequest(id=str(i), prefix="Step %d:" % i, continuation=CONTINUATION[: 10 + 7 * i]) for i in range(6)
+    ] + [ScoreRequest(id="m", messages=OTHER, continuation=CONTINUATION)]
+    alone = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", score_batch_tokens=1))
+    batched = hf_engine.score(reqs)
+    for a, b in zip(alone.score(reqs), batched):
+        assert a.request_id == b.request_id and a.token_ids == b.token_ids
+        assert close(a.logprobs, b.logprobs, tol=1e-5)
+
+
+def test_messages_and_templated_prefix_agree(hf_engine):
+    prefix = hf_engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    a = hf_engine.score([ScoreRequest(id="a", messages=MESSAGES, continuation=CONTINUATION)])[0]
+    b = hf_engine.score([ScoreRequest(id="b", prefix=prefix, continuation=CONTINUATION)])[0]
+    assert a.logprobs == b.logprobs
+    ga = hf_engine.generate([GenerateRequest(id="a", messages=MESSAGES, n=2, max_tokens=12, seed=5)])[0]
+    gb = hf_engine.generate([GenerateRequest(id="b", prefix=prefix, n=2, max_tokens=12, seed=5)])[0]
+    assert [g.token_ids for g in ga] == [g.token_ids for g in gb]
+    assert ga[0].prompt_tokens == hf_engine.count_tokens(prefix)
+
+
+def test_prefix_continuation_extends_the_prefix(hf_engine):
+    """Greedy from the chat prompt, then greedy from (prompt + first tokens) gives the rest."""
+    prompt = hf_engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    (full,) = hf_engine.generate([GenerateRequest(id="a", prefix=prompt, temperature=0, max_tokens=12)])[0:1]
+    full = full[0]
+    cut = next(k for k in range(3, 9) if hf_engine.encode(prompt + full.text[: full.offsets[k][0]])
+               == hf_engine.encode(prompt) + full.token_ids[:k])
+    head = full.text[: full.offsets[cut][0]]
+    (rest,) = hf_engine.generate([GenerateRequest(id="b", prefix=prompt + head, temperature=0, max_tokens=12 - cut)])[0]
+    assert rest.token_ids == full.token_ids[cut:]
+    assert close(rest.logprobs, full.logprobs[cut:], tol=1e-5)
+    assert head + rest.text == full.text
+
+
+def greedy_reference(engine, prompt_ids: list[int], steps: int) -> list[int]:
+    """Argmax decoding with full forward passes, no cache, no batching."""
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            tok = int(engine.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            if tok in engine.stop_ids:
+                break
+            ids.append(tok)
+    return ids[len(prompt_ids):]
+
+
+def test_temperature_zero_is_greedy(any_engine):
+    reqs = [GenerateRequest(id="a", messages=MESSAGES, n=2, temperature=0, max_tokens=15, seed=1),
+            GenerateRequest(id="b", messages=OTHER, n=1, temperature=0, max_tokens=9, seed=2)]
+    gens = any_engine.generate(reqs)
+    for req, gs in zip(reqs, gens):
+        want = greedy_reference(any_engine, any_engine.context_ids(req.messages, None, req.id), req.max_tokens)
+        assert all(g.token_ids == want for g in gs)
+
+
+def test_tiny_top_p_is_greedy(hf_engine):
+    a = hf_engine.generate([GenerateRequest(id="a", messages=OTHER, n=3, temperature=1.0, top_p=1e-6, max_tokens=10, seed=9)])[0]
+    b = hf_engine.generate([GenerateRequest(id="a", messages=OTHER, n=1, temperature=0, max_tokens=10)])[0]
+    assert all(g.token_ids == b[0].token_ids for g in a)
+    assert all(close(g.logprobs, b[0].logprobs, tol=1e-6) for g in a)
+
+
+def test_seeded_samples_do_not_depend_on_batching(tiny_lm_dir, hf_engine):
+    reqs = [GenerateRequest(id=f"r{i}", messages=[{"role": "user", "content": "x" * (i + 1)}], n=1 + i % 3,
+                            temperature=1.0, top_p=0.95 if i % 2 else 1.0, max_tokens=6 + 3 * i, seed=100 + i)
+            for i in range(5)]
+    base = hf_engine.generate(reqs)  # batch_size 4
+    one = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", batch_size=1)).generate(reqs)
+    shuffled = list(reversed(reqs))
+    wide = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", batch_size=16)).generate(shuffled)[::-1]
+    for other in (one, wide):
+        for gs, hs in zip(base, other):
+            assert [g.index for g in gs] == list(range(len(gs)))
+            assert [g.token_ids for g in gs] == [h.token_ids for h in hs]
+            assert [g.finish_reason for g in gs] == [h.finish_reason for h in hs]
+            assert all(close(g.logprobs, h.logprobs, tol=1e-5) for g, h in zip(gs, hs))
+    again = hf_engine.generate(reqs)
+    assert [[g.token_ids for g in gs] for gs in again] == [[g.token_ids for g in gs] for gs in base]
+    reseeded = hf_engine.generate([GenerateRequest(**{**reqs[4].__dict__, "seed": 7})])[0]
+    assert [g.token_ids for g in reseeded] != [g.token_ids for g in base[4]]
+    assert base[2][0].token_ids != base[2][1].token_ids  # samples of one request differ
+
+
+def test_finish_reasons(hf_engine):
+    req = GenerateRequest(id="a", messages=MESSAGES, n=24, temperature=1.0, max_tokens=25, seed=4)
+    gens = hf_engine.generate([req])[0]
+    reasons = {g.finish_reason for g in gens}
+    assert reasons == {"stop", "length"}
+    for g in gens:
+        assert not set(g.token_ids) & hf_engine.stop_ids
+        assert len(g.token_ids) == len(g.logprobs) == len(g.offsets) == len(g.tokens)
+        if g.finish_reason == "length":
+            assert len(g.token_ids) == 25
+        else:  # the eos really was the next token: score it after the text
+            (s,) = hf_engine.score([ScoreRequest(id="s", messages=MESSAGES, continuation=g.text + "<|im_end|>",
+                                                 continuation_ids=g.token_ids + [hf_engine.tokenizer.eos_token_id])])
+            assert close(s.logprobs[:-1], g.logprobs)
+
+
+def test_max_model_len(tiny_lm_dir):
+    engine = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", max_model_len=80))
+    prompt_len = len(engine.context_ids(MESSAGES, None, "a"))
+    (g,) = engine.generate([GenerateRequest(id="a", messages=MESSAGES, temperature=0, max_tokens=500)])[0]
+    assert g.finish_reason == "length" and len(g.token_ids) == 80 - prompt_len
+    with pytest.raises(DasdError, match="max_model_len"):
+        engine.score([ScoreRequest(id="long", messages=MESSAGES, continuation="a b c d " * 40)])
+    with pytest.raises(DasdError, match="max_model_len"):
+        engine.generate([GenerateRequest(id="long", prefix="a b c d " * 40)])
+
+
+def test_count_tokens(any_engine):
+    text = "Caf\u00e9 \U0001f600 <|im_end|>"
+    assert any_engine.count_tokens(text) == len(any_engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert any_engine.count_tokens("") == 0
+
+
+def test_requests_shuffle_invariance_for_score(hf_engine):
+    reqs = [ScoreRequest(id=str(i), prefix="p" * i + ":", continuation=CONTINUATION[i:]) for i in range(5)]
+    shuffled = reqs[:]
+    random.Random(0).shuffle(shuffled)
+    by_id = {r.request_id: r for r in hf_engine.score(shuffled)}
+    for r in hf_engine.score(reqs):
+        assert r.logprobs == pytest.approx(by_id[r.request_id].logprobs, abs=1e-5)

@@ -1,0 +1,145 @@
+"""Token character offsets on multi-byte text, checked against a brute-force reference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from dasd.engines.offsets import decode_with_char_index, spans_from_bytes, token_bytes, token_offsets
+from dasd.errors import DasdError
+
+TEXTS = [
+    "Caf\u00e9 na\u00efve r\u00e9sum\u00e9, \u65e5\u672c\u8a9e\u306e\u6587, emoji \U0001f600\U0001f389, $\\frac{1}{2}$ and \\[x^2\\].",
+    "\u00e0\u00e9\u00ee\u00f5\u00fc \u4e2d\u6587\u5b57\u7b26 \U0001f469\u200d\U0001f52c \u2211_{i=1}^n i^2 \u2192 \u221e",
+    "The answer is \\boxed{14}. \u2713\n\n\u00bfQu\u00e9? \u00a1S\u00ed! \U0001f914",
+    "  leading spaces, trailing tab\t and a lone \u00e9",
+]
+
+
+def reference_spans(text: str, pieces: list[bytes]) -> list[tuple[int, int]]:
+    """Brute force: the characters whose bytes intersect each token's byte range."""
+    char_ranges, pos = [], 0
+    for ch in text:
+        n = len(ch.encode("utf-8"))
+        char_ranges.append((pos, pos + n))
+        pos += n
+    spans, pos = [], 0
+    for piece in pieces:
+        b0, b1 = pos, pos + len(piece)
+        hit = [c for c, (s, e) in enumerate(char_ranges) if s < b1 and b0 < e]
+        spans.append((hit[0], hit[-1] + 1))
+        pos = b1
+    return spans
+
+
+def check_invariants(text: str, spans: list[tuple[int, int]]) -> None:
+    assert all(0 <= s <= e <= len(text) for s, e in spans)
+    assert [s for s, _ in spans] == sorted(s for s, _ in spans)
+    assert [e for _, e in spans] == sorted(e for _, e in spans)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(nxt[0] <= prev[1] for prev, nxt in zip(spans, spans[1:]))  # no gaps
+
+
+@pytest.fixture(params=["tiny", "other"])
+def byte_level_tokenizer(request, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    return AutoTokenizer.from_pretrained(tiny_lm_dir if request.param == "tiny" else tiny_lm_dir_other_vocab)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_byte_level_offsets_match_reference(byte_level_tokenizer, text):
+    tok = byte_level_tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_bytes(tok, ids)
+    assert b"".join(pieces) == text.encode("utf-8")
+    spans = token_offsets(tok, ids, text)
+    assert spans == reference_spans(text, pieces)
+    check_invariants(text, spans)
+    for i, (s, e), piece in zip(ids, spans, pieces):
+        try:
+            whole = piece.decode("utf-8")
+        except UnicodeDecodeError:  # part of a character: checked by the reference above
+            continue
+        if text[s:e] == whole:
+            assert tok.decode([i]) == whole
+        else:  # a whole-character token next to a split character shares that character's span
+            assert whole in text[s:e]
+
+
+def test_texts_exercise_split_characters(byte_level_tokenizer):
+    """The texts above (the second is outside the tokenizers' training corpus) split characters."""
+    ids = byte_level_tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"]
+    broken = 0
+    for piece in token_bytes(byte_level_tokenizer, ids):
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            broken += 1
+    assert broken >= 4
+
+
+def test_special_tokens_inside_text(hf_engine):
+    tok = hf_engine.tokenizer
+    text = "<|im_start|>assistant\n\u00e9t\u00e9<|im_end|>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids
+    spans = token_offsets(tok, ids, text)
+    assert text[spans[0][0] : spans[0][1]] == "<|im_start|>"
+    assert text[spans[-1][0] : spans[-1][1]] == "<|im_end|>"
+    check_invariants(text, spans)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_sentencepiece_offsets(sentencepiece_tokenizer, text):
+    tok = sentencepiece_tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any(p.startswith("<0x") for p in tok.convert_ids_to_tokens(ids))  # byte fallback used
+    decoded = tok.decode(ids)
+    assert decoded == text  # the decoder strips the '▁' the normaliser prepended
+    spans = token_offsets(tok, ids, text)
+    # reference: the same brute force on the prepended-space text, shifted by one character
+    ref = reference_spans(" " + text, token_bytes(tok, ids))
+    assert spans == [(max(s - 1, 0), max(e - 1, 0)) for s, e in ref]
+    check_invariants(text, spans)
+
+
+def test_mismatched_ids_are_an_error(hf_engine):
+    tok = hf_engine.tokenizer
+    ids = tok("hello world", add_special_tokens=False)["input_ids"]
+    with pytest.raises(DasdError, match="not this text's tokens"):
+        token_offsets(tok, ids, "hello there")
+
+
+def test_partial_character_at_the_end():
+    # an emoji cut after 2 of its 4 bytes (a generation that hit max_tokens mid-character)
+    pieces = [b"ok ", "\U0001f600".encode()[:2]]
+    text, spans = spans_from_bytes(pieces)
+    assert text == "ok \ufffd" and spans == [(0, 3), (3, 4)]
+    pieces = [b"a", "\U0001f600".encode()[:1], "\U0001f600".encode()[1:], b""]
+    text, spans = spans_from_bytes(pieces)
+    assert text == "a\U0001f600" and spans == [(0, 1), (1, 2), (1, 2), (2, 2)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_decode_with_char_index_matches_python(data):
+    text, index = decode_with_char_index(data)
+    assert text == data.decode("utf-8", errors="replace")
+    assert index == sorted(index)
+    if data:
+        assert index[0] == 0 and index[-1] == len(text) - 1
+        # every character's bytes, regrouped, decode to that character (or are one invalid run)
+        for c in range(len(text)):
+            chunk = bytes(b for b, k in zip(data, index) if k == c)
+            assert chunk.decode("utf-8", errors="replace") == text[c]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=5), min_size=1, max_size=12))
+def test_spans_from_arbitrary_byte_pieces(pieces):
+    text, spans = spans_from_bytes(pieces)
+    assert len(spans) == len(pieces)
+    assert all(0 <= s <= e <= len(text) for s, e in spans)
+    assert [s for s, _ in spans] == sorted(s for s, _ in spans)
+    assert [e for _, e in spans] == sorted(e for _, e in spans)
