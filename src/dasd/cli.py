@@ -71,19 +71,26 @@ def filter_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] =
 @app.command()
 def score(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Student teacher-forced log-probs and per-sentence teacher/student scores of kept responses."""
-    _not_yet("score", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+    from dasd.stages.score import run_score
+
+    run_score(_load(config, overrides))
 
 
 @app.command()
 def select(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Keep m of k candidates per prompt and pool, by DAS or by random sampling."""
-    _not_yet("select", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+    from dasd.pipeline import grade_fn
+    from dasd.stages.select import run_select
+
+    run_select(_load(config, overrides), grade=grade_fn)
 
 
 @app.command()
 def train(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Staged SFT: stage 1 (low temperature), stage 2 (high temperature), stage 3 (mixed policy)."""
-    _not_yet("train", "Staged SFT training")
+    from dasd.stages.training import run_train
+
+    run_train(_load(config, overrides))
 
 
 @app.command()
@@ -95,7 +102,9 @@ def mix(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = Ove
 @app.command(name="eval")
 def eval_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Generate k samples per benchmark problem with a recorded protocol, grade, and summarise."""
-    _not_yet("eval", "Evaluation")
+    from dasd.stages.evaluation import run_evaluation
+
+    run_evaluation(_load(config, overrides))
 
 
 @app.command()
@@ -105,7 +114,9 @@ def grade(
     out: Path = typer.Option(..., "--out", help="Where to write one result per response (JSONL)."),
 ) -> None:
     """Grade given responses without a model; prints a summary table."""
-    _not_yet("grade", "Evaluation")
+    from dasd.stages.evaluate import run_grade
+
+    typer.echo(run_grade(problems, responses, out))
 
 
 @app.command()

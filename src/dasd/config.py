@@ -22,7 +22,10 @@ from dasd.errors import ConfigError
 from dasd.das import DASConfig
 from dasd.stages.importer import ImportConfig
 from dasd.stages.score import ScoreConfig
+from dasd.stages.evaluation import EvalConfig
 from dasd.stages.select import SelectConfig
+from dasd.train.config import TrainConfig
+from dasd.train.recipes import paper_stages
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -84,6 +87,8 @@ class RunConfig(StrictModel):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     das: DASConfig = Field(default_factory=DASConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(_default_train({}, "toy:student")))
 
     @model_validator(mode="before")
     @classmethod
@@ -93,7 +98,20 @@ class RunConfig(StrictModel):
             for role in ("teacher", "student"):
                 if isinstance(data.get(role), dict) and "model" not in data[role]:
                     data = {**data, role: {**data[role], "model": f"toy:{role}"}}
+            train = data.get("train") or {}
+            if isinstance(train, dict):
+                student = data["student"].get("model") if isinstance(data.get("student"), dict) else None
+                data = {**data, "train": _default_train(train, student or "toy:student")}
         return data
+
+
+def _default_train(section: dict, student_model: str) -> dict:
+    """A train section without `base_model` trains the student; without `stages`, the paper's schedule."""
+    out = dict(section)
+    out.setdefault("base_model", student_model)
+    if "stages" not in out:
+        out["stages"] = [s.model_dump() for s in paper_stages(low="low", high="high", mixed="mixed")]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
