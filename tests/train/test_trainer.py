@@ -1,0 +1,134 @@
+"""The trainer end to end on a tiny model: resume == uninterrupted, packed == unpacked, stage chaining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dasd.errors import ConfigError, InputError
+from dasd.train.config import TrainConfig
+from dasd.train.trainer import run_training
+
+
+def _pool(n=12, seed=0):
+    out = []
+    for i in range(n):
+        a, b = i + 2, (i * 7) % 11 + 1
+        steps = " ".join(f"{a} + {k} = {a + k}." for k in range(1 + (i + seed) % 4))
+        out.append({"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                 {"role": "user", "content": f"Compute {a} + {b}."},
+                                 {"role": "assistant", "content": f"<think>{steps}</think> So \\boxed{{{a + b}}}."}],
+                    "prefix_chars": 7 if i % 3 == 0 else 0})
+    return out
+
+
+def _cfg(base, **kw):
+    values = dict(base_model=base, context=256, micro_batch=1, grad_accum=2, lr=2e-3, min_lr=2e-4, warmup_ratio=0.2,
+                  tensorboard=False, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 6}])
+    values.update(kw)
+    return TrainConfig.model_validate(values)
+
+
+def _curve(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _weights(final):
+    return load_file(str(Path(final) / "model.safetensors"))
+
+
+def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_path):
+    data = {"pool": _pool()}
+    cfg = _cfg(tiny_lm_dir, save_every=2)
+    (ref,) = run_training(cfg, tmp_path / "a", data)
+
+    def crash(m):
+        if m["step"] == 5:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(cfg, tmp_path / "b", data, on_step=crash)
+    assert not (tmp_path / "b" / "s1" / "final").exists()
+    assert (tmp_path / "b" / "s1" / "checkpoints" / "step-000004").is_dir()
+    seen = []
+    (res,) = run_training(cfg, tmp_path / "b", data, on_step=lambda m: seen.append(m["step"]))
+    assert seen == [5, 6]  # resumed after the step-4 checkpoint, not from scratch
+
+    a, b = _curve(ref["curve"]), _curve(res["curve"])
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert a[-1]["epoch"] > 1  # the run crosses an epoch boundary (reshuffled order)
+    for ra, rb in zip(a, b):
+        assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-12)
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
+    wa, wb = _weights(ref["final"]), _weights(res["final"])
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+    # the loss went down (the run trains something)
+    assert a[-1]["loss"] < a[0]["loss"]
+
+
+def test_packed_training_equals_unpacked_training(tiny_lm_dir, tmp_path):
+    """Every step sees all examples (one global batch): packed and one-example-per-row give the same curve."""
+    data = {"pool": _pool(8)}
+    stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 3}]
+    (p,) = run_training(_cfg(tiny_lm_dir, packing=True, micro_batch=8, grad_accum=1, stages=stages), tmp_path / "p", data)
+    (u,) = run_training(_cfg(tiny_lm_dir, packing=False, micro_batch=8, grad_accum=1, stages=stages), tmp_path / "u", data)
+    assert p["sequences"] < u["sequences"] == 8
+    cp, cu = _curve(p["curve"]), _curve(u["curve"])
+    for a, b in zip(cp, cu):
+        assert a["loss_tokens"] == b["loss_tokens"]
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+def test_grad_accumulation_equals_bigger_micro_batch(tiny_lm_dir, tmp_path):
+    data = {"pool": _pool()}
+    stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 3}]
+    (a,) = run_training(_cfg(tiny_lm_dir, micro_batch=1, grad_accum=2, stages=stages), tmp_path / "a", data)
+    (b,) = run_training(_cfg(tiny_lm_dir, micro_batch=2, grad_accum=1, stages=stages), tmp_path / "b", data)
+    for ra, rb in zip(_curve(a["curve"]), _curve(b["curve"])):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5
+
+
+def test_stages_chain_skip_when_done_and_load_in_the_hf_engine(tiny_lm_dir, tmp_path):
+    from dasd.engines import make_engine
+    from dasd.engines.base import ScoreRequest
+    from dasd.engines.config import EngineConfig
+
+    pool = _pool()
+    jsonl = tmp_path / "high.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in _pool(seed=1)))
+    stages = [{"name": "low", "data": "pool", "init": "base", "max_steps": 4},
+              {"name": "high", "data": str(jsonl), "init": "previous", "max_steps": 4},
+              {"name": "mixed", "data": str(tmp_path / "missing.jsonl"), "init": "previous", "optional": True}]
+    cfg = _cfg(tiny_lm_dir, stages=stages)
+    res = run_training(cfg, tmp_path / "run", {"pool": pool})
+    assert [r["name"] for r in res] == ["low", "high"]
+    assert res[1]["init"] == res[0]["final"]
+    steps = []
+    again = run_training(cfg, tmp_path / "run", {"pool": pool}, on_step=lambda m: steps.append(m))
+    assert steps == [] and [r["final_loss"] for r in again] == [r["final_loss"] for r in res]
+
+    with pytest.raises(ConfigError, match="different config"):
+        run_training(cfg.model_copy(update={"lr": 1e-3}), tmp_path / "run", {"pool": pool})
+
+    ex = pool[1]["messages"]
+    req = [ScoreRequest(id="q", messages=ex[:2], continuation=ex[2]["content"])]
+    lp = {}
+    for name, path in [("base", tiny_lm_dir), ("trained", res[1]["final"])]:
+        eng = make_engine(EngineConfig(kind="hf", model=path, device="cpu", dtype="float32"))
+        lp[name] = sum(eng.score(req)[0].logprobs)
+    assert lp["trained"] > lp["base"]
+
+
+def test_bad_training_line_names_file_line_and_field(tiny_lm_dir, tmp_path):
+    bad = tmp_path / "d.jsonl"
+    good = json.dumps(_pool(1)[0])
+    bad.write_text(good + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
+    cfg = _cfg(tiny_lm_dir, stages=[{"name": "s1", "data": str(bad), "init": "base", "max_steps": 1}])
+    with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages\.0\.role'"):
+        run_training(cfg, tmp_path / "o")
