@@ -7,8 +7,10 @@ Rules shared by every grader:
   is all final part. Answers inside the reasoning never count.
 - ``last_boxed(text)``: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces nested;
   an unclosed box (output cut off inside it) is no answer.
-- ``last_code_block(text)``: the body of the last fenced block labelled python/py/python3 or
-  unlabelled; when there is none, the last fenced block of any label. An unclosed fence is ignored.
+- ``last_code_block(text)``: the body of the last fenced block labelled python (python/py/python3);
+  when there is none, the last unlabelled block; then the last block of any label. (So a python
+  solution followed by an unlabelled block of sample output is graded on the solution.) An unclosed
+  fence is ignored.
 """
 
 from __future__ import annotations
@@ -57,13 +59,14 @@ def last_boxed(text: str) -> str | None:
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_PY = {"", "python", "py", "python3", "py3"}
+_PY = {"python", "py", "python3", "py3"}
 
 
 def last_code_block(text: str) -> str | None:
-    """Body of the last fenced code block (python or unlabelled preferred); None if there is none."""
+    """Body of the last fenced code block (python, else unlabelled, else any); None if there is none."""
     blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
     if not blocks:
         return None
     py = [b for lang, b in blocks if lang in _PY]
-    return (py or [b for _, b in blocks])[-1]
+    bare = [b for lang, b in blocks if not lang]
+    return (py or bare or [b for _, b in blocks])[-1]

@@ -1,0 +1,193 @@
+"""Graders on hand-made tricky answers, and math grading against math-verify used directly."""
+
+from __future__ import annotations
+
+import pytest
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+from dasd.grading.answer import final_part, last_boxed, last_code_block
+from dasd.grading.choice import extract_choice, grade_choice, shuffle_choices
+from dasd.grading.code import grade_code, outputs_match
+from dasd.grading.grade import grade_many, grade_one, grader_of
+from dasd.grading.math import extract_math, grade_math
+
+
+# ---------------------------------------------------------------- answer extraction
+def test_final_part_and_boxes():
+    assert final_part("<think>\\boxed{1}</think>So \\boxed{2}.") == "So \\boxed{2}."
+    assert final_part("<think>still thinking \\boxed{1}") is None
+    assert final_part("no tags \\boxed{3}") == "no tags \\boxed{3}"
+    assert last_boxed("\\boxed{\\frac{1}{2}} then \\boxed{ {1,2} }") == "{1,2}"
+    assert last_boxed("\\fbox{7}") == "7"
+    assert last_boxed("cut off \\boxed{\\frac{1}{2") is None
+
+
+# ---------------------------------------------------------------- math
+MATH_CASES = [  # (gold, boxed prediction, correct?)
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\frac12", "\\dfrac{2}{4}", True),
+    ("0.75", "\\frac{3}{4}", True),
+    ("\\{1,2,3\\}", "\\{3,1,2\\}", True),
+    ("\\{1,2\\}", "\\{1,3\\}", False),
+    ("(0,1]", "(0,1]", True),
+    ("(0,1]", "[0,1]", False),
+    ("[2, \\infty)", "[2,\\infty)", True),
+    ("10", "10\\text{ cm}", True),
+    ("10", "10 \\mathrm{cm}", True),
+    ("3", "x = 3", True),
+    ("33", "033", True),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True),
+    ("2", "2.0", True),
+    ("\\pi", "3.14159", False),
+    ("12", "13", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,ok", MATH_CASES)
+def test_math_tricky_answers(gold, pred, ok):
+    text = f"<think>maybe \\boxed{{{gold if not ok else '999'}}}</think>\nSo the answer is $\\boxed{{{pred}}}$."
+    r = grade_math(text, gold)
+    assert r["extracted"] == pred.strip()
+    assert r["correct"] is ok, r
+
+
+def test_math_fallbacks_and_cutoffs():
+    assert extract_math("The final answer is $\\frac{3}{4}$.") == ("\\frac{3}{4}", "phrase")
+    assert extract_math("blah\nAnswer: 42") == ("42", "phrase")
+    assert grade_math("Answer: 0.75", "\\frac34")["correct"]
+    r = grade_math("<think>the answer is \\boxed{5} ... and then the output was cut", "5")
+    assert r["extracted"] is None and r["correct"] is False
+    assert grade_math("I have no idea.", "5")["extracted"] is None
+
+
+def test_math_agrees_with_math_verify_directly():
+    """Our grade == math-verify's own parse+verify on the final answer text, for every pair."""
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    responses = []
+    for gold, pred, _ in MATH_CASES:
+        responses.append((gold, f"<think>x</think>Therefore $\\boxed{{{pred}}}$."))
+        responses.append((gold, f"Work... final: \\boxed{{{pred}}}"))
+    for gold, text in responses:
+        ours = grade_math(text, gold)["correct"]
+        theirs = verify(parse(f"${gold}$", extraction_config=cfg), parse(final_part(text), extraction_config=cfg))
+        assert ours == theirs, (gold, text)
+
+
+def test_toy_domain_grades_like_math():
+    prob = {"id": "t1", "domain": "toy", "messages": [{"role": "user", "content": "q"}], "answer": "7"}
+    assert grader_of(prob) == "math"
+    assert grade_one(prob, "<think>\n3 + 4 = 7.\n</think>\nThe answer is \\boxed{07}.")["correct"]
+    assert not grade_one(prob, "<think>\n3 + 4 = 8.\n</think>\nThe answer is \\boxed{8}.")["correct"]
+
+
+# ---------------------------------------------------------------- multiple choice
+CHOICES = ["4 m/s", "8 m/s", "16 m/s", "2 m/s"]
+
+
+@pytest.mark.parametrize("text,letter", [
+    ("A is wrong because the units differ, and B ignores friction. The answer is (C).", "C"),
+    ("<think>Maybe A? No, B.</think>\nAnswer: B", "B"),
+    ("Considering option A and D, I conclude \\boxed{D}", "D"),
+    ("\\boxed{\\text{(A)}}", "A"),
+    ("So the correct choice is\n**C**", "C"),
+    ("The speed doubles, so \\boxed{16 m/s}", "C"),
+    ("A thoughtful analysis shows a clear trend.", None),  # 'A' as an article is no answer
+    ("<think>Answer: A", None),  # reasoning cut off
+    ("The answer is E.", None),  # not a valid letter for 4 choices
+])
+def test_choice_letters_in_prose(text, letter):
+    assert extract_choice(text, CHOICES)[0] == letter
+    assert grade_choice(text, "C", CHOICES)["correct"] is (letter == "C")
+
+
+def test_choice_shuffle_is_seeded_and_spread():
+    c1 = shuffle_choices("right", ["w1", "w2", "w3"], seed=0, key="q1")
+    assert c1 == shuffle_choices("right", ["w1", "w2", "w3"], seed=0, key="q1")
+    choices, letter = c1
+    assert sorted(choices) == ["right", "w1", "w2", "w3"] and choices["ABCD".index(letter)] == "right"
+    letters = {shuffle_choices("right", ["w1", "w2", "w3"], seed=0, key=f"q{i}")[1] for i in range(40)}
+    assert letters == set("ABCD")
+    assert [shuffle_choices("r", ["a", "b", "c"], s, "q")[0] for s in range(20)].count(["r", "a", "b", "c"]) < 20
+
+
+# ---------------------------------------------------------------- code
+STDIO = {"style": "stdio", "cases": [{"input": "3\n1 2 3\n", "output": "6\n"}, {"input": "2\n5 5\n", "output": "10"}]}
+
+
+def test_code_block_choice():
+    text = "```text\nsample\n```\n```python\nprint(1)\n```\nand the output:\n```\n1\n```"
+    assert last_code_block(text) == "print(1)\n"  # python-labelled wins over a later output block
+    assert last_code_block("```\nprint(2)\n```\n```text\n2\n```") == "print(2)\n"
+    assert last_code_block("```cpp\nint main(){}\n```") == "int main(){}\n"
+    assert last_code_block("```python\nprint(1)") is None  # cut off inside the block
+
+
+def test_code_with_prints_and_no_main_guard():
+    text = ("<think>```python\nprint('draft')\n```</think>\nHere:\n```python\n"
+            "n = int(input())\nprint(sum(map(int, input().split())))\n```")
+    assert grade_code(text, STDIO)["correct"]
+
+
+def test_code_with_main_guard_and_debug_print_to_stderr():
+    code = ("import sys\ndef main():\n    n = int(input())\n    xs = list(map(int, input().split()))\n"
+            "    print('debug', xs, file=sys.stderr)\n    print(sum(xs))\n\nif __name__ == '__main__':\n    main()\n")
+    assert grade_code(f"```python\n{code}```", STDIO)["correct"]
+
+
+def test_code_main_defined_but_never_called_is_wrong():
+    code = "def main():\n    n = int(input())\n    print(sum(map(int, input().split())))\n"
+    r = grade_code(f"```python\n{code}```", STDIO)
+    assert not r["correct"] and r["detail"]["failure"]["reason"] == "wrong_answer"
+
+
+def test_code_stray_prints_break_stdio():
+    code = "print('Enter numbers:')\nn = int(input())\nprint(sum(map(int, input().split())))\n"
+    assert not grade_code(f"```python\n{code}```", STDIO)["correct"]
+
+
+def test_code_call_style_solution_class_and_function():
+    tests = {"style": "call", "fn_name": "twoSum",
+             "cases": [{"input": [[2, 7, 11, 15], 9], "output": [0, 1]}, {"input": [[3, 3], 6], "output": [0, 1]}]}
+    cls = ("```python\nclass Solution:\n    def twoSum(self, nums, target):\n        print('debugging', nums)\n"
+           "        seen = {}\n        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+           "                return (seen[target - x], i)\n            seen[x] = i\n\n"
+           "if __name__ == '__main__':\n    print(Solution().twoSum(list(map(int, input().split())), 9))\n```")
+    assert grade_code(cls, tests)["correct"]  # tuple == list, prints ignored, guarded main not run
+    fn = "```python\ndef twoSum(nums, target):\n    return [0, 1]\n```"
+    assert grade_code(fn, tests)["correct"]
+    wrong = "```python\ndef twoSum(nums, target):\n    return [1, 0]\n```"
+    assert not grade_code(wrong, tests)["correct"]
+
+
+def test_code_assert_style():
+    tests = {"style": "assert", "entry_point": "add",
+             "code": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
+    assert grade_code("```python\ndef add(a, b):\n    return a + b\n```", tests)["correct"]
+    assert not grade_code("```python\ndef add(a, b):\n    return a * b\n```", tests)["correct"]
+    early_exit = "```python\nimport os\nos._exit(0)\ndef add(a, b):\n    return 0\n```"
+    assert not grade_code(early_exit, tests)["correct"]
+
+
+def test_outputs_match_like_livecodebench():
+    assert outputs_match("1 2 3  \n\n", "1 2 3")
+    assert outputs_match("0.50\n1.0", "0.5\n1")
+    assert not outputs_match("1 2", "1 2 3")
+    assert not outputs_match("yes", "YES")
+
+
+def test_grade_many_in_processes_matches_inline():
+    prob_m = {"id": "m", "domain": "math", "messages": [{"role": "user", "content": "q"}], "answer": "\\frac{1}{2}"}
+    prob_c = {"id": "c", "domain": "code", "messages": [{"role": "user", "content": "q"}], "tests": STDIO}
+    prob_g = {"id": "g", "domain": "science", "messages": [{"role": "user", "content": "q"}],
+              "choices": CHOICES, "answer": "C"}
+    pairs = [(prob_m, "\\boxed{0.5}"), (prob_m, "\\boxed{0.6}"), (prob_g, "Answer: C"), (prob_g, "Answer: A"),
+             (prob_c, "```python\nn=int(input())\nprint(sum(map(int,input().split())))\n```"), (prob_c, "no code")]
+    pooled = grade_many(pairs, workers=2)
+    inline = grade_many(pairs, workers=0)
+    assert [r["correct"] for r in pooled] == [True, False, True, False, True, False]
+    assert [(r["correct"], r["extracted"]) for r in pooled] == [(r["correct"], r["extracted"]) for r in inline]
+
+
+def test_problem_without_reference_is_refused():
+    with pytest.raises(ValueError, match="nothing to grade"):
+        grade_one({"id": "x", "messages": [{"role": "user", "content": "q"}]}, "text")
