@@ -65,7 +65,9 @@ def import_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] =
 @app.command(name="filter")
 def filter_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Normalise delimiters and drop bad teacher responses; prints the funnel per pool."""
-    _not_yet("filter", "Teacher sampling on a temperature schedule, imports, and the filters")
+    from dasd.stages.filter import run_filter
+
+    run_filter(_load(config, overrides))
 
 
 @app.command()

@@ -24,6 +24,7 @@ from dasd.stages.importer import ImportConfig
 from dasd.stages.score import ScoreConfig
 from dasd.stages.evaluation import EvalConfig
 from dasd.stages.select import SelectConfig
+from dasd.text.filters import FilterConfig
 from dasd.train.config import TrainConfig
 from dasd.train.recipes import paper_stages
 
@@ -84,6 +85,7 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     das: DASConfig = Field(default_factory=DASConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)

@@ -1,0 +1,59 @@
+"""`dasd filter`: normalise teacher delimiters and drop unusable responses, with a funnel per pool.
+
+Reads ``RUN/sample/pool-<pool>``; writes ``RUN/filter/kept-<pool>`` (normalised samples) and
+``RUN/filter/rejects`` (each dropped sample with ``rule``, ``reason`` and ``where``). The rules and
+their thresholds are in ``dasd.text.filters`` (docs/filters.md). Length is counted with the
+**student's** tokenizer. With ``filter.require_correct``, responses to prompts that carry a
+reference answer are graded (``dasd.grading``) and wrong ones dropped. Re-running skips samples
+already kept or rejected; the funnel always describes the whole pool.
+"""
+
+from __future__ import annotations
+
+from dasd.stages.common import resolve_model
+from dasd.stages.sample import load_run_prompts
+from dasd.stages.score import pools
+from dasd.store import RunStore
+from dasd.text.filters import Funnel, apply_filters
+
+STAGE = "filter"
+
+
+def student_token_counter(cfg):
+    """``count_tokens(text)`` with the student's tokenizer (no model weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
+    return lambda text: len(tok.encode(text, add_special_tokens=False))
+
+
+def run_filter(cfg, store: RunStore | None = None) -> dict:
+    """Filter every sample pool; return the funnel (also in the manifest)."""
+    from dasd.pipeline import grade_fn
+
+    store = store or RunStore(cfg.run_dir)
+    fc = cfg.filter
+    store.begin_stage(STAGE, fc.model_dump(mode="json"))
+    prompts = load_run_prompts(store)
+    count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
+
+    def is_correct(sample: dict) -> bool:
+        p = prompts.get(sample["prompt_id"], {})
+        return p.get("answer") is None or grade_fn(p, sample["text"])
+
+    funnel = Funnel()
+    with store.writer(STAGE, "rejects") as rejects:
+        for pool in pools(store, "sample", "pool"):
+            with store.writer(STAGE, f"kept-{pool}", shard_size=256) as kept:
+                for s in store.read("sample", f"pool-{pool}"):
+                    out, drop = apply_filters(s, fc, count_tokens, is_correct if fc.require_correct else None)
+                    funnel.add(pool, drop)
+                    if out is not None:
+                        kept.add(out)
+                    else:
+                        rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
+                                     "where": f"{store.root / 'sample'} pool-{pool} sample {s['id']}", "sample": s})
+    print(f"[filter] funnel\n{funnel.format()}")
+    counts = funnel.to_dict()
+    store.end_stage(STAGE, counts)
+    return counts
