@@ -54,3 +54,22 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "dasd-4b.yaml"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert [s.name for s in cfg.train.stages] == ["stage1_low", "stage2_high", "stage3_mixed"]
+    assert cfg.sample.temperatures == [0.6, 1.0]
+
+
+def test_paper_recipe_values():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "dasd-4b.yaml")
+    t = cfg.train
+    assert (t.lr, t.min_lr, t.warmup_ratio, tuple(t.betas), t.eps, t.weight_decay, t.clip) == (5e-5, 1e-5, 0.1, (0.9, 0.95), 1e-8, 0.1, 1.0)
+    assert (t.epochs, t.context, t.bf16) == (6, 65536, True)
+    assert cfg.eval.preset == "paper" and cfg.data.system_prompt == "You are a helpful assistant."
