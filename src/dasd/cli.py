@@ -124,7 +124,9 @@ def grade(
 @app.command()
 def analyze(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Sentence-type diagnosis (Teacher/Student/Shared/Boosted) of the distilled model's responses."""
-    _not_yet("analyze", "Cross-tokenizer sentence scoring and divergence-aware sampling (DAS)")
+    from dasd.stages.analyze import run_analyze
+
+    run_analyze(_load(config, overrides))
 
 
 @app.command()

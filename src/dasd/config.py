@@ -22,6 +22,7 @@ from dasd.errors import ConfigError
 from dasd.das import DASConfig
 from dasd.stages.importer import ImportConfig
 from dasd.stages.score import ScoreConfig
+from dasd.stages.analyze import AnalyzeConfig
 from dasd.stages.evaluation import EvalConfig
 from dasd.stages.select import SelectConfig
 from dasd.text.filters import FilterConfig
@@ -90,6 +91,7 @@ class RunConfig(StrictModel):
     das: DASConfig = Field(default_factory=DASConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(_default_train({}, "toy:student")))
 
     @model_validator(mode="before")

@@ -64,6 +64,7 @@ def run_pipeline(cfg) -> dict:
     run_train(cfg, store)
     _mix(cfg, store)
     summary = run_evaluation(cfg, store)
+    _analyze(cfg, store)
     print(f"\n[run] accuracy on held-out problems ({cfg.eval.protocol.n} samples each, T={cfg.eval.protocol.temperature})")
     print(accuracy_table(summary, cfg.eval.models))
     print(f"[run] done in {time.monotonic() - t0:.0f}s; run directory: {store.root}")
@@ -74,6 +75,12 @@ def _filter(cfg, store: RunStore) -> None:
     from dasd.stages.filter import run_filter
 
     run_filter(cfg, store)
+
+
+def _analyze(cfg, store: RunStore) -> None:
+    from dasd.stages.analyze import run_analyze
+
+    run_analyze(cfg, store)
 
 
 def _mix(cfg, store: RunStore) -> None:

@@ -1,0 +1,95 @@
+"""`dasd analyze`: the paper's diagnosis of a distilled model (PAPER.md section 2).
+
+Takes the distilled model's own evaluation responses (``RUN/eval/results-<label>``, graded), scores
+every sentence under the teacher, the student base and the distilled model (each with its own
+tokenizer, teacher-forced on the same prompt), types sentences Teacher / Student / Shared /
+Boosted and computes, per type, its share by relative position in correct vs incorrect responses
+and the area between the two curves (``dasd.analysis``). Writes ``RUN/analyze/responses`` (the
+typed sentence tables) and the profile into the manifest (``stages.analyze.counts``) for the report.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dasd.analysis import AnalysisConfig, position_profile, score_response
+from dasd.engines.base import ScoreRequest
+from dasd.errors import DasdError
+from dasd.records import content_id
+from dasd.stages.common import chunks, open_engine
+from dasd.stages.evaluation import _output_name, load_benchmark, model_for
+from dasd.store import RunStore
+
+STAGE = "analyze"
+
+
+class AnalyzeConfig(AnalysisConfig):
+    """`dasd analyze` settings (YAML section ``analyze``): the typing thresholds plus what to analyse."""
+
+    model: str = Field("auto", description="model label whose eval responses are analysed; auto = the last "
+                       "training stage that has a final model")
+    max_responses: int = Field(200, ge=1, description="analyse at most this many responses (first by problem, index)")
+    batch: int = Field(16, ge=1, description="responses per scoring call")
+
+
+def _pick_model(cfg, store: RunStore) -> str:
+    if cfg.analyze.model != "auto":
+        return cfg.analyze.model
+    for stage in reversed(cfg.train.stages):
+        if model_for(cfg, store, stage.name) is not None:
+            return stage.name
+    raise DasdError("dasd analyze: no trained model in this run yet (run `dasd train` first, or set analyze.model)")
+
+
+def run_analyze(cfg, store: RunStore | None = None) -> dict:
+    store = store or RunStore(cfg.run_dir)
+    ac: AnalyzeConfig = cfg.analyze
+    label = _pick_model(cfg, store)
+    results = sorted(store.read("eval", _output_name(label)), key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
+    if not results:
+        raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
+    results = results[: ac.max_responses]
+    store.begin_stage(STAGE, {"analyze": ac.model_dump(mode="json"), "model": label})
+    problems = {}
+    for spec in cfg.eval.benchmarks:
+        for p in load_benchmark(spec):
+            problems[(spec.name, p["id"])] = p
+    engines = {}
+    scored = []
+    with store.writer(STAGE, "responses") as w:
+        done = {r["id"]: r for r in store.read(STAGE, "responses")}
+        todo = [r for r in results if content_id("analyze", label, r["id"]) not in done]
+        scored = [done[content_id("analyze", label, r["id"])] for r in results if content_id("analyze", label, r["id"]) in done]
+        for batch in chunks(todo, ac.batch):
+            reqs = [ScoreRequest(id=r["id"], messages=problems[(r["benchmark"], r["problem_id"])]["messages"], continuation=r["text"]) for r in batch]
+            signals = {}
+            for role, mcfg in (("teacher", cfg.teacher), ("student", cfg.student), ("distilled", model_for(cfg, store, label))):
+                if role not in engines:
+                    engines[role] = open_engine(mcfg)
+                signals[role] = engines[role].score(reqs)
+            for i, r in enumerate(batch):
+                sig = {k: (v[i].offsets, v[i].logprobs) for k, v in signals.items()}
+                rec = {
+                    "id": content_id("analyze", label, r["id"]), "result_id": r["id"], "problem_id": r["problem_id"],
+                    "correct": r["correct"], "text": r["text"],
+                    "sentences": score_response(r["text"], sig["teacher"], sig["student"], sig["distilled"], ac),
+                }
+                w.add(rec)
+                scored.append(rec)
+    profile = position_profile(scored, ac)
+    profile["model"] = label
+    store.end_stage(STAGE, profile)
+    print(format_profile(profile))
+    return profile
+
+
+def format_profile(p: dict) -> str:
+    n = p["n_responses"]
+    lines = [f"[analyze] {p['model']}: {n['correct']} correct / {n['incorrect']} incorrect responses",
+             f"  {'type':9s} {'share(correct)':>15s} {'share(incorrect)':>17s} {'area (corr-incorr)':>19s}"]
+    for t, v in p["types"].items():
+        def f(x):
+            return "-" if x is None else f"{100 * x:.1f}%"
+        area = "-" if v["area"] is None else f"{v['area']:+.3f}"
+        lines.append(f"  {t:9s} {f(v['overall']['correct']):>15s} {f(v['overall']['incorrect']):>17s} {area:>19s}")
+    return "\n".join(lines)
