@@ -260,6 +260,14 @@ def test_repeated_chars(body, fires):
     assert (check_repetition(body, RepetitionConfig()) or "").startswith("chars:") == fires
 
 
+def test_is_repetitive_uses_the_default_thresholds():
+    from dasd.text.filters import is_repetitive
+
+    assert is_repetitive("\n\n".join([PARA] * 5)).startswith("paragraph:")
+    assert is_repetitive(GOOD) is None
+    assert is_repetitive("\n\n".join([PARA] * 5), RepetitionConfig(paragraph_max_repeats=5, sentence_max_repeats=5, ngram_max_dup_fraction=0.9)) is None
+
+
 def test_repetition_can_be_disabled():
     body = "\n\n".join([PARA] * 5)
     assert check_repetition(body, RepetitionConfig(enabled=False)) is None

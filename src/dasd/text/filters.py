@@ -108,6 +108,11 @@ def check_structure(text: str) -> str | None:
     return None
 
 
+def is_repetitive(text: str, cfg: RepetitionConfig | None = None) -> str | None:
+    """The repetition filter alone (default thresholds): its detail if ``text`` is repetitive, else ``None``."""
+    return check_repetition(text, cfg or RepetitionConfig())
+
+
 def check_teacher_signal(sample: dict[str, Any]) -> str | None:
     """``None`` if the sample has no teacher signal or a usable one; else what is wrong."""
     teacher = sample.get("teacher")
