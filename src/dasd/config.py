@@ -211,3 +211,43 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{source}: {key}: {e['msg']}{got_s}")
     return "\n".join(lines)
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """Markdown reference of every config key: type, default and description (docs/config.md)."""
+    lines = []
+    if not prefix:
+        lines += ["# Config reference", "",
+                  "Generated from the pydantic models by `python -m dasd.config` (a test keeps it in sync).",
+                  "Override any key on the command line: `dasd sample -c configs/demo.yaml sample.k=2`.", ""]
+    simple = []
+    nested = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        ann = field.annotation
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None and "list" not in str(ann):
+            nested.append((key, sub, field))
+            continue
+        if field.is_required():
+            default = "required"
+        else:
+            try:
+                d = field.get_default(call_default_factory=True)
+                default = repr(d.model_dump(mode="json") if isinstance(d, BaseModel) else
+                               [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in d] if isinstance(d, list) else d)
+            except Exception:  # pragma: no cover - a factory needing context
+                default = "(computed)"
+        typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        simple.append(f"| `{key}` | `{typ}` | `{default}` | {desc} |")
+    if simple:
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        lines += [f"## `{prefix[:-1] or 'top level'}`", "", doc, "", "| key | type | default | description |", "|---|---|---|---|", *simple, ""]
+    for key, sub, _ in nested:
+        lines.append(config_reference(sub, key + "."))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference())

@@ -73,3 +73,17 @@ def test_paper_recipe_values():
     assert (t.lr, t.min_lr, t.warmup_ratio, tuple(t.betas), t.eps, t.weight_decay, t.clip) == (5e-5, 1e-5, 0.1, (0.9, 0.95), 1e-8, 0.1, 1.0)
     assert (t.epochs, t.context, t.bf16) == (6, 65536, True)
     assert cfg.eval.preset == "paper" and cfg.data.system_prompt == "You are a helpful assistant."
+
+
+def test_config_reference_doc_is_current_and_every_key_documented():
+    from pathlib import Path
+
+    from dasd.config import config_reference
+
+    ref = config_reference()
+    doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8").strip() == ref.strip(), "regenerate: python -m dasd.config > docs/config.md"
+    rows = [line for line in ref.splitlines() if line.startswith("| `")]
+    assert len(rows) > 80
+    undocumented = [r.split("|")[1].strip() for r in rows if not r.rstrip("| ").split("|")[-1].strip()]
+    assert undocumented == []
