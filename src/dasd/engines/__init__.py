@@ -22,6 +22,14 @@ def make_engine(cfg: EngineConfig) -> Engine:
         from dasd.engines.hf import HFEngine
 
         return HFEngine(cfg)
+    if cfg.kind == "openai":
+        from dasd.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(cfg)
+    if cfg.kind == "vllm":
+        from dasd.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg)
     raise DasdError(
         f"engine.kind {cfg.kind!r} is not implemented yet; use kind: hf"
     )

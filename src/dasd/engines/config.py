@@ -9,12 +9,82 @@ from pydantic import Field, model_validator
 from dasd.configbase import StrictModel
 
 
+class OpenAIOptions(StrictModel):
+    """``kind: openai``: how to reach an OpenAI-compatible server (vLLM serve, SGLang, hosted APIs)."""
+
+    base_urls: list[str] = Field(
+        default_factory=list,
+        description="Server base URLs ending in /v1, e.g. [http://10.0.0.5:8000/v1]. Several are "
+        "load-balanced (fewest requests in flight); a retried request may go to another one.",
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (sent as a Bearer "
+        "token). None = no key. The key itself never goes in a config file.",
+    )
+    concurrency: int = Field(32, ge=1, description="Requests in flight at once (all URLs together).")
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds; a timeout is retried.")
+    max_retries: int = Field(
+        8, ge=0, description="Retries of one request on 429, 5xx, timeouts and dropped connections "
+        "(jittered exponential backoff; a Retry-After header is honoured). Other errors fail at once.",
+    )
+    backoff_s: float = Field(1.0, gt=0, description="Backoff base: retry k waits uniform(0, backoff_s * 2^k).")
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between retries (Retry-After included).")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Also ask for this many top log-probs per token.")
+    logprob_mode: Literal["auto", "raw", "processed"] = Field(
+        "auto", description="What the server's log-probs are. auto = what the server says "
+        "(dasd's own server says raw), else processed. Say raw for vLLM started with "
+        "--logprobs-mode raw_logprobs.",
+    )
+    token_ids: bool = Field(
+        False, description="Ask for token ids (vLLM's return_tokens_as_token_ids) and read token "
+        "bytes from the local `tokenizer`, which must then be the server model's.",
+    )
+    score_api: Literal["prompt_logprobs", "echo"] = Field(
+        "prompt_logprobs", description="How score() asks for teacher-forced log-probs: vLLM's "
+        "prompt_logprobs extension, or echo=true with max_tokens=0 (legacy OpenAI). Scoring needs "
+        "the local `tokenizer` to build token-id prompts.",
+    )
+    extra_body: dict = Field(
+        default_factory=dict, description="Extra fields merged into every request body (e.g. "
+        "chat_template_kwargs, reasoning_effort, top_k).",
+    )
+
+
+class VLLMOptions(StrictModel):
+    """``kind: vllm``: settings passed to the offline ``vllm.LLM``."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model copy is split over.")
+    data_parallel_size: int = Field(
+        1, ge=1, description="Model copies inside vLLM. For many nodes prefer `ray.replicas`.",
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
+        "raw_logprobs", description="raw = untempered log-softmax of the model (what dasd wants); "
+        "processed = after temperature/top-p.",
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower).")
+    extra: dict = Field(default_factory=dict, description="Other keyword arguments for vllm.LLM.")
+
+
+class RayOptions(StrictModel):
+    """Fan records out over engine replicas with Ray (``dasd.engines.fanout``)."""
+
+    address: str = Field(
+        ..., min_length=1, description="'local' (start a Ray instance in this process), 'auto' (join "
+        "the cluster this machine belongs to) or ray://HEAD:10001.",
+    )
+    replicas: int = Field(2, ge=1, description="Engine replicas (Ray actors), each building its own engine.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica (set to tensor_parallel_size for vllm).")
+    chunk: int = Field(16, ge=1, description="Requests handed to a replica at a time.")
+
+
 class EngineConfig(StrictModel):
-    """How to build an engine (``dasd.engines.make_engine``). Only ``kind="hf"`` runs today."""
+    """How to build an engine (``dasd.engines.make_engine``): hf, openai or vllm."""
 
     kind: Literal["hf", "openai", "vllm"] = Field(
         "hf", description="Backend: hf (transformers, CPU or GPU), openai (an OpenAI-compatible "
-        "server), vllm (offline vllm.LLM). openai and vllm are not implemented yet."
+        "server; see `openai`), vllm (offline vllm.LLM, an optional extra; see `vllm`)."
     )
     model: str = Field(
         ..., min_length=1,
@@ -58,9 +128,16 @@ class EngineConfig(StrictModel):
     trust_remote_code: bool = Field(
         False, description="Allow model repos to run their own Python code. Off by default."
     )
+    openai: OpenAIOptions = Field(default_factory=OpenAIOptions, description="kind: openai settings.")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="kind: vllm settings.")
+    ray: RayOptions | None = Field(
+        None, description="Fan sample/score/eval records out over engine replicas with Ray; None = one process."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
             raise ValueError(f"gguf_file must name a .gguf file, got {self.gguf_file!r}")
+        if self.kind == "openai" and not self.openai.base_urls:
+            raise ValueError("kind openai needs openai.base_urls (e.g. [http://localhost:8000/v1])")
         return self

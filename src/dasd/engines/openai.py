@@ -1,0 +1,495 @@
+"""The ``openai`` engine: sampling and scoring through any OpenAI-compatible server.
+
+    engine:
+      kind: openai
+      model: Qwen/Qwen3-8B                 # the served model name (recorded in every Sample)
+      tokenizer: /models/Qwen3-8B          # optional locally; needed for score() and token ids
+      openai: {base_urls: [http://10.0.0.5:8000/v1, http://10.0.0.6:8000/v1], concurrency: 128}
+
+What it does:
+- **generate**: chat messages go to ``/chat/completions``; a raw ``prefix`` (mixed-policy
+  continuation, already templated) goes to ``/completions`` with ``add_special_tokens: false``.
+  Sample ``i`` of a request is its own HTTP request with ``n=1`` and ``seed=sample_seed(seed, i)``,
+  so every sample is reproducible and can be resumed on its own. Per-token log-probs of the sampled
+  tokens are always asked for (and ``openai.top_logprobs`` alternatives when > 0).
+- **score**: teacher-forced log-probs through vLLM's ``prompt_logprobs`` (or ``echo`` with
+  ``max_tokens=0``), on a token-id prompt built with the local ``tokenizer`` exactly as the hf
+  engine builds it (chat template with generation prompt, continuation encoded on its own).
+- **Streaming results**: ``generate_iter(requests)`` yields ``(request_index, Generation)`` as each
+  sample finishes, so a caller can write it at once; ``generate`` collects the same.
+- **Robustness**: ``openai.concurrency`` requests in flight, a ``timeout_s`` per request, retries
+  on 429 / 5xx / timeouts / dropped connections / truncated bodies with jittered exponential
+  backoff (``Retry-After`` honoured), up to ``max_retries``; 4xx errors fail at once with the
+  server's message. Several ``base_urls`` are load-balanced by fewest requests in flight.
+- **Reasoning**: a separate ``reasoning_content`` / ``reasoning`` field, or harmony channels left
+  in the text (``<|channel|>analysis<|message|>...``), is folded into
+  ``<think>\\n...\\n</think>\\n\\n`` before the answer.
+
+Offsets: the tokens' bytes (the ``bytes`` field, a ``bytes:\\xNN`` token, the token string, or with
+``openai.token_ids`` the local tokenizer's bytes of each id) are concatenated and decoded, giving
+each token's span exactly as in ``engines.offsets``; when the returned text differs from the
+tokens' text (folded reasoning, a stripped leading space, template markup) the spans are carried
+over by a character alignment; a token with no characters in the text gets an empty span.
+
+Pitfalls: without ``openai.token_ids`` the ``token_ids`` of a Generation are empty and ``tokens``
+are the server's token strings. ``logprob_mode`` is ``raw`` only when the server says so (dasd's
+own server does) or the config says so (vLLM ``--logprobs-mode raw_logprobs``); vLLM's default
+log-probs are processed (after temperature/top-p).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import codecs
+import collections
+import difflib
+import email.utils
+import os
+import queue
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.config import EngineConfig
+from dasd.engines.hf import row_seed
+from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
+from dasd.errors import ConfigError, DasdError
+
+_HARMONY = re.compile(
+    r"<\|channel\|>(?P<channel>\w+)[^<]*<\|message\|>(?P<text>.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|$)",
+    re.S,
+)
+
+
+@dataclass
+class OpenAIGeneration(Generation):
+    """A Generation plus, when asked (``openai.top_logprobs``), each token's top alternatives."""
+
+    top_logprobs: list[dict[str, float]] | None = None
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The ``seed`` sent for sample ``index`` of a request seeded ``seed`` (31 bits, stable)."""
+    return row_seed(seed, index) % (2**31 - 1)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+def piece_bytes(token: str, raw: list[int] | None = None) -> bytes:
+    """A token's bytes: the ``bytes`` field if given, a ``bytes:...`` token decoded, else UTF-8."""
+    if raw is not None:
+        return bytes(raw)
+    if token.startswith("bytes:"):
+        rest = token[len("bytes:"):]
+        if rest[:2] in ("b'", 'b"'):
+            return ast.literal_eval(rest)
+        return codecs.escape_decode(rest.encode("latin-1", "backslashreplace"))[0]
+    return token.encode("utf-8")
+
+
+def split_harmony(text: str) -> tuple[str, str] | None:
+    """(reasoning, answer) from text that still holds harmony channel markup, else None."""
+    if "<|channel|>" not in text:
+        return None
+    reasoning, answer = [], []
+    for m in _HARMONY.finditer(text):
+        (answer if m["channel"] == "final" else reasoning).append(m["text"])
+    return "\n".join(reasoning), "".join(answer)
+
+
+def fold_reasoning(reasoning: str, content: str) -> str:
+    """``<think>\\nREASONING\\n</think>\\n\\nANSWER`` (the Qwen3 / DeepSeek-R1 layout)."""
+    return f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}"
+
+
+def carry_spans(raw: str, spans: list[tuple[int, int]], text: str) -> list[tuple[int, int]]:
+    """Move character ``spans`` in ``raw`` onto ``text`` through a character alignment.
+
+    A span's characters that the alignment matches into ``text`` give its new span (first to last
+    match); a span with none gets the empty span where the next matched character goes. Starts and
+    ends stay non-decreasing.
+    """
+    if raw == text:
+        return list(spans)
+    where = [-1] * len(raw)
+    sm = difflib.SequenceMatcher(None, raw, text, autojunk=False)
+    for a, b, size in sm.get_matching_blocks():
+        for k in range(size):
+            where[a + k] = b + k
+    nxt = [len(text)] * (len(raw) + 1)  # text position of the next matched char at or after i
+    for i in range(len(raw) - 1, -1, -1):
+        nxt[i] = where[i] if where[i] >= 0 else nxt[i + 1]
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        hit = [where[i] for i in range(s, e) if where[i] >= 0]
+        out.append((hit[0], hit[-1] + 1) if hit else (nxt[s], nxt[s]))
+    return out
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Retryable(Exception):
+    def __init__(self, msg: str, wait: float | None = None):
+        super().__init__(msg)
+        self.wait = wait
+
+
+# --------------------------------------------------------------------------- the engine
+class OpenAIEngine:
+    """An OpenAI-compatible server behind the Engine protocol (see the module docstring).
+
+    Knobs: EngineConfig.model (served model name), .tokenizer (local tokenizer, optional), and
+    ``openai``: base_urls, api_key_env, concurrency, timeout_s, max_retries, backoff_s,
+    backoff_max_s, top_logprobs, logprob_mode, token_ids, score_api, extra_body. ``stats`` counts
+    requests, retries and retry causes.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.opt = cfg.openai
+        self.name = cfg.model
+        if not self.opt.base_urls:
+            raise ConfigError("engine.openai.base_urls: kind openai needs at least one server URL")
+        self.urls = [u.rstrip("/") for u in self.opt.base_urls]
+        self.headers = {}
+        if self.opt.api_key_env:
+            key = os.environ.get(self.opt.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"engine.openai.api_key_env: environment variable {self.opt.api_key_env} is not set"
+                )
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.tokenizer = None
+        if cfg.tokenizer:
+            from transformers import AutoTokenizer
+
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+            except Exception as err:  # transformers raises OSError/ValueError variously
+                raise ConfigError(f"engine.tokenizer: cannot load a tokenizer from {cfg.tokenizer!r}: {err}")
+        if self.opt.token_ids and self.tokenizer is None:
+            raise ConfigError("engine.openai.token_ids needs engine.tokenizer (the server model's tokenizer)")
+        self.inflight = {u: 0 for u in self.urls}
+        self._turn = 0
+        self.stats: dict[str, int] = collections.Counter()
+
+    # ------------------------------------------------------------------ public API
+    def generate_iter(
+        self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None
+    ) -> Iterator[tuple[int, Generation]]:
+        """Yield ``(request_index, generation)`` for every sample as soon as it finishes.
+
+        ``skip(request_index, sample_index)`` -> True leaves that sample out (already on disk).
+        Order is completion order. A request that fails for good (a 4xx answer, retries used up)
+        raises DasdError after the samples finished before it were yielded; closing the iterator
+        early cancels what is in flight.
+        """
+        jobs = []
+        for r, req in enumerate(requests):
+            for i in range(req.n):
+                if skip is None or not skip(r, i):
+                    jobs.append(((r, i), lambda c, req=req, i=i: self._sample(c, req, i)))
+        for (r, _), gen in self._stream(jobs):
+            yield r, gen
+
+    def generate(
+        self, requests: list[GenerateRequest], on_result: Callable[[int, Generation], None] | None = None
+    ) -> list[list[Generation]]:
+        """Per request, its ``n`` generations in index order; ``on_result(r, g)`` is called as each finishes."""
+        out: list[list[Generation | None]] = [[None] * req.n for req in requests]
+        for r, g in self.generate_iter(requests):
+            out[r][g.index] = g
+            if on_result is not None:
+                on_result(r, g)
+        return out  # type: ignore[return-value]
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Per request, teacher-forced log-probs of its continuation (needs ``engine.tokenizer``)."""
+        if self.tokenizer is None:
+            raise ConfigError("engine.tokenizer: kind openai needs the server model's tokenizer to score")
+        jobs = [((k, 0), lambda c, req=req: self._score(c, req)) for k, req in enumerate(requests)]
+        out: list[ScoreResult | None] = [None] * len(requests)
+        for (k, _), res in self._stream(jobs):
+            out[k] = res
+        return out  # type: ignore[return-value]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``: the local tokenizer's count, else the server's ``/tokenize``."""
+        if self.tokenizer is not None:
+            return len(self.encode(text))
+        import httpx
+
+        url = re.sub(r"/v1$", "", self.urls[0]) + "/tokenize"
+        try:
+            resp = httpx.post(url, json={"model": self.name, "prompt": text, "add_special_tokens": False},
+                              headers=self.headers, timeout=self.opt.timeout_s)
+            resp.raise_for_status()
+            return int(resp.json()["count"])
+        except (httpx.HTTPError, KeyError, ValueError) as err:
+            raise DasdError(f"count_tokens: {url} failed ({err}); set engine.tokenizer to count locally")
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
+        """Prompt ids built like the hf engine: chat template + generation prompt, or the prefix."""
+        if messages is not None:
+            try:
+                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as err:
+                raise DasdError(f"request {rid!r}: cannot apply the chat template of {self.cfg.tokenizer}: {err}")
+        else:
+            text = prefix or ""
+        ids = self.encode(text)
+        if not ids:
+            if self.tokenizer.bos_token_id is None:
+                raise DasdError(f"request {rid!r}: empty context and the tokenizer has no BOS token")
+            ids = [self.tokenizer.bos_token_id]
+        return ids
+
+    # ------------------------------------------------------------------ async machinery
+    def _stream(self, jobs: list) -> Iterator[tuple[Any, Any]]:
+        """Run ``jobs`` [(key, make(client) -> coroutine)] on an event loop in a thread; yield (key, result)."""
+        if not jobs:
+            return
+        import httpx
+
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        width = min(self.opt.concurrency, len(jobs))
+
+        async def main() -> None:
+            pending = collections.deque(jobs)
+            limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+            async with httpx.AsyncClient(limits=limits, timeout=self.opt.timeout_s, headers=self.headers) as client:
+                async def worker() -> None:
+                    while pending and not stop.is_set():
+                        key, make = pending.popleft()
+                        try:
+                            res = await make(client)
+                        except DasdError as err:
+                            out.put(("error", err))
+                            stop.set()
+                            return
+                        except Exception as err:  # noqa: BLE001 - a bug or an odd server: report it
+                            out.put(("error", DasdError(f"openai engine: {type(err).__name__}: {err}")))
+                            stop.set()
+                            return
+                        out.put(("ok", (key, res)))
+
+                tasks = [asyncio.create_task(worker()) for _ in range(width)]
+                while not all(t.done() for t in tasks):
+                    if stop.is_set():
+                        for t in tasks:
+                            t.cancel()
+                    await asyncio.wait(tasks, timeout=0.05)
+
+        def run() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as err:  # noqa: BLE001
+                out.put(("error", DasdError(f"openai engine: {type(err).__name__}: {err}")))
+            out.put(("done", None))
+
+        thread = threading.Thread(target=run, daemon=True, name="dasd-openai")
+        thread.start()
+        try:
+            while True:
+                kind, val = out.get()
+                if kind == "ok":
+                    yield val
+                elif kind == "error":
+                    raise val
+                else:
+                    return
+        finally:
+            stop.set()
+            thread.join()
+
+    def _pick(self) -> str:
+        """The base URL with the fewest requests in flight (round-robin among ties)."""
+        self._turn += 1
+        n = len(self.urls)
+        order = [self.urls[(self._turn + k) % n] for k in range(n)]
+        return min(order, key=lambda u: self.inflight[u])
+
+    async def _post(self, client, path: str, body: dict, what: str) -> dict:
+        """POST with retries (see the module docstring); the parsed JSON answer."""
+        import httpx
+
+        last = ""
+        for attempt in range(self.opt.max_retries + 1):
+            url = self._pick()
+            self.inflight[url] += 1
+            self.stats["requests"] += 1
+            wait = None
+            try:
+                try:
+                    resp = await asyncio.wait_for(client.post(url + path, json=body), self.opt.timeout_s)
+                    if resp.status_code == 200:
+                        try:
+                            return resp.json()
+                        except ValueError:
+                            raise _Retryable("truncated or invalid JSON body")
+                    if resp.status_code == 429 or resp.status_code >= 500:
+                        raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("retry-after")))
+                    raise DasdError(f"{what}: {url}{path} answered HTTP {resp.status_code}: {_message(resp)}")
+                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    raise _Retryable(f"timeout after {self.opt.timeout_s}s")
+                except httpx.TransportError as err:
+                    raise _Retryable(f"{type(err).__name__}: {err}")
+            except _Retryable as err:
+                last = f"{url}: {err}"
+                wait = err.wait
+                self.stats["retry:" + str(err).split(":")[0].split(" after")[0]] += 1
+            finally:
+                self.inflight[url] -= 1
+            if attempt == self.opt.max_retries:
+                break
+            self.stats["retries"] += 1
+            delay = wait if wait is not None else random.uniform(0, self.opt.backoff_s * 2**attempt)
+            await asyncio.sleep(min(delay, self.opt.backoff_max_s))
+        raise DasdError(f"{what}: gave up after {self.opt.max_retries + 1} attempts; last error: {last}")
+
+    # ------------------------------------------------------------------ generate
+    def _body(self, req: GenerateRequest, index: int) -> tuple[str, dict]:
+        body: dict[str, Any] = {
+            "model": self.name, "n": 1, "temperature": req.temperature, "top_p": req.top_p,
+            "max_tokens": req.max_tokens, "seed": sample_seed(req.seed, index),
+        }
+        k = self.opt.top_logprobs
+        if req.messages is not None:
+            path = "/chat/completions"
+            body.update(messages=req.messages, logprobs=True)
+            if k:
+                body["top_logprobs"] = k
+        else:
+            path = "/completions"
+            body.update(prompt=req.prefix, logprobs=k, add_special_tokens=False)
+        if self.opt.token_ids:
+            body["return_tokens_as_token_ids"] = True
+        body.update(self.opt.extra_body)
+        return path, body
+
+    async def _sample(self, client, req: GenerateRequest, index: int) -> Generation:
+        path, body = self._body(req, index)
+        what = f"request {req.id!r} sample {index}"
+        data = await self._post(client, path, body, what)
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise DasdError(f"{what}: the server's answer has no choices: {str(data)[:200]}")
+        if path == "/chat/completions":
+            msg = choice.get("message") or {}
+            content = msg.get("content") or ""
+            reasoning = msg.get("reasoning_content") or msg.get("reasoning") or ""
+            entries = (choice.get("logprobs") or {}).get("content") or []
+            toks = [e.get("token", "") for e in entries]
+            raw_bytes = [e.get("bytes") for e in entries]
+            lps = [e.get("logprob") for e in entries]
+            tops = [{t.get("token", ""): t.get("logprob") for t in e.get("top_logprobs") or []} for e in entries]
+        else:
+            content, reasoning = choice.get("text") or "", ""
+            lp = choice.get("logprobs") or {}
+            toks = list(lp.get("tokens") or [])
+            raw_bytes = [None] * len(toks)
+            lps = list(lp.get("token_logprobs") or [])
+            tops = [dict(t or {}) for t in lp.get("top_logprobs") or [{}] * len(toks)]
+        if not entries_ok(toks, lps) and (content or reasoning):
+            raise DasdError(f"{what}: the server returned no per-token log-probs (logprobs=true was sent)")
+        if not reasoning:
+            parts = split_harmony(content)
+            if parts is not None:
+                reasoning, content = parts
+        text = fold_reasoning(reasoning, content) if reasoning else content
+        ids: list[int] = []
+        if self.opt.token_ids:
+            try:
+                ids = [int(t.split(":", 1)[1]) for t in toks]
+            except (IndexError, ValueError):
+                raise DasdError(f"{what}: openai.token_ids is on but the server sent tokens like {toks[:1]}")
+            pieces = token_bytes(self.tokenizer, ids)
+            toks = self.tokenizer.convert_ids_to_tokens(ids)
+        else:
+            pieces = [piece_bytes(t, b) for t, b in zip(toks, raw_bytes)]
+        raw_text, raw_spans = spans_from_bytes(pieces)
+        offsets = carry_spans(raw_text, raw_spans, text)
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        mode = self.opt.logprob_mode
+        if mode == "auto":
+            mode = "raw" if data.get("dasd_logprob_mode") == "raw" else "processed"
+        return OpenAIGeneration(
+            request_id=req.id, index=index, text=text, tokens=toks, token_ids=ids, offsets=offsets,
+            logprobs=[float(x) for x in lps], finish_reason=finish, logprob_mode=mode,
+            prompt_tokens=int((data.get("usage") or {}).get("prompt_tokens") or 0),
+            top_logprobs=tops if self.opt.top_logprobs else None,
+        )
+
+    # ------------------------------------------------------------------ score
+    async def _score(self, client, req: ScoreRequest) -> ScoreResult:
+        what = f"score request {req.id!r}"
+        ctx = self.context_ids(req.messages, req.prefix, req.id)
+        cont = list(req.continuation_ids) if req.continuation_ids is not None else self.encode(req.continuation)
+        offsets = token_offsets(self.tokenizer, cont, req.continuation)
+        if not cont:
+            lps: list[float] = []
+        elif self.opt.score_api == "prompt_logprobs":
+            body = {"model": self.name, "prompt": ctx + cont, "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": 0, **self.opt.extra_body}
+            data = await self._post(client, "/completions", body, what)
+            plp = (data.get("choices") or [{}])[0].get("prompt_logprobs")
+            if not plp or len(plp) != len(ctx) + len(cont):
+                raise DasdError(f"{what}: the server's prompt_logprobs do not cover the prompt (vLLM needed?)")
+            lps = []
+            for j, tid in enumerate(cont):
+                entry = plp[len(ctx) + j] or {}
+                hit = entry.get(str(tid))
+                if hit is None:
+                    raise DasdError(f"{what}: prompt_logprobs at position {len(ctx) + j} lack token {tid}")
+                lps.append(float(hit["logprob"] if isinstance(hit, dict) else hit))
+        else:
+            body = {"model": self.name, "prompt": ctx + cont, "max_tokens": 0, "echo": True,
+                    "logprobs": 0, **self.opt.extra_body}
+            data = await self._post(client, "/completions", body, what)
+            got = ((data.get("choices") or [{}])[0].get("logprobs") or {}).get("token_logprobs") or []
+            if len(got) < len(ctx) + len(cont):
+                raise DasdError(f"{what}: the echoed log-probs do not cover the prompt")
+            lps = [float(x) for x in got[len(ctx) : len(ctx) + len(cont)]]
+        mode = self.opt.logprob_mode
+        if mode == "auto":
+            mode = "raw" if (not cont or data.get("dasd_logprob_mode") == "raw") else "processed"
+        return ScoreResult(
+            request_id=req.id, tokens=self.tokenizer.convert_ids_to_tokens(cont), token_ids=cont,
+            offsets=offsets, logprobs=lps, logprob_mode=mode, extra={"context_tokens": len(ctx)},
+        )
+
+
+def entries_ok(toks: list, lps: list) -> bool:
+    """True when there is one finite log-prob per token and at least one token."""
+    return bool(toks) and len(toks) == len(lps) and all(isinstance(x, (int, float)) for x in lps)
+
+
+def _message(resp) -> str:
+    try:
+        err = resp.json().get("error")
+        return str(err.get("message") if isinstance(err, dict) else err)[:500]
+    except (ValueError, AttributeError):
+        return resp.text[:500]

@@ -1,0 +1,501 @@
+"""An OpenAI/vLLM-schema HTTP server backed by any dasd Engine (hf on CPU, or any other backend).
+
+    python -m dasd.engines.server --model runs/toy/teacher --port 8000
+    # then, from anywhere: engine: {kind: openai, model: teacher, openai: {base_urls: [http://host:8000/v1]}}
+
+Endpoints (the subset of vLLM's schema that dasd's ``openai`` engine uses):
+- ``GET  /v1/models``
+- ``POST /v1/chat/completions``: ``messages``, ``n``, ``temperature``, ``top_p``, ``max_tokens`` /
+  ``max_completion_tokens``, ``seed``, ``logprobs``, ``top_logprobs``, ``return_tokens_as_token_ids``.
+  Log-probs as ``choices[i].logprobs.content[j] = {token, logprob, bytes, top_logprobs}``.
+- ``POST /v1/completions``: ``prompt`` (text, used as given without special tokens, or a list of
+  token ids), the same sampling fields, ``logprobs`` (int), ``echo``, ``prompt_logprobs`` (vLLM's
+  extension). Log-probs as ``{tokens, token_logprobs, text_offset, top_logprobs}``.
+  ``max_tokens=0`` with ``echo`` scores the prompt only (OpenAI's legacy way of scoring).
+- ``POST /tokenize``: ``{prompt}`` -> ``{tokens, count}`` (vLLM's shape; count only is guaranteed).
+- ``GET  /dasd/stats``: requests served, tokens generated, seconds the engine was busy.
+
+Every response carries ``"dasd_logprob_mode"`` (the engine's, ``raw`` for hf): log-probs are
+untempered, which a client may rely on. A token whose bytes are not valid UTF-8 on their own (part
+of a multi-byte character) is written ``"bytes:\\xe2\\x80"``; chat log-probs also give its exact
+``bytes``. Seeds follow the engine: with hf, choice ``i`` of a request seeded ``s`` is sample ``i``
+of ``GenerateRequest(seed=s)``, whatever else is in the batch.
+
+Concurrent requests are batched: a single worker thread takes whatever is queued (up to
+``max_batch`` sample rows) and runs it through the engine in one call, so throughput grows with
+client concurrency. ``Faults`` makes the server misbehave on purpose (429/500 answers, connections
+dropped mid-response, answers slower than a client's timeout) for testing clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from dasd.engines.base import GenerateRequest, Generation, ScoreRequest
+from dasd.errors import DasdError
+
+
+@dataclass
+class Faults:
+    """Fault injection for client tests. Each request draws one fault (or none) from these rates.
+
+    ``rate_429``/``rate_500``: answer that status at once (429 with ``Retry-After: retry_after``);
+    ``rate_drop``: do the work, then send half the body and drop the connection; ``rate_slow``:
+    do the work, then wait ``slow_seconds`` before answering. ``seed`` makes the draws repeatable.
+    """
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_drop: float = 0.0
+    rate_slow: float = 0.0
+    slow_seconds: float = 2.0
+    retry_after: str = "0"
+    seed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def draw(self) -> str | None:
+        with self._lock:
+            u = self._rng.random()
+        for name, rate in (("429", self.rate_429), ("500", self.rate_500), ("drop", self.rate_drop), ("slow", self.rate_slow)):
+            if u < rate:
+                with self._lock:
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                return name
+            u -= rate
+        return None
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _token_text(data: bytes) -> str:
+    """A token's string: its UTF-8 text, or ``bytes:\\xNN...`` when it is not valid UTF-8 alone."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
+class EngineServer:
+    """The batching worker and response builders; ``app`` is the FastAPI application.
+
+    Knobs: ``served_name`` (the model name clients send and see), ``max_batch`` (sample rows per
+    engine call), ``faults``. Pitfall: the engine is used from one worker thread only; do not use
+    the same engine object elsewhere while the server runs.
+    """
+
+    def __init__(self, engine, served_name: str | None = None, max_batch: int = 64, faults: Faults | None = None):
+        self.engine = engine
+        self.served_name = served_name or engine.name
+        self.max_batch = max_batch
+        self.faults = faults or Faults()
+        self.tokenizer = getattr(engine, "tokenizer", None)
+        self.mode = getattr(engine, "logprob_mode", "raw")
+        self.stats = {"requests": 0, "engine_calls": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasd-engine")
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ batching
+    async def _submit(self, kind: str, payload: Any):
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((kind, payload, fut))
+        return await fut
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            await asyncio.sleep(0)  # let handlers that are ready enqueue too
+            rows = _rows(items[0])
+            while not self._queue.empty() and rows < self.max_batch:
+                items.append(self._queue.get_nowait())
+                rows += _rows(items[-1])
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, items)
+            except BaseException as err:  # noqa: BLE001 - handed to every waiting request
+                results = [err] * len(items)
+            for (_, _, fut), res in zip(items, results):
+                if not fut.done():
+                    fut.set_exception(res) if isinstance(res, BaseException) else fut.set_result(res)
+
+    def _run(self, items: list) -> list:
+        """Engine calls for one batch: all generate requests together, then each other item."""
+        t0 = time.perf_counter()
+        out: list[Any] = [None] * len(items)
+        gen = [k for k, (kind, _, _) in enumerate(items) if kind == "generate"]
+        if gen:
+            try:
+                res = self.engine.generate([items[k][1] for k in gen])
+                for k, r in zip(gen, res):
+                    out[k] = r
+                    self.stats["tokens"] += sum(len(g.logprobs) for g in r)
+                    self.stats["rows"] += len(r)
+            except DasdError:  # one bad request must not fail its batch-mates: run them alone
+                for k in gen:
+                    try:
+                        out[k] = self.engine.generate([items[k][1]])[0]
+                    except DasdError as err:
+                        out[k] = _BadRequest(str(err))
+        for k, (kind, payload, _) in enumerate(items):
+            if kind == "generate":
+                continue
+            try:
+                out[k] = payload()
+            except _BadRequest as err:
+                out[k] = err
+            except DasdError as err:
+                out[k] = _BadRequest(str(err))
+        self.stats["engine_calls"] += 1
+        self.stats["busy_s"] += time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _bytes(self, g: Generation) -> list[bytes]:
+        """Each generated token's exact bytes (from the tokenizer when there is one)."""
+        if self.tokenizer is not None and g.token_ids:
+            from dasd.engines.offsets import token_bytes
+
+            return token_bytes(self.tokenizer, g.token_ids)
+        return [g.text[s:e].encode() for s, e in g.offsets]
+
+    def _top(self, prompt_ids: list[int], ids: list[int], k: int) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (id, raw log-prob) at each generated position (hf engine only)."""
+        import torch
+
+        eng = self.engine
+        if not (hasattr(eng, "base") and hasattr(eng, "logits")):
+            raise _BadRequest("top_logprobs needs an engine that exposes its logits (hf)")
+        if not ids:
+            return []
+        seq = torch.tensor(prompt_ids + ids[:-1], device=eng.device)[None]
+        with torch.inference_mode():
+            hidden = eng.base(input_ids=seq).last_hidden_state[0, len(prompt_ids) - 1 :]
+            out = []
+            for s in range(0, hidden.shape[0], 256):
+                lp = torch.log_softmax(eng.logits(hidden[s : s + 256]), -1)
+                vals, idx = lp.topk(k, dim=-1)
+                out += [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
+        return out
+
+    def _piece(self, tid: int) -> bytes:
+        from dasd.engines.offsets import token_bytes
+
+        return token_bytes(self.tokenizer, [tid])[0]
+
+    def _sampling(self, body: dict, rid: str) -> dict:
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = 256
+        n = int(body.get("n") or 1)
+        temperature = body.get("temperature")
+        return {
+            "n": n, "temperature": 1.0 if temperature is None else float(temperature),
+            "top_p": float(body.get("top_p") or 1.0), "max_tokens": int(max_tokens),
+            "seed": int(body["seed"]) if body.get("seed") is not None else random.randrange(2**31),
+        }
+
+    # ------------------------------------------------------------------ handlers
+    async def chat(self, body: dict) -> dict:
+        rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        if body.get("stream"):
+            raise _BadRequest("stream=true is not supported by this server")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest("messages must be a non-empty list")
+        s = self._sampling(body, rid)
+        try:
+            req = GenerateRequest(id=rid, messages=messages, **s)
+        except ValueError as err:
+            raise _BadRequest(str(err))
+        gens = await self._submit("generate", req)
+        want_lp = bool(body.get("logprobs"))
+        k = int(body.get("top_logprobs") or 0)
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        choices = []
+        for g in gens:
+            choice = {"index": g.index, "message": {"role": "assistant", "content": g.text},
+                      "finish_reason": g.finish_reason, "logprobs": None}
+            if want_lp:
+                tops = await self._submit("call", lambda g=g: self._top(self._prompt_ids(messages, None, rid), g.token_ids, k)) if k else None
+                content = []
+                for j, (tid, data, lp) in enumerate(zip(g.token_ids, self._bytes(g), g.logprobs)):
+                    item = {"token": f"token_id:{tid}" if as_ids else _token_text(data), "logprob": lp,
+                            "bytes": list(data), "top_logprobs": []}
+                    if tops:
+                        item["top_logprobs"] = [
+                            {"token": f"token_id:{t}" if as_ids else _token_text(self._piece(t)), "logprob": v,
+                             "bytes": list(self._piece(t))} for t, v in tops[j]
+                        ]
+                    content.append(item)
+                choice["logprobs"] = {"content": content}
+            choices.append(choice)
+        return self._wrap(rid, "chat.completion", choices, gens)
+
+    def _prompt_ids(self, messages, prefix, rid) -> list[int]:
+        return self.engine.context_ids(messages, prefix, rid)
+
+    async def completions(self, body: dict) -> dict:
+        rid = f"cmpl-{uuid.uuid4().hex[:16]}"
+        if body.get("stream"):
+            raise _BadRequest("stream=true is not supported by this server")
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            if self.tokenizer is None:
+                raise _BadRequest("token-id prompts need an engine with a tokenizer")
+            ids = list(prompt)
+            text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        elif isinstance(prompt, str):
+            text, ids = prompt, None
+        else:
+            raise _BadRequest("prompt must be a string or a list of token ids")
+        max_tokens = body.get("max_tokens")
+        max_tokens = 16 if max_tokens is None else int(max_tokens)
+        echo = bool(body.get("echo"))
+        lp_k = body.get("logprobs")
+        plp_k = body.get("prompt_logprobs")
+        prompt_scores = None
+        if (echo and lp_k is not None) or plp_k is not None:
+            if ids is None:
+                ids = await self._submit("call", lambda: self._prompt_ids(None, text, rid))
+            prompt_scores = await self._submit("call", lambda: self._score_prompt(ids, rid))
+        if max_tokens == 0:
+            if not echo:
+                raise _BadRequest("max_tokens=0 is only allowed with echo=true")
+            gens = [Generation(rid, 0, "", [], [], [], [], "length", self.mode, len(ids or []))]
+        else:
+            body = dict(body, max_tokens=max_tokens)
+            s = self._sampling(body, rid)
+            if ids is not None and self.engine.context_ids(None, text, rid) != ids:
+                raise _BadRequest("this token-id prompt does not re-encode to itself; send it as text")
+            try:
+                req = GenerateRequest(id=rid, prefix=text, **s)
+            except ValueError as err:
+                raise _BadRequest(str(err))
+            gens = await self._submit("generate", req)
+        choices = []
+        for g in gens:
+            choice: dict[str, Any] = {"index": g.index, "text": (text if echo else "") + g.text,
+                                      "finish_reason": g.finish_reason, "logprobs": None}
+            if lp_k is not None:
+                toks: list[str] = []
+                lps: list[float | None] = []
+                if echo:
+                    assert prompt_scores is not None
+                    toks += [_token_text(self._piece(t)) for t in ids]
+                    lps += [None] + prompt_scores
+                toks += [_token_text(b) for b in self._bytes(g)]
+                lps += list(g.logprobs)
+                offs, at = [], 0
+                for t in toks:
+                    offs.append(at)
+                    at += len(t) if not t.startswith("bytes:") else 0
+                choice["logprobs"] = {"tokens": toks, "token_logprobs": lps, "text_offset": offs,
+                                      "top_logprobs": [None] * len(toks)}
+            if plp_k is not None:
+                choice["prompt_logprobs"] = [None] + [
+                    {str(t): {"logprob": v, "rank": None, "decoded_token": _token_text(self._piece(t))}}
+                    for t, v in zip(ids[1:], prompt_scores)
+                ]
+            choices.append(choice)
+        return self._wrap(rid, "text_completion", choices, gens)
+
+    def _score_prompt(self, ids: list[int], rid: str) -> list[float]:
+        """Log-probs of ids[1:], each given the ids before it (prompt_logprobs)."""
+        if len(ids) < 2:
+            return []
+        first = self.tokenizer.decode(ids[:1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if self.engine.context_ids(None, first, rid) != ids[:1]:
+            raise _BadRequest("cannot score this prompt: its first token does not re-encode to itself")
+        from dasd.engines.offsets import spans_from_bytes, token_bytes
+
+        rest = spans_from_bytes(token_bytes(self.tokenizer, ids[1:]))[0]
+        res = self.engine.score([ScoreRequest(id=rid, prefix=first, continuation=rest, continuation_ids=ids[1:])])
+        return list(res[0].logprobs)
+
+    def _wrap(self, rid: str, obj: str, choices: list, gens: list[Generation]) -> dict:
+        self.stats["requests"] += 1
+        completion = sum(len(g.logprobs) for g in gens)
+        prompt = gens[0].prompt_tokens if gens else 0
+        mode = gens[0].logprob_mode if gens else self.mode
+        return {
+            "id": rid, "object": obj, "created": int(time.time()), "model": self.served_name,
+            "choices": choices, "dasd_logprob_mode": mode,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
+
+    # ------------------------------------------------------------------ app
+    def _build_app(self):
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+        app = FastAPI(title="dasd engine server")
+        server = self
+
+        def error(status: int, msg: str, kind: str, headers: dict | None = None):
+            return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status, headers=headers)
+
+        async def handle(request: Request, fn):
+            fault = server.faults.draw()
+            if fault == "429":
+                return error(429, "rate limited (injected)", "rate_limit", {"Retry-After": server.faults.retry_after})
+            if fault == "500":
+                return error(500, "internal error (injected)", "server_error")
+            try:
+                body = await request.json()
+            except ValueError:
+                return error(400, "body is not JSON", "invalid_request_error")
+            if not isinstance(body, dict):
+                return error(400, "body must be a JSON object", "invalid_request_error")
+            model = body.get("model")
+            if model is not None and model != server.served_name:
+                return error(404, f"model {model!r} not served here (this is {server.served_name!r})", "not_found")
+            try:
+                payload = await fn(body)
+            except _BadRequest as err:
+                return error(400, str(err), "invalid_request_error")
+            data = JSONResponse(payload).body
+            if fault == "slow":
+                await asyncio.sleep(server.faults.slow_seconds)
+            if fault == "drop":
+                async def broken():
+                    yield data[: len(data) // 2]
+                    raise ConnectionAbortedError("connection dropped (injected)")
+
+                return StreamingResponse(broken(), media_type="application/json")
+            return Response(data, media_type="application/json")
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": server.served_name, "object": "model", "owned_by": "dasd"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            return await handle(request, server.chat)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await handle(request, server.completions)
+
+        @app.post("/tokenize")
+        async def tokenize(request: Request):
+            async def fn(body):
+                text = body.get("prompt")
+                if not isinstance(text, str):
+                    raise _BadRequest("prompt must be a string")
+                n = await server._submit("call", lambda: server.engine.count_tokens(text))
+                ids = server.engine.encode(text) if hasattr(server.engine, "encode") else []
+                return {"tokens": ids, "count": n, "max_model_len": getattr(server.engine, "max_len", None)}
+
+            return await handle(request, fn)
+
+        @app.get("/dasd/stats")
+        async def stats():
+            return dict(server.stats, faults=dict(server.faults.counts))
+
+        return app
+
+
+def _rows(item) -> int:
+    kind, payload, _ = item
+    return payload.n if kind == "generate" else 1
+
+
+class ServerThread:
+    """Run an ``EngineServer`` with uvicorn in a background thread on ``host``:``port`` (0 = free port).
+
+        with ServerThread(EngineServer(engine)) as srv:
+            print(srv.base_url)   # http://127.0.0.1:PORT/v1
+
+    ``stop()`` (or leaving the ``with``) shuts the server down and joins the thread.
+    """
+
+    def __init__(self, server: EngineServer, host: str = "127.0.0.1", port: int = 0):
+        import socket
+
+        import uvicorn
+
+        self.server = server
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.host, self.port = host, port
+        config = uvicorn.Config(server.app, host=host, port=port, log_level="critical", access_log=False)
+        self._uv = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uv.run, daemon=True, name="dasd-server")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uv.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise DasdError(f"server on {self.host}:{self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._uv.should_exit = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dasd.engines.server --model DIR [--host H] [--port P] [--served-name NAME]``."""
+    import uvicorn
+
+    from dasd.engines import EngineConfig, make_engine
+
+    ap = argparse.ArgumentParser(prog="python -m dasd.engines.server", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="model directory for the hf engine")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--served-name", default=None, help="model name clients send (default: --model)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--batch-size", type=int, default=16, help="engine generation rows per batch")
+    ap.add_argument("--max-batch", type=int, default=64, help="sample rows gathered per engine call")
+    ap.add_argument("--fault-429", type=float, default=0.0, help="(testing) fraction answered 429")
+    ap.add_argument("--fault-500", type=float, default=0.0, help="(testing) fraction answered 500")
+    ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")
+    ap.add_argument("--fault-slow", type=float, default=0.0, help="(testing) fraction answered slowly")
+    ap.add_argument("--slow-seconds", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    engine = make_engine(EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size))
+    faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds)
+    srv = EngineServer(engine, args.served_name, args.max_batch, faults)
+    print(f"serving {srv.served_name} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(srv.app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
