@@ -225,3 +225,42 @@ def test_many_runs_in_parallel():
     with ThreadPoolExecutor(6) as ex:
         results = list(ex.map(lambda _: run_tests(code, tests, case_timeout_s=10), range(6)))
     assert all(r["passed"] for r in results)
+
+
+def test_without_namespaces_it_degrades_loudly_and_still_sweeps(monkeypatch, caplog):
+    """No `unshare` on PATH (as in many containers): a WARNING says what is lost; as root the
+    per-run uid still sweeps a detached child away."""
+    import logging
+
+    from dasd.grading import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox._isolation.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dasd.grading.sandbox"):
+            iso = sandbox.isolation()
+        assert iso["namespaces"] is False
+        assert any("namespaces unavailable" in rec.getMessage() and "network" in rec.getMessage()
+                   for rec in caplog.records)
+        if not iso["uid_drop"]:
+            pytest.skip("not root: detached children cannot be swept without namespaces (documented)")
+        marker = f"dasd-degraded-{os.getpid()}-{time.monotonic_ns()}"
+        # The grandchild touches 'alive' once running; 'bye' on stdout proves it was alive before the end.
+        code = ("import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                "        os.execv(sys.executable, [sys.executable, '-c', "
+                f"\"open('alive', 'w').close(); import time; time.sleep(600)\", {marker!r}])\n"
+                "    os._exit(0)\nwhile not os.path.exists('alive'):\n    time.sleep(0.01)\nprint('bye')\n")
+        r = run_python({"m.py": code}, "m.py", limits=Limits(wall_s=30))
+        assert r.stdout == b"bye\n" and r.isolation == {"uid_drop": True, "namespaces": False}
+        left = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        if marker.encode() in f.read():
+                            left.append(d)
+                except OSError:
+                    pass
+        assert left == []
+    finally:
+        sandbox._isolation.cache_clear()

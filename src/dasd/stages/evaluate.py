@@ -107,6 +107,8 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
             raise InputError(str(e)) from e
     proto = protocol.model_dump() | {"model": getattr(engine, "name", "?")}
     todo = [(p, j) for p in problems for j in range(protocol.n) if (p["id"], j) not in done]
+    if not todo:
+        return
     pool = grading_pool(workers)
     try:
         for s in range(0, len(todo), batch_requests):
