@@ -17,7 +17,14 @@ __all__ = [
 
 
 def make_engine(cfg: EngineConfig) -> Engine:
-    """Build the engine ``cfg.kind`` names (loads the model; may take a while for big ones)."""
+    """Build the engine ``cfg.kind`` names (loads the model; may take a while for big ones).
+
+    With ``cfg.ray`` set, a ``fanout.RayEngine`` of ``cfg.ray.replicas`` such engines.
+    """
+    if cfg.ray is not None:
+        from dasd.engines.fanout import RayEngine
+
+        return RayEngine(cfg)
     if cfg.kind == "hf":
         from dasd.engines.hf import HFEngine
 

@@ -95,12 +95,14 @@ class EngineServer:
     """The batching worker and response builders; ``app`` is the FastAPI application.
 
     Knobs: ``served_name`` (the model name clients send and see), ``max_batch`` (sample rows per
-    engine call), ``faults``. Pitfall: the engine is used from one worker thread only; do not use
+    engine call), ``faults``, ``api_key`` (if set, requests must send it as a Bearer token). Pitfall: the engine is used from one worker thread only; do not use
     the same engine object elsewhere while the server runs.
     """
 
-    def __init__(self, engine, served_name: str | None = None, max_batch: int = 64, faults: Faults | None = None):
+    def __init__(self, engine, served_name: str | None = None, max_batch: int = 64, faults: Faults | None = None,
+                 api_key: str | None = None):
         self.engine = engine
+        self.api_key = api_key
         self.served_name = served_name or engine.name
         self.max_batch = max_batch
         self.faults = faults or Faults()
@@ -357,6 +359,8 @@ class EngineServer:
             return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status, headers=headers)
 
         async def handle(request: Request, fn):
+            if server.api_key and request.headers.get("authorization") != f"Bearer {server.api_key}":
+                return error(401, "missing or wrong API key", "authentication_error")
             fault = server.faults.draw()
             if fault == "429":
                 return error(429, "rate limited (injected)", "rate_limit", {"Retry-After": server.faults.retry_after})
@@ -489,10 +493,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")
     ap.add_argument("--fault-slow", type=float, default=0.0, help="(testing) fraction answered slowly")
     ap.add_argument("--slow-seconds", type=float, default=2.0)
+    ap.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     args = ap.parse_args(argv)
+    import os
+
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not key:
+        raise SystemExit(f"--api-key-env: environment variable {args.api_key_env} is not set")
     engine = make_engine(EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size))
     faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds)
-    srv = EngineServer(engine, args.served_name, args.max_batch, faults)
+    srv = EngineServer(engine, args.served_name, args.max_batch, faults, api_key=key)
     print(f"serving {srv.served_name} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(srv.app, host=args.host, port=args.port, log_level="warning")
 

@@ -1,0 +1,163 @@
+"""Ray fan-out: one Engine made of ``ray.replicas`` engine replicas (Ray actors) on a cluster.
+
+    engine:
+      kind: vllm                       # or hf / openai: each replica builds its own engine
+      model: /shared/models/teacher
+      vllm: {tensor_parallel_size: 4}
+      ray: {address: auto, replicas: 8, num_gpus: 4}
+
+``make_engine`` returns a ``RayEngine`` whenever ``ray`` is set, so ``sample``, ``score`` and
+``eval`` spread their records over the replicas without any change to the stages. Requests are
+cut into chunks of ``ray.chunk``, dealt round-robin to the replicas, and collected as they finish.
+
+Same results as one process: every sample draws from its own seed-derived stream and every
+record is scored on its own, so which replica takes a record does not change it (up to float
+rounding between batch shapes, ~1e-6 in log-probs; tokens, text and offsets are identical).
+
+Addresses: ``local`` starts a private Ray instance in this process (``replicas`` x ``num_cpus``
+CPUs); ``auto`` joins the cluster this node belongs to (``ray start --head`` on one node,
+``ray start --address=HEAD:6379`` on the others); ``ray://HEAD:10001`` connects a remote client.
+Every node must have dasd installed (same version) and see ``model`` at the same path (or a hub
+name). See docs/scale-out.md.
+
+Pitfalls: ray is an optional extra (``pip install 'dasd[ray]'``), imported lazily; each replica
+loads its own model copy; ``close()`` (or the end of the process) releases the actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.config import EngineConfig
+from dasd.errors import DasdError
+
+MISSING = (
+    "engine.ray needs the optional ray package, which is not installed: pip install 'dasd[ray]' "
+    "(or ray==2.60.0); or remove engine.ray to run in one process."
+)
+
+
+def import_ray():
+    """``ray`` itself, or a DasdError saying how to install it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise DasdError(f"{MISSING} ({err})") from err
+    return ray
+
+
+class _Replica:
+    """Ray actor body: one engine built from the config (without its ``ray`` part)."""
+
+    def __init__(self, cfg: dict):
+        from dasd.engines import make_engine
+
+        self.engine = make_engine(EngineConfig.model_validate(cfg))
+
+    def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
+        return self.engine.generate(requests)
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        return self.engine.score(requests)
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+
+class RayEngine:
+    """``cfg.ray.replicas`` copies of the engine ``cfg`` describes, behind the Engine protocol.
+
+    ``generate_iter`` yields ``(request_index, generation)`` chunk by chunk as replicas finish,
+    like the openai engine's, so a caller can write results as they come.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        if cfg.ray is None:
+            raise DasdError("RayEngine needs engine.ray")
+        ray = import_ray()
+        self.ray = ray
+        self.cfg = cfg
+        self.name = cfg.model
+        r = cfg.ray
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                if r.address == "local":
+                    ray.init(num_cpus=max(1, int(r.replicas * r.num_cpus + 0.999)), include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+                else:
+                    ray.init(address=r.address, log_to_driver=False)
+            except Exception as err:  # ConnectionError, RuntimeError, ...
+                raise DasdError(f"engine.ray.address: cannot start or join Ray at {r.address!r}: {err}")
+            self._started = True
+        inner = cfg.model_copy(update={"ray": None}).model_dump(mode="json")
+        actor = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(_Replica)
+        self.replicas = [actor.remote(inner) for _ in range(r.replicas)]
+        try:  # fail here, with the replica's message, if the engine cannot be built
+            ray.get([a.count_tokens.remote("") for a in self.replicas])
+        except Exception as err:
+            self.close()
+            raise DasdError(f"engine.ray: a replica could not build its engine: {_cause(err)}")
+
+    def generate_iter(
+        self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None
+    ) -> Iterator[tuple[int, Generation]]:
+        """Yield ``(request_index, generation)`` as chunks finish; ``skip(r, i)`` -> True drops sample i of request r."""
+        for start, gens in self._run("generate", list(requests)):
+            for k, per_req in enumerate(gens):
+                r = start + k
+                for g in per_req:
+                    if skip is None or not skip(r, g.index):
+                        yield r, g
+
+    def _run(self, method: str, items: list) -> Iterator[tuple[int, list]]:
+        chunk = self.cfg.ray.chunk
+        pending = {}
+        for n, s in enumerate(range(0, len(items), chunk)):
+            a = self.replicas[n % len(self.replicas)]
+            pending[getattr(a, method).remote(items[s : s + chunk])] = s
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            s = pending.pop(ref)
+            try:
+                res = self.ray.get(ref)
+            except Exception as err:
+                raise DasdError(f"engine.ray: a replica failed: {_cause(err)}")
+            yield s, res
+
+    def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
+        """Per request, its ``n`` generations in index order."""
+        out: list[list[Generation]] = [[] for _ in requests]
+        for start, gens in self._run("generate", list(requests)):
+            out[start : start + len(gens)] = gens
+        return out
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Per request, teacher-forced log-probs of its continuation."""
+        out: list[ScoreResult | None] = [None] * len(requests)
+        for start, res in self._run("score", list(requests)):
+            out[start : start + len(res)] = res
+        return out  # type: ignore[return-value]
+
+    def count_tokens(self, text: str) -> int:
+        return self.ray.get(self.replicas[0].count_tokens.remote(text))
+
+    def close(self) -> None:
+        """Release the replicas (and the Ray instance, if this engine started it)."""
+        for a in self.replicas if hasattr(self, "replicas") else []:
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.replicas = []
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._started = False
+
+
+def _cause(err: Exception) -> str:
+    """The innermost message of a Ray task error."""
+    cause = getattr(err, "cause", None) or err
+    return f"{type(cause).__name__}: {cause}"
