@@ -49,7 +49,8 @@ def test_isolation_is_reported():
     assert set(iso) >= {"uid_drop", "namespaces", "python"}
     r = run_python({"m.py": "print('hello')"}, "m.py")
     assert r.returncode == 0 and r.stdout == b"hello\n" and not r.timed_out
-    assert r.isolation == {"uid_drop": iso["uid_drop"], "namespaces": iso["namespaces"]}
+    assert r.isolation == {"uid_drop": iso["uid_drop"], "namespaces": iso["namespaces"],
+                           "private_tmp": iso["private_tmp"]}
 
 
 def test_fork_bomb():
@@ -90,14 +91,18 @@ def test_huge_output():
 
 
 def test_writing_outside_its_directory(tmp_path):
-    target = tmp_path / "pwned.txt"
-    code = (f"p = {str(target)!r}\n"
-            "try:\n    open(p, 'w').write('pwned')\n    print('wrote')\nexcept OSError as e:\n    print('denied')\n")
-    res = run_tests(code, stdio("wrote"), case_timeout_s=FAST)
-    if not isolation()["uid_drop"]:
-        pytest.skip("runs keep the caller's uid here: file permissions cannot protect the host")
+    # tmp_path: a root-owned directory of the host; /tmp and /dev/shm: world-writable ones.
+    name = f"dasd-pwned-{os.getpid()}-{time.monotonic_ns()}"
+    targets = [str(tmp_path / "pwned.txt"), f"/tmp/{name}", f"/dev/shm/{name}", f"/var/tmp/{name}"]
+    code = (f"wrote = []\nfor p in {targets!r}:\n    try:\n        open(p, 'w').write('pwned')\n"
+            "        wrote.append(p)\n    except OSError:\n        pass\n"
+            "print(len(wrote))\n")
+    res = run_tests(code, stdio("4"), case_timeout_s=FAST)
+    iso = isolation()
+    if not iso["uid_drop"] or not iso["private_tmp"]:
+        pytest.skip("no per-run uid or no private /tmp here: the host's files are not protected (logged)")
     assert not res["passed"] and res["detail"]["failure"]["reason"] == "wrong_answer"
-    assert not target.exists()
+    assert [t for t in targets if os.path.exists(t)] == []
 
 
 def test_reading_the_parents_environment(monkeypatch):
@@ -251,7 +256,7 @@ def test_without_namespaces_it_degrades_loudly_and_still_sweeps(monkeypatch, cap
                 f"\"open('alive', 'w').close(); import time; time.sleep(600)\", {marker!r}])\n"
                 "    os._exit(0)\nwhile not os.path.exists('alive'):\n    time.sleep(0.01)\nprint('bye')\n")
         r = run_python({"m.py": code}, "m.py", limits=Limits(wall_s=30))
-        assert r.stdout == b"bye\n" and r.isolation == {"uid_drop": True, "namespaces": False}
+        assert r.stdout == b"bye\n" and r.isolation == {"uid_drop": True, "namespaces": False, "private_tmp": False}
         left = []
         for d in os.listdir("/proc"):
             if d.isdigit():

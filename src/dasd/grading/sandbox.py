@@ -11,6 +11,8 @@ was in force). Every run gets:
 - a wall-clock timeout after which the **whole process group is SIGKILLed**;
 - when the OS allows it (see ``isolation()``):
   * a new **network namespace** (no interface is up: no loopback, no internet),
+  * a new **mount namespace** with fresh, small tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm``
+    (nothing the program writes there reaches the host; HOME and TMPDIR point there),
   * a new **PID namespace** with a fresh ``/proc``: the sandbox sees none of the host's processes
     (so no parent environment to read, no parent to kill), and when the run ends the kernel kills
     every process left in it, detached (``setsid``, double-fork) children included,
@@ -25,9 +27,9 @@ What degrades, and where (each is logged once per process as a WARNING, never si
   the user's current count plus ``limits.nproc``), and the program can write wherever the user can.
   Unprivileged user namespaces (``unshare --map-root-user``) still give network/PID isolation.
 
-Pitfalls: the memory limit is per process (RLIMIT_AS), so the worst total is ``nproc x memory``;
-``/tmp`` and ``/dev/shm`` of the host stay writable by the sandbox uid (world-writable dirs), bounded
-by the file-size limit. Do not run the grader as root on a machine whose secrets sit in
+Pitfalls: the memory limit is per process (RLIMIT_AS), so the worst total is ``nproc x memory``
+(plus the private tmpfs, at most ``fsize_mb`` each); without namespaces ``/tmp`` and ``/dev/shm`` of the
+host stay writable by the run (bounded by the file-size limit). Do not run the grader as root on a machine whose secrets sit in
 world-readable files.
 """
 
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 LOCK_DIR = Path(tempfile.gettempdir()) / "dasd-sandbox-slots"
 MAX_SLOTS = 256
 PROBE_UID = 60999
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 @dataclass
@@ -112,8 +115,8 @@ def _probe(cmd: list[str]) -> bool:
 def isolation(python: str | None = None) -> dict[str, object]:
     """What isolation this process can set up for ``python``, probed once (and warned about once).
 
-    Keys: ``namespaces`` (network + PID namespaces via ``unshare``), ``unshare_cmd`` (the prefix
-    used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
+    Keys: ``namespaces`` (network + PID + mount namespaces via ``unshare``), ``private_tmp`` (fresh
+    tmpfs on /tmp, /var/tmp, /dev/shm inside them), ``unshare_cmd`` (the prefix used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
     found: each run then gets its own uid), ``python`` (the interpreter runs use: ``python`` or this
     one, else the system ``/usr/bin/python3`` when ours is unreadable to other uids, e.g. under /root).
     """
@@ -145,12 +148,17 @@ def _isolation(python: str) -> dict[str, object]:
     else:
         log.warning("sandbox: not running as root, so no per-run uid: the process limit is shared with "
                     "your user's processes and model code can write wherever you can")
+    private_tmp = bool(prefix) and _probe(_launch_cmd(prefix, python, PROBE_UID if uid_drop else None,
+                                                      ["-c", "pass"], Limits(), 64, private_tmp=True))
+    if prefix and not private_tmp:
+        log.warning("sandbox: cannot mount private /tmp, /var/tmp, /dev/shm: model code can write to the host's")
     if not prefix:
         log.warning("sandbox: network/PID namespaces unavailable (%s); model code CAN reach the network "
                     "and see host processes; detached children are swept %s",
                     "no unshare binary" if not unshare else "unshare refused",
                     "by uid" if uid_drop else "only by process group")
-    return {"uid_drop": uid_drop, "namespaces": bool(prefix), "unshare_cmd": prefix, "python": python}
+    return {"uid_drop": uid_drop, "namespaces": bool(prefix), "private_tmp": private_tmp,
+            "unshare_cmd": prefix, "python": python}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +192,14 @@ class _Slot:
 _LAUNCHER = r"""
 import json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
+if cfg["private_tmp"]:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for d in cfg["private_tmp"]:
+        opts = f"size={cfg['tmp_mb']}m,mode=1777".encode()
+        if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:  # MS_NOSUID | MS_NODEV
+            sys.stderr.write(f"sandbox launcher: cannot mount a private {d}: {os.strerror(ctypes.get_errno())}\n")
+            os._exit(125)
 for name, val in cfg["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (val, val))
 if cfg["uid"] is not None:
@@ -216,8 +232,10 @@ os._exit(os.WEXITSTATUS(status))
 
 
 def _launch_cmd(prefix: list[str], python: str, uid: int | None, args: list[str], limits: Limits,
-                nproc: int, env: dict[str, str] | None = None) -> list[str]:
+                nproc: int, env: dict[str, str] | None = None, private_tmp: bool = False) -> list[str]:
     cfg = {
+        "private_tmp": [d for d in PRIVATE_TMP_DIRS if os.path.isdir(d)] if private_tmp else [],
+        "tmp_mb": int(limits.fsize_mb),
         "rlimits": {
             "RLIMIT_CPU": int(limits.cpu_s),
             "RLIMIT_AS": int(limits.memory_mb) * 1024 * 1024,
@@ -227,10 +245,16 @@ def _launch_cmd(prefix: list[str], python: str, uid: int | None, args: list[str]
             "RLIMIT_CORE": 0,
         },
         "uid": uid,
-        "argv": [python, "-I", "-B", *args],
+        "argv": [python, "-I", "-B", *args],  # args: [script] or ["-c", code]
         "env": env or _env("/"),
     }
     return [*prefix, python, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)]
+
+
+# The script is run by a relative path from the working directory: under a private /tmp the run dir's
+# absolute path (on the host's /tmp) is hidden, and Python would open a script by its absolute path.
+_RUN_MAIN = ("import sys; sys.argv = sys.argv[1:]; f = open(sys.argv[0], 'rb'); c = compile(f.read(), sys.argv[0], "
+             "'exec'); f.close(); del f; exec(c, {'__name__': '__main__', '__builtins__': __builtins__})")
 
 
 def _count_user_processes(uid: int) -> int:
@@ -275,6 +299,7 @@ def _read_capped(path: Path, limit: int) -> bytes | None:
 
 
 def _env(home: str) -> dict[str, str]:
+    """The run's whole environment: nothing inherited from the caller."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
@@ -324,7 +349,11 @@ def run_python(
             for p in [run_dir, *run_dir.iterdir()]:
                 os.chown(p, uid, uid)
         nproc = limits.nproc if uid is not None else _count_user_processes(os.geteuid()) + limits.nproc
-        cmd = _launch_cmd(iso["unshare_cmd"], iso["python"], uid, [main], limits, nproc, _env(str(run_dir)))
+        # With a private /tmp the run dir (under the host's /tmp) is hidden behind the new tmpfs; the
+        # program still reaches it as its working directory, and HOME/TMPDIR point at the private /tmp.
+        env = _env("/tmp" if iso["private_tmp"] else str(run_dir))
+        cmd = _launch_cmd(iso["unshare_cmd"], iso["python"], uid, ["-c", _RUN_MAIN, main], limits, nproc, env,
+                          private_tmp=bool(iso["private_tmp"]))
         t0 = time.monotonic()
         with open(host / "stdin", "wb") as fh:
             fh.write(stdin)
@@ -357,7 +386,8 @@ def run_python(
             timed_out=timed_out,
             wall_s=wall,
             files=out,
-            isolation={"uid_drop": uid is not None, "namespaces": bool(iso["namespaces"])},
+            isolation={"uid_drop": uid is not None, "namespaces": bool(iso["namespaces"]),
+                       "private_tmp": bool(iso["private_tmp"])},
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
