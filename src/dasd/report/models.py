@@ -1,0 +1,302 @@
+"""Report sections about models: the accuracy summary, training curves, evaluation, analysis, run facts.
+
+``scan_eval`` reads the evaluation results once (summaries from the manifest when there, else
+recomputed with ``grading.metrics.summarize``; the protocols always from the results themselves,
+since every result carries the protocol that produced it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dasd.report import plots
+from dasd.report.html import Raw, details, fmt, kv_table, not_run, para, pre, section, table
+from dasd.report.view import PIPELINE, RunView, mean
+
+PROTOCOL_KEYS = ("name", "temperature", "top_p", "n", "max_tokens", "seed", "system_prompt", "chat_template", "model")
+
+
+@dataclass
+class EvalScan:
+    order: list[str] = field(default_factory=list)  # model labels, config order first
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # label -> summarize rows
+    protocols: dict[str, dict[str, dict]] = field(default_factory=dict)  # label -> benchmark -> protocol
+    results: dict[str, int] = field(default_factory=dict)  # label -> graded samples on disk
+
+
+def scan_eval(view: RunView) -> EvalScan:
+    scan = EvalScan()
+    counts = view.counts("eval")
+    outputs = [o for o in view.outputs("eval") if o.startswith("results-")]
+    cfg_models = (view.info("eval").get("config") or {}).get("models") or \
+        ((view.manifest.get("config") or {}).get("eval") or {}).get("models") or []
+    by_label: dict[str, list[dict]] = {}
+    for o in outputs:
+        recs = list(view.read("eval", o))
+        label = next((r.get("model_label") for r in recs if r.get("model_label")), o[len("results-"):])
+        by_label[label] = recs
+    labels = [m for m in cfg_models if m in counts or m in by_label]
+    labels += sorted(l for l in {*counts, *by_label} if l not in labels)
+    for label in labels:
+        rows = counts.get(label)
+        recs = by_label.get(label, [])
+        if not (isinstance(rows, list) and rows and isinstance(rows[0], dict)) and recs:
+            from dasd.grading.metrics import summarize
+
+            rows = summarize(recs)
+        if not rows:
+            continue
+        scan.order.append(label)
+        scan.rows[label] = rows
+        scan.results[label] = len(recs)
+        protos: dict[str, dict] = {}
+        for r in recs:
+            b = str(r.get("benchmark") or r.get("domain") or "?")
+            p = r.get("protocol") if isinstance(r.get("protocol"), dict) else {}
+            protos.setdefault(b, p)
+        scan.protocols[label] = protos
+    return scan
+
+
+def _overall(rows: list[dict]) -> dict | None:
+    return next((r for r in rows if r.get("kind") == "all"), rows[-1] if rows else None)
+
+
+def _ci(r: dict, key: str) -> str:
+    ci = r.get(f"{key}_ci")
+    v = r.get(key)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        return f"{fmt(v, '.1f', pct=True)} [{fmt(ci[0], '.1f', pct=True)}, {fmt(ci[1], '.1f', pct=True)}]"
+    return fmt(v, ".1f", pct=True)
+
+
+def protocol_text(p: dict) -> str:
+    """A protocol as one line: name, temperature, top_p, n, max tokens, seed, chat template, model."""
+    if not p:
+        return "protocol not recorded"
+    bits = [f"{k} {p[k]}" for k in PROTOCOL_KEYS if k in p and p[k] is not None and k != "name"]
+    extra = [f"{k} {v}" for k, v in p.items() if k not in PROTOCOL_KEYS]
+    return f"{p.get('name', 'unnamed')}: " + ", ".join(bits + extra)
+
+
+def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -> Raw:
+    """The top of the report: accuracy of every model with CIs and the protocol, and key data counts."""
+    parts: list[str] = []
+    if ev.order:
+        rows = []
+        for label in ev.order:
+            r = _overall(ev.rows[label]) or {}
+            rows.append([label, _ci(r, "avg@k"), _ci(r, "pass@k"), fmt(r.get("maj@k"), ".1f", pct=True),
+                         fmt(r.get("no_answer"), ".1f", pct=True), fmt(r.get("k")), fmt(r.get("problems")),
+                         fmt(r.get("samples"))])
+        parts.append(table(["model", "avg@k % [95% CI]", "pass@k % [95% CI]", "maj@k %", "no answer %", "k", "problems",
+                            "samples"], rows))
+        distinct: dict[str, list[str]] = {}
+        for label in ev.order:
+            for bench, p in ev.protocols.get(label, {}).items():
+                key = protocol_text({k: v for k, v in p.items() if k != "model"})
+                distinct.setdefault(key, []).append(f"{label}/{bench}")
+        for text, users in distinct.items():
+            parts.append(para(f"Protocol — {text}" + (f" (used by {', '.join(users)})" if len(distinct) > 1 else "")))
+        parts.append(para("avg@k: mean accuracy over the first k samples of each problem (the paper's metric); pass@k: "
+                          "unbiased estimator; 95% CIs: percentile bootstrap over problems.", "sub"))
+    else:
+        parts.append(not_run("No evaluation yet (`dasd eval`): no accuracy to report."))
+    if facts:
+        parts.append(Raw("<h3>The run in numbers</h3>"))
+        parts.append(kv_table(facts))
+    return section("summary", "Summary", parts)
+
+
+def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
+    """Every summary row of every model, the protocol of each, and a chart per benchmark."""
+    if not ev.order:
+        return section("eval", "Evaluation", [not_run("Not run yet (`dasd eval`).")])
+    head = ["model", "kind", "name", "problems", "samples", "k", "avg@k % [95% CI]", "pass@1 %", "pass@k % [95% CI]",
+            "maj@k %", "no answer %"]
+    rows = []
+    for label in ev.order:
+        for r in _distinct_rows(ev.rows[label]):
+            rows.append([label, r.get("kind", ""), r.get("name", ""), fmt(r.get("problems")), fmt(r.get("samples")),
+                         fmt(r.get("k")), _ci(r, "avg@k"), fmt(r.get("pass@1"), ".1f", pct=True), _ci(r, "pass@k"),
+                         fmt(r.get("maj@k"), ".1f", pct=True), fmt(r.get("no_answer"), ".1f", pct=True)])
+    benches = []
+    values = {}
+    for label in ev.order:
+        for r in ev.rows[label]:
+            if r.get("kind") == "benchmark" and isinstance(r.get("avg@k"), (int, float)):
+                if r["name"] not in benches:
+                    benches.append(r["name"])
+                ci = r.get("avg@k_ci") or [None, None]
+                values[(r["name"], label)] = (r["avg@k"], ci[0], ci[1])
+    prow = []
+    for label in ev.order:
+        for bench, p in ev.protocols.get(label, {}).items():
+            prow.append([label, bench, *(fmt(p.get(k)) if k in p else "–" for k in PROTOCOL_KEYS)])
+    parts: list[str] = [
+        figure_or_empty(plots.accuracy_bars(benches, ev.order, values, "avg@k (%)"),
+                        "avg@k per benchmark and model with 95% bootstrap intervals.", "accuracy per benchmark"),
+        table(head, rows, numeric_from=3),
+        Raw("<h3>Protocols (as recorded with the results)</h3>"),
+        table(["model", "benchmark", *PROTOCOL_KEYS], prow, numeric_from=99),
+    ]
+    cfg = view.info("eval").get("config")
+    if isinstance(cfg, dict):
+        parts.append(details("eval settings", pre(json.dumps(cfg, indent=2, ensure_ascii=False, default=str))))
+    if view.stage_state("eval") == "incomplete":
+        parts.append(para("eval: started but not finished; the tables cover the results on disk.", "warn"))
+    return section("eval", "Evaluation", parts)
+
+
+def _distinct_rows(rows: list[dict]) -> list[dict]:
+    """Summary rows without repeats: a domain row equal to a benchmark row, or the "all" row when there is
+    only one benchmark, says nothing new."""
+    benches = [r for r in rows if r.get("kind") == "benchmark"]
+    out = []
+    for r in rows:
+        if r.get("kind") == "domain" and any(b.get("name") == r.get("name") and b.get("samples") == r.get("samples")
+                                             for b in benches):
+            continue
+        if r.get("kind") == "all" and len(benches) == 1 and benches[0].get("samples") == r.get("samples"):
+            continue
+        out.append(r)
+    return out
+
+
+def figure_or_empty(uri: str | None, caption: str, alt: str) -> Raw:
+    from dasd.report.html import figure
+
+    return figure(uri, caption, alt)
+
+
+def training_section(view: RunView) -> Raw:
+    """Per training stage: data, steps, losses, throughput; loss and lr curves across stages."""
+    dirs = view.train_stage_dirs()
+    if not dirs:
+        return section("train", "Training", [not_run("Not run yet (`dasd train`).")])
+    counts = view.counts("train")
+    rows, curves = [], []
+    for d in dirs:
+        curve = view.curve(d)
+        done = view.done(d) or {}
+        c = counts.get(d.name) if isinstance(counts.get(d.name), dict) else {}
+        losses = [r.get("loss") for r in curve]
+        status = "done" if done else f"interrupted or running ({len(curve)} steps so far)"
+        rows.append([d.name, status, fmt(done.get("examples", c.get("examples"))), fmt(done.get("tokens", c.get("tokens"))),
+                     fmt(done.get("steps", len(curve) or None)), fmt(losses[0] if losses else None, ".4f"),
+                     fmt(losses[-1] if losses else None, ".4f"),
+                     fmt(mean(r.get("tokens_per_s") for r in curve), ",.0f"),
+                     fmt(curve[-1].get("elapsed_s") if curve else None, ",.1f"),
+                     fmt(done.get("padding_share"), ".1f", pct=True), _short_path(done.get("init", ""))])
+        curves.append((d.name, curve))
+    parts: list[str] = [
+        table(["stage", "status", "examples", "tokens", "steps", "first loss", "final loss", "tokens/s", "seconds",
+               "padding %", "initialised from"], rows, numeric_from=2),
+        figure_or_empty(plots.train_curves(curves), "Training loss (mean cross-entropy per target token) and learning "
+                        "rate per optimizer step; stages run one after another (dotted lines), each starting from the "
+                        "previous stage's model.", "training curves"),
+    ]
+    cfg = view.info("train").get("config")
+    if isinstance(cfg, dict):
+        parts.append(details("training settings", pre(json.dumps(cfg, indent=2, ensure_ascii=False, default=str))))
+    return section("train", "Training", parts)
+
+
+def _short_path(p: str) -> str:
+    p = str(p)
+    return p if len(p) < 60 else "…" + p[-57:]
+
+
+def analysis_section(view: RunView) -> Raw:
+    """The `analyze` results: every numeric series drawn as curves, every scalar in a table.
+
+    The analysis is a nested dict; a dict whose values include equal-length numeric lists becomes
+    one panel (its lists are the lines; a sibling list named ``x``/``positions``/``bins`` is the x
+    axis); scalars are listed under their dotted path.
+    """
+    if not view.ran("analyze"):
+        return section("analyze", "Analysis (sentence types vs correctness)",
+                       [not_run("Not run yet (`dasd analyze`).")])
+    a = view.counts("analyze")
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    scalars: list[tuple[str, str]] = []
+    _walk(a, "", panels, scalars)
+    parts: list[str] = [
+        para("Sentence types in the distilled model's own responses, by position in the response, for correct and "
+             "incorrect answers (the paper: Teacher sentences go with correct answers, Boosted with wrong ones)."),
+    ]
+    if panels:
+        parts.append(figure_or_empty(plots.line_panels(panels, "position in response (fraction)", "share"),
+                                     "Analysis curves as recorded by `dasd analyze`.", "analysis curves"))
+    if scalars:
+        parts.append(table(["quantity", "value"], scalars))
+    if not panels and not scalars:
+        parts.append(para("The analysis recorded no numbers.", "warn"))
+    return section("analyze", "Analysis (sentence types vs correctness)", parts)
+
+
+_X_KEYS = ("x", "positions", "position", "bins", "bin_centers", "centers")
+
+
+def _num_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) >= 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def _walk(obj: Any, path: str, panels: dict, scalars: list, depth: int = 0) -> None:
+    if depth > 8:
+        return
+    if isinstance(obj, dict):
+        lists = {k: v for k, v in obj.items() if _num_list(v)}
+        xs = next((lists[k] for k in _X_KEYS if k in lists), None)
+        series = {k: v for k, v in lists.items() if k not in _X_KEYS}
+        if series:
+            panel = panels.setdefault(path or "analysis", {})
+            for k, v in series.items():
+                x = xs if xs is not None and len(xs) == len(v) else [(i + 0.5) / len(v) for i in range(len(v))]
+                panel[k] = (x, v)
+        for k, v in obj.items():
+            if k in lists:
+                continue
+            _walk(v, f"{path}.{k}" if path else str(k), panels, scalars, depth + 1)
+    elif isinstance(obj, list):
+        if all(isinstance(x, dict) for x in obj):
+            for i, x in enumerate(obj[:20]):
+                _walk(x, f"{path}[{i}]", panels, scalars, depth + 1)
+        elif len(obj) <= 8:
+            scalars.append((path, ", ".join(fmt(x, ".4g") if isinstance(x, float) else str(x) for x in obj)))
+    elif isinstance(obj, (int, float, str, bool)) or obj is None:
+        scalars.append((path, fmt(obj, ".4g") if isinstance(obj, float) else fmt(obj)))
+
+
+def stages_table(view: RunView) -> Raw:
+    """State, finish time, duration and config hash of every pipeline stage (and any extra ones)."""
+    rows = []
+    names = list(PIPELINE) + sorted(s for s in view.stages if s not in PIPELINE)
+    for s in names:
+        info = view.info(s)
+        state = view.stage_state(s)
+        if s == "sample" and state == "not run" and view.outputs("sample"):
+            state = "complete (imported)" if view.info("import").get("complete") else "incomplete"
+        rows.append([s, Raw(f'<span class="{_state_cls(state)}">{state}</span>'), info.get("finished", "–"),
+                     fmt(info.get("seconds"), ",.1f"), info.get("config_hash", "–")])
+    return table(["stage", "state", "finished", "seconds", "config hash"], rows, numeric_from=3)
+
+
+def _state_cls(state: str) -> str:
+    return "ok" if state.startswith("complete") else "warn" if state == "incomplete" else "sub"
+
+
+def appendix_section(view: RunView) -> Raw:
+    cfg = view.manifest.get("config")
+    pk = view.manifest.get("packages") or {}
+    parts: list[str] = [Raw("<h3>Stages</h3>"), stages_table(view)]
+    if pk:
+        parts += [Raw("<h3>Packages</h3>"), kv_table(sorted(pk.items()))]
+    if isinstance(cfg, dict):
+        parts.append(details("full run config (JSON)", pre(json.dumps(cfg, indent=2, ensure_ascii=False, default=str))))
+    else:
+        parts.append(para("The manifest holds no run config (stages were run one by one); each section shows its "
+                          "stage's own settings.", "sub"))
+    return section("run", "Run details", parts)

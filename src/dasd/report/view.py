@@ -1,0 +1,118 @@
+"""Read-only access to a run directory for the report: the manifest, stage states, outputs.
+
+All reads go through ``dasd.store.RunStore`` (``read`` / ``outputs`` / ``manifest``); training
+curves are plain files under ``RUN/train/<stage>/curve.jsonl`` and are read here line by line
+(a line cut by a crash ends the curve, as in the trainer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dasd.store import RunStore
+
+PIPELINE = ("sample", "filter", "score", "select", "train", "mix", "eval", "analyze")
+
+
+class RunView:
+    """A run directory seen by the report. ``stage_state`` says what ran; ``counts`` what it counted."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.root = Path(store.root)
+        self.manifest: dict[str, Any] = store.manifest
+        self.stages: dict[str, dict] = self.manifest.get("stages") or {}
+
+    def info(self, stage: str) -> dict:
+        v = self.stages.get(stage)
+        return v if isinstance(v, dict) else {}
+
+    def counts(self, stage: str) -> dict:
+        c = self.info(stage).get("counts")
+        return c if isinstance(c, dict) else {}
+
+    def outputs(self, stage: str) -> list[str]:
+        return self.store.outputs(stage)
+
+    def pools(self, stage: str, prefix: str) -> list[str]:
+        """Pool names of outputs ``<prefix>-<pool>``, ordered by temperature when they look like ``T0.6``."""
+        names = [o[len(prefix) + 1 :] for o in self.outputs(stage) if o.startswith(prefix + "-")]
+        return sorted(names, key=_pool_key)
+
+    def read(self, stage: str, name: str) -> Iterator[dict]:
+        return self.store.read(stage, name)
+
+    def first(self, stage: str, name: str) -> dict | None:
+        return next(iter(self.store.read(stage, name)), None)
+
+    def stage_state(self, stage: str) -> str:
+        """``complete``, ``incomplete`` (started, not finished: running or interrupted), or ``not run``."""
+        info = self.info(stage)
+        if info.get("complete"):
+            return "complete"
+        if info or self.outputs(stage) or (stage == "train" and self.train_stage_dirs()):
+            return "incomplete"
+        return "not run"
+
+    def ran(self, stage: str) -> bool:
+        return self.stage_state(stage) != "not run"
+
+    # -- training --------------------------------------------------------------------------------
+    def train_stage_dirs(self) -> list[Path]:
+        """``RUN/train/<stage>`` folders with a curve, in config order, then any others by name."""
+        d = self.root / "train"
+        if not d.is_dir():
+            return []
+        found = {p.name: p for p in d.iterdir() if p.is_dir() and ((p / "curve.jsonl").is_file() or (p / "done.json").is_file())}
+        order = [s.get("name") for s in (self.info("train").get("config") or {}).get("stages") or [] if isinstance(s, dict)]
+        order += [s.get("name") for s in ((self.manifest.get("config") or {}).get("train") or {}).get("stages") or []
+                  if isinstance(s, dict)]
+        out, seen = [], set()
+        for name in [*order, *sorted(found)]:
+            if name in found and name not in seen:
+                seen.add(name)
+                out.append(found[name])
+        return out
+
+    @staticmethod
+    def curve(stage_dir: Path) -> list[dict]:
+        path = stage_dir / "curve.jsonl"
+        rows: list[dict] = []
+        if not path.is_file():
+            return rows
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if isinstance(rec, dict):
+                    rows.append(rec)
+        return rows
+
+    @staticmethod
+    def done(stage_dir: Path) -> dict | None:
+        path = stage_dir / "done.json"
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return d if isinstance(d, dict) else None
+
+
+def _pool_key(name: str) -> tuple:
+    try:
+        return (0, float(name[1:]) if name.startswith("T") else float(name), name)
+    except ValueError:
+        return (1, math.inf, name)
+
+
+def mean(xs) -> float | None:
+    xs = [x for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    return math.fsum(xs) / len(xs) if xs else None
