@@ -13,17 +13,7 @@ from dasd.errors import ConfigError, InputError
 from dasd.train.config import TrainConfig
 from dasd.train.trainer import run_training
 
-
-def _pool(n=12, seed=0):
-    out = []
-    for i in range(n):
-        a, b = i + 2, (i * 7) % 11 + 1
-        steps = " ".join(f"{a} + {k} = {a + k}." for k in range(1 + (i + seed) % 4))
-        out.append({"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                 {"role": "user", "content": f"Compute {a} + {b}."},
-                                 {"role": "assistant", "content": f"<think>{steps}</think> So \\boxed{{{a + b}}}."}],
-                    "prefix_chars": 7 if i % 3 == 0 else 0})
-    return out
+from .conftest import make_pool as _pool
 
 
 def _cfg(base, **kw):

@@ -53,10 +53,19 @@ def _fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _use_cpu() -> bool:
+    """CPU runs: forced by ACCELERATE_USE_CPU, or no CUDA device. Multi-process CPU runs then use gloo
+    (accelerate only sets up torch.distributed on CPU when told it is a CPU run)."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision="bf16" if cfg.bf16 else "no")
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision="bf16" if cfg.bf16 else "no",
+                      cpu=_use_cpu())
     ds = acc.state.deepspeed_plugin
     if ds is not None:  # no accelerate DataLoader: DeepSpeed needs these explicitly
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
@@ -309,7 +318,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
 
     out_dir = Path(out_dir)
     try:
-        cfg = cfg.resolve_batch(PartialState().num_processes)
+        cfg = cfg.resolve_batch(PartialState(cpu=_use_cpu()).num_processes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     acc = _make_accelerator(cfg)
