@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dasd.text.sentences import segment, sentences
@@ -35,6 +35,8 @@ _TEXT = st.lists(st.one_of(st.text(max_size=6), _SPECIAL), max_size=60).map("".j
 
 @settings(max_examples=400, deadline=None)
 @given(_TEXT)
+@example(" . 0")
+@example("x. \u00e9")
 def test_spans_cover_text_exactly(text):
     _check_cover(text)
 
@@ -81,6 +83,10 @@ def test_paragraph_break_is_a_boundary(a, b):
         ("Use e.g. Newton. Dr. Smith agrees, i.e. Yes. See Fig. 3 now.", ["Use e.g. Newton. ", "Dr. Smith agrees, i.e. Yes. ", "See Fig. 3 now."]),
         ("Apples, pears, etc. Then more. Numbers etc. are fine.", ["Apples, pears, etc. ", "Then more. ", "Numbers etc. are fine."]),
         ("It is approx. equal to x vs. y. Yes.", ["It is approx. equal to x vs. y. ", "Yes."]),
+        # a lower-case letter after end punctuation on the same line continues the sentence
+        ("Is it 5? no, wait. Yes! it is. Done.", ["Is it 5? no, wait. ", "Yes! it is. ", "Done."]),
+        ("Voil\u00e0. \u00e9lan continues. \u00c9t\u00e9 starts.", ["Voil\u00e0. \u00e9lan continues. ", "\u00c9t\u00e9 starts."]),
+        ("End.\r\nNext.", ["End.\r\n", "Next."]),
         # ellipses
         ("Hmm... let me think. Wait... Actually no.", ["Hmm... let me think. ", "Wait... ", "Actually no."]),
         ("So\u2026 maybe. Or\u2026 No.", ["So\u2026 maybe. ", "Or\u2026 ", "No."]),

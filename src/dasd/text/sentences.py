@@ -8,7 +8,8 @@ holds at least one non-whitespace character, unless the whole text is whitespace
 
 A sentence ends at:
 - ``.``, ``!``, ``?`` or ``…`` (a run of them, then optional closing quotes/brackets/``*``/``_``)
-  followed by whitespace or the end of the text;
+  followed by a line break, the end of the text, or spaces and then anything but a lower-case
+  letter;
 - ``。``, ``！``, ``？`` (CJK full stops end a sentence with or without following whitespace);
 - a newline (every line break ends a sentence; blank lines are whitespace of the previous one).
 
@@ -18,7 +19,8 @@ It does not end at:
 - abbreviations: ``e.g.``, ``i.e.``, ``Dr.``, ``Mr.``, ``vs.``, ``cf.``, ``et al.`` ...; ``etc.``
   ends a sentence only before an upper-case letter; ``Fig.``, ``Eq.``, ``No.`` ... do not end one
   before a digit or ``(``;
-- ellipses (``...``, ``…``) and single ``.`` followed, on the same line, by a lower-case letter;
+- end punctuation followed, on the same line, by a lower-case letter (``approx. equal``,
+  ``Is it 5? no, wait``); ellipses (``...``, ``…``) followed by anything but a capital;
 - anything inside LaTeX math, which is kept whole: ``$...$`` (pandoc's rule: no space after the
   opening or before the closing ``$``, no digit after it, ``\\$`` is a literal dollar),
   ``$$...$$``, ``\\[...\\]``, ``\\(...\\)``, ``\\begin{env}...\\end{env}`` (nesting of the same
@@ -43,18 +45,30 @@ MAX_MATH_CHARS = 20_000
 
 # The scan: one character class first (so `re` skips ordinary text with a fast charset search),
 # then a branch per kind of candidate, told apart by a lookbehind on that first character.
-_SCAN = re.compile(
-    r"[.!?\u2026\u3002\uff01\uff1f\n$\\`]"
-    r"(?:"
-    r"(?P<end>(?<=[.!?\u2026])[.!?\u2026]*[\"'\u201d\u2019)\]*_]*(?:\s+|\Z))"
-    r"|(?P<cjk>(?<=[\u3002\uff01\uff1f])[\u3002\uff01\uff1f]*[\u300d\u300f\u201d\u2019\uff09]*\s*)"
-    r"|(?P<nl>(?<=\n)\s*)"
-    r"|(?P<dollar>(?<=\$)\$?)"
-    r"|(?P<latex>(?<=\\)(?:\[|\(|begin\{(?P<env>[^{}\n]{1,40})\}))"
-    r"|(?P<fence>(?<=`)``)"
-    r")"
-)
-_INLINE_MATH = re.compile(r"\$(?=[^\s$])[^$\n]{0,2000}+(?<![\s\\])\$(?!\d)")
+_HSPACE = r"[ \t\f\v\xa0\u2000-\u200a\u202f\u205f\u3000]"
+# End punctuation continues with more of it, closers, then a line end / the text end, or spaces
+# not followed by a-z.
+_END_TAIL = r"[.!?\u2026]*[\"'\u201d\u2019)\]*_]*" + rf"(?:{_HSPACE}*+(?:\r?\n|\Z)\s*|{_HSPACE}++(?![a-z]))"
+_CJK_TAIL = r"[\u3002\uff01\uff1f]*[\u300d\u300f\u201d\u2019\uff09]*\s*"
+# The scan: every branch starts with a literal character, so `re` finds candidates with a fast
+# charset search in C and dispatches each with a one-character check; Python runs only on matches.
+_BRANCHES = [
+    ("end", rf"\.(?P<end_dot>{_END_TAIL})"),
+    ("end", rf"!(?P<end_bang>{_END_TAIL})"),
+    ("end", rf"\?(?P<end_q>{_END_TAIL})"),
+    ("end", rf"\u2026(?P<end_ell>{_END_TAIL})"),
+    ("cjk", rf"\u3002(?P<cjk_1>{_CJK_TAIL})"),
+    ("cjk", rf"\uff01(?P<cjk_2>{_CJK_TAIL})"),
+    ("cjk", rf"\uff1f(?P<cjk_3>{_CJK_TAIL})"),
+    ("nl", r"\n(?P<nl>\s*)"),
+    ("dd", r"\$(?P<dd>\$)"),
+    # inline math: no space after the opening $, none before the closing one, no digit after it
+    ("im", r"\$(?P<im>(?=[^\s$])[^$\n]{0,2000}+(?<![\s\\])\$(?!\d))"),
+    ("latex", r"\\(?P<latex>\[|\(|begin\{(?P<env>[^{}\n]{1,40})\})"),
+    ("fence", r"`(?P<fence>``)"),
+]
+_SCAN = re.compile("|".join(p for _, p in _BRANCHES))
+_KIND = {_SCAN.groupindex[name]: kind for kind, p in _BRANCHES for name in re.findall(r"\(\?P<(\w+)>", p)[:1]}
 _FENCE_CLOSE = re.compile(r"^[ \t]*```+[ \t]*(?:\n|\Z)", re.MULTILINE)
 _NL_WS = re.compile(r"\n\s*")
 _OPENERS = "([{\"'`*"
@@ -73,21 +87,19 @@ _ABBREV_BEFORE_NUMBER = frozenset("fig figs eq eqs no nos sec ch thm lem def pro
 def _ends_here(text: str, s: int, g: str) -> bool:
     """Whether the Latin end-punctuation candidate ``g`` found at ``s`` ends a sentence.
 
-    ``g`` is the run of end punctuation, its closers and the following whitespace.
+    ``g`` is the run of end punctuation, its closers and the following spaces, within a line and
+    not at the end of the text (those always end a sentence).
     """
-    e = s + len(g)
-    if e == len(text) or "\n" in g:
-        return True  # the end of the text or of a line always ends a sentence
-    nxt = text[e]
+    nxt = text[s + len(g)]
+    if nxt.islower():
+        return False  # an unknown abbreviation or a lower-case continuation (non-ASCII; a-z never match)
     run = g[: len(g) - len(g.lstrip(_PUNCT))]
     if run != ".":
         if run.count(".") >= 2 or "\u2026" in run:  # ellipsis: a break only before a capital
             return nxt.isupper()
         return True  # "!", "?", "?!", "!." ...
-    if nxt.islower():
-        return False  # an unknown abbreviation or a lower-case continuation
     chunk = text[max(0, s - 7) : s]
-    word = chunk.rsplit(None, 1)[-1].lstrip(_OPENERS) if chunk else ""
+    word = chunk.rsplit(None, 1)[-1].lstrip(_OPENERS) if chunk and not chunk[-1].isspace() else ""
     if len(word) > 6 or not word:
         return True
     low = word.lower()
@@ -148,32 +160,36 @@ def segment(text: str) -> list[tuple[int, int]]:
         start = c
 
     search = _SCAN.search
+    kinds = _KIND
     pos = 0
     while True:
         m = search(text, pos)
         if m is None:
             break
-        kind = m.lastgroup
-        if kind == "end":
+        kind = kinds[m.lastindex]
+        if kind == "end" or kind == "nl" or kind == "cjk":
             g = m.group()
-            pos = m.start() + len(g)
-            if _ends_here(text, m.start(), g):
-                cut(pos)
-        elif kind == "nl" or kind == "cjk":
-            cut(m.end())
-            pos = m.end()
-        elif kind == "dollar":
+            c = m.start() + len(g)
+            pos = c
+            if kind == "end" and c < n and "\n" not in g and not _ends_here(text, m.start(), g):
+                continue
+            if c > start:  # cut(c), inlined on the hot path
+                if text[start].isspace() and text[start:c].isspace():
+                    if spans:
+                        spans[-1] = (spans[-1][0], c)
+                        start = c
+                else:
+                    spans.append((start, c))
+                    start = c
+        elif kind == "im" or kind == "dd":
             s = m.start()
-            pos = s + 1
             if s > 0 and text[s - 1] == "\\":
-                continue  # \$ is a literal dollar
-            if m.group("dollar"):  # "$$": display math
+                pos = s + 1  # \$ is a literal dollar
+            elif kind == "im":
+                pos = m.end()
+            else:
                 close = _find_closer(text, "$$", "$$", s + 2)
                 pos = close if close > 0 else s + 2
-            else:
-                mm = _INLINE_MATH.match(text, s)
-                if mm is not None:
-                    pos = mm.end()
         elif kind == "latex":
             s = m.start()
             tok = m.group("latex")
