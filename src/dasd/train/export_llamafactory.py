@@ -89,20 +89,28 @@ def export(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None =
     out_dir = Path(out_dir)
     info: dict[str, dict] = {}
     written: dict[str, str] = {}
+    by_source: dict[str, str] = {}
     stages_out = []
     previous = None
-    for i, stage in enumerate(cfg.stages):
+    for stage in cfg.stages:
         hp = cfg.for_stage(stage)
-        if hp["mask_prefix"]:
-            raise ConfigError(f"stage {stage.name!r}: mask_prefix cannot be expressed in LLaMA-Factory "
-                              "(it masks whole turns only); export with mask_prefix false")
         items = load_examples(stage.data, data)
         if items is None:
             if stage.optional:
                 continue
             raise ConfigError(f"stage {stage.name!r}: data {stage.data!r} is neither a named pool nor an existing file")
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(stage.data).stem)
-        name = f"dasd_{name}"
+        if hp["mask_prefix"] and any(ex["prefix_chars"] for _, ex in items):
+            raise ConfigError(f"stage {stage.name!r}: mask_prefix cannot be expressed in LLaMA-Factory "
+                              "(it masks whole turns only); export with mask_prefix false")
+        if stage.data in by_source:
+            name = by_source[stage.data]
+        else:
+            base = "dasd_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(stage.data).stem)
+            name, k = base, 1
+            while name in written:
+                k += 1
+                name = f"{base}_{k}"
+            by_source[stage.data] = name
         if name not in written:
             rel = f"data/{name}.jsonl"
             n = atomic_write_jsonl(out_dir / rel, ({"messages": ex["messages"]} for _, ex in items))
