@@ -191,3 +191,20 @@ def test_grade_many_in_processes_matches_inline():
 def test_problem_without_reference_is_refused():
     with pytest.raises(ValueError, match="nothing to grade"):
         grade_one({"id": "x", "messages": [{"role": "user", "content": "q"}]}, "text")
+
+
+def test_math_grading_refuses_threads_instead_of_grading_everything_wrong():
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            grade_math("\\boxed{1}", "1")
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert errors and "main thread" in errors[0]

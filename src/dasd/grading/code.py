@@ -27,12 +27,15 @@ memory could fake it; one that merely exits early cannot).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dasd.grading.answer import final_part, last_code_block
 from dasd.grading.sandbox import Limits, run_python
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CASE_TIMEOUT_S = 6.0
 
@@ -193,7 +196,8 @@ def run_tests(code: str, tests: dict[str, Any], case_timeout_s: float = DEFAULT_
     """Run ``code`` against ``tests`` in the sandbox; return ``{"passed": bool, "detail": {...}}``.
 
     ``detail``: ``cases`` (how many), ``passed_cases``, ``failure`` (first failing case: index and
-    reason: compile_error, runtime_error, timeout, signal, wrong_answer, no_output), ``stderr`` (tail),
+    reason: compile_error, runtime_error, timeout, signal, wrong_answer, no_output, no_status (the
+    harness died), sandbox_error (the sandbox could not start: logged as a warning)), ``stderr`` (tail),
     ``isolation`` and ``wall_s``. ``limits`` defaults to ``Limits()`` with the wall clock set from the
     per-case timeout and the number of cases.
     """
@@ -233,7 +237,13 @@ def run_tests(code: str, tests: dict[str, Any], case_timeout_s: float = DEFAULT_
     for i, c in enumerate(cases):
         st = statuses[i] if i < len(statuses) and isinstance(statuses[i], dict) else None
         if st is None:
-            reason = "timeout" if res.timed_out else "no_status"
+            if res.timed_out:
+                reason = "timeout"
+            elif i == 0 and res.stderr.startswith(b"sandbox launcher:"):
+                reason = "sandbox_error"  # the sandbox failed to start: not the program's fault
+                log.warning("code grading: %s", res.stderr[:300].decode("utf-8", "replace").strip())
+            else:
+                reason = "no_status"  # the harness was killed (e.g. by a limit) before reporting
             failure = {"case": i, "reason": reason}
             break
         if st.get("status") != "ok":

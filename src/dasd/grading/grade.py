@@ -61,13 +61,7 @@ def grade_one(problem: dict[str, Any], text: str) -> dict[str, Any]:
 
 def _grade_pair(pair: tuple[dict[str, Any], str]) -> dict[str, Any]:
     problem, text = pair
-    try:
-        return grade_one(problem, text)
-    except ValueError:
-        raise
-    except Exception as e:  # a grader crash on one response must not lose the whole batch
-        return {"extracted": None, "correct": False,
-                "detail": {"grader": "error", "error": f"{type(e).__name__}: {e}"[:500]}}
+    return grade_one(problem, text)
 
 
 def grading_pool(workers: int | None = None) -> ProcessPoolExecutor | None:
@@ -89,7 +83,8 @@ def grade_many(pairs: Iterable[tuple[dict[str, Any], str]], workers: int | None 
 
     ``workers``: pool size when no ``pool`` is given (default ``min(8, cpu count)``); ``0`` grades
     in this process (only from its main thread). A bad problem (nothing to grade against, invalid
-    tests) raises ``ValueError``; any other grader error is a wrong answer with ``detail["error"]``.
+    tests) raises ``ValueError``. Expected per-response failures (unparsable math, crashing code)
+    are wrong answers with the reason in ``detail``; anything else is a bug and propagates.
     """
     pairs = list(pairs)
     if pool is not None:

@@ -18,6 +18,7 @@ main thread; call this from a process (``grade.grade_many`` uses a process pool)
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from dasd.grading.answer import final_part, last_boxed
@@ -52,6 +53,10 @@ def grade_math(text: str, gold: str, timeout_s: int = 5) -> dict[str, Any]:
     """
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+    if threading.current_thread() is not threading.main_thread():
+        # math-verify would raise for every answer and we would grade them all wrong: refuse loudly.
+        raise RuntimeError("grade_math must run in a process's main thread (math-verify uses signal.alarm); "
+                           "use grading.grade.grade_many, which grades in worker processes")
     pred, method = extract_math(text)
     detail: dict[str, Any] = {"grader": "math", "method": method}
     if pred is None:

@@ -13,11 +13,13 @@ reproduced. Sample ``j`` of problem ``p`` is drawn with its own seed, derived fr
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from dasd.configbase import StrictModel
 from dasd.engines.base import Engine, GenerateRequest
@@ -90,13 +92,14 @@ def _result(problem: dict[str, Any], index: int, graded: dict[str, Any], protoco
 
 def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Protocol,
              done: set[tuple[str, int]], write: Callable[[dict[str, Any]], None],
-             batch_requests: int = 64, workers: int | None = None) -> None:
+             batch_requests: int = 64, workers: int | None = None, progress: bool = True) -> None:
     """Sample ``protocol.n`` responses per problem with ``engine``, grade them, ``write`` each result.
 
     ``done``: ``(problem_id, sample_index)`` pairs already written (resume); they are neither
     generated nor written again. ``batch_requests``: samples sent to ``engine.generate`` at once
     (each is one request with n=1 and its own seed). ``workers``: grading processes (see
     ``grade.grading_pool``). Results come out batch by batch, so a crash loses at most one batch.
+    ``progress``: a tqdm bar (samples/s) and a summary line on stderr.
     Problems that cannot be graded are refused before anything is generated.
     """
     problems = list(problems)
@@ -110,6 +113,8 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
     if not todo:
         return
     pool = grading_pool(workers)
+    bar = tqdm(total=len(todo), desc="eval", unit="sample", disable=not progress)
+    n_correct = 0
     try:
         for s in range(0, len(todo), batch_requests):
             chunk = todo[s : s + batch_requests]
@@ -121,9 +126,15 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
             graded = grade_many([(p, g.text) for (p, _), g in zip(chunk, gens)], workers=workers, pool=pool)
             for (p, j), g, r in zip(chunk, gens, graded):
                 write(_result(p, j, r, proto, g.text, g.finish_reason))
+                n_correct += bool(r["correct"])
+            bar.update(len(chunk))
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown()
+    if progress:
+        print(f"eval: {len(todo)} samples graded ({len(done)} already done), {n_correct} correct "
+              f"({100 * n_correct / len(todo):.1f}%)", file=sys.stderr)
 
 
 def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: str | Path,
