@@ -251,3 +251,17 @@ def test_select_grouped_applies_budget_per_prompt_and_pool():
     for c in sel:
         peers = [d["das"]["score"] for d in cands if (d["prompt_id"], d["temperature"]) == (c["prompt_id"], c["temperature"])]
         assert c["das"]["score"] == max(peers)
+
+
+def test_alignment_agrees_for_byte_offsets_and_tokenizer_offsets(two_tokenizers):
+    """Equivalence: offsets computed from token bytes (engines.offsets, as for sampled tokens) and the
+    tokenizer's own offset_mapping put every token in the same sentence."""
+    from dasd.engines.offsets import token_offsets
+
+    spans = segment(RESPONSE)
+    for tok in two_tokenizers:
+        ids = tok(RESPONSE, add_special_tokens=False)["input_ids"]
+        from_bytes = token_offsets(tok, ids, RESPONSE)
+        from_tokenizer = _offsets(tok, RESPONSE)
+        assert len(from_bytes) == len(from_tokenizer)
+        assert assign_tokens(RESPONSE, spans, from_bytes) == assign_tokens(RESPONSE, spans, from_tokenizer)
