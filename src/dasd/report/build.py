@@ -61,16 +61,24 @@ def render_report(run_dir: str | Path) -> Report:
 
     def do_scan():
         nonlocal scan
-        scan = data.scan_data(view)
-        return ""
+        scan, read_problems = data.scan_data(view)
+        if not read_problems:
+            return ""
+        problems.extend(read_problems)
+        items = "".join(f"<li>{esc(p)}</li>" for p in read_problems)
+        return section("read-data", "Unreadable run files", [Raw(f'<div class="error"><ul>{items}</ul></div>')])
 
     def do_eval():
         nonlocal ev
         ev = models.scan_eval(view)
-        return ""
+        if not ev.problems:
+            return ""
+        problems.extend(ev.problems)
+        items = "".join(f"<li>{esc(p)}</li>" for p in ev.problems)
+        return section("read-eval", "Unreadable evaluation results", [Raw(f'<div class="error"><ul>{items}</ul></div>')])
 
-    head = [_safe(problems, "funnel", "Reading samples, scores and selections", do_scan),
-            _safe(problems, "eval", "Reading evaluation results", do_eval)]
+    head = [_safe(problems, "read-data", "Reading samples, scores and selections", do_scan),
+            _safe(problems, "read-eval", "Reading evaluation results", do_eval)]
     body = [
         *[h for h in head if h],
         _safe(problems, "summary", "Summary", lambda: models.summary_section(view, ev, _facts(view, scan))),

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from dasd.errors import DasdError
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
@@ -46,12 +47,26 @@ class PoolScan:
     example: dict | None = None
 
 
-def scan_data(view: RunView) -> dict[str, PoolScan]:
-    """One streaming pass over sample, score and select outputs; pools ordered by temperature."""
+def scan_data(view: RunView) -> tuple[dict[str, PoolScan], list[str]]:
+    """One streaming pass over sample, score and select outputs: ``(pools by temperature, problems)``.
+
+    A stage whose files cannot be read (a corrupt shard) adds a problem naming file and line, keeps
+    what was read before it, and the other stages are still read.
+    """
     pools: dict[str, PoolScan] = {}
     names = view.pools("sample", "pool") + view.pools("score", "pool") + view.pools("select", "selected")
     for p in names:
         pools.setdefault(p, PoolScan())
+    problems = []
+    for stage, fn in (("sample", _scan_sample), ("score", _scan_score), ("select", _scan_select)):
+        try:
+            fn(view, pools)
+        except DasdError as e:
+            problems.append(f"{stage}: {e} (numbers from this stage are partial)")
+    return pools, problems
+
+
+def _scan_sample(view: RunView, pools: dict[str, PoolScan]) -> None:
     for p in view.pools("sample", "pool"):
         ps = pools[p]
         for r in view.read("sample", f"pool-{p}"):
@@ -69,6 +84,9 @@ def scan_data(view: RunView) -> dict[str, PoolScan]:
                 ps.likelihood.append(math.exp(s / len(lps)))
             else:
                 ps.no_logprobs += 1
+
+
+def _scan_score(view: RunView, pools: dict[str, PoolScan]) -> None:
     for p in view.pools("score", "pool"):
         ps = pools[p]
         for r in view.read("score", f"pool-{p}"):
@@ -88,6 +106,9 @@ def scan_data(view: RunView) -> dict[str, PoolScan]:
                     d = s["lp_teacher"] - s["lp_student"]
                 if isinstance(d, (int, float)) and math.isfinite(d):
                     ps.deltas.append(d)
+
+
+def _scan_select(view: RunView, pools: dict[str, PoolScan]) -> None:
     for p in view.pools("select", "selected"):
         ps = pools[p]
         for kind in ("selected", "rejected"):
@@ -101,7 +122,6 @@ def scan_data(view: RunView) -> dict[str, PoolScan]:
                     best = ps.example
                     if best is None or das["score"] > (best.get("das") or {}).get("score", -math.inf):
                         ps.example = {k: r.get(k) for k in ("id", "prompt_id", "text", "sentences", "das", "temperature")}
-    return pools
 
 
 def _shares(lists: dict[str, list[float]]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from dasd.errors import DasdError
 from dasd.report import plots
 from dasd.report.html import Raw, details, fmt, kv_table, not_run, para, pre, section, table
 from dasd.report.view import PIPELINE, RunView, mean
@@ -24,6 +25,7 @@ class EvalScan:
     rows: dict[str, list[dict]] = field(default_factory=dict)  # label -> summarize rows
     protocols: dict[str, dict[str, dict]] = field(default_factory=dict)  # label -> benchmark -> protocol
     results: dict[str, int] = field(default_factory=dict)  # label -> graded samples on disk
+    problems: list[str] = field(default_factory=list)  # results that could not be read
 
 
 def scan_eval(view: RunView) -> EvalScan:
@@ -34,7 +36,11 @@ def scan_eval(view: RunView) -> EvalScan:
         ((view.manifest.get("config") or {}).get("eval") or {}).get("models") or []
     by_label: dict[str, list[dict]] = {}
     for o in outputs:
-        recs = list(view.read("eval", o))
+        try:
+            recs = list(view.read("eval", o))
+        except DasdError as e:
+            scan.problems.append(f"eval: {e} (model {o[len('results-'):]}: the manifest's summary is shown, if any)")
+            continue
         label = next((r.get("model_label") for r in recs if r.get("model_label")), o[len("results-"):])
         by_label[label] = recs
     labels = [m for m in cfg_models if m in counts or m in by_label]

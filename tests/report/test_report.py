@@ -1,0 +1,146 @@
+"""`dasd report`: every section from a full run, self-contained, escaped, partial runs, broken files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dasd.errors import DasdError
+from dasd.report.build import NAV, render_report, write_report
+from dasd.store import RunStore
+from report_runs import PLANT, build_run
+
+SECTIONS = [a for a, _ in NAV]
+# section anchor -> the stage whose absence makes it say "not run yet"
+NEEDS = {"funnel": "sample", "sample": "sample", "filter": "filter", "sentences": "score", "select": "select",
+         "train": "train", "mix": "mix", "eval": "eval", "analyze": "analyze"}
+ORDER = ["sample", "filter", "score", "select", "train", "mix", "eval", "analyze"]
+
+
+def sections(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', html, flags=re.S))
+
+
+def images(html: str) -> list[Image.Image]:
+    out = []
+    for b64 in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html):
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        im.load()
+        out.append(im)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    root = build_run(tmp_path_factory.mktemp("report") / "run")
+    path = write_report(root)
+    return root, path, path.read_text(encoding="utf-8")
+
+
+def test_full_run_has_every_section_with_its_plots(full):
+    root, path, html = full
+    assert path == root / "report.html"
+    secs = sections(html)
+    assert list(secs) == SECTIONS  # pipeline order, summary first
+    assert 'class="notrun"' not in html and 'class="error"' not in html
+    want_plots = {"funnel": 1, "sample": 1, "sentences": 2, "select": 1, "train": 1, "mix": 1, "eval": 1, "analyze": 1}
+    for anchor, n in want_plots.items():
+        imgs = images(secs[anchor])
+        assert len(imgs) == n, anchor
+        assert all(im.format == "PNG" and im.width > 300 and im.height > 100 for im in imgs), anchor
+    # the summary: one accuracy row per model, in the configured order, with CIs and the protocol
+    summary = secs["summary"]
+    labels = re.findall(r"<tr><td>([a-z0-9_]+)</td><td class=\"n\">[0-9.]+ \[[0-9.]+, [0-9.]+\]", summary)
+    assert labels == ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"]
+    assert "Protocol — demo: temperature 0.6, top_p 1.0, n 4, max_tokens 320, seed 0" in summary
+    # numbers on the page are the run's: the funnel row of each pool matches the manifest
+    store = RunStore.open(root)
+    for pool, f in store.manifest["stages"]["filter"]["counts"].items():
+        assert f"<td>{pool}</td><td class=\"n\">{f['in']}</td>" in secs["funnel"]
+    # the sentence view of the best selected response shows typed spans
+    assert re.search(r'<span class="s-(teacher|shared|student)"', secs["select"])
+    # analysis scalars are listed under their path
+    assert "area_between.teacher" in secs["analyze"] and "0.145" in secs["analyze"]
+
+
+def test_report_is_self_contained(full):
+    _, _, html = full
+    refs = re.findall(r'\b(?:src|href|action|poster|data)\s*=\s*"([^"]*)"', html, flags=re.I)
+    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs)
+    low = html.lower()
+    for bad in ("http://", "https://", "<link", "<iframe", "<object", "<embed", "@import", "url(", "<base", "//cdn"):
+        assert bad not in low, bad
+    assert "<script" not in low  # the report runs no script at all
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_model_output_is_escaped(full):
+    _, _, html = full
+    assert PLANT not in html
+    escaped = PLANT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    assert escaped in html  # shown as text (filter rejects and the best selected response contain it)
+    assert len(re.findall(r"<img\b", html)) == len(images(html))  # the planted <img> is not an element
+
+
+@pytest.mark.parametrize("upto", ["sample", "select", "eval"])
+def test_partial_run_says_what_has_not_run(tmp_path, upto):
+    root = build_run(tmp_path / "run", upto=upto, n_prompts=4, k=2)
+    rep = render_report(root)
+    assert rep.problems == []
+    secs = sections(rep.html)
+    assert list(secs) == SECTIONS
+    done = set(ORDER[: ORDER.index(upto) + 1])
+    for anchor, stage in NEEDS.items():
+        said = "Not run yet" in secs[anchor]
+        assert said == (stage not in done), (anchor, stage)
+        if stage in done and anchor != "filter":  # the filter counts are drawn in the funnel
+            assert "<img" in secs[anchor], anchor
+    if "eval" not in done:
+        assert "No evaluation yet" in secs["summary"]
+
+
+def test_empty_run_and_not_a_run(tmp_path):
+    RunStore(tmp_path / "empty")
+    rep = render_report(tmp_path / "empty")
+    assert rep.problems == [] and rep.html.count('class="notrun"') == len(NEEDS) + 1  # + the summary's
+    with pytest.raises(DasdError, match="no such run directory"):
+        render_report(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DasdError, match="not a dasd run directory"):
+        write_report(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "report.html").exists()
+
+
+def test_unfinished_stage_and_corrupt_file(tmp_path, capsys):
+    root = build_run(tmp_path / "run", upto="train", n_prompts=4, k=2)
+    # training stage 3 was killed after 2 steps, mid-line
+    d = root / "train" / "stage3_mixed"
+    (d / "done.json").unlink()
+    lines = (d / "curve.jsonl").read_text(encoding="utf-8").splitlines()
+    (d / "curve.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15], encoding="utf-8")
+    # a score shard damaged by hand
+    shard = sorted((root / "score").glob("pool-T1-*.jsonl"))[0]
+    with shard.open("a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    out = write_report(root, tmp_path / "elsewhere" / "r.html")
+    assert out == tmp_path / "elsewhere" / "r.html"
+    html = out.read_text(encoding="utf-8")
+    secs = sections(html)
+    assert "interrupted or running (2 steps so far)" in secs["train"]
+    assert re.search(rf"{re.escape(str(shard))}:\d+: corrupt run file", secs["read-data"])  # named, with its line
+    assert "section not built" in capsys.readouterr().err
+    assert list(secs) == ["read-data", *SECTIONS]  # every section is still there
+    assert "<img" in secs["train"] and "<img" in secs["sentences"]  # with what could be read
+    # an eval results shard damaged too: the summary falls back to the manifest's numbers
+    root2 = build_run(tmp_path / "run2", upto="eval", n_prompts=4, k=2)
+    ev = sorted((root2 / "eval").glob("results-teacher-*.jsonl"))[0]
+    ev.write_text(ev.read_text(encoding="utf-8") + "[1]\n", encoding="utf-8")
+    rep = render_report(root2)
+    secs = sections(rep.html)
+    assert len(rep.problems) == 1 and str(ev) in secs["read-eval"]
+    assert re.search(r"<tr><td>teacher</td><td class=\"n\">[0-9.]+ \[", secs["summary"])
