@@ -11,7 +11,10 @@ Endpoints (the subset of vLLM's schema that dasd's ``openai`` engine uses):
 - ``POST /v1/completions``: ``prompt`` (text, used as given without special tokens, or a list of
   token ids), the same sampling fields, ``logprobs`` (int), ``echo``, ``prompt_logprobs`` (vLLM's
   extension). Log-probs as ``{tokens, token_logprobs, text_offset, top_logprobs}``.
-  ``max_tokens=0`` with ``echo`` scores the prompt only (OpenAI's legacy way of scoring).
+  ``max_tokens=0`` with ``echo`` scores the prompt only (OpenAI's legacy way of scoring). A
+  token-id prompt whose ids do not re-encode to themselves can be scored but not continued
+  exactly: with prompt log-probs asked, the sample continues its re-encoded text and the choice
+  says so in ``dasd_note``; without, it is a 400.
 - ``POST /tokenize``: ``{prompt}`` -> ``{tokens, count}`` (vLLM's shape; count only is guaranteed).
 - ``GET  /dasd/stats``: requests served, tokens generated, seconds the engine was busy.
 
@@ -278,6 +281,7 @@ class EngineServer:
         lp_k = body.get("logprobs")
         plp_k = body.get("prompt_logprobs")
         prompt_scores = None
+        note = None
         if (echo and lp_k is not None) or plp_k is not None:
             if ids is None:
                 ids = await self._submit("call", lambda: self._prompt_ids(None, text, rid))
@@ -290,7 +294,9 @@ class EngineServer:
             body = dict(body, max_tokens=max_tokens)
             s = self._sampling(body, rid)
             if ids is not None and self.engine.context_ids(None, text, rid) != ids:
-                raise _BadRequest("this token-id prompt does not re-encode to itself; send it as text")
+                if prompt_scores is None:
+                    raise _BadRequest("this token-id prompt does not re-encode to itself; send it as text")
+                note = "sampled after the prompt's re-encoded text (its token ids do not re-encode to themselves)"
             try:
                 req = GenerateRequest(id=rid, prefix=text, **s)
             except ValueError as err:
@@ -300,14 +306,20 @@ class EngineServer:
         for g in gens:
             choice: dict[str, Any] = {"index": g.index, "text": (text if echo else "") + g.text,
                                       "finish_reason": g.finish_reason, "logprobs": None}
+            if max_tokens and note:
+                choice["dasd_note"] = note
             if lp_k is not None:
                 toks: list[str] = []
                 lps: list[float | None] = []
+                as_ids = bool(body.get("return_tokens_as_token_ids"))
                 if echo:
                     assert prompt_scores is not None
-                    toks += [_token_text(self._piece(t)) for t in ids]
+                    toks += [f"token_id:{t}" if as_ids else _token_text(self._piece(t)) for t in ids]
                     lps += [None] + prompt_scores
-                toks += [_token_text(b) for b in self._bytes(g)]
+                if as_ids:
+                    toks += [f"token_id:{t}" for t in g.token_ids]
+                else:
+                    toks += [_token_text(b) for b in self._bytes(g)]
                 lps += list(g.logprobs)
                 offs, at = [], 0
                 for t in toks:

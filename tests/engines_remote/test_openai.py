@@ -1,0 +1,209 @@
+"""The openai engine over real HTTP on loopback against dasd's own server (hf engine, tiny model).
+
+Equivalence: what comes back through HTTP, under injected faults, equals what the hf engine
+gives in-process for the same seeds and text.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dasd.engines import GenerateRequest, ScoreRequest, make_engine
+from dasd.engines.openai import carry_spans, fold_reasoning, piece_bytes, sample_seed, split_harmony
+from dasd.engines.server import Faults
+from dasd.errors import ConfigError, DasdError
+
+from .conftest import openai_config
+
+PROMPTS = ["Compute 3 + 4 then times 2.", "Start with 5. 5 - 2 = ?", "Caf\u00e9 \u65e5\u672c \U0001f600 12 / 4", "Let me think."]
+
+
+def chat_requests(n_prompts: int = 8, n: int = 2, max_tokens: int = 12) -> list[GenerateRequest]:
+    return [
+        GenerateRequest(id=f"p{k}", messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)] + f" #{k}"}],
+                        n=n, temperature=1.0, top_p=0.95, max_tokens=max_tokens, seed=100 + k)
+        for k in range(n_prompts)
+    ]
+
+
+def prefix_requests() -> list[GenerateRequest]:
+    return [
+        GenerateRequest(id=f"x{k}", prefix=f"<think>\nStart with {k}. {k} - 2 =", n=2, temperature=0.8,
+                        max_tokens=10, seed=7 + k)
+        for k in range(2)
+    ]
+
+
+def reference(ref_engine, req: GenerateRequest, index: int):
+    """What the hf engine samples in-process for sample ``index`` of ``req``."""
+    one = GenerateRequest(id=req.id, messages=req.messages, prefix=req.prefix, n=1, temperature=req.temperature,
+                          top_p=req.top_p, max_tokens=req.max_tokens, seed=sample_seed(req.seed, index))
+    return ref_engine.generate([one])[0][0]
+
+
+FAULTS = dict(rate_429=0.15, rate_500=0.15, rate_drop=0.1, rate_slow=0.1, slow_seconds=2.0, seed=3)
+
+
+@pytest.mark.parametrize("token_ids", [False, True])
+def test_sampling_under_faults_equals_hf(serve, ref_engine, tiny_lm_dir, token_ids):
+    reqs = chat_requests() + prefix_requests()
+    with serve(faults=Faults(**FAULTS)) as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], timeout_s=1.0, token_ids=token_ids))
+        out: dict = {}
+        seen = [(r, g.index) for r, g in _collect(eng, reqs, out)]
+        faults = dict(srv.engine_server.faults.counts)
+    expected = [(r, i) for r, req in enumerate(reqs) for i in range(req.n)]
+    assert sorted(seen) == expected  # every sample exactly once: none lost, none duplicated
+    assert {"429", "500", "drop", "slow"} <= set(faults), faults  # every kind of fault happened
+    assert eng.stats["retries"] >= sum(faults.values())
+    for (r, i), g in out.items():
+        want = reference(ref_engine, reqs[r], i)
+        assert g.text == want.text and g.offsets == want.offsets and g.finish_reason == want.finish_reason
+        assert g.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+        assert g.logprob_mode == "raw" and g.prompt_tokens == want.prompt_tokens
+        if token_ids:
+            assert g.token_ids == want.token_ids and g.tokens == want.tokens
+            # the sampled tokens' log-probs equal the hf engine's teacher-forced ones for this text
+            scored = ref_engine.score([ScoreRequest(id=g.request_id, messages=reqs[r].messages,
+                                                    prefix=reqs[r].prefix, continuation=g.text,
+                                                    continuation_ids=g.token_ids)])[0]
+            assert g.logprobs == pytest.approx(scored.logprobs, abs=1e-4)
+        else:
+            assert g.token_ids == []  # the server's token strings, byte-exact (bytes:\xNN for partial characters)
+            assert b"".join(piece_bytes(t) for t in g.tokens).decode(errors="replace") == g.text
+
+
+def _collect(eng, reqs, out):
+    for r, g in eng.generate_iter(reqs):
+        assert (r, g.index) not in out
+        out[(r, g.index)] = g
+        yield r, g
+
+
+@pytest.mark.parametrize("api", ["prompt_logprobs", "echo"])
+def test_score_equals_hf(serve, ref_engine, tiny_lm_dir, api):
+    reqs = chat_requests(n_prompts=4, n=1, max_tokens=10)
+    gens = ref_engine.generate(reqs)
+    scores = [ScoreRequest(id=r.id, messages=r.messages, continuation=g[0].text) for r, g in zip(reqs, gens)]
+    scores += [ScoreRequest(id="pre", prefix="Start with 5.", continuation=" 5 - 2 = 3. \U0001f600\u00e9"),
+               ScoreRequest(id="ids", prefix="Compute", continuation=gens[0][0].text,
+                            continuation_ids=gens[0][0].token_ids),
+               ScoreRequest(id="empty", prefix="Compute", continuation="")]
+    with serve(faults=Faults(rate_429=0.15, rate_500=0.15, seed=1)) as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], score_api=api))
+        got = eng.score(scores)
+    want = ref_engine.score(scores)
+    for a, b in zip(got, want):
+        assert (a.request_id, a.token_ids, a.tokens, a.offsets) == (b.request_id, b.token_ids, b.tokens, b.offsets)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        assert a.logprob_mode == "raw" and a.extra == b.extra
+    assert got[-1].logprobs == [] and got[0].logprobs
+
+
+def test_top_logprobs_and_count_tokens(serve, ref_engine, tiny_lm_dir):
+    req = chat_requests(n_prompts=1, n=1, max_tokens=8)
+    with serve() as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], top_logprobs=3))
+        g = eng.generate(req)[0][0]
+        no_tok = make_engine(openai_config(tiny_lm_dir, [srv.base_url]).model_copy(update={"tokenizer": None}))
+        n_server = no_tok.count_tokens("Caf\u00e9 na\u00efve 12 / 4")
+    assert n_server == ref_engine.count_tokens("Caf\u00e9 na\u00efve 12 / 4") == eng.count_tokens("Caf\u00e9 na\u00efve 12 / 4")
+    assert len(g.top_logprobs) == len(g.logprobs) > 0
+    for top, lp in zip(g.top_logprobs, g.logprobs):
+        vals = list(top.values())
+        assert 1 <= len(vals) <= 3 and vals == sorted(vals, reverse=True) and lp <= vals[0] + 1e-6
+    with pytest.raises(ConfigError, match="tokenizer"):
+        no_tok.score([ScoreRequest(id="a", prefix="x", continuation="y")])
+
+
+def test_two_servers_share_the_load(serve, ref_engine, tiny_lm_dir):
+    from dasd.engines import EngineConfig
+
+    second = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", batch_size=8))
+    reqs = chat_requests(n_prompts=6, n=2, max_tokens=6)
+    with serve() as a, serve(engine=second) as b:
+        eng = make_engine(openai_config(tiny_lm_dir, [a.base_url, b.base_url], concurrency=6))
+        out = eng.generate(reqs)
+        served = (a.engine_server.stats["requests"], b.engine_server.stats["requests"])
+    assert sum(served) == 12 and min(served) > 0
+    for r, gens in enumerate(out):
+        assert [g.index for g in gens] == [0, 1]
+        for g in gens:
+            assert g.text == reference(ref_engine, reqs[r], g.index).text
+
+
+def test_api_key_from_environment(serve, tiny_lm_dir, monkeypatch):
+    req = chat_requests(n_prompts=1, n=1, max_tokens=4)
+    with serve(api_key="s3cret") as srv:
+        cfg = openai_config(tiny_lm_dir, [srv.base_url], api_key_env="DASD_TEST_KEY")
+        with pytest.raises(ConfigError, match="DASD_TEST_KEY is not set"):
+            make_engine(cfg)
+        monkeypatch.setenv("DASD_TEST_KEY", "s3cret")
+        assert make_engine(cfg).generate(req)[0][0].logprobs
+        monkeypatch.setenv("DASD_TEST_KEY", "wrong")
+        eng = make_engine(cfg)
+        with pytest.raises(DasdError, match="HTTP 401"):
+            eng.generate(req)
+        assert eng.stats["retries"] == 0  # a client error is not retried
+
+
+def test_client_errors_fail_fast_and_retries_end(serve, tiny_lm_dir):
+    req = chat_requests(n_prompts=1, n=1, max_tokens=4)
+    with serve() as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url]).model_copy(update={"model": "nope"}))
+        with pytest.raises(DasdError, match=r"request 'p0' sample 0: .*HTTP 404.*not served here"):
+            eng.generate(req)
+    with serve(faults=Faults(rate_500=1.0)) as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], max_retries=2))
+        with pytest.raises(DasdError, match="gave up after 3 attempts; last error: .*HTTP 500"):
+            eng.generate(req)
+        assert srv.engine_server.faults.counts == {"500": 3}
+
+
+def test_retry_after_is_honoured(serve, tiny_lm_dir):
+    import time
+
+    req = chat_requests(n_prompts=1, n=1, max_tokens=4)
+    with serve(faults=Faults(rate_429=1.0, retry_after="1")) as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], max_retries=1, backoff_s=0.001))
+        t0 = time.monotonic()
+        with pytest.raises(DasdError, match="HTTP 429"):
+            eng.generate(req)
+        waited = time.monotonic() - t0
+    assert waited >= 0.2  # backoff_max_s (0.2 s) caps Retry-After; backoff alone would wait ~1 ms
+
+
+# ----------------------------------------------------------------------------- text handling
+def test_reasoning_fields_are_folded_with_exact_spans(ref_engine):
+    """A vLLM reasoning parser splits the tokens' text into reasoning and answer; spans follow."""
+    tok = ref_engine.tokenizer
+    raw = "<think>\nStart with 5. 5 - 2 = 3.\n</think>\n\nSo \\boxed{3} \U0001f600."
+    ids = ref_engine.encode(raw)
+    from dasd.engines.offsets import spans_from_bytes, token_bytes
+
+    pieces = token_bytes(tok, ids)
+    text_raw, spans = spans_from_bytes(pieces)
+    assert text_raw == raw
+    reasoning, content = "Start with 5. 5 - 2 = 3.", "So \\boxed{3} \U0001f600."  # what the parser returns
+    text = fold_reasoning(reasoning, content)
+    assert text == raw
+    assert carry_spans(text_raw, spans, text) == spans
+    # DeepSeek-R1 style: "<think>\n" is in the prompt, so the tokens start inside the reasoning
+    raw2 = raw[len("<think>\n"):]
+    ids2 = ref_engine.encode(raw2)
+    text_raw2, spans2 = spans_from_bytes(token_bytes(tok, ids2))
+    moved = carry_spans(text_raw2, spans2, text)
+    assert [text[s:e] for s, e in moved] == [text_raw2[s:e] for s, e in spans2]
+    # harmony channels left in the content
+    harmony = "<|channel|>analysis<|message|>Think hard.<|end|><|start|>assistant<|channel|>final<|message|>42<|return|>"
+    assert split_harmony(harmony) == ("Think hard.", "42")
+    folded = fold_reasoning(*split_harmony(harmony))
+    out = carry_spans(harmony, [(30, 41), (len(harmony) - 12, len(harmony) - 10)], folded)
+    assert [folded[s:e] for s, e in out] == ["Think hard.", "42"]
+
+
+def test_token_bytes_forms():
+    assert piece_bytes("caf\u00e9") == "caf\u00e9".encode()
+    assert piece_bytes("bytes:\\xe2\\x80") == b"\xe2\x80"
+    assert piece_bytes("bytes:b'\\xe2'") == b"\xe2"
+    assert piece_bytes("\ufffd", [240, 159]) == b"\xf0\x9f"
