@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -269,3 +270,45 @@ def test_without_namespaces_it_degrades_loudly_and_still_sweeps(monkeypatch, cap
         assert left == []
     finally:
         sandbox._isolation.cache_clear()
+
+
+def test_non_root_caller():
+    """Run the sandbox itself as an unprivileged user (nobody), as most users will: it must work,
+    say what it lost, and still isolate the network where user namespaces are allowed."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import dasd
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
+    src = str(Path(dasd.__file__).resolve().parents[1])
+    here = Path(tempfile.mkdtemp(prefix="dasd-nonroot-"))  # pytest's tmp_path is private to root
+    script = here / "caller.py"
+    script.write_text(
+        "import json, logging, sys\n"
+        f"sys.path.insert(0, {src!r})\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from dasd.grading.sandbox import isolation, run_python\n"
+        "code = ('import socket\\ntry:\\n    socket.create_connection((\"127.0.0.1\", 9), timeout=1)\\n'\n"
+        "        '    print(\"net\")\\nexcept OSError:\\n    print(\"nonet\")\\n')\n"
+        "r = run_python({'m.py': code}, 'm.py')\n"
+        "iso = isolation()\n"
+        "print(json.dumps({'ns': iso['namespaces'], 'uid_drop': iso['uid_drop'], 'out': r.stdout.decode()}))\n")
+    os.chmod(here, 0o755)
+    os.chmod(script, 0o644)
+    try:
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                            str(script)], capture_output=True, text=True, timeout=120, cwd="/",
+                           env={"PATH": "/usr/bin:/bin", "TMPDIR": "/tmp"})
+    finally:
+        shutil.rmtree(here)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["uid_drop"] is False and "not running as root" in p.stderr
+    if got["ns"]:
+        assert got["out"] == "nonet\n"
+    else:
+        assert "namespaces unavailable" in p.stderr

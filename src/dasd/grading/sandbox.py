@@ -53,7 +53,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = Path(tempfile.gettempdir()) / "dasd-sandbox-slots"
+LOCK_DIR = Path(tempfile.gettempdir()) / f"dasd-sandbox-slots-{os.geteuid()}"
 MAX_SLOTS = 256
 PROBE_UID = 60999
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -168,6 +168,9 @@ def _isolation(python: str) -> dict[str, object]:
 class _Slot:
     def __init__(self, uid_base: int):
         LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(LOCK_DIR)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise RuntimeError(f"sandbox: {LOCK_DIR} is not a directory owned by uid {os.geteuid()}; remove it")
         self.fd = -1
         for i in range(MAX_SLOTS):
             fd = os.open(LOCK_DIR / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o600)
