@@ -119,3 +119,28 @@ def test_long_text_is_linear_on_many_unclosed_openers():
     text = "\\[ a. " * 5000 + "$$ b. " * 5000
     spans = _check_cover(text)
     assert len(spans) >= 5000
+
+
+_PROSE = st.sampled_from(
+    ["Hello world. ", "See 3.14 here! ", "Next line\n", "\n\n", "1. item\n", "Wait... ", "\u4e2d\u6587\u3002", "e.g. this "]
+)
+_MATH = st.sampled_from(
+    ["$a. B$ ", "$$x.\n\nY$$ ", "\\[ p. Q \\] ", "\\begin{align} a. \\\\\n B. \\end{align} ", "\\( r.\nS \\) "]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_PROSE, st.booleans(), _MATH), max_size=12))
+def test_math_is_never_split(parts):
+    """No sentence boundary inside math. (Currency is left out: ``$5 ... $a$`` pairs the currency
+    dollar with the math opener, as pandoc's rule does too; see the module doc.)"""
+    text, regions = "", []
+    for prose, with_math, math in parts:
+        text += prose
+        if with_math:
+            regions.append((len(text), len(text) + len(math) - 1))  # without the trailing space
+            text += math
+    spans = _check_cover(text)
+    cuts = {e for _, e in spans}
+    for a, b in regions:
+        assert not any(a < c < b for c in cuts), (text[a:b], text)

@@ -32,7 +32,8 @@ the text if unclosed, as in Markdown) are split into **line units**: each line o
 
 Pitfalls: an unclosed math opener is plain text (its closer is looked for within
 ``MAX_MATH_CHARS`` characters only, which bounds the work on malformed text); ``$`` used for
-currency is text (``$5 and $10`` is not math). Speed: one compiled regex scan whose branches all
+currency is text (``$5 and $10`` is not math), but a currency dollar followed on the same line
+by inline math (``costs $5. So $x$``) pairs with the math's opening dollar, as in pandoc. Speed: one compiled regex scan whose branches all
 start with a literal character, so the regex engine skips ordinary text in C; about 30 MB/s on one
 core (``benchmarks/segment_speed.py``).
 """
