@@ -6,6 +6,8 @@ import copy
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dasd.errors import ConfigError
@@ -306,3 +308,31 @@ def test_funnel_counts_and_table(tok):
     assert table[0].split() == ["pool", "in", "empty", "cutoff", "repetition", "out", "kept"]
     assert table[1].split() == ["0.6", "3", "1", "1", "0", "1", "33.3%"]
     assert table[3].split() == ["total", "5", "1", "1", "1", "2", "40.0%"]
+
+
+# ----- property: remapped offsets always cover the same characters ------------------------------
+
+_SHAPES = [
+    "<|channel|>analysis<|message|>{a}<|end|><|start|>assistant<|channel|>final<|message|>{b}<|return|>",
+    "analysis{a}assistantfinal{b}",
+    "{a}\n</think>\n\n{b}",
+    "<reasoning>{a}</reasoning>{b}",
+    "  \n<think>{a}</think>{b}",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_SHAPES), st.text(max_size=30), st.text(max_size=30), st.data())
+def test_remapped_offsets_cover_the_same_characters(shape, a, b, data):
+    text = shape.format(a=a, b=b)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=40)))
+    offsets = [[x, y] for x, y in zip([0] + cuts, cuts + [len(text)])]
+    s = {"id": "s", "text": text, "teacher": {"offsets": offsets, "logprobs": [-float(i) for i in range(len(offsets))]}}
+    out = normalize_response(s)
+    new_offsets, lps = out["teacher"]["offsets"], out["teacher"]["logprobs"]
+    assert len(new_offsets) == len(lps) <= len(offsets)
+    for (ns, ne), lp in zip(new_offsets, lps):
+        os_, oe = offsets[int(-lp)]
+        assert out["text"][ns:ne] == text[os_:oe]
+        assert 0 <= ns <= ne <= len(out["text"])
+    assert [o[0] for o in new_offsets] == sorted(o[0] for o in new_offsets)
