@@ -267,6 +267,7 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
         rec = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss_val, "lr": lr_used,
                "tokens": n_tok, "loss_tokens": n_loss, "tokens_per_s": n_tok / dt if dt > 0 else None,
                "grad_norm": grad_norm, "padding": pad_all[0] / max(pad_all[1], 1), "elapsed_s": round(time.perf_counter() - t_stage, 3)}
+        rec["eta_s"] = round(rec["elapsed_s"] / (step + 1 - start) * (total - step - 1), 1)
         if acc.is_main_process:
             with curve_path.open("a", encoding="utf-8") as fh:
                 fh.write(dumps(rec) + "\n")
