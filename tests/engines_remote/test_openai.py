@@ -207,3 +207,10 @@ def test_token_bytes_forms():
     assert piece_bytes("bytes:\\xe2\\x80") == b"\xe2\x80"
     assert piece_bytes("bytes:b'\\xe2'") == b"\xe2"
     assert piece_bytes("\ufffd", [240, 159]) == b"\xf0\x9f"
+
+
+def test_sample_seed_is_the_hf_row_seed():
+    from dasd.engines.hf import row_seed
+
+    for seed, index in [(0, 0), (5, 3), (2**31 - 2, 7), (123456789, 0)]:
+        assert sample_seed(seed, index) == row_seed(seed, index) % (2**31 - 1)

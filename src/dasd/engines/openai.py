@@ -45,6 +45,7 @@ import codecs
 import collections
 import difflib
 import email.utils
+import hashlib
 import os
 import queue
 import random
@@ -57,7 +58,6 @@ from typing import Any
 
 from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
 from dasd.engines.config import EngineConfig
-from dasd.engines.hf import row_seed
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
 from dasd.errors import ConfigError, DasdError
 
@@ -75,8 +75,12 @@ class OpenAIGeneration(Generation):
 
 
 def sample_seed(seed: int, index: int) -> int:
-    """The ``seed`` sent for sample ``index`` of a request seeded ``seed`` (31 bits, stable)."""
-    return row_seed(seed, index) % (2**31 - 1)
+    """The ``seed`` sent for sample ``index`` of a request seeded ``seed`` (31 bits, stable).
+
+    ``hf.row_seed(seed, index) % (2**31 - 1)``, computed here so that the client needs no torch.
+    """
+    digest = hashlib.sha256(f"dasd/{seed}/{index}".encode()).digest()
+    return (int.from_bytes(digest[:8], "little") & (2**63 - 1)) % (2**31 - 1)
 
 
 # --------------------------------------------------------------------------- parsing helpers
