@@ -51,7 +51,7 @@ def test_isolation_is_reported():
     r = run_python({"m.py": "print('hello')"}, "m.py")
     assert r.returncode == 0 and r.stdout == b"hello\n" and not r.timed_out
     assert r.isolation == {"uid_drop": iso["uid_drop"], "namespaces": iso["namespaces"],
-                           "private_tmp": iso["private_tmp"]}
+                           "private_tmp": iso["private_tmp"], "cgroup": bool(iso["cgroups"])}
 
 
 def test_fork_bomb():
@@ -257,7 +257,7 @@ def test_without_namespaces_it_degrades_loudly_and_still_sweeps(monkeypatch, cap
                 f"\"open('alive', 'w').close(); import time; time.sleep(600)\", {marker!r}])\n"
                 "    os._exit(0)\nwhile not os.path.exists('alive'):\n    time.sleep(0.01)\nprint('bye')\n")
         r = run_python({"m.py": code}, "m.py", limits=Limits(wall_s=30))
-        assert r.stdout == b"bye\n" and r.isolation == {"uid_drop": True, "namespaces": False, "private_tmp": False}
+        assert r.stdout == b"bye\n" and r.isolation["namespaces"] is False and r.isolation["uid_drop"] is True
         left = []
         for d in os.listdir("/proc"):
             if d.isdigit():
@@ -312,3 +312,22 @@ def test_non_root_caller():
         assert got["out"] == "nonet\n"
     else:
         assert "namespaces unavailable" in p.stderr
+
+
+def test_total_memory_of_the_run_is_bounded():
+    """Four forked children of 100 MB each: each is under the per-process limit, the run as a whole
+    is over its cgroup limit, so some are OOM-killed and the program cannot print 4."""
+    if not isolation()["cgroups"]:
+        pytest.skip("no writable cgroup here: total memory is bounded only by nproc x memory_mb (logged)")
+    code = ("import os\nkids = []\nfor i in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        b = bytearray(100 * 1024 * 1024)\n        for j in range(0, len(b), 4096):\n            b[j] = 1\n"
+            "        os._exit(0)\n    kids.append(pid)\nok = 0\nfor pid in kids:\n    _, st = os.waitpid(pid, 0)\n"
+            "    ok += os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0\nprint(ok)\n")
+    limits = Limits(memory_mb=512, total_memory_mb=200, wall_s=120, cpu_s=60)
+    res = run_tests(code, stdio("4"), case_timeout_s=60, limits=limits)
+    assert not res["passed"] and res["detail"]["isolation"]["cgroup"] is True
+    roots = isolation()["cgroups"].values()
+    assert [d for r in roots for d in os.listdir(r) if d.startswith("dasd-sbx-")] == []  # groups removed
+    roomy = run_tests(code, stdio("4"), case_timeout_s=60, limits=Limits(memory_mb=512, total_memory_mb=1024,
+                                                                         wall_s=120, cpu_s=60))
+    assert roomy["passed"]  # the same program passes when the run may hold all four

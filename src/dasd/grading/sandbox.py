@@ -16,6 +16,9 @@ was in force). Every run gets:
   * a new **PID namespace** with a fresh ``/proc``: the sandbox sees none of the host's processes
     (so no parent environment to read, no parent to kill), and when the run ends the kernel kills
     every process left in it, detached (``setsid``, double-fork) children included,
+  * as root, a child **cgroup** (v1 memory and pids controllers, under our own group) per run: the
+    memory of the whole run (``Limits.total_memory_mb``) and its process count are bounded, and
+    whatever is left in the group afterwards is killed before the group is removed;
   * as root, a **dedicated unprivileged uid** per concurrent run (``uid_base + slot``, the slot held
     by a lock file): the process-count limit then counts only this run's processes, the program
     cannot write to files it does not own, and a final ``kill(-1)`` as that uid sweeps stragglers.
@@ -27,8 +30,9 @@ What degrades, and where (each is logged once per process as a WARNING, never si
   the user's current count plus ``limits.nproc``), and the program can write wherever the user can.
   Unprivileged user namespaces (``unshare --map-root-user``) still give network/PID isolation.
 
-Pitfalls: the memory limit is per process (RLIMIT_AS), so the worst total is ``nproc x memory``
-(plus the private tmpfs, at most ``fsize_mb`` each); without namespaces ``/tmp`` and ``/dev/shm`` of the
+Pitfalls: without a cgroup the memory limit is per process (RLIMIT_AS), so the worst total is
+``nproc x memory`` (plus the private tmpfs, at most ``fsize_mb`` each); cgroup v2-only hosts get no
+cgroup (a warning says so); without namespaces ``/tmp`` and ``/dev/shm`` of the
 host stay writable by the run (bounded by the file-size limit). Do not run the grader as root on a machine whose secrets sit in
 world-readable files.
 """
@@ -66,6 +70,9 @@ class Limits:
     - ``wall_s``: wall-clock seconds before the whole run is killed (sleeping counts).
     - ``cpu_s``: CPU seconds per process (RLIMIT_CPU; SIGXCPU then SIGKILL).
     - ``memory_mb``: address space per process (RLIMIT_AS). Python needs ~30 MB; numpy ~200 MB.
+    - ``total_memory_mb``: memory of the whole run (all its processes, its tmpfs pages), enforced by
+      a cgroup when one can be made (``isolation()["cgroup"]``); over it, the kernel OOM-kills inside
+      the run.
     - ``nproc``: processes+threads the run may have at once (RLIMIT_NPROC, under its own uid).
     - ``fsize_mb``: largest file the run may write, stdout/stderr included (RLIMIT_FSIZE; SIGXFSZ).
     - ``nofile``: open file descriptors per process (RLIMIT_NOFILE).
@@ -75,6 +82,7 @@ class Limits:
     wall_s: float = 10.0
     cpu_s: int = 10
     memory_mb: int = 1024
+    total_memory_mb: int = 2048
     nproc: int = 16
     fsize_mb: int = 64
     nofile: int = 64
@@ -116,7 +124,9 @@ def isolation(python: str | None = None) -> dict[str, object]:
     """What isolation this process can set up for ``python``, probed once (and warned about once).
 
     Keys: ``namespaces`` (network + PID + mount namespaces via ``unshare``), ``private_tmp`` (fresh
-    tmpfs on /tmp, /var/tmp, /dev/shm inside them), ``unshare_cmd`` (the prefix used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
+    tmpfs on /tmp, /var/tmp, /dev/shm inside them), ``cgroups`` (controller -> our own v1 cgroup dir,
+    under which each run gets a child group: memory and pids of the whole run; root only),
+    ``unshare_cmd`` (the prefix used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
     found: each run then gets its own uid), ``python`` (the interpreter runs use: ``python`` or this
     one, else the system ``/usr/bin/python3`` when ours is unreadable to other uids, e.g. under /root).
     """
@@ -148,6 +158,10 @@ def _isolation(python: str) -> dict[str, object]:
     else:
         log.warning("sandbox: not running as root, so no per-run uid: the process limit is shared with "
                     "your user's processes and model code can write wherever you can")
+    cgroups = _probe_cgroups() if root else {}
+    if root and set(cgroups) != {"memory", "pids"}:
+        log.warning("sandbox: no writable cgroup v1 %s controller here; a run's total memory is bounded "
+                    "only by nproc x memory_mb", " and ".join(sorted({"memory", "pids"} - set(cgroups))))
     private_tmp = bool(prefix) and _probe(_launch_cmd(prefix, python, PROBE_UID if uid_drop else None,
                                                       ["-c", "pass"], Limits(), 64, private_tmp=True))
     if prefix and not private_tmp:
@@ -158,7 +172,95 @@ def _isolation(python: str) -> dict[str, object]:
                     "no unshare binary" if not unshare else "unshare refused",
                     "by uid" if uid_drop else "only by process group")
     return {"uid_drop": uid_drop, "namespaces": bool(prefix), "private_tmp": private_tmp,
-            "unshare_cmd": prefix, "python": python}
+            "cgroups": cgroups, "unshare_cmd": prefix, "python": python}
+
+
+# ----------------------------------------------------------------------------------------------
+# cgroups (v1 memory and pids controllers): one child group per run, under our own group
+
+
+def _own_cgroup_dirs() -> dict[str, Path]:
+    """``{"memory": dir, "pids": dir}``: this process's own v1 cgroup directories that exist."""
+    out: dict[str, Path] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        for ctrl in ("memory", "pids"):
+            if ctrl in parts[1].split(","):
+                d = Path("/sys/fs/cgroup") / ctrl / parts[2].lstrip("/")
+                if d.is_dir():
+                    out[ctrl] = d
+    return out
+
+
+class _Cgroups:
+    """Per-run child cgroups: memory limit on the whole run, pids limit; kills and removes them."""
+
+    _counter = 0
+
+    def __init__(self, parents: dict[str, Path], tag: str, limits: Limits):
+        _Cgroups._counter += 1
+        name = f"dasd-sbx-{os.getpid()}-{_Cgroups._counter}-{tag}"
+        self.dirs: list[Path] = []
+        try:
+            for ctrl, parent in parents.items():
+                d = parent / name
+                d.mkdir()
+                self.dirs.append(d)
+                if ctrl == "memory":
+                    (d / "memory.limit_in_bytes").write_text(str(int(limits.total_memory_mb) * 1024 * 1024))
+                    try:
+                        (d / "memory.swappiness").write_text("0")  # best effort: OOM rather than swap
+                    except OSError:
+                        pass
+                else:
+                    (d / "pids.max").write_text(str(int(limits.nproc)))
+        except OSError:
+            self.remove()
+            raise
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def remove(self) -> None:
+        """Kill whatever is left in the groups (detached children included), then remove them."""
+        for d in self.dirs:
+            for _ in range(200):
+                try:
+                    pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            else:
+                log.warning("sandbox: could not remove cgroup %s", d)
+        self.dirs = []
+
+
+def _probe_cgroups() -> dict[str, Path]:
+    parents = _own_cgroup_dirs()
+    if not parents:
+        return {}
+    try:
+        _Cgroups(parents, "probe", Limits()).remove()
+    except OSError:
+        return {}
+    return parents
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +305,9 @@ if cfg["private_tmp"]:
         if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:  # MS_NOSUID | MS_NODEV
             sys.stderr.write(f"sandbox launcher: cannot mount a private {d}: {os.strerror(ctypes.get_errno())}\n")
             os._exit(125)
+for procs in cfg["cgroup_procs"]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
 for name, val in cfg["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (val, val))
 if cfg["uid"] is not None:
@@ -235,8 +340,10 @@ os._exit(os.WEXITSTATUS(status))
 
 
 def _launch_cmd(prefix: list[str], python: str, uid: int | None, args: list[str], limits: Limits,
-                nproc: int, env: dict[str, str] | None = None, private_tmp: bool = False) -> list[str]:
+                nproc: int, env: dict[str, str] | None = None, private_tmp: bool = False,
+                cgroup_procs: list[str] | None = None) -> list[str]:
     cfg = {
+        "cgroup_procs": cgroup_procs or [],
         "private_tmp": [d for d in PRIVATE_TMP_DIRS if os.path.isdir(d)] if private_tmp else [],
         "tmp_mb": int(limits.fsize_mb),
         "rlimits": {
@@ -339,6 +446,7 @@ def run_python(
     work = Path(tempfile.mkdtemp(prefix="dasd-sbx-"))
     host = Path(tempfile.mkdtemp(prefix="dasd-sbx-io-"))  # stdout/stderr files, not visible to the run
     uid = slot.uid if iso["uid_drop"] else None
+    cg: _Cgroups | None = None
     try:
         run_dir = work / "run"
         run_dir.mkdir()
@@ -352,11 +460,13 @@ def run_python(
             for p in [run_dir, *run_dir.iterdir()]:
                 os.chown(p, uid, uid)
         nproc = limits.nproc if uid is not None else _count_user_processes(os.geteuid()) + limits.nproc
+        if iso["cgroups"]:
+            cg = _Cgroups(iso["cgroups"], str(slot.index), limits)
         # With a private /tmp the run dir (under the host's /tmp) is hidden behind the new tmpfs; the
         # program still reaches it as its working directory, and HOME/TMPDIR point at the private /tmp.
         env = _env("/tmp" if iso["private_tmp"] else str(run_dir))
         cmd = _launch_cmd(iso["unshare_cmd"], iso["python"], uid, ["-c", _RUN_MAIN, main], limits, nproc, env,
-                          private_tmp=bool(iso["private_tmp"]))
+                          private_tmp=bool(iso["private_tmp"]), cgroup_procs=cg.procs_files() if cg else None)
         t0 = time.monotonic()
         with open(host / "stdin", "wb") as fh:
             fh.write(stdin)
@@ -372,6 +482,9 @@ def run_python(
             _kill_group(proc.pid)
             proc.wait()
         wall = time.monotonic() - t0
+        if cg is not None:
+            cg.remove()  # kills anything left in the run's groups
+            cg = None
         if uid is not None and (timed_out or not iso["namespaces"]):
             _sweep_uid(uid)
         rc = proc.returncode
@@ -390,9 +503,11 @@ def run_python(
             wall_s=wall,
             files=out,
             isolation={"uid_drop": uid is not None, "namespaces": bool(iso["namespaces"]),
-                       "private_tmp": bool(iso["private_tmp"])},
+                       "private_tmp": bool(iso["private_tmp"]), "cgroup": bool(iso["cgroups"])},
         )
     finally:
+        if cg is not None:
+            cg.remove()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(host, ignore_errors=True)
         slot.release()
