@@ -13,7 +13,7 @@ import pytest
 
 from dasd.errors import InputError
 from dasd.grading.grade import grade_many, grade_one
-from dasd.grading.loaders import load_aime, load_gpqa, load_livecodebench, load_prompts, load_toy
+from dasd.grading.loaders import load_aime, load_benchmark, load_gpqa, load_livecodebench, load_prompts, load_toy
 
 
 def write_jsonl(path, rows):
@@ -147,3 +147,12 @@ def test_toy_benchmark_grading_agrees_with_the_toy_verifier():
     ours = [r["correct"] for r in grade_many(pairs, workers=0)]
     theirs = [world.verify(text, prob["answer"]) for prob, text in pairs]
     assert ours == theirs and 0 < sum(ours) < len(ours)
+
+
+def test_load_benchmark_dispatch(tmp_path):
+    p = write_jsonl(tmp_path / "aime25.jsonl", [{"problem": "x?", "answer": "1"}])
+    assert load_benchmark("aime", p) == load_aime(p)
+    with pytest.raises(InputError, match="unknown benchmark format 'mmlu'"):
+        load_benchmark("mmlu", p)
+    with pytest.raises(InputError, match="needs a file path"):
+        load_benchmark("gpqa")

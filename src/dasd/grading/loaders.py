@@ -10,6 +10,7 @@
   ones possibly base64 + zlib + pickle encoded, ``metadata`` with ``func_name``). Problems with a
   ``func_name`` become call-style tests (each input line is one JSON argument), others stdio.
 - ``load_toy(n, seed)``: the built-in toy benchmark (``dasd.toy.world``), domain toy.
+- ``load_prompts(path)``: Prompt records as they are; ``load_benchmark(kind, path, seed)`` dispatches.
 
 Bad input is an ``InputError`` naming file, line (or CSV row) and field: the whole benchmark is
 refused rather than silently shrunk, since a score over a partial benchmark is not comparable.
@@ -223,3 +224,27 @@ def load_prompts(path: str | Path) -> list[dict[str, Any]]:
                 raise InputError(f"{path}:{lineno}: {bad}")
         out.append(rec)
     return out
+
+
+BENCHMARK_KINDS = ("aime", "gpqa", "livecodebench", "toy", "prompts")
+
+
+def load_benchmark(kind: str, path: str | Path | None = None, seed: int = 0, n: int = 100) -> list[dict[str, Any]]:
+    """Load a benchmark by format name (for the CLI): one of ``BENCHMARK_KINDS``.
+
+    ``path`` is needed for every kind except ``toy`` (which makes ``n`` problems from ``seed``);
+    ``seed`` also seeds GPQA's choice shuffling.
+    """
+    if kind not in BENCHMARK_KINDS:
+        raise InputError(f"unknown benchmark format {kind!r}; allowed: {', '.join(BENCHMARK_KINDS)}")
+    if kind == "toy":
+        return load_toy(n, seed)
+    if path is None:
+        raise InputError(f"benchmark format {kind!r} needs a file path")
+    if kind == "aime":
+        return load_aime(path)
+    if kind == "gpqa":
+        return load_gpqa(path, seed)
+    if kind == "livecodebench":
+        return load_livecodebench(path)
+    return load_prompts(path)
