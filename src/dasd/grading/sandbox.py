@@ -5,8 +5,8 @@ temporary directory, runs ``python -I -B main`` there and returns a ``RunResult`
 capped stdout/stderr, timeout flag, the ``collect``-ed files read back safely, and which isolation
 was in force). Every run gets:
 
-- its own process, in a new session/process group, with a **minimal environment** (PATH, HOME=the
-  run directory, LANG, single-thread BLAS knobs: nothing inherited from the parent);
+- its own process, in a new session/process group, with a **minimal environment** (PATH, HOME and
+  TMPDIR, LANG, single-thread BLAS knobs: nothing inherited from the parent);
 - rlimits: CPU seconds, address space (memory), process count, file size, open files, no core;
 - a wall-clock timeout after which the **whole process group is SIGKILLed**;
 - when the OS allows it (see ``isolation()``):
@@ -25,16 +25,17 @@ was in force). Every run gets:
 
 What degrades, and where (each is logged once per process as a WARNING, never silent):
 - no ``unshare`` or namespaces refused (unprivileged containers): network is NOT isolated, detached
-  children are swept only by uid (root) or not at all (non-root), /proc of the host is visible;
-- not root: no uid drop; RLIMIT_NPROC is shared with every process of the calling user (it is set to
-  the user's current count plus ``limits.nproc``), and the program can write wherever the user can.
-  Unprivileged user namespaces (``unshare --map-root-user``) still give network/PID isolation.
+  children are swept only by cgroup/uid (root) or not at all (non-root), the host's /proc is visible
+  and its /tmp writable;
+- not root: no uid drop and no cgroup; RLIMIT_NPROC is shared with every process of the calling user
+  (it is set to the user's current count plus ``limits.nproc``), and the program can write wherever
+  the user can. Unprivileged user namespaces (``unshare --map-root-user``) still give network, PID
+  and mount isolation;
+- no writable cgroup v1 memory/pids hierarchy (e.g. cgroup v2-only hosts): the memory limit is per
+  process only (RLIMIT_AS), so the worst total is ``nproc x memory_mb``.
 
-Pitfalls: without a cgroup the memory limit is per process (RLIMIT_AS), so the worst total is
-``nproc x memory`` (plus the private tmpfs, at most ``fsize_mb`` each); cgroup v2-only hosts get no
-cgroup (a warning says so); without namespaces ``/tmp`` and ``/dev/shm`` of the
-host stay writable by the run (bounded by the file-size limit). Do not run the grader as root on a machine whose secrets sit in
-world-readable files.
+Pitfalls: no seccomp filter; files readable by everyone on the host stay readable by the run.
+This guards against accidents and casual hostility, not targeted attacks (use a VM for those).
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ def isolation(python: str | None = None) -> dict[str, object]:
     Keys: ``namespaces`` (network + PID + mount namespaces via ``unshare``), ``private_tmp`` (fresh
     tmpfs on /tmp, /var/tmp, /dev/shm inside them), ``cgroups`` (controller -> our own v1 cgroup dir,
     under which each run gets a child group: memory and pids of the whole run; root only),
-    ``unshare_cmd`` (the prefix used), ``uid_drop`` (running as root and an interpreter that an unprivileged uid can execute was
-    found: each run then gets its own uid), ``python`` (the interpreter runs use: ``python`` or this
-    one, else the system ``/usr/bin/python3`` when ours is unreadable to other uids, e.g. under /root).
+    ``unshare_cmd`` (the prefix used), ``uid_drop`` (running as root with an interpreter that an
+    unprivileged uid can execute: each run gets its own uid), ``python`` (the interpreter runs use:
+    ``python`` or this one, else the system ``/usr/bin/python3`` when ours is unreadable to other
+    uids, e.g. a venv under /root).
     """
     return _isolation(python or sys.executable)
 
@@ -156,8 +158,9 @@ def _isolation(python: str) -> dict[str, object]:
             log.warning("sandbox: no interpreter runnable by an unprivileged uid; runs keep root's uid "
                         "(model code can write anywhere root can)")
     else:
-        log.warning("sandbox: not running as root, so no per-run uid: the process limit is shared with "
-                    "your user's processes and model code can write wherever you can")
+        log.warning("sandbox: not running as root, so no per-run uid or cgroup: the process limit is shared "
+                    "with your user's processes, total memory is bounded only by nproc x memory_mb, and "
+                    "model code can write wherever you can")
     cgroups = _probe_cgroups() if root else {}
     if root and set(cgroups) != {"memory", "pids"}:
         log.warning("sandbox: no writable cgroup v1 %s controller here; a run's total memory is bounded "
