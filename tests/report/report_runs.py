@@ -25,7 +25,7 @@ PLANT = '<script>document.title="PWNED"</script><img src=x onerror=alert(1)>'
 TEACHER, STUDENT = "toy:teacher", "toy:student"
 TEMPS = (0.6, 1.0)
 TRAIN_STAGES = ("stage1_low", "stage2_high", "stage3_mixed")
-CURVE_KEYS = ("step", "epoch", "loss", "lr", "tokens", "loss_tokens", "tokens_per_s", "grad_norm", "padding", "elapsed_s")
+CURVE_KEYS = ("step", "epoch", "loss", "lr", "tokens", "loss_tokens", "tokens_per_s", "grad_norm", "padding", "elapsed_s", "eta_s")
 
 
 def _pool(t: float) -> str:
@@ -168,7 +168,8 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
             loss *= 0.93
             rec = {"step": step, "epoch": round(step / 10, 4), "loss": loss + 0.05 * rng.random(),
                    "lr": 1e-3 * min(1.0, step / 3) * (1 - step / (steps + 1)), "tokens": 900, "loss_tokens": 600,
-                   "tokens_per_s": 1500 + 100 * rng.random(), "grad_norm": 1.0, "padding": 0.1, "elapsed_s": 0.6 * step}
+                   "tokens_per_s": 1500 + 100 * rng.random(), "grad_norm": 1.0, "padding": 0.1, "elapsed_s": 0.6 * step,
+                   "eta_s": 0.6 * (steps - step)}
             assert tuple(rec) == CURVE_KEYS
             lines.append(dumps(rec))
         (d / "curve.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -190,6 +190,8 @@ def training_section(view: RunView) -> Raw:
         c = counts.get(d.name) if isinstance(counts.get(d.name), dict) else {}
         losses = [r.get("loss") for r in curve]
         status = "done" if done else f"interrupted or running ({len(curve)} steps so far)"
+        if not done and curve and isinstance(curve[-1].get("eta_s"), (int, float)):
+            status += f", ETA {curve[-1]['eta_s']:,.0f} s when it last logged"
         rows.append([d.name, status, fmt(done.get("examples", c.get("examples"))), fmt(done.get("tokens", c.get("tokens"))),
                      fmt(done.get("steps", len(curve) or None)), fmt(losses[0] if losses else None, ".4f"),
                      fmt(losses[-1] if losses else None, ".4f"),
