@@ -153,7 +153,7 @@ class HFEngine:
         """float32 logits of final hidden states [..., H] -> [..., V] (apply to small chunks only)."""
         out = self.head(hidden).float()
         if self.softcap:
-            out = torch.tanh(out / self.softcap) * self.softcap
+            out = out.div_(self.softcap).tanh_().mul_(self.softcap)
         return out
 
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -161,9 +161,12 @@ class HFEngine:
         out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
         step = self.cfg.logprob_chunk
         for s in range(0, targets.shape[0], step):
-            logits = self.logits(hidden[s : s + step])
+            logits = self.logits(hidden[s : s + step])  # a fresh float32 [chunk, V] tensor
             picked = logits.gather(1, targets[s : s + step, None]).squeeze(1)
-            out[s : s + step] = picked - torch.logsumexp(logits, dim=-1)
+            top = logits.amax(dim=-1, keepdim=True)
+            # logsumexp in place: one [chunk, V] buffer instead of two
+            lse = logits.sub_(top).exp_().sum(dim=-1).log_() + top.squeeze(1)
+            out[s : s + step] = picked - lse
             del logits
         return out
 
@@ -296,7 +299,7 @@ class HFEngine:
     # ------------------------------------------------------------------- score
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Per request, teacher-forced raw log-probs of its continuation's tokens."""
-        items = []
+        items, offsets = [], []
         for req in requests:
             ctx = self.context_ids(req.messages, req.prefix, req.id)
             cont = list(req.continuation_ids) if req.continuation_ids is not None else self.encode(req.continuation)
@@ -305,6 +308,7 @@ class HFEngine:
                     f"request {req.id!r}: context + continuation is {len(ctx) + len(cont)} tokens, "
                     f"max_model_len is {self.max_len}"
                 )
+            offsets.append(token_offsets(self.tokenizer, cont, req.continuation))  # fail before compute
             items.append((ctx, cont))
         logprobs: list[list[float]] = [[] for _ in requests]
         order = sorted((k for k in range(len(items)) if items[k][1]), key=lambda k: sum(map(len, items[k])))
@@ -320,10 +324,10 @@ class HFEngine:
         return [
             ScoreResult(
                 request_id=req.id, tokens=self.tokenizer.convert_ids_to_tokens(cont),
-                token_ids=cont, offsets=token_offsets(self.tokenizer, cont, req.continuation),
-                logprobs=lps, logprob_mode="raw", extra={"context_tokens": len(ctx)},
+                token_ids=cont, offsets=offs, logprobs=lps, logprob_mode="raw",
+                extra={"context_tokens": len(ctx)},
             )
-            for req, (ctx, cont), lps in zip(requests, items, logprobs)
+            for req, (ctx, cont), offs, lps in zip(requests, items, offsets, logprobs)
         ]
 
     @torch.inference_mode()

@@ -68,7 +68,8 @@ def _decoder_kind(tokenizer) -> str:
     if backend is None:
         # a slow sentencepiece tokenizer (LlamaTokenizer and friends)
         return "sentencepiece" if hasattr(tokenizer, "sp_model") else "unknown"
-    decoder = json.loads(backend.to_str()).get("decoder") or {}
+    dec = backend.decoder
+    decoder = json.loads(dec.__getstate__()) if dec is not None else {}
     types = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", []) or []]
     if "ByteLevel" in types:
         return "byte_level"
