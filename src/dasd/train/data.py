@@ -2,33 +2,71 @@
 
 Validation errors name the file, line and field. Examples longer than the context are dropped and
 counted (the paper drops responses over its 64K training context).
+
+Tokens live in numpy arrays, not Python lists (a 5B-token stage would not fit otherwise): one flat
+``int32`` array of ids, one of shifted labels, and example start offsets. In a training run they are
+written once, by the main process, to ``<stage>/tokens/`` (``ids.bin``, ``labels.bin``,
+``starts.npy``, ``n_loss.npy``, ``meta.json`` with a content key) and memory-mapped by every
+process, so N processes on a node share one copy through the page cache, and a resumed run does not
+tokenise again. The key covers the tokenizer, the examples, ``mask_prefix`` and ``context``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 from pydantic import ValidationError
 
 from dasd.errors import ConfigError, InputError
-from dasd.jsonl import BadLine, iter_jsonl
+from dasd.jsonl import BadLine, atomic_write_json, dumps, iter_jsonl
 from dasd.records import TrainingExample
-from dasd.train.encode import Encoded, encode_example
+from dasd.train.encode import IGNORE, encode_batch
 from dasd.train.packing import pack
+
+BATCH = 256  # examples per tokenizer call
+
+
+class Piece(NamedTuple):
+    """One example's tokens as views into the stage arrays."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
 
 
 @dataclass
 class StageData:
-    """Tokenised examples of one stage and the sequences (lists of example indices) they pack into."""
+    """Tokenised examples of one stage (flat arrays) and the sequences (example indices) they pack into."""
 
-    examples: list[Encoded]
+    ids: np.ndarray
+    labels: np.ndarray
+    starts: np.ndarray  # int64, n_examples + 1
+    n_loss: np.ndarray  # int64, loss-carrying tokens per example
     sequences: list[list[int]]
+    key: str
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
+    def n_examples(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    @property
     def n_tokens(self) -> int:
-        return sum(len(e) for e in self.examples)
+        return int(self.starts[-1])
+
+    def piece(self, i: int) -> Piece:
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        return Piece(self.ids[a:b], self.labels[a:b])
 
 
 def _check_example(obj: dict, where: str) -> dict:
@@ -63,19 +101,101 @@ def load_examples(source: str, data: dict[str, list[dict]] | None) -> list[tuple
     return out
 
 
-def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool) -> StageData:
-    """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences."""
-    examples, dropped = [], {"over_context": 0}
-    for where, ex in items:
-        enc = encode_example(tokenizer, ex, mask_prefix=mask_prefix, where=where)
-        if len(enc) > context:
-            dropped["over_context"] += 1
-            continue
-        examples.append(enc)
-    if not examples:
-        raise InputError(f"no usable training example (dropped: {dropped})")
-    if packing:
-        sequences = pack([len(e) for e in examples], context)
+def data_key(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool) -> str:
+    """Content key of a stage's tokens: tokenizer (vocab, merges, template), examples and options."""
+    h = hashlib.sha256()
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(str(tokenizer.chat_template).encode())
+    h.update(json.dumps([context, mask_prefix]).encode())
+    for _, ex in items:
+        h.update(dumps(ex).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:24]
+
+
+def _build(tokenizer, items, context: int, mask_prefix: bool, out: Path | None):
+    """Tokenise in batches; stream arrays to ``out`` (or keep them in memory when None)."""
+    starts, n_loss, dropped = [0], [], {"over_context": 0}
+    ids_parts, lab_parts = [], []
+    fh_ids = fh_lab = None
+    if out is not None:
+        out.mkdir(parents=True)
+        fh_ids, fh_lab = (out / "ids.bin").open("wb"), (out / "labels.bin").open("wb")
+    try:
+        for k in range(0, len(items), BATCH):
+            chunk = items[k : k + BATCH]
+            encoded = encode_batch(tokenizer, [ex for _, ex in chunk], mask_prefix, [w for w, _ in chunk])
+            for ids, labels, _, _ in encoded:
+                if len(ids) > context:
+                    dropped["over_context"] += 1
+                    continue
+                starts.append(starts[-1] + len(ids))
+                n_loss.append(int((labels != IGNORE).sum()))
+                if fh_ids is not None:
+                    fh_ids.write(ids.tobytes())
+                    fh_lab.write(labels.tobytes())
+                else:
+                    ids_parts.append(ids)
+                    lab_parts.append(labels)
+    finally:
+        if fh_ids is not None:
+            fh_ids.close()
+            fh_lab.close()
+    starts_a, n_loss_a = np.asarray(starts, dtype=np.int64), np.asarray(n_loss, dtype=np.int64)
+    if out is not None:
+        np.save(out / "starts.npy", starts_a)
+        np.save(out / "n_loss.npy", n_loss_a)
+        return None
+    empty = np.zeros(0, dtype=np.int32)
+    ids_a = np.concatenate(ids_parts) if ids_parts else empty
+    lab_a = np.concatenate(lab_parts) if lab_parts else empty
+    return ids_a, lab_a, starts_a, n_loss_a, dropped
+
+
+def _load(cache: Path):
+    meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
+    starts = np.load(cache / "starts.npy")
+    n = int(starts[-1])
+    ids = np.memmap(cache / "ids.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32)
+    labels = np.memmap(cache / "labels.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32)
+    return ids, labels, starts, np.load(cache / "n_loss.npy"), meta
+
+
+def _cache_ok(cache: Path, key: str) -> bool:
+    try:
+        return json.loads((cache / "meta.json").read_text(encoding="utf-8")).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
+            cache_dir: Path | None = None, is_main: bool = True, barrier: Callable[[], None] | None = None) -> StageData:
+    """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences.
+
+    With ``cache_dir``, the main process writes the token cache (atomically: temp dir + rename)
+    unless a cache with the same key is there, ``barrier()`` waits for it, and every process
+    memory-maps it. Without, everything stays in memory (tests, one-off use).
+    """
+    key = data_key(tokenizer, items, context, mask_prefix)
+    if cache_dir is None:
+        ids, labels, starts, n_loss, dropped = _build(tokenizer, items, context, mask_prefix, None)
     else:
-        sequences = [[i] for i in range(len(examples))]
-    return StageData(examples, sequences, dropped)
+        cache_dir = Path(cache_dir)
+        if is_main and not _cache_ok(cache_dir, key):
+            tmp = cache_dir.with_name(f".{cache_dir.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            _build(tokenizer, items, context, mask_prefix, tmp)
+            starts = np.load(tmp / "starts.npy")
+            atomic_write_json(tmp / "meta.json", {"key": key, "examples": len(starts) - 1,
+                                                  "dropped": {"over_context": len(items) - (len(starts) - 1)}})
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            tmp.rename(cache_dir)
+        if barrier is not None:
+            barrier()
+        ids, labels, starts, n_loss, meta = _load(cache_dir)
+        dropped = meta["dropped"]
+    if len(starts) == 1:
+        raise InputError(f"no usable training example (dropped: {dropped})")
+    lengths = np.diff(starts).tolist()
+    sequences = pack(lengths, context) if packing else [[i] for i in range(len(lengths))]
+    return StageData(ids, labels, starts, n_loss, sequences, key, dropped)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from dasd.errors import InputError
 
 IGNORE = -100
@@ -73,8 +75,8 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "example") -> 
     return text, spans, starts
 
 
-def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: str = "example") -> Encoded:
-    """Tokenise one training example (``messages``, optional ``prefix_chars``) with loss labels."""
+def _render_one(tokenizer, example: dict, where: str) -> tuple[str, list[tuple[int, int]], tuple[int, int] | None]:
+    """Text, assistant loss spans and the student-prefix char span (or None) of one example."""
     messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
     prefix_chars = int(example.get("prefix_chars", 0) or 0)
     text, spans, starts = assistant_spans(tokenizer, messages, where)
@@ -90,18 +92,46 @@ def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: s
             raise InputError(f"{where}: the chat template rewrites the last assistant message, so prefix_chars "
                              "cannot be mapped to tokens; use a template that keeps assistant content verbatim")
         prefix_span = (s, s + prefix_chars)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
-    loss = [False] * len(ids)
-    prefix = [False] * len(ids)
-    for t, (a, b) in enumerate(offsets):
-        if b <= a:
-            continue
-        loss[t] = any(a < e and s < b for s, e in spans)
-        if prefix_span is not None:
-            prefix[t] = a < prefix_span[1] and prefix_span[0] < b
-    if mask_prefix:
-        loss = [l and not p for l, p in zip(loss, prefix)]
-    labels = [ids[t + 1] if loss[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-    return Encoded(ids, labels, loss, prefix)
+    return text, spans, prefix_span
+
+
+def _masks(offsets: np.ndarray, spans, prefix_span) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised overlap of token char spans ``offsets`` (T x 2) with loss spans and the prefix span."""
+    a, b = offsets[:, 0], offsets[:, 1]
+    real = b > a
+    loss = np.zeros(len(offsets), dtype=bool)
+    for s, e in spans:
+        loss |= (a < e) & (s < b)
+    loss &= real
+    prefix = np.zeros(len(offsets), dtype=bool)
+    if prefix_span is not None:
+        prefix = (a < prefix_span[1]) & (prefix_span[0] < b) & real
+    return loss, prefix
+
+
+def encode_batch(tokenizer, examples: list[dict], mask_prefix: bool = False,
+                 wheres: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Encode many examples with one (parallel, Rust-side) tokenizer call.
+
+    Returns per example ``(input_ids, labels, loss_mask, prefix_mask)`` as numpy arrays
+    (int32, int32, bool, bool); same rules as ``encode_example``.
+    """
+    wheres = wheres or [f"example {i}" for i in range(len(examples))]
+    rendered = [_render_one(tokenizer, ex, w) for ex, w in zip(examples, wheres)]
+    enc = tokenizer([r[0] for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for (text, spans, prefix_span), ids, offs in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        ids = np.asarray(ids, dtype=np.int32)
+        loss, prefix = _masks(np.asarray(offs, dtype=np.int64).reshape(-1, 2), spans, prefix_span)
+        if mask_prefix:
+            loss = loss & ~prefix
+        labels = np.full(len(ids), IGNORE, dtype=np.int32)
+        labels[:-1] = np.where(loss[1:], ids[1:], IGNORE)
+        out.append((ids, labels, loss, prefix))
+    return out
+
+
+def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: str = "example") -> Encoded:
+    """Tokenise one training example (``messages``, optional ``prefix_chars``) with loss labels."""
+    ids, labels, loss, prefix = encode_batch(tokenizer, [example], mask_prefix, [where])[0]
+    return Encoded(ids.tolist(), labels.tolist(), loss.tolist(), prefix.tolist())

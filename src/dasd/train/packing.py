@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
 import torch
 
-from dasd.train.encode import IGNORE, Encoded
+from dasd.train.encode import IGNORE
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -39,26 +40,27 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def collate(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate each row's examples and pad rows to a common length (see module docstring)."""
+def collate(rows: list[list], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate each row's examples and pad rows to a common length (see module docstring).
+
+    An example is anything with ``input_ids`` and ``labels`` sequences of equal length (an
+    ``Encoded``, or a ``data.Piece`` of numpy views into the token cache).
+    """
     ids, labels, pos = [], [], []
     for row in rows:
-        r_ids, r_lab, r_pos = [], [], []
-        for ex in row:
-            r_ids += ex.input_ids
-            r_lab += ex.labels
-            r_pos += list(range(len(ex)))
-        ids.append(r_ids)
-        labels.append(r_lab)
-        pos.append(r_pos)
+        ids.append(np.concatenate([np.asarray(e.input_ids, dtype=np.int64) for e in row]))
+        labels.append(np.concatenate([np.asarray(e.labels, dtype=np.int64) for e in row]))
+        pos.append(np.concatenate([np.arange(len(e.input_ids), dtype=np.int64) for e in row]))
     width = max(len(r) for r in ids)
-    for r_ids, r_lab, r_pos in zip(ids, labels, pos):
-        pad = width - len(r_ids)
-        r_ids += [pad_id] * pad
-        r_lab += [IGNORE] * pad
-        r_pos += list(range(pad))
+    out_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    out_lab = np.full((len(rows), width), IGNORE, dtype=np.int64)
+    out_pos = np.zeros((len(rows), width), dtype=np.int64)
+    for k, (r_ids, r_lab, r_pos) in enumerate(zip(ids, labels, pos)):
+        n = len(r_ids)
+        out_ids[k, :n], out_lab[k, :n], out_pos[k, :n] = r_ids, r_lab, r_pos
+        out_pos[k, n:] = np.arange(width - n)
     return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "position_ids": torch.tensor(pos, dtype=torch.long),
+        "input_ids": torch.from_numpy(out_ids),
+        "labels": torch.from_numpy(out_lab),
+        "position_ids": torch.from_numpy(out_pos),
     }

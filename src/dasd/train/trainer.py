@@ -31,13 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dasd.errors import ConfigError, DasdError
 from dasd.jsonl import atomic_write_json, atomic_write_jsonl, dumps
 from dasd.train.config import StageConfig, TrainConfig
-from dasd.train.data import StageData, load_examples, prepare
-from dasd.train.encode import IGNORE, Encoded
+from dasd.train.data import Piece, StageData, load_examples, prepare
+from dasd.train.encode import IGNORE
 from dasd.train.loss import LossModel, liger_available
 from dasd.train.packing import collate
 from dasd.train.schedule import make_optimizer, make_scheduler
@@ -48,8 +49,7 @@ StepHook = Callable[[dict[str, Any]], None]
 def _fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int) -> str:
     """What a stage's outputs depend on; a resume or skip with a different one is refused."""
     recipe = cfg.model_dump(exclude={"stages", "save_every", "keep_checkpoints", "log_every", "tensorboard"})
-    lengths = hashlib.sha256(",".join(str(len(e)) + ":" + str(sum(e.input_ids)) for e in sd.examples).encode()).hexdigest()
-    blob = json.dumps([recipe, stage.model_dump(), str(init), lengths, processes], sort_keys=True, default=str)
+    blob = json.dumps([recipe, stage.model_dump(), str(init), sd.key, processes], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -165,8 +165,8 @@ def _tb_writer(cfg: TrainConfig, stage_dir: Path, acc):
     return SummaryWriter(str(stage_dir / "tb"))
 
 
-def _filler(pad_id: int) -> Encoded:
-    return Encoded([pad_id], [IGNORE], [False], [False])
+def _filler(pad_id: int) -> Piece:
+    return Piece(np.array([pad_id], dtype=np.int32), np.array([IGNORE], dtype=np.int32))
 
 
 def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_dir: Path, items, acc,
@@ -180,7 +180,9 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
     if tokenizer.chat_template is None:
         raise ConfigError(f"stage {stage.name!r}: the tokenizer of {init} has no chat template")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sd = prepare(tokenizer, items, cfg.context, hp["mask_prefix"], cfg.packing)
+    sd = prepare(tokenizer, items, cfg.context, hp["mask_prefix"], cfg.packing, cache_dir=stage_dir / "tokens",
+                 is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+    lengths = sd.lengths
     P, rank = acc.num_processes, acc.process_index
     plan = _Plan(sd, cfg, P, cfg.seed + idx)
     total = hp["max_steps"] or max(1, math.ceil(hp["epochs"] * plan.steps_per_epoch))
@@ -223,7 +225,7 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
     acc.wait_for_everyone()
 
     n_seq = len(sd.sequences)
-    acc.print(f"[train] stage {stage.name}: {len(sd.examples)} examples ({sd.dropped['over_context']} over context "
+    acc.print(f"[train] stage {stage.name}: {sd.n_examples} examples ({sd.dropped['over_context']} over context "
               f"dropped), {sd.n_tokens} tokens in {n_seq} sequences (fill {sd.n_tokens / (n_seq * cfg.context):.1%} of "
               f"{cfg.context}), {total} steps of {plan.G} sequences, init {init}")
     tb = _tb_writer(cfg, stage_dir, acc)
@@ -236,17 +238,17 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
         t0 = time.perf_counter()
         rows = plan.rows(step)
         real = [r for r in rows if r is not None]
-        n_loss = sum(sd.examples[i].n_loss_tokens for r in real for i in r)
-        n_tok = sum(len(sd.examples[i]) for r in real for i in r)
+        n_loss = int(sum(int(sd.n_loss[i]) for r in real for i in r))
+        n_tok = int(sum(int(lengths[i]) for r in real for i in r))
         lr_used = optimizer.param_groups[0]["lr"]
         local_sum = torch.zeros((), device=acc.device)
         n_pad_local = n_all_local = 0
         grad_norm = None
         for micro in range(cfg.grad_accum):
             local_rows = plan.local(rows, rank, micro)
-            mine = [[sd.examples[i] for i in r] if r is not None else [_filler(pad_id)] for r in local_rows]
+            mine = [[sd.piece(i) for i in r] if r is not None else [_filler(pad_id)] for r in local_rows]
             batch = {k: v.to(acc.device) for k, v in collate(mine, pad_id).items()}
-            n_pad_local += batch["input_ids"].numel() - sum(len(sd.examples[i]) for r in local_rows if r is not None for i in r)
+            n_pad_local += batch["input_ids"].numel() - int(sum(int(lengths[i]) for r in local_rows if r is not None for i in r))
             n_all_local += batch["input_ids"].numel()
             with acc.accumulate(model):
                 s, _ = model(**batch)
@@ -288,7 +290,7 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
     if tb is not None:
         tb.close()
     result = {"name": stage.name, "final": str(final), "steps": total, "final_loss": loss_val,
-              "curve": str(curve_path), "examples": len(sd.examples), "sequences": n_seq, "tokens": sd.n_tokens,
+              "curve": str(curve_path), "examples": sd.n_examples, "sequences": n_seq, "tokens": sd.n_tokens,
               "dropped": sd.dropped, "init": str(init), "fingerprint": fp,
               "padding_share": pad_total[0] / max(pad_total[1], 1)}
     if acc.is_main_process:

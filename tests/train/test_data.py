@@ -1,0 +1,52 @@
+"""Stage data: the on-disk token cache equals in-memory tokenisation, is reused, and is keyed by content."""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from dasd.train.data import prepare
+from dasd.train.encode import encode_example
+
+from .conftest import make_pool
+
+
+def _items(pool):
+    return [(f"pool[{i}]", ex) for i, ex in enumerate(pool)]
+
+
+def test_cache_equals_memory_and_is_reused_until_the_content_changes(tiny_lm_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    items = _items(make_pool(10))
+    mem = prepare(tok, items, context=256, mask_prefix=False, packing=True)
+    disk = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
+    assert isinstance(disk.ids, np.memmap)
+    np.testing.assert_array_equal(mem.ids, disk.ids)
+    np.testing.assert_array_equal(mem.labels, disk.labels)
+    np.testing.assert_array_equal(mem.starts, disk.starts)
+    assert mem.sequences == disk.sequences and mem.key == disk.key
+    # each example's slice is exactly what encode_example gives
+    for i, (where, ex) in enumerate(items):
+        e = encode_example(tok, ex, where=where)
+        assert disk.piece(i).input_ids.tolist() == e.input_ids and disk.piece(i).labels.tolist() == e.labels
+        assert int(disk.n_loss[i]) == e.n_loss_tokens
+
+    stamp = (tmp_path / "tokens" / "ids.bin").stat().st_mtime_ns
+    again = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
+    assert (tmp_path / "tokens" / "ids.bin").stat().st_mtime_ns == stamp and again.key == disk.key
+
+    masked = prepare(tok, items, context=256, mask_prefix=True, packing=True, cache_dir=tmp_path / "tokens")
+    assert masked.key != disk.key
+    assert int(masked.n_loss.sum()) < int(disk.n_loss.sum())  # prefix tokens of the mixed examples left out
+
+
+def test_examples_over_context_are_dropped_and_counted(tiny_lm_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    items = _items(make_pool(10))
+    full = prepare(tok, items, context=4096, mask_prefix=False, packing=False)
+    cap = int(np.sort(full.lengths)[5])
+    for cache in (None, tmp_path / "tokens"):
+        sd = prepare(tok, items, context=cap, mask_prefix=False, packing=True, cache_dir=cache)
+        kept = int((full.lengths <= cap).sum())
+        assert sd.n_examples == kept and sd.dropped == {"over_context": 10 - kept}
+        assert all(int(sd.lengths[s].sum()) <= cap for s in map(np.array, sd.sequences))
