@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+from dasd.analysis import AnalysisConfig, position_profile
 from dasd.das import DASConfig, score_sample, select_grouped
 from dasd.grading.metrics import summarize
 from dasd.jsonl import dumps
@@ -226,14 +227,20 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
     if last < 7:
         return root
 
-    store.begin_stage("analyze", {"model": "stage3_mixed"})
-    xs = [(i + 0.5) / 10 for i in range(10)]
-    store.end_stage("analyze", {
-        "model": "stage3_mixed", "responses": {"correct": 25, "incorrect": 15},
-        "share_by_position": {
-            "correct": {"positions": xs, "teacher": [0.3 + 0.01 * i for i in range(10)], "boosted": [0.1] * 10},
-            "incorrect": {"positions": xs, "teacher": [0.2] * 10, "boosted": [0.15 + 0.01 * i for i in range(10)]},
-        },
-        "area_between": {"teacher": 0.145, "boosted": -0.095},
-    })
+    store.begin_stage("analyze", {"analyze": {"tau": 0.693}, "model": "stage3_mixed"})
+    responses = []
+    for i in range(40):
+        correct = i % 3 != 0
+        sents = []
+        for j in range(10):
+            u = rng.random()
+            if correct:
+                kind = "teacher" if u < 0.3 + 0.02 * j else "boosted" if u < 0.4 else "student" if u < 0.45 else "shared"
+            else:
+                kind = "teacher" if u < 0.15 else "boosted" if u < 0.3 + 0.02 * j else "student" if u < 0.4 else "shared"
+            sents.append({"start": 10 * j, "end": 10 * j + 10, "type": "unscored" if u > 0.97 else kind})
+        responses.append({"id": f"r{i}", "correct": correct, "text": "x" * 100, "sentences": sents})
+    profile = position_profile(responses, AnalysisConfig())
+    profile["model"] = "stage3_mixed"
+    store.end_stage("analyze", profile)
     return root

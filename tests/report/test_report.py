@@ -64,8 +64,11 @@ def test_full_run_has_every_section_with_its_plots(full):
         assert f"<td>{pool}</td><td class=\"n\">{f['in']}</td>" in secs["funnel"]
     # the sentence view of the best selected response shows typed spans
     assert re.search(r'<span class="s-(teacher|shared|student)"', secs["select"])
-    # analysis scalars are listed under their path
-    assert "area_between.teacher" in secs["analyze"] and "0.145" in secs["analyze"]
+    # the analysis: one row per sentence type with the recorded area between correct and incorrect
+    prof = store.manifest["stages"]["analyze"]["counts"]
+    for t, v in prof["types"].items():
+        assert f"<td>{t}</td>" in secs["analyze"] and f"{v['area']:+.3f}" in secs["analyze"]
+    assert prof["types"]["teacher"]["area"] > 0 > prof["types"]["boosted"]["area"]
 
 
 def test_report_is_self_contained(full):
@@ -144,3 +147,13 @@ def test_unfinished_stage_and_corrupt_file(tmp_path, capsys):
     secs = sections(rep.html)
     assert len(rep.problems) == 1 and str(ev) in secs["read-eval"]
     assert re.search(r"<tr><td>teacher</td><td class=\"n\">[0-9.]+ \[", secs["summary"])
+
+
+def test_analysis_of_another_shape_is_still_shown(tmp_path):
+    store = RunStore(tmp_path / "run")
+    store.begin_stage("analyze", {})
+    store.end_stage("analyze", {"curves": {"x": [0.1, 0.5, 0.9], "teacher": [0.2, 0.3, 0.4]}, "n": 7, "note": "<b>hi</b>"})
+    rep = render_report(tmp_path / "run")
+    sec = sections(rep.html)["analyze"]
+    assert rep.problems == [] and len(images(sec)) == 1
+    assert "<td>n</td>" in sec and "&lt;b&gt;hi&lt;/b&gt;" in sec

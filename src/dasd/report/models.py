@@ -218,31 +218,73 @@ def _short_path(p: str) -> str:
 
 
 def analysis_section(view: RunView) -> Raw:
-    """The `analyze` results: every numeric series drawn as curves, every scalar in a table.
+    """The `analyze` results: per sentence type, its share by position in correct vs incorrect responses.
 
-    The analysis is a nested dict; a dict whose values include equal-length numeric lists becomes
-    one panel (its lists are the lines; a sibling list named ``x``/``positions``/``bins`` is the x
-    axis); scalars are listed under their dotted path.
+    The profile is ``dasd.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
+    overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``). Anything else found in the
+    counts is shown generically: numeric series as curves, scalars in a table.
     """
+    title = "Analysis (sentence types vs correctness)"
     if not view.ran("analyze"):
-        return section("analyze", "Analysis (sentence types vs correctness)",
-                       [not_run("Not run yet (`dasd analyze`).")])
+        return section("analyze", title, [not_run("Not run yet (`dasd analyze`).")])
     a = view.counts("analyze")
-    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
-    scalars: list[tuple[str, str]] = []
-    _walk(a, "", panels, scalars)
     parts: list[str] = [
-        para("Sentence types in the distilled model's own responses, by position in the response, for correct and "
-             "incorrect answers (the paper: Teacher sentences go with correct answers, Boosted with wrong ones)."),
+        para("Sentences of the distilled model's own evaluation responses, typed with the teacher, the student base "
+             "and the distilled model: Teacher (delta > tau), Student (delta < −tau), Boosted (teacher and base agree "
+             "but the distilled model finds the sentence far likelier), Shared. The paper: Teacher sentences go "
+             "with correct answers, Boosted ones with wrong answers."),
     ]
-    if panels:
-        parts.append(figure_or_empty(plots.line_panels(panels, "position in response (fraction)", "share"),
-                                     "Analysis curves as recorded by `dasd analyze`.", "analysis curves"))
-    if scalars:
-        parts.append(table(["quantity", "value"], scalars))
-    if not panels and not scalars:
-        parts.append(para("The analysis recorded no numbers.", "warn"))
-    return section("analyze", "Analysis (sentence types vs correctness)", parts)
+    types = a.get("types")
+    if isinstance(types, dict) and types:
+        parts += _profile_parts(a, types)
+    else:
+        panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        scalars: list[tuple[str, str]] = []
+        _walk(a, "", panels, scalars)
+        if panels:
+            parts.append(figure_or_empty(plots.line_panels(panels, "position in response (fraction)", "share"),
+                                         "Analysis curves as recorded by `dasd analyze`.", "analysis curves"))
+        if scalars:
+            parts.append(table(["quantity", "value"], scalars))
+        if not panels and not scalars:
+            parts.append(para("The analysis recorded no numbers.", "warn"))
+    if view.stage_state("analyze") == "incomplete":
+        parts.append(para("analyze: started but not finished.", "warn"))
+    return section("analyze", title, parts)
+
+
+def _profile_parts(a: dict, types: dict) -> list[str]:
+    n = a.get("n_responses") or {}
+    edges = a.get("edges") if _num_list(a.get("edges")) else None
+    panels: dict[str, dict[str, tuple[list[float], list[float | None]]]] = {}
+    rows = []
+    for t, v in types.items():
+        if not isinstance(v, dict):
+            continue
+        series = {}
+        for g in ("correct", "incorrect"):
+            ys = v.get(g)
+            if isinstance(ys, list) and ys:
+                xs = ([(edges[i] + edges[i + 1]) / 2 for i in range(len(ys))] if edges and len(edges) == len(ys) + 1
+                      else [(i + 0.5) / len(ys) for i in range(len(ys))])
+                series[f"{g} (n={n.get(g, '?')})"] = (xs, [None if y is None else 100 * y for y in ys])
+        area = v.get("area")
+        panels[f"{t}: area {area:+.3f}" if isinstance(area, (int, float)) else t] = series
+        ov = v.get("overall") or {}
+        rows.append([t, fmt(ov.get("correct"), ".1f", pct=True), fmt(ov.get("incorrect"), ".1f", pct=True),
+                     fmt(area, "+.3f"), fmt(v.get("abs_area"), ".3f"), fmt(v.get("n_bins_used"))])
+    knobs = ", ".join(f"{k} {fmt(a[k], '.3f') if isinstance(a[k], float) else a[k]}"
+                      for k in ("model", "tau", "tau_boost", "bins", "weight") if k in a)
+    return [
+        para(f"{knobs}; {fmt(n.get('correct'))} correct and {fmt(n.get('incorrect'))} incorrect responses."),
+        figure_or_empty(plots.line_panels(panels, "position in response", "share of sentences (%)",
+                                          colors={"correct": plots.PALETTE[2], "incorrect": plots.PALETTE[1]}),
+                        "Share of each sentence type by relative position, in correct vs incorrect responses; area = "
+                        "mean over positions of (correct − incorrect): positive means the type goes with correct "
+                        "answers.", "sentence type share by position"),
+        table(["type", "share in correct %", "share in incorrect %", "area (correct − incorrect)", "|area|",
+               "positions used"], rows),
+    ]
 
 
 _X_KEYS = ("x", "positions", "position", "bins", "bin_centers", "centers")

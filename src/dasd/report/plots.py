@@ -212,21 +212,24 @@ def accuracy_bars(groups: Sequence[str], models: Sequence[str],
     return to_uri(fig)
 
 
-def line_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], xlabel: str = "",
-                ylabel: str = "") -> str | None:
-    """One panel per key; in each, one line per series ``(xs, ys)``."""
+def line_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float | None]]]], xlabel: str = "",
+                ylabel: str = "", colors: dict[str, str] | None = None) -> str | None:
+    """One panel per key; in each, one line per series ``(xs, ys)`` (a None y leaves a gap).
+
+    ``colors``: series whose name starts with a key get that colour.
+    """
     panels = {t: s for t, s in panels.items() if s}
     if not panels:
         return None
     n = len(panels)
-    ncols = min(n, 3)
+    ncols = min(n, 4 if n == 4 else 3)
     nrows = math.ceil(n / ncols)
     fig, axes = _fig(10.0 if ncols > 1 else 7.5, 3.0 * nrows, ncols, nrows)
     for ax, (title, series) in zip(axes.flat, panels.items()):
         for i, (name, (xs, ys)) in enumerate(series.items()):
-            color = PALETTE[i % len(PALETTE)]
-            ax.plot(list(xs), list(ys), color=color, linewidth=1.4, marker="." if len(xs) < 30 else None,
-                    label=_plain(name))
+            color = next((c for k, c in (colors or {}).items() if str(name).startswith(k)), PALETTE[i % len(PALETTE)])
+            yv = [math.nan if y is None else float(y) for y in ys]
+            ax.plot(list(xs), yv, color=color, linewidth=1.4, marker="." if len(xs) < 30 else None, label=_plain(name))
         ax.set_title(_plain(title), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
