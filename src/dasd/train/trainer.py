@@ -203,6 +203,12 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
     use_liger = cfg.liger == "on" or (cfg.liger == "auto" and torch.cuda.is_available() and liger_available())
+    ds = acc.state.deepspeed_plugin
+    if use_liger and ds is not None and ds.zero_stage == 3:
+        # ZeRO-3 partitions lm_head's weight outside the module's own forward; Liger reads the raw
+        # weight, so under ZeRO-3 the chunked path (which calls the module) is used instead.
+        acc.print("[train] ZeRO-3: Liger fused CE disabled, using chunked cross-entropy")
+        use_liger = False
     model = LossModel(lm, chunk=cfg.loss_chunk, use_liger=use_liger)
     optimizer = make_optimizer(model, hp["lr"], cfg.betas, cfg.eps, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, total, hp["lr"], hp["min_lr"], hp["warmup_ratio"])
