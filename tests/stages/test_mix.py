@@ -1,0 +1,409 @@
+"""`dasd mix` on real tiny models: student cap in student tokens, cuts at sentence ends past half,
+exact prefix/continuation joins (multi-byte too), prefix_chars -> prefix tokens in training, filters,
+funnel, and crash-and-resume equals uninterrupted.
+
+The fast tests use two random tiny Llamas with different vocabularies, *nudged* so that a short
+rollout has structure to test: every token embedding gets the same constant in dimension 0 (so the
+final hidden state has a stable positive component there) and a few tokens get a larger one, which
+the tied lm head turns into a higher logit. The student is nudged towards sentence ends ("\\n",
+"。", "."), so its rollouts have sentence boundaries to cut at; the teacher towards its end-of-turn
+token, so its continuations finish within a few dozen tokens. Nothing else about them is special:
+they go through the real hf engine, tokenizers and chat templates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from dasd.engines import EngineConfig, GenerateRequest, make_engine
+from dasd.engines.offsets import token_bytes
+from dasd.errors import InputError
+from dasd.grading.math import grade_math
+from dasd.stages.mix import (
+    MixConfig, continuation_verdict, default_grade, cut_point, draw_questions, funnel_of, make_example,
+    reasoning_region, render_generation_prompt, run_mix, sentence_ends, student_cap, teacher_context,
+)
+from dasd.store import RunStore
+from dasd.text.repetition import RepetitionConfig
+from dasd.text.sentences import segment
+from dasd.train.encode import IGNORE, encode_example
+
+MIX_CORPUS = [
+    "<think>\nSchritt für Schritt: 3 + 4 = 7 ✓.\nThen 7 * 2 = 14.\n日本語の文。次の文。\n</think>\nThe answer is \\boxed{14}.",
+    "<think>\nStart at 5. 5 - 2 = 3 ✓.\nCheck: 3 is right.\n答えは三。\n</think>\nSo \\boxed{3}.",
+    "<think>\nLet me think. First, 12 / 4 = 3.\nThen 3 + 9 = 12! Done.\nWait, is it? Yes.\n</think>\nThe answer is \\boxed{12}.",
+    "<think>\nEmoji 😀 step. Café résumé naïve.\nNext line.\nOK.\n</think>\nFinal: \\boxed{0}.",
+]
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def _nudged_model(out, corpus, vocab_size, hidden, seed, favour, boost):
+    """A random tiny Llama whose tied lm head favours the tokens whose text is in ``favour``."""
+    from dasd.toy.model import make_model, save_model
+    from dasd.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(corpus, vocab_size=vocab_size)
+    model = make_model(tok, hidden=hidden, layers=1, heads=2, max_positions=512, seed=seed)
+    ids = [i for i in range(len(tok)) if tok.decode([i]) in favour]
+    assert ids, "nothing to favour"
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[ids, 0] = boost
+    save_model(model, tok, str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def mix_engines(tmp_path_factory):
+    """(student, teacher) hf engines with different vocabularies (see the module docstring)."""
+    root = tmp_path_factory.mktemp("mix_models")
+    s_dir = _nudged_model(root / "student", MIX_CORPUS * 20, 360, 32, 3, {"\n", "。", "."}, 1.6)
+    t_dir = _nudged_model(root / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 32, 4, {"<|im_end|>"}, 2.2)
+    student = make_engine(EngineConfig(model=s_dir, device="cpu", batch_size=16))
+    teacher = make_engine(EngineConfig(model=t_dir, device="cpu", batch_size=16))
+    return student, teacher
+
+
+def curated_set(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        prompt = {
+            "id": f"q{i:02d}", "domain": "math", "answer": str(i),
+            "messages": [SYSTEM, {"role": "user", "content": f"Compute {i} + 0. Schritt für Schritt ✓"}],
+        }
+        out.append({"prompt": prompt, "teacher_text": MIX_CORPUS[i % 4] + "\n" + MIX_CORPUS[(i + 1) % 4][9:]})
+    return out
+
+
+# The e2e runs keep filters that a random teacher can pass (its text never closes </think>); the
+# default filters are tested on hand-written continuations and, in the slow test, on the toy world.
+E2E = dict(n_questions=12, max_continuation_tokens=40, require_structure=False, require_correct=False,
+           batch_questions=6, seed=7)
+
+
+@pytest.fixture(scope="module")
+def e2e(mix_engines, tmp_path_factory):
+    student, teacher = mix_engines
+    store = RunStore(tmp_path_factory.mktemp("mix_run") / "run")
+    cfg = MixConfig(**E2E)
+    curated = curated_set(16)
+    funnel = run_mix(cfg, store, curated, student, teacher)
+    rollouts = list(store.read("mix", "rollouts"))
+    examples = list(store.read("mix", "examples"))
+    return cfg, store, curated, funnel, rollouts, examples
+
+
+# ------------------------------------------------------------------------------------------------
+# Config and pieces
+
+
+def test_config_is_validated():
+    with pytest.raises(ValidationError, match="cut_low"):
+        MixConfig(cut_low=0.8, cut_high=0.6)
+    with pytest.raises(ValidationError):
+        MixConfig(length_multiple=0)
+    with pytest.raises(ValidationError, match="extra"):
+        MixConfig(n_question=3)
+    with pytest.raises(ValidationError):
+        MixConfig(after_think="keep")
+    assert MixConfig().length_multiple == 1.5 and MixConfig().require_correct is True
+
+
+def test_draw_is_seeded_prefix_stable_and_one_per_question():
+    curated = curated_set(20)
+    curated.append({"prompt": curated[3]["prompt"], "teacher_text": "another response"})
+    small, big = draw_questions(curated, 5, 1), draw_questions(curated, 12, 1)
+    assert [q["prompt"]["id"] for q in big[:5]] == [q["prompt"]["id"] for q in small]
+    assert len({q["prompt"]["id"] for q in draw_questions(curated, 100, 1)}) == 20
+    assert next(q for q in draw_questions(curated, 100, 1) if q["prompt"]["id"] == "q03")["teacher_text"] != "another response"
+    assert [q["prompt"]["id"] for q in draw_questions(curated, 20, 2)] != [q["prompt"]["id"] for q in draw_questions(curated, 20, 1)]
+    bad = curated_set(3)
+    bad[2] = {"prompt": bad[2]["prompt"]}
+    with pytest.raises(InputError, match=r"curated\[2\]: field 'teacher_text'"):
+        draw_questions(bad, 3, 0)
+    bad[2] = {"prompt": {"id": "x", "messages": [SYSTEM]}, "teacher_text": "t"}
+    with pytest.raises(InputError, match=r"curated\[2\]: field 'prompt'"):
+        draw_questions(bad, 3, 0)
+
+
+def test_student_cap_is_in_student_tokens(mix_engines):
+    student, teacher = mix_engines
+    text = MIX_CORPUS[0]
+    n_s, n_t = student.count_tokens(text), teacher.count_tokens(text)
+    assert n_s != n_t  # the two vocabularies really differ on this text
+    assert student_cap(n_s, 1.5) == math.ceil(1.5 * n_s)
+    assert student_cap(10, 1.5) == 15 and student_cap(11, 1.5) == 17 and student_cap(0, 1.5) == 1
+
+
+def test_reasoning_region_and_after_think():
+    text = "<think>\nOne. Two.\n</think>\nThe answer is 3. More."
+    assert reasoning_region(text, "cut_in_thinking") == text.index("</think>")
+    assert reasoning_region(text, "skip") is None
+    assert reasoning_region("<think>\nOne. Two. Th", "skip") == len("<think>\nOne. Two. Th")
+    at = cut_point(text, 0.99, 0.5, reasoning_region(text))
+    assert at is not None and text[:at] == "<think>\nOne."  # strictly inside the reasoning region
+
+
+def test_cut_point_rule_on_a_known_text():
+    text = "<think>\nOne. Two is here. Three!\nFour? Five and"
+    ends = sentence_ends(text)
+    assert [text[:b][-5:] for b in ends] == ["\nOne.", "here.", "hree!", "Four?"]  # not the bare opener
+    assert len(text) not in ends  # the cut-off end is not a sentence end
+    L = len(text)
+    # first end at or after the target
+    assert cut_point(text, 0.5, 0.5) == min(b for b in ends if b >= 0.5 * L)
+    # target past the last end: the last end (still past the floor)
+    assert cut_point(text, 0.99, 0.5) == ends[-1]
+    # nothing in [floor, L): no cut
+    assert cut_point("<think>\nA very long sentence without any end at all", 0.6, 0.5) is None
+
+
+_WORDS = st.sampled_from(["Let", "x", "be", "7", "für", "日本語", "😀", "e.g.", "3.14", "Dr.", "$a.b$", "Yes", "no"])
+_ENDS = st.sampled_from([". ", "! ", "? ", ".\n", "\n", "。", "\n\n", ", ", " "])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_WORDS, _ENDS), min_size=1, max_size=30), st.floats(0.5, 0.999), st.floats(0.0, 0.9))
+def test_cut_points_are_sentence_ends_past_the_floor(parts, u, floor):
+    text = "<think>\n" + "".join(w + e for w, e in parts)
+    floor = min(floor, u)
+    at = cut_point(text, u, floor)
+    spans = segment(text)
+    real_ends = {s + len(text[s:e].rstrip()) for s, e in spans[:-1]}
+    candidates = sorted(b for b in real_ends if floor * len(text) <= b < len(text) and b > len("<think>"))
+    if not candidates:
+        assert at is None
+        return
+    assert at in candidates
+    assert at >= floor * len(text) and at < len(text)
+    assert not text[at - 1].isspace() and text[at:].strip()  # ends on the sentence, more text follows
+    later = [b for b in candidates if b >= u * len(text)]
+    assert at == (later[0] if later else candidates[-1])
+
+
+def test_teacher_context_places_prefix_inside_thinking():
+    msgs = [SYSTEM, {"role": "user", "content": "Q?"}]
+    prefix = "<think>\nStep one. Step two."
+    chatml = lambda m: "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"  # noqa: E731
+    assert teacher_context(chatml(msgs), prefix) == chatml(msgs) + prefix
+    reasoning = lambda m: chatml(m) + "<think>\n"  # noqa: E731  (a template that opens thinking itself)
+    ctx = teacher_context(render_generation_prompt(reasoning, msgs), prefix)
+    assert ctx == chatml(msgs) + prefix and ctx.count("<think>") == 1
+
+
+def test_verdicts_use_the_real_filters_and_graders():
+    prompt = {"id": "p", "messages": [SYSTEM, {"role": "user", "content": "3 + 4?"}], "answer": "7"}
+    cfg = MixConfig()
+
+    def grade(p, text):
+        return grade_math(text, p["answer"])["correct"]
+
+    pre = "<think>\n3 + 4 = 7."
+
+    def v(cont, finish="stop", **kw):
+        return continuation_verdict(prompt, pre, cont, finish, cfg.model_copy(update=kw), grade)[0]
+
+    good = " Done.\n</think>\nThe answer is \\boxed{7}."
+    loop = " I will now check the sum once more." * 8 + "\n</think>\nThe answer is \\boxed{7}."
+    assert v(good) == "kept"
+    assert v(good, "length") == "not_finished"
+    assert v(" <think>\nAgain.\n</think>\n\\boxed{7}") == "reopens_think"
+    assert v(" Done, the answer is \\boxed{7}.") == "structure"  # never closes the reasoning
+    assert v(" Done.\n</think>\n  ") == "structure"  # no final answer
+    assert v(" Done.\n</think>\n  ", require_structure=False, require_correct=False) == "kept"
+    assert v(loop) == "repetitive"
+    assert v(loop, repetition=RepetitionConfig(enabled=False)) == "kept"
+    assert v(" Done.\n</think>\nThe answer is \\boxed{8}.") == "incorrect"
+    assert v(" Done.\n</think>\nThe answer is \\boxed{8}.", require_correct=False) == "kept"
+    ungraded = {k: val for k, val in prompt.items() if k != "answer"}
+    assert continuation_verdict(ungraded, pre, " ok.\n</think>\n\\boxed{8}", "stop", cfg, grade)[0] == "kept"
+    # the default grader (dasd.grading) agrees
+    assert default_grade(prompt, pre + good) and not default_grade(prompt, pre + " x.\n</think>\n\\boxed{8}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage, end to end
+
+
+def test_e2e_cap_cutoffs_and_funnel(e2e, mix_engines, capsys):
+    student, teacher = mix_engines
+    cfg, store, curated, funnel, rollouts, examples = e2e
+    by_id = {q["prompt"]["id"]: q for q in curated}
+    assert len(rollouts) == cfg.n_questions
+    differs = 0
+    for r in rollouts:
+        text = by_id[r["prompt_id"]]["teacher_text"]
+        n = student.count_tokens(text)
+        differs += n != teacher.count_tokens(text)
+        assert r["teacher_student_tokens"] == n and r["cap"] == math.ceil(1.5 * n)
+        if r["student"]["finish_reason"] == "length":
+            assert r["student"]["n_tokens"] == r["cap"]
+        else:
+            assert r["verdict"] == "finished" and r["student"]["n_tokens"] < r["cap"]
+    assert differs  # a teacher-token cap would have differed
+    # the funnel adds up, and matches the records and the manifest
+    assert funnel["questions"] == funnel["finished"] + funnel["cut_off"] == cfg.n_questions
+    assert funnel["cut_off"] == sum(funnel["skipped"].values()) + funnel["continuations"]
+    assert funnel["continuations"] == sum(funnel["dropped"].values()) + funnel["kept"]
+    assert funnel["kept"] == len(examples) > 0
+    assert funnel["cut_off"] == sum(r["student"]["finish_reason"] == "length" for r in rollouts) > 0
+    assert funnel["cut_off_rate"] == pytest.approx(funnel["cut_off"] / funnel["questions"])
+    info = RunStore.open(store.root).stage_info("mix")
+    assert info["complete"] and info["counts"]["kept"] == funnel["kept"]
+
+
+def test_e2e_cuts_are_sentence_ends_past_half(e2e):
+    cfg, _, _, _, rollouts, _ = e2e
+    cut = [r for r in rollouts if r["cut"] and r["cut"]["at"] is not None]
+    assert len(cut) >= 3
+    for r in cut:
+        text, at, L = r["student"]["text"], r["cut"]["at"], r["cut"]["region_chars"]
+        assert r["prefix_chars"] == at
+        assert cfg.cut_low * L <= at < L
+        assert at in sentence_ends(text, L)
+        assert cfg.cut_low <= r["cut"]["u"] < cfg.cut_high
+
+
+def test_e2e_continuation_starts_exactly_where_the_prefix_ends(e2e, mix_engines):
+    student, teacher = mix_engines
+    _, _, curated, _, rollouts, examples = e2e
+    by_rollout = {r["example_id"]: r for r in rollouts if r["example_id"]}
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    for ex in examples:
+        r = by_rollout[ex["id"]]
+        content = ex["messages"][-1]["content"]
+        prefix = r["student"]["text"][: ex["prefix_chars"]]
+        assert content == prefix + r["continuation"]["text"]
+        assert content[: ex["prefix_chars"]] == prefix and content[ex["prefix_chars"]:] == r["continuation"]["text"]
+        assert ex["messages"][:-1] == prompts[r["prompt_id"]]["messages"] and ex["source"] == "mixed_policy"
+        assert "<think>" not in r["continuation"]["text"]
+
+
+@pytest.mark.parametrize("prefix", [
+    "<think>\nSchritt für Schritt: 3 + 4 = 7 ✓.",
+    "<think>\n日本語の文。次の文。",
+    "<think>\nEmoji 😀 step. Café résumé naïve.",
+])
+def test_teacher_continuation_joins_multibyte_prefix_at_token_level(mix_engines, prefix):
+    _, teacher = mix_engines
+    msgs = [SYSTEM, {"role": "user", "content": "Compute 3 + 4."}]
+    ctx = teacher_context(render_generation_prompt(teacher.tokenizer, msgs), prefix)
+    assert ctx.endswith(prefix)
+    ctx_ids = teacher.encode(ctx)
+    assert teacher.tokenizer.decode(ctx_ids) == ctx  # the context reaches the teacher whole
+    g = teacher.generate([GenerateRequest(id="c", prefix=ctx, max_tokens=24, seed=1, temperature=1.0)])[0][0]
+    whole = b"".join(token_bytes(teacher.tokenizer, ctx_ids + g.token_ids))
+    # the bytes the teacher saw and wrote are the context's bytes followed by the continuation's
+    assert whole.decode("utf-8", errors="replace") == ctx + g.text
+    assert whole[: len(ctx.encode())] == ctx.encode()
+
+
+def _independent_prefix_tokens(tokenizer, example):
+    """Token indices whose bytes overlap the prefix's bytes, computed from token bytes alone."""
+    messages = example["messages"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    head = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    content = messages[-1]["content"]
+    assert text.startswith(head + content)
+    b0 = len(head.encode())
+    b1 = b0 + len(content[: example["prefix_chars"]].encode())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out, pos = set(), 0
+    for t, piece in enumerate(token_bytes(tokenizer, ids)):
+        if piece and pos < b1 and b0 < pos + len(piece):
+            out.add(t)
+        pos += len(piece)
+    assert pos == len(text.encode())
+    return ids, out
+
+
+def test_prefix_chars_flags_exactly_the_prefix_tokens_in_training(e2e, mix_engines):
+    from dasd.train.data import load_examples, prepare
+
+    student, _ = mix_engines
+    tok = student.tokenizer
+    _, _, curated, _, _, examples = e2e
+    handmade = make_example(curated[0]["prompt"], "<think>\nSchritt für Schritt: 3 + 4 = 7 ✓.",
+                            " 😀 Then 7 * 2 = 14 ✓.\n</think>\n\\boxed{14}", "hand")
+    for ex in examples + [handmade]:
+        ids, want = _independent_prefix_tokens(tok, ex)
+        enc = encode_example(tok, ex)
+        assert enc.input_ids == ids
+        assert {t for t, p in enumerate(enc.prefix_mask) if p} == want and want
+        masked = encode_example(tok, ex, mask_prefix=True)
+        for t in range(len(ids)):
+            target = masked.labels[t - 1] if t else IGNORE
+            if t in want:
+                assert not masked.loss_mask[t] and target == IGNORE
+            else:
+                assert masked.loss_mask[t] == enc.loss_mask[t]
+        assert all(enc.loss_mask[t] for t in want)  # unmasked (default): prefix tokens are trained
+    # the training library reads the stage's output as a stage-3 data set
+    items = load_examples("mixed", {"mixed": examples})
+    for mask in (False, True):
+        data = prepare(tok, items, context=4096, mask_prefix=mask, packing=False)
+        assert data.n_examples == len(examples)
+        for i, ex in enumerate(examples):
+            assert data.piece(i).labels.tolist() == encode_example(tok, ex, mask_prefix=mask).labels
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter:
+    """A real engine that dies after ``n`` generate calls (a crash in the middle of the stage)."""
+
+    def __init__(self, engine, n):
+        self.engine, self.n = engine, n
+        self.name, self.tokenizer, self.max_len = engine.name, engine.tokenizer, engine.max_len
+
+    def count_tokens(self, text):
+        return self.engine.count_tokens(text)
+
+    def generate(self, reqs):
+        if self.n == 0:
+            raise Crash()
+        self.n -= 1
+        return self.engine.generate(reqs)
+
+
+def _contents(store):
+    rolls = sorted(json.dumps(r, sort_keys=True) for r in store.read("mix", "rollouts"))
+    exs = sorted(json.dumps(r, sort_keys=True) for r in store.read("mix", "examples"))
+    return rolls, exs
+
+
+def test_crash_and_resume_equals_uninterrupted(e2e, mix_engines, tmp_path, capsys):
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, _, _ = e2e
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Crash):
+        run_mix(cfg, store, curated, student, CrashAfter(teacher, 1))  # dies in the second batch
+    assert not RunStore.open(store.root).stage_info("mix")["complete"]
+    partial = list(store.read("mix", "rollouts"))
+    assert 0 < len(partial) < cfg.n_questions
+    again = run_mix(cfg, store, curated, student, teacher)
+    assert again["new"] == cfg.n_questions - len(partial)
+    assert _contents(store) == _contents(full_store)
+    assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+    assert run_mix(cfg, store, curated, student, teacher)["new"] == 0  # nothing left, nothing twice
+    out = capsys.readouterr().out
+    assert "[mix] funnel" in out and re.search(rf"kept \(mixed-policy examples\)\s+{funnel['kept']}\b", out)
+
+
+def test_funnel_of_counts_each_verdict_once():
+    recs = [{"verdict": v} for v in ["finished", "finished", "kept", "no_cut_point", "incorrect", "kept"]]
+    f = funnel_of(recs)
+    assert (f["questions"], f["finished"], f["cut_off"], f["continuations"], f["kept"]) == (6, 2, 4, 3, 2)
+    assert f["skipped"]["no_cut_point"] == 1 and f["dropped"]["incorrect"] == 1
+    assert f["keep_rate"] == 0.5 and f["cut_off_rate"] == pytest.approx(4 / 6)
