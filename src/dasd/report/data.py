@@ -212,9 +212,10 @@ def sampling_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     if teacher:
         parts.append(para(f"Teacher: {teacher}. Sampling: {_sample_knobs(cfg.get('sample') or {})}."))
     parts.append(table(head, rows))
+    lo, hi = _unit_range(hist)
     parts.append(figure(
         plots.hist_panels({"response likelihood by sampling temperature": hist}, "response likelihood "
-                          "(geometric mean of the teacher's token probabilities)", bins=40, lo=0.0, hi=1.0),
+                          "(geometric mean of the teacher's token probabilities)", bins=40, lo=lo, hi=hi),
         "Response likelihood under the teacher (its untempered token log-probs, recorded at sampling): the "
         "paper's figure 3. Higher temperature moves mass to lower-likelihood responses (the teacher's tail); "
         "dashed lines are means.", "histogram of response likelihood per temperature"))
@@ -222,6 +223,16 @@ def sampling_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
         parts.append(para("No teacher log-probs in these samples (imported without them): no likelihoods to plot.", "warn"))
     parts.append(_state_note(view, "sample"))
     return section("sample", "Teacher sampling", parts)
+
+
+def _unit_range(groups: dict[str, list[float]]) -> tuple[float, float]:
+    """A histogram range for values in [0, 1]: the data's range with a margin, kept inside [0, 1]."""
+    vals = [v for vs in groups.values() for v in vs]
+    if not vals:
+        return 0.0, 1.0
+    lo, hi = min(vals), max(vals)
+    pad = max(0.05 * (hi - lo), 0.005)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
 
 
 def _sample_knobs(s: dict) -> str:

@@ -275,10 +275,13 @@ def _profile_parts(a: dict, types: dict) -> list[str]:
                      fmt(area, "+.3f"), fmt(v.get("abs_area"), ".3f"), fmt(v.get("n_bins_used"))])
     knobs = ", ".join(f"{k} {fmt(a[k], '.3f') if isinstance(a[k], float) else a[k]}"
                       for k in ("model", "tau", "tau_boost", "bins", "weight") if k in a)
-    return [
-        para(f"{knobs}; {fmt(n.get('correct'))} correct and {fmt(n.get('incorrect'))} incorrect responses."),
+    out = [para(f"{knobs}; {fmt(n.get('correct'))} correct and {fmt(n.get('incorrect'))} incorrect responses.")]
+    if not n.get("correct") or not n.get("incorrect"):
+        out.append(para("One group has no responses, so there is nothing to compare: the areas are undefined. "
+                        "Evaluate more samples (eval.protocol.n) or a stronger model.", "warn"))
+    return out + [
         figure_or_empty(plots.line_panels(panels, "position in response", "share of sentences (%)",
-                                          colors={"correct": plots.PALETTE[2], "incorrect": plots.PALETTE[1]}),
+                                          colors={"correct": plots.PALETTE[2], "incorrect": plots.PALETTE[1]}, xlim=(0.0, 1.0)),
                         "Share of each sentence type by relative position, in correct vs incorrect responses; area = "
                         "mean over positions of (correct − incorrect): positive means the type goes with correct "
                         "answers.", "sentence type share by position"),

@@ -213,10 +213,11 @@ def accuracy_bars(groups: Sequence[str], models: Sequence[str],
 
 
 def line_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float | None]]]], xlabel: str = "",
-                ylabel: str = "", colors: dict[str, str] | None = None) -> str | None:
+                ylabel: str = "", colors: dict[str, str] | None = None,
+                xlim: tuple[float, float] | None = None) -> str | None:
     """One panel per key; in each, one line per series ``(xs, ys)`` (a None y leaves a gap).
 
-    ``colors``: series whose name starts with a key get that colour.
+    ``colors``: series whose name starts with a key get that colour; ``xlim``: a fixed x range.
     """
     panels = {t: s for t, s in panels.items() if s}
     if not panels:
@@ -233,6 +234,8 @@ def line_panels(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[floa
         ax.set_title(_plain(title), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
