@@ -233,7 +233,8 @@ def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_
     n_seq = len(sd.sequences)
     acc.print(f"[train] stage {stage.name}: {sd.n_examples} examples ({sd.dropped['over_context']} over context "
               f"dropped), {sd.n_tokens} tokens in {n_seq} sequences (fill {sd.n_tokens / (n_seq * cfg.context):.1%} of "
-              f"{cfg.context}), {total} steps of {plan.G} sequences, init {init}")
+              f"{cfg.context}), {total} steps of {plan.G} sequences, {P} process(es) "
+              f"({acc.distributed_type.value}), init {init}")
     tb = _tb_writer(cfg, stage_dir, acc)
     bar = tqdm(total=total, initial=start, desc=f"train {stage.name}", disable=not acc.is_main_process, dynamic_ncols=True)
     model.train()
