@@ -50,3 +50,25 @@ def test_examples_over_context_are_dropped_and_counted(tiny_lm_dir, tmp_path):
         kept = int((full.lengths <= cap).sum())
         assert sd.n_examples == kept and sd.dropped == {"over_context": 10 - kept}
         assert all(int(sd.lengths[s].sum()) <= cap for s in map(np.array, sd.sequences))
+
+
+def test_plan_visits_every_sequence_once_per_epoch_and_splits_steps_across_processes():
+    from dasd.train.config import TrainConfig
+    from dasd.train.data import StageData
+    from dasd.train.trainer import _Plan
+
+    seqs = [[i] for i in range(11)]
+    sd = StageData(np.zeros(11, np.int32), np.zeros(11, np.int32), np.arange(12), np.ones(11, np.int64), seqs, "k")
+    for procs, mb, ga in [(1, 1, 1), (2, 1, 2), (3, 2, 1)]:
+        cfg = TrainConfig(base_model="m", micro_batch=mb, grad_accum=ga, stages=[{"name": "a", "data": "x", "init": "base"}])
+        plan = _Plan(sd, cfg, procs, seed=0)
+        for epoch in range(2):
+            seen = []
+            for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
+                rows = plan.rows(step)
+                assert len(rows) == plan.G == procs * mb * ga
+                parts = [r for m in range(ga) for p in range(procs) for r in plan.local(rows, p, m)]
+                assert sorted(map(str, parts)) == sorted(map(str, rows))  # ranks x micro-steps partition the step
+                seen += [r[0] for r in rows if r is not None]
+            assert sorted(seen) == list(range(11))
+        assert plan.order(0) != plan.order(1)  # reshuffled each epoch
