@@ -59,8 +59,13 @@ def _sample(rng: random.Random, prompt_id: str, t: float, index: int, plant: boo
     }
 
 
-def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4, seed: int = 0) -> Path:
-    """A run that went through every stage up to ``upto`` (pipeline order); returns its directory."""
+def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4, seed: int = 0,
+              benchmarks: tuple[str, ...] = ("toy",)) -> Path:
+    """A run that went through every stage up to ``upto`` (pipeline order); returns its directory.
+
+    Each benchmark gets 10 problems x 4 samples per model; a benchmark named ``*-long`` gets its own
+    protocol (max_tokens 640), like the paper preset's per-domain token caps.
+    """
     order = ["sample", "filter", "score", "select", "train", "mix", "eval", "analyze"]
     last = order.index(upto)
     rng = random.Random(seed)
@@ -213,15 +218,20 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
         skill = 0.15 + 0.17 * li
         results = []
         with store.writer("eval", f"results-{label}") as w:
-            for pi in range(10):
-                for j in range(4):
-                    ok = rng.random() < skill
-                    r = {"problem_id": f"t{pi}", "sample_index": j, "extracted": str(pi) if ok else ("7" if rng.random() < 0.8 else None),
-                         "correct": ok, "detail": {}, "protocol": {**protocol, "model": f"/models/{label}"}, "domain": "toy",
-                         "benchmark": "toy", "text": f"<think>hm</think> {PLANT}", "model_label": label}
-                    r["id"] = content_id("eval", label, "toy", r["problem_id"], j, r["protocol"])
-                    w.add(r)
-                    results.append(r)
+            for bench in benchmarks:
+                proto = {**protocol, "model": f"/models/{label}"}
+                if bench.endswith("-long"):
+                    proto["max_tokens"] = 640
+                for pi in range(10):
+                    for j in range(4):
+                        ok = rng.random() < skill
+                        r = {"problem_id": f"{bench}-{pi}", "sample_index": j, "correct": ok, "detail": {},
+                             "extracted": str(pi) if ok else ("7" if rng.random() < 0.8 else None),
+                             "protocol": proto, "domain": "toy", "benchmark": bench,
+                             "text": f"<think>hm</think> {PLANT}", "model_label": label}
+                        r["id"] = content_id("eval", label, bench, r["problem_id"], j, r["protocol"])
+                        w.add(r)
+                        results.append(r)
         ecounts[label] = summarize(results, n_boot=200)
     store.end_stage("eval", ecounts)
     if last < 7:

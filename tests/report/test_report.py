@@ -157,3 +157,21 @@ def test_analysis_of_another_shape_is_still_shown(tmp_path):
     sec = sections(rep.html)["analyze"]
     assert rep.problems == [] and len(images(sec)) == 1
     assert "<td>n</td>" in sec and "&lt;b&gt;hi&lt;/b&gt;" in sec
+
+
+def test_several_benchmarks_get_one_column_each_and_their_protocols(tmp_path):
+    root = build_run(tmp_path / "run", upto="eval", n_prompts=3, k=2, benchmarks=("toy", "toy-long"))
+    rep = render_report(root)
+    assert rep.problems == []
+    secs = sections(rep.html)
+    summary = secs["summary"]
+    assert "<th>toy avg@k % [95% CI]</th><th>toy-long avg@k % [95% CI]</th><th>all avg@k % [95% CI]</th>" in summary
+    store = RunStore.open(root)
+    for label, rows in store.manifest["stages"]["eval"]["counts"].items():
+        cells = [f"{100 * r['avg@k']:.1f} [{100 * r['avg@k_ci'][0]:.1f}, {100 * r['avg@k_ci'][1]:.1f}]"
+                 for r in rows if r["kind"] in ("benchmark", "all")]
+        assert f"<tr><td>{label}</td>" + "".join(f'<td class="n">{c}</td>' for c in cells) in summary
+    # two protocols, each line saying which model/benchmark pairs used it
+    assert "max_tokens 320, seed 0, chat_template model default (used for toy (every model))" in summary
+    assert "max_tokens 640, seed 0, chat_template model default (used for toy-long (every model))" in summary
+    assert len(images(secs["eval"])) == 1

@@ -28,23 +28,37 @@ class EvalScan:
     problems: list[str] = field(default_factory=list)  # results that could not be read
 
 
+_RESULT_KEYS = ("problem_id", "sample_index", "correct", "extracted", "benchmark", "domain")
+
+
 def scan_eval(view: RunView) -> EvalScan:
+    """Summaries, protocols and result counts of every evaluated model (streaming the results).
+
+    Only the fields ``summarize`` needs are kept per result (never the response text), so a large
+    evaluation (64 samples x long responses x several models) fits in memory.
+    """
     scan = EvalScan()
     counts = view.counts("eval")
     outputs = [o for o in view.outputs("eval") if o.startswith("results-")]
     cfg_models = (view.info("eval").get("config") or {}).get("models") or \
         ((view.manifest.get("config") or {}).get("eval") or {}).get("models") or []
     by_label: dict[str, list[dict]] = {}
+    protocols: dict[str, dict[str, dict]] = {}
     for o in outputs:
+        label, recs, protos = o[len("results-"):], [], {}
         try:
-            recs = list(view.read("eval", o))
+            for r in view.read("eval", o):
+                label = r.get("model_label") or label
+                recs.append({k: r.get(k) for k in _RESULT_KEYS})
+                b = str(r.get("benchmark") or r.get("domain") or "?")
+                if b not in protos:
+                    protos[b] = r.get("protocol") if isinstance(r.get("protocol"), dict) else {}
         except DasdError as e:
-            scan.problems.append(f"eval: {e} (model {o[len('results-'):]}: the manifest's summary is shown, if any)")
+            scan.problems.append(f"eval: {e} (model {label}: the manifest's summary is shown, if any)")
             continue
-        label = next((r.get("model_label") for r in recs if r.get("model_label")), o[len("results-"):])
-        by_label[label] = recs
+        by_label[label], protocols[label] = recs, protos
     labels = [m for m in cfg_models if m in counts or m in by_label]
-    labels += sorted(l for l in {*counts, *by_label} if l not in labels)
+    labels += sorted(x for x in {*counts, *by_label} if x not in labels)
     for label in labels:
         rows = counts.get(label)
         recs = by_label.get(label, [])
@@ -57,12 +71,7 @@ def scan_eval(view: RunView) -> EvalScan:
         scan.order.append(label)
         scan.rows[label] = rows
         scan.results[label] = len(recs)
-        protos: dict[str, dict] = {}
-        for r in recs:
-            b = str(r.get("benchmark") or r.get("domain") or "?")
-            p = r.get("protocol") if isinstance(r.get("protocol"), dict) else {}
-            protos.setdefault(b, p)
-        scan.protocols[label] = protos
+        scan.protocols[label] = protocols.get(label, {})
     return scan
 
 
@@ -78,6 +87,23 @@ def _ci(r: dict, key: str) -> str:
     return fmt(v, ".1f", pct=True)
 
 
+def _users(pairs: list[tuple[str, str]], labels: list[str]) -> str:
+    """Who used a protocol: "aime24, gpqa" when every model did on those benchmarks, else "model/benchmark"s."""
+    benches = list(dict.fromkeys(b for _, b in pairs))
+    if all(sum(1 for _, b2 in pairs if b2 == b) == len(labels) for b in benches):
+        return ", ".join(benches) + (" (every model)" if len(labels) > 1 else "")
+    return ", ".join(f"{m}/{b}" for m, b in pairs)
+
+
+def _benchmarks(ev: EvalScan) -> list[str]:
+    out: list[str] = []
+    for label in ev.order:
+        for r in ev.rows[label]:
+            if r.get("kind") == "benchmark" and r.get("name") not in out:
+                out.append(r.get("name"))
+    return out
+
+
 def protocol_text(p: dict) -> str:
     """A protocol as one line: name, temperature, top_p, n, max tokens, seed, chat template, model."""
     if not p:
@@ -91,21 +117,31 @@ def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -
     """The top of the report: accuracy of every model with CIs and the protocol, and key data counts."""
     parts: list[str] = []
     if ev.order:
+        benches = _benchmarks(ev)
         rows = []
-        for label in ev.order:
-            r = _overall(ev.rows[label]) or {}
-            rows.append([label, _ci(r, "avg@k"), _ci(r, "pass@k"), fmt(r.get("maj@k"), ".1f", pct=True),
-                         fmt(r.get("no_answer"), ".1f", pct=True), fmt(r.get("k")), fmt(r.get("problems")),
-                         fmt(r.get("samples"))])
-        parts.append(table(["model", "avg@k % [95% CI]", "pass@k % [95% CI]", "maj@k %", "no answer %", "k", "problems",
-                            "samples"], rows))
-        distinct: dict[str, list[str]] = {}
+        if len(benches) > 1:  # the paper's layout: one column per benchmark
+            for label in ev.order:
+                by = {r.get("name"): r for r in ev.rows[label] if r.get("kind") == "benchmark"}
+                r = _overall(ev.rows[label]) or {}
+                rows.append([label, *(_ci(by[b], "avg@k") if b in by else "–" for b in benches), _ci(r, "avg@k"),
+                             fmt(r.get("no_answer"), ".1f", pct=True)])
+            parts.append(table(["model", *(f"{b} avg@k % [95% CI]" for b in benches), "all avg@k % [95% CI]",
+                                "no answer %"], rows))
+        else:
+            for label in ev.order:
+                r = _overall(ev.rows[label]) or {}
+                rows.append([label, _ci(r, "avg@k"), _ci(r, "pass@k"), fmt(r.get("maj@k"), ".1f", pct=True),
+                             fmt(r.get("no_answer"), ".1f", pct=True), fmt(r.get("k")), fmt(r.get("problems")),
+                             fmt(r.get("samples"))])
+            parts.append(table(["model", "avg@k % [95% CI]", "pass@k % [95% CI]", "maj@k %", "no answer %", "k",
+                                "problems", "samples"], rows))
+        distinct: dict[str, list[tuple[str, str]]] = {}
         for label in ev.order:
             for bench, p in ev.protocols.get(label, {}).items():
                 key = protocol_text({k: v for k, v in p.items() if k != "model"})
-                distinct.setdefault(key, []).append(f"{label}/{bench}")
+                distinct.setdefault(key, []).append((label, bench))
         for text, users in distinct.items():
-            parts.append(para(f"Protocol — {text}" + (f" (used by {', '.join(users)})" if len(distinct) > 1 else "")))
+            parts.append(para(f"Protocol — {text}" + (f" (used for {_users(users, ev.order)})" if len(distinct) > 1 else "")))
         parts.append(para("avg@k: mean accuracy over the first k samples of each problem (the paper's metric); pass@k: "
                           "unbiased estimator; 95% CIs: percentile bootstrap over problems.", "sub"))
     else:
