@@ -25,11 +25,12 @@ from pydantic import ValidationError
 
 from dasd.engines import EngineConfig, GenerateRequest, make_engine
 from dasd.engines.offsets import token_bytes
-from dasd.errors import InputError
+from dasd.errors import DasdError, InputError
 from dasd.grading.math import grade_math
 from dasd.stages.mix import (
-    MixConfig, continuation_verdict, default_grade, cut_point, draw_questions, funnel_of, make_example,
-    reasoning_region, render_generation_prompt, run_mix, sentence_ends, student_cap, teacher_context,
+    MixConfig, continuation_verdict, curated_from_run, cut_point, default_grade, draw_questions, funnel_of,
+    make_example, reasoning_region, render_generation_prompt, run_mix, sentence_ends, student_cap,
+    summary_line, teacher_context,
 )
 from dasd.store import RunStore
 from dasd.text.repetition import RepetitionConfig
@@ -80,7 +81,7 @@ def curated_set(n: int) -> list[dict]:
             "id": f"q{i:02d}", "domain": "math", "answer": str(i),
             "messages": [SYSTEM, {"role": "user", "content": f"Compute {i} + 0. Schritt für Schritt ✓"}],
         }
-        out.append({"prompt": prompt, "teacher_text": MIX_CORPUS[i % 4] + "\n" + MIX_CORPUS[(i + 1) % 4][9:]})
+        out.append({"prompt": prompt, "teacher_text": MIX_CORPUS[i % 4]})
     return out
 
 
@@ -198,6 +199,9 @@ def test_teacher_context_places_prefix_inside_thinking():
     reasoning = lambda m: chatml(m) + "<think>\n"  # noqa: E731  (a template that opens thinking itself)
     ctx = teacher_context(render_generation_prompt(reasoning, msgs), prefix)
     assert ctx == chatml(msgs) + prefix and ctx.count("<think>") == 1
+    harmony = "<|start|>user<|message|>Q?<|end|><|start|>assistant<|channel|>analysis<|message|>"
+    ctx = teacher_context(harmony, prefix, "<|channel|>analysis<|message|>")
+    assert ctx == harmony + "Step one. Step two." and "<think>" not in ctx
 
 
 def test_verdicts_use_the_real_filters_and_graders():
@@ -407,3 +411,66 @@ def test_funnel_of_counts_each_verdict_once():
     assert (f["questions"], f["finished"], f["cut_off"], f["continuations"], f["kept"]) == (6, 2, 4, 3, 2)
     assert f["skipped"]["no_cut_point"] == 1 and f["dropped"]["incorrect"] == 1
     assert f["keep_rate"] == 0.5 and f["cut_off_rate"] == pytest.approx(4 / 6)
+
+
+def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
+    store = RunStore(tmp_path / "run")
+    curated = curated_set(3)
+    with store.writer("sample", "prompts") as w:
+        for q in curated:
+            w.add(q["prompt"])
+    for pool, temp in (("T1", 1.0), ("T0.6", 0.6)):
+        with store.writer("select", f"selected-{pool}") as w:
+            for q in curated[:2]:
+                w.add({"id": f"{q['prompt']['id']}-{pool}", "prompt_id": q["prompt"]["id"], "text": f"{pool} text"})
+    items = curated_from_run(store)
+    assert [(i["prompt"]["id"], i["teacher_text"]) for i in items] == [
+        ("q00", "T0.6 text"), ("q01", "T0.6 text"), ("q00", "T1 text"), ("q01", "T1 text")]
+    assert {q["teacher_text"] for q in draw_questions(items, 5, 0)} == {"T0.6 text"}  # lowest T is the reference
+    with store.writer("select", "selected-T2") as w:
+        w.add({"id": "orphan", "prompt_id": "nope", "text": "t"})
+    with pytest.raises(DasdError, match="selected-T2: sample orphan names prompt 'nope'"):
+        curated_from_run(store)
+    with pytest.raises(DasdError, match="no selected pools"):
+        curated_from_run(RunStore(tmp_path / "empty"))
+
+
+def test_summary_line():
+    f = funnel_of([{"verdict": v} for v in ["finished", "kept", "structure", "kept"]])
+    assert summary_line(f) == ("[mix] 4 questions -> 3 cut off (75.0%) -> 3 teacher continuations -> "
+                               "2 kept (66.7% of cut-offs)")
+
+
+@pytest.mark.slow
+def test_toy_world_mix_with_default_filters(tmp_path, capsys):
+    """The toy world's trained models, default filters and grader: kept examples are real solutions."""
+    import random
+
+    from dasd.text.filters import check_structure
+    from dasd.toy import world
+    from dasd.toy.build import default_toy_dir
+
+    toy = default_toy_dir()
+    student = make_engine(EngineConfig(model=str(toy / "student"), device="cpu", batch_size=32))
+    teacher = make_engine(EngineConfig(model=str(toy / "teacher"), device="cpu", batch_size=32))
+    rng = random.Random(0)
+    problems = world.make_problems(48, seed=3, split="train", min_steps=5, max_steps=7)
+    curated = [{"prompt": world.problem_to_prompt(p), "teacher_text": world.teacher_response(p, rng)[1]} for p in problems]
+    store = RunStore(tmp_path / "run")
+    cfg = MixConfig(n_questions=48, max_continuation_tokens=400, batch_questions=16)
+    funnel = run_mix(cfg, store, curated, student, teacher)
+    print(summary_line(funnel))
+    assert funnel["questions"] == 48 and funnel["cut_off"] > 0
+    assert funnel["cut_off"] == sum(funnel["skipped"].values()) + funnel["continuations"]
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    rollouts = {r["example_id"]: r for r in store.read("mix", "rollouts") if r["example_id"]}
+    examples = list(store.read("mix", "examples"))
+    assert len(examples) == funnel["kept"] > 0
+    for ex in examples:
+        r = rollouts[ex["id"]]
+        content = ex["messages"][-1]["content"]
+        assert content == r["student"]["text"][: ex["prefix_chars"]] + r["continuation"]["text"]
+        assert check_structure(content) is None and content.startswith("<think>\n")
+        assert world.verify(content, prompts[r["prompt_id"]]["answer"])
+        assert ex["prefix_chars"] >= 0.5 * r["cut"]["region_chars"]
+    assert "[mix] funnel" in capsys.readouterr().out

@@ -122,6 +122,12 @@ class MixConfig(StrictModel):
         description="The repetition filter (dasd.text.repetition) run on prefix + continuation; "
         "same defaults as for teacher data; `enabled: false` turns it off. Reason 'repetitive'.",
     )
+    teacher_think_opener: str = Field(
+        THINK_OPEN, description="What opens reasoning in the teacher's generation prompt. When the "
+        "rendered prompt already ends with it (a template that opens thinking itself; for gpt-oss "
+        "pass a template callable ending in '<|channel|>analysis<|message|>' and set this to that), "
+        "the student prefix's own <think> opener is left out of the teacher's context.",
+    )
     batch_questions: int = Field(
         16, ge=1, description="Questions per engine call (rollouts and continuations).",
     )
@@ -209,19 +215,21 @@ def render_generation_prompt(template: Any, messages: list[dict]) -> str:
     raise DasdError("mix: teacher_tokenizer_template must be a callable or a tokenizer with a chat template")
 
 
-def teacher_context(generation_prompt: str, prefix: str) -> str:
+def teacher_context(generation_prompt: str, prefix: str, opener: str = THINK_OPEN) -> str:
     """The raw context the teacher continues: its generation prompt, then the student prefix.
 
     The prefix (``<think>\\n...`` in our format) opens the teacher's thinking itself. If the
-    teacher's template already opens a think block (its generation prompt ends with ``<think>``,
-    as reasoning templates do), the prefix's own opener is left out of the context so that it is
-    not doubled; the training example keeps the prefix as the student wrote it.
+    teacher's generation prompt already opens its reasoning (it ends with ``opener``, e.g.
+    ``<think>`` for reasoning templates that open the block themselves, or gpt-oss's
+    ``<|channel|>analysis<|message|>``), the prefix's own ``<think>`` (and one newline after it,
+    if the prompt ends with one or the opener is not ``<think>``) is left out of the context so
+    that reasoning is not opened twice. The training example keeps the prefix as written.
     """
     head = generation_prompt.rstrip()
     body = prefix.lstrip()
-    if head.endswith(THINK_OPEN) and body.startswith(THINK_OPEN):
+    if opener and head.endswith(opener) and body.startswith(THINK_OPEN):
         rest = body[len(THINK_OPEN):]
-        if generation_prompt.endswith("\n") and rest.startswith("\n"):
+        if (generation_prompt.endswith("\n") or opener != THINK_OPEN) and rest.startswith("\n"):
             rest = rest[1:]
         return generation_prompt + rest
     return generation_prompt + prefix
@@ -296,6 +304,39 @@ def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
     ids = sorted(by_id)
     random.Random(derived_seed("mix-draw", seed)).shuffle(ids)
     return [by_id[i] for i in ids[:n]]
+
+
+def curated_from_run(store: RunStore, pool_names: list[str] | None = None) -> list[dict]:
+    """The curated set of a run: each selected teacher response (``RUN/select/selected-<pool>``)
+    with its prompt (joined by prompt id), as ``{"prompt", "teacher_text"}`` items.
+
+    Pools are read from the lowest temperature up (or in the order given), so when a question has
+    responses in several pools, ``draw_questions`` uses the lowest-temperature one as the length
+    reference.
+    """
+    from dasd.stages.sample import load_run_prompts
+    from dasd.stages.score import pools
+
+    names = pool_names if pool_names is not None else sorted(pools(store, "select", "selected"), key=_pool_temp)
+    if not names:
+        raise DasdError(f"{store.root}: no selected pools (RUN/select/selected-*); run `dasd select` first")
+    prompts = load_run_prompts(store)
+    out = []
+    for pool in names:
+        for s in store.read("select", f"selected-{pool}"):
+            p = prompts.get(s["prompt_id"])
+            if p is None:
+                raise DasdError(f"{store.root}/select/selected-{pool}: sample {s['id']} names prompt "
+                                f"{s['prompt_id']!r}, which is not in the run's prompts")
+            out.append({"prompt": p, "teacher_text": s["text"]})
+    return out
+
+
+def _pool_temp(pool: str) -> float:
+    try:
+        return float(pool.lstrip("T"))
+    except ValueError:
+        return math.inf
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,7 +449,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
             continue
         prefix = g.text[:at]
         rec["prefix_chars"] = at
-        ctx = teacher_context(render_generation_prompt(template, p["messages"]), prefix)
+        ctx = teacher_context(render_generation_prompt(template, p["messages"]), prefix, cfg.teacher_think_opener)
         if max_len is not None and teacher.count_tokens(ctx) >= max_len:
             rec["verdict"] = "context_too_long"
             continue
@@ -472,3 +513,12 @@ def funnel_table(funnel: dict) -> str:
     w = max(len(r[0]) for r in rows)
     lines = ["[mix] funnel"] + [f"  {name:<{w}}  {n:>7}  {note}".rstrip() for name, n, note in rows]
     return "\n".join(lines)
+
+
+def summary_line(funnel: dict) -> str:
+    """One line for logs and the demo: questions -> cut-offs -> continuations -> kept."""
+    return (
+        f"[mix] {funnel['questions']} questions -> {funnel['cut_off']} cut off "
+        f"({100 * funnel['cut_off_rate']:.1f}%) -> {funnel['continuations']} teacher continuations -> "
+        f"{funnel['kept']} kept ({100 * funnel['keep_rate']:.1f}% of cut-offs)"
+    )
