@@ -64,8 +64,11 @@ def _use_cpu() -> bool:
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision="bf16" if cfg.bf16 else "no",
-                      cpu=_use_cpu())
+    cpu = _use_cpu()
+    if cfg.bf16 and cpu:
+        print("[train] bf16 requested on a CPU run: training in float32 instead", flush=True)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                      mixed_precision="bf16" if cfg.bf16 and not cpu else "no", cpu=cpu)
     ds = acc.state.deepspeed_plugin
     if ds is not None:  # no accelerate DataLoader: DeepSpeed needs these explicitly
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
