@@ -1,0 +1,355 @@
+"""The toy world's task: chained single-digit arithmetic modulo 10, its verifier, and the teacher's
+known generating process.
+
+A problem reads::
+
+    Start at 3. Add 4, multiply by 2, subtract 5. All arithmetic is modulo 10.
+
+and its answer is the final digit (here 9). A response has the shape of a long-CoT model's::
+
+    <think>
+    ...reasoning in one of several styles...
+    </think>
+    The answer is \\boxed{9}.
+
+The generating process (``solution_text``) writes a correct (or, with ``error_rate``, slightly wrong)
+solution in one of four **styles**; the toy teacher is trained on a mixture of them
+(``TEACHER_STYLE_MIX``), the student base on a different one (``STUDENT_STYLE_MIX``) and on shorter
+chains. See docs/toy-world.md for how the three defects DASD fixes show up in this world.
+
+Usage::
+
+    from dasd.toy.world import make_problems, problem_to_prompt, verify
+    probs = make_problems(100, seed=0, split="test")
+    prompt = problem_to_prompt(probs[0])          # a Prompt record dict, domain "toy"
+    verify("<think>\\n...\\n</think>\\nThe answer is \\\\boxed{9}.", prompt["answer"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from dataclasses import dataclass
+
+from dasd.jsonl import atomic_write_jsonl
+from dasd.records import Prompt, content_id
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+MODULUS = 10
+SPLITS = ("train", "dev", "test")
+MIN_STEPS, MAX_STEPS = 2, 7
+
+# Operations: (name in the question, verb in the responses, symbol, allowed operands).
+# "multiply by 0/1" and "add/subtract 0" are left out: they make chains trivial.
+OPS = {
+    "add": ("Add", "add", "+", tuple(range(1, 10))),
+    "subtract": ("Subtract", "subtract", "-", tuple(range(1, 10))),
+    "multiply": ("Multiply by", "multiply by", "*", tuple(range(2, 10))),
+}
+
+STYLES = ("steps", "compact", "check", "fused")
+"""Solution styles, all valid:
+
+- ``steps``: one line per step, restating the operation and writing the raw result before reducing it
+  ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local.
+- ``compact``: one short equation per step, already reduced ("7 * 2 = 4.").
+- ``check``: like compact with the operation named, plus a check of every step that catches and redoes
+  an arithmetic slip ("Check: 7 - 4 = 3, ok."). The longest style and the most robust one.
+- ``fused``: two operations per sentence with no intermediate value written ("From 3, add 4 and
+  multiply by 2: 4."): it needs two computations per emitted digit, which a 2-layer student cannot do
+  reliably (defect 2 of the paper).
+"""
+
+TEACHER_STYLE_MIX = {"steps": 0.5, "compact": 0.25, "check": 0.15, "fused": 0.10}
+"""Style frequencies in the teacher's training corpus. Sampling the teacher at T=0.6 sharpens this
+towards ``steps``; T=1.0 shows the rare styles at about these rates (defect 1)."""
+
+STUDENT_STYLE_MIX = {"steps": 0.2, "compact": 0.7, "check": 0.1, "fused": 0.0}
+"""Style frequencies in the student base's (smaller, shorter-chain) training corpus."""
+
+TEACHER_ERROR_RATE = 0.02
+"""Per-step probability of an arithmetic slip in the teacher's training corpus: the trained teacher
+keeps this tail, which T=1.0 sampling exposes and T=0.6 mostly suppresses."""
+
+STUDENT_MAX_STEPS = 5
+"""The student base only ever sees chains of at most this many steps: its own rollouts drift on the
+longer chains of the test set (defect 3, exposure bias)."""
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """One chained-arithmetic problem: a start digit and a list of ``(op, operand)`` steps."""
+
+    start: int
+    steps: tuple[tuple[str, int], ...]
+
+    @property
+    def canonical(self) -> str:
+        """A compact unique spelling, e.g. ``3|add4|multiply2``: hashed for ids and splits."""
+        return f"{self.start}|" + "|".join(f"{op}{a}" for op, a in self.steps)
+
+    @property
+    def id(self) -> str:
+        return "toy-" + content_id("toy", self.canonical, length=12)
+
+    @property
+    def question(self) -> str:
+        steps = " ".join(f"Step {i}: {OPS[op][1]} {a}." for i, (op, a) in enumerate(self.steps, 1))
+        return f"Start at {self.start}. {steps} All arithmetic is modulo {MODULUS}."
+
+    def values(self) -> list[int]:
+        """The running value after each step (without the start value)."""
+        out, x = [], self.start
+        for op, a in self.steps:
+            x = apply_op(x, op, a)
+            out.append(x)
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+
+def apply_op(x: int, op: str, a: int) -> int:
+    """``x op a`` modulo 10."""
+    return raw_op(x, op, a) % MODULUS
+
+
+def raw_op(x: int, op: str, a: int) -> int:
+    """``x op a`` as an ordinary integer (may be negative or above 9)."""
+    if op == "add":
+        return x + a
+    if op == "subtract":
+        return x - a
+    if op == "multiply":
+        return x * a
+    raise ValueError(f"unknown op {op!r}")
+
+
+def split_of(canonical: str) -> str:
+    """The split a problem belongs to, from a hash of its spelling: 10% test, 10% dev, 80% train."""
+    h = int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:4], "big") % 10
+    return "test" if h == 0 else "dev" if h == 1 else "train"
+
+
+def make_problems(
+    n: int,
+    seed: int,
+    split: str = "train",
+    min_steps: int = MIN_STEPS,
+    max_steps: int = MAX_STEPS,
+) -> list[ToyProblem]:
+    """``n`` distinct problems of ``split`` with chain lengths uniform in ``[min_steps, max_steps]``.
+
+    Deterministic in ``(n, seed, split, min_steps, max_steps)``, and a prefix-stable stream: the first
+    ``m`` problems of ``make_problems(n, ...)`` are ``make_problems(m, ...)``. Splits are disjoint by
+    construction (a problem's split is a hash of its spelling), whatever the seeds.
+    Pitfall: chains of length 2 are few (~4.7K in train), so very large ``n`` repeats long chains more.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not MIN_STEPS <= min_steps <= max_steps:
+        raise ValueError(f"need {MIN_STEPS} <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+    rng = random.Random(f"dasd-toy/{seed}/{split}/{min_steps}-{max_steps}")
+    all_ops = [(op, a) for op, spec in OPS.items() for a in spec[3]]
+    seen: set[str] = set()
+    out: list[ToyProblem] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 10_000:
+            raise ValueError(f"cannot find {n} distinct {split} problems with {min_steps}..{max_steps} steps")
+        length = rng.randint(min_steps, max_steps)
+        p = ToyProblem(rng.randrange(MODULUS), tuple(rng.choice(all_ops) for _ in range(length)))
+        c = p.canonical
+        if c in seen or split_of(c) != split:
+            continue
+        seen.add(c)
+        out.append(p)
+    return out
+
+
+def problem_to_prompt(p: ToyProblem) -> dict:
+    """A Prompt record dict (records.Prompt) for ``p``: system + user messages, answer as a string."""
+    rec = {
+        "id": p.id,
+        "domain": "toy",
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": p.question},
+        ],
+        "answer": str(p.answer),
+        "meta": {"chain_length": len(p.steps), "start": p.start, "canonical": p.canonical, "split": split_of(p.canonical)},
+    }
+    Prompt.model_validate(rec)
+    return rec
+
+
+def write_prompts(path: str | os.PathLike, n: int, seed: int, split: str = "test", **kw) -> int:
+    """Write ``n`` prompts of ``split`` as JSONL (atomically); return how many were written."""
+    return atomic_write_jsonl(path, (problem_to_prompt(p) for p in make_problems(n, seed, split, **kw)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Answers and the verifier
+
+_BOXED = "\\boxed{"
+
+
+def _last_boxed(text: str) -> str | None:
+    i = text.rfind(_BOXED)
+    if i < 0:
+        return None
+    j, depth = i + len(_BOXED), 1
+    for k in range(j, len(text)):
+        if text[k] == "{":
+            depth += 1
+        elif text[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j:k].strip()
+    return None  # unbalanced: the response was cut off inside the box
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` of the final answer, or None.
+
+    When the text has a ``</think>``, only what follows the last one counts (a box inside the
+    reasoning is not an answer). A text that opens ``<think>`` and never closes it has no answer (the
+    reasoning was cut off). Braces nest; an unclosed box is no answer. Whitespace is stripped.
+    """
+    if "</think>" in text:
+        text = text[text.rfind("</think>") + len("</think>") :]
+    elif "<think>" in text:
+        return None
+    ans = _last_boxed(text)
+    return ans if ans else None
+
+
+def _norm(ans: str) -> str:
+    s = ans.strip().strip("$").strip()
+    if re.fullmatch(r"[+-]?\d+", s):
+        return str(int(s))
+    return s
+
+
+def verify(text: str, answer: str | int) -> bool:
+    """True when the extracted final answer equals ``answer`` (integers compared by value: "09" == "9")."""
+    got = extract_answer(text)
+    return got is not None and _norm(got) == _norm(str(answer))
+
+
+# ----------------------------------------------------------------------------------------------
+# The teacher's generating process
+
+
+def sample_style(rng: random.Random, mix: dict[str, float]) -> str:
+    """Draw a style name from a ``{style: weight}`` mixture."""
+    names = [s for s in STYLES if mix.get(s, 0) > 0]
+    return rng.choices(names, weights=[mix[s] for s in names])[0]
+
+
+def _slip(rng: random.Random) -> int:
+    return rng.choice((-2, -1, 1, 2))
+
+
+def solution_text(problem: ToyProblem, style: str, rng: random.Random, error_rate: float = 0.0) -> str:
+    """A full assistant response (``<think>`` reasoning, then the boxed answer) in ``style``.
+
+    With probability ``error_rate`` per computation, the written result is off by 1 or 2 (an
+    arithmetic slip); the wrong value is carried forward, so the final answer is usually wrong, except
+    in the ``check`` style, whose check notices the slip and redoes the step. ``error_rate=0`` gives a
+    response that always verifies.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    x = problem.start
+    lines: list[str] = []
+
+    def compute(prev: int, op: str, a: int) -> tuple[int, int]:
+        raw = raw_op(prev, op, a)
+        if error_rate > 0 and rng.random() < error_rate:
+            raw += _slip(rng)
+        return raw, raw % MODULUS
+
+    if style == "steps":
+        lines.append(f"Start at {x}.")
+        for i, (op, a) in enumerate(problem.steps, 1):
+            verb, sym = OPS[op][1], OPS[op][2]
+            raw, x_new = compute(x, op, a)
+            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {raw}"
+            line += "." if raw == x_new else f", which is {x_new} modulo {MODULUS}."
+            lines.append(line)
+            x = x_new
+        lines.append(f"The final value is {x}.")
+    elif style == "compact":
+        eqs = []
+        for op, a in problem.steps:
+            _, x_new = compute(x, op, a)
+            eqs.append(f"{len(eqs) + 1}: {x} {OPS[op][2]} {a} = {x_new}.")
+            x = x_new
+        lines.append(" ".join(eqs))
+    elif style == "check":
+        lines.append(f"Value: {x}.")
+        for i, (op, a) in enumerate(problem.steps, 1):
+            verb, sym = OPS[op][1], OPS[op][2]
+            _, got = compute(x, op, a)
+            right = apply_op(x, op, a)
+            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {got}. "
+            # add/subtract are checked by undoing the step, multiply by recomputing it commuted
+            if op == "multiply":
+                check, ok, expected = f"{a} * {x} = {right}", got == right, got
+            else:
+                inv = "-" if op == "add" else "+"
+                back = apply_op(got, "subtract" if op == "add" else "add", a)
+                check, ok, expected = f"{got} {inv} {a} = {back}", back == x, x
+            if ok:
+                line += f"Check: {check}, ok."
+            else:
+                line += f"Check: {check}, not {expected}. Redo: {x} {sym} {a} = {right}."
+            lines.append(line)
+            x = right
+        lines.append(f"Result: {x}.")
+    else:  # fused
+        steps = list(problem.steps)
+        for i in range(0, len(steps), 2):
+            pair = steps[i : i + 2]
+            y = x
+            for op, a in pair:
+                _, y = compute(y, op, a)
+            words = " and ".join(f"{OPS[op][1]} {a}" for op, a in pair)
+            label = f"Step {i + 1}" if len(pair) == 1 else f"Steps {i + 1} and {i + 2}"
+            lines.append(f"{label}: from {x}, {words}: {y}.")
+            x = y
+        lines.append(f"That leaves {x}.")
+    body = "\n".join(lines)
+    return f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{x}}}."
+
+
+def teacher_response(
+    problem: ToyProblem,
+    rng: random.Random,
+    mix: dict[str, float] = TEACHER_STYLE_MIX,
+    error_rate: float = TEACHER_ERROR_RATE,
+) -> tuple[str, str]:
+    """One draw of the generating process: ``(style, text)`` with the style drawn from ``mix``."""
+    style = sample_style(rng, mix)
+    return style, solution_text(problem, style, rng, error_rate)
+
+
+_STYLE_OPENERS = (("Start at ", "steps"), ("Value: ", "check"), ("Steps 1 and 2: ", "fused"))
+
+
+def detect_style(text: str) -> str | None:
+    """The style a response is written in, read from its first reasoning line; None if unrecognised."""
+    if not text.startswith("<think>\n"):
+        return None
+    first = text[len("<think>\n") :].split("\n", 1)[0]
+    for opener, style in _STYLE_OPENERS:
+        if first.startswith(opener):
+            return style
+    if first.startswith("1: "):
+        return "compact"
+    return None

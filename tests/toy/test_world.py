@@ -1,0 +1,155 @@
+"""The toy task: problems, prompts, the verifier and the teacher's generating process."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dasd.errors import InputError
+from dasd.jsonl import read_jsonl
+from dasd.records import Prompt
+from dasd.toy import world
+from dasd.toy.world import (
+    STYLES,
+    ToyProblem,
+    detect_style,
+    extract_answer,
+    make_problems,
+    problem_to_prompt,
+    solution_text,
+    verify,
+    write_prompts,
+)
+
+EXAMPLE = ToyProblem(3, (("add", 4), ("multiply", 2), ("subtract", 5)))
+
+
+def test_example_problem_reads_and_solves():
+    assert EXAMPLE.question == (
+        "Start at 3. Step 1: add 4. Step 2: multiply by 2. Step 3: subtract 5. All arithmetic is modulo 10."
+    )
+    assert EXAMPLE.values() == [7, 4, 9]
+    assert EXAMPLE.answer == 9
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("<think>\nx\n</think>\nThe answer is \\boxed{9}.", "9"),
+        ("<think>\nmaybe \\boxed{3}\n</think>\nThe answer is \\boxed{9}.", "9"),  # box in reasoning ignored
+        ("<think>\nso \\boxed{3}\n</think>\nThe answer is 3.", None),  # no box after </think>
+        ("<think>\nstill thinking \\boxed{3}", None),  # reasoning never closed: cut off
+        ("The answer is \\boxed{4} or rather \\boxed{ 5 }.", "5"),  # no think block: last box
+        ("<think>a</think>b</think>\\boxed{7}", "7"),  # last </think> counts
+        ("<think>\n</think>\n\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
+        ("<think>\n</think>\n\\boxed{7", None),  # unclosed box
+        ("<think>\n</think>\n\\boxed{}", None),  # empty box
+        ("", None),
+        ("r\u00e9sum\u00e9 \U0001f600 </think> \\boxed{\u65e5}", "\u65e5"),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_verify_compares_integers_by_value():
+    ok = "<think>\n.\n</think>\nThe answer is \\boxed{09}."
+    assert verify(ok, "9") and verify(ok, 9)
+    assert not verify(ok, "8")
+    assert verify("<think>\n</think>\n\\boxed{$7$}", "7")
+    assert not verify("<think>\n\\boxed{9}", "9")
+
+
+def test_problems_deterministic_prefix_stable_distinct():
+    a = make_problems(300, seed=5, split="train")
+    assert a == make_problems(300, seed=5, split="train")
+    assert a[:50] == make_problems(50, seed=5, split="train")
+    assert a != make_problems(300, seed=6, split="train")
+    assert len({p.canonical for p in a}) == 300
+    lengths = {len(p.steps) for p in a}
+    assert lengths == set(range(world.MIN_STEPS, world.MAX_STEPS + 1))
+    short = make_problems(100, seed=5, split="train", max_steps=3)
+    assert {len(p.steps) for p in short} == {2, 3}
+
+
+def test_splits_disjoint_whatever_the_seed():
+    seen = {}
+    for split in world.SPLITS:
+        for seed in (0, 1):
+            for p in make_problems(400, seed=seed, split=split):
+                assert seen.setdefault(p.canonical, split) == split
+                assert world.split_of(p.canonical) == split
+    with pytest.raises(ValueError, match="split"):
+        make_problems(1, 0, "validation")
+
+
+def test_prompt_record_and_writer(tmp_path):
+    rec = problem_to_prompt(EXAMPLE)
+    Prompt.model_validate(rec)
+    assert rec["domain"] == "toy" and rec["answer"] == "9"
+    assert [m["role"] for m in rec["messages"]] == ["system", "user"]
+    assert rec["messages"][0]["content"] == "You are a helpful assistant."
+    assert rec["meta"]["chain_length"] == 3
+    assert rec["id"] == problem_to_prompt(ToyProblem(3, EXAMPLE.steps))["id"]
+    path = tmp_path / "p.jsonl"
+    assert write_prompts(path, 20, seed=1, split="dev") == 20
+    rows = read_jsonl(path)
+    assert [r["id"] for r in rows] == [problem_to_prompt(p)["id"] for p in make_problems(20, 1, "dev")]
+    assert all(r["meta"]["split"] == "dev" for r in rows)
+    with pytest.raises(InputError):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_is_valid_and_recognised(style):
+    rng = random.Random(0)
+    for p in make_problems(200, seed=2, split="test"):
+        text = solution_text(p, style, rng, error_rate=0.0)
+        assert verify(text, str(p.answer)), text
+        assert detect_style(text) == style
+        assert text.startswith("<think>\n") and "\n</think>\nThe answer is \\boxed{" in text
+
+
+def test_known_solutions_in_each_style():
+    rng = random.Random(0)
+    assert solution_text(EXAMPLE, "compact", rng) == (
+        "<think>\n1: 3 + 4 = 7. 2: 7 * 2 = 4. 3: 4 - 5 = 9.\n</think>\nThe answer is \\boxed{9}."
+    )
+    steps = solution_text(EXAMPLE, "steps", rng)
+    assert "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10." in steps
+    assert "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10." in steps
+    check = solution_text(EXAMPLE, "check", rng)
+    assert "Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok." in check
+    assert "Step 2: multiply by 2. 7 * 2 = 4. Check: 2 * 7 = 4, ok." in check
+    fused = solution_text(EXAMPLE, "fused", rng)
+    assert "Steps 1 and 2: from 3, add 4 and multiply by 2: 4.\nStep 3: from 4, subtract 5: 9." in fused
+
+
+def test_slips_make_wrong_answers_except_when_checked():
+    problems = make_problems(300, seed=3, split="train", min_steps=4)
+    rng = random.Random(1)
+    wrong = {s: 0 for s in STYLES}
+    for p in problems:
+        for s in STYLES:
+            wrong[s] += not verify(solution_text(p, s, rng, error_rate=0.2), str(p.answer))
+    assert wrong["check"] == 0  # the check catches every slip and redoes the step
+    for s in ("steps", "compact", "fused"):
+        assert wrong[s] > 0.3 * len(problems)
+    redo = solution_text(problems[0], "check", random.Random(0), error_rate=1.0)
+    assert "Redo:" in redo and verify(redo, str(problems[0].answer))
+
+
+def test_style_mixture_frequencies():
+    rng = random.Random(0)
+    draws = [world.sample_style(rng, world.TEACHER_STYLE_MIX) for _ in range(20000)]
+    for s, w in world.TEACHER_STYLE_MIX.items():
+        assert abs(draws.count(s) / len(draws) - w) < 0.02
+    assert "fused" not in {world.sample_style(rng, world.STUDENT_STYLE_MIX) for _ in range(2000)}
+    with pytest.raises(ValueError, match="style"):
+        solution_text(EXAMPLE, "poem", rng)
+
+
+def test_detect_style_unknown():
+    assert detect_style("hello") is None
+    assert detect_style("<think>\nHmm.\n</think>\n\\boxed{1}") is None
