@@ -136,6 +136,12 @@ def test_draw_is_seeded_prefix_stable_and_one_per_question():
         draw_questions(bad, 3, 0)
 
 
+def test_empty_curated_set_is_a_clear_error(mix_engines, tmp_path):
+    student, teacher = mix_engines
+    with pytest.raises(DasdError, match="curated set is empty"):
+        run_mix(MixConfig(), RunStore(tmp_path / "run"), [], student, teacher)
+
+
 def test_student_cap_is_in_student_tokens(mix_engines):
     student, teacher = mix_engines
     text = MIX_CORPUS[0]
@@ -252,7 +258,7 @@ def test_e2e_cap_cutoffs_and_funnel(e2e, mix_engines, capsys):
         if r["student"]["finish_reason"] == "length":
             assert r["student"]["n_tokens"] == r["cap"]
         else:
-            assert r["verdict"] == "finished" and r["student"]["n_tokens"] < r["cap"]
+            assert r["verdict"] == "finished" and r["student"]["n_tokens"] < r["cap"] and r["student"]["text"] is None
     assert differs  # a teacher-token cap would have differed
     # the funnel adds up, and matches the records and the manifest
     assert funnel["questions"] == funnel["finished"] + funnel["cut_off"] == cfg.n_questions

@@ -372,6 +372,8 @@ def run_mix(
     grade = grade if grade is not None else default_grade
     student_name, teacher_name = student_engine.name, teacher_engine.name
     questions = draw_questions(curated, cfg.n_questions, cfg.seed)
+    if not questions:
+        raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
     with store.writer(STAGE, "examples", shard_size=64, flush_seconds=20) as wx, \
@@ -436,6 +438,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
         recs.append(rec)
         if g.finish_reason != "length":
             rec["verdict"] = "finished"
+            rec["student"]["text"] = None  # not needed downstream; long-CoT texts are large
             continue
         limit = reasoning_region(g.text, cfg.after_think)
         if limit is None:
