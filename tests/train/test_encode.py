@@ -115,3 +115,33 @@ def test_multi_turn_every_assistant_turn_carries_loss(tok):
 def test_bad_prefix_is_an_error_naming_the_example(tok):
     with pytest.raises(InputError, match=r"data.jsonl:3.*prefix_chars"):
         encode_example(tok, _example(prefix_chars=999), where="data.jsonl:3")
+
+
+QWEN_LIKE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
+    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
+    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_prefix_survives_a_template_that_relays_think_whitespace(tiny_lm_dir):
+    """Qwen3-style templates re-render <think>R</think>A with newlines; the prefix maps through that."""
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.chat_template = QWEN_LIKE
+    answer = "<think>3 + 4 = 7.</think>So 7."
+    e = encode_example(tok, _example(prefix_chars=len("<think>3 + 4"), answer=answer))
+    assert _joined(tok, e.input_ids, e.loss_mask) == b"<think>\n3 + 4 = 7.\n</think>\n\nSo 7.<|im_end|>"
+    pre = _joined(tok, e.input_ids, e.prefix_mask)
+    assert pre.startswith(b"<think>\n3 + 4") and len(pre) <= len(b"<think>\n3 + 4 ")  # at most one straddling token
+
+
+def test_template_that_changes_content_is_refused_for_prefix_examples(tiny_lm_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.chat_template = QWEN_LIKE.replace("{{ m['content'].split('</think>')[-1].lstrip('\n') }}", "{{ 'changed' }}")
+    ex = _example(prefix_chars=4, answer="<think>a</think>b")
+    with pytest.raises(InputError, match="rewrites the last assistant message"):
+        encode_example(tok, ex)
+    encode_example(tok, _example(answer="<think>a</think>b"))  # without a prefix the turn's span is all that matters

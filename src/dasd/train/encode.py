@@ -88,11 +88,43 @@ def _render_one(tokenizer, example: dict, where: str) -> tuple[str, list[tuple[i
         if prefix_chars > len(last):
             raise InputError(f"{where}: prefix_chars={prefix_chars} is longer than the last assistant message ({len(last)} chars)")
         s = starts[-1]
-        if text[s : s + len(last)] != last:
-            raise InputError(f"{where}: the chat template rewrites the last assistant message, so prefix_chars "
-                             "cannot be mapped to tokens; use a template that keeps assistant content verbatim")
-        prefix_span = (s, s + prefix_chars)
+        if text[s : s + len(last)] == last:
+            prefix_span = (s, s + prefix_chars)
+        else:
+            end = _map_through_whitespace(last, prefix_chars, text, s, spans[-1][1])
+            if end is None:
+                raise InputError(f"{where}: the chat template rewrites the last assistant message beyond whitespace, "
+                                 "so prefix_chars cannot be mapped to tokens; use a template that keeps assistant "
+                                 "content verbatim")
+            prefix_span = (s, end)
     return text, spans, prefix_span
+
+
+def _map_through_whitespace(content: str, n: int, text: str, start: int, stop: int) -> int | None:
+    """Where ``content[:n]`` ends in ``text[start:stop]`` when the template changed only whitespace.
+
+    Qwen3-style templates re-render ``<think>R</think>A`` as ``<think>\nR\n</think>\n\nA``. The
+    rendered span must hold the same non-whitespace characters in the same order; the prefix ends
+    right after the rendered copy of its last non-whitespace character (whitespace the template
+    re-laid at the boundary goes to the continuation). None when that does not hold.
+    """
+    want = [c for c in content if not c.isspace()]
+    k = sum(1 for c in content[:n] if not c.isspace())
+    seen, pos = 0, start
+    for pos in range(start, stop):
+        c = text[pos]
+        if c.isspace():
+            continue
+        if seen == len(want):
+            break
+        if c != want[seen]:
+            return None
+        seen += 1
+        if seen == k:
+            end = pos + 1
+    if seen != len(want):
+        return None
+    return start if k == 0 else end
 
 
 def _masks(offsets: np.ndarray, spans, prefix_span) -> tuple[np.ndarray, np.ndarray]:
