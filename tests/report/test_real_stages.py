@@ -57,3 +57,24 @@ def test_report_follows_the_real_stages(tmp_path, tiny_lm_dir, tiny_lm_dir_other
         assert f"<td class=\"n\">{sel[pool]['selected']['n']}</td>" in fun
     store = RunStore.open(cfg.run_dir)
     assert store.manifest["stages"]["select"]["complete"]
+
+
+def test_report_of_imported_responses_without_logprobs(tmp_path, tiny_lm_dir):
+    from dasd.stages.importer import run_import
+
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": f"<think>step {i}.</think> Done <script>x()</script>."}]}
+            for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat",
+                             f"teacher.model={tiny_lm_dir}"])
+    run_import(cfg)
+    rep = render_report(cfg.run_dir)
+    assert rep.problems == []
+    sample = _section(rep.html, "sample")
+    assert "imported (`dasd import`)" in sample and "No teacher log-probs in these samples" in sample
+    row = re.search(r"<tr><td>T1</td>(.*?)</tr>", sample).group(1)
+    assert re.findall(r'<td class="n">([^<]*)</td>', row)[-1] == "3"  # the "no log-probs" column
+    assert "complete (imported)" in _section(rep.html, "run")
+    assert "<script" not in rep.html

@@ -17,6 +17,7 @@ from dasd.errors import DasdError
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
+from dasd.text.filters import RULES
 
 TYPES = ("teacher", "shared", "student", "unscored")
 MAX_DELTAS = 200_000  # sentence deltas kept per pool for the histogram (the rest are counted only)
@@ -36,6 +37,7 @@ class PoolScan:
     likelihood: list[float] = field(default_factory=list)  # exp(mean token log-prob) per response
     chars: list[int] = field(default_factory=list)
     temperature: float | None = None
+    models: Counter = field(default_factory=Counter)  # teacher model names of the samples
     scored: int = 0
     shares: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TYPES})
     deltas: list[float] = field(default_factory=list)
@@ -76,6 +78,7 @@ def _scan_sample(view: RunView, pools: dict[str, PoolScan]) -> None:
             if ps.temperature is None and isinstance(r.get("temperature"), (int, float)):
                 ps.temperature = float(r["temperature"])
             ps.chars.append(len(r.get("text") or ""))
+            ps.models[str(r.get("model", "?"))] += 1
             lps = (r.get("teacher") or {}).get("logprobs") or []
             if lps:
                 s = math.fsum(lps)
@@ -183,10 +186,6 @@ def _rule_order(fc: dict) -> list[str]:
             for r in (f.get("dropped") or {}):
                 if r not in seen:
                     seen.append(r)
-    try:
-        from dasd.text.filters import RULES
-    except ImportError:  # the report must not depend on the filter module being present
-        RULES = ()
     return sorted(seen, key=lambda r: (RULES.index(r) if r in RULES else len(RULES), r))
 
 
@@ -205,11 +204,14 @@ def sampling_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
                      fmt(ps.lp_sum / ps.tokens if ps.tokens else None, ".4f"), fmt(mean(ps.likelihood), ".4f"),
                      fmt(mean(ps.chars), ",.0f"), fmt(ps.no_logprobs)])
         hist[p if ps.temperature is None else f"T={ps.temperature:g}"] = ps.likelihood
-    info = view.info("sample")
-    cfg = (info.get("config") or {})
-    teacher = (cfg.get("teacher") or {}).get("model") or (view.manifest.get("config") or {}).get("teacher", {}).get("model")
+    stage = "sample" if view.info("sample") or not view.info("import") else "import"
+    cfg = view.info(stage).get("config") or {}
+    models = sum((ps.models for ps in scan.values()), Counter())
+    teacher = ", ".join(m for m, _ in models.most_common()) or "?"
     parts: list[str] = []
-    if teacher:
+    if stage == "import":
+        parts.append(para(f"Teacher responses imported (`dasd import`) from {teacher}."))
+    else:
         parts.append(para(f"Teacher: {teacher}. Sampling: {_sample_knobs(cfg.get('sample') or {})}."))
     parts.append(table(head, rows))
     lo, hi = _unit_range(hist)
@@ -221,7 +223,7 @@ def sampling_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
         "dashed lines are means.", "histogram of response likelihood per temperature"))
     if not any(ps.likelihood for ps in scan.values()):
         parts.append(para("No teacher log-probs in these samples (imported without them): no likelihoods to plot.", "warn"))
-    parts.append(_state_note(view, "sample"))
+    parts.append(_state_note(view, stage))
     return section("sample", "Teacher sampling", parts)
 
 

@@ -366,8 +366,6 @@ def stages_table(view: RunView) -> Raw:
     for s in names:
         info = view.info(s)
         state = view.stage_state(s)
-        if s == "sample" and state == "not run" and view.outputs("sample"):
-            state = "complete (imported)" if view.info("import").get("complete") else "incomplete"
         rows.append([s, Raw(f'<span class="{_state_cls(state)}">{state}</span>'), info.get("finished", "–"),
                      fmt(info.get("seconds"), ",.1f"), info.get("config_hash", "–")])
     return table(["stage", "state", "finished", "seconds", "config hash"], rows, numeric_from=3)

@@ -50,8 +50,13 @@ class RunView:
         return next(iter(self.store.read(stage, name)), None)
 
     def stage_state(self, stage: str) -> str:
-        """``complete``, ``incomplete`` (started, not finished: running or interrupted), or ``not run``."""
+        """``complete``, ``incomplete`` (started, not finished: running or interrupted), or ``not run``.
+
+        Samples brought in by `dasd import` make ``sample`` "complete (imported)".
+        """
         info = self.info(stage)
+        if stage == "sample" and not info and self.info("import"):  # `dasd import` fills RUN/sample
+            return "complete (imported)" if self.info("import").get("complete") else "incomplete"
         if info.get("complete"):
             return "complete"
         if info or self.outputs(stage) or (stage == "train" and self.train_stage_dirs()):
