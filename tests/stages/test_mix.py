@@ -405,8 +405,20 @@ def test_crash_and_resume_equals_uninterrupted(e2e, mix_engines, tmp_path, capsy
     again = run_mix(cfg, store, curated, student, teacher)
     assert again["new"] == cfg.n_questions - len(partial)
     assert _contents(store) == _contents(full_store)
-    assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+    volatile = ("new", "stale_examples_removed")
+    assert {k: v for k, v in again.items() if k not in volatile} == {k: v for k, v in funnel.items() if k not in volatile}
     assert run_mix(cfg, store, curated, student, teacher)["new"] == 0  # nothing left, nothing twice
+    # a smaller draw (prefix-stable) needs no generation and leaves only its own examples to train on
+    first4 = {q["prompt"]["id"] for q in draw_questions(curated, 4, cfg.seed)}
+    small = run_mix(cfg.model_copy(update={"n_questions": 4}), store, curated, student, teacher)
+    assert small["new"] == 0 and small["questions"] == 4
+    rolls = {r["example_id"]: r for r in store.read("mix", "rollouts") if r["example_id"]}
+    kept4 = sorted(e["id"] for e in full_store.read("mix", "examples") if rolls[e["id"]]["prompt_id"] in first4)
+    assert sorted(e["id"] for e in store.read("mix", "examples")) == kept4
+    assert small["stale_examples_removed"] == funnel["kept"] - len(kept4) > 0
+    # back to the full draw: the removed examples are regenerated, identical
+    assert run_mix(cfg, store, curated, student, teacher)["new"] == funnel["kept"] - len(kept4)
+    assert _contents(store) == _contents(full_store)
     out = capsys.readouterr().out
     assert "[mix] funnel" in out and re.search(rf"kept \(mixed-policy examples\)\s+{funnel['kept']}\b", out)
 

@@ -39,7 +39,7 @@ from dasd.engines.base import GenerateRequest
 from dasd.errors import DasdError, InputError
 from dasd.records import Prompt, content_id
 from dasd.stages.common import Rate, chunks, derived_seed, progress
-from dasd.store import RunStore
+from dasd.store import RunStore, shard_paths
 from dasd.text.filters import check_structure, is_repetitive
 from dasd.text.repetition import RepetitionConfig
 from dasd.text.sentences import segment
@@ -395,9 +395,42 @@ def run_mix(
     want = set(rid.values())
     funnel = funnel_of(r for r in store.read(STAGE, "rollouts") if r["id"] in want)
     funnel["new"] = len(todo)
+    funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in want})
     store.end_stage(STAGE, funnel)
     print(funnel_table(funnel))
     return funnel
+
+
+def example_id(rollout: str) -> str:
+    """The id of the example a kept rollout yields."""
+    return content_id("mix-example", rollout)
+
+
+def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
+    """Make ``RUN/mix/examples`` hold only this draw's examples; return how many were removed.
+
+    Examples of an earlier config, student or larger draw would otherwise be trained on silently.
+    The kept ones are copied to a new output, then the old shards are deleted and the new ones
+    renamed. A crash in between only loses examples whose rollouts then count as unfinished, so
+    the next run regenerates them (same seeds, same examples).
+    """
+    folder = store.stage_dir(STAGE)
+    for leftover in shard_paths(folder, "examples.next"):
+        leftover.unlink()
+    stale = sum(1 for r in store.read(STAGE, "examples") if r["id"] not in keep)
+    if not stale:
+        return 0
+    old = shard_paths(folder, "examples")
+    with store.writer(STAGE, "examples.next", shard_size=256, flush_seconds=1e9) as w:
+        for r in store.read(STAGE, "examples"):
+            if r["id"] in keep:
+                w.add(r)
+    for path in old:
+        path.unlink()
+    for path in shard_paths(folder, "examples.next"):
+        path.rename(folder / path.name.replace("examples.next-", "examples-", 1))
+    print(f"[mix] removed {stale} example(s) of an earlier draw or config from {folder}/examples-*.jsonl")
+    return stale
 
 
 def _done_rollouts(store: RunStore, examples) -> set[str]:
@@ -472,7 +505,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
         rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
         rec["verdict"], rec["detail"] = continuation_verdict(q["prompt"], prefix, c.text, c.finish_reason, cfg, grade)
         if rec["verdict"] == "kept":
-            rec["example_id"] = content_id("mix-example", rec["id"])
+            rec["example_id"] = example_id(rec["id"])
             out[k] = (rec, make_example(q["prompt"], prefix, c.text, rec["example_id"], prompt_id=q["prompt"]["id"]))
     return out
 
