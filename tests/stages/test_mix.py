@@ -492,3 +492,13 @@ def test_toy_world_mix_with_default_filters(tmp_path, capsys):
         assert world.verify(content, prompts[r["prompt_id"]]["answer"])
         assert ex["prefix_chars"] >= 0.5 * r["cut"]["region_chars"]
     assert "[mix] funnel" in capsys.readouterr().out
+
+
+def test_prefix_too_long_for_the_teacher_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
+    student, teacher = mix_engines
+    short = make_engine(EngineConfig(model=teacher.name, device="cpu", max_model_len=48))
+    cfg = MixConfig(**{**E2E, "n_questions": 4})
+    funnel = run_mix(cfg, RunStore(tmp_path / "run"), curated_set(16), student, short)
+    assert funnel["cut_off"] > 0 and funnel["continuations"] == 0
+    assert funnel["skipped"]["context_too_long"] == funnel["cut_off"] - funnel["skipped"]["no_cut_point"] > 0
+    assert "skipped: context_too_long" in capsys.readouterr().out
