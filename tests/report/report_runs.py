@@ -229,6 +229,7 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
                              "extracted": str(pi) if ok else ("7" if rng.random() < 0.8 else None),
                              "protocol": proto, "domain": "toy", "benchmark": bench,
                              "text": f"<think>hm</think> {PLANT}", "model_label": label}
+                        r["finish_reason"] = "length" if r["extracted"] is None else "stop"
                         r["id"] = content_id("eval", label, bench, r["problem_id"], j, r["protocol"])
                         w.add(r)
                         results.append(r)

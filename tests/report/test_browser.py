@@ -38,7 +38,7 @@ PROBE = ("window.addEventListener('load',function(){var im=Array.prototype.slice
 def chromium(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--disable-dev-shm-usage",
            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 

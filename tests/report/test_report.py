@@ -175,3 +175,10 @@ def test_several_benchmarks_get_one_column_each_and_their_protocols(tmp_path):
     assert "max_tokens 320, seed 0, chat_template model default (used for toy (every model))" in summary
     assert "max_tokens 640, seed 0, chat_template model default (used for toy-long (every model))" in summary
     assert len(images(secs["eval"])) == 1
+    # the eval table adds the share of responses cut off at max_tokens, counted from the results
+    for label in ("student", "teacher"):
+        for bench in ("toy", "toy-long"):
+            res = [r for r in store.read("eval", f"results-{label}") if r["benchmark"] == bench]
+            cut = sum(r["finish_reason"] == "length" for r in res) / len(res)
+            row = re.search(rf"<tr><td>{label}</td><td>benchmark</td><td>{bench}</td>(.*?)</tr>", secs["eval"]).group(1)
+            assert row.endswith(f'<td class="n">{100 * cut:.1f}</td>')

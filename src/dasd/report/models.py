@@ -26,9 +26,21 @@ class EvalScan:
     protocols: dict[str, dict[str, dict]] = field(default_factory=dict)  # label -> benchmark -> protocol
     results: dict[str, int] = field(default_factory=dict)  # label -> graded samples on disk
     problems: list[str] = field(default_factory=list)  # results that could not be read
+    cut_off: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> group -> [cut off, known]
 
 
 _RESULT_KEYS = ("problem_id", "sample_index", "correct", "extracted", "benchmark", "domain")
+
+
+def _count_cut(cut: dict[str, list[int]], r: dict) -> None:
+    """Tally finish_reason "length" per benchmark, domain and overall (results without it are not counted)."""
+    fr = r.get("finish_reason")
+    if fr is None:
+        return
+    for key in (f"benchmark:{r.get('benchmark') or r.get('domain') or 'unknown'}", f"domain:{r.get('domain') or 'unknown'}", "all:all"):
+        c = cut.setdefault(key, [0, 0])
+        c[0] += fr == "length"
+        c[1] += 1
 
 
 def scan_eval(view: RunView) -> EvalScan:
@@ -45,18 +57,19 @@ def scan_eval(view: RunView) -> EvalScan:
     by_label: dict[str, list[dict]] = {}
     protocols: dict[str, dict[str, dict]] = {}
     for o in outputs:
-        label, recs, protos = o[len("results-"):], [], {}
+        label, recs, protos, cut = o[len("results-"):], [], {}, {}
         try:
             for r in view.read("eval", o):
                 label = r.get("model_label") or label
                 recs.append({k: r.get(k) for k in _RESULT_KEYS})
+                _count_cut(cut, r)
                 b = str(r.get("benchmark") or r.get("domain") or "?")
                 if b not in protos:
                     protos[b] = r.get("protocol") if isinstance(r.get("protocol"), dict) else {}
         except DasdError as e:
             scan.problems.append(f"eval: {e} (model {label}: the manifest's summary is shown, if any)")
             continue
-        by_label[label], protocols[label] = recs, protos
+        by_label[label], protocols[label], scan.cut_off[label] = recs, protos, cut
     labels = [m for m in cfg_models if m in counts or m in by_label]
     labels += sorted(x for x in {*counts, *by_label} if x not in labels)
     for label in labels:
@@ -157,13 +170,15 @@ def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
     if not ev.order:
         return section("eval", "Evaluation", [not_run("Not run yet (`dasd eval`).")])
     head = ["model", "kind", "name", "problems", "samples", "k", "avg@k % [95% CI]", "pass@1 %", "pass@k % [95% CI]",
-            "maj@k %", "no answer %"]
+            "maj@k %", "no answer %", "cut off %"]
     rows = []
     for label in ev.order:
         for r in _distinct_rows(ev.rows[label]):
+            cut = ev.cut_off.get(label, {}).get(f"{r.get('kind')}:{r.get('name')}")
             rows.append([label, r.get("kind", ""), r.get("name", ""), fmt(r.get("problems")), fmt(r.get("samples")),
                          fmt(r.get("k")), _ci(r, "avg@k"), fmt(r.get("pass@1"), ".1f", pct=True), _ci(r, "pass@k"),
-                         fmt(r.get("maj@k"), ".1f", pct=True), fmt(r.get("no_answer"), ".1f", pct=True)])
+                         fmt(r.get("maj@k"), ".1f", pct=True), fmt(r.get("no_answer"), ".1f", pct=True),
+                         fmt(cut[0] / cut[1] if cut and cut[1] else None, ".1f", pct=True)])
     benches = []
     values = {}
     for label in ev.order:
