@@ -42,10 +42,6 @@ def _load(config: Optional[Path], overrides: Optional[list[str]]):
     return load_config(config, overrides or [])
 
 
-def _not_yet(verb: str, issue: str) -> None:
-    raise DasdError(f"`dasd {verb}` is not implemented yet (planned in the issue '{issue}')")
-
-
 @app.command()
 def sample(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Sample k teacher responses per prompt at each temperature of the schedule (one pool each)."""
@@ -98,7 +94,9 @@ def train(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = O
 @app.command()
 def mix(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Mixed-policy data: student prefixes that were cut off, continued by the teacher."""
-    _not_yet("mix", "Mixed-policy distillation")
+    from dasd.pipeline import run_mix_stage
+
+    run_mix_stage(_load(config, overrides))
 
 
 @app.command(name="eval")
@@ -130,12 +128,14 @@ def analyze(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] =
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """Write a self-contained HTML report of a run."""
-    from dasd.store import RunStore
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN/report.html)."),
+) -> None:
+    """Write a self-contained HTML report of a run (plots embedded, no network)."""
+    from dasd.report.build import write_report
 
-    RunStore.open(run_dir)
-    _not_yet("report", "One command for the whole pipeline, the demo, the HTML report")
+    typer.echo(f"report: {write_report(run_dir, out)}")
 
 
 @app.command()
@@ -171,9 +171,25 @@ def toy_build(
 
 
 @export_app.command("llamafactory")
-def export_llamafactory(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs."""
-    _not_yet("export llamafactory", "Staged SFT training")
+def export_llamafactory(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export/llamafactory)."),
+    template: str = typer.Option("qwen3_nothink", "--template", help="LLaMA-Factory chat template of the student."),
+    gpus: int = typer.Option(8, "--gpus", help="GPUs of the target run (sets gradient accumulation)."),
+) -> None:
+    """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs (the paper's settings)."""
+    from dasd.stages.training import named_pools
+    from dasd.store import RunStore
+    from dasd.train.export_llamafactory import export
+
+    cfg = _load(config, overrides)
+    store = RunStore.open(cfg.run_dir)
+    target = out or store.root / "export" / "llamafactory"
+    summary = export(cfg.train, target, named_pools(cfg, store), template=template, gpus=gpus)
+    for st in summary.get("stages", []):
+        typer.echo(f"{st['name']}: {st['examples']} examples -> {st['yaml']}")
+    typer.echo(f"dataset_info.json and data files in {target}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
 from dasd.das import DASConfig
 from dasd.stages.importer import ImportConfig
+from dasd.stages.mix import MixConfig
 from dasd.stages.score import ScoreConfig
 from dasd.stages.analyze import AnalyzeConfig
 from dasd.stages.evaluation import EvalConfig
@@ -90,6 +91,7 @@ class RunConfig(StrictModel):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     das: DASConfig = Field(default_factory=DASConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(_default_train({}, "toy:student")))

@@ -83,13 +83,36 @@ def _analyze(cfg, store: RunStore) -> None:
     run_analyze(cfg, store)
 
 
+def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
+    """(label, model dir) of the newest trained student (stages before ``before``), else the base."""
+    from dasd.stages.training import final_model
+
+    latest = ("student", cfg.student.model)
+    for st in cfg.train.stages:
+        if st.name == before:
+            break
+        path = final_model(store, st.name)
+        if path:
+            latest = (st.name, path)
+    return latest
+
+
+def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
+    """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
+    from dasd.stages.common import open_engine
+    from dasd.stages.mix import curated_from_run, run_mix
+
+    store = store or RunStore(cfg.run_dir)
+    mixed_stages = [s.name for s in cfg.train.stages if s.data == "mixed"]
+    label, path = latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
+    print(f"[mix] student: {label} ({path})")
+    student = open_engine(cfg.student.model_copy(update={"model": path}))
+    teacher = open_engine(cfg.teacher)
+    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, grade=grade_fn)
+
+
 def _mix(cfg, store: RunStore) -> None:
-    """Mixed-policy data, then training stage 3 (when the mix stage is available)."""
-    try:
-        from dasd.stages.mix import run_mix_stage
-    except ImportError:
-        print("[mix] not available yet; stage 3 skipped")
-        return
+    """Mixed-policy data, then training stage 3."""
     from dasd.stages.training import run_train
 
     run_mix_stage(cfg, store)
