@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--chunks", default="256,512,1024")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     tok = build_tokenizer(["a b c d e f g 1 2 3 + - = . the answer is"] * 10, vocab_size=300)
     model = make_model(tok, hidden=64, layers=2, heads=2, max_positions=args.tokens + 64, vocab_size=QWEN_VOCAB)
     rng = random.Random(0)

@@ -9,7 +9,7 @@ a random Llama of the toy teacher's size (hidden 128, 4 layers, vocab 512), or `
 
 Run::
 
-    HF_HUB_OFFLINE=1 python benchmarks/score_throughput.py [--requests 64] [--length 256] [--repeat 3]
+    HF_HUB_OFFLINE=1 python benchmarks/score_throughput.py [--requests 64] [--length 256] [--repeat 9] [--threads 1]
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--length", type=int, default=256, help="continuation tokens per request")
     ap.add_argument("--batch-tokens", type=int, default=8192)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=9, help="interleaved runs of each; the fastest counts")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = least noise on a shared machine)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         path = args.model
         if path is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -78,33 +79,45 @@ def _decoder_kind(tokenizer) -> str:
     return "unknown"
 
 
+class _ByteTable:
+    """Per-tokenizer memo of id -> bytes (built lazily; rebuilt if the vocabulary grows)."""
+
+    def __init__(self, tokenizer):
+        self.kind = _decoder_kind(tokenizer)
+        self.size = len(tokenizer)
+        self.added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+        self.known: dict[int, bytes] = {}
+
+    def piece_bytes(self, tokenizer, i: int, piece: str) -> bytes:
+        if i in self.added:
+            return self.added[i].encode("utf-8")
+        if self.kind == "byte_level":
+            table = byte_level_decoder()
+            if all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+            return piece.encode("utf-8")  # a vocabulary entry outside the byte alphabet: as text
+        if self.kind == "sentencepiece":
+            m = _BYTE_FALLBACK.match(piece)
+            return bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode("utf-8")
+        # unknown decoder: the token decoded alone; token_offsets checks the result against the text
+        return tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8")
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def token_bytes(tokenizer, ids: Sequence[int]) -> list[bytes]:
     """The bytes each token id stands for in decoded text (see the module docstring)."""
-    kind = _decoder_kind(tokenizer)
-    added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
-    pieces = tokenizer.convert_ids_to_tokens(list(ids))
-    out: list[bytes] = []
-    if kind == "byte_level":
-        table = byte_level_decoder()
-        for i, piece in zip(ids, pieces):
-            if i in added:
-                out.append(added[i].encode("utf-8"))
-            else:
-                try:
-                    out.append(bytes(table[c] for c in piece))
-                except KeyError:  # a vocabulary entry outside the byte alphabet: take it as text
-                    out.append(piece.encode("utf-8"))
-        return out
-    if kind == "sentencepiece":
-        for i, piece in zip(ids, pieces):
-            if i in added:
-                out.append(added[i].encode("utf-8"))
-                continue
-            m = _BYTE_FALLBACK.match(piece)
-            out.append(bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode())
-        return out
-    # Unknown decoder: fall back to decoding each token alone; checked against the text later.
-    return [tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8") for i in ids]
+    table = _TABLES.get(tokenizer)
+    if table is None or table.size != len(tokenizer):
+        table = _TABLES[tokenizer] = _ByteTable(tokenizer)
+    missing = sorted({int(i) for i in ids} - table.known.keys())
+    if missing:
+        for i, piece in zip(missing, tokenizer.convert_ids_to_tokens(missing)):
+            if piece is None:
+                raise DasdError(f"token id {i} is not in the tokenizer's vocabulary ({len(tokenizer)} entries)")
+            table.known[i] = table.piece_bytes(tokenizer, i, piece)
+    return [table.known[int(i)] for i in ids]
 
 
 def decode_with_char_index(data: bytes) -> tuple[str, list[int]]:
