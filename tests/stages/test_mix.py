@@ -502,3 +502,26 @@ def test_prefix_too_long_for_the_teacher_is_skipped_not_an_error(mix_engines, tm
     assert funnel["cut_off"] > 0 and funnel["continuations"] == 0
     assert funnel["skipped"]["context_too_long"] == funnel["cut_off"] - funnel["skipped"]["no_cut_point"] > 0
     assert "skipped: context_too_long" in capsys.readouterr().out
+
+
+def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path, capsys):
+    """The teacher behind a real OpenAI-schema server on loopback (the `openai` engine's raw
+    completions) continues exactly as the in-process hf teacher: same cuts, same continuations."""
+    from dasd.engines.server import EngineServer, ServerThread
+
+    student, teacher = mix_engines
+    cfg, _, curated, funnel, rollouts, _ = e2e
+    with ServerThread(EngineServer(teacher, served_name="teacher")) as srv:
+        remote = make_engine(EngineConfig(
+            kind="openai", model="teacher", tokenizer=teacher.name,
+            openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4},
+        ))
+        got = run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)
+        store = RunStore.open(tmp_path / "run")
+
+    def view(records):
+        return sorted((r["prompt_id"], r["student"]["text"], r["prefix_chars"], (r["continuation"] or {}).get("text"),
+                       r["verdict"]) for r in records)
+
+    assert view(store.read("mix", "rollouts")) == view(rollouts)
+    assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
