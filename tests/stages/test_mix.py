@@ -525,3 +525,24 @@ def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path
 
     assert view(store.read("mix", "rollouts")) == view(rollouts)
     assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+
+
+@pytest.mark.slow
+def test_stage3_trains_on_mix_examples_with_prefix_unmasked_or_masked(e2e, mix_engines, tmp_path):
+    """The real trainer on the stage's output: masking the prefix removes exactly its targets from the loss."""
+    from dasd.train.config import StageConfig
+    from dasd.train.recipes import demo_recipe
+    from dasd.train.trainer import run_training
+
+    student, _ = mix_engines
+    examples = e2e[5]
+    want_loss = {m: sum(encode_example(student.tokenizer, ex, mask_prefix=m).n_loss_tokens for ex in examples)
+                 for m in (False, True)}
+    assert want_loss[True] < want_loss[False]
+    for mask in (False, True):
+        cfg = demo_recipe(student.name, stages=[StageConfig(name="stage3_mixed", data="mixed", init="base", epochs=1.0)],
+                          mask_prefix=mask, packing=False, grad_accum=1, context=2048)
+        res = run_training(cfg, tmp_path / f"mask-{mask}", {"mixed": examples})[0]
+        curve = [json.loads(line) for line in open(res["curve"], encoding="utf-8")]
+        assert res["examples"] == len(examples)
+        assert sum(c["loss_tokens"] for c in curve) == want_loss[mask]
