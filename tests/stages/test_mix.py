@@ -236,6 +236,9 @@ def test_verdicts_use_the_real_filters_and_graders():
     assert v(" Done.\n</think>\nThe answer is \\boxed{8}.", require_correct=False) == "kept"
     ungraded = {k: val for k, val in prompt.items() if k != "answer"}
     assert continuation_verdict(ungraded, pre, " ok.\n</think>\n\\boxed{8}", "stop", cfg, grade)[0] == "kept"
+    bad = {**prompt, "choices": ["1", "2"], "answer": "Z"}  # an answer that is no choice
+    with pytest.raises(DasdError, match="cannot grade prompt 'p'"):
+        continuation_verdict(bad, pre, good, "stop", cfg, default_grade)
     # the default grader (dasd.grading) agrees
     assert default_grade(prompt, pre + good) and not default_grade(prompt, pre + " x.\n</think>\n\\boxed{8}")
 

@@ -254,8 +254,13 @@ def continuation_verdict(
         return "structure", why
     if why := is_repetitive(full, cfg.repetition):
         return "repetitive", why
-    if cfg.require_correct and grade is not None and has_reference(prompt) and not grade(prompt, full):
-        return "incorrect", "graded wrong"
+    if cfg.require_correct and grade is not None and has_reference(prompt):
+        try:
+            ok = grade(prompt, full)
+        except ValueError as err:  # a reference the grader cannot use: bad input, not a bad sample
+            raise DasdError(f"mix: cannot grade prompt {prompt.get('id')!r}: {err}") from None
+        if not ok:
+            return "incorrect", "graded wrong"
     return "kept", ""
 
 
