@@ -194,6 +194,9 @@ def export_llamafactory(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dasd` console script. Returns the exit code."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # dasd's stages show their own progress
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="dasd", standalone_mode=False)

@@ -65,8 +65,13 @@ def run_pipeline(cfg) -> dict:
     _mix(cfg, store)
     summary = run_evaluation(cfg, store)
     _analyze(cfg, store)
-    print(f"\n[run] accuracy on held-out problems ({cfg.eval.protocol.n} samples each, T={cfg.eval.protocol.temperature})")
+    from dasd.report.build import write_report
+
+    report = write_report(store.root)
+    p = cfg.eval.protocol
+    print(f"\n[run] accuracy on held-out problems ({p.n} samples each, T={p.temperature}, top_p={p.top_p})")
     print(accuracy_table(summary, cfg.eval.models))
+    print(f"[run] report: {report}")
     print(f"[run] done in {time.monotonic() - t0:.0f}s; run directory: {store.root}")
     return summary
 

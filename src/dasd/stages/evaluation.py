@@ -32,7 +32,7 @@ class BenchmarkSpec(StrictModel):
     name: str = Field(description="label in tables")
     format: Literal["toy", "aime", "gpqa", "livecodebench", "prompts"] = Field(
         "toy", description="toy (built in), aime (jsonl problem/answer), gpqa (csv), livecodebench (jsonl), "
-        "prompts (our Prompt JSONL)")
+        "prompts (JSONL with `messages` or `prompt`, plus `answer`, `choices` or `tests`)")
     path: str | None = Field(None, description="the file (not for toy)")
     limit: int | None = Field(None, ge=1, description="use the first N problems (toy: how many to generate)")
     seed: int = Field(0, description="toy problem seed / GPQA choice-shuffle seed")
@@ -75,7 +75,12 @@ def load_benchmark(spec: BenchmarkSpec) -> list[dict]:
     elif spec.format == "livecodebench":
         probs = loaders.load_livecodebench(spec.path, benchmark=spec.name)
     else:
-        probs = loaders.load_prompts(spec.path)
+        from dasd.errors import InputError
+        from dasd.stages.prompts import load_prompts
+
+        probs, rejects = load_prompts(spec.path, system_prompt=None)
+        if rejects:  # a score over part of a benchmark is not comparable: refuse, naming the line
+            raise InputError(f"{rejects[0]['where']}: {rejects[0]['reason']} (benchmark {spec.name!r})")
         for p in probs:
             p.setdefault("meta", {}).setdefault("benchmark", spec.name)
     return probs[: spec.limit] if spec.limit else probs
