@@ -143,3 +143,20 @@ def test_spans_from_arbitrary_byte_pieces(pieces):
     assert all(0 <= s <= e <= len(text) for s, e in spans)
     assert [s for s, _ in spans] == sorted(s for s, _ in spans)
     assert [e for _, e in spans] == sorted(e for _, e in spans)
+
+
+def test_unsupported_decoder_is_an_error_not_a_misalignment():
+    """A WordPiece tokenizer ('##' continuations, spaces re-inserted by the decoder) is refused."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "##s": 4, "on": 5, "mat": 6}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    text = "the cats sat on the mat"
+    ids = fast(text, add_special_tokens=False)["input_ids"]
+    assert fast.decode(ids) == text
+    with pytest.raises(DasdError, match="not supported"):
+        token_offsets(fast, ids, text)
