@@ -212,3 +212,10 @@ def test_requests_shuffle_invariance_for_score(hf_engine):
     by_id = {r.request_id: r for r in hf_engine.score(shuffled)}
     for r in hf_engine.score(reqs):
         assert r.logprobs == pytest.approx(by_id[r.request_id].logprobs, abs=1e-5)
+
+
+def test_score_ids_that_are_not_the_text_fail_before_compute(hf_engine):
+    ids = hf_engine.encode("hello world")
+    with pytest.raises(DasdError, match="request 'bad'.*not this text's tokens"):
+        hf_engine.score([ScoreRequest(id="ok", prefix="x", continuation="fine"),
+                         ScoreRequest(id="bad", prefix="x", continuation="hello there", continuation_ids=ids)])

@@ -112,7 +112,7 @@ class EngineConfig(StrictModel):
     logprob_chunk: int = Field(
         512, ge=1,
         description="Positions per chunk when the lm head turns hidden states into log-probs. "
-        "Peak extra memory is about 2 x logprob_chunk x vocab x 4 bytes (0.6 GB for a 152K "
+        "Peak extra memory is about logprob_chunk x vocab x 4 bytes (0.3 GiB for a 152K "
         "vocabulary at 512); full [sequence x vocab] logits are never built.",
     )
     max_model_len: int | None = Field(

@@ -308,7 +308,10 @@ class HFEngine:
                     f"request {req.id!r}: context + continuation is {len(ctx) + len(cont)} tokens, "
                     f"max_model_len is {self.max_len}"
                 )
-            offsets.append(token_offsets(self.tokenizer, cont, req.continuation))  # fail before compute
+            try:  # fail before any compute
+                offsets.append(token_offsets(self.tokenizer, cont, req.continuation))
+            except DasdError as err:
+                raise DasdError(f"request {req.id!r}: {err}") from None
             items.append((ctx, cont))
         logprobs: list[list[float]] = [[] for _ in requests]
         order = sorted((k for k in range(len(items)) if items[k][1]), key=lambda k: sum(map(len, items[k])))
