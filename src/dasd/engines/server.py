@@ -98,18 +98,23 @@ class EngineServer:
     """The batching worker and response builders; ``app`` is the FastAPI application.
 
     Knobs: ``served_name`` (the model name clients send and see), ``max_batch`` (sample rows per
-    engine call), ``faults``, ``api_key`` (if set, requests must send it as a Bearer token). Pitfall: the engine is used from one worker thread only; do not use
-    the same engine object elsewhere while the server runs.
+    engine call), ``batch_wait_s`` (how long a batch waits for more requests once its first one
+    arrived, unless it is full), ``faults``, ``api_key`` (if set, requests must send it as a
+    Bearer token). Pitfall: the engine is used from one worker thread only; do not use the same
+    engine object elsewhere while the server runs. Batching is static (a batch decodes to its
+    longest row), not vLLM's continuous batching.
     """
 
     def __init__(self, engine, served_name: str | None = None, max_batch: int = 64, faults: Faults | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, batch_wait_s: float = 0.02):
         self.engine = engine
+        self.batch_wait_s = batch_wait_s
         self.api_key = api_key
         self.served_name = served_name or engine.name
         self.max_batch = max_batch
         self.faults = faults or Faults()
         self.tokenizer = getattr(engine, "tokenizer", None)
+        self._vocab_bytes: list[bytes] | None = None
         self.mode = getattr(engine, "logprob_mode", "raw")
         self.stats = {"requests": 0, "engine_calls": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasd-engine")
@@ -130,10 +135,19 @@ class EngineServer:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self._queue.get()]
-            await asyncio.sleep(0)  # let handlers that are ready enqueue too
             rows = _rows(items[0])
-            while not self._queue.empty() and rows < self.max_batch:
-                items.append(self._queue.get_nowait())
+            deadline = loop.time() + self.batch_wait_s
+            while rows < self.max_batch:
+                if self._queue.empty():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        items.append(await asyncio.wait_for(self._queue.get(), left))
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    items.append(self._queue.get_nowait())
                 rows += _rows(items[-1])
             try:
                 results = await loop.run_in_executor(self._pool, self._run, items)
@@ -178,10 +192,20 @@ class EngineServer:
     def _bytes(self, g: Generation) -> list[bytes]:
         """Each generated token's exact bytes (from the tokenizer when there is one)."""
         if self.tokenizer is not None and g.token_ids:
+            return [self._piece(t) for t in g.token_ids]
+        return [g.text[s:e].encode() for s, e in g.offsets]
+
+    def _piece(self, tid: int) -> bytes:
+        """The bytes of token ``tid`` (a table of the whole vocabulary, built on first use)."""
+        if self._vocab_bytes is None:
             from dasd.engines.offsets import token_bytes
 
-            return token_bytes(self.tokenizer, g.token_ids)
-        return [g.text[s:e].encode() for s, e in g.offsets]
+            self._vocab_bytes = token_bytes(self.tokenizer, list(range(len(self.tokenizer))))
+        if tid >= len(self._vocab_bytes):  # ids past the tokenizer (padded embedding rows)
+            from dasd.engines.offsets import token_bytes
+
+            return token_bytes(self.tokenizer, [tid])[0]
+        return self._vocab_bytes[tid]
 
     def _top(self, prompt_ids: list[int], ids: list[int], k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (id, raw log-prob) at each generated position (hf engine only)."""
@@ -201,11 +225,6 @@ class EngineServer:
                 vals, idx = lp.topk(k, dim=-1)
                 out += [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
         return out
-
-    def _piece(self, tid: int) -> bytes:
-        from dasd.engines.offsets import token_bytes
-
-        return token_bytes(self.tokenizer, [tid])[0]
 
     def _sampling(self, body: dict, rid: str) -> dict:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -342,9 +361,9 @@ class EngineServer:
         first = self.tokenizer.decode(ids[:1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if self.engine.context_ids(None, first, rid) != ids[:1]:
             raise _BadRequest("cannot score this prompt: its first token does not re-encode to itself")
-        from dasd.engines.offsets import spans_from_bytes, token_bytes
+        from dasd.engines.offsets import spans_from_bytes
 
-        rest = spans_from_bytes(token_bytes(self.tokenizer, ids[1:]))[0]
+        rest = spans_from_bytes([self._piece(t) for t in ids[1:]])[0]
         res = self.engine.score([ScoreRequest(id=rid, prefix=first, continuation=rest, continuation_ids=ids[1:])])
         return list(res[0].logprobs)
 
@@ -500,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--batch-size", type=int, default=16, help="engine generation rows per batch")
     ap.add_argument("--max-batch", type=int, default=64, help="sample rows gathered per engine call")
+    ap.add_argument("--batch-wait", type=float, default=0.02, help="seconds a batch waits to fill up")
     ap.add_argument("--fault-429", type=float, default=0.0, help="(testing) fraction answered 429")
     ap.add_argument("--fault-500", type=float, default=0.0, help="(testing) fraction answered 500")
     ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")
@@ -514,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--api-key-env: environment variable {args.api_key_env} is not set")
     engine = make_engine(EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size))
     faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds)
-    srv = EngineServer(engine, args.served_name, args.max_batch, faults, api_key=key)
+    srv = EngineServer(engine, args.served_name, args.max_batch, faults, api_key=key, batch_wait_s=args.batch_wait)
     print(f"serving {srv.served_name} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(srv.app, host=args.host, port=args.port, log_level="warning")
 
