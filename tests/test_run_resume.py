@@ -1,0 +1,120 @@
+"""`dasd run` killed with SIGKILL at several points (mid-sampling, mid-training, mid-evaluation) and
+re-run ends with the same data sets as an uninterrupted run, and no record twice."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+OUTPUTS = [  # (stage folder, output name prefix) compared between runs
+    ("sample", "pool-"), ("sample", "prompts"), ("filter", "kept-"), ("filter", "rejects"), ("score", "pool-"),
+    ("select", "selected-"), ("select", "train-"), ("mix", "examples"), ("mix", "rollouts"), ("eval", "results-"),
+    ("analyze", "responses"),
+]
+
+
+def write_config(tmp: Path, run: str, teacher: str, student: str) -> Path:
+    prompts = tmp / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "answer": str(i)}) + "\n" for i in range(6)), encoding="utf-8")
+    cfg = {
+        "run_dir": str(tmp / run), "teacher": {"model": teacher}, "student": {"model": student},
+        "data": {"prompts": str(prompts)},
+        "sample": {"k": 2, "max_tokens": 12, "batch_prompts": 2},
+        "filter": {"require_structure": False, "drop_cutoff": False, "repetition": {"enabled": False}},
+        "train": {"context": 256, "packing": False, "epochs": 1, "micro_batch": 1, "save_every": 1, "lr": 1e-3, "min_lr": 1e-4},
+        "mix": {"n_questions": 4, "max_continuation_tokens": 6, "require_structure": False, "require_correct": False,
+                "batch_questions": 2},
+        "eval": {"benchmarks": [{"name": "tiny", "format": "prompts", "path": str(prompts)}],
+                 "protocol": {"n": 2, "max_tokens": 6, "temperature": 1.0}, "batch_requests": 2,
+                 "models": ["student", "stage2_high", "stage3_mixed"]},
+        "analyze": {"max_responses": 4},
+    }
+    path = tmp / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def dasd_run(config: Path, kill_when: str | None = None, timeout: float = 300):
+    """Run `dasd run`; with ``kill_when`` (a glob), SIGKILL it as soon as that path exists."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dasd", "run", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, text=True)
+    t0 = time.monotonic()
+    if kill_when is not None:
+        while proc.poll() is None and time.monotonic() - t0 < timeout:
+            if glob.glob(kill_when):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return "killed"
+            time.sleep(0.02)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def records(run: Path) -> dict[str, Counter]:
+    """Per output: a Counter of (id, content) over every shard line on disk (duplicates would show)."""
+    out: dict[str, Counter] = {}
+    for stage, prefix in OUTPUTS:
+        for path in sorted((run / stage).glob(f"{prefix}*.jsonl")):
+            name = f"{stage}/{path.name.rsplit('-', 1)[0]}"
+            c = out.setdefault(name, Counter())
+            for line in path.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                r.pop("where", None)
+                c[json.dumps(r, sort_keys=True)] += 1
+    return out
+
+
+def keys(name: str, c: Counter) -> list:
+    """What identifies a record of a post-training output independently of the run directory."""
+    recs = [json.loads(k) for k in c]
+    if name.startswith("eval/"):
+        return sorted((r["model_label"], r["problem_id"], r["sample_index"]) for r in recs)
+    if name.startswith("mix/"):
+        return sorted((r.get("prompt_id") or r["messages"][-2]["content"]) for r in recs)
+    return sorted((r["problem_id"], r["correct"]) for r in recs)
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_then_rerun_equals_uninterrupted(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    ref_cfg = write_config(tmp_path, "ref", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    dasd_run(ref_cfg)
+    cfg = write_config(tmp_path, "killed", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    run = tmp_path / "killed"
+    kill_points = [
+        f"{run}/sample/pool-T0.6-00000.jsonl",                         # mid-sampling
+        f"{run}/train/stage1_low/checkpoints/step-000002",             # mid-training, stage 1
+        f"{run}/train/stage2_high/checkpoints/step-000001",            # mid-training, stage 2
+        f"{run}/eval/results-student-*.jsonl",                         # mid-evaluation
+    ]
+    outcomes = [dasd_run(cfg, kill_when=k) for k in kill_points]
+    assert outcomes.count("killed") >= 3, outcomes
+    final = dasd_run(cfg)
+    ref, got = records(tmp_path / "ref"), records(run)
+    assert set(got) == set(ref)
+    for name in ref:
+        assert all(n == 1 for n in got[name].values()), f"{name}: a record was written twice"
+        if name.startswith(("sample/", "filter/", "score/", "select/")):
+            assert got[name] == ref[name], name  # data sets before training: identical
+        else:  # after training: the same records by key (ids embed model paths, which differ per run dir)
+            assert keys(name, got[name]) == keys(name, ref[name]), name
+    for stage in ("stage1_low", "stage2_high"):
+        a = json.loads((tmp_path / "ref" / "train" / stage / "done.json").read_text())
+        b = json.loads((run / "train" / stage / "done.json").read_text())
+        assert a["steps"] == b["steps"] and abs(a["final_loss"] - b["final_loss"]) < 1e-4
+    assert "[run] report:" in final
+    # a second re-run has nothing left to do
+    again = dasd_run(cfg)
+    assert "samples graded" not in again and records(run) == got
