@@ -219,3 +219,44 @@ def test_score_ids_that_are_not_the_text_fail_before_compute(hf_engine):
     with pytest.raises(DasdError, match="request 'bad'.*not this text's tokens"):
         hf_engine.score([ScoreRequest(id="ok", prefix="x", continuation="fine"),
                          ScoreRequest(id="bad", prefix="x", continuation="hello there", continuation_ids=ids)])
+
+
+@pytest.fixture(scope="module")
+def peaked_engine(tiny_lm_dir, tmp_path_factory):
+    """The tiny model with its final norm scaled x12: a peaked next-token distribution, so that
+    temperature and top-p visibly change it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = str(tmp_path_factory.mktemp("peaked"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(12.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+    return make_engine(EngineConfig(model=out, device="cpu", batch_size=1000))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.5, 0.8)])
+def test_sampled_first_tokens_follow_the_tempered_distribution(peaked_engine, temperature, top_p):
+    """3000 first tokens against softmax(logits / T) cut to the top-p nucleus: the 6 most likely
+    tokens and the rest each within 5 standard errors; nothing outside the nucleus."""
+    engine, n = peaked_engine, 3000
+    (gens,) = engine.generate([GenerateRequest(id="d", messages=OTHER, n=n, temperature=temperature,
+                                               top_p=top_p, max_tokens=1, seed=11)])
+    with torch.no_grad():
+        ctx = torch.tensor([engine.context_ids(OTHER, None, "d")])
+        logits = engine.model(input_ids=ctx).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1)
+    sorted_p, order = torch.sort(probs, descending=True, stable=True)
+    keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+    probs = torch.zeros_like(probs).index_put_((order[keep],), sorted_p[keep])
+    probs /= probs.sum()
+    assert float(probs.max()) > 0.1  # peaked enough for the check to mean something
+    first = [g.token_ids[0] if g.token_ids else engine.tokenizer.eos_token_id for g in gens]
+    counts = torch.bincount(torch.tensor(first), minlength=probs.shape[0]).double() / n
+    assert float(counts[probs == 0].sum()) == 0.0
+    top = torch.argsort(probs, descending=True)[:6]
+    emp = torch.cat([counts[top], 1 - counts[top].sum(0, keepdim=True)])
+    want = torch.cat([probs[top], 1 - probs[top].sum(0, keepdim=True)])
+    sigma = torch.sqrt(want * (1 - want) / n)
+    assert bool(((emp - want).abs() <= 5 * sigma + 1e-9).all()), (emp, want)

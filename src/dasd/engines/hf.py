@@ -15,8 +15,8 @@ What it guarantees:
   post-processes logits in a way this engine does not know is refused rather than mis-scored.
 - **Batch-invariant seeds.** Sample ``i`` of a request with seed ``s`` draws its randomness from its
   own CPU ``torch.Generator`` seeded from ``(s, i)``: one uniform number per step, turned into a
-  token by inverse-CDF over the probabilities sorted high to low (stable sort) after temperature
-  and top-p. So batching, batch size and request order do not change what is sampled (up to
+  token by inverse CDF over the tempered probabilities (in vocabulary order, or sorted high to low
+  and cut to the top-p nucleus when top_p < 1). So batching, batch size and request order do not change what is sampled (up to
   float rounding differences between batch shapes, which can flip a token only when the uniform
   lands within ~1e-6 of a boundary). Two requests with the same seed share random streams: give
   each prompt its own seed.
@@ -263,23 +263,34 @@ class HFEngine:
             hidden = out.last_hidden_state[:, -1]
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """One token per row: argmax at temperature 0, else inverse-CDF over sorted top-p probs."""
-        temps = torch.tensor([r.temperature for r in rows], device=logits.device)
-        greedy = logits.argmax(dim=-1)
-        if all(r.temperature == 0 for r in rows):
-            return greedy
-        scaled = logits / temps.clamp(min=1e-6)[:, None]
-        probs = torch.softmax(scaled, dim=-1)
-        sorted_p, sorted_i = torch.sort(probs, dim=-1, descending=True, stable=True)
-        cum = sorted_p.cumsum(dim=-1)
-        top_p = torch.tensor([r.top_p for r in rows], device=logits.device)[:, None]
-        sorted_p = sorted_p.masked_fill(cum - sorted_p >= top_p, 0.0)  # keep the smallest set >= top_p
-        cum = sorted_p.cumsum(dim=-1)
+        """One token per row: argmax at temperature 0, else inverse CDF of one uniform draw.
+
+        Each row draws one uniform from its own generator per step (greedy rows too, so streams
+        stay aligned). top_p = 1: CDF in vocabulary order (no sort); top_p < 1: CDF over the
+        probabilities sorted high to low (stable), cut to the smallest set whose mass reaches
+        top_p. The rule depends on the row alone, so batching cannot change the draw.
+        """
+        out = logits.argmax(dim=-1)
         u = torch.stack([torch.rand((), generator=r.generator) for r in rows]).to(logits.device)
-        pick = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True).squeeze(1)
-        pick = pick.clamp(max=cum.shape[1] - 1)
-        sampled = sorted_i.gather(1, pick[:, None]).squeeze(1)
-        return torch.where(temps == 0, greedy, sampled)
+        for nucleus in (False, True):
+            sel = [k for k, r in enumerate(rows) if r.temperature > 0 and (r.top_p < 1) == nucleus]
+            if not sel:
+                continue
+            idx = torch.tensor(sel, device=logits.device)
+            temps = torch.tensor([rows[k].temperature for k in sel], device=logits.device)
+            probs = torch.softmax(logits[idx] / temps[:, None], dim=-1)
+            order = None
+            if nucleus:
+                probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+                top_p = torch.tensor([rows[k].top_p for k in sel], device=logits.device)[:, None]
+                probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)
+            cum = probs.cumsum(dim=-1)
+            pick = torch.searchsorted(cum, (u[idx] * cum[:, -1])[:, None], right=True)
+            pick = pick.clamp(max=cum.shape[1] - 1)
+            if order is not None:
+                pick = order.gather(1, pick)
+            out[idx] = pick.squeeze(1)
+        return out
 
     def _generation(self, req: GenerateRequest, row: _Row, prompt_tokens: int) -> Generation:
         text = self.tokenizer.decode(
