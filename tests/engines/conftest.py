@@ -32,7 +32,7 @@ def sentencepiece_tokenizer():
     Its vocabulary holds ASCII letters, a few merges and all 256 byte pieces, so accented letters,
     CJK and emoji are encoded as byte-fallback pieces, as in Llama 2 / Mistral.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
