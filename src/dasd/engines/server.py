@@ -24,6 +24,9 @@ of a multi-byte character) is written ``"bytes:\\xe2\\x80"``; chat log-probs als
 ``bytes``. Seeds follow the engine: with hf, choice ``i`` of a request seeded ``s`` is sample ``i``
 of ``GenerateRequest(seed=s)``, whatever else is in the batch.
 
+``python -m dasd.engines.server`` runs the engine in its own process (``EngineProcess``) so that
+the HTTP side never competes with the decode loop for the GIL; ``--in-process`` keeps it in one.
+
 Concurrent requests are batched: a single worker thread takes whatever is queued (up to
 ``max_batch`` sample rows) and runs it through the engine in one call, so throughput grows with
 client concurrency. ``Faults`` makes the server misbehave on purpose (429/500 answers, connections
@@ -208,23 +211,9 @@ class EngineServer:
         return self._vocab_bytes[tid]
 
     def _top(self, prompt_ids: list[int], ids: list[int], k: int) -> list[list[tuple[int, float]]]:
-        """Top-``k`` (id, raw log-prob) at each generated position (hf engine only)."""
-        import torch
-
-        eng = self.engine
-        if not (hasattr(eng, "base") and hasattr(eng, "logits")):
-            raise _BadRequest("top_logprobs needs an engine that exposes its logits (hf)")
-        if not ids:
-            return []
-        seq = torch.tensor(prompt_ids + ids[:-1], device=eng.device)[None]
-        with torch.inference_mode():
-            hidden = eng.base(input_ids=seq).last_hidden_state[0, len(prompt_ids) - 1 :]
-            out = []
-            for s in range(0, hidden.shape[0], 256):
-                lp = torch.log_softmax(eng.logits(hidden[s : s + 256]), -1)
-                vals, idx = lp.topk(k, dim=-1)
-                out += [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
-        return out
+        """Top-``k`` (id, raw log-prob) at each generated position."""
+        fn = getattr(self.engine, "top_logprobs", None)
+        return fn(prompt_ids, ids, k) if fn is not None else top_logprobs(self.engine, prompt_ids, ids, k)
 
     def _sampling(self, body: dict, rid: str) -> dict:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -439,9 +428,10 @@ class EngineServer:
                 text = body.get("prompt")
                 if not isinstance(text, str):
                     raise _BadRequest("prompt must be a string")
-                n = await server._submit("call", lambda: server.engine.count_tokens(text))
-                ids = server.engine.encode(text) if hasattr(server.engine, "encode") else []
-                return {"tokens": ids, "count": n, "max_model_len": getattr(server.engine, "max_len", None)}
+                eng = server.engine
+                ids = await server._submit("call", lambda: eng.encode(text) if hasattr(eng, "encode") else None)
+                n = len(ids) if ids is not None else await server._submit("call", lambda: eng.count_tokens(text))
+                return {"tokens": ids or [], "count": n, "max_model_len": getattr(eng, "max_len", None)}
 
             return await handle(request, fn)
 
@@ -455,6 +445,118 @@ class EngineServer:
 def _rows(item) -> int:
     kind, payload, _ = item
     return payload.n if kind == "generate" else 1
+
+
+def top_logprobs(engine, prompt_ids: list[int], ids: list[int], k: int) -> list[list[tuple[int, float]]]:
+    """Top-``k`` (id, raw log-prob) at each position of ``ids`` after ``prompt_ids`` (hf engine only)."""
+    import torch
+
+    if not (hasattr(engine, "base") and hasattr(engine, "logits")):
+        raise _BadRequest("top_logprobs needs an engine that exposes its logits (hf)")
+    if not ids:
+        return []
+    seq = torch.tensor(prompt_ids + ids[:-1], device=engine.device)[None]
+    out = []
+    with torch.inference_mode():
+        hidden = engine.base(input_ids=seq).last_hidden_state[0, len(prompt_ids) - 1 :]
+        for s in range(0, hidden.shape[0], 256):
+            lp = torch.log_softmax(engine.logits(hidden[s : s + 256]), -1)
+            vals, idx = lp.topk(k, dim=-1)
+            out += [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
+    return out
+
+
+def _engine_child(cfg: dict, conn) -> None:
+    """Body of the engine process: build the engine, then answer (method, args) calls until None."""
+    from dasd.engines import EngineConfig, make_engine
+
+    try:
+        engine = make_engine(EngineConfig.model_validate(cfg))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", {"name": engine.name, "tokenizer": getattr(engine, "tokenizer", None),
+                         "max_len": getattr(engine, "max_len", None)}))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        method, args = msg
+        try:
+            if method == "top_logprobs":
+                res = top_logprobs(engine, *args)
+            else:
+                res = getattr(engine, method)(*args)
+            conn.send(("ok", res))
+        except _BadRequest as err:
+            conn.send(("bad", str(err)))
+        except DasdError as err:
+            conn.send(("dasd", str(err)))
+        except BaseException as err:  # noqa: BLE001
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class EngineProcess:
+    """An engine built and run in a child process, with the Engine methods the server calls.
+
+    Why: in one process the HTTP side's Python work (JSON, sockets) holds the GIL that the
+    engine's decode loop needs, which slows generation by ~25% on small models. vLLM splits its
+    API server from its engine core for the same reason. ``tokenizer`` is the child's, pickled.
+    Calls are one at a time (the server's worker thread serialises them). ``close()`` ends it.
+    """
+
+    def __init__(self, cfg):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_engine_child, args=(cfg.model_dump(mode="json"), child), daemon=True,
+                                name="dasd-engine")
+        self.proc.start()
+        child.close()
+        kind, info = self.conn.recv()
+        if kind != "ready":
+            self.proc.join(timeout=10)
+            raise DasdError(f"engine process: {info}")
+        self.name, self.tokenizer, self.max_len = info["name"], info["tokenizer"], info["max_len"]
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, *args):
+        with self._lock:
+            self.conn.send((method, args))
+            kind, val = self.conn.recv()
+        if kind == "ok":
+            return val
+        if kind == "bad":
+            raise _BadRequest(val)
+        raise DasdError(val) if kind == "dasd" else RuntimeError(f"engine process: {val}")
+
+    def generate(self, requests):
+        return self._call("generate", requests)
+
+    def score(self, requests):
+        return self._call("score", requests)
+
+    def count_tokens(self, text: str) -> int:
+        return self._call("count_tokens", text)
+
+    def encode(self, text: str) -> list[int]:
+        return self._call("encode", text)
+
+    def context_ids(self, messages, prefix, rid):
+        return self._call("context_ids", messages, prefix, rid)
+
+    def top_logprobs(self, prompt_ids, ids, k):
+        return self._call("top_logprobs", prompt_ids, ids, k)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.terminate()
 
 
 class ServerThread:
@@ -525,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")
     ap.add_argument("--fault-slow", type=float, default=0.0, help="(testing) fraction answered slowly")
     ap.add_argument("--slow-seconds", type=float, default=2.0)
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the engine in the server process (default: its own process, no GIL sharing)")
     ap.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     args = ap.parse_args(argv)
     import os
@@ -532,11 +636,16 @@ def main(argv: list[str] | None = None) -> None:
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
         raise SystemExit(f"--api-key-env: environment variable {args.api_key_env} is not set")
-    engine = make_engine(EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size))
+    cfg = EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size)
+    engine = make_engine(cfg) if args.in_process else EngineProcess(cfg)
     faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds)
     srv = EngineServer(engine, args.served_name, args.max_batch, faults, api_key=key, batch_wait_s=args.batch_wait)
     print(f"serving {srv.served_name} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(srv.app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(srv.app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if isinstance(engine, EngineProcess):
+            engine.close()
 
 
 if __name__ == "__main__":
