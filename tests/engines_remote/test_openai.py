@@ -214,3 +214,33 @@ def test_sample_seed_is_the_hf_row_seed():
 
     for seed, index in [(0, 0), (5, 3), (2**31 - 2, 7), (123456789, 0)]:
         assert sample_seed(seed, index) == row_seed(seed, index) % (2**31 - 1)
+
+
+def test_listed_end_of_turn_token_is_dropped(serve, tiny_lm_dir):
+    """A vLLM-style answer lists the stop token's log-prob; it is not part of the text."""
+    from fastapi import FastAPI
+
+    from dasd.engines.server import ServerThread
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        content = [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []} for t in ["4", "2"]]
+        content.append({"token": "<|im_end|>", "logprob": -0.1, "bytes": list(b"<|im_end|>"), "top_logprobs": []})
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "42", "reasoning_content": "Six sevens."},
+                             "finish_reason": "stop", "logprobs": {"content": content}}],
+                "usage": {"prompt_tokens": 5}}
+
+    class Plain:  # ServerThread only needs `.app`
+        pass
+
+    srv = Plain()
+    srv.app = app
+    with ServerThread(srv) as thread:
+        eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url]))
+        g = eng.generate(chat_requests(n_prompts=1, n=1))[0][0]
+    assert g.text == "<think>\nSix sevens.\n</think>\n\n42"
+    assert g.tokens == ["4", "2"] and g.logprobs == [-0.5, -0.5]
+    assert [g.text[s:e] for s, e in g.offsets] == ["4", "2"]
+    assert g.logprob_mode == "processed" and g.prompt_tokens == 5  # a server that does not say raw

@@ -29,7 +29,9 @@ Offsets: the tokens' bytes (the ``bytes`` field, a ``bytes:\\xNN`` token, the to
 ``openai.token_ids`` the local tokenizer's bytes of each id) are concatenated and decoded, giving
 each token's span exactly as in ``engines.offsets``; when the returned text differs from the
 tokens' text (folded reasoning, a stripped leading space, template markup) the spans are carried
-over by a character alignment; a token with no characters in the text gets an empty span.
+over by a character alignment; a token with no characters in the text gets an empty span. A
+final end-of-turn token that the server lists (vLLM does) but whose text is not in the answer is
+dropped, as the hf engine never returns its stop token.
 
 Pitfalls: without ``openai.token_ids`` the ``token_ids`` of a Generation are empty and ``tokens``
 are the server's token strings. ``logprob_mode`` is ``raw`` only when the server says so (dasd's
@@ -437,6 +439,10 @@ class OpenAIEngine:
         raw_text, raw_spans = spans_from_bytes(pieces)
         offsets = carry_spans(raw_text, raw_spans, text)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        if finish == "stop" and offsets and offsets[-1] == (len(text), len(text)) and len(lps) == len(offsets):
+            # the end-of-turn token (vLLM lists it; its text is not in the answer): not a text token
+            toks, offsets, lps, tops = toks[:-1], offsets[:-1], lps[:-1], tops[:-1]
+            ids = ids[:-1]
         mode = self.opt.logprob_mode
         if mode == "auto":
             mode = "raw" if data.get("dasd_logprob_mode") == "raw" else "processed"
