@@ -5,7 +5,8 @@ Reads ``RUN/score/pool-<pool>``; writes ``RUN/select/selected-<pool>`` and ``rej
 the assistant turn). Random selection (``select.method: random``) uses the same budget and is
 seeded, for the paper's RS baselines. The summary compares selected and rejected responses:
 DAS score, share of Teacher sentences, length, mean teacher log-prob/token and, where prompts
-carry a reference answer, correctness.
+carry a reference answer, correctness; with DAS it also shows what random sampling would have
+kept at the same budget (``random_same_budget``), so the two can be compared on the same pool.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def run_select(cfg, store: RunStore | None = None, grade=None) -> dict:
             for s in selected:
                 w.add(training_example(prompts[s["prompt_id"]], s, f"{sc.method}:{pool}"))
         summary[pool] = {"selected": _stats(selected, correct), "rejected": _stats(rejected, correct)}
+        if sc.method == "das":  # what random sampling would keep at the same budget, for comparison
+            rs, _ = select_grouped(cands, sc.m, "random", seed=sc.seed)
+            summary[pool]["random_same_budget"] = _stats(rs, correct)
         print(format_summary(pool, sc.method, summary[pool]))
     store.end_stage(STAGE, summary)
     return summary
@@ -100,11 +104,13 @@ def format_summary(pool: str, method: str, s: dict) -> str:
         return "-" if x is None else format(x, fmt)
 
     rows = [f"[select] {pool} ({method}): selected vs rejected"]
-    rows.append(f"  {'':10s} {'n':>5s} {'DAS':>7s} {'teacher%':>9s} {'student%':>9s} {'chars':>7s} {'lp/tok':>8s} {'acc':>6s}")
-    for k in ("selected", "rejected"):
+    rows.append(f"  {'':18s} {'n':>5s} {'DAS':>7s} {'teacher%':>9s} {'student%':>9s} {'chars':>7s} {'lp/tok':>8s} {'acc':>6s}")
+    for k in ("selected", "rejected", "random_same_budget"):
+        if k not in s:
+            continue
         r = s[k]
         rows.append(
-            f"  {k:10s} {r['n']:5d} {f(r['das_score'], '7.3f')} {f(r['frac_teacher'] and 100 * r['frac_teacher'], '9.1f')} "
+            f"  {k:18s} {r['n']:5d} {f(r['das_score'], '7.3f')} {f(r['frac_teacher'] and 100 * r['frac_teacher'], '9.1f')} "
             f"{f(r['frac_student'] and 100 * r['frac_student'], '9.1f')} {f(r['chars'], '7.0f')} "
             f"{f(r['teacher_lp_per_token'], '8.4f')} {f(r['accuracy'], '6.2f')}"
         )
