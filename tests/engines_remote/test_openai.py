@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from dasd.engines import GenerateRequest, ScoreRequest, make_engine
-from dasd.engines.openai import carry_spans, fold_reasoning, piece_bytes, sample_seed, split_harmony
+from dasd.engines.openai import (
+    carry_spans, fold_reasoning, folded_anchors, piece_bytes, sample_seed, split_harmony,
+)
 from dasd.engines.server import Faults
 from dasd.errors import ConfigError, DasdError
 
@@ -194,6 +196,15 @@ def test_reasoning_fields_are_folded_with_exact_spans(ref_engine):
     text_raw2, spans2 = spans_from_bytes(token_bytes(tok, ids2))
     moved = carry_spans(text_raw2, spans2, text)
     assert [text[s:e] for s, e in moved] == [text_raw2[s:e] for s, e in spans2]
+    anchored = carry_spans(text_raw2, spans2, text, folded_anchors(reasoning, content))
+    assert anchored == moved
+    # long texts go through the linear anchors (a 100K-character answer, a space stripped)
+    long_raw = " " + "3 + 4 = 7. " * 10_000
+    long_spans = [(k, k + 1) for k in range(len(long_raw))]
+    out = carry_spans(long_raw, long_spans, long_raw[1:], [(long_raw[1:], 0, True)])
+    assert out[0] == (0, 0) and out[1:] == [(k, k + 1) for k in range(len(long_raw) - 1)]
+    with pytest.raises(DasdError, match="too long to align"):
+        carry_spans(long_raw, long_spans, long_raw[1:] + "x", [(long_raw[1:] + "x", 0, True)])
     # harmony channels left in the content
     harmony = "<|channel|>analysis<|message|>Think hard.<|end|><|start|>assistant<|channel|>final<|message|>42<|return|>"
     assert split_harmony(harmony) == ("Think hard.", "42")

@@ -113,20 +113,44 @@ def fold_reasoning(reasoning: str, content: str) -> str:
     return f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}"
 
 
-def carry_spans(raw: str, spans: list[tuple[int, int]], text: str) -> list[tuple[int, int]]:
-    """Move character ``spans`` in ``raw`` onto ``text`` through a character alignment.
+def folded_anchors(reasoning: str, content: str) -> list[tuple[str, int, bool]]:
+    """Where the parts of ``fold_reasoning(reasoning, content)`` lie: (substring, position, required)."""
+    r, c = reasoning.strip("\n"), content.lstrip("\n")
+    close = len("<think>\n") + len(r) + 1
+    return [("<think>", 0, False), ("\n", 7, False), (r, 8, True), ("\n", close - 1, False),
+            ("</think>", close, False), ("\n\n", close + 8, False), (c, close + 10, True)]
 
-    A span's characters that the alignment matches into ``text`` give its new span (first to last
-    match); a span with none gets the empty span where the next matched character goes. Starts and
-    ends stay non-decreasing.
+
+_ALIGN_LIMIT = 20_000  # characters; longer texts that need a general alignment are an error
+
+
+def carry_spans(
+    raw: str, spans: list[tuple[int, int]], text: str, anchors: list[tuple[str, int, bool]] | None = None
+) -> list[tuple[int, int]]:
+    """Move character ``spans`` in ``raw`` onto ``text``.
+
+    ``anchors`` (substring, its position in ``text``, required) are looked for in ``raw`` in order,
+    a required one anywhere after the previous (``str.find``, linear), an optional one only right
+    after it: their characters map one to one. Without anchors, or when a required
+    one is missing, a general character alignment (difflib, quadratic at worst: texts up to
+    20,000 characters) is used; beyond that it is a DasdError rather than a slow or wrong answer.
+    A span's matched characters give its new span (first to last); a span with none gets the empty
+    span where the next matched character goes. Starts and ends stay non-decreasing.
     """
     if raw == text:
         return list(spans)
-    where = [-1] * len(raw)
-    sm = difflib.SequenceMatcher(None, raw, text, autojunk=False)
-    for a, b, size in sm.get_matching_blocks():
-        for k in range(size):
-            where[a + k] = b + k
+    where = _anchor_map(raw, anchors) if anchors else None
+    if where is None:
+        if max(len(raw), len(text)) > _ALIGN_LIMIT:
+            raise DasdError(
+                f"token offsets: the tokens' text ({len(raw)} chars) and the returned text "
+                f"({len(text)} chars) differ and are too long to align; the server changed the text"
+            )
+        where = [-1] * len(raw)
+        sm = difflib.SequenceMatcher(None, raw, text, autojunk=False)
+        for a, b, size in sm.get_matching_blocks():
+            for k in range(size):
+                where[a + k] = b + k
     nxt = [len(text)] * (len(raw) + 1)  # text position of the next matched char at or after i
     for i in range(len(raw) - 1, -1, -1):
         nxt[i] = where[i] if where[i] >= 0 else nxt[i + 1]
@@ -135,6 +159,23 @@ def carry_spans(raw: str, spans: list[tuple[int, int]], text: str) -> list[tuple
         hit = [where[i] for i in range(s, e) if where[i] >= 0]
         out.append((hit[0], hit[-1] + 1) if hit else (nxt[s], nxt[s]))
     return out
+
+
+def _anchor_map(raw: str, anchors: list[tuple[str, int, bool]]) -> list[int] | None:
+    """raw position -> text position for the anchors found in order; None if a required one is missing."""
+    where = [-1] * len(raw)
+    at = 0
+    for seg, pos, required in anchors:
+        if not seg:
+            continue
+        k = raw.find(seg, at) if required else (at if raw.startswith(seg, at) else -1)
+        if k < 0:
+            if required:
+                return None
+            continue
+        where[k : k + len(seg)] = range(pos, pos + len(seg))
+        at = k + len(seg)
+    return where
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -426,6 +467,7 @@ class OpenAIEngine:
             if parts is not None:
                 reasoning, content = parts
         text = fold_reasoning(reasoning, content) if reasoning else content
+        anchors = folded_anchors(reasoning, content) if reasoning else [(content, 0, True)]
         ids: list[int] = []
         if self.opt.token_ids:
             try:
@@ -437,7 +479,7 @@ class OpenAIEngine:
         else:
             pieces = [piece_bytes(t, b) for t, b in zip(toks, raw_bytes)]
         raw_text, raw_spans = spans_from_bytes(pieces)
-        offsets = carry_spans(raw_text, raw_spans, text)
+        offsets = carry_spans(raw_text, raw_spans, text, anchors)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         if finish == "stop" and offsets and offsets[-1] == (len(text), len(text)) and len(lps) == len(offsets):
             # the end-of-turn token (vLLM lists it; its text is not in the answer): not a text token
