@@ -1,0 +1,485 @@
+"""The paper's comparisons on the toy world at an equal budget of training samples (docs/ablation.md).
+
+    from ablation_lib import AblationPlan, run_ablation
+    report = run_ablation(AblationPlan(config="configs/demo.yaml", seeds=[0, 1, 2], out="runs/ablation"))
+    print(report["markdown"])
+
+Per seed, one shared candidate pool is built with the real stages (sample -> filter -> score) in
+``OUT/seed-<s>/pool``; every arm then selects from that pool, trains the student with the real
+trainer in ``OUT/seed-<s>/arms/<arm>/``, and is measured with the same held-out protocol:
+
+- accuracy: avg@n on the benchmark(s) of ``eval.benchmarks`` under ``eval.protocol`` (seed = s);
+- KL(teacher || student): mean over reference teacher responses y (sampled at T=1.0 on the held-out
+  prompts) of log p_T(y) - log p_S(y), both from ``engine.score`` of the same
+  text, each model through its own chat template and tokenizer (nats per response, and per
+  teacher token).
+
+Arms (budget B = 2 examples per prompt, identical optimizer steps S for every stages-1/2 arm):
+``rs_low``/``das_low`` (2 of k from T_low), ``rs_high``/``das_high`` (2 of k from T_high),
+``rs_low_high``/``das_low_high`` (1 of k from T_low for S/2 steps, then 1 of k from T_high for S/2
+steps from that checkpoint), ``rs_high_high`` (our control: rs_high's examples in the same two
+stages, to separate the temperature schedule from the two-stage learning-rate schedule), and ``mixed_unmasked``/``mixed_masked`` (from ``das_low_high``: the
+mixed-policy examples of ``dasd.stages.mix`` trained for the same steps, student prefix in the loss
+or masked). ``student`` and ``teacher`` are measured too as references (no training).
+
+Everything is resumable: the pool stages resume themselves, training skips finished stages, and
+each arm's measurements are kept in ``metrics.json`` (recomputed only when the protocol changes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dasd.jsonl import atomic_write_json, atomic_write_jsonl
+
+ARMS = ("rs_low", "rs_high", "rs_low_high", "rs_high_high", "das_low", "das_high", "das_low_high", "mixed_unmasked", "mixed_masked")
+REFERENCES = ("student", "teacher")
+# Differences of arms within a seed (paired), the comparisons the paper makes.
+CONTRASTS = (
+    ("das_low", "rs_low", "DAS vs RS at T_low"),
+    ("das_high", "rs_high", "DAS vs RS at T_high"),
+    ("das_low_high", "rs_low_high", "DAS vs RS, low->high"),
+    ("rs_high", "rs_low", "RS: T_high vs T_low"),
+    ("rs_low_high", "rs_high", "RS: low->high vs T_high"),
+    ("das_low_high", "das_high", "DAS: low->high vs T_high"),
+    ("rs_low_high", "rs_high_high", "RS: low->high vs high->high (two stages both)"),
+    ("rs_high_high", "rs_high", "RS at T_high: two stages vs one"),
+    ("mixed_unmasked", "mixed_masked", "mixed: unmasked vs masked prefix"),
+    ("mixed_unmasked", "das_low_high", "mixed (unmasked) vs its start"),
+)
+# The paper's AIME24 / AIME25 numbers for the matching arms (PAPER.md).
+PAPER = {
+    "rs_low": "81.7 / 71.9", "rs_high": "83.1 / 76.1", "rs_low_high": "85.2 / 81.3 (RS, 2x data)",
+    "rs_high_high": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
+    "mixed_unmasked": "83.3 / 74.8", "mixed_masked": "80.8 / 72.3",
+}
+
+# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: normal 1.96).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+@dataclass
+class AblationPlan:
+    """What to run. ``overrides`` are dotted ``KEY=VALUE`` config overrides applied to every seed.
+
+    ``per_prompt``: training examples per prompt (the budget B; the low->high arms take B/2 from
+    each temperature, so it must be even). ``epochs``: passes over the B x prompts examples (sets
+    the steps S, identical for every stages-1/2 arm). ``kl_samples``: reference teacher responses
+    per held-out prompt. ``mixed``: run the two mixed-policy arms. ``references``: measure the base
+    student and the teacher too.
+    """
+
+    config: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "runs/ablation"
+    overrides: list[str] = field(default_factory=list)
+    per_prompt: int = 2
+    epochs: float | None = None
+    kl_samples: int = 2
+    mixed: bool = True
+    references: bool = True
+    log: Any = print
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a two-sided 95% Student-t interval over ``xs`` (seeds); one value: no CI."""
+    if level != 0.95:
+        raise ValueError("only 95% intervals are tabulated")
+    xs = [float(x) for x in xs]
+    if not xs:
+        raise ValueError("t_interval of no values")
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, math.nan, math.nan
+    df = len(xs) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    half = t * statistics.stdev(xs) / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
+def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """Per arm: mean and 95% t-interval over seeds of accuracy, KL per response and KL per token."""
+    out: dict[str, dict] = {}
+    labels = [a for a in (*REFERENCES, *ARMS) if any(a in arms for arms in per_seed.values())]
+    for label in labels:
+        rows = [arms[label] for arms in per_seed.values() if label in arms]
+        entry = {"seeds": len(rows)}
+        for key in ("accuracy", "kl", "kl_per_token"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            entry[key] = t_interval(vals) if vals else None
+        entry["examples"] = statistics.fmean(r.get("examples", 0) or 0 for r in rows)
+        entry["steps"] = statistics.fmean(r.get("steps", 0) or 0 for r in rows)
+        out[label] = entry
+    return out
+
+
+def paired(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
+    """Paired differences (a - b within each seed) of the CONTRASTS, with 95% t-intervals."""
+    rows = []
+    for a, b, name in CONTRASTS:
+        seeds = [s for s, arms in per_seed.items() if a in arms and b in arms]
+        if not seeds:
+            continue
+        row = {"contrast": name, "a": a, "b": b, "seeds": len(seeds)}
+        for key in ("accuracy", "kl"):
+            d = [per_seed[s][a][key] - per_seed[s][b][key] for s in seeds
+                 if per_seed[s][a].get(key) is not None and per_seed[s][b].get(key) is not None]
+            row[key] = t_interval(d) if d else None
+        rows.append(row)
+    return rows
+
+
+def _ci(v, scale: float = 1.0, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    m, lo, hi = (x * scale for x in v)
+    if math.isnan(lo):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: dict) -> str:
+    """The ablation's markdown: the arm table, the paired differences and the Teacher-sentence shares."""
+    lines = [
+        "| arm | accuracy % (mean [95% CI]) | KL(T‖S) nats/response | KL nats/teacher token | train examples | steps | seeds | paper AIME24 / AIME25 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, e in agg.items():
+        lines.append(
+            f"| {label} | {_ci(e['accuracy'], 100)} | {_ci(e['kl'], 1, 2)} | {_ci(e['kl_per_token'], 1, 4)} | "
+            f"{e['examples']:.0f} | {e['steps']:.0f} | {e['seeds']} | {PAPER.get(label, '-')} |"
+        )
+    lines += ["", "Paired differences (a - b within each seed; 95% t-interval over seeds):", "",
+              "| contrast | a - b | accuracy points | KL nats/response | seeds |", "|---|---|---|---|---|"]
+    for r in diffs:
+        lines.append(f"| {r['contrast']} | {r['a']} - {r['b']} | {_ci(r['accuracy'], 100)} | {_ci(r['kl'], 1, 2)} | {r['seeds']} |")
+    if shares:
+        lines += ["", "Share of Teacher sentences (token-weighted, mean over responses) in the selected responses:", "",
+                  "| pool | all candidates | random-selected | DAS-selected | seeds |", "|---|---|---|---|---|"]
+        for pool, e in shares.items():
+            lines.append(f"| {pool} | {_ci(e['all'], 100)} | {_ci(e['random'], 100)} | {_ci(e['das'], 100)} | {e['seeds']} |")
+    lines += ["", "Setup: " + ", ".join(f"{k} {v}" for k, v in plan_info.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# One seed
+
+
+def seed_config(plan: AblationPlan, seed: int):
+    """The run config of one seed: every random knob set from ``seed``; the held-out set stays fixed."""
+    from dasd.config import load_config
+
+    root = Path(plan.out) / f"seed-{seed}"
+    over = [*plan.overrides, f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}", f"data.toy.seed={seed}",
+            f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"eval.protocol.seed={seed}"]
+    return load_config(plan.config, over)
+
+
+def build_pool(cfg) -> dict[str, list[dict]]:
+    """Sample, filter and score the candidate pool (real stages); return scored candidates by 'low'/'high'."""
+    from dasd.stages.common import pool_name
+    from dasd.stages.filter import run_filter
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.store import RunStore
+
+    if len(cfg.sample.temperatures) != 2:
+        raise ValueError(f"the ablation needs exactly two sampling temperatures, got {cfg.sample.temperatures}")
+    store = RunStore(cfg.run_dir)
+    run_sample(cfg, store)
+    run_filter(cfg, store)
+    run_score(cfg, store)
+    lo, hi = sorted(cfg.sample.temperatures)
+    return {"low": list(store.read("score", f"pool-{pool_name(lo)}")),
+            "high": list(store.read("score", f"pool-{pool_name(hi)}"))}
+
+
+def eligible_prompts(pools: dict[str, list[dict]], per_prompt: int) -> list[str]:
+    """Prompts with at least ``per_prompt`` candidates in both pools (so every arm has the same budget)."""
+    counts = [{} for _ in pools]
+    for c, cands in zip(counts, pools.values()):
+        for s in cands:
+            c[s["prompt_id"]] = c.get(s["prompt_id"], 0) + 1
+    ids = set.intersection(*({p for p, n in c.items() if n >= per_prompt} for c in counts))
+    return sorted(ids)
+
+
+def select(cands: list[dict], prompts: list[str], method: str, m: int, seed: int) -> list[dict]:
+    """``m`` candidates per prompt (of ``prompts``) by DAS or at random (dasd.das.select_grouped)."""
+    from dasd.das import select_grouped
+
+    keep = set(prompts)
+    chosen, _ = select_grouped([c for c in cands if c["prompt_id"] in keep], m, method, seed=seed)
+    return chosen
+
+
+def arm_data(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int) -> dict[str, list[list[dict]]]:
+    """Per arm (stages 1-2 only): the selected candidates of each of its training stages, in order."""
+    half = per_prompt // 2
+    out = {}
+    for method, tag in (("random", "rs"), ("das", "das")):
+        out[f"{tag}_low"] = [select(pools["low"], prompts, method, per_prompt, seed)]
+        out[f"{tag}_high"] = [select(pools["high"], prompts, method, per_prompt, seed)]
+        out[f"{tag}_low_high"] = [select(pools["low"], prompts, method, half, seed),
+                                  select(pools["high"], prompts, method, half, seed)]
+    # Control for the two-stage schedule itself (two warmup + cosine cycles, a checkpoint hand-over):
+    # the same RS T_high examples as rs_high, split by rank into two stages of half the steps each.
+    first, second = _split_by_rank(out["rs_high"][0], half)
+    out["rs_high_high"] = [first, second]
+    return {arm: out[arm] for arm in ARMS if arm in out}
+
+
+def _split_by_rank(selected: list[dict], half: int) -> tuple[list[dict], list[dict]]:
+    """Per prompt, the first ``half`` selected (in rank order) and the rest."""
+    seen: dict[str, int] = {}
+    first, second = [], []
+    for s in selected:
+        i = seen[s["prompt_id"]] = seen.get(s["prompt_id"], 0) + 1
+        (first if i <= half else second).append(s)
+    return first, second
+
+
+def teacher_shares(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int) -> dict[str, dict]:
+    """Mean share of Teacher sentences among all candidates, random-selected and DAS-selected, per pool."""
+    def mean(xs):
+        xs = [x["das"]["frac_teacher"] for x in xs if x.get("das", {}).get("frac_teacher") is not None]
+        return statistics.fmean(xs) if xs else None
+
+    keep = set(prompts)
+    return {pool: {"all": mean([c for c in cands if c["prompt_id"] in keep]),
+                   "random": mean(select(cands, prompts, "random", per_prompt, seed)),
+                   "das": mean(select(cands, prompts, "das", per_prompt, seed))}
+            for pool, cands in pools.items()}
+
+
+def examples_of(selected: list[dict], prompts_by_id: dict[str, dict], source: str) -> list[dict]:
+    from dasd.stages.select import training_example
+
+    return [training_example(prompts_by_id[s["prompt_id"]], s, source) for s in selected]
+
+
+def steps_for(n_examples: int, epochs: float, batch: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``n_examples`` unpacked examples, ``batch`` per step."""
+    return max(1, round(epochs * n_examples / batch))
+
+
+def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], init: str = "base",
+              mask_prefix: bool = False) -> dict:
+    """Train one arm with the real trainer: ``stages`` = [(name, examples, max_steps)], chained.
+
+    Unpacked sequences (``packing: false``) so that a step is the same number of examples in every
+    arm, whatever the response lengths. Returns {final, steps, examples, final_loss}.
+    """
+    from dasd.stages.common import resolve_model
+    from dasd.train.config import StageConfig
+    from dasd.train.trainer import run_training
+
+    data, specs = {}, []
+    for i, (name, examples, steps) in enumerate(stages):
+        data[name] = examples
+        specs.append(StageConfig(name=name, data=name, init=(init if i == 0 else "previous"), max_steps=steps,
+                                 mask_prefix=mask_prefix))
+    base = resolve_model(cfg.train.base_model)
+    tcfg = cfg.train.model_copy(update={"base_model": base, "stages": specs, "packing": False, "save_every": 0,
+                                        "tensorboard": False, "mask_prefix": mask_prefix})
+    results = run_training(tcfg, arm_dir / "train", data)
+    return {"final": results[-1]["final"], "steps": sum(r["steps"] for r in results),
+            "examples": sum(r["examples"] for r in results), "final_loss": results[-1]["final_loss"]}
+
+
+def held_out(cfg) -> list[dict]:
+    from dasd.stages.evaluation import load_benchmark
+
+    out = []
+    for spec in cfg.eval.benchmarks:
+        out += load_benchmark(spec)
+    return out
+
+
+def accuracy(engine, problems: list[dict], protocol) -> float:
+    """avg@n of ``engine`` on ``problems`` under ``protocol`` (the real eval loop and graders)."""
+    from dasd.stages.evaluate import run_eval
+
+    results: list[dict] = []
+    run_eval(engine, problems, protocol, done=set(), write=results.append, progress=False, workers=0)
+    return statistics.fmean(float(r["correct"]) for r in results)
+
+
+def kl_reference(cfg, problems: list[dict], n: int, seed: int, path: Path) -> list[dict]:
+    """Reference teacher responses for the KL estimate: ``n`` per problem at T=1.0, with the
+    teacher's own log p_T(text) from ``engine.score``. Cached in ``path``.
+
+    Responses cut off at ``max_tokens`` are kept: on them the estimate is the KL between the two
+    models' distributions of the first ``max_tokens`` teacher tokens, still an unbiased estimate of
+    a (slightly smaller) divergence; dropping them would bias towards short responses."""
+    from dasd.engines.base import GenerateRequest, ScoreRequest
+    from dasd.stages.common import derived_seed, open_engine
+    from dasd.jsonl import iter_jsonl
+
+    key = {"n": n, "seed": seed, "max_tokens": cfg.eval.protocol.max_tokens, "problems": [p["id"] for p in problems]}
+    if path.is_file():
+        recs = [r for _, r in iter_jsonl(path)]
+        if recs and recs[0].get("key") == key:
+            return recs[1:]
+    teacher = open_engine(cfg.teacher)
+    reqs = [GenerateRequest(id=p["id"], messages=p["messages"], n=n, temperature=1.0, top_p=1.0,
+                            max_tokens=cfg.eval.protocol.max_tokens, seed=derived_seed("kl", seed, p["id"]))
+            for p in problems]
+    refs = []
+    for p, gens in zip(problems, teacher.generate(reqs)):
+        refs += [{"problem_id": p["id"], "messages": p["messages"], "text": g.text, "finish_reason": g.finish_reason}
+                 for g in gens]
+    for r, s in zip(refs, _score(teacher, refs)):
+        r["teacher_logp"], r["teacher_tokens"] = s
+    atomic_write_jsonl(path, [{"key": key}, *refs])
+    return refs
+
+
+def _score(engine, refs: list[dict]) -> list[tuple[float, int]]:
+    from dasd.engines.base import ScoreRequest
+
+    out = []
+    for i in range(0, len(refs), 16):
+        batch = refs[i : i + 16]
+        res = engine.score([ScoreRequest(id=f"kl{i + j}", messages=r["messages"], continuation=r["text"])
+                            for j, r in enumerate(batch)])
+        out += [(math.fsum(x.logprobs), len(x.logprobs)) for x in res]
+    return out
+
+
+def kl_estimate(engine, refs: list[dict]) -> tuple[float, float]:
+    """(nats per response, nats per teacher token) of KL(teacher || model) on the reference responses."""
+    scores = _score(engine, refs)
+    diff = math.fsum(r["teacher_logp"] - s for r, (s, _) in zip(refs, scores))
+    return diff / len(refs), diff / sum(r["teacher_tokens"] for r in refs)
+
+
+def measure(cfg, model_cfg, problems: list[dict], refs: list[dict], path: Path, extra: dict) -> dict:
+    """Accuracy and KL of one model (cached in ``path`` with the protocol it was measured under)."""
+    from dasd.stages.common import open_engine
+
+    key = {"protocol": cfg.eval.protocol.model_dump(), "problems": [p["id"] for p in problems],
+           "refs": len(refs), "model": model_cfg.model}
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("key") == key:
+            return old["metrics"]
+    engine = open_engine(model_cfg)
+    t0 = time.monotonic()
+    acc = accuracy(engine, problems, cfg.eval.protocol)
+    kl, klt = kl_estimate(engine, refs)
+    metrics = {"accuracy": acc, "kl": kl, "kl_per_token": klt, **extra, "measure_s": round(time.monotonic() - t0, 1)}
+    atomic_write_json(path, {"key": key, "metrics": metrics})
+    return metrics
+
+
+def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
+    """Every arm of one seed; returns ({label: metrics}, teacher-sentence shares)."""
+    from dasd.pipeline import grade_fn
+    from dasd.stages.common import open_engine
+    from dasd.stages.mix import run_mix
+    from dasd.stages.sample import load_run_prompts
+    from dasd.store import RunStore
+
+    log = plan.log
+    cfg = seed_config(plan, seed)
+    root = Path(plan.out) / f"seed-{seed}"
+    if plan.per_prompt < 2 or plan.per_prompt % 2:
+        raise ValueError(f"per_prompt must be an even number >= 2, got {plan.per_prompt}")
+    pools = build_pool(cfg)
+    store = RunStore(cfg.run_dir)
+    prompts_by_id = load_run_prompts(store)
+    prompts = eligible_prompts(pools, plan.per_prompt)
+    if not prompts:
+        raise RuntimeError(f"seed {seed}: no prompt has {plan.per_prompt} usable candidates in both pools")
+    log(f"[ablation] seed {seed}: {len(prompts)} of {len(prompts_by_id)} prompts have >= {plan.per_prompt} candidates per pool")
+    batch = cfg.train.micro_batch * cfg.train.grad_accum
+    epochs = plan.epochs if plan.epochs is not None else cfg.train.epochs
+    total = steps_for(plan.per_prompt * len(prompts), epochs, batch)
+    total += total % 2  # split evenly between the two stages of the low->high arms
+    problems = held_out(cfg)
+    refs = kl_reference(cfg, problems, plan.kl_samples, seed, root / "kl-reference.jsonl")
+    results: dict[str, dict] = {}
+    if plan.references:
+        for label, mcfg in (("student", cfg.student), ("teacher", cfg.teacher)):
+            results[label] = measure(cfg, mcfg, problems, refs, root / "references" / f"{label}.json", {"examples": 0, "steps": 0})
+            log(f"[ablation] seed {seed} {label}: {_fmt(results[label])}")
+    finals = {}
+    for arm, stages in arm_data(pools, prompts, plan.per_prompt, seed).items():
+        arm_dir = root / "arms" / arm
+        steps = [total] if len(stages) == 1 else [total // 2, total // 2]
+        names = ["single"] if len(stages) == 1 else ["stage1", "stage2"]
+        spec = [(n, examples_of(sel, prompts_by_id, arm), st) for n, sel, st in zip(names, stages, steps)]
+        tr = train_arm(cfg, arm_dir, spec)
+        finals[arm] = tr["final"]
+        results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
+                               arm_dir / "metrics.json", {"examples": tr["examples"], "steps": tr["steps"]})
+        log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
+    if plan.mixed:
+        mix_store = RunStore(root / "mix")
+        curated = [{"prompt": prompts_by_id[s["prompt_id"]], "teacher_text": s["text"]}
+                   for sel in arm_data(pools, prompts, plan.per_prompt, seed)["das_low_high"] for s in sel]
+        student = open_engine(cfg.student.model_copy(update={"model": finals["das_low_high"]}))
+        funnel = run_mix(cfg.mix, mix_store, curated, student, open_engine(cfg.teacher), grade=grade_fn)
+        mixed = list(mix_store.read("mix", "examples"))
+        log(f"[ablation] seed {seed}: {len(mixed)} mixed-policy examples (funnel {json.dumps(funnel)[:300]})")
+        if mixed:
+            steps = steps_for(len(mixed), mixed_epochs(cfg), batch)
+            for arm, masked in (("mixed_unmasked", False), ("mixed_masked", True)):
+                arm_dir = root / "arms" / arm
+                tr = train_arm(cfg, arm_dir, [("stage3_mixed", mixed, steps)], init=finals["das_low_high"], mask_prefix=masked)
+                results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
+                                       arm_dir / "metrics.json", {"examples": tr["examples"], "steps": tr["steps"]})
+                log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
+    return results, teacher_shares(pools, prompts, plan.per_prompt, seed)
+
+
+def mixed_epochs(cfg) -> float:
+    """Epochs of the mixed-policy stage: the config's stage reading ``mixed`` (recipe default 1.0)."""
+    for st in cfg.train.stages:
+        if st.data == "mixed":
+            return st.epochs if st.epochs is not None else cfg.train.epochs
+    return 1.0
+
+
+def _fmt(m: dict) -> str:
+    return (f"accuracy {100 * m['accuracy']:.1f}%, KL {m['kl']:.2f} nats/response ({m['kl_per_token']:.4f}/token), "
+            f"{m.get('examples', 0)} examples, {m.get('steps', 0)} steps")
+
+
+def run_ablation(plan: AblationPlan) -> dict:
+    """Run every seed (resumably); return {per_seed, aggregate, paired, shares, markdown}."""
+    per_seed, shares_seed = {}, {}
+    t0 = time.monotonic()
+    for seed in plan.seeds:
+        per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
+    shares = {}
+    for pool in ("low", "high"):
+        vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool][k] is not None] for k in ("all", "random", "das")}
+        shares[pool] = {k: (t_interval(v) if v else None) for k, v in vals.items()}
+        shares[pool]["seeds"] = len(shares_seed)
+    cfg = seed_config(plan, plan.seeds[0])
+    p = cfg.eval.protocol
+    info = {
+        "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
+        "temperatures": cfg.sample.temperatures, "training prompts": cfg.data.toy.n_train,
+        "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
+        "KL reference": f"{plan.kl_samples} teacher samples per held-out prompt at T=1.0", "CI": "Student t over seeds",
+        "minutes": round((time.monotonic() - t0) / 60, 1),
+    }
+    agg, diffs = aggregate(per_seed), paired(per_seed)
+    return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "shares": shares, "info": info,
+            "markdown": markdown(agg, diffs, shares, info)}

@@ -1,0 +1,161 @@
+"""benchmarks/ablation.py end to end on two tiny random models (one seed, a handful of prompts):
+every arm is trained by the real trainer and measured, the table has every arm with finite numbers,
+and a re-run resumes from what is on disk. No claim about effects: the models are random.
+
+The teacher is a random tiny Llama *nudged* towards its end-of-turn token (every token embedding
+gets a constant in dimension 0, the favoured tokens a larger one, which the tied lm head turns into
+a higher logit), so that its responses finish within a few dozen tokens; the student (another
+vocabulary) is nudged towards sentence ends, so its mixed-policy rollouts have places to cut.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from ablation_lib import (  # noqa: E402
+    ARMS, AblationPlan, aggregate, arm_data, eligible_prompts, paired, run_ablation, t_interval,
+)
+
+CORPUS = [
+    "<think>\nStart at 5. 5 - 2 = 3.\nCheck: 3 is right.\n</think>\nSo \\boxed{3}.",
+    "<think>\nLet me think. First, 12 / 4 = 3.\nThen 3 + 9 = 12.\n</think>\nThe answer is \\boxed{12}.",
+    "Compute 3 + 4 then times 2. 3 + 4 = 7. 7 * 2 = 14. The answer is \\boxed{14}.",
+]
+
+
+def _nudged(out: Path, corpus, vocab, seed, favour, boost) -> str:
+    from dasd.toy.model import make_model, save_model
+    from dasd.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(corpus, vocab_size=vocab)
+    model = make_model(tok, hidden=32, layers=1, heads=2, max_positions=512, seed=seed)
+    ids = [i for i in range(len(tok)) if tok.decode([i]) in favour]
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[ids, 0] = boost
+    save_model(model, tok, str(out))
+    return str(out)
+
+
+def _plan(tmp_path: Path) -> AblationPlan:
+    teacher = _nudged(tmp_path / "teacher", CORPUS * 30, 400, 4, {"<|im_end|>"}, 1.3)
+    student = _nudged(tmp_path / "student", list(reversed(CORPUS)) * 20, 330, 3, {"\n", "."}, 1.6)
+    overrides = [
+        f"teacher.model={teacher}", f"student.model={student}", "data.toy.n_train=4", "sample.k=3",
+        "sample.max_tokens=40", "filter.require_structure=false", "filter.drop_cutoff=false",
+        "filter.repetition.enabled=false", "train.context=512", "train.micro_batch=2", "train.epochs=1",
+        "train.lr=1e-3", "train.min_lr=1e-4",
+        "mix.max_continuation_tokens=40", "mix.require_structure=false", "mix.require_correct=false",
+        "mix.repetition.enabled=false", "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
+        "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",
+    ]
+    return AblationPlan(config=None, seeds=[0], out=str(tmp_path / "abl"), overrides=overrides, log=lambda *_: None)
+
+
+def _cands(n_prompts: int, k: int) -> dict[str, list[dict]]:
+    """Scored-candidate stand-ins (only the fields selection reads), DAS score = a known number."""
+    pools = {}
+    for pool, temp in (("low", 0.6), ("high", 1.0)):
+        pools[pool] = [{"id": f"{pool}-p{p}-{i}", "prompt_id": f"p{p}", "temperature": temp,
+                        "das": {"score": (i * 7 + p) % k / k, "frac_teacher": i / k}} for p in range(n_prompts) for i in range(k)]
+    pools["high"] = [c for c in pools["high"] if not (c["prompt_id"] == "p0" and c["id"].endswith(("-1", "-2", "-3")))]
+    return pools
+
+
+def test_t_interval_matches_the_textbook_value():
+    m, lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert m == 2.0 and hi - m == pytest.approx(4.303 / 3**0.5) and m - lo == pytest.approx(hi - m)
+    m, lo, hi = t_interval([0.5])
+    assert m == 0.5 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_arms_have_equal_budgets_and_the_right_selections():
+    pools = _cands(5, 4)
+    prompts = eligible_prompts(pools, 2)
+    assert prompts == ["p1", "p2", "p3", "p4"]  # p0 has a single T_high candidate left
+    arms = arm_data(pools, prompts, per_prompt=2, seed=3)
+    assert list(arms) == [a for a in ARMS if not a.startswith("mixed")]
+    for name, stages in arms.items():
+        assert sum(len(s) for s in stages) == 8, name
+        assert len(stages) == (1 if name in ("rs_low", "rs_high", "das_low", "das_high") else 2), name
+    by_score = lambda xs: sorted((x["prompt_id"], x["das"]["score"]) for x in xs)  # noqa: E731
+    for pool in ("low", "high"):  # DAS keeps each prompt's two best scores
+        best = [(p, s) for p in prompts for s in sorted((c["das"]["score"] for c in pools[pool] if c["prompt_id"] == p), reverse=True)[:2]]
+        assert by_score(arms[f"das_{pool}"][0]) == sorted(best)
+    assert by_score(arms["das_low_high"][0]) == sorted((p, s) for p, s in by_score(arms["das_low"][0]) if s == max(
+        x["das"]["score"] for x in pools["low"] if x["prompt_id"] == p))
+    # The control splits rs_high's very examples into two stages, one per prompt in each.
+    hh = arms["rs_high_high"]
+    assert sorted(x["id"] for x in hh[0] + hh[1]) == sorted(x["id"] for x in arms["rs_high"][0])
+    assert sorted(x["prompt_id"] for x in hh[0]) == sorted(x["prompt_id"] for x in hh[1]) == prompts
+    # Random selection is seeded: another seed draws differently somewhere, the same seed identically.
+    assert arm_data(pools, prompts, 2, 3)["rs_low"] == arms["rs_low"]
+    assert any(arm_data(pools, prompts, 2, s)["rs_low"] != arms["rs_low"] for s in range(4, 10))
+
+
+def test_aggregate_and_paired_differences():
+    per_seed = {s: {"rs_low": {"accuracy": 0.5 + 0.1 * s, "kl": 2.0, "kl_per_token": 0.1, "examples": 8, "steps": 4},
+                    "das_low": {"accuracy": 0.6 + 0.1 * s, "kl": 1.0 + s, "kl_per_token": 0.05, "examples": 8, "steps": 4}}
+                for s in range(3)}
+    agg = aggregate(per_seed)
+    assert list(agg) == ["rs_low", "das_low"]
+    assert agg["rs_low"]["accuracy"][0] == pytest.approx(0.6) and agg["rs_low"]["seeds"] == 3
+    diff = next(r for r in paired(per_seed) if r["a"] == "das_low")
+    m, lo, hi = diff["accuracy"]  # the same +0.1 in every seed: a zero-width interval
+    assert m == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    assert diff["kl"][0] == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_every_arm_is_trained_and_measured_and_a_rerun_resumes(tmp_path):
+    plan = _plan(tmp_path)
+    rep = run_ablation(plan)
+    arms = rep["per_seed"][0]
+    assert set(arms) == {"student", "teacher", *ARMS}
+    single = {a: arms[a] for a in ARMS if not a.startswith("mixed")}
+    # Equal budget: every stages-1/2 arm trains on the same number of examples for the same steps.
+    assert len({m["examples"] for m in single.values()}) == 1 and len({m["steps"] for m in single.values()}) == 1
+    assert arms["mixed_masked"]["steps"] == arms["mixed_unmasked"]["steps"] >= 1
+    for label, m in arms.items():
+        assert 0.0 <= m["accuracy"] <= 1.0, label
+        assert math.isfinite(m["kl"]) and math.isfinite(m["kl_per_token"]), label
+    # The teacher's KL to itself is exactly zero (same text, same engine, same scores).
+    assert arms["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    for label in ("student", "teacher", *ARMS):
+        row = next(line for line in rep["markdown"].splitlines() if line.startswith(f"| {label} |"))
+        assert "nan" not in row and "n/a" not in row
+    assert "| low |" in rep["markdown"] and "| high |" in rep["markdown"]
+    # The arm models are distinct trainings: low->high has two stages, the others one.
+    root = Path(plan.out) / "seed-0" / "arms"
+    assert (root / "das_low_high" / "train" / "stage2" / "final" / "config.json").is_file()
+    assert (root / "rs_low" / "train" / "single" / "final" / "config.json").is_file()
+    # Re-running finds everything on disk: same numbers, nothing re-measured.
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/metrics.json")}
+    again = run_ablation(plan)
+    assert again["per_seed"][0] == arms
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/metrics.json")} == stamps
+
+
+@pytest.mark.slow
+def test_script_writes_the_table_and_json(tmp_path):
+    import ablation
+
+    plan = _plan(tmp_path)
+    out = tmp_path / "results" / "ablation.md"
+    args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-mixed", "--no-references", "--set", *plan.overrides]
+    assert ablation.main(args) == 0
+    text = out.read_text(encoding="utf-8")
+    single = [a for a in ARMS if not a.startswith("mixed")]
+    for arm in single:
+        assert f"| {arm} |" in text
+    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert set(data["aggregate"]) == set(single)
