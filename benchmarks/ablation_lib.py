@@ -294,10 +294,12 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
                                  mask_prefix=mask_prefix))
     base = resolve_model(cfg.train.base_model)
     tcfg = cfg.train.model_copy(update={"base_model": base, "stages": specs, "packing": False, "save_every": 0,
-                                        "tensorboard": False, "mask_prefix": mask_prefix})
+                                        "tensorboard": False, "mask_prefix": mask_prefix,
+                                        "log_every": max(cfg.train.log_every, 50)})
     results = run_training(tcfg, arm_dir / "train", data)
     return {"final": results[-1]["final"], "steps": sum(r["steps"] for r in results),
-            "examples": sum(r["examples"] for r in results), "final_loss": results[-1]["final_loss"]}
+            "examples": sum(r["examples"] for r in results), "final_loss": results[-1]["final_loss"],
+            "over_context": sum(r["dropped"].get("over_context", 0) for r in results)}
 
 
 def held_out(cfg) -> list[dict]:
@@ -426,7 +428,7 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
         tr = train_arm(cfg, arm_dir, spec)
         finals[arm] = tr["final"]
         results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
-                               arm_dir / "metrics.json", {"examples": tr["examples"], "steps": tr["steps"]})
+                               arm_dir / "metrics.json", {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
         log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
     if plan.mixed:
         mix_store = RunStore(root / "mix")
@@ -442,7 +444,7 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
                 arm_dir = root / "arms" / arm
                 tr = train_arm(cfg, arm_dir, [("stage3_mixed", mixed, steps)], init=finals["das_low_high"], mask_prefix=masked)
                 results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
-                                       arm_dir / "metrics.json", {"examples": tr["examples"], "steps": tr["steps"]})
+                                       arm_dir / "metrics.json", {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
                 log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
     return results, teacher_shares(pools, prompts, plan.per_prompt, seed)
 
