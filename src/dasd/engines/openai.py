@@ -235,6 +235,7 @@ class OpenAIEngine:
         if self.opt.token_ids and self.tokenizer is None:
             raise ConfigError("engine.openai.token_ids needs engine.tokenizer (the server model's tokenizer)")
         self.inflight = {u: 0 for u in self.urls}
+        self._vocab_bytes: list[bytes] | None = None
         self._turn = 0
         self.stats: dict[str, int] = collections.Counter()
 
@@ -295,6 +296,14 @@ class OpenAIEngine:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _pieces(self, ids: list[int]) -> list[bytes]:
+        """Each id's bytes, from a table of the whole vocabulary built once (token_bytes per call
+        re-reads the tokenizer's decoder config, too slow for every sample of a big vocabulary)."""
+        if self._vocab_bytes is None:
+            self._vocab_bytes = token_bytes(self.tokenizer, list(range(len(self.tokenizer))))
+        table = self._vocab_bytes
+        return [table[i] if 0 <= i < len(table) else token_bytes(self.tokenizer, [i])[0] for i in ids]
 
     def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
         """Prompt ids built like the hf engine: chat template + generation prompt, or the prefix."""
@@ -474,7 +483,7 @@ class OpenAIEngine:
                 ids = [int(t.split(":", 1)[1]) for t in toks]
             except (IndexError, ValueError):
                 raise DasdError(f"{what}: openai.token_ids is on but the server sent tokens like {toks[:1]}")
-            pieces = token_bytes(self.tokenizer, ids)
+            pieces = self._pieces(ids)
             toks = self.tokenizer.convert_ids_to_tokens(ids)
         else:
             pieces = [piece_bytes(t, b) for t, b in zip(toks, raw_bytes)]
