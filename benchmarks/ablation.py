@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_lib import AblationPlan, run_ablation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["sample.k=2", "eval.benchmarks=[{name: toy, format: toy, limit: 20}]", "eval.protocol.n=2"]
+QUICK = ["sample.k=3", "data.toy.n_train=24", "eval.benchmarks=[{name: toy, format: toy, limit: 20}]", "eval.protocol.n=2"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kl-samples", type=int, default=2, help="reference teacher samples per held-out prompt")
     ap.add_argument("--no-mixed", action="store_true", help="skip the two mixed-policy arms")
     ap.add_argument("--no-references", action="store_true", help="do not measure the base student and the teacher")
-    ap.add_argument("--quick", action="store_true", help="k=2, 20 held-out problems, n=2 (a fast, noisy look)")
+    ap.add_argument("--quick", action="store_true", help="k=3, 24 prompts, 20 held-out problems, n=2 (a fast, noisy look)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="run directories (resumable)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")

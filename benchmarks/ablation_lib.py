@@ -401,6 +401,9 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
     root = Path(plan.out) / f"seed-{seed}"
     if plan.per_prompt < 2 or plan.per_prompt % 2:
         raise ValueError(f"per_prompt must be an even number >= 2, got {plan.per_prompt}")
+    if cfg.sample.k <= plan.per_prompt:
+        raise ValueError(f"sample.k ({cfg.sample.k}) must exceed the budget per prompt ({plan.per_prompt}): "
+                         "otherwise every selection keeps every candidate and DAS equals RS")
     pools = build_pool(cfg)
     store = RunStore(cfg.run_dir)
     prompts_by_id = load_run_prompts(store)
