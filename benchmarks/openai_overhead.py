@@ -1,8 +1,8 @@
 """Client overhead of the openai engine: its sampling throughput over HTTP / the server's own.
 
 The server (``python -m dasd.engines.server``, hf engine on a random tiny Llama, CPU) runs in a
-subprocess on loopback. Both sides sample the same per-sample requests (n=1, one seed each, all
-running to ``--max-tokens``):
+subprocess on loopback. Both sides sample the same per-sample requests (n=1, one seed each, so
+both draw the very same tokens):
 
 - **server direct**: the same engine config in this process, ``engine.generate`` on full batches of
   ``--batch`` rows, which is what the server's batching worker runs when its queue is full;
@@ -16,7 +16,7 @@ bookkeeping; the target is >= 0.95 once the concurrency keeps the server's batch
 
 Run::
 
-    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 128] [--concurrency 8,64,128]
+    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 128] [--concurrency 16,64,256] [--repeats 5]
 """
 
 from __future__ import annotations
