@@ -61,6 +61,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     save_prompts(store, prompts)
     model_name = cfg.teacher.model
     counts: dict[str, dict] = {}
+    opened = None
     for temp in s.temperatures:
         pool = pool_name(temp)
         with store.writer(STAGE, f"pool-{pool}", shard_size=64, flush_seconds=20) as w:
@@ -69,10 +70,13 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             }
             todo = [p for p in prompts if any(i not in w for i in ids[p["id"]])]
             if todo and engine is None:
-                engine = open_engine(cfg.teacher)
+                engine = opened = open_engine(cfg.teacher)
             rate_p, rate_t = Rate(), Rate()
             bar = progress(len(todo), f"sample {pool}", "prompt")
-            for batch in chunks(todo, s.batch_prompts):
+            # A streaming engine (openai, ray) gets every request at once and hands back each sample as
+            # it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
+            streaming = hasattr(engine, "generate_iter")
+            for batch in chunks(todo, len(todo) if streaming else s.batch_prompts):
                 reqs = [
                     GenerateRequest(
                         id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
@@ -80,24 +84,27 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                     )
                     for p in batch
                 ]
-                for p, gens in zip(batch, engine.generate(reqs)):
-                    for g in gens:
-                        w.add(
-                            {
-                                "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
-                                "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
-                                "text": g.text, "finish_reason": g.finish_reason,
-                                "teacher": {
-                                    "tokens": g.tokens, "token_ids": g.token_ids,
-                                    "offsets": [list(o) for o in g.offsets], "logprobs": g.logprobs,
-                                    "logprob_mode": g.logprob_mode,
-                                },
-                            }
-                        )
-                        rate_t.add(len(g.token_ids))
-                rate_p.add(len(batch))
-                bar.update(len(batch))
-                bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
+                left = {p["id"]: sum(i not in w for i in ids[p["id"]]) for p in batch}
+                for r, g in _generations(engine, reqs, skip=lambda r, i: ids[batch[r]["id"]][i] in w):
+                    p = batch[r]
+                    w.add(
+                        {
+                            "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
+                            "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
+                            "text": g.text, "finish_reason": g.finish_reason,
+                            "teacher": {
+                                "tokens": g.tokens, "token_ids": g.token_ids,
+                                "offsets": [list(o) for o in g.offsets], "logprobs": g.logprobs,
+                                "logprob_mode": g.logprob_mode,
+                            },
+                        }
+                    )
+                    rate_t.add(len(g.token_ids))
+                    left[p["id"]] -= 1
+                    if left[p["id"]] == 0:
+                        rate_p.add(1)
+                        bar.update(1)
+                        bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
             bar.close()
         counts[pool] = pool_stats(store, pool)
         counts[pool]["new"] = w.written
@@ -107,8 +114,21 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
             f"{rate_t.per_s():.0f} tok/s"
         )
+    if opened is not None and hasattr(opened, "close"):
+        opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
     store.end_stage(STAGE, counts)
     return counts
+
+
+def _generations(engine, reqs, skip):
+    """``(request index, Generation)`` pairs, streamed when the engine can, skipping done samples."""
+    if hasattr(engine, "generate_iter"):
+        yield from engine.generate_iter(reqs, skip=skip)
+        return
+    for r, gens in enumerate(engine.generate(reqs)):
+        for g in gens:
+            if not skip(r, g.index):
+                yield r, g
 
 
 def pool_stats(store: RunStore, pool: str) -> dict:
