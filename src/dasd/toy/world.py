@@ -3,9 +3,10 @@ known generating process.
 
 A problem reads::
 
-    Start at 3. Add 4, multiply by 2, subtract 5. All arithmetic is modulo 10.
+    Start at 3. Step 1: add 4. Step 2: multiply by 2. Step 3: subtract 5. All arithmetic is modulo 10.
 
-and its answer is the final digit (here 9). A response has the shape of a long-CoT model's::
+and its answer is the final digit (here 9). The steps are numbered so that a tiny model can find the
+k-th operation by matching "Step k:" (an induction pattern) instead of counting commas. A response has the shape of a long-CoT model's::
 
     <think>
     ...reasoning in one of several styles...
@@ -54,11 +55,11 @@ STYLES = ("steps", "compact", "check", "fused")
 
 - ``steps``: one line per step, restating the operation and writing the raw result before reducing it
   ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local.
-- ``compact``: one short equation per step, already reduced ("7 * 2 = 4.").
-- ``check``: like compact with the operation named, plus a check of every step that catches and redoes
-  an arithmetic slip ("Check: 7 - 4 = 3, ok."). The longest style and the most robust one.
-- ``fused``: two operations per sentence with no intermediate value written ("From 3, add 4 and
-  multiply by 2: 4."): it needs two computations per emitted digit, which a 2-layer student cannot do
+- ``compact``: one short numbered equation per step, already reduced ("2: 7 * 2 = 4.").
+- ``check``: each step named and reduced, plus a check that catches and redoes an arithmetic slip
+  ("Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok."). The longest style and the most robust one.
+- ``fused``: two operations per sentence with no intermediate value written ("Steps 1 and 2: from 3,
+  add 4 and multiply by 2: 4."): two computations per emitted digit, which a 2-layer student cannot do
   reliably (defect 2 of the paper).
 """
 

@@ -1,0 +1,402 @@
+"""Build the toy world's two models deterministically: a small teacher and a smaller student base.
+
+Both are real ``LlamaForCausalLM``s trained from scratch with plain torch (AdamW, loss on assistant
+tokens only) on responses drawn from the known generating process in ``dasd.toy.world``, and saved in
+ordinary transformers format (config.json, model.safetensors, tokenizer with chat template).
+
+- teacher: BPE tokenizer (at most ``TEACHER_VOCAB`` entries, trained on templated teacher text),
+  hidden 96, 4 layers, trained on ``TEACHER_STYLE_MIX`` with a small slip rate, chains of 2..7 steps.
+- student base: pure byte-level tokenizer (259 entries: a different vocabulary), hidden 64,
+  2 layers, fewer steps, ``STUDENT_STYLE_MIX``, chains of at most ``STUDENT_MAX_STEPS`` steps.
+
+Run::
+
+    python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1]
+
+or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
+into the cache). The same seed and thread count give the same weights on the same machine.
+One thread is the default: on a shared machine, two contending intra-op threads are several times
+slower than one. The build takes ~15-25 minutes of one busy core (about 4 MB of weights in all).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dasd.jsonl import atomic_write_json
+from dasd.toy import world
+from dasd.toy.model import make_model, save_model
+from dasd.toy.tokenizer import IM_END, IM_START, build_tokenizer
+
+TEACHER_VOCAB = 512
+STUDENT_VOCAB = 259  # pure byte level: no merges
+
+
+@dataclass
+class TrainSpec:
+    """How one toy model is built. Every knob here changes the weights; the seed is passed separately.
+
+    ``steps`` optimizer steps of ``batch_size`` examples drawn (length-bucketed, seeded order) from
+    ``n_problems`` train problems with ``min_chain..max_chain`` steps, each answered once by the
+    generating process with ``style_mix`` and ``error_rate``; AdamW at ``lr`` (linear warmup over
+    ``warmup`` steps, cosine to 10%), ``weight_decay`` on matrices only, clip 1.0; weights initialised
+    with std ``init_std``. ``eval_problems``: test problems measured for the manifest.
+    """
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    steps: int
+    batch_size: int
+    lr: float
+    style_mix: dict[str, float]
+    error_rate: float
+    min_chain: int = world.MIN_STEPS
+    max_chain: int = world.MAX_STEPS
+    warmup: int = 100
+    init_std: float = 0.1
+    weight_decay: float = 0.01
+    n_problems: int = 40_000
+    eval_problems: int = 200
+
+
+TEACHER_SPEC = TrainSpec(
+    name="teacher",
+    hidden=96,
+    layers=4,
+    heads=3,
+    steps=2400,
+    batch_size=16,
+    lr=3e-3,
+    style_mix=world.TEACHER_STYLE_MIX,
+    error_rate=world.TEACHER_ERROR_RATE,
+)
+
+STUDENT_SPEC = TrainSpec(
+    name="student",
+    hidden=64,
+    layers=2,
+    heads=2,
+    steps=600,
+    batch_size=16,
+    lr=5e-3,
+    style_mix=world.STUDENT_STYLE_MIX,
+    error_rate=0.05,
+    max_chain=world.STUDENT_MAX_STEPS,
+    n_problems=8_000,
+)
+
+
+def _messages(problem: world.ToyProblem) -> list[dict[str, str]]:
+    return [{"role": "system", "content": world.SYSTEM_PROMPT}, {"role": "user", "content": problem.question}]
+
+
+def _render_prompts(tokenizer, problems: list[world.ToyProblem]) -> list[str]:
+    """Chat-templated prompts (with the generation prompt). The ChatML text is rendered directly
+    (jinja is slow for 10^4 prompts) and checked against ``apply_chat_template`` on the first one."""
+    out = [
+        f"{IM_START}system\n{world.SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{p.question}{IM_END}\n{IM_START}assistant\n"
+        for p in problems
+    ]
+    if problems:
+        ref = tokenizer.apply_chat_template(_messages(problems[0]), tokenize=False, add_generation_prompt=True)
+        if ref != out[0]:
+            raise ValueError(f"the tokenizer's chat template renders {ref!r}, expected {out[0]!r}")
+    return out
+
+
+def make_corpus(spec: TrainSpec, seed: int) -> list[tuple[world.ToyProblem, str]]:
+    """The training pairs ``(problem, response)`` of one model, drawn from the generating process."""
+    problems = world.make_problems(spec.n_problems, seed, "train", spec.min_chain, spec.max_chain)
+    rng = random.Random(f"dasd-toy-corpus/{spec.name}/{seed}")
+    return [(p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate)[1]) for p in problems]
+
+
+def encode_examples(tokenizer, corpus) -> list[tuple[list[int], list[int]]]:
+    """Token ids of chat-templated prompt + response + end of turn, and labels (-100 on the prompt).
+
+    Prompt and response are tokenized separately and concatenated, exactly as at generation time
+    (the prompt ends with "assistant\n", a pre-tokenizer boundary, so nothing merges across it).
+    """
+    prompts = _render_prompts(tokenizer, [p for p, _ in corpus])
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([r + tokenizer.eos_token for _, r in corpus], add_special_tokens=False)["input_ids"]
+    return [(a + b, [-100] * len(a) + b) for a, b in zip(p_ids, r_ids)]
+
+
+def _length_bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort windows of 50 batches by length (less padding), shuffle batches."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    window = batch_size * 50
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in perm if len(batches[i]) == batch_size] or batches
+
+
+def train_model(spec: TrainSpec, tokenizer, corpus, seed: int, log=print, callback=None, every: int = 0):
+    """Train one model from scratch on ``corpus``; returns the model (eval mode).
+
+    ``callback(step, model)`` is called every ``every`` steps (model in eval mode, no grad), e.g. to
+    watch accuracy while tuning a spec.
+    """
+    torch.manual_seed(seed)
+    model = make_model(
+        tokenizer, hidden=spec.hidden, layers=spec.layers, heads=spec.heads, seed=seed, init_std=spec.init_std
+    )
+    model.train()
+    examples = encode_examples(tokenizer, corpus)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < spec.warmup:
+            return spec.lr * (step + 1) / spec.warmup
+        t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+        return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    gen = torch.Generator().manual_seed(seed)
+    batches: list[list[int]] = []
+    pad = tokenizer.pad_token_id
+    t0 = time.time()
+    ema = None
+    for step in range(spec.steps):
+        if not batches:
+            batches = _length_bucketed_batches([len(x) for x, _ in examples], spec.batch_size, gen)
+        batch = [examples[i] for i in batches.pop()]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (x, y) in enumerate(batch):
+            ids[row, : len(x)] = torch.tensor(x)
+            labels[row, : len(y)] = torch.tensor(y)
+            mask[row, : len(x)] = 1
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 25 == 0 or step == spec.steps - 1:
+            log(f"[{spec.name}] step {step + 1}/{spec.steps} loss {ema:.4f} lr {lr_at(step):.2e} {time.time() - t0:.0f}s")
+        if callback is not None and every and (step + 1) % every == 0:
+            model.eval()
+            with torch.no_grad():
+                callback(step + 1, model)
+            model.train()
+    model.eval()
+    return model
+
+
+def tokenizer_corpus(corpus, template_tokenizer) -> list[str]:
+    """Texts a BPE tokenizer is trained on: chat-templated prompts followed by their responses."""
+    prompts = _render_prompts(template_tokenizer, [p for p, _ in corpus])
+    return [q + r + template_tokenizer.eos_token + "\n" for q, (_, r) in zip(prompts, corpus)]
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model_dir,
+    problems: list[world.ToyProblem],
+    temperature: float = 0.6,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    batch_size: int = 32,
+    tokenizer=None,
+    return_texts: bool = False,
+):
+    """Fraction of ``problems`` solved by one sample each at ``temperature`` (top-p 1), via ``generate``.
+
+    ``model_dir`` is a directory in transformers format, or a loaded model passed with ``tokenizer``.
+    Sampling is seeded with ``seed`` (temperature 0 means greedy). With ``return_texts`` it returns
+    ``(accuracy, texts)``. Pitfall: the result depends on ``batch_size`` too (padding changes the
+    float sums), so compare runs with equal settings.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(model_dir, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    else:
+        model = model_dir
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= with a loaded model")
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    texts: list[str] = []
+    try:
+        for i in range(0, len(problems), batch_size):
+            chunk = problems[i : i + batch_size]
+            prompts = [
+                tokenizer.apply_chat_template(_messages(p), tokenize=False, add_generation_prompt=True) for p in chunk
+            ]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kw,
+            )
+            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+    acc = sum(world.verify(t, str(p.answer)) for t, p in zip(texts, problems)) / max(1, len(problems))
+    return (acc, texts) if return_texts else acc
+
+
+def style_shares(texts: list[str]) -> dict[str, float]:
+    """Fraction of ``texts`` in each style (``None`` = unrecognised format), for reports."""
+    counts = {s: 0 for s in (*world.STYLES, "none")}
+    for t in texts:
+        counts[world.detect_style(t) or "none"] += 1
+    return {s: round(c / max(1, len(texts)), 4) for s, c in counts.items()}
+
+
+def _measure(model, tokenizer, problems, max_new_tokens: int, seed: int) -> dict:
+    out = {}
+    for temp in (0.6, 1.0):
+        acc, texts = evaluate_accuracy(
+            model, problems, temp, max_new_tokens, seed=seed, tokenizer=tokenizer, return_texts=True
+        )
+        by_len: dict[int, list[bool]] = {}
+        for p, t in zip(problems, texts):
+            by_len.setdefault(len(p.steps), []).append(world.verify(t, str(p.answer)))
+        out[f"T={temp}"] = {
+            "accuracy": round(acc, 4),
+            "accuracy_by_chain_length": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_len.items())},
+            "style_shares": style_shares(texts),
+        }
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def build_toy_world(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    threads: int = 1,
+    evaluate: bool = True,
+    log=print,
+) -> dict[str, str]:
+    """Build the teacher and the student base into ``out_dir/{teacher,student}``; return their paths.
+
+    Knobs: ``seed`` (problems, corpora, init, data order, sampling in the measurements), ``threads``
+    (torch intra-op threads, restored afterwards; it is part of the recipe: float sums, hence the
+    weights, can differ with another thread count or CPU), ``evaluate`` (measure accuracy and style
+    shares at T=0.6 and T=1.0 on held-out test problems into ``manifest.json``; about a minute).
+    Each model is written to a temp dir and renamed into place, so a crash never leaves a
+    half-written model. Takes a few minutes on 2 CPU cores.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t_start = time.time()
+    try:
+        student_tok = build_tokenizer([""], STUDENT_VOCAB)
+        teacher_corpus = make_corpus(TEACHER_SPEC, seed)
+        student_corpus = make_corpus(STUDENT_SPEC, seed)
+        teacher_tok = build_tokenizer(tokenizer_corpus(teacher_corpus[:4000], student_tok), TEACHER_VOCAB)
+        paths, manifest_models = {}, {}
+        test = world.make_problems(TEACHER_SPEC.eval_problems, seed, "test")
+        for spec, tok, corpus in ((TEACHER_SPEC, teacher_tok, teacher_corpus), (STUDENT_SPEC, student_tok, student_corpus)):
+            t0 = time.time()
+            model = train_model(spec, tok, corpus, seed, log=log)
+            tmp = out / f".{spec.name}.building"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            save_model(model, tok, str(tmp))
+            _replace_dir(tmp, out / spec.name)
+            paths[spec.name] = str(out / spec.name)
+            info = {
+                "spec": asdict(spec),
+                "vocab_size": len(tok),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "train_seconds": round(time.time() - t0, 1),
+            }
+            if evaluate:
+                log(f"[{spec.name}] measuring accuracy on {len(test)} test problems")
+                info["eval"] = _measure(model, tok, test, 400 if spec.name == "teacher" else 800, seed)
+                log(f"[{spec.name}] " + ", ".join(f"{k}: acc {v['accuracy']:.3f}" for k, v in info["eval"].items()))
+            manifest_models[spec.name] = info
+        manifest = {
+            "seed": seed,
+            "threads": threads,
+            "torch": torch.__version__,
+            "build_seconds": round(time.time() - t_start, 1),
+            "eval_protocol": {"split": "test", "n": len(test), "top_p": 1.0, "samples_per_problem": 1},
+            "models": manifest_models,
+        }
+        atomic_write_json(out / "manifest.json", manifest)
+        log(f"built toy world in {manifest['build_seconds']:.0f}s -> {out}")
+        return paths
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
+
+
+def _complete(d: Path) -> bool:
+    return all((d / m / f).is_file() for m in ("teacher", "student") for f in ("config.json", "model.safetensors"))
+
+
+def cache_dir() -> Path:
+    """Where dasd caches built things: ``$DASD_CACHE`` or ``~/.cache/dasd``."""
+    return Path(os.environ.get("DASD_CACHE") or Path.home() / ".cache" / "dasd")
+
+
+def default_toy_dir() -> Path:
+    """The directory holding ``teacher/`` and ``student/``: the shipped models when present, else
+    ``cache_dir()/toy``, built there once (a few minutes) on first use."""
+    if _complete(SHIPPED_DIR):
+        return SHIPPED_DIR
+    cached = cache_dir() / "toy"
+    if not _complete(cached):
+        build_toy_world(cached)
+    return cached
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build the toy world's teacher and student base.")
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements")
+    a = ap.parse_args(argv)
+    build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Building the toy world: the corpus pipeline (fast) and a full rebuild's determinism (slow)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from dasd.toy import build, world
+from dasd.toy.tokenizer import build_tokenizer
+
+
+def test_corpus_deterministic_and_per_spec():
+    small = build.TrainSpec(**{**build.asdict(build.STUDENT_SPEC), "n_problems": 300})
+    a, b = build.make_corpus(small, 0), build.make_corpus(small, 0)
+    assert a == b and a != build.make_corpus(small, 1)
+    assert max(len(p.steps) for p, _ in a) <= world.STUDENT_MAX_STEPS
+    assert all(world.split_of(p.canonical) == "train" for p, _ in a)
+    styles = {world.detect_style(r) for _, r in a}
+    assert "fused" not in styles and {"steps", "compact"} <= styles
+
+
+def test_encoding_masks_the_prompt_and_matches_the_chat_template():
+    tok = build_tokenizer([""], build.STUDENT_VOCAB)
+    p = world.make_problems(1, 0, "train")[0]
+    resp = world.solution_text(p, "compact", random.Random(0))
+    [(ids, labels)] = build.encode_examples(tok, [(p, resp)])
+    prompt = tok.apply_chat_template(world.problem_to_prompt(p)["messages"], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids) == prompt + resp + "<|im_end|>"
+    assert ids[-1] == tok.eos_token_id
+
+
+def test_length_bucketed_batches_cover_each_example_once():
+    import torch
+
+    lengths = [random.Random(i).randint(10, 300) for i in range(1000)]
+    batches = build._length_bucketed_batches(lengths, 16, torch.Generator().manual_seed(0))
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and all(len(b) == 16 for b in batches)
+    assert len(flat) >= 1000 - 16 * (1000 // (16 * 50) + 1)
+    again = build._length_bucketed_batches(lengths, 16, torch.Generator().manual_seed(0))
+    assert again == batches
+
+
+def test_default_toy_dir_prefers_shipped_then_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASD_CACHE", str(tmp_path / "cache"))
+    assert build.cache_dir() == tmp_path / "cache"
+    if build._complete(build.SHIPPED_DIR):
+        assert build.default_toy_dir() == build.SHIPPED_DIR
+    monkeypatch.setattr(build, "SHIPPED_DIR", tmp_path / "nothing")
+    fake = tmp_path / "cache" / "toy"
+    for m in ("teacher", "student"):
+        (fake / m).mkdir(parents=True)
+        (fake / m / "config.json").write_text("{}")
+        (fake / m / "model.safetensors").write_bytes(b"")
+    assert build.default_toy_dir() == fake  # complete cache: used, nothing rebuilt
+
+
+def _digests(d):
+    return {m: hashlib.sha256((d / m / "model.safetensors").read_bytes()).hexdigest() for m in ("teacher", "student")}
+
+
+@pytest.mark.slow
+def test_full_rebuild_is_deterministic(tmp_path):
+    paths = build.build_toy_world(tmp_path / "a", seed=0, evaluate=False)
+    assert set(paths) == {"teacher", "student"}
+    build.build_toy_world(tmp_path / "b", seed=0, evaluate=False)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    for m in ("teacher", "student"):
+        for f in ("tokenizer.json", "config.json"):
+            assert (tmp_path / "a" / m / f).read_bytes() == (tmp_path / "b" / m / f).read_bytes()
