@@ -465,6 +465,15 @@ def _fmt(m: dict) -> str:
             f"{m.get('examples', 0)} examples, {m.get('steps', 0)} steps")
 
 
+def _model_id(path: str) -> str:
+    """A model directory and a short hash of its weights (which build of the toy world was measured)."""
+    import hashlib
+
+    w = Path(path) / "model.safetensors"
+    digest = hashlib.sha256(w.read_bytes()).hexdigest()[:10] if w.is_file() else "?"
+    return f"{path} (weights sha256 {digest})"
+
+
 def run_ablation(plan: AblationPlan) -> dict:
     """Run every seed (resumably); return {per_seed, aggregate, paired, shares, markdown}."""
     per_seed, shares_seed = {}, {}
@@ -478,7 +487,10 @@ def run_ablation(plan: AblationPlan) -> dict:
         shares[pool]["seeds"] = len(shares_seed)
     cfg = seed_config(plan, plan.seeds[0])
     p = cfg.eval.protocol
+    from dasd.stages.common import resolve_model
+
     info = {
+        "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),
         "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
         "temperatures": cfg.sample.temperatures, "training prompts": cfg.data.toy.n_train,
         "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
