@@ -37,7 +37,7 @@ def grade_fn(problem: dict, text: str) -> bool:
 
 def ensure_toy_world(cfg) -> None:
     """Build the toy models once if the config uses them and they are not there."""
-    if any(m.model.startswith("toy:") for m in (cfg.teacher, cfg.student)) or cfg.data.prompts == "toy":
+    if any(m.model.startswith("toy:") for m in (cfg.teacher, cfg.student)):
         from dasd.toy.build import default_toy_dir
 
         default_toy_dir()
