@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-slow test-all bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'slow and not gpu'
+
 test-all: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ''
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not gpu'
 
 bench: setup
 	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done

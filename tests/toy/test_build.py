@@ -64,7 +64,7 @@ def _digests(d):
     return {m: hashlib.sha256((d / m / "model.safetensors").read_bytes()).hexdigest() for m in ("teacher", "student")}
 
 
-@pytest.mark.slow
+@pytest.mark.rebuild
 def test_full_rebuild_is_deterministic(tmp_path):
     paths = build.build_toy_world(tmp_path / "a", seed=0, evaluate=False)
     assert set(paths) == {"teacher", "student"}
