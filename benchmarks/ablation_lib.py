@@ -477,7 +477,6 @@ def _model_id(path: str) -> str:
 def run_ablation(plan: AblationPlan) -> dict:
     """Run every seed (resumably); return {per_seed, aggregate, paired, shares, markdown}."""
     per_seed, shares_seed = {}, {}
-    t0 = time.monotonic()
     for seed in plan.seeds:
         per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
     shares = {}
@@ -495,7 +494,8 @@ def run_ablation(plan: AblationPlan) -> dict:
         "temperatures": cfg.sample.temperatures, "training prompts": cfg.data.toy.n_train,
         "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
         "KL reference": f"{plan.kl_samples} teacher samples per held-out prompt at T=1.0", "CI": "Student t over seeds",
-        "minutes": round((time.monotonic() - t0) / 60, 1),
+        "training": f"lr {cfg.train.lr}, batch {cfg.train.micro_batch * cfg.train.grad_accum}, "
+                    f"epochs {plan.epochs if plan.epochs is not None else cfg.train.epochs}, unpacked",
     }
     agg, diffs = aggregate(per_seed), paired(per_seed)
     return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "shares": shares, "info": info,
