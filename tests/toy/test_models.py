@@ -49,13 +49,14 @@ def test_load_offline_with_chat_template(models):
 def test_tokenizers_differ_and_round_trip(models):
     t_tok, s_tok = models["teacher"][0], models["student"][0]
     assert t_tok.get_vocab() != s_tok.get_vocab()
-    assert len(s_tok) == 259  # byte level
+    assert 259 < len(s_tok) < len(t_tok)  # its own, smaller BPE
     assert len(t_tok) > 300  # BPE with merges
     for text in TEXTS:
         for tok in (t_tok, s_tok):
             ids = tok(text, add_special_tokens=False)["input_ids"]
             assert tok.decode(ids) == text
-        assert len(t_tok(text)["input_ids"]) != len(s_tok(text)["input_ids"])
+    # on task text the two vocabularies split differently (rare unicode stays bytes in both)
+    assert t_tok.tokenize(TEXTS[0]) != s_tok.tokenize(TEXTS[0])
 
 
 def test_manifest_records_the_build():

@@ -59,7 +59,7 @@ STYLES = ("steps", "compact", "check", "fused")
 - ``check``: each step named and reduced, plus a check that catches and redoes an arithmetic slip
   ("Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok."). The longest style and the most robust one.
 - ``fused``: two operations per sentence with no intermediate value written ("Steps 1 and 2: from 3,
-  add 4 and multiply by 2: 4."): two computations per emitted digit, which a 2-layer student cannot do
+  add 4 and multiply by 2: 4."): two computations per emitted digit, which the small student cannot do
   reliably (defect 2 of the paper).
 """
 
