@@ -52,6 +52,7 @@ def _plan(tmp_path: Path) -> AblationPlan:
     overrides = [
         f"teacher.model={teacher}", f"student.model={student}", "data.toy.n_train=4", "sample.k=3",
         "sample.max_tokens=40", "filter.require_structure=false", "filter.drop_cutoff=false",
+        "filter.require_correct=false", "filter.max_student_tokens=null",
         "filter.repetition.enabled=false", "train.context=512", "train.micro_batch=2", "train.epochs=1",
         "train.lr=1e-3", "train.min_lr=1e-4",
         "mix.max_continuation_tokens=40", "mix.require_structure=false", "mix.require_correct=false",
