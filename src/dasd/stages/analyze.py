@@ -27,7 +27,7 @@ class AnalyzeConfig(AnalysisConfig):
     """`dasd analyze` settings (YAML section ``analyze``): the typing thresholds plus what to analyse."""
 
     model: str = Field("auto", description="model label whose eval responses are analysed; auto = the last "
-                       "training stage that has a final model")
+                       "training stage that has a final model and evaluation responses")
     max_responses: int = Field(200, ge=1, description="analyse at most this many responses (first by problem, index)")
     batch: int = Field(16, ge=1, description="responses per scoring call")
 
@@ -36,9 +36,10 @@ def _pick_model(cfg, store: RunStore) -> str:
     if cfg.analyze.model != "auto":
         return cfg.analyze.model
     for stage in reversed(cfg.train.stages):
-        if model_for(cfg, store, stage.name) is not None:
+        if model_for(cfg, store, stage.name) is not None and store.outputs("eval") and _output_name(stage.name) in store.outputs("eval"):
             return stage.name
-    raise DasdError("dasd analyze: no trained model in this run yet (run `dasd train` first, or set analyze.model)")
+    raise DasdError("dasd analyze: no trained model with evaluation responses in this run yet "
+                    "(run `dasd train` and `dasd eval` first, or set analyze.model)")
 
 
 def run_analyze(cfg, store: RunStore | None = None) -> dict:
