@@ -17,7 +17,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.errors import DasdError
 from dasd.records import content_id
 from dasd.stages.common import chunks, open_engine
-from dasd.stages.evaluation import _output_name, load_benchmark, model_for
+from dasd.stages.evaluation import results_name, load_benchmark, model_for
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -36,7 +36,7 @@ def _pick_model(cfg, store: RunStore) -> str:
     if cfg.analyze.model != "auto":
         return cfg.analyze.model
     for stage in reversed(cfg.train.stages):
-        if model_for(cfg, store, stage.name) is not None and store.outputs("eval") and _output_name(stage.name) in store.outputs("eval"):
+        if model_for(cfg, store, stage.name) is not None and results_name(stage.name) in store.outputs("eval"):
             return stage.name
     raise DasdError("dasd analyze: no trained model with evaluation responses in this run yet "
                     "(run `dasd train` and `dasd eval` first, or set analyze.model)")
@@ -46,7 +46,7 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     store = store or RunStore(cfg.run_dir)
     ac: AnalyzeConfig = cfg.analyze
     label = _pick_model(cfg, store)
-    results = sorted(store.read("eval", _output_name(label)), key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
+    results = sorted(store.read("eval", results_name(label)), key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
     if not results:
         raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
     results = results[: ac.max_responses]

@@ -102,7 +102,8 @@ def model_for(cfg, store: RunStore, label: str):
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 
-def _output_name(label: str) -> str:
+def results_name(label: str) -> str:
+    """The run-store output holding a model label's evaluation results."""
     return "results-" + re.sub(r"[^A-Za-z0-9_.=+\-]", "_", label)
 
 
@@ -113,8 +114,8 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] 
     if mcfg is None:
         print(f"[eval] {label}: no such model in this run yet, skipped")
         return None
-    with store.writer(STAGE, _output_name(label), shard_size=256, flush_seconds=20) as w:
-        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r for r in store.read(STAGE, _output_name(label))}
+    with store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
+        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r for r in store.read(STAGE, results_name(label))}
         for spec in ecfg.benchmarks:
             problems = load_benchmark(spec)
             by_domain: dict[str, list[dict]] = {}
