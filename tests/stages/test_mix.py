@@ -478,7 +478,8 @@ def test_toy_world_mix_with_default_filters(tmp_path, capsys):
     problems = world.make_problems(48, seed=3, split="train", min_steps=5, max_steps=7)
     curated = [{"prompt": world.problem_to_prompt(p), "teacher_text": world.teacher_response(p, rng)[1]} for p in problems]
     store = RunStore(tmp_path / "run")
-    cfg = MixConfig(n_questions=48, max_continuation_tokens=400, batch_questions=16)
+    # a tight cap (the student base writes compact answers, shorter than the teacher's) forces cut-offs
+    cfg = MixConfig(n_questions=48, length_multiple=0.6, max_continuation_tokens=400, batch_questions=16)
     funnel = run_mix(cfg, store, curated, student, teacher)
     print(summary_line(funnel))
     assert funnel["questions"] == 48 and funnel["cut_off"] > 0
