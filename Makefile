@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo test test-slow test-all bench ablation clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ test-slow: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not gpu'
 
+# The ratio benchmarks (minutes); the ablation study is separate: `make ablation` (3 seeds, longer).
 bench: setup
-	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+	for b in score_memory score_throughput segment_speed train_packing openai_overhead; do \
+	  HF_HUB_OFFLINE=1 $(PY) benchmarks/$$b.py || exit 1; done
+
+ablation: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) runs .cache
