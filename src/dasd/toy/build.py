@@ -381,7 +381,7 @@ def cache_dir() -> Path:
 
 def default_toy_dir() -> Path:
     """The directory holding ``teacher/`` and ``student/``: the shipped models when present, else
-    ``cache_dir()/toy``, built there once (a few minutes) on first use."""
+    ``cache_dir()/toy``, built there once on first use (about 20 minutes on 2 CPU cores)."""
     if _complete(SHIPPED_DIR):
         return SHIPPED_DIR
     cached = cache_dir() / "toy"
