@@ -109,3 +109,28 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int:
         """Number of this model's tokens in ``text`` (no special tokens added)."""
         ...
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens added (how every engine tokenises a continuation)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_context_ids(tokenizer, name: str, messages: Messages | None, prefix: str | None, rid: str) -> list[int]:
+    """Prompt ids, built the same way by every engine that tokenises locally: the chat template with
+    the generation prompt, or the raw ``prefix`` as given; an empty context becomes the BOS token."""
+    from dasd.errors import DasdError
+
+    if messages is not None:
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:
+            raise DasdError(f"request {rid!r}: cannot apply {name}'s chat template: {err}") from None
+    else:
+        text = prefix or ""
+    ids = encode_text(tokenizer, text)
+    if not ids:
+        if tokenizer.bos_token_id is None:
+            raise DasdError(f"request {rid!r}: empty context and {name} has no BOS token")
+        ids = [tokenizer.bos_token_id]
+    return ids

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.base import (
+    GenerateRequest,
+    Generation,
+    ScoreRequest,
+    ScoreResult,
+    build_context_ids,
+    encode_text,
+)
 from dasd.engines.config import EngineConfig
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
 from dasd.errors import DasdError
@@ -127,26 +134,11 @@ class HFEngine:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens (special-token text is still matched)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_text(self.tokenizer, text)
 
-    def context_ids(self, messages: list[dict[str, str]] | None, prefix: str | None, rid: str) -> list[int]:
+    def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
         """Prompt ids: chat template with the generation prompt, or the raw prefix as given."""
-        if messages is not None:
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-            except Exception as err:
-                raise DasdError(f"request {rid!r}: cannot apply {self.name}'s chat template: {err}")
-        else:
-            text = prefix or ""
-        ids = self.encode(text)
-        if not ids:
-            bos = self.tokenizer.bos_token_id
-            if bos is None:
-                raise DasdError(f"request {rid!r}: empty context and {self.name} has no BOS token")
-            ids = [bos]
-        return ids
+        return build_context_ids(self.tokenizer, self.name, messages, prefix, rid)
 
     # --------------------------------------------------------------- log-probs
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.base import (
+    GenerateRequest,
+    Generation,
+    ScoreRequest,
+    ScoreResult,
+    build_context_ids,
+    encode_text,
+)
 from dasd.engines.config import EngineConfig
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
 from dasd.errors import ConfigError, DasdError
@@ -295,7 +302,7 @@ class OpenAIEngine:
             raise DasdError(f"count_tokens: {url} failed ({err}); set engine.tokenizer to count locally")
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_text(self.tokenizer, text)
 
     def _pieces(self, ids: list[int]) -> list[bytes]:
         """Each id's bytes, from a table of the whole vocabulary built once (token_bytes per call
@@ -306,20 +313,8 @@ class OpenAIEngine:
         return [table[i] if 0 <= i < len(table) else token_bytes(self.tokenizer, [i])[0] for i in ids]
 
     def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
-        """Prompt ids built like the hf engine: chat template + generation prompt, or the prefix."""
-        if messages is not None:
-            try:
-                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except Exception as err:
-                raise DasdError(f"request {rid!r}: cannot apply the chat template of {self.cfg.tokenizer}: {err}")
-        else:
-            text = prefix or ""
-        ids = self.encode(text)
-        if not ids:
-            if self.tokenizer.bos_token_id is None:
-                raise DasdError(f"request {rid!r}: empty context and the tokenizer has no BOS token")
-            ids = [self.tokenizer.bos_token_id]
-        return ids
+        """Prompt ids: chat template with the generation prompt, or the raw prefix as given."""
+        return build_context_ids(self.tokenizer, str(self.cfg.tokenizer or self.cfg.model), messages, prefix, rid)
 
     # ------------------------------------------------------------------ async machinery
     def _stream(self, jobs: list) -> Iterator[tuple[Any, Any]]:

@@ -24,7 +24,14 @@ DasdError naming the extra to install.
 
 from __future__ import annotations
 
-from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.base import (
+    GenerateRequest,
+    Generation,
+    ScoreRequest,
+    ScoreResult,
+    build_context_ids,
+    encode_text,
+)
 from dasd.engines.config import EngineConfig
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
 from dasd.engines.openai import sample_seed
@@ -79,23 +86,11 @@ class VLLMEngine:
         return len(self.encode(text))
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_text(self.tokenizer, text)
 
     def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
-        """Prompt ids exactly as the hf engine builds them."""
-        if messages is not None:
-            try:
-                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except Exception as err:
-                raise DasdError(f"request {rid!r}: cannot apply {self.name}'s chat template: {err}")
-        else:
-            text = prefix or ""
-        ids = self.encode(text)
-        if not ids:
-            if self.tokenizer.bos_token_id is None:
-                raise DasdError(f"request {rid!r}: empty context and {self.name} has no BOS token")
-            ids = [self.tokenizer.bos_token_id]
-        return ids
+        """Prompt ids: chat template with the generation prompt, or the raw prefix as given."""
+        return build_context_ids(self.tokenizer, self.name, messages, prefix, rid)
 
     def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
         """Per request, its ``n`` samples in index order; one vLLM request per sample."""
