@@ -163,7 +163,7 @@ def toy_build(
                              "i.e. ~/.cache/dasd/toy; the shipped models are never overwritten)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Deterministically build the toy teacher and student base (ordinary transformers format, ~20 min on 2 cores)."""
+    """Deterministically build the toy teacher and student base (ordinary transformers format, ~5 min on 2 cores)."""
     from dasd.toy.build import build_toy_world, cache_dir
 
     paths = build_toy_world(out or cache_dir() / "toy", seed=seed)

@@ -1,8 +1,10 @@
-"""Building the toy world: the corpus pipeline (fast) and a full rebuild's determinism (slow)."""
+"""Building the toy world: the corpus pipeline, a tiny parallel build (fast) and a full rebuild's determinism (rebuild marker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import random
 
 import pytest
@@ -62,6 +64,30 @@ def test_default_toy_dir_prefers_shipped_then_cache(tmp_path, monkeypatch):
 
 def _digests(d):
     return {m: hashlib.sha256((d / m / "model.safetensors").read_bytes()).hexdigest() for m in ("teacher", "student")}
+
+
+def _tiny_specs():
+    kw = dict(hidden=16, layers=1, heads=1, steps=3, batch_size=2, warmup=1, n_problems=40, eval_problems=2)
+    return {n: dataclasses.replace(spec, **kw) for n, spec in build.SPECS.items()}
+
+
+def test_parallel_build_equals_sequential(tmp_path):
+    """The two models built side by side in two processes are byte-identical to building them one
+    after the other in this process; the manifest records the build."""
+    specs = _tiny_specs()
+    paths = build.build_toy_world(tmp_path / "par", seed=3, specs=specs, log=lambda s: None)
+    build.build_toy_world(tmp_path / "seq", seed=3, specs=specs, parallel=False, log=lambda s: None)
+    assert paths == {m: str(tmp_path / "par" / m) for m in ("teacher", "student")}
+    assert _digests(tmp_path / "par") == _digests(tmp_path / "seq")
+    for m in ("teacher", "student"):
+        assert (tmp_path / "par" / m / "tokenizer.json").read_bytes() == (tmp_path / "seq" / m / "tokenizer.json").read_bytes()
+        assert not (tmp_path / "par" / f".{m}.building").exists()
+    man = json.loads((tmp_path / "par" / "manifest.json").read_text())
+    assert man["parallel"] is True and man["seed"] == 3 and man["threads"] == 1
+    for m in ("teacher", "student"):
+        info = man["models"][m]
+        assert info["spec"]["steps"] == 3 and set(info["eval"]) == {"T=0.6", "T=1.0"}
+        assert 0.0 <= info["eval"]["T=0.6"]["accuracy"] <= 1.0
 
 
 @pytest.mark.rebuild

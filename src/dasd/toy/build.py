@@ -5,23 +5,24 @@ tokens only) on responses drawn from the known generating process in ``dasd.toy.
 ordinary transformers format (config.json, model.safetensors, tokenizer with chat template).
 
 - teacher: BPE tokenizer (at most ``TEACHER_VOCAB`` entries, trained on templated teacher text),
-  hidden 96, 4 layers, trained on ``TEACHER_STYLE_MIX`` with a small slip rate, chains of 2..7 steps.
+  hidden 64, 4 layers, trained on ``TEACHER_STYLE_MIX`` with a small slip rate, chains of 2..7 steps.
 - student base: its own smaller BPE tokenizer (at most ``STUDENT_VOCAB`` entries, trained on
   templated student text: a different vocabulary), hidden 64, 3 layers, fewer steps and problems,
   ``STUDENT_STYLE_MIX``, chains of at most ``STUDENT_MAX_STEPS`` steps.
 
 Run::
 
-    python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1]
+    python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1] [--sequential] [--no-eval]
 
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
-One thread is the default: on a shared machine, two contending intra-op threads are several times
-slower than one. The build takes ~15-25 minutes of one busy core (about 4 MB of weights in all).
+The two models train side by side in two processes, one thread each: about 5 minutes on an idle
+2-core machine (about 3 MB of weights in all).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -76,11 +77,11 @@ class TrainSpec:
 
 TEACHER_SPEC = TrainSpec(
     name="teacher",
-    hidden=96,
+    hidden=64,
     layers=4,
-    heads=3,
-    steps=2400,
-    batch_size=16,
+    heads=2,
+    steps=4000,  # batch 8 learns from fewer examples than batch 16: 2400 x 8 gave 81%, 4000 x 8 96%
+    batch_size=8,
     lr=3e-3,
     style_mix=world.TEACHER_STYLE_MIX,
     error_rate=world.TEACHER_ERROR_RATE,
@@ -91,8 +92,8 @@ STUDENT_SPEC = TrainSpec(
     hidden=64,
     layers=3,
     heads=2,
-    steps=1200,  # at a phase transition: 1000 steps gave 16% at T=0.6, 1200 gave 49.5%, 1500 gave 68%
-    batch_size=16,
+    steps=2400,
+    batch_size=8,
     lr=3e-3,
     style_mix=world.STUDENT_STYLE_MIX,
     error_rate=0.05,
@@ -303,68 +304,110 @@ def _replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def build_toy_world(
+_print_now = functools.partial(print, flush=True)  # picklable: the worker processes' log
+
+SPECS = {"teacher": TEACHER_SPEC, "student": STUDENT_SPEC}
+VOCABS = {"teacher": TEACHER_VOCAB, "student": STUDENT_VOCAB}
+
+
+def build_model(
+    name: str,
     out_dir: str | os.PathLike,
     seed: int = 0,
     threads: int = 1,
     evaluate: bool = True,
     log=print,
+    spec: TrainSpec | None = None,
+) -> dict:
+    """Build one toy model (``"teacher"`` or ``"student"``) into ``out_dir/name``; return its manifest entry.
+
+    Its BPE tokenizer is trained on its own corpus, then the model (``spec``, default ``SPECS[name]``) with ``threads``
+    torch intra-op threads (restored afterwards). The model is written to a temp dir and renamed into
+    place, so a crash never leaves a half-written model.
+    """
+    spec = spec or SPECS[name]
+    out = Path(out_dir)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.time()
+        corpus = make_corpus(spec, seed)
+        byte_tok = build_tokenizer([""], BYTE_VOCAB)
+        tok = build_tokenizer(tokenizer_corpus(corpus[:4000], byte_tok), VOCABS[name])
+        model = train_model(spec, tok, corpus, seed, log=log)
+        tmp = out / f".{name}.building"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_model(model, tok, str(tmp))
+        _replace_dir(tmp, out / name)
+        info = {
+            "spec": asdict(spec),
+            "vocab_size": len(tok),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(time.time() - t0, 1),
+        }
+        if evaluate:
+            test = world.make_problems(spec.eval_problems, seed, "test")
+            t1 = time.time()
+            log(f"[{name}] measuring accuracy on {len(test)} test problems")
+            info["eval"] = _measure(model, tok, test, 400 if name == "teacher" else 800, seed)
+            info["eval_seconds"] = round(time.time() - t1, 1)
+            log(f"[{name}] " + ", ".join(f"{k}: acc {v['accuracy']:.3f}" for k, v in info["eval"].items()))
+        return info
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def build_toy_world(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    threads: int = 1,
+    evaluate: bool = True,
+    parallel: bool = True,
+    log=print,
+    specs: dict[str, TrainSpec] | None = None,
 ) -> dict[str, str]:
     """Build the teacher and the student base into ``out_dir/{teacher,student}``; return their paths.
 
     Knobs: ``seed`` (problems, corpora, init, data order, sampling in the measurements), ``threads``
-    (torch intra-op threads, restored afterwards; it is part of the recipe: float sums, hence the
-    weights, can differ with another thread count or CPU), ``evaluate`` (measure accuracy and style
-    shares at T=0.6 and T=1.0 on held-out test problems into ``manifest.json``; about a minute).
-    Each model is written to a temp dir and renamed into place, so a crash never leaves a
-    half-written model. Takes a few minutes on 2 CPU cores.
+    (torch intra-op threads per model; part of the recipe: float sums, hence the weights, can differ
+    with another thread count or CPU), ``evaluate`` (measure accuracy and style shares at T=0.6 and
+    T=1.0 on 200 held-out test problems into ``manifest.json``), ``parallel`` (build the two models at
+    once in two processes, one core each; the weights are the same either way, since each model's
+    recipe, thread count included, is unchanged; worker processes log with ``print``), ``specs``
+    (replace ``SPECS``, e.g. tiny ones in tests).
+    About 5 minutes on an idle 2-core machine (the teacher's training dominates).
+
+    Pitfall: one model with two intra-op threads is only ~1.4x faster than with one on an idle
+    machine and several times slower on a busy one (the threads spin-wait on each other), so the two
+    models run side by side instead, one thread each.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t_start = time.time()
-    try:
-        byte_tok = build_tokenizer([""], BYTE_VOCAB)
-        teacher_corpus = make_corpus(TEACHER_SPEC, seed)
-        student_corpus = make_corpus(STUDENT_SPEC, seed)
-        teacher_tok = build_tokenizer(tokenizer_corpus(teacher_corpus[:4000], byte_tok), TEACHER_VOCAB)
-        student_tok = build_tokenizer(tokenizer_corpus(student_corpus[:4000], byte_tok), STUDENT_VOCAB)
-        paths, manifest_models = {}, {}
-        test = world.make_problems(TEACHER_SPEC.eval_problems, seed, "test")
-        for spec, tok, corpus in ((TEACHER_SPEC, teacher_tok, teacher_corpus), (STUDENT_SPEC, student_tok, student_corpus)):
-            t0 = time.time()
-            model = train_model(spec, tok, corpus, seed, log=log)
-            tmp = out / f".{spec.name}.building"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            save_model(model, tok, str(tmp))
-            _replace_dir(tmp, out / spec.name)
-            paths[spec.name] = str(out / spec.name)
-            info = {
-                "spec": asdict(spec),
-                "vocab_size": len(tok),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "train_seconds": round(time.time() - t0, 1),
-            }
-            if evaluate:
-                log(f"[{spec.name}] measuring accuracy on {len(test)} test problems")
-                info["eval"] = _measure(model, tok, test, 400 if spec.name == "teacher" else 800, seed)
-                log(f"[{spec.name}] " + ", ".join(f"{k}: acc {v['accuracy']:.3f}" for k, v in info["eval"].items()))
-            manifest_models[spec.name] = info
-        manifest = {
-            "seed": seed,
-            "threads": threads,
-            "torch": torch.__version__,
-            "build_seconds": round(time.time() - t_start, 1),
-            "eval_protocol": {"split": "test", "n": len(test), "top_p": 1.0, "samples_per_problem": 1},
-            "models": manifest_models,
-        }
-        atomic_write_json(out / "manifest.json", manifest)
-        log(f"built toy world in {manifest['build_seconds']:.0f}s -> {out}")
-        return paths
-    finally:
-        torch.set_num_threads(old_threads)
+    specs = specs or SPECS
+    names = list(SPECS)
+    if parallel:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {n: pool.submit(build_model, n, str(out), seed, threads, evaluate, _print_now, specs[n]) for n in names}
+            manifest_models = {n: f.result() for n, f in futures.items()}
+    else:
+        manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n]) for n in names}
+    manifest = {
+        "seed": seed,
+        "threads": threads,
+        "parallel": parallel,
+        "torch": torch.__version__,
+        "build_seconds": round(time.time() - t_start, 1),
+        "eval_protocol": {"split": "test", "n": specs["teacher"].eval_problems, "top_p": 1.0, "samples_per_problem": 1},
+        "models": manifest_models,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    log(f"built toy world in {manifest['build_seconds']:.0f}s -> {out}")
+    return {n: str(out / n) for n in names}
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
@@ -381,7 +424,7 @@ def cache_dir() -> Path:
 
 def default_toy_dir() -> Path:
     """The directory holding ``teacher/`` and ``student/``: the shipped models when present, else
-    ``cache_dir()/toy``, built there once on first use (about 20 minutes on 2 CPU cores)."""
+    ``cache_dir()/toy``, built there once on first use (about 5 minutes on 2 CPU cores)."""
     if _complete(SHIPPED_DIR):
         return SHIPPED_DIR
     cached = cache_dir() / "toy"
@@ -396,10 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the toy world's teacher and student base.")
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    ap.add_argument("--sequential", action="store_true", help="build one model after the other in this process")
     ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements")
     a = ap.parse_args(argv)
-    build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval)
+    build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval, parallel=not a.sequential)
     return 0
 
 
