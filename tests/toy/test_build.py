@@ -17,7 +17,7 @@ def test_corpus_deterministic_and_per_spec():
     small = build.TrainSpec(**{**build.asdict(build.STUDENT_SPEC), "n_problems": 300})
     a, b = build.make_corpus(small, 0), build.make_corpus(small, 0)
     assert a == b and a != build.make_corpus(small, 1)
-    assert max(len(p.steps) for p, _ in a) <= world.STUDENT_MAX_STEPS
+    assert {len(p.steps) for p, _ in a} == set(range(world.MIN_STEPS, world.MAX_STEPS + 1))
     assert all(world.split_of(p.canonical) == "train" for p, _ in a)
     styles = {world.detect_style(r) for _, r in a}
     assert "fused" not in styles and {"steps", "compact"} <= styles
