@@ -15,8 +15,8 @@ k-th operation by matching "Step k:" (an induction pattern) instead of counting 
 
 The generating process (``solution_text``) writes a correct (or, with ``error_rate``, slightly wrong)
 solution in one of four **styles**; the toy teacher is trained on a mixture of them
-(``TEACHER_STYLE_MIX``), the student base on a different one (``STUDENT_STYLE_MIX``) and on shorter
-chains. See docs/toy-world.md for how the three defects DASD fixes show up in this world.
+(``TEACHER_STYLE_MIX``, 2% slips), the student base on a different one (``STUDENT_STYLE_MIX``) with
+far more slips (``STUDENT_ERROR_RATE``). See docs/toy-world.md for how the three defects DASD fixes show up in this world.
 
 Usage::
 
