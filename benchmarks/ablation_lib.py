@@ -277,9 +277,11 @@ def steps_for(n_examples: int, epochs: float, batch: int) -> int:
 
 
 def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], init: str = "base",
-              mask_prefix: bool = False) -> dict:
+              mask_prefix: bool = False, schedule: dict | None = None) -> dict:
     """Train one arm with the real trainer: ``stages`` = [(name, examples, max_steps)], chained.
 
+    ``schedule``: per-stage learning-rate overrides (``lr``, ``min_lr``, ``warmup_ratio``) for
+    every stage of the arm, e.g. the config's mixed stage's (``mixed_schedule``).
     Unpacked sequences (``packing: false``) so that a step is the same number of examples in every
     arm, whatever the response lengths. Returns {final, steps, examples, final_loss}.
     """
@@ -291,7 +293,7 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
     for i, (name, examples, steps) in enumerate(stages):
         data[name] = examples
         specs.append(StageConfig(name=name, data=name, init=(init if i == 0 else "previous"), max_steps=steps,
-                                 mask_prefix=mask_prefix))
+                                 mask_prefix=mask_prefix, **(schedule or {})))
     base = resolve_model(cfg.train.base_model)
     # epochs is irrelevant (every stage has max_steps); fixed so the trainer's resume fingerprint
     # does not depend on the config's value.
@@ -447,11 +449,21 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
             steps = steps_for(len(mixed), mixed_epochs(cfg), batch)
             for arm, masked in (("mixed_unmasked", False), ("mixed_masked", True)):
                 arm_dir = root / "arms" / arm
-                tr = train_arm(cfg, arm_dir, [("stage3_mixed", mixed, steps)], init=finals["das_low_high"], mask_prefix=masked)
+                tr = train_arm(cfg, arm_dir, [("stage3_mixed", mixed, steps)], init=finals["das_low_high"],
+                               mask_prefix=masked, schedule=mixed_schedule(cfg))
                 results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
                                        arm_dir / "metrics.json", {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
                 log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
     return results, teacher_shares(pools, prompts, plan.per_prompt, seed)
+
+
+def mixed_schedule(cfg) -> dict:
+    """The learning-rate overrides of the config's stage reading ``mixed`` (recipe default: constant
+    at ``min_lr``, no warmup), so the mixed arms train as the pipeline's stage 3 does."""
+    for st in cfg.train.stages:
+        if st.data == "mixed":
+            return {k: getattr(st, k) for k in ("lr", "min_lr", "warmup_ratio") if getattr(st, k) is not None}
+    return {}
 
 
 def mixed_epochs(cfg) -> float:

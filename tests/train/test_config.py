@@ -61,3 +61,26 @@ def test_module_entry_point_runs_a_train_section_and_reports_bad_configs(tiny_lm
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o2")]) == 2
     assert "bad.yaml: field 'micro_bach'" in capsys.readouterr().err
+
+
+def test_mixed_stage_continues_where_stage_two_ends():
+    """Stage 3 runs at a constant lr equal to min_lr, the lr stage 2's cosine ends on; stages 1-2 use
+    the full schedule. A run config without `train.stages` gets the same, from its own min_lr."""
+    from pathlib import Path
+
+    from dasd.config import load_config
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    c = paper_recipe()
+    s1, s2, s3 = (c.for_stage(s) for s in c.stages)
+    assert (s1["lr"], s1["warmup_ratio"]) == (s2["lr"], s2["warmup_ratio"]) == (5e-5, 0.1)
+    assert (s3["lr"], s3["min_lr"], s3["warmup_ratio"]) == (1e-5, 1e-5, 0.0)
+    total = 40
+    assert lr_at(total - 1, total, s2["lr"], s2["min_lr"], s2["warmup_ratio"]) == pytest.approx(1e-5)
+    assert {lr_at(k, 7, s3["lr"], s3["min_lr"], s3["warmup_ratio"]) for k in range(7)} == {1e-5}
+    assert paper_recipe(min_lr=2e-5).for_stage(paper_recipe(min_lr=2e-5).stages[2])["lr"] == 2e-5
+
+    assert load_config(demo, ["train.min_lr=1e-5"]).train.stages[2].lr == 1e-5
+    assert load_config(demo, []).train.stages[2].lr == 3e-5  # the demo's min_lr
+    restart = load_config(demo, ["train.min_lr=0"]).train
+    assert restart.for_stage(restart.stages[2])["lr"] == restart.lr  # min_lr 0: the full schedule again
