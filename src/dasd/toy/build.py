@@ -17,7 +17,7 @@ Run::
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
 The two models train side by side in two processes, one thread each: about 5 minutes on an idle
-2-core machine (about 3 MB of weights in all).
+2-core machine (about 2 MB of weights in all).
 """
 
 from __future__ import annotations
