@@ -5,7 +5,7 @@ the engine (tokenisation, chat template, batching by tokens, chunked log-probs, 
 The baseline runs the same padded batches straight through ``model(...)`` and takes
 ``log_softmax(logits).gather(targets)``: what a naive scorer does, with no bookkeeping. The printed
 ratio (engine tokens/s / baseline tokens/s) is the engine's efficiency; target >= 0.85. The model is
-a random Llama of the toy teacher's size (hidden 128, 4 layers, vocab 512), or ``--model DIR``.
+a small random Llama (hidden 128, 4 layers, vocab 512), or ``--model DIR``.
 
 Run::
 
