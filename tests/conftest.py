@@ -41,3 +41,30 @@ def tiny_lm_dir_other_vocab(tmp_path_factory):
     model = make_model(tok, hidden=48, layers=2, heads=2, seed=1)
     save_model(model, tok, str(out))
     return str(out)
+
+
+def _nudged_lm(out, corpus, vocab_size, seed, favour, boost, hidden=32) -> str:
+    """A random tiny Llama (1 layer) whose tied lm head favours the tokens whose text is in
+    ``favour`` (e.g. the end-of-turn token, so that sampling ends), saved to ``out``; its path."""
+    import torch
+
+    from dasd.toy.model import make_model, save_model
+    from dasd.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(corpus, vocab_size=vocab_size)
+    model = make_model(tok, hidden=hidden, layers=1, heads=2, max_positions=512, seed=seed)
+    ids = [i for i in range(len(tok)) if tok.decode([i]) in favour]
+    assert ids, "nothing to favour"
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[ids, 0] = boost
+    save_model(model, tok, str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def nudged_lm():
+    """``nudged_lm(out, corpus, vocab_size, seed, favour, boost, hidden=32)`` -> model dir: a random
+    tiny Llama nudged towards some tokens (models that finish their answers, for stage tests)."""
+    return _nudged_lm

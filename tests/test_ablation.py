@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -31,24 +30,9 @@ CORPUS = [
 ]
 
 
-def _nudged(out: Path, corpus, vocab, seed, favour, boost) -> str:
-    from dasd.toy.model import make_model, save_model
-    from dasd.toy.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(corpus, vocab_size=vocab)
-    model = make_model(tok, hidden=32, layers=1, heads=2, max_positions=512, seed=seed)
-    ids = [i for i in range(len(tok)) if tok.decode([i]) in favour]
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[:, 0] = 1.0
-        emb[ids, 0] = boost
-    save_model(model, tok, str(out))
-    return str(out)
-
-
-def _plan(tmp_path: Path) -> AblationPlan:
-    teacher = _nudged(tmp_path / "teacher", CORPUS * 30, 400, 4, {"<|im_end|>"}, 1.3)
-    student = _nudged(tmp_path / "student", list(reversed(CORPUS)) * 20, 330, 3, {"\n", "."}, 1.6)
+def _plan(tmp_path: Path, nudged_lm) -> AblationPlan:
+    teacher = nudged_lm(tmp_path / "teacher", CORPUS * 30, 400, 4, {"<|im_end|>"}, 1.3)
+    student = nudged_lm(tmp_path / "student", list(reversed(CORPUS)) * 20, 330, 3, {"\n", "."}, 1.6)
     overrides = [
         f"teacher.model={teacher}", f"student.model={student}", "data.toy.n_train=4", "sample.k=3",
         "sample.max_tokens=40", "filter.require_structure=false", "filter.drop_cutoff=false",
@@ -117,8 +101,8 @@ def test_aggregate_and_paired_differences():
 
 
 @pytest.mark.slow
-def test_every_arm_is_trained_and_measured_and_a_rerun_resumes(tmp_path):
-    plan = _plan(tmp_path)
+def test_every_arm_is_trained_and_measured_and_a_rerun_resumes(tmp_path, nudged_lm):
+    plan = _plan(tmp_path, nudged_lm)
     rep = run_ablation(plan)
     arms = rep["per_seed"][0]
     assert set(arms) == {"student", "teacher", *ARMS}
@@ -147,10 +131,10 @@ def test_every_arm_is_trained_and_measured_and_a_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_script_writes_the_table_and_json(tmp_path):
+def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
     import ablation
 
-    plan = _plan(tmp_path)
+    plan = _plan(tmp_path, nudged_lm)
     out = tmp_path / "results" / "ablation.md"
     args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-mixed", "--no-references", "--set", *plan.overrides]
     assert ablation.main(args) == 0

@@ -18,7 +18,6 @@ import math
 import re
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -46,29 +45,12 @@ MIX_CORPUS = [
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 
-def _nudged_model(out, corpus, vocab_size, hidden, seed, favour, boost):
-    """A random tiny Llama whose tied lm head favours the tokens whose text is in ``favour``."""
-    from dasd.toy.model import make_model, save_model
-    from dasd.toy.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(corpus, vocab_size=vocab_size)
-    model = make_model(tok, hidden=hidden, layers=1, heads=2, max_positions=512, seed=seed)
-    ids = [i for i in range(len(tok)) if tok.decode([i]) in favour]
-    assert ids, "nothing to favour"
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[:, 0] = 1.0
-        emb[ids, 0] = boost
-    save_model(model, tok, str(out))
-    return str(out)
-
-
 @pytest.fixture(scope="session")
-def mix_engines(tmp_path_factory):
+def mix_engines(tmp_path_factory, nudged_lm):
     """(student, teacher) hf engines with different vocabularies (see the module docstring)."""
     root = tmp_path_factory.mktemp("mix_models")
-    s_dir = _nudged_model(root / "student", MIX_CORPUS * 20, 360, 32, 3, {"\n", "。", "."}, 1.6)
-    t_dir = _nudged_model(root / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 32, 4, {"<|im_end|>"}, 2.2)
+    s_dir = nudged_lm(root / "student", MIX_CORPUS * 20, 360, 3, {"\n", "。", "."}, 1.6)
+    t_dir = nudged_lm(root / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 4, {"<|im_end|>"}, 2.2)
     student = make_engine(EngineConfig(model=s_dir, device="cpu", batch_size=16))
     teacher = make_engine(EngineConfig(model=t_dir, device="cpu", batch_size=16))
     return student, teacher
