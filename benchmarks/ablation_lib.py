@@ -280,8 +280,8 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
               mask_prefix: bool = False, schedule: dict | None = None) -> dict:
     """Train one arm with the real trainer: ``stages`` = [(name, examples, max_steps)], chained.
 
-    ``schedule``: per-stage learning-rate overrides (``lr``, ``min_lr``, ``warmup_ratio``) for
-    every stage of the arm, e.g. the config's mixed stage's (``mixed_schedule``).
+    ``schedule``: learning-rate fields of ``StageConfig`` (``lr``, ``min_lr``, ``warmup_ratio``,
+    ``constant_at_min_lr``) for every stage of the arm, e.g. the config's mixed stage's (``mixed_schedule``).
     Unpacked sequences (``packing: false``) so that a step is the same number of examples in every
     arm, whatever the response lengths. Returns {final, steps, examples, final_loss}.
     """
@@ -462,7 +462,7 @@ def mixed_schedule(cfg) -> dict:
     at ``min_lr``, no warmup), so the mixed arms train as the pipeline's stage 3 does."""
     for st in cfg.train.stages:
         if st.data == "mixed":
-            return {k: getattr(st, k) for k in ("lr", "min_lr", "warmup_ratio") if getattr(st, k) is not None}
+            return st.model_dump(include={"lr", "min_lr", "warmup_ratio", "constant_at_min_lr"}, exclude_none=True)
     return {}
 
 

@@ -112,20 +112,11 @@ class RunConfig(StrictModel):
 
 
 def _default_train(section: dict, student_model: str) -> dict:
-    """A train section without `base_model` trains the student; without `stages`, the paper's schedule
-    (stage 3 at the section's `min_lr`, constant: see `paper_stages`)."""
+    """A train section without `base_model` trains the student; without `stages`, the paper's schedule."""
     out = dict(section)
     out.setdefault("base_model", student_model)
     if "stages" not in out:
-        tail_lr = out.get("min_lr", TrainConfig.model_fields["min_lr"].default)
-        try:
-            tail_lr = float(tail_lr) if not isinstance(tail_lr, bool) else None
-        except (TypeError, ValueError):
-            tail_lr = None  # a bad value is reported by TrainConfig's own validation
-        if tail_lr is not None and tail_lr <= 0:
-            tail_lr = None  # min_lr 0: stage 3 restarts the schedule (a constant lr must be > 0)
-        stages = paper_stages(low="low", high="high", mixed="mixed", mixed_lr=tail_lr)
-        out["stages"] = [s.model_dump() for s in stages]
+        out["stages"] = [s.model_dump() for s in paper_stages(low="low", high="high", mixed="mixed")]
     return out
 
 

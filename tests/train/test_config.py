@@ -80,7 +80,14 @@ def test_mixed_stage_continues_where_stage_two_ends():
     assert {lr_at(k, 7, s3["lr"], s3["min_lr"], s3["warmup_ratio"]) for k in range(7)} == {1e-5}
     assert paper_recipe(min_lr=2e-5).for_stage(paper_recipe(min_lr=2e-5).stages[2])["lr"] == 2e-5
 
-    assert load_config(demo, ["train.min_lr=1e-5"]).train.stages[2].lr == 1e-5
-    assert load_config(demo, []).train.stages[2].lr == 3e-5  # the demo's min_lr
+    def tail_lr(overrides):
+        t = load_config(demo, overrides).train
+        return t.for_stage(t.stages[2])["lr"]
+
+    assert tail_lr(["train.min_lr=1e-5"]) == 1e-5
+    assert tail_lr([]) == 3e-5  # the demo's min_lr
     restart = load_config(demo, ["train.min_lr=0"]).train
     assert restart.for_stage(restart.stages[2])["lr"] == restart.lr  # min_lr 0: the full schedule again
+    with pytest.raises(ValidationError, match="constant_at_min_lr"):
+        TrainConfig(base_model="m", stages=[{"name": "a", "data": "x", "init": "base", "constant_at_min_lr": True,
+                                              "lr": 1e-4}])

@@ -39,6 +39,12 @@ class StageConfig(StrictModel):
     min_lr: float | None = Field(default=None, ge=0, description="Final learning rate of the cosine override.")
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1, description="Warmup fraction override.")
     mask_prefix: bool | None = Field(default=None, description="Override of TrainConfig.mask_prefix (ablation).")
+    constant_at_min_lr: bool = Field(
+        default=False,
+        description="Train at a constant learning rate equal to min_lr (the stage's or TrainConfig's), without "
+        "warmup: the stage continues where the previous stage's cosine ended (the mixed-policy stage's few extra "
+        "steps). With min_lr 0 the stage uses its full schedule instead (a constant rate must be > 0).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -95,6 +101,9 @@ class TrainConfig(StrictModel):
             if not 0 <= b < 1:
                 raise ValueError(f"betas must be in [0, 1), got {self.betas}")
         for s in self.stages:
+            if s.constant_at_min_lr and (s.lr is not None or s.warmup_ratio is not None):
+                raise ValueError(f"stage {s.name!r}: constant_at_min_lr trains at min_lr without warmup; "
+                                 "do not also set its lr or warmup_ratio")
             lr = s.lr if s.lr is not None else self.lr
             mn = s.min_lr if s.min_lr is not None else self.min_lr
             if mn > lr:
@@ -114,7 +123,7 @@ class TrainConfig(StrictModel):
     def for_stage(self, stage: StageConfig) -> dict:
         """The effective hyper-parameters of ``stage`` (its overrides applied)."""
         pick = lambda name: getattr(stage, name) if getattr(stage, name) is not None else getattr(self, name)  # noqa: E731
-        return {
+        hp = {
             "lr": pick("lr"),
             "min_lr": pick("min_lr"),
             "warmup_ratio": pick("warmup_ratio"),
@@ -122,3 +131,6 @@ class TrainConfig(StrictModel):
             "epochs": pick("epochs"),
             "max_steps": stage.max_steps,
         }
+        if stage.constant_at_min_lr and hp["min_lr"] > 0:
+            hp.update(lr=hp["min_lr"], warmup_ratio=0.0)
+        return hp

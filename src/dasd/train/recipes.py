@@ -39,31 +39,21 @@ PAPER_HYPERPARAMETERS = {
 }
 
 
-def paper_stages(
-    low: str = "das_low",
-    high: str = "das_high",
-    mixed: str = "mixed",
-    mixed_epochs: float = 1.0,
-    mixed_lr: float | None = None,
-) -> list[StageConfig]:
-    """The paper's schedule: low-T DAS, then high-T DAS from it, then (optional) mixed policy.
-
-    ``mixed_lr``: when given, stage 3 trains at this constant learning rate with no warmup (pass the
-    recipe's ``min_lr``: the extra steps continue where stage 2's cosine ended); None restarts the
-    full schedule (warmup to ``lr``, decay to ``min_lr``), which hurts on a small mixed set.
-    """
-    tail = {} if mixed_lr is None else {"lr": mixed_lr, "min_lr": mixed_lr, "warmup_ratio": 0.0}
+def paper_stages(low: str = "das_low", high: str = "das_high", mixed: str = "mixed", mixed_epochs: float = 1.0) -> list[StageConfig]:
+    """The paper's schedule: low-T DAS, then high-T DAS from it, then (optional) mixed policy at a
+    constant learning rate equal to ``min_lr`` (``constant_at_min_lr``: restarting the schedule hurts
+    on a small mixed set)."""
     return [
         StageConfig(name="stage1_low", data=low, init="base"),
         StageConfig(name="stage2_high", data=high, init="previous"),
-        StageConfig(name="stage3_mixed", data=mixed, init="previous", epochs=mixed_epochs, optional=True, **tail),
+        StageConfig(name="stage3_mixed", data=mixed, init="previous", epochs=mixed_epochs, optional=True,
+                    constant_at_min_lr=True),
     ]
 
 
 def paper_recipe(base_model: str = PAPER_BASE_MODEL, **overrides) -> TrainConfig:
     """The paper's recipe as a ``TrainConfig`` (run with configs/accelerate/zero3.yaml)."""
-    values = {**PAPER_HYPERPARAMETERS, "base_model": base_model, "save_every": 500}
-    values["stages"] = paper_stages(mixed_lr=overrides.get("min_lr", values["min_lr"]))
+    values = {**PAPER_HYPERPARAMETERS, "base_model": base_model, "stages": paper_stages(), "save_every": 500}
     values.update(overrides)
     return TrainConfig.model_validate(values)
 
@@ -72,7 +62,7 @@ def demo_recipe(base_model: str, **overrides) -> TrainConfig:
     """The same schedule sized for a CPU and a tiny model: fp32, short context, higher lr, few epochs."""
     values = {
         "base_model": base_model,
-        "stages": paper_stages(mixed_epochs=1.0, mixed_lr=overrides.get("min_lr", 1e-4)),
+        "stages": paper_stages(mixed_epochs=1.0),
         "context": 1024,
         "micro_batch": 1,
         "grad_accum": 4,
