@@ -34,10 +34,10 @@ import torch
 from dasd.engines import EngineConfig, GenerateRequest, ScoreRequest, make_engine
 from dasd.toy import world
 from dasd.toy.build import SHIPPED_DIR
-from dasd.toy.model import make_model, save_model
-from dasd.toy.tokenizer import build_tokenizer
+from dasd.toy.model import save_model
 
-QWEN_VOCAB = 151_936
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score_memory import QWEN_VOCAB, PeakRSS, long_case  # noqa: E402
 ROWS: list[tuple[str, str, str, bool]] = []
 
 
@@ -102,11 +102,7 @@ def check_training(device: str, steps: int, out: Path) -> None:
 
 
 def check_long_memory(device: str, tokens: int) -> None:
-    tok = build_tokenizer(["a b c d e f g 1 2 3 + - = . the answer is"] * 10, vocab_size=300)
-    model = make_model(tok, hidden=64, layers=2, heads=2, max_positions=tokens + 64, vocab_size=QWEN_VOCAB)
-    rng = random.Random(0)
-    ids = [rng.randrange(3, len(tok)) for _ in range(tokens)]
-    text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    tok, model, ids, text = long_case(tokens)
     full = tokens * QWEN_VOCAB * 4
     with tempfile.TemporaryDirectory() as d:
         save_model(model, tok, d)
@@ -120,9 +116,6 @@ def check_long_memory(device: str, tokens: int) -> None:
             torch.cuda.synchronize()
             extra = torch.cuda.max_memory_allocated() - base
         else:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from score_memory import PeakRSS
-
             with PeakRSS() as mem:
                 (res,) = engine.score([req])
             extra = mem.increase

@@ -57,17 +57,23 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def long_case(tokens: int):
+    """``(tokenizer, model, ids, text)``: a random tiny Llama with Qwen's vocabulary and a random
+    continuation of ``tokens`` tokens (``ids``) with its text."""
+    tok = build_tokenizer(["a b c d e f g 1 2 3 + - = . the answer is"] * 10, vocab_size=300)
+    model = make_model(tok, hidden=64, layers=2, heads=2, max_positions=tokens + 64, vocab_size=QWEN_VOCAB)
+    rng = random.Random(0)
+    ids = [rng.randrange(3, len(tok)) for _ in range(tokens)]
+    return tok, model, ids, tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--chunks", default="256,512,1024")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    tok = build_tokenizer(["a b c d e f g 1 2 3 + - = . the answer is"] * 10, vocab_size=300)
-    model = make_model(tok, hidden=64, layers=2, heads=2, max_positions=args.tokens + 64, vocab_size=QWEN_VOCAB)
-    rng = random.Random(0)
-    ids = [rng.randrange(3, len(tok)) for _ in range(args.tokens)]
-    text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    tok, model, ids, text = long_case(args.tokens)
     full_logits = args.tokens * QWEN_VOCAB * 4
     print(f"continuation: {args.tokens} tokens; vocab {QWEN_VOCAB}; full float32 logits would be "
           f"{full_logits / 2**30:.2f} GiB")
