@@ -53,7 +53,7 @@ CONTRASTS = (
     ("mixed_unmasked", "mixed_masked", "mixed: unmasked vs masked prefix"),
     ("mixed_unmasked", "das_low_high", "mixed (unmasked) vs its start"),
 )
-# The paper's AIME24 / AIME25 numbers for the matching arms (PAPER.md).
+# The paper's AIME24 / AIME25 numbers for the matching arms (docs/method.md#reported-results).
 PAPER = {
     "rs_low": "81.7 / 71.9", "rs_high": "83.1 / 76.1", "rs_low_high": "85.2 / 81.3 (RS, 2x data)",
     "rs_high_high": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
@@ -190,7 +190,7 @@ def seed_config(plan: AblationPlan, seed: int):
 
 def build_pool(cfg) -> dict[str, list[dict]]:
     """Sample, filter and score the candidate pool (real stages); return scored candidates by 'low'/'high'."""
-    from dasd.stages.common import pool_name
+    from dasd.runs import pool_name
     from dasd.stages.filter import run_filter
     from dasd.stages.sample import run_sample
     from dasd.stages.score import run_score
@@ -218,8 +218,8 @@ def eligible_prompts(pools: dict[str, list[dict]], per_prompt: int) -> list[str]
 
 
 def select(cands: list[dict], prompts: list[str], method: str, m: int, seed: int) -> list[dict]:
-    """``m`` candidates per prompt (of ``prompts``) by DAS or at random (dasd.das.select_grouped)."""
-    from dasd.das import select_grouped
+    """``m`` candidates per prompt (of ``prompts``) by DAS or at random (dasd.rules.das.select_grouped)."""
+    from dasd.rules.das import select_grouped
 
     keep = set(prompts)
     chosen, _ = select_grouped([c for c in cands if c["prompt_id"] in keep], m, method, seed=seed)
@@ -285,7 +285,7 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
     Unpacked sequences (``packing: false``) so that a step is the same number of examples in every
     arm, whatever the response lengths. Returns {final, steps, examples, final_loss}.
     """
-    from dasd.stages.common import resolve_model
+    from dasd.runs import resolve_model
     from dasd.train.config import StageConfig
     from dasd.train.trainer import run_training
 
@@ -307,7 +307,7 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
 
 
 def held_out(cfg) -> list[dict]:
-    from dasd.stages.evaluation import load_benchmark
+    from dasd.grading.loaders import load_benchmark
 
     out = []
     for spec in cfg.eval.benchmarks:
@@ -317,7 +317,7 @@ def held_out(cfg) -> list[dict]:
 
 def accuracy(engine, problems: list[dict], protocol) -> float:
     """avg@n of ``engine`` on ``problems`` under ``protocol`` (the real eval loop and graders)."""
-    from dasd.stages.evaluate import run_eval
+    from dasd.grading.evaluate import run_eval
 
     results: list[dict] = []
     run_eval(engine, problems, protocol, done=set(), write=results.append, progress=False, workers=0)
@@ -332,7 +332,8 @@ def kl_reference(cfg, problems: list[dict], n: int, seed: int, path: Path) -> li
     models' distributions of the first ``max_tokens`` teacher tokens, still an unbiased estimate of
     a (slightly smaller) divergence; dropping them would bias towards short responses."""
     from dasd.engines.base import GenerateRequest, ScoreRequest
-    from dasd.stages.common import derived_seed, open_engine
+    from dasd.rules.sampling import derived_seed
+    from dasd.runs import open_engine
     from dasd.jsonl import iter_jsonl
 
     key = {"n": n, "seed": seed, "max_tokens": cfg.eval.protocol.max_tokens, "problems": [p["id"] for p in problems]}
@@ -375,7 +376,7 @@ def kl_estimate(engine, refs: list[dict]) -> tuple[float, float]:
 
 def measure(cfg, model_cfg, problems: list[dict], refs: list[dict], path: Path, extra: dict) -> dict:
     """Accuracy and KL of one model (cached in ``path`` with the protocol it was measured under)."""
-    from dasd.stages.common import open_engine
+    from dasd.runs import open_engine
 
     key = {"protocol": cfg.eval.protocol.model_dump(), "problems": [p["id"] for p in problems],
            "refs": len(refs), "model": model_cfg.model}
@@ -394,10 +395,10 @@ def measure(cfg, model_cfg, problems: list[dict], refs: list[dict], path: Path, 
 
 def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
     """Every arm of one seed; returns ({label: metrics}, teacher-sentence shares)."""
-    from dasd.pipeline import grade_fn
-    from dasd.stages.common import open_engine
+    from dasd.grading.grade import is_correct
+    from dasd.runs import open_engine
     from dasd.stages.mix import run_mix
-    from dasd.stages.sample import load_run_prompts
+    from dasd.runs import load_run_prompts
     from dasd.store import RunStore
 
     log = plan.log
@@ -442,7 +443,7 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
         curated = [{"prompt": prompts_by_id[s["prompt_id"]], "teacher_text": s["text"]}
                    for sel in arm_data(pools, prompts, plan.per_prompt, seed)["das_low_high"] for s in sel]
         student = open_engine(cfg.student.model_copy(update={"model": finals["das_low_high"]}))
-        funnel = run_mix(cfg.mix, mix_store, curated, student, open_engine(cfg.teacher), grade=grade_fn)
+        funnel = run_mix(cfg.mix, mix_store, curated, student, open_engine(cfg.teacher), grade=is_correct)
         mixed = list(mix_store.read("mix", "examples"))
         log(f"[ablation] seed {seed}: {len(mixed)} mixed-policy examples (funnel {json.dumps(funnel)[:300]})")
         if mixed:
@@ -500,7 +501,7 @@ def run_ablation(plan: AblationPlan) -> dict:
         shares[pool]["seeds"] = len(shares_seed)
     cfg = seed_config(plan, plan.seeds[0])
     p = cfg.eval.protocol
-    from dasd.stages.common import resolve_model
+    from dasd.runs import resolve_model
 
     info = {
         "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),

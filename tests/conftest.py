@@ -9,6 +9,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def dasd_logging():
+    """dasd's log lines go to stderr as the CLI sends them (tests read them with capsys ``.err``)."""
+    from dasd.log import setup
+
+    setup()
+
 SAMPLE_CORPUS = [
     "Compute 3 + 4 then times 2. 3 + 4 = 7. 7 * 2 = 14. The answer is \\boxed{14}.",
     "<think>\nStart with 5. 5 - 2 = 3.\n</think>\nSo \\boxed{3}.",

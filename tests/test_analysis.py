@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from dasd.analysis import AnalysisConfig, classify4, position_profile, retype, score_response
+from dasd.rules.analysis import AnalysisConfig, classify4, position_profile, retype, score_response
 from dasd.records import Sentence
 
 LN2 = math.log(2)

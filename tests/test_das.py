@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dasd.das import DASConfig, das_score, das_summary, score_sample, select_das, select_grouped, select_random, sentence_table
+from dasd.rules.das import DASConfig, das_score, das_summary, score_sample, select_das, select_grouped, select_random, sentence_table
 from dasd.records import Sentence
 from dasd.text.align import assign_tokens, token_anchor
 from dasd.text.sentences import segment

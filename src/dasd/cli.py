@@ -1,24 +1,31 @@
-"""The `dasd` command: one verb per pipeline stage, plus run, demo, report and toy.
+"""The `dasd` command: one verb per registered stage (``dasd.registry``), plus run, demo, config,
+grade, toy and export.
 
-Every verb takes ``--config FILE`` (YAML) and dotted ``KEY=VALUE`` overrides::
+Every verb that needs a config takes it the same way: an optional YAML path first (or
+``-c/--config FILE``), then dotted ``KEY=VALUE`` overrides::
 
-    dasd sample --config configs/demo.yaml sample.k=2
+    dasd sample configs/demo.yaml sample.k=2
+    dasd sample -c configs/demo.yaml sample.k=2      # the same
     dasd run configs/demo.yaml
+    dasd config show configs/demo.yaml train.lr=1e-4
     dasd demo
 
-Errors a user can fix (bad config, bad input, bad run directory, unknown verb) print one line and
-exit with code 2, without a traceback.
+``-q`` keeps only warnings and errors, ``-v`` adds debug lines (``dasd.log``). Errors a user can fix
+(bad config, bad input, bad run directory, unknown verb) print one line and exit with code 2,
+without a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from dasd.errors import DasdError
+from dasd import __version__, registry
+from dasd.errors import ConfigError, DasdError
 
 app = typer.Typer(
     help="Distribution-Aligned Sequence Distillation: sample, filter, score, select, train, mix, evaluate.",
@@ -31,80 +38,111 @@ toy_app = typer.Typer(help="The built-in toy world (task, tiny teacher and stude
 app.add_typer(toy_app, name="toy")
 export_app = typer.Typer(help="Export selected data for other trainers.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+config_app = typer.Typer(help="Inspect configs: the resolved values, with defaults and overrides.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults apply when omitted).")
-OverridesArg = typer.Argument(None, help="Dotted overrides KEY=VALUE, e.g. sample.k=2 teacher.batch_size=8.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (or give it as the first argument).")
+ArgsArg = typer.Argument(None, help="[CONFIG] then dotted overrides KEY=VALUE, e.g. sample.k=2 teacher.batch_size=8.",
+                         show_default=False)
 
 
-def _load(config: Optional[Path], overrides: Optional[list[str]]):
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dasd {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also debug lines."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Distribution-Aligned Sequence Distillation: sample, filter, score, select, train, mix, evaluate."""
+    from dasd.log import setup
+
+    setup(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def split_args(config: Optional[Path], args: Optional[list[str]]) -> tuple[Optional[Path], list[str]]:
+    """``(config path, overrides)`` from ``-c`` and the positional arguments (the first one is the
+    config when it is not a ``KEY=VALUE`` override)."""
+    args = list(args or [])
+    if config is None and args and "=" not in args[0]:
+        config = Path(args.pop(0))
+    elif config is not None and args and "=" not in args[0]:
+        raise ConfigError(f"two configs given: --config {config} and {args[0]}")
+    return config, args
+
+
+def load(config: Optional[Path], args: Optional[list[str]]):
+    """The validated RunConfig of a verb's arguments."""
     from dasd.config import load_config
 
-    return load_config(config, overrides or [])
+    path, overrides = split_args(config, args)
+    return load_config(path, overrides)
+
+
+def _stage_verb(stage: registry.Stage):
+    def verb(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = ConfigOpt) -> None:
+        stage.load()(load(config, args))
+
+    verb.__doc__ = stage.help
+    return verb
+
+
+for _stage in registry.STAGES:
+    if _stage.name != "report":
+        app.command(name=_stage.name, help=_stage.help)(_stage_verb(_stage))
 
 
 @app.command()
-def sample(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Sample k teacher responses per prompt at each temperature of the schedule (one pool each)."""
-    from dasd.stages.sample import run_sample
+def report(
+    args: Optional[list[str]] = typer.Argument(None, help="A run directory, or [CONFIG] [KEY=VALUE...] naming one (run_dir).",
+                                               show_default=False),
+    config: Optional[Path] = ConfigOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN/report.html)."),
+) -> None:
+    """Write a self-contained HTML report of a run (plots embedded, no network)."""
+    from dasd.report.build import write_report
 
-    run_sample(_load(config, overrides))
-
-
-@app.command(name="import")
-def import_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Bring existing teacher responses into a run (released DASD layout or chat JSONL)."""
-    from dasd.stages.importer import run_import
-
-    run_import(_load(config, overrides))
-
-
-@app.command(name="filter")
-def filter_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Normalise delimiters and drop bad teacher responses; prints the funnel per pool."""
-    from dasd.stages.filter import run_filter
-
-    run_filter(_load(config, overrides))
+    args = list(args or [])
+    if config is None and args and "=" not in args[0] and Path(args[0]).suffix not in (".yaml", ".yml"):
+        if len(args) > 1:
+            raise ConfigError(f"dasd report {args[0]}: overrides need a config, not a run directory")
+        run_dir = Path(args[0])
+    else:
+        run_dir = Path(load(config, args).run_dir)
+    typer.echo(f"report: {write_report(run_dir, out)}")
 
 
 @app.command()
-def score(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Student teacher-forced log-probs and per-sentence teacher/student scores of kept responses."""
-    from dasd.stages.score import run_score
+def run(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = ConfigOpt) -> None:
+    """Run every stage in order in one run directory; finished stages are skipped, partial ones resumed."""
+    from dasd.pipeline import closing_lines, run_pipeline
 
-    run_score(_load(config, overrides))
-
-
-@app.command()
-def select(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Keep m of k candidates per prompt and pool, by DAS or by random sampling."""
-    from dasd.pipeline import grade_fn
-    from dasd.stages.select import run_select
-
-    run_select(_load(config, overrides), grade=grade_fn)
+    cfg = load(config, args)
+    typer.echo(closing_lines(cfg, run_pipeline(cfg)))
 
 
 @app.command()
-def train(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Staged SFT: stage 1 (low temperature), stage 2 (high temperature), stage 3 (mixed policy)."""
-    from dasd.stages.training import run_train
+def demo(overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides KEY=VALUE.", show_default=False)) -> None:
+    """The whole pipeline on the toy world (configs/demo.yaml), on CPU, in minutes."""
+    from dasd.config import load_config
+    from dasd.pipeline import closing_lines, demo_config_path, run_pipeline
 
-    run_train(_load(config, overrides))
-
-
-@app.command()
-def mix(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Mixed-policy data: student prefixes that were cut off, continued by the teacher."""
-    from dasd.pipeline import run_mix_stage
-
-    run_mix_stage(_load(config, overrides))
+    cfg = load_config(demo_config_path(), overrides or [])
+    typer.echo(closing_lines(cfg, run_pipeline(cfg)))
 
 
-@app.command(name="eval")
-def eval_(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Generate k samples per benchmark problem with a recorded protocol, grade, and summarise."""
-    from dasd.stages.evaluation import run_evaluation
+@config_app.command("show")
+def config_show(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = ConfigOpt) -> None:
+    """Print the resolved config (YAML: defaults, the file and the overrides applied)."""
+    import yaml
 
-    run_evaluation(_load(config, overrides))
+    from dasd.config import dump_config
+
+    typer.echo(yaml.safe_dump(dump_config(load(config, args)), sort_keys=False, allow_unicode=True).rstrip())
 
 
 @app.command()
@@ -114,47 +152,9 @@ def grade(
     out: Path = typer.Option(..., "--out", help="Where to write one result per response (JSONL)."),
 ) -> None:
     """Grade given responses without a model; prints a summary table."""
-    from dasd.stages.evaluate import run_grade
+    from dasd.grading.evaluate import run_grade
 
     typer.echo(run_grade(problems, responses, out))
-
-
-@app.command()
-def analyze(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Sentence-type diagnosis (Teacher/Student/Shared/Boosted) of the distilled model's responses."""
-    from dasd.stages.analyze import run_analyze
-
-    run_analyze(_load(config, overrides))
-
-
-@app.command()
-def report(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN/report.html)."),
-) -> None:
-    """Write a self-contained HTML report of a run (plots embedded, no network)."""
-    from dasd.report.build import write_report
-
-    typer.echo(f"report: {write_report(run_dir, out)}")
-
-
-@app.command()
-def run(
-    config: Path = typer.Argument(..., help="YAML config of the run."),
-    overrides: Optional[list[str]] = OverridesArg,
-) -> None:
-    """Run every stage in order in one run directory; finished stages are skipped, partial ones resumed."""
-    from dasd.pipeline import run_pipeline
-
-    run_pipeline(_load(config, overrides))
-
-
-@app.command()
-def demo(overrides: Optional[list[str]] = OverridesArg) -> None:
-    """The whole pipeline on the toy world (configs/demo.yaml), on CPU, in minutes."""
-    from dasd.pipeline import demo_config_path, run_pipeline
-
-    run_pipeline(_load(demo_config_path(), overrides))
 
 
 @toy_app.command("build")
@@ -173,18 +173,18 @@ def toy_build(
 
 @export_app.command("llamafactory")
 def export_llamafactory(
+    args: Optional[list[str]] = ArgsArg,
     config: Optional[Path] = ConfigOpt,
-    overrides: Optional[list[str]] = OverridesArg,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export/llamafactory)."),
     template: str = typer.Option("qwen3_nothink", "--template", help="LLaMA-Factory chat template of the student."),
     gpus: int = typer.Option(8, "--gpus", help="GPUs of the target run (sets gradient accumulation)."),
 ) -> None:
     """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs (the paper's settings)."""
-    from dasd.stages.training import named_pools
+    from dasd.runs import named_pools
     from dasd.store import RunStore
     from dasd.train.export_llamafactory import export
 
-    cfg = _load(config, overrides)
+    cfg = load(config, args)
     store = RunStore.open(cfg.run_dir)
     target = out or store.root / "export" / "llamafactory"
     summary = export(cfg.train, target, named_pools(cfg, store), template=template, gpus=gpus)

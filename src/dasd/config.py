@@ -14,71 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dasd.configbase import StrictModel, dump_config  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
-from dasd.das import DASConfig
-from dasd.stages.importer import ImportConfig
-from dasd.stages.mix import MixConfig
-from dasd.stages.score import ScoreConfig
-from dasd.stages.analyze import AnalyzeConfig
-from dasd.stages.evaluation import EvalConfig
-from dasd.stages.select import SelectConfig
+from dasd.grading.evaluate import EvalConfig
+from dasd.prompts import DEFAULT_SYSTEM_PROMPT, DataConfig  # noqa: F401 (re-exported)
+from dasd.rules.analysis import AnalyzeConfig
+from dasd.rules.das import DASConfig, ScoreConfig, SelectConfig
+from dasd.rules.importing import ImportConfig
+from dasd.rules.mixing import MixConfig
+from dasd.rules.sampling import SampleConfig
 from dasd.text.filters import FilterConfig
 from dasd.train.config import TrainConfig
 from dasd.train.recipes import paper_stages
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-
-
-class ToyDataConfig(StrictModel):
-    """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
-
-    n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
-    n_test: int = Field(50, ge=1, description="held-out evaluation problems")
-    seed: int = Field(0, description="seed of the problem generator")
-
-
-class DataConfig(StrictModel):
-    """Where the prompts come from."""
-
-    prompts: str = Field(
-        "toy",
-        description="'toy' (generate toy-world problems), or a path: JSONL/Parquet with `messages` or "
-        "`prompt` per record, or a local Hugging Face `datasets` folder (save_to_disk)",
-    )
-    system_prompt: str | None = Field(
-        DEFAULT_SYSTEM_PROMPT,
-        description="added as the system turn to prompts that have none (the paper's); null = none",
-    )
-    limit: int | None = Field(None, ge=1, description="use only the first N valid prompts")
-    toy: ToyDataConfig = Field(default_factory=ToyDataConfig)
-
-
-class SampleConfig(StrictModel):
-    """Teacher sampling on a temperature schedule (PAPER.md section 1)."""
-
-    temperatures: list[float] = Field([0.6, 1.0], min_length=1, description="one pool per temperature")
-    k: int = Field(4, ge=1, description="candidate responses per prompt per temperature")
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
-    seed: int = Field(0, description="base seed; each (prompt, temperature) derives its own")
-    batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
-
-    @field_validator("temperatures")
-    @classmethod
-    def _temps(cls, v: list[float]) -> list[float]:
-        if any(t < 0 for t in v):
-            raise ValueError("temperatures must be >= 0")
-        if len(set(v)) != len(v):
-            raise ValueError("temperatures must be distinct")
-        return v
-
 
 class RunConfig(StrictModel):
-    """A whole pipeline run. Sections are documented in the modules that use them."""
+    """A whole pipeline run. Each section is defined next to the rules it configures (see the imports)."""
 
     run_dir: str = Field("runs/default", description="where every stage writes")
     seed: int = Field(0, description="global seed")

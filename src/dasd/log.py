@@ -35,13 +35,28 @@ class _StageFormatter(logging.Formatter):
         return f"{prefix}{level}{record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a line is logged."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging sets it once in __init__
+        pass
+
+
 def setup(level: int = logging.INFO, stream=None) -> None:
-    """Send dasd's log lines to ``stream`` (stderr by default) at ``level``; idempotent."""
+    """Send dasd's log lines to ``stream`` (default: the current ``sys.stderr``) at ``level``; idempotent."""
     root = logging.getLogger(ROOT)
     for h in list(root.handlers):
         if getattr(h, "_dasd", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(_StageFormatter())
     handler._dasd = True  # type: ignore[attr-defined]
     root.addHandler(handler)

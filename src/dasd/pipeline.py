@@ -1,4 +1,6 @@
-"""`dasd run CONFIG` and `dasd demo`: every stage in order in one run directory.
+"""`dasd run CONFIG` and `dasd demo`: every registered stage in order in one run directory.
+
+The order is the registry's (``dasd.registry.run_order``)::
 
     sample -> filter -> score -> select -> train (stages 1-2) -> mix -> train (stage 3)
            -> eval -> analyze -> report
@@ -13,11 +15,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dasd import registry
 from dasd.configbase import dump_config
 from dasd.errors import DasdError
+from dasd.log import logger
 from dasd.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logger("run")
 
 
 def demo_config_path() -> Path:
@@ -26,13 +31,6 @@ def demo_config_path() -> Path:
     if not p.is_file():
         raise DasdError(f"{p}: demo config not found (run `dasd demo` from a source checkout installed with `make`)")
     return p
-
-
-def grade_fn(problem: dict, text: str) -> bool:
-    """Correctness of a response against a prompt's reference, when it has one."""
-    from dasd.grading.grade import grade_one
-
-    return bool(grade_one(problem, text)["correct"])
 
 
 def ensure_toy_world(cfg) -> None:
@@ -44,81 +42,28 @@ def ensure_toy_world(cfg) -> None:
 
 
 def run_pipeline(cfg) -> dict:
-    """Run every stage; return the evaluation summary."""
-    from dasd.stages.evaluation import accuracy_table, run_evaluation
-    from dasd.stages.sample import run_sample
-    from dasd.stages.score import run_score
-    from dasd.stages.select import run_select
-    from dasd.stages.training import run_train
-
+    """Run every stage; return ``{"eval": evaluation summary, "report": report path, "seconds": ...}``."""
     t0 = time.monotonic()
     store = RunStore(cfg.run_dir)
     store.manifest["config"] = dump_config(cfg)
     store.save_manifest()
-    print(f"[run] {cfg.run_dir}")
+    log.info(str(cfg.run_dir))
     ensure_toy_world(cfg)
-    run_sample(cfg, store)
-    _filter(cfg, store)
-    run_score(cfg, store)
-    run_select(cfg, store, grade=grade_fn)
-    run_train(cfg, store)
-    _mix(cfg, store)
-    summary = run_evaluation(cfg, store)
-    _analyze(cfg, store)
-    from dasd.report.build import write_report
+    results: dict = {}
+    for stage in registry.run_order():
+        results[stage.name] = stage.load()(cfg, store)
+    return {"eval": results.get("eval") or {}, "report": results.get("report"), "seconds": time.monotonic() - t0,
+            "run_dir": store.root}
 
-    report = write_report(store.root)
+
+def closing_lines(cfg, outcome: dict) -> str:
+    """What `dasd run` prints at the end: the accuracy table and where the report is."""
+    from dasd.grading.metrics import accuracy_table
+
     p = cfg.eval.protocol
-    print(f"\n[run] accuracy on held-out problems ({p.n} samples each, T={p.temperature}, top_p={p.top_p})")
-    print(accuracy_table(summary, cfg.eval.models))
-    print(f"[run] report: {report}")
-    print(f"[run] done in {time.monotonic() - t0:.0f}s; run directory: {store.root}")
-    return summary
-
-
-def _filter(cfg, store: RunStore) -> None:
-    from dasd.stages.filter import run_filter
-
-    run_filter(cfg, store)
-
-
-def _analyze(cfg, store: RunStore) -> None:
-    from dasd.stages.analyze import run_analyze
-
-    run_analyze(cfg, store)
-
-
-def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
-    """(label, model dir) of the newest trained student (stages before ``before``), else the base."""
-    from dasd.stages.training import final_model
-
-    latest = ("student", cfg.student.model)
-    for st in cfg.train.stages:
-        if st.name == before:
-            break
-        path = final_model(store, st.name)
-        if path:
-            latest = (st.name, path)
-    return latest
-
-
-def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
-    """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
-    from dasd.stages.common import open_engine
-    from dasd.stages.mix import curated_from_run, run_mix
-
-    store = store or RunStore(cfg.run_dir)
-    mixed_stages = [s.name for s in cfg.train.stages if s.data == "mixed"]
-    label, path = latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
-    print(f"[mix] student: {label} ({path})")
-    student = open_engine(cfg.student.model_copy(update={"model": path}))
-    teacher = open_engine(cfg.teacher)
-    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, grade=grade_fn)
-
-
-def _mix(cfg, store: RunStore) -> None:
-    """Mixed-policy data, then training stage 3."""
-    from dasd.stages.training import run_train
-
-    run_mix_stage(cfg, store)
-    run_train(cfg, store)
+    return "\n".join([
+        f"\n[run] accuracy on held-out problems ({p.n} samples each, T={p.temperature}, top_p={p.top_p})",
+        accuracy_table(outcome["eval"], cfg.eval.models),
+        f"[run] report: {outcome['report']}",
+        f"[run] done in {outcome['seconds']:.0f}s; run directory: {outcome['run_dir']}",
+    ])

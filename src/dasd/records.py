@@ -86,7 +86,7 @@ class Sample(Record):
 
 
 def sample_id(prompt_id: str, model: str, temperature: float, top_p: float, seed: int, index: int) -> str:
-    """The content-hash id of a teacher sample (DESIGN.md: prompt, model, temperature, top_p, seed, index)."""
+    """The content-hash id of a teacher sample (docs/design.md: prompt, model, temperature, top_p, seed, index)."""
     return content_id("sample", prompt_id, model, float(temperature), float(top_p), int(seed), int(index))
 
 
@@ -115,3 +115,9 @@ class EvalResult(Record):
     correct: bool
     detail: dict[str, Any] = Field(default_factory=dict)
     protocol: dict[str, Any] = Field(default_factory=dict)
+
+
+def teacher_signal(sample: dict) -> dict:
+    """A sample's teacher signal (``tokens``, ``offsets``, ``logprobs``, ``logprob_mode``), ``{}`` if none."""
+    t = sample.get("teacher")
+    return t if isinstance(t, dict) else {}

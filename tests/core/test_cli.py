@@ -48,3 +48,36 @@ def test_config_error_bad_override():
 def test_bad_run_directory(tmp_path):
     assert_one_line_error(dasd("report", str(tmp_path / "nope")), "no such run directory")
     assert_one_line_error(dasd("report", str(tmp_path)), "not a dasd run directory")
+
+
+def test_version():
+    r = dasd("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"dasd {__import__('dasd').__version__}"
+
+
+def test_config_show_resolves_the_file_and_overrides_and_both_spellings_agree(tmp_path):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("sample:\n  k: 3\n", encoding="utf-8")
+    positional = dasd("config", "show", str(p), "sample.top_p=0.9")
+    option = dasd("config", "show", "-c", str(p), "sample.top_p=0.9")
+    assert positional.returncode == 0, positional.stderr
+    shown = yaml.safe_load(positional.stdout)
+    assert shown["sample"]["k"] == 3 and shown["sample"]["top_p"] == 0.9
+    assert shown["filter"] == yaml.safe_load(dasd("config", "show").stdout)["filter"]  # defaults filled in
+    assert option.stdout == positional.stdout
+
+
+def test_two_configs_are_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("{}\n", encoding="utf-8")
+    assert_one_line_error(dasd("config", "show", "-c", str(p), str(p)), "two configs")
+
+
+def test_every_stage_verb_comes_from_the_registry():
+    from dasd import registry
+
+    r = dasd("--help")
+    for stage in registry.STAGES:
+        assert f"\n  {stage.name} " in r.stdout, stage.name

@@ -23,7 +23,7 @@ def test_missing_ray_is_a_clear_error(tiny_lm_dir, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_RAY, reason="needs the ray extra (pip install 'dasd[ray]')")
 def test_ray_two_replicas_equal_one_process(tiny_lm_dir, ref_engine):
-    from dasd.stages.prompts import toy_prompts
+    from dasd.prompts import toy_prompts
 
     prompts = toy_prompts(10, seed=0, split="train", system_prompt=None)
     reqs = [GenerateRequest(id=p["id"], messages=p["messages"], n=2, temperature=1.0, max_tokens=12, seed=k)

@@ -8,7 +8,7 @@ import pytest
 
 from dasd.errors import InputError
 from dasd.jsonl import read_jsonl
-from dasd.stages.evaluate import Protocol, run_eval, run_grade
+from dasd.grading.evaluate import Protocol, run_eval, run_grade
 
 MATH = {"id": "m1", "domain": "math", "messages": [{"role": "user", "content": "Half of one?"}],
         "answer": "\\frac{1}{2}", "meta": {"benchmark": "mini-math"}}

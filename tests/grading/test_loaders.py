@@ -10,10 +10,11 @@ import random
 import zlib
 
 import pytest
+from pydantic import ValidationError
 
 from dasd.errors import InputError
 from dasd.grading.grade import grade_many, grade_one
-from dasd.grading.loaders import load_aime, load_benchmark, load_gpqa, load_livecodebench, load_prompts, load_toy
+from dasd.grading.loaders import BenchmarkSpec, load_aime, load_benchmark, load_gpqa, load_livecodebench, load_problems, load_toy
 
 
 def write_jsonl(path, rows):
@@ -128,11 +129,11 @@ def test_load_prompts_validates(tmp_path):
     p = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "messages": [{"role": "user", "content": "q"}], "answer": "1"},
                                            {"id": "b", "messages": [{"role": "system", "content": "s"}]}])
     with pytest.raises(InputError, match="p.jsonl:2: field messages"):
-        load_prompts(p)
+        load_problems(p)
     p2 = write_jsonl(tmp_path / "p2.jsonl", [{"id": "c", "messages": [{"role": "user", "content": "q"}],
                                               "tests": {"style": "stdio", "cases": []}}])
     with pytest.raises(InputError, match="p2.jsonl:1: tests.cases"):
-        load_prompts(p2)
+        load_problems(p2)
 
 
 def test_toy_benchmark_grading_agrees_with_the_toy_verifier():
@@ -151,8 +152,8 @@ def test_toy_benchmark_grading_agrees_with_the_toy_verifier():
 
 def test_load_benchmark_dispatch(tmp_path):
     p = write_jsonl(tmp_path / "aime25.jsonl", [{"problem": "x?", "answer": "1"}])
-    assert load_benchmark("aime", p) == load_aime(p)
-    with pytest.raises(InputError, match="unknown benchmark format 'mmlu'"):
-        load_benchmark("mmlu", p)
-    with pytest.raises(InputError, match="needs a file path"):
-        load_benchmark("gpqa")
+    assert load_benchmark(BenchmarkSpec(name="aime25", format="aime", path=str(p))) == load_aime(p)
+    with pytest.raises(ValidationError, match="format"):
+        BenchmarkSpec(name="m", format="mmlu", path=str(p))
+    with pytest.raises(ValidationError, match="needs a path"):
+        BenchmarkSpec(name="g", format="gpqa")

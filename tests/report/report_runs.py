@@ -12,12 +12,12 @@ import json
 import random
 from pathlib import Path
 
-from dasd.analysis import AnalysisConfig, position_profile
-from dasd.das import DASConfig, score_sample, select_grouped
+from dasd.rules.analysis import AnalysisConfig, position_profile
+from dasd.rules.das import DASConfig, score_sample, select_grouped
 from dasd.grading.metrics import summarize
 from dasd.jsonl import dumps
 from dasd.records import content_id, sample_id
-from dasd.stages.mix import funnel_of
+from dasd.rules.mixing import funnel_of
 from dasd.stages.select import _stats, training_example
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel

@@ -10,12 +10,12 @@ import pytest
 from dasd.config import load_config
 from dasd.report.build import render_report
 from dasd.stages.analyze import run_analyze
-from dasd.stages.evaluation import run_evaluation
+from dasd.stages.eval import run_evaluation
 from dasd.stages.filter import run_filter
 from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select
-from dasd.stages.training import run_train
+from dasd.stages.train import run_train
 from dasd.store import RunStore
 
 pytestmark = pytest.mark.slow

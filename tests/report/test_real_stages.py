@@ -60,7 +60,7 @@ def test_report_follows_the_real_stages(tmp_path, tiny_lm_dir, tiny_lm_dir_other
 
 
 def test_report_of_imported_responses_without_logprobs(tmp_path, tiny_lm_dir):
-    from dasd.stages.importer import run_import
+    from dasd.stages.import_ import run_import
 
     data = tmp_path / "chat.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"q{i}"},

@@ -8,7 +8,7 @@ import math
 from transformers import AutoTokenizer
 
 from dasd.config import load_config
-from dasd.stages.importer import run_import
+from dasd.stages.import_ import run_import
 from dasd.store import RunStore
 
 

@@ -26,11 +26,12 @@ from dasd.engines import EngineConfig, GenerateRequest, make_engine
 from dasd.engines.offsets import token_bytes
 from dasd.errors import DasdError, InputError
 from dasd.grading.math import grade_math
-from dasd.stages.mix import (
-    MixConfig, continuation_verdict, curated_from_run, cut_point, default_grade, draw_questions, funnel_of,
-    make_example, reasoning_region, render_generation_prompt, run_mix, sentence_ends, student_cap,
-    summary_line, teacher_context,
+from dasd.grading.grade import is_correct as default_grade
+from dasd.rules.mixing import (
+    MixConfig, continuation_verdict, cut_point, draw_questions, funnel_of, make_example, reasoning_region,
+    render_generation_prompt, sentence_ends, student_cap, summary_line, teacher_context,
 )
+from dasd.stages.mix import curated_from_run, run_mix
 from dasd.store import RunStore
 from dasd.text.repetition import RepetitionConfig
 from dasd.text.sentences import segment
@@ -404,7 +405,7 @@ def test_crash_and_resume_equals_uninterrupted(e2e, mix_engines, tmp_path, capsy
     # back to the full draw: the removed examples are regenerated, identical
     assert run_mix(cfg, store, curated, student, teacher)["new"] == funnel["kept"] - len(kept4)
     assert _contents(store) == _contents(full_store)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "[mix] funnel" in out and re.search(rf"kept \(mixed-policy examples\)\s+{funnel['kept']}\b", out)
 
 
@@ -477,7 +478,7 @@ def test_toy_world_mix_with_default_filters(tmp_path, capsys):
         assert check_structure(content) is None and content.startswith("<think>\n")
         assert world.verify(content, prompts[r["prompt_id"]]["answer"])
         assert ex["prefix_chars"] >= 0.5 * r["cut"]["region_chars"]
-    assert "[mix] funnel" in capsys.readouterr().out
+    assert "[mix] funnel" in capsys.readouterr().err
 
 
 def test_prefix_too_long_for_the_teacher_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
@@ -487,7 +488,7 @@ def test_prefix_too_long_for_the_teacher_is_skipped_not_an_error(mix_engines, tm
     funnel = run_mix(cfg, RunStore(tmp_path / "run"), curated_set(16), student, short)
     assert funnel["cut_off"] > 0 and funnel["continuations"] == 0
     assert funnel["skipped"]["context_too_long"] == funnel["cut_off"] - funnel["skipped"]["no_cut_point"] > 0
-    assert "skipped: context_too_long" in capsys.readouterr().out
+    assert "skipped: context_too_long" in capsys.readouterr().err
 
 
 def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path, capsys):

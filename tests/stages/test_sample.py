@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dasd.config import load_config
-from dasd.stages.common import open_engine
+from dasd.runs import open_engine
 from dasd.stages.sample import run_sample
 from dasd.store import RunStore
 

@@ -8,7 +8,7 @@ import pytest
 
 from dasd.config import load_config
 from dasd.stages.filter import run_filter
-from dasd.stages.importer import run_import
+from dasd.stages.import_ import run_import
 from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select

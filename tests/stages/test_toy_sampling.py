@@ -14,5 +14,5 @@ def test_low_temperature_samples_are_more_likely_under_the_teacher(tmp_path, cap
     print(f"mean teacher log-prob/token: T=0.6 {low:.4f}, T=1.0 {high:.4f}")
     assert counts["T0.6"]["samples"] == counts["T1"]["samples"] == 16
     assert low > high
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "T0.6: 16 samples" in out and "T1: 16 samples" in out

@@ -89,7 +89,7 @@ def test_harmony_both_channels_is_converted_and_offsets_remapped(tok):
     assert "We need 2 + 2." in kept_text and "\\boxed{4}" in kept_text
     assert "<|" not in kept_text
     # and the result scores end to end
-    from dasd.das import sentence_table
+    from dasd.rules.das import sentence_table
 
     rows = sentence_table(out["text"], out["teacher"]["offsets"], out["teacher"]["logprobs"], out["teacher"]["offsets"], out["teacher"]["logprobs"])
     assert rows and all(r["type"] in ("shared", "unscored") for r in rows)

@@ -24,7 +24,7 @@ def make_engine(cfg: EngineConfig) -> Engine:
     if cfg.ray is not None:
         from dasd.engines.fanout import RayEngine
 
-        return RayEngine(cfg)
+        return RayEngine(cfg, make_engine)
     if cfg.kind == "hf":
         from dasd.engines.hf import HFEngine
 

@@ -50,9 +50,7 @@ def import_ray():
 class _Replica:
     """Ray actor body: one engine built from the config (without its ``ray`` part)."""
 
-    def __init__(self, cfg: dict):
-        from dasd.engines import make_engine
-
+    def __init__(self, cfg: dict, make_engine):
         self.engine = make_engine(EngineConfig.model_validate(cfg))
 
     def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
@@ -72,7 +70,7 @@ class RayEngine:
     like the openai engine's, so a caller can write results as they come.
     """
 
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, make_engine):
         if cfg.ray is None:
             raise DasdError("RayEngine needs engine.ray")
         ray = import_ray()
@@ -93,7 +91,7 @@ class RayEngine:
             self._started = True
         inner = cfg.model_copy(update={"ray": None}).model_dump(mode="json")
         actor = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(_Replica)
-        self.replicas = [actor.remote(inner) for _ in range(r.replicas)]
+        self.replicas = [actor.remote(inner, make_engine) for _ in range(r.replicas)]
         try:  # fail here, with the replica's message, if the engine cannot be built
             ray.get([a.count_tokens.remote("") for a in self.replicas])
         except Exception as err:

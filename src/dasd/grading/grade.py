@@ -59,6 +59,11 @@ def grade_one(problem: dict[str, Any], text: str) -> dict[str, Any]:
     return grade_math(text, str(problem["answer"]))
 
 
+
+def is_correct(problem: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` answers ``problem`` correctly (``grade_one``'s verdict alone)."""
+    return bool(grade_one(problem, text)["correct"])
+
 def _grade_pair(pair: tuple[dict[str, Any], str]) -> dict[str, Any]:
     problem, text = pair
     return grade_one(problem, text)

@@ -10,7 +10,8 @@
   ones possibly base64 + zlib + pickle encoded, ``metadata`` with ``func_name``). Problems with a
   ``func_name`` become call-style tests (each input line is one JSON argument), others stdio.
 - ``load_toy(n, seed)``: the built-in toy benchmark (``dasd.toy.world``), domain toy.
-- ``load_prompts(path)``: Prompt records as they are; ``load_benchmark(kind, path, seed)`` dispatches.
+- ``load_problems(path)``: Prompt records as they are (`dasd grade --problems`);
+  ``load_benchmark(spec)`` loads one ``BenchmarkSpec`` (an ``eval.benchmarks`` entry) of any format.
 
 Bad input is an ``InputError`` naming file, line (or CSV row) and field: the whole benchmark is
 refused rather than silently shrunk, since a score over a partial benchmark is not comparable.
@@ -26,10 +27,11 @@ import json
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 
+from dasd.configbase import StrictModel
 from dasd.errors import InputError
 from dasd.grading.choice import format_choices, shuffle_choices
 from dasd.grading.code import check_tests
@@ -212,7 +214,7 @@ def load_toy(n: int = 100, seed: int = 0, split: str = "test", benchmark: str = 
     return out
 
 
-def load_prompts(path: str | Path) -> list[dict[str, Any]]:
+def load_problems(path: str | Path) -> list[dict[str, Any]]:
     """Prompt records from a JSONL file, each validated; the first bad one is an InputError (file:line)."""
     path = Path(path)
     out = []
@@ -226,25 +228,42 @@ def load_prompts(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-BENCHMARK_KINDS = ("aime", "gpqa", "livecodebench", "toy", "prompts")
+class BenchmarkSpec(StrictModel):
+    """One benchmark: the toy world's test split or a local file in a usual format."""
+
+    name: str = Field(description="label in tables")
+    format: Literal["toy", "aime", "gpqa", "livecodebench", "prompts"] = Field(
+        "toy", description="toy (built in), aime (jsonl problem/answer), gpqa (csv), livecodebench (jsonl), "
+        "prompts (JSONL with `messages` or `prompt`, plus `answer`, `choices` or `tests`)")
+    path: str | None = Field(None, description="the file (not for toy)")
+    limit: int | None = Field(None, ge=1, description="use the first N problems (toy: how many to generate)")
+    seed: int = Field(0, description="toy problem seed / GPQA choice-shuffle seed")
+
+    @model_validator(mode="after")
+    def _path(self) -> "BenchmarkSpec":
+        if self.format != "toy" and not self.path:
+            raise ValueError(f"benchmark {self.name!r}: format {self.format} needs a path")
+        return self
 
 
-def load_benchmark(kind: str, path: str | Path | None = None, seed: int = 0, n: int = 100) -> list[dict[str, Any]]:
-    """Load a benchmark by format name (for the CLI): one of ``BENCHMARK_KINDS``.
+def load_benchmark(spec: BenchmarkSpec) -> list[dict]:
+    """The problems of one benchmark (first ``spec.limit``); a bad record refuses the whole benchmark."""
+    if spec.format == "toy":
+        probs = load_toy(n=spec.limit or 100, seed=spec.seed, split="test", benchmark=spec.name)
+    elif spec.format == "aime":
+        probs = load_aime(spec.path, benchmark=spec.name)
+    elif spec.format == "gpqa":
+        probs = load_gpqa(spec.path, seed=spec.seed, benchmark=spec.name)
+    elif spec.format == "livecodebench":
+        probs = load_livecodebench(spec.path, benchmark=spec.name)
+    else:
+        from dasd.prompts import load_prompts
 
-    ``path`` is needed for every kind except ``toy`` (which makes ``n`` problems from ``seed``);
-    ``seed`` also seeds GPQA's choice shuffling.
-    """
-    if kind not in BENCHMARK_KINDS:
-        raise InputError(f"unknown benchmark format {kind!r}; allowed: {', '.join(BENCHMARK_KINDS)}")
-    if kind == "toy":
-        return load_toy(n, seed)
-    if path is None:
-        raise InputError(f"benchmark format {kind!r} needs a file path")
-    if kind == "aime":
-        return load_aime(path)
-    if kind == "gpqa":
-        return load_gpqa(path, seed)
-    if kind == "livecodebench":
-        return load_livecodebench(path)
-    return load_prompts(path)
+        probs, rejects = load_prompts(spec.path, system_prompt=None)
+        if rejects:  # a score over part of a benchmark is not comparable: refuse, naming the line
+            raise InputError(f"{rejects[0]['where']}: {rejects[0]['reason']} (benchmark {spec.name!r})")
+        for p in probs:
+            p.setdefault("meta", {}).setdefault("benchmark", spec.name)
+    return probs[: spec.limit] if spec.limit else probs
+
+

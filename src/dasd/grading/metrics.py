@@ -145,3 +145,17 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
     return "\n".join(lines)
+
+
+def accuracy_table(summary: dict[str, list[dict]], order: list[str]) -> str:
+    """The demo's closing table: avg@k with 95% CI of each model (overall row)."""
+    lines = [f"{'model':16s} {'avg@k':>7s} {'95% CI':>15s} {'pass@k':>7s} {'k':>3s} {'problems':>8s}"]
+    for label in order:
+        rows = summary.get(label)
+        if not rows:
+            lines.append(f"{label:16s} {'(not run)':>7s}")
+            continue
+        r = next(x for x in rows if x["kind"] == "all")
+        lo, hi = r["avg@k_ci"]
+        lines.append(f"{label:16s} {100 * r['avg@k']:6.1f}% [{100 * lo:5.1f}, {100 * hi:5.1f}] {100 * r['pass@k']:6.1f}% {r['k']:3d} {r['problems']:8d}")
+    return "\n".join(lines)

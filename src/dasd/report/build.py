@@ -11,23 +11,25 @@ training curves; mixed-policy data; evaluation tables; the `analyze` results; ru
 Pitfalls: the report reads only what is on disk, so it can be built at any time, also while a stage
 runs (such sections say so). A section that cannot be drawn (e.g. a corrupt run file) shows the error
 in its place and the rest of the report is still written; the problems are returned by
-``render_report`` and printed by ``write_report``. Everything from the run is escaped, and the page's
+``render_report`` and logged by ``write_report``. Everything from the run is escaped, and the page's
 Content-Security-Policy forbids scripts and any fetch: the file is safe to open and to share.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dasd.jsonl import atomic_open
+from dasd.log import logger
 from dasd.report import data, models
 from dasd.report.html import Raw, esc, fmt, page, section
 from dasd.report.view import RunView
 from dasd.store import RunStore
+
+log = logger("report")
 
 NAV = [("summary", "Summary"), ("funnel", "Funnel"), ("sample", "Sampling"), ("filter", "Filters"),
        ("sentences", "Sentence types"), ("select", "Selection"), ("train", "Training"), ("mix", "Mixed policy"),
@@ -103,7 +105,7 @@ def render_report(run_dir: str | Path) -> Report:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``) atomically; return its path.
 
-    Problems with single sections are printed to stderr (the report is written anyway).
+    Problems with single sections are logged as warnings (the report is written anyway).
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
@@ -112,8 +114,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     with atomic_open(out) as fh:
         fh.write(rep.html)
     for p in rep.problems:
-        print(f"[report] section not built: {p}", file=sys.stderr)
-    print(f"[report] {out} ({len(rep.html.encode()) / 1e6:.1f} MB, {time.monotonic() - t0:.1f}s)")
+        log.warning(f"section not built: {p}")
+    log.info(f"{out} ({len(rep.html.encode()) / 1e6:.1f} MB, {time.monotonic() - t0:.1f}s)")
     return out
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dasd.errors import DasdError
+from dasd.records import teacher_signal
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
@@ -79,7 +80,7 @@ def _scan_sample(view: RunView, pools: dict[str, PoolScan]) -> None:
                 ps.temperature = float(r["temperature"])
             ps.chars.append(len(r.get("text") or ""))
             ps.models[str(r.get("model", "?"))] += 1
-            lps = (r.get("teacher") or {}).get("logprobs") or []
+            lps = teacher_signal(r).get("logprobs") or []
             if lps:
                 s = math.fsum(lps)
                 ps.tokens += len(lps)

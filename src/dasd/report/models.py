@@ -271,7 +271,7 @@ def _short_path(p: str) -> str:
 def analysis_section(view: RunView) -> Raw:
     """The `analyze` results: per sentence type, its share by position in correct vs incorrect responses.
 
-    The profile is ``dasd.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
+    The profile is ``dasd.rules.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
     overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``). Anything else found in the
     counts is shown generically: numeric series as curves, scalars in a table.
     """

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dasd import registry
 from dasd.store import RunStore
 
-PIPELINE = ("sample", "filter", "score", "select", "train", "mix", "eval", "analyze")
+PIPELINE = tuple(registry.pipeline_names())
 
 
 class RunView:

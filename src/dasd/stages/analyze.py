@@ -1,35 +1,26 @@
-"""`dasd analyze`: the paper's diagnosis of a distilled model (PAPER.md section 2).
+"""`dasd analyze`: the paper's diagnosis of a distilled model (docs/method.md#the-post-training-diagnosis).
 
 Takes the distilled model's own evaluation responses (``RUN/eval/results-<label>``, graded), scores
 every sentence under the teacher, the student base and the distilled model (each with its own
 tokenizer, teacher-forced on the same prompt), types sentences Teacher / Student / Shared /
 Boosted and computes, per type, its share by relative position in correct vs incorrect responses
-and the area between the two curves (``dasd.analysis``). Writes ``RUN/analyze/responses`` (the
+and the area between the two curves (``dasd.rules.analysis``). Writes ``RUN/analyze/responses`` (the
 typed sentence tables) and the profile into the manifest (``stages.analyze.counts``) for the report.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from dasd.analysis import AnalysisConfig, position_profile, score_response
 from dasd.engines.base import ScoreRequest
 from dasd.errors import DasdError
+from dasd.grading.loaders import load_benchmark
+from dasd.log import chunks, logger
 from dasd.records import content_id
-from dasd.stages.common import chunks, open_engine
-from dasd.stages.evaluation import results_name, load_benchmark, model_for
+from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
+from dasd.runs import model_for, open_engine, results_name
 from dasd.store import RunStore
 
 STAGE = "analyze"
-
-
-class AnalyzeConfig(AnalysisConfig):
-    """`dasd analyze` settings (YAML section ``analyze``): the typing thresholds plus what to analyse."""
-
-    model: str = Field("auto", description="model label whose eval responses are analysed; auto = the last "
-                       "training stage that has a final model and evaluation responses")
-    max_responses: int = Field(200, ge=1, description="analyse at most this many responses (first by problem, index)")
-    batch: int = Field(16, ge=1, description="responses per scoring call")
+log = logger(STAGE)
 
 
 def _pick_model(cfg, store: RunStore) -> str:
@@ -80,13 +71,13 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     profile = position_profile(scored, ac)
     profile["model"] = label
     store.end_stage(STAGE, profile)
-    print(format_profile(profile))
+    log.info(format_profile(profile))
     return profile
 
 
 def format_profile(p: dict) -> str:
     n = p["n_responses"]
-    lines = [f"[analyze] {p['model']}: {n['correct']} correct / {n['incorrect']} incorrect responses",
+    lines = [f"{p['model']}: {n['correct']} correct / {n['incorrect']} incorrect responses",
              f"  {'type':9s} {'share(correct)':>15s} {'share(incorrect)':>17s} {'area (corr-incorr)':>19s}"]
     for t, v in p["types"].items():
         def f(x):

@@ -10,13 +10,14 @@ already kept or rejected; the funnel always describes the whole pool.
 
 from __future__ import annotations
 
-from dasd.stages.common import resolve_model
-from dasd.stages.sample import load_run_prompts
-from dasd.stages.score import pools
+from dasd.grading.grade import is_correct
+from dasd.log import logger
+from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, resolve_model
 from dasd.store import RunStore
 from dasd.text.filters import Funnel, apply_filters
 
 STAGE = "filter"
+log = logger(STAGE)
 
 
 def student_token_counter(cfg):
@@ -29,31 +30,29 @@ def student_token_counter(cfg):
 
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
-    from dasd.pipeline import grade_fn
-
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
     store.begin_stage(STAGE, fc.model_dump(mode="json"))
     prompts = load_run_prompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 
-    def is_correct(sample: dict) -> bool:
+    def correct(sample: dict) -> bool:
         p = prompts.get(sample["prompt_id"], {})
-        return p.get("answer") is None or grade_fn(p, sample["text"])
+        return p.get("answer") is None or is_correct(p, sample["text"])
 
     funnel = Funnel()
     with store.writer(STAGE, "rejects") as rejects:
-        for pool in pools(store, "sample", "pool"):
-            with store.writer(STAGE, f"kept-{pool}", shard_size=256) as kept:
-                for s in store.read("sample", f"pool-{pool}"):
-                    out, drop = apply_filters(s, fc, count_tokens, is_correct if fc.require_correct else None)
+        for pool in pools(store, "sample", SAMPLE_POOL):
+            with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
+                for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                    out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
                     funnel.add(pool, drop)
                     if out is not None:
                         kept.add(out)
                     else:
                         rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
                                      "where": f"{store.root / 'sample'} pool-{pool} sample {s['id']}", "sample": s})
-    print(f"[filter] funnel\n{funnel.format()}")
+    log.info(f"funnel\n{funnel.format()}")
     counts = funnel.to_dict()
     store.end_stage(STAGE, counts)
     return counts

@@ -10,45 +10,21 @@ the same responses as an uninterrupted one.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
-from dasd.records import sample_id
-from dasd.stages.common import Rate, chunks, derived_seed, open_engine, pool_name, progress
-from dasd.stages.prompts import load_prompts, toy_prompts
+from dasd.log import Rate, chunks, logger, progress
+from dasd.records import sample_id, teacher_signal
+from dasd.rules.sampling import derived_seed
+from dasd.runs import SAMPLE_POOL, open_engine, output, pool_name, save_prompts, training_prompts
 from dasd.store import RunStore
 
 if TYPE_CHECKING:
     from dasd.config import RunConfig
 
 STAGE = "sample"
-
-
-def training_prompts(cfg: RunConfig, store: RunStore, stage: str = STAGE) -> list[dict]:
-    """The prompts of the run (toy train split or a file); bad records go to ``stage/rejects``."""
-    d = cfg.data
-    if d.prompts == "toy":
-        prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt)
-        return prompts[: d.limit] if d.limit else prompts
-    prompts, rejects = load_prompts(d.prompts, d.system_prompt, d.limit)
-    if rejects:
-        store.write_rejects(stage, rejects)
-        print(f"[{stage}] {len(rejects)} prompt record(s) rejected; see {store.root / stage}/rejects-*.jsonl")
-    return prompts
-
-
-def save_prompts(store: RunStore, prompts: list[dict]) -> None:
-    """Keep the run's prompts beside the samples (later stages need their messages and answers)."""
-    with store.writer(STAGE, "prompts") as w:
-        for p in prompts:
-            w.add(p)
-
-
-def load_run_prompts(store: RunStore) -> dict[str, dict]:
-    """The run's prompts by id."""
-    return {p["id"]: p for p in store.read(STAGE, "prompts")}
+log = logger(STAGE)
 
 
 def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
@@ -64,7 +40,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     opened = None
     for temp in s.temperatures:
         pool = pool_name(temp)
-        with store.writer(STAGE, f"pool-{pool}", shard_size=64, flush_seconds=20) as w:
+        with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
             ids = {
                 p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
             }
@@ -109,8 +85,8 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         counts[pool] = pool_stats(store, pool)
         counts[pool]["new"] = w.written
         c = counts[pool]
-        print(
-            f"[sample] {pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
+        log.info(
+            f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
             f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
             f"{rate_t.per_s():.0f} tok/s"
         )
@@ -135,11 +111,11 @@ def pool_stats(store: RunStore, pool: str) -> dict:
     """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted)."""
     n = total_lp = total_tok = cut = 0
     prompts = set()
-    for r in store.read(STAGE, f"pool-{pool}"):
+    for r in store.read(STAGE, output(SAMPLE_POOL, pool)):
         n += 1
         prompts.add(r["prompt_id"])
         cut += r.get("finish_reason") == "length"
-        lps = (r.get("teacher") or {}).get("logprobs") or []
+        lps = teacher_signal(r).get("logprobs") or []
         total_lp += math.fsum(lps)
         total_tok += len(lps)
     return {

@@ -11,34 +11,15 @@ signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reaso
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from dasd.configbase import StrictModel
-from dasd.das import score_sample
 from dasd.engines.base import ScoreRequest
-from dasd.stages.common import Rate, chunks, open_engine, progress
-from dasd.stages.sample import load_run_prompts
+from dasd.log import Rate, chunks, logger, progress
+from dasd.records import teacher_signal
+from dasd.rules.das import ScoreConfig, score_sample
+from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
 from dasd.store import RunStore
 
 STAGE = "score"
-
-
-class ScoreConfig(StrictModel):
-    """`dasd score` settings (YAML section ``score``)."""
-
-    batch: int = Field(16, ge=1, description="responses per engine call")
-    rescore_teacher: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="re-score responses with the teacher engine: auto = only those whose teacher "
-        "log-probs are missing or not raw; never = quarantine those instead",
-    )
-
-
-def pools(store: RunStore, stage: str, prefix: str) -> list[str]:
-    """Pool names (e.g. ``T0.6``) of a stage's outputs called ``<prefix>-<pool>``."""
-    return [o[len(prefix) + 1 :] for o in store.outputs(stage) if o.startswith(prefix + "-")]
+log = logger(STAGE)
 
 
 def _signal(result) -> dict:
@@ -53,18 +34,18 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     store.begin_stage(STAGE, stage_cfg)
     prompts = load_run_prompts(store)
     counts = {}
-    for pool in pools(store, "filter", "kept"):
+    for pool in pools(store, "filter", KEPT):
         rejects = []
-        with store.writer(STAGE, f"pool-{pool}", shard_size=128) as w:
+        with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
             done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
-            todo = [s for s in store.read("filter", f"kept-{pool}") if s["id"] not in w and s["id"] not in done_rejected]
+            todo = [s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in w and s["id"] not in done_rejected]
             if todo and student is None:
                 student = open_engine(cfg.student)
             bar, rate = progress(len(todo), f"score {pool}", "resp"), Rate()
             for batch in chunks(todo, sc.batch):
                 reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                 stu = student.score(reqs)
-                need = [i for i, s in enumerate(batch) if (s.get("teacher") or {}).get("logprob_mode") != "raw"]
+                need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
                 if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
                     idx = range(len(batch)) if sc.rescore_teacher == "always" else need
                     if teacher is None:
@@ -72,7 +53,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
                         batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
                 for s, r in zip(batch, stu):
-                    if (s.get("teacher") or {}).get("logprob_mode") != "raw":
+                    if teacher_signal(s).get("logprob_mode") != "raw":
                         rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
                         continue
                     try:
@@ -85,7 +66,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             bar.close()
         if rejects:
             store.write_rejects(STAGE, rejects)
-        counts[pool] = {"scored": store.count(STAGE, f"pool-{pool}"), "rejected": len(rejects)}
-        print(f"[score] {pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+        counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
+        log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
     store.end_stage(STAGE, counts)
     return counts

@@ -12,26 +12,16 @@ kept at the same budget (``random_same_budget``), so the two can be compared on 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-from pydantic import Field
-
-from dasd.configbase import StrictModel
-from dasd.das import select_grouped
+from dasd.grading.grade import is_correct
+from dasd.log import logger
 from dasd.records import content_id
-from dasd.stages.sample import load_run_prompts
-from dasd.stages.score import pools
+from dasd.rules.das import SelectConfig, select_grouped
+from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, load_run_prompts, output, pools
 from dasd.store import RunStore
 
 STAGE = "select"
-
-
-class SelectConfig(StrictModel):
-    """`dasd select` settings (YAML section ``select``)."""
-
-    method: Literal["das", "random"] = Field("das", description="das (divergence-aware) or random (the RS baseline)")
-    m: int = Field(1, ge=1, description="responses kept per prompt and pool (the sampling budget)")
-    seed: int = Field(0, description="seed of random selection")
+log = logger(STAGE)
 
 
 def training_example(prompt: dict, sample: dict, source: str) -> dict:
@@ -61,15 +51,15 @@ def _stats(items: list[dict], correct: dict[str, bool]) -> dict:
     }
 
 
-def run_select(cfg, store: RunStore | None = None, grade=None) -> dict:
-    """Select per pool; ``grade(prompt, text) -> bool`` (optional) adds correctness to the summary."""
+def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
+    """Select per pool; ``grade(prompt, text) -> bool`` (None: skip) adds correctness to the summary."""
     store = store or RunStore(cfg.run_dir)
     sc: SelectConfig = cfg.select
     store.begin_stage(STAGE, {"select": sc.model_dump(), "das": cfg.das.model_dump()})
     prompts = load_run_prompts(store)
     summary = {}
-    for pool in pools(store, "score", "pool"):
-        cands = list(store.read("score", f"pool-{pool}"))
+    for pool in pools(store, "score", SCORED):
+        cands = list(store.read("score", output(SCORED, pool)))
         selected, rejected = select_grouped(cands, sc.m, sc.method, seed=sc.seed)
         correct = {}
         if grade is not None:
@@ -78,23 +68,23 @@ def run_select(cfg, store: RunStore | None = None, grade=None) -> dict:
                 if p.get("answer") is not None:
                     correct[s["id"]] = bool(grade(p, s["text"]))
         # Selection is a pure function of the scored pool: outputs are rewritten whole (atomically).
-        for name in ("selected", "rejected", "train"):
+        for name in (SELECTED, REJECTED, TRAIN):
             for old in store.stage_dir(STAGE).glob(f"{name}-{pool}-*.jsonl"):
                 old.unlink()
-        with store.writer(STAGE, f"selected-{pool}", shard_size=10**9) as w:
+        with store.writer(STAGE, output(SELECTED, pool), shard_size=10**9) as w:
             for s in selected:
                 w.add(s)
-        with store.writer(STAGE, f"rejected-{pool}", shard_size=10**9) as w:
+        with store.writer(STAGE, output(REJECTED, pool), shard_size=10**9) as w:
             for s in rejected:
                 w.add(s)
-        with store.writer(STAGE, f"train-{pool}", shard_size=10**9) as w:
+        with store.writer(STAGE, output(TRAIN, pool), shard_size=10**9) as w:
             for s in selected:
                 w.add(training_example(prompts[s["prompt_id"]], s, f"{sc.method}:{pool}"))
         summary[pool] = {"selected": _stats(selected, correct), "rejected": _stats(rejected, correct)}
         if sc.method == "das":  # what random sampling would keep at the same budget, for comparison
             rs, _ = select_grouped(cands, sc.m, "random", seed=sc.seed)
             summary[pool]["random_same_budget"] = _stats(rs, correct)
-        print(format_summary(pool, sc.method, summary[pool]))
+        log.info(format_summary(pool, sc.method, summary[pool]))
     store.end_stage(STAGE, summary)
     return summary
 
@@ -103,7 +93,7 @@ def format_summary(pool: str, method: str, s: dict) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    rows = [f"[select] {pool} ({method}): selected vs rejected"]
+    rows = [f"{pool} ({method}): selected vs rejected"]
     rows.append(f"  {'':18s} {'n':>5s} {'DAS':>7s} {'teacher%':>9s} {'student%':>9s} {'chars':>7s} {'lp/tok':>8s} {'acc':>6s}")
     for k in ("selected", "rejected", "random_same_budget"):
         if k not in s:

@@ -19,7 +19,7 @@ A token that straddles a sentence boundary therefore counts once, for the senten
 anchor; the next sentence may then hold no token of that model and is "unscored".
 
 **Sentence score.** For each model: the mean log-prob (nats/token) of that model's tokens in the
-sentence (the log of the geometric mean token probability, PAPER.md) and the token count.
+sentence (the log of the geometric mean token probability, docs/method.md#sentence-level-divergence) and the token count.
 ``delta = lp_teacher - lp_student``; the type is ``"teacher"`` if ``delta > tau``, ``"student"``
 if ``delta < -tau``, otherwise ``"shared"``; ``"unscored"`` if either model has fewer than
 ``min_tokens`` tokens in the sentence (those sentences are left out of the DAS score).

@@ -24,7 +24,6 @@ import re
 from collections import Counter
 
 import numpy as np
-
 from pydantic import Field
 
 from dasd.configbase import StrictModel

@@ -1,6 +1,6 @@
 """Ready-made training recipes: the paper's (DASD-4B) and a CPU-sized demo.
 
-The paper's values (PAPER.md, "Recipe and data"): full fine-tune of Qwen3-4B-Instruct-2507,
+The paper's values (docs/method.md#the-training-recipe): full fine-tune of Qwen3-4B-Instruct-2507,
 DeepSpeed ZeRO-3, bf16, context 65,536 with packing, lr 5e-5 cosine to 1e-5, warmup 0.1, Adam
 betas (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, 6 epochs, global batch 64. Stage 1 on the
 low-temperature DAS set, stage 2 on the high-temperature DAS set from stage 1's checkpoint with the

@@ -13,28 +13,12 @@ Training itself is ``dasd.train.trainer.run_training`` (docs/training.md); outpu
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from dasd.stages.common import pool_name, resolve_model
-from dasd.stages.score import pools
+from dasd.log import logger
+from dasd.runs import named_pools, resolve_model
 from dasd.store import RunStore
 
 STAGE = "train"
-
-
-def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
-    data: dict[str, list[dict]] = {}
-    available = pools(store, "select", "train")
-    for pool in available:
-        data[pool] = list(store.read("select", f"train-{pool}"))
-    temps = sorted(cfg.sample.temperatures)
-    for alias, temp in (("low", temps[0]), ("high", temps[-1])):
-        if pool_name(temp) in data:
-            data[alias] = data[pool_name(temp)]
-    mixed = list(store.read("mix", "examples"))
-    if mixed:
-        data["mixed"] = mixed
-    return data
+log = logger(STAGE)
 
 
 def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = None, on_step=None) -> list[dict]:
@@ -49,14 +33,8 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
     store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
     results = run_training(tcfg, store.root / STAGE, named_pools(cfg, store), on_step=on_step)
     for r in results:
-        print(f"[train] {r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
+        log.info(f"{r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
     info = store.stage_info(STAGE).get("counts") or {}
     info.update({r["name"]: {k: r[k] for k in ("steps", "final_loss", "final", "examples", "tokens")} for r in results})
     store.end_stage(STAGE, info)
     return results
-
-
-def final_model(store: RunStore, stage_name: str) -> str | None:
-    """The final model directory of a finished training stage, or None."""
-    p = Path(store.root) / STAGE / stage_name / "final"
-    return str(p) if (p / "config.json").is_file() else None

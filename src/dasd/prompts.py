@@ -13,11 +13,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from dasd.configbase import StrictModel
 from dasd.errors import InputError
 from dasd.jsonl import BadLine, iter_jsonl
 from dasd.records import Prompt, content_id
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+class ToyDataConfig(StrictModel):
+    """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
+
+    n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
+    n_test: int = Field(50, ge=1, description="held-out evaluation problems")
+    seed: int = Field(0, description="seed of the problem generator")
+
+
+class DataConfig(StrictModel):
+    """Where the prompts come from."""
+
+    prompts: str = Field(
+        "toy",
+        description="'toy' (generate toy-world problems), or a path: JSONL/Parquet with `messages` or "
+        "`prompt` per record, or a local Hugging Face `datasets` folder (save_to_disk)",
+    )
+    system_prompt: str | None = Field(
+        DEFAULT_SYSTEM_PROMPT,
+        description="added as the system turn to prompts that have none (the paper's); null = none",
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first N valid prompts")
+    toy: ToyDataConfig = Field(default_factory=ToyDataConfig)
 
 
 def _iter_raw(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:

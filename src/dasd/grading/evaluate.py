@@ -1,7 +1,8 @@
-"""Evaluation stage: sample k responses per problem under a recorded protocol, grade them.
+"""Evaluation: sample k responses per problem under a recorded protocol, grade them (the ``eval``
+config section is here too; the run's `dasd eval` driver is ``dasd.stages.eval``).
 
     from dasd.engines import EngineConfig, make_engine
-    from dasd.stages.evaluate import Protocol, run_eval, run_grade
+    from dasd.grading.evaluate import Protocol, run_eval, run_grade
     proto = Protocol.paper("math")                       # T=1.0, top_p=1.0, n=64, 102,400 tokens
     run_eval(make_engine(EngineConfig(model="runs/toy/student")), problems, proto, done=set(), write=print)
     print(run_grade("problems.jsonl", "responses.jsonl", "results.jsonl"))   # `dasd grade`
@@ -13,21 +14,21 @@ reproduced. Sample ``j`` of problem ``p`` is drawn with its own seed, derived fr
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from dasd.configbase import StrictModel
 from dasd.engines.base import Engine, GenerateRequest
 from dasd.errors import InputError
 from dasd.grading.grade import grade_many, grader_of, grading_pool
-from dasd.grading.loaders import load_prompts
+from dasd.grading.loaders import BenchmarkSpec, load_problems
 from dasd.grading.metrics import format_table, summarize
 from dasd.jsonl import BadLine, atomic_write_jsonl, iter_jsonl
+from dasd.log import logger
+from dasd.log import progress as progress_bar
 from dasd.records import EvalResult, content_id
 
 PAPER_MAX_TOKENS = {"math": 102_400, "toy": 102_400}
@@ -62,6 +63,25 @@ class Protocol(StrictModel):
         81,920 for code and science."""
         return cls(name="paper", temperature=1.0, top_p=1.0, n=64, seed=0,
                    max_tokens=PAPER_MAX_TOKENS.get(domain, PAPER_MAX_TOKENS_OTHER))
+
+
+class EvalConfig(StrictModel):
+    """`dasd eval` settings (YAML section ``eval``)."""
+
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="toy", format="toy", limit=50)],
+        description="what to evaluate on")
+    protocol: Protocol = Field(
+        default_factory=lambda: Protocol(name="demo", temperature=0.6, top_p=1.0, n=4, max_tokens=512),
+        description="sampling protocol, stored with every result")
+    preset: Literal["none", "paper"] = Field(
+        "none", description="paper = the paper's protocol per benchmark domain (T 1.0, top_p 1.0, n 64, "
+        "102,400 tokens math / 81,920 code and science), replacing `protocol`")
+    models: list[str] = Field(
+        default_factory=lambda: ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"],
+        description="labels: teacher, student (base), a training stage name, or a model directory")
+    batch_requests: int = Field(64, ge=1, description="samples per engine call")
+    workers: int | None = Field(None, ge=0, description="grading processes (0 = in process; None = auto)")
 
 
 def sample_seed(seed: int, problem_id: str, index: int) -> int:
@@ -99,7 +119,7 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
     generated nor written again. ``batch_requests``: samples sent to ``engine.generate`` at once
     (each is one request with n=1 and its own seed). ``workers``: grading processes (see
     ``grade.grading_pool``). Results come out batch by batch, so a crash loses at most one batch.
-    ``progress``: a tqdm bar (samples/s) and a summary line on stderr.
+    ``progress``: progress (``dasd.log.progress``) and a summary log line.
     Problems that cannot be graded are refused before anything is generated.
     """
     problems = list(problems)
@@ -113,7 +133,7 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
     if not todo:
         return
     pool = grading_pool(workers)
-    bar = tqdm(total=len(todo), desc="eval", unit="sample", disable=not progress)
+    bar = progress_bar(len(todo), "eval", "sample", enabled=progress)
     n_correct = 0
     try:
         for s in range(0, len(todo), batch_requests):
@@ -133,8 +153,8 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
         if pool is not None:
             pool.shutdown()
     if progress:
-        print(f"eval: {len(todo)} samples graded ({len(done)} already done), {n_correct} correct "
-              f"({100 * n_correct / len(todo):.1f}%)", file=sys.stderr)
+        logger("eval").info(f"{len(todo)} samples graded ({len(done)} already done), {n_correct} correct "
+                            f"({100 * n_correct / len(todo):.1f}%)")
 
 
 def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: str | Path,
@@ -147,7 +167,7 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
     response line (not JSON, missing field, unknown problem, duplicate index) is an InputError
     naming file:line, before anything is graded.
     """
-    problems = {p["id"]: p for p in load_prompts(problems_path)}
+    problems = {p["id"]: p for p in load_problems(problems_path)}
     pairs, meta = [], []
     seen: set[tuple[str, int]] = set()
     count: dict[str, int] = {}

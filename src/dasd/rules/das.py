@@ -220,7 +220,7 @@ def select_grouped(
 ) -> tuple[list[dict], list[dict]]:
     """Apply ``select_das`` or ``select_random`` with budget ``m`` within each group.
 
-    Groups default to (prompt, temperature pool), as in DESIGN.md. Output order: groups in order of
+    Groups default to (prompt, temperature pool), as in docs/design.md#cross-tokenizer-sentence-scores. Output order: groups in order of
     first appearance, rank order within a group.
     """
     groups: dict[Any, list[dict]] = {}
@@ -238,3 +238,25 @@ def select_grouped(
         selected += s
         rejected += r
     return selected, rejected
+
+
+# -- the stages' sections (the score and select drivers apply the rules above) ------------------------
+
+
+class ScoreConfig(StrictModel):
+    """`dasd score` settings (YAML section ``score``)."""
+
+    batch: int = Field(16, ge=1, description="responses per engine call")
+    rescore_teacher: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="re-score responses with the teacher engine: auto = only those whose teacher "
+        "log-probs are missing or not raw; never = quarantine those instead",
+    )
+
+
+class SelectConfig(StrictModel):
+    """`dasd select` settings (YAML section ``select``)."""
+
+    method: Literal["das", "random"] = Field("das", description="das (divergence-aware) or random (the RS baseline)")
+    m: int = Field(1, ge=1, description="responses kept per prompt and pool (the sampling budget)")
+    seed: int = Field(0, description="seed of random selection")

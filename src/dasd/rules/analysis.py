@@ -52,6 +52,15 @@ class AnalysisConfig(StrictModel):
     )
 
 
+class AnalyzeConfig(AnalysisConfig):
+    """`dasd analyze` settings (YAML section ``analyze``): the typing thresholds plus what to analyse."""
+
+    model: str = Field("auto", description="model label whose eval responses are analysed; auto = the last "
+                       "training stage that has a final model and evaluation responses")
+    max_responses: int = Field(200, ge=1, description="analyse at most this many responses (first by problem, index)")
+    batch: int = Field(16, ge=1, description="responses per scoring call")
+
+
 def classify4(lp_t: float, lp_s: float, lp_d: float, tau: float, tau_boost: float) -> str:
     """Teacher / Student / Boosted / Shared for one sentence (see the module doc)."""
     delta = lp_t - lp_s

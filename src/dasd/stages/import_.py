@@ -21,30 +21,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
-
-from dasd.configbase import StrictModel
 from dasd.errors import ConfigError, InputError
 from dasd.jsonl import BadLine, finite
+from dasd.log import logger
+from dasd.prompts import _iter_raw, to_prompt
 from dasd.records import content_id
-from dasd.stages.common import pool_name
-from dasd.stages.prompts import _iter_raw, to_prompt
+from dasd.rules.importing import ImportConfig, parse_chat, parse_dasd
+from dasd.runs import PROMPTS, SAMPLE_POOL, output, pool_name, resolve_model
 from dasd.store import RunStore
 
-STAGE = "sample"
-
-
-class ImportConfig(StrictModel):
-    """`dasd import` settings (YAML section ``import``)."""
-
-    source: str | None = Field(None, description="responses file (JSONL or Parquet)")
-    format: Literal["dasd", "chat"] = Field("dasd", description="layout of `source` (see module doc)")
-    logprobs: str | None = Field(None, description="the DASD -Logprob companion file (JSONL or Parquet)")
-    temperature: float = Field(1.0, ge=0, description="the sampling temperature of these responses (their pool)")
-    top_p: float = Field(1.0, gt=0, le=1)
-    model: str = Field("gpt-oss-120b", description="name of the teacher that wrote them (recorded)")
+STAGE = "sample"  # imported responses land in the sample stage's pools
 
 
 class _LogprobIndex:
@@ -105,45 +92,6 @@ class _LogprobIndex:
             return json.loads(fh.readline())
 
 
-def _parse_dasd(raw: dict) -> tuple[dict, str, str]:
-    """(prompt raw record, response text, uuid) of one released-layout row; ValueError names the field."""
-    uuid = raw.get("uuid")
-    if not isinstance(uuid, str) or not uuid:
-        raise ValueError("missing field 'uuid'")
-    inp = raw.get("input")
-    if isinstance(inp, str):
-        prompt = {"prompt": inp}
-    elif isinstance(inp, list):
-        prompt = {"messages": inp}
-    else:
-        raise ValueError("field 'input' must be a string or a chat list")
-    out = raw.get("output")
-    if not isinstance(out, str) or not out.strip():
-        raise ValueError("field 'output' is missing or empty")
-    prompt["domain"] = raw.get("domain") if raw.get("domain") in ("math", "code", "science", "instruction") else "other"
-    if isinstance(raw.get("meta"), dict):
-        prompt["meta"] = raw["meta"]
-    return prompt, out, uuid
-
-
-def _parse_chat(raw: dict) -> tuple[dict, str, dict]:
-    msgs = raw.get("messages")
-    if not isinstance(msgs, list) or len(msgs) < 2:
-        raise ValueError("field 'messages' must be a chat list ending with the assistant's response")
-    last = msgs[-1]
-    if not isinstance(last, dict) or last.get("role") != "assistant":
-        raise ValueError("field 'messages': the last turn must be role 'assistant'")
-    text = last.get("content") or ""
-    extra = {}
-    if isinstance(last.get("reasoning_content"), str):
-        extra["reasoning_content"] = last["reasoning_content"]
-    if not text.strip() and not extra:
-        raise ValueError("field 'messages': the assistant response is empty")
-    prompt = {k: v for k, v in raw.items() if k != "messages"}
-    prompt["messages"] = msgs[:-1]
-    return prompt, text, extra
-
-
 def run_import(cfg, store: RunStore | None = None) -> dict:
     """Import ``cfg.import_.source`` into ``RUN/sample``; return counts."""
     ic: ImportConfig = cfg.import_
@@ -159,8 +107,6 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     if index is not None:
         from transformers import AutoTokenizer
 
-        from dasd.stages.common import resolve_model
-
         name = resolve_model(cfg.teacher.tokenizer or cfg.teacher.model)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
@@ -170,7 +116,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
     pool = pool_name(ic.temperature)
-    with store.writer(STAGE, "prompts") as pw, store.writer(STAGE, f"pool-{pool}", shard_size=256) as sw:
+    with store.writer(STAGE, PROMPTS) as pw, store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
         for where, raw in _iter_raw(src):
             counts["read"] += 1
             if isinstance(raw, BadLine):
@@ -178,10 +124,10 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 continue
             try:
                 if ic.format == "dasd":
-                    praw, text, uuid = _parse_dasd(raw)
+                    praw, text, uuid = parse_dasd(raw)
                     extra = {}
                 else:
-                    praw, text, extra = _parse_chat(raw)
+                    praw, text, extra = parse_chat(raw)
                     uuid = str(raw.get("id") or content_id("chat", raw.get("messages")))
                 prompt = to_prompt(praw, cfg.data.system_prompt)
             except ValueError as e:
@@ -216,8 +162,8 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     if rejects:
         store.write_rejects(STAGE, rejects)
     store.end_stage("import", counts)
-    print(
-        f"[import] {counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs, "
+    logger("import").info(
+        f"{counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs, "
         f"{counts['logprobs_missing']} missing, {counts['logprobs_mismatched']} mismatched); {counts['rejected']} rejected"
     )
     return counts

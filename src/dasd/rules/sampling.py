@@ -1,0 +1,37 @@
+"""Teacher sampling rules (pure): the temperature schedule's config and derived seeds.
+
+The stage that samples is ``dasd.stages.sample``; the method is in
+docs/method.md#temperature-scheduled-learning.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from dasd.configbase import StrictModel
+from dasd.records import content_id
+
+
+class SampleConfig(StrictModel):
+    """Teacher sampling on a temperature schedule (docs/method.md#temperature-scheduled-learning)."""
+
+    temperatures: list[float] = Field([0.6, 1.0], min_length=1, description="one pool per temperature")
+    k: int = Field(4, ge=1, description="candidate responses per prompt per temperature")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
+    seed: int = Field(0, description="base seed; each (prompt, temperature) derives its own")
+    batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("temperatures must be distinct")
+        return v
+
+
+def derived_seed(*parts) -> int:
+    """A 31-bit seed derived from parts (stable across runs and machines)."""
+    return int(content_id("seed", *parts), 16) % (2**31 - 1)

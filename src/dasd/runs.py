@@ -1,0 +1,167 @@
+"""What a run directory holds, as several stages share it: output names, pools, the run's prompts,
+trained models and the engines that open them. The directory itself (shards, manifest) is
+``dasd.store``; each stage driver in ``dasd.stages`` reads and writes through these helpers.
+
+Output names inside ``RUN/<stage>/``:
+
+- ``sample/prompts``: the run's prompts; ``sample/pool-T<temp>``: teacher samples per temperature;
+- ``filter/kept-<pool>``; ``score/pool-<pool>``;
+- ``select/selected-<pool>``, ``select/rejected-<pool>``, ``select/train-<pool>`` (training examples);
+- ``mix/rollouts``, ``mix/examples``; ``eval/results-<label>``; ``analyze/responses``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from dasd.engines.config import EngineConfig
+from dasd.errors import ConfigError
+from dasd.log import logger
+from dasd.prompts import load_prompts, toy_prompts
+from dasd.store import RunStore
+
+# Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
+SAMPLE_POOL = "pool"
+KEPT = "kept"
+SCORED = "pool"
+SELECTED = "selected"
+REJECTED = "rejected"
+TRAIN = "train"
+PROMPTS = "prompts"
+MIX_EXAMPLES = "examples"
+MIX_ROLLOUTS = "rollouts"
+
+
+def output(prefix: str, pool: str) -> str:
+    """The output name of ``pool`` under ``prefix``, e.g. ``output(KEPT, "T0.6") == "kept-T0.6"``."""
+    return f"{prefix}-{pool}"
+
+
+def pool_name(temperature: float) -> str:
+    """The name of a temperature pool, e.g. ``T0.6``."""
+    return f"T{float(temperature):g}"
+
+
+def pool_temperature(pool: str) -> float:
+    """The temperature a pool name stands for (``T0.6`` -> 0.6); ``inf`` for a name that is not one."""
+    try:
+        return float(pool[1:]) if pool.startswith("T") else math.inf
+    except ValueError:
+        return math.inf
+
+
+def pools(store: RunStore, stage: str, prefix: str) -> list[str]:
+    """Pool names (e.g. ``T0.6``) of a stage's outputs called ``<prefix>-<pool>``."""
+    return [o[len(prefix) + 1 :] for o in store.outputs(stage) if o.startswith(prefix + "-")]
+
+
+def results_name(label: str) -> str:
+    """The run-store output holding a model label's evaluation results."""
+    return "results-" + re.sub(r"[^A-Za-z0-9_.=+\-]", "_", label)
+
+
+# -- the run's prompts ------------------------------------------------------------------------------
+
+
+def training_prompts(cfg, store: RunStore, stage: str = "sample") -> list[dict]:
+    """The prompts of the run (toy train split or a file); bad records go to ``stage/rejects``."""
+    d = cfg.data
+    if d.prompts == "toy":
+        prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt)
+        return prompts[: d.limit] if d.limit else prompts
+    prompts, rejects = load_prompts(d.prompts, d.system_prompt, d.limit)
+    if rejects:
+        store.write_rejects(stage, rejects)
+        logger(stage).info(f"{len(rejects)} prompt record(s) rejected; see {store.root / stage}/rejects-*.jsonl")
+    return prompts
+
+
+def save_prompts(store: RunStore, prompts: list[dict]) -> None:
+    """Keep the run's prompts beside the samples (later stages need their messages and answers)."""
+    with store.writer("sample", PROMPTS) as w:
+        for p in prompts:
+            w.add(p)
+
+
+def load_run_prompts(store: RunStore) -> dict[str, dict]:
+    """The run's prompts by id."""
+    return {p["id"]: p for p in store.read("sample", PROMPTS)}
+
+
+# -- models and engines -----------------------------------------------------------------------------
+
+
+def resolve_model(model: str) -> str:
+    """``toy:teacher`` / ``toy:student`` name the built-in toy models; anything else is kept."""
+    if model.startswith("toy:"):
+        from dasd.toy.build import default_toy_dir
+
+        role = model.split(":", 1)[1]
+        if role not in ("teacher", "student"):
+            raise ConfigError(f"model {model!r}: the toy world has 'toy:teacher' and 'toy:student'")
+        return str(default_toy_dir() / role)
+    return model
+
+
+def open_engine(cfg: EngineConfig):
+    """Build the engine a config names (``toy:`` models resolved)."""
+    from dasd.engines import make_engine
+
+    return make_engine(cfg.model_copy(update={"model": resolve_model(cfg.model)}))
+
+
+def final_model(store: RunStore, stage_name: str) -> str | None:
+    """The final model directory of a finished training stage, or None."""
+    p = Path(store.root) / "train" / stage_name / "final"
+    return str(p) if (p / "config.json").is_file() else None
+
+
+def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
+    """(label, model dir) of the newest trained student (stages before ``before``), else the base."""
+    latest = ("student", cfg.student.model)
+    for st in cfg.train.stages:
+        if st.name == before:
+            break
+        path = final_model(store, st.name)
+        if path:
+            latest = (st.name, path)
+    return latest
+
+
+def model_for(cfg, store: RunStore, label: str):
+    """The engine config of a model label, or None when that model does not exist yet.
+
+    Labels: ``teacher``, ``student`` (the base), a training stage name (its final model in this
+    run), or a model directory.
+    """
+    if label == "teacher":
+        return cfg.teacher
+    if label == "student":
+        return cfg.student
+    if label in {s.name for s in cfg.train.stages}:
+        path = final_model(store, label)
+        return cfg.student.model_copy(update={"model": path}) if path else None
+    if Path(resolve_model(label)).is_dir():
+        return cfg.student.model_copy(update={"model": label})
+    raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
+
+
+def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
+    """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``.
+
+    ``low`` / ``high``: the selected examples of the lowest / highest temperature pool;
+    ``mixed``: the mixed-policy examples, once `dasd mix` has run.
+    """
+    data: dict[str, list[dict]] = {}
+    for pool in pools(store, "select", TRAIN):
+        data[pool] = list(store.read("select", output(TRAIN, pool)))
+    temps = sorted(cfg.sample.temperatures)
+    for alias, temp in (("low", temps[0]), ("high", temps[-1])):
+        if pool_name(temp) in data:
+            data[alias] = data[pool_name(temp)]
+    mixed = list(store.read("mix", MIX_EXAMPLES))
+    if mixed:
+        data["mixed"] = mixed
+    return data

@@ -1,0 +1,72 @@
+"""`dasd eval` inside a run: which models, on which benchmarks, under which protocol.
+
+Models are named by label: ``teacher``, ``student`` (the student base), a training stage name
+(``stage1_low``, ``stage2_high``, ``stage3_mixed``: that stage's final model in this run), or a
+model directory. Results go to ``RUN/eval/results-<label>`` (one EvalResult per sample, the protocol
+embedded), resumable per (benchmark problem, sample index); the summary (avg@k with a bootstrap
+95% CI, pass@k, maj@k) is printed per model and kept in the manifest. Grading and protocols:
+docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from dasd.grading.evaluate import Protocol, run_eval
+from dasd.grading.loaders import load_benchmark
+from dasd.grading.metrics import format_table, summarize
+from dasd.log import logger
+from dasd.records import content_id
+from dasd.runs import model_for, open_engine, results_name
+from dasd.store import RunStore
+
+STAGE = "eval"
+log = logger(STAGE)
+
+
+def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] | None:
+    """Evaluate one model on every benchmark; return all its results (None if it does not exist)."""
+    ecfg = cfg.eval
+    mcfg = model_for(cfg, store, label)
+    if mcfg is None:
+        log.info(f"{label}: no such model in this run yet, skipped")
+        return None
+    with store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
+        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r for r in store.read(STAGE, results_name(label))}
+        for spec in ecfg.benchmarks:
+            problems = load_benchmark(spec)
+            by_domain: dict[str, list[dict]] = {}
+            for p in problems:
+                by_domain.setdefault(p.get("domain", "other"), []).append(p)
+            for domain, probs in by_domain.items():
+                proto = Protocol.paper(domain) if ecfg.preset == "paper" else ecfg.protocol
+                done = {(pid, j) for (b, pid, j) in existing if b == spec.name}
+                todo = sum(1 for p in probs for j in range(proto.n) if (p["id"], j) not in done)
+                if todo == 0:
+                    continue
+                if engine is None:
+                    engine = open_engine(mcfg)
+
+                def write(result, bench=spec.name):
+                    result = {**result, "benchmark": bench, "model_label": label}
+                    result["id"] = content_id("eval", label, bench, result["problem_id"], result["sample_index"], result["protocol"])
+                    w.add(result)
+                    existing[(bench, result["problem_id"], result["sample_index"])] = result
+
+                log.info(f"{label}: {todo} samples on {spec.name} ({domain})")
+                run_eval(engine, probs, proto, done, write, batch_requests=ecfg.batch_requests, workers=ecfg.workers)
+    return list(existing.values())
+
+
+def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None = None) -> dict:
+    """Evaluate each model label; return {label: summary rows} (also in the manifest)."""
+    store = store or RunStore(cfg.run_dir)
+    store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
+    summary = {}
+    for label in labels or cfg.eval.models:
+        results = evaluate_model(cfg, store, label)
+        if results:
+            rows = summarize(results)
+            summary[label] = rows
+            log.info(f"{label}\n{format_table(rows)}")
+    prev = store.stage_info(STAGE).get("counts") or {}
+    store.end_stage(STAGE, {**prev, **summary})
+    return summary
