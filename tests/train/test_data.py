@@ -55,7 +55,7 @@ def test_examples_over_context_are_dropped_and_counted(tiny_lm_dir, tmp_path):
 def test_plan_visits_every_sequence_once_per_epoch_and_splits_steps_across_processes():
     from dasd.train.config import TrainConfig
     from dasd.train.data import StageData
-    from dasd.train.trainer import _Plan
+    from dasd.train.plan import Plan as _Plan
 
     seqs = [[i] for i in range(11)]
     sd = StageData(np.zeros(11, np.int32), np.zeros(11, np.int32), np.arange(12), np.ones(11, np.int64), seqs, "k")

@@ -45,7 +45,7 @@ def test_two_processes_equal_one_process_with_same_global_batch(tiny_lm_dir, tmp
                    check=True, env=env, timeout=600)
     c1 = [json.loads(x) for x in (tmp_path / "o1/s1/curve.jsonl").read_text().splitlines()]
     c2 = [json.loads(x) for x in (tmp_path / "o2/s1/curve.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in c2] == [1, 2, 3]
+    assert [r["step"] for r in c1] == [r["step"] for r in c2] == [1, 2, 3]
     for a, b in zip(c1, c2):
         assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
         assert abs(a["loss"] - b["loss"]) < 1e-5

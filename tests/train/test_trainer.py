@@ -51,6 +51,7 @@ def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_pa
     a, b = _curve(ref["curve"]), _curve(res["curve"])
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert a[-1]["epoch"] > 1  # the run crosses an epoch boundary (reshuffled order)
+    assert len(a) == len(b)
     for ra, rb in zip(a, b):
         assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-12)
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
@@ -70,6 +71,7 @@ def test_packed_training_equals_unpacked_training(tiny_lm_dir, tmp_path):
     (u,) = run_training(_cfg(tiny_lm_dir, packing=False, micro_batch=8, grad_accum=1, stages=stages), tmp_path / "u", data)
     assert p["sequences"] < u["sequences"] == 8
     cp, cu = _curve(p["curve"]), _curve(u["curve"])
+    assert len(cp) == len(cu) == 3
     for a, b in zip(cp, cu):
         assert a["loss_tokens"] == b["loss_tokens"]
         assert abs(a["loss"] - b["loss"]) < 1e-5
@@ -80,7 +82,9 @@ def test_grad_accumulation_equals_bigger_micro_batch(tiny_lm_dir, tmp_path):
     stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 3}]
     (a,) = run_training(_cfg(tiny_lm_dir, micro_batch=1, grad_accum=2, stages=stages), tmp_path / "a", data)
     (b,) = run_training(_cfg(tiny_lm_dir, micro_batch=2, grad_accum=1, stages=stages), tmp_path / "b", data)
-    for ra, rb in zip(_curve(a["curve"]), _curve(b["curve"])):
+    ca, cb = _curve(a["curve"]), _curve(b["curve"])
+    assert len(ca) == len(cb) == 3
+    for ra, rb in zip(ca, cb):
         assert abs(ra["loss"] - rb["loss"]) < 1e-5
 
 

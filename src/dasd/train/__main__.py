@@ -47,15 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="YAML file with a TrainConfig (or a train: section)")
     ap.add_argument("--out", required=True, help="output directory (stage outputs go to OUT/<stage>/)")
     args = ap.parse_args(argv)
+    from dasd.log import logger, setup
     from dasd.train.trainer import run_training
+
+    setup()
 
     env = os.environ
     if env.get("MASTER_ADDR") and env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and not any(
         env.get(k) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
     ):
-        print("warning: `accelerate launch --cpu` started a single process (accelerate spawns several CPU processes "
-              "only through mpirun); for N CPU processes use `accelerate launch --multi_gpu --num_processes N` "
-              "or `torchrun --nproc_per_node N` (dasd uses gloo when no GPU is present)", file=sys.stderr)
+        logger("train").warning(
+            "`accelerate launch --cpu` started a single process (accelerate spawns several CPU processes only "
+            "through mpirun); for N CPU processes use `accelerate launch --multi_gpu --num_processes N` or "
+            "`torchrun --nproc_per_node N` (dasd uses gloo when no GPU is present)")
 
     try:
         results = run_training(load_config(args.config), Path(args.out))

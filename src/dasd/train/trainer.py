@@ -18,46 +18,41 @@ fixed by ``(seed, epoch)``. Its loss is the sum of token losses over the global 
 the number of loss tokens of the global batch (known on every process without communication, since
 every process holds the packing plan); each micro-batch's backward uses that global denominator, so
 1 process x 2 accumulations and 2 processes x 1 give the same gradients.
+
+Layout, in the shape of torchtune's recipes: ``run_training`` resolves each stage's data and init
+model and runs a ``StageTrainer`` (``setup_data``, ``setup_model``, ``setup_optimizer``,
+``load_checkpoint``, ``train`` / ``train_step``, ``save_checkpoint``, ``finish``); ``plan.py`` says
+which packed sequences each step uses; ``checkpoint.py`` reads and writes the stage's files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import shutil
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dasd.errors import ConfigError, DasdError
-from dasd.jsonl import atomic_write_json, atomic_write_jsonl, dumps
+from dasd.log import logger, progress
+from dasd.train import checkpoint as ckpt
 from dasd.train.config import StageConfig, TrainConfig
-from dasd.train.data import Piece, StageData, load_examples, prepare
-from dasd.train.encode import IGNORE
+from dasd.train.data import load_examples, prepare
 from dasd.train.loss import LossModel, liger_available
 from dasd.train.packing import collate
+from dasd.train.plan import Plan
 from dasd.train.schedule import make_optimizer, make_scheduler
 
 StepHook = Callable[[dict[str, Any]], None]
 
-
-def _fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int) -> str:
-    """What a stage's outputs depend on; a resume or skip with a different one is refused."""
-    recipe = cfg.model_dump(exclude={"stages", "save_every", "keep_checkpoints", "log_every", "tensorboard"})
-    blob = json.dumps([recipe, stage.model_dump(), str(init), sd.key, processes], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+_log = logger("train")
 
 
 def _use_cpu() -> bool:
     """CPU runs: forced by ACCELERATE_USE_CPU, or no CUDA device. Multi-process CPU runs then use gloo
     (accelerate only sets up torch.distributed on CPU when told it is a CPU run)."""
-    import os
-
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
 
 
@@ -65,10 +60,10 @@ def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
     cpu = _use_cpu()
-    if cfg.bf16 and cpu:
-        print("[train] bf16 requested on a CPU run: training in float32 instead", flush=True)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                       mixed_precision="bf16" if cfg.bf16 and not cpu else "no", cpu=cpu)
+    if cfg.bf16 and cpu and acc.is_main_process:
+        _log.info("bf16 requested on a CPU run: training in float32 instead")
     ds = acc.state.deepspeed_plugin
     if ds is not None:  # no accelerate DataLoader: DeepSpeed needs these explicitly
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
@@ -77,85 +72,15 @@ def _make_accelerator(cfg: TrainConfig):
     return acc
 
 
-class _Plan:
-    """Which packed sequences each step, process and micro-step uses."""
-
-    def __init__(self, sd: StageData, cfg: TrainConfig, processes: int, seed: int):
-        self.sd, self.cfg, self.P, self.seed = sd, cfg, processes, seed
-        self.G = cfg.micro_batch * cfg.grad_accum * processes
-        self.steps_per_epoch = math.ceil(len(sd.sequences) / self.G)
-        self._perm: tuple[int, list[int]] | None = None
-
-    def order(self, epoch: int) -> list[int]:
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(len(self.sd.sequences), generator=g).tolist())
-        return self._perm[1]
-
-    def rows(self, step: int) -> list[list[int] | None]:
-        """The global batch of ``step``: ``G`` sequences (``None`` = loss-free filler at an epoch's end)."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        ids = self.order(epoch)[k * self.G : (k + 1) * self.G]
-        seqs: list[list[int] | None] = [self.sd.sequences[i] for i in ids]
-        return seqs + [None] * (self.G - len(seqs))
-
-    def local(self, rows: list, rank: int, micro: int) -> list:
-        mb = self.cfg.micro_batch
-        start = (micro * self.P + rank) * mb
-        return rows[start : start + mb]
-
-
-def _curve_read(path: Path, upto: int) -> list[dict]:
-    out = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is redone
-            if rec.get("step", 0) > upto:
-                break
-            out.append(rec)
-    return out
-
-
-def _latest_checkpoint(ckdir: Path) -> Path | None:
-    done = sorted(p for p in ckdir.glob("step-*") if (p / "trainer_state.json").is_file()) if ckdir.is_dir() else []
-    return done[-1] if done else None
-
-
-def _save_checkpoint(acc, model, scheduler, stage_dir: Path, step: int, fp: str, keep: int) -> None:
-    ckdir = stage_dir / "checkpoints"
-    final = ckdir / f"step-{step:06d}"
-    tmp = ckdir / f".step-{step:06d}.tmp"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    acc.save_state(output_dir=str(tmp))
-    if acc.is_main_process:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp})
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def _save_final(acc, model, tokenizer, stage_dir: Path) -> Path:
-    final, tmp = stage_dir / "final", stage_dir / ".final.tmp"
-    state = acc.get_state_dict(model)
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        lm = acc.unwrap_model(model).lm
-        sd = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-        lm.save_pretrained(str(tmp), state_dict=sd)
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    acc.wait_for_everyone()
-    return final
+def liger_choice(setting: str, zero3: bool) -> tuple[bool, str | None]:
+    """Whether the loss uses Liger's fused cross-entropy (``setting`` = ``TrainConfig.liger``), and a
+    note to log when a requested Liger is turned off. ``auto`` = on when CUDA and liger-kernel are there."""
+    use = setting == "on" or (setting == "auto" and torch.cuda.is_available() and liger_available())
+    if use and zero3:
+        # ZeRO-3 partitions lm_head's weight outside the module's own forward; Liger reads the raw
+        # weight, so under ZeRO-3 the chunked path (which calls the module) is used instead.
+        return False, "ZeRO-3: Liger fused CE disabled, using chunked cross-entropy"
+    return use, None
 
 
 def _tb_writer(cfg: TrainConfig, stage_dir: Path, acc):
@@ -168,152 +93,216 @@ def _tb_writer(cfg: TrainConfig, stage_dir: Path, acc):
     return SummaryWriter(str(stage_dir / "tb"))
 
 
-def _filler(pad_id: int) -> Piece:
-    return Piece(np.array([pad_id], dtype=np.int32), np.array([IGNORE], dtype=np.int32))
+class StageTrainer:
+    """One stage's training, in the shape of a torchtune recipe.
 
+    ``run(items)`` = ``setup_data`` -> (finished already? return its result) -> ``setup_model`` ->
+    ``setup_optimizer`` -> ``load_checkpoint`` -> ``train`` -> ``finish``. Each step is one method;
+    all processes call them in the same order (several contain barriers).
+    """
 
-def _run_stage(cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_dir: Path, items, acc,
-               on_step: StepHook | None) -> dict:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_dir: Path, acc,
+                 on_step: StepHook | None = None):
+        self.cfg, self.stage, self.init, self.dir, self.acc, self.on_step = cfg, stage, init, stage_dir, acc, on_step
+        self.hp = cfg.for_stage(stage)
+        self.seed = cfg.seed + idx
+        self.curve_path = stage_dir / "curve.jsonl"
+        self.last_loss = float("nan")
+        self.pad_total = [0, 0]  # padding tokens, all tokens fed this run (fillers count as padding)
+        self.t_stage = time.perf_counter()
 
-    hp = cfg.for_stage(stage)
-    tokenizer = AutoTokenizer.from_pretrained(init)
-    if tokenizer.chat_template is None:
-        raise ConfigError(f"stage {stage.name!r}: the tokenizer of {init} has no chat template")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sd = prepare(tokenizer, items, cfg.context, hp["mask_prefix"], cfg.packing, cache_dir=stage_dir / "tokens",
-                 is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
-    lengths = sd.lengths
-    P, rank = acc.num_processes, acc.process_index
-    plan = _Plan(sd, cfg, P, cfg.seed + idx)
-    total = hp["max_steps"] or max(1, math.ceil(hp["epochs"] * plan.steps_per_epoch))
-    fp = _fingerprint(cfg, stage, init, sd, P)
+    def _info(self, msg: str) -> None:
+        if self.acc.is_main_process:
+            _log.info(msg)
 
-    done_path = stage_dir / "done.json"
-    if done_path.is_file():
-        done = json.loads(done_path.read_text(encoding="utf-8"))
-        if done.get("fingerprint") != fp:
-            raise ConfigError(f"{stage_dir}: stage {stage.name!r} was finished with a different config, data or "
-                              "process count; use a new output directory")
-        acc.print(f"[train] stage {stage.name}: already finished ({done['steps']} steps), skipped")
-        return done
+    def run(self, items: list) -> dict:
+        """Train the stage on ``items`` (or skip it when finished with the same fingerprint); its result."""
+        self.setup_data(items)
+        done = ckpt.read_done(self.dir, self.fp, self.stage.name)
+        if done is not None:
+            self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
+            return done
+        self.setup_model()
+        self.setup_optimizer()
+        self.train(self.load_checkpoint())
+        return self.finish()
 
-    set_seed(cfg.seed + idx)
-    lm = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
-    if cfg.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.config.use_cache = False
-    use_liger = cfg.liger == "on" or (cfg.liger == "auto" and torch.cuda.is_available() and liger_available())
-    ds = acc.state.deepspeed_plugin
-    if use_liger and ds is not None and ds.zero_stage == 3:
-        # ZeRO-3 partitions lm_head's weight outside the module's own forward; Liger reads the raw
-        # weight, so under ZeRO-3 the chunked path (which calls the module) is used instead.
-        acc.print("[train] ZeRO-3: Liger fused CE disabled, using chunked cross-entropy")
-        use_liger = False
-    model = LossModel(lm, chunk=cfg.loss_chunk, use_liger=use_liger)
-    optimizer = make_optimizer(model, hp["lr"], cfg.betas, cfg.eps, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, total, hp["lr"], hp["min_lr"], hp["warmup_ratio"])
-    model, optimizer = acc.prepare(model, optimizer)
+    def setup_data(self, items: list) -> None:
+        """Tokenizer, tokenised and packed data (cached under ``tokens/``), plan, step count, fingerprint."""
+        from transformers import AutoTokenizer
 
-    start = 0
-    ck = _latest_checkpoint(stage_dir / "checkpoints")
-    curve_path = stage_dir / "curve.jsonl"
-    if ck is not None:
-        state = json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fp:
-            raise ConfigError(f"{ck}: checkpoint of a different config, data or process count; use a new output directory")
-        acc.load_state(str(ck))
-        scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
-        start = state["step"]
-        acc.print(f"[train] stage {stage.name}: resuming from {ck.name}")
-    if acc.is_main_process:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_jsonl(curve_path, _curve_read(curve_path, start))
-    acc.wait_for_everyone()
+        cfg, acc = self.cfg, self.acc
+        self.tokenizer = AutoTokenizer.from_pretrained(self.init)
+        if self.tokenizer.chat_template is None:
+            raise ConfigError(f"stage {self.stage.name!r}: the tokenizer of {self.init} has no chat template")
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.sd = prepare(tok, items, cfg.context, self.hp["mask_prefix"], cfg.packing, cache_dir=self.dir / "tokens",
+                          is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+        self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
+        self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
+        self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes)
 
-    n_seq = len(sd.sequences)
-    acc.print(f"[train] stage {stage.name}: {sd.n_examples} examples ({sd.dropped['over_context']} over context "
-              f"dropped), {sd.n_tokens} tokens in {n_seq} sequences (fill {sd.n_tokens / (n_seq * cfg.context):.1%} of "
-              f"{cfg.context}), {total} steps of {plan.G} sequences, {P} process(es) "
-              f"({acc.distributed_type.value}), init {init}")
-    tb = _tb_writer(cfg, stage_dir, acc)
-    bar = tqdm(total=total, initial=start, desc=f"train {stage.name}", disable=not acc.is_main_process, dynamic_ncols=True)
-    model.train()
-    loss_val = float("nan")
-    pad_total = [0, 0]  # padding tokens, all tokens fed this run (fillers count as padding)
-    t_stage = time.perf_counter()
-    for step in range(start, total):
+    def setup_model(self) -> None:
+        """Seed, load the init model in float32, and wrap it in the loss (Liger or chunked cross-entropy)."""
+        from accelerate.utils import set_seed
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
+        set_seed(self.seed)
+        lm = AutoModelForCausalLM.from_pretrained(self.init, dtype=torch.float32,
+                                                  attn_implementation=cfg.attn_implementation)
+        if cfg.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        ds = self.acc.state.deepspeed_plugin
+        use_liger, note = liger_choice(cfg.liger, zero3=ds is not None and ds.zero_stage == 3)
+        if note:
+            self._info(note)
+        self.model = LossModel(lm, chunk=cfg.loss_chunk, use_liger=use_liger)
+
+    def setup_optimizer(self) -> None:
+        """A fresh AdamW and warmup + cosine schedule for this stage; model and optimizer prepared by accelerate."""
+        hp = self.hp
+        optimizer = make_optimizer(self.model, hp["lr"], self.cfg.betas, self.cfg.eps, self.cfg.weight_decay)
+        self.scheduler = make_scheduler(optimizer, self.total, hp["lr"], hp["min_lr"], hp["warmup_ratio"])
+        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+
+    def load_checkpoint(self) -> int:
+        """Resume from the latest checkpoint (its step; 0 without one) and cut the curve to that step."""
+        start = 0
+        ck = ckpt.latest_checkpoint(self.dir / "checkpoints")
+        if ck is not None:
+            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp)
+            self._info(f"stage {self.stage.name}: resuming from {ck.name}")
+        if self.acc.is_main_process:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            ckpt.truncate_curve(self.curve_path, start)
+        self.acc.wait_for_everyone()
+        return start
+
+    def save_checkpoint(self, step: int) -> None:
+        """Checkpoint the state after ``step`` optimizer steps (all processes)."""
+        ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints)
+
+    def _announce(self) -> None:
+        sd, cfg, acc = self.sd, self.cfg, self.acc
+        n_seq = len(sd.sequences)
+        self._info(f"stage {self.stage.name}: {sd.n_examples} examples ({sd.dropped['over_context']} over context "
+                   f"dropped), {sd.n_tokens} tokens in {n_seq} sequences (fill {sd.n_tokens / (n_seq * cfg.context):.1%} "
+                   f"of {cfg.context}), {self.total} steps of {self.plan.G} sequences, {acc.num_processes} process(es) "
+                   f"({acc.distributed_type.value}), init {self.init}")
+
+    def train(self, start: int) -> None:
+        """Optimizer steps ``start`` .. the stage's total: curve line, TensorBoard, progress, checkpoints, hook."""
+        cfg, total = self.cfg, self.total
+        self._announce()
+        tb = _tb_writer(cfg, self.dir, self.acc)
+        self.model.train()
+        self.t_stage = time.perf_counter()
+        with progress(total, f"train {self.stage.name}", "step", initial=start, enabled=self.acc.is_main_process) as bar:
+            for step in range(start, total):
+                rec = self.train_step(step)
+                rec["elapsed_s"] = round(time.perf_counter() - self.t_stage, 3)
+                rec["eta_s"] = round(rec["elapsed_s"] / (step + 1 - start) * (total - step - 1), 1)
+                if self.acc.is_main_process:
+                    ckpt.append_curve(self.curve_path, rec)
+                    if tb is not None:
+                        for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                            if rec[k] is not None:
+                                tb.add_scalar(f"{self.stage.name}/{k}", rec[k], step + 1)
+                if (step + 1) % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
+                                    tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
+                bar.update(1)
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                    self.save_checkpoint(step + 1)
+                if self.on_step is not None:
+                    self.on_step({"stage": self.stage.name, **rec})
+        self.save_checkpoint(total)
+        if tb is not None:
+            tb.close()
+
+    def train_step(self, step: int) -> dict:
+        """One optimizer step on the global batch of ``step``; its curve record (stage timing not yet added).
+
+        Each micro-batch's backward divides by the global batch's loss-token count, so the step's
+        gradient is that of the global mean token loss whatever the split over processes and micro-steps.
+        """
+        acc, plan = self.acc, self.plan
         t0 = time.perf_counter()
         rows = plan.rows(step)
-        real = [r for r in rows if r is not None]
-        n_loss = int(sum(int(sd.n_loss[i]) for r in real for i in r))
-        n_tok = int(sum(int(lengths[i]) for r in real for i in r))
-        lr_used = optimizer.param_groups[0]["lr"]
+        n_loss, n_tok = plan.loss_tokens(rows), plan.tokens(rows)
+        lr_used = self.optimizer.param_groups[0]["lr"]
         local_sum = torch.zeros((), device=acc.device)
-        n_pad_local = n_all_local = 0
+        pad = [0, 0]  # padding tokens, all tokens fed by this process
         grad_norm = None
-        for micro in range(cfg.grad_accum):
-            local_rows = plan.local(rows, rank, micro)
-            mine = [[sd.piece(i) for i in r] if r is not None else [_filler(pad_id)] for r in local_rows]
-            batch = {k: v.to(acc.device) for k, v in collate(mine, pad_id).items()}
-            n_pad_local += batch["input_ids"].numel() - int(sum(int(lengths[i]) for r in local_rows if r is not None for i in r))
-            n_all_local += batch["input_ids"].numel()
-            with acc.accumulate(model):
-                s, _ = model(**batch)
-                acc.backward(s * (P * cfg.grad_accum) / max(n_loss, 1))
-                local_sum += s.detach().float()
-                if acc.sync_gradients:
-                    if cfg.clip > 0:
-                        gn = acc.clip_grad_norm_(model.parameters(), cfg.clip)
-                        grad_norm = float(gn) if gn is not None else None
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        loss_val = float(acc.reduce(local_sum, reduction="sum")) / max(n_loss, 1)
-        pad_all = acc.reduce(torch.tensor([n_pad_local, n_all_local], device=acc.device), reduction="sum").tolist()
-        pad_total[0] += pad_all[0]
-        pad_total[1] += pad_all[1]
+        for micro in range(self.cfg.grad_accum):
+            local_rows = plan.local(rows, acc.process_index, micro)
+            batch = {k: v.to(acc.device) for k, v in collate(plan.pieces(local_rows, self.pad_id), self.pad_id).items()}
+            pad[0] += batch["input_ids"].numel() - plan.tokens(local_rows)
+            pad[1] += batch["input_ids"].numel()
+            loss_sum, gn = self._micro_step(batch, n_loss)
+            local_sum += loss_sum
+            if gn is not None:
+                grad_norm = gn
+        self.scheduler.step()
+        self.last_loss = float(acc.reduce(local_sum, reduction="sum")) / max(n_loss, 1)
+        pad_all = acc.reduce(torch.tensor(pad, device=acc.device), reduction="sum").tolist()
+        self.pad_total[0] += pad_all[0]
+        self.pad_total[1] += pad_all[1]
         dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss_val, "lr": lr_used,
-               "tokens": n_tok, "loss_tokens": n_loss, "tokens_per_s": n_tok / dt if dt > 0 else None,
-               "grad_norm": grad_norm, "padding": pad_all[0] / max(pad_all[1], 1), "elapsed_s": round(time.perf_counter() - t_stage, 3)}
-        rec["eta_s"] = round(rec["elapsed_s"] / (step + 1 - start) * (total - step - 1), 1)
+        return {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": self.last_loss,
+                "lr": lr_used, "tokens": n_tok, "loss_tokens": n_loss, "tokens_per_s": n_tok / dt if dt > 0 else None,
+                "grad_norm": grad_norm, "padding": pad_all[0] / max(pad_all[1], 1)}
+
+    def _micro_step(self, batch: dict, n_loss: int) -> tuple[torch.Tensor, float | None]:
+        """Forward and backward of one micro-batch; on the step's last one also clip and step the
+        optimizer. Its summed token loss and the grad norm (None unless clipped here)."""
+        acc, cfg = self.acc, self.cfg
+        grad_norm = None
+        with acc.accumulate(self.model):
+            s, _ = self.model(**batch)
+            acc.backward(s * (acc.num_processes * cfg.grad_accum) / max(n_loss, 1))
+            loss_sum = s.detach().float()
+            if acc.sync_gradients:
+                if cfg.clip > 0:
+                    gn = acc.clip_grad_norm_(self.model.parameters(), cfg.clip)
+                    grad_norm = float(gn) if gn is not None else None
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
+    def finish(self) -> dict:
+        """Save the final model, write ``done.json``, free the model and optimizer; the stage's result."""
+        acc, sd = self.acc, self.sd
+        final = ckpt.save_final(acc, self.model, self.tokenizer, self.dir)
+        result = {"name": self.stage.name, "final": str(final), "steps": self.total, "final_loss": self.last_loss,
+                  "curve": str(self.curve_path), "examples": sd.n_examples, "sequences": len(sd.sequences),
+                  "tokens": sd.n_tokens, "dropped": sd.dropped, "init": str(self.init), "fingerprint": self.fp,
+                  "padding_share": self.pad_total[0] / max(self.pad_total[1], 1)}
         if acc.is_main_process:
-            with curve_path.open("a", encoding="utf-8") as fh:
-                fh.write(dumps(rec) + "\n")
-            if tb is not None:
-                for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
-                    if rec[k] is not None:
-                        tb.add_scalar(f"{stage.name}/{k}", rec[k], step + 1)
-        bar.update(1)
-        if (step + 1) % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr_used:.2e}", tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            _save_checkpoint(acc, model, scheduler, stage_dir, step + 1, fp, cfg.keep_checkpoints)
-        if on_step is not None:
-            on_step({"stage": stage.name, **rec})
-    bar.close()
-    _save_checkpoint(acc, model, scheduler, stage_dir, total, fp, cfg.keep_checkpoints)
-    final = _save_final(acc, model, tokenizer, stage_dir)
-    if tb is not None:
-        tb.close()
-    result = {"name": stage.name, "final": str(final), "steps": total, "final_loss": loss_val,
-              "curve": str(curve_path), "examples": sd.n_examples, "sequences": n_seq, "tokens": sd.n_tokens,
-              "dropped": sd.dropped, "init": str(init), "fingerprint": fp,
-              "padding_share": pad_total[0] / max(pad_total[1], 1)}
-    if acc.is_main_process:
-        curve = _curve_read(curve_path, total)
-        if curve:
-            result["final_loss"] = curve[-1]["loss"]
-        atomic_write_json(done_path, result)
-    acc.wait_for_everyone()
-    acc.print(f"[train] stage {stage.name}: done, {total} steps, final loss {result['final_loss']:.4f}, "
-              f"{time.perf_counter() - t_stage:.1f}s, model in {final}")
-    acc.free_memory()
-    del model, optimizer
-    return result
+            curve = ckpt.read_curve(self.curve_path, self.total)
+            if curve:
+                result["final_loss"] = curve[-1]["loss"]
+            ckpt.write_done(self.dir, result)
+        acc.wait_for_everyone()
+        self._info(f"stage {self.stage.name}: done, {self.total} steps, final loss {result['final_loss']:.4f}, "
+                   f"{time.perf_counter() - self.t_stage:.1f}s, model in {final}")
+        acc.free_memory()
+        self.model = self.optimizer = self.scheduler = None
+        return result
+
+
+def _stage_init(cfg: TrainConfig, stage: StageConfig, previous: str | None) -> str:
+    """The model a stage starts from: the base model, the previous stage's final model, or a path."""
+    if stage.init == "base":
+        return cfg.base_model
+    if stage.init == "previous":
+        if previous is None:
+            raise DasdError(f"stage {stage.name!r}: init 'previous' but no previous stage has run")
+        return previous
+    return stage.init
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None = None,
@@ -341,18 +330,11 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
         items = load_examples(stage.data, data)
         if items is None:
             if stage.optional:
-                acc.print(f"[train] stage {stage.name}: data {stage.data!r} not found, optional stage skipped")
+                if acc.is_main_process:
+                    _log.info(f"stage {stage.name}: data {stage.data!r} not found, optional stage skipped")
                 continue
             raise ConfigError(f"stage {stage.name!r}: data {stage.data!r} is neither a named pool nor an existing file")
-        if stage.init == "base":
-            init = cfg.base_model
-        elif stage.init == "previous":
-            if previous is None:
-                raise DasdError(f"stage {stage.name!r}: init 'previous' but no previous stage has run")
-            init = previous
-        else:
-            init = stage.init
-        res = _run_stage(cfg, idx, stage, init, out_dir / stage.name, items, acc, on_step)
+        res = StageTrainer(cfg, idx, stage, _stage_init(cfg, stage, previous), out_dir / stage.name, acc, on_step).run(items)
         results.append(res)
         previous = res["final"]
     return results
