@@ -342,6 +342,20 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
+def _shifted(spans: list[tuple[int, int]], shift: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """``spans`` moved by ``shift`` and clamped into ``[lo, hi]`` (only the ends can leave it: spans are monotonic)."""
+    out = [(s + shift, e + shift) for s, e in spans]
+    for k in range(len(out)):  # leading whitespace the output does not have
+        if out[k][0] >= lo:
+            break
+        out[k] = (lo, max(out[k][1], lo))
+    for k in range(len(out) - 1, -1, -1):  # trailing whitespace the output does not have
+        if out[k][1] <= hi:
+            break
+        out[k] = (min(out[k][0], hi), hi)
+    return out
+
+
 def align_companion(output: str, token_ids: Sequence[Any], logprobs: Sequence[Any], tokenizer) -> Aligned | Mismatch:
     """Align one companion row (already joined by id) to its response ``output``; see the module doc.
 
@@ -358,9 +372,10 @@ def align_companion(output: str, token_ids: Sequence[Any], logprobs: Sequence[An
         return Mismatch(f"companion: {len(token_ids)} token_ids but {len(logprobs)} logprobs")
     if not token_ids:
         return Mismatch("companion: no token_ids")
+    n_vocab = len(tokenizer)
     for i, (t, lp) in enumerate(zip(token_ids, logprobs)):
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(tokenizer):
-            return Mismatch(f"companion: token_ids[{i}] = {t!r} is not an id of the teacher tokenizer ({len(tokenizer)} ids)")
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+            return Mismatch(f"companion: token_ids[{i}] = {t!r} is not an id of the teacher tokenizer ({n_vocab} ids)")
         if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp):
             return Mismatch(f"companion: logprobs[{i}] = {lp!r} is not a finite number")
     try:
@@ -399,7 +414,7 @@ def align_companion(output: str, token_ids: Sequence[Any], logprobs: Sequence[An
                                 f"{output[end:end + 30]!r}")
             hi = len(output)
         kept_ids += ids
-        offsets += [(min(max(s + shift, lo), hi), min(max(e + shift, lo), hi)) for s, e in spans]
+        offsets += _shifted(spans, shift, lo, hi)
         lps += [float(logprobs[p]) for p in msg.content]
         lo = hi + len(THINK_CLOSE)
     part = "reasoning+final" if len(messages) == 2 else "reasoning"
