@@ -260,3 +260,38 @@ def test_logprob_mode_resolution():
     assert resolve_logprob_mode("auto", 1.0, 0.95) == "processed"
     assert resolve_logprob_mode("raw", 0.6, 1.0) == "raw"
     assert resolve_logprob_mode("processed", 1.0, 1.0) == "processed"
+
+
+def test_release_read_from_a_hub_layout_and_joined_through_an_index(tok, release, tmp_path):
+    """The whole chain the import stage runs: rows streamed from a hub-style folder, the companion
+    (another order, an orphan) looked up by id in a JSONL index, each row aligned, signals valid."""
+    from dasd.records import TokenLogprobs
+    from dasd.sources import KeyedRows, iter_rows
+
+    rows, companion = release
+    repo = tmp_path / "release"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: stage1\n  data_files: stage1.jsonl\n---\n", encoding="utf-8")
+    (repo / "stage1.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    lp = tmp_path / "stage1-logprob.jsonl"
+    lp.write_text("".join(json.dumps(c) + "\n" for c in companion), encoding="utf-8")
+
+    index = KeyedRows(lp, "sample_uuid")
+    counts = {"aligned": 0, "missing": 0, "mismatched": 0}
+    seen = set()
+    for where, raw in iter_rows(f"hf:{repo}:stage1@train"):
+        row = parse_row(raw)
+        seen.add(row.uuid)
+        hit = index.get(row.uuid)
+        got = align_row(row, hit[1] if hit else None, tok)
+        if got is None:
+            counts["missing"] += 1
+        elif isinstance(got, Mismatch):
+            counts["mismatched"] += 1
+            assert where in (f"{repo}:stage1[train][2]", f"{repo}:stage1[train][4]")  # u3, u5
+        else:
+            counts["aligned"] += 1
+            teacher = TokenLogprobs.model_validate(got.teacher(resolve_logprob_mode("auto", 0.6, 1.0)))
+            assert teacher.logprob_mode == "processed" and teacher.offsets[-1][1] <= len(row.output)
+    assert counts == {"aligned": 3, "missing": 1, "mismatched": 2}
+    assert sorted(set(index.keys()) - seen) == ["zz"]  # the orphan
