@@ -12,6 +12,7 @@ from dasd.released import (
     Mismatch,
     align_companion,
     align_row,
+    check_teacher_tokenizer,
     harmony_messages,
     map_domain,
     parse_meta,
@@ -295,3 +296,13 @@ def test_release_read_from_a_hub_layout_and_joined_through_an_index(tok, release
             assert teacher.logprob_mode == "processed" and teacher.offsets[-1][1] <= len(row.output)
     assert counts == {"aligned": 3, "missing": 1, "mismatched": 2}
     assert sorted(set(index.keys()) - seen) == ["zz"]  # the orphan
+
+
+def test_a_tokenizer_without_harmony_tokens_is_a_config_error(tiny_lm_dir):
+    from dasd.errors import ConfigError
+
+    other = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    with pytest.raises(ConfigError, match=r"teacher.tokenizer has no harmony tokens \['<\|start\|>'"):
+        check_teacher_tokenizer(other)
+    with pytest.raises(ConfigError):
+        align_companion("<think>\nx\n</think>\ny", [1, 2], [-1.0, -1.0], other)

@@ -40,6 +40,10 @@ after ``</think>`` has none either, so its sentences are unscored by DAS (docs/d
 **Log-prob mode.** The card does not say whether the released log-probs are raw (log-softmax of
 the untempered logits) or processed (after temperature 0.6 / top-p). ``LogprobMode`` is a declared
 import setting, resolved per import by ``resolve_logprob_mode``; see docs/released-data.md.
+
+Use: ``check_teacher_tokenizer(tok)`` once; per row ``row = parse_row(raw)`` (``ValueError``:
+quarantine), then ``align_row(row, companion_row_or_None, tok)`` -> ``Aligned`` (``.teacher(mode)``
+is the ``Sample.teacher`` record), ``Mismatch`` (``.reason``) or ``None`` (no companion row).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dasd.errors import ConfigError
 from dasd.records import Domain
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -207,7 +212,8 @@ class _HarmonyIds:
         ids = {name: by_name.get(name) for name in self.NAMES}
         missing = [n for n in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>") if ids[n] is None]
         if missing:
-            raise ValueError(f"the teacher tokenizer has no harmony tokens {missing}: it is not gpt-oss's (o200k_harmony)")
+            raise ConfigError(f"teacher.tokenizer has no harmony tokens {missing}: the released ids need gpt-oss's "
+                              "tokenizer (o200k with the harmony tokens), e.g. openai/gpt-oss-120b")
         self.start, self.channel, self.message, self.end = (ids[n] for n in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>"))
         self.stop = {i for i in (ids["<|return|>"], ids["<|call|>"]) if i is not None}
         self.constrain = ids["<|constrain|>"]
@@ -225,6 +231,11 @@ def _harmony_ids(tokenizer) -> _HarmonyIds:
     if h is None or h.size != len(tokenizer):
         h = _HARMONY[tokenizer] = _HarmonyIds(tokenizer)
     return h
+
+
+def check_teacher_tokenizer(tokenizer) -> None:
+    """Raise ``ConfigError`` unless ``tokenizer`` has the harmony tokens (call once before aligning rows)."""
+    _harmony_ids(tokenizer)
 
 
 def harmony_messages(token_ids: Sequence[int], tokenizer) -> list[HarmonyMessage]:
@@ -359,8 +370,9 @@ def _shifted(spans: list[tuple[int, int]], shift: int, lo: int, hi: int) -> list
 def align_companion(output: str, token_ids: Sequence[Any], logprobs: Sequence[Any], tokenizer) -> Aligned | Mismatch:
     """Align one companion row (already joined by id) to its response ``output``; see the module doc.
 
-    ``tokenizer`` is the teacher's (gpt-oss: o200k with the harmony tokens). Returns ``Aligned``
-    (kept tokens' ids, spans in ``output`` and log-probs) or ``Mismatch`` with the reason. The
+    ``tokenizer`` is the teacher's (gpt-oss: o200k with the harmony tokens; ``ConfigError`` if it
+    has none). Returns ``Aligned`` (kept tokens' ids, spans in ``output`` and log-probs) or
+    ``Mismatch`` with the reason. The
     reasoning body starts after the first ``<think>`` and must be followed (after whitespace) by
     ``</think>``; so a literal ``</think>`` inside the reasoning does not end it early.
     """
