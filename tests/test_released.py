@@ -306,3 +306,22 @@ def test_a_tokenizer_without_harmony_tokens_is_a_config_error(tiny_lm_dir):
         check_teacher_tokenizer(other)
     with pytest.raises(ConfigError):
         align_companion("<think>\nx\n</think>\ny", [1, 2], [-1.0, -1.0], other)
+
+
+@pytest.mark.parametrize("layout", ["<think>\n{b}\n</think>\n\n{a}", "<think>{b}</think>{a}", "<think>\n\n{b}\n</think>\n{a}"])
+def test_aligned_release_samples_pass_the_filters_with_their_spans(tok, layout):
+    """Downstream use: the filter normalises the layout and remaps the spans; they still cover the body and answer."""
+    from dasd.text.filters import FilterConfig, apply_filters
+
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    ids = enc(BODY2) + [END, START, *enc("assistant"), CHANNEL, *enc("final"), MESSAGE, *enc(ANSWER2), RETURN]
+    text = layout.format(b=BODY2, a=ANSWER2)
+    got = align_companion(text, ids, [-0.25] * len(ids), tok)
+    assert isinstance(got, Aligned), got
+    sample = {"id": "s", "prompt_id": "p", "model": "gpt-oss-120b", "temperature": 0.6, "text": text,
+              "teacher": got.teacher("raw")}
+    out, drop = apply_filters(sample, FilterConfig(max_student_tokens=None))
+    assert drop is None
+    n_body = len(enc(BODY2))
+    offs = out["teacher"]["offsets"]
+    assert joined(out["text"], offs[:n_body]) == BODY2 and joined(out["text"], offs[n_body:]) == ANSWER2
