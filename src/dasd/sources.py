@@ -1,0 +1,301 @@
+"""Where input rows come from: a local file or folder, or a Hugging Face hub data set, read as a stream.
+
+A *source spec* is a string (what config fields such as ``import.source``, ``import.logprobs``
+and ``data.prompts`` hold):
+
+- a local path: a ``.jsonl`` file (any other suffix is read as JSONL too), a ``.parquet`` file,
+  or a folder written by ``datasets``' ``save_to_disk`` (its ``train`` split, else its first);
+- ``hf:<repo>[:<config>][@<split>][#<revision>]``: a hub data set, e.g.
+  ``hf:Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b:stage1@train``. ``<repo>`` may also be a
+  local folder laid out like a hub repository (data files, a README with ``configs``), which is how
+  it is tested offline. ``split`` defaults to ``train``; ``revision`` pins a commit or tag.
+
+``iter_rows(spec)`` yields ``(where, row)`` one row at a time with bounded memory: JSONL line by
+line, Parquet batch by batch, hub data sets through ``datasets.load_dataset(..., streaming=True)``.
+``where`` is ``file:line`` (JSONL), ``file[i]`` (Parquet, a saved folder) or
+``repo:config[split][i]`` (hub), 0-based row ``i``. A JSONL line that is not a JSON object comes
+as a ``dasd.jsonl.BadLine`` (the caller quarantines it); a hub file that ``datasets`` cannot
+decode stops the read with an ``InputError`` saying how many rows came before it (``datasets``
+decodes a block of rows at a time, so it cannot skip just the bad one).
+
+``KeyedRows(spec, key)`` gives random access by a key column (the log-prob companion looked up by
+``sample_uuid``), keeping only an index in memory: byte offsets for JSONL; for Parquet, saved
+folders and hub data sets, row numbers into ``datasets``' memory-mapped Arrow table (a hub data set
+is downloaded and converted once into the ``datasets`` cache; nothing is held in RAM).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict
+
+from dasd.configbase import StrictModel
+from dasd.errors import ConfigError, InputError
+from dasd.jsonl import BadLine, iter_jsonl
+
+HUB_PREFIX = "hf:"
+_HUB = re.compile(r"^hf:(?P<repo>[^:@#]+)(?::(?P<config>[^@#]+))?(?:@(?P<split>[^#]+))?(?:#(?P<revision>.+))?$")
+
+
+class LocalSource(StrictModel):
+    """A local JSONL or Parquet file, or a ``save_to_disk`` folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: Path
+
+    def spec(self) -> str:
+        return str(self.path)
+
+
+class HubSource(StrictModel):
+    """A Hugging Face hub data set (or a local folder laid out like one): id, config, split, revision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repo: str
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+
+    def spec(self) -> str:
+        """The string form, ``hf:repo[:config]@split[#revision]``."""
+        cfg = f":{self.config}" if self.config else ""
+        rev = f"#{self.revision}" if self.revision else ""
+        return f"{HUB_PREFIX}{self.repo}{cfg}@{self.split}{rev}"
+
+    def label(self) -> str:
+        return f"{self.repo}:{self.config}" if self.config else self.repo
+
+    def where(self, i: int) -> str:
+        return f"{self.label()}[{self.split}][{i}]"
+
+
+Source = LocalSource | HubSource
+
+
+def parse_source(spec: str | Path | Source) -> Source:
+    """A ``Source`` from its string form (module doc); ``ConfigError`` says what is allowed."""
+    if isinstance(spec, (LocalSource, HubSource)):
+        return spec
+    if isinstance(spec, Path):
+        return LocalSource(path=spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"source {spec!r}: expected a file path or hf:<repo>[:<config>][@<split>][#<revision>]")
+    if not spec.startswith(HUB_PREFIX):
+        return LocalSource(path=Path(spec))
+    m = _HUB.match(spec.strip())
+    if m is None or not m["repo"].strip() or any(v is not None and not v.strip() for v in m.groupdict().values()):
+        raise ConfigError(f"source {spec!r}: expected hf:<repo>[:<config>][@<split>][#<revision>], "
+                          "e.g. hf:Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b:stage1@train")
+    return HubSource(repo=m["repo"], config=m["config"], split=m["split"] or "train", revision=m["revision"])
+
+
+def check_source_spec(spec: str | None) -> str | None:
+    """Validate a source spec's syntax (no I/O): for config fields, so a typo fails at load time."""
+    if spec is not None:
+        parse_source(spec)
+    return spec
+
+
+SourceSpec = Annotated[str, AfterValidator(check_source_spec)]
+"""A config field type: a local path or an ``hf:`` spec, checked when the config is loaded."""
+
+
+def _load_hub(src: HubSource, streaming: bool, cache_dir: str | None = None):
+    import datasets
+
+    try:
+        return datasets.load_dataset(src.repo, name=src.config, split=src.split, revision=src.revision,
+                                     streaming=streaming, cache_dir=cache_dir)
+    except Exception as e:
+        raise InputError(f"{src.spec()}: cannot open this data set ({type(e).__name__}: {e})") from e
+
+
+def _load_saved(path: Path):
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise InputError(f"{path}: not a Hugging Face datasets folder saved with save_to_disk ({e})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train" if "train" in ds else next(iter(ds))]
+    return ds
+
+
+def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
+    """``(where, row)`` for each row of a source, streamed (see the module doc); ``InputError`` if unreadable."""
+    src = parse_source(spec)
+    if isinstance(src, HubSource):
+        ds = _load_hub(src, streaming=True)
+        it = iter(ds)
+        i = 0
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                raise InputError(f"{src.label()}[{src.split}]: cannot read on after its first {i} rows "
+                                 f"({type(e).__name__}: {e})") from e
+            yield src.where(i), dict(row)
+            i += 1
+    path = src.path
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        for i, row in enumerate(_load_saved(path)):
+            yield f"{path}[{i}]", dict(row)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+        i = 0
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                yield f"{path}[{i}]", row
+                i += 1
+    else:
+        for lineno, obj in iter_jsonl(path):
+            yield f"{path}:{lineno}", obj
+
+
+def count_rows(spec: str | Path | Source) -> int | None:
+    """How many rows ``iter_rows`` will yield, when that is known cheaply (for progress); else ``None``.
+
+    Parquet: its metadata; a saved folder: its length; JSONL: its non-blank lines (one read of the
+    file); hub: ``None`` (a card's split sizes are optional, and ``datasets`` may report those of an
+    older cached copy).
+    """
+    src = parse_source(spec)
+    if isinstance(src, HubSource):
+        return None
+    path = src.path
+    if path.is_dir():
+        return len(_load_saved(path))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    n = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            n += bool(line.strip())
+    return n
+
+
+class KeyedRows:
+    """Rows of a source looked up by a key column, with only an index in memory (module doc).
+
+    ``bad`` lists rows that cannot be indexed (no string key, a duplicate key, a line that is not a
+    JSON object) as ``{"where", "reason"}``; the first row of a key wins.
+    """
+
+    def __init__(self, spec: str | Path | Source, key: str, cache_dir: str | None = None):
+        self.source = parse_source(spec)
+        self.key = key
+        self.bad: list[dict[str, str]] = []
+        self._index: dict[str, int] = {}
+        self._offsets = array("q")  # JSONL: byte offset of row n
+        self._lines = array("q")  # JSONL: line number of row n
+        self._table = None  # otherwise: a datasets.Dataset (memory-mapped Arrow)
+        if isinstance(self.source, HubSource):
+            self._table = _load_hub(self.source, streaming=False, cache_dir=cache_dir)
+        else:
+            path = self.source.path
+            if not path.exists():
+                raise InputError(f"{path}: no such file or folder")
+            if path.is_dir():
+                self._table = _load_saved(path)
+            elif path.suffix == ".parquet":
+                import datasets
+
+                try:
+                    self._table = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
+                except Exception as e:
+                    raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+        if self._table is not None:
+            self._index_table()
+        else:
+            self._index_jsonl(self.source.path)
+
+    def _add(self, where: str, value: Any, n: int) -> bool:
+        if not isinstance(value, str) or not value:
+            self.bad.append({"where": where, "reason": f"no string {self.key!r}"})
+        elif value in self._index:
+            self.bad.append({"where": where, "reason": f"duplicate {self.key} {value!r}"})
+        else:
+            self._index[value] = n
+            return True
+        return False
+
+    def _index_table(self) -> None:
+        if self.key not in self._table.column_names:
+            raise InputError(f"{self.source.spec()}: no column {self.key!r} (columns: {self._table.column_names})")
+        n = 0
+        for chunk in self._table.data.column(self.key).chunks:
+            for value in chunk.to_pylist():
+                self._add(self.where_of(n), value, n)
+                n += 1
+
+    def _index_jsonl(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            lineno = 0
+            while True:
+                pos = fh.tell()
+                line = fh.readline()
+                if not line:
+                    break
+                lineno += 1
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    self.bad.append({"where": where, "reason": f"not valid JSON: {e}"})
+                    continue
+                if not isinstance(obj, dict):
+                    self.bad.append({"where": where, "reason": f"expected a JSON object, got {type(obj).__name__}"})
+                    continue
+                if self._add(where, obj.get(self.key), len(self._offsets)):
+                    self._offsets.append(pos)
+                    self._lines.append(lineno)
+
+    def where_of(self, n: int) -> str:
+        """The ``where`` of indexed row ``n``."""
+        src = self.source
+        if isinstance(src, HubSource):
+            return src.where(n)
+        if self._table is not None:
+            return f"{src.path}[{n}]"
+        return f"{src.path}:{self._lines[n]}"
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def keys(self):
+        """The indexed keys (a view; for counting orphans: keys never looked up)."""
+        return self._index.keys()
+
+    def get(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """``(where, row)`` of ``key``, or ``None`` when the source has no row with it."""
+        n = self._index.get(key)
+        if n is None:
+            return None
+        if self._table is not None:
+            return self.where_of(n), dict(self._table[n])
+        with self.source.path.open("rb") as fh:
+            fh.seek(self._offsets[n])
+            return self.where_of(n), json.loads(fh.readline())
