@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from dasd.released import (
+from dasd.rules.released import (
     Aligned,
     Mismatch,
     align_companion,

@@ -10,6 +10,7 @@ the module that uses it; ``docs/config.md`` lists them.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,7 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> st
             except Exception:  # pragma: no cover - a factory needing context
                 default = "(computed)"
         typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        typ = re.sub(r"Annotated\[(\w+), [^\]]*\)\]", r"\1", typ)  # a validated str (e.g. a source spec) reads as str
         desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
         simple.append(f"| `{key}` | `{typ}` | `{default}` | {desc} |")
     if simple:

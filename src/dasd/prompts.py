@@ -1,4 +1,5 @@
-"""Prompt input: JSONL, Parquet, a local Hugging Face `datasets` folder, or the toy world.
+"""Prompt input: JSONL, Parquet, a local Hugging Face `datasets` folder, a hub data set (``hf:``,
+streamed through ``dasd.sources``), or the toy world.
 
 Each record needs ``messages`` (a chat list) or ``prompt`` (a string, made the user turn). An ``id``
 is kept when present, else derived from the messages' content hash. A system turn
@@ -9,16 +10,17 @@ prompts that have none. Records that cannot be used are quarantined with ``where
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from dasd.configbase import StrictModel
 from dasd.errors import InputError
-from dasd.jsonl import BadLine, iter_jsonl
+from dasd.jsonl import BadLine
 from dasd.records import Prompt, content_id
+from dasd.rules.source_spec import HUB_PREFIX, check_source_spec
+from dasd.sources import iter_rows
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -36,8 +38,9 @@ class DataConfig(StrictModel):
 
     prompts: str = Field(
         "toy",
-        description="'toy' (generate toy-world problems), or a path: JSONL/Parquet with `messages` or "
-        "`prompt` per record, or a local Hugging Face `datasets` folder (save_to_disk)",
+        description="'toy' (generate toy-world problems), or a source: a JSONL/Parquet file with `messages` or "
+        "`prompt` per record, a local Hugging Face `datasets` folder (save_to_disk), or "
+        "hf:<repo>[:<config>][@<split>][#<revision>] (streamed)",
     )
     system_prompt: str | None = Field(
         DEFAULT_SYSTEM_PROMPT,
@@ -46,35 +49,10 @@ class DataConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="use only the first N valid prompts")
     toy: ToyDataConfig = Field(default_factory=ToyDataConfig)
 
-
-def _iter_raw(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
-    """(where, record-or-bad-line) for each record of a prompt source."""
-    if path.is_dir():
-        try:
-            import datasets
-        except ImportError as e:  # pragma: no cover - datasets is a pinned dependency
-            raise InputError(f"{path}: reading a datasets folder needs the `datasets` package") from e
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise InputError(f"{path}: not a Hugging Face datasets folder saved with save_to_disk ({e})") from e
-        if isinstance(ds, datasets.DatasetDict):
-            split = "train" if "train" in ds else next(iter(ds))
-            ds = ds[split]
-        for i, row in enumerate(ds):
-            yield f"{path}[{i}]", dict(row)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:
-            raise InputError(f"{path}: not a readable Parquet file ({e})") from e
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path}[{i}]", row
-    else:
-        for lineno, obj in iter_jsonl(path):
-            yield f"{path}:{lineno}", obj
+    @field_validator("prompts")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return v if v == "toy" else check_source_spec(v)
 
 
 def to_prompt(raw: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
@@ -107,14 +85,14 @@ def to_prompt(raw: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
 
 
 def load_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Load prompts; return (prompts, rejects). Duplicate ids are rejected after the first."""
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: prompt file or folder not found")
+    """Load prompts from a source spec (``dasd.sources``); return (prompts, rejects). Duplicate ids are
+    rejected after the first."""
+    if not str(source).startswith(HUB_PREFIX) and not Path(source).exists():
+        raise InputError(f"{source}: prompt file or folder not found")
     prompts: list[dict] = []
     rejects: list[dict] = []
     seen: set[str] = set()
-    for where, raw in _iter_raw(path):
+    for where, raw in iter_rows(source):
         if isinstance(raw, BadLine):
             rejects.append(raw.to_record())
             continue

@@ -17,30 +17,36 @@ def jsonl(path, rows):
     return path
 
 
-def test_released_layout_joined_by_id_not_position(tmp_path, tiny_lm_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    texts = {
-        "u1": "<think>\n3 + 4 = 7. Café ✓\n</think>\nThe answer is \\boxed{7}.",
-        "u2": "<think>\n日本語 5 - 2 = 3.\n</think>\n\\boxed{3}",
-        "u3": "<think>\nno log-probs for me\n</think>\n\\boxed{1}",
-        "u4": "<think>\nids of another text\n</think>\n\\boxed{2}",
-    }
+END, START, CHANNEL, MESSAGE, RETURN = 200007, 200006, 200005, 200008, 200002
+
+
+def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_dir):
+    """The import stage on release-shaped rows: reasoning-only ids, ids with the final channel, ids of
+    another text, a missing row, an orphan, a bad line; meta as a JSON string; the source domain kept."""
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
+    body = {"u1": "We need to add 3 and 4. That is 7. Café ✓", "u2": "We need 日本語 5 - 2 = 3.",
+            "u3": "no log-probs for me", "u4": "ids of another text"}
+    answer = {"u1": "The answer is \\boxed{7}.", "u2": "\\boxed{3}", "u3": "\\boxed{1}", "u4": "\\boxed{2}"}
+    text = {u: f"<think>\n{body[u]}\n</think>\n\n{answer[u]}" for u in body}
     data = jsonl(tmp_path / "stage1.jsonl", [
-        {"uuid": "u1", "input": "What is 3 + 4?", "output": texts["u1"], "domain": "math", "meta": {"src": "x"}},
-        {"uuid": "u2", "input": [{"role": "user", "content": "5 - 2?"}], "output": texts["u2"], "domain": "math"},
+        {"uuid": "u1", "input": "What is 3 + 4?", "output": text["u1"], "domain": "math", "meta": '{"src": "x"}'},
+        {"uuid": "u2", "input": "5 - 2?", "output": text["u2"], "domain": "instruction_following", "meta": ""},
         "this is not json",
-        {"uuid": "u3", "input": "q3", "output": texts["u3"], "domain": "math"},
-        {"uuid": "u4", "input": "q4", "output": texts["u4"], "domain": "math"},
+        {"uuid": "u3", "input": "q3", "output": text["u3"], "domain": "math", "meta": "{}"},
+        {"uuid": "u4", "input": "q4", "output": text["u4"], "domain": "math", "meta": "{}"},
         {"input": "no uuid", "output": "x"},
         {"uuid": "u5", "input": "q5", "output": ""},
     ])
-    def row(uuid, text):
-        ids = tok.encode(text, add_special_tokens=False)
-        return {"sample_uuid": uuid, "token_ids": ids, "logprobs": [-0.01 * (i + 1) for i in range(len(ids))]}
-    # companion rows in a different order than the data, one orphan, one whose ids are another text's
-    lp = jsonl(tmp_path / "stage1-logprob.jsonl", [row("u2", texts["u2"]), row("zz", "orphan"), row("u4", "different text"), row("u1", texts["u1"])])
+    final = [END, START, *enc("assistant"), CHANNEL, *enc("final"), MESSAGE, *enc(answer["u2"]), RETURN]
+    ids = {"u1": enc(body["u1"]), "u2": enc(body["u2"]) + final, "u4": enc("different text"), "zz": enc("orphan")}
+
+    def row(uuid):
+        return {"sample_uuid": uuid, "token_ids": ids[uuid], "logprobs": [-0.01 * (i + 1) for i in range(len(ids[uuid]))]}
+
+    lp = jsonl(tmp_path / "stage1-logprob.jsonl", [row("u2"), row("zz"), row("u4"), row("u1")])  # another order
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", f"import.logprobs={lp}",
-                             "import.temperature=0.6", f"teacher.model={tiny_lm_dir}"])
+                             "import.temperature=0.6", f"teacher.model={o200k_harmony_dir}"])
     counts = run_import(cfg)
     assert counts["imported"] == 4 and counts["with_logprobs"] == 2
     assert counts["logprobs_missing"] == 1 and counts["logprobs_mismatched"] == 1 and counts["logprob_orphans"] == 1
@@ -49,19 +55,21 @@ def test_released_layout_joined_by_id_not_position(tmp_path, tiny_lm_dir):
     assert set(samples) == {"u1", "u2", "u3", "u4"}
     for uuid in ("u1", "u2"):
         t = samples[uuid]["teacher"]
-        assert t["logprob_mode"] == "raw"
-        ids = tok.encode(texts[uuid], add_special_tokens=False)
-        assert t["token_ids"] == ids  # joined by id: u2's row was first in the companion file
-        offs = t["offsets"]
-        assert offs[0][0] == 0 and offs[-1][1] == len(texts[uuid])
-        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(offs, offs[1:]))
+        assert t["logprob_mode"] == "processed"  # auto: sampled at T=0.6, so not raw; dasd score re-scores
+        kept = [i for i in ids[uuid] if i < 199998 and i not in enc("assistant") + enc("final")]
+        assert t["token_ids"] == kept[: len(t["token_ids"])]
+        spans = "".join(text[uuid][a:b] for a, b in t["offsets"])
+        assert spans.startswith(body[uuid])  # every kept token is placed inside the output, in order
         assert math.isclose(t["logprobs"][0], -0.01)
-    assert samples["u3"]["teacher"]["logprob_mode"] == "missing"
-    assert samples["u4"]["teacher"]["logprob_mode"] == "missing"
+    assert samples["u2"]["teacher"]["covers"] == "reasoning+final" and text["u2"].endswith(
+        "".join(text["u2"][a:b] for a, b in samples["u2"]["teacher"]["offsets"][-len(enc(answer["u2"])):]))
+    assert samples["u3"]["teacher"]["logprob_mode"] == "missing" and "mismatch" not in samples["u3"]["teacher"]
+    assert samples["u4"]["teacher"]["logprob_mode"] == "missing" and "reasoning" in samples["u4"]["teacher"]["mismatch"]
     prompts = {p["id"]: p for p in store.read("sample", "prompts")}
-    p1 = prompts[samples["u1"]["prompt_id"]]
+    p1, p2 = prompts[samples["u1"]["prompt_id"]], prompts[samples["u2"]["prompt_id"]]
     assert p1["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
-    assert p1["domain"] == "math" and p1["meta"] == {"src": "x"}
+    assert p1["domain"] == "math" and p1["meta"]["src"] == "x"
+    assert p2["domain"] == "instruction" and p2["meta"]["source_domain"] == "instruction_following"
     rejects = list(store.read("sample", "rejects"))
     reasons = " | ".join(r["reason"] for r in rejects)
     assert "not valid JSON" in reasons and "uuid" in reasons and "'output'" in reasons and "'zz'" in reasons
@@ -69,6 +77,18 @@ def test_released_layout_joined_by_id_not_position(tmp_path, tiny_lm_dir):
     # re-running imports nothing twice
     run_import(cfg)
     assert len(list(store.read("sample", "pool-T0.6"))) == 4
+
+
+def test_released_logprobs_declared_raw_are_kept_raw(tmp_path, o200k_harmony_dir):
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    out = "<think>\nWe need 2 + 2 = 4.\n</think>\n\n\\boxed{4}"
+    data = jsonl(tmp_path / "d.jsonl", [{"uuid": "a", "input": "2+2?", "output": out, "domain": "math", "meta": "{}"}])
+    ids = tok.encode("We need 2 + 2 = 4.", add_special_tokens=False)
+    lp = jsonl(tmp_path / "lp.jsonl", [{"sample_uuid": "a", "token_ids": ids, "logprobs": [-0.5] * len(ids)}])
+    base = [f"import.source={data}", f"import.logprobs={lp}", "import.temperature=0.6", f"teacher.model={o200k_harmony_dir}"]
+    run_import(load_config(None, [f"run_dir={tmp_path / 'raw'}", *base, "import.logprob_mode=raw"]))
+    [s] = RunStore.open(tmp_path / "raw").read("sample", "pool-T0.6")
+    assert s["teacher"]["logprob_mode"] == "raw" and len(s["teacher"]["logprobs"]) == len(ids)
 
 
 def test_chat_jsonl_import(tmp_path):

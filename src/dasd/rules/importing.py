@@ -1,6 +1,7 @@
-"""Import rules (pure): the ``import`` config section and how one row of each layout is read.
+"""Import rules (pure): the ``import`` config section and how one chat row is read (a released
+DASD row: ``dasd.rules.released``).
 
-The stage that reads the files and writes the pools is ``dasd.stages.import_``.
+The stage that reads the sources and writes the pools is ``dasd.stages.import_``.
 """
 
 from __future__ import annotations
@@ -10,39 +11,23 @@ from typing import Literal
 from pydantic import Field
 
 from dasd.configbase import StrictModel
+from dasd.rules.released import LOGPROB_MODE_HELP, LogprobMode
+from dasd.rules.source_spec import SourceSpec
 
 
 class ImportConfig(StrictModel):
     """`dasd import` settings (YAML section ``import``)."""
 
-    source: str | None = Field(None, description="responses file (JSONL or Parquet)")
-    format: Literal["dasd", "chat"] = Field("dasd", description="layout of `source` (see module doc)")
-    logprobs: str | None = Field(None, description="the DASD -Logprob companion file (JSONL or Parquet)")
+    source: SourceSpec | None = Field(
+        None, description="responses: a JSONL/Parquet file, a save_to_disk folder, or hf:<repo>[:<config>][@<split>][#<revision>]")
+    format: Literal["dasd", "chat"] = Field("dasd", description="layout of `source`: dasd (the released data, "
+                                            "docs/released-data.md) or chat (messages ending with the assistant turn)")
+    logprobs: SourceSpec | None = Field(
+        None, description="the DASD -Logprob companion (sample_uuid, token_ids, logprobs), joined by id; same forms as source")
+    logprob_mode: LogprobMode = Field("auto", description=LOGPROB_MODE_HELP)
     temperature: float = Field(1.0, ge=0, description="the sampling temperature of these responses (their pool)")
     top_p: float = Field(1.0, gt=0, le=1)
     model: str = Field("gpt-oss-120b", description="name of the teacher that wrote them (recorded)")
-
-
-
-def parse_dasd(raw: dict) -> tuple[dict, str, str]:
-    """(prompt raw record, response text, uuid) of one released-layout row; ValueError names the field."""
-    uuid = raw.get("uuid")
-    if not isinstance(uuid, str) or not uuid:
-        raise ValueError("missing field 'uuid'")
-    inp = raw.get("input")
-    if isinstance(inp, str):
-        prompt = {"prompt": inp}
-    elif isinstance(inp, list):
-        prompt = {"messages": inp}
-    else:
-        raise ValueError("field 'input' must be a string or a chat list")
-    out = raw.get("output")
-    if not isinstance(out, str) or not out.strip():
-        raise ValueError("field 'output' is missing or empty")
-    prompt["domain"] = raw.get("domain") if raw.get("domain") in ("math", "code", "science", "instruction") else "other"
-    if isinstance(raw.get("meta"), dict):
-        prompt["meta"] = raw["meta"]
-    return prompt, out, uuid
 
 
 def parse_chat(raw: dict) -> tuple[dict, str, dict]:

@@ -1,131 +1,80 @@
 """`dasd import`: bring existing teacher responses into a run, without sampling.
 
-Two layouts:
+Two layouts (``import.format``):
 
-- ``dasd``: the released DASD data set (``Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b``):
-  fields ``uuid``, ``input`` (the question: a string or a chat list), ``output`` (the response),
-  ``domain``, ``meta``; one file per config (stage1 = T 0.6, stage2 = T 1.0: set ``import.temperature``).
-  Its ``-Logprob`` companion (``sample_uuid``, ``token_ids``, ``logprobs``) is joined **by id**,
-  never by position. A response whose log-prob row is missing, or whose token ids do not decode to
-  its text with the teacher tokenizer, is imported without teacher log-probs
-  (``logprob_mode: missing``) and counted; ``dasd score`` can re-score it with the teacher.
+- ``dasd``: the released DASD data set (``Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b``;
+  docs/released-data.md): rows ``uuid``, ``input``, ``output`` (``<think>`` reasoning ``</think>``
+  answer), ``domain``, ``meta`` (a JSON string); one config per temperature (stage1 = T 0.6, stage2
+  = T 1.0: set ``import.temperature``). Its ``-Logprob`` companion (``sample_uuid``, ``token_ids``,
+  ``logprobs``) is joined **by id**, never by position, and aligned to the reasoning body (and the
+  final answer when the ids carry the harmony final channel) by ``dasd.rules.released``. A response
+  whose companion row is missing, or whose ids fit neither shape, is imported without teacher
+  log-probs (``logprob_mode: missing``, with the mismatch reason) and counted; ``dasd score`` can
+  re-score it with the teacher. ``import.logprob_mode`` declares what the released log-probs are.
 - ``chat``: plain chat JSONL: ``messages`` whose last turn is the assistant's response (an
   assistant ``reasoning_content`` field is kept and folded into ``<think>`` by ``dasd filter``).
 
-Imported responses land in ``RUN/sample/pool-T<temperature>`` like sampled ones, so every later
-stage treats them the same. Unusable records are quarantined in ``RUN/sample/rejects-*`` with
-file:line and reason.
+Sources are local files, ``save_to_disk`` folders or ``hf:`` hub data sets, streamed
+(``dasd.sources``). Imported responses land in ``RUN/sample/pool-T<temperature>`` like sampled
+ones, so every later stage treats them the same. Unusable records are quarantined in
+``RUN/sample/rejects-*`` with where (file:line) and reason.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from dasd.errors import ConfigError, InputError
-from dasd.jsonl import BadLine, finite
+from dasd.errors import ConfigError
+from dasd.jsonl import BadLine
 from dasd.log import logger
-from dasd.prompts import _iter_raw, to_prompt
+from dasd.prompts import to_prompt
 from dasd.records import content_id
-from dasd.rules.importing import ImportConfig, parse_chat, parse_dasd
+from dasd.rules.importing import ImportConfig, parse_chat
+from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
 from dasd.runs import PROMPTS, SAMPLE_POOL, output, pool_name, resolve_model
+from dasd.sources import KeyedRows, iter_rows
 from dasd.store import RunStore
 
 STAGE = "sample"  # imported responses land in the sample stage's pools
+log = logger("import")
+MAX_LOGGED_MISMATCHES = 5
 
 
-class _LogprobIndex:
-    """Companion rows by ``sample_uuid``: JSONL is indexed by byte offset (not held in memory)."""
+def _teacher_tokenizer(cfg):
+    from transformers import AutoTokenizer
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, dict] = {}
-        self.offsets: dict[str, tuple[int, int]] = {}
-        self.bad: list[dict] = []
-        if not path.is_file():
-            raise InputError(f"{path}: log-prob file not found")
-        if path.suffix == ".parquet":
-            for where, row in _iter_raw(path):
-                self._add_row(where, row)
-            return
-        with path.open("rb") as fh:
-            lineno = 0
-            while True:
-                pos = fh.tell()
-                line = fh.readline()
-                if not line:
-                    break
-                lineno += 1
-                if not line.strip():
-                    continue
-                try:
-                    uuid = json.loads(line).get("sample_uuid")
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-                    self.bad.append({"where": f"{path}:{lineno}", "reason": f"log-prob row is not a JSON object: {e}"})
-                    continue
-                if not isinstance(uuid, str):
-                    self.bad.append({"where": f"{path}:{lineno}", "reason": "log-prob row has no string 'sample_uuid'"})
-                elif uuid in self.offsets:
-                    self.bad.append({"where": f"{path}:{lineno}", "reason": f"duplicate sample_uuid {uuid!r}"})
-                else:
-                    self.offsets[uuid] = (pos, lineno)
-
-    def _add_row(self, where: str, row: dict) -> None:
-        uuid = row.get("sample_uuid")
-        if not isinstance(uuid, str):
-            self.bad.append({"where": where, "reason": "log-prob row has no string 'sample_uuid'"})
-        elif uuid in self.rows:
-            self.bad.append({"where": where, "reason": f"duplicate sample_uuid {uuid!r}"})
-        else:
-            self.rows[uuid] = row
-
-    def ids(self) -> set[str]:
-        return set(self.rows) | set(self.offsets)
-
-    def get(self, uuid: str) -> dict | None:
-        if uuid in self.rows:
-            return self.rows[uuid]
-        if uuid not in self.offsets:
-            return None
-        with self.path.open("rb") as fh:
-            fh.seek(self.offsets[uuid][0])
-            return json.loads(fh.readline())
+    name = resolve_model(cfg.teacher.tokenizer or cfg.teacher.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise ConfigError(f"teacher.tokenizer {name!r} cannot be loaded to align imported token ids ({e})") from e
+    check_teacher_tokenizer(tok)
+    return tok
 
 
 def run_import(cfg, store: RunStore | None = None) -> dict:
     """Import ``cfg.import_.source`` into ``RUN/sample``; return counts."""
     ic: ImportConfig = cfg.import_
     if not ic.source:
-        raise ConfigError("dasd import needs import.source (a JSONL or Parquet file of responses)")
+        raise ConfigError("dasd import needs import.source (a JSONL or Parquet file, a datasets folder or hf:<repo>)")
     store = store or RunStore(cfg.run_dir)
     store.begin_stage("import", ic.model_dump(mode="json"))
-    src = Path(ic.source)
-    if not src.exists():
-        raise InputError(f"{src}: import source not found")
-    index = _LogprobIndex(Path(ic.logprobs)) if ic.logprobs else None
-    tokenizer = None
-    if index is not None:
-        from transformers import AutoTokenizer
-
-        name = resolve_model(cfg.teacher.tokenizer or cfg.teacher.model)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except Exception as e:
-            raise ConfigError(f"teacher.tokenizer {name!r} cannot be loaded to align imported token ids ({e})") from e
+    index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
+    tokenizer = _teacher_tokenizer(cfg) if index is not None else None
+    mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     rejects: list[dict] = list(index.bad) if index else []
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
     pool = pool_name(ic.temperature)
     with store.writer(STAGE, PROMPTS) as pw, store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
-        for where, raw in _iter_raw(src):
+        for where, raw in iter_rows(ic.source):
             counts["read"] += 1
             if isinstance(raw, BadLine):
                 rejects.append(raw.to_record())
                 continue
+            row = None
             try:
                 if ic.format == "dasd":
-                    praw, text, uuid = parse_dasd(raw)
-                    extra = {}
+                    row = parse_row(raw)
+                    praw, text, uuid, extra = row.prompt, row.output, row.uuid, {}
                 else:
                     praw, text, extra = parse_chat(raw)
                     uuid = str(raw.get("id") or content_id("chat", raw.get("messages")))
@@ -138,12 +87,19 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 continue
             seen_uuids.add(uuid)
             teacher = {"offsets": [], "logprobs": [], "logprob_mode": "missing"}
-            if index is not None:
-                row = index.get(uuid)
-                if row is None:
+            if index is not None and row is not None:
+                hit = index.get(uuid)
+                got = align_row(row, hit[1] if hit else None, tokenizer)
+                if got is None:
                     counts["logprobs_missing"] += 1
-                else:
-                    teacher = _align(row, text, tokenizer, where, counts) or teacher
+                elif isinstance(got, Mismatch):
+                    counts["logprobs_mismatched"] += 1
+                    teacher["mismatch"] = got.reason
+                    if counts["logprobs_mismatched"] <= MAX_LOGGED_MISMATCHES:
+                        log.warning(f"{where}: log-probs do not fit the text: {got.reason}")
+                elif isinstance(got, Aligned):
+                    counts["with_logprobs"] += 1
+                    teacher = got.teacher(mode)
             pw.add(prompt)
             sw.add(
                 {
@@ -154,7 +110,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
             )
             counts["imported"] += 1
     if index is not None:
-        orphans = index.ids() - seen_uuids
+        orphans = set(index.keys()) - seen_uuids
         for uuid in sorted(orphans):
             rejects.append({"where": f"{ic.logprobs}", "reason": f"log-prob row for unknown sample_uuid {uuid!r}"})
         counts["logprob_orphans"] = len(orphans)
@@ -162,26 +118,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     if rejects:
         store.write_rejects(STAGE, rejects)
     store.end_stage("import", counts)
-    logger("import").info(
-        f"{counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs, "
-        f"{counts['logprobs_missing']} missing, {counts['logprobs_mismatched']} mismatched); {counts['rejected']} rejected"
+    log.info(
+        f"{counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs as "
+        f"{mode}, {counts['logprobs_missing']} missing, {counts['logprobs_mismatched']} mismatched); "
+        f"{counts['rejected']} rejected"
     )
     return counts
-
-
-def _align(row: dict, text: str, tokenizer, where: str, counts: dict) -> dict | None:
-    """Teacher signal from a companion row, or None (counted as mismatched) if ids don't fit the text."""
-    from dasd.engines.offsets import token_offsets
-    from dasd.errors import DasdError
-
-    ids, lps = row.get("token_ids"), row.get("logprobs")
-    if not isinstance(ids, list) or not isinstance(lps, list) or len(ids) != len(lps) or not finite(lps):
-        counts["logprobs_mismatched"] += 1
-        return None
-    try:
-        offsets = token_offsets(tokenizer, ids, text)
-    except DasdError:
-        counts["logprobs_mismatched"] += 1
-        return None
-    counts["with_logprobs"] += 1
-    return {"token_ids": ids, "offsets": [list(o) for o in offsets], "logprobs": [float(x) for x in lps], "logprob_mode": "raw"}
