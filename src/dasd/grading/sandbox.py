@@ -298,25 +298,47 @@ class _Slot:
 # The launcher: runs inside the namespaces, sets limits, drops privileges, supervises the program.
 
 _LAUNCHER = r"""
-import json, os, resource, signal, sys
+import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+
+def fail(why):
+    sys.stderr.write(f"sandbox launcher: {why}\n")
+    os._exit(125)
+
 if cfg["private_tmp"]:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     for d in cfg["private_tmp"]:
         opts = f"size={cfg['tmp_mb']}m,mode=1777".encode()
         if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:  # MS_NOSUID | MS_NODEV
-            sys.stderr.write(f"sandbox launcher: cannot mount a private {d}: {os.strerror(ctypes.get_errno())}\n")
-            os._exit(125)
+            fail(f"cannot mount a private {d}: {os.strerror(ctypes.get_errno())}")
 for procs in cfg["cgroup_procs"]:
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
 for name, val in cfg["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (val, val))
+# No capabilities for the run (as root, or as root of a user namespace): empty the bounding set
+# (where we may: it keeps an exec as uid 0 from regaining them), drop uid, then clear the rest. Without
+# CAP_SYS_PTRACE, no process of the run can read a non-dumpable one's memory or descriptors.
+for cap in range(64):
+    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; EPERM without CAP_SETPCAP, EINVAL past the last cap
 if cfg["uid"] is not None:
     os.setgroups([])
     os.setgid(cfg["uid"])
     os.setuid(cfg["uid"])
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), (CapData * 2)())  # _LINUX_CAPABILITY_VERSION_3
+with open("/proc/self/status") as f:
+    caps = {k: int(v, 16) for k, v in (ln.split(":", 1) for ln in f if ln.startswith("Cap"))}
+if any(caps.get(k, 0) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")):
+    fail(f"cannot drop capabilities: {caps}")
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0 (the program, once exec'd, is dumpable again)
 pid = os.fork()
 if pid == 0:
     try:
@@ -324,6 +346,9 @@ if pid == 0:
     except BaseException as e:
         sys.stderr.write(f"sandbox launcher: cannot run {cfg['argv'][0]}: {e}\n")
     os._exit(127)
+null = os.open(os.devnull, os.O_RDONLY)  # the supervisor keeps no handle on the program's stdin
+os.dup2(null, 0)
+os.close(null)
 # Supervisor (pid 1 of the namespace when there is one): reap everything, report the program's status.
 status = None
 while True:
@@ -475,6 +500,7 @@ def run_python(
             fh.write(stdin)
         with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, \
                 open(host / "stderr", "wb") as ferr:
+            os.unlink(host / "stdin")  # stdin (it may hold a secret) is reachable only through the descriptor
             proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(str(run_dir)), stdin=fin, stdout=fout,
                                     stderr=ferr, start_new_session=True, close_fds=True)
             timed_out = False
