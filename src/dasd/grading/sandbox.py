@@ -271,7 +271,11 @@ def _probe_cgroups() -> dict[str, Path]:
 
 
 class _Slot:
-    def __init__(self, uid_base: int):
+    """A free slot: its lock file held, and (``skip_used_uids``) its uid owning no process at all: a
+    killed run's processes linger as zombies until the host's init reaps them (without a PID
+    namespace), and they would count against the next run's RLIMIT_NPROC."""
+
+    def __init__(self, uid_base: int, skip_used_uids: bool = False):
         LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(LOCK_DIR)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
@@ -282,6 +286,9 @@ class _Slot:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                os.close(fd)
+                continue
+            if skip_used_uids and _count_user_processes(uid_base + i):
                 os.close(fd)
                 continue
             self.fd, self.index, self.uid = fd, i, uid_base + i
@@ -470,7 +477,7 @@ def run_python(
     """
     limits = limits or Limits()
     iso = isolation(python)
-    slot = _Slot(uid_base)
+    slot = _Slot(uid_base, skip_used_uids=bool(iso["uid_drop"]))
     work = Path(tempfile.mkdtemp(prefix="dasd-sbx-"))
     host = Path(tempfile.mkdtemp(prefix="dasd-sbx-io-"))  # stdout/stderr files, not visible to the run
     uid = slot.uid if iso["uid_drop"] else None
