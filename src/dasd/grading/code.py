@@ -12,16 +12,24 @@ A problem's ``tests`` take one of three forms:
   empty), then ``Solution().fn_name(*args)`` if a class ``Solution`` has that method, else the
   top-level ``fn_name(*args)``; its JSON-serialised return value must equal ``output`` (tuples
   become lists).
-- ``{"style": "assert", "entry_point": str, "code": str}``: HumanEval style: the code, then the test
-  ``code`` (which defines ``check(candidate)``) run in the same namespace, then
-  ``check(namespace[entry_point])``; passing = returning without an exception.
+- ``{"style": "assert", "entry_point": str, "code": str}``: HumanEval style: the test ``code``
+  (which defines ``check(candidate)``) runs in a namespace holding the solution's top-level names,
+  then ``check(namespace[entry_point])``; passing = returning without an exception. The tests and
+  the solution run in **separate processes**: the solution's functions are called through pipes
+  (arguments and results cross as plain data: None, bool, int, float, complex, str, bytes, list,
+  tuple, set, frozenset, dict, range, and the solution's own functions by reference), so nothing
+  the solution does can reach the tests' process.
 
 All cases run in **one** sandboxed process tree: a harness forks one child per case (per-case time
 limit, its own process group, killed on timeout) and stops at the first crash or timeout. Expected
 outputs never enter the sandbox: the harness writes each case's raw output to a file and the host
-compares. For ``assert`` the test code must run inside, so a pass is a per-run random token the
-harness writes only after ``check`` returns (a program that deliberately digs the token out of
-memory could fake it; one that merely exits early cannot).
+compares. For ``assert`` the tests must run inside, so a pass is a per-run random token that the
+solution can never reach: the case child (the *checker*) runs the tests and starts the solution as
+a fresh interpreter; when ``check`` returns it says so on a pipe only the harness holds, and only
+then does the harness read the token from its stdin and write the pass file. Harness and checker
+are non-dumpable and the run holds no capabilities, so the solution can read neither their memory
+nor their descriptors (stdin included); the tests file is deleted once read. If the solution's
+process ends during the tests, the checker ends the same way (as one process would have).
 """
 
 from __future__ import annotations

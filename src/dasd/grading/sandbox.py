@@ -8,6 +8,11 @@ was in force). Every run gets:
 - its own process, in a new session/process group, with a **minimal environment** (PATH, HOME and
   TMPDIR, LANG, single-thread BLAS knobs: nothing inherited from the parent);
 - rlimits: CPU seconds, address space (memory), process count, file size, open files, no core;
+- **no capabilities** (bounding set emptied where allowed, then all sets cleared: as root of a user
+  namespace too), so no process of the run can read the memory or descriptors of one that made
+  itself non-dumpable (the code grader's harness keeps its secret that way); the supervisor is
+  non-dumpable and keeps no handle on the program's stdin, whose file is unlinked on the host
+  before the run starts;
 - a wall-clock timeout after which the **whole process group is SIGKILLed**;
 - when the OS allows it (see ``isolation()``):
   * a new **network namespace** (no interface is up: no loopback, no internet),
@@ -22,6 +27,8 @@ was in force). Every run gets:
   * as root, a **dedicated unprivileged uid** per concurrent run (``uid_base + slot``, the slot held
     by a lock file): the process-count limit then counts only this run's processes, the program
     cannot write to files it does not own, and a final ``kill(-1)`` as that uid sweeps stragglers.
+    A slot whose uid still owns a process (a killed run's zombies, which without a PID namespace
+    linger until the host's init reaps them, and would count against RLIMIT_NPROC) is passed over.
 
 What degrades, and where (each is logged once per process as a WARNING, never silent):
 - no ``unshare`` or namespaces refused (unprivileged containers): network is NOT isolated, detached
