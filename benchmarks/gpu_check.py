@@ -17,7 +17,9 @@ Run::
     HF_HUB_OFFLINE=1 python benchmarks/gpu_check.py                 # on a CUDA machine
     HF_HUB_OFFLINE=1 python benchmarks/gpu_check.py --device cpu --tokens 2048 --steps 4   # dry run
 
-Exit status 0 when every check that ran met its target, 1 otherwise, 2 when the device is missing.
+Each row ends ``passed``, ``FAILED`` or ``skipped (why)``: a skipped check (vllm not installed, no
+CUDA, ``--skip``) is never counted as passed. Exit status 0 when every check that ran met its target
+and at least one ran, 1 otherwise, 2 when the device is missing.
 """
 
 from __future__ import annotations
@@ -38,12 +40,33 @@ from dasd.toy.model import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_memory import QWEN_VOCAB, PeakRSS, long_case  # noqa: E402
-ROWS: list[tuple[str, str, str, bool]] = []
+ROWS: list[tuple[str, str, str, str]] = []  # (check, measured, target, result)
+PASSED, FAILED = "passed", "FAILED"
 
 
 def row(check: str, value: str, target: str, ok: bool) -> None:
-    ROWS.append((check, value, target, ok))
+    """A check that ran: passed when ``ok``, else FAILED."""
+    ROWS.append((check, value, target, PASSED if ok else FAILED))
     print(f"[gpu_check] {check}: {value} (target {target}) {'ok' if ok else 'FAILED'}", flush=True)
+
+
+def skipped(check: str, why: str, target: str = "-") -> None:
+    """A check that did not run: its row says so (and why), and it never counts as passed."""
+    ROWS.append((check, "not run", target, f"skipped ({why})"))
+    print(f"[gpu_check] {check}: skipped ({why})", flush=True)
+
+
+def summary(rows: list[tuple[str, str, str, str]]) -> tuple[str, int]:
+    """The markdown table of ``rows`` with a count line, and the exit status: 0 when nothing failed
+    and something passed, else 1."""
+    n_pass = sum(r[3] == PASSED for r in rows)
+    n_fail = sum(r[3] == FAILED for r in rows)
+    n_skip = len(rows) - n_pass - n_fail
+    width = max((len(r[0]) for r in rows), default=5)
+    lines = ["| check | measured | target | result |", "|---|---|---|---|"]
+    lines += [f"| {check:<{width}} | {value} | {target} | {result} |" for check, value, target, result in rows]
+    lines.append(f"\n{n_pass} passed, {n_fail} failed, {n_skip} skipped")
+    return "\n".join(lines), 0 if n_fail == 0 and n_pass > 0 else 1
 
 
 def max_diff(a: list[float], b: list[float]) -> float:
@@ -127,8 +150,11 @@ def check_long_memory(device: str, tokens: int) -> None:
 def check_vllm(device: str) -> None:
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None or not device.startswith("cuda"):
-        row("vllm == hf", "skipped (vllm not installed or no CUDA)", "-", True)
+    if importlib.util.find_spec("vllm") is None:
+        skipped("vllm == hf", "vllm not installed", "<= 2e-3")
+        return
+    if not device.startswith("cuda"):
+        skipped("vllm == hf", f"needs CUDA, device is {device}", "<= 2e-3")
         return
     teacher = str(SHIPPED_DIR / "teacher")
     hf = make_engine(EngineConfig(model=teacher, device=device, dtype="float32"))
@@ -159,16 +185,15 @@ def main() -> int:
         for name, fn in (("scoring", lambda: check_scoring(a.device)), ("training", lambda: check_training(a.device, a.steps, Path(out))),
                          ("memory", lambda: check_long_memory(a.device, a.tokens)), ("vllm", lambda: check_vllm(a.device))):
             if name in skip:
+                skipped(name, "--skip")
                 continue
             try:
                 fn()
             except Exception as e:  # one failing path must not hide the others
                 row(name, f"error: {type(e).__name__}: {str(e)[:200]}", "runs", False)
-    width = max(len(r[0]) for r in ROWS)
-    print("\n| check | measured | target | ok |\n|---|---|---|---|")
-    for check, value, target, ok in ROWS:
-        print(f"| {check:<{width}} | {value} | {target} | {'yes' if ok else 'NO'} |")
-    return 0 if all(r[3] for r in ROWS) else 1
+    text, status = summary(ROWS)
+    print("\n" + text)
+    return status
 
 
 if __name__ == "__main__":

@@ -27,7 +27,40 @@ def test_dry_run_on_cpu_passes_every_check():
     for check in ("generate == score", "score fp32 vs cpu", "score bf16 vs fp32", "train bf16+ckpt step 1",
                   "long score memory", "vllm == hf"):
         assert check in table
-    assert "| NO |" not in table
+    assert "| FAILED |" not in table and "| passed |" in table
+    assert [ln for ln in table.splitlines() if "vllm == hf" in ln][0].endswith("| skipped (needs CUDA, device is cpu) |") \
+        or "skipped (vllm not installed)" in table
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_skipped_rows_say_why_and_never_count_as_passed():
+    gc = _module()
+    gc.check_vllm("cpu")  # vllm missing, or no CUDA: either way it cannot run here
+    (row,) = gc.ROWS
+    assert row[0] == "vllm == hf" and row[3] in ("skipped (vllm not installed)", "skipped (needs CUDA, device is cpu)")
+    text, status = gc.summary(gc.ROWS)
+    assert status == 1 and text.endswith("0 passed, 0 failed, 1 skipped")  # nothing ran: not a success
+    assert f"| {row[3]} |" in text and "| passed |" not in text
+    gc.row("a", "1", "<= 2", True)
+    text, status = gc.summary(gc.ROWS)
+    assert status == 0 and text.endswith("1 passed, 0 failed, 1 skipped")
+    gc.row("b", "3", "<= 2", False)
+    text, status = gc.summary(gc.ROWS)
+    assert status == 1 and text.endswith("1 passed, 1 failed, 1 skipped") and "| FAILED |" in text
+
+
+def test_a_run_that_skips_everything_is_not_a_pass():
+    p = _run("--device", "cpu", "--skip", "scoring,training,memory")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "0 passed, 0 failed, 4 skipped" in p.stdout and p.stdout.count("| not run | - | skipped (--skip) |") == 3
 
 
 def test_missing_cuda_is_exit_2_with_a_clear_line():

@@ -8,6 +8,11 @@ was in force). Every run gets:
 - its own process, in a new session/process group, with a **minimal environment** (PATH, HOME and
   TMPDIR, LANG, single-thread BLAS knobs: nothing inherited from the parent);
 - rlimits: CPU seconds, address space (memory), process count, file size, open files, no core;
+- **no capabilities** (bounding set emptied where allowed, then all sets cleared: as root of a user
+  namespace too), so no process of the run can read the memory or descriptors of one that made
+  itself non-dumpable (the code grader's harness keeps its secret that way); the supervisor is
+  non-dumpable and keeps no handle on the program's stdin, whose file is unlinked on the host
+  before the run starts;
 - a wall-clock timeout after which the **whole process group is SIGKILLed**;
 - when the OS allows it (see ``isolation()``):
   * a new **network namespace** (no interface is up: no loopback, no internet),
@@ -22,6 +27,8 @@ was in force). Every run gets:
   * as root, a **dedicated unprivileged uid** per concurrent run (``uid_base + slot``, the slot held
     by a lock file): the process-count limit then counts only this run's processes, the program
     cannot write to files it does not own, and a final ``kill(-1)`` as that uid sweeps stragglers.
+    A slot whose uid still owns a process (a killed run's zombies, which without a PID namespace
+    linger until the host's init reaps them, and would count against RLIMIT_NPROC) is passed over.
 
 What degrades, and where (each is logged once per process as a WARNING, never silent):
 - no ``unshare`` or namespaces refused (unprivileged containers): network is NOT isolated, detached
@@ -271,7 +278,11 @@ def _probe_cgroups() -> dict[str, Path]:
 
 
 class _Slot:
-    def __init__(self, uid_base: int):
+    """A free slot: its lock file held, and (``skip_used_uids``) its uid owning no process at all: a
+    killed run's processes linger as zombies until the host's init reaps them (without a PID
+    namespace), and they would count against the next run's RLIMIT_NPROC."""
+
+    def __init__(self, uid_base: int, skip_used_uids: bool = False):
         LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(LOCK_DIR)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
@@ -282,6 +293,9 @@ class _Slot:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                os.close(fd)
+                continue
+            if skip_used_uids and _count_user_processes(uid_base + i):
                 os.close(fd)
                 continue
             self.fd, self.index, self.uid = fd, i, uid_base + i
@@ -298,25 +312,47 @@ class _Slot:
 # The launcher: runs inside the namespaces, sets limits, drops privileges, supervises the program.
 
 _LAUNCHER = r"""
-import json, os, resource, signal, sys
+import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+
+def fail(why):
+    sys.stderr.write(f"sandbox launcher: {why}\n")
+    os._exit(125)
+
 if cfg["private_tmp"]:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     for d in cfg["private_tmp"]:
         opts = f"size={cfg['tmp_mb']}m,mode=1777".encode()
         if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:  # MS_NOSUID | MS_NODEV
-            sys.stderr.write(f"sandbox launcher: cannot mount a private {d}: {os.strerror(ctypes.get_errno())}\n")
-            os._exit(125)
+            fail(f"cannot mount a private {d}: {os.strerror(ctypes.get_errno())}")
 for procs in cfg["cgroup_procs"]:
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
 for name, val in cfg["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (val, val))
+# No capabilities for the run (as root, or as root of a user namespace): empty the bounding set
+# (where we may: it keeps an exec as uid 0 from regaining them), drop uid, then clear the rest. Without
+# CAP_SYS_PTRACE, no process of the run can read a non-dumpable one's memory or descriptors.
+for cap in range(64):
+    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; EPERM without CAP_SETPCAP, EINVAL past the last cap
 if cfg["uid"] is not None:
     os.setgroups([])
     os.setgid(cfg["uid"])
     os.setuid(cfg["uid"])
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), (CapData * 2)())  # _LINUX_CAPABILITY_VERSION_3
+with open("/proc/self/status") as f:
+    caps = {k: int(v, 16) for k, v in (ln.split(":", 1) for ln in f if ln.startswith("Cap"))}
+if any(caps.get(k, 0) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")):
+    fail(f"cannot drop capabilities: {caps}")
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0 (the program, once exec'd, is dumpable again)
 pid = os.fork()
 if pid == 0:
     try:
@@ -324,6 +360,9 @@ if pid == 0:
     except BaseException as e:
         sys.stderr.write(f"sandbox launcher: cannot run {cfg['argv'][0]}: {e}\n")
     os._exit(127)
+null = os.open(os.devnull, os.O_RDONLY)  # the supervisor keeps no handle on the program's stdin
+os.dup2(null, 0)
+os.close(null)
 # Supervisor (pid 1 of the namespace when there is one): reap everything, report the program's status.
 status = None
 while True:
@@ -445,7 +484,7 @@ def run_python(
     """
     limits = limits or Limits()
     iso = isolation(python)
-    slot = _Slot(uid_base)
+    slot = _Slot(uid_base, skip_used_uids=bool(iso["uid_drop"]))
     work = Path(tempfile.mkdtemp(prefix="dasd-sbx-"))
     host = Path(tempfile.mkdtemp(prefix="dasd-sbx-io-"))  # stdout/stderr files, not visible to the run
     uid = slot.uid if iso["uid_drop"] else None
@@ -475,6 +514,7 @@ def run_python(
             fh.write(stdin)
         with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, \
                 open(host / "stderr", "wb") as ferr:
+            os.unlink(host / "stdin")  # stdin (it may hold a secret) is reachable only through the descriptor
             proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(str(run_dir)), stdin=fin, stdout=fout,
                                     stderr=ferr, start_new_session=True, close_fds=True)
             timed_out = False
