@@ -112,6 +112,7 @@ def o200k_harmony_dir(tmp_path_factory):
     data = gzip.decompress((importlib.resources.files("bpe_openai") / "data" / "o200k_base.tiktoken.gz").read_bytes())
     assert hashlib.sha256(data).hexdigest() == O200K_SHA256
     (out / "o200k_base.tiktoken").write_bytes(data)
+    (out / "o200k_pattern.txt").write_text(O200K_PATTERN, encoding="utf-8")  # for tests that build tiktoken's encoder
     names = [HARMONY_SPECIALS[i] for i in sorted(HARMONY_SPECIALS)]
     backend = TikTokenConverter(vocab_file=str(out / "o200k_base.tiktoken"), pattern=O200K_PATTERN,
                                 extra_special_tokens=names).converted()
