@@ -1,0 +1,120 @@
+"""`dasd plan`: per-stage requests, tokens, disk and GPU-hours from a config and stated assumptions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dasd.config import load_config
+from dasd.errors import ConfigError
+from dasd.plan import Assumptions, format_plan, parse_counts, parse_named_counts, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "dasd-4b.yaml"
+# The assumptions of the table in docs/scale-out.md (the paper's stage sizes and benchmark sizes).
+DOC_ASSUMPTIONS = Assumptions(prompts=(105_000, 330_000),
+                              eval_problems={"AIME24": 30, "AIME25": 30, "LCB-v6": 175, "GPQA-D": 198})
+
+
+def small(tmp_path, teacher_mode="raw", **over):
+    cfg = load_config(PAPER, [f"teacher.openai.logprob_mode={teacher_mode}", "sample.k=2", "select.m=1",
+                              "mix.n_questions=4", *[f"{k}={v}" for k, v in over.items()]])
+    a = Assumptions(prompts=(10, 20), prompt_tokens=10.0, response_tokens=100.0, keep=0.5, mix_cutoff=0.5,
+                    teacher_decode_tps=2.0, teacher_prefill_tps=4.0, student_prefill_tps=8.0, student_decode_tps=5.0,
+                    train_tps=10.0, sample_bytes_per_token=50.0, score_bytes_per_token=30.0, text_bytes_per_token=4.0,
+                    eval_problems={"AIME24": 3, "AIME25": 3, "LCB-v6": 2, "GPQA-D": 1}, student_params=1e9)
+    return cfg, a
+
+
+def by_stage(rows):
+    return {r.stage: r for r in rows}
+
+
+def test_sampling_filtering_scoring_by_hand(tmp_path):
+    cfg, a = small(tmp_path)
+    rows = by_stage(plan(cfg, a))
+    s6, s1 = rows["sample T0.6"], rows["sample T1"]
+    assert (s6.requests, s1.requests) == (20, 40)  # questions x k, one request per sample
+    assert s6.tokens == 20 * (10 + 100)
+    assert s6.gpu_hours == pytest.approx((20 * 100 / 2 + 20 * 10 / 4) / 3600)
+    assert s6.disk_gb == pytest.approx(20 * 100 * 50 * 1e-9)
+    assert rows["filter"].gpu_hours == 0 and rows["filter"].disk_gb == pytest.approx(30 * 100 * 50 * 1e-9)
+    sc = rows["score T1"]
+    assert sc.requests == 20 and sc.tokens == 20 * 110  # kept = 40 x 0.5
+    assert sc.gpu_hours == pytest.approx(20 * 110 / 8 / 3600)
+    assert sc.disk_gb == pytest.approx(20 * 100 * (50 + 30) * 1e-9)
+    assert "rescore T1" not in rows  # raw teacher log-probs are kept as they are
+    assert "T0.6 10, T1 20" in rows["select"].note  # m=1 per question, at most the kept ones
+
+
+def test_tempered_teacher_logprobs_add_a_rescore(tmp_path):
+    cfg, a = small(tmp_path, teacher_mode="auto")  # vLLM does not announce its mode: auto means processed
+    rows = by_stage(plan(cfg, a))
+    re6 = rows["rescore T0.6"]
+    assert re6.engine == "teacher" and re6.requests == 10
+    assert re6.gpu_hours == pytest.approx(10 * 110 / 4 / 3600)
+
+
+def test_training_and_eval_rows(tmp_path):
+    cfg, a = small(tmp_path, **{"train.context": 1000, "train.global_batch": 2, "train.epochs": 3,
+                                "train.save_every": 1, "train.keep_checkpoints": 2, "train.bf16": True})
+    rows = by_stage(plan(cfg, a))
+    low = rows["train stage1_low"]
+    # 10 examples x 110 tokens in sequences of 950 tokens -> 2 sequences -> 1 step per epoch of 2 x 1000
+    assert "3 steps" in low.note and low.tokens == 3 * 2 * 950
+    assert low.gpu_hours == pytest.approx(3 * 2 * 950 / 10 / 3600)
+    assert low.disk_gb == pytest.approx((1e9 * 2 + 2 * 1e9 * 16) * 1e-9)
+    mixed = rows["train stage3_mixed"]
+    # mix: 4 questions, half cut off, half of those kept -> 1 example, one step of the constant tail
+    assert "1 examples" in mixed.note
+    ev = rows["eval stage2_high"]
+    assert ev.requests == (3 + 3 + 2 + 1) * 64  # the paper protocol: 64 samples per problem
+    assert ev.tokens == pytest.approx(ev.requests * 110)
+    assert ev.gpu_hours == pytest.approx(ev.tokens / 5 / 3600)
+
+
+def test_prompt_counts_from_the_prompts_file(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join('{"id": "%d", "messages": [{"role": "user", "content": "q"}]}\n' % i for i in range(7)))
+    cfg, a = small(tmp_path, **{"data.prompts": str(prompts)})
+    a = replace(a, prompts=None)
+    assert by_stage(plan(cfg, a))["sample T0.6"].requests == 7 * 2
+    cfg_missing = load_config(PAPER, [f"data.prompts={tmp_path / 'none.jsonl'}"])
+    with pytest.raises(ConfigError, match="--prompts"):
+        plan(cfg_missing, Assumptions(eval_problems=DOC_ASSUMPTIONS.eval_problems))
+    with pytest.raises(ConfigError, match="3 prompt counts for 2 temperatures"):
+        plan(cfg, Assumptions(prompts=(1, 2, 3)))
+    with pytest.raises(ConfigError, match="--eval-problems AIME24=N"):
+        plan(cfg, Assumptions(prompts=(1,)))
+
+
+def test_the_paper_config_scores_through_vllm_with_raw_logprobs():
+    cfg = load_config(PAPER)
+    assert cfg.teacher.kind == cfg.student.kind == "openai"
+    assert cfg.teacher.openai.logprob_mode == cfg.student.openai.logprob_mode == "raw"
+    assert cfg.student.openai.score_api == "prompt_logprobs" and cfg.student.tokenizer
+    rows = plan(cfg, DOC_ASSUMPTIONS)
+    assert not any(r.stage.startswith("rescore") for r in rows)
+
+
+def test_docs_show_the_plan_of_the_paper_config():
+    text = format_plan(plan(load_config(PAPER), DOC_ASSUMPTIONS), DOC_ASSUMPTIONS)
+    total = text.splitlines()[[i for i, l in enumerate(text.splitlines()) if l.startswith("total")][0]]
+    rows = plan(load_config(PAPER), DOC_ASSUMPTIONS)
+    assert re.search(r"\b%s\s*$" % f"{sum(r.gpu_hours for r in rows):,.0f}", total)
+    doc = (ROOT / "docs" / "scale-out.md").read_text()
+    assert text in doc, "docs/scale-out.md: the plan table is out of date; paste format_plan's output"
+
+
+def test_option_parsers():
+    assert parse_counts("105000,330_000") == (105_000, 330_000) and parse_counts("7") == (7,)
+    assert parse_named_counts("AIME24=30,GPQA-D=198") == {"AIME24": 30, "GPQA-D": 198}
+    for bad in ("", "1,x", "0"):
+        with pytest.raises(ConfigError, match="--prompts"):
+            parse_counts(bad)
+    for bad in ("AIME24", "AIME24=x", "=3", "A=0"):
+        with pytest.raises(ConfigError, match="--eval-problems"):
+            parse_named_counts(bad)
