@@ -42,7 +42,7 @@ def test_paper_recipe_exports_two_stages_chained(tmp_path):
         assert s["learning_rate"] == 5e-5 and s["lr_scheduler_kwargs"] == {"min_lr": 1e-5}
         assert (s["adam_beta1"], s["adam_beta2"], s["adam_epsilon"]) == (0.9, 0.95, 1e-8)
         assert s["warmup_ratio"] == 0.1 and s["weight_decay"] == 0.1 and s["max_grad_norm"] == 1.0
-        assert s["num_train_epochs"] == 6.0 and s["cutoff_len"] == 65536 and s["bf16"] is True
+        assert s["num_train_epochs"] == 6.0 and s["cutoff_len"] == 65537 and s["bf16"] is True  # packs <= 65536
         assert s["packing"] is True and s["neat_packing"] is True
         assert s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] * 8 == 64
         # LLaMA-Factory checkpoints unless disable_gradient_checkpointing; it has no gradient_checkpointing switch
@@ -112,7 +112,7 @@ def test_over_length_examples_are_dropped_as_dasd_drops_them(tmp_path):
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     rows = [json.loads(x)["messages"] for x in (tmp_path / info["dasd_das_low"]["file_name"]).read_text().splitlines()]
     kept = [ex["messages"] for _, ex in items if len(prepare(tok, [(_, ex)], 10**6, False, False).ids) <= context]
-    assert rows == kept and read_stage(tmp_path, "stage1_low")["cutoff_len"] == context
+    assert rows == kept and read_stage(tmp_path, "stage1_low")["cutoff_len"] == context + 1
 
 
 def test_masked_prefix_cannot_be_exported(tmp_path):

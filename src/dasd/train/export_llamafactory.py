@@ -8,7 +8,8 @@ Writes, under ``out_dir``::
     <stage>.yaml            one LLaMA-Factory SFT config per stage, equivalent to our TrainConfig
 
 Equivalences (checked against LLaMA-Factory 0.9.5): packing with ``neat_packing: true`` (no
-cross-example attention), ``cutoff_len`` = context, global batch = per_device_train_batch_size x
+cross-example attention) and ``cutoff_len`` = context + 1 (LLaMA-Factory packs up to ``cutoff_len - 1``
+tokens; without packing ``cutoff_len`` = context), global batch = per_device_train_batch_size x
 gradient_accumulation_steps x GPUs (packed sequences), ``cosine_with_min_lr``; each stage after the
 first starts from the previous stage's ``output_dir``. ``model_name_or_path`` is a real model: dasd's
 ``toy:`` aliases become their directories, local directories absolute paths, hub names stay.
@@ -117,7 +118,9 @@ def _stage_yaml(cfg: TrainConfig, hp: dict, model: str, dataset: str, dataset_di
         "dataset": dataset,
         "dataset_dir": dataset_dir,
         "template": template,
-        "cutoff_len": cfg.context,
+        # LLaMA-Factory packs at most cutoff_len - 1 tokens (hparams/data_args.py: "cutoff_len -= 1" when
+        # packing), so context + 1 packs what dasd packs; without packing cutoff_len is the example cap.
+        "cutoff_len": cfg.context + 1 if cfg.packing else cfg.context,
         "packing": cfg.packing,
         "neat_packing": cfg.packing,
         "overwrite_cache": True,
