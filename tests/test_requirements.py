@@ -58,6 +58,10 @@ def test_sets_are_exact_pins_and_agree_with_pyproject():
     # vLLM's own set needs another torch and transformers: that is why it is a separate environment.
     assert vllm["vllm"] == "0.33.0" and (vllm["torch"], vllm["transformers"]) != (base["torch"], base["transformers"])
 
+    lf = read_pins(ROOT / "requirements-llamafactory.txt")  # LLaMA-Factory's own venv (installed --no-deps)
+    assert lf["llamafactory"] == "0.9.5" and lf["torch"] == base["torch"]
+    assert "torchvision" not in lf and "torchaudio" not in lf  # no build of them for the CPU torch
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
     for extra, deps in project["optional-dependencies"].items():
