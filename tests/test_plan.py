@@ -83,7 +83,7 @@ def test_prompt_counts_from_the_prompts_file(tmp_path):
     a = replace(a, prompts=None)
     assert by_stage(plan(cfg, a))["sample T0.6"].requests == 7 * 2
     cfg_missing = load_config(PAPER, [f"data.prompts={tmp_path / 'none.jsonl'}"])
-    with pytest.raises(ConfigError, match="--prompts"):
+    with pytest.raises(ConfigError, match="not a file to count; pass --prompts"):
         plan(cfg_missing, Assumptions(eval_problems=DOC_ASSUMPTIONS.eval_problems))
     with pytest.raises(ConfigError, match="3 prompt counts for 2 temperatures"):
         plan(cfg, Assumptions(prompts=(1, 2, 3)))
@@ -118,3 +118,23 @@ def test_option_parsers():
     for bad in ("AIME24", "AIME24=x", "=3", "A=0"):
         with pytest.raises(ConfigError, match="--eval-problems"):
             parse_named_counts(bad)
+
+
+def test_demo_config_counts_toy_prompts_and_needs_no_assumption():
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    rows = by_stage(plan(cfg))
+    n = cfg.data.toy.n_train * cfg.sample.k
+    assert [rows[f"sample T{t:g}"].requests for t in cfg.sample.temperatures] == [n] * len(cfg.sample.temperatures)
+    assert rows["rescore T0.6"] if cfg.teacher.kind == "openai" else not any(r.startswith("rescore") for r in rows)
+    assert rows["eval student"].requests == 50 * cfg.eval.protocol.n  # the toy benchmark's limit
+
+
+def test_student_parameters_are_counted_from_a_local_model():
+    from transformers import AutoModelForCausalLM
+
+    from dasd.plan import count_params
+    from dasd.stages.common import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("toy:student"))
+    assert count_params("toy:student") == sum(p.numel() for p in model.parameters())
+    assert count_params("Qwen/Qwen3-4B-Instruct-2507") is None  # a hub name: the 4e9 default applies

@@ -46,7 +46,9 @@ class Assumptions:
     student_prefill_tps: float = field(default=20_000.0, metadata={"help": "student teacher-forced scoring tokens per second per GPU"})
     student_decode_tps: float = field(default=4_000.0, metadata={"help": "student generated tokens per second per GPU (mix rollouts, eval)"})
     train_tps: float = field(default=3_000.0, metadata={"help": "training tokens per second per GPU (forward + backward)"})
-    student_params: float = field(default=4.0e9, metadata={"help": "student parameters (checkpoint sizes)"})
+    student_params: float | None = field(default=None, metadata={"help": (
+        "student parameters, for checkpoint sizes (default: counted from train.base_model's safetensors "
+        "when it is a local directory, else 4e9, Qwen3-4B's size)")})
     sample_bytes_per_token: float = field(default=52.0, metadata={"help": "bytes per token of a sample record (text, tokens, ids, offsets, log-probs as JSON)"})
     score_bytes_per_token: float = field(default=31.0, metadata={"help": "bytes per token the student's offsets and log-probs add to a scored record"})
     text_bytes_per_token: float = field(default=4.0, metadata={"help": "bytes of text per token (training examples, evaluation responses)"})
@@ -106,6 +108,8 @@ def _count_lines(path: Path) -> int:
 def _benchmark_size(spec, given: dict[str, int]) -> int:
     if spec.limit is not None:
         return spec.limit
+    if spec.format == "toy":
+        return 100  # load_benchmark's toy default
     if spec.name in given:
         return given[spec.name]
     if spec.path and Path(spec.path).is_file():
@@ -123,11 +127,36 @@ def _prompt_counts(cfg, a: Assumptions) -> list[int]:
         if len(a.prompts) not in (1, len(temps)):
             raise ConfigError(f"plan: {len(a.prompts)} prompt counts for {len(temps)} temperatures {temps}")
         return list(a.prompts) * len(temps) if len(a.prompts) == 1 else list(a.prompts)
-    path = Path(cfg.data.prompts) if cfg.data.prompts else None
-    if path is None or not path.is_file():
-        raise ConfigError(f"data.prompts: {cfg.data.prompts} not found; pass --prompts N (questions per temperature)")
-    n = _count_lines(path)
+    path = Path(cfg.data.prompts)
+    if cfg.data.prompts == "toy":
+        n = cfg.data.toy.n_train
+    elif path.is_file() and path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        n = pq.ParquetFile(path).metadata.num_rows
+    elif path.is_file():
+        n = _count_lines(path)
+    else:
+        raise ConfigError(f"data.prompts: {cfg.data.prompts} is not a file to count; pass --prompts N "
+                          "(questions per temperature)")
     return [min(n, cfg.data.limit) if cfg.data.limit else n] * len(temps)
+
+
+def count_params(model: str) -> int | None:
+    """Parameters in the safetensors files of a local model directory (headers only), else None."""
+    from dasd.stages.common import resolve_model
+
+    files = sorted(Path(resolve_model(model)).glob("*.safetensors")) if Path(resolve_model(model)).is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="numpy") as fh:
+            for key in fh.keys():
+                total += math.prod(fh.get_slice(key).get_shape())
+    return total
 
 
 def raw_logprobs(engine) -> bool:
@@ -197,6 +226,7 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
     pools["mixed"] = mixed
 
     tc = cfg.train
+    params = a.student_params or count_params(tc.base_model) or 4.0e9
     seq_tokens = tc.context * (a.packing_efficiency if tc.packing else 1.0)
     for st in tc.stages:
         hp = tc.for_stage(st)
@@ -216,9 +246,9 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
         else:
             steps = math.ceil(seqs / gbatch * hp["epochs"])
         tokens = steps * gbatch * (seq_tokens if tc.packing else ex_tokens)
-        weights = a.student_params * (2 if tc.bf16 else 4)
+        weights = params * (2 if tc.bf16 else 4)
         ckpts = min(tc.keep_checkpoints, steps // tc.save_every) if tc.save_every else 0
-        disk = (weights + ckpts * a.student_params * 16) * gb  # a resumable checkpoint: weights, fp32 master, Adam m and v
+        disk = (weights + ckpts * params * 16) * gb  # a resumable checkpoint: weights, fp32 master, Adam m and v
         rows.append(Row(f"train {st.name}", "trainer", 0, float(tokens), disk, tokens / a.train_tps * hours,
                         f"{ex:,.0f} examples, {steps:,} steps of {gbatch} x {tc.context:,}; "
                         f"{ckpts} step checkpoint(s) kept"))
