@@ -95,8 +95,7 @@ def test_training_job_runs_accelerate_and_dasd_train_as_they_parse(tmp_path):
     from accelerate.commands.launch import launch_command_parser
     from typer.main import get_command
 
-    from dasd.cli import app
-    from dasd.config import load_config
+    from dasd.cli import app, load
 
     env = shims(tmp_path, srun=SRUN.replace("{var}", "SRUN_LOG"), scontrol=SCONTROL,
                 accelerate=RECORDER.replace("{var}", "ACCEL_LOG"))
@@ -120,7 +119,7 @@ def test_training_job_runs_accelerate_and_dasd_train_as_they_parse(tmp_path):
     cmd = group.get_command(ctx, verb)
     assert cmd is not None and verb == "train"
     params = cmd.make_context(verb, list(rest)).params  # dasd train's own options
-    cfg = load_config(params["config"], params["overrides"])
+    cfg = load(params["config"], params["args"])  # as the verb reads them
     assert cfg.train.epochs == 2 and cfg.train.resolve_batch(args.num_processes).grad_accum == 2  # 64 = 1 x 32 GPUs x 2
 
 

@@ -133,7 +133,7 @@ def test_student_parameters_are_counted_from_a_local_model():
     from transformers import AutoModelForCausalLM
 
     from dasd.plan import count_params
-    from dasd.stages.common import resolve_model
+    from dasd.runs import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("toy:student"))
     assert count_params("toy:student") == sum(p.numel() for p in model.parameters())

@@ -144,7 +144,7 @@ def _prompt_counts(cfg, a: Assumptions) -> list[int]:
 
 def count_params(model: str) -> int | None:
     """Parameters in the safetensors files of a local model directory (headers only), else None."""
-    from dasd.stages.common import resolve_model
+    from dasd.runs import resolve_model
 
     files = sorted(Path(resolve_model(model)).glob("*.safetensors")) if Path(resolve_model(model)).is_dir() else []
     if not files:
@@ -170,7 +170,7 @@ def raw_logprobs(engine) -> bool:
 
 def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
     """The rows of the plan of a RunConfig (``dasd.config.RunConfig``) under ``assumptions``."""
-    from dasd.stages.common import pool_name as _pool
+    from dasd.runs import pool_name as _pool
 
     a = assumptions or Assumptions()
     temps = list(cfg.sample.temperatures)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dasd.errors import ConfigError
-from dasd.stages.common import resolve_model
+from dasd.runs import resolve_model
 from dasd.train.data import load_examples, prepare
 from dasd.train.export_llamafactory import export
 from dasd.train.recipes import paper_recipe

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dasd.stages.common import resolve_model
+from dasd.runs import resolve_model
 from dasd.train.data import load_examples, prepare
 from dasd.train.encode import encode_batch
 from dasd.train.export_llamafactory import export

@@ -65,7 +65,7 @@ DEEPSPEED_CONFIGS = {
 
 def model_path(name: str) -> str:
     """What LLaMA-Factory can load for a dasd model name: toy aliases resolved, local dirs absolute."""
-    from dasd.stages.common import resolve_model
+    from dasd.runs import resolve_model
 
     resolved = resolve_model(name)
     p = Path(resolved)
