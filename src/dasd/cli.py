@@ -178,6 +178,14 @@ def export_llamafactory(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export/llamafactory)."),
     template: str = typer.Option("qwen3_nothink", "--template", help="LLaMA-Factory chat template of the student."),
     gpus: int = typer.Option(8, "--gpus", help="GPUs of the target run (sets gradient accumulation)."),
+    deepspeed: str = typer.Option("zero3", "--deepspeed", help="DeepSpeed config the stage YAMLs name: none, zero2, "
+                                  "zero3 (written to OUT/deepspeed/) or the path of a DeepSpeed JSON as the training "
+                                  "machines see it."),
+    report_to: str = typer.Option("none", "--report-to", help="The HF Trainer's report_to in the stage YAMLs: none, "
+                                  "tensorboard, wandb, ... (comma-separated)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer that counts example lengths "
+                                             "(default: train.base_model's); examples over train.context tokens are "
+                                             "left out, as dasd's trainer drops them."),
 ) -> None:
     """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs (the paper's settings)."""
     from dasd.runs import named_pools
@@ -187,10 +195,54 @@ def export_llamafactory(
     cfg = load(config, args)
     store = RunStore.open(cfg.run_dir)
     target = out or store.root / "export" / "llamafactory"
-    summary = export(cfg.train, target, named_pools(cfg, store), template=template, gpus=gpus)
+    summary = export(cfg.train, target, named_pools(cfg, store), template=template, gpus=gpus, deepspeed=deepspeed,
+                     report_to=report_to, tokenizer=str(tokenizer) if tokenizer else None)
     for st in summary.get("stages", []):
-        typer.echo(f"{st['name']}: {st['examples']} examples -> {st['yaml']}")
+        typer.echo(f"{st['name']}: {st['examples']} examples ({st['dropped_over_context']} over the context left "
+                   f"out) -> {st['yaml']}")
     typer.echo(f"dataset_info.json and data files in {target}")
+
+
+@app.command(name="plan")
+def plan_(
+    args: Optional[list[str]] = ArgsArg,
+    config: Optional[Path] = ConfigOpt,
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Questions sampled at each temperature: N, or N,N,... "
+                                          "one per sample.temperatures (default: the lines of data.prompts)."),
+    eval_problems: Optional[str] = typer.Option(None, "--eval-problems", help="Problems per benchmark that has no "
+                                                "readable file or limit: NAME=N,NAME=N,..."),
+    prompt_tokens: float = typer.Option(250.0, "--prompt-tokens", help="Mean prompt length in tokens."),
+    response_tokens: float = typer.Option(12000.0, "--response-tokens", help="Mean teacher response length in "
+                                          "tokens (capped at sample.max_tokens)."),
+    eval_response_tokens: Optional[float] = typer.Option(None, "--eval-response-tokens", help="Mean evaluation "
+                                                         "response length (default: --response-tokens)."),
+    keep: float = typer.Option(0.9, "--keep", help="Fraction of teacher responses the filters keep."),
+    mix_cutoff: float = typer.Option(0.3, "--mix-cutoff", help="Fraction of mixed-policy rollouts cut off "
+                                     "(paper: 15K of 50K)."),
+    teacher_decode_tps: float = typer.Option(2500.0, "--teacher-decode-tps", help="Teacher generated tokens/s per GPU."),
+    teacher_prefill_tps: float = typer.Option(20000.0, "--teacher-prefill-tps", help="Teacher prompt tokens/s per "
+                                              "GPU (prefill, prompt log-probs)."),
+    student_prefill_tps: float = typer.Option(20000.0, "--student-prefill-tps", help="Student teacher-forced "
+                                              "scoring tokens/s per GPU."),
+    student_decode_tps: float = typer.Option(4000.0, "--student-decode-tps", help="Student generated tokens/s per "
+                                             "GPU (mix rollouts, eval)."),
+    train_tps: float = typer.Option(3000.0, "--train-tps", help="Training tokens/s per GPU."),
+    student_params: Optional[float] = typer.Option(None, "--student-params", help="Student parameters, for "
+                                                   "checkpoint sizes (default: counted from train.base_model when it "
+                                                   "is a local directory, else 4e9)."),
+) -> None:
+    """Requests, tokens, disk and GPU-hours of each stage of a run, before it starts (docs/scale-out.md)."""
+    from dasd.plan import Assumptions, format_plan, parse_counts, parse_named_counts, plan
+
+    a = Assumptions(
+        prompts=parse_counts(prompts) if prompts else None,
+        eval_problems=parse_named_counts(eval_problems) if eval_problems else {},
+        prompt_tokens=prompt_tokens, response_tokens=response_tokens, eval_response_tokens=eval_response_tokens,
+        keep=keep, mix_cutoff=mix_cutoff, teacher_decode_tps=teacher_decode_tps,
+        teacher_prefill_tps=teacher_prefill_tps, student_prefill_tps=student_prefill_tps,
+        student_decode_tps=student_decode_tps, train_tps=train_tps, student_params=student_params,
+    )
+    typer.echo(format_plan(plan(load(config, args), a), a))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ def test_missing_vllm_is_a_clear_error(tiny_lm_dir, monkeypatch):
     with pytest.raises(DasdError) as err:
         make_engine(EngineConfig(kind="vllm", model=tiny_lm_dir))
     msg = str(err.value)
-    assert "pip install 'dasd[vllm]'" in msg and "kind: hf" in msg and "kind: openai" in msg
+    assert "requirements-vllm.txt" in msg and "kind: hf" in msg and "kind: openai" in msg
 
 
 @pytest.mark.gpu

@@ -1,6 +1,8 @@
 """The ``vllm`` engine: offline ``vllm.LLM`` (tensor / data parallel) behind the Engine protocol.
 
-    pip install 'dasd[vllm]'        # Linux + CUDA only; never needed on CPU or by the fast tests
+    # vLLM pins its own torch (0.33.0: torch 2.14.0), so no pinned dasd set includes it: install it by
+    # hand into dasd's environment on a GPU machine at your own risk, or (recommended) run `vllm serve`
+    # from requirements-vllm.txt and use kind: openai (docs/scale-out.md).
     engine: {kind: vllm, model: /models/gpt-oss-120b, vllm: {tensor_parallel_size: 4}}
 
 What it guarantees, the same way as the hf and openai engines:
@@ -38,9 +40,9 @@ from dasd.engines.openai import sample_seed
 from dasd.errors import DasdError
 
 MISSING = (
-    "engine.kind 'vllm' needs the optional vllm package, which is not installed: "
-    "pip install 'dasd[vllm]' (Linux with a CUDA GPU). Without a GPU use kind: hf, or kind: openai "
-    "against a remote `vllm serve`."
+    "engine.kind 'vllm' needs vLLM in dasd's environment, which no pinned set provides (vLLM 0.33.0 pins "
+    "torch 2.14.0): use kind: openai against `vllm serve` (requirements-vllm.txt, docs/scale-out.md), "
+    "or kind: hf without a GPU"
 )
 
 
