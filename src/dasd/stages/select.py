@@ -4,10 +4,11 @@ Reads ``RUN/score/pool-<pool>``; writes ``RUN/select/selected-<pool>`` and ``rej
 (scored samples) and ``train-<pool>`` (training examples: the prompt's messages + the response as
 the assistant turn). Random selection (``select.method: random``) uses the same budget and is
 seeded, for the paper's RS baselines; ``global_naturalness`` and ``local_naturalness`` keep the
-responses the student finds most natural (stronger baselines; ``dasd.rules.das``). The summary compares selected and rejected responses:
-DAS score, share of Teacher sentences, length, mean teacher log-prob/token and, where prompts
-carry a reference answer, correctness; with any method but random it also shows what random sampling would have
-kept at the same budget (``random_same_budget``), so the two can be compared on the same pool.
+responses the student finds most natural (stronger baselines; ``dasd.rules.das``). The summary
+compares selected and rejected responses: DAS score, share of Teacher sentences, length, mean
+teacher log-prob/token and, where prompts carry a reference answer, correctness; with any method
+but random it also shows what random sampling would have kept at the same budget
+(``random_same_budget``), so the two can be compared on the same pool.
 """
 
 from __future__ import annotations
