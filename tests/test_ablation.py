@@ -195,3 +195,26 @@ def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
         assert f"| {arm} |" in text
     data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert set(data["aggregate"]) == set(single)
+
+
+@pytest.mark.slow
+def test_optional_arms_naturalness_and_replay(tmp_path, nudged_lm):
+    """The naturalness-baseline arms train at the stages-1/2 budget; mixed_replay trains on the mixed
+    examples plus the replayed das_low_high T_high examples (more steps than mixed_unmasked)."""
+    from dataclasses import replace
+
+    plan = replace(_plan(tmp_path, nudged_lm), naturalness=True, replay=2.0, references=False)
+    rep = run_ablation(plan)
+    arms = rep["per_seed"][0]
+    assert set(NATURALNESS_ARMS) <= set(arms) and "mixed_replay" in arms
+    single = [a for a in (*ARMS, *NATURALNESS_ARMS) if not a.startswith("mixed")]
+    assert len({arms[a]["examples"] for a in single}) == 1 and len({arms[a]["steps"] for a in single}) == 1
+    mixed_n = arms["mixed_unmasked"]["examples"]
+    assert arms["mixed_replay"]["examples"] == mixed_n + min(2 * mixed_n, arms["das_low_high"]["examples"] // 2)
+    assert arms["mixed_replay"]["steps"] > arms["mixed_unmasked"]["steps"]
+    from dasd.store import RunStore
+
+    pool = list(RunStore.open(Path(plan.out) / "seed-0" / "pool").read("score", "pool-T1"))
+    assert pool and all(c["naturalness"]["local"] is not None for c in pool)
+    assert "| high | " in rep["markdown"] and "local-naturalness-selected" in rep["markdown"]
+    assert {r["a"] for r in rep["paired"]} >= {"mixed_replay", "lnat_low_high"}
