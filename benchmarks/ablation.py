@@ -5,7 +5,9 @@
     HF_HUB_OFFLINE=1 python benchmarks/ablation.py --set sample.k=6 --prompts 64
 
 Arms: random sampling (RS) and DAS at T_low, at T_high and on the low->high schedule, and the
-mixed-policy stage with the student prefix masked vs unmasked; per arm and seed the held-out
+mixed-policy stage with the student prefix masked vs unmasked; optionally (``--naturalness``) the
+student's global and local naturalness as selectors at the same budget, and (``--replay``) the
+mixed-policy stage with off-policy replay; per arm and seed the held-out
 accuracy and KL(teacher || student) on teacher samples; mean and 95% t-interval over seeds. Writes
 ``benchmarks/results/ablation.md`` and ``ablation.json`` and prints the table. Resumable: re-running
 the same command skips what is finished (run directories under ``--out``). Method: docs/ablation.md.
@@ -22,7 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation_lib import AblationPlan, run_ablation  # noqa: E402
+from ablation_lib import AblationPlan, relative_path, run_ablation  # noqa: E402
+
+from dasd.rules.mixing import PAPER_REPLAY_RATIO  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["sample.k=3", "data.toy.n_train=24", "eval.benchmarks=[{name: toy, format: toy, limit: 20}]", "eval.protocol.n=2"]
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kl-samples", type=int, default=2, help="reference teacher samples per held-out prompt")
     ap.add_argument("--no-mixed", action="store_true", help="skip the two mixed-policy arms")
     ap.add_argument("--no-references", action="store_true", help="do not measure the base student and the teacher")
+    ap.add_argument("--naturalness", action="store_true",
+                    help="add the global/local naturalness baseline arms (gnat_*, lnat_*; the pool is scored with local naturalness)")
+    ap.add_argument("--replay", type=float, nargs="?", const=PAPER_REPLAY_RATIO, default=None, metavar="RATIO",
+                    help=f"add the mixed_replay arm: RATIO off-policy examples per mixed one (default {PAPER_REPLAY_RATIO}: 20K/7.7K)")
     ap.add_argument("--quick", action="store_true", help="k=3, 24 prompts, 20 held-out problems, n=2 (a fast, noisy look)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="run directories (resumable)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
@@ -52,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"eval.benchmarks=[{{name: toy, format: toy, limit: {a.test}}}]")
     overrides += a.overrides
     plan = AblationPlan(config=a.config, seeds=a.seeds, out=a.out, overrides=overrides, per_prompt=a.per_prompt,
-                        epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references)
+                        epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references,
+                        naturalness=a.naturalness, replay=a.replay)
     report = run_ablation(plan)
     from dasd.jsonl import atomic_write_json, atomic_open
 
@@ -60,11 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     md.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(md) as fh:
         fh.write("# Ablation on the toy world\n\nMethod: docs/ablation.md. Command: `python benchmarks/ablation.py "
-                 + " ".join(argv if argv is not None else sys.argv[1:]) + "`\n\n" + report["markdown"])
+                 + " ".join(_relative_arg(x) for x in (argv if argv is not None else sys.argv[1:])) + "`\n\n" + report["markdown"])
     atomic_write_json(md.with_suffix(".json"), _jsonable(report))
     print(report["markdown"])
     print(f"written: {md} and {md.with_suffix('.json')}")
     return 0
+
+
+def _relative_arg(arg: str) -> str:
+    """A command-line argument with a path inside the repository written relative to it."""
+    key, eq, value = arg.rpartition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
+    if value.startswith("/"):
+        value = relative_path(value)
+    return key + eq + value
 
 
 def _jsonable(x):

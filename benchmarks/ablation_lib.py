@@ -22,6 +22,18 @@ stages, to separate the temperature schedule from the two-stage learning-rate sc
 mixed-policy examples of ``dasd.stages.mix`` trained for the same steps, student prefix in the loss
 or masked). ``student`` and ``teacher`` are measured too as references (no training).
 
+Optional arms (off by default, each costs a training and a measurement per seed):
+
+- ``plan.naturalness``: stronger baselines than random at the same budget (arXiv 2510.03988):
+  ``gnat_high``/``gnat_low_high`` select by the student's global naturalness (mean log-prob per
+  token of the response), ``lnat_high``/``lnat_low_high`` by its local naturalness (each sentence
+  given only ``score.local_window`` sentences before it; the pool's score stage then makes the
+  extra student passes, ``score.local_naturalness=always``);
+- ``plan.replay`` (a ratio, e.g. ``PAPER_REPLAY_RATIO`` = 20/7.7): ``mixed_replay``, the unmasked
+  mixed-policy stage trained on the mixed examples plus ``round(ratio x n_mixed)`` examples replayed
+  from ``das_low_high``'s T_high stage (``dasd.rules.mixing.replay_examples``, seeded), for one
+  epoch over that larger set: the paper's Table 5 run (7.7K mixed with 20K off-policy samples).
+
 Everything is resumable: the pool stages resume themselves, training skips finished stages, and
 each arm's measurements are kept in ``metrics.json`` (recomputed only when the protocol changes).
 """
@@ -39,6 +51,9 @@ from typing import Any
 from dasd.jsonl import atomic_write_json, atomic_write_jsonl
 
 ARMS = ("rs_low", "rs_high", "rs_low_high", "rs_high_high", "das_low", "das_high", "das_low_high", "mixed_unmasked", "mixed_masked")
+NATURALNESS_ARMS = ("gnat_high", "gnat_low_high", "lnat_high", "lnat_low_high")
+REPLAY_ARMS = ("mixed_replay",)
+ALL_ARMS = (*ARMS[:7], *NATURALNESS_ARMS, *ARMS[7:], *REPLAY_ARMS)
 REFERENCES = ("student", "teacher")
 # Differences of arms within a seed (paired), the comparisons the paper makes.
 CONTRASTS = (
@@ -52,12 +67,19 @@ CONTRASTS = (
     ("rs_high_high", "rs_high", "RS at T_high: two stages vs one"),
     ("mixed_unmasked", "mixed_masked", "mixed: unmasked vs masked prefix"),
     ("mixed_unmasked", "das_low_high", "mixed (unmasked) vs its start"),
+    ("das_high", "gnat_high", "DAS vs global naturalness at T_high"),
+    ("das_high", "lnat_high", "DAS vs local naturalness at T_high"),
+    ("das_low_high", "gnat_low_high", "DAS vs global naturalness, low->high"),
+    ("das_low_high", "lnat_low_high", "DAS vs local naturalness, low->high"),
+    ("lnat_low_high", "rs_low_high", "local naturalness vs RS, low->high"),
+    ("mixed_replay", "mixed_unmasked", "mixed: with replay vs without"),
+    ("mixed_replay", "das_low_high", "mixed with replay vs its start"),
 )
 # The paper's AIME24 / AIME25 numbers for the matching arms (docs/method.md#reported-results).
 PAPER = {
     "rs_low": "81.7 / 71.9", "rs_high": "83.1 / 76.1", "rs_low_high": "85.2 / 81.3 (RS, 2x data)",
     "rs_high_high": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
-    "mixed_unmasked": "83.3 / 74.8", "mixed_masked": "80.8 / 72.3",
+    "mixed_unmasked": "83.3 / 74.8", "mixed_masked": "80.8 / 72.3", "mixed_replay": "83.3 / 74.8 (7.7K mixed + 20K off-policy)",
 }
 
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: normal 1.96).
@@ -74,7 +96,8 @@ class AblationPlan:
     each temperature, so it must be even). ``epochs``: passes over the B x prompts examples (sets
     the steps S, identical for every stages-1/2 arm). ``kl_samples``: reference teacher responses
     per held-out prompt. ``mixed``: run the two mixed-policy arms. ``references``: measure the base
-    student and the teacher too.
+    student and the teacher too. ``naturalness``: the four naturalness-baseline arms. ``replay``:
+    the ``mixed_replay`` arm with this many replayed examples per mixed example (needs ``mixed``).
     """
 
     config: str | None = None
@@ -86,6 +109,8 @@ class AblationPlan:
     kl_samples: int = 2
     mixed: bool = True
     references: bool = True
+    naturalness: bool = False
+    replay: float | None = None
     log: Any = print
 
 
@@ -112,7 +137,7 @@ def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, floa
 def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     """Per arm: mean and 95% t-interval over seeds of accuracy, KL per response and KL per token."""
     out: dict[str, dict] = {}
-    labels = [a for a in (*REFERENCES, *ARMS) if any(a in arms for arms in per_seed.values())]
+    labels = [a for a in (*REFERENCES, *ALL_ARMS) if any(a in arms for arms in per_seed.values())]
     for label in labels:
         rows = [arms[label] for arms in per_seed.values() if label in arms]
         entry = {"seeds": len(rows)}
@@ -166,10 +191,13 @@ def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: d
     for r in diffs:
         lines.append(f"| {r['contrast']} | {r['a']} - {r['b']} | {_ci(r['accuracy'], 100)} | {_ci(r['kl'], 1, 2)} | {r['seeds']} |")
     if shares:
+        methods = [m for m in SHARE_METHODS if any(m in e for e in shares.values())]
         lines += ["", "Share of Teacher sentences (token-weighted, mean over responses) in the selected responses:", "",
-                  "| pool | all candidates | random-selected | DAS-selected | seeds |", "|---|---|---|---|---|"]
+                  "| pool | all candidates | " + " | ".join(f"{SHARE_LABELS[m]}-selected" for m in methods) + " | seeds |",
+                  "|---|---|" + "---|" * len(methods) + "---|"]
         for pool, e in shares.items():
-            lines.append(f"| {pool} | {_ci(e['all'], 100)} | {_ci(e['random'], 100)} | {_ci(e['das'], 100)} | {e['seeds']} |")
+            cells = " | ".join(_ci(e.get(m), 100) for m in methods)
+            lines.append(f"| {pool} | {_ci(e['all'], 100)} | {cells} | {e['seeds']} |")
     lines += ["", "Setup: " + ", ".join(f"{k} {v}" for k, v in plan_info.items())]
     return "\n".join(lines) + "\n"
 
@@ -178,13 +206,24 @@ def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: d
 # One seed
 
 
+SHARE_METHODS = ("random", "das", "global_naturalness", "local_naturalness")
+SHARE_LABELS = {"random": "random", "das": "DAS", "global_naturalness": "global-naturalness",
+                "local_naturalness": "local-naturalness"}
+
+
 def seed_config(plan: AblationPlan, seed: int):
-    """The run config of one seed: every random knob set from ``seed``; the held-out set stays fixed."""
+    """The run config of one seed: every random knob set from ``seed``; the held-out set stays fixed.
+
+    With ``plan.naturalness`` the pool's score stage also computes local naturalness (a pool scored
+    before without it must be re-scored: remove ``OUT/seed-<s>/pool/score``)."""
     from dasd.config import load_config
 
     root = Path(plan.out) / f"seed-{seed}"
     over = [*plan.overrides, f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}", f"data.toy.seed={seed}",
-            f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"eval.protocol.seed={seed}"]
+            f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"mix.replay.seed={seed}",
+            f"eval.protocol.seed={seed}"]
+    if plan.naturalness:
+        over.append("score.local_naturalness=always")
     return load_config(plan.config, over)
 
 
@@ -218,7 +257,8 @@ def eligible_prompts(pools: dict[str, list[dict]], per_prompt: int) -> list[str]
 
 
 def select(cands: list[dict], prompts: list[str], method: str, m: int, seed: int) -> list[dict]:
-    """``m`` candidates per prompt (of ``prompts``) by DAS or at random (dasd.rules.das.select_grouped)."""
+    """``m`` candidates per prompt (of ``prompts``) by ``method`` (das, random, global_naturalness,
+    local_naturalness: dasd.rules.das.select_grouped)."""
     from dasd.rules.das import select_grouped
 
     keep = set(prompts)
@@ -226,12 +266,18 @@ def select(cands: list[dict], prompts: list[str], method: str, m: int, seed: int
     return chosen
 
 
-def arm_data(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int) -> dict[str, list[list[dict]]]:
-    """Per arm (stages 1-2 only): the selected candidates of each of its training stages, in order."""
+def arm_data(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int,
+             naturalness: bool = False) -> dict[str, list[list[dict]]]:
+    """Per arm (stages 1-2 only): the selected candidates of each of its training stages, in order.
+    ``naturalness`` adds the naturalness-baseline arms (``NATURALNESS_ARMS``)."""
     half = per_prompt // 2
     out = {}
-    for method, tag in (("random", "rs"), ("das", "das")):
-        out[f"{tag}_low"] = [select(pools["low"], prompts, method, per_prompt, seed)]
+    methods = [("random", "rs"), ("das", "das")]
+    if naturalness:
+        methods += [("global_naturalness", "gnat"), ("local_naturalness", "lnat")]
+    for method, tag in methods:
+        if tag in ("rs", "das"):
+            out[f"{tag}_low"] = [select(pools["low"], prompts, method, per_prompt, seed)]
         out[f"{tag}_high"] = [select(pools["high"], prompts, method, per_prompt, seed)]
         out[f"{tag}_low_high"] = [select(pools["low"], prompts, method, half, seed),
                                   select(pools["high"], prompts, method, half, seed)]
@@ -239,7 +285,7 @@ def arm_data(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, 
     # the same RS T_high examples as rs_high, split by rank into two stages of half the steps each.
     first, second = _split_by_rank(out["rs_high"][0], half)
     out["rs_high_high"] = [first, second]
-    return {arm: out[arm] for arm in ARMS if arm in out}
+    return {arm: out[arm] for arm in ALL_ARMS if arm in out}
 
 
 def _split_by_rank(selected: list[dict], half: int) -> tuple[list[dict], list[dict]]:
@@ -252,17 +298,26 @@ def _split_by_rank(selected: list[dict], half: int) -> tuple[list[dict], list[di
     return first, second
 
 
-def teacher_shares(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int) -> dict[str, dict]:
-    """Mean share of Teacher sentences among all candidates, random-selected and DAS-selected, per pool."""
+def teacher_shares(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, seed: int,
+                   naturalness: bool = False) -> dict[str, dict]:
+    """Mean share of Teacher sentences among all candidates and those each method selects, per pool."""
     def mean(xs):
         xs = [x["das"]["frac_teacher"] for x in xs if x.get("das", {}).get("frac_teacher") is not None]
         return statistics.fmean(xs) if xs else None
 
     keep = set(prompts)
+    methods = SHARE_METHODS if naturalness else SHARE_METHODS[:2]
     return {pool: {"all": mean([c for c in cands if c["prompt_id"] in keep]),
-                   "random": mean(select(cands, prompts, "random", per_prompt, seed)),
-                   "das": mean(select(cands, prompts, "das", per_prompt, seed))}
+                   **{m: mean(select(cands, prompts, m, per_prompt, seed)) for m in methods}}
             for pool, cands in pools.items()}
+
+
+def replay_data(mixed: list[dict], off_policy: list[dict], ratio: float, seed: int) -> list[dict]:
+    """The ``mixed_replay`` arm's examples: the mixed ones plus ``round(ratio x len(mixed))`` of
+    ``off_policy`` (training examples), drawn as the pipeline's ``mixed+replay`` pool draws them."""
+    from dasd.rules.mixing import ReplayConfig, replay_examples
+
+    return replay_examples(mixed, off_policy, ReplayConfig(ratio=ratio, seed=seed))[0]
 
 
 def examples_of(selected: list[dict], prompts_by_id: dict[str, dict], source: str) -> list[dict]:
@@ -428,7 +483,8 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
             results[label] = measure(cfg, mcfg, problems, refs, root / "references" / f"{label}.json", {"examples": 0, "steps": 0})
             log(f"[ablation] seed {seed} {label}: {_fmt(results[label])}")
     finals = {}
-    for arm, stages in arm_data(pools, prompts, plan.per_prompt, seed).items():
+    selections = arm_data(pools, prompts, plan.per_prompt, seed, naturalness=plan.naturalness)
+    for arm, stages in selections.items():
         arm_dir = root / "arms" / arm
         steps = [total] if len(stages) == 1 else [total // 2, total // 2]
         names = ["single"] if len(stages) == 1 else ["stage1", "stage2"]
@@ -441,7 +497,7 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
     if plan.mixed:
         mix_store = RunStore(root / "mix")
         curated = [{"prompt": prompts_by_id[s["prompt_id"]], "teacher_text": s["text"]}
-                   for sel in arm_data(pools, prompts, plan.per_prompt, seed)["das_low_high"] for s in sel]
+                   for sel in selections["das_low_high"] for s in sel]
         student = open_engine(cfg.student.model_copy(update={"model": finals["das_low_high"]}))
         funnel = run_mix(cfg.mix, mix_store, curated, student, open_engine(cfg.teacher), grade=is_correct)
         mixed = list(mix_store.read("mix", "examples"))
@@ -455,22 +511,39 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
                 results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
                                        arm_dir / "metrics.json", {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
                 log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
-    return results, teacher_shares(pools, prompts, plan.per_prompt, seed)
+            if plan.replay is not None:
+                off = examples_of(selections["das_low_high"][1], prompts_by_id, "das_low_high")
+                data = replay_data(mixed, off, plan.replay, seed)
+                arm_dir = root / "arms" / "mixed_replay"
+                tr = train_arm(cfg, arm_dir, [("stage3_mixed", data, steps_for(len(data), mixed_epochs(cfg), batch))],
+                               init=finals["das_low_high"], mask_prefix=False, schedule=mixed_schedule(cfg))
+                results["mixed_replay"] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
+                                                  arm_dir / "metrics.json",
+                                                  {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
+                log(f"[ablation] seed {seed} mixed_replay: {len(mixed)} mixed + {len(data) - len(mixed)} replayed; "
+                    f"{_fmt(results['mixed_replay'])}")
+    return results, teacher_shares(pools, prompts, plan.per_prompt, seed, naturalness=plan.naturalness)
 
 
 def mixed_schedule(cfg) -> dict:
-    """The learning-rate overrides of the config's stage reading ``mixed`` (recipe default: constant
-    at ``min_lr``, no warmup), so the mixed arms train as the pipeline's stage 3 does."""
+    """The learning-rate overrides of the config's stage reading ``mixed`` or ``mixed+replay``
+    (recipe default: constant at ``min_lr``, no warmup), so the mixed arms train as the pipeline's
+    stage 3 does."""
+    from dasd.runs import MIXED_POOLS
+
     for st in cfg.train.stages:
-        if st.data == "mixed":
+        if st.data in MIXED_POOLS:
             return st.model_dump(include={"lr", "min_lr", "warmup_ratio", "constant_at_min_lr"}, exclude_none=True)
     return {}
 
 
 def mixed_epochs(cfg) -> float:
-    """Epochs of the mixed-policy stage: the config's stage reading ``mixed`` (recipe default 1.0)."""
+    """Epochs of the mixed-policy stage: the config's stage reading ``mixed`` or ``mixed+replay``
+    (recipe default 1.0)."""
+    from dasd.runs import MIXED_POOLS
+
     for st in cfg.train.stages:
-        if st.data == "mixed":
+        if st.data in MIXED_POOLS:
             return st.epochs if st.epochs is not None else cfg.train.epochs
     return 1.0
 
@@ -480,13 +553,27 @@ def _fmt(m: dict) -> str:
             f"{m.get('examples', 0)} examples, {m.get('steps', 0)} steps")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative_path(path: str | Path) -> str:
+    """``path`` relative to the repository (the results record no machine's absolute paths); a path
+    outside it is kept (then it names something this repository does not hold)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _model_id(path: str) -> str:
-    """A model directory and a short hash of its weights (which build of the toy world was measured)."""
+    """A model directory (relative to the repository) and a short hash of its weights (which build
+    of the toy world was measured)."""
     import hashlib
 
     w = Path(path) / "model.safetensors"
     digest = hashlib.sha256(w.read_bytes()).hexdigest()[:10] if w.is_file() else "?"
-    return f"{path} (weights sha256 {digest})"
+    return f"{relative_path(path)} (weights sha256 {digest})"
 
 
 def run_ablation(plan: AblationPlan) -> dict:
@@ -496,7 +583,8 @@ def run_ablation(plan: AblationPlan) -> dict:
         per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
     shares = {}
     for pool in ("low", "high"):
-        vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool][k] is not None] for k in ("all", "random", "das")}
+        keys = [k for k in ("all", *SHARE_METHODS) if any(k in s[pool] for s in shares_seed.values())]
+        vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool].get(k) is not None] for k in keys}
         shares[pool] = {k: (t_interval(v) if v else None) for k, v in vals.items()}
         shares[pool]["seeds"] = len(shares_seed)
     cfg = seed_config(plan, plan.seeds[0])
@@ -512,6 +600,10 @@ def run_ablation(plan: AblationPlan) -> dict:
         "training": f"lr {cfg.train.lr}, batch {cfg.train.micro_batch * cfg.train.grad_accum}, "
                     f"epochs {plan.epochs if plan.epochs is not None else cfg.train.epochs}, unpacked",
     }
+    if plan.naturalness:
+        info["naturalness arms"] = f"global and local (window {cfg.score.local_window} sentences)"
+    if plan.replay is not None and plan.mixed:
+        info["replay"] = f"{plan.replay:g} off-policy (das_low_high's T_high examples) per mixed example"
     agg, diffs = aggregate(per_seed), paired(per_seed)
     return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "shares": shares, "info": info,
             "markdown": markdown(agg, diffs, shares, info)}

@@ -20,7 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from ablation_lib import (  # noqa: E402
-    ARMS, AblationPlan, aggregate, arm_data, eligible_prompts, paired, run_ablation, t_interval,
+    ARMS, NATURALNESS_ARMS, AblationPlan, aggregate, arm_data, eligible_prompts, markdown, paired, relative_path,
+    replay_data, run_ablation, t_interval, teacher_shares,
 )
 
 CORPUS = [
@@ -87,6 +88,56 @@ def test_arms_have_equal_budgets_and_the_right_selections():
     assert any(arm_data(pools, prompts, 2, s)["rs_low"] != arms["rs_low"] for s in range(4, 10))
 
 
+def _with_naturalness(pools: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Give every candidate a known global and local naturalness (different rankings from DAS's)."""
+    out = {}
+    for pool, cands in pools.items():
+        out[pool] = [{**c, "naturalness": {"global": -((i * 3) % 5) / 5, "local": -((i * 2) % 7) / 7}}
+                     for i, c in enumerate(cands)]
+    return out
+
+
+def test_naturalness_arms_keep_the_budget_and_the_most_natural():
+    pools = _with_naturalness(_cands(5, 4))
+    prompts = eligible_prompts(pools, 2)
+    arms = arm_data(pools, prompts, per_prompt=2, seed=3, naturalness=True)
+    assert set(NATURALNESS_ARMS) <= set(arms) and set(arm_data(pools, prompts, 2, 3)) & set(NATURALNESS_ARMS) == set()
+    for name in NATURALNESS_ARMS:
+        assert sum(len(s) for s in arms[name]) == 8, name
+        assert len(arms[name]) == (1 if name.endswith("_high") and "low" not in name else 2), name
+    for tag, key in (("gnat", "global"), ("lnat", "local")):
+        for p in prompts:
+            best = sorted((c["naturalness"][key] for c in pools["high"] if c["prompt_id"] == p), reverse=True)[:2]
+            got = sorted((c["naturalness"][key] for c in arms[f"{tag}_high"][0] if c["prompt_id"] == p), reverse=True)
+            assert got == best, (tag, p)
+    shares = teacher_shares(pools, prompts, 2, 3, naturalness=True)
+    assert set(shares["low"]) == {"all", "random", "das", "global_naturalness", "local_naturalness"}
+    agg = {pool: {k: (v, v, v) if v is not None else None for k, v in e.items()} | {"seeds": 1} for pool, e in shares.items()}
+    table = markdown({}, [], agg, {})
+    assert "| pool | all candidates | random-selected | DAS-selected | global-naturalness-selected | local-naturalness-selected | seeds |" in table
+
+
+def test_replay_arm_data_is_the_pipelines_draw():
+    from dasd.rules.mixing import ReplayConfig, replay_examples
+
+    mixed = [{"id": f"m{i}", "messages": [], "prefix_chars": 4} for i in range(3)]
+    off = [{"id": f"o{i}", "messages": [], "prefix_chars": 0} for i in range(20)]
+    data = replay_data(mixed, off, 20 / 7.7, seed=2)
+    assert data == replay_examples(mixed, off, ReplayConfig(ratio=20 / 7.7, seed=2))[0]
+    assert data[:3] == mixed and len(data) == 3 + 8 and len({e["id"] for e in data}) == 11
+
+
+def test_results_record_paths_relative_to_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    assert relative_path(root / "src" / "dasd" / "data" / "toy" / "teacher") == "src/dasd/data/toy/teacher"
+    assert relative_path("/elsewhere/model") == "/elsewhere/model"
+    import re
+
+    for f in (root / "benchmarks" / "results").glob("ablation*"):
+        text = f.read_text(encoding="utf-8")
+        assert str(root) not in text and not re.search(r"(?<![\w.])/(work|home|tmp|Users|root)/", text), f.name
+
+
 def test_aggregate_and_paired_differences():
     per_seed = {s: {"rs_low": {"accuracy": 0.5 + 0.1 * s, "kl": 2.0, "kl_per_token": 0.1, "examples": 8, "steps": 4},
                     "das_low": {"accuracy": 0.6 + 0.1 * s, "kl": 1.0 + s, "kl_per_token": 0.05, "examples": 8, "steps": 4}}
@@ -144,3 +195,26 @@ def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
         assert f"| {arm} |" in text
     data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert set(data["aggregate"]) == set(single)
+
+
+@pytest.mark.slow
+def test_optional_arms_naturalness_and_replay(tmp_path, nudged_lm):
+    """The naturalness-baseline arms train at the stages-1/2 budget; mixed_replay trains on the mixed
+    examples plus the replayed das_low_high T_high examples (more steps than mixed_unmasked)."""
+    from dataclasses import replace
+
+    plan = replace(_plan(tmp_path, nudged_lm), naturalness=True, replay=2.0, references=False)
+    rep = run_ablation(plan)
+    arms = rep["per_seed"][0]
+    assert set(NATURALNESS_ARMS) <= set(arms) and "mixed_replay" in arms
+    single = [a for a in (*ARMS, *NATURALNESS_ARMS) if not a.startswith("mixed")]
+    assert len({arms[a]["examples"] for a in single}) == 1 and len({arms[a]["steps"] for a in single}) == 1
+    mixed_n = arms["mixed_unmasked"]["examples"]
+    assert arms["mixed_replay"]["examples"] == mixed_n + min(2 * mixed_n, arms["das_low_high"]["examples"] // 2)
+    assert arms["mixed_replay"]["steps"] > arms["mixed_unmasked"]["steps"]
+    from dasd.store import RunStore
+
+    pool = list(RunStore.open(Path(plan.out) / "seed-0" / "pool").read("score", "pool-T1"))
+    assert pool and all(c["naturalness"]["local"] is not None for c in pool)
+    assert "| high | " in rep["markdown"] and "local-naturalness-selected" in rep["markdown"]
+    assert {r["a"] for r in rep["paired"]} >= {"mixed_replay", "lnat_low_high"}

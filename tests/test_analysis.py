@@ -20,12 +20,31 @@ LN2 = math.log(2)
         (-1.0, -0.1, -2.0, "student"),
         (-1.0, -1.2, -0.2, "boosted"),  # |delta| 0.2, lp_D - max = 0.8 > ln 2
         (-1.0, -1.2, -0.4, "shared"),  # lp_D - max = 0.6 < ln 2
-        (-1.0, -1.2, -5.0, "shared"),
+        (-1.0, -1.2, -5.0, "boosted"),  # two-sided: min(lp_T, lp_S) - lp_D = 3.8 > ln 2
+        (-1.0, -1.2, -1.8, "shared"),  # min - lp_D = 0.6 < ln 2
         (-0.1, -1.0, 0.0, "teacher"),  # Teacher/Student take precedence over Boosted
+        (-1.0, -0.1, -9.0, "student"),
     ],
 )
 def test_classify4(lp_t, lp_s, lp_d, expected):
     assert classify4(lp_t, lp_s, lp_d, LN2, LN2) == expected
+    assert AnalysisConfig().boosted == "two_sided"
+
+
+@pytest.mark.parametrize(
+    "lp_d, two_sided, higher",
+    [
+        (-0.2, "boosted", "boosted"),  # 0.8 above max(-1.0, -1.2)
+        (-2.0, "boosted", "shared"),  # 0.8 below min(-1.0, -1.2)
+        (-1.1, "shared", "shared"),  # between the two
+        (-1.85, "shared", "shared"),  # 0.65 below min: under ln 2
+    ],
+)
+def test_boosted_two_sided_or_only_higher(lp_d, two_sided, higher):
+    assert classify4(-1.0, -1.2, lp_d, LN2, LN2, "two_sided") == two_sided
+    assert classify4(-1.0, -1.2, lp_d, LN2, LN2, "higher") == higher
+    with pytest.raises(ValueError, match="boosted"):
+        classify4(-1.0, -1.2, lp_d, LN2, LN2, "lower")
 
 
 def test_score_response_three_models_by_hand():
@@ -42,8 +61,12 @@ def test_score_response_three_models_by_hand():
     assert rows[2]["lp_distilled"] is None and rows[2]["n_distilled_tokens"] == 0
     # s0: delta 0.8 -> teacher; s1: delta -0.1, lp_D - max = 0.3 -> shared; s2: unscored
     assert [r["type"] for r in rows] == ["teacher", "shared", "unscored"]
-    # with a lower boost threshold s1 becomes Boosted
+    # with a lower boost threshold s1 becomes Boosted (lp_D 0.3 above max)
     assert [r["type"] for r in retype(rows, AnalysisConfig(tau_boost=0.2))] == ["teacher", "boosted", "unscored"]
+    # a distilled model that finds s1 much less likely than both: Boosted two-sided, Shared if only higher counts
+    lower = [dict(r, lp_distilled=-1.5) if i == 1 else r for i, r in enumerate(rows)]  # min(-0.5, -0.4) - (-1.5) = 1.0
+    assert retype(lower, AnalysisConfig())[1]["type"] == "boosted"
+    assert retype(lower, AnalysisConfig(boosted="higher"))[1]["type"] == "shared"
     with pytest.raises(ValueError, match=r"distilled.logprobs\[0\]"):
         score_response(text, teacher, student, ([(0, 7)], [math.nan]))
 
@@ -100,3 +123,27 @@ def test_position_profile_errors_and_config():
         AnalysisConfig(bins=0)
     empty = position_profile([])
     assert empty["types"]["teacher"]["area"] is None
+
+
+def test_profile_by_sentence_index_by_hand():
+    """The paper's Fig. 6: bucket k = the k-th sentence of each response (unscored ones keep their index)."""
+    prof = position_profile(RESPONSES, AnalysisConfig(index_bins=2))
+    ix = prof["by_index"]
+    assert ix["index_bins"] == 2
+    # a's third sentence (index 2) is beyond the two indices; b's index 2 is unscored (not counted)
+    assert ix["n_beyond"] == {"correct": 1, "incorrect": 0}
+    t = ix["types"]
+    # correct: index 0 teacher, index 1 boosted; incorrect: index 0 boosted, index 1 student
+    assert t["teacher"]["correct"] == [1.0, 0.0] and t["teacher"]["incorrect"] == [0.0, 0.0]
+    assert t["boosted"]["correct"] == [0.0, 1.0] and t["boosted"]["incorrect"] == [1.0, 0.0]
+    assert t["teacher"]["area"] == pytest.approx(0.5)  # ((1 - 0) + (0 - 0)) / 2
+    assert t["boosted"]["area"] == pytest.approx(0.0)  # ((0 - 1) + (1 - 0)) / 2
+    assert t["boosted"]["abs_area"] == pytest.approx(1.0)
+    assert t["student"]["area"] == pytest.approx(-0.5)
+    assert t["teacher"]["overall"] == {"correct": 0.5, "incorrect": 0.0}
+    # with three indices: index 2 holds only a correct response's sentence, so it is not compared
+    t3 = position_profile(RESPONSES, AnalysisConfig(index_bins=3))["by_index"]["types"]
+    assert t3["teacher"]["correct"] == [1.0, 0.0, 1.0] and t3["teacher"]["incorrect"] == [0.0, 0.0, None]
+    assert t3["teacher"]["n_bins_used"] == 2 and t3["teacher"]["area"] == pytest.approx(0.5)
+    # the relative profile beside it does not depend on the index buckets
+    assert prof["types"] == position_profile(RESPONSES, AnalysisConfig(index_bins=7))["types"]

@@ -265,3 +265,103 @@ def test_alignment_agrees_for_byte_offsets_and_tokenizer_offsets(two_tokenizers)
         from_tokenizer = _offsets(tok, RESPONSE)
         assert len(from_bytes) == len(from_tokenizer)
         assert assign_tokens(RESPONSE, spans, from_bytes) == assign_tokens(RESPONSE, spans, from_tokenizer)
+
+
+# -- the tokenizer-neutral unit (das.unit = char) ----------------------------------------------------
+
+# The same total log-prob per sentence under both models (the same text, equally likely), but the
+# teacher's tokenizer is character-level and the student's has one token per sentence.
+CHAR_OFF = [(i, i + 1) for i in range(len(TEXT))]
+CHAR_LP = [-0.2] * len(TEXT)  # sums: sentence 0 (7 chars) -1.4, sentence 1 (8) -1.6, sentence 2 (5) -1.0
+WORD_OFF = [(0, 7), (7, 15), (15, 20)]
+WORD_LP = [-1.4, -1.6, -3.0]  # equal to the teacher's sums on sentences 0 and 1, much lower on 2
+
+
+def test_per_token_means_type_a_granularity_difference_per_character_does_not():
+    per_token = sentence_table(TEXT, CHAR_OFF, CHAR_LP, WORD_OFF, WORD_LP)
+    # nats/token: teacher -0.2 on every sentence; student -1.4, -1.6, -3.0 -> delta 1.2, 1.4, 2.8 > ln 2
+    assert [r["delta"] for r in per_token] == pytest.approx([1.2, 1.4, 2.8])
+    assert [r["type"] for r in per_token] == ["teacher", "teacher", "teacher"]
+    per_char = sentence_table(TEXT, CHAR_OFF, CHAR_LP, WORD_OFF, WORD_LP, DASConfig(unit="char"))
+    ln2 = math.log(2)
+    assert [r["lpc_teacher"] for r in per_char] == pytest.approx([-1.4 / 7 / ln2, -1.6 / 8 / ln2, -1.0 / 5 / ln2])
+    assert [r["lpc_student"] for r in per_char] == pytest.approx([-1.4 / 7 / ln2, -1.6 / 8 / ln2, -3.0 / 5 / ln2])
+    # bits/char: 0, 0, (−1.0 + 3.0) / 5 / ln 2 = 0.577 > tau_char 0.25
+    assert [r["delta"] for r in per_char] == pytest.approx([0.0, 0.0, 2.0 / 5 / ln2])
+    assert [r["type"] for r in per_char] == ["shared", "shared", "teacher"]
+    # the per-token rows carry the per-character columns too, and the summary says which unit it used
+    assert [r["lpc_teacher"] for r in per_token] == [r["lpc_teacher"] for r in per_char]
+    summ = das_summary(per_char, DASConfig(unit="char"))
+    assert summ["unit"] == "char" and summ["tau"] == 0.25
+    assert summ["frac_teacher"] == pytest.approx(1 / 3)  # one of three sentences, one student token each
+
+
+def test_per_character_unit_is_tokenizer_neutral_on_real_tokenizers(two_tokenizers):
+    """Two real tokenizers of different granularity, both models giving every character the same
+    log-prob (-1 nat, spread over the tokens that cover it): per token the side with the longer
+    tokens looks less likely and sentences get typed; per character no sentence does (what is left
+    of delta comes only from tokens that straddle a sentence boundary)."""
+    sides = []
+    for tok in two_tokenizers:
+        offs = _offsets(tok, RESPONSE)
+        share = {}
+        for o in offs:
+            share[o] = share.get(o, 0) + 1  # byte pieces of one character share its span
+        sides.append((offs, [-1.0 * (e - s) / share[(s, e)] for s, e in offs]))
+    (o_a, l_a), (o_b, l_b) = sides
+    assert len(o_a) != len(o_b)
+    per_token = sentence_table(RESPONSE, o_a, l_a, o_b, l_b)
+    per_char = sentence_table(RESPONSE, o_a, l_a, o_b, l_b, DASConfig(unit="char"))
+    typed = [r["type"] for r in per_token if r["type"] in ("teacher", "student")]
+    assert typed, [r["delta"] for r in per_token]
+    assert all(r["type"] in ("shared", "unscored") for r in per_char)
+    assert max(abs(r["delta"]) for r in per_char if r["delta"] is not None) < 0.25
+
+
+# -- naturalness baselines ---------------------------------------------------------------------------
+
+
+def test_global_and_local_naturalness_hand_computed():
+    from dasd.rules.das import global_naturalness, local_naturalness, local_sentence_lp, local_windows
+
+    assert global_naturalness(S_LP) == pytest.approx(-2.4 / 5)
+    assert global_naturalness([]) is None
+    # TEXT's sentences (0, 7), (7, 15), (15, 20); each sees the one sentence before it
+    assert local_windows(TEXT, 1) == [(0, 0, 7), (0, 7, 15), (7, 15, 20)]
+    assert local_windows(TEXT, 0) == [(0, 0, 7), (7, 7, 15), (15, 15, 20)]
+    assert local_windows(TEXT, 5) == [(0, 0, 7), (0, 7, 15), (0, 15, 20)]
+    # window "Add 2. Then 3.\n", sentence from 7: " Then" (6, 11) anchors at 7 -> the sentence's
+    cont = TEXT[0:15]
+    assert local_sentence_lp(cont, 7, [(0, 3), (3, 6), (6, 11), (11, 15)], [-5.0, -5.0, -0.5, -1.5]) == pytest.approx(-1.0)
+    assert local_sentence_lp("Done.", 0, [(0, 4), (4, 5)], [-0.2, -0.4]) == pytest.approx(-0.3)
+    assert local_sentence_lp(cont, 7, [(0, 3)], [-1.0]) is None
+    # each sentence counts once, whatever its length; sentences without a token are left out
+    assert local_naturalness([-1.0, None, -0.3]) == pytest.approx(-0.65)
+    assert local_naturalness([None]) is None
+
+
+def _nat(i, g=None, loc=None, prompt="p"):
+    return {"id": f"id{i:02d}", "prompt_id": prompt, "temperature": 0.6, "naturalness": {"global": g, "local": loc}}
+
+
+def test_select_naturalness_ranks_highest_then_id_and_needs_the_score():
+    from dasd.rules.das import select_naturalness
+
+    cands = [_nat(0, -0.5, -2.0), _nat(1, -0.1, -3.0), _nat(2, -0.5, -1.0), _nat(3, None, None)]
+    sel, rej = select_naturalness(cands, 2, "global_naturalness")
+    assert [c["id"] for c in sel] == ["id01", "id00"] and [c["id"] for c in rej] == ["id02", "id03"]
+    sel, rej = select_naturalness(list(reversed(cands)), 2, "local_naturalness")
+    assert [c["id"] for c in sel] == ["id02", "id00"] and [c["id"] for c in rej] == ["id01", "id03"]
+    # global naturalness falls back to the student's log-probs of an older scored record
+    old = {"id": "x", "prompt_id": "p", "temperature": 0.6, "student": {"logprobs": [-1.0, -3.0]}}
+    assert select_naturalness([old, _nat(5, -2.5)], 1, "global_naturalness")[0][0]["id"] == "x"
+    with pytest.raises(ValueError, match="candidate x: no local naturalness.*score.local_naturalness"):
+        select_naturalness([old], 1, "local_naturalness")
+    sel, _ = select_grouped([_nat(i, -i / 10, prompt=f"p{i % 2}") for i in range(6)], 1, "global_naturalness")
+    assert [c["id"] for c in sel] == ["id00", "id01"]
+
+
+def test_score_sample_records_global_naturalness():
+    sample = {"id": "s", "text": TEXT, "teacher": {"offsets": T_OFF, "logprobs": T_LP}}
+    out = score_sample(sample, S_OFF, S_LP)
+    assert out["naturalness"] == {"global": pytest.approx(-0.48)}

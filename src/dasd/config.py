@@ -71,7 +71,7 @@ def _default_train(section: dict, student_model: str) -> dict:
     out = dict(section)
     out.setdefault("base_model", student_model)
     if "stages" not in out:
-        out["stages"] = [s.model_dump() for s in paper_stages(low="low", high="high", mixed="mixed")]
+        out["stages"] = [s.model_dump() for s in paper_stages(low="low", high="high", mixed="mixed+replay")]
     return out
 
 

@@ -20,6 +20,7 @@ from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
+from dasd.rules.mixing import replay_examples
 from dasd.store import RunStore
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
@@ -32,6 +33,8 @@ TRAIN = "train"
 PROMPTS = "prompts"
 MIX_EXAMPLES = "examples"
 MIX_ROLLOUTS = "rollouts"
+# The named pools made of mixed-policy examples (a stage reading one is the mixed-policy stage).
+MIXED_POOLS = ("mixed", "mixed+replay")
 
 
 def output(prefix: str, pool: str) -> str:
@@ -149,10 +152,12 @@ def model_for(cfg, store: RunStore, label: str):
 
 
 def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
-    """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``.
+    """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``,
+    ``mixed+replay``.
 
     ``low`` / ``high``: the selected examples of the lowest / highest temperature pool;
-    ``mixed``: the mixed-policy examples, once `dasd mix` has run.
+    ``mixed``: the mixed-policy examples, once `dasd mix` has run; ``mixed+replay``: those plus
+    off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
     data: dict[str, list[dict]] = {}
     for pool in pools(store, "select", TRAIN):
@@ -164,4 +169,19 @@ def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     mixed = list(store.read("mix", MIX_EXAMPLES))
     if mixed:
         data["mixed"] = mixed
+        _add_replay(cfg, data)
     return data
+
+
+def _add_replay(cfg, data: dict[str, list[dict]]) -> None:
+    """``data["mixed+replay"]``: the mixed examples and the replayed ones (logged with the counts)."""
+    rc = cfg.mix.replay
+    if rc.source not in data:
+        logger("train").warning(f"mix.replay.source {rc.source!r} is not a selected pool here "
+                                f"(have: {', '.join(sorted(data))}); no mixed+replay data")
+        return
+    data["mixed+replay"], n = replay_examples(data["mixed"], data[rc.source], rc)
+    msg = f"mixed+replay: {n['mixed']} mixed-policy + {n['replay']} off-policy examples from {rc.source!r}"
+    if n["replay"] < n["requested"]:
+        msg += f" (ratio {rc.ratio:g} asked for {n['requested']}; the pool has {n['available']})"
+    logger("train").info(msg)

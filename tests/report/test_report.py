@@ -48,7 +48,7 @@ def test_full_run_has_every_section_with_its_plots(full):
     secs = sections(html)
     assert list(secs) == SECTIONS  # pipeline order, summary first
     assert 'class="notrun"' not in html and 'class="error"' not in html
-    want_plots = {"funnel": 1, "sample": 1, "sentences": 2, "select": 1, "train": 1, "mix": 1, "eval": 1, "analyze": 1}
+    want_plots = {"funnel": 1, "sample": 1, "sentences": 2, "select": 1, "train": 1, "mix": 1, "eval": 1, "analyze": 2}
     for anchor, n in want_plots.items():
         imgs = images(secs[anchor])
         assert len(imgs) == n, anchor
@@ -68,6 +68,10 @@ def test_full_run_has_every_section_with_its_plots(full):
     prof = store.manifest["stages"]["analyze"]["counts"]
     for t, v in prof["types"].items():
         assert f"<td>{t}</td>" in secs["analyze"] and f"{v['area']:+.3f}" in secs["analyze"]
+    # and the paper's Fig. 6 by sentence index beside it, with its own areas
+    for t, v in prof["by_index"]["types"].items():
+        assert v["area"] is None or f"{v['area']:+.3f}" in secs["analyze"]
+    assert "sentence type share by sentence index" in secs["analyze"]
     assert prof["types"]["teacher"]["area"] > 0 > prof["types"]["boosted"]["area"]
 
 

@@ -90,3 +90,52 @@ def test_imported_without_logprobs_is_rescored_by_teacher(tmp_path, tiny_lm_dir,
     run_import(never)
     run_filter(never)
     assert run_score(never)["T1"] == {"scored": 0, "rejected": 1}
+
+
+def test_naturalness_baselines_same_budget(scored_run, tmp_path):
+    """score.local_naturalness=always adds the student's local naturalness to every record (checked
+    against the student engine scoring each sentence's window by hand); both naturalness methods
+    keep the same budget as DAS and pick the most natural candidate of each prompt."""
+    from dasd.runs import open_engine
+    from dasd.text.align import sentence_means
+    from dasd.text.sentences import segment
+
+    cfg, overrides, _, _ = scored_run
+    local_over = [*(o for o in overrides if not o.startswith("run_dir=")), f"run_dir={tmp_path / 'run'}",
+                  "score.local_naturalness=always", "score.local_window=1"]
+    lcfg = load_config(None, local_over)
+    import shutil
+
+    shutil.copytree(cfg.run_dir, lcfg.run_dir)
+    for old in (tmp_path / "run" / "score").glob("*.jsonl"):
+        old.unlink()
+    run_score(lcfg)
+    store = RunStore.open(lcfg.run_dir)
+    recs = list(store.read("score", "pool-T0.6"))
+    assert recs and all(set(r["naturalness"]) == {"global", "local", "local_window"} for r in recs)
+    student = open_engine(lcfg.student)
+    prompts = {p["id"]: p for p in store.read("sample", "prompts")}
+    r = max(recs, key=lambda x: len(segment(x["text"])))
+    spans = segment(r["text"])
+    from dasd.engines.base import ScoreRequest
+
+    means = []
+    for k, (s, e) in enumerate(spans):
+        ctx = spans[max(0, k - 1)][0]
+        res = student.score([ScoreRequest(id="x", messages=prompts[r["prompt_id"]]["messages"], continuation=r["text"][ctx:e])])[0]
+        sub = [(0, s - ctx), (s - ctx, e - ctx)] if s > ctx else [(0, e - ctx)]
+        means.append(sentence_means(r["text"][ctx:e], sub, res.offsets, res.logprobs)[0][-1])
+    means = [m for m in means if m is not None]
+    assert r["naturalness"]["local"] == pytest.approx(sum(means) / len(means))
+    assert r["naturalness"]["global"] == pytest.approx(sum(r["student"]["logprobs"]) / len(r["student"]["logprobs"]))
+    das = run_select(lcfg)
+    for method in ("global_naturalness", "local_naturalness"):
+        out = run_select(load_config(None, [*local_over, f"select.method={method}"]))
+        assert {p: out[p]["selected"]["n"] for p in out} == {p: das[p]["selected"]["n"] for p in das}
+        assert "random_same_budget" in out["T0.6"]
+        key = method.split("_")[0]
+        best = {}
+        for c in store.read("score", "pool-T0.6"):
+            best[c["prompt_id"]] = max(best.get(c["prompt_id"], -1e9), c["naturalness"][key])
+        for s in store.read("select", "selected-T0.6"):
+            assert s["naturalness"][key] == best[s["prompt_id"]]

@@ -44,6 +44,7 @@ class PoolScan:
     deltas: list[float] = field(default_factory=list)
     sentence_types: Counter = field(default_factory=Counter)
     tau: float | None = None
+    unit: str = "token"  # das.unit the pool was scored with: delta per token (nats) or per character (bits)
     das: dict[str, list[float | None]] = field(default_factory=lambda: {"selected": [], "rejected": []})
     sel_shares: dict[str, dict[str, list[float]]] = field(
         default_factory=lambda: {k: {t: [] for t in TYPES} for k in ("selected", "rejected")})
@@ -98,6 +99,7 @@ def _scan_score(view: RunView, pools: dict[str, PoolScan]) -> None:
             das = r.get("das") or {}
             if ps.tau is None and isinstance(das.get("tau"), (int, float)):
                 ps.tau = float(das["tau"])
+                ps.unit = das.get("unit") if das.get("unit") in ("token", "char") else "token"
             for t in TYPES:
                 if isinstance(das.get(f"frac_{t}"), (int, float)):
                     ps.shares[t].append(das[f"frac_{t}"])
@@ -291,11 +293,12 @@ def sentences_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     if not view.ran("score"):
         return section("sentences", "Sentence types (DAS scoring)", [not_run("Not run yet (`dasd score`).")])
     rows, share_rows, deltas = [], [], {}
-    tau = None
+    tau, unit = None, "token"
     for p, ps in scan.items():
         if not ps.scored:
             continue
-        tau = tau if tau is not None else ps.tau
+        if tau is None:
+            tau, unit = ps.tau, ps.unit
         n_sent = sum(ps.sentence_types.values())
         rows.append([p, fmt(ps.scored), fmt(n_sent), *(fmt(ps.sentence_types.get(t, 0)) for t in TYPES),
                      *(fmt(mean(ps.shares[t]), ".1f", pct=True) for t in TYPES)])
@@ -306,7 +309,9 @@ def sentences_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
         deltas[p] = ps.deltas
     parts: list[str] = [
         para("Each response is split into sentences; a sentence's log-prob under a model is the mean of that "
-             "model's token log-probs inside it (each model with its own tokenizer). delta = teacher − student. "
+             "model's token log-probs inside it (each model with its own tokenizer)"
+             + (" or, with das.unit: char as here, their sum per character in bits" if unit == "char" else "")
+             + ". delta = teacher − student. "
              f"Teacher sentence: delta > tau; Student sentence: delta < −tau; else Shared (tau = {fmt(tau, '.3f')})."),
         table(["pool", "responses", "sentences", *(f"# {t}" for t in TYPES), *(f"{t} share %" for t in TYPES)], rows),
         figure(plots.stacked_shares(share_rows, TYPES),
@@ -315,8 +320,9 @@ def sentences_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
                "responses.", "sentence type shares"),
     ]
     vl = [(tau, "+tau"), (-tau, "−tau")] if tau else []
-    parts.append(figure(plots.hist_panels({"sentence delta": deltas}, "delta = mean teacher log-prob − mean student "
-                                          "log-prob per token (nats)", bins=50, vlines=vl),
+    xlabel = ("delta = teacher − student log-prob per character (bits)" if unit == "char" else
+              "delta = mean teacher log-prob − mean student log-prob per token (nats)")
+    parts.append(figure(plots.hist_panels({"sentence delta": deltas}, xlabel, bins=50, vlines=vl),
                         "Per-sentence delta of the scored sentences; dotted lines at ±tau separate Student (left), "
                         "Shared and Teacher (right) sentences.", "histogram of sentence deltas"))
     parts.append(_state_note(view, "score"))

@@ -269,10 +269,11 @@ def _short_path(p: str) -> str:
 
 
 def analysis_section(view: RunView) -> Raw:
-    """The `analyze` results: per sentence type, its share by position in correct vs incorrect responses.
+    """The `analyze` results: per sentence type, its share by sentence index and by relative position in
+    correct vs incorrect responses.
 
     The profile is ``dasd.rules.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
-    overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``). Anything else found in the
+    overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``, ``by_index``). Anything else found in the
     counts is shown generically: numeric series as curves, scalars in a table.
     """
     title = "Analysis (sentence types vs correctness)"
@@ -282,7 +283,8 @@ def analysis_section(view: RunView) -> Raw:
     parts: list[str] = [
         para("Sentences of the distilled model's own evaluation responses, typed with the teacher, the student base "
              "and the distilled model: Teacher (delta > tau), Student (delta < −tau), Boosted (teacher and base agree "
-             "but the distilled model finds the sentence far likelier), Shared. The paper: Teacher sentences go "
+             "but the distilled model's probability differs from both by more than tau_boost: two-sided, or only "
+             "higher with analyze.boosted: higher), Shared. The paper: Teacher sentences go "
              "with correct answers, Boosted ones with wrong answers."),
     ]
     types = a.get("types")
@@ -304,11 +306,9 @@ def analysis_section(view: RunView) -> Raw:
     return section("analyze", title, parts)
 
 
-def _profile_parts(a: dict, types: dict) -> list[str]:
-    n = a.get("n_responses") or {}
-    edges = a.get("edges") if _num_list(a.get("edges")) else None
+def _curves(types: dict, n: dict, xs_of) -> dict[str, dict[str, tuple[list[float], list[float | None]]]]:
+    """One panel per type: the correct and incorrect share curves (in %), x from ``xs_of(len)``."""
     panels: dict[str, dict[str, tuple[list[float], list[float | None]]]] = {}
-    rows = []
     for t, v in types.items():
         if not isinstance(v, dict):
             continue
@@ -316,29 +316,53 @@ def _profile_parts(a: dict, types: dict) -> list[str]:
         for g in ("correct", "incorrect"):
             ys = v.get(g)
             if isinstance(ys, list) and ys:
-                xs = ([(edges[i] + edges[i + 1]) / 2 for i in range(len(ys))] if edges and len(edges) == len(ys) + 1
-                      else [(i + 0.5) / len(ys) for i in range(len(ys))])
-                series[f"{g} (n={n.get(g, '?')})"] = (xs, [None if y is None else 100 * y for y in ys])
+                series[f"{g} (n={n.get(g, '?')})"] = (xs_of(len(ys)), [None if y is None else 100 * y for y in ys])
         area = v.get("area")
         panels[f"{t}: area {area:+.3f}" if isinstance(area, (int, float)) else t] = series
+    return panels
+
+
+def _profile_parts(a: dict, types: dict) -> list[str]:
+    n = a.get("n_responses") or {}
+    edges = a.get("edges") if _num_list(a.get("edges")) else None
+    colors = {"correct": plots.PALETTE[2], "incorrect": plots.PALETTE[1]}
+    by_index = a.get("by_index") if isinstance(a.get("by_index"), dict) else {}
+    index_types = by_index.get("types") if isinstance(by_index.get("types"), dict) else {}
+    rows = []
+    for t, v in types.items():
+        if not isinstance(v, dict):
+            continue
         ov = v.get("overall") or {}
+        iv = index_types.get(t) if isinstance(index_types.get(t), dict) else {}
         rows.append([t, fmt(ov.get("correct"), ".1f", pct=True), fmt(ov.get("incorrect"), ".1f", pct=True),
-                     fmt(area, "+.3f"), fmt(v.get("abs_area"), ".3f"), fmt(v.get("n_bins_used"))])
+                     fmt(iv.get("area"), "+.3f"), fmt(iv.get("n_bins_used")),
+                     fmt(v.get("area"), "+.3f"), fmt(v.get("abs_area"), ".3f"), fmt(v.get("n_bins_used"))])
     knobs = ", ".join(f"{k} {fmt(a[k], '.3f') if isinstance(a[k], float) else a[k]}"
-                      for k in ("model", "tau", "tau_boost", "bins", "weight") if k in a)
+                      for k in ("model", "tau", "tau_boost", "boosted", "bins", "weight") if k in a)
     out = [para(f"{knobs}; {fmt(n.get('correct'))} correct and {fmt(n.get('incorrect'))} incorrect responses.")]
     if not n.get("correct") or not n.get("incorrect"):
         out.append(para("One group has no responses, so there is nothing to compare: the areas are undefined. "
                         "Evaluate more samples (eval.protocol.n) or a stronger model.", "warn"))
-    return out + [
-        figure_or_empty(plots.line_panels(panels, "position in response", "share of sentences (%)",
-                                          colors={"correct": plots.PALETTE[2], "incorrect": plots.PALETTE[1]}, xlim=(0.0, 1.0)),
-                        "Share of each sentence type by relative position, in correct vs incorrect responses; area = "
-                        "mean over positions of (correct − incorrect): positive means the type goes with correct "
-                        "answers.", "sentence type share by position"),
-        table(["type", "share in correct %", "share in incorrect %", "area (correct − incorrect)", "|area|",
-               "positions used"], rows),
-    ]
+    if index_types:
+        beyond = by_index.get("n_beyond") or {}
+        out.append(figure_or_empty(
+            plots.line_panels(_curves(index_types, n, lambda k: [float(i) for i in range(k)]), "sentence index",
+                              "share of sentences (%)", colors=colors),
+            f"Share of each sentence type by sentence index (the paper's Fig. 6: the k-th sentence of each response), "
+            f"in correct vs incorrect responses; sentences past index {fmt(by_index.get('index_bins'))} are left out "
+            f"({fmt(beyond.get('correct'))} correct, {fmt(beyond.get('incorrect'))} incorrect).",
+            "sentence type share by sentence index"))
+    rel_x = (lambda k: [(edges[i] + edges[i + 1]) / 2 for i in range(k)]) if edges else None
+    out.append(figure_or_empty(
+        plots.line_panels(_curves(types, n, lambda k: rel_x(k) if rel_x and len(edges) == k + 1
+                                  else [(i + 0.5) / k for i in range(k)]),
+                          "position in response", "share of sentences (%)", colors=colors, xlim=(0.0, 1.0)),
+        "Share of each sentence type by relative position (our addition: responses of different lengths on one "
+        "axis), in correct vs incorrect responses; area = mean over positions of (correct − incorrect): positive "
+        "means the type goes with correct answers.", "sentence type share by position"))
+    out.append(table(["type", "share in correct %", "share in incorrect %", "area by index", "indices used",
+                      "area by position", "|area| by position", "positions used"], rows))
+    return out
 
 
 _X_KEYS = ("x", "positions", "position", "bins", "bin_centers", "centers")

@@ -7,8 +7,11 @@ See docs/das.md for the method, the formula and why the defaults are what they a
 - ``das_summary(sentences, cfg)`` -> dict with token-weighted type fractions, mean delta, ``score``.
 - ``das_score(sentences, cfg)`` -> the score alone (``None`` when nothing could be scored).
 - ``score_sample(sample, student_offsets, student_logprobs, cfg)`` -> a ScoredSample dict.
-- ``select_das(candidates, m)`` / ``select_random(candidates, m, seed)`` -> ``(selected, rejected)``,
-  and ``select_grouped`` to apply either per prompt and temperature pool.
+- ``select_das(candidates, m)`` / ``select_random(candidates, m, seed)`` /
+  ``select_naturalness(candidates, m, kind)`` -> ``(selected, rejected)``, and ``select_grouped`` to
+  apply one per prompt and temperature pool.
+- ``local_windows(text, window)`` / ``local_sentence_lp(...)`` / ``local_naturalness(...)``: the
+  requests and the score of the local-naturalness baseline (the score driver runs the engine).
 
 All functions are pure: no I/O, inputs are not modified.
 """
@@ -23,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from dasd.configbase import StrictModel
-from dasd.text.align import score_sentences
+from dasd.text.align import score_sentences, sentence_means
 from dasd.text.sentences import segment
 
 DEFAULT_TAU = math.log(2.0)
@@ -59,6 +62,28 @@ class DASConfig(StrictModel):
         ge=1,
         description="A sentence with fewer tokens than this on either side is 'unscored' (not typed).",
     )
+    unit: Literal["token", "char"] = Field(
+        "token",
+        description=(
+            "What a sentence's log-prob is normalised by: token = the paper's mean log-prob per token "
+            "of each model's own tokens (nats/token, threshold tau); char = the tokenizer-neutral sum "
+            "of log-probs over the sentence's characters, in bits per character (threshold tau_char). "
+            "Per-token means favour the model with the finer tokenizer; per character they do not."
+        ),
+    )
+    tau_char: float = Field(
+        0.25,
+        gt=0,
+        description=(
+            "Threshold on delta when unit = char, in bits/character. Default 0.25: tau = ln 2 nats "
+            "(1 bit) per token at about 4 characters per token."
+        ),
+    )
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in the unit ``delta`` is measured in (``tau`` or ``tau_char``)."""
+        return self.tau if self.unit == "token" else self.tau_char
 
 
 def sentence_table(
@@ -83,8 +108,9 @@ def sentence_table(
         teacher_logprobs,
         student_offsets,
         student_logprobs,
-        tau=cfg.tau,
+        tau=cfg.threshold,
         min_tokens=cfg.min_tokens,
+        unit=cfg.unit,
     )
 
 
@@ -135,7 +161,8 @@ def das_summary(sentences: Sequence[dict], cfg: DASConfig | None = None) -> dict
         "mean_delta": delta_sum / scored if has_score else None,
         "score": frac["teacher"] - cfg.penalty * frac["student"] if has_score else None,
         "weight": cfg.weight,
-        "tau": cfg.tau,
+        "tau": cfg.threshold,
+        "unit": cfg.unit,
         "penalty": cfg.penalty,
     }
 
@@ -170,6 +197,7 @@ def score_sample(
     out["student"] = {"offsets": [list(o) for o in student_offsets], "logprobs": list(student_logprobs)}
     out["sentences"] = rows
     out["das"] = das_summary(rows, cfg)
+    out["naturalness"] = {"global": global_naturalness(student_logprobs)}
     return out
 
 
@@ -211,14 +239,89 @@ def select_random(candidates: Sequence[dict], m: int, seed: int) -> tuple[list[d
     return ranked[:m], ranked[m:]
 
 
+# -- naturalness baselines (arXiv 2510.03988) ---------------------------------------------------------
+
+NATURALNESS = ("global_naturalness", "local_naturalness")
+
+
+def global_naturalness(student_logprobs: Sequence[float]) -> float | None:
+    """Global naturalness: the student's mean log-prob per token of the whole response (nats/token);
+    ``None`` for no token."""
+    return math.fsum(student_logprobs) / len(student_logprobs) if len(student_logprobs) else None
+
+
+def local_windows(text: str, window: int) -> list[tuple[int, int, int]]:
+    """The local-naturalness requests of one response: per sentence ``k`` of ``segment(text)``,
+    ``(context_start, start, end)``, where ``context_start`` is the start of sentence
+    ``max(0, k - window)``. The student scores ``text[context_start:end]`` after the prompt (its
+    chat template) and only the tokens of ``text[start:end]`` count: each sentence is seen with the
+    ``window`` sentences before it, not the whole response before it.
+    """
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    spans = segment(text)
+    return [(spans[max(0, k - window)][0], s, e) for k, (s, e) in enumerate(spans)]
+
+
+def local_sentence_lp(
+    continuation: str, sentence_start: int, offsets: Sequence[Sequence[int]], logprobs: Sequence[float]
+) -> float | None:
+    """Mean log-prob (nats/token) of the tokens of ``continuation[sentence_start:]`` (a scored local
+    window, offsets into ``continuation``); the token rule of ``text.align`` decides which tokens
+    are the sentence's. ``None`` when the sentence holds no token."""
+    spans = [(0, sentence_start), (sentence_start, len(continuation))] if sentence_start > 0 else [(0, len(continuation))]
+    means, _ = sentence_means(continuation, spans, offsets, logprobs)
+    return means[-1]
+
+
+def local_naturalness(sentence_lps: Sequence[float | None]) -> float | None:
+    """Local naturalness of a response: the mean over its sentences (each counted once, whatever its
+    length) of the student's mean log-prob per token of the sentence given its local window;
+    sentences without a token are left out; ``None`` when none is left."""
+    xs = [x for x in sentence_lps if x is not None]
+    return math.fsum(xs) / len(xs) if xs else None
+
+
+def _naturalness_value(c: dict, kind: str) -> float | None:
+    nat = c.get("naturalness") or {}
+    key = kind.split("_")[0]  # "global" / "local"
+    if key in nat:
+        return nat[key]
+    if key == "global" and isinstance(c.get("student"), dict) and "logprobs" in c["student"]:
+        return global_naturalness(c["student"]["logprobs"])
+    hint = ("run the score stage with score.local_naturalness: always (or select.method: local_naturalness) "
+            "before selecting") if key == "local" else "run the score stage first"
+    raise ValueError(f"candidate {c.get('id', '?')}: no {key} naturalness ({hint})")
+
+
+def select_naturalness(candidates: Sequence[dict], m: int, kind: str) -> tuple[list[dict], list[dict]]:
+    """Keep the ``m`` candidates the student finds most natural: ``kind`` = ``global_naturalness``
+    (mean student log-prob per token of the response) or ``local_naturalness`` (see
+    ``local_naturalness``). Highest first, ``None`` last, ties by id; independent of input order."""
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    if kind not in NATURALNESS:
+        raise ValueError(f"kind must be one of {NATURALNESS}, got {kind!r}")
+
+    def key(c: dict) -> tuple:
+        v = _naturalness_value(c, kind)
+        return (v is None, -(v if v is not None else 0.0), str(c.get("id", "")))
+
+    ranked = sorted(candidates, key=key)
+    return ranked[:m], ranked[m:]
+
+
+METHODS = ("das", "random", *NATURALNESS)
+
+
 def select_grouped(
     candidates: Sequence[dict],
     m: int,
-    method: Literal["das", "random"],
+    method: Literal["das", "random", "global_naturalness", "local_naturalness"],
     seed: int = 0,
     key: Callable[[dict], Any] = lambda c: (c.get("prompt_id"), c.get("temperature")),
 ) -> tuple[list[dict], list[dict]]:
-    """Apply ``select_das`` or ``select_random`` with budget ``m`` within each group.
+    """Apply ``select_das``, ``select_random`` or ``select_naturalness`` with budget ``m`` within each group.
 
     Groups default to (prompt, temperature pool), as in docs/design.md#cross-tokenizer-sentence-scores. Output order: groups in order of
     first appearance, rank order within a group.
@@ -233,8 +336,10 @@ def select_grouped(
             s, r = select_das(members, m)
         elif method == "random":
             s, r = select_random(members, m, seed)
+        elif method in NATURALNESS:
+            s, r = select_naturalness(members, m, method)
         else:
-            raise ValueError(f"method must be 'das' or 'random', got {method!r}")
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         selected += s
         rejected += r
     return selected, rejected
@@ -252,11 +357,26 @@ class ScoreConfig(StrictModel):
         description="re-score responses with the teacher engine: auto = only those whose teacher "
         "log-probs are missing or not raw; never = quarantine those instead",
     )
+    local_naturalness: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="also score each response's local naturalness (the student's log-probs of each sentence "
+        "given only the prompt and the local_window sentences before it; one extra student pass per "
+        "sentence): auto = when select.method is local_naturalness",
+    )
+    local_window: int = Field(
+        2, ge=0, description="sentences of the response before a sentence that its local-naturalness "
+        "score sees (0: the sentence alone after the prompt)",
+    )
 
 
 class SelectConfig(StrictModel):
     """`dasd select` settings (YAML section ``select``)."""
 
-    method: Literal["das", "random"] = Field("das", description="das (divergence-aware) or random (the RS baseline)")
+    method: Literal["das", "random", "global_naturalness", "local_naturalness"] = Field(
+        "das",
+        description="das (divergence-aware), random (the RS baseline), global_naturalness (highest mean student "
+        "log-prob per token of the response) or local_naturalness (highest mean over sentences of the student's "
+        "log-prob given a local window, score.local_window; arXiv 2510.03988)",
+    )
     m: int = Field(1, ge=1, description="responses kept per prompt and pool (the sampling budget)")
     seed: int = Field(0, description="seed of random selection")

@@ -15,11 +15,16 @@ curated set, so a larger ``n_questions`` extends a smaller draw):
    pass the repetition filter and, when the question has a reference, be correct
    (``continuation_verdict``).
 
+Stage 3 trains on these examples together with off-policy examples replayed from a selected pool
+(the named pool ``mixed+replay``; ``ReplayConfig``, ``replay_examples``): the paper's Table 5 run
+used 7.7K mixed-policy samples with 20K off-policy ones.
+
 See docs/mixed-policy.md for the rules and their reasons.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -53,6 +58,27 @@ SKIP_REASONS = (
     "no_cut_point",  # no sentence end in [cut_low x L, L)
     "context_too_long",  # teacher template + prefix does not fit the teacher's max_model_len
 )
+
+
+PAPER_REPLAY_RATIO = round(20 / 7.7, 4)  # 20K off-policy with 7.7K mixed-policy samples (Table 5)
+
+
+class ReplayConfig(StrictModel):
+    """Off-policy replay in the mixed-policy stage (the named pool ``mixed+replay``)."""
+
+    ratio: float = Field(
+        PAPER_REPLAY_RATIO, ge=0,
+        description="Off-policy examples replayed per mixed-policy example: round(ratio x mixed) of them, "
+        "at most all of the source pool. Default 2.5974: the paper's 20K off-policy with 7.7K mixed samples. "
+        "0 = the mixed examples alone.",
+    )
+    source: str = Field(
+        "high", min_length=1,
+        description="The named pool the replayed examples come from: high (stage 2's data, default), low "
+        "or T<temp>.",
+    )
+    seed: int = Field(0, description="Seed of the draw: the examples with the lowest sha256(seed:id) are "
+                      "replayed, so the draw depends only on the seed and the ids.")
 
 
 class MixConfig(StrictModel):
@@ -121,6 +147,11 @@ class MixConfig(StrictModel):
     )
     batch_questions: int = Field(
         16, ge=1, description="Questions per engine call (rollouts and continuations).",
+    )
+    replay: ReplayConfig = Field(
+        default_factory=ReplayConfig,
+        description="Off-policy examples trained with the mixed-policy ones when a stage's data is "
+        "mixed+replay (the paper's stage 3; docs/mixed-policy.md, 'Training').",
     )
 
     @model_validator(mode="after")
@@ -297,13 +328,33 @@ def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
 
 def rollout_id(prompt_id: str, student: str, teacher: str, cfg: MixConfig) -> str:
     """Content hash of one question's mixed-policy attempt (everything that changes its outcome)."""
-    knobs = cfg.model_dump(exclude={"n_questions", "batch_questions"})
+    knobs = cfg.model_dump(exclude={"n_questions", "batch_questions", "replay"})
     return content_id("mix", prompt_id, student, teacher, knobs)
 
 
 def example_id(rollout: str) -> str:
     """The id of the example a kept rollout yields."""
     return content_id("mix-example", rollout)
+
+
+def replay_examples(mixed: list[dict], off_policy: list[dict], cfg: ReplayConfig) -> tuple[list[dict], dict]:
+    """The mixed-policy examples followed by ``round(cfg.ratio x len(mixed))`` off-policy ones.
+
+    The off-policy examples are ranked by ``sha256(f"{seed}:{id}")`` and taken from the top: the draw
+    is deterministic, independent of input order, and a larger ratio extends a smaller one. An id is
+    replayed at most once and never one that is already among the mixed examples. Returns
+    ``(examples, counts)`` with counts ``mixed``, ``replay``, ``requested``, ``available``.
+    """
+    taken = {e["id"] for e in mixed}
+    unique: dict[str, dict] = {}
+    for e in off_policy:
+        if e["id"] not in taken:
+            unique.setdefault(e["id"], e)
+    requested = round(cfg.ratio * len(mixed))
+    ranked = sorted(unique.values(), key=lambda e: hashlib.sha256(f"{cfg.seed}:{e['id']}".encode()).hexdigest())
+    chosen = ranked[:requested]
+    counts = {"mixed": len(mixed), "replay": len(chosen), "requested": requested, "available": len(unique)}
+    return [*mixed, *chosen], counts
 
 
 # ------------------------------------------------------------------------------------------------

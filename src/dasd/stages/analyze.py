@@ -3,8 +3,9 @@
 Takes the distilled model's own evaluation responses (``RUN/eval/results-<label>``, graded), scores
 every sentence under the teacher, the student base and the distilled model (each with its own
 tokenizer, teacher-forced on the same prompt), types sentences Teacher / Student / Shared /
-Boosted and computes, per type, its share by relative position in correct vs incorrect responses
-and the area between the two curves (``dasd.rules.analysis``). Writes ``RUN/analyze/responses`` (the
+Boosted and computes, per type, its share by sentence index (the paper's Fig. 6) and by relative
+position in correct vs incorrect responses, and the area between the two curves
+(``dasd.rules.analysis``). Writes ``RUN/analyze/responses`` (the
 typed sentence tables) and the profile into the manifest (``stages.analyze.counts``) for the report.
 """
 
@@ -77,11 +78,18 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
 
 def format_profile(p: dict) -> str:
     n = p["n_responses"]
-    lines = [f"{p['model']}: {n['correct']} correct / {n['incorrect']} incorrect responses",
-             f"  {'type':9s} {'share(correct)':>15s} {'share(incorrect)':>17s} {'area (corr-incorr)':>19s}"]
+    lines = [f"{p['model']}: {n['correct']} correct / {n['incorrect']} incorrect responses "
+             f"(Boosted: {p.get('boosted', 'higher')}); area = mean over buckets of share(correct) - share(incorrect)",
+             f"  {'type':9s} {'share(correct)':>15s} {'share(incorrect)':>17s} {'area by index':>14s} {'area by position':>17s}"]
+    by_index = (p.get("by_index") or {}).get("types", {})
+
+    def f(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def a(x):
+        return "-" if x is None else f"{x:+.3f}"
+
     for t, v in p["types"].items():
-        def f(x):
-            return "-" if x is None else f"{100 * x:.1f}%"
-        area = "-" if v["area"] is None else f"{v['area']:+.3f}"
-        lines.append(f"  {t:9s} {f(v['overall']['correct']):>15s} {f(v['overall']['incorrect']):>17s} {area:>19s}")
+        ai = a(by_index.get(t, {}).get("area"))
+        lines.append(f"  {t:9s} {f(v['overall']['correct']):>15s} {f(v['overall']['incorrect']):>17s} {ai:>14s} {a(v['area']):>17s}")
     return "\n".join(lines)

@@ -7,6 +7,11 @@ teacher and student vocabularies need not match (docs/das.md). Teacher log-probs
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
 decides whether the teacher engine re-scores the text. Resumable by sample id; a sample whose
 signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reason.
+
+With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local_naturalness``), the
+student also scores every sentence after the prompt and only its ``score.local_window`` preceding
+sentences (``dasd.rules.das.local_windows``), one extra request per sentence, and the record's
+``naturalness`` gets ``local`` beside ``global``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
-from dasd.rules.das import ScoreConfig, score_sample
+from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
 from dasd.store import RunStore
 
@@ -26,11 +31,34 @@ def _signal(result) -> dict:
     return {"offsets": [list(o) for o in result.offsets], "logprobs": list(result.logprobs), "logprob_mode": result.logprob_mode}
 
 
+def wants_local_naturalness(cfg) -> bool:
+    """Whether this run's score stage computes local naturalness (``score.local_naturalness``)."""
+    mode = cfg.score.local_naturalness
+    return mode == "always" or (mode == "auto" and cfg.select.method == "local_naturalness")
+
+
+def score_local_naturalness(student, prompts: dict, samples: list[dict], window: int, batch: int) -> list[float | None]:
+    """Local naturalness of each sample (the student engine scores every sentence's local window)."""
+    reqs, owners = [], []
+    for i, s in enumerate(samples):
+        for j, (ctx, start, end) in enumerate(local_windows(s["text"], window)):
+            reqs.append((ScoreRequest(id=f"{s['id']}:{j}", messages=prompts[s["prompt_id"]]["messages"],
+                                      continuation=s["text"][ctx:end]), start - ctx))
+            owners.append(i)
+    lps: list[list[float | None]] = [[] for _ in samples]
+    for part in chunks(list(zip(reqs, owners)), batch):
+        for ((req, start), i), r in zip(part, student.score([req for (req, _), _ in part])):
+            lps[i].append(local_sentence_lp(req.continuation, start, r.offsets, r.logprobs))
+    return [local_naturalness(x) for x in lps]
+
+
 def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) -> dict:
     """Score every kept sample of every pool; return per-pool counts."""
     store = store or RunStore(cfg.run_dir)
     sc: ScoreConfig = cfg.score
-    stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump()}
+    local = wants_local_naturalness(cfg)
+    stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
+                 "local_naturalness": local}
     store.begin_stage(STAGE, stage_cfg)
     prompts = load_run_prompts(store)
     counts = {}
@@ -45,6 +73,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             for batch in chunks(todo, sc.batch):
                 reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                 stu = student.score(reqs)
+                local_nat = score_local_naturalness(student, prompts, batch, sc.local_window, sc.batch) if local else None
                 need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
                 if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
                     idx = range(len(batch)) if sc.rescore_teacher == "always" else need
@@ -52,12 +81,15 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                         teacher = open_engine(cfg.teacher)
                     for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
                         batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
-                for s, r in zip(batch, stu):
+                for k, (s, r) in enumerate(zip(batch, stu)):
                     if teacher_signal(s).get("logprob_mode") != "raw":
                         rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
                         continue
                     try:
-                        w.add(score_sample(s, r.offsets, r.logprobs, cfg.das))
+                        rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
+                        if local_nat is not None:
+                            rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
+                        w.add(rec)
                     except ValueError as e:
                         rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e)})
                     rate.add(len(r.logprobs))

@@ -3,10 +3,12 @@
 Reads ``RUN/score/pool-<pool>``; writes ``RUN/select/selected-<pool>`` and ``rejected-<pool>``
 (scored samples) and ``train-<pool>`` (training examples: the prompt's messages + the response as
 the assistant turn). Random selection (``select.method: random``) uses the same budget and is
-seeded, for the paper's RS baselines. The summary compares selected and rejected responses:
-DAS score, share of Teacher sentences, length, mean teacher log-prob/token and, where prompts
-carry a reference answer, correctness; with DAS it also shows what random sampling would have
-kept at the same budget (``random_same_budget``), so the two can be compared on the same pool.
+seeded, for the paper's RS baselines; ``global_naturalness`` and ``local_naturalness`` keep the
+responses the student finds most natural (stronger baselines; ``dasd.rules.das``). The summary
+compares selected and rejected responses: DAS score, share of Teacher sentences, length, mean
+teacher log-prob/token and, where prompts carry a reference answer, correctness; with any method
+but random it also shows what random sampling would have kept at the same budget
+(``random_same_budget``), so the two can be compared on the same pool.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
             for s in selected:
                 w.add(training_example(prompts[s["prompt_id"]], s, f"{sc.method}:{pool}"))
         summary[pool] = {"selected": _stats(selected, correct), "rejected": _stats(rejected, correct)}
-        if sc.method == "das":  # what random sampling would keep at the same budget, for comparison
+        if sc.method != "random":  # what random sampling would keep at the same budget, for comparison
             rs, _ = select_grouped(cands, sc.m, "random", seed=sc.seed)
             summary[pool]["random_same_budget"] = _stats(rs, correct)
         log.info(format_summary(pool, sc.method, summary[pool]))

@@ -23,6 +23,12 @@ sentence (the log of the geometric mean token probability, docs/method.md#senten
 ``delta = lp_teacher - lp_student``; the type is ``"teacher"`` if ``delta > tau``, ``"student"``
 if ``delta < -tau``, otherwise ``"shared"``; ``"unscored"`` if either model has fewer than
 ``min_tokens`` tokens in the sentence (those sentences are left out of the DAS score).
+
+**Per character** (``unit="char"``, the tokenizer-neutral option): each model's *sum* of log-probs
+over its tokens in the sentence, divided by the sentence's characters and by ln 2, is
+``lpc_<model>`` in bits per character (log2-prob per character, <= 0); ``delta`` is then
+``lpc_teacher - lpc_student`` and ``tau`` is in bits/character. Every row carries ``lpc_teacher``
+and ``lpc_student`` whatever the unit.
 """
 
 from __future__ import annotations
@@ -92,6 +98,19 @@ def sentence_means(
     return means, counts
 
 
+def sentence_bits_per_char(
+    text: str, spans: Sequence[Span], offsets: Sequence[Sequence[int]], logprobs: Sequence[float]
+) -> list[float | None]:
+    """Per sentence: sum of the model's token log-probs in it / its characters / ln 2 (bits per
+    character, ``None`` if no token or an empty span)."""
+    sums = [0.0] * len(spans)
+    counts = [0] * len(spans)
+    for i, lp in zip(assign_tokens(text, spans, offsets), logprobs):
+        sums[i] += lp
+        counts[i] += 1
+    return [sums[i] / (e - s) / math.log(2) if counts[i] and e > s else None for i, (s, e) in enumerate(spans)]
+
+
 def classify(delta: float, tau: float) -> str:
     """``"teacher"`` if ``delta > tau``, ``"student"`` if ``delta < -tau``, else ``"shared"``."""
     if delta > tau:
@@ -110,19 +129,31 @@ def score_sentences(
     student_logprobs: Sequence[float],
     tau: float,
     min_tokens: int = 1,
+    unit: str = "token",
 ) -> list[dict]:
-    """One ``records.Sentence``-shaped dict per span (plus ``delta``), both models aligned.
+    """One ``records.Sentence``-shaped dict per span (plus ``delta``, ``lpc_teacher``,
+    ``lpc_student``), both models aligned; ``unit`` ("token" or "char") says which one ``delta``
+    and the type use (see the module doc).
 
     Validates both sides first (``ValueError`` names the side, the token and the problem).
     """
+    if unit not in ("token", "char"):
+        raise ValueError(f"unit must be 'token' or 'char', got {unit!r}")
     check_token_signal(text, teacher_offsets, teacher_logprobs, "teacher")
     check_token_signal(text, student_offsets, student_logprobs, "student")
     lp_t, n_t = sentence_means(text, spans, teacher_offsets, teacher_logprobs)
     lp_s, n_s = sentence_means(text, spans, student_offsets, student_logprobs)
+    lpc_t = sentence_bits_per_char(text, spans, teacher_offsets, teacher_logprobs)
+    lpc_s = sentence_bits_per_char(text, spans, student_offsets, student_logprobs)
     rows = []
     for k, (s, e) in enumerate(spans):
-        scored = n_t[k] >= min_tokens and n_s[k] >= min_tokens
-        delta = lp_t[k] - lp_s[k] if scored else None
+        scored = n_t[k] >= min_tokens and n_s[k] >= min_tokens and (unit == "token" or e > s)
+        if not scored:
+            delta = None
+        elif unit == "token":
+            delta = lp_t[k] - lp_s[k]
+        else:
+            delta = lpc_t[k] - lpc_s[k]
         rows.append(
             {
                 "start": s,
@@ -131,6 +162,8 @@ def score_sentences(
                 "lp_student": lp_s[k],
                 "n_teacher_tokens": n_t[k],
                 "n_student_tokens": n_s[k],
+                "lpc_teacher": lpc_t[k],
+                "lpc_student": lpc_s[k],
                 "delta": delta,
                 "type": classify(delta, tau) if delta is not None else "unscored",
             }

@@ -4,7 +4,8 @@ The paper's values (docs/method.md#the-training-recipe): full fine-tune of Qwen3
 DeepSpeed ZeRO-3, bf16, context 65,536 with packing, lr 5e-5 cosine to 1e-5, warmup 0.1, Adam
 betas (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, 6 epochs, global batch 64. Stage 1 on the
 low-temperature DAS set, stage 2 on the high-temperature DAS set from stage 1's checkpoint with the
-same config, stage 3 (mixed policy, student prefix unmasked) when that data exists. The paper says
+same config, stage 3 (mixed policy, student prefix unmasked, with stage-2 examples replayed in the
+paper's ratio: 7.7K mixed with 20K off-policy samples) when that data exists. The paper says
 only "a few extra steps" for stage 3; we use one epoch at a constant learning rate equal to the
 schedule's final one, without warmup: stage 3 continues where stage 2 ended instead of restarting
 the schedule (our choice, documented in docs/training.md: on the toy demo a restart at the peak lr
@@ -39,10 +40,10 @@ PAPER_HYPERPARAMETERS = {
 }
 
 
-def paper_stages(low: str = "das_low", high: str = "das_high", mixed: str = "mixed", mixed_epochs: float = 1.0) -> list[StageConfig]:
-    """The paper's schedule: low-T DAS, then high-T DAS from it, then (optional) mixed policy at a
-    constant learning rate equal to ``min_lr`` (``constant_at_min_lr``: restarting the schedule hurts
-    on a small mixed set)."""
+def paper_stages(low: str = "das_low", high: str = "das_high", mixed: str = "mixed+replay", mixed_epochs: float = 1.0) -> list[StageConfig]:
+    """The paper's schedule: low-T DAS, then high-T DAS from it, then (optional) mixed policy with
+    off-policy replay (``mixed+replay``, the paper's Table 5 run) at a constant learning rate equal
+    to ``min_lr`` (``constant_at_min_lr``: restarting the schedule hurts on a small mixed set)."""
     return [
         StageConfig(name="stage1_low", data=low, init="base"),
         StageConfig(name="stage2_high", data=high, init="previous"),

@@ -1,0 +1,70 @@
+"""Stage 3's off-policy replay: the mixed-policy examples plus a seeded draw of stage-2 examples
+(``dasd.rules.mixing.replay_examples``), and the ``mixed+replay`` named pool of a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from dasd.config import load_config
+from dasd.rules.mixing import PAPER_REPLAY_RATIO, ReplayConfig, replay_examples
+from dasd.runs import named_pools
+from dasd.store import RunStore
+
+
+def _ex(name: str, n: int) -> list[dict]:
+    return [{"id": f"{name}{i:03d}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"{name}{i}"}],
+             "prefix_chars": 3 if name == "mix" else 0, "source": name} for i in range(n)]
+
+
+def test_replay_counts_ratio_determinism_and_no_duplicates():
+    mixed, off = _ex("mix", 10), _ex("off", 100)
+    out, n = replay_examples(mixed, off, ReplayConfig())
+    # the paper's ratio: 20K off-policy with 7.7K mixed -> round(2.5974 x 10) = 26
+    assert PAPER_REPLAY_RATIO == pytest.approx(20 / 7.7, abs=1e-4)
+    assert n == {"mixed": 10, "replay": 26, "requested": 26, "available": 100}
+    assert out[:10] == mixed and len(out) == 36
+    replayed = out[10:]
+    assert len({e["id"] for e in replayed}) == 26 and all(e["source"] == "off" for e in replayed)
+    # deterministic, independent of input order; another seed draws other examples
+    assert replay_examples(mixed, list(reversed(off)), ReplayConfig())[0] == out
+    other = replay_examples(mixed, off, ReplayConfig(seed=1))[0][10:]
+    assert {e["id"] for e in other} != {e["id"] for e in replayed}
+    # a larger ratio extends a smaller draw
+    small = replay_examples(mixed, off, ReplayConfig(ratio=1.0))[0][10:]
+    assert [e["id"] for e in small] == [e["id"] for e in replayed[:10]]
+    # ratio 0: the mixed examples alone
+    assert replay_examples(mixed, off, ReplayConfig(ratio=0))[0] == mixed
+
+
+def test_replay_never_repeats_an_example_and_caps_at_the_pool():
+    mixed, off = _ex("mix", 4), _ex("off", 5)
+    dup = off + off[:3] + mixed[:2]  # repeated ids, and ids already among the mixed examples
+    out, n = replay_examples(mixed, dup, ReplayConfig(ratio=3.0))
+    assert n == {"mixed": 4, "replay": 5, "requested": 12, "available": 5}
+    assert len({e["id"] for e in out}) == len(out) == 9
+
+
+def test_mixed_replay_named_pool_of_a_run(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sample.temperatures=[0.6, 1.0]", "mix.replay.ratio=2.0"])
+    store = RunStore(cfg.run_dir)
+    store.begin_stage("select", {})
+    for pool, name in (("T0.6", "low"), ("T1", "high")):
+        with store.writer("select", f"train-{pool}") as w:
+            for e in _ex(name, 8):
+                w.add(e)
+    store.end_stage("select", {})
+    assert "mixed+replay" not in named_pools(cfg, store)  # no mixed-policy examples yet
+    store.begin_stage("mix", {})
+    with store.writer("mix", "examples") as w:
+        for e in _ex("mix", 3):
+            w.add(e)
+    store.end_stage("mix", {})
+    data = named_pools(cfg, store)
+    got = data["mixed+replay"]
+    assert [e["source"] for e in got] == ["mix"] * 3 + ["high"] * 6
+    assert {e["id"] for e in got[3:]} <= {e["id"] for e in data["high"]}
+    assert named_pools(cfg, store)["mixed+replay"] == got
+    low = load_config(None, [f"run_dir={tmp_path / 'run'}", "sample.temperatures=[0.6, 1.0]", "mix.replay.source=low"])
+    assert [e["source"] for e in named_pools(low, store)["mixed+replay"]][3:] == ["low"] * 8
+    # the default schedule's stage 3 trains on it
+    assert [s.data for s in cfg.train.stages] == ["low", "high", "mixed+replay"]
