@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 def _config(path: Path, base: str, data: Path, micro_batch: int, grad_accum: int) -> Path:
     cfg = {"base_model": base, "context": 256, "micro_batch": micro_batch, "grad_accum": grad_accum, "lr": 2e-3,
-           "min_lr": 2e-4, "tensorboard": False,
+           "min_lr": 2e-4, "report_to": "none",
            "stages": [{"name": "s1", "data": str(data), "init": "base", "max_steps": 3}]}
     path.write_text(yaml.safe_dump(cfg))
     return path
