@@ -141,7 +141,7 @@ def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0) ->
     state = json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
     check_geometry(ck, state, geometry(acc, global_batch), state.get("fingerprint") == fp)
     if state.get("fingerprint") != fp:
-        raise ConfigError(f"{ck}: checkpoint of a different config, data or process count; use a new output directory")
+        raise ConfigError(f"{ck}: checkpoint of a different config or data; use a new output directory")
     acc.load_state(str(ck))
     scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
     return state["step"]
