@@ -141,3 +141,21 @@ def test_a_failed_upload_is_one_line_and_leaves_the_stage_to_finish_on_a_rerun(t
     with pytest.raises(DasdError, match=r"push_to_hub: uploading .*final to me/x failed \(OSError: network unreachable\)"):
         run_training(cfg, tmp_path / "t", {"low": make_pool(4)})
     assert (tmp_path / "t" / "s1" / "final" / "README.md").is_file() and not (tmp_path / "t" / "s1" / "done.json").exists()
+
+
+def test_card_follows_relative_inits_and_names_a_hub_base_model(tmp_path):
+    """The lineage is read from the stages' done.json files, also when ``init`` paths are relative."""
+    s1 = {"name": "a", "init": "Qwen/Qwen3-4B-Base", "base_model": "Qwen/Qwen3-4B-Base", "data": "low",
+          "data_counts": {"examples": 5, "sequences": 2, "tokens": 90, "loss_tokens": 40, "dropped_over_context": 1},
+          "steps": 2, "final_loss": 1.5, "recipe": {"lr": 1e-4}}
+    (tmp_path / "a" / "final").mkdir(parents=True)
+    (tmp_path / "a" / "done.json").write_text(json.dumps(s1))
+    s2 = {**s1, "name": "b", "init": "a/final", "data": "high", "data_note": "T=1 teacher samples, DAS-selected"}
+    (tmp_path / "b" / "final").mkdir(parents=True)
+    path = model_card.write_card(tmp_path / "b", s2)
+    text = path.read_text()
+    assert path == tmp_path / "b" / "final" / "README.md"
+    assert "base_model: Qwen/Qwen3-4B-Base\n---" in text
+    assert "| a | `low` | - | 5 | 2 | 90 | 40 | 1 | 2 | 1.5 |" in text
+    assert "| b | `high` | T=1 teacher samples, DAS-selected | 5 | 2 | 90 | 40 | 1 | 2 | 1.5 |" in text
+    assert model_card.refresh_card(tmp_path / "missing", []) is None

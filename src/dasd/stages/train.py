@@ -34,6 +34,8 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
         store = store or RunStore(cfg.run_dir)
     state.wait_for_everyone()
     store = store or RunStore(cfg.run_dir)
+    if tcfg.push_to_hub is not None:  # "the last stage" is the schedule's, also when only some stages run now
+        tcfg = tcfg.model_copy(update={"push_to_hub": tcfg.push_to_hub.model_copy(update={"stages": tcfg.pushed_stages()})})
     if stages is not None:
         keep = [s for s in tcfg.stages if s.name in stages]
         tcfg = tcfg.model_copy(update={"stages": keep})
