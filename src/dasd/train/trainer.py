@@ -32,8 +32,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +69,11 @@ def process_state(cfg: TrainConfig):
     return PartialState(cpu=_use_cpu(), timeout=timedelta(seconds=cfg.dist_timeout_s))
 
 
-def is_main_process(cfg: TrainConfig) -> bool:
-    """True in the process that writes run files (rank 0, or the only process)."""
-    return process_state(cfg).is_main_process
-
-
 def tracker_names(cfg: TrainConfig) -> list[str]:
     """``report_to`` checked: ConfigError naming a tracker whose package is not installed."""
     for name in cfg.report_to:
-        module = "tensorboard" if name == "tensorboard" else name
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"train.report_to: {name} is not installed (pip install {module}), or drop it from report_to")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.report_to: {name} is not installed (pip install {name}), or drop it from report_to")
     return list(dict.fromkeys(cfg.report_to))
 
 
