@@ -353,7 +353,7 @@ def train_arm(cfg, arm_dir: Path, stages: list[tuple[str, list[dict], int]], ini
     # epochs is irrelevant (every stage has max_steps); fixed so the trainer's resume fingerprint
     # does not depend on the config's value.
     tcfg = cfg.train.model_copy(update={"base_model": base, "stages": specs, "packing": False, "save_every": 0, "epochs": 1.0,
-                                        "tensorboard": False, "mask_prefix": mask_prefix,
+                                        "report_to": [], "mask_prefix": mask_prefix,
                                         "log_every": max(cfg.train.log_every, 50)})
     results = run_training(tcfg, arm_dir / "train", data)
     return {"final": results[-1]["final"], "steps": sum(r["steps"] for r in results),

@@ -111,7 +111,7 @@ def check_training(device: str, steps: int, out: Path) -> None:
     for name, bf16, ckpt in (("fp32", False, False), ("bf16_ckpt", True, True)):
         cfg = TrainConfig(base_model=str(SHIPPED_DIR / "student"), stages=[StageConfig(name=name, data="toy", init="base", max_steps=steps)],
                           context=1024, micro_batch=4, lr=1e-4, min_lr=1e-5, warmup_ratio=0.0, bf16=bf16,
-                          gradient_checkpointing=ckpt, attn_implementation="sdpa", tensorboard=False, save_every=0)
+                          gradient_checkpointing=ckpt, attn_implementation="sdpa", report_to=[], save_every=0)
         (res,) = run_training(cfg, out / name, {"toy": examples})
         rows = [json.loads(line) for line in Path(res["curve"]).read_text().splitlines() if line.strip()]
         tps = sum(r["tokens"] for r in rows) / max(rows[-1]["elapsed_s"], 1e-9)

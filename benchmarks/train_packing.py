@@ -55,7 +55,7 @@ def run_dasd(model_dir: str, examples: list[dict], context: int, out: Path) -> t
     from dasd.train.trainer import run_training
 
     cfg = TrainConfig(base_model=model_dir, context=context, micro_batch=1, grad_accum=1, epochs=1, lr=1e-3,
-                      min_lr=1e-4, tensorboard=False, stages=[{"name": "bench", "data": "pool", "init": "base"}])
+                      min_lr=1e-4, report_to=[], stages=[{"name": "bench", "data": "pool", "init": "base"}])
     (res,) = run_training(cfg, out, {"pool": examples})
     curve = [json.loads(x) for x in Path(res["curve"]).read_text().splitlines()]
     return sum(r["tokens"] for r in curve) / curve[-1]["elapsed_s"], res["padding_share"]

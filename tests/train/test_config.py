@@ -51,7 +51,7 @@ def test_schedule_warmup_then_cosine_to_min_lr():
 def test_module_entry_point_runs_a_train_section_and_reports_bad_configs(tiny_lm_dir, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_pool(4)))
-    cfg = {"train": {"base_model": tiny_lm_dir, "context": 256, "tensorboard": False,
+    cfg = {"train": {"base_model": tiny_lm_dir, "context": 256, "report_to": "none",
                      "stages": [{"name": "only", "data": str(data), "init": "base", "max_steps": 1}]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]) == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+
 import numpy as np
 from transformers import AutoTokenizer
 
@@ -15,14 +18,52 @@ def _items(pool):
     return [(f"pool[{i}]", ex) for i, ex in enumerate(pool)]
 
 
+def test_processes_tokenise_shares_in_parallel_into_one_cache_any_process_count_reads(tiny_lm_dir, tmp_path):
+    # three "processes" (threads, each with its own tokenizer) meet at a real barrier, as ranks do
+    items = _items(make_pool(10))
+    toks = [AutoTokenizer.from_pretrained(tiny_lm_dir) for _ in range(3)]
+    mem = prepare(toks[0], items, context=256, mask_prefix=False, packing=True)
+    barrier, out, calls = threading.Barrier(3, timeout=120), {}, []
+
+    def rank(r):
+        def any_rank(flag):
+            calls.append((r, flag))
+            return flag
+        out[r] = prepare(toks[r], items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens",
+                         rank=r, world=3, barrier=barrier.wait, any_rank=any_rank)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == [(0, True), (1, True), (2, True)] and sorted(out) == [0, 1, 2]
+    meta = json.loads((tmp_path / "tokens" / "meta.json").read_text())
+    assert meta["parts"] == 3 and meta["examples"] == 10
+    assert [int(np.load(tmp_path / f"tokens/part-{r:05d}/starts.npy").size) - 1 for r in range(3)] == [3, 3, 4]
+    for sd in out.values():
+        np.testing.assert_array_equal(sd.starts, mem.starts)
+        np.testing.assert_array_equal(sd.n_loss, mem.n_loss)
+        assert sd.sequences == mem.sequences and sd.key == mem.key
+        for i in range(10):
+            assert sd.piece(i).input_ids.tolist() == mem.piece(i).input_ids.tolist()
+            assert sd.piece(i).labels.tolist() == mem.piece(i).labels.tolist()
+    # one process (a resume on another process count) reads the same cache without tokenising again
+    stamp = (tmp_path / "tokens" / "part-00002" / "ids.bin").stat().st_mtime_ns
+    one = prepare(toks[0], items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens",
+                  any_rank=lambda flag: calls.append((0, flag)) or flag)
+    assert calls[-1] == (0, False) and (tmp_path / "tokens" / "part-00002" / "ids.bin").stat().st_mtime_ns == stamp
+    assert one.sequences == mem.sequences and one.piece(9).input_ids.tolist() == mem.piece(9).input_ids.tolist()
+
+
 def test_cache_equals_memory_and_is_reused_until_the_content_changes(tiny_lm_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     items = _items(make_pool(10))
     mem = prepare(tok, items, context=256, mask_prefix=False, packing=True)
     disk = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
-    assert isinstance(disk.ids, np.memmap)
-    np.testing.assert_array_equal(mem.ids, disk.ids)
-    np.testing.assert_array_equal(mem.labels, disk.labels)
+    assert isinstance(disk.ids[0], np.memmap) and len(disk.ids) == len(mem.ids) == 1
+    np.testing.assert_array_equal(mem.ids[0], disk.ids[0])
+    np.testing.assert_array_equal(mem.labels[0], disk.labels[0])
     np.testing.assert_array_equal(mem.starts, disk.starts)
     assert mem.sequences == disk.sequences and mem.key == disk.key
     # each example's slice is exactly what encode_example gives
@@ -31,9 +72,9 @@ def test_cache_equals_memory_and_is_reused_until_the_content_changes(tiny_lm_dir
         assert disk.piece(i).input_ids.tolist() == e.input_ids and disk.piece(i).labels.tolist() == e.labels
         assert int(disk.n_loss[i]) == e.n_loss_tokens
 
-    stamp = (tmp_path / "tokens" / "ids.bin").stat().st_mtime_ns
+    stamp = (tmp_path / "tokens" / "part-00000" / "ids.bin").stat().st_mtime_ns
     again = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
-    assert (tmp_path / "tokens" / "ids.bin").stat().st_mtime_ns == stamp and again.key == disk.key
+    assert (tmp_path / "tokens" / "part-00000" / "ids.bin").stat().st_mtime_ns == stamp and again.key == disk.key
 
     masked = prepare(tok, items, context=256, mask_prefix=True, packing=True, cache_dir=tmp_path / "tokens")
     assert masked.key != disk.key
@@ -58,7 +99,7 @@ def test_plan_visits_every_sequence_once_per_epoch_and_splits_steps_across_proce
     from dasd.train.plan import Plan as _Plan
 
     seqs = [[i] for i in range(11)]
-    sd = StageData(np.zeros(11, np.int32), np.zeros(11, np.int32), np.arange(12), np.ones(11, np.int64), seqs, "k")
+    sd = StageData([np.zeros(11, np.int32)], [np.zeros(11, np.int32)], np.arange(12), np.ones(11, np.int64), seqs, "k")
     for procs, mb, ga in [(1, 1, 1), (2, 1, 2), (3, 2, 1)]:
         cfg = TrainConfig(base_model="m", micro_batch=mb, grad_accum=ga, stages=[{"name": "a", "data": "x", "init": "base"}])
         plan = _Plan(sd, cfg, procs, seed=0)

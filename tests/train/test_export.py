@@ -100,7 +100,7 @@ def test_over_length_examples_are_dropped_as_dasd_drops_them(tmp_path):
     tok = AutoTokenizer.from_pretrained(TOY_STUDENT)
     low, high = make_pool(12), make_pool(9, seed=2)
     items = load_examples("das_low", {"das_low": low})
-    context = sorted(len(x) for x in (prepare(tok, [it], 10**6, False, False).ids for it in items))[6]
+    context = sorted(prepare(tok, [it], 10**6, False, False).n_tokens for it in items)[6]
     cfg = paper_recipe(base_model="toy:student", context=context)
     summary = export(cfg, tmp_path, {"das_low": low, "das_high": high}, tokenizer=tok)
     trainer_low = prepare(tok, items, context, False, True)  # what dasd's trainer keeps
@@ -111,7 +111,7 @@ def test_over_length_examples_are_dropped_as_dasd_drops_them(tmp_path):
     assert st["stage2_high"]["dropped_over_context"] == trainer_high.dropped["over_context"]
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     rows = [json.loads(x)["messages"] for x in (tmp_path / info["dasd_das_low"]["file_name"]).read_text().splitlines()]
-    kept = [ex["messages"] for _, ex in items if len(prepare(tok, [(_, ex)], 10**6, False, False).ids) <= context]
+    kept = [ex["messages"] for _, ex in items if prepare(tok, [(_, ex)], 10**6, False, False).n_tokens <= context]
     assert rows == kept and read_stage(tmp_path, "stage1_low")["cutoff_len"] == context + 1
 
 

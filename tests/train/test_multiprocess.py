@@ -1,9 +1,12 @@
-"""Two CPU processes (gloo) give the same losses as one process with the same global batch."""
+"""Two CPU processes (gloo): the same losses as one process with the same global batch; only rank 0
+writes run files; a 2-process checkpoint resumes on one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +26,7 @@ def _free_port() -> int:
 
 def _config(path: Path, base: str, data: Path, micro_batch: int, grad_accum: int) -> Path:
     cfg = {"base_model": base, "context": 256, "micro_batch": micro_batch, "grad_accum": grad_accum, "lr": 2e-3,
-           "min_lr": 2e-4, "tensorboard": False,
+           "min_lr": 2e-4, "report_to": "none",
            "stages": [{"name": "s1", "data": str(data), "init": "base", "max_steps": 3}]}
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -49,3 +52,112 @@ def test_two_processes_equal_one_process_with_same_global_batch(tiny_lm_dir, tmp
     for a, b in zip(c1, c2):
         assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
         assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+# Loaded by every process of the launch below (PYTHONPATH): records each file a process opens for
+# writing, creates or renames into place under $DASD_WATCH, with its rank, in $DASD_WRITES.<pid>.
+# Files written from C++ (torch.save's zip writer, safetensors) are not seen: checkpoints are checked on disk.
+_RECORDER = '''
+import builtins, io, os
+_watch, _log = os.environ["DASD_WATCH"], os.environ["DASD_WRITES"] + "." + str(os.getpid())
+_open, _os_open, _replace, _rename = builtins.open, os.open, os.replace, os.rename
+
+def _note(path):
+    p = os.path.abspath(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+    if p and p.startswith(_watch) and not p.startswith(_log):
+        with _open(_log, "a") as fh:
+            fh.write(os.environ.get("RANK", "0") + "\\t" + os.path.relpath(p, _watch) + "\\n")
+
+def _opened(file, mode="r", *a, **k):
+    if any(c in mode for c in "wax+"):
+        _note(file)
+    return _open(file, mode, *a, **k)
+
+def _os_opened(path, flags, *a, **k):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        _note(path)
+    return _os_open(path, flags, *a, **k)
+
+def _replaced(src, dst, *a, **k):
+    _note(dst)
+    return _replace(src, dst, *a, **k)
+
+def _renamed(src, dst, *a, **k):
+    _note(dst)
+    return _rename(src, dst, *a, **k)
+
+builtins.open = io.open = _opened
+os.open, os.replace, os.rename = _os_opened, _replaced, _renamed
+'''
+
+
+@pytest.mark.slow
+def test_dasd_train_on_two_processes_only_rank0_writes_run_files_and_one_process_resumes(tiny_lm_dir, tmp_path):
+    """`dasd train` under a 2-process gloo launch: rank 1 writes only its share of the token cache and
+    its RNG state in checkpoints (no manifest, curve, done.json, model, card, events); then the run,
+    cut back to its step-2 checkpoint, resumes on ONE process (same global batch) and repeats the
+    2-process curve; another global batch is refused in one line naming both process counts."""
+    from dasd.config import load_config
+    from dasd.errors import ConfigError
+    from dasd.train.trainer import run_training
+
+    run = tmp_path / "run"
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text())
+    cfg["run_dir"] = str(run)
+    cfg["train"] = {"base_model": tiny_lm_dir, "context": 256, "micro_batch": 1, "global_batch": 2, "lr": 2e-3,
+                    "min_lr": 2e-4, "save_every": 2, "report_to": "tensorboard",
+                    "stages": [{"name": "s1", "data": str(data), "init": "base", "max_steps": 4}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_RECORDER)
+    writes = tmp_path / "writes"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_WATCH": str(run),
+           "DASD_WRITES": str(writes), "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(_free_port()), "-m", "dasd", "train", "-c", str(tmp_path / "c.yaml")],
+                   check=True, env=env, timeout=600)
+
+    by_rank: dict[str, set[str]] = {}
+    for f in tmp_path.glob("writes.*"):
+        for line in f.read_text().splitlines():
+            rank, path = line.split("\t")
+            by_rank.setdefault(rank, set()).add(path)
+    rank1 = {re.sub(r"\d{6}", "N", re.sub(r"tmp-[0-9a-f]+", "tmp-K", p)) for p in by_rank["1"]}
+    assert rank1 == {"train/s1/.tokens.tmp-K/part-00001/ids.bin", "train/s1/.tokens.tmp-K/part-00001/labels.bin",
+                     "train/s1/.tokens.tmp-K/part-00001/starts.npy", "train/s1/.tokens.tmp-K/part-00001/n_loss.npy"}
+    assert sorted(p.name for p in (run / "train/s1/checkpoints/step-000004").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]  # accelerate: each process's RNG state
+    rank0 = by_rank["0"]
+    for path in ("manifest.json", "train/s1/done.json", "train/s1/curve.jsonl", "train/s1/final/README.md",
+                 "train/s1/.tokens.tmp-{}/meta.json"):
+        assert any(re.fullmatch(re.escape(path).replace(r"\{\}", "[0-9a-f]+"), p) for p in rank0), path
+    assert any(p.startswith("train/tb/dasd/events.out.tfevents.") for p in rank0)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["complete"] is True and manifest["stages"]["train"]["counts"]["s1"]["steps"] == 4
+    two = [json.loads(x) for x in (run / "train/s1/curve.jsonl").read_text().splitlines()]
+    assert json.loads((run / "train/s1/tokens/meta.json").read_text())["parts"] == 2
+
+    # cut back to the step-2 checkpoint (as a crash after it would leave the run) and resume on one process
+    for p in ("done.json", "final", "checkpoints/step-000004"):
+        shutil.rmtree(run / "train/s1" / p) if (run / "train/s1" / p).is_dir() else (run / "train/s1" / p).unlink()
+    tcfg = load_config(tmp_path / "c.yaml").train.model_copy(update={"report_to": []})
+    seen = []
+    (res,) = run_training(tcfg, run / "train", on_step=lambda m: seen.append(m["step"]))
+    assert seen == [3, 4]
+    one = [json.loads(x) for x in Path(res["curve"]).read_text().splitlines()]
+    assert [r["step"] for r in one] == [1, 2, 3, 4]
+    for a, b in zip(two, one):
+        assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) < 1e-5
+
+    # a resume from the 2-process step-2 checkpoint that changes the global batch says why in one line
+    for p in ("final", "checkpoints/step-000004"):
+        shutil.rmtree(run / "train/s1" / p)
+    (run / "train/s1/done.json").unlink()
+    with pytest.raises(ConfigError) as e:
+        run_training(tcfg.model_copy(update={"global_batch": 4}), run / "train")
+    assert "written by 2 process(es) with a global batch of 2 sequences, this run has 1 with 4" in str(e.value)
+    assert "\n" not in str(e.value)

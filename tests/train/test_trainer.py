@@ -18,7 +18,7 @@ from .conftest import make_pool as _pool
 
 def _cfg(base, **kw):
     values = dict(base_model=base, context=256, micro_batch=1, grad_accum=2, lr=2e-3, min_lr=2e-4, warmup_ratio=0.2,
-                  tensorboard=False, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 6}])
+                  report_to=[], stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 6}])
     values.update(kw)
     return TrainConfig.model_validate(values)
 

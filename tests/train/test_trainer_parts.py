@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from .conftest import make_pool
 
 def _cfg(base="m", **kw):
     values = dict(base_model=base, context=256, micro_batch=1, grad_accum=2, lr=2e-3, min_lr=2e-4, warmup_ratio=0.2,
-                  tensorboard=False, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 6}])
+                  report_to=[], stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 6}])
     values.update(kw)
     return TrainConfig.model_validate(values)
 
@@ -32,7 +33,7 @@ def _cfg(base="m", **kw):
 def _stage_data(lengths, n_loss, sequences, key="k"):
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.arange(starts[-1], dtype=np.int32)
-    return StageData(ids, ids.copy(), starts, np.array(n_loss, np.int64), sequences, key, {"over_context": 0})
+    return StageData([ids], [ids.copy()], starts, np.array(n_loss, np.int64), sequences, key, {"over_context": 0})
 
 
 # --- plan -------------------------------------------------------------------------------------------
@@ -64,18 +65,62 @@ def test_plan_total_steps_is_max_steps_or_epochs_rounded_up_and_at_least_one():
 # --- stage files ------------------------------------------------------------------------------------
 
 
-def test_fingerprint_ignores_only_the_free_settings():
-    cfg = _cfg()
+def test_fingerprint_ignores_the_free_settings_and_the_split_of_the_global_batch():
+    cfg = _cfg()  # micro_batch 1 x grad_accum 2
     stage = cfg.stages[0]
     sd = _stage_data([1], [1], [[0]])
     fp = ckpt.fingerprint(cfg, stage, "m", sd, 1)
-    free = cfg.model_copy(update={"save_every": 7, "keep_checkpoints": 5, "log_every": 3, "tensorboard": True})
+    free = cfg.model_copy(update={"save_every": 7, "keep_checkpoints": 5, "log_every": 3, "report_to": ["tensorboard"],
+                                  "dist_timeout_s": 99, "push_to_hub": {"repo_id": "me/m"}})
     assert ckpt.fingerprint(free, stage, "m", sd, 1) == fp
+    # the same global batch of 2 sequences on 2 processes, or as one micro-batch of 2
+    assert ckpt.fingerprint(cfg.model_copy(update={"grad_accum": 1}), stage, "m", sd, 2) == fp
+    assert ckpt.fingerprint(cfg.model_copy(update={"grad_accum": 1, "micro_batch": 2}), stage, "m", sd, 1) == fp
+    assert ckpt.fingerprint(cfg, stage, "m", sd, 2) != fp  # global batch 4
     assert ckpt.fingerprint(cfg.model_copy(update={"lr": 1e-3}), stage, "m", sd, 1) != fp
     assert ckpt.fingerprint(cfg, stage.model_copy(update={"max_steps": 7}), "m", sd, 1) != fp
     assert ckpt.fingerprint(cfg, stage, "other", sd, 1) != fp
     assert ckpt.fingerprint(cfg, stage, "m", _stage_data([1], [1], [[0]], key="k2"), 1) != fp
-    assert ckpt.fingerprint(cfg, stage, "m", sd, 2) != fp
+
+
+def test_a_checkpoint_resumes_on_another_process_count_only_when_it_can():
+    ck = Path("ck")
+    ddp2 = {"processes": 2, "distributed_type": "MULTI_CPU", "global_batch": 4}
+    ckpt.check_geometry(ck, ddp2, {"processes": 1, "distributed_type": "NO", "global_batch": 4}, True)
+    ckpt.check_geometry(ck, {}, ddp2, True)  # written before the geometry was recorded: taken as this run's
+    with pytest.raises(ConfigError) as e:
+        ckpt.check_geometry(ck, ddp2, {"processes": 4, "distributed_type": "MULTI_CPU", "global_batch": 8}, False)
+    msg = str(e.value)
+    assert "\n" not in msg and "written by 2 process(es) with a global batch of 4" in msg
+    assert "this run has 4 with 8" in msg and "global_batch: 4" in msg
+    z3 = {"processes": 8, "distributed_type": "DEEPSPEED", "global_batch": 64}
+    with pytest.raises(ConfigError, match=r"^ck: written by 8 process\(es\) \(DEEPSPEED\), this run has 16 \(DEEPSPEED\)"):
+        ckpt.check_geometry(ck, z3, {**z3, "processes": 16}, True)
+    ckpt.check_geometry(ck, z3, z3, True)
+
+
+def test_final_models_are_saved_in_the_training_dtype(tiny_lm_dir, tmp_path):
+    from accelerate import Accelerator
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dasd.train.loss import LossModel
+
+    assert ckpt.final_dtype(bf16=True, cpu=False) == torch.bfloat16
+    assert ckpt.final_dtype(bf16=True, cpu=True) == ckpt.final_dtype(bf16=False, cpu=False) == torch.float32
+    # the GPU path forced on CPU: float32 training weights written as bf16
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+    acc = Accelerator(cpu=True)
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        final = ckpt.save_final(acc, LossModel(lm, chunk=64, use_liger=False), AutoTokenizer.from_pretrained(tiny_lm_dir),
+                                tmp_path / name, dtype)
+        with safe_open(str(final / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {dtype}
+        assert json.loads((final / "config.json").read_text())["dtype"] == name.replace("bf16", "bfloat16").replace("fp32", "float32")
+        back = AutoModelForCausalLM.from_pretrained(str(final))
+        assert back.dtype == dtype
+        for (k, a), (_, b) in zip(lm.state_dict().items(), back.state_dict().items()):
+            assert torch.equal(a.to(dtype), b), k
 
 
 def test_curve_read_stops_at_a_cut_line_and_truncate_keeps_steps_up_to_the_resume_point(tmp_path):
@@ -169,7 +214,7 @@ def test_recipe_methods_driven_by_hand_reproduce_run_training(tiny_lm_dir, tmp_p
     (ref,) = run_training(cfg, tmp_path / "ref", {"pool": pool})
     curve = [json.loads(x) for x in (tmp_path / "ref" / "s1" / "curve.jsonl").read_text().splitlines()]
 
-    acc = _make_accelerator(cfg)
+    acc = _make_accelerator(cfg, tmp_path / "by-hand")
     rec = StageTrainer(cfg, 0, cfg.stages[0], tiny_lm_dir, tmp_path / "by-hand" / "s1", acc)
     rec.setup_data(load_examples("pool", {"pool": pool}))
     assert rec.fp == ref["fingerprint"] and rec.total == ref["steps"] == 6

@@ -17,6 +17,7 @@ from dasd.log import logger
 from dasd.records import content_id
 from dasd.runs import model_for, open_engine, results_name
 from dasd.store import RunStore
+from dasd.train.card import refresh_card
 
 STAGE = "eval"
 log = logger(STAGE)
@@ -67,6 +68,8 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
             rows = summarize(results)
             summary[label] = rows
             log.info(f"{label}\n{format_table(rows)}")
+            if label in {st.name for st in cfg.train.stages}:  # a stage model of this run: its card gets the table
+                refresh_card(store.root / "train" / label, results)
     prev = store.stage_info(STAGE).get("counts") or {}
     store.end_stage(STAGE, {**prev, **summary})
     return summary

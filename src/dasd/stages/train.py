@@ -9,12 +9,14 @@ Named pools a stage's ``data`` may use (besides a path to any chat JSONL):
 
 Training itself is ``dasd.train.trainer.run_training`` (docs/training.md); outputs go to
 ``RUN/train/<stage>/`` and finished stages are skipped on a re-run, interrupted ones resumed.
+Under a multi-process launch (``accelerate launch -m dasd train``) every process trains; only the
+main one writes the manifest.
 """
 
 from __future__ import annotations
 
 from dasd.log import logger
-from dasd.runs import named_pools, resolve_model
+from dasd.runs import named_pools, pool_name, resolve_model
 from dasd.store import RunStore
 
 STAGE = "train"
@@ -23,18 +25,39 @@ log = logger(STAGE)
 
 def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = None, on_step=None) -> list[dict]:
     """Train the configured stages (or only those named in ``stages``); return their results."""
-    from dasd.train.trainer import run_training
+    from dasd.train.trainer import process_state, run_training
 
-    store = store or RunStore(cfg.run_dir)
     tcfg = cfg.train.model_copy(update={"base_model": resolve_model(cfg.train.base_model)})
+    state = process_state(tcfg)
+    main = state.is_main_process
+    if main:  # creates the run directory and manifest if needed; the other processes then only read it
+        store = store or RunStore(cfg.run_dir)
+    state.wait_for_everyone()
+    store = store or RunStore(cfg.run_dir)
+    if tcfg.push_to_hub is not None:  # "the last stage" is the schedule's, also when only some stages run now
+        tcfg = tcfg.model_copy(update={"push_to_hub": tcfg.push_to_hub.model_copy(update={"stages": tcfg.pushed_stages()})})
     if stages is not None:
         keep = [s for s in tcfg.stages if s.name in stages]
         tcfg = tcfg.model_copy(update={"stages": keep})
-    store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
-    results = run_training(tcfg, store.root / STAGE, named_pools(cfg, store), on_step=on_step)
+    if main:
+        store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
+    results = run_training(tcfg, store.root / STAGE, named_pools(cfg, store), on_step=on_step,
+                           data_notes=data_notes(cfg))
+    if not main:
+        return results
     for r in results:
         log.info(f"{r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
     info = store.stage_info(STAGE).get("counts") or {}
     info.update({r["name"]: {k: r[k] for k in ("steps", "final_loss", "final", "examples", "tokens")} for r in results})
     store.end_stage(STAGE, info)
     return results
+
+
+def data_notes(cfg) -> dict[str, str]:
+    """What each named pool holds, for the model card: ``low`` -> ``T=0.6 teacher samples, DAS-selected``."""
+    how = "DAS-selected" if cfg.select.method == "das" else f"{cfg.select.method}-selected"
+    temps = sorted(cfg.sample.temperatures)
+    notes = {pool_name(t): f"T={t:g} teacher samples, {how}" for t in temps}
+    notes.update(low=notes[pool_name(temps[0])], high=notes[pool_name(temps[-1])],
+                 mixed="student prefixes continued by the teacher (mixed policy)")
+    return notes

@@ -7,8 +7,11 @@
 - ``final/``: the stage's model in ordinary transformers format, plus the tokenizer.
 - ``done.json``: the stage's result; its presence marks the stage finished.
 
-The fingerprint is what a stage's outputs depend on (recipe, stage, init model, data key, process
-count); resuming or skipping with a different one is refused.
+The fingerprint is what a stage's outputs depend on (recipe, stage, init model, data key, global
+batch); resuming or skipping with a different one is refused. The process count is not in it: the
+same global batch split over another number of processes gives the same steps, so a DDP (or
+single-process) checkpoint resumes on another process count; DeepSpeed and FSDP checkpoints hold
+per-process shards and are refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import StageData
 
 # Settings that change neither the model nor the data order: changing them keeps a resume valid.
-FREE_SETTINGS = {"stages", "save_every", "keep_checkpoints", "log_every", "tensorboard"}
+FREE_SETTINGS = {"stages", "save_every", "keep_checkpoints", "log_every", "report_to", "push_to_hub", "dist_timeout_s"}
+# How the global batch is split (per process, per micro-step): it changes no step's gradient.
+SPLIT_SETTINGS = {"micro_batch", "grad_accum", "global_batch"}
+# Distributed types whose checkpoint is one full copy of model and optimizer (any process count can load it).
+FULL_STATE_TYPES = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA",
+                    "MULTI_HPU"}
 
 
 def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int) -> str:
-    """What a stage's outputs depend on; a resume or skip with a different one is refused."""
-    recipe = cfg.model_dump(exclude=FREE_SETTINGS)
-    blob = json.dumps([recipe, stage.model_dump(), str(init), sd.key, processes], sort_keys=True, default=str)
+    """What a stage's outputs depend on (the global batch, not its split over ``processes``)."""
+    recipe = cfg.model_dump(exclude=FREE_SETTINGS | SPLIT_SETTINGS)
+    global_batch = cfg.micro_batch * cfg.grad_accum * processes
+    blob = json.dumps([recipe, stage.model_dump(), str(init), sd.key, global_batch], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -70,7 +79,7 @@ def read_done(stage_dir: Path, fp: str, name: str) -> dict | None:
     done = json.loads(path.read_text(encoding="utf-8"))
     if done.get("fingerprint") != fp:
         raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
-                          "process count; use a new output directory")
+                          "global batch; use a new output directory")
     return done
 
 
@@ -85,7 +94,27 @@ def latest_checkpoint(ckdir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int) -> None:
+def geometry(acc, global_batch: int) -> dict:
+    """How a checkpoint was written: process count, distributed type, global batch (in ``trainer_state.json``)."""
+    return {"processes": acc.num_processes, "distributed_type": acc.distributed_type.value, "global_batch": global_batch}
+
+
+def check_geometry(ck: Path, state: dict, now: dict, fp_matches: bool) -> None:
+    """ConfigError (one line naming both process counts) when checkpoint ``ck`` cannot resume on ``now``."""
+    was = {k: state.get(k, now[k]) for k in now}  # checkpoints written before these keys existed: same as now
+    if was["processes"] == now["processes"] and fp_matches:
+        return
+    if was["global_batch"] != now["global_batch"]:
+        raise ConfigError(f"{ck}: written by {was['processes']} process(es) with a global batch of {was['global_batch']} "
+                          f"sequences, this run has {now['processes']} with {now['global_batch']}: set train.global_batch: "
+                          f"{was['global_batch']} to resume, or use a new output directory")
+    if was["processes"] != now["processes"] and not {was["distributed_type"], now["distributed_type"]} <= FULL_STATE_TYPES:
+        raise ConfigError(f"{ck}: written by {was['processes']} process(es) ({was['distributed_type']}), this run has "
+                          f"{now['processes']} ({now['distributed_type']}): sharded DeepSpeed/FSDP checkpoints resume only "
+                          f"on {was['processes']} processes")
+
+
+def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0) -> None:
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``."""
     ckdir = stage_dir / "checkpoints"
     final = ckdir / f"step-{step:06d}"
@@ -97,7 +126,7 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     acc.save_state(output_dir=str(tmp))
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp})
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch)})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
@@ -105,25 +134,37 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     acc.wait_for_everyone()
 
 
-def load_checkpoint(acc, scheduler, ck: Path, fp: str) -> int:
-    """Restore model, optimizer, RNG and scheduler from ``ck``; its step. ConfigError if ``ck`` has another fingerprint."""
+def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0) -> int:
+    """Restore model, optimizer, RNG and scheduler from ``ck``; its step. ConfigError if ``ck`` has another
+    fingerprint, or was written by another process count in a way this run cannot load (``check_geometry``).
+    RNG states of processes the checkpoint did not have are left as seeded (accelerate logs it)."""
     state = json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
+    check_geometry(ck, state, geometry(acc, global_batch), state.get("fingerprint") == fp)
     if state.get("fingerprint") != fp:
-        raise ConfigError(f"{ck}: checkpoint of a different config, data or process count; use a new output directory")
+        raise ConfigError(f"{ck}: checkpoint of a different config or data; use a new output directory")
     acc.load_state(str(ck))
     scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
     return state["step"]
 
 
-def save_final(acc, model, tokenizer, stage_dir: Path) -> Path:
-    """Write the trained decoder (without the loss wrapper) and the tokenizer to ``final/``; its path."""
+def final_dtype(bf16: bool, cpu: bool) -> torch.dtype:
+    """The dtype final models are saved in: the training dtype (bf16 on GPU with ``bf16``; float32 on CPU)."""
+    return torch.bfloat16 if bf16 and not cpu else torch.float32
+
+
+def save_final(acc, model, tokenizer, stage_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the trained decoder (without the loss wrapper, floating tensors in ``dtype``) and the tokenizer
+    to ``final/``; its path."""
     final, tmp = stage_dir / "final", stage_dir / ".final.tmp"
     state = acc.get_state_dict(model)
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         lm = acc.unwrap_model(model).lm
-        sd = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+        sd = {k[len("lm."):]: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items() if k.startswith("lm.")}
         lm.save_pretrained(str(tmp), state_dict=sd)
+        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
+        atomic_write_json(tmp / "config.json", config)
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

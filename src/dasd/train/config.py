@@ -54,6 +54,27 @@ class StageConfig(StrictModel):
         return v
 
 
+class PushConfig(StrictModel):
+    """Where ``train.push_to_hub`` uploads final models (with ``huggingface_hub``; a token from ``hf auth login`` or HF_TOKEN)."""
+
+    repo_id: str = Field(description="Hub repository, e.g. 'me/dasd-4b'. With several stages pushed it must contain "
+                         "'{stage}' (replaced by the stage name).")
+    private: bool = Field(default=True, description="Create the repository as private (when it does not exist yet).")
+    stages: list[str] | None = Field(default=None, description="Stages whose final model is pushed; None: the last "
+                                     "stage of the schedule only.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PushConfig":
+        if "/" not in self.repo_id.replace("{stage}", "x"):
+            raise ValueError(f"push_to_hub.repo_id {self.repo_id!r} must be 'owner/name'")
+        if self.stages is not None and len(self.stages) > 1 and "{stage}" not in self.repo_id:
+            raise ValueError("push_to_hub: several stages pushed need '{stage}' in repo_id")
+        return self
+
+    def repo_for(self, stage: str) -> str:
+        return self.repo_id.replace("{stage}", stage)
+
+
 class TrainConfig(StrictModel):
     """The SFT recipe: model, optimiser, schedule, batch geometry, checkpointing and the stage list."""
 
@@ -87,7 +108,25 @@ class TrainConfig(StrictModel):
     liger: Literal["auto", "on", "off"] = Field(default="auto", description="Liger fused linear+CE kernel: 'auto' "
                                                 "uses it on CUDA when liger-kernel is installed.")
     log_every: int = Field(default=1, ge=1, description="Print/log metrics every N steps (curve.jsonl gets every step).")
-    tensorboard: bool = Field(default=True, description="Also log to TensorBoard under <out>/<stage>/tb when tensorboard is installed.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers (through accelerate): any of tensorboard (event files under <out>/tb/dasd/), "
+        "wandb, trackio; 'none' or [] for none. They get loss, lr, grad norm and tokens/s per step and each stage's "
+        "data counts. wandb and trackio must be installed (not in the pins).")
+    push_to_hub: PushConfig | None = Field(default=None, description="Opt-in: upload final models and their model "
+                                           "cards to the Hugging Face Hub (None: no upload).")
+    dist_timeout_s: int = Field(default=3600, ge=60, description="How long a process waits for the others at a "
+                                "barrier (its tokenising share, a checkpoint save) before the run fails.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "tensorboard" in data:
+            raise ValueError("train.tensorboard was replaced by train.report_to (e.g. report_to: [tensorboard] or none)")
+        if isinstance(data, dict) and isinstance(data.get("report_to"), str):
+            v = data["report_to"].strip()
+            data = {**data, "report_to": [] if v in ("", "none") else [x.strip() for x in v.split(",")]}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -108,7 +147,17 @@ class TrainConfig(StrictModel):
             mn = s.min_lr if s.min_lr is not None else self.min_lr
             if mn > lr:
                 raise ValueError(f"stage {s.name!r}: min_lr {mn} is above lr {lr}")
+        if self.push_to_hub is not None and self.push_to_hub.stages is not None:
+            unknown = sorted(set(self.push_to_hub.stages) - set(names))
+            if unknown:
+                raise ValueError(f"push_to_hub.stages: no stage named {unknown}; stages: {names}")
         return self
+
+    def pushed_stages(self) -> list[str]:
+        """The stages whose final model ``push_to_hub`` uploads (none when it is not set)."""
+        if self.push_to_hub is None:
+            return []
+        return self.push_to_hub.stages if self.push_to_hub.stages is not None else [self.stages[-1].name]
 
     def resolve_batch(self, processes: int) -> "TrainConfig":
         """A copy with ``grad_accum`` derived from ``global_batch`` for ``processes`` processes."""

@@ -3,12 +3,14 @@
 Validation errors name the file, line and field. Examples longer than the context are dropped and
 counted (the paper drops responses over its 64K training context).
 
-Tokens live in numpy arrays, not Python lists (a 5B-token stage would not fit otherwise): one flat
-``int32`` array of ids, one of shifted labels, and example start offsets. In a training run they are
-written once, by the main process, to ``<stage>/tokens/`` (``ids.bin``, ``labels.bin``,
-``starts.npy``, ``n_loss.npy``, ``meta.json`` with a content key) and memory-mapped by every
-process, so N processes on a node share one copy through the page cache, and a resumed run does not
-tokenise again. The key covers the tokenizer, the examples, ``mask_prefix`` and ``context``.
+Tokens live in numpy arrays, not Python lists (a 5B-token stage would not fit otherwise): flat
+``int32`` arrays of ids and of shifted labels, and example start offsets. In a training run of N
+processes the cache ``<stage>/tokens/`` is built once, **in parallel**: process r tokenises the r-th
+contiguous N-th of the examples into ``part-<r>/`` (``ids.bin``, ``labels.bin``, ``starts.npy``,
+``n_loss.npy``); after one barrier the main process writes ``meta.json`` (content key, part count)
+and renames the directory into place. Every process memory-maps all parts, so N processes on a node
+share one copy through the page cache, and a resumed run (on any process count) does not tokenise
+again. The key covers the tokenizer, the examples, ``mask_prefix`` and ``context``.
 """
 
 from __future__ import annotations
@@ -42,15 +44,20 @@ class Piece(NamedTuple):
 
 @dataclass
 class StageData:
-    """Tokenised examples of one stage (flat arrays) and the sequences (example indices) they pack into."""
+    """Tokenised examples of one stage and the sequences (example indices) they pack into.
 
-    ids: np.ndarray
-    labels: np.ndarray
+    Tokens are in one or more parts (one per process that tokenised): ``ids[p]`` / ``labels[p]`` hold
+    the tokens of examples ``first[p]`` .. ``first[p + 1] - 1``; ``starts`` are global token offsets.
+    """
+
+    ids: list[np.ndarray]
+    labels: list[np.ndarray]
     starts: np.ndarray  # int64, n_examples + 1
     n_loss: np.ndarray  # int64, loss-carrying tokens per example
     sequences: list[list[int]]
     key: str
     dropped: dict[str, int] = field(default_factory=dict)
+    first: np.ndarray | None = None  # int64, parts + 1 (None: one part)
 
     @property
     def n_examples(self) -> int:
@@ -65,8 +72,10 @@ class StageData:
         return int(self.starts[-1])
 
     def piece(self, i: int) -> Piece:
-        a, b = int(self.starts[i]), int(self.starts[i + 1])
-        return Piece(self.ids[a:b], self.labels[a:b])
+        p = 0 if self.first is None else int(np.searchsorted(self.first, i, side="right")) - 1
+        base = 0 if p == 0 else int(self.starts[self.first[p]])
+        a, b = int(self.starts[i]) - base, int(self.starts[i + 1]) - base
+        return Piece(self.ids[p][a:b], self.labels[p][a:b])
 
 
 def _check_example(obj: dict, where: str) -> dict:
@@ -152,13 +161,24 @@ def _build(tokenizer, items, context: int, mask_prefix: bool, out: Path | None):
     return ids_a, lab_a, starts_a, n_loss_a, dropped
 
 
+def _part(cache: Path, rank: int) -> Path:
+    return cache / f"part-{rank:05d}"
+
+
 def _load(cache: Path):
+    """Memory-map every part of a cache: (ids parts, labels parts, global starts, n_loss, first, meta)."""
     meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
-    starts = np.load(cache / "starts.npy")
-    n = int(starts[-1])
-    ids = np.memmap(cache / "ids.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32)
-    labels = np.memmap(cache / "labels.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32)
-    return ids, labels, starts, np.load(cache / "n_loss.npy"), meta
+    ids, labels, starts, n_loss, first = [], [], [np.zeros(1, np.int64)], [], [0]
+    for r in range(meta["parts"]):
+        part = _part(cache, r)
+        s = np.load(part / "starts.npy")
+        n = int(s[-1])
+        ids.append(np.memmap(part / "ids.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32))
+        labels.append(np.memmap(part / "labels.bin", dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32))
+        starts.append(s[1:] + starts[-1][-1])
+        n_loss.append(np.load(part / "n_loss.npy"))
+        first.append(first[-1] + len(s) - 1)
+    return ids, labels, np.concatenate(starts), np.concatenate(n_loss), np.asarray(first, np.int64), meta
 
 
 def _cache_ok(cache: Path, key: str) -> bool:
@@ -169,33 +189,47 @@ def _cache_ok(cache: Path, key: str) -> bool:
 
 
 def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
-            cache_dir: Path | None = None, is_main: bool = True, barrier: Callable[[], None] | None = None) -> StageData:
+            cache_dir: Path | None = None, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
+            any_rank: Callable[[bool], bool] | None = None) -> StageData:
     """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences.
 
-    With ``cache_dir``, the main process writes the token cache (atomically: temp dir + rename)
-    unless a cache with the same key is there, ``barrier()`` waits for it, and every process
-    memory-maps it. Without, everything stays in memory (tests, one-off use).
+    With ``cache_dir``: unless a cache with the same key is there (``any_rank(missing)`` makes every
+    process agree), process ``rank`` of ``world`` tokenises its contiguous share into
+    ``<tmp>/part-<rank>``, ``barrier()`` waits for all shares, rank 0 writes ``meta.json`` and renames
+    the directory into place, ``barrier()`` again; then every process memory-maps all parts. No
+    process waits longer than the slowest share. Without ``cache_dir``, everything stays in memory.
     """
     key = data_key(tokenizer, items, context, mask_prefix)
     if cache_dir is None:
         ids, labels, starts, n_loss, dropped = _build(tokenizer, items, context, mask_prefix, None)
+        ids, labels, first = [ids], [labels], None
     else:
         cache_dir = Path(cache_dir)
-        if is_main and not _cache_ok(cache_dir, key):
-            tmp = cache_dir.with_name(f".{cache_dir.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            _build(tokenizer, items, context, mask_prefix, tmp)
-            starts = np.load(tmp / "starts.npy")
-            atomic_write_json(tmp / "meta.json", {"key": key, "examples": len(starts) - 1,
-                                                  "dropped": {"over_context": len(items) - (len(starts) - 1)}})
-            shutil.rmtree(cache_dir, ignore_errors=True)
-            tmp.rename(cache_dir)
+        missing = not _cache_ok(cache_dir, key)
+        if any_rank is not None:
+            missing = any_rank(missing)
+        if missing:
+            tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{key}")
+            share = items[rank * len(items) // world : (rank + 1) * len(items) // world]
+            shutil.rmtree(_part(tmp, rank), ignore_errors=True)
+            _build(tokenizer, share, context, mask_prefix, _part(tmp, rank))
+            if barrier is not None:
+                barrier()
+            if rank == 0:
+                for stale in tmp.glob("part-*"):  # left by an interrupted build on more processes
+                    if int(stale.name[5:]) >= world:
+                        shutil.rmtree(stale)
+                examples = sum(len(np.load(_part(tmp, r) / "starts.npy")) - 1 for r in range(world))
+                atomic_write_json(tmp / "meta.json", {"key": key, "parts": world, "examples": examples,
+                                                      "dropped": {"over_context": len(items) - examples}})
+                shutil.rmtree(cache_dir, ignore_errors=True)
+                tmp.rename(cache_dir)
         if barrier is not None:
             barrier()
-        ids, labels, starts, n_loss, meta = _load(cache_dir)
+        ids, labels, starts, n_loss, first, meta = _load(cache_dir)
         dropped = meta["dropped"]
     if len(starts) == 1:
         raise InputError(f"no usable training example (dropped: {dropped})")
     lengths = np.diff(starts).tolist()
     sequences = pack(lengths, context) if packing else [[i] for i in range(len(lengths))]
-    return StageData(ids, labels, starts, n_loss, sequences, key, dropped)
+    return StageData(ids, labels, starts, n_loss, sequences, key, dropped, first)

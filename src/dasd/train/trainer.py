@@ -8,10 +8,12 @@ Run commands::
 
 Per stage, under ``<out>/<stage>/``: ``checkpoints/step-NNNNNN/`` (model, optimizer, RNG,
 scheduler, data position), ``final/`` (ordinary transformers model + tokenizer), ``curve.jsonl``
-(one line a step: loss, lr, tokens, tokens/s, grad norm), ``done.json`` (the stage's result).
-Re-running skips finished stages and resumes an interrupted one from its last checkpoint; a stage
-whose config, data or process count changed since its outputs were written is an error (use a new
-output directory).
+(one line a step: loss, lr, tokens, tokens/s, grad norm), ``done.json`` (the stage's result), and
+``final/README.md`` (the model card, ``card.py``). Re-running skips finished stages and resumes an
+interrupted one from its last checkpoint, on any process count that keeps the global batch (DDP);
+a stage whose config, data or global batch changed since its outputs were written is an error (use
+a new output directory). Only the main process writes files (besides each process's share of the
+token cache and its RNG state in checkpoints); trackers (``report_to``) get the per-step metrics.
 
 One optimizer step consumes ``micro_batch x grad_accum x processes`` packed sequences, in an order
 fixed by ``(seed, epoch)``. Its loss is the sum of token losses over the global batch divided by
@@ -27,9 +29,11 @@ which packed sequences each step uses; ``checkpoint.py`` reads and writes the st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ import torch
 
 from dasd.errors import ConfigError, DasdError
 from dasd.log import logger, progress
+from dasd.train import card as model_card
 from dasd.train import checkpoint as ckpt
 from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import load_examples, prepare
@@ -56,12 +61,31 @@ def _use_cpu() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
 
 
-def _make_accelerator(cfg: TrainConfig):
+def process_state(cfg: TrainConfig):
+    """accelerate's process state (starts torch.distributed under a launcher, with ``dist_timeout_s``
+    as the longest wait at a barrier). The first call in a process decides the timeout."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_use_cpu(), timeout=timedelta(seconds=cfg.dist_timeout_s))
+
+
+def tracker_names(cfg: TrainConfig) -> list[str]:
+    """``report_to`` checked: ConfigError naming a tracker whose package is not installed."""
+    for name in cfg.report_to:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.report_to: {name} is not installed (pip install {name}), or drop it from report_to")
+    return list(dict.fromkeys(cfg.report_to))
+
+
+def _make_accelerator(cfg: TrainConfig, out_dir: Path):
     from accelerate import Accelerator
 
     cpu = _use_cpu()
+    process_state(cfg)
+    trackers = tracker_names(cfg)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                      mixed_precision="bf16" if cfg.bf16 and not cpu else "no", cpu=cpu)
+                      mixed_precision="bf16" if cfg.bf16 and not cpu else "no", cpu=cpu,
+                      log_with=trackers or None, project_dir=str(out_dir / "tb") if trackers else None)
     if cfg.bf16 and cpu and acc.is_main_process:
         _log.info("bf16 requested on a CPU run: training in float32 instead")
     ds = acc.state.deepspeed_plugin
@@ -83,14 +107,12 @@ def liger_choice(setting: str, zero3: bool) -> tuple[bool, str | None]:
     return use, None
 
 
-def _tb_writer(cfg: TrainConfig, stage_dir: Path, acc):
-    if not (cfg.tensorboard and acc.is_main_process):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(stage_dir / "tb"))
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The recipe as flat scalars (what TensorBoard's hparams and the other trackers accept)."""
+    flat = cfg.model_dump(mode="json", exclude={"stages", "push_to_hub", "report_to"})
+    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+    flat["stages"] = ",".join(s.name for s in cfg.stages)
+    return flat
 
 
 class StageTrainer:
@@ -102,8 +124,10 @@ class StageTrainer:
     """
 
     def __init__(self, cfg: TrainConfig, idx: int, stage: StageConfig, init: str, stage_dir: Path, acc,
-                 on_step: StepHook | None = None):
+                 on_step: StepHook | None = None, log_offset: int = 0, data_note: str | None = None):
         self.cfg, self.stage, self.init, self.dir, self.acc, self.on_step = cfg, stage, init, stage_dir, acc, on_step
+        self.log_offset = log_offset  # tracker steps continue across stages (wandb needs them increasing)
+        self.data_note = data_note
         self.hp = cfg.for_stage(stage)
         self.seed = cfg.seed + idx
         self.curve_path = stage_dir / "curve.jsonl"
@@ -138,10 +162,17 @@ class StageTrainer:
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.sd = prepare(tok, items, cfg.context, self.hp["mask_prefix"], cfg.packing, cache_dir=self.dir / "tokens",
-                          is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+                          rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone,
+                          any_rank=self._any_rank)
         self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
         self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
         self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process (every process gets the same answer)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor(int(flag), device=self.acc.device), reduction="sum").item())
 
     def setup_model(self) -> None:
         """Seed, load the init model in float32, and wrap it in the loss (Liger or chunked cross-entropy)."""
@@ -173,7 +204,7 @@ class StageTrainer:
         start = 0
         ck = ckpt.latest_checkpoint(self.dir / "checkpoints")
         if ck is not None:
-            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp)
+            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G)
             self._info(f"stage {self.stage.name}: resuming from {ck.name}")
         if self.acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +214,7 @@ class StageTrainer:
 
     def save_checkpoint(self, step: int) -> None:
         """Checkpoint the state after ``step`` optimizer steps (all processes)."""
-        ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints)
+        ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints, self.plan.G)
 
     def _announce(self) -> None:
         sd, cfg, acc = self.sd, self.cfg, self.acc
@@ -193,11 +224,17 @@ class StageTrainer:
                    f"of {cfg.context}), {self.total} steps of {self.plan.G} sequences, {acc.num_processes} process(es) "
                    f"({acc.distributed_type.value}), init {self.init}")
 
+    def data_counts(self) -> dict:
+        """The stage's data counts (logged to the trackers, kept in ``done.json`` and the model card)."""
+        sd = self.sd
+        return {"examples": sd.n_examples, "sequences": len(sd.sequences), "tokens": sd.n_tokens,
+                "loss_tokens": int(sd.n_loss.sum()), "dropped_over_context": int(sd.dropped.get("over_context", 0))}
+
     def train(self, start: int) -> None:
-        """Optimizer steps ``start`` .. the stage's total: curve line, TensorBoard, progress, checkpoints, hook."""
-        cfg, total = self.cfg, self.total
+        """Optimizer steps ``start`` .. the stage's total: curve line, trackers, progress, checkpoints, hook."""
+        cfg, total, acc, name = self.cfg, self.total, self.acc, self.stage.name
         self._announce()
-        tb = _tb_writer(cfg, self.dir, self.acc)
+        acc.log({f"{name}/data/{k}": v for k, v in self.data_counts().items()}, step=self.log_offset + start)
         self.model.train()
         self.t_stage = time.perf_counter()
         with progress(total, f"train {self.stage.name}", "step", initial=start, enabled=self.acc.is_main_process) as bar:
@@ -205,12 +242,10 @@ class StageTrainer:
                 rec = self.train_step(step)
                 rec["elapsed_s"] = round(time.perf_counter() - self.t_stage, 3)
                 rec["eta_s"] = round(rec["elapsed_s"] / (step + 1 - start) * (total - step - 1), 1)
-                if self.acc.is_main_process:
+                if acc.is_main_process:
                     ckpt.append_curve(self.curve_path, rec)
-                    if tb is not None:
-                        for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
-                            if rec[k] is not None:
-                                tb.add_scalar(f"{self.stage.name}/{k}", rec[k], step + 1)
+                acc.log({f"{name}/{k}": rec[k] for k in ("loss", "lr", "tokens_per_s", "grad_norm") if rec[k] is not None},
+                        step=self.log_offset + step + 1)
                 if (step + 1) % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
                                     tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
@@ -220,8 +255,6 @@ class StageTrainer:
                 if self.on_step is not None:
                     self.on_step({"stage": self.stage.name, **rec})
         self.save_checkpoint(total)
-        if tb is not None:
-            tb.close()
 
     def train_step(self, step: int) -> dict:
         """One optimizer step on the global batch of ``step``; its curve record (stage timing not yet added).
@@ -273,18 +306,32 @@ class StageTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, grad_norm
 
+    def recipe(self) -> dict:
+        """The stage's effective recipe (for ``done.json`` and the model card)."""
+        cfg = self.cfg
+        return {**self.hp, "steps": self.total, "global_batch": self.plan.G, "context": cfg.context,
+                "packing": cfg.packing, "weight_decay": cfg.weight_decay, "betas": list(cfg.betas), "clip": cfg.clip,
+                "warmup": "linear", "schedule": "constant" if self.stage.constant_at_min_lr else "cosine",
+                "bf16": cfg.bf16, "seed": self.seed, "processes": self.acc.num_processes}
+
     def finish(self) -> dict:
-        """Save the final model, write ``done.json``, free the model and optimizer; the stage's result."""
+        """Save the final model (in the training dtype) and its model card, push it when asked, write
+        ``done.json``, free the model and optimizer; the stage's result."""
         acc, sd = self.acc, self.sd
-        final = ckpt.save_final(acc, self.model, self.tokenizer, self.dir)
+        final = ckpt.save_final(acc, self.model, self.tokenizer, self.dir, ckpt.final_dtype(self.cfg.bf16, _use_cpu()))
         result = {"name": self.stage.name, "final": str(final), "steps": self.total, "final_loss": self.last_loss,
                   "curve": str(self.curve_path), "examples": sd.n_examples, "sequences": len(sd.sequences),
                   "tokens": sd.n_tokens, "dropped": sd.dropped, "init": str(self.init), "fingerprint": self.fp,
-                  "padding_share": self.pad_total[0] / max(self.pad_total[1], 1)}
+                  "padding_share": self.pad_total[0] / max(self.pad_total[1], 1), "base_model": self.cfg.base_model,
+                  "data": self.stage.data, "data_note": self.data_note, "data_counts": self.data_counts(),
+                  "recipe": self.recipe()}
         if acc.is_main_process:
             curve = ckpt.read_curve(self.curve_path, self.total)
             if curve:
                 result["final_loss"] = curve[-1]["loss"]
+            model_card.write_card(self.dir, result)
+            if self.stage.name in self.cfg.pushed_stages():
+                result["pushed_to"] = model_card.push(final, self.cfg.push_to_hub, self.stage.name)
             ckpt.write_done(self.dir, result)
         acc.wait_for_everyone()
         self._info(f"stage {self.stage.name}: done, {self.total} steps, final loss {result['final_loss']:.4f}, "
@@ -306,7 +353,7 @@ def _stage_init(cfg: TrainConfig, stage: StageConfig, previous: str | None) -> s
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None = None,
-                 on_step: StepHook | None = None) -> list[dict]:
+                 on_step: StepHook | None = None, data_notes: dict[str, str] | None = None) -> list[dict]:
     """Run every stage of ``cfg`` in order; return one result dict per stage that ran or was finished.
 
     ``data`` maps pool names (a stage's ``data``) to lists of training examples; a stage whose
@@ -314,18 +361,31 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
     every process after each optimizer step (progress hooks; an exception there stops training as
     a crash would, the next run resumes from the last checkpoint). Result keys: ``name``, ``final``
     (model directory), ``steps``, ``final_loss``, ``curve`` (JSONL path), ``examples``,
-    ``sequences``, ``tokens``, ``dropped``, ``init``. Optional stages without data are skipped.
+    ``sequences``, ``tokens``, ``dropped``, ``init``, ``data_counts``, ``recipe``. Optional stages
+    without data are skipped. ``data_notes`` maps a stage's ``data`` to a description for the model
+    card (e.g. ``low`` -> ``T=0.6 teacher samples, DAS-selected``).
     """
-    from accelerate import PartialState
-
     out_dir = Path(out_dir)
     try:
-        cfg = cfg.resolve_batch(PartialState(cpu=_use_cpu()).num_processes)
+        cfg = cfg.resolve_batch(process_state(cfg).num_processes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    acc = _make_accelerator(cfg)
+    acc = _make_accelerator(cfg, out_dir)
+    if cfg.report_to:
+        acc.init_trackers("dasd", config=_tracker_config(cfg),
+                          init_kwargs={t: {"name": out_dir.parent.name or "train"} for t in ("wandb", "trackio")})
+    try:
+        return _run_stages(cfg, out_dir, acc, data, on_step, data_notes or {})
+    finally:
+        for tracker in acc.trackers:  # not acc.end_training(): that also ends torch.distributed
+            tracker.finish()
+        acc.trackers = []
+
+
+def _run_stages(cfg: TrainConfig, out_dir: Path, acc, data, on_step, data_notes: dict[str, str]) -> list[dict]:
     results: list[dict] = []
     previous: str | None = None
+    offset = 0
     for idx, stage in enumerate(cfg.stages):
         items = load_examples(stage.data, data)
         if items is None:
@@ -334,7 +394,9 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
                     _log.info(f"stage {stage.name}: data {stage.data!r} not found, optional stage skipped")
                 continue
             raise ConfigError(f"stage {stage.name!r}: data {stage.data!r} is neither a named pool nor an existing file")
-        res = StageTrainer(cfg, idx, stage, _stage_init(cfg, stage, previous), out_dir / stage.name, acc, on_step).run(items)
+        res = StageTrainer(cfg, idx, stage, _stage_init(cfg, stage, previous), out_dir / stage.name, acc, on_step,
+                           log_offset=offset, data_note=data_notes.get(stage.data)).run(items)
         results.append(res)
         previous = res["final"]
+        offset += res["steps"]
     return results
