@@ -7,12 +7,19 @@ teacher and student vocabularies need not match (docs/das.md). Teacher log-probs
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
 decides whether the teacher engine re-scores the text. Resumable by sample id; a sample whose
 signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reason.
+
+Streaming: kept samples are read ``score.batch`` at a time and written in bounded shards that
+refer to the kept rows (only the student signal, sentences and summary are new columns), so
+memory does not grow with the pool. A finished score with the same settings, models and inputs
+is not redone.
 """
 
 from __future__ import annotations
 
+from itertools import islice
+
 from dasd.engines.base import ScoreRequest
-from dasd.log import Rate, chunks, logger, progress
+from dasd.log import Rate, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, score_sample
 from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
@@ -31,18 +38,24 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     store = store or RunStore(cfg.run_dir)
     sc: ScoreConfig = cfg.score
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump()}
-    store.begin_stage(STAGE, stage_cfg)
+    inputs = store.fingerprint(["sample", "filter"], extra=cfg.teacher.model_dump(mode="json"))
+    if store.up_to_date(STAGE, stage_cfg, inputs):
+        log.info("up to date (same settings, models and kept pools); nothing to do")
+        return store.stage_info(STAGE)["counts"]
+    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
     prompts = load_run_prompts(store)
     counts = {}
     for pool in pools(store, "filter", KEPT):
         rejects = []
         with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
             done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
-            todo = [s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in w and s["id"] not in done_rejected]
-            if todo and student is None:
+            skip = w.ids | done_rejected
+            n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
+            if n_todo and student is None:
                 student = open_engine(cfg.student)
-            bar, rate = progress(len(todo), f"score {pool}", "resp"), Rate()
-            for batch in chunks(todo, sc.batch):
+            bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
+            todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
+            while batch := list(islice(todo, sc.batch)):
                 reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                 stu = student.score(reqs)
                 need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
