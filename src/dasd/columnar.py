@@ -277,6 +277,40 @@ def to_table(kind: Kind, records: Sequence[dict], upstream: Path | None = None) 
     return pa.Table.from_arrays(arrays, schema=kind.schema)
 
 
+_PY_TYPES = {pa.string(): (str,), pa.float64(): (int, float), pa.int64(): (int,)}
+
+
+def check(kind: Kind, record: dict) -> None:
+    """Check one record against ``kind``'s schema without building Arrow arrays (``ValueError``
+    names record and field); ``to_table`` then cannot fail on it."""
+    rid = str(record.get("id", "?"))
+    for name, typ in SAMPLE_FIELDS:
+        v = record.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, _PY_TYPES[typ])):
+            raise ValueError(f"record {rid}: field '{name}' does not fit the {kind.name} schema ({typ}): {v!r}")
+    ints = [f.name for f in DAS if f.type == pa.int32()]
+    for side, allowed in (("teacher", _TEACHER_KEYS), ("student", _STUDENT_KEYS)):
+        if record.get(side) is not None and (side == "teacher" or "student_offsets" in kind.schema.names):
+            _signal_arrays(record[side], side, rid, allowed)
+            words = record[side].get("tokens")
+            if words is not None and not all(isinstance(w, str) for w in words):
+                raise ValueError(f"record {rid}: {side}.tokens must be strings")
+    if "sentences" in kind.schema.names:
+        names = set(SENTENCE.names)
+        for i, row in enumerate(record.get("sentences") or []):
+            if not isinstance(row, dict) or set(row) - names:
+                raise ValueError(f"record {rid}: sentences[{i}] has fields with no column: {sorted(set(row) - names)}")
+        das = record.get("das")
+        if das is not None and (not isinstance(das, dict) or set(das) - set(DAS.names)
+                                or any(das.get(k) is not None and not isinstance(das[k], int) for k in ints)):
+            raise ValueError(f"record {rid}: 'das' does not fit the summary's columns ({', '.join(DAS.names)})")
+    extra = {k: v for k, v in record.items() if k not in kind.fields and k != REF}
+    try:
+        json.dumps(extra, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"record {rid}: fields {sorted(extra)} cannot be stored as JSON ({e})") from None
+
+
 def _first_bad(values: list, typ: pa.DataType, records: Sequence[dict]) -> str:
     for v, r in zip(values, records):
         try:

@@ -117,7 +117,7 @@ class ShardWriter:
         if rid in self.ids:
             return False
         if self.kind is not None:  # check the schema now, so the error names the record being added
-            columnar.to_table(self.kind, [record], self._upstream)
+            columnar.check(self.kind, record)
         self.ids.add(rid)
         self._buf.append(record)
         if len(self._buf) >= self.shard_size or time.monotonic() - self._last_flush >= self.flush_seconds:

@@ -39,12 +39,12 @@ def candidate(s: dict) -> dict:
     """What selection and its summary need of a scored sample: ids, DAS summary, a few numbers and
     where the row is; no token arrays, so a pool's candidates fit in memory at any scale."""
     lps = teacher_signal(s).get("logprobs")
-    ref = s[REF]
+    ref = s.get(REF)
     return {
         "id": s["id"], "prompt_id": s["prompt_id"], "temperature": s.get("temperature"), "das": s["das"],
         "chars": len(s["text"]),
         "lp": math.fsum(lps.tolist() if hasattr(lps, "tolist") else lps) / len(lps) if lps is not None and len(lps) else None,
-        "at": (ref.folder, ref.shard, ref.row),
+        "at": (ref.folder, ref.shard, ref.row) if ref is not None else None,
     }
 
 
