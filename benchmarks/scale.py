@@ -36,6 +36,13 @@ OPS = [("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("*", lambda a, b: 
 LINKS = ["First,", "Then", "Next,", "Now", "After that,", "So", "Checking:", "We get", "Carry on:", "Again,"]
 
 
+def _columnar() -> bool:
+    """Whether this dasd has the columnar store (the benchmark also runs on the JSONL-only one)."""
+    import importlib.util
+
+    return importlib.util.find_spec("dasd.columnar") is not None
+
+
 def response_text(rng: random.Random) -> tuple[str, int]:
     """A distinct toy-world reasoning of 2-8K characters and its answer."""
     target = rng.randint(2000, 8000)
@@ -80,6 +87,7 @@ def build_run(root: Path, n: int, seed: int = 0, k: int = 4) -> dict:
                    "messages": [{"role": "user", "content": f"Problem {i}: apply the operations."}]})
     t0 = time.process_time()
     tokens = 0
+    arrays = (lambda a: a) if _columnar() else (lambda a: a.tolist())  # the JSONL store needs lists
     with store.writer("sample", "pool-T0.6", shard_size=256) as w:
         for start in range(0, n, 256):
             texts = [response_text(rng)[0] for _ in range(start, min(n, start + 256))]
@@ -89,8 +97,9 @@ def build_run(root: Path, n: int, seed: int = 0, k: int = 4) -> dict:
                 w.add({
                     "id": f"s{i:07d}", "prompt_id": f"p{i // k:06d}", "model": "toy:teacher", "temperature": 0.6,
                     "top_p": 1.0, "seed": 0, "index": i % k, "text": text, "finish_reason": "stop",
-                    "teacher": {"token_ids": ids, "offsets": np.asarray(enc.offsets, dtype=np.int32),
-                                "logprobs": -nprng.exponential(0.3, len(ids)).astype(np.float32), "logprob_mode": "raw"},
+                    "teacher": {"token_ids": arrays(ids), "offsets": arrays(np.asarray(enc.offsets, dtype=np.int32)),
+                                "logprobs": arrays(-nprng.exponential(0.3, len(ids)).astype(np.float32)),
+                                "logprob_mode": "raw"},
                 })
                 tokens += len(ids)
     store.begin_stage("sample", {"synthetic": n})
@@ -122,6 +131,7 @@ class StandInStudent:
         self.np = np
         self.tok = Tokenizer.from_file(str(default_toy_dir() / "student" / "tokenizer.json"))
         self.rng = np.random.default_rng(1)
+        self.arrays = (lambda a: a) if _columnar() else (lambda a: a.tolist())
 
     def score(self, reqs):
         from dasd.engines.base import ScoreResult
@@ -130,8 +140,8 @@ class StandInStudent:
         out = []
         for r, enc in zip(reqs, self.tok.encode_batch([r.continuation for r in reqs], add_special_tokens=False)):
             offs = self.np.asarray(enc.offsets, dtype=self.np.int64)
-            out.append(ScoreResult(request_id=r.id, tokens=[], token_ids=enc.ids, offsets=offs,
-                                   logprobs=-self.rng.exponential(0.4, len(offs))))
+            out.append(ScoreResult(request_id=r.id, tokens=[], token_ids=enc.ids, offsets=self.arrays(offs),
+                                   logprobs=self.arrays(-self.rng.exponential(0.4, len(offs)))))
         self.cpu_s += time.process_time() - t0
         return out
 

@@ -261,21 +261,22 @@ class RunStore:
         return rec
 
     def _row(self, kind: Kind, path: Path, row: int, who: str) -> dict:
-        """Row ``row`` of shard ``path`` as a partial record (shard tables cached, a few at a time)."""
-        table = self._tables.get(path)
-        if table is None:
+        """Row ``row`` of shard ``path`` as a partial record (a few decoded shards are cached; their
+        token arrays are views of the Arrow buffers, so a cached shard costs about its size on disk
+        uncompressed)."""
+        rows = self._tables.get(path)
+        if rows is None:
             if not path.is_file():
                 raise DasdError(f"{who}: refers to {path}, which is missing (was that output removed? re-run the stage)")
-            table = columnar.read_table(path, kind)
-            self._tables[path] = table
-            while len(self._tables) > 6:
+            rows = columnar.decode(columnar.read_table(path, kind), kind, path)
+            self._tables[path] = rows
+            while len(self._tables) > 4:
                 self._tables.popitem(last=False)
         else:
             self._tables.move_to_end(path)
-        if not 0 <= row < table.num_rows:
-            raise DasdError(f"{who}: refers to row {row} of {path}, which has {table.num_rows} rows")
-        (rec,) = columnar.decode(table.slice(row, 1), kind, path)
-        return rec
+        if not 0 <= row < len(rows):
+            raise DasdError(f"{who}: refers to row {row} of {path}, which has {len(rows)} rows")
+        return dict(rows[row])
 
     def _join(self, stage: str, name: str, kind: Kind, path: Path, i: int, own: dict) -> dict:
         """``own`` (a row's own fields) over the upstream row it refers to (itself joined)."""

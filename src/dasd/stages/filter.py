@@ -25,11 +25,19 @@ log = logger(STAGE)
 
 
 def student_token_counter(cfg):
-    """``count_tokens(text)`` with the student's tokenizer (no model weights are loaded)."""
-    from transformers import AutoTokenizer
+    """``count_tokens(text)`` with the student's tokenizer (no model weights are loaded). The
+    tokenizer is loaded on the first call: texts below the length rule's byte bound never need it."""
+    tok = None
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
-    return lambda text: len(tok.encode(text, add_special_tokens=False))
+    def count(text: str) -> int:
+        nonlocal tok
+        if tok is None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
+        return len(tok.encode(text, add_special_tokens=False))
+
+    return count
 
 
 def run_filter(cfg, store: RunStore | None = None) -> dict:
