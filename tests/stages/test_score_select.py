@@ -90,3 +90,22 @@ def test_imported_without_logprobs_is_rescored_by_teacher(tmp_path, tiny_lm_dir,
     run_import(never)
     run_filter(never)
     assert run_score(never)["T1"] == {"scored": 0, "rejected": 1}
+
+
+def test_finished_stages_are_not_redone_until_inputs_change(scored_run):
+    cfg, _, funnel, counts = scored_run
+    summary = run_select(cfg)
+    root = RunStore.open(cfg.run_dir).root
+    stamps = {p: p.stat().st_mtime_ns for st in ("filter", "score", "select") for p in (root / st).iterdir()}
+    assert run_filter(cfg) == funnel and run_score(cfg) == counts and run_select(cfg) == summary
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+    # a new sample in a pool changes the filter's inputs: it runs again, and so do score and select
+    store = RunStore.open(cfg.run_dir)
+    extra = {k: v for k, v in next(store.read("sample", "pool-T1")).items() if k != "_ref"}
+    with store.writer("sample", "pool-T1") as w:
+        w.add({**extra, "id": "added-sample"})
+    again = run_filter(cfg)
+    assert again["T1"]["in"] == funnel["T1"]["in"] + 1 and again["T1"]["out"] == funnel["T1"]["out"] + 1  # a copy of a kept one
+    assert run_score(cfg)["T1"]["scored"] == counts["T1"]["scored"] + 1
+    assert "added-sample" in {s["id"] for s in RunStore.open(cfg.run_dir).read("score", "pool-T1")}
+    assert sum(run_select(cfg)["T1"][k]["n"] for k in ("selected", "rejected")) == counts["T1"]["scored"] + 1
