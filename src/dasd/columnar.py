@@ -41,7 +41,6 @@ Log-probs are stored as float32 (7 significant digits).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,10 +311,11 @@ def check(kind: Kind, record: dict) -> None:
 
 
 def _first_bad(values: list, typ: pa.DataType, records: Sequence[dict]) -> str:
+    """``"record <id>: "`` of the first value that does not convert to ``typ`` ("" if none)."""
     for v, r in zip(values, records):
         try:
             pa.array([v], type=typ)
-        except Exception:  # noqa: BLE001 - locating the offending record only
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return f"record {r.get('id', '?')}: "
     return ""
 
@@ -434,6 +434,4 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items() if k != REF}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return value
     return value

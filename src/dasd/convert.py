@@ -16,7 +16,7 @@ from pathlib import Path
 from dasd.columnar import kind_of
 from dasd.errors import DasdError
 from dasd.log import logger
-from dasd.store import RunStore, shard_paths
+from dasd.store import RunStore, read_jsonl_shard, shard_paths
 
 log = logger("convert")
 
@@ -46,7 +46,7 @@ def convert_run(root: str | Path, shard_size: int = 256) -> dict[str, int]:
             seen: set[str] = set()
             with store.writer(stage, name, shard_size=shard_size, flush_seconds=1e9) as w:
                 for path in old:
-                    for rec in store._read_jsonl(path):
+                    for rec in read_jsonl_shard(path):
                         if rec.get("id") in seen:
                             continue
                         seen.add(rec.get("id"))

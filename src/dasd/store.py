@@ -68,6 +68,14 @@ def legacy_error(path: Path, root: Path) -> DasdError:
                      f"`dasd convert {root}`")
 
 
+def read_jsonl_shard(path: Path) -> Iterator[dict]:
+    """The records of one JSONL shard; a bad line is a ``DasdError`` naming file and line."""
+    for _, rec in iter_jsonl(path):
+        if isinstance(rec, BadLine):
+            raise DasdError(f"{rec.where()}: corrupt run file ({rec.reason})")
+        yield rec
+
+
 class ShardWriter:
     """Buffered writer of one named output of a stage, as numbered complete shards.
 
@@ -222,7 +230,7 @@ class RunStore:
         seen: set[str] = set()
         for path in shard_paths(self.root / stage, name):
             if kind is None:
-                recs = self._read_jsonl(path)
+                recs = read_jsonl_shard(path)
             elif path.suffix != ".parquet":
                 raise legacy_error(path, self.root)
             else:
@@ -234,13 +242,6 @@ class RunStore:
                         continue
                     seen.add(rid)
                 yield rec
-
-    @staticmethod
-    def _read_jsonl(path: Path) -> Iterator[dict]:
-        for _, rec in iter_jsonl(path):
-            if isinstance(rec, BadLine):
-                raise DasdError(f"{rec.where()}: corrupt run file ({rec.reason})")
-            yield rec
 
     def _read_columnar(self, stage: str, name: str, kind: Kind, path: Path) -> Iterator[dict]:
         rows = columnar.decode(columnar.read_table(path, kind), kind, path)
