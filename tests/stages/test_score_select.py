@@ -109,3 +109,19 @@ def test_finished_stages_are_not_redone_until_inputs_change(scored_run):
     assert run_score(cfg)["T1"]["scored"] == counts["T1"]["scored"] + 1
     assert "added-sample" in {s["id"] for s in RunStore.open(cfg.run_dir).read("score", "pool-T1")}
     assert sum(run_select(cfg)["T1"][k]["n"] for k in ("selected", "rejected")) == counts["T1"]["scored"] + 1
+
+
+def test_length_rule_counter_gives_the_tokenizer_verdict():
+    """Below the byte bound the counter skips the tokenizer; the `length` verdict is the tokenizer's."""
+    from transformers import AutoTokenizer
+
+    from dasd.runs import resolve_model
+    from dasd.stages.filter import student_token_counter
+
+    cfg = load_config(None, ["student.model=toy:student", "filter.max_student_tokens=40"])
+    count = student_token_counter(cfg)
+    tok = AutoTokenizer.from_pretrained(resolve_model("toy:student"))
+    for text in ["short", "日本語 " * 3, "x" * 39, "x" * 45, "word " * 30, "日本語テキスト" * 10, "é" * 19]:
+        real = len(tok.encode(text, add_special_tokens=False))
+        assert real <= len(text.encode("utf-8")) + 1
+        assert (count(text) > 40) == (real > 40), text

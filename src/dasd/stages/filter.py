@@ -25,12 +25,22 @@ log = logger(STAGE)
 
 
 def student_token_counter(cfg):
-    """``count_tokens(text)`` with the student's tokenizer (no model weights are loaded). The
-    tokenizer is loaded on the first call: texts below the length rule's byte bound never need it."""
+    """``count_tokens(text)`` for the ``length`` rule, with the student's tokenizer (no weights).
+
+    A text of ``b`` UTF-8 bytes has at most ``b + 1`` tokens (a token covers at least one byte with
+    byte-level BPE or byte fallback; at most one prefix marker is inserted). When that bound is
+    within ``filter.max_student_tokens`` the text cannot be too long, so the bound is returned
+    without tokenising (the rule's verdict is the same); the tokenizer is loaded on the first text
+    that needs it.
+    """
     tok = None
+    limit = cfg.filter.max_student_tokens
 
     def count(text: str) -> int:
         nonlocal tok
+        bound = len(text.encode("utf-8")) + 1
+        if limit is not None and bound <= limit:
+            return bound
         if tok is None:
             from transformers import AutoTokenizer
 

@@ -183,9 +183,7 @@ def apply_filters(
     bad = check_repetition(text, cfg.repetition)
     if bad:
         return None, Drop("repetition", bad)
-    if cfg.max_student_tokens is not None and len(text.encode("utf-8")) + 1 > cfg.max_student_tokens:
-        # Only a text longer than the bound can be too long: a token covers at least one byte (byte-level
-        # BPE, byte fallback), plus at most one inserted prefix marker, so shorter texts skip the tokenizer.
+    if cfg.max_student_tokens is not None:
         n = count_tokens(text)  # type: ignore[misc]
         if n > cfg.max_student_tokens:
             return None, Drop("length", f"{n} student tokens > {cfg.max_student_tokens}")
