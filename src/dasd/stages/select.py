@@ -39,9 +39,10 @@ def candidate(s: dict) -> dict:
     """What selection and its summary need of a scored sample: ids, DAS summary, a few numbers and
     where the row is; no token arrays, so a pool's candidates fit in memory at any scale."""
     lps = teacher_signal(s).get("logprobs")
-    ref = s.get(REF)
+    ref, das = s.get(REF), s.get("das")
     return {
-        "id": s["id"], "prompt_id": s["prompt_id"], "temperature": s.get("temperature"), "das": s["das"],
+        "id": s["id"], "prompt_id": s["prompt_id"], "temperature": s.get("temperature"),
+        "das": {k: das[k] for k in ("score", "frac_teacher", "frac_student") if k in das} if isinstance(das, dict) else das,
         "chars": len(s["text"]),
         "lp": math.fsum(lps.tolist() if hasattr(lps, "tolist") else lps) / len(lps) if lps is not None and len(lps) else None,
         "at": (ref.folder, ref.shard, ref.row) if ref is not None else None,
