@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -64,7 +65,14 @@ def dasd_run(config: Path, kill_when: str | None = None, timeout: float = 300):
 
 
 def records(run: Path) -> dict[str, Counter]:
-    """Per output: a Counter of (id, content) over every shard line on disk (duplicates would show)."""
+    """Per output: a Counter of (id, content) over every shard on disk (duplicates would show).
+
+    JSONL shards are read line by line; a Parquet output is read joined through the store, each
+    record counted as many times as its id is on disk."""
+    from dasd.columnar import plain
+    from dasd.store import RunStore
+
+    store = RunStore.open(run)
     out: dict[str, Counter] = {}
     for stage, prefix in OUTPUTS:
         for path in sorted((run / stage).glob(f"{prefix}*.jsonl")):
@@ -74,6 +82,12 @@ def records(run: Path) -> dict[str, Counter]:
                 r = json.loads(line)
                 r.pop("where", None)
                 c[json.dumps(r, sort_keys=True)] += 1
+        for output in sorted({p.name.rsplit("-", 1)[0] for p in (run / stage).glob(f"{prefix}*.parquet")}):
+            on_disk = Counter(i for p in (run / stage).glob(f"{output}-*.parquet")
+                              for i in pq.read_table(p, columns=["id"])["id"].to_pylist())
+            c = out.setdefault(f"{stage}/{output}", Counter())
+            for r in store.read(stage, output):
+                c[json.dumps(plain(r), sort_keys=True)] += on_disk[r["id"]]
     return out
 
 
@@ -94,7 +108,7 @@ def test_kill_9_at_several_points_then_rerun_equals_uninterrupted(tmp_path, tiny
     cfg = write_config(tmp_path, "killed", tiny_lm_dir, tiny_lm_dir_other_vocab)
     run = tmp_path / "killed"
     kill_points = [
-        f"{run}/sample/pool-T0.6-00000.jsonl",                         # mid-sampling
+        f"{run}/sample/pool-T0.6-00000.parquet",                       # mid-sampling
         f"{run}/train/stage1_low/checkpoints/step-000002",             # mid-training, stage 1
         f"{run}/train/stage2_high/checkpoints/step-000001",            # mid-training, stage 2
         f"{run}/eval/results-student-*.jsonl",                         # mid-evaluation

@@ -1,20 +1,27 @@
-"""The run directory: one folder per stage, sharded JSONL outputs, content-hash keys, a manifest.
+"""The run directory: one folder per stage, sharded outputs, content-hash keys, a manifest.
 
 Layout::
 
     RUN/
-      manifest.json              config, its hash, package versions, per-stage counts and timings
-      sample/pool-T0.6-00000.jsonl
-      sample/pool-T0.6-00001.jsonl
+      manifest.json                  config, its hash, package versions, per-stage counts and timings
+      sample/pool-T0.6-00000.parquet token-carrying outputs: Parquet shards (``dasd.columnar``)
+      sample/prompts-00000.jsonl     everything else: JSONL shards
       filter/...
-      <stage>/rejects-00000.jsonl quarantined records with where (file:line) and why
+      <stage>/rejects-00000.jsonl    quarantined records with where and why
 
 Guarantees:
-- A shard is written whole (temp file + fsync + rename) or not at all, so every ``*.jsonl`` shard
-  on disk is complete; a crash loses at most the records still buffered in memory.
-- Records carry an ``id`` (a content hash); a ``ShardWriter`` loads the ids already on disk and
-  skips them, so re-running a stage resumes it and never writes a record twice.
-- ``manifest.json`` is rewritten atomically after each change.
+- A shard is written whole (temp file + fsync + rename) or not at all, so every shard on disk is
+  complete; a crash loses at most the records still buffered in memory (one bounded shard).
+- Records carry an ``id`` (a content hash); a ``ShardWriter`` loads the ids already on disk (only
+  the id column of a Parquet shard) and skips them, so re-running a stage resumes it and never
+  writes a record twice.
+- Columnar outputs have one schema each, checked on write and on read; a row passed on from an
+  upstream output refers to it (shard + row) instead of copying its token arrays, and reading
+  joins them back (``dasd.columnar``).
+- ``manifest.json`` is rewritten atomically after each change; a stage records the fingerprint of
+  its inputs, so a finished stage with the same config and inputs is not redone (``up_to_date``).
+- A run written by the JSONL-only store of earlier versions fails on its first columnar output with
+  one line naming ``dasd convert RUN`` (``dasd.convert``).
 """
 
 from __future__ import annotations
@@ -24,16 +31,19 @@ import json
 import platform
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dasd import columnar
+from dasd.columnar import REF, Kind, Ref, kind_of
 from dasd.errors import DasdError
 from dasd.jsonl import BadLine, atomic_open, atomic_write_json, dumps, iter_jsonl
 
 MANIFEST = "manifest.json"
-_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{5})\.jsonl$")
+_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{5})\.(?P<ext>jsonl|parquet)$")
 _TRACKED_PACKAGES = ("dasd", "torch", "transformers", "tokenizers", "accelerate", "trl", "vllm", "deepspeed", "ray")
 
 
@@ -52,6 +62,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def legacy_error(path: Path, root: Path) -> DasdError:
+    """The one-line error for a JSONL shard where a columnar output is expected."""
+    return DasdError(f"{path}: written by the JSONL run store of an earlier dasd; convert the run with "
+                     f"`dasd convert {root}`")
+
+
+def read_jsonl_shard(path: Path) -> Iterator[dict]:
+    """The records of one JSONL shard; a bad line is a ``DasdError`` naming file and line."""
+    for _, rec in iter_jsonl(path):
+        if isinstance(rec, BadLine):
+            raise DasdError(f"{rec.where()}: corrupt run file ({rec.reason})")
+        yield rec
+
+
 class ShardWriter:
     """Buffered writer of one named output of a stage, as numbered complete shards.
 
@@ -59,18 +83,29 @@ class ShardWriter:
     flushed when ``shard_size`` records are buffered or ``flush_seconds`` have passed since the
     last flush, and on ``close()``. Use as a context manager: on an exception the buffer is still
     flushed (what was finished is kept) and the exception propagates.
+
+    A token-carrying output (``columnar.kind_of``) is written as Parquet under its schema (a record
+    that does not fit is a ``ValueError`` naming record and field); any other as JSONL.
     """
 
-    def __init__(self, folder: Path, name: str, shard_size: int = 256, flush_seconds: float = 30.0):
+    def __init__(self, folder: Path, name: str, shard_size: int = 256, flush_seconds: float = 30.0,
+                 root: Path | None = None):
         if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", name):
             raise ValueError(f"bad output name {name!r}")
         self.folder, self.name = folder, name
         self.shard_size, self.flush_seconds = shard_size, flush_seconds
+        self.kind: Kind | None = kind_of(folder.name, name)
+        self._upstream = folder.parent / self.kind.upstream[0] if self.kind and self.kind.upstream else None
         folder.mkdir(parents=True, exist_ok=True)
         self.ids: set[str] = set()
         self._next = 0
         for path in shard_paths(folder, name):
             self._next = max(self._next, int(_SHARD_RE.match(path.name)["num"]) + 1)
+            if self.kind is not None:
+                if path.suffix != ".parquet":
+                    raise legacy_error(path, root or folder.parent)
+                self.ids.update(columnar.read_table(path, self.kind, ["id"])["id"].to_pylist())
+                continue
             for _, rec in iter_jsonl(path):
                 if isinstance(rec, dict) and "id" in rec:
                     self.ids.add(rec["id"])
@@ -89,6 +124,8 @@ class ShardWriter:
             raise ValueError("record has no 'id'")
         if rid in self.ids:
             return False
+        if self.kind is not None:  # check the schema now, so the error names the record being added
+            columnar.check(self.kind, record)
         self.ids.add(rid)
         self._buf.append(record)
         if len(self._buf) >= self.shard_size or time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -98,10 +135,13 @@ class ShardWriter:
     def flush(self) -> None:
         if not self._buf:
             return
-        path = self.folder / f"{self.name}-{self._next:05d}.jsonl"
-        with atomic_open(path) as fh:
-            for r in self._buf:
-                fh.write(dumps(r) + "\n")
+        if self.kind is not None:
+            table = columnar.to_table(self.kind, self._buf, self._upstream)
+            columnar.write_shard(self.folder / f"{self.name}-{self._next:05d}.{columnar.EXT}", table)
+        else:
+            with atomic_open(self.folder / f"{self.name}-{self._next:05d}.jsonl") as fh:
+                for r in self._buf:
+                    fh.write(dumps(columnar.plain(r)) + "\n")
         self.written += len(self._buf)
         self._next += 1
         self._buf = []
@@ -125,8 +165,8 @@ def shard_paths(folder: Path, name: str) -> list[Path]:
     for p in folder.iterdir():
         m = _SHARD_RE.match(p.name)
         if m and m["name"] == name:
-            found.append((int(m["num"]), p))
-    return [p for _, p in sorted(found)]
+            found.append((int(m["num"]), p.suffix, p))
+    return [p for _, _, p in sorted(found)]
 
 
 class RunStore:
@@ -140,6 +180,7 @@ class RunStore:
         if not (self.root / MANIFEST).exists():
             atomic_write_json(self.root / MANIFEST, {"created": _now(), "packages": package_versions(), "stages": {}})
         self.manifest = self._load_manifest()
+        self._tables: OrderedDict[Path, object] = OrderedDict()  # upstream shards being joined (a few)
 
     @classmethod
     def open(cls, root: str | Path) -> "RunStore":
@@ -170,7 +211,7 @@ class RunStore:
         return d
 
     def writer(self, stage: str, name: str, **kw) -> ShardWriter:
-        return ShardWriter(self.stage_dir(stage), name, **kw)
+        return ShardWriter(self.stage_dir(stage), name, root=self.root, **kw)
 
     def outputs(self, stage: str) -> list[str]:
         """Names of the sharded outputs a stage has on disk."""
@@ -180,12 +221,21 @@ class RunStore:
         return sorted({m["name"] for p in d.iterdir() if (m := _SHARD_RE.match(p.name))})
 
     def read(self, stage: str, name: str) -> Iterator[dict]:
-        """Records of one output, in write order, each id once."""
+        """Records of one output, in write order, each id once.
+
+        A columnar record comes joined with the upstream rows it refers to and carries a
+        ``columnar.Ref`` under ``"_ref"`` (so passing it on to the next output writes a reference).
+        """
+        kind = kind_of(stage, name)
         seen: set[str] = set()
         for path in shard_paths(self.root / stage, name):
-            for _, rec in iter_jsonl(path):
-                if isinstance(rec, BadLine):
-                    raise DasdError(f"{rec.where()}: corrupt run file ({rec.reason})")
+            if kind is None:
+                recs = read_jsonl_shard(path)
+            elif path.suffix != ".parquet":
+                raise legacy_error(path, self.root)
+            else:
+                recs = self._read_columnar(stage, name, kind, path)
+            for rec in recs:
                 rid = rec.get("id")
                 if rid is not None:
                     if rid in seen:
@@ -193,19 +243,87 @@ class RunStore:
                     seen.add(rid)
                 yield rec
 
+    def _read_columnar(self, stage: str, name: str, kind: Kind, path: Path) -> Iterator[dict]:
+        rows = columnar.decode(columnar.read_table(path, kind), kind, path)
+        for i, rec in enumerate(rows):
+            if "ref_shard" in rec:
+                rec = self._join(stage, name, kind, path, i, rec)
+            rec[REF] = Ref(path.parent, path.name, i, dict(rec))
+            yield rec
+
+    def fetch(self, stage: str, name: str, shard: str, row: int) -> dict:
+        """One record of a columnar output by position (``Ref.shard``, ``Ref.row``), joined, with its ``_ref``."""
+        kind = kind_of(stage, name)
+        path = self.root / stage / shard
+        rec = self._row(kind, path, row, f"{stage}/{name}")
+        if "ref_shard" in rec:
+            rec = self._join(stage, name, kind, path, row, rec)
+        rec[REF] = Ref(path.parent, shard, row, dict(rec))
+        return rec
+
+    def _row(self, kind: Kind, path: Path, row: int, who: str) -> dict:
+        """Row ``row`` of shard ``path`` as a partial record (a few decoded shards are cached; their
+        token arrays are views of the Arrow buffers, so a cached shard costs about its size on disk
+        uncompressed)."""
+        rows = self._tables.get(path)
+        if rows is None:
+            if not path.is_file():
+                raise DasdError(f"{who}: refers to {path}, which is missing (was that output removed? re-run the stage)")
+            rows = columnar.decode(columnar.read_table(path, kind), kind, path)
+            self._tables[path] = rows
+            while len(self._tables) > 4:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(path)
+        if not 0 <= row < len(rows):
+            raise DasdError(f"{who}: refers to row {row} of {path}, which has {len(rows)} rows")
+        return dict(rows[row])
+
+    def _join(self, stage: str, name: str, kind: Kind, path: Path, i: int, own: dict) -> dict:
+        """``own`` (a row's own fields) over the upstream row it refers to (itself joined)."""
+        up_stage, up_name = columnar.upstream_output(kind, name)
+        shard, row = own.pop("ref_shard"), own.pop("ref_row")
+        up_path = self.root / up_stage / shard
+        up_kind = kind_of(up_stage, up_name)
+        up = self._row(up_kind, up_path, row, f"{path}: row {i} (id {own.get('id')})")
+        if "ref_shard" in up:
+            up = self._join(up_stage, up_name, up_kind, up_path, row, up)
+        if up.get("id") != own.get("id"):
+            raise DasdError(f"{path}: row {i} (id {own.get('id')}) refers to row {row} of {up_path}, which holds "
+                            f"id {up.get('id')}")
+        up.pop(REF, None)
+        up.update(own)
+        return up
+
+    def ids(self, stage: str, name: str) -> set[str]:
+        """The ids an output holds (a columnar output reads only its id column)."""
+        kind = kind_of(stage, name)
+        if kind is None:
+            return {r["id"] for r in self.read(stage, name) if "id" in r}
+        out: set[str] = set()
+        for path in shard_paths(self.root / stage, name):
+            if path.suffix != ".parquet":
+                raise legacy_error(path, self.root)
+            out.update(columnar.read_table(path, kind, ["id"])["id"].to_pylist())
+        return out
+
     def count(self, stage: str, name: str) -> int:
-        return sum(1 for _ in self.read(stage, name))
+        return len(self.ids(stage, name)) if kind_of(stage, name) else sum(1 for _ in self.read(stage, name))
 
     # -- manifest ---------------------------------------------------------------------------------
     def stage_info(self, stage: str) -> dict:
         return self.manifest["stages"].get(stage, {})
 
-    def begin_stage(self, stage: str, config: Any) -> None:
+    def begin_stage(self, stage: str, config: Any, inputs: str | None = None) -> None:
+        """Mark ``stage`` started with ``config`` and the fingerprint of its ``inputs`` (``fingerprint``)."""
         info = self.manifest["stages"].setdefault(stage, {})
         h = config_hash(config)
         if info.get("config_hash") not in (None, h):
             info["previous_config_hashes"] = sorted(set(info.get("previous_config_hashes", [])) | {info["config_hash"]})
         info.update(config=config, config_hash=h, started=_now(), complete=False, packages=package_versions())
+        info.pop("inputs", None)
+        if inputs is not None:
+            info["inputs"] = inputs
         self._t0 = time.monotonic()
         self.save_manifest()
 
@@ -219,6 +337,20 @@ class RunStore:
         """True when the stage finished with exactly this config."""
         info = self.stage_info(stage)
         return bool(info.get("complete")) and info.get("config_hash") == config_hash(config)
+
+    def fingerprint(self, stages: Iterable[str], extra: Any = None) -> str:
+        """A hash of what ``stages`` hold now (their config hashes and shard files: names, sizes), and
+        of ``extra`` (anything else a stage's output depends on, e.g. the tokenizer it counts with)."""
+        parts: list = [extra]
+        for st in stages:
+            d = self.root / st
+            files = sorted((p.name, p.stat().st_size) for p in d.iterdir() if _SHARD_RE.match(p.name)) if d.is_dir() else []
+            parts.append([st, self.stage_info(st).get("config_hash"), files])
+        return config_hash(parts)
+
+    def up_to_date(self, stage: str, config: Any, inputs: str) -> bool:
+        """True when ``stage`` finished with this config on inputs with this ``fingerprint``: nothing to redo."""
+        return self.is_complete(stage, config) and self.stage_info(stage).get("inputs") == inputs
 
     def write_rejects(self, stage: str, rejects: Iterable[dict]) -> int:
         """Append quarantined records (each with 'where' and 'reason') as a new rejects shard."""

@@ -18,7 +18,7 @@ from dasd.grading.metrics import summarize
 from dasd.jsonl import dumps
 from dasd.records import content_id, sample_id
 from dasd.rules.mixing import funnel_of
-from dasd.stages.select import _stats, training_example
+from dasd.stages.select import _stats, candidate, training_example
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel
 
@@ -157,7 +157,8 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
         with store.writer("select", f"train-{pool}") as w:
             for s in sel:
                 w.add(training_example(by_id[s["prompt_id"]], s, f"das:{pool}"))
-        summary[pool] = {"selected": _stats(sel, correct), "rejected": _stats(rej, correct)}
+        summary[pool] = {"selected": _stats([candidate(s) for s in sel], correct),
+                         "rejected": _stats([candidate(s) for s in rej], correct)}
     store.end_stage("select", summary)
     if last < 4:
         return root

@@ -107,8 +107,7 @@ def test_naturalness_baselines_same_budget(scored_run, tmp_path):
     import shutil
 
     shutil.copytree(cfg.run_dir, lcfg.run_dir)
-    for old in (tmp_path / "run" / "score").glob("*.jsonl"):
-        old.unlink()
+    shutil.rmtree(tmp_path / "run" / "score")  # score again, with the local passes
     run_score(lcfg)
     store = RunStore.open(lcfg.run_dir)
     recs = list(store.read("score", "pool-T0.6"))
@@ -139,3 +138,38 @@ def test_naturalness_baselines_same_budget(scored_run, tmp_path):
             best[c["prompt_id"]] = max(best.get(c["prompt_id"], -1e9), c["naturalness"][key])
         for s in store.read("select", "selected-T0.6"):
             assert s["naturalness"][key] == best[s["prompt_id"]]
+
+
+def test_finished_stages_are_not_redone_until_inputs_change(scored_run):
+    cfg, _, funnel, counts = scored_run
+    summary = run_select(cfg)
+    root = RunStore.open(cfg.run_dir).root
+    stamps = {p: p.stat().st_mtime_ns for st in ("filter", "score", "select") for p in (root / st).iterdir()}
+    assert run_filter(cfg) == funnel and run_score(cfg) == counts and run_select(cfg) == summary
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+    # a new sample in a pool changes the filter's inputs: it runs again, and so do score and select
+    store = RunStore.open(cfg.run_dir)
+    extra = {k: v for k, v in next(store.read("sample", "pool-T1")).items() if k != "_ref"}
+    with store.writer("sample", "pool-T1") as w:
+        w.add({**extra, "id": "added-sample"})
+    again = run_filter(cfg)
+    assert again["T1"]["in"] == funnel["T1"]["in"] + 1 and again["T1"]["out"] == funnel["T1"]["out"] + 1  # a copy of a kept one
+    assert run_score(cfg)["T1"]["scored"] == counts["T1"]["scored"] + 1
+    assert "added-sample" in {s["id"] for s in RunStore.open(cfg.run_dir).read("score", "pool-T1")}
+    assert sum(run_select(cfg)["T1"][k]["n"] for k in ("selected", "rejected")) == counts["T1"]["scored"] + 1
+
+
+def test_length_rule_counter_gives_the_tokenizer_verdict():
+    """Below the byte bound the counter skips the tokenizer; the `length` verdict is the tokenizer's."""
+    from transformers import AutoTokenizer
+
+    from dasd.runs import resolve_model
+    from dasd.stages.filter import student_token_counter
+
+    cfg = load_config(None, ["student.model=toy:student", "filter.max_student_tokens=40"])
+    count = student_token_counter(cfg)
+    tok = AutoTokenizer.from_pretrained(resolve_model("toy:student"))
+    for text in ["short", "日本語 " * 3, "x" * 39, "x" * 45, "word " * 30, "日本語テキスト" * 10, "é" * 19]:
+        real = len(tok.encode(text, add_special_tokens=False))
+        assert real <= len(text.encode("utf-8")) + 1
+        assert (count(text) > 40) == (real > 40), text

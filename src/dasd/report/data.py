@@ -81,7 +81,8 @@ def _scan_sample(view: RunView, pools: dict[str, PoolScan]) -> None:
                 ps.temperature = float(r["temperature"])
             ps.chars.append(len(r.get("text") or ""))
             ps.models[str(r.get("model", "?"))] += 1
-            lps = teacher_signal(r).get("logprobs") or []
+            lps = teacher_signal(r).get("logprobs")
+            lps = [] if lps is None else lps.tolist() if hasattr(lps, "tolist") else lps
             if lps:
                 s = math.fsum(lps)
                 ps.tokens += len(lps)

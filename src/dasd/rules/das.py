@@ -6,7 +6,8 @@ See docs/das.md for the method, the formula and why the defaults are what they a
   -> list of ``records.Sentence`` dicts (+ ``delta``).
 - ``das_summary(sentences, cfg)`` -> dict with token-weighted type fractions, mean delta, ``score``.
 - ``das_score(sentences, cfg)`` -> the score alone (``None`` when nothing could be scored).
-- ``score_sample(sample, student_offsets, student_logprobs, cfg)`` -> a ScoredSample dict.
+- ``score_sample(sample, student_offsets, student_logprobs, cfg)`` -> a ScoredSample dict (the
+  student signal as numpy arrays: offsets ``(n, 2)``, log-probs float64).
 - ``select_das(candidates, m)`` / ``select_random(candidates, m, seed)`` /
   ``select_naturalness(candidates, m, kind)`` -> ``(selected, rejected)``, and ``select_grouped`` to
   apply one per prompt and temperature pool.
@@ -23,6 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from dasd.configbase import StrictModel
@@ -194,7 +196,10 @@ def score_sample(
     except ValueError as e:
         raise ValueError(f"sample {sid}: {e}") from e
     out = dict(sample)
-    out["student"] = {"offsets": [list(o) for o in student_offsets], "logprobs": list(student_logprobs)}
+    out["student"] = {
+        "offsets": np.asarray(student_offsets, dtype=np.int64).reshape(-1, 2),
+        "logprobs": np.asarray(student_logprobs, dtype=np.float64),
+    }
     out["sentences"] = rows
     out["das"] = das_summary(rows, cfg)
     out["naturalness"] = {"global": global_naturalness(student_logprobs)}

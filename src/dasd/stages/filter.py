@@ -4,14 +4,18 @@ Reads ``RUN/sample/pool-<pool>``; writes ``RUN/filter/kept-<pool>`` (normalised 
 ``RUN/filter/rejects`` (each dropped sample with ``rule``, ``reason`` and ``where``). The rules and
 their thresholds are in ``dasd.text.filters`` (docs/filters.md). Length is counted with the
 **student's** tokenizer. With ``filter.require_correct``, responses to prompts that carry a
-reference answer are graded (``dasd.grading``) and wrong ones dropped. Re-running skips samples
-already kept or rejected; the funnel always describes the whole pool.
+reference answer are graded (``dasd.grading``) and wrong ones dropped. Samples stream through in
+shard order; a kept sample is written as a reference to its sample row (no copy of its token
+arrays) unless normalisation rewrote it. A reject records the rule, the reason, where the sample
+is (shard and row) and the start of its text. A finished filter with the same settings and the
+same sample pools is not redone; an interrupted one re-applies the rules and skips what it wrote.
 """
 
 from __future__ import annotations
 
 from dasd.grading.grade import is_correct
 from dasd.log import logger
+from dasd.columnar import REF
 from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, resolve_model
 from dasd.store import RunStore
 from dasd.text.filters import Funnel, apply_filters
@@ -21,18 +25,40 @@ log = logger(STAGE)
 
 
 def student_token_counter(cfg):
-    """``count_tokens(text)`` with the student's tokenizer (no model weights are loaded)."""
-    from transformers import AutoTokenizer
+    """``count_tokens(text)`` for the ``length`` rule, with the student's tokenizer (no weights).
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
-    return lambda text: len(tok.encode(text, add_special_tokens=False))
+    A text of ``b`` UTF-8 bytes has at most ``b + 1`` tokens (a token covers at least one byte with
+    byte-level BPE or byte fallback; at most one prefix marker is inserted). When that bound is
+    within ``filter.max_student_tokens`` the text cannot be too long, so the bound is returned
+    without tokenising (the rule's verdict is the same); the tokenizer is loaded on the first text
+    that needs it.
+    """
+    tok = None
+    limit = cfg.filter.max_student_tokens
+
+    def count(text: str) -> int:
+        nonlocal tok
+        bound = len(text.encode("utf-8")) + 1
+        if limit is not None and bound <= limit:
+            return bound
+        if tok is None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
+        return len(tok.encode(text, add_special_tokens=False))
+
+    return count
 
 
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
-    store.begin_stage(STAGE, fc.model_dump(mode="json"))
+    inputs = store.fingerprint(["sample"], extra=cfg.student.tokenizer or cfg.student.model)
+    if store.up_to_date(STAGE, fc.model_dump(mode="json"), inputs):
+        log.info("up to date (same settings and sample pools); nothing to do")
+        return store.stage_info(STAGE)["counts"]
+    store.begin_stage(STAGE, fc.model_dump(mode="json"), inputs=inputs)
     prompts = load_run_prompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 
@@ -50,8 +76,10 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
                     if out is not None:
                         kept.add(out)
                     else:
+                        ref = s.get(REF)
+                        where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
                         rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
-                                     "where": f"{store.root / 'sample'} pool-{pool} sample {s['id']}", "sample": s})
+                                     "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000]})
     log.info(f"funnel\n{funnel.format()}")
     counts = funnel.to_dict()
     store.end_stage(STAGE, counts)

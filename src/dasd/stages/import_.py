@@ -9,7 +9,7 @@ Two layouts (``import.format``):
   ``logprobs``) is joined **by id**, never by position, and aligned to the reasoning body (and the
   final answer when the ids carry the harmony final channel) by ``dasd.rules.released``. A response
   whose companion row is missing, or whose ids fit neither shape, is imported without teacher
-  log-probs (``logprob_mode: missing``, with the mismatch reason) and counted; ``dasd score`` can
+  log-probs (``logprob_mode: missing``, the reason in ``teacher_mismatch``) and counted; ``dasd score`` can
   re-score it with the teacher. ``import.logprob_mode`` declares what the released log-probs are.
 - ``chat``: plain chat JSONL: ``messages`` whose last turn is the assistant's response (an
   assistant ``reasoning_content`` field is kept and folded into ``<think>`` by ``dasd filter``).
@@ -94,12 +94,13 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     counts["logprobs_missing"] += 1
                 elif isinstance(got, Mismatch):
                     counts["logprobs_mismatched"] += 1
-                    teacher["mismatch"] = got.reason
+                    extra = {**extra, "teacher_mismatch": got.reason}
                     if counts["logprobs_mismatched"] <= MAX_LOGGED_MISMATCHES:
                         log.warning(f"{where}: log-probs do not fit the text: {got.reason}")
                 elif isinstance(got, Aligned):
                     counts["with_logprobs"] += 1
                     teacher = got.teacher(mode)
+                    extra = {**extra, "teacher_covers": teacher.pop("covers")}  # the columnar teacher signal holds arrays only
             pw.add(prompt)
             sw.add(
                 {

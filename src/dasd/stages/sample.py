@@ -1,7 +1,8 @@
 """`dasd sample`: k teacher responses per prompt at every temperature of the schedule.
 
-Output: ``RUN/sample/pool-T<temp>-NNNNN.jsonl``, one Sample record per response, with the
-teacher's per-token (untempered) log-probs, token ids and character offsets. Ids hash (prompt,
+Output: ``RUN/sample/pool-T<temp>-NNNNN.parquet`` (the ``sample`` schema of ``dasd.columnar``), one
+Sample record per response, with the teacher's per-token (untempered) log-probs, token ids and
+character offsets (token strings are not stored: the ids and the tokenizer give them back). Ids hash (prompt,
 model, temperature, top_p, seed, index), so a re-run skips what exists and resumes the rest; the
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
 the same responses as an uninterrupted one.
@@ -69,8 +70,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                             "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
                             "text": g.text, "finish_reason": g.finish_reason,
                             "teacher": {
-                                "tokens": g.tokens, "token_ids": g.token_ids,
-                                "offsets": [list(o) for o in g.offsets], "logprobs": g.logprobs,
+                                "token_ids": g.token_ids, "offsets": g.offsets, "logprobs": g.logprobs,
                                 "logprob_mode": g.logprob_mode,
                             },
                         }
@@ -115,7 +115,8 @@ def pool_stats(store: RunStore, pool: str) -> dict:
         n += 1
         prompts.add(r["prompt_id"])
         cut += r.get("finish_reason") == "length"
-        lps = teacher_signal(r).get("logprobs") or []
+        lps = teacher_signal(r).get("logprobs")
+        lps = [] if lps is None else lps.tolist() if hasattr(lps, "tolist") else lps
         total_lp += math.fsum(lps)
         total_tok += len(lps)
     return {

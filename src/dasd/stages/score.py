@@ -12,12 +12,19 @@ With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local
 student also scores every sentence after the prompt and only its ``score.local_window`` preceding
 sentences (``dasd.rules.das.local_windows``), one extra request per sentence, and the record's
 ``naturalness`` gets ``local`` beside ``global``.
+
+Streaming: kept samples are read ``score.batch`` at a time and written in bounded shards that
+refer to the kept rows (only the student signal, sentences and summary are new columns), so
+memory does not grow with the pool. A finished score with the same settings, models and inputs
+is not redone.
 """
 
 from __future__ import annotations
 
+from itertools import islice
+
 from dasd.engines.base import ScoreRequest
-from dasd.log import Rate, chunks, logger, progress
+from dasd.log import Rate, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
@@ -59,18 +66,24 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
                  "local_naturalness": local}
-    store.begin_stage(STAGE, stage_cfg)
+    inputs = store.fingerprint(["sample", "filter"], extra=cfg.teacher.model_dump(mode="json"))
+    if store.up_to_date(STAGE, stage_cfg, inputs):
+        log.info("up to date (same settings, models and kept pools); nothing to do")
+        return store.stage_info(STAGE)["counts"]
+    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
     prompts = load_run_prompts(store)
     counts = {}
     for pool in pools(store, "filter", KEPT):
         rejects = []
         with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
             done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
-            todo = [s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in w and s["id"] not in done_rejected]
-            if todo and student is None:
+            skip = w.ids | done_rejected
+            n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
+            if n_todo and student is None:
                 student = open_engine(cfg.student)
-            bar, rate = progress(len(todo), f"score {pool}", "resp"), Rate()
-            for batch in chunks(todo, sc.batch):
+            bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
+            todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
+            while batch := list(islice(todo, sc.batch)):
                 reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                 stu = student.score(reqs)
                 local_nat = score_local_naturalness(student, prompts, batch, sc.local_window, sc.batch) if local else None

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 
+from dasd.columnar import REF, reference
 from dasd.grading.grade import is_correct
 from dasd.log import logger
-from dasd.records import content_id
+from dasd.records import content_id, teacher_signal
 from dasd.rules.das import SelectConfig, select_grouped
 from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, load_run_prompts, output, pools
-from dasd.store import RunStore
+from dasd.store import RunStore, shard_paths
 
 STAGE = "select"
 log = logger(STAGE)
@@ -36,51 +37,76 @@ def training_example(prompt: dict, sample: dict, source: str) -> dict:
     }
 
 
+def candidate(s: dict) -> dict:
+    """What selection and its summary need of a scored sample: ids, DAS summary, naturalness, a few
+    numbers and where the row is; no token arrays, so a pool's candidates fit in memory at any scale."""
+    lps = teacher_signal(s).get("logprobs")
+    ref, das = s.get(REF), s.get("das")
+    return {
+        "id": s["id"], "prompt_id": s["prompt_id"], "temperature": s.get("temperature"),
+        "das": {k: das[k] for k in ("score", "frac_teacher", "frac_student") if k in das} if isinstance(das, dict) else das,
+        "chars": len(s["text"]),
+        "lp": math.fsum(lps.tolist() if hasattr(lps, "tolist") else lps) / len(lps) if lps is not None and len(lps) else None,
+        "naturalness": s.get("naturalness") or {},  # global/local naturalness (a few floats), for those selectors
+        "at": (ref.folder, ref.shard, ref.row) if ref is not None else None,
+    }
+
+
 def _stats(items: list[dict], correct: dict[str, bool]) -> dict:
     def mean(xs):
         xs = [x for x in xs if x is not None]
         return sum(xs) / len(xs) if xs else None
 
-    lp = [math.fsum(s["teacher"]["logprobs"]) / len(s["teacher"]["logprobs"]) for s in items if s["teacher"]["logprobs"]]
     return {
         "n": len(items),
         "das_score": mean([s["das"]["score"] for s in items]),
         "frac_teacher": mean([s["das"]["frac_teacher"] for s in items]),
         "frac_student": mean([s["das"]["frac_student"] for s in items]),
-        "chars": mean([len(s["text"]) for s in items]),
-        "teacher_lp_per_token": mean(lp),
+        "chars": mean([s["chars"] for s in items]),
+        "teacher_lp_per_token": mean([s["lp"] for s in items]),
         "accuracy": mean([float(correct[s["id"]]) for s in items if s["id"] in correct]),
     }
 
 
 def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
-    """Select per pool; ``grade(prompt, text) -> bool`` (None: skip) adds correctness to the summary."""
+    """Select per pool; ``grade(prompt, text) -> bool`` (None: skip) adds correctness to the summary.
+
+    Two passes over each scored pool: the first streams the records and keeps per candidate only
+    its ids, DAS summary and a few numbers (``candidate``), then ranks; the second writes the
+    selected and rejected outputs as references to the scored rows (no token array is copied) and
+    the training examples in rank order. A finished select with the same settings and inputs is
+    not redone.
+    """
     store = store or RunStore(cfg.run_dir)
     sc: SelectConfig = cfg.select
-    store.begin_stage(STAGE, {"select": sc.model_dump(), "das": cfg.das.model_dump()})
+    stage_cfg = {"select": sc.model_dump(), "das": cfg.das.model_dump()}
+    inputs = store.fingerprint(["sample", "score"], extra={"graded": grade is not None})
+    if store.up_to_date(STAGE, stage_cfg, inputs):
+        log.info("up to date (same settings and scored pools); nothing to do")
+        return store.stage_info(STAGE)["counts"]
+    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
     prompts = load_run_prompts(store)
     summary = {}
     for pool in pools(store, "score", SCORED):
-        cands = list(store.read("score", output(SCORED, pool)))
+        scored = output(SCORED, pool)
+        cands, correct = [], {}
+        for s in store.read("score", scored):
+            cands.append(candidate(s))
+            p = prompts[s["prompt_id"]]
+            if grade is not None and p.get("answer") is not None:
+                correct[s["id"]] = bool(grade(p, s["text"]))
         selected, rejected = select_grouped(cands, sc.m, sc.method, seed=sc.seed)
-        correct = {}
-        if grade is not None:
-            for s in cands:
-                p = prompts[s["prompt_id"]]
-                if p.get("answer") is not None:
-                    correct[s["id"]] = bool(grade(p, s["text"]))
-        # Selection is a pure function of the scored pool: outputs are rewritten whole (atomically).
+        # Selection is a pure function of the scored pool: outputs are rewritten whole.
         for name in (SELECTED, REJECTED, TRAIN):
-            for old in store.stage_dir(STAGE).glob(f"{name}-{pool}-*.jsonl"):
+            for old in shard_paths(store.stage_dir(STAGE), output(name, pool)):
                 old.unlink()
-        with store.writer(STAGE, output(SELECTED, pool), shard_size=10**9) as w:
-            for s in selected:
-                w.add(s)
-        with store.writer(STAGE, output(REJECTED, pool), shard_size=10**9) as w:
-            for s in rejected:
-                w.add(s)
-        with store.writer(STAGE, output(TRAIN, pool), shard_size=10**9) as w:
-            for s in selected:
+        for name, items in ((SELECTED, selected), (REJECTED, rejected)):
+            with store.writer(STAGE, output(name, pool)) as w:
+                for c in items:
+                    w.add(reference(*c["at"], c["id"]))
+        with store.writer(STAGE, output(TRAIN, pool)) as w:
+            for c in selected:
+                s = store.fetch("score", scored, *c["at"][1:])
                 w.add(training_example(prompts[s["prompt_id"]], s, f"{sc.method}:{pool}"))
         summary[pool] = {"selected": _stats(selected, correct), "rejected": _stats(rejected, correct)}
         if sc.method != "random":  # what random sampling would keep at the same budget, for comparison

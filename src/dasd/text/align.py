@@ -34,29 +34,65 @@ and ``lpc_student`` whatever the unit.
 from __future__ import annotations
 
 import math
-import numbers
-from bisect import bisect_right
 from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
 
 Span = tuple[int, int]
+
+
+@lru_cache(maxsize=1)
+def _whitespace_codepoints() -> np.ndarray:
+    """Every code point ``str.isspace`` calls whitespace (all are below U+3001)."""
+    return np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def _offsets_array(offsets, side: str, n: int) -> np.ndarray:
+    """``offsets`` as an ``(k, 2)`` int64 array; ``ValueError`` names the first bad token."""
+    if isinstance(offsets, np.ndarray) and offsets.dtype.kind in "iu" and offsets.ndim == 2 and offsets.shape[1] == 2:
+        arr = offsets.astype(np.int64, copy=False)
+    else:
+        for i, off in enumerate(offsets):  # lists from JSON or an engine: check shape and types
+            if len(off) != 2:
+                raise ValueError(f"{side}.offsets[{i}] = {off!r}: expected [start, end]")
+        arr = np.asarray(offsets) if len(offsets) else np.zeros((0, 2), dtype=np.int64)
+        if arr.dtype.kind not in "iu":
+            for i, (s, e) in enumerate(offsets):
+                if not (isinstance(s, (int, np.integer)) and isinstance(e, (int, np.integer))):
+                    raise ValueError(f"{side}.offsets[{i}] = {list(offsets[i])!r}: not a span inside the text (length {n})")
+        arr = arr.astype(np.int64, copy=False).reshape(-1, 2)
+    bad = ~((arr[:, 0] >= 0) & (arr[:, 0] <= arr[:, 1]) & (arr[:, 1] <= n))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{side}.offsets[{i}] = {arr[i].tolist()!r}: not a span inside the text (length {n})")
+    return arr
+
+
+def _logprobs_array(logprobs, side: str) -> np.ndarray:
+    ok = isinstance(logprobs, np.ndarray) and logprobs.dtype.kind == "f"
+    if not ok:
+        for i, lp in enumerate(logprobs):
+            if isinstance(lp, bool) or not isinstance(lp, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{side}.logprobs[{i}] = {lp!r}: not a finite number")
+    arr = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+    fin = np.isfinite(arr)
+    if not fin.all():
+        i = int(np.flatnonzero(~fin)[0])
+        raise ValueError(f"{side}.logprobs[{i}] = {logprobs[i]!r}: not a finite number")
+    return arr
 
 
 def check_token_signal(text: str, offsets: Sequence[Sequence[int]], logprobs: Sequence[float], side: str) -> None:
     """Raise ``ValueError`` naming ``side`` and the token index if offsets/log-probs are unusable.
 
     Checked: same length, integer spans with ``0 <= s <= e <= len(text)``, finite log-probs.
+    Vectorised for numpy arrays (a columnar record's); lists are checked element by element.
     """
     if len(offsets) != len(logprobs):
         raise ValueError(f"{side}: {len(offsets)} offsets but {len(logprobs)} logprobs")
-    n = len(text)
-    for i, (off, lp) in enumerate(zip(offsets, logprobs)):
-        if len(off) != 2:
-            raise ValueError(f"{side}.offsets[{i}] = {off!r}: expected [start, end]")
-        s, e = off
-        if not (isinstance(s, numbers.Integral) and isinstance(e, numbers.Integral) and 0 <= s <= e <= n):
-            raise ValueError(f"{side}.offsets[{i}] = {list(off)!r}: not a span inside the text (length {n})")
-        if not isinstance(lp, numbers.Real) or isinstance(lp, bool) or not math.isfinite(lp):
-            raise ValueError(f"{side}.logprobs[{i}] = {lp!r}: not a finite number")
+    _offsets_array(offsets, side, len(text))
+    _logprobs_array(logprobs, side)
 
 
 def token_anchor(text: str, start: int, end: int) -> int:
@@ -69,31 +105,49 @@ def token_anchor(text: str, start: int, end: int) -> int:
     return start
 
 
+def token_anchors(text: str, offsets) -> np.ndarray:
+    """``token_anchor`` of every token at once (an int64 array)."""
+    arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if not len(arr):
+        return np.zeros(0, dtype=np.int64)
+    n = len(text)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    space = np.isin(codes, _whitespace_codepoints())
+    # next_solid[i]: the first index >= i whose character is not whitespace (n if none)
+    idx = np.where(space, n, np.arange(n, dtype=np.int64))
+    next_solid = np.append(np.minimum.accumulate(idx[::-1])[::-1], n)
+    s, e = arr[:, 0], arr[:, 1]
+    lead_space = (e > s) & np.append(space, False)[np.minimum(s, n)]
+    solid = next_solid[np.minimum(s, n)]
+    return np.where(lead_space & (solid < e), solid, s)
+
+
 def assign_tokens(text: str, spans: Sequence[Span], offsets: Sequence[Sequence[int]]) -> list[int]:
     """Index of the sentence (in ``spans``) each token belongs to; ``spans`` must cover ``text``."""
+    return _assign(text, spans, offsets).tolist()
+
+
+def _assign(text: str, spans: Sequence[Span], offsets) -> np.ndarray:
     if not spans:
-        if offsets:
+        if len(offsets):
             raise ValueError("tokens given for an empty text")
-        return []
-    starts = [s for s, _ in spans]
-    last = len(spans) - 1
-    out = []
-    for s, e in offsets:
-        a = token_anchor(text, s, e)
-        i = bisect_right(starts, a) - 1
-        out.append(min(max(i, 0), last))
-    return out
+        return np.zeros(0, dtype=np.int64)
+    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+    i = np.searchsorted(starts, token_anchors(text, offsets), side="right") - 1
+    return np.clip(i, 0, len(spans) - 1)
 
 
 def sentence_means(
     text: str, spans: Sequence[Span], offsets: Sequence[Sequence[int]], logprobs: Sequence[float]
 ) -> tuple[list[float | None], list[int]]:
-    """Per sentence: mean token log-prob (``None`` if no token) and token count, for one model."""
-    sums = [0.0] * len(spans)
-    counts = [0] * len(spans)
-    for i, lp in zip(assign_tokens(text, spans, offsets), logprobs):
-        sums[i] += lp
-        counts[i] += 1
+    """Per sentence: mean token log-prob (``None`` if no token) and token count, for one model.
+
+    Sums run in token order in float64 (``np.bincount``), as a plain loop would add them.
+    """
+    which = _assign(text, spans, offsets)
+    lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+    sums = np.bincount(which, weights=lp, minlength=len(spans)).tolist()
+    counts = np.bincount(which, minlength=len(spans)).tolist()
     means = [sums[i] / counts[i] if counts[i] else None for i in range(len(spans))]
     return means, counts
 

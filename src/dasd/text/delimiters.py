@@ -36,6 +36,8 @@ import re
 from bisect import bisect_right
 from typing import Any
 
+import numpy as np
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -183,6 +185,8 @@ def normalize_response(record: dict[str, Any]) -> dict[str, Any]:
         for key, val in teacher.items():
             if key == "offsets":
                 t[key] = [list(o) for o in new_offsets]
+            elif isinstance(val, np.ndarray) and len(val) == n_tok:  # a columnar record's arrays
+                t[key] = val[np.asarray(keep, dtype=np.int64)]
             elif isinstance(val, list) and len(val) == n_tok:
                 t[key] = [val[i] for i in keep]
             else:

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from dasd.configbase import StrictModel
@@ -114,19 +115,35 @@ def is_repetitive(text: str, cfg: RepetitionConfig | None = None) -> str | None:
 
 
 def check_teacher_signal(sample: dict[str, Any]) -> str | None:
-    """``None`` if the sample has no teacher signal or a usable one; else what is wrong."""
+    """``None`` if the sample has no teacher signal or a usable one; else what is wrong (vectorised)."""
     teacher = sample.get("teacher")
     if not isinstance(teacher, dict) or teacher.get("offsets") is None:
         return None
-    offsets, logprobs = teacher.get("offsets") or [], teacher.get("logprobs") or []
+    offsets = teacher.get("offsets")
+    logprobs = teacher.get("logprobs")
+    offsets = [] if offsets is None else offsets
+    logprobs = [] if logprobs is None else logprobs
     if len(offsets) != len(logprobs):
         return f"{len(offsets)} offsets but {len(logprobs)} logprobs"
     n = len(sample.get("text") or "")
-    for i, (off, lp) in enumerate(zip(offsets, logprobs)):
-        if not isinstance(lp, (int, float)) or not math.isfinite(lp):
-            return f"teacher.logprobs[{i}] = {lp!r} is not finite"
-        if len(off) != 2 or not 0 <= off[0] <= off[1] <= n:
-            return f"teacher.offsets[{i}] = {off!r} is outside the text (length {n})"
+    try:
+        lp = np.asarray(logprobs, dtype=np.float64)
+    except (TypeError, ValueError):
+        lp = None
+    if lp is None or lp.ndim != 1 or not np.isfinite(lp).all():
+        for i, v in enumerate(logprobs):  # the slow path only finds the bad one
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                return f"teacher.logprobs[{i}] = {v!r} is not finite"
+    off = np.asarray(offsets) if len(offsets) else np.zeros((0, 2), dtype=np.int64)
+    if off.dtype == object or off.ndim != 2 or off.shape[1] != 2:
+        for i, o in enumerate(offsets):
+            if len(o) != 2:
+                return f"teacher.offsets[{i}] = {o!r} is outside the text (length {n})"
+        return "teacher.offsets are not [start, end] pairs"
+    bad = ~((off[:, 0] >= 0) & (off[:, 0] <= off[:, 1]) & (off[:, 1] <= n))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        return f"teacher.offsets[{i}] = {off[i].tolist()!r} is outside the text (length {n})"
     return None
 
 

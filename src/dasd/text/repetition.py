@@ -77,19 +77,17 @@ def repeated_sentence(text: str, cfg: RepetitionConfig) -> str | None:
 
 
 def repeated_ngrams(text: str, cfg: RepetitionConfig) -> str | None:
+    """Share of word n-grams that repeat an earlier one (vectorised: words -> ids -> 64-bit n-gram hashes)."""
     words = _WORDS.findall(text)
     n = cfg.ngram_n
     total = len(words) - n + 1
     if len(words) < 2 * n:
         return None
-    seen: set[int] = set()
-    dup = 0
-    for i in range(total):
-        h = hash(tuple(words[i : i + n]))
-        if h in seen:
-            dup += 1
-        else:
-            seen.add(h)
+    ids = np.unique(np.asarray(words), return_inverse=True)[1].astype(np.uint64).reshape(-1)
+    h = np.zeros(total, dtype=np.uint64)
+    for j in range(n):  # polynomial hash of each window, mod 2**64
+        h = h * np.uint64(0x100000001B3) + ids[j : j + total] + np.uint64(1)
+    dup = total - len(np.unique(h))
     frac = dup / total
     if frac > cfg.ngram_max_dup_fraction:
         return f"{frac:.0%} of word {n}-grams repeat (> {cfg.ngram_max_dup_fraction:.0%})"

@@ -1,0 +1,253 @@
+"""Cost of the non-model work of filter, score and select as the pool grows (issue 14's targets).
+
+Builds a synthetic run of N teacher responses of realistic length (2-8K characters of toy-world
+reasoning, every one distinct), tokenised with the toy teacher's tokenizer (ids, offsets) and
+log-probs drawn at random, then runs each stage in its own process and prints per stage: records,
+teacher tokens, wall seconds, peak RSS, the bytes the stage wrote per teacher token, and CPU
+microseconds per teacher token. ``score`` gets a stand-in student engine that returns the toy
+student tokenizer's offsets with random log-probs; the CPU that engine spends (tokenising) is
+measured and left out, so the score line is the stage's own work. Targets (issue 14): peak RSS at
+16K within 1.2x of 1K; <= 12 bytes per teacher token in the sample pool and <= 25 in the score
+pool; <= 1 us of CPU per teacher token per stage.
+
+Run::
+
+    HF_HUB_OFFLINE=1 python benchmarks/scale.py [--records 1000,4000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PAPER_RESPONSES, PAPER_TOKENS = 448_000, 10_000
+STAGES = ("filter", "score", "select")
+OPS = [("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("*", lambda a, b: a * b)]
+LINKS = ["First,", "Then", "Next,", "Now", "After that,", "So", "Checking:", "We get", "Carry on:", "Again,"]
+
+
+def _columnar() -> bool:
+    """Whether this dasd has the columnar store (the benchmark also runs on the JSONL-only one)."""
+    import importlib.util
+
+    return importlib.util.find_spec("dasd.columnar") is not None
+
+
+def response_text(rng: random.Random) -> tuple[str, int]:
+    """A distinct toy-world reasoning of 2-8K characters and its answer."""
+    target = rng.randint(2000, 8000)
+    x = rng.randint(1, 9)
+    lines = ["<think>", f"We start from {x} and apply each operation in turn."]
+    n = sum(len(s) + 1 for s in lines)
+    step = 0
+    while n < target - 60:
+        step += 1
+        sym, fn = rng.choice(OPS)
+        a = rng.randint(1, 9)
+        y = fn(x, a) % 1000
+        s = f"{rng.choice(LINKS)} step {step}: {x} {sym} {a} = {y}, keep {y} mod 1000."
+        if rng.random() < 0.2:
+            s += f" Double-check: {y} is {'even' if y % 2 == 0 else 'odd'} and has {len(str(y))} digit(s)."
+        lines.append(s)
+        n += len(s) + 1
+        x = y
+    lines += ["</think>", f"The answer is \\boxed{{{x}}}."]
+    return "\n".join(lines), x
+
+
+# -- building the synthetic run ---------------------------------------------------------------------
+
+
+def build_run(root: Path, n: int, seed: int = 0, k: int = 4) -> dict:
+    """Prompts and one sample pool (T0.6) of ``n`` responses, written through the run store."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from dasd.store import RunStore
+    from dasd.toy.build import default_toy_dir
+
+    rng = random.Random(seed)
+    nprng = np.random.default_rng(seed)
+    tok = Tokenizer.from_file(str(default_toy_dir() / "teacher" / "tokenizer.json"))
+    store = RunStore(root)
+    n_prompts = (n + k - 1) // k
+    with store.writer("sample", "prompts") as w:
+        for i in range(n_prompts):
+            w.add({"id": f"p{i:06d}", "domain": "toy", "meta": {},
+                   "messages": [{"role": "user", "content": f"Problem {i}: apply the operations."}]})
+    t0 = time.process_time()
+    tokens = 0
+    arrays = (lambda a: a) if _columnar() else (lambda a: a.tolist())  # the JSONL store needs lists
+    with store.writer("sample", "pool-T0.6", shard_size=256) as w:
+        for start in range(0, n, 256):
+            texts = [response_text(rng)[0] for _ in range(start, min(n, start + 256))]
+            for j, (text, enc) in enumerate(zip(texts, tok.encode_batch(texts, add_special_tokens=False))):
+                i = start + j
+                ids = np.asarray(enc.ids, dtype=np.int32)
+                w.add({
+                    "id": f"s{i:07d}", "prompt_id": f"p{i // k:06d}", "model": "toy:teacher", "temperature": 0.6,
+                    "top_p": 1.0, "seed": 0, "index": i % k, "text": text, "finish_reason": "stop",
+                    "teacher": {"token_ids": arrays(ids), "offsets": arrays(np.asarray(enc.offsets, dtype=np.int32)),
+                                "logprobs": arrays(-nprng.exponential(0.3, len(ids)).astype(np.float32)),
+                                "logprob_mode": "raw"},
+                })
+                tokens += len(ids)
+    store.begin_stage("sample", {"synthetic": n})
+    store.end_stage("sample", {"T0.6": {"samples": n, "tokens": tokens}})
+    return {"records": n, "teacher_tokens": tokens, "build_cpu_s": time.process_time() - t0}
+
+
+def config(root: Path):
+    from dasd.config import load_config
+
+    return load_config(None, [f"run_dir={root}", "student.model=toy:student", "teacher.model=toy:teacher",
+                              "sample.temperatures=[0.6]", "filter.max_student_tokens=65536"])
+
+
+@dataclass
+class StandInStudent:
+    """A student engine for ``score``: the toy student tokenizer's offsets and random log-probs.
+
+    ``cpu_s`` is the CPU it spent, so the caller can leave it out of the stage's own work."""
+
+    cpu_s: float = 0.0
+
+    def __post_init__(self):
+        import numpy as np
+        from tokenizers import Tokenizer
+
+        from dasd.toy.build import default_toy_dir
+
+        self.np = np
+        self.tok = Tokenizer.from_file(str(default_toy_dir() / "student" / "tokenizer.json"))
+        self.rng = np.random.default_rng(1)
+        self.arrays = (lambda a: a) if _columnar() else (lambda a: a.tolist())
+
+    def score(self, reqs):
+        from dasd.engines.base import ScoreResult
+
+        t0 = time.process_time()
+        out = []
+        for r, enc in zip(reqs, self.tok.encode_batch([r.continuation for r in reqs], add_special_tokens=False)):
+            offs = self.np.asarray(enc.offsets, dtype=self.np.int64)
+            out.append(ScoreResult(request_id=r.id, tokens=[], token_ids=enc.ids, offsets=self.arrays(offs),
+                                   logprobs=self.arrays(-self.rng.exponential(0.4, len(offs)))))
+        self.cpu_s += time.process_time() - t0
+        return out
+
+
+# -- one stage in its own process -------------------------------------------------------------------
+
+
+def run_stage(stage: str, root: Path) -> dict:
+    """Run ``stage`` on the run at ``root`` in this process; its own CPU, wall time and peak RSS."""
+    from dasd.stages.filter import run_filter
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+    from dasd.store import RunStore
+
+    cfg = config(root)
+    store = RunStore.open(root)
+    engine = StandInStudent() if stage == "score" else None
+    t0, c0 = time.monotonic(), time.process_time()
+    if stage == "filter":
+        run_filter(cfg, store)
+    elif stage == "score":
+        run_score(cfg, store, student=engine)
+    else:
+        run_select(cfg, store, grade=None)
+    cpu = time.process_time() - c0 - (engine.cpu_s if engine else 0.0)
+    return {"wall_s": time.monotonic() - t0, "cpu_s": cpu, "engine_cpu_s": engine.cpu_s if engine else 0.0,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def folder_bytes(root: Path, stage: str, prefix: str) -> int:
+    return sum(p.stat().st_size for p in (root / stage).glob(f"{prefix}*") if p.is_file())
+
+
+def measure(n: int, workdir: Path) -> list[dict]:
+    root = workdir / f"run-{n}"
+    shutil.rmtree(root, ignore_errors=True)
+    built = build_run(root, n)
+    tokens = built["teacher_tokens"]
+    rows = [{"stage": "sample (built)", "records": n, "teacher_tokens": tokens,
+             "bytes_per_token": folder_bytes(root, "sample", "pool-") / tokens}]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for stage in STAGES:
+        out = subprocess.run([sys.executable, __file__, "--stage", stage, "--run", str(root)], env=env,
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
+        m = json.loads(out.stdout.strip().splitlines()[-1])
+        written = {"filter": ("filter", "kept-"), "score": ("score", "pool-"), "select": ("select", "")}[stage]
+        rows.append({"stage": stage, "records": n, "teacher_tokens": tokens, **m,
+                     "bytes_per_token": folder_bytes(root, *written) / tokens,
+                     "cpu_us_per_token": m["cpu_s"] / tokens * 1e6})
+    shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = f"| {'stage':14s} | {'records':>7s} | {'teacher tokens':>14s} | {'wall s':>7s} | {'peak RSS MB':>11s} | {'bytes/tok':>9s} | {'CPU us/tok':>10s} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        def f(key, fmt):
+            return format(r[key], fmt) if key in r else "-"
+        rss = format(r["peak_rss"] / 2**20, ".0f") if "peak_rss" in r else "-"
+        lines.append(f"| {r['stage']:14s} | {r['records']:7d} | {r['teacher_tokens']:14,d} | {f('wall_s', '7.1f')} | "
+                     f"{rss:>11s} | {f('bytes_per_token', '9.2f')} | {f('cpu_us_per_token', '10.2f')} |")
+    return "\n".join(lines)
+
+
+def extrapolate(rows: list[dict]) -> str:
+    """Disk, RAM and CPU-hours at the paper's scale, from the largest run measured."""
+    n_max = max(r["records"] for r in rows)
+    last = {r["stage"]: r for r in rows if r["records"] == n_max}
+    total = PAPER_RESPONSES * PAPER_TOKENS
+    disk = sum(r["bytes_per_token"] for r in last.values()) * total
+    cpu_h = sum(r.get("cpu_us_per_token", 0) for r in last.values()) * total / 1e6 / 3600
+    ram = max(r.get("peak_rss", 0) for r in last.values())
+    return (f"at {PAPER_RESPONSES:,} responses x {PAPER_TOKENS:,} teacher tokens ({total / 1e9:.2f}B tokens): "
+            f"disk {disk / 1e9:,.0f} GB (sample pool + filter + score + select outputs), peak RAM per stage "
+            f"{ram / 2**30:.1f} GiB (flat in the pool size), non-model CPU {cpu_h:,.1f} CPU-hours (filter + score + select)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", default="1000,4000", help="comma-separated pool sizes")
+    ap.add_argument("--workdir", default=None, help="where the synthetic runs go (default: a temp dir)")
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.stage:  # the child process: one stage, its numbers as the last line
+        import logging
+
+        logging.disable(logging.INFO)
+        print(json.dumps(run_stage(a.stage, Path(a.run))))
+        return
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-"))
+    rows = []
+    for n in (int(x) for x in a.records.split(",")):
+        rows += measure(n, workdir)
+        print(table([r for r in rows if r["records"] == n]), flush=True)
+    print()
+    print(table(rows))
+    for stage in STAGES:
+        rss = {r["records"]: r["peak_rss"] for r in rows if r["stage"] == stage}
+        lo, hi = min(rss), max(rss)
+        print(f"{stage}: peak RSS at {hi} records / at {lo} = {rss[hi] / rss[lo]:.2f}")
+    print(extrapolate(rows))
+
+
+if __name__ == "__main__":
+    main()
