@@ -203,6 +203,15 @@ def export_llamafactory(
     typer.echo(f"dataset_info.json and data files in {target}")
 
 
+@app.command()
+def convert(run_dir: Path = typer.Argument(..., help="Run directory written by an earlier (JSONL-only) dasd.")) -> None:
+    """Rewrite a run's token-carrying outputs (sample, kept, scored, selected/rejected pools) as Parquet."""
+    from dasd.convert import convert_run
+
+    done = convert_run(run_dir)
+    typer.echo(f"converted {sum(done.values())} records in {len(done)} outputs" if done else "nothing to convert")
+
+
 @app.command(name="plan")
 def plan_(
     args: Optional[list[str]] = ArgsArg,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from itertools import islice
 
 from dasd.engines.base import ScoreRequest
-from dasd.log import Rate, logger, progress
+from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
