@@ -35,7 +35,7 @@ from dasd.configbase import StrictModel
 from dasd.errors import InputError
 from dasd.grading.choice import format_choices, shuffle_choices
 from dasd.grading.code import check_tests
-from dasd.jsonl import BadLine, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
 from dasd.records import Prompt, content_id
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -63,7 +63,7 @@ def _get(obj: dict[str, Any], *names: str) -> Any:
 
 
 def _jsonl_objects(path: str | Path):
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
         if isinstance(obj, BadLine):
             raise InputError(f"{obj.where()}: {obj.reason}")
         yield lineno, obj
