@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 
 from dasd.engines.config import EngineConfig
-from dasd.errors import ConfigError
+from dasd.errors import ConfigError, DasdError
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
-from dasd.store import RunStore
+from dasd.store import RunStore, config_hash
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
 SAMPLE_POOL = "pool"
@@ -151,14 +151,50 @@ def model_for(cfg, store: RunStore, label: str):
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 
+def unfinished(store: RunStore, stage: str) -> bool:
+    """True when ``stage`` began in this run and did not finish (interrupted, or failed)."""
+    info = store.stage_info(stage)
+    return bool(info) and not info.get("complete")
+
+
+def require_finished(store: RunStore, stages: tuple[str, ...] | str, by: str) -> None:
+    """Refuse to let stage ``by`` read the outputs of a stage that began and did not finish.
+
+    An interrupted stage leaves complete shards of a partial output; a later stage reading them
+    would silently work on part of the data. A stage with no manifest entry (outputs written by
+    other means) is not refused.
+    """
+    for stage in (stages,) if isinstance(stages, str) else stages:
+        if unfinished(store, stage):
+            started = store.stage_info(stage).get("started", "?")
+            raise DasdError(f"{store.root}: stage {stage!r} began at {started} and did not finish, so its outputs are "
+                            f"partial; run `dasd {stage}` (or `dasd run`) to finish it before `dasd {by}`")
+
+
+# ``mix`` settings that do not change what `dasd mix` writes
+MIX_FREE_SETTINGS = ("replay", "batch_questions")
+
+
+def mix_finished(cfg, store: RunStore) -> bool:
+    """True when `dasd mix` finished in this run with the config's ``mix`` section (settings that do
+    not change its outputs, ``MIX_FREE_SETTINGS``, aside)."""
+    info = store.stage_info("mix")
+    done = (info.get("config") or {}).get("mix") or {}
+    want = cfg.mix.model_dump()
+    return bool(info.get("complete")) and config_hash({k: v for k, v in done.items() if k not in MIX_FREE_SETTINGS}) \
+        == config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS})
+
+
 def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``,
     ``mixed+replay``.
 
-    ``low`` / ``high``: the selected examples of the lowest / highest temperature pool;
-    ``mixed``: the mixed-policy examples, once `dasd mix` has run; ``mixed+replay``: those plus
-    off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
+    ``low`` / ``high``: the selected examples of the lowest / highest temperature pool (`dasd select`
+    must have finished); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
+    with the current ``mix`` config (an interrupted mix never feeds training); ``mixed+replay``:
+    those plus off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
+    require_finished(store, "select", "train")
     data: dict[str, list[dict]] = {}
     for pool in pools(store, "select", TRAIN):
         data[pool] = list(store.read("select", output(TRAIN, pool)))
@@ -166,10 +202,13 @@ def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     for alias, temp in (("low", temps[0]), ("high", temps[-1])):
         if pool_name(temp) in data:
             data[alias] = data[pool_name(temp)]
-    mixed = list(store.read("mix", MIX_EXAMPLES))
-    if mixed:
-        data["mixed"] = mixed
-        _add_replay(cfg, data)
+    if mix_finished(cfg, store):
+        mixed = list(store.read("mix", MIX_EXAMPLES))
+        if mixed:  # a mix that kept nothing: an optional mixed stage is skipped, as before the mix
+            data["mixed"] = mixed
+            _add_replay(cfg, data)
+    elif store.stage_info("mix"):
+        logger("train").info("mixed-policy data not used: `dasd mix` has not finished with this config yet")
     return data
 
 

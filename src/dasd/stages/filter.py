@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dasd.grading.grade import is_correct
 from dasd.log import logger
-from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, resolve_model
+from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, require_finished, resolve_model
 from dasd.store import RunStore
 from dasd.text.filters import Funnel, apply_filters
 
@@ -32,6 +32,7 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
+    require_finished(store, ("sample", "import"), STAGE)
     store.begin_stage(STAGE, fc.model_dump(mode="json"))
     prompts = load_run_prompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None

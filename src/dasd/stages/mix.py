@@ -229,6 +229,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
 def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
     store = store or RunStore(cfg.run_dir)
+    runs.require_finished(store, ("sample", "import", "select"), STAGE)
     mixed_stages = [s.name for s in cfg.train.stages if s.data in runs.MIXED_POOLS]
     label, path = runs.latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
     log.info(f"student: {label} ({path})")

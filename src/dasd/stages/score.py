@@ -20,7 +20,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
+from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools, require_finished
 from dasd.store import RunStore
 
 STAGE = "score"
@@ -59,6 +59,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
                  "local_naturalness": local}
+    require_finished(store, ("sample", "import", "filter"), STAGE)
     store.begin_stage(STAGE, stage_cfg)
     prompts = load_run_prompts(store)
     counts = {}

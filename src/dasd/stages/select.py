@@ -19,7 +19,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id
 from dasd.rules.das import SelectConfig, select_grouped
-from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, load_run_prompts, output, pools
+from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, load_run_prompts, output, pools, require_finished
 from dasd.store import RunStore
 
 STAGE = "select"
@@ -57,6 +57,7 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     """Select per pool; ``grade(prompt, text) -> bool`` (None: skip) adds correctness to the summary."""
     store = store or RunStore(cfg.run_dir)
     sc: SelectConfig = cfg.select
+    require_finished(store, ("sample", "import", "score"), STAGE)
     store.begin_stage(STAGE, {"select": sc.model_dump(), "das": cfg.das.model_dump()})
     prompts = load_run_prompts(store)
     summary = {}
