@@ -121,6 +121,14 @@ def final_model(store: RunStore, stage_name: str) -> str | None:
     return str(p) if (p / "config.json").is_file() else None
 
 
+def model_key(store: RunStore, model: str) -> str:
+    """How records name a model: a model inside the run as ``run:<path relative to the run>`` (so a
+    moved or copied run keeps its ids), any other as given."""
+    p = Path(model).absolute()
+    root = Path(store.root).absolute()
+    return f"run:{p.relative_to(root).as_posix()}" if p.is_relative_to(root) else model
+
+
 def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
     """(label, model dir) of the newest trained student (stages before ``before``), else the base."""
     latest = ("student", cfg.student.model)

@@ -28,3 +28,13 @@ def test_a_reader_of_an_unfinished_stage_is_refused(tmp_path, stage, runner, nee
         runner(cfg, store)
     store.end_stage(stage, {})
     runner(cfg, store)  # finished (nothing in it here): the reader runs
+
+
+def test_models_inside_a_run_are_named_relative_to_it(tmp_path):
+    """Issue 15, item 3: mix ids name the run's own student relative to the run, so they survive a move."""
+    from dasd.runs import model_key
+
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    assert model_key(a, str(a.root / "train" / "stage2_high" / "final")) == "run:train/stage2_high/final"
+    assert model_key(a, str(b.root / "train" / "stage2_high" / "final")) == str(b.root / "train" / "stage2_high" / "final")
+    assert model_key(a, "/models/Qwen3-4B") == "/models/Qwen3-4B"
