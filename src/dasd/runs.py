@@ -108,6 +108,46 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def record_faults(store: RunStore, stage: str, engines) -> dict:
+    """Add the retries of ``engines`` (those that count them: ``stats``, the openai engine) to the
+    stage's manifest entry and log them; return the entry's ``faults``.
+
+    ``faults``: ``retries``, ``by_kind`` (429, 5xx, timeout, connection, malformed), ``seconds_lost``
+    (failed attempts and backoff), ``nonfinite`` (answers with NaN/infinite log-probs) and
+    ``requests``, summed over the engines and over the calls of one stage run (a new run of the
+    stage starts from zero).
+    """
+    info = store.manifest["stages"].setdefault(stage, {})
+    faults = info.get("faults") or {}
+    if faults.get("since") != info.get("started"):
+        faults = {"since": info.get("started"), "requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0,
+                  "nonfinite": 0}
+    added = 0
+    for eng in engines:
+        stats = getattr(eng, "stats", None)
+        if eng is None or not isinstance(stats, dict):
+            continue
+        seen = getattr(eng, "_recorded", {})  # what an earlier call already counted
+        new = {k: v - seen.get(k, 0) for k, v in stats.items()}
+        eng._recorded = dict(stats)
+        faults["requests"] += new.get("requests", 0)
+        faults["retries"] += new.get("retries", 0)
+        faults["nonfinite"] += new.get("nonfinite", 0)
+        faults["seconds_lost"] = round(faults["seconds_lost"] + new.get("retry_seconds", 0.0), 3)
+        for k, v in new.items():
+            if k.startswith("retry:") and v:
+                faults["by_kind"][k[6:]] = faults["by_kind"].get(k[6:], 0) + v
+        added += new.get("retries", 0) + new.get("nonfinite", 0)
+    info["faults"] = faults
+    store.save_manifest()
+    if added:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(faults["by_kind"].items())) or "none"
+        logger(stage).info(f"{faults['retries']} retries of {faults['requests']} requests ({kinds}), "
+                           f"{faults['seconds_lost']:.1f}s lost to them, {faults['nonfinite']} answer(s) with "
+                           "non-finite log-probs")
+    return faults
+
+
 def open_engine(cfg: EngineConfig):
     """Build the engine a config names (``toy:`` models resolved)."""
     from dasd.engines import make_engine
