@@ -164,10 +164,10 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
     ``problems_path``: Prompt records (JSONL). ``responses_path``: JSONL ``{"problem_id", "text"}``
     (+ optional ``sample_index``, default: order of appearance per problem; + optional ``protocol``,
     recorded as given). Writes one EvalResult per response to ``out_path`` atomically. A bad
-    response line (not JSON, missing field, unknown problem, duplicate index) is an InputError
-    naming file:line, before anything is graded.
+    response line (not JSON, missing field, unknown problem, duplicate index) or a problem id given
+    twice is an InputError naming the file (and line), before anything is graded.
     """
-    problems = {p["id"]: p for p in load_problems(problems_path)}
+    problems = {p["id"]: p for p in load_problems(problems_path)}  # ids are unique (checked there)
     pairs, meta = [], []
     seen: set[tuple[str, int]] = set()
     count: dict[str, int] = {}

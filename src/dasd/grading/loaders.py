@@ -215,11 +215,17 @@ def load_toy(n: int = 100, seed: int = 0, split: str = "test", benchmark: str = 
 
 
 def load_problems(path: str | Path) -> list[dict[str, Any]]:
-    """Prompt records from a JSONL file, each validated; the first bad one is an InputError (file:line)."""
+    """Prompt records from a JSONL file, each validated; the first bad one (or an id given twice) is
+    an InputError (file:line)."""
     path = Path(path)
     out = []
+    first: dict[str, int] = {}
     for lineno, obj in _jsonl_objects(path):
         rec = _validated(obj, f"{path}:{lineno}")
+        if rec["id"] in first:
+            raise InputError(f"{path}:{lineno}: duplicate problem id {rec['id']!r} (first on line {first[rec['id']]}); "
+                             "ids must be unique, or responses would be graded against the wrong problem")
+        first[rec["id"]] = lineno
         if rec.get("tests") is not None:
             bad = check_tests(rec["tests"])
             if bad:

@@ -17,7 +17,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
-from dasd.runs import model_for, open_engine, require_finished, results_name
+from dasd.runs import model_for, open_engine, record_faults, require_finished, results_name
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -72,6 +72,7 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                 scored.append(rec)
     profile = position_profile(scored, ac)
     profile["model"] = label
+    record_faults(store, STAGE, engines.values())
     store.end_stage(STAGE, profile)
     log.info(format_profile(profile))
     return profile

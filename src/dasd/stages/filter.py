@@ -5,16 +5,19 @@ Reads ``RUN/sample/pool-<pool>``; writes ``RUN/filter/kept-<pool>`` (normalised 
 their thresholds are in ``dasd.text.filters`` (docs/filters.md). Length is counted with the
 **student's** tokenizer. With ``filter.require_correct``, responses to prompts that carry a
 reference answer are graded (``dasd.grading``) and wrong ones dropped. Re-running skips samples
-already kept or rejected; the funnel always describes the whole pool.
+already kept or rejected; the funnel always describes the whole pool. A record that cannot be
+filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quarantined under rule
+``malformed``.
 """
 
 from __future__ import annotations
 
 from dasd.grading.grade import is_correct
 from dasd.log import logger
+from dasd.records import content_id
 from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, require_finished, resolve_model
 from dasd.store import RunStore
-from dasd.text.filters import Funnel, apply_filters
+from dasd.text.filters import Drop, Funnel, apply_filters
 
 STAGE = "filter"
 log = logger(STAGE)
@@ -26,6 +29,15 @@ def student_token_counter(cfg):
 
     tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.tokenizer or cfg.student.model))
     return lambda text: len(tok.encode(text, add_special_tokens=False))
+
+
+def malformed(sample: dict) -> str | None:
+    """Why a sample record cannot be filtered (a field missing or of the wrong type), or None."""
+    for field in ("id", "prompt_id", "text"):
+        if not isinstance(sample.get(field), str):
+            got = "missing" if field not in sample else f"a {type(sample[field]).__name__}, not a string"
+            return f"field {field!r}: {got}"
+    return None
 
 
 def run_filter(cfg, store: RunStore | None = None) -> dict:
@@ -46,6 +58,12 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         for pool in pools(store, "sample", SAMPLE_POOL):
             with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
                 for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                    bad = malformed(s)
+                    if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
+                        funnel.add(pool, Drop("malformed", bad))
+                        rejects.add({"id": str(s.get("id") or content_id("malformed", s)), "pool": pool, "rule": "malformed",
+                                     "reason": bad, "where": f"{store.root / 'sample'} pool-{pool}", "sample": s})
+                        continue
                     out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
                     funnel.add(pool, drop)
                     if out is not None:

@@ -120,6 +120,7 @@ def run_mix(
     funnel = funnel_of(r for r in store.read(STAGE, "rollouts") if r["id"] in want)
     funnel["new"] = len(todo)
     funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in want})
+    runs.record_faults(store, STAGE, [student_engine, teacher_engine])
     store.end_stage(STAGE, funnel)
     log.info(funnel_table(funnel))
     return funnel

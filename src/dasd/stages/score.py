@@ -20,7 +20,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools, require_finished
+from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools, record_faults, require_finished
 from dasd.store import RunStore
 
 STAGE = "score"
@@ -101,5 +101,6 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             store.write_rejects(STAGE, rejects)
         counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
         log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+    record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
     return counts
