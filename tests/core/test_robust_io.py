@@ -14,6 +14,7 @@ from dasd import jsonl
 from dasd.errors import DiskFullError
 from dasd.jsonl import BadLine, atomic_write_json, iter_jsonl, read_jsonl
 from dasd.prompts import load_prompts
+from dasd.report.build import write_report
 from dasd.store import RunStore
 
 
@@ -64,10 +65,11 @@ def test_written_files_follow_the_umask(tmp_path, mask):
         store = RunStore(tmp_path / f"run{mask}")
         with store.writer("sample", "pool-T1") as w:
             w.add({"id": "r1"})
+        report = write_report(store.root)
     finally:
         os.umask(old)
     want = 0o666 & ~mask
-    for f in [tmp_path / "a.json", store.root / "manifest.json", store.root / "sample" / "pool-T1-00000.jsonl"]:
+    for f in [tmp_path / "a.json", store.root / "manifest.json", store.root / "sample" / "pool-T1-00000.jsonl", report]:
         assert stat.S_IMODE(f.stat().st_mode) == want, f
 
 
