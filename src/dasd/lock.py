@@ -6,7 +6,9 @@ included), so a lock left by a dead process is simply taken over: nothing is gue
 The lock file keeps the holder's description (JSON) for the message only.
 
 Within one process the lock is taken once per directory and kept until the process exits (every
-``RunStore`` of the same run in one process shares it); ``release_run_lock`` drops it early.
+``RunStore`` of the same run in one process shares it); ``release_run_lock`` drops it early. The
+processes of one distributed job (``accelerate launch -m dasd train ...``) are one writer: ranks
+above 0 (``RANK``) work under rank 0's lock.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def holder(root: str | Path) -> dict | None:
 
 def hold_run_lock(root: str | Path) -> None:
     """Take the run directory's writer lock for this process (a no-op if it holds it already)."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # a rank > 0 of a distributed job: rank 0 holds the lock for the job
     key = os.path.realpath(root)
     with _guard:
         if key in _held:

@@ -68,3 +68,19 @@ def test_the_same_process_may_open_its_run_many_times(tmp_path):
     proc = hold(tmp_path, tmp_path / "r")  # released: another process can take it
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_the_ranks_of_one_distributed_job_are_one_writer(tmp_path):
+    run = tmp_path / "run"
+    proc = hold(tmp_path, run)  # rank 0 of the job (or any writer)
+    try:
+        env = {**os.environ, "RANK": "1", "HF_HUB_OFFLINE": "1"}
+        code = f"from dasd.store import RunStore; RunStore({str(run)!r}); print('ok')"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**env, "RANK": "0"})
+        assert out.returncode != 0 and "RunLockedError" in out.stderr
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
