@@ -26,10 +26,11 @@ OUTPUTS = [  # (stage folder, output name prefix) compared between runs
 ]
 
 
-def write_config(tmp: Path, run: str, teacher: str, student: str) -> Path:
+def write_config(tmp: Path, run: str, teacher: str, student: str, n_prompts: int = 6, mix: dict | None = None) -> Path:
     prompts = tmp / "prompts.jsonl"
     if not prompts.exists():
-        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "answer": str(i)}) + "\n" for i in range(6)), encoding="utf-8")
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "answer": str(i)}) + "\n"
+                                   for i in range(n_prompts)), encoding="utf-8")
     cfg = {
         "run_dir": str(tmp / run), "teacher": {"model": teacher}, "student": {"model": student},
         "data": {"prompts": str(prompts)},
@@ -43,6 +44,7 @@ def write_config(tmp: Path, run: str, teacher: str, student: str) -> Path:
                  "models": ["student", "stage2_high", "stage3_mixed"]},
         "analyze": {"max_responses": 4},
     }
+    cfg["mix"].update(mix or {})
     path = tmp / f"{run}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
@@ -146,14 +148,27 @@ def test_kill_9_at_several_points_then_rerun_equals_uninterrupted(tmp_path, tiny
     assert "samples graded" not in again and records(run) == got
 
 
+# Models whose mixed-policy stage keeps examples: a teacher nudged towards its end-of-turn token (its
+# answers and continuations end), a student nudged towards sentence ends (its rollouts have cut points).
+MIX_CORPUS = [
+    "<think>\nStep one: 3 + 4 = 7.\nThen 7 * 2 = 14.\nCheck it.\n</think>\nThe answer is \\boxed{14}.",
+    "<think>\nStart at 5. 5 - 2 = 3.\nCheck: 3 is right.\n</think>\nSo \\boxed{3}.",
+    "<think>\nLet me think. First, 12 / 4 = 3.\nThen 3 + 9 = 12! Done.\n</think>\nThe answer is \\boxed{12}.",
+]
+
+
 @pytest.mark.slow
-def test_sigterm_and_kill_9_at_random_moments_including_mix_then_rerun_equals_uninterrupted(
-        tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+def test_sigterm_and_kill_9_at_random_moments_including_mix_then_rerun_equals_uninterrupted(tmp_path, nudged_lm):
     seed = int(os.environ.get("DASD_FAULT_SEED", "0"))
     rng = random.Random(seed)
-    ref_cfg = write_config(tmp_path, "ref", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    teacher = nudged_lm(tmp_path / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 4, {"<|im_end|>"}, 1.3)
+    student = nudged_lm(tmp_path / "student", MIX_CORPUS * 20, 360, 3, {"\n", "."}, 1.6)
+    mix = {"n_questions": 12, "max_continuation_tokens": 40, "batch_questions": 2}
+    ref_cfg = write_config(tmp_path, "ref", teacher, student, n_prompts=12, mix=mix)
     dasd_run(ref_cfg)
-    cfg = write_config(tmp_path, "stopped", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    ref_mixed = json.loads((tmp_path / "ref" / "train" / "stage3_mixed" / "done.json").read_text())
+    assert ref_mixed["examples"] >= 2  # the mixed stage really trains (on more than one step)
+    cfg = write_config(tmp_path, "stopped", teacher, student, n_prompts=12, mix=mix)
     run = tmp_path / "stopped"
     plan = [
         (signal.SIGTERM, in_stage(run, "sample")),
