@@ -41,9 +41,9 @@ def test_a_byte_order_mark_does_not_lose_the_first_record(tmp_path):
 
 def test_an_oversized_record_is_quarantined_without_reading_it_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(jsonl, "MAX_RECORD_BYTES", 4096)
-    import dasd.prompts
+    import dasd.sources
 
-    monkeypatch.setattr(dasd.prompts, "MAX_RECORD_BYTES", 4096)
+    monkeypatch.setattr(dasd.sources, "MAX_RECORD_BYTES", 4096)
     p = tmp_path / "big.jsonl"
     with p.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps({"id": "a", "prompt": "small"}) + "\n")
