@@ -1,11 +1,14 @@
-"""`dasd run` killed with SIGKILL at several points (mid-sampling, mid-training, mid-evaluation) and
-re-run ends with the same data sets as an uninterrupted run, and no record twice."""
+"""`dasd run` killed with SIGKILL at several points (mid-sampling, mid-training, mid-evaluation), or
+stopped with SIGTERM / kill -9 at random moments of sampling, training, mixing and evaluation, and
+re-run ends with the same data sets as an uninterrupted run, and no record twice. A second writer
+on the same run is refused while the first runs."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -24,10 +27,11 @@ OUTPUTS = [  # (stage folder, output name prefix) compared between runs
 ]
 
 
-def write_config(tmp: Path, run: str, teacher: str, student: str) -> Path:
+def write_config(tmp: Path, run: str, teacher: str, student: str, n_prompts: int = 6, mix: dict | None = None) -> Path:
     prompts = tmp / "prompts.jsonl"
     if not prompts.exists():
-        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "answer": str(i)}) + "\n" for i in range(6)), encoding="utf-8")
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "answer": str(i)}) + "\n"
+                                   for i in range(n_prompts)), encoding="utf-8")
     cfg = {
         "run_dir": str(tmp / run), "teacher": {"model": teacher}, "student": {"model": student},
         "data": {"prompts": str(prompts)},
@@ -41,27 +45,51 @@ def write_config(tmp: Path, run: str, teacher: str, student: str) -> Path:
                  "models": ["student", "stage2_high", "stage3_mixed"]},
         "analyze": {"max_responses": 4},
     }
+    cfg["mix"].update(mix or {})
     path = tmp / f"{run}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
 
-def dasd_run(config: Path, kill_when: str | None = None, timeout: float = 300):
-    """Run `dasd run`; with ``kill_when`` (a glob), SIGKILL it as soon as that path exists."""
+def dasd_run(config: Path, kill_when=None, timeout: float = 300, sig: int = signal.SIGKILL, delay: float = 0.0):
+    """Run `dasd run`; with ``kill_when`` (a glob, or a function that says when), send ``sig``
+    ``delay`` seconds after that path exists. SIGTERM must end it with exit 143 and one line saying
+    how to resume."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dasd", "run", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, text=True)
     t0 = time.monotonic()
     if kill_when is not None:
+        ready = kill_when if callable(kill_when) else lambda: glob.glob(kill_when)
         while proc.poll() is None and time.monotonic() - t0 < timeout:
-            if glob.glob(kill_when):
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+            if ready():
+                time.sleep(delay)
+                if proc.poll() is not None:
+                    break
+                os.kill(proc.pid, sig)
+                out, _ = proc.communicate(timeout=timeout)
+                if sig == signal.SIGTERM:
+                    assert proc.returncode == 143, out[-3000:]
+                    assert out.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM); what was complete is kept; "
+                                                                   f"resume with: dasd run {config}"), out[-3000:]
+                    assert "Traceback" not in out, out[-3000:]
                 return "killed"
             time.sleep(0.02)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+def in_stage(run: Path, stage: str):
+    """A ``kill_when`` that is true while ``stage`` has begun and not finished (from the manifest)."""
+    def ready() -> bool:
+        try:
+            info = json.loads((run / "manifest.json").read_text(encoding="utf-8"))["stages"].get(stage)
+        except (OSError, ValueError, KeyError):
+            return False
+        return bool(info) and not info.get("complete")
+
+    return ready
 
 
 def records(run: Path) -> dict[str, Counter]:
@@ -132,3 +160,62 @@ def test_kill_9_at_several_points_then_rerun_equals_uninterrupted(tmp_path, tiny
     # a second re-run has nothing left to do
     again = dasd_run(cfg)
     assert "samples graded" not in again and records(run) == got
+
+
+# Models whose mixed-policy stage keeps examples: a teacher nudged towards its end-of-turn token (its
+# answers and continuations end), a student nudged towards sentence ends (its rollouts have cut points).
+MIX_CORPUS = [
+    "<think>\nStep one: 3 + 4 = 7.\nThen 7 * 2 = 14.\nCheck it.\n</think>\nThe answer is \\boxed{14}.",
+    "<think>\nStart at 5. 5 - 2 = 3.\nCheck: 3 is right.\n</think>\nSo \\boxed{3}.",
+    "<think>\nLet me think. First, 12 / 4 = 3.\nThen 3 + 9 = 12! Done.\n</think>\nThe answer is \\boxed{12}.",
+]
+
+
+@pytest.mark.slow
+def test_sigterm_and_kill_9_at_random_moments_including_mix_then_rerun_equals_uninterrupted(tmp_path, nudged_lm):
+    seed = int(os.environ.get("DASD_FAULT_SEED", "0"))
+    rng = random.Random(seed)
+    teacher = nudged_lm(tmp_path / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 4, {"<|im_end|>"}, 1.3)
+    student = nudged_lm(tmp_path / "student", MIX_CORPUS * 20, 360, 3, {"\n", "."}, 1.6)
+    mix = {"n_questions": 12, "max_continuation_tokens": 40, "batch_questions": 2}
+    ref_cfg = write_config(tmp_path, "ref", teacher, student, n_prompts=12, mix=mix)
+    dasd_run(ref_cfg)
+    ref_mixed = json.loads((tmp_path / "ref" / "train" / "stage3_mixed" / "done.json").read_text())
+    assert ref_mixed["examples"] >= 2  # the mixed stage really trains (on more than one step)
+    cfg = write_config(tmp_path, "stopped", teacher, student, n_prompts=12, mix=mix)
+    run = tmp_path / "stopped"
+    plan = [
+        (signal.SIGTERM, in_stage(run, "sample")),
+        (signal.SIGKILL, f"{run}/train/stage1_low/checkpoints/step-000001"),
+        (signal.SIGTERM, in_stage(run, "mix")),   # partial mixed set flushed: must not feed stage 3
+        (signal.SIGKILL, in_stage(run, "mix")),
+        (signal.SIGTERM, f"{run}/train/stage3_mixed/checkpoints/step-000001"),
+        (signal.SIGTERM, in_stage(run, "eval")),
+    ]
+    outcomes = [dasd_run(cfg, kill_when=when, sig=sig, delay=rng.uniform(0.0, 0.5)) for sig, when in plan]
+    assert outcomes.count("killed") >= 4, (seed, outcomes)
+    # two writers: while one `dasd run` works, a second one on the same run is refused, naming the first
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "dasd", "run", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=env, text=True)
+    t0 = time.monotonic()
+    while f'"pid": {first.pid}' not in (run / ".lock").read_text() and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "dasd", "run", str(cfg)], capture_output=True, text=True, env=env)
+    final, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, final[-3000:]
+    assert second.returncode == 2 and f"run directory in use by pid {first.pid}" in second.stderr, second.stderr
+    ref, got = records(tmp_path / "ref"), records(run)
+    assert set(got) == set(ref)
+    for name in ref:
+        assert all(n == 1 for n in got[name].values()), f"{name}: a record was written twice"
+        if name.startswith(("sample/", "filter/", "score/", "select/")):
+            assert got[name] == ref[name], name
+        else:
+            assert keys(name, got[name]) == keys(name, ref[name]), name
+    for stage in ("stage1_low", "stage2_high", "stage3_mixed"):
+        a = json.loads((tmp_path / "ref" / "train" / stage / "done.json").read_text())
+        b = json.loads((run / "train" / stage / "done.json").read_text())
+        assert a["steps"] == b["steps"] and a["examples"] == b["examples"], stage  # stage 3: the whole mixed set
+        assert abs(a["final_loss"] - b["final_loss"]) < 1e-4, stage
+    assert "[run] report:" in final

@@ -11,13 +11,18 @@ Every verb that needs a config takes it the same way: an optional YAML path firs
     dasd demo
 
 ``-q`` keeps only warnings and errors, ``-v`` adds debug lines (``dasd.log``). Errors a user can fix
-(bad config, bad input, bad run directory, unknown verb) print one line and exit with code 2,
-without a traceback.
+(bad config, bad input, bad run directory, a run directory in use, a full disk, unknown verb) print
+one line and exit with code 2, without a traceback. Ctrl-C (SIGINT) and SIGTERM (what Slurm and
+Kubernetes send) stop the command the same way: what is complete is kept (buffered records are
+flushed), one line says how to resume, and the exit code is 130 / 143.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -254,15 +259,52 @@ def plan_(
     typer.echo(format_plan(plan(load(config, args), a), a))
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived. It unwinds the stack (writers flush what is complete) and is not
+    caught by ``except Exception``; unlike KeyboardInterrupt, typer does not turn it into a silent
+    exit code."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    # a second signal of the same kind ends the process at once (Ctrl-C: KeyboardInterrupt)
+    signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+def _stopped(why: str, argv: list[str], code: int) -> int:
+    """The one line printed when a command is stopped by a signal; its exit code."""
+    print(f"dasd: {why}; what was complete is kept; resume with: dasd {shlex.join(argv)}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dasd` console script. Returns the exit code."""
+    import click
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # dasd's stages show their own progress
     command = typer.main.get_command(app)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     try:
-        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="dasd", standalone_mode=False)
+        rv = command.main(args=argv, prog_name="dasd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
+    except Stopped as e:
+        if e.signum == signal.SIGTERM:
+            return _stopped("terminated (SIGTERM)", argv, 143)
+        return _stopped("interrupted (Ctrl-C)", argv, 130)
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
+        return _stopped("interrupted (Ctrl-C)", argv, 130)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space and "
+              f"re-run: dasd {shlex.join(argv)}", file=sys.stderr)
+        return 2
     except DasdError as e:
         lines = str(e).splitlines() or [type(e).__name__]
         for line in lines:
@@ -270,16 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except typer.Exit as e:
         return e.exit_code
-    except typer.Abort:
-        print("dasd: aborted", file=sys.stderr)
-        return 130
     except typer.TyperException as e:  # usage errors: unknown verb, bad option
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"dasd: error: {message} (see dasd --help)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dasd: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -15,3 +15,7 @@ class ConfigError(DasdError):
 
 class InputError(DasdError):
     """An input file cannot be read at all (missing, unreadable, wrong format)."""
+
+
+class DiskFullError(DasdError):
+    """A write failed for lack of space (or quota); the message names the file. Nothing is half-written."""

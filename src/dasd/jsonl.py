@@ -6,17 +6,22 @@ either the previous complete file or nothing, never a half-written file read as 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dasd.errors import InputError
+from dasd.errors import DiskFullError, InputError
+
+# errno values of a full disk or an exceeded quota
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -39,29 +44,50 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+# The largest record (line) read from an input file, in bytes: a longer line is quarantined as a
+# BadLine without being held in memory, so a hostile or broken input cannot exhaust memory.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
+               ) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line yields a ``BadLine``.
 
-    Bad lines (not JSON, NaN/Infinity, not an object) do not stop the read: the caller decides to
-    quarantine them. A missing or unreadable file raises ``InputError``.
+    Bad lines (not UTF-8, not JSON, NaN/Infinity, not an object, longer than ``max_bytes``) do not
+    stop the read: the caller decides to quarantine them; line numbers stay exact. A UTF-8 byte
+    order mark at the start of the file is skipped. Input readers pass ``max_bytes=MAX_RECORD_BYTES``;
+    the run's own files are read whole. A missing or unreadable file raises ``InputError``.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     try:
-        fh = p.open("r", encoding="utf-8", errors="strict")
+        fh = p.open("rb")
     except OSError as e:
         raise InputError(f"{p}: cannot open ({e.strerror})") from e
     with fh:
         lineno = 0
         while True:
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError as e:
-                raise InputError(f"{p}:{lineno + 1}: not valid UTF-8 ({e.reason})") from e
-            if not line:
+            raw = fh.readline(max_bytes + 1) if max_bytes else fh.readline()
+            if not raw:
                 break
             lineno += 1
+            if max_bytes and len(raw) > max_bytes and not raw.endswith(b"\n"):
+                size = len(raw)
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a chunk at a time
+                    raw = fh.readline(1 << 20)
+                    size += len(raw)
+                yield lineno, BadLine(str(p), lineno, f"record of {size} bytes is over the {max_bytes}-byte cap "
+                                      "(dasd.jsonl.MAX_RECORD_BYTES)", "")
+                continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, BadLine(str(p), lineno, f"not valid UTF-8 (byte {e.start}: {e.reason})",
+                                      raw.decode("utf-8", "replace").rstrip("\n"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -90,26 +116,52 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w"):
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
 
-    On an exception the temp file is removed and ``path`` is left as it was.
+    The file gets the mode a plain ``open`` would give it (0666 less the umask). On an exception the
+    temp file is removed and ``path`` is left as it was; a full disk (or quota) is a ``DiskFullError``
+    naming ``path``.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as err:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise DiskFullError(f"{p}: no space left on device ({err.strerror}); nothing was half-written: "
+                                "free some space and re-run the same command to resume") from err
         raise
 
 

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 
 from dasd.engines.config import EngineConfig
-from dasd.errors import ConfigError
+from dasd.errors import ConfigError, DasdError
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
-from dasd.store import RunStore
+from dasd.store import RunStore, config_hash
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
 SAMPLE_POOL = "pool"
@@ -108,6 +108,46 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def record_faults(store: RunStore, stage: str, engines) -> dict:
+    """Add the retries of ``engines`` (those that count them: ``stats``, the openai engine) to the
+    stage's manifest entry and log them; return the entry's ``faults``.
+
+    ``faults``: ``retries``, ``by_kind`` (429, 5xx, timeout, connection, malformed), ``seconds_lost``
+    (failed attempts and backoff), ``nonfinite`` (answers with NaN/infinite log-probs) and
+    ``requests``, summed over the engines and over the calls of one stage run (a new run of the
+    stage starts from zero).
+    """
+    info = store.manifest["stages"].setdefault(stage, {})
+    faults = info.get("faults") or {}
+    if faults.get("since") != info.get("started"):
+        faults = {"since": info.get("started"), "requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0,
+                  "nonfinite": 0}
+    added = 0
+    for eng in engines:
+        stats = getattr(eng, "stats", None)
+        if eng is None or not isinstance(stats, dict):
+            continue
+        seen = getattr(eng, "_recorded", {})  # what an earlier call already counted
+        new = {k: v - seen.get(k, 0) for k, v in stats.items()}
+        eng._recorded = dict(stats)
+        faults["requests"] += new.get("requests", 0)
+        faults["retries"] += new.get("retries", 0)
+        faults["nonfinite"] += new.get("nonfinite", 0)
+        faults["seconds_lost"] = round(faults["seconds_lost"] + new.get("retry_seconds", 0.0), 3)
+        for k, v in new.items():
+            if k.startswith("retry:") and v:
+                faults["by_kind"][k[6:]] = faults["by_kind"].get(k[6:], 0) + v
+        added += new.get("retries", 0) + new.get("nonfinite", 0)
+    info["faults"] = faults
+    store.save_manifest()
+    if added:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(faults["by_kind"].items())) or "none"
+        logger(stage).info(f"{faults['retries']} retries of {faults['requests']} requests ({kinds}), "
+                           f"{faults['seconds_lost']:.1f}s lost to them, {faults['nonfinite']} answer(s) with "
+                           "non-finite log-probs")
+    return faults
+
+
 def open_engine(cfg: EngineConfig):
     """Build the engine a config names (``toy:`` models resolved)."""
     from dasd.engines import make_engine
@@ -119,6 +159,14 @@ def final_model(store: RunStore, stage_name: str) -> str | None:
     """The final model directory of a finished training stage, or None."""
     p = Path(store.root) / "train" / stage_name / "final"
     return str(p) if (p / "config.json").is_file() else None
+
+
+def model_key(store: RunStore, model: str) -> str:
+    """How records name a model: a model inside the run as ``run:<path relative to the run>`` (so a
+    moved or copied run keeps its ids), any other as given."""
+    p = Path(model).absolute()
+    root = Path(store.root).absolute()
+    return f"run:{p.relative_to(root).as_posix()}" if p.is_relative_to(root) else model
 
 
 def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
@@ -151,14 +199,50 @@ def model_for(cfg, store: RunStore, label: str):
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 
+def unfinished(store: RunStore, stage: str) -> bool:
+    """True when ``stage`` began in this run and did not finish (interrupted, or failed)."""
+    info = store.stage_info(stage)
+    return bool(info) and not info.get("complete")
+
+
+def require_finished(store: RunStore, stages: tuple[str, ...] | str, by: str) -> None:
+    """Refuse to let stage ``by`` read the outputs of a stage that began and did not finish.
+
+    An interrupted stage leaves complete shards of a partial output; a later stage reading them
+    would silently work on part of the data. A stage with no manifest entry (outputs written by
+    other means) is not refused.
+    """
+    for stage in (stages,) if isinstance(stages, str) else stages:
+        if unfinished(store, stage):
+            started = store.stage_info(stage).get("started", "?")
+            raise DasdError(f"{store.root}: stage {stage!r} began at {started} and did not finish, so its outputs are "
+                            f"partial; run `dasd {stage}` (or `dasd run`) to finish it before `dasd {by}`")
+
+
+# ``mix`` settings that do not change what `dasd mix` writes
+MIX_FREE_SETTINGS = ("replay", "batch_questions")
+
+
+def mix_finished(cfg, store: RunStore) -> bool:
+    """True when `dasd mix` finished in this run with the config's ``mix`` section (settings that do
+    not change its outputs, ``MIX_FREE_SETTINGS``, aside)."""
+    info = store.stage_info("mix")
+    done = (info.get("config") or {}).get("mix") or {}
+    want = cfg.mix.model_dump()
+    return bool(info.get("complete")) and config_hash({k: v for k, v in done.items() if k not in MIX_FREE_SETTINGS}) \
+        == config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS})
+
+
 def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``,
     ``mixed+replay``.
 
-    ``low`` / ``high``: the selected examples of the lowest / highest temperature pool;
-    ``mixed``: the mixed-policy examples, once `dasd mix` has run; ``mixed+replay``: those plus
-    off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
+    ``low`` / ``high``: the selected examples of the lowest / highest temperature pool (`dasd select`
+    must have finished); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
+    with the current ``mix`` config (an interrupted mix never feeds training); ``mixed+replay``:
+    those plus off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
+    require_finished(store, "select", "train")
     data: dict[str, list[dict]] = {}
     for pool in pools(store, "select", TRAIN):
         data[pool] = list(store.read("select", output(TRAIN, pool)))
@@ -166,10 +250,13 @@ def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     for alias, temp in (("low", temps[0]), ("high", temps[-1])):
         if pool_name(temp) in data:
             data[alias] = data[pool_name(temp)]
-    mixed = list(store.read("mix", MIX_EXAMPLES))
-    if mixed:
-        data["mixed"] = mixed
-        _add_replay(cfg, data)
+    if mix_finished(cfg, store):
+        mixed = list(store.read("mix", MIX_EXAMPLES))
+        if mixed:  # a mix that kept nothing: an optional mixed stage is skipped, as before the mix
+            data["mixed"] = mixed
+            _add_replay(cfg, data)
+    elif store.stage_info("mix"):
+        logger("train").info("mixed-policy data not used: `dasd mix` has not finished with this config yet")
     return data
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import BadLine, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -103,7 +103,7 @@ def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tupl
                 yield f"{path}[{i}]", row
                 i += 1
     else:
-        for lineno, obj in iter_jsonl(path):
+        for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
             yield f"{path}:{lineno}", obj
 
 

@@ -41,6 +41,7 @@ from dasd import columnar
 from dasd.columnar import REF, Kind, Ref, kind_of
 from dasd.errors import DasdError
 from dasd.jsonl import BadLine, atomic_open, atomic_write_json, dumps, iter_jsonl
+from dasd.lock import hold_run_lock
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{5})\.(?P<ext>jsonl|parquet)$")
@@ -170,13 +171,16 @@ def shard_paths(folder: Path, name: str) -> list[Path]:
 
 
 class RunStore:
-    """A run directory. ``RunStore(path)`` opens or creates it; ``RunStore.open(path)`` requires it."""
+    """A run directory. ``RunStore(path)`` opens or creates it to write, holding the run's lock
+    (``dasd.lock``: one writing process per run); ``RunStore.open(path)`` requires it and only reads."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, lock: bool = True):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise DasdError(f"{self.root}: run directory path exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
+        if lock:
+            hold_run_lock(self.root)
         if not (self.root / MANIFEST).exists():
             atomic_write_json(self.root / MANIFEST, {"created": _now(), "packages": package_versions(), "stages": {}})
         self.manifest = self._load_manifest()
@@ -190,7 +194,7 @@ class RunStore:
             raise DasdError(f"{p}: no such run directory")
         if not (p / MANIFEST).is_file():
             raise DasdError(f"{p}: not a dasd run directory (no {MANIFEST})")
-        return cls(p)
+        return cls(p, lock=False)
 
     def _load_manifest(self) -> dict:
         path = self.root / MANIFEST

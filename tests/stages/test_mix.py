@@ -533,3 +533,23 @@ def test_stage3_trains_on_mix_examples_with_prefix_unmasked_or_masked(e2e, mix_e
         curve = [json.loads(line) for line in open(res["curve"], encoding="utf-8")]
         assert res["examples"] == len(examples)
         assert sum(c["loss_tokens"] for c in curve) == want_loss[mask]
+
+
+def test_an_interrupted_mix_never_feeds_training(e2e, mix_engines, tmp_path):
+    """Issue 15, item 1: `mixed` is offered to training only once the mix finished with this config."""
+    from dasd.config import load_config
+    from dasd.runs import named_pools
+
+    student, teacher = mix_engines
+    cfg, full_store, curated, _, _, _ = e2e
+    run_cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"]).model_copy(update={"mix": cfg})
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Crash):
+        run_mix(cfg, store, curated, student, CrashAfter(teacher, 1))
+    assert 0 < store.count("mix", "examples")  # partial examples are on disk...
+    assert "mixed" not in named_pools(run_cfg, store)  # ...and are not training data
+    run_mix(cfg, store, curated, student, teacher)
+    got = named_pools(run_cfg, store)["mixed"]
+    assert sorted(e["id"] for e in got) == sorted(e["id"] for e in full_store.read("mix", "examples"))
+    other = run_cfg.model_copy(update={"mix": cfg.model_copy(update={"n_questions": cfg.n_questions + 1})})
+    assert "mixed" not in named_pools(other, store)  # finished, but for another config

@@ -54,7 +54,7 @@ def test_mixed_replay_named_pool_of_a_run(tmp_path):
                 w.add(e)
     store.end_stage("select", {})
     assert "mixed+replay" not in named_pools(cfg, store)  # no mixed-policy examples yet
-    store.begin_stage("mix", {})
+    store.begin_stage("mix", {"mix": cfg.mix.model_dump()})  # as `dasd mix` records it (mixed needs a finished mix)
     with store.writer("mix", "examples") as w:
         for e in _ex("mix", 3):
             w.add(e)

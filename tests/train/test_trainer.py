@@ -126,3 +126,28 @@ def test_bad_training_line_names_file_line_and_field(tiny_lm_dir, tmp_path):
     cfg = _cfg(tiny_lm_dir, stages=[{"name": "s1", "data": str(bad), "init": "base", "max_steps": 1}])
     with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages\.0\.role'"):
         run_training(cfg, tmp_path / "o")
+
+
+def test_a_moved_or_copied_run_trains_from_its_own_models(tiny_lm_dir, tmp_path):
+    """Issue 15, item 3: done.json and fingerprints hold run-relative paths; a copy's next stage
+    starts from the copy's model (the original is gone here), finished stages are still skipped."""
+    import shutil
+
+    pool = _pool()
+    stages = [{"name": "low", "data": "pool", "init": "base", "max_steps": 2},
+              {"name": "high", "data": "pool", "init": "previous", "max_steps": 2},
+              {"name": "mixed", "data": "mixed", "init": "previous", "max_steps": 2, "optional": True}]
+    cfg = _cfg(tiny_lm_dir, stages=stages)
+    first = run_training(cfg, tmp_path / "a" / "train", {"pool": pool})
+    assert [r["name"] for r in first] == ["low", "high"]
+    done = json.loads((tmp_path / "a" / "train" / "high" / "done.json").read_text())
+    assert (done["final"], done["init"], done["curve"]) == ("final", "../low/final", "curve.jsonl")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    steps = []
+    res = run_training(cfg, tmp_path / "b" / "train", {"pool": pool, "mixed": _pool(seed=2)},
+                       on_step=lambda m: steps.append(m["stage"]))
+    assert steps == ["mixed", "mixed"]  # low and high were skipped: the same fingerprints after the copy
+    b = (tmp_path / "b" / "train").absolute()
+    assert res[1]["final"] == str(b / "high" / "final") and res[2]["init"] == str(b / "high" / "final")
+    assert [r["final_loss"] for r in res[:2]] == [r["final_loss"] for r in first]

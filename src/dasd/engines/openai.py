@@ -21,6 +21,9 @@ What it does:
   on 429 / 5xx / timeouts / dropped connections / truncated bodies with jittered exponential
   backoff (``Retry-After`` honoured), up to ``max_retries``; 4xx errors fail at once with the
   server's message. Several ``base_urls`` are load-balanced by fewest requests in flight.
+  ``stats`` counts requests, ``retries``, ``retry:<kind>`` (429, 5xx, timeout, connection,
+  malformed), ``retry_seconds`` (time lost to failed attempts and backoff) and ``nonfinite``
+  (answers with NaN or infinite log-probs: returned as they are, for the stage to quarantine).
 - **Reasoning**: a separate ``reasoning_content`` / ``reasoning`` field, or harmony channels left
   in the text (``<|channel|>analysis<|message|>...``), is folded into
   ``<think>\\n...\\n</think>\\n\\n`` before the answer.
@@ -48,6 +51,7 @@ import collections
 import difflib
 import email.utils
 import hashlib
+import math
 import os
 import queue
 import random
@@ -201,9 +205,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class _Retryable(Exception):
-    def __init__(self, msg: str, wait: float | None = None):
+    """A failed attempt worth retrying; ``kind`` is what ``stats`` counts it as."""
+
+    def __init__(self, kind: str, msg: str, wait: float | None = None):
         super().__init__(msg)
-        self.wait = wait
+        self.kind, self.wait = kind, wait
 
 
 # --------------------------------------------------------------------------- the engine
@@ -241,6 +247,7 @@ class OpenAIEngine:
                 raise ConfigError(f"engine.tokenizer: cannot load a tokenizer from {cfg.tokenizer!r}: {err}")
         if self.opt.token_ids and self.tokenizer is None:
             raise ConfigError("engine.openai.token_ids needs engine.tokenizer (the server model's tokenizer)")
+        self.max_len: int | None = cfg.max_model_len  # known only when configured
         self.inflight = {u: 0 for u in self.urls}
         self._vocab_bytes: list[bytes] | None = None
         self._turn = 0
@@ -392,6 +399,7 @@ class OpenAIEngine:
             self.inflight[url] += 1
             self.stats["requests"] += 1
             wait = None
+            t0 = time.monotonic()
             try:
                 try:
                     resp = await asyncio.wait_for(client.post(url + path, json=body), self.opt.timeout_s)
@@ -399,25 +407,29 @@ class OpenAIEngine:
                         try:
                             return resp.json()
                         except ValueError:
-                            raise _Retryable("truncated or invalid JSON body")
+                            raise _Retryable("malformed", "truncated or invalid JSON body")
                     if resp.status_code == 429 or resp.status_code >= 500:
-                        raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("retry-after")))
+                        kind = "429" if resp.status_code == 429 else "5xx"
+                        raise _Retryable(kind, f"HTTP {resp.status_code}", _retry_after(resp.headers.get("retry-after")))
                     raise DasdError(f"{what}: {url}{path} answered HTTP {resp.status_code}: {_message(resp)}")
                 except (asyncio.TimeoutError, httpx.TimeoutException):
-                    raise _Retryable(f"timeout after {self.opt.timeout_s}s")
+                    raise _Retryable("timeout", f"timeout after {self.opt.timeout_s}s")
                 except httpx.TransportError as err:
-                    raise _Retryable(f"{type(err).__name__}: {err}")
+                    raise _Retryable("connection", f"{type(err).__name__}: {err}")
             except _Retryable as err:
                 last = f"{url}: {err}"
                 wait = err.wait
-                self.stats["retry:" + str(err).split(":")[0].split(" after")[0]] += 1
+                self.stats["retry:" + err.kind] += 1
             finally:
                 self.inflight[url] -= 1
+            self.stats["retry_seconds"] += time.monotonic() - t0
             if attempt == self.opt.max_retries:
                 break
             self.stats["retries"] += 1
-            delay = wait if wait is not None else random.uniform(0, self.opt.backoff_s * 2**attempt)
-            await asyncio.sleep(min(delay, self.opt.backoff_max_s))
+            delay = min(wait if wait is not None else random.uniform(0, self.opt.backoff_s * 2**attempt),
+                        self.opt.backoff_max_s)
+            self.stats["retry_seconds"] += delay
+            await asyncio.sleep(delay)
         raise DasdError(f"{what}: gave up after {self.opt.max_retries + 1} attempts; last error: {last}")
 
     # ------------------------------------------------------------------ generate
@@ -492,6 +504,8 @@ class OpenAIEngine:
         mode = self.opt.logprob_mode
         if mode == "auto":
             mode = "raw" if data.get("dasd_logprob_mode") == "raw" else "processed"
+        if not all(math.isfinite(x) for x in lps):
+            self.stats["nonfinite"] += 1  # kept as is: the stage quarantines the sample
         return OpenAIGeneration(
             request_id=req.id, index=index, text=text, tokens=toks, token_ids=ids, offsets=offsets,
             logprobs=[float(x) for x in lps], finish_reason=finish, logprob_mode=mode,

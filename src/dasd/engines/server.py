@@ -30,13 +30,16 @@ the HTTP side never competes with the decode loop for the GIL; ``--in-process`` 
 Concurrent requests are batched: a single worker thread takes whatever is queued (up to
 ``max_batch`` sample rows) and runs it through the engine in one call, so throughput grows with
 client concurrency. ``Faults`` makes the server misbehave on purpose (429/500 answers, connections
-dropped mid-response, answers slower than a client's timeout) for testing clients.
+dropped mid-response, answers slower than a client's timeout, malformed bodies, NaN/-Infinity
+log-probs) for testing clients.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import random
 import threading
 import time
@@ -57,7 +60,10 @@ class Faults:
 
     ``rate_429``/``rate_500``: answer that status at once (429 with ``Retry-After: retry_after``);
     ``rate_drop``: do the work, then send half the body and drop the connection; ``rate_slow``:
-    do the work, then wait ``slow_seconds`` before answering. ``seed`` makes the draws repeatable.
+    do the work, then wait ``slow_seconds`` before answering (a timeout when that is longer than
+    the client's); ``rate_malformed``: answer 200 with half of the JSON body, cleanly ended;
+    ``rate_nonfinite``: answer 200 with the first token's log-prob NaN or -Infinity (in turn).
+    ``seed`` makes the draws repeatable.
     """
 
     rate_429: float = 0.0
@@ -65,6 +71,8 @@ class Faults:
     rate_drop: float = 0.0
     rate_slow: float = 0.0
     slow_seconds: float = 2.0
+    rate_malformed: float = 0.0
+    rate_nonfinite: float = 0.0
     retry_after: str = "0"
     seed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -76,7 +84,8 @@ class Faults:
     def draw(self) -> str | None:
         with self._lock:
             u = self._rng.random()
-        for name, rate in (("429", self.rate_429), ("500", self.rate_500), ("drop", self.rate_drop), ("slow", self.rate_slow)):
+        for name, rate in (("429", self.rate_429), ("500", self.rate_500), ("drop", self.rate_drop), ("slow", self.rate_slow),
+                           ("malformed", self.rate_malformed), ("nonfinite", self.rate_nonfinite)):
             if u < rate:
                 with self._lock:
                     self.counts[name] = self.counts.get(name, 0) + 1
@@ -396,7 +405,12 @@ class EngineServer:
                 payload = await fn(body)
             except _BadRequest as err:
                 return error(400, str(err), "invalid_request_error")
-            data = JSONResponse(payload).body
+            if fault == "nonfinite" and _spoil_logprobs(payload, server.faults.counts["nonfinite"] % 2):
+                data = json.dumps(payload, allow_nan=True).encode()
+            else:
+                data = JSONResponse(payload).body
+            if fault == "malformed":
+                return Response(data[: len(data) // 2], media_type="application/json")
             if fault == "slow":
                 await asyncio.sleep(server.faults.slow_seconds)
             if fault == "drop":
@@ -437,6 +451,20 @@ class EngineServer:
             return dict(server.stats, faults=dict(server.faults.counts))
 
         return app
+
+
+def _spoil_logprobs(payload: dict, nan: int) -> bool:
+    """Set the first sampled token's log-prob of ``payload`` to NaN (``nan``) or -Infinity; False if it has none."""
+    bad = math.nan if nan else -math.inf
+    for choice in payload.get("choices") or []:
+        lp = choice.get("logprobs") or {}
+        if lp.get("content"):
+            lp["content"][0]["logprob"] = bad
+            return True
+        if lp.get("token_logprobs"):
+            lp["token_logprobs"][0] = bad
+            return True
+    return False
 
 
 def _rows(item) -> int:
@@ -624,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")
     ap.add_argument("--fault-slow", type=float, default=0.0, help="(testing) fraction answered slowly")
     ap.add_argument("--slow-seconds", type=float, default=2.0)
+    ap.add_argument("--fault-malformed", type=float, default=0.0, help="(testing) fraction answered with half a body")
+    ap.add_argument("--fault-nonfinite", type=float, default=0.0, help="(testing) fraction with a NaN/-Infinity log-prob")
     ap.add_argument("--in-process", action="store_true",
                     help="run the engine in the server process (default: its own process, no GIL sharing)")
     ap.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
@@ -635,7 +665,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--api-key-env: environment variable {args.api_key_env} is not set")
     cfg = EngineConfig(model=args.model, device=args.device, batch_size=args.batch_size)
     engine = make_engine(cfg) if args.in_process else EngineProcess(cfg)
-    faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds)
+    faults = Faults(args.fault_429, args.fault_500, args.fault_drop, args.fault_slow, args.slow_seconds,
+                    rate_malformed=args.fault_malformed, rate_nonfinite=args.fault_nonfinite)
     srv = EngineServer(engine, args.served_name, args.max_batch, faults, api_key=key, batch_wait_s=args.batch_wait)
     print(f"serving {srv.served_name} on http://{args.host}:{args.port}/v1", flush=True)
     try:

@@ -26,7 +26,7 @@ from dasd.errors import InputError
 from dasd.grading.grade import grade_many, grader_of, grading_pool
 from dasd.grading.loaders import BenchmarkSpec, load_problems
 from dasd.grading.metrics import format_table, summarize
-from dasd.jsonl import BadLine, atomic_write_jsonl, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_jsonl, iter_jsonl
 from dasd.log import logger
 from dasd.log import progress as progress_bar
 from dasd.records import EvalResult, content_id
@@ -164,14 +164,14 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
     ``problems_path``: Prompt records (JSONL). ``responses_path``: JSONL ``{"problem_id", "text"}``
     (+ optional ``sample_index``, default: order of appearance per problem; + optional ``protocol``,
     recorded as given). Writes one EvalResult per response to ``out_path`` atomically. A bad
-    response line (not JSON, missing field, unknown problem, duplicate index) is an InputError
-    naming file:line, before anything is graded.
+    response line (not JSON, missing field, unknown problem, duplicate index) or a problem id given
+    twice is an InputError naming the file (and line), before anything is graded.
     """
-    problems = {p["id"]: p for p in load_problems(problems_path)}
+    problems = {p["id"]: p for p in load_problems(problems_path)}  # ids are unique (checked there)
     pairs, meta = [], []
     seen: set[tuple[str, int]] = set()
     count: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(responses_path):
+    for lineno, obj in iter_jsonl(responses_path, MAX_RECORD_BYTES):
         where = f"{responses_path}:{lineno}"
         if isinstance(obj, BadLine):
             raise InputError(f"{obj.where()}: {obj.reason}")

@@ -35,7 +35,7 @@ from dasd.configbase import StrictModel
 from dasd.errors import InputError
 from dasd.grading.choice import format_choices, shuffle_choices
 from dasd.grading.code import check_tests
-from dasd.jsonl import BadLine, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
 from dasd.records import Prompt, content_id
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -63,7 +63,7 @@ def _get(obj: dict[str, Any], *names: str) -> Any:
 
 
 def _jsonl_objects(path: str | Path):
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
         if isinstance(obj, BadLine):
             raise InputError(f"{obj.where()}: {obj.reason}")
         yield lineno, obj
@@ -215,11 +215,17 @@ def load_toy(n: int = 100, seed: int = 0, split: str = "test", benchmark: str = 
 
 
 def load_problems(path: str | Path) -> list[dict[str, Any]]:
-    """Prompt records from a JSONL file, each validated; the first bad one is an InputError (file:line)."""
+    """Prompt records from a JSONL file, each validated; the first bad one (or an id given twice) is
+    an InputError (file:line)."""
     path = Path(path)
     out = []
+    first: dict[str, int] = {}
     for lineno, obj in _jsonl_objects(path):
         rec = _validated(obj, f"{path}:{lineno}")
+        if rec["id"] in first:
+            raise InputError(f"{path}:{lineno}: duplicate problem id {rec['id']!r} (first on line {first[rec['id']]}); "
+                             "ids must be unique, or responses would be graded against the wrong problem")
+        first[rec["id"]] = lineno
         if rec.get("tests") is not None:
             bad = check_tests(rec["tests"])
             if bad:

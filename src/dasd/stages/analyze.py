@@ -17,7 +17,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
-from dasd.runs import model_for, open_engine, results_name
+from dasd.runs import model_for, open_engine, record_faults, require_finished, results_name
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -37,6 +37,7 @@ def _pick_model(cfg, store: RunStore) -> str:
 def run_analyze(cfg, store: RunStore | None = None) -> dict:
     store = store or RunStore(cfg.run_dir)
     ac: AnalyzeConfig = cfg.analyze
+    require_finished(store, "eval", STAGE)
     label = _pick_model(cfg, store)
     results = sorted(store.read("eval", results_name(label)), key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
     if not results:
@@ -71,6 +72,7 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                 scored.append(rec)
     profile = position_profile(scored, ac)
     profile["model"] = label
+    record_faults(store, STAGE, engines.values())
     store.end_stage(STAGE, profile)
     log.info(format_profile(profile))
     return profile

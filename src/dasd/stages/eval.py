@@ -15,7 +15,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
-from dasd.runs import model_for, open_engine, results_name
+from dasd.runs import model_for, open_engine, record_faults, results_name
 from dasd.store import RunStore
 from dasd.train.card import refresh_card
 
@@ -54,6 +54,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] 
 
                 log.info(f"{label}: {todo} samples on {spec.name} ({domain})")
                 run_eval(engine, probs, proto, done, write, batch_requests=ecfg.batch_requests, workers=ecfg.workers)
+    record_faults(store, STAGE, [engine])
     return list(existing.values())
 
 

@@ -8,7 +8,9 @@ reference answer are graded (``dasd.grading``) and wrong ones dropped. Samples s
 shard order; a kept sample is written as a reference to its sample row (no copy of its token
 arrays) unless normalisation rewrote it. A reject records the rule, the reason, where the sample
 is (shard and row) and the start of its text. A finished filter with the same settings and the
-same sample pools is not redone; an interrupted one re-applies the rules and skips what it wrote.
+same sample pools is not redone; an interrupted one re-applies the rules and skips what it wrote. A record that cannot be
+filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quarantined under rule
+``malformed``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
-from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, resolve_model
+from dasd.records import content_id
+from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, require_finished, resolve_model
 from dasd.store import RunStore
-from dasd.text.filters import Funnel, apply_filters
+from dasd.text.filters import Drop, Funnel, apply_filters
 
 STAGE = "filter"
 log = logger(STAGE)
@@ -50,10 +53,20 @@ def student_token_counter(cfg):
     return count
 
 
+def malformed(sample: dict) -> str | None:
+    """Why a sample record cannot be filtered (a field missing or of the wrong type), or None."""
+    for field in ("id", "prompt_id", "text"):
+        if not isinstance(sample.get(field), str):
+            got = "missing" if field not in sample else f"a {type(sample[field]).__name__}, not a string"
+            return f"field {field!r}: {got}"
+    return None
+
+
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
+    require_finished(store, ("sample", "import"), STAGE)
     inputs = store.fingerprint(["sample"], extra=cfg.student.tokenizer or cfg.student.model)
     if store.up_to_date(STAGE, fc.model_dump(mode="json"), inputs):
         log.info("up to date (same settings and sample pools); nothing to do")
@@ -71,6 +84,13 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         for pool in pools(store, "sample", SAMPLE_POOL):
             with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
                 for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                    bad = malformed(s)
+                    if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
+                        funnel.add(pool, Drop("malformed", bad))
+                        rid = str(s.get("id") or content_id("malformed", pool, sorted(s), repr(s.get("text"))[:2000]))
+                        rejects.add({"id": rid, "pool": pool, "rule": "malformed", "reason": bad,
+                                     "where": f"{store.root / 'sample'} pool-{pool}", "text": repr(s.get("text"))[:2000]})
+                        continue
                     out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
                     funnel.add(pool, drop)
                     if out is not None:

@@ -78,6 +78,7 @@ def run_mix(
     teacher_engine,
     teacher_tokenizer_template: Any = None,
     grade: Callable[[dict, str], bool] | None = None,
+    student_name: str | None = None,
 ) -> dict:
     """Build mixed-policy training examples; return the funnel (also saved in the manifest).
 
@@ -86,12 +87,14 @@ def run_mix(
     (default: ``teacher_engine.tokenizer``). ``grade(prompt, text) -> bool`` judges correctness
     when a question has a reference (default: ``dasd.grading.grade.is_correct``). Re-running skips the
     questions already done (rollout ids are content hashes of question, models and config).
+    ``student_name`` names the student in ids and records (default: the engine's name; a run's
+    own model is named relative to the run, ``runs.model_key``, so a moved run keeps its ids).
     """
     template = teacher_tokenizer_template if teacher_tokenizer_template is not None else getattr(teacher_engine, "tokenizer", None)
     if template is None:
         raise DasdError("mix: no teacher chat template (pass teacher_tokenizer_template or an engine with a tokenizer)")
     grade = grade if grade is not None else is_correct
-    student_name, teacher_name = student_engine.name, teacher_engine.name
+    student_name, teacher_name = student_name or student_engine.name, teacher_engine.name
     questions = draw_questions(curated, cfg.n_questions, cfg.seed)
     if not questions:
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
@@ -104,7 +107,7 @@ def run_mix(
         rate_q, rate_t = Rate(), Rate()
         bar = progress(len(todo), "mix", "question")
         for batch in chunks(todo, cfg.batch_questions):
-            records = _mix_batch(cfg, batch, rid, student_engine, teacher_engine, template, grade, rate_t)
+            records = _mix_batch(cfg, batch, rid, student_engine, teacher_engine, template, grade, rate_t, student_name)
             for rec, example in records:
                 if example is not None:
                     wx.add(example)
@@ -117,6 +120,7 @@ def run_mix(
     funnel = funnel_of(r for r in store.read(STAGE, "rollouts") if r["id"] in want)
     funnel["new"] = len(todo)
     funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in want})
+    runs.record_faults(store, STAGE, [student_engine, teacher_engine])
     store.end_stage(STAGE, funnel)
     log.info(funnel_table(funnel))
     return funnel
@@ -157,7 +161,7 @@ def _done_rollouts(store: RunStore, examples) -> set[str]:
     }
 
 
-def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> list[tuple[dict, dict | None]]:
+def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:
     """Rollouts, cuts and continuations of one batch of questions: ``(rollout record, example)``."""
     reqs = []
     caps = []
@@ -179,7 +183,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
     for k, (q, g, (n, cap)) in enumerate(zip(batch, gens, caps)):
         p = q["prompt"]
         rec = {
-            "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student.name, "teacher_model": teacher.name,
+            "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student_name, "teacher_model": teacher.name,
             "cap": cap, "teacher_student_tokens": n,
             "student": {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.token_ids)},
             "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "", "example_id": None,
@@ -229,9 +233,10 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t) -> li
 def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
     store = store or RunStore(cfg.run_dir)
+    runs.require_finished(store, ("sample", "import", "select"), STAGE)
     mixed_stages = [s.name for s in cfg.train.stages if s.data in runs.MIXED_POOLS]
     label, path = runs.latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
     log.info(f"student: {label} ({path})")
     student = runs.open_engine(cfg.student.model_copy(update={"model": path}))
     teacher = runs.open_engine(cfg.teacher)
-    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher)
+    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=runs.model_key(store, path))

@@ -6,6 +6,11 @@ character offsets (token strings are not stored: the ids and the tokenizer give 
 model, temperature, top_p, seed, index), so a re-run skips what exists and resumes the rest; the
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
 the same responses as an uninterrupted one.
+
+Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
+context (``max_model_len``, when the engine knows it), and a sample whose log-probs are not all
+finite (NaN or infinite, from any engine); such a sample is not written, so the next run asks for
+it again. Engine retries (openai: by kind, time lost) are logged and kept in the manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dasd.engines.base import GenerateRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed
-from dasd.runs import SAMPLE_POOL, open_engine, output, pool_name, save_prompts, training_prompts
+from dasd.runs import SAMPLE_POOL, open_engine, output, pool_name, record_faults, save_prompts, training_prompts
 from dasd.store import RunStore
 
 if TYPE_CHECKING:
@@ -39,21 +44,24 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     model_name = cfg.teacher.model
     counts: dict[str, dict] = {}
     opened = None
+    rejected = {r["id"] for r in store.read(STAGE, "rejects")}
     for temp in s.temperatures:
         pool = pool_name(temp)
+        quarantine: list[dict] = []
         with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
             ids = {
                 p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
             }
-            todo = [p for p in prompts if any(i not in w for i in ids[p["id"]])]
+            todo = [p for p in prompts if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
             if todo and engine is None:
                 engine = opened = open_engine(cfg.teacher)
+            todo = [p for p in todo if not _quarantine_long(engine, p, quarantine)]
             rate_p, rate_t = Rate(), Rate()
             bar = progress(len(todo), f"sample {pool}", "prompt")
             # A streaming engine (openai, ray) gets every request at once and hands back each sample as
             # it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
             streaming = hasattr(engine, "generate_iter")
-            for batch in chunks(todo, len(todo) if streaming else s.batch_prompts):
+            for batch in chunks(todo, max(len(todo), 1) if streaming else s.batch_prompts):
                 reqs = [
                     GenerateRequest(
                         id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
@@ -64,6 +72,14 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 left = {p["id"]: sum(i not in w for i in ids[p["id"]]) for p in batch}
                 for r, g in _generations(engine, reqs, skip=lambda r, i: ids[batch[r]["id"]][i] in w):
                     p = batch[r]
+                    left[p["id"]] -= 1
+                    bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
+                    if bad is not None:
+                        sid = ids[p["id"]][g.index]
+                        quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
+                                           "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
+                                                     "not kept, asked again on the next run", "raw": g.text[:2000]})
+                        continue
                     w.add(
                         {
                             "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
@@ -76,13 +92,19 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                         }
                     )
                     rate_t.add(len(g.token_ids))
-                    left[p["id"]] -= 1
                     if left[p["id"]] == 0:
                         rate_p.add(1)
                         bar.update(1)
                         bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
             bar.close()
+        if quarantine:
+            store.write_rejects(STAGE, quarantine)
+            q = quarantine[0]
+            log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
+                        f"see {store.root / STAGE}/rejects-*.jsonl")
+            rejected |= {q["id"] for q in quarantine}
         counts[pool] = pool_stats(store, pool)
+        counts[pool]["quarantined"] = len(quarantine)
         counts[pool]["new"] = w.written
         c = counts[pool]
         log.info(
@@ -90,10 +112,40 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
             f"{rate_t.per_s():.0f} tok/s"
         )
+    record_faults(store, STAGE, [engine])
     if opened is not None and hasattr(opened, "close"):
         opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
     store.end_stage(STAGE, counts)
     return counts
+
+
+def _too_long_id(prompt: dict) -> str:
+    """The id of a prompt's too-long quarantine record (a re-run does not ask the engine again)."""
+    return f"too-long-{prompt['id']}"
+
+
+# No token of a tokenizer spells more characters than this: a prompt with more characters than
+# context x this is too long without tokenizing it (a multi-megabyte prompt costs no memory).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _quarantine_long(engine, prompt: dict, quarantine: list[dict]) -> bool:
+    """True (and a quarantine record) when ``prompt`` does not fit the engine's context."""
+    limit = getattr(engine, "max_len", None)
+    if not limit:
+        return False
+    chars = sum(len(m.get("content") or "") for m in prompt["messages"] if isinstance(m, dict))
+    if chars > limit * MAX_CHARS_PER_TOKEN:
+        reason = f"prompt of {chars} characters cannot fit the teacher's context of {limit} tokens"
+    elif getattr(engine, "tokenizer", None) is not None and hasattr(engine, "context_ids"):
+        n = len(engine.context_ids(prompt["messages"], None, prompt["id"]))
+        if n < limit:
+            return False
+        reason = f"prompt has {n} tokens, the teacher's context is {limit} (engine max_model_len)"
+    else:
+        return False
+    quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason})
+    return True
 
 
 def _generations(engine, reqs, skip):

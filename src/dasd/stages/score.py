@@ -27,7 +27,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools
+from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools, record_faults, require_finished
 from dasd.store import RunStore
 
 STAGE = "score"
@@ -66,6 +66,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
                  "local_naturalness": local}
+    require_finished(store, ("sample", "import", "filter"), STAGE)
     inputs = store.fingerprint(["sample", "filter"], extra=cfg.teacher.model_dump(mode="json"))
     if store.up_to_date(STAGE, stage_cfg, inputs):
         log.info("up to date (same settings, models and kept pools); nothing to do")
@@ -113,5 +114,6 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             store.write_rejects(STAGE, rejects)
         counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
         log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+    record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
     return counts

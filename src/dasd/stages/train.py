@@ -8,12 +8,14 @@ Named pools a stage's ``data`` may use (besides a path to any chat JSONL):
 - ``T<temp>`` (e.g. ``T0.6``): any selected pool by name.
 
 Training itself is ``dasd.train.trainer.run_training`` (docs/training.md); outputs go to
-``RUN/train/<stage>/`` and finished stages are skipped on a re-run, interrupted ones resumed.
-Under a multi-process launch (``accelerate launch -m dasd train``) every process trains; only the
-main one writes the manifest.
+``RUN/train/<stage>/`` (paths in its files and the manifest relative to the run, so it can move)
+and finished stages are skipped on a re-run, interrupted ones resumed. Under a multi-process launch
+(``accelerate launch -m dasd train``) every process trains; only the main one writes the manifest.
 """
 
 from __future__ import annotations
+
+import os
 
 from dasd.log import logger
 from dasd.runs import named_pools, pool_name, resolve_model
@@ -48,7 +50,8 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
     for r in results:
         log.info(f"{r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
     info = store.stage_info(STAGE).get("counts") or {}
-    info.update({r["name"]: {k: r[k] for k in ("steps", "final_loss", "final", "examples", "tokens")} for r in results})
+    info.update({r["name"]: {**{k: r[k] for k in ("steps", "final_loss", "examples", "tokens")},
+                             "final": os.path.relpath(r["final"], store.root)} for r in results})
     store.end_stage(STAGE, info)
     return results
 

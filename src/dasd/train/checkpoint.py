@@ -12,12 +12,17 @@ batch); resuming or skipping with a different one is refused. The process count 
 same global batch split over another number of processes gives the same steps, so a DDP (or
 single-process) checkpoint resumes on another process count; DeepSpeed and FSDP checkpoints hold
 per-process shards and are refused with a one-line reason.
+
+Paths inside the training folder are kept relative to the stage folder (``done.json``'s ``final``,
+``curve`` and ``init``, and the init model in the fingerprint), so a run directory can be moved or
+copied: a copy resumes and trains from its own models, never the original's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -37,11 +42,33 @@ FULL_STATE_TYPES = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "M
                     "MULTI_HPU"}
 
 
-def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int) -> str:
-    """What a stage's outputs depend on (the global batch, not its split over ``processes``)."""
+# Keys of a stage's result that hold paths (relative to the stage folder in done.json).
+PATH_KEYS = ("final", "curve", "init")
+
+
+def relative(path: str | Path, stage_dir: Path) -> str:
+    """``path`` relative to ``stage_dir`` when it lies in the same training folder (``final``,
+    ``../stage1_low/final``), else as given (a base model elsewhere)."""
+    p, here = Path(path).absolute(), Path(stage_dir).absolute()
+    return os.path.relpath(p, here) if p.is_relative_to(here.parent) else str(path)
+
+
+def absolute(path: str, stage_dir: Path) -> str:
+    """The inverse of ``relative``: a path stored relative to ``stage_dir`` as a usable path."""
+    return path if Path(path).is_absolute() else os.path.normpath(Path(stage_dir).absolute() / path)
+
+
+def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int,
+                stage_dir: Path | None = None) -> str:
+    """What a stage's outputs depend on (the global batch, not its split over ``processes``).
+
+    With ``stage_dir``, an init model inside the training folder counts by its relative path, so
+    moving the run keeps the fingerprint.
+    """
     recipe = cfg.model_dump(exclude=FREE_SETTINGS | SPLIT_SETTINGS)
     global_batch = cfg.micro_batch * cfg.grad_accum * processes
-    blob = json.dumps([recipe, stage.model_dump(), str(init), sd.key, global_batch], sort_keys=True, default=str)
+    init_key = relative(init, stage_dir) if stage_dir is not None else str(init)
+    blob = json.dumps([recipe, stage.model_dump(), init_key, sd.key, global_batch], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -80,12 +107,13 @@ def read_done(stage_dir: Path, fp: str, name: str) -> dict | None:
     if done.get("fingerprint") != fp:
         raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
                           "global batch; use a new output directory")
-    return done
+    return {**done, **{k: absolute(done[k], stage_dir) for k in PATH_KEYS if isinstance(done.get(k), str)}}
 
 
 def write_done(stage_dir: Path, result: dict) -> None:
-    """Mark the stage finished with its result."""
-    atomic_write_json(stage_dir / "done.json", result)
+    """Mark the stage finished with its result (paths stored relative to ``stage_dir``)."""
+    atomic_write_json(stage_dir / "done.json",
+                      {**result, **{k: relative(result[k], stage_dir) for k in PATH_KEYS if k in result}})
 
 
 def latest_checkpoint(ckdir: Path) -> Path | None:

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from dasd.errors import ConfigError, InputError
-from dasd.jsonl import BadLine, atomic_write_json, dumps, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_json, dumps, iter_jsonl
 from dasd.records import TrainingExample
 from dasd.train.encode import IGNORE, encode_batch
 from dasd.train.packing import pack
@@ -102,7 +102,7 @@ def load_examples(source: str, data: dict[str, list[dict]] | None) -> list[tuple
     if p.is_dir():
         raise ConfigError(f"stage data {source!r} is a directory; give a JSONL file or a named pool")
     out = []
-    for lineno, obj in iter_jsonl(p):
+    for lineno, obj in iter_jsonl(p, MAX_RECORD_BYTES):
         if isinstance(obj, BadLine):
             raise InputError(f"{obj.where()}: {obj.reason}")
         where = f"{p}:{lineno}"

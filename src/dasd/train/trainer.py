@@ -166,7 +166,7 @@ class StageTrainer:
                           any_rank=self._any_rank)
         self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
         self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
-        self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes)
+        self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir)
 
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is true on any process (every process gets the same answer)."""

@@ -1,0 +1,78 @@
+"""Ctrl-C and SIGTERM (issue 15, item 8): what is complete is kept (buffered records flushed), one
+line says how to resume, exit 130 / 143; re-running finishes with every record exactly once.
+A full disk (item 9): one line naming the path, nothing half-written, resume once space is back."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from dasd import jsonl
+from dasd.cli import main
+
+
+def write_config(tmp_path, model, n=20):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) + "\n" for i in range(n)), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nteacher: {{model: {model}}}\ndata: {{prompts: {prompts}}}\n"
+                   "sample: {k: 2, max_tokens: 8, batch_prompts: 1, temperatures: [0.6, 1.0]}\n", encoding="utf-8")
+    return cfg
+
+
+def on_disk(run):
+    """Every sample record on disk (a Counter of ids: duplicates would show) and leftover temp files."""
+    ids = Counter()
+    for shard in (run / "sample").glob("pool-*.jsonl"):
+        ids.update(json.loads(line)["id"] for line in shard.read_text(encoding="utf-8").splitlines())
+    return ids, list(run.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("sig, code, why", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                            (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_a_signal_keeps_what_is_complete_and_says_how_to_resume(tmp_path, tiny_lm_dir, sig, code, why):
+    cfg = write_config(tmp_path, tiny_lm_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dasd", "sample", str(cfg)], stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # progress lines come every 10% off a terminal
+        if "sample T0.6" in line and "/20" in line and " 0/20" not in line:
+            break
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    assert proc.wait() == code, rest
+    assert rest.strip().splitlines()[-1] == f"dasd: {why}; what was complete is kept; resume with: dasd sample {cfg}"
+    assert "Traceback" not in rest
+    ids, tmp = on_disk(tmp_path / "run")
+    assert 0 < len(ids) < 80 and not tmp  # the samples finished before the signal were flushed, not lost
+    out = subprocess.run([sys.executable, "-m", "dasd", "sample", str(cfg)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    ids, tmp = on_disk(tmp_path / "run")
+    assert len(ids) == 80 and set(ids.values()) == {1} and not tmp
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, tiny_lm_dir, monkeypatch, capsys):
+    cfg = write_config(tmp_path, tiny_lm_dir, n=6)
+    real_fsync, writes = os.fsync, []
+
+    def fsync(fd):  # the disk fills up at the third file written
+        writes.append(fd)
+        if len(writes) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(jsonl.os, "fsync", fsync)
+    assert main(["sample", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dasd: error: {tmp_path / 'run'}") and "no space left on device" in err[0]
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    monkeypatch.setattr(jsonl.os, "fsync", real_fsync)  # space is back
+    assert main(["sample", str(cfg)]) == 0
+    ids, tmp = on_disk(tmp_path / "run")
+    assert len(ids) == 24 and set(ids.values()) == {1} and not tmp

@@ -1,0 +1,75 @@
+"""Bad input is quarantined with where and why, the stage finishes (issue 15, item 7): a prompt
+longer than the teacher's context, a 50 MB prompt, a sample whose text is a number or which lacks
+prompt_id, duplicate problem ids in `dasd grade`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dasd.config import load_config
+from dasd.errors import InputError
+from dasd.grading.evaluate import run_grade
+from dasd.jsonl import MAX_RECORD_BYTES
+from dasd.prompts import load_prompts
+from dasd.stages.filter import run_filter
+from dasd.stages.sample import run_sample
+from dasd.store import RunStore
+
+
+def test_a_prompt_longer_than_the_teachers_context_is_quarantined_and_sampling_goes_on(tmp_path, tiny_lm_dir):
+    rows = [{"id": f"p{i}", "prompt": f"Compute {i} + {i + 1}."} for i in range(3)]
+    rows.insert(1, {"id": "long", "prompt": "Compute 3 + 4 then times 2. " * 40})
+    rows.append({"id": "huge", "prompt": "x" * 200_000})  # rejected without being tokenised
+    p = tmp_path / "prompts.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={p}", f"teacher.model={tiny_lm_dir}",
+                             "teacher.max_model_len=96", "sample.k=1", "sample.max_tokens=4", "sample.temperatures=[1.0]"])
+    counts = run_sample(cfg)
+    assert counts["T1"]["prompts"] == 3 and counts["T1"]["quarantined"] == 2
+    store = RunStore(cfg.run_dir)
+    why = {r["where"]: r["reason"] for r in store.read("sample", "rejects")}
+    assert "the teacher's context is 96" in why["prompt long"] and "characters cannot fit" in why["prompt huge"]
+    assert run_sample(cfg)["T1"]["new"] == 0  # a re-run does not ask again
+
+
+def test_a_50_mb_prompt_is_quarantined_by_the_record_size_cap(tmp_path):
+    p = tmp_path / "prompts.jsonl"
+    with p.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"id": "a", "prompt": "small"}) + "\n")
+        fh.write('{"id": "big", "prompt": "' + "z" * (50 * 1024 * 1024) + '"}\n')
+        fh.write(json.dumps({"id": "c", "prompt": "after"}) + "\n")
+    prompts, rejects = load_prompts(p, None)
+    assert [x["id"] for x in prompts] == ["a", "c"]
+    assert rejects[0]["where"] == f"{p}:2" and f"over the {MAX_RECORD_BYTES}-byte cap" in rejects[0]["reason"]
+
+
+def test_malformed_samples_are_quarantined_by_filter(tmp_path, tiny_lm_dir):
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"student.model={tiny_lm_dir}",
+                             "filter.require_structure=false"])
+    store = RunStore(cfg.run_dir)
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "messages": [{"role": "user", "content": "1 + 1?"}]})
+    good = {"id": "s1", "prompt_id": "p0", "text": "It is 2.", "finish_reason": "stop",
+            "teacher": {"tokens": [], "token_ids": [], "offsets": [], "logprobs": [], "logprob_mode": "raw"}}
+    with store.writer("sample", "pool-T1") as w:
+        w.add(good)
+        w.add({**good, "id": "s2", "text": 42})
+        w.add({k: v for k, v in {**good, "id": "s3"}.items() if k != "prompt_id"})
+    counts = run_filter(cfg, store)
+    assert counts["T1"]["in"] == 3 and counts["T1"]["dropped"]["malformed"] == 2
+    why = {r["id"]: r["reason"] for r in store.read("filter", "rejects")}
+    assert why["s2"] == "field 'text': a int, not a string" and why["s3"] == "field 'prompt_id': missing"
+
+
+def test_duplicate_problem_ids_in_grade_are_an_error_naming_the_line(tmp_path):
+    probs = tmp_path / "problems.jsonl"
+    rows = [{"id": i, "messages": [{"role": "user", "content": q}], "answer": a}
+            for i, q, a in [("q1", "1 + 1?", "2"), ("q2", "2 + 2?", "4"), ("q1", "3 + 3?", "6")]]
+    probs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    resp = tmp_path / "responses.jsonl"
+    resp.write_text(json.dumps({"problem_id": "q1", "text": "\\boxed{2}"}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{probs}:3: duplicate problem id 'q1' \(first on line 1\)"):
+        run_grade(probs, resp, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
