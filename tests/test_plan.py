@@ -68,8 +68,9 @@ def test_training_and_eval_rows(tmp_path):
     assert low.gpu_hours == pytest.approx(3 * 2 * 950 / 10 / 3600)
     assert low.disk_gb == pytest.approx((1e9 * 2 + 2 * 1e9 * 16) * 1e-9)
     mixed = rows["train stage3_mixed"]
-    # mix: 4 questions, half cut off, half of those kept -> 1 example, one step of the constant tail
-    assert "1 examples" in mixed.note
+    # mix: 4 questions, half cut off, half of those kept -> 1 mixed example, and stage 3 trains on
+    # mixed+replay: + round(2.5974 x 1) = 3 replayed stage-2 examples -> 4 examples
+    assert "4 examples" in mixed.note
     ev = rows["eval stage2_high"]
     assert ev.requests == (3 + 3 + 2 + 1) * 64  # the paper protocol: 64 samples per problem
     assert ev.tokens == pytest.approx(ev.requests * 110)

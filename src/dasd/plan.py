@@ -208,7 +208,7 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
 
     pools = {_pool(t): selected[t] for t in temps} | {"low": selected[min(temps)], "high": selected[max(temps)]}
     mixed = 0.0
-    if any(s.data == "mixed" for s in cfg.train.stages):
+    if any(s.data in ("mixed", "mixed+replay") for s in cfg.train.stages):
         q = min(cfg.mix.n_questions, sum(selected.values()))
         cap = cfg.mix.length_multiple * resp
         roll = q * ((1 - a.mix_cutoff) * resp + a.mix_cutoff * cap)
@@ -224,6 +224,8 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
                         (cut * cont / a.teacher_decode_tps + cut * prefix / a.teacher_prefill_tps) * hours,
                         f"{cut:,.0f} cut-offs continued (<= {cont:,.0f} tokens), {mixed:,.0f} kept"))
     pools["mixed"] = mixed
+    rc = cfg.mix.replay  # stage 3's replay: round(ratio x mixed) off-policy examples, at most the source pool
+    pools["mixed+replay"] = mixed + min(round(rc.ratio * mixed), pools.get(rc.source, 0.0))
 
     tc = cfg.train
     params = a.student_params or count_params(tc.base_model) or 4.0e9
