@@ -63,13 +63,18 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     try:
         atomic_write_json(tmp_path / "a.json", {"x": 1})
         store = RunStore(tmp_path / f"run{mask}")
-        with store.writer("sample", "pool-T1") as w:
-            w.add({"id": "r1"})
+        with store.writer("sample", "prompts") as w:  # a JSONL output
+            w.add({"id": "p1", "messages": [{"role": "user", "content": "q"}]})
+        with store.writer("sample", "pool-T1") as w:  # a columnar (Parquet) output
+            w.add({"id": "r1", "prompt_id": "p1", "model": "m", "temperature": 1.0, "top_p": 1.0, "seed": 0,
+                   "index": 0, "text": "t", "finish_reason": "stop",
+                   "teacher": {"token_ids": [1], "offsets": [[0, 1]], "logprobs": [-0.5], "logprob_mode": "raw"}})
         report = write_report(store.root)
     finally:
         os.umask(old)
     want = 0o666 & ~mask
-    for f in [tmp_path / "a.json", store.root / "manifest.json", store.root / "sample" / "pool-T1-00000.jsonl", report]:
+    for f in [tmp_path / "a.json", store.root / "manifest.json", store.root / "sample" / "prompts-00000.jsonl",
+              store.root / "sample" / "pool-T1-00000.parquet", report]:
         assert stat.S_IMODE(f.stat().st_mode) == want, f
 
 

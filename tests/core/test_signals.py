@@ -29,9 +29,11 @@ def write_config(tmp_path, model, n=20):
 
 def on_disk(run):
     """Every sample record on disk (a Counter of ids: duplicates would show) and leftover temp files."""
+    import pyarrow.parquet as pq
+
     ids = Counter()
-    for shard in (run / "sample").glob("pool-*.jsonl"):
-        ids.update(json.loads(line)["id"] for line in shard.read_text(encoding="utf-8").splitlines())
+    for shard in (run / "sample").glob("pool-*.parquet"):  # every shard file, duplicates across shards included
+        ids.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
     return ids, list(run.rglob("*.tmp"))
 
 

@@ -39,12 +39,13 @@ def dasd_sample(tmp_path, url, run):
 def samples(run):
     """Sample records on disk by id (a duplicate would fail), log-probs apart (the server batches
     whatever is in flight together, so they match to float noise, not bit for bit)."""
+    import pyarrow.parquet as pq
+
     out, lps = {}, {}
-    for p in (run / "sample").glob("pool-*.jsonl"):
-        for line in p.read_text().splitlines():
-            r = json.loads(line)
+    for p in (run / "sample").glob("pool-*.parquet"):
+        for r in pq.read_table(p).to_pylist():
             assert r["id"] not in out
-            lps[r["id"]] = r["teacher"].pop("logprobs")
+            lps[r["id"]] = r.pop("teacher_logprobs")
             out[r["id"]] = r
     return out, lps
 

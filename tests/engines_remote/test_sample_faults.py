@@ -27,7 +27,7 @@ def test_resume_with_a_later_pool_already_complete(serve, tmp_path):
     with serve() as srv:
         cfg = config(tmp_path, srv.base_url)
         run_sample(cfg)
-        for shard in (tmp_path / "run" / "sample").glob("pool-T0.6-*.jsonl"):
+        for shard in (tmp_path / "run" / "sample").glob("pool-T0.6-*.parquet"):
             shard.unlink()  # the first pool lost (as if interrupted), the later one complete
         again = run_sample(cfg)
     assert again["T0.6"]["new"] == 8 and again["T1"]["new"] == 0 and again["T1"]["samples"] == 8

@@ -29,5 +29,5 @@ def test_sample_stage_through_openai(serve, tiny_lm_dir, tmp_path):
         assert len(recs) == len({r["id"] for r in recs}) == 8
         for r in recs:
             t = r["teacher"]
-            assert t["logprob_mode"] == "raw" and len(t["offsets"]) == len(t["logprobs"]) == len(t["tokens"])
+            assert t["logprob_mode"] == "raw" and len(t["offsets"]) == len(t["logprobs"]) > 0
             assert all(0 <= s <= e <= len(r["text"]) for s, e in t["offsets"])

@@ -54,13 +54,15 @@ def test_malformed_samples_are_quarantined_by_filter(tmp_path, tiny_lm_dir):
     good = {"id": "s1", "prompt_id": "p0", "text": "It is 2.", "finish_reason": "stop",
             "teacher": {"tokens": [], "token_ids": [], "offsets": [], "logprobs": [], "logprob_mode": "raw"}}
     with store.writer("sample", "pool-T1") as w:
+        with pytest.raises(ValueError, match="record s2: field 'text' does not fit the sample schema"):
+            w.add({**good, "id": "s2", "text": 42})  # the typed store refuses it at the door
         w.add(good)
-        w.add({**good, "id": "s2", "text": 42})
+        w.add({**good, "id": "s2", "text": None})  # what a hand-made shard can still hold: nulls
         w.add({k: v for k, v in {**good, "id": "s3"}.items() if k != "prompt_id"})
     counts = run_filter(cfg, store)
     assert counts["T1"]["in"] == 3 and counts["T1"]["dropped"]["malformed"] == 2
     why = {r["id"]: r["reason"] for r in store.read("filter", "rejects")}
-    assert why["s2"] == "field 'text': a int, not a string" and why["s3"] == "field 'prompt_id': missing"
+    assert why["s2"] == "field 'text': missing" and why["s3"] == "field 'prompt_id': missing"
 
 
 def test_duplicate_problem_ids_in_grade_are_an_error_naming_the_line(tmp_path):
