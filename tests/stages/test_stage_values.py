@@ -191,3 +191,35 @@ def test_delta_equal_to_tau_is_shared(tau):
     summary = das_summary(rows, cfg)
     assert (summary["n_shared"], summary["n_teacher"], summary["n_student"]) == (2, 1, 1)
     assert summary["score"] == 0.0
+
+
+def test_filter_check_logprobs_drops_an_unusable_teacher_signal(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """On (the default) the filter drops a sample whose teacher offsets run past its text; off, it is
+    kept and the score stage quarantines it instead (the sentence table refuses such offsets)."""
+    text = "<think>Add 3 and 4.</think> 7"
+    good = {"offsets": [[0, 7], [7, 19], [19, 27], [27, len(text)]], "logprobs": [-0.1, -0.2, -0.3, -0.4],
+            "logprob_mode": "raw"}
+    bad = {**good, "offsets": [*good["offsets"][:3], [27, len(text) + 5]]}
+    prompt = {"id": "p0", "domain": "other", "messages": [{"role": "user", "content": "q"}]}
+    base = [f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir_other_vocab}", *RELAXED]
+    for name, flag in (("on", []), ("off", ["filter.check_logprobs=false"])):
+        _write_samples(tmp_path / name, [prompt], [("p0", text), ("p0", text)])
+        store = RunStore.open(tmp_path / name)
+        # give the two samples their teacher signals (the writer above has none)
+        rows = list(store.read("sample", "pool-T0.6"))
+        for old in store.stage_dir("sample").glob("pool-T0.6-*.jsonl"):
+            old.unlink()
+        with store.writer("sample", "pool-T0.6") as w:
+            for row, sig in zip(rows, (good, bad)):
+                w.add({**row, "teacher": sig})
+        cfg = load_config(None, [f"run_dir={tmp_path / name}", *base, *flag])
+        funnel = run_filter(cfg)
+        if name == "on":
+            assert funnel["T0.6"] == {"in": 2, "dropped": {"logprobs": 1}, "out": 1}
+            (rej,) = store.read("filter", "rejects")
+            assert rej["id"] == "s1" and f"teacher.offsets[3] = [27, {len(text) + 5}] is outside the text" in rej["reason"]
+        else:
+            assert funnel["T0.6"] == {"in": 2, "dropped": {}, "out": 2}
+            assert run_score(cfg)["T0.6"] == {"scored": 1, "rejected": 1}
+            (rej,) = store.read("score", "rejects")
+            assert rej["id"] == "s1" and rej["reason"].startswith("sample s1:")

@@ -89,6 +89,12 @@ class TrainConfig(StrictModel):
     log_every: int = Field(default=1, ge=1, description="Print/log metrics every N steps (curve.jsonl gets every step).")
     tensorboard: bool = Field(default=True, description="Also log to TensorBoard under <out>/<stage>/tb when tensorboard is installed.")
 
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _liger_from_yaml_bool(cls, v):
+        # YAML reads unquoted on/off (`liger: on`, `train.liger=on`) as booleans
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         names = [s.name for s in self.stages]
