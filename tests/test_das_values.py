@@ -66,12 +66,13 @@ def test_errors_say_what_is_wrong():
 
 def test_score_sample_output_is_the_sample_plus_the_rules_results():
     t_off, t_lp = [(0, 3), (3, 7), (7, 10), (10, 14), (14, 17), (17, 20)], [-0.1, -0.2, -1.0, -1.1, -0.3, -0.3]
-    s_off, s_lp = [(0, 7), (7, 14), (14, 20)], [-1.5, -0.2, -0.4]
+    s_off, s_lp = [(0, 7), (7, 14), (14, 20)], [-0.65, -0.2, -0.4]  # deltas 0.5, -0.85, 0.1
     sample = {"id": "s1", "prompt_id": "p", "text": TEXT, "teacher": {"offsets": t_off, "logprobs": t_lp}}
     cfg = DASConfig(tau=0.2, penalty=2.0, weight="chars")
     out = score_sample(sample, s_off, s_lp, cfg)
     rows = sentence_table(TEXT, t_off, t_lp, s_off, s_lp, cfg)
-    assert [r["type"] for r in rows] == ["teacher", "student", "shared"]  # tau 0.2: not the default's types
+    assert [r["type"] for r in rows] == ["teacher", "student", "shared"]
+    assert [r["type"] for r in sentence_table(TEXT, t_off, t_lp, s_off, s_lp)][0] == "shared"  # default tau
     assert out == {**sample, "student": {"offsets": [list(o) for o in s_off], "logprobs": s_lp},
                    "sentences": rows, "das": das_summary(rows, cfg)}
     assert out["das"]["score"] == pytest.approx(7 / 20 - 2.0 * 7 / 20)
