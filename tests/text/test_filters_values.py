@@ -65,14 +65,14 @@ def test_offsets_must_run_forward_inside_the_text():
 def test_funnel_counts_and_table():
     f = Funnel()
     for pool, drop in [("T1", None), ("T1", None), ("T1", Drop("cutoff", "x")), ("T1", "length: 9 > 8"),
-                       ("T2", "length: 3 > 2"), ("T2", "structure: a: b")]:
+                       ("T2", "length: 3 > 2"), ("T2", "structure: a: b"), ("T2", Drop("length", "4 > 2"))]:
         f.add(pool, drop)
     assert f.to_dict() == {"T1": {"in": 4, "dropped": {"cutoff": 1, "length": 1}, "out": 2},
-                           "T2": {"in": 2, "dropped": {"length": 1, "structure": 1}, "out": 0}}
+                           "T2": {"in": 3, "dropped": {"length": 2, "structure": 1}, "out": 0}}
     assert f.format() == (
         "pool   in  cutoff  structure  length  out   kept\n"
         "T1      4       1          0       1    2  50.0%\n"
-        "T2      2       0          1       1    0   0.0%\n"
-        "total   6       1          1       2    2  33.3%"
+        "T2      3       0          1       2    0   0.0%\n"
+        "total   7       1          1       3    2  28.6%"
     )
     assert Funnel().format() == "pool   in  out  kept\ntotal   0    0     -"
