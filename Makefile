@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup slow-extras demo test test-slow test-all bench ablation clean
+.PHONY: setup slow-extras demo test test-slow test-all bench ablation mutate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,14 @@ bench: setup
 ablation: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --seeds 0 1 2
 
+# Mutation testing of the rule modules with mutmut (docs/testing.md; not part of CI): the modules and
+# the tests each mutant runs are in pyproject.toml's [tool.mutmut]. Mutants live in ./mutants; the
+# source tree is not touched. Minutes on 2 cores. `mutmut results` lists survivors, `mutmut show NAME` one.
+mutate: setup
+	$(PY) -m pip install -q -r requirements-mutate.txt
+	rm -rf mutants
+	env -u PYTHONPATH HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) runs .cache
+	rm -rf $(VENV) runs .cache mutants

@@ -18,12 +18,23 @@ def test_every_stage_runs_and_a_rerun_does_nothing(tmp_path, tiny_lm_dir, tiny_l
     store = RunStore.open(cfg.run_dir)
     for stage in STAGES:
         assert store.stage_info(stage).get("complete"), stage
-    assert set(summary) == {"student", "stage2_high"} | ({"stage3_mixed"} if "stage3_mixed" in summary else set())
+    # stage 3 trains exactly when mix wrote examples, on exactly those; it is then evaluated and is
+    # the analysed model, otherwise stage 2 is (three sources that must agree: mix's output on disk,
+    # the trainer's counts, the evaluation summary)
+    n_mixed = store.count("mix", "examples")
+    stage3 = (store.root / "train" / "stage3_mixed" / "final" / "config.json").is_file()
+    assert stage3 == (n_mixed > 0)
+    assert set(summary) == {"student", "stage2_high"} | ({"stage3_mixed"} if n_mixed else set())
+    assert store.stage_info("analyze")["counts"]["model"] == ("stage3_mixed" if n_mixed else "stage2_high")
+    if n_mixed:
+        assert store.stage_info("train")["counts"]["stage3_mixed"]["examples"] == n_mixed
+    else:
+        assert "stage3_mixed" not in store.stage_info("train")["counts"]
     assert (store.root / "report.html").is_file()
-    assert store.stage_info("analyze")["counts"]["model"] in {"stage2_high", "stage3_mixed"}
     closing = closing_lines(cfg, outcome)
     assert "[run] accuracy on held-out problems" in closing and f"[run] report: {store.root / 'report.html'}" in closing
     assert all(label in closing for label in summary)
+    assert (f"{'stage3_mixed':16s} {'(not run)':>7s}" in closing) == (not n_mixed)
     before = {s: store.count(*s) for s in [("sample", "pool-T0.6"), ("eval", "results-student")]}
     capsys.readouterr()
     run_pipeline(cfg)

@@ -29,7 +29,6 @@ class ToyDataConfig(StrictModel):
     """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
 
     n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
-    n_test: int = Field(50, ge=1, description="held-out evaluation problems")
     seed: int = Field(0, description="seed of the problem generator")
 
 

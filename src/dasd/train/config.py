@@ -128,6 +128,12 @@ class TrainConfig(StrictModel):
             data = {**data, "report_to": [] if v in ("", "none") else [x.strip() for x in v.split(",")]}
         return data
 
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _liger_from_yaml_bool(cls, v):
+        # YAML reads unquoted on/off (`liger: on`, `train.liger=on`) as booleans
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         names = [s.name for s in self.stages]
