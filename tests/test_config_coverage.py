@@ -43,6 +43,8 @@ ALLOWED = {
     "analyze.bins": "as analyze.tau_boost (position_profile's bins)",
     "analyze.weight": "as analyze.tau_boost",
     "analyze.batch": "engine batch size of `dasd analyze`; no effect on results",
+    "analyze.boosted": "tested through its base class, AnalysisConfig(boosted=...), in tests/test_analysis.py",
+    "analyze.index_bins": "tested through AnalysisConfig(index_bins=...) in tests/test_analysis.py",
     # Trainer settings that reach torch directly (the trainer has its own tests and its own branch).
     "train.betas": "passed to torch.optim.AdamW by train/schedule.make_optimizer",
     "train.eps": "as train.betas",
@@ -167,7 +169,7 @@ def test_train_liger_reaches_the_loss(tmp_path, tiny_lm_dir):
     examples = [{"id": f"e{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a b c."}],
                  "prefix_chars": 0, "source": "t"} for i in range(2)]
     base = [f"train.base_model={tiny_lm_dir}", "train.context=64", "train.packing=false", "train.micro_batch=1",
-            "train.tensorboard=false", 'train.stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 1}]']
+            "train.report_to=none", 'train.stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 1}]']
     on = load_config(None, [*base, "train.liger=on"]).train
     with pytest.raises(ImportError, match="liger_kernel"):
         run_training(on, tmp_path / "on", {"pool": examples})

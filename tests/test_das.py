@@ -296,6 +296,16 @@ def test_per_token_means_type_a_granularity_difference_per_character_does_not():
     assert summ["frac_teacher"] == pytest.approx(1 / 3)  # one of three sentences, one student token each
 
 
+def test_tau_char_is_the_per_character_threshold():
+    # sentence 2's delta is 2.0 / 5 / ln 2 = 0.577 bits/char: Teacher under tau_char 0.5, Shared under 0.6;
+    # the per-token tau is not used in this unit
+    high = DASConfig(unit="char", tau_char=0.6, tau=0.01)
+    assert [r["type"] for r in sentence_table(TEXT, CHAR_OFF, CHAR_LP, WORD_OFF, WORD_LP, high)][2] == "shared"
+    low = DASConfig(unit="char", tau_char=0.5)
+    assert [r["type"] for r in sentence_table(TEXT, CHAR_OFF, CHAR_LP, WORD_OFF, WORD_LP, low)][2] == "teacher"
+    assert das_summary([], DASConfig(unit="char", tau_char=0.5))["tau"] == 0.5
+
+
 def test_per_character_unit_is_tokenizer_neutral_on_real_tokenizers(two_tokenizers):
     """Two real tokenizers of different granularity, both models giving every character the same
     log-prob (-1 nat, spread over the tokens that cover it): per token the side with the longer

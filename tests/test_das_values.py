@@ -29,7 +29,7 @@ def test_das_summary_is_exactly_this_dict():
         "n_sentences": 4, "n_teacher": 1, "n_student": 1, "n_shared": 1, "n_unscored": 1,
         "frac_teacher": 2 / 8, "frac_student": 1 / 8, "frac_shared": 1 / 8, "frac_unscored": 4 / 8,
         "mean_delta": (2 * 1.5 + 1 * -2.0 + 1 * 0.0) / 4, "score": 2 / 8 - 0.5 * 1 / 8,
-        "weight": "student_tokens", "tau": 0.5, "penalty": 0.5,
+        "weight": "student_tokens", "tau": 0.5, "unit": "token", "penalty": 0.5,
     }
 
 
@@ -60,7 +60,7 @@ def test_errors_say_what_is_wrong():
     for select in (select_das, lambda c, m: select_random(c, m, 0)):
         with pytest.raises(ValueError, match="m must be >= 0, got -1"):
             select([], -1)
-    with pytest.raises(ValueError, match="method must be 'das' or 'random', got 'best'"):
+    with pytest.raises(ValueError, match="method must be one of das, random, global_naturalness, local_naturalness, got 'best'"):
         select_grouped([{"id": "a", "das": {"score": 0.0}}], 1, "best")
 
 
@@ -73,8 +73,10 @@ def test_score_sample_output_is_the_sample_plus_the_rules_results():
     rows = sentence_table(TEXT, t_off, t_lp, s_off, s_lp, cfg)
     assert [r["type"] for r in rows] == ["teacher", "student", "shared"]
     assert [r["type"] for r in sentence_table(TEXT, t_off, t_lp, s_off, s_lp)][0] == "shared"  # default tau
-    assert out == {**sample, "student": {"offsets": [list(o) for o in s_off], "logprobs": s_lp},
-                   "sentences": rows, "das": das_summary(rows, cfg)}
+    student = out.pop("student")  # numpy arrays: offsets (n, 2), log-probs
+    assert student["offsets"].tolist() == [list(o) for o in s_off] and student["logprobs"].tolist() == s_lp
+    assert out == {**sample, "sentences": rows, "das": das_summary(rows, cfg),
+                   "naturalness": {"global": pytest.approx(sum(s_lp) / len(s_lp))}}
     assert out["das"]["score"] == pytest.approx(7 / 20 - 2.0 * 7 / 20)
 
 

@@ -190,7 +190,9 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
     if last < 5:
         return root
 
-    store.begin_stage("mix", {"mix": {"n_questions": n_prompts}})
+    from dasd.rules.mixing import MixConfig
+
+    store.begin_stage("mix", {"mix": MixConfig().model_dump()})  # as `dasd mix` records it, with a default config
     verdicts = ["finished", "kept", "kept", "no_answer", "kept", "incorrect", "no_cut_point", "kept"]
     rollouts = []
     with store.writer("mix", "examples") as wx, store.writer("mix", "rollouts") as wr:

@@ -20,6 +20,7 @@ import json
 
 import pytest
 
+from dasd.columnar import REF
 from dasd.config import load_config
 from dasd.prompts import toy_prompts
 from dasd.rules.das import DASConfig, das_summary, select_grouped, sentence_table
@@ -80,7 +81,7 @@ def test_score_stores_the_students_logprobs_in_the_prompts_own_context(scored, t
     checked = 0
     for pool in ("T0.6", "T1"):
         for s in store.read("score", f"pool-{pool}"):
-            stored = s["student"]["logprobs"]
+            stored = [float(x) for x in s["student"]["logprobs"]]  # float32 in the columnar store
             if not stored:
                 continue
             own = _forced_logprobs(model, tok, context(prompts[s["prompt_id"]]["messages"]), s["text"])
@@ -206,8 +207,8 @@ def test_filter_check_logprobs_drops_an_unusable_teacher_signal(tmp_path, tiny_l
         _write_samples(tmp_path / name, [prompt], [("p0", text), ("p0", text)])
         store = RunStore.open(tmp_path / name)
         # give the two samples their teacher signals (the writer above has none)
-        rows = list(store.read("sample", "pool-T0.6"))
-        for old in store.stage_dir("sample").glob("pool-T0.6-*.jsonl"):
+        rows = [{k: v for k, v in r.items() if k != REF} for r in store.read("sample", "pool-T0.6")]  # plain copies
+        for old in store.stage_dir("sample").glob("pool-T0.6-*.*"):
             old.unlink()
         with store.writer("sample", "pool-T0.6") as w:
             for row, sig in zip(rows, (good, bad)):
