@@ -117,13 +117,22 @@ def test_known_solutions_in_each_style():
         "<think>\n1: 3 + 4 = 7. 2: 7 * 2 = 4. 3: 4 - 5 = 9.\n</think>\nThe answer is \\boxed{9}."
     )
     steps = solution_text(EXAMPLE, "steps", rng)
-    assert "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10." in steps
-    assert "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10." in steps
+    assert "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10.\n" in steps
+    assert "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10.\n" in steps
+    assert "Now " not in steps  # no recaps unless asked for
     check = solution_text(EXAMPLE, "check", rng)
     assert "Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok." in check
     assert "Step 2: multiply by 2. 7 * 2 = 4. Check: 2 * 7 = 4, ok." in check
-    fused = solution_text(EXAMPLE, "fused", rng)
-    assert "Steps 1 and 2: from 3, add 4 and multiply by 2: 4.\nStep 3: from 4, subtract 5: 9." in fused
+
+
+def test_recap_is_the_students_idiom_after_steps_and_check_lines():
+    rng = random.Random(0)
+    steps = solution_text(EXAMPLE, "steps", rng, recap_rate=1.0)
+    assert "3 + 4 = 7. Now 7.\nStep 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10. Now 4.\n" in steps
+    check = solution_text(EXAMPLE, "check", rng, recap_rate=1.0)
+    assert "Check: 7 - 4 = 3, ok. Now 7.\n" in check
+    assert "Now" not in solution_text(EXAMPLE, "compact", rng, recap_rate=1.0)
+    assert verify(steps, "9") and verify(check, "9")
 
 
 def test_slips_make_wrong_answers_except_when_checked():
@@ -134,10 +143,24 @@ def test_slips_make_wrong_answers_except_when_checked():
         for s in STYLES:
             wrong[s] += not verify(solution_text(p, s, rng, error_rate=0.2), str(p.answer))
     assert wrong["check"] == 0  # the check catches every slip and redoes the step
-    for s in ("steps", "compact", "fused"):
+    for s in ("steps", "compact"):
         assert wrong[s] > 0.3 * len(problems)
     redo = solution_text(problems[0], "check", random.Random(0), error_rate=1.0)
     assert "Redo:" in redo and verify(redo, str(problems[0].answer))
+
+
+def test_redo_rate_demonstrates_caught_slips_in_check_only():
+    problems = make_problems(200, seed=4, split="train")
+    rng = random.Random(2)
+    redos = 0
+    for p in problems:
+        text = solution_text(p, "check", rng, redo_rate=0.3)
+        assert verify(text, str(p.answer))  # every demonstrated slip is caught
+        redos += text.count("Redo:")
+        assert solution_text(p, "steps", rng, redo_rate=1.0) == solution_text(p, "steps", rng)
+    n_steps = sum(len(p.steps) for p in problems)
+    assert 0.25 < redos / n_steps < 0.35
+    assert solution_text(EXAMPLE, "check", random.Random(0), redo_rate=1.0).count("Redo:") == 3
 
 
 def test_style_mixture_frequencies():
@@ -145,9 +168,21 @@ def test_style_mixture_frequencies():
     draws = [world.sample_style(rng, world.TEACHER_STYLE_MIX) for _ in range(20000)]
     for s, w in world.TEACHER_STYLE_MIX.items():
         assert abs(draws.count(s) / len(draws) - w) < 0.02
-    assert "fused" not in {world.sample_style(rng, world.STUDENT_STYLE_MIX) for _ in range(2000)}
+    assert "check" not in {world.sample_style(rng, world.STUDENT_STYLE_MIX) for _ in range(2000)}
     with pytest.raises(ValueError, match="style"):
         solution_text(EXAMPLE, "poem", rng)
+
+
+def test_teacher_response_uses_the_given_rates():
+    rng = random.Random(0)
+    problems = make_problems(300, seed=6, split="train")
+    texts = [world.teacher_response(p, rng, world.STUDENT_STYLE_MIX, 0.0, 0.0, world.STUDENT_RECAP_RATE)[1] for p in problems]
+    lines = [ln for t in texts for ln in t.split("\n") if ln.startswith("Step ")]
+    assert 0.6 < sum(" Now " in ln for ln in lines) / len(lines) < 0.8
+    teacher = [world.teacher_response(p, rng)[1] for p in problems]
+    t_lines = [ln for t in teacher for ln in t.split("\n") if ln.startswith("Step ")]
+    assert sum(" Now " in ln for ln in t_lines) / len(t_lines) < 0.1
+    assert any("Redo:" in t for t in teacher)
 
 
 def test_detect_style_unknown():
