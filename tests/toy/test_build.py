@@ -21,11 +21,11 @@ def test_corpus_deterministic_and_per_spec():
     assert all(world.split_of(p.canonical) == "train" for p, _ in a)
     styles = {world.detect_style(r) for _, r in a}
     assert styles == {"steps", "compact"}  # the student base never checks its work
-    assert sum(" Now " in r for _, r in a) > 0.5 * len(a)  # its idiom
+    assert sum(" Check: ok." in r for _, r in a) > 0.5 * len(a)  # its rubber-stamp idiom
     teacher = build.TrainSpec(**{**build.asdict(build.TEACHER_SPEC), "n_problems": 300})
     t = build.make_corpus(teacher, 0)
     assert {world.detect_style(r) for _, r in t} == set(world.STYLES)
-    assert any("Redo:" in r for _, r in t)
+    assert any(", not " in r for _, r in t)  # caught slips
 
 
 def test_encoding_masks_the_prompt_and_matches_the_chat_template():

@@ -52,7 +52,7 @@ class TrainSpec:
 
     ``steps`` optimizer steps of ``batch_size`` examples drawn (length-bucketed, seeded order) from
     ``n_problems`` train problems with ``min_chain..max_chain`` steps, each answered once by the
-    generating process with ``style_mix``, ``error_rate``, ``redo_rate`` and ``recap_rate``
+    generating process with ``style_mix``, ``error_rate``, ``redo_rate`` and ``stamp_rate``
     (``world.solution_text``); AdamW at ``lr`` (linear warmup over
     ``warmup`` steps, cosine to 10%), ``weight_decay`` on matrices only, clip 1.0; weights initialised
     with std ``init_std``. ``eval_problems``: test problems measured for the manifest.
@@ -68,7 +68,7 @@ class TrainSpec:
     style_mix: dict[str, float]
     error_rate: float
     redo_rate: float
-    recap_rate: float
+    stamp_rate: float
     min_chain: int = world.MIN_STEPS
     max_chain: int = world.MAX_STEPS
     warmup: int = 100
@@ -89,7 +89,7 @@ TEACHER_SPEC = TrainSpec(
     style_mix=world.TEACHER_STYLE_MIX,
     error_rate=world.TEACHER_ERROR_RATE,
     redo_rate=world.TEACHER_REDO_RATE,
-    recap_rate=world.TEACHER_RECAP_RATE,
+    stamp_rate=world.TEACHER_STAMP_RATE,
 )
 
 STUDENT_SPEC = TrainSpec(
@@ -103,7 +103,7 @@ STUDENT_SPEC = TrainSpec(
     style_mix=world.STUDENT_STYLE_MIX,
     error_rate=world.STUDENT_ERROR_RATE,
     redo_rate=0.0,  # it never writes `check`
-    recap_rate=world.STUDENT_RECAP_RATE,
+    stamp_rate=world.STUDENT_STAMP_RATE,
     n_problems=20_000,
 )
 
@@ -131,7 +131,7 @@ def make_corpus(spec: TrainSpec, seed: int) -> list[tuple[world.ToyProblem, str]
     problems = world.make_problems(spec.n_problems, seed, "train", spec.min_chain, spec.max_chain)
     rng = random.Random(f"dasd-toy-corpus/{spec.name}/{seed}")
     return [
-        (p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate, spec.redo_rate, spec.recap_rate)[1])
+        (p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate, spec.redo_rate, spec.stamp_rate)[1])
         for p in problems
     ]
 

@@ -179,6 +179,8 @@ def world_checks(
             "frac_teacher_random": _mean(s["das"]["frac_teacher"] for s in r_sel),
             "frac_teacher_pool": _mean(s["das"]["frac_teacher"] for s in at),
             "share_with_student_sentences": _mean(s["das"]["frac_student"] > 0 for s in at),
+            "share_with_caught_slip": _mean(", not " in s["text"] for s in at),
+            "mean_chars": _mean(len(s["text"]) for s in at),
             "frac_student_pool": _mean(s["das"]["frac_student"] for s in at),
             "style_das": _style_shares(d_sel),
             "style_random": _style_shares(r_sel),

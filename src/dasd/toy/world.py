@@ -54,16 +54,17 @@ STYLES = ("steps", "compact", "check")
 """Solution styles, all valid:
 
 - ``steps``: one line per step, restating the operation and writing the raw result before reducing it
-  ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local.
+  ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local. A
+  line may end with a rubber-stamp check, "Check: ok.", which checks nothing (the student's habit).
 - ``compact``: one short numbered equation per step, already reduced ("2: 7 * 2 = 4.").
-- ``check``: each step named and reduced, plus a self-check sentence that catches an arithmetic slip
-  and redoes the step ("Step 1: add 4. 3 + 4 = 8. Check: 8 - 4 = 4, not 3. Redo: 3 + 4 = 7."). The
-  teacher writes it; the student base never saw it: what DAS should find and the student can learn.
+- ``check``: ``steps`` with a real self-check after every step that recomputes it and catches a slip
+  ("Step 1: add 4. 3 + 4 = 8. Check: 8 - 4 = 4, not 3, so 3 + 4 = 7."). The teacher writes it; the
+  student base never saw it (only the rubber stamp): what DAS should find and the student can learn.
 """
 
 TEACHER_STYLE_MIX = {"steps": 0.5, "check": 0.35, "compact": 0.15}
 """Style frequencies in the teacher's training corpus. Sampling the teacher at T=0.6 sharpens this
-towards ``steps``; T=1.0 shows ``check`` and ``compact`` at about these rates (defect 1)."""
+towards ``steps``; T=1.0 shows ``check`` and ``compact`` closer to these rates (defect 1)."""
 
 STUDENT_STYLE_MIX = {"steps": 0.7, "compact": 0.3}
 """Style frequencies in the student base's training corpus: no ``check`` (it never checks its work)."""
@@ -80,15 +81,15 @@ to show on this world (a student that already had the teacher's skill could not 
 
 TEACHER_REDO_RATE = 0.1
 """Per-step probability, in the teacher corpus's ``check`` responses, of a first attempt that slips
-and is caught by the check ("..., not 3. Redo: ..."): the teacher demonstrates self-correction, and
-at T=1.0 its samples show more of it (a longer, harder, still learnable tail)."""
+and is caught by the check ("..., not 3, so 3 + 4 = 7."): the teacher demonstrates
+self-correction, and its T=1.0 samples show more of it (a longer, harder, still learnable tail)."""
 
-TEACHER_RECAP_RATE = 0.04
-STUDENT_RECAP_RATE = 0.7
-"""Per-line probability of the student's idiom, a recap sentence "Now 4." after a ``steps`` or
-``check`` line. The student writes it on most lines, the teacher rarely: in the teacher's samples
-these are the sentences the student finds far likelier than the teacher does (Student sentences,
-which the DAS penalty acts on)."""
+TEACHER_STAMP_RATE = 0.03
+STUDENT_STAMP_RATE = 0.7
+"""Per-line probability of the rubber-stamp check "Check: ok." after a ``steps`` line. The student
+writes it on most lines, the teacher rarely: in the teacher's samples these are the sentences the
+student finds far likelier than the teacher does (Student sentences, which the DAS penalty acts on).
+It also gives the student the words of a check, so that the teacher's real checks are learnable."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def solution_text(
     rng: random.Random,
     error_rate: float = 0.0,
     redo_rate: float = 0.0,
-    recap_rate: float = 0.0,
+    stamp_rate: float = 0.0,
 ) -> str:
     """A full assistant response (``<think>`` reasoning, then the boxed answer) in ``style``.
 
@@ -282,61 +283,56 @@ def solution_text(
     arithmetic slip); the wrong value is carried forward, so the final answer is usually wrong, except
     in the ``check`` style, whose check notices the slip and redoes the step. In ``check``, a first
     attempt also slips with probability ``redo_rate`` (always caught: a self-correction to learn from).
-    After each ``steps`` or ``check`` line the recap sentence "Now {value}." follows with probability
-    ``recap_rate`` (the student's idiom). ``error_rate=0`` gives a response that always verifies.
+    A ``steps`` line ends with the rubber stamp "Check: ok." with probability ``stamp_rate``.
+    ``error_rate=0`` gives a response that always verifies.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     x = problem.start
     lines: list[str] = []
 
-    def compute(prev: int, op: str, a: int, rate: float) -> tuple[int, int]:
+    def slipped(prev: int, op: str, a: int, rate: float) -> int:
         raw = raw_op(prev, op, a)
-        if rate > 0 and rng.random() < rate:
-            raw += _slip(rng)
-        return raw, raw % MODULUS
+        return raw + _slip(rng) if rate > 0 and rng.random() < rate else raw
 
-    def recap(line: str, value: int) -> str:
-        return line + f" Now {value}." if recap_rate > 0 and rng.random() < recap_rate else line
+    def equation(prev: int, sym: str, a: int, raw: int) -> str:
+        return f"{prev} {sym} {a} = {raw}" + ("." if raw % MODULUS == raw else f", which is {raw % MODULUS} modulo {MODULUS}.")
 
-    if style == "steps":
-        lines.append(f"Start at {x}.")
-        for i, (op, a) in enumerate(problem.steps, 1):
-            verb, sym = OPS[op][1], OPS[op][2]
-            raw, x_new = compute(x, op, a, error_rate)
-            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {raw}"
-            line += "." if raw == x_new else f", which is {x_new} modulo {MODULUS}."
-            lines.append(recap(line, x_new))
-            x = x_new
-        lines.append(f"The final value is {x}.")
-    elif style == "compact":
+    if style == "compact":
         eqs = []
         for op, a in problem.steps:
-            _, x_new = compute(x, op, a, error_rate)
+            x_new = slipped(x, op, a, error_rate) % MODULUS
             eqs.append(f"{len(eqs) + 1}: {x} {OPS[op][2]} {a} = {x_new}.")
             x = x_new
         lines.append(" ".join(eqs))
-    else:  # check
-        lines.append(f"Value: {x}.")
+    else:
+        lines.append(f"Start at {x}.")
         for i, (op, a) in enumerate(problem.steps, 1):
             verb, sym = OPS[op][1], OPS[op][2]
-            _, got = compute(x, op, a, min(1.0, error_rate + redo_rate))
-            right = apply_op(x, op, a)
-            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {got}. "
-            # add/subtract are checked by undoing the step, multiply by recomputing it commuted
-            if op == "multiply":
-                check, ok, expected = f"{a} * {x} = {right}", got == right, got
-            else:
-                inv = "-" if op == "add" else "+"
-                back = apply_op(got, "subtract" if op == "add" else "add", a)
-                check, ok, expected = f"{got} {inv} {a} = {back}", back == x, x
-            if ok:
-                line += f"Check: {check}, ok."
-            else:
-                line += f"Check: {check}, not {expected}. Redo: {x} {sym} {a} = {right}."
-            lines.append(recap(line, right))
-            x = right
-        lines.append(f"Result: {x}.")
+            if style == "steps":
+                raw = slipped(x, op, a, error_rate)
+                line = f"Step {i}: {verb} {a}. " + equation(x, sym, a, raw)
+                if stamp_rate > 0 and rng.random() < stamp_rate:
+                    line += " Check: ok."
+                x_new = raw % MODULUS
+            else:  # check: every first attempt is checked; a slip is caught and the step redone
+                raw = slipped(x, op, a, min(1.0, error_rate + redo_rate))
+                right = raw_op(x, op, a)
+                got = raw % MODULUS
+                line = f"Step {i}: {verb} {a}. " + equation(x, sym, a, raw) + " Check: "
+                # add/subtract are checked by undoing the step (reduced), multiply by recomputing it commuted
+                if op == "multiply":
+                    line += f"{a} * {x} = {right}"
+                    ok, expected = raw == right, raw
+                else:
+                    back = apply_op(got, "subtract" if op == "add" else "add", a)
+                    line += f"{got} {'-' if op == 'add' else '+'} {a} = {back}"
+                    ok, expected = back == x, x
+                line += ", ok." if ok else f", not {expected}, so " + equation(x, sym, a, right)
+                x_new = right % MODULUS
+            lines.append(line)
+            x = x_new
+        lines.append(f"The final value is {x}.")
     body = "\n".join(lines)
     return f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{x}}}."
 
@@ -347,23 +343,25 @@ def teacher_response(
     mix: dict[str, float] = TEACHER_STYLE_MIX,
     error_rate: float = TEACHER_ERROR_RATE,
     redo_rate: float = TEACHER_REDO_RATE,
-    recap_rate: float = TEACHER_RECAP_RATE,
+    stamp_rate: float = TEACHER_STAMP_RATE,
 ) -> tuple[str, str]:
     """One draw of the generating process: ``(style, text)`` with the style drawn from ``mix``
     (the defaults are the teacher's corpus; the student's passes its own rates)."""
     style = sample_style(rng, mix)
-    return style, solution_text(problem, style, rng, error_rate, redo_rate, recap_rate)
+    return style, solution_text(problem, style, rng, error_rate, redo_rate, stamp_rate)
 
 
-_STYLE_OPENERS = (("Start at ", "steps"), ("Value: ", "check"), ("1: ", "compact"))
+_REAL_CHECK = re.compile(r"Check: -?\d")
 
 
 def detect_style(text: str) -> str | None:
-    """The style a response is written in, read from its first reasoning line; None if unrecognised."""
+    """The style a response is written in: ``check`` if it holds a real check ("Check: " and a
+    number), else read from its first reasoning line; None if unrecognised."""
     if not text.startswith("<think>\n"):
         return None
     first = text[len("<think>\n") :].split("\n", 1)[0]
-    for opener, style in _STYLE_OPENERS:
-        if first.startswith(opener):
-            return style
+    if first.startswith("Start at "):
+        return "check" if _REAL_CHECK.search(text) else "steps"
+    if first.startswith("1: "):
+        return "compact"
     return None
