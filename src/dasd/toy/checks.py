@@ -127,8 +127,8 @@ def world_checks(
     max_tokens: int = 400,
     require_correct: bool = True,
     n_test: int = 200,
-    epochs: int = 4,
-    lr: float = 5e-4,
+    epochs: int = 8,
+    lr: float = 2e-3,
     batch_size: int = 8,
     seed: int = 0,
     min_share_gap: float = 0.10,
@@ -146,6 +146,9 @@ def world_checks(
     DAS-selected samples of every temperature together), ``n_test`` held-out test problems measured
     with one sample each (``build.evaluate_accuracy``), the thresholds and ``das`` (default config).
     Deterministic in its arguments and the models (one torch thread gives the same numbers again).
+    Pitfall: the fine-tune must be long enough for the student to learn the real checks: on the
+    shipped world, 4 epochs at lr 5e-4 or 2e-3 left them half-learned and the student fell
+    (48.5% -> 16.5%, 45% -> 36%); 8 epochs at 2e-3 (the default) gained.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -16,7 +16,8 @@ k-th operation by matching "Step k:" (an induction pattern) instead of counting 
 The generating process (``solution_text``) writes a correct (or, with ``error_rate``, slightly wrong)
 solution in one of three **styles**; the toy teacher is trained on a mixture of them
 (``TEACHER_STYLE_MIX``, 2% slips), the student base on a different one (``STUDENT_STYLE_MIX``) with
-far more slips (``STUDENT_ERROR_RATE``). See docs/toy-world.md for how the three defects DASD fixes show up in this world.
+far more slips (``STUDENT_ERROR_RATE``) and a rubber-stamp check habit. See docs/toy-world.md for how the
+mechanisms DASD relies on show up in this world, and ``dasd.toy.checks`` for how the build measures them.
 
 Usage::
 
