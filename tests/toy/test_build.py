@@ -20,7 +20,12 @@ def test_corpus_deterministic_and_per_spec():
     assert {len(p.steps) for p, _ in a} == set(range(world.MIN_STEPS, world.MAX_STEPS + 1))
     assert all(world.split_of(p.canonical) == "train" for p, _ in a)
     styles = {world.detect_style(r) for _, r in a}
-    assert "fused" not in styles and {"steps", "compact"} <= styles
+    assert styles == {"steps", "compact"}  # the student base never checks its work
+    assert sum(" Check: ok." in r for _, r in a) > 0.5 * len(a)  # its rubber-stamp idiom
+    teacher = build.TrainSpec(**{**build.asdict(build.TEACHER_SPEC), "n_problems": 300})
+    t = build.make_corpus(teacher, 0)
+    assert {world.detect_style(r) for _, r in t} == set(world.STYLES)
+    assert any(", not " in r for _, r in t)  # caught slips
 
 
 def test_encoding_masks_the_prompt_and_matches_the_chat_template():
@@ -75,8 +80,8 @@ def test_parallel_build_equals_sequential(tmp_path):
     """The two models built side by side in two processes are byte-identical to building them one
     after the other in this process; the manifest records the build."""
     specs = _tiny_specs()
-    paths = build.build_toy_world(tmp_path / "par", seed=3, specs=specs, log=lambda s: None)
-    build.build_toy_world(tmp_path / "seq", seed=3, specs=specs, parallel=False, log=lambda s: None)
+    paths = build.build_toy_world(tmp_path / "par", seed=3, specs=specs, log=lambda s: None, checks=False)
+    build.build_toy_world(tmp_path / "seq", seed=3, specs=specs, parallel=False, log=lambda s: None, checks=False)
     assert paths == {m: str(tmp_path / "par" / m) for m in ("teacher", "student")}
     assert _digests(tmp_path / "par") == _digests(tmp_path / "seq")
     for m in ("teacher", "student"):
@@ -88,6 +93,40 @@ def test_parallel_build_equals_sequential(tmp_path):
         info = man["models"][m]
         assert info["spec"]["steps"] == 3 and set(info["eval"]) == {"T=0.6", "T=1.0"}
         assert 0.0 <= info["eval"]["T=0.6"]["accuracy"] <= 1.0
+    assert "checks" not in man
+
+
+TINY_CHECKS = dict(n_prompts=3, k=2, max_tokens=12, require_correct=False, n_test=3, epochs=1, batch_size=2)
+
+
+def test_world_checks_on_tiny_models(tmp_path):
+    """The mechanism checks run end to end through the hf engine and dasd.das on tiny models, are
+    deterministic, and their pass flags follow their numbers; the build stores them in the manifest."""
+    from dasd.toy.checks import format_checks, world_checks
+
+    lines: list[str] = []
+    build.build_toy_world(tmp_path / "w", seed=1, specs=_tiny_specs(), parallel=False, log=lines.append,
+                          check_kw=TINY_CHECKS)
+    man = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    res = man["checks"]
+    assert set(res["checks"]) == {"teacher_share", "student_sentences", "distillation"}
+    for key in ("T=0.6", "T=1.0"):
+        t = res["by_temperature"][key]
+        assert t["samples"] == t["kept"] == 3 * 2  # require_correct=False keeps every sample
+        assert 0.0 <= t["share_with_student_sentences"] <= 1.0
+    ts, ss, di = (res["checks"][k] for k in ("teacher_share", "student_sentences", "distillation"))
+    assert ts["pass"] == (ts["gap"] >= 0.10) and abs(ts["gap"] - (ts["das"] - ts["random"])) < 1e-12
+    assert ss["pass"] == (ss["share_of_responses"] >= 0.02)
+    acc = di["accuracy"]
+    assert di["pass"] == (di["gain_at_0.6"] >= 0.05 and all(a["student_tuned"] < a["teacher"] for a in acc.values()))
+    assert di["fine_tune"]["examples"] == 3 * 2 and di["fine_tune"]["steps"] == 3  # m=1 per prompt and temperature
+    assert res["all_pass"] == (ts["pass"] and ss["pass"] and di["pass"])
+    assert [ln for ln in lines if ln.startswith("[checks] ") and ("PASS" in ln or "FAIL" in ln)] == [
+        ln for ln in format_checks(res) if "PASS" in ln or "FAIL" in ln
+    ]
+    again = world_checks(tmp_path / "w", seed=1, log=lambda s: None, **TINY_CHECKS)
+    again.pop("seconds"), res.pop("seconds")
+    assert json.loads(json.dumps(again)) == res
 
 
 @pytest.mark.rebuild

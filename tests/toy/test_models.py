@@ -68,6 +68,9 @@ def test_manifest_records_the_build():
     t, s = m["models"]["teacher"]["eval"], m["models"]["student"]["eval"]
     assert t["T=0.6"]["accuracy"] >= 0.9
     assert s["T=0.6"]["accuracy"] < t["T=0.6"]["accuracy"]
+    checks = m["checks"]["checks"]  # the mechanism checks the build measured (dasd.toy.checks)
+    assert checks["teacher_share"]["pass"] and checks["teacher_share"]["gap"] >= 0.10
+    assert checks["distillation"]["pass"] and checks["distillation"]["tuned_below_teacher"]
 
 
 def test_teacher_accurate_student_weaker(models):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -117,13 +118,26 @@ def test_known_solutions_in_each_style():
         "<think>\n1: 3 + 4 = 7. 2: 7 * 2 = 4. 3: 4 - 5 = 9.\n</think>\nThe answer is \\boxed{9}."
     )
     steps = solution_text(EXAMPLE, "steps", rng)
-    assert "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10." in steps
-    assert "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10." in steps
+    assert "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10.\n" in steps
+    assert "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10.\n" in steps
+    assert "Check" not in steps  # no rubber stamps unless asked for
     check = solution_text(EXAMPLE, "check", rng)
-    assert "Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok." in check
-    assert "Step 2: multiply by 2. 7 * 2 = 4. Check: 2 * 7 = 4, ok." in check
-    fused = solution_text(EXAMPLE, "fused", rng)
-    assert "Steps 1 and 2: from 3, add 4 and multiply by 2: 4.\nStep 3: from 4, subtract 5: 9." in fused
+    assert check == (
+        "<think>\nStart at 3.\n"
+        "Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok.\n"
+        "Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10. Check: 2 * 7 = 14, ok.\n"
+        "Step 3: subtract 5. 4 - 5 = -1, which is 9 modulo 10. Check: 9 + 5 = 4, ok.\n"
+        "The final value is 9.\n</think>\nThe answer is \\boxed{9}."
+    )
+
+
+def test_rubber_stamp_is_the_students_idiom_on_steps_lines():
+    rng = random.Random(0)
+    steps = solution_text(EXAMPLE, "steps", rng, stamp_rate=1.0)
+    assert "3 + 4 = 7. Check: ok.\nStep 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10. Check: ok.\n" in steps
+    assert detect_style(steps) == "steps" and verify(steps, "9")
+    assert solution_text(EXAMPLE, "check", random.Random(0), stamp_rate=1.0) == solution_text(EXAMPLE, "check", random.Random(0))
+    assert "Check" not in solution_text(EXAMPLE, "compact", rng, stamp_rate=1.0)
 
 
 def test_slips_make_wrong_answers_except_when_checked():
@@ -134,10 +148,33 @@ def test_slips_make_wrong_answers_except_when_checked():
         for s in STYLES:
             wrong[s] += not verify(solution_text(p, s, rng, error_rate=0.2), str(p.answer))
     assert wrong["check"] == 0  # the check catches every slip and redoes the step
-    for s in ("steps", "compact", "fused"):
+    for s in ("steps", "compact"):
         assert wrong[s] > 0.3 * len(problems)
     redo = solution_text(problems[0], "check", random.Random(0), error_rate=1.0)
-    assert "Redo:" in redo and verify(redo, str(problems[0].answer))
+    assert ", not " in redo and verify(redo, str(problems[0].answer)) and detect_style(redo) == "check"
+
+
+def test_caught_slips_in_each_operation():
+    rng = random.Random(0)
+    add = solution_text(ToyProblem(3, (("add", 4),)), "check", rng, redo_rate=1.0)
+    assert re.search(r"3 \+ 4 = (\d+)\. Check: \d - 4 = \d, not 3, so 3 \+ 4 = 7\.\n", add), add
+    mul = solution_text(ToyProblem(7, (("multiply", 2),)), "check", rng, redo_rate=1.0)
+    assert re.search(r"7 \* 2 = 1[2356], which is \d modulo 10\. Check: 2 \* 7 = 14, not 1\d, so 7 \* 2 = 14, which is 4 modulo 10\.", mul), mul
+    sub = solution_text(ToyProblem(4, (("subtract", 5),)), "check", rng, redo_rate=1.0)
+    assert "not 4, so 4 - 5 = -1, which is 9 modulo 10." in sub, sub
+
+
+def test_redo_rate_demonstrates_caught_slips_in_check_only():
+    problems = make_problems(200, seed=4, split="train")
+    rng = random.Random(2)
+    redos = 0
+    for p in problems:
+        text = solution_text(p, "check", rng, redo_rate=0.3)
+        assert verify(text, str(p.answer))  # every demonstrated slip is caught
+        redos += text.count(", not ")
+        assert solution_text(p, "steps", rng, redo_rate=1.0) == solution_text(p, "steps", rng)
+    n_steps = sum(len(p.steps) for p in problems)
+    assert 0.25 < redos / n_steps < 0.35
 
 
 def test_style_mixture_frequencies():
@@ -145,9 +182,24 @@ def test_style_mixture_frequencies():
     draws = [world.sample_style(rng, world.TEACHER_STYLE_MIX) for _ in range(20000)]
     for s, w in world.TEACHER_STYLE_MIX.items():
         assert abs(draws.count(s) / len(draws) - w) < 0.02
-    assert "fused" not in {world.sample_style(rng, world.STUDENT_STYLE_MIX) for _ in range(2000)}
+    assert "check" not in {world.sample_style(rng, world.STUDENT_STYLE_MIX) for _ in range(2000)}
     with pytest.raises(ValueError, match="style"):
         solution_text(EXAMPLE, "poem", rng)
+
+
+def test_teacher_response_uses_the_given_rates():
+    rng = random.Random(0)
+    problems = make_problems(300, seed=6, split="train")
+
+    def stamped(texts):
+        lines = [ln for t in texts if detect_style(t) == "steps" for ln in t.split("\n") if ln.startswith("Step ")]
+        return sum(ln.endswith(" Check: ok.") for ln in lines) / len(lines)
+
+    student = [world.teacher_response(p, rng, world.STUDENT_STYLE_MIX, 0.2, 0.0, world.STUDENT_STAMP_RATE)[1] for p in problems]
+    assert 0.6 < stamped(student) < 0.8
+    teacher = [world.teacher_response(p, rng)[1] for p in problems]
+    assert stamped(teacher) < 0.08
+    assert any(", not " in t for t in teacher)
 
 
 def test_detect_style_unknown():

@@ -12,7 +12,7 @@ ordinary transformers format (config.json, model.safetensors, tokenizer with cha
 
 Run::
 
-    python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1] [--sequential] [--no-eval]
+    python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1] [--sequential] [--no-eval] [--no-checks]
 
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
@@ -52,7 +52,8 @@ class TrainSpec:
 
     ``steps`` optimizer steps of ``batch_size`` examples drawn (length-bucketed, seeded order) from
     ``n_problems`` train problems with ``min_chain..max_chain`` steps, each answered once by the
-    generating process with ``style_mix`` and ``error_rate``; AdamW at ``lr`` (linear warmup over
+    generating process with ``style_mix``, ``error_rate``, ``redo_rate`` and ``stamp_rate``
+    (``world.solution_text``); AdamW at ``lr`` (linear warmup over
     ``warmup`` steps, cosine to 10%), ``weight_decay`` on matrices only, clip 1.0; weights initialised
     with std ``init_std``. ``eval_problems``: test problems measured for the manifest.
     """
@@ -66,6 +67,8 @@ class TrainSpec:
     lr: float
     style_mix: dict[str, float]
     error_rate: float
+    redo_rate: float
+    stamp_rate: float
     min_chain: int = world.MIN_STEPS
     max_chain: int = world.MAX_STEPS
     warmup: int = 100
@@ -85,6 +88,8 @@ TEACHER_SPEC = TrainSpec(
     lr=3e-3,
     style_mix=world.TEACHER_STYLE_MIX,
     error_rate=world.TEACHER_ERROR_RATE,
+    redo_rate=world.TEACHER_REDO_RATE,
+    stamp_rate=world.TEACHER_STAMP_RATE,
 )
 
 STUDENT_SPEC = TrainSpec(
@@ -97,6 +102,8 @@ STUDENT_SPEC = TrainSpec(
     lr=3e-3,
     style_mix=world.STUDENT_STYLE_MIX,
     error_rate=world.STUDENT_ERROR_RATE,
+    redo_rate=0.0,  # it never writes `check`
+    stamp_rate=world.STUDENT_STAMP_RATE,
     n_problems=20_000,
 )
 
@@ -123,7 +130,10 @@ def make_corpus(spec: TrainSpec, seed: int) -> list[tuple[world.ToyProblem, str]
     """The training pairs ``(problem, response)`` of one model, drawn from the generating process."""
     problems = world.make_problems(spec.n_problems, seed, "train", spec.min_chain, spec.max_chain)
     rng = random.Random(f"dasd-toy-corpus/{spec.name}/{seed}")
-    return [(p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate)[1]) for p in problems]
+    return [
+        (p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate, spec.redo_rate, spec.stamp_rate)[1])
+        for p in problems
+    ]
 
 
 def encode_examples(tokenizer, corpus) -> list[tuple[list[int], list[int]]]:
@@ -365,6 +375,8 @@ def build_toy_world(
     parallel: bool = True,
     log=print,
     specs: dict[str, TrainSpec] | None = None,
+    checks: bool = True,
+    check_kw: dict | None = None,
 ) -> dict[str, str]:
     """Build the teacher and the student base into ``out_dir/{teacher,student}``; return their paths.
 
@@ -374,7 +386,9 @@ def build_toy_world(
     T=1.0 on 200 held-out test problems into ``manifest.json``), ``parallel`` (build the two models at
     once in two processes, one core each; the weights are the same either way, since each model's
     recipe, thread count included, is unchanged; worker processes log with ``print``), ``specs``
-    (replace ``SPECS``, e.g. tiny ones in tests).
+    (replace ``SPECS``, e.g. tiny ones in tests), ``checks`` (after the models are built, run
+    ``dasd.toy.checks.world_checks`` on them, with ``check_kw`` as its keyword arguments, print its
+    lines and store its result under ``checks`` in the manifest; needs ``evaluate``).
     About 5 minutes on an idle 2-core machine (the teacher's training dominates).
 
     Pitfall: one model with two intra-op threads is only ~1.4x faster than with one on an idle
@@ -395,15 +409,29 @@ def build_toy_world(
             manifest_models = {n: f.result() for n, f in futures.items()}
     else:
         manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n]) for n in names}
+    t_models = time.time() - t_start
+    check_result = None
+    if evaluate and checks:
+        from dasd.toy.checks import world_checks
+
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            check_result = world_checks(out, seed=seed, log=log, **(check_kw or {}))
+        finally:
+            torch.set_num_threads(old_threads)
     manifest = {
         "seed": seed,
         "threads": threads,
         "parallel": parallel,
         "torch": torch.__version__,
         "build_seconds": round(time.time() - t_start, 1),
+        "models_seconds": round(t_models, 1),
         "eval_protocol": {"split": "test", "n": specs["teacher"].eval_problems, "top_p": 1.0, "samples_per_problem": 1},
         "models": manifest_models,
     }
+    if check_result is not None:
+        manifest["checks"] = check_result
     atomic_write_json(out / "manifest.json", manifest)
     log(f"built toy world in {manifest['build_seconds']:.0f}s -> {out}")
     return {n: str(out / n) for n in names}
@@ -440,9 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model")
     ap.add_argument("--sequential", action="store_true", help="build one model after the other in this process")
-    ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements")
+    ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements and the checks")
+    ap.add_argument("--no-checks", action="store_true", help="skip the mechanism checks (dasd.toy.checks)")
     a = ap.parse_args(argv)
-    build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval, parallel=not a.sequential)
+    build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval, parallel=not a.sequential,
+                    checks=not a.no_checks)
     return 0
 
 

@@ -14,9 +14,10 @@ k-th operation by matching "Step k:" (an induction pattern) instead of counting 
     The answer is \\boxed{9}.
 
 The generating process (``solution_text``) writes a correct (or, with ``error_rate``, slightly wrong)
-solution in one of four **styles**; the toy teacher is trained on a mixture of them
+solution in one of three **styles**; the toy teacher is trained on a mixture of them
 (``TEACHER_STYLE_MIX``, 2% slips), the student base on a different one (``STUDENT_STYLE_MIX``) with
-far more slips (``STUDENT_ERROR_RATE``). See docs/toy-world.md for how the three defects DASD fixes show up in this world.
+far more slips (``STUDENT_ERROR_RATE``) and a rubber-stamp check habit. See docs/toy-world.md for how the
+mechanisms DASD relies on show up in this world, and ``dasd.toy.checks`` for how the build measures them.
 
 Usage::
 
@@ -50,25 +51,24 @@ OPS = {
     "multiply": ("Multiply by", "multiply by", "*", tuple(range(2, 10))),
 }
 
-STYLES = ("steps", "compact", "check", "fused")
+STYLES = ("steps", "compact", "check")
 """Solution styles, all valid:
 
 - ``steps``: one line per step, restating the operation and writing the raw result before reducing it
-  ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local.
+  ("Step 2: multiply by 2. 7 * 2 = 14, which is 4 modulo 10."). Long, every computation local. A
+  line may end with a rubber-stamp check, "Check: ok.", which checks nothing (the student's habit).
 - ``compact``: one short numbered equation per step, already reduced ("2: 7 * 2 = 4.").
-- ``check``: each step named and reduced, plus a check that catches and redoes an arithmetic slip
-  ("Step 1: add 4. 3 + 4 = 7. Check: 7 - 4 = 3, ok."). The longest style and the most robust one.
-- ``fused``: two operations per sentence with no intermediate value written ("Steps 1 and 2: from 3,
-  add 4 and multiply by 2: 4."): two computations per emitted digit, which the small student cannot do
-  reliably (defect 2 of the paper).
+- ``check``: ``steps`` with a real self-check after every step that recomputes it and catches a slip
+  ("Step 1: add 4. 3 + 4 = 8. Check: 8 - 4 = 4, not 3, so 3 + 4 = 7."). The teacher writes it; the
+  student base never saw it (only the rubber stamp): what DAS should find and the student can learn.
 """
 
-TEACHER_STYLE_MIX = {"steps": 0.5, "compact": 0.25, "check": 0.15, "fused": 0.10}
+TEACHER_STYLE_MIX = {"steps": 0.5, "check": 0.35, "compact": 0.15}
 """Style frequencies in the teacher's training corpus. Sampling the teacher at T=0.6 sharpens this
-towards ``steps``; T=1.0 shows the rare styles at about these rates (defect 1)."""
+towards ``steps``; T=1.0 shows ``check`` and ``compact`` closer to these rates (defect 1)."""
 
-STUDENT_STYLE_MIX = {"steps": 0.6, "compact": 0.3, "check": 0.1, "fused": 0.0}
-"""Style frequencies in the student base's (smaller) training corpus: no ``fused``, less ``check``."""
+STUDENT_STYLE_MIX = {"steps": 0.7, "compact": 0.3}
+"""Style frequencies in the student base's training corpus: no ``check`` (it never checks its work)."""
 
 TEACHER_ERROR_RATE = 0.02
 """Per-step probability of an arithmetic slip in the teacher's training corpus: the trained teacher
@@ -79,6 +79,18 @@ STUDENT_ERROR_RATE = 0.2
 trained student slips less than this (sampling sharpens towards the right digit) but far more often
 than the teacher; clean, verified teacher samples teach it care, which is what distillation has
 to show on this world (a student that already had the teacher's skill could not gain)."""
+
+TEACHER_REDO_RATE = 0.1
+"""Per-step probability, in the teacher corpus's ``check`` responses, of a first attempt that slips
+and is caught by the check ("..., not 3, so 3 + 4 = 7."): the teacher demonstrates
+self-correction, and its T=1.0 samples show more of it (a longer, harder, still learnable tail)."""
+
+TEACHER_STAMP_RATE = 0.03
+STUDENT_STAMP_RATE = 0.7
+"""Per-line probability of the rubber-stamp check "Check: ok." after a ``steps`` line. The student
+writes it on most lines, the teacher rarely: in the teacher's samples these are the sentences the
+student finds far likelier than the teacher does (Student sentences, which the DAS penalty acts on).
+It also gives the student the words of a check, so that the teacher's real checks are learnable."""
 
 
 @dataclass(frozen=True)
@@ -258,75 +270,70 @@ def _slip(rng: random.Random) -> int:
     return rng.choice((-2, -1, 1, 2))
 
 
-def solution_text(problem: ToyProblem, style: str, rng: random.Random, error_rate: float = 0.0) -> str:
+def solution_text(
+    problem: ToyProblem,
+    style: str,
+    rng: random.Random,
+    error_rate: float = 0.0,
+    redo_rate: float = 0.0,
+    stamp_rate: float = 0.0,
+) -> str:
     """A full assistant response (``<think>`` reasoning, then the boxed answer) in ``style``.
 
     With probability ``error_rate`` per computation, the written result is off by 1 or 2 (an
     arithmetic slip); the wrong value is carried forward, so the final answer is usually wrong, except
-    in the ``check`` style, whose check notices the slip and redoes the step. ``error_rate=0`` gives a
-    response that always verifies.
+    in the ``check`` style, whose check notices the slip and redoes the step. In ``check``, a first
+    attempt also slips with probability ``redo_rate`` (always caught: a self-correction to learn from).
+    A ``steps`` line ends with the rubber stamp "Check: ok." with probability ``stamp_rate``.
+    ``error_rate=0`` gives a response that always verifies.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     x = problem.start
     lines: list[str] = []
 
-    def compute(prev: int, op: str, a: int) -> tuple[int, int]:
+    def slipped(prev: int, op: str, a: int, rate: float) -> int:
         raw = raw_op(prev, op, a)
-        if error_rate > 0 and rng.random() < error_rate:
-            raw += _slip(rng)
-        return raw, raw % MODULUS
+        return raw + _slip(rng) if rate > 0 and rng.random() < rate else raw
 
-    if style == "steps":
-        lines.append(f"Start at {x}.")
-        for i, (op, a) in enumerate(problem.steps, 1):
-            verb, sym = OPS[op][1], OPS[op][2]
-            raw, x_new = compute(x, op, a)
-            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {raw}"
-            line += "." if raw == x_new else f", which is {x_new} modulo {MODULUS}."
-            lines.append(line)
-            x = x_new
-        lines.append(f"The final value is {x}.")
-    elif style == "compact":
+    def equation(prev: int, sym: str, a: int, raw: int) -> str:
+        return f"{prev} {sym} {a} = {raw}" + ("." if raw % MODULUS == raw else f", which is {raw % MODULUS} modulo {MODULUS}.")
+
+    if style == "compact":
         eqs = []
         for op, a in problem.steps:
-            _, x_new = compute(x, op, a)
+            x_new = slipped(x, op, a, error_rate) % MODULUS
             eqs.append(f"{len(eqs) + 1}: {x} {OPS[op][2]} {a} = {x_new}.")
             x = x_new
         lines.append(" ".join(eqs))
-    elif style == "check":
-        lines.append(f"Value: {x}.")
+    else:
+        lines.append(f"Start at {x}.")
         for i, (op, a) in enumerate(problem.steps, 1):
             verb, sym = OPS[op][1], OPS[op][2]
-            _, got = compute(x, op, a)
-            right = apply_op(x, op, a)
-            line = f"Step {i}: {verb} {a}. {x} {sym} {a} = {got}. "
-            # add/subtract are checked by undoing the step, multiply by recomputing it commuted
-            if op == "multiply":
-                check, ok, expected = f"{a} * {x} = {right}", got == right, got
-            else:
-                inv = "-" if op == "add" else "+"
-                back = apply_op(got, "subtract" if op == "add" else "add", a)
-                check, ok, expected = f"{got} {inv} {a} = {back}", back == x, x
-            if ok:
-                line += f"Check: {check}, ok."
-            else:
-                line += f"Check: {check}, not {expected}. Redo: {x} {sym} {a} = {right}."
+            if style == "steps":
+                raw = slipped(x, op, a, error_rate)
+                line = f"Step {i}: {verb} {a}. " + equation(x, sym, a, raw)
+                if stamp_rate > 0 and rng.random() < stamp_rate:
+                    line += " Check: ok."
+                x_new = raw % MODULUS
+            else:  # check: every first attempt is checked; a slip is caught and the step redone
+                raw = slipped(x, op, a, min(1.0, error_rate + redo_rate))
+                right = raw_op(x, op, a)
+                got = raw % MODULUS
+                line = f"Step {i}: {verb} {a}. " + equation(x, sym, a, raw) + " Check: "
+                # add/subtract are checked by undoing the step (reduced), multiply by recomputing it commuted
+                if op == "multiply":
+                    line += f"{a} * {x} = {right}"
+                    ok, expected = raw == right, raw
+                else:
+                    back = apply_op(got, "subtract" if op == "add" else "add", a)
+                    line += f"{got} {'-' if op == 'add' else '+'} {a} = {back}"
+                    ok, expected = back == x, x
+                line += ", ok." if ok else f", not {expected}, so " + equation(x, sym, a, right)
+                x_new = right % MODULUS
             lines.append(line)
-            x = right
-        lines.append(f"Result: {x}.")
-    else:  # fused
-        steps = list(problem.steps)
-        for i in range(0, len(steps), 2):
-            pair = steps[i : i + 2]
-            y = x
-            for op, a in pair:
-                _, y = compute(y, op, a)
-            words = " and ".join(f"{OPS[op][1]} {a}" for op, a in pair)
-            label = f"Step {i + 1}" if len(pair) == 1 else f"Steps {i + 1} and {i + 2}"
-            lines.append(f"{label}: from {x}, {words}: {y}.")
-            x = y
-        lines.append(f"That leaves {x}.")
+            x = x_new
+        lines.append(f"The final value is {x}.")
     body = "\n".join(lines)
     return f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{x}}}."
 
@@ -336,23 +343,26 @@ def teacher_response(
     rng: random.Random,
     mix: dict[str, float] = TEACHER_STYLE_MIX,
     error_rate: float = TEACHER_ERROR_RATE,
+    redo_rate: float = TEACHER_REDO_RATE,
+    stamp_rate: float = TEACHER_STAMP_RATE,
 ) -> tuple[str, str]:
-    """One draw of the generating process: ``(style, text)`` with the style drawn from ``mix``."""
+    """One draw of the generating process: ``(style, text)`` with the style drawn from ``mix``
+    (the defaults are the teacher's corpus; the student's passes its own rates)."""
     style = sample_style(rng, mix)
-    return style, solution_text(problem, style, rng, error_rate)
+    return style, solution_text(problem, style, rng, error_rate, redo_rate, stamp_rate)
 
 
-_STYLE_OPENERS = (("Start at ", "steps"), ("Value: ", "check"), ("Steps 1 and 2: ", "fused"))
+_REAL_CHECK = re.compile(r"Check: -?\d")
 
 
 def detect_style(text: str) -> str | None:
-    """The style a response is written in, read from its first reasoning line; None if unrecognised."""
+    """The style a response is written in: ``check`` if it holds a real check ("Check: " and a
+    number), else read from its first reasoning line; None if unrecognised."""
     if not text.startswith("<think>\n"):
         return None
     first = text[len("<think>\n") :].split("\n", 1)[0]
-    for opener, style in _STYLE_OPENERS:
-        if first.startswith(opener):
-            return style
+    if first.startswith("Start at "):
+        return "check" if _REAL_CHECK.search(text) else "steps"
     if first.startswith("1: "):
         return "compact"
     return None
