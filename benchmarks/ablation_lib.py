@@ -415,6 +415,12 @@ def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: d
             f"| {label} | {_ci(e['accuracy'], 100)} | {_ci(e['kl'], 1, 2)} | {_ci(e['kl_per_token'], 1, 4)} | "
             f"{e['examples']:.0f} | {e['steps']:.0f} | {e['seeds']} | {PAPER.get(label, '-')} |"
         )
+    trained = {a: e["accuracy"][0] for a, e in agg.items() if a not in REFERENCES and e.get("accuracy")}
+    if trained and (agg.get("teacher") or {}).get("accuracy"):
+        best = max(trained, key=trained.get)
+        top = agg["teacher"]["accuracy"][0]
+        lines += ["", f"Ceiling: teacher {100 * top:.1f}%, best trained arm {best} {100 * trained[best]:.1f}% "
+                  f"({100 * (top - trained[best]):.1f} points below; arms at the ceiling cannot show the paper's effects)."]
     for t in tables or ():
         lines += ["", f"{t['title']} (accuracy points, a - b within each seed; 95% t-interval over seeds):", "",
                   "| a - b | accuracy points | seeds | paper AIME24 / AIME25 (a - b) | paper direction | reproduces? |",

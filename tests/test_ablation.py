@@ -190,6 +190,9 @@ def test_paper_tables_rows_verdicts_and_power_from_per_seed_results():
     assert "This run had 5 seeds: enough to detect a 2-point effect with 80% power on" in md
     assert "| mixed_masked_replay |" in md and "80.8 / 72.3 (7.7K mixed + 20K off-policy)" in md
     assert md.rstrip().endswith("Setup: protocol the paper's (T=1.0)")
+    assert "Ceiling:" not in md  # no teacher measured
+    ref = _synthetic_per_seed({"teacher": 80.0, "student": 50.0, "rs_low": 70.0, "das_low": 72.5}, noisy={})
+    assert "Ceiling: teacher 80.0%, best trained arm das_low 72.5% (7.5 points below;" in markdown(aggregate(ref), [], {}, {})
     # Naturalness rows join Table 3 when those arms ran; one seed leaves every verdict unresolved.
     one = _synthetic_per_seed({**arms, "gnat_high": 70.0, "lnat_low_high": 71.0}, noisy={})
     one = {0: one[0]}
