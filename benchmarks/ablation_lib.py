@@ -569,8 +569,9 @@ def teacher_shares(pools: dict[str, list[dict]], prompts: list[str], per_prompt:
 
 
 def replay_data(mixed: list[dict], off_policy: list[dict], ratio: float, seed: int) -> list[dict]:
-    """The ``mixed_replay`` arm's examples: the mixed ones plus ``round(ratio x len(mixed))`` of
-    ``off_policy`` (training examples), drawn as the pipeline's ``mixed+replay`` pool draws them."""
+    """The replay arms' examples (``mixed_replay``, ``mixed_masked_replay``): the mixed ones plus
+    ``round(ratio x len(mixed))`` of ``off_policy`` (training examples), drawn as the pipeline's
+    ``mixed+replay`` pool draws them."""
     from dasd.rules.mixing import ReplayConfig, replay_examples
 
     return replay_examples(mixed, off_policy, ReplayConfig(ratio=ratio, seed=seed))[0]
