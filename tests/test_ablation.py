@@ -373,9 +373,13 @@ def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
 
     plan = _plan(tmp_path, nudged_lm)
     out = tmp_path / "results" / "ablation.md"
-    args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-mixed", "--no-references", "--set", *plan.overrides]
+    args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-mixed", "--no-references",
+            "--paper-protocol", "--samples", "3", "--set", *plan.overrides]
     assert ablation.main(args) == 0
     text = out.read_text(encoding="utf-8")
+    assert "protocol the paper's (T=1.0, top_p 1.0, 3 samples per held-out problem, avg@3)" in text
+    assert "eval protocol T=1.0 top_p=1.0 n=3 max_tokens=24" in text
+    assert "Table 1: temperature schedule vs single temperature (RS)" in text and "Table 5" not in text
     single = [a for a in ARMS if not a.startswith("mixed")]
     for arm in single:
         assert f"| {arm} |" in text
