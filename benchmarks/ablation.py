@@ -3,14 +3,19 @@
     HF_HUB_OFFLINE=1 python benchmarks/ablation.py                       # 3 seeds, configs/demo.yaml
     HF_HUB_OFFLINE=1 python benchmarks/ablation.py --quick --seeds 0     # a fast look
     HF_HUB_OFFLINE=1 python benchmarks/ablation.py --set sample.k=6 --prompts 64
+    HF_HUB_OFFLINE=1 python benchmarks/ablation.py --paper-protocol --samples 16 --test 200 --replay --seeds 0 1 2 3 4
+    python benchmarks/ablation.py --power-only benchmarks/results/ablation.json   # size the next run
 
 Arms: random sampling (RS) and DAS at T_low, at T_high and on the low->high schedule, and the
 mixed-policy stage with the student prefix masked vs unmasked; optionally (``--naturalness``) the
 student's global and local naturalness as selectors at the same budget, and (``--replay``) the
-mixed-policy stage with off-policy replay; per arm and seed the held-out
-accuracy and KL(teacher || student) on teacher samples; mean and 95% t-interval over seeds. Writes
-``benchmarks/results/ablation.md`` and ``ablation.json`` and prints the table. Resumable: re-running
-the same command skips what is finished (run directories under ``--out``). Method: docs/ablation.md.
+mixed-policy stage with off-policy replay, prefix unmasked and masked; per arm and seed the held-out
+accuracy and KL(teacher || student) on teacher samples; mean and 95% t-interval over seeds; the
+paper's Tables 1, 3 and 5 as paired contrasts with a "reproduces?" verdict, and a power table (seeds
+needed). ``--paper-protocol`` measures at T=1.0 with ``--samples`` per problem. Writes
+``benchmarks/results/ablation.md`` and ``ablation.json`` and prints the tables. Resumable: re-running
+the same command skips what is finished (run directories under ``--out``). ``--power-only JSON``
+prints the power table of an earlier run (a pilot) without running anything. Method: docs/ablation.md.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation_lib import AblationPlan, relative_path, run_ablation  # noqa: E402
+from ablation_lib import PAPER_PROTOCOL_SAMPLES, AblationPlan, power_markdown, power_table, relative_path, run_ablation  # noqa: E402
 
 from dasd.rules.mixing import PAPER_REPLAY_RATIO  # noqa: E402
 
@@ -41,17 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-prompt", type=int, default=2, help="training examples per prompt (even; low->high takes half from each T)")
     ap.add_argument("--epochs", type=float, default=None, help="passes over the budget (default: train.epochs of the config)")
     ap.add_argument("--kl-samples", type=int, default=2, help="reference teacher samples per held-out prompt")
-    ap.add_argument("--no-mixed", action="store_true", help="skip the two mixed-policy arms")
+    ap.add_argument("--no-mixed", action="store_true", help="skip the mixed-policy arms (and with them the replay arms)")
     ap.add_argument("--no-references", action="store_true", help="do not measure the base student and the teacher")
     ap.add_argument("--naturalness", action="store_true",
                     help="add the global/local naturalness baseline arms (gnat_*, lnat_*; the pool is scored with local naturalness)")
     ap.add_argument("--replay", type=float, nargs="?", const=PAPER_REPLAY_RATIO, default=None, metavar="RATIO",
-                    help=f"add the mixed_replay arm: RATIO off-policy examples per mixed one (default {PAPER_REPLAY_RATIO}: 20K/7.7K)")
+                    help="add the mixed_replay and mixed_masked_replay arms (prefix unmasked / masked): RATIO "
+                         f"off-policy examples per mixed one (default {PAPER_REPLAY_RATIO}: 20K/7.7K)")
+    ap.add_argument("--paper-protocol", action="store_true",
+                    help="measure every model as the paper does: T=1.0, top_p 1.0, --samples per held-out problem "
+                         "(the config's max_tokens stays); wins over --quick and --set")
+    ap.add_argument("--samples", type=int, default=None, metavar="N",
+                    help=f"samples per held-out problem, eval.protocol.n (default {PAPER_PROTOCOL_SAMPLES} with "
+                         "--paper-protocol, else the config's)")
+    ap.add_argument("--effect", type=float, default=2.0, metavar="POINTS",
+                    help="power table: the accuracy difference to detect (80%% power, alpha 0.05; default 2 points)")
+    ap.add_argument("--halfwidth", type=float, default=2.0, metavar="POINTS",
+                    help="power table: the wanted half-width of the 95%% interval (default 2 points)")
+    ap.add_argument("--power-only", default=None, metavar="JSON",
+                    help="only print the power table of an earlier run's ablation.json (to size the next run)")
     ap.add_argument("--quick", action="store_true", help="k=3, 24 prompts, 20 held-out problems, n=2 (a fast, noisy look)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="run directories (resumable)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     a = ap.parse_args(argv)
+    if a.power_only:
+        from dasd.errors import DasdError
+
+        try:
+            return power_only(Path(a.power_only), a.effect, a.halfwidth)
+        except DasdError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     overrides = list(QUICK if a.quick else [])
     if a.prompts is not None:
@@ -61,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides += a.overrides
     plan = AblationPlan(config=a.config, seeds=a.seeds, out=a.out, overrides=overrides, per_prompt=a.per_prompt,
                         epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references,
-                        naturalness=a.naturalness, replay=a.replay)
+                        naturalness=a.naturalness, replay=a.replay, paper_protocol=a.paper_protocol, samples=a.samples,
+                        power_effect=a.effect, power_halfwidth=a.halfwidth)
     report = run_ablation(plan)
     from dasd.jsonl import atomic_write_json, atomic_open
 
@@ -73,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(md.with_suffix(".json"), _jsonable(report))
     print(report["markdown"])
     print(f"written: {md} and {md.with_suffix('.json')}")
+    return 0
+
+
+def power_only(path: Path, effect: float, halfwidth: float) -> int:
+    """Print the power table of the per-seed results in ``path`` (an ``ablation.json``)."""
+    import json
+
+    from dasd.errors import InputError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        per_seed = data["per_seed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not an ablation results JSON with a 'per_seed' field ({type(e).__name__}: {e})") from None
+    info = data.get("info") or {}
+    print(f"Pilot {path}: seeds {info.get('seeds', list(per_seed))}, protocol {info.get('protocol', '?')}, "
+          f"eval {info.get('eval protocol', '?')}, {info.get('held-out problems', '?')} held-out problems\n")
+    print(power_markdown(power_table(per_seed, effect, halfwidth)), end="")
     return 0
 
 

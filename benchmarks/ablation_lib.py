@@ -32,7 +32,15 @@ Optional arms (off by default, each costs a training and a measurement per seed)
 - ``plan.replay`` (a ratio, e.g. ``PAPER_REPLAY_RATIO`` = 20/7.7): ``mixed_replay``, the unmasked
   mixed-policy stage trained on the mixed examples plus ``round(ratio x n_mixed)`` examples replayed
   from ``das_low_high``'s T_high stage (``dasd.rules.mixing.replay_examples``, seeded), for one
-  epoch over that larger set: the paper's Table 5 run (7.7K mixed with 20K off-policy samples).
+  epoch over that larger set: the paper's Table 5 run (7.7K mixed with 20K off-policy samples);
+  and ``mixed_masked_replay``, the same examples with the student prefix masked (the replayed
+  examples have none, so they train whole in both).
+
+``plan.paper_protocol`` measures every model as the paper does (T=1.0, top_p 1.0, ``plan.samples``
+samples per held-out problem). The report has, besides the arm table, the paper's Tables 1, 3 and 5
+as paired contrasts with a "reproduces?" verdict (``paper_tables``), and a power table
+(``power_table``: seeds needed to detect an effect / reach an interval half-width, from the
+observed seed-to-seed SD of each paired difference).
 
 Everything is resumable: the pool stages resume themselves, training skips finished stages, and
 each arm's measurements are kept in ``metrics.json`` (recomputed only when the protocol changes).
@@ -52,7 +60,7 @@ from dasd.jsonl import atomic_write_json, atomic_write_jsonl
 
 ARMS = ("rs_low", "rs_high", "rs_low_high", "rs_high_high", "das_low", "das_high", "das_low_high", "mixed_unmasked", "mixed_masked")
 NATURALNESS_ARMS = ("gnat_high", "gnat_low_high", "lnat_high", "lnat_low_high")
-REPLAY_ARMS = ("mixed_replay",)
+REPLAY_ARMS = ("mixed_replay", "mixed_masked_replay")
 ALL_ARMS = (*ARMS[:7], *NATURALNESS_ARMS, *ARMS[7:], *REPLAY_ARMS)
 REFERENCES = ("student", "teacher")
 # Differences of arms within a seed (paired), the comparisons the paper makes.
@@ -62,6 +70,7 @@ CONTRASTS = (
     ("das_low_high", "rs_low_high", "DAS vs RS, low->high"),
     ("rs_high", "rs_low", "RS: T_high vs T_low"),
     ("rs_low_high", "rs_high", "RS: low->high vs T_high"),
+    ("rs_low_high", "rs_low", "RS: low->high vs T_low"),
     ("das_low_high", "das_high", "DAS: low->high vs T_high"),
     ("rs_low_high", "rs_high_high", "RS: low->high vs high->high (two stages both)"),
     ("rs_high_high", "rs_high", "RS at T_high: two stages vs one"),
@@ -73,6 +82,7 @@ CONTRASTS = (
     ("das_low_high", "lnat_low_high", "DAS vs local naturalness, low->high"),
     ("lnat_low_high", "rs_low_high", "local naturalness vs RS, low->high"),
     ("mixed_replay", "mixed_unmasked", "mixed: with replay vs without"),
+    ("mixed_replay", "mixed_masked_replay", "mixed+replay: unmasked vs masked prefix"),
     ("mixed_replay", "das_low_high", "mixed with replay vs its start"),
 )
 # The paper's AIME24 / AIME25 numbers for the matching arms (docs/method.md#reported-results).
@@ -80,13 +90,34 @@ PAPER = {
     "rs_low": "81.7 / 71.9", "rs_high": "83.1 / 76.1", "rs_low_high": "85.2 / 81.3 (RS, 2x data)",
     "rs_high_high": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
     "mixed_unmasked": "83.3 / 74.8", "mixed_masked": "80.8 / 72.3", "mixed_replay": "83.3 / 74.8 (7.7K mixed + 20K off-policy)",
+    "mixed_masked_replay": "80.8 / 72.3 (7.7K mixed + 20K off-policy)",
 }
-
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: normal 1.96).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-
+# The paper's tables as paired contrasts (a, b, the paper's AIME24 / AIME25 difference a - b, the
+# direction the paper reports or the method expects: +1, or None for our control).
+_NOT_IN_PAPER = "- (not in the paper; the method expects +)"
+PAPER_TABLES = (
+    ("Table 1: temperature schedule vs single temperature (RS)", (
+        ("rs_high", "rs_low", "+1.4 / +4.2 (50K T=1.0 vs 50K T=0.6)", 1),
+        ("rs_low_high", "rs_high", "+2.1 / +2.4 (50K+50K low->high vs 100K T=1.0)", 1),
+        ("rs_low_high", "rs_low", "+3.5 / +9.4 (vs 50K T=0.6: low->high had 2x data)", 1),
+        ("rs_low_high", "rs_high_high", "- (our control: temperature order vs two-stage schedule)", None),
+    )),
+    ("Table 3: DAS vs RS at equal budget", (
+        ("das_low", "rs_low", "+1.6 / +2.3 (50K each at T=0.6)", 1),
+        ("das_high", "rs_high", "+1.9 / +3.1 (50K each at T=1.0)", 1),
+        ("das_low_high", "rs_low_high", _NOT_IN_PAPER, 1),
+        ("das_high", "gnat_high", _NOT_IN_PAPER, 1),
+        ("das_high", "lnat_high", _NOT_IN_PAPER, 1),
+        ("das_low_high", "gnat_low_high", _NOT_IN_PAPER, 1),
+        ("das_low_high", "lnat_low_high", _NOT_IN_PAPER, 1),
+    )),
+    ("Table 5: mixed-policy stage, unmasked vs masked prefix", (
+        ("mixed_unmasked", "mixed_masked", "+2.5 / +2.5 (the paper's run had replay)", 1),
+        ("mixed_replay", "mixed_masked_replay", "+2.5 / +2.5 (7.7K mixed + 20K off-policy)", 1),
+        ("mixed_replay", "mixed_unmasked", _NOT_IN_PAPER, 1),
+    )),
+)
+PAPER_PROTOCOL_SAMPLES = 16  # the paper draws 64 per problem; 16 is the toy ablation's default
 
 @dataclass
 class AblationPlan:
@@ -97,7 +128,12 @@ class AblationPlan:
     the steps S, identical for every stages-1/2 arm). ``kl_samples``: reference teacher responses
     per held-out prompt. ``mixed``: run the two mixed-policy arms. ``references``: measure the base
     student and the teacher too. ``naturalness``: the four naturalness-baseline arms. ``replay``:
-    the ``mixed_replay`` arm with this many replayed examples per mixed example (needs ``mixed``).
+    the ``mixed_replay`` and ``mixed_masked_replay`` arms with this many replayed examples per mixed
+    example (needs ``mixed``). ``paper_protocol``: measure every model at T=1.0, top_p 1.0 with
+    ``samples`` (default ``PAPER_PROTOCOL_SAMPLES``) samples per held-out problem, whatever the
+    config's ``eval.protocol`` (its ``max_tokens`` stays); ``samples`` alone sets only
+    ``eval.protocol.n``. ``power_effect``/``power_halfwidth``: accuracy points of the power table
+    (``power_table``).
     """
 
     config: str | None = None
@@ -111,6 +147,10 @@ class AblationPlan:
     references: bool = True
     naturalness: bool = False
     replay: float | None = None
+    paper_protocol: bool = False
+    samples: int | None = None
+    power_effect: float = 2.0
+    power_halfwidth: float = 2.0
     log: Any = print
 
 
@@ -119,19 +159,103 @@ class AblationPlan:
 
 
 def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of a two-sided 95% Student-t interval over ``xs`` (seeds); one value: no CI."""
-    if level != 0.95:
-        raise ValueError("only 95% intervals are tabulated")
+    """(mean, low, high) of a two-sided Student-t interval (default 95%) over ``xs`` (seeds); one value: no CI."""
     xs = [float(x) for x in xs]
     if not xs:
         raise ValueError("t_interval of no values")
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return m, math.nan, math.nan
-    df = len(xs) - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.96
-    half = t * statistics.stdev(xs) / math.sqrt(len(xs))
+    half = t_quantile((1 + level) / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     return m, m - half, m + half
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_cdf``; the
+    standard library has no t distribution and scipy is not a dependency)."""
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Seeds a paired comparison needs to detect a true difference ``effect`` with probability
+    ``power`` in a two-sided t-test at level ``alpha``, when the paired difference varies from seed
+    to seed with standard deviation ``sd`` (same unit as ``effect``): the smallest n >= 2 with
+    (t_{1-alpha/2, n-1} + t_{power, n-1})^2 sd^2 / effect^2 <= n (the usual t-based approximation of
+    the noncentral-t power; None when ``sd`` is unknown)."""
+    if effect <= 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"seeds_needed needs effect > 0, 0 < alpha < 1, 0 < power < 1, got {effect}, {alpha}, {power}")
+    if sd is None or math.isnan(sd):
+        return None
+    ratio = (abs(sd) / effect) ** 2
+    z = statistics.NormalDist()
+    # The normal quantiles are below the t ones, so this start is never past the answer.
+    n = max(2, math.ceil((z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) ** 2 * ratio))
+    while (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) ** 2 * ratio > n:
+        n += 1
+    return n
+
+
+def halfwidth_seeds(sd: float, h: float, level: float = 0.95) -> int | None:
+    """Seeds for a paired ``level`` t-interval of half-width at most ``h``: the smallest n >= 2 with
+    t_{(1+level)/2, n-1} sd / sqrt(n) <= h (at the true ``sd``; None when ``sd`` is unknown)."""
+    if h <= 0:
+        raise ValueError(f"halfwidth_seeds needs h > 0, got {h}")
+    if sd is None or math.isnan(sd):
+        return None
+    q = (1 + level) / 2
+    n = max(2, math.ceil((statistics.NormalDist().inv_cdf(q) * abs(sd) / h) ** 2))
+    while t_quantile(q, n - 1) * abs(sd) / math.sqrt(n) > h:
+        n += 1
+    return n
 
 
 def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
@@ -150,20 +274,123 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
+def contrast(per_seed: dict, a: str, b: str) -> dict | None:
+    """The paired difference a - b within each seed that has both arms: {a, b, seeds, accuracy, kl}
+    (95% t-intervals over seeds) and ``accuracy_diffs`` (per seed); None when no seed has both."""
+    seeds = [s for s, arms in per_seed.items() if a in arms and b in arms]
+    if not seeds:
+        return None
+    row = {"a": a, "b": b, "seeds": len(seeds)}
+    for key in ("accuracy", "kl"):
+        d = [per_seed[s][a][key] - per_seed[s][b][key] for s in seeds
+             if per_seed[s][a].get(key) is not None and per_seed[s][b].get(key) is not None]
+        row[key] = t_interval(d) if d else None
+        if key == "accuracy":
+            row["accuracy_diffs"] = d
+    return row
+
+
 def paired(per_seed: dict[int, dict[str, dict]]) -> list[dict]:
     """Paired differences (a - b within each seed) of the CONTRASTS, with 95% t-intervals."""
     rows = []
     for a, b, name in CONTRASTS:
-        seeds = [s for s, arms in per_seed.items() if a in arms and b in arms]
-        if not seeds:
-            continue
-        row = {"contrast": name, "a": a, "b": b, "seeds": len(seeds)}
-        for key in ("accuracy", "kl"):
-            d = [per_seed[s][a][key] - per_seed[s][b][key] for s in seeds
-                 if per_seed[s][a].get(key) is not None and per_seed[s][b].get(key) is not None]
-            row[key] = t_interval(d) if d else None
-        rows.append(row)
+        row = contrast(per_seed, a, b)
+        if row is not None:
+            rows.append({"contrast": name, **row})
     return rows
+
+
+def reproduces(ci, direction: int | None) -> str:
+    """Verdict on one contrast: "yes" when the 95% interval excludes 0 on the side of ``direction``
+    (+1: a > b), "opposite" when it excludes 0 on the other side, "not resolved" otherwise (also
+    with one seed: no interval); "-" when there is no direction (a control)."""
+    if direction is None:
+        return "-"
+    if ci is None or math.isnan(ci[1]):
+        return "not resolved"
+    _, lo, hi = ci
+    if lo > 0:
+        return "yes" if direction > 0 else "opposite"
+    if hi < 0:
+        return "opposite" if direction > 0 else "yes"
+    return "not resolved"
+
+
+def paper_tables(per_seed: dict) -> list[dict]:
+    """The paper's Tables 1, 3 and 5 (``PAPER_TABLES``) as paired accuracy contrasts over seeds:
+    [{title, rows: [contrast(...) + {paper, direction, reproduces}]}], rows whose arms ran only,
+    tables without a row left out."""
+    out = []
+    for title, spec in PAPER_TABLES:
+        rows = []
+        for a, b, paper, direction in spec:
+            row = contrast(per_seed, a, b)
+            if row is not None:
+                rows.append({**row, "paper": paper, "direction": direction,
+                             "reproduces": reproduces(row["accuracy"], direction)})
+        if rows:
+            out.append({"title": title, "rows": rows})
+    return out
+
+
+def power_table(per_seed: dict, effect: float = 2.0, halfwidth: float = 2.0, alpha: float = 0.05,
+                power: float = 0.8) -> dict:
+    """Per contrast of the paper's tables: the observed SD over seeds of the paired accuracy
+    difference (points), the seeds ``seeds_needed`` to detect ``effect`` points with ``power``, the
+    seeds ``halfwidth_seeds`` for a 95% interval of +-``halfwidth`` points; and the same from the
+    root-mean-square of those SDs (``pooled_*``). {effect, halfwidth, alpha, power, seeds (the
+    run's), rows, pooled_sd, pooled_detect, pooled_interval}."""
+    rows, seen = [], set()
+    for table in paper_tables(per_seed):
+        for r in table["rows"]:
+            if (r["a"], r["b"]) in seen:
+                continue
+            seen.add((r["a"], r["b"]))
+            d = [100 * x for x in r["accuracy_diffs"]]
+            sd = statistics.stdev(d) if len(d) >= 2 else None
+            rows.append({"a": r["a"], "b": r["b"], "seeds": len(d), "sd": sd,
+                         "detect": seeds_needed(sd, effect, alpha, power) if sd is not None else None,
+                         "interval": halfwidth_seeds(sd, halfwidth) if sd is not None else None})
+    known = [r["sd"] for r in rows if r["sd"] is not None]
+    pooled = math.sqrt(statistics.fmean(sd**2 for sd in known)) if known else None
+    return {"effect": effect, "halfwidth": halfwidth, "alpha": alpha, "power": power, "seeds": len(per_seed),
+            "rows": rows, "pooled_sd": pooled,
+            "pooled_detect": seeds_needed(pooled, effect, alpha, power) if known else None,
+            "pooled_interval": halfwidth_seeds(pooled, halfwidth) if known else None}
+
+
+def _enough(n: int, need: int | None) -> str:
+    if need is None:
+        return "?"
+    return "yes" if n >= need else f"no ({need - n} short)"
+
+
+def power_markdown(pw: dict) -> str:
+    """The power table of ``power_table`` and a line saying whether the run had the seeds."""
+    e, h = pw["effect"], pw["halfwidth"]
+    lines = [f"Power (paired accuracy differences; SD over seeds, in points; two-sided alpha {pw['alpha']:g}):", "",
+             f"| a - b | seeds | paired SD | seeds to detect {e:g} points ({pw['power']:.0%} power) | "
+             f"seeds for a ±{h:g}-point 95% CI | enough to detect? | enough for the CI? |",
+             "|---|---|---|---|---|---|---|"]
+    for r in pw["rows"]:
+        sd = "n/a" if r["sd"] is None else f"{r['sd']:.2f}"
+        lines.append(f"| {r['a']} - {r['b']} | {r['seeds']} | {sd} | {r['detect'] or 'n/a'} | {r['interval'] or 'n/a'} | "
+                     f"{_enough(r['seeds'], r['detect'])} | {_enough(r['seeds'], r['interval'])} |")
+    known = [r for r in pw["rows"] if r["sd"] is not None]
+    if not known:
+        lines += ["", f"No paired SD with {pw['seeds']} seed(s): the power analysis needs at least 2 seeds."]
+    else:
+        detect, interval = max(r["detect"] for r in known), max(r["interval"] for r in known)
+        ok_d = sum(r["seeds"] >= r["detect"] for r in known)
+        ok_i = sum(r["seeds"] >= r["interval"] for r in known)
+        lines += ["", f"This run had {pw['seeds']} seeds: enough to detect a {e:g}-point effect with {pw['power']:.0%} power "
+                  f"on {ok_d} of {len(known)} contrasts and for a ±{h:g}-point interval on {ok_i} of {len(known)}; "
+                  f"all of them need {detect} seeds (detection) and {interval} (interval), "
+                  f"at this run's held-out problems and samples per problem."]
+        lines += ["", f"Pooled over the {len(known)} contrasts (root-mean-square SD {pw['pooled_sd']:.2f} points, steadier "
+                  f"than each SD from few seeds): {pw['pooled_detect']} seeds to detect {e:g} points, "
+                  f"{pw['pooled_interval']} for ±{h:g}."]
+    return "\n".join(lines) + "\n"
 
 
 def _ci(v, scale: float = 1.0, digits: int = 1) -> str:
@@ -175,8 +402,10 @@ def _ci(v, scale: float = 1.0, digits: int = 1) -> str:
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: dict) -> str:
-    """The ablation's markdown: the arm table, the paired differences and the Teacher-sentence shares."""
+def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: dict, tables: list[dict] | None = None,
+             power: dict | None = None) -> str:
+    """The ablation's markdown: the arm table, the paper's tables (``paper_tables``), the power
+    table (``power_table``), the paired differences and the Teacher-sentence shares."""
     lines = [
         "| arm | accuracy % (mean [95% CI]) | KL(T‖S) nats/response | KL nats/teacher token | train examples | steps | seeds | paper AIME24 / AIME25 |",
         "|---|---|---|---|---|---|---|---|",
@@ -186,6 +415,22 @@ def markdown(agg: dict[str, dict], diffs: list[dict], shares: dict, plan_info: d
             f"| {label} | {_ci(e['accuracy'], 100)} | {_ci(e['kl'], 1, 2)} | {_ci(e['kl_per_token'], 1, 4)} | "
             f"{e['examples']:.0f} | {e['steps']:.0f} | {e['seeds']} | {PAPER.get(label, '-')} |"
         )
+    trained = {a: e["accuracy"][0] for a, e in agg.items() if a not in REFERENCES and e.get("accuracy")}
+    if trained and (agg.get("teacher") or {}).get("accuracy"):
+        best = max(trained, key=trained.get)
+        top = agg["teacher"]["accuracy"][0]
+        lines += ["", f"Ceiling: teacher {100 * top:.1f}%, best trained arm {best} {100 * trained[best]:.1f}% "
+                  f"({100 * (top - trained[best]):.1f} points below; arms at the ceiling cannot show the paper's effects)."]
+    for t in tables or ():
+        lines += ["", f"{t['title']} (accuracy points, a - b within each seed; 95% t-interval over seeds):", "",
+                  "| a - b | accuracy points | seeds | paper AIME24 / AIME25 (a - b) | paper direction | reproduces? |",
+                  "|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            sign = "none" if r["direction"] is None else ("+" if r["direction"] > 0 else "-")
+            lines.append(f"| {r['a']} - {r['b']} | {_ci(r['accuracy'], 100)} | {r['seeds']} | {r['paper']} | {sign} | "
+                         f"{r['reproduces']} |")
+    if power is not None:
+        lines += ["", power_markdown(power).rstrip("\n")]
     lines += ["", "Paired differences (a - b within each seed; 95% t-interval over seeds):", "",
               "| contrast | a - b | accuracy points | KL nats/response | seeds |", "|---|---|---|---|---|"]
     for r in diffs:
@@ -219,12 +464,23 @@ def seed_config(plan: AblationPlan, seed: int):
     from dasd.config import load_config
 
     root = Path(plan.out) / f"seed-{seed}"
-    over = [*plan.overrides, f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}", f"data.toy.seed={seed}",
+    over = [*plan.overrides, *protocol_overrides(plan), f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}", f"data.toy.seed={seed}",
             f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"mix.replay.seed={seed}",
             f"eval.protocol.seed={seed}"]
     if plan.naturalness:
         over.append("score.local_naturalness=always")
     return load_config(plan.config, over)
+
+
+def protocol_overrides(plan: AblationPlan) -> list[str]:
+    """The ``eval.protocol`` overrides of ``plan.paper_protocol`` / ``plan.samples`` (applied after
+    ``plan.overrides``, so they win over the config and over ``--set``)."""
+    if plan.samples is not None and plan.samples < 1:
+        raise ValueError(f"samples per held-out problem must be >= 1, got {plan.samples}")
+    if plan.paper_protocol:
+        n = plan.samples if plan.samples is not None else PAPER_PROTOCOL_SAMPLES
+        return ["eval.protocol.name=paper", "eval.protocol.temperature=1.0", "eval.protocol.top_p=1.0", f"eval.protocol.n={n}"]
+    return [] if plan.samples is None else [f"eval.protocol.n={plan.samples}"]
 
 
 def build_pool(cfg) -> dict[str, list[dict]]:
@@ -313,8 +569,9 @@ def teacher_shares(pools: dict[str, list[dict]], prompts: list[str], per_prompt:
 
 
 def replay_data(mixed: list[dict], off_policy: list[dict], ratio: float, seed: int) -> list[dict]:
-    """The ``mixed_replay`` arm's examples: the mixed ones plus ``round(ratio x len(mixed))`` of
-    ``off_policy`` (training examples), drawn as the pipeline's ``mixed+replay`` pool draws them."""
+    """The replay arms' examples (``mixed_replay``, ``mixed_masked_replay``): the mixed ones plus
+    ``round(ratio x len(mixed))`` of ``off_policy`` (training examples), drawn as the pipeline's
+    ``mixed+replay`` pool draws them."""
     from dasd.rules.mixing import ReplayConfig, replay_examples
 
     return replay_examples(mixed, off_policy, ReplayConfig(ratio=ratio, seed=seed))[0]
@@ -514,14 +771,17 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
             if plan.replay is not None:
                 off = examples_of(selections["das_low_high"][1], prompts_by_id, "das_low_high")
                 data = replay_data(mixed, off, plan.replay, seed)
-                arm_dir = root / "arms" / "mixed_replay"
-                tr = train_arm(cfg, arm_dir, [("stage3_mixed", data, steps_for(len(data), mixed_epochs(cfg), batch))],
-                               init=finals["das_low_high"], mask_prefix=False, schedule=mixed_schedule(cfg))
-                results["mixed_replay"] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
-                                                  arm_dir / "metrics.json",
-                                                  {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
-                log(f"[ablation] seed {seed} mixed_replay: {len(mixed)} mixed + {len(data) - len(mixed)} replayed; "
-                    f"{_fmt(results['mixed_replay'])}")
+                # The same examples twice: the student prefix of the mixed ones in the loss or masked.
+                # The replayed examples have no student prefix (prefix_chars 0): masking leaves them whole.
+                for arm, masked in (("mixed_replay", False), ("mixed_masked_replay", True)):
+                    arm_dir = root / "arms" / arm
+                    tr = train_arm(cfg, arm_dir, [("stage3_mixed", data, steps_for(len(data), mixed_epochs(cfg), batch))],
+                                   init=finals["das_low_high"], mask_prefix=masked, schedule=mixed_schedule(cfg))
+                    results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
+                                           arm_dir / "metrics.json",
+                                           {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
+                    log(f"[ablation] seed {seed} {arm}: {len(mixed)} mixed + {len(data) - len(mixed)} replayed; "
+                        f"{_fmt(results[arm])}")
     return results, teacher_shares(pools, prompts, plan.per_prompt, seed, naturalness=plan.naturalness)
 
 
@@ -577,7 +837,7 @@ def _model_id(path: str) -> str:
 
 
 def run_ablation(plan: AblationPlan) -> dict:
-    """Run every seed (resumably); return {per_seed, aggregate, paired, shares, markdown}."""
+    """Run every seed (resumably); return {per_seed, aggregate, paired, tables, power, shares, info, markdown}."""
     per_seed, shares_seed = {}, {}
     for seed in plan.seeds:
         per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
@@ -591,7 +851,10 @@ def run_ablation(plan: AblationPlan) -> dict:
     p = cfg.eval.protocol
     from dasd.runs import resolve_model
 
+    protocol = (f"the paper's (T=1.0, top_p 1.0, {p.n} samples per held-out problem, avg@{p.n})" if plan.paper_protocol
+                else f"the config's {p.name!r}")
     info = {
+        "protocol": protocol,
         "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),
         "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
         "temperatures": cfg.sample.temperatures, "training prompts": cfg.data.toy.n_train,
@@ -603,7 +866,10 @@ def run_ablation(plan: AblationPlan) -> dict:
     if plan.naturalness:
         info["naturalness arms"] = f"global and local (window {cfg.score.local_window} sentences)"
     if plan.replay is not None and plan.mixed:
-        info["replay"] = f"{plan.replay:g} off-policy (das_low_high's T_high examples) per mixed example"
+        info["replay"] = (f"{plan.replay:g} off-policy (das_low_high's T_high examples) per mixed example, "
+                          "prefix unmasked (mixed_replay) and masked (mixed_masked_replay)")
     agg, diffs = aggregate(per_seed), paired(per_seed)
-    return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "shares": shares, "info": info,
-            "markdown": markdown(agg, diffs, shares, info)}
+    tables = paper_tables(per_seed)
+    power = power_table(per_seed, plan.power_effect, plan.power_halfwidth)
+    return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "tables": tables, "power": power, "shares": shares,
+            "info": info, "markdown": markdown(agg, diffs, shares, info, tables, power)}
