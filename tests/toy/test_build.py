@@ -116,7 +116,8 @@ def test_world_checks_on_tiny_models(tmp_path):
         assert 0.0 <= t["share_with_student_sentences"] <= 1.0
     ts, ss, di = (res["checks"][k] for k in ("teacher_share", "student_sentences", "distillation"))
     assert ts["pass"] == (ts["gap"] >= 0.10) and abs(ts["gap"] - (ts["das"] - ts["random"])) < 1e-12
-    assert ss["pass"] == (ss["share_of_responses"] >= 0.02)
+    stamp_ok = ss["stamps_typed_student"] is not None and ss["stamps_typed_student"] >= 0.5
+    assert ss["pass"] == (ss["share_of_responses"] >= 0.01 and stamp_ok) and ss["temperature"] == 1.0
     acc = di["accuracy"]
     assert di["pass"] == (di["gain_at_0.6"] >= 0.05 and all(a["student_tuned"] < a["teacher"] for a in acc.values()))
     assert di["fine_tune"]["examples"] == 3 * 2 and di["fine_tune"]["steps"] == 3  # m=1 per prompt and temperature
@@ -138,3 +139,21 @@ def test_full_rebuild_is_deterministic(tmp_path):
     for m in ("teacher", "student"):
         for f in ("tokenizer.json", "config.json"):
             assert (tmp_path / "a" / m / f).read_bytes() == (tmp_path / "b" / m / f).read_bytes()
+
+
+def test_stamp_sentences_are_found_and_typed_by_their_log_probs():
+    """A rubber stamp the teacher finds unlikely and the student likely is a Student sentence; the
+    other sentences of the response are not stamps, whatever their type."""
+    from dasd.rules.das import score_sample
+    from dasd.toy.checks import stamp_sentences
+    from dasd.toy.world import STAMP
+
+    text = f"<think>\nStart at 3.\nStep 1: add 4. 3 + 4 = 7. {STAMP}\nThe final value is 7.\n</think>\nThe answer is \\boxed{{7}}."
+    lo = text.index(STAMP)
+    offsets = [[i, i + 1] for i in range(len(text))]
+    teacher = [-2.0 if lo <= i < lo + len(STAMP) else -0.1 for i in range(len(text))]
+    student = [-0.1] * len(text)
+    scored = score_sample({"id": "s", "text": text, "teacher": {"offsets": offsets, "logprobs": teacher}}, offsets, student)
+    rows = stamp_sentences([scored])
+    assert len(rows) == 1 and rows[0]["type"] == "student" and rows[0]["delta"] < -0.693
+    assert sum(r["type"] == "student" for r in scored["sentences"]) == 1

@@ -10,8 +10,14 @@ problems beside the base and the teacher. It answers three questions, each with 
 
 - ``teacher_share``: is the Teacher-sentence share (mean ``frac_teacher``) of DAS-selected
   responses at least ``min_share_gap`` above that of randomly selected ones?
-- ``student_sentences``: do Student sentences exist for the penalty to act on (the share of pool
-  responses with ``frac_student > 0`` is at least ``min_student_share``)?
+- ``student_sentences``: do Student sentences exist for the penalty to act on? Two conditions: at
+  the highest temperature, where the teacher's tail surfaces, the share of kept responses with
+  ``frac_student > 0`` is at least ``min_student_share``; and the student's habit, the rubber stamp
+  ``Check: ok.`` (``world.STAMP``), is typed a Student sentence in at least ``min_stamp_student``
+  of its occurrences in teacher samples (the penalty recognises the habit when it shows up).
+  Why they are rare by construction: a sentence of L teacher tokens whose only surprise is one
+  branch is a Student sentence only if the teacher took that branch with probability below
+  p_S * exp(-L * tau), about 1/20 of the student's for a 4-token stamp at tau = ln 2.
 - ``distillation``: does the fine-tuned student gain at least ``min_gain`` at T=0.6 over the base
   and stay below the teacher at every measured temperature?
 
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from dasd.das import DASConfig, score_sample, select_grouped
+from dasd.rules.das import DASConfig, score_sample, select_grouped
 from dasd.engines.base import GenerateRequest, ScoreRequest
 from dasd.engines.config import EngineConfig
 from dasd.engines.hf import HFEngine
@@ -132,7 +138,8 @@ def world_checks(
     batch_size: int = 8,
     seed: int = 0,
     min_share_gap: float = 0.10,
-    min_student_share: float = 0.02,
+    min_student_share: float = 0.01,
+    min_stamp_student: float = 0.5,
     min_gain: float = 0.05,
     das: DASConfig | None = None,
     log=print,
@@ -191,7 +198,10 @@ def world_checks(
     share_das = _mean(s["das"]["frac_teacher"] for s in das_sel)
     share_rnd = _mean(s["das"]["frac_teacher"] for s in rnd_sel)
     gap = None if share_das is None or share_rnd is None else share_das - share_rnd
-    student_share = _mean(s["das"]["frac_student"] > 0 for s in scored)
+    t_high = max(temperatures)
+    student_share = _mean(s["das"]["frac_student"] > 0 for s in scored if s["temperature"] == t_high)
+    stamps = stamp_sentences(scored)
+    stamp_student = _mean(row["type"] == "student" for row in stamps)
 
     log(f"[checks] fine-tuning the student on {len(das_sel)} DAS-selected samples, {epochs} epochs at lr {lr:g}")
     tok = AutoTokenizer.from_pretrained(str(d / "student"))
@@ -215,8 +225,11 @@ def world_checks(
             "pass": gap is not None and gap >= min_share_gap,
         },
         "student_sentences": {
-            "share_of_responses": student_share, "min_share": min_student_share,
-            "pass": student_share is not None and student_share >= min_student_share,
+            "temperature": t_high, "share_of_responses": student_share, "min_share": min_student_share,
+            "stamps": len(stamps), "stamps_typed_student": stamp_student, "min_stamps_typed_student": min_stamp_student,
+            "stamp_median_delta": _median(row["delta"] for row in stamps),
+            "pass": student_share is not None and student_share >= min_student_share
+            and stamp_student is not None and stamp_student >= min_stamp_student,
         },
         "distillation": {
             "accuracy": acc, "gain_at_0.6": gain, "min_gain": min_gain, "tuned_below_teacher": below,
@@ -238,6 +251,19 @@ def world_checks(
     return result
 
 
+def stamp_sentences(scored: list[dict]) -> list[dict]:
+    """The sentence rows of ``scored`` samples whose text is the rubber stamp (``world.STAMP``)."""
+    return [row for s in scored for row in s["sentences"] if s["text"][row["start"] : row["end"]].strip() == world.STAMP]
+
+
+def _median(xs) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def _style_shares(samples: list[dict]) -> dict[str, float]:
     from dasd.toy.build import style_shares
 
@@ -256,8 +282,9 @@ def format_checks(result: dict) -> list[str]:
     lines = [
         f"[checks] {ok[ts['pass']]} Teacher-sentence share of selected responses: DAS {_pct(ts['das'])}% vs "
         f"random {_pct(ts['random'])}% (gap {_pct(ts['gap'])} points, need >= {100 * ts['min_gap']:.0f})",
-        f"[checks] {ok[ss['pass']]} responses with Student sentences: {_pct(ss['share_of_responses'])}% of the pool "
-        f"(need >= {100 * ss['min_share']:.0f}%)",
+        f"[checks] {ok[ss['pass']]} responses with Student sentences at T={ss['temperature']}: "
+        f"{_pct(ss['share_of_responses'])}% (need >= {100 * ss['min_share']:.0f}%); rubber stamps typed Student: "
+        f"{_pct(ss['stamps_typed_student'])}% of {ss['stamps']} (need >= {100 * ss['min_stamps_typed_student']:.0f}%)",
     ]
     for key, v in result["by_temperature"].items():
         lines.append(

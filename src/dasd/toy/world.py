@@ -85,8 +85,11 @@ TEACHER_REDO_RATE = 0.1
 and is caught by the check ("..., not 3, so 3 + 4 = 7."): the teacher demonstrates
 self-correction, and its T=1.0 samples show more of it (a longer, harder, still learnable tail)."""
 
-TEACHER_STAMP_RATE = 0.03
-STUDENT_STAMP_RATE = 0.7
+STAMP = "Check: ok."
+"""The rubber stamp: a check that checks nothing (the student's habit, rare in the teacher)."""
+
+TEACHER_STAMP_RATE = 0.01
+STUDENT_STAMP_RATE = 0.8
 """Per-line probability of the rubber-stamp check "Check: ok." after a ``steps`` line. The student
 writes it on most lines, the teacher rarely: in the teacher's samples these are the sentences the
 student finds far likelier than the teacher does (Student sentences, which the DAS penalty acts on).
@@ -314,7 +317,7 @@ def solution_text(
                 raw = slipped(x, op, a, error_rate)
                 line = f"Step {i}: {verb} {a}. " + equation(x, sym, a, raw)
                 if stamp_rate > 0 and rng.random() < stamp_rate:
-                    line += " Check: ok."
+                    line += " " + STAMP
                 x_new = raw % MODULUS
             else:  # check: every first attempt is checked; a slip is caught and the step redone
                 raw = slipped(x, op, a, min(1.0, error_rate + redo_rate))
