@@ -643,7 +643,7 @@ def kl_reference(cfg, problems: list[dict], n: int, seed: int, path: Path) -> li
     Responses cut off at ``max_tokens`` are kept: on them the estimate is the KL between the two
     models' distributions of the first ``max_tokens`` teacher tokens, still an unbiased estimate of
     a (slightly smaller) divergence; dropping them would bias towards short responses."""
-    from dasd.engines.base import GenerateRequest, ScoreRequest
+    from dasd.engines.base import GenerateRequest
     from dasd.rules.sampling import derived_seed
     from dasd.runs import open_engine
     from dasd.jsonl import iter_jsonl

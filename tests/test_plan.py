@@ -103,7 +103,7 @@ def test_the_paper_config_scores_through_vllm_with_raw_logprobs():
 
 def test_docs_show_the_plan_of_the_paper_config():
     text = format_plan(plan(load_config(PAPER), DOC_ASSUMPTIONS), DOC_ASSUMPTIONS)
-    total = text.splitlines()[[i for i, l in enumerate(text.splitlines()) if l.startswith("total")][0]]
+    total = text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("total")][0]]
     rows = plan(load_config(PAPER), DOC_ASSUMPTIONS)
     assert re.search(r"\b%s\s*$" % f"{sum(r.gpu_hours for r in rows):,.0f}", total)
     doc = (ROOT / "docs" / "scale-out.md").read_text()

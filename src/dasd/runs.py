@@ -199,6 +199,35 @@ def model_for(cfg, store: RunStore, label: str):
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model", ".jinja")
+
+
+def model_version(model: str) -> str:
+    """A short hash that changes when the model under a path changes, for telling whether stored
+    results still belong to it. A training stage's ``final`` model: the hash of the stage's
+    ``done.json`` (its fingerprint, steps and final loss: a retrained stage gets another; a copied or
+    moved run keeps it). Another local directory: the name, size and modification time of each
+    weight, config and tokenizer file. Anything else (a hub id, a served name): ``""``."""
+    p = Path(resolve_model(model))
+    done = p.parent / "done.json"
+    if p.name == "final" and done.is_file():
+        return config_hash(done.read_text(encoding="utf-8"))[:16]
+    if not p.is_dir():
+        return ""
+    files = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir())
+             if f.is_file() and f.suffix in MODEL_FILE_SUFFIXES]
+    return config_hash(files)[:16]
+
+
+def model_identity(store: RunStore, mcfg) -> dict:
+    """What a model is, for results stored under its label: the engine kind, the model (``model_key``:
+    relative to the run for the run's own models), its ``model_version``, tokenizer, dtype and GGUF
+    file. Throughput knobs (batch sizes, concurrency) are not part of it."""
+    path = resolve_model(mcfg.model)
+    return {"kind": mcfg.kind, "model": model_key(store, path), "version": model_version(path),
+            "tokenizer": mcfg.tokenizer, "dtype": mcfg.dtype, "gguf_file": mcfg.gguf_file}
+
+
 def unfinished(store: RunStore, stage: str) -> bool:
     """True when ``stage`` began in this run and did not finish (interrupted, or failed)."""
     info = store.stage_info(stage)

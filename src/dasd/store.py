@@ -224,6 +224,14 @@ class RunStore:
             return []
         return sorted({m["name"] for p in d.iterdir() if (m := _SHARD_RE.match(p.name))})
 
+    def remove_output(self, stage: str, name: str) -> int:
+        """Delete every shard of output ``name`` of ``stage`` (results that no longer hold, e.g. of a
+        model that has changed since); return how many files were removed."""
+        paths = shard_paths(self.root / stage, name)
+        for p in paths:
+            p.unlink()
+        return len(paths)
+
     def read(self, stage: str, name: str) -> Iterator[dict]:
         """Records of one output, in write order, each id once.
 

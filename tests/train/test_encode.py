@@ -101,7 +101,7 @@ def test_masked_prefix_removes_exactly_the_prefix_tokens(tok):
     un = encode_example(tok, _example(prefix_chars=n))
     m = encode_example(tok, _example(prefix_chars=n), mask_prefix=True)
     assert un.input_ids == m.input_ids
-    assert m.loss_mask == [l and not p for l, p in zip(un.loss_mask, un.prefix_mask)]
+    assert m.loss_mask == [lm and not p for lm, p in zip(un.loss_mask, un.prefix_mask)]
     assert _joined(tok, m.input_ids, m.loss_mask) == ("本 is 7.<|im_end|>").encode()
 
 

@@ -3,7 +3,9 @@
 Models are named by label: ``teacher``, ``student`` (the student base), a training stage name
 (``stage1_low``, ``stage2_high``, ``stage3_mixed``: that stage's final model in this run), or a
 model directory. Results go to ``RUN/eval/results-<label>`` (one EvalResult per sample, the protocol
-embedded), resumable per (benchmark problem, sample index); the summary (avg@k with a bootstrap
+embedded), resumable per (benchmark problem, sample index) as long as the model, the benchmarks and
+the protocol are the ones the stored results were made with (``eval_key``, kept per label in the
+manifest); otherwise the label's stored results are deleted and it is evaluated again. The summary (avg@k with a bootstrap
 95% CI, pass@k, maj@k) is printed per model and kept in the manifest. Grading and protocols:
 docs/evaluation.md.
 """
@@ -15,21 +17,45 @@ from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
-from dasd.runs import model_for, open_engine, record_faults, results_name
-from dasd.store import RunStore
+from dasd.runs import model_for, model_identity, open_engine, record_faults, results_name
+from dasd.store import RunStore, config_hash
 from dasd.train.card import refresh_card
 
 STAGE = "eval"
 log = logger(STAGE)
 
 
+def eval_key(store: RunStore, ecfg, mcfg) -> str:
+    """A hash of what a label's results depend on: the model's identity (``runs.model_identity``),
+    the benchmarks and the protocol (preset or explicit)."""
+    return config_hash({
+        "model": model_identity(store, mcfg),
+        "benchmarks": [b.model_dump(mode="json") for b in ecfg.benchmarks],
+        "preset": ecfg.preset,
+        "protocol": ecfg.protocol.model_dump(mode="json"),
+    })
+
+
 def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] | None:
-    """Evaluate one model on every benchmark; return all its results (None if it does not exist)."""
+    """Evaluate one model on every benchmark; return all its results (None if it does not exist).
+
+    Results stored under ``label`` by an earlier call are reused only when ``eval_key`` is the same
+    (same model files, benchmarks and protocol); otherwise they are deleted first, so a retrained
+    stage or a changed protocol is never reported with another model's or protocol's numbers."""
     ecfg = cfg.eval
     mcfg = model_for(cfg, store, label)
     if mcfg is None:
         log.info(f"{label}: no such model in this run yet, skipped")
         return None
+    key = eval_key(store, ecfg, mcfg)
+    keys = store.manifest["stages"].setdefault(STAGE, {}).setdefault("keys", {})
+    if keys.get(label) != key:
+        removed = store.remove_output(STAGE, results_name(label))
+        if removed:
+            why = "no record of what they were made with" if label not in keys else "the model, benchmarks or protocol changed"
+            log.info(f"{label}: stored results dropped ({why}); evaluating again")
+        keys[label] = key
+        store.save_manifest()
     with store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
         existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r for r in store.read(STAGE, results_name(label))}
         for spec in ecfg.benchmarks:
@@ -48,7 +74,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] 
 
                 def write(result, bench=spec.name):
                     result = {**result, "benchmark": bench, "model_label": label}
-                    result["id"] = content_id("eval", label, bench, result["problem_id"], result["sample_index"], result["protocol"])
+                    result["id"] = content_id("eval", label, key, bench, result["problem_id"], result["sample_index"], result["protocol"])
                     w.add(result)
                     existing[(bench, result["problem_id"], result["sample_index"])] = result
 

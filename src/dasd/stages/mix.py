@@ -88,7 +88,8 @@ def run_mix(
     when a question has a reference (default: ``dasd.grading.grade.is_correct``). Re-running skips the
     questions already done (rollout ids are content hashes of question, models and config).
     ``student_name`` names the student in ids and records (default: the engine's name; a run's
-    own model is named relative to the run, ``runs.model_key``, so a moved run keeps its ids).
+    own model is named relative to the run, ``runs.model_key``, so a moved run keeps its ids, with its
+    ``runs.model_version``, so a retrained student does not reuse the old one's rollouts).
     """
     template = teacher_tokenizer_template if teacher_tokenizer_template is not None else getattr(teacher_engine, "tokenizer", None)
     if template is None:
@@ -239,4 +240,5 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     log.info(f"student: {label} ({path})")
     student = runs.open_engine(cfg.student.model_copy(update={"model": path}))
     teacher = runs.open_engine(cfg.teacher)
-    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=runs.model_key(store, path))
+    name = f"{runs.model_key(store, path)}@{runs.model_version(path)}"
+    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=name)

@@ -1,0 +1,72 @@
+"""The eval stage resumes only results that belong to the same model, benchmarks and protocol."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from dasd.config import load_config
+from dasd.runs import results_name
+from dasd.stages.eval import run_evaluation
+from dasd.store import RunStore
+
+
+def _cfg(tmp_path, model_dir, temperature=1.0):
+    return load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"teacher.model={model_dir}", f"student.model={model_dir}",
+        "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
+        f"eval.protocol={{name: mini, temperature: {temperature}, n: 2, max_tokens: 16}}",
+        "eval.models=[student]", "eval.workers=0",
+    ])
+
+
+def _results(cfg):
+    return list(RunStore(cfg.run_dir).read("eval", results_name("student")))
+
+
+def test_results_are_reused_for_the_same_model_and_protocol_and_redone_otherwise(tmp_path, tiny_lm_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_lm_dir, model)
+    cfg = _cfg(tmp_path, model)
+    run_evaluation(cfg)
+    first = _results(cfg)
+    assert len(first) == 3 * 2 and {r["protocol"]["temperature"] for r in first} == {1.0}
+    files = sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir())
+
+    run_evaluation(cfg)  # same model, same protocol: nothing is generated again
+    assert sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir()) == files
+    assert _results(cfg) == first
+
+    hot = _cfg(tmp_path, model, temperature=0.5)  # another protocol: the old results are not reported
+    run_evaluation(hot)
+    again = _results(hot)
+    assert len(again) == 3 * 2 and {r["protocol"]["temperature"] for r in again} == {0.5}
+
+    weights = model / "model.safetensors"  # the model under the label changed (a retrained stage)
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    store = RunStore(hot.run_dir)
+    key_before = store.stage_info("eval")["keys"]["student"]
+    run_evaluation(hot)
+    assert RunStore(hot.run_dir).stage_info("eval")["keys"]["student"] != key_before
+    assert len(_results(hot)) == 3 * 2
+
+
+def test_a_stage_models_version_follows_its_training_record_not_its_files(tmp_path, tiny_lm_dir):
+    """A run's own model is versioned by its stage's done.json: a copied run keeps the version (its
+    results stay valid), a retrained stage (another done record) gets a new one; another directory
+    is versioned by its files."""
+    from dasd.runs import model_version
+
+    final = tmp_path / "run" / "train" / "stage1_low" / "final"
+    shutil.copytree(tiny_lm_dir, final)
+    (final.parent / "done.json").write_text('{"fingerprint": "a", "steps": 4, "final_loss": 1.5}', encoding="utf-8")
+    v = model_version(str(final))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    assert model_version(str(copy / "train" / "stage1_low" / "final")) == v
+    (final.parent / "done.json").write_text('{"fingerprint": "a", "steps": 4, "final_loss": 1.2}', encoding="utf-8")
+    assert model_version(str(final)) != v
+    plain = model_version(tiny_lm_dir)
+    assert plain and plain == model_version(tiny_lm_dir) and model_version("org/some-hub-model") == ""
