@@ -100,7 +100,7 @@ TINY_CHECKS = dict(n_prompts=3, k=2, max_tokens=12, require_correct=False, n_tes
 
 
 def test_world_checks_on_tiny_models(tmp_path):
-    """The mechanism checks run end to end through the hf engine and dasd.das on tiny models, are
+    """The mechanism checks run end to end through the hf engine and dasd.rules.das on tiny models, are
     deterministic, and their pass flags follow their numbers; the build stores them in the manifest."""
     from dasd.toy.checks import format_checks, world_checks
 

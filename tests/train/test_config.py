@@ -85,7 +85,7 @@ def test_mixed_stage_continues_where_stage_two_ends():
         return t.for_stage(t.stages[2])["lr"]
 
     assert tail_lr(["train.min_lr=1e-5"]) == 1e-5
-    assert tail_lr([]) == 3e-5  # the demo's min_lr
+    assert tail_lr([]) == 2e-4  # the demo's min_lr
     restart = load_config(demo, ["train.min_lr=0"]).train
     assert restart.for_stage(restart.stages[2])["lr"] == restart.lr  # min_lr 0: the full schedule again
     with pytest.raises(ValidationError, match="constant_at_min_lr"):

@@ -36,8 +36,10 @@ import torch
 
 from dasd.jsonl import atomic_write_json
 from dasd.toy import world
+from dasd.toy.encode import encode_examples, render_prompts
+from dasd.toy.measure import evaluate_accuracy, style_shares
 from dasd.toy.model import make_model, save_model
-from dasd.toy.tokenizer import IM_END, IM_START, build_tokenizer
+from dasd.toy.tokenizer import build_tokenizer
 
 TEACHER_VOCAB = 512
 STUDENT_VOCAB = 384
@@ -108,24 +110,6 @@ STUDENT_SPEC = TrainSpec(
 )
 
 
-def _messages(problem: world.ToyProblem) -> list[dict[str, str]]:
-    return [{"role": "system", "content": world.SYSTEM_PROMPT}, {"role": "user", "content": problem.question}]
-
-
-def _render_prompts(tokenizer, problems: list[world.ToyProblem]) -> list[str]:
-    """Chat-templated prompts (with the generation prompt). The ChatML text is rendered directly
-    (jinja is slow for 10^4 prompts) and checked against ``apply_chat_template`` on the first one."""
-    out = [
-        f"{IM_START}system\n{world.SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{p.question}{IM_END}\n{IM_START}assistant\n"
-        for p in problems
-    ]
-    if problems:
-        ref = tokenizer.apply_chat_template(_messages(problems[0]), tokenize=False, add_generation_prompt=True)
-        if ref != out[0]:
-            raise ValueError(f"the tokenizer's chat template renders {ref!r}, expected {out[0]!r}")
-    return out
-
-
 def make_corpus(spec: TrainSpec, seed: int) -> list[tuple[world.ToyProblem, str]]:
     """The training pairs ``(problem, response)`` of one model, drawn from the generating process."""
     problems = world.make_problems(spec.n_problems, seed, "train", spec.min_chain, spec.max_chain)
@@ -134,18 +118,6 @@ def make_corpus(spec: TrainSpec, seed: int) -> list[tuple[world.ToyProblem, str]
         (p, world.teacher_response(p, rng, spec.style_mix, spec.error_rate, spec.redo_rate, spec.stamp_rate)[1])
         for p in problems
     ]
-
-
-def encode_examples(tokenizer, corpus) -> list[tuple[list[int], list[int]]]:
-    """Token ids of chat-templated prompt + response + end of turn, and labels (-100 on the prompt).
-
-    Prompt and response are tokenized separately and concatenated, exactly as at generation time
-    (the prompt ends with "assistant\n", a pre-tokenizer boundary, so nothing merges across it).
-    """
-    prompts = _render_prompts(tokenizer, [p for p, _ in corpus])
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer([r + tokenizer.eos_token for _, r in corpus], add_special_tokens=False)["input_ids"]
-    return [(a + b, [-100] * len(a) + b) for a, b in zip(p_ids, r_ids)]
 
 
 def _length_bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
@@ -224,70 +196,8 @@ def train_model(spec: TrainSpec, tokenizer, corpus, seed: int, log=print, callba
 
 def tokenizer_corpus(corpus, template_tokenizer) -> list[str]:
     """Texts a BPE tokenizer is trained on: chat-templated prompts followed by their responses."""
-    prompts = _render_prompts(template_tokenizer, [p for p, _ in corpus])
+    prompts = render_prompts(template_tokenizer, [p for p, _ in corpus])
     return [q + r + template_tokenizer.eos_token + "\n" for q, (_, r) in zip(prompts, corpus)]
-
-
-@torch.no_grad()
-def evaluate_accuracy(
-    model_dir,
-    problems: list[world.ToyProblem],
-    temperature: float = 0.6,
-    max_new_tokens: int = 512,
-    seed: int = 0,
-    batch_size: int = 32,
-    tokenizer=None,
-    return_texts: bool = False,
-):
-    """Fraction of ``problems`` solved by one sample each at ``temperature`` (top-p 1), via ``generate``.
-
-    ``model_dir`` is a directory in transformers format, or a loaded model passed with ``tokenizer``.
-    Sampling is seeded with ``seed`` (temperature 0 means greedy). With ``return_texts`` it returns
-    ``(accuracy, texts)``. Pitfall: the result depends on ``batch_size`` too (padding changes the
-    float sums), so compare runs with equal settings.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if isinstance(model_dir, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    else:
-        model = model_dir
-        if tokenizer is None:
-            raise ValueError("pass tokenizer= with a loaded model")
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    texts: list[str] = []
-    try:
-        for i in range(0, len(problems), batch_size):
-            chunk = problems[i : i + batch_size]
-            prompts = [
-                tokenizer.apply_chat_template(_messages(p), tokenize=False, add_generation_prompt=True) for p in chunk
-            ]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **kw,
-            )
-            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
-    acc = sum(world.verify(t, str(p.answer)) for t, p in zip(texts, problems)) / max(1, len(problems))
-    return (acc, texts) if return_texts else acc
-
-
-def style_shares(texts: list[str]) -> dict[str, float]:
-    """Fraction of ``texts`` in each style (``None`` = unrecognised format), for reports."""
-    counts = {s: 0 for s in (*world.STYLES, "none")}
-    for t in texts:
-        counts[world.detect_style(t) or "none"] += 1
-    return {s: round(c / max(1, len(texts)), 4) for s, c in counts.items()}
 
 
 def _measure(model, tokenizer, problems, max_new_tokens: int, seed: int) -> dict:

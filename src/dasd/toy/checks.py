@@ -3,8 +3,8 @@
 ``world_checks(toy_dir)`` samples the teacher on a small pool of held-out ``dev`` prompts with the hf
 engine (k samples per prompt at each temperature, raw log-probs), keeps the finished, correct ones
 (as ``filter.require_correct`` does), scores them with the student through the hf engine's
-``score`` and ``dasd.das.score_sample``, selects m per prompt and temperature with
-``dasd.das.select_grouped`` (DAS and random at the same budget), and then fine-tunes a copy of the
+``score`` and ``dasd.rules.das.score_sample``, selects m per prompt and temperature with
+``dasd.rules.das.select_grouped`` (DAS and random at the same budget), and then fine-tunes a copy of the
 student base on the DAS-selected samples for a few epochs and measures it on held-out ``test``
 problems beside the base and the teacher. It answers three questions, each with a pass flag:
 
@@ -39,6 +39,8 @@ from dasd.engines.base import GenerateRequest, ScoreRequest
 from dasd.engines.config import EngineConfig
 from dasd.engines.hf import HFEngine
 from dasd.toy import world
+from dasd.toy.encode import encode_examples
+from dasd.toy.measure import evaluate_accuracy, style_shares
 
 
 def _seed(*parts) -> int:
@@ -88,8 +90,6 @@ def score_pool(student: HFEngine, samples: list[dict], cfg: DASConfig) -> list[d
 def finetune(model, tokenizer, pairs, epochs: int, lr: float, batch_size: int, seed: int):
     """Fine-tune ``model`` in place on ``(problem, response)`` pairs (loss on the response only):
     AdamW, linear warmup over 10% of the steps, cosine to 10% of ``lr``, clip 1.0, seeded order."""
-    from dasd.toy.build import encode_examples
-
     if not pairs:
         return 0
     examples = encode_examples(tokenizer, pairs)
@@ -151,15 +151,13 @@ def world_checks(
     ``m`` kept per prompt and temperature, ``require_correct`` (keep only finished, correct teacher
     samples before selection, as the demo's filter does; False keeps every sample), the fine-tune (``epochs``, ``lr``, ``batch_size``, on the
     DAS-selected samples of every temperature together), ``n_test`` held-out test problems measured
-    with one sample each (``build.evaluate_accuracy``), the thresholds and ``das`` (default config).
+    with one sample each (``measure.evaluate_accuracy``), the thresholds and ``das`` (default config).
     Deterministic in its arguments and the models (one torch thread gives the same numbers again).
     Pitfall: the fine-tune must be long enough for the student to learn the real checks: on the
     shipped world, 4 epochs at lr 5e-4 or 2e-3 left them half-learned and the student fell
     (48.5% -> 16.5%, 45% -> 36%); 8 epochs at 2e-3 (the default) gained.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dasd.toy.build import evaluate_accuracy
 
     t0 = time.time()
     d = Path(toy_dir)
@@ -265,8 +263,6 @@ def _median(xs) -> float | None:
 
 
 def _style_shares(samples: list[dict]) -> dict[str, float]:
-    from dasd.toy.build import style_shares
-
     return style_shares([s["text"] for s in samples])
 
 
