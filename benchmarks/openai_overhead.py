@@ -10,24 +10,26 @@ both draw the very same tokens):
 - **through the client**: ``OpenAIEngine.generate`` against the server with ``--concurrency``
   requests in flight.
 
-Each repeat runs, per concurrency level, direct then client back to back (load on a shared
-machine drifts; a pair sees about the same). Printed per level, as the range (min-max) over the
-repeats and the median:
+Per concurrency level the runs alternate direct, client, direct, client, ..., direct (load on a
+shared machine drifts), and each client run is compared with the mean of the two direct runs
+around it. Printed per level, as the range (min-max) over the repeats and the median:
 
-- **to direct**: client tokens/s / direct tokens/s of its pair: the fraction of the engine's
-  batched throughput a sampling job gets through HTTP, JSON and the client's bookkeeping;
-- **to direct at --batch rows**: the same against full ``--batch``-row batches (the first direct
-  run of the repeat), which at low concurrency also counts the server's smaller batches;
+- **to direct**: client tokens/s / direct tokens/s: the fraction of the engine's batched
+  throughput a sampling job gets through HTTP, JSON and the client's bookkeeping;
 - **to busy**: client tokens/s / the server engine's tokens per busy second on the batches it
   actually ran (``/dasd/stats``), i.e. the share of the wall time its engine was working;
-- **rows per engine call** of the server (``rows / generate_calls``), and its ``gather_s``.
+- **rows per engine call** of the server (``rows / generate_calls``), and its ``gather_s`` (idle
+  seconds gathering batches) per client run.
+
+The direct throughput at ``--batch`` rows and at fewer is printed too: with fewer requests in
+flight than ``--batch`` the server's batches are smaller, and slower per token.
 
 The target is >= 0.95 to direct once the concurrency keeps the server's batches full
 (concurrency >= 2 x batch: the next batch is queued while one runs).
 
 Run::
 
-    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 512] [--concurrency 64,16] [--repeats 5]
+    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 256] [--concurrency 64,16] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def free_port() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=512, help="samples (one request each)")
+    ap.add_argument("--requests", type=int, default=256, help="samples (one request each)")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=32, help="engine rows per batch (server and direct)")
     ap.add_argument("--concurrency", default="64,16", help="client concurrency levels")
@@ -128,51 +130,47 @@ def main() -> None:
 
         levels = sorted((int(c) for c in args.concurrency.split(",")), reverse=True)
         direct_engines = {}
-        for b in {min(c, args.batch) for c in levels} | {args.batch}:
+        for b in sorted({min(c, args.batch) for c in levels}, reverse=True):
             direct_engines[b] = make_engine(EngineConfig(model=model_dir, device="cpu", batch_size=b))
             direct_engines[b].generate(reqs[:2])  # warm-up
-        res = {c: {"to_direct": [], "to_full": [], "to_busy": [], "fill": [], "gather": []} for c in levels}
+        res = {c: {"to_direct": [], "to_busy": [], "fill": [], "gather": []} for c in levels}
         direct_tps: dict[int, list[float]] = {b: [] for b in direct_engines}
         load = [os.getloadavg()[0]]
-        for rep in range(args.repeats):  # pairs close in time see the same machine load
-            line = []
-            full = None
-            for c in levels:
-                b = min(c, args.batch)
-                if full is None and b != args.batch:  # the repeat's full-batch reference
-                    toks, secs = direct(args.batch)
-                    full = toks / secs
-                    direct_tps[args.batch].append(full)
-                toks, secs = direct(b)
-                d = toks / secs
-                direct_tps[b].append(d)
-                if b == args.batch:
-                    full = d
+        for c in levels:
+            b = min(c, args.batch)
+            toks, secs = direct(b)
+            before = toks / secs
+            direct_tps[b].append(before)
+            for rep in range(args.repeats):  # direct, client, direct: each client run between two direct ones
                 r = client(c)
+                toks, secs = direct(b)
+                after = toks / secs
+                direct_tps[b].append(after)
                 if r["tokens"] != toks:
                     print(f"  (client sampled {r['tokens']} tokens, direct {toks}: not the same samples)", flush=True)
                 tps = r["tokens"] / r["secs"]
-                for key, val in (("to_direct", tps / d), ("to_full", tps / full), ("to_busy", tps / r["busy"]),
-                                 ("fill", r["fill"]), ("gather", r["gather_s"])):
+                d = (before + after) / 2
+                for key, val in (("to_direct", tps / d), ("to_busy", tps / r["busy"]), ("fill", r["fill"]),
+                                 ("gather", r["gather_s"])):
                     res[c][key].append(val)
-                line.append(f"c={c}: {tps / d:.3f} to direct at {b} rows ({d:.0f} tok/s), {tps / full:.3f} to "
-                            f"{args.batch} rows, {tps / r['busy']:.3f} to busy, {r['fill']:.1f} rows/call")
-            load.append(os.getloadavg()[0])
-            print(f"  run {rep + 1}: " + "; ".join(line), flush=True)
+                load.append(os.getloadavg()[0])
+                print(f"  c={c} run {rep + 1}: client {tps:.0f} tok/s, direct at {b} rows {before:.0f} and {after:.0f} "
+                      f"tok/s: {tps / d:.3f} to direct, {tps / r['busy']:.3f} to busy, {r['fill']:.1f} rows/call, "
+                      f"gather {r['gather_s']:.2f} s", flush=True)
+                before = after
 
         def rng(xs: list[float], fmt: str = ".3f") -> str:
             return f"{min(xs):{fmt}}-{max(xs):{fmt}} (median {statistics.median(xs):{fmt}})"
 
         print(f"model: random Llama hidden {args.hidden} x {args.layers} layers; {args.requests} samples x "
               f"{args.max_tokens} tokens; batch {args.batch}; {args.threads} torch thread(s) a side; "
-              f"{args.repeats} interleaved repeats; 1-min load average {min(load):.1f}-{max(load):.1f}")
+              f"{args.repeats} client runs a level, each between two direct runs; "
+              f"1-min load average {min(load):.1f}-{max(load):.1f}")
         for b, xs in sorted(direct_tps.items()):
             print(f"direct (engine.generate, {b}-row batches): {rng(xs, '.0f')} tok/s")
         for c in levels:
-            b = min(c, args.batch)
-            print(f"openai engine, concurrency {c:4d}: rows per engine call {rng(res[c]['fill'], '.1f')}")
-            print(f"    to direct at {b} rows {rng(res[c]['to_direct'])}; to direct at {args.batch} rows "
-                  f"{rng(res[c]['to_full'])}; to busy {rng(res[c]['to_busy'])}; "
+            print(f"openai engine, concurrency {c:4d}: to direct at {min(c, args.batch)} rows {rng(res[c]['to_direct'])}; "
+                  f"to busy {rng(res[c]['to_busy'])}; rows per engine call {rng(res[c]['fill'], '.1f')}; "
                   f"gather {rng(res[c]['gather'], '.2f')} s a run")
     finally:
         server.terminate()
