@@ -19,7 +19,10 @@ around it. Printed per level, as the range (min-max) over the repeats and the me
 - **to busy**: client tokens/s / the server engine's tokens per busy second on the batches it
   actually ran (``/dasd/stats``), i.e. the share of the wall time its engine was working;
 - **rows per engine call** of the server (``rows / generate_calls``), and its ``gather_s`` (idle
-  seconds gathering batches) per client run.
+  seconds gathering batches) per client run;
+- **CPU seconds per engine-busy second** of the client (this process) and of the server's HTTP
+  front end (its process, not the engine's): what they take from the engine when all share a
+  machine's cores, as here (on a cluster the client is not on the GPU server).
 
 The direct throughput at ``--batch`` rows and at fewer is printed too: with fewer requests in
 flight than ``--batch`` the server's batches are smaller, and slower per token.
@@ -61,6 +64,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``), its children left out."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -120,20 +129,23 @@ def main() -> None:
         def client(conc: int) -> dict:
             eng = make_engine(client_cfg.model_copy(update={"openai": client_cfg.openai.model_copy(update={"concurrency": conc})}))
             before = httpx.get(f"http://127.0.0.1:{port}/dasd/stats").json()
+            cpu0, front0 = time.process_time(), cpu_seconds(server.pid)
             t0 = time.perf_counter()
             out = eng.generate(reqs)
             secs = time.perf_counter() - t0
+            cpu, front = time.process_time() - cpu0, cpu_seconds(server.pid) - front0
             after = httpx.get(f"http://127.0.0.1:{port}/dasd/stats").json()
             d = {k: after[k] - before[k] for k in ("tokens", "busy_s", "rows", "generate_calls", "gather_s")}
             return {"tokens": sum(len(g[0].logprobs) for g in out), "secs": secs, "busy": d["tokens"] / d["busy_s"],
-                    "fill": d["rows"] / max(1, d["generate_calls"]), "gather_s": d["gather_s"]}
+                    "fill": d["rows"] / max(1, d["generate_calls"]), "gather_s": d["gather_s"],
+                    "cpu": cpu / d["busy_s"], "front": front / d["busy_s"]}
 
         levels = sorted((int(c) for c in args.concurrency.split(",")), reverse=True)
         direct_engines = {}
         for b in sorted({min(c, args.batch) for c in levels}, reverse=True):
             direct_engines[b] = make_engine(EngineConfig(model=model_dir, device="cpu", batch_size=b))
             direct_engines[b].generate(reqs[:2])  # warm-up
-        res = {c: {"to_direct": [], "to_busy": [], "fill": [], "gather": []} for c in levels}
+        res = {c: {"to_direct": [], "to_busy": [], "fill": [], "gather": [], "cpu": [], "front": []} for c in levels}
         direct_tps: dict[int, list[float]] = {b: [] for b in direct_engines}
         load = [os.getloadavg()[0]]
         for c in levels:
@@ -151,12 +163,13 @@ def main() -> None:
                 tps = r["tokens"] / r["secs"]
                 d = (before + after) / 2
                 for key, val in (("to_direct", tps / d), ("to_busy", tps / r["busy"]), ("fill", r["fill"]),
-                                 ("gather", r["gather_s"])):
+                                 ("gather", r["gather_s"]), ("cpu", r["cpu"]), ("front", r["front"])):
                     res[c][key].append(val)
                 load.append(os.getloadavg()[0])
                 print(f"  c={c} run {rep + 1}: client {tps:.0f} tok/s, direct at {b} rows {before:.0f} and {after:.0f} "
                       f"tok/s: {tps / d:.3f} to direct, {tps / r['busy']:.3f} to busy, {r['fill']:.1f} rows/call, "
-                      f"gather {r['gather_s']:.2f} s", flush=True)
+                      f"gather {r['gather_s']:.2f} s; CPU s per engine-busy s: client {r['cpu']:.2f}, "
+                      f"server front end {r['front']:.2f}", flush=True)
                 before = after
 
         def rng(xs: list[float], fmt: str = ".3f") -> str:
@@ -171,7 +184,8 @@ def main() -> None:
         for c in levels:
             print(f"openai engine, concurrency {c:4d}: to direct at {min(c, args.batch)} rows {rng(res[c]['to_direct'])}; "
                   f"to busy {rng(res[c]['to_busy'])}; rows per engine call {rng(res[c]['fill'], '.1f')}; "
-                  f"gather {rng(res[c]['gather'], '.2f')} s a run")
+                  f"gather {rng(res[c]['gather'], '.2f')} s a run; CPU s per engine-busy s: client "
+                  f"{rng(res[c]['cpu'], '.2f')}, server front end {rng(res[c]['front'], '.2f')}")
     finally:
         server.terminate()
         server.wait(timeout=30)
