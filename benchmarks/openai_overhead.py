@@ -4,19 +4,35 @@ The server (``python -m dasd.engines.server``, hf engine on a random tiny Llama,
 subprocess on loopback. Both sides sample the same per-sample requests (n=1, one seed each, so
 both draw the very same tokens):
 
-- **server direct**: the same engine config in this process, ``engine.generate`` on full batches of
-  ``--batch`` rows, which is what the server's batching worker runs when its queue is full;
+- **direct**: the same engine config in this process, ``engine.generate`` on full batches of
+  ``min(concurrency, --batch)`` rows: the best the server's batching worker can do with that many
+  requests in flight (with fewer in flight than ``--batch`` its batches cannot be fuller);
 - **through the client**: ``OpenAIEngine.generate`` against the server with ``--concurrency``
   requests in flight.
 
-The printed ratio (client tokens/s / direct tokens/s of the run just before it, median over
-``--repeats`` interleaved runs, since load on a shared machine drifts) is
-the fraction of the server's throughput a sampling job gets through HTTP, JSON and retries'
-bookkeeping; the target is >= 0.95 once the concurrency keeps the server's batches full.
+Per concurrency level the runs alternate direct, client, direct, client, ..., direct (load on a
+shared machine drifts), and each client run is compared with the mean of the two direct runs
+around it. Printed per level, as the range (min-max) over the repeats and the median:
+
+- **to direct**: client tokens/s / direct tokens/s: the fraction of the engine's batched
+  throughput a sampling job gets through HTTP, JSON and the client's bookkeeping;
+- **to busy**: client tokens/s / the server engine's tokens per busy second on the batches it
+  actually ran (``/dasd/stats``), i.e. the share of the wall time its engine was working;
+- **rows per engine call** of the server (``rows / generate_calls``), and its ``gather_s`` (idle
+  seconds gathering batches) per client run;
+- **CPU seconds per engine-busy second** of the client (this process) and of the server's HTTP
+  front end (its process, not the engine's): what they take from the engine when all share a
+  machine's cores, as here (on a cluster the client is not on the GPU server).
+
+The direct throughput at ``--batch`` rows and at fewer is printed too: with fewer requests in
+flight than ``--batch`` the server's batches are smaller, and slower per token.
+
+The target is >= 0.95 to direct once the concurrency keeps the server's batches full
+(concurrency >= 2 x batch: the next batch is queued while one runs).
 
 Run::
 
-    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 128] [--concurrency 16,64,256] [--repeats 5]
+    HF_HUB_OFFLINE=1 python benchmarks/openai_overhead.py [--requests 256] [--concurrency 64,16] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -50,12 +66,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``), its children left out."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=128, help="samples (one request each)")
+    ap.add_argument("--requests", type=int, default=256, help="samples (one request each)")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=32, help="engine rows per batch (server and direct)")
-    ap.add_argument("--concurrency", default="16,64,256", help="client concurrency levels")
+    ap.add_argument("--concurrency", default="64,16", help="client concurrency levels")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
@@ -91,53 +113,79 @@ def main() -> None:
             time.sleep(0.1)
         else:
             raise SystemExit("server did not start")
-        direct_engine = make_engine(EngineConfig(model=model_dir, device="cpu", batch_size=args.batch))
-        # warm-up both sides
-        direct_engine.generate(reqs[:2])
         client_cfg = EngineConfig(kind="openai", model="bench", openai={"base_urls": [base], "concurrency": 8})
         make_engine(client_cfg).generate(reqs[:8])
 
-        def direct() -> tuple[int, float]:
+        def direct(batch: int) -> tuple[int, float]:
+            eng = direct_engines[batch]
             rows = [GenerateRequest(id=r.id, messages=r.messages, n=1, temperature=r.temperature,
                                     max_tokens=r.max_tokens, seed=sample_seed(r.seed, 0)) for r in reqs]
             t0 = time.perf_counter()
             toks = 0
-            for s in range(0, len(rows), args.batch):
-                toks += sum(len(g[0].logprobs) for g in direct_engine.generate(rows[s : s + args.batch]))
+            for s in range(0, len(rows), batch):
+                toks += sum(len(g[0].logprobs) for g in eng.generate(rows[s : s + batch]))
             return toks, time.perf_counter() - t0
 
-        def client(conc: int) -> tuple[int, float, float]:
+        def client(conc: int) -> dict:
             eng = make_engine(client_cfg.model_copy(update={"openai": client_cfg.openai.model_copy(update={"concurrency": conc})}))
             before = httpx.get(f"http://127.0.0.1:{port}/dasd/stats").json()
+            cpu0, front0 = time.process_time(), cpu_seconds(server.pid)
             t0 = time.perf_counter()
             out = eng.generate(reqs)
             secs = time.perf_counter() - t0
+            cpu, front = time.process_time() - cpu0, cpu_seconds(server.pid) - front0
             after = httpx.get(f"http://127.0.0.1:{port}/dasd/stats").json()
-            busy = (after["tokens"] - before["tokens"]) / (after["busy_s"] - before["busy_s"])
-            fill = (after["rows"] - before["rows"]) / max(1, after["engine_calls"] - before["engine_calls"])
-            if fill < args.batch * 0.9:
-                print(f"  (concurrency {conc}: {fill:.1f} rows per engine call; batches not full)", flush=True)
-            return sum(len(g[0].logprobs) for g in out), secs, busy
+            d = {k: after[k] - before[k] for k in ("tokens", "busy_s", "rows", "generate_calls", "gather_s")}
+            return {"tokens": sum(len(g[0].logprobs) for g in out), "secs": secs, "busy": d["tokens"] / d["busy_s"],
+                    "fill": d["rows"] / max(1, d["generate_calls"]), "gather_s": d["gather_s"],
+                    "cpu": cpu / d["busy_s"], "front": front / d["busy_s"]}
 
-        levels = [int(c) for c in args.concurrency.split(",")]
-        ratios = {c: [] for c in levels}
-        busy_ratios = {c: [] for c in levels}
-        directs = []
-        for rep in range(args.repeats):  # pairs close in time see the same machine load
-            toks, secs = direct()
-            directs.append(toks / secs)
-            for c in levels:
-                toks_c, secs_c, busy = client(c)
-                ratios[c].append(toks_c / secs_c / directs[-1])
-                busy_ratios[c].append(toks_c / secs_c / busy)
-            print(f"  run {rep + 1}: direct {directs[-1]:.1f} tok/s; ratios "
-                  + ", ".join(f"c={c}: {ratios[c][-1]:.3f}" for c in levels), flush=True)
-        print(f"model: random Llama hidden {args.hidden} x {args.layers} layers; {args.requests} samples x "
-              f"{args.max_tokens} tokens; batch {args.batch}; {args.repeats} interleaved runs; medians")
-        print(f"server direct (engine.generate, full batches): {statistics.median(directs):8.1f} tok/s")
+        levels = sorted((int(c) for c in args.concurrency.split(",")), reverse=True)
+        direct_engines = {}
+        for b in sorted({min(c, args.batch) for c in levels}, reverse=True):
+            direct_engines[b] = make_engine(EngineConfig(model=model_dir, device="cpu", batch_size=b))
+            direct_engines[b].generate(reqs[:2])  # warm-up
+        res = {c: {"to_direct": [], "to_busy": [], "fill": [], "gather": [], "cpu": [], "front": []} for c in levels}
+        direct_tps: dict[int, list[float]] = {b: [] for b in direct_engines}
+        load = [os.getloadavg()[0]]
         for c in levels:
-            print(f"openai engine, concurrency {c:4d}: ratio to direct {statistics.median(ratios[c]):.3f}   "
-                  f"(to the server's engine while busy: {statistics.median(busy_ratios[c]):.3f})")
+            b = min(c, args.batch)
+            toks, secs = direct(b)
+            before = toks / secs
+            direct_tps[b].append(before)
+            for rep in range(args.repeats):  # direct, client, direct: each client run between two direct ones
+                r = client(c)
+                toks, secs = direct(b)
+                after = toks / secs
+                direct_tps[b].append(after)
+                if r["tokens"] != toks:
+                    print(f"  (client sampled {r['tokens']} tokens, direct {toks}: not the same samples)", flush=True)
+                tps = r["tokens"] / r["secs"]
+                d = (before + after) / 2
+                for key, val in (("to_direct", tps / d), ("to_busy", tps / r["busy"]), ("fill", r["fill"]),
+                                 ("gather", r["gather_s"]), ("cpu", r["cpu"]), ("front", r["front"])):
+                    res[c][key].append(val)
+                load.append(os.getloadavg()[0])
+                print(f"  c={c} run {rep + 1}: client {tps:.0f} tok/s, direct at {b} rows {before:.0f} and {after:.0f} "
+                      f"tok/s: {tps / d:.3f} to direct, {tps / r['busy']:.3f} to busy, {r['fill']:.1f} rows/call, "
+                      f"gather {r['gather_s']:.2f} s; CPU s per engine-busy s: client {r['cpu']:.2f}, "
+                      f"server front end {r['front']:.2f}", flush=True)
+                before = after
+
+        def rng(xs: list[float], fmt: str = ".3f") -> str:
+            return f"{min(xs):{fmt}}-{max(xs):{fmt}} (median {statistics.median(xs):{fmt}})"
+
+        print(f"model: random Llama hidden {args.hidden} x {args.layers} layers; {args.requests} samples x "
+              f"{args.max_tokens} tokens; batch {args.batch}; {args.threads} torch thread(s) a side; "
+              f"{args.repeats} client runs a level, each between two direct runs; "
+              f"1-min load average {min(load):.1f}-{max(load):.1f}")
+        for b, xs in sorted(direct_tps.items()):
+            print(f"direct (engine.generate, {b}-row batches): {rng(xs, '.0f')} tok/s")
+        for c in levels:
+            print(f"openai engine, concurrency {c:4d}: to direct at {min(c, args.batch)} rows {rng(res[c]['to_direct'])}; "
+                  f"to busy {rng(res[c]['to_busy'])}; rows per engine call {rng(res[c]['fill'], '.1f')}; "
+                  f"gather {rng(res[c]['gather'], '.2f')} s a run; CPU s per engine-busy s: client "
+                  f"{rng(res[c]['cpu'], '.2f')}, server front end {rng(res[c]['front'], '.2f')}")
     finally:
         server.terminate()
         server.wait(timeout=30)

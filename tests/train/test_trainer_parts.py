@@ -280,3 +280,42 @@ def test_trainer_logs_its_messages_and_progress_lines_off_a_terminal(tiny_lm_dir
     run_training(cfg, tmp_path / "o", data)
     assert "dasd.train: stage s1: already finished (10 steps), skipped" in dasd_log
     assert not any(x.startswith("dasd: train s1: ") for x in dasd_log)
+
+
+def test_checkpoint_of_a_tied_model_is_quiet_and_restores_the_tie(tmp_path, tiny_lm_dir, caplog):
+    """accelerate's "Removed shared tensor" warning is not printed at each checkpoint of a model whose
+    output embedding is tied to its input one, and loading restores the trained (tied) weights."""
+    import logging
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from dasd.train.schedule import make_optimizer, make_scheduler
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+    acc = Accelerator(cpu=True)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    assert lm.config.tie_word_embeddings
+    model = Wrapper(lm)
+    opt = make_optimizer(model, 1e-2, (0.9, 0.95), 1e-8, 0.0)
+    sched = make_scheduler(opt, 10, 1e-2, 1e-3, 0.2)
+    model, opt = acc.prepare(model, opt)
+    try:
+        out = model.lm(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]]))
+        out.loss.backward()
+        opt.step()
+        with caplog.at_level(logging.WARNING):
+            ckpt.save_checkpoint(acc, sched, tmp_path, 1, "fp", keep=1)
+        assert "Removed shared tensor" not in caplog.text
+        trained = model.lm.get_input_embeddings().weight.detach().clone()
+        with torch.no_grad():
+            model.lm.get_input_embeddings().weight.add_(1.0)
+        ckpt.load_checkpoint(acc, sched, ckpt.latest_checkpoint(tmp_path / "checkpoints"), "fp")
+        torch.testing.assert_close(model.lm.get_input_embeddings().weight, trained, atol=0, rtol=0)
+        assert model.lm.get_output_embeddings().weight.data_ptr() == model.lm.get_input_embeddings().weight.data_ptr()
+    finally:
+        acc.free_memory()

@@ -16,7 +16,7 @@ Endpoints (the subset of vLLM's schema that dasd's ``openai`` engine uses):
   exactly: with prompt log-probs asked, the sample continues its re-encoded text and the choice
   says so in ``dasd_note``; without, it is a 400.
 - ``POST /tokenize``: ``{prompt}`` -> ``{tokens, count}`` (vLLM's shape; count only is guaranteed).
-- ``GET  /dasd/stats``: requests served, tokens generated, seconds the engine was busy.
+- ``GET  /dasd/stats``: requests served, rows per engine call, tokens, seconds busy (below).
 
 Every response carries ``"dasd_logprob_mode"`` (the engine's, ``raw`` for hf): log-probs are
 untempered, which a client may rely on. A token whose bytes are not valid UTF-8 on their own (part
@@ -27,11 +27,23 @@ of ``GenerateRequest(seed=s)``, whatever else is in the batch.
 ``python -m dasd.engines.server`` runs the engine in its own process (``EngineProcess``) so that
 the HTTP side never competes with the decode loop for the GIL; ``--in-process`` keeps it in one.
 
-Concurrent requests are batched: a single worker thread takes whatever is queued (up to
-``max_batch`` sample rows) and runs it through the engine in one call, so throughput grows with
-client concurrency. ``Faults`` makes the server misbehave on purpose (429/500 answers, connections
-dropped mid-response, answers slower than a client's timeout, malformed bodies, NaN/-Infinity
-log-probs) for testing clients.
+Concurrent requests are batched: a single worker runs the engine whenever it is free, on whatever
+is queued (up to ``max_batch`` sample rows) in one call, so throughput grows with client
+concurrency. While its batch is not full and the engine is idle it keeps gathering until no
+request has arrived for ``batch_wait_s`` and none is still being parsed or answered (a client that
+keeps N requests in flight sends the next one when it has an answer), at most ``max_gather_s``
+(1 s); a full batch runs at once. Batching is static (a batch decodes to its longest row), not
+vLLM's iteration-level continuous batching. ``GET /dasd/stats`` (JSON) says how full the batches were:
+``requests`` (answered), ``generate_calls`` (engine calls that sampled), ``rows`` (sample rows
+they ran, so ``rows / generate_calls`` is rows per call), ``batch_rows`` (``{rows: calls}``),
+``tokens`` (generated), ``busy_s`` (seconds the engine was busy), ``gather_s`` (seconds the
+engine sat idle gathering a batch that had its first request), ``engine_calls`` (all engine
+calls, scoring and tokenizing included), ``queued_rows`` (waiting now), ``open_requests``
+(being parsed or answered now) and ``faults``.
+
+``Faults`` makes the server misbehave on purpose (429/500 answers, connections dropped
+mid-response, answers slower than a client's timeout, malformed bodies, NaN/-Infinity log-probs)
+for testing clients.
 """
 
 from __future__ import annotations
@@ -110,17 +122,18 @@ class EngineServer:
     """The batching worker and response builders; ``app`` is the FastAPI application.
 
     Knobs: ``served_name`` (the model name clients send and see), ``max_batch`` (sample rows per
-    engine call), ``batch_wait_s`` (how long a batch waits for more requests once its first one
-    arrived, unless it is full), ``faults``, ``api_key`` (if set, requests must send it as a
-    Bearer token). Pitfall: the engine is used from one worker thread only; do not use the same
-    engine object elsewhere while the server runs. Batching is static (a batch decodes to its
-    longest row), not vLLM's continuous batching.
+    engine call), ``batch_wait_s`` (how long an idle engine's partial batch waits for another
+    request once none is arriving or being answered; see the module docstring), ``max_gather_s``
+    (the longest an idle engine gathers one batch), ``faults``,
+    ``api_key`` (if set, requests must send it as a Bearer token). Pitfall: the engine is used
+    from one worker thread only; do not use the same engine object elsewhere while the server runs.
     """
 
     def __init__(self, engine, served_name: str | None = None, max_batch: int = 64, faults: Faults | None = None,
-                 api_key: str | None = None, batch_wait_s: float = 0.02):
+                 api_key: str | None = None, batch_wait_s: float = 0.02, max_gather_s: float = 1.0):
         self.engine = engine
         self.batch_wait_s = batch_wait_s
+        self.max_gather_s = max_gather_s
         self.api_key = api_key
         self.served_name = served_name or engine.name
         self.max_batch = max_batch
@@ -128,7 +141,10 @@ class EngineServer:
         self.tokenizer = getattr(engine, "tokenizer", None)
         self._vocab_bytes: list[bytes] | None = None
         self.mode = getattr(engine, "logprob_mode", "raw")
-        self.stats = {"requests": 0, "engine_calls": 0, "rows": 0, "tokens": 0, "busy_s": 0.0}
+        self.stats: dict[str, Any] = {"requests": 0, "generate_calls": 0, "rows": 0, "batch_rows": {}, "tokens": 0,
+                                      "busy_s": 0.0, "gather_s": 0.0, "engine_calls": 0}
+        self._outside = 0  # requests on the HTTP side (being parsed or answered): neither queued nor in the engine
+        self._queued_rows = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasd-engine")
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -140,24 +156,37 @@ class EngineServer:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work())
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((kind, payload, fut))
-        return await fut
+        self._outside -= 1
+        try:
+            self._queued_rows += _rows((kind, payload, fut))
+            await self._queue.put((kind, payload, fut))
+            return await fut
+        finally:
+            self._outside += 1
 
     async def _work(self) -> None:
+        """Run the engine whenever it is free on what is queued (the policy is in the module docstring)."""
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self._queue.get()]
+            items = [await self._queue.get()]  # engine idle, nothing queued: wait for a request
             rows = _rows(items[0])
-            deadline = loop.time() + self.batch_wait_s
+            start = quiet_since = loop.time()
             while rows < self.max_batch:
-                if self._queue.empty():
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    await asyncio.sleep(min(left, 0.002))  # polling: a cancelled get() could lose an item
+                now = loop.time()
+                if not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                    rows += _rows(items[-1])
+                    quiet_since = now
                     continue
-                items.append(self._queue.get_nowait())
-                rows += _rows(items[-1])
+                if self._outside > 0:  # a request being parsed, or an answer whose client may send again
+                    quiet_since = now
+                elif now - quiet_since >= self.batch_wait_s:
+                    break
+                if now - start >= self.max_gather_s:
+                    break
+                await asyncio.sleep(0.002)  # polling: a cancelled get() could lose an item
+            self.stats["gather_s"] += loop.time() - start
+            self._queued_rows -= rows
             try:
                 results = await loop.run_in_executor(self._pool, self._run, items)
             except BaseException as err:  # noqa: BLE001 - handed to every waiting request
@@ -172,12 +201,15 @@ class EngineServer:
         out: list[Any] = [None] * len(items)
         gen = [k for k, (kind, _, _) in enumerate(items) if kind == "generate"]
         if gen:
+            n = sum(items[k][1].n for k in gen)
+            self.stats["generate_calls"] += 1
+            self.stats["batch_rows"][n] = self.stats["batch_rows"].get(n, 0) + 1
+            self.stats["rows"] += n
             try:
                 res = self.engine.generate([items[k][1] for k in gen])
                 for k, r in zip(gen, res):
                     out[k] = r
                     self.stats["tokens"] += sum(len(g.logprobs) for g in r)
-                    self.stats["rows"] += len(r)
             except DasdError:  # one bad request must not fail its batch-mates: run them alone
                 for k in gen:
                     try:
@@ -385,6 +417,28 @@ class EngineServer:
             return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status, headers=headers)
 
         async def handle(request: Request, fn):
+            server._outside += 1
+            try:
+                res = await answer(request, fn)
+            finally:
+                server._outside -= 1
+            if not isinstance(res, tuple):
+                return res
+            fault, data = res
+            if fault == "malformed":
+                return Response(data[: len(data) // 2], media_type="application/json")
+            if fault == "slow":
+                await asyncio.sleep(server.faults.slow_seconds)
+            if fault == "drop":
+                async def broken():
+                    yield data[: len(data) // 2]
+                    raise ConnectionAbortedError("connection dropped (injected)")
+
+                return StreamingResponse(broken(), media_type="application/json")
+            return Response(data, media_type="application/json")
+
+        async def answer(request: Request, fn):
+            """An error response, or (fault, body) for ``handle`` to send."""
             if server.api_key and request.headers.get("authorization") != f"Bearer {server.api_key}":
                 return error(401, "missing or wrong API key", "authentication_error")
             fault = server.faults.draw()
@@ -406,20 +460,8 @@ class EngineServer:
             except _BadRequest as err:
                 return error(400, str(err), "invalid_request_error")
             if fault == "nonfinite" and _spoil_logprobs(payload, server.faults.counts["nonfinite"] % 2):
-                data = json.dumps(payload, allow_nan=True).encode()
-            else:
-                data = JSONResponse(payload).body
-            if fault == "malformed":
-                return Response(data[: len(data) // 2], media_type="application/json")
-            if fault == "slow":
-                await asyncio.sleep(server.faults.slow_seconds)
-            if fault == "drop":
-                async def broken():
-                    yield data[: len(data) // 2]
-                    raise ConnectionAbortedError("connection dropped (injected)")
-
-                return StreamingResponse(broken(), media_type="application/json")
-            return Response(data, media_type="application/json")
+                return fault, json.dumps(payload, allow_nan=True).encode()
+            return fault, JSONResponse(payload).body
 
         @app.get("/v1/models")
         async def models():
@@ -448,7 +490,8 @@ class EngineServer:
 
         @app.get("/dasd/stats")
         async def stats():
-            return dict(server.stats, faults=dict(server.faults.counts))
+            return dict(server.stats, batch_rows=dict(server.stats["batch_rows"]), queued_rows=server._queued_rows,
+                        open_requests=server._outside, faults=dict(server.faults.counts))
 
         return app
 
@@ -646,7 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--batch-size", type=int, default=16, help="engine generation rows per batch")
     ap.add_argument("--max-batch", type=int, default=64, help="sample rows gathered per engine call")
-    ap.add_argument("--batch-wait", type=float, default=0.02, help="seconds a batch waits to fill up")
+    ap.add_argument("--batch-wait", type=float, default=0.02,
+                    help="seconds an idle engine's partial batch waits for another request (see the module docstring)")
     ap.add_argument("--fault-429", type=float, default=0.0, help="(testing) fraction answered 429")
     ap.add_argument("--fault-500", type=float, default=0.0, help="(testing) fraction answered 500")
     ap.add_argument("--fault-drop", type=float, default=0.0, help="(testing) fraction dropped mid-response")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -142,6 +143,28 @@ def check_geometry(ck: Path, state: dict, now: dict, fp_matches: bool) -> None:
                           f"on {was['processes']} processes")
 
 
+class _quiet_tied_weights:
+    """Silence accelerate's "Removed shared tensor {'lm.lm_head.weight'} while saving" during
+    ``save_state`` when the model ties its output embedding to its input one: the copy it drops is
+    the tied one and loading restores the tie (resumed == uninterrupted is tested), so the warning,
+    printed at every checkpoint, says nothing. Untied models keep the warning."""
+
+    def __init__(self, acc):
+        models = getattr(acc, "_models", [])
+        cfg = getattr(getattr(acc.unwrap_model(models[0]), "lm", None), "config", None) if models else None
+        self.tied = bool(getattr(cfg, "tie_word_embeddings", False))
+        self.log = logging.getLogger("accelerate.utils.other")
+
+    def __enter__(self):
+        self.level = self.log.level
+        if self.tied:
+            self.log.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.log.setLevel(self.level)
+        return False
+
+
 def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0) -> None:
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``."""
     ckdir = stage_dir / "checkpoints"
@@ -151,7 +174,8 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(output_dir=str(tmp))
+    with _quiet_tied_weights(acc):
+        acc.save_state(output_dir=str(tmp))
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch)})
