@@ -228,6 +228,34 @@ def model_identity(store: RunStore, mcfg) -> dict:
             "tokenizer": mcfg.tokenizer, "dtype": mcfg.dtype, "gguf_file": mcfg.gguf_file}
 
 
+def model_versions(cfg, *roles: str) -> dict[str, str]:
+    """``model_version`` of the run's models by role: ``teacher``, ``student``, ``student_tokenizer``
+    (``student.tokenizer``, else the student model). A stage keeps them in its manifest config
+    (key ``models``), so a finished stage is redone when one of them changes, and the stages that
+    read its outputs see another config hash (``RunStore.fingerprint``)."""
+    paths = {"teacher": cfg.teacher.model, "student": cfg.student.model,
+             "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
+    return {role: model_version(paths[role]) for role in roles}
+
+
+def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], prefixes: tuple[str, ...]) -> int:
+    """Delete ``stage``'s outputs whose names start with one of ``prefixes`` when the stage last
+    began with other model versions (``models``, from ``model_versions``) than now: its records were
+    made by models that have changed since, so none of them is resumed or reused. A stage whose
+    manifest entry has no versions (run before they were recorded) keeps its outputs. Return how
+    many outputs were removed."""
+    before = (store.stage_info(stage).get("config") or {}).get("models")
+    if before is None or before == models:
+        return 0
+    names = [n for n in store.outputs(stage) if n.startswith(prefixes)]
+    for name in names:
+        store.remove_output(stage, name)
+    changed = ", ".join(sorted(k for k in set(before) | set(models) if before.get(k) != models.get(k)))
+    logger(stage).info(f"the {changed} model changed since this stage last ran: its {len(names)} stored output(s) "
+                       f"dropped, made again")
+    return len(names)
+
+
 def unfinished(store: RunStore, stage: str) -> bool:
     """True when ``stage`` began in this run and did not finish (interrupted, or failed)."""
     info = store.stage_info(stage)

@@ -7,6 +7,9 @@ Boosted and computes, per type, its share by sentence index (the paper's Fig. 6)
 position in correct vs incorrect responses, and the area between the two curves
 (``dasd.rules.analysis``). Writes ``RUN/analyze/responses`` (the
 typed sentence tables) and the profile into the manifest (``stages.analyze.counts``) for the report.
+Scored responses are resumed by id (the eval result's id, which carries the distilled model's
+version); when the teacher or the student base changed under its name since the stage last began
+(``runs.model_versions``), the stored responses are dropped and scored again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
-from dasd.runs import model_for, open_engine, record_faults, require_finished, results_name
+from dasd.runs import drop_if_models_changed, model_for, model_versions, open_engine, record_faults, require_finished, results_name
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -43,7 +46,9 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     if not results:
         raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
     results = results[: ac.max_responses]
-    store.begin_stage(STAGE, {"analyze": ac.model_dump(mode="json"), "model": label})
+    stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student")}
+    drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
+    store.begin_stage(STAGE, stage_cfg)
     problems = {}
     for spec in cfg.eval.benchmarks:
         for p in load_benchmark(spec):

@@ -19,7 +19,8 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
-from dasd.runs import KEPT, SAMPLE_POOL, load_run_prompts, output, pools, require_finished, resolve_model
+from dasd.runs import (KEPT, SAMPLE_POOL, drop_if_models_changed, load_run_prompts, model_versions, output, pools,
+                       require_finished, resolve_model)
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
 
@@ -68,10 +69,12 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     fc = cfg.filter
     require_finished(store, ("sample", "import"), STAGE)
     inputs = store.fingerprint(["sample"], extra=cfg.student.tokenizer or cfg.student.model)
-    if store.up_to_date(STAGE, fc.model_dump(mode="json"), inputs):
-        log.info("up to date (same settings and sample pools); nothing to do")
+    stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
+    if store.up_to_date(STAGE, stage_cfg, inputs):
+        log.info("up to date (same settings, models and sample pools); nothing to do")
         return store.stage_info(STAGE)["counts"]
-    store.begin_stage(STAGE, fc.model_dump(mode="json"), inputs=inputs)
+    drop_if_models_changed(store, STAGE, stage_cfg["models"], (KEPT + "-", "rejects"))
+    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
     prompts = load_run_prompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 

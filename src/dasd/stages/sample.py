@@ -5,7 +5,10 @@ Sample record per response, with the teacher's per-token (untempered) log-probs,
 character offsets (token strings are not stored: the ids and the tokenizer give them back). Ids hash (prompt,
 model, temperature, top_p, seed, index), so a re-run skips what exists and resumes the rest; the
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
-the same responses as an uninterrupted one.
+the same responses as an uninterrupted one. Samples are resumed only from the same teacher: when the
+model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
+names, sizes and times), the stored pools are dropped first and sampled again
+(``runs.drop_if_models_changed``).
 
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
 context (``max_model_len``, when the engine knows it), and a sample whose log-probs are not all
@@ -23,7 +26,8 @@ from dasd.engines.base import GenerateRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed
-from dasd.runs import SAMPLE_POOL, open_engine, output, pool_name, record_faults, save_prompts, training_prompts
+from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, model_versions, open_engine, output, pool_name, record_faults,
+                       save_prompts, training_prompts)
 from dasd.store import RunStore
 
 if TYPE_CHECKING:
@@ -37,8 +41,11 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
+    stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
+                 "models": model_versions(cfg, "teacher")}
+    if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
+        log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     prompts = training_prompts(cfg, store)
-    stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data)}
     store.begin_stage(STAGE, stage_cfg)
     save_prompts(store, prompts)
     model_name = cfg.teacher.model

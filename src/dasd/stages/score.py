@@ -16,7 +16,9 @@ sentences (``dasd.rules.das.local_windows``), one extra request per sentence, an
 Streaming: kept samples are read ``score.batch`` at a time and written in bounded shards that
 refer to the kept rows (only the student signal, sentences and summary are new columns), so
 memory does not grow with the pool. A finished score with the same settings, models and inputs
-is not redone.
+is not redone. The models count by name and by version (``runs.model_versions``: teacher, student
+and its tokenizer): when one changed under its name, the scored pools and rejects are dropped and
+every kept sample is scored again, so no student signal of an earlier model is resumed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import KEPT, SCORED, load_run_prompts, open_engine, output, pools, record_faults, require_finished
+from dasd.runs import (KEPT, SCORED, drop_if_models_changed, load_run_prompts, model_versions, open_engine, output, pools,
+                       record_faults, require_finished)
 from dasd.store import RunStore
 
 STAGE = "score"
@@ -65,12 +68,13 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     sc: ScoreConfig = cfg.score
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
-                 "local_naturalness": local}
+                 "local_naturalness": local, "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
     require_finished(store, ("sample", "import", "filter"), STAGE)
     inputs = store.fingerprint(["sample", "filter"], extra=cfg.teacher.model_dump(mode="json"))
     if store.up_to_date(STAGE, stage_cfg, inputs):
         log.info("up to date (same settings, models and kept pools); nothing to do")
         return store.stage_info(STAGE)["counts"]
+    drop_if_models_changed(store, STAGE, stage_cfg["models"], (SCORED + "-", "rejects"))
     store.begin_stage(STAGE, stage_cfg, inputs=inputs)
     prompts = load_run_prompts(store)
     counts = {}

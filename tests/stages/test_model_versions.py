@@ -1,0 +1,134 @@
+"""sample, filter, score and analyze never reuse what a model made once that model has changed under
+the same path (weights replaced, the toy models rebuilt): each keeps its models' versions
+(``runs.model_versions``) in its manifest config and, when one changed, drops its stored outputs and
+makes them again; an unchanged rerun does nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from dasd.config import load_config
+from dasd.runs import open_engine
+from dasd.stages.analyze import run_analyze
+from dasd.stages.eval import run_evaluation
+from dasd.stages.filter import run_filter
+from dasd.stages.sample import run_sample
+from dasd.stages.score import run_score
+from dasd.store import RunStore
+
+RELAXED = ["filter.require_structure=false", "filter.drop_cutoff=false", "filter.repetition.enabled=false"]
+
+
+def touch(model_dir: Path) -> None:
+    """The model under ``model_dir`` is replaced: its weights file gets a newer modification time."""
+    weights = model_dir / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def shards(run: Path, stage: str, prefix: str) -> dict[str, int]:
+    """The stage's shard files whose names start with ``prefix``, with their modification times."""
+    return {p.name: p.stat().st_mtime_ns for p in (run / stage).iterdir() if p.name.startswith(prefix)}
+
+
+class CountingScorer:
+    """A real engine that counts the score requests it answers."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, 0
+
+    def score(self, reqs):
+        self.requests += len(reqs)
+        return self.engine.score(reqs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def _run_cfg(tmp_path, teacher, student, *extra):
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) + "\n" for i in range(3)),
+                           encoding="utf-8")
+    return load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", f"teacher.model={teacher}", f"student.model={student}",
+        "sample.k=2", "sample.max_tokens=12", "sample.temperatures=[1.0]", *RELAXED, *extra,
+    ])
+
+
+def _copy(src, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_sample_pools_are_sampled_again_when_the_teacher_changed(tmp_path, tiny_lm_dir):
+    teacher = _copy(tiny_lm_dir, tmp_path / "teacher")
+    cfg = _run_cfg(tmp_path, teacher, tiny_lm_dir)
+    run = Path(cfg.run_dir)
+    assert run_sample(cfg)["T1"]["new"] == 6
+    before = shards(run, "sample", "pool-")
+    assert run_sample(cfg)["T1"]["new"] == 0  # same teacher: resumed, nothing sampled
+    assert shards(run, "sample", "pool-") == before
+    version = RunStore.open(run).stage_info("sample")["config"]["models"]["teacher"]
+
+    touch(teacher)
+    counts = run_sample(cfg)
+    assert counts["T1"]["new"] == 6 and counts["T1"]["samples"] == 6  # all sampled again, none kept from before
+    assert shards(run, "sample", "pool-") != before
+    assert RunStore.open(run).stage_info("sample")["config"]["models"]["teacher"] != version
+
+
+def test_filter_counts_again_when_the_student_tokenizer_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    student = _copy(tiny_lm_dir_other_vocab, tmp_path / "student")
+    cfg = _run_cfg(tmp_path, tiny_lm_dir, student, "filter.max_student_tokens=24")
+    run = Path(cfg.run_dir)
+    run_sample(cfg)
+    funnel = run_filter(cfg)
+    assert funnel["T1"]["dropped"].get("length")  # the student's tokenizer is used
+    kept = shards(run, "filter", "kept-")
+    assert run_filter(cfg) == funnel and shards(run, "filter", "kept-") == kept  # up to date: nothing redone
+
+    touch(student)
+    assert run_filter(cfg) == funnel  # the same tokenizer files, counted again: the same verdicts
+    assert shards(run, "filter", "kept-").keys() == kept.keys() and shards(run, "filter", "kept-") != kept
+    assert run_filter(cfg) == funnel and shards(run, "filter", "kept-") != kept
+
+
+def test_score_scores_again_when_the_student_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    student = _copy(tiny_lm_dir_other_vocab, tmp_path / "student")
+    cfg = _run_cfg(tmp_path, tiny_lm_dir, student)
+    run_sample(cfg)
+    kept = run_filter(cfg)["T1"]["out"]
+    assert kept
+    engine = CountingScorer(open_engine(cfg.student))
+    counts = run_score(cfg, student=engine)
+    assert engine.requests == kept and counts["T1"]["scored"] + counts["T1"]["rejected"] == kept
+    assert run_score(cfg, student=engine) == counts and engine.requests == kept  # up to date: no request
+
+    touch(student)
+    engine.requests = 0
+    assert run_score(cfg, student=engine) == counts
+    assert engine.requests == kept  # every kept sample scored again, none resumed from the old student
+    assert RunStore.open(cfg.run_dir).count("score", "pool-T1") == counts["T1"]["scored"]
+
+
+def test_analyze_scores_again_when_the_teacher_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    teacher = _copy(tiny_lm_dir_other_vocab, tmp_path / "teacher")
+    distilled = _copy(tiny_lm_dir, tmp_path / "distilled")
+    cfg = _run_cfg(tmp_path, teacher, tiny_lm_dir, f"analyze.model={distilled}", f"eval.models=[{distilled}]",
+                   "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.workers=0",
+                   "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 16}")
+    run = Path(cfg.run_dir)
+    run_evaluation(cfg)
+    profile = run_analyze(cfg)
+    responses = shards(run, "analyze", "responses")
+    assert profile["n_responses"]["correct"] + profile["n_responses"]["incorrect"] == 4
+    assert run_analyze(cfg) == profile and shards(run, "analyze", "responses") == responses  # nothing scored again
+
+    touch(teacher)
+    assert run_analyze(cfg)["n_responses"] == profile["n_responses"]
+    assert shards(run, "analyze", "responses") != responses  # every response scored again under the changed teacher
+    assert RunStore.open(run).count("analyze", "responses") == 4
