@@ -51,6 +51,26 @@ def tiny_lm_dir_other_vocab(tmp_path_factory):
     return str(out)
 
 
+class CountingScorer:
+    """A real engine that counts the score requests it answers (``requests``)."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, 0
+
+    def score(self, reqs):
+        self.requests += len(reqs)
+        return self.engine.score(reqs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.fixture(scope="session")
+def counting_scorer():
+    """``counting_scorer(engine)`` -> the engine, counting the score requests it answers (``.requests``)."""
+    return CountingScorer
+
+
 def _nudged_lm(out, corpus, vocab_size, seed, favour, boost, hidden=32) -> str:
     """A random tiny Llama (1 layer) whose tied lm head favours the tokens whose text is in
     ``favour`` (e.g. the end-of-turn token, so that sampling ends), saved to ``out``; its path."""

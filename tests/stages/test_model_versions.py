@@ -34,20 +34,6 @@ def shards(run: Path, stage: str, prefix: str) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (run / stage).iterdir() if p.name.startswith(prefix)}
 
 
-class CountingScorer:
-    """A real engine that counts the score requests it answers."""
-
-    def __init__(self, engine):
-        self.engine, self.requests = engine, 0
-
-    def score(self, reqs):
-        self.requests += len(reqs)
-        return self.engine.score(reqs)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-
 def _run_cfg(tmp_path, teacher, student, *extra):
     prompts = tmp_path / "prompts.jsonl"
     if not prompts.exists():
@@ -97,13 +83,13 @@ def test_filter_counts_again_when_the_student_tokenizer_changed(tmp_path, tiny_l
     assert run_filter(cfg) == funnel and shards(run, "filter", "kept-") != kept
 
 
-def test_score_scores_again_when_the_student_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+def test_score_scores_again_when_the_student_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab, counting_scorer):
     student = _copy(tiny_lm_dir_other_vocab, tmp_path / "student")
     cfg = _run_cfg(tmp_path, tiny_lm_dir, student)
     run_sample(cfg)
     kept = run_filter(cfg)["T1"]["out"]
     assert kept
-    engine = CountingScorer(open_engine(cfg.student))
+    engine = counting_scorer(open_engine(cfg.student))
     counts = run_score(cfg, student=engine)
     assert engine.requests == kept and counts["T1"]["scored"] + counts["T1"]["rejected"] == kept
     assert run_score(cfg, student=engine) == counts and engine.requests == kept  # up to date: no request

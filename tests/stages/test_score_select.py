@@ -92,6 +92,30 @@ def test_imported_without_logprobs_is_rescored_by_teacher(tmp_path, tiny_lm_dir,
     assert run_score(never)["T1"] == {"scored": 0, "rejected": 1}
 
 
+def test_unusable_teacher_signals_are_quarantined_before_the_student_scores(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab,
+                                                                            counting_scorer):
+    """With ``score.rescore_teacher: never`` an imported response without teacher log-probs is
+    quarantined, and the student scores only the sampled responses of the same pool."""
+    from dasd.runs import open_engine
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>a b.</think> Done."}]}) + "\n", encoding="utf-8")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) + "\n" for i in range(2)), encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat", f"data.prompts={prompts}",
+                             f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir_other_vocab}", "sample.k=2",
+                             "sample.max_tokens=12", "sample.temperatures=[1.0]", "score.rescore_teacher=never", *RELAXED])
+    run_sample(cfg)
+    run_import(cfg)  # into the same pool, T1
+    kept = run_filter(cfg)["T1"]["out"]
+    assert kept == 5
+    student = counting_scorer(open_engine(cfg.student))
+    assert run_score(cfg, student=student)["T1"] == {"scored": 4, "rejected": 1}
+    assert student.requests == 4  # the imported response never reached the student
+    rejects = list(RunStore.open(cfg.run_dir).read("score", "rejects"))
+    assert len(rejects) == 1 and "not raw" in rejects[0]["reason"]
+
+
 def test_naturalness_baselines_same_budget(scored_run, tmp_path):
     """score.local_naturalness=always adds the student's local naturalness to every record (checked
     against the student engine scoring each sentence's window by hand); both naturalness methods

@@ -5,7 +5,8 @@ sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary). The
 same messages through **its own** chat template and tokenizer; sentences are character spans, so
 teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
-decides whether the teacher engine re-scores the text. Resumable by sample id; a sample whose
+decides whether the teacher engine re-scores the text; a sample whose teacher signal is still not
+usable is quarantined before the student scores it. Resumable by sample id; a sample whose
 signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reason.
 
 With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local_naturalness``), the
@@ -90,8 +91,6 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
             while batch := list(islice(todo, sc.batch)):
                 reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
-                stu = student.score(reqs)
-                local_nat = score_local_naturalness(student, prompts, batch, sc.local_window, sc.batch) if local else None
                 need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
                 if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
                     idx = range(len(batch)) if sc.rescore_teacher == "always" else need
@@ -99,10 +98,16 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                         teacher = open_engine(cfg.teacher)
                     for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
                         batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
-                for k, (s, r) in enumerate(zip(batch, stu)):
+                usable = []  # the student scores only samples whose teacher signal can be used
+                for s, req in zip(batch, reqs):
                     if teacher_signal(s).get("logprob_mode") != "raw":
                         rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
-                        continue
+                    else:
+                        usable.append((s, req))
+                stu = student.score([req for _, req in usable]) if usable else []
+                local_nat = score_local_naturalness(student, prompts, [s for s, _ in usable], sc.local_window, sc.batch) \
+                    if local and usable else None
+                for k, ((s, _), r) in enumerate(zip(usable, stu)):
                     try:
                         rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
                         if local_nat is not None:
