@@ -256,6 +256,28 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     return len(names)
 
 
+def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
+                            outputs: tuple[str, ...] = ()) -> dict | None:
+    """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
+    up to date; then return its manifest counts (and log one line), else None.
+
+    Refused (``require_finished``) when a stage it reads, or ``import`` (which writes into ``sample``),
+    began and did not finish. Up to date: finished with this ``config`` on inputs with the same
+    ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise, when ``config["models"]``
+    (``model_versions``) differs from the one the stage last began with, its outputs named by the
+    prefixes ``outputs`` are dropped first (``drop_if_models_changed``); then ``RunStore.begin_stage``.
+    """
+    require_finished(store, (*reads, "import"), stage)
+    inputs = store.fingerprint(reads, extra=extra)
+    if store.up_to_date(stage, config, inputs):
+        logger(stage).info(f"up to date (same settings, models and {' and '.join(reads)} outputs); nothing to do")
+        return store.stage_info(stage)["counts"]
+    if "models" in config:
+        drop_if_models_changed(store, stage, config["models"], outputs)
+    store.begin_stage(stage, config, inputs=inputs)
+    return None
+
+
 def unfinished(store: RunStore, stage: str) -> bool:
     """True when ``stage`` began in this run and did not finish (interrupted, or failed)."""
     info = store.stage_info(stage)

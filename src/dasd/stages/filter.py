@@ -19,8 +19,8 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
-from dasd.runs import (KEPT, SAMPLE_POOL, drop_if_models_changed, load_run_prompts, model_versions, output, pools,
-                       require_finished, resolve_model)
+from dasd.runs import (KEPT, SAMPLE_POOL, begin_unless_up_to_date, load_run_prompts, model_versions, output, pools,
+                       resolve_model)
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
 
@@ -67,14 +67,11 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
-    require_finished(store, ("sample", "import"), STAGE)
-    inputs = store.fingerprint(["sample"], extra=cfg.student.tokenizer or cfg.student.model)
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
-    if store.up_to_date(STAGE, stage_cfg, inputs):
-        log.info("up to date (same settings, models and sample pools); nothing to do")
-        return store.stage_info(STAGE)["counts"]
-    drop_if_models_changed(store, STAGE, stage_cfg["models"], (KEPT + "-", "rejects"))
-    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
+    done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
+                                   outputs=(KEPT + "-", "rejects"))
+    if done is not None:
+        return done
     prompts = load_run_prompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 

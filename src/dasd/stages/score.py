@@ -30,8 +30,8 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (KEPT, SCORED, drop_if_models_changed, load_run_prompts, model_versions, open_engine, output, pools,
-                       record_faults, require_finished)
+from dasd.runs import (KEPT, SCORED, begin_unless_up_to_date, load_run_prompts, model_versions, open_engine, output,
+                       pools, record_faults)
 from dasd.store import RunStore
 
 STAGE = "score"
@@ -70,13 +70,10 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
                  "local_naturalness": local, "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
-    require_finished(store, ("sample", "import", "filter"), STAGE)
-    inputs = store.fingerprint(["sample", "filter"], extra=cfg.teacher.model_dump(mode="json"))
-    if store.up_to_date(STAGE, stage_cfg, inputs):
-        log.info("up to date (same settings, models and kept pools); nothing to do")
-        return store.stage_info(STAGE)["counts"]
-    drop_if_models_changed(store, STAGE, stage_cfg["models"], (SCORED + "-", "rejects"))
-    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
+    done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"), extra=cfg.teacher.model_dump(mode="json"),
+                                   outputs=(SCORED + "-", "rejects"))
+    if done is not None:
+        return done
     prompts = load_run_prompts(store)
     counts = {}
     for pool in pools(store, "filter", KEPT):

@@ -20,7 +20,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id, teacher_signal
 from dasd.rules.das import SelectConfig, select_grouped
-from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, load_run_prompts, output, pools, require_finished
+from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, begin_unless_up_to_date, load_run_prompts, output, pools
 from dasd.store import RunStore, shard_paths
 
 STAGE = "select"
@@ -79,13 +79,10 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     """
     store = store or RunStore(cfg.run_dir)
     sc: SelectConfig = cfg.select
-    require_finished(store, ("sample", "import", "score"), STAGE)
     stage_cfg = {"select": sc.model_dump(), "das": cfg.das.model_dump()}
-    inputs = store.fingerprint(["sample", "score"], extra={"graded": grade is not None})
-    if store.up_to_date(STAGE, stage_cfg, inputs):
-        log.info("up to date (same settings and scored pools); nothing to do")
-        return store.stage_info(STAGE)["counts"]
-    store.begin_stage(STAGE, stage_cfg, inputs=inputs)
+    done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "score"), extra={"graded": grade is not None})
+    if done is not None:
+        return done
     prompts = load_run_prompts(store)
     summary = {}
     for pool in pools(store, "score", SCORED):
