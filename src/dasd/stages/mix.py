@@ -79,6 +79,7 @@ def run_mix(
     teacher_tokenizer_template: Any = None,
     grade: Callable[[dict, str], bool] | None = None,
     student_name: str | None = None,
+    teacher_name: str | None = None,
 ) -> dict:
     """Build mixed-policy training examples; return the funnel (also saved in the manifest).
 
@@ -90,12 +91,13 @@ def run_mix(
     ``student_name`` names the student in ids and records (default: the engine's name; a run's
     own model is named relative to the run, ``runs.model_key``, so a moved run keeps its ids, with its
     ``runs.model_version``, so a retrained student does not reuse the old one's rollouts).
+    ``teacher_name`` likewise (default: the engine's name; a run names it with its version too).
     """
     template = teacher_tokenizer_template if teacher_tokenizer_template is not None else getattr(teacher_engine, "tokenizer", None)
     if template is None:
         raise DasdError("mix: no teacher chat template (pass teacher_tokenizer_template or an engine with a tokenizer)")
     grade = grade if grade is not None else is_correct
-    student_name, teacher_name = student_name or student_engine.name, teacher_engine.name
+    student_name, teacher_name = student_name or student_engine.name, teacher_name or teacher_engine.name
     questions = draw_questions(curated, cfg.n_questions, cfg.seed)
     if not questions:
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
@@ -241,4 +243,5 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     student = runs.open_engine(cfg.student.model_copy(update={"model": path}))
     teacher = runs.open_engine(cfg.teacher)
     name = f"{runs.model_key(store, path)}@{runs.model_version(path)}"
-    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=name)
+    teacher_name = f"{teacher.name}@{runs.model_version(cfg.teacher.model)}"
+    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=name, teacher_name=teacher_name)
