@@ -12,6 +12,7 @@ Output names inside ``RUN/<stage>/``:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -202,20 +203,43 @@ def model_for(cfg, store: RunStore, label: str):
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model", ".jinja")
 
 
+BLOCK = 64 * 1024
+BLOCKS = 32
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's size and content; a file over ``BLOCKS`` x ``BLOCK`` bytes is sampled:
+    ``BLOCKS`` blocks of ``BLOCK`` bytes evenly spaced from its first byte to its last (2 MiB read
+    from a checkpoint shard of any size)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= BLOCKS * BLOCK:
+            h.update(f.read())
+        else:
+            for i in range(BLOCKS):
+                f.seek((size - BLOCK) * i // (BLOCKS - 1))
+                h.update(f.read(BLOCK))
+    return h.hexdigest()
+
+
 def model_version(model: str) -> str:
     """A short hash that changes when the model under a path changes, for telling whether stored
     results still belong to it. A training stage's ``final`` model: the hash of the stage's
     ``done.json`` (its fingerprint, steps and final loss: a retrained stage gets another; a copied or
-    moved run keeps it). Another local directory: the name, size and modification time of each
-    weight, config and tokenizer file. Anything else (a hub id, a served name): ``""``."""
+    moved run keeps it). Another local directory: the names, sizes and contents (``file_digest``) of
+    its weight, config and tokenizer files, so a copy, a re-install or a new download of the same
+    files keeps the version. Anything else (a hub id, a served name): ``""``.
+    Pitfall: large files are sampled, so a change confined to a few bytes between the sampled
+    blocks of a shard over 2 MiB is not seen (a retrained or replaced model changes every block);
+    use a new run directory after such an edit."""
     p = Path(resolve_model(model))
     done = p.parent / "done.json"
     if p.name == "final" and done.is_file():
         return config_hash(done.read_text(encoding="utf-8"))[:16]
     if not p.is_dir():
         return ""
-    files = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir())
-             if f.is_file() and f.suffix in MODEL_FILE_SUFFIXES]
+    files = [[f.name, file_digest(f)] for f in sorted(p.iterdir()) if f.is_file() and f.suffix in MODEL_FILE_SUFFIXES]
     return config_hash(files)[:16]
 
 

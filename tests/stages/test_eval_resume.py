@@ -10,6 +10,7 @@ from dasd.config import load_config
 from dasd.runs import results_name
 from dasd.stages.eval import run_evaluation
 from dasd.store import RunStore
+from model_edits import replace_weights
 
 
 def _cfg(tmp_path, model_dir, temperature=1.0):
@@ -43,9 +44,7 @@ def test_results_are_reused_for_the_same_model_and_protocol_and_redone_otherwise
     again = _results(hot)
     assert len(again) == 3 * 2 and {r["protocol"]["temperature"] for r in again} == {0.5}
 
-    weights = model / "model.safetensors"  # the model under the label changed (a retrained stage)
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    replace_weights(model)  # the model under the label changed (a retrained stage)
     store = RunStore(hot.run_dir)
     key_before = store.stage_info("eval")["keys"]["student"]
     run_evaluation(hot)
@@ -70,3 +69,34 @@ def test_a_stage_models_version_follows_its_training_record_not_its_files(tmp_pa
     assert model_version(str(final)) != v
     plain = model_version(tiny_lm_dir)
     assert plain and plain == model_version(tiny_lm_dir) and model_version("org/some-hub-model") == ""
+
+
+def test_a_directory_models_version_follows_its_contents_not_its_times(tmp_path, tiny_lm_dir):
+    """A copy or a re-install (new modification times, same bytes) keeps the version; new weights change it."""
+    from dasd.runs import model_version
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_lm_dir, model)
+    v = model_version(str(model))
+    weights = model / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert model_version(str(model)) == v == model_version(tiny_lm_dir)
+    replace_weights(model)
+    assert model_version(str(model)) != v
+
+
+def test_file_digest_samples_large_files_from_first_to_last_byte(tmp_path):
+    from dasd.runs import BLOCK, BLOCKS, file_digest
+
+    big = tmp_path / "shard.bin"
+    data = bytearray(BLOCKS * BLOCK * 3)
+    big.write_bytes(data)
+    d0 = file_digest(big)
+    for pos in (0, len(data) - 1, (len(data) - BLOCK) * 7 // (BLOCKS - 1)):  # first, last, a sampled block
+        changed = bytearray(data)
+        changed[pos] = 1
+        big.write_bytes(changed)
+        assert file_digest(big) != d0
+    big.write_bytes(data + b"x")  # the size is part of it
+    assert file_digest(big) != d0

@@ -151,3 +151,24 @@ def test_a_moved_or_copied_run_trains_from_its_own_models(tiny_lm_dir, tmp_path)
     b = (tmp_path / "b" / "train").absolute()
     assert res[1]["final"] == str(b / "high" / "final") and res[2]["init"] == str(b / "high" / "final")
     assert [r["final_loss"] for r in res[:2]] == [r["final_loss"] for r in first]
+
+
+def test_a_finished_stage_is_refused_when_its_base_model_changed_under_the_same_path(tiny_lm_dir, tmp_path):
+    """The base path is in the fingerprint, its contents are not: a finished stage records its init
+    model's version, is skipped while it holds, and is refused in one line once the weights changed."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm_dir, base)
+    data = {"pool": _pool()}
+    cfg = _cfg(str(base), stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 2}])
+    (first,) = run_training(cfg, tmp_path / "run", data)
+    assert json.loads((tmp_path / "run" / "s1" / "done.json").read_text())["init_version"]
+    (again,) = run_training(cfg, tmp_path / "run", data)  # unchanged: skipped
+    assert again["steps"] == first["steps"]
+    w = load_file(str(base / "model.safetensors"))
+    save_file({k: v + 1e-3 for k, v in w.items()}, str(base / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="another version of its init model"):
+        run_training(cfg, tmp_path / "run", data)

@@ -99,8 +99,11 @@ def append_curve(path: Path, rec: dict) -> None:
         fh.write(dumps(rec) + "\n")
 
 
-def read_done(stage_dir: Path, fp: str, name: str) -> dict | None:
-    """The result of the finished stage in ``stage_dir``, or None; ConfigError if it was run with another fingerprint."""
+def read_done(stage_dir: Path, fp: str, name: str, init_version: str | None = None) -> dict | None:
+    """The result of the finished stage in ``stage_dir``, or None; ConfigError if it was run with another
+    fingerprint, or from another version of its init model (``init_version``, ``runs.model_version``:
+    the init path is in the fingerprint, its contents are not; a stage finished before versions were
+    recorded is accepted)."""
     path = stage_dir / "done.json"
     if not path.is_file():
         return None
@@ -108,6 +111,9 @@ def read_done(stage_dir: Path, fp: str, name: str) -> dict | None:
     if done.get("fingerprint") != fp:
         raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
                           "global batch; use a new output directory")
+    if init_version is not None and done.get("init_version") not in (None, init_version):
+        raise ConfigError(f"{stage_dir}: stage {name!r} was trained from another version of its init model "
+                          f"({done.get('init')}: it has changed since); use a new output directory")
     return {**done, **{k: absolute(done[k], stage_dir) for k in PATH_KEYS if isinstance(done.get(k), str)}}
 
 

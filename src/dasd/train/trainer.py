@@ -41,6 +41,7 @@ import torch
 
 from dasd.errors import ConfigError, DasdError
 from dasd.log import logger, progress
+from dasd.runs import model_version
 from dasd.train import card as model_card
 from dasd.train import checkpoint as ckpt
 from dasd.train.config import StageConfig, TrainConfig
@@ -142,7 +143,7 @@ class StageTrainer:
     def run(self, items: list) -> dict:
         """Train the stage on ``items`` (or skip it when finished with the same fingerprint); its result."""
         self.setup_data(items)
-        done = ckpt.read_done(self.dir, self.fp, self.stage.name)
+        done = ckpt.read_done(self.dir, self.fp, self.stage.name, model_version(str(self.init)))
         if done is not None:
             self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
             return done
@@ -322,6 +323,7 @@ class StageTrainer:
         result = {"name": self.stage.name, "final": str(final), "steps": self.total, "final_loss": self.last_loss,
                   "curve": str(self.curve_path), "examples": sd.n_examples, "sequences": len(sd.sequences),
                   "tokens": sd.n_tokens, "dropped": sd.dropped, "init": str(self.init), "fingerprint": self.fp,
+                  "init_version": model_version(str(self.init)),
                   "padding_share": self.pad_total[0] / max(self.pad_total[1], 1), "base_model": self.cfg.base_model,
                   "data": self.stage.data, "data_note": self.data_note, "data_counts": self.data_counts(),
                   "recipe": self.recipe()}
