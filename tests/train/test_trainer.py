@@ -172,3 +172,22 @@ def test_a_finished_stage_is_refused_when_its_base_model_changed_under_the_same_
     save_file({k: v + 1e-3 for k, v in w.items()}, str(base / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ConfigError, match="another version of its init model"):
         run_training(cfg, tmp_path / "run", data)
+
+
+def test_a_rerun_from_a_relative_directory_hands_on_the_same_init(tiny_lm_dir, tmp_path, monkeypatch):
+    """Runs in relative directories, one starting from another's final model (as the ablation's mixed
+    arms do): re-running both skips them (a skipped stage returns its final model spelled as a fresh
+    one does, so the next stage's fingerprint is unchanged)."""
+    monkeypatch.chdir(tmp_path)
+    data = {"pool": _pool()}
+    cfg = _cfg(tiny_lm_dir, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 2}])
+
+    def both():
+        (a,) = run_training(cfg, Path("runs/a"), data)
+        follow = _cfg(tiny_lm_dir, stages=[{"name": "s2", "data": "pool", "init": a["final"], "max_steps": 2}])
+        (b,) = run_training(follow, Path("runs/b"), data)
+        return a, b
+
+    a1, b1 = both()
+    a2, b2 = both()  # refused before the fix: s2's init was absolute on the re-run, relative before
+    assert a2["final"] == a1["final"] and b2["fingerprint"] == b1["fingerprint"]

@@ -55,8 +55,10 @@ def relative(path: str | Path, stage_dir: Path) -> str:
 
 
 def absolute(path: str, stage_dir: Path) -> str:
-    """The inverse of ``relative``: a path stored relative to ``stage_dir`` as a usable path."""
-    return path if Path(path).is_absolute() else os.path.normpath(Path(stage_dir).absolute() / path)
+    """The inverse of ``relative``: a path stored relative to ``stage_dir`` as a usable path, spelled
+    as a freshly trained stage spells it (relative to the working directory when ``stage_dir`` is),
+    so that a skipped stage hands the next one the same init path, hence the same fingerprint."""
+    return path if Path(path).is_absolute() else os.path.normpath(Path(stage_dir) / path)
 
 
 def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int,
