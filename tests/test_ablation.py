@@ -430,3 +430,22 @@ def test_optional_arms_naturalness_and_replay(tmp_path, nudged_lm):
     assert "| mixed_replay - mixed_masked_replay |" in rep["markdown"] and "Power (paired accuracy" in rep["markdown"]
     assert "protocol the paper's (T=1.0, top_p 1.0, 2 samples per held-out problem, avg@2)" in rep["markdown"]
     assert json.loads((root / "rs_low" / "metrics.json").read_text(encoding="utf-8"))["key"]["protocol"]["name"] == "paper"
+
+
+def test_styles_script_reads_back_each_arms_responses_by_style(tmp_path, tiny_lm_dir, capsys):
+    """ablation_styles.py measures each arm's final model and prints one line per arm whose style
+    counts add up to the problems asked for; a missing arm is one clear line."""
+    import shutil
+
+    import ablation_styles
+
+    for arm in ("rs_high", "das_high"):
+        shutil.copytree(tiny_lm_dir, tmp_path / "seed-3" / "arms" / arm / "train" / "single" / "final")
+    assert ablation_styles.main(["--out", str(tmp_path), "--seed", "3", "--arms", "rs_high", "das_high", "--problems", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("arm | accuracy") and [ln.split(" | ")[0] for ln in lines[1:]] == ["rs_high", "das_high"]
+    for ln in lines[1:]:
+        counts = [int(part.split()[1]) for part in ln.split(" | ")[2].split(", ")]
+        assert sum(counts) == 3
+    with pytest.raises(SystemExit, match="no such trained arm"):
+        ablation_styles.main(["--out", str(tmp_path), "--seed", "3", "--arms", "rs_low", "--problems", "3"])
