@@ -230,6 +230,23 @@ class CaseTimeout(Exception):
 def on_alarm(sig, frame):
     raise CaseTimeout()
 
+def exit_after(run):
+    """Run ``run()`` and end this process at once: its status is SystemExit's code, 1 after any other
+    exception (traceback to the log) or when stdout cannot be flushed, else 0."""
+    rc = 0
+    try:
+        run()
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        rc = rc or 1
+    os._exit(rc)
+
 def child(i):
     os.setpgid(0, 0)
     style = job["style"]
@@ -239,8 +256,8 @@ def child(i):
     os.dup2(fout, 1)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
-    rc = 0
-    try:
+
+    def run():
         if style == "stdio":
             exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
         else:
@@ -254,16 +271,8 @@ def child(i):
             data = json.dumps(result, default=lambda o: list(o) if isinstance(o, (set, frozenset, tuple)) else repr(o))
             with open(f"ret_{i}.json", "w") as f:
                 f.write(data)
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        rc = 1
-    try:
-        sys.stdout.flush()
-    except BaseException:
-        rc = rc or 1
-    os._exit(rc)
+
+    exit_after(run)
 
 class Remote:
     """A function of the solution: calling it runs it in the solution's process."""
@@ -413,7 +422,6 @@ class Solution:
 def checker(i, verdict_w):
     """Assert style: run the tests here, the solution in its own process; say "pass" on verdict_w
     when check() returns."""
-    global SOLUTION
     os.setpgid(0, 0)
     for sig in (signal.SIGALRM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -425,8 +433,9 @@ def checker(i, verdict_w):
     os.close(fout)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
-    rc = 0
-    try:
+
+    def run():
+        global SOLUTION
         SOLUTION = Solution()
         ns = {"__name__": "__solution__", "__builtins__": builtins, **SOLUTION.ready()}
         exec(compile(job["test_code"], "test.py", "exec"), ns)
@@ -435,16 +444,8 @@ def checker(i, verdict_w):
             raise NameError("the tests define no check(candidate) function")
         check(ns[job["entry_point"]])
         os.write(verdict_w, b"pass")
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        rc = 1
-    try:
-        sys.stdout.flush()
-    except BaseException:
-        rc = rc or 1
-    os._exit(rc)
+
+    exit_after(run)
 
 def write_pass(i):
     """Check returned: the per-run token, read only now, goes to pass_<i>.txt."""
