@@ -309,7 +309,7 @@ def test_checkpoint_of_a_tied_model_is_quiet_and_restores_the_tie(tmp_path, tiny
         out.loss.backward()
         opt.step()
         with caplog.at_level(logging.WARNING):
-            ckpt.save_checkpoint(acc, sched, tmp_path, 1, "fp", keep=1)
+            ckpt.save_checkpoint(acc, sched, tmp_path, 1, "fp", keep=1, tied=True)
         assert "Removed shared tensor" not in caplog.text
         trained = model.lm.get_input_embeddings().weight.detach().clone()
         with torch.no_grad():

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -151,30 +152,26 @@ def check_geometry(ck: Path, state: dict, now: dict, fp_matches: bool) -> None:
                           f"on {was['processes']} processes")
 
 
-class _quiet_tied_weights:
+@contextmanager
+def _quiet_tied_weights(tied: bool):
     """Silence accelerate's "Removed shared tensor {'lm.lm_head.weight'} while saving" during
-    ``save_state`` when the model ties its output embedding to its input one: the copy it drops is
-    the tied one and loading restores the tie (resumed == uninterrupted is tested), so the warning,
-    printed at every checkpoint, says nothing. Untied models keep the warning."""
-
-    def __init__(self, acc):
-        models = getattr(acc, "_models", [])
-        cfg = getattr(getattr(acc.unwrap_model(models[0]), "lm", None), "config", None) if models else None
-        self.tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.log = logging.getLogger("accelerate.utils.other")
-
-    def __enter__(self):
-        self.level = self.log.level
-        if self.tied:
-            self.log.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        self.log.setLevel(self.level)
-        return False
+    ``save_state`` when the model ties its output embedding to its input one (``tied``): the copy it
+    drops is the tied one and loading restores the tie (resumed == uninterrupted is tested), so the
+    warning, printed at every checkpoint, says nothing. Untied models keep the warning."""
+    log = logging.getLogger("accelerate.utils.other")
+    level = log.level
+    if tied:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
-def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0) -> None:
-    """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``."""
+def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0,
+                    tied: bool = False) -> None:
+    """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``;
+    ``tied``: the model ties its output embedding to its input one (``_quiet_tied_weights``)."""
     ckdir = stage_dir / "checkpoints"
     final = ckdir / f"step-{step:06d}"
     tmp = ckdir / f".step-{step:06d}.tmp"
@@ -182,7 +179,7 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    with _quiet_tied_weights(acc):
+    with _quiet_tied_weights(tied):
         acc.save_state(output_dir=str(tmp))
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

@@ -143,7 +143,8 @@ class StageTrainer:
     def run(self, items: list) -> dict:
         """Train the stage on ``items`` (or skip it when finished with the same fingerprint); its result."""
         self.setup_data(items)
-        done = ckpt.read_done(self.dir, self.fp, self.stage.name, model_version(str(self.init)))
+        self.init_version = model_version(str(self.init))
+        done = ckpt.read_done(self.dir, self.fp, self.stage.name, self.init_version)
         if done is not None:
             self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
             return done
@@ -191,6 +192,7 @@ class StageTrainer:
         use_liger, note = liger_choice(cfg.liger, zero3=ds is not None and ds.zero_stage == 3)
         if note:
             self._info(note)
+        self.tied = bool(getattr(lm.config, "tie_word_embeddings", False))
         self.model = LossModel(lm, chunk=cfg.loss_chunk, use_liger=use_liger)
 
     def setup_optimizer(self) -> None:
@@ -215,7 +217,8 @@ class StageTrainer:
 
     def save_checkpoint(self, step: int) -> None:
         """Checkpoint the state after ``step`` optimizer steps (all processes)."""
-        ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints, self.plan.G)
+        ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints, self.plan.G,
+                             tied=self.tied)
 
     def _announce(self) -> None:
         sd, cfg, acc = self.sd, self.cfg, self.acc
@@ -323,7 +326,7 @@ class StageTrainer:
         result = {"name": self.stage.name, "final": str(final), "steps": self.total, "final_loss": self.last_loss,
                   "curve": str(self.curve_path), "examples": sd.n_examples, "sequences": len(sd.sequences),
                   "tokens": sd.n_tokens, "dropped": sd.dropped, "init": str(self.init), "fingerprint": self.fp,
-                  "init_version": model_version(str(self.init)),
+                  "init_version": self.init_version,
                   "padding_share": self.pad_total[0] / max(self.pad_total[1], 1), "base_model": self.cfg.base_model,
                   "data": self.stage.data, "data_note": self.data_note, "data_counts": self.data_counts(),
                   "recipe": self.recipe()}
