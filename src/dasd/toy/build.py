@@ -36,7 +36,7 @@ import torch
 
 from dasd.jsonl import atomic_write_json
 from dasd.toy import world
-from dasd.toy.encode import encode_examples, render_prompts
+from dasd.toy.encode import encode_examples, pad_batch, render_prompts
 from dasd.toy.measure import evaluate_accuracy, style_shares
 from dasd.toy.model import make_model, save_model
 from dasd.toy.tokenizer import build_tokenizer
@@ -166,15 +166,7 @@ def train_model(spec: TrainSpec, tokenizer, corpus, seed: int, log=print, callba
     for step in range(spec.steps):
         if not batches:
             batches = _length_bucketed_batches([len(x) for x, _ in examples], spec.batch_size, gen)
-        batch = [examples[i] for i in batches.pop()]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (x, y) in enumerate(batch):
-            ids[row, : len(x)] = torch.tensor(x)
-            labels[row, : len(y)] = torch.tensor(y)
-            mask[row, : len(x)] = 1
+        ids, labels, mask = pad_batch([examples[i] for i in batches.pop()], pad)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -39,7 +39,7 @@ from dasd.engines.base import GenerateRequest, ScoreRequest
 from dasd.engines.config import EngineConfig
 from dasd.engines.hf import HFEngine
 from dasd.toy import world
-from dasd.toy.encode import encode_examples
+from dasd.toy.encode import encode_examples, pad_batch
 from dasd.toy.measure import evaluate_accuracy, style_shares
 
 
@@ -105,15 +105,7 @@ def finetune(model, tokenizer, pairs, epochs: int, lr: float, batch_size: int, s
         scale = (step + 1) / warm if step < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
         for g in opt.param_groups:
             g["lr"] = lr * scale
-        width = max(len(examples[i][0]) for i in b)
-        ids = torch.full((len(b), width), pad, dtype=torch.long)
-        labels = torch.full((len(b), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(b), width), dtype=torch.long)
-        for row, i in enumerate(b):
-            x, y = examples[i]
-            ids[row, : len(x)] = torch.tensor(x)
-            labels[row, : len(y)] = torch.tensor(y)
-            mask[row, : len(x)] = 1
+        ids, labels, mask = pad_batch([examples[i] for i in b], pad)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

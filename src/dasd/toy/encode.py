@@ -4,6 +4,8 @@ student)."""
 
 from __future__ import annotations
 
+import torch
+
 from dasd.toy import world
 from dasd.toy.tokenizer import IM_END, IM_START
 
@@ -36,3 +38,17 @@ def encode_examples(tokenizer, corpus) -> list[tuple[list[int], list[int]]]:
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     r_ids = tokenizer([r + tokenizer.eos_token for _, r in corpus], add_special_tokens=False)["input_ids"]
     return [(a + b, [-100] * len(a) + b) for a, b in zip(p_ids, r_ids)]
+
+
+def pad_batch(batch: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels, attention_mask)`` of encoded examples, right-padded to the longest with
+    ``pad`` (labels -100 and mask 0 on the padding)."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (x, y) in enumerate(batch):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return ids, labels, mask
