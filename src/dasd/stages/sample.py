@@ -7,7 +7,7 @@ model, temperature, top_p, seed, index), so a re-run skips what exists and resum
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
 the same responses as an uninterrupted one. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
-names, sizes and times), the stored pools are dropped first and sampled again
+names, sizes and sampled contents), the stored pools are dropped first and sampled again
 (``runs.drop_if_models_changed``).
 
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
