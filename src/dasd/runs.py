@@ -17,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError
 from dasd.log import logger
@@ -110,27 +111,23 @@ def resolve_model(model: str) -> str:
 
 
 def record_faults(store: RunStore, stage: str, engines) -> dict:
-    """Add the retries of ``engines`` (those that count them: ``stats``, the openai engine) to the
-    stage's manifest entry and log them; return the entry's ``faults``.
+    """Add what ``engines`` counted since they were last recorded (those that count: ``stats``, an
+    ``EngineStats``, as the openai engine keeps) to the stage's manifest entry and log it; return
+    the entry's ``faults``.
 
     ``faults``: ``retries``, ``by_kind`` (429, 5xx, timeout, connection, malformed), ``seconds_lost``
     (failed attempts and backoff), ``nonfinite`` (answers with NaN/infinite log-probs) and
-    ``requests``, summed over the engines and over the calls of one stage run (a new run of the
-    stage starts from zero).
+    ``requests``, summed over the engines and over the calls of one stage run (``RunStore.begin_stage``
+    clears them: a new run of the stage starts from zero).
     """
     info = store.manifest["stages"].setdefault(stage, {})
-    faults = info.get("faults") or {}
-    if faults.get("since") != info.get("started"):
-        faults = {"since": info.get("started"), "requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0,
-                  "nonfinite": 0}
+    faults = info.get("faults") or {"requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0, "nonfinite": 0}
     added = 0
     for eng in engines:
         stats = getattr(eng, "stats", None)
-        if eng is None or not isinstance(stats, dict):
+        if not isinstance(stats, EngineStats):
             continue
-        seen = getattr(eng, "_recorded", {})  # what an earlier call already counted
-        new = {k: v - seen.get(k, 0) for k, v in stats.items()}
-        eng._recorded = dict(stats)
+        new = stats.take()
         faults["requests"] += new.get("requests", 0)
         faults["retries"] += new.get("retries", 0)
         faults["nonfinite"] += new.get("nonfinite", 0)

@@ -327,13 +327,15 @@ class RunStore:
         return self.manifest["stages"].get(stage, {})
 
     def begin_stage(self, stage: str, config: Any, inputs: str | None = None) -> None:
-        """Mark ``stage`` started with ``config`` and the fingerprint of its ``inputs`` (``fingerprint``)."""
+        """Mark ``stage`` started with ``config`` and the fingerprint of its ``inputs`` (``fingerprint``);
+        what the previous run of the stage counted of its engines' faults is cleared."""
         info = self.manifest["stages"].setdefault(stage, {})
         h = config_hash(config)
         if info.get("config_hash") not in (None, h):
             info["previous_config_hashes"] = sorted(set(info.get("previous_config_hashes", [])) | {info["config_hash"]})
         info.update(config=config, config_hash=h, started=_now(), complete=False, packages=package_versions())
         info.pop("inputs", None)
+        info.pop("faults", None)  # engine faults count per run of the stage (``runs.record_faults``)
         if inputs is not None:
             info["inputs"] = inputs
         self._t0 = time.monotonic()
