@@ -250,11 +250,12 @@ def model_identity(store: RunStore, mcfg) -> dict:
 
 
 def model_versions(cfg, *roles: str) -> dict[str, str]:
-    """``model_version`` of the run's models by role: ``teacher``, ``student``, ``student_tokenizer``
-    (``student.tokenizer``, else the student model). A stage keeps them in its manifest config
-    (key ``models``), so a finished stage is redone when one of them changes, and the stages that
-    read its outputs see another config hash (``RunStore.fingerprint``)."""
+    """``model_version`` of the run's models by role: ``teacher``, ``student``, ``teacher_tokenizer``
+    and ``student_tokenizer`` (``<side>.tokenizer``, else that side's model). A stage keeps them in
+    its manifest config (key ``models``), so a finished stage is redone when one of them changes,
+    and the stages that read its outputs see another config hash (``RunStore.fingerprint``)."""
     paths = {"teacher": cfg.teacher.model, "student": cfg.student.model,
+             "teacher_tokenizer": cfg.teacher.tokenizer or cfg.teacher.model,
              "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
     return {role: model_version(paths[role]) for role in roles}
 

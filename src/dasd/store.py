@@ -232,6 +232,29 @@ class RunStore:
             p.unlink()
         return len(paths)
 
+    def drop_records(self, stage: str, name: str, drop) -> int:
+        """Remove the records of JSONL output ``name`` for which ``drop(record)`` is true (verdicts
+        that no longer hold, e.g. made against a model that has changed since); return how many.
+
+        The records kept are written to a new shard before the old shards are deleted: a crash in
+        between leaves every record readable (``read`` gives each id once) and doing it again
+        finishes the job."""
+        if kind_of(stage, name) is not None:
+            raise ValueError(f"{stage}/{name}: drop_records rewrites JSONL outputs only")
+        old = shard_paths(self.root / stage, name)
+        records = list(self.read(stage, name))
+        kept = [r for r in records if not drop(r)]
+        if len(kept) == len(records):
+            return 0
+        if kept:
+            num = max(int(_SHARD_RE.match(p.name)["num"]) for p in old) + 1
+            with atomic_open(self.root / stage / f"{name}-{num:05d}.jsonl") as fh:
+                for r in kept:
+                    fh.write(dumps(r) + "\n")
+        for path in old:
+            path.unlink()
+        return len(records) - len(kept)
+
     def read(self, stage: str, name: str) -> Iterator[dict]:
         """Records of one output, in write order, each id once.
 
