@@ -17,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+from dasd.columnar import kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError
@@ -278,6 +279,62 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     return len(names)
 
 
+def read_shards(store: RunStore, stages: tuple[str, ...]) -> dict[str, list]:
+    """What a stage reads of ``stages``, compactly: ``[n, hash]`` of the shard files
+    (``RunStore.shard_files``) of each output later stages read records from (all but ``rejects``),
+    by ``<stage>/<output>``. New shards are numbered after the old ones, so an output that only grew
+    still has the same first ``n`` (``_lost``)."""
+    out = {}
+    for st in stages:
+        for name in store.outputs(st):
+            if name != "rejects":
+                files = store.shard_files(st, name)
+                out[f"{st}/{name}"] = [len(files), config_hash(files)]
+    return out
+
+
+def _lost(store: RunStore, before: dict[str, list]) -> set[str]:
+    """The outputs (``<stage>/<output>``) of ``before`` (``read_shards``) that lost a shard since."""
+    lost = set()
+    for out, (n, h) in before.items():
+        files = store.shard_files(*out.split("/", 1))
+        if len(files) < n or config_hash(files[:n]) != h:
+            lost.add(out)
+    return lost
+
+
+def _chain(stage: str, name: str) -> list[str]:
+    """``<stage>/<output>`` of the outputs whose rows the rows of ``name`` refer to, nearest first."""
+    out = []
+    kind = kind_of(stage, name)
+    while kind is not None and kind.upstream is not None:
+        stage, name = upstream_output(kind, name)
+        out.append(f"{stage}/{name}")
+        kind = kind_of(stage, name)
+    return out
+
+
+def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...]) -> int:
+    """Delete ``stage``'s outputs named by ``prefixes`` that may hold what was made from input
+    records that are gone: an output of ``reads`` lost a shard it had when the stage last began
+    (removed, or rewritten under another size: an import redone, a pool dropped), and resuming by
+    id would keep those records, and references to rows that no longer exist. A columnar output
+    goes when an output its rows refer to (directly or through others) lost a shard; any other
+    (``rejects``) when any input did. Inputs that only grew drop nothing (the stage resumes), nor do
+    they for a stage that began before its shards were recorded. Return how many outputs were removed."""
+    before = store.stage_info(stage).get("read")
+    lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
+    if not lost:
+        return 0
+    names = [n for n in store.outputs(stage) if n.startswith(prefixes)
+             and (lost & set(_chain(stage, n)) if kind_of(stage, n) else True)]
+    for name in names:
+        store.remove_output(stage, name)
+    logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
+                       "made from them dropped, made again")
+    return len(names)
+
+
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
                             outputs: tuple[str, ...] = ()) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
@@ -285,9 +342,11 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
 
     Refused (``require_finished``) when a stage it reads, or ``import`` (which writes into ``sample``),
     began and did not finish. Up to date: finished with this ``config`` on inputs with the same
-    ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise, when ``config["models"]``
-    (``model_versions``) differs from the one the stage last began with, its outputs named by the
-    prefixes ``outputs`` are dropped first (``drop_if_models_changed``); then ``RunStore.begin_stage``.
+    ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
+    prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
+    from the one the stage last began with (``drop_if_models_changed``), or when an input lost
+    records since (``drop_if_inputs_rewritten``); then ``RunStore.begin_stage``, recording the
+    shards read (``read_shards``).
     """
     require_finished(store, (*reads, "import"), stage)
     inputs = store.fingerprint(reads, extra=extra)
@@ -296,7 +355,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
         return store.stage_info(stage)["counts"]
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs)
-    store.begin_stage(stage, config, inputs=inputs)
+    drop_if_inputs_rewritten(store, stage, reads, outputs)
+    store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None
 
 
