@@ -352,7 +352,7 @@ class RunStore:
 
     def begin_stage(self, stage: str, config: Any, inputs: str | None = None, read: dict | None = None) -> None:
         """Mark ``stage`` started with ``config``, the fingerprint of its ``inputs`` (``fingerprint``)
-        and the shards it reads (``read``: ``shard_files``); what the previous run of the stage counted
+        and the shards it reads (``read``: ``runs.read_shards``); what the previous run of the stage counted
         of its engines' faults is cleared."""
         info = self.manifest["stages"].setdefault(stage, {})
         h = config_hash(config)

@@ -190,3 +190,25 @@ def test_a_changed_source_replaces_its_imported_records_only_and_later_stages_fo
     kept = {s["id"]: s["text"] for s in RunStore.open(tmp_path / "run").read("filter", "kept-T1")}
     assert kept == {s["id"]: s["text"] for s in pool}  # every kept record is one of the pool's, read whole
     assert run_import(cfg) == counts  # unchanged since: up to date
+
+
+def test_an_import_counts_its_source_by_content_not_by_how_its_path_is_spelled(tmp_path, monkeypatch):
+    """The same file named relative to another working directory, or copied elsewhere: up to date."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "sub").mkdir()
+    jsonl(tmp_path / "data" / "chat.jsonl", [{"messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": "<think>a</think>b"}]}])
+    run = tmp_path / "run"
+
+    def imported(source):
+        return run_import(load_config(None, [f"run_dir={run}", f"import.source={source}", "import.format=chat"]))
+
+    monkeypatch.chdir(tmp_path)
+    first = imported("data/chat.jsonl")
+    files = _pool_files(run)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert imported("../data/chat.jsonl") == first and _pool_files(run) == files
+    shutil.copy(tmp_path / "data" / "chat.jsonl", tmp_path / "copy.jsonl")
+    assert imported(tmp_path / "copy.jsonl") == first and _pool_files(run) == files

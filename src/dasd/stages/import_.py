@@ -90,8 +90,11 @@ def source_version(spec: str) -> str:
 def import_config(cfg) -> dict:
     """What an import's records depend on (module docstring); its hash is the ``import_key``."""
     ic: ImportConfig = cfg.import_
-    tok = {"teacher_tokenizer": cfg.teacher.tokenizer or cfg.teacher.model,
-           "models": model_versions(cfg, "teacher_tokenizer")} if ic.logprobs else {}
+    tok = {}
+    if ic.logprobs:  # a local tokenizer counts by its files, a hub one by its name
+        tok["models"] = model_versions(cfg, "teacher_tokenizer")
+        if not tok["models"]["teacher_tokenizer"]:
+            tok["teacher_tokenizer"] = cfg.teacher.tokenizer or cfg.teacher.model
     return {**ic.model_dump(mode="json", exclude={"source", "logprobs"}), "system_prompt": cfg.data.system_prompt,
             "sources": {"source": source_version(ic.source), "logprobs": ic.logprobs and source_version(ic.logprobs)},
             **tok}
