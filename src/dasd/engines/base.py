@@ -95,7 +95,8 @@ class ScoreResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What stages call. Implementations: ``hf`` (transformers), ``openai``, ``vllm``."""
+    """What stages call. Implementations: ``hf`` (transformers), ``openai``, ``vllm``. An engine that
+    counts requests and faults keeps them in ``stats``, an ``EngineStats`` (``runs.record_faults``)."""
 
     name: str  # model name or path, recorded in every Sample
 
