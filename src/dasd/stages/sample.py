@@ -16,7 +16,9 @@ finite (NaN or infinite, from any engine); such a sample is not written, so the 
 it again. A too-long prompt is not asked again while the teacher's context is the same
 (``_context_key``: the teacher's kind, model, tokenizer, their versions and ``max_model_len``);
 when it changed, its too-long records are dropped from the rejects and those prompts judged again
-(other rejects stay: bad prompt records and imported rows do not depend on the teacher). Engine retries (openai: by kind, time lost) are logged and kept in the manifest.
+(other rejects stay: bad prompt records and imported rows do not depend on the teacher, and a
+non-finite sample is asked again anyway). Engine retries (openai: by kind, time lost) are logged
+and kept in the manifest.
 """
 
 from __future__ import annotations
