@@ -155,7 +155,7 @@ def test_an_import_is_redone_when_its_teacher_tokenizer_changed_and_skipped_othe
 def test_a_changed_source_replaces_its_imported_records_only_and_later_stages_follow(tmp_path, tiny_lm_dir):
     """Sampled and imported responses in one pool: a changed chat source replaces the imported ones
     (and their rejects), the sampled ones stay, and `dasd filter` drops what it made from the
-    removed records instead of keeping references to them."""
+    removed records instead of keeping references to them (the other pool's output stays)."""
     from dasd.stages.filter import run_filter
     from dasd.stages.sample import run_sample
 
@@ -167,12 +167,13 @@ def test_a_changed_source_replaces_its_imported_records_only_and_later_stages_fo
                                            chat("q3")])
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", f"import.source={data}",
                              "import.format=chat", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
-                             "sample.k=2", "sample.max_tokens=8", "sample.temperatures=[1.0]",
+                             "sample.k=2", "sample.max_tokens=8", "sample.temperatures=[0.5, 1.0]",
                              "filter.require_structure=false", "filter.drop_cutoff=false",
                              "filter.repetition.enabled=false"])
     run_sample(cfg)
     assert run_import(cfg)["rejected"] == 1
     assert run_filter(cfg)["T1"]["out"] == 8
+    other_pool = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "filter").glob("kept-T0.5-*")}
     store = RunStore.open(tmp_path / "run")
     sampled = {s["id"]: s["text"] for s in store.read("sample", "pool-T1") if "source_id" not in s}
     assert len(sampled) == 6
@@ -189,6 +190,7 @@ def test_a_changed_source_replaces_its_imported_records_only_and_later_stages_fo
     assert run_filter(cfg)["T1"]["out"] == 8
     kept = {s["id"]: s["text"] for s in RunStore.open(tmp_path / "run").read("filter", "kept-T1")}
     assert kept == {s["id"]: s["text"] for s in pool}  # every kept record is one of the pool's, read whole
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "filter").glob("kept-T0.5-*")} == other_pool
     assert run_import(cfg) == counts  # unchanged since: up to date
 
 
