@@ -17,6 +17,8 @@ import math
 import re
 from pathlib import Path
 
+from dasd.columnar import kind_of, upstream_output
+from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError
 from dasd.log import logger
@@ -110,27 +112,23 @@ def resolve_model(model: str) -> str:
 
 
 def record_faults(store: RunStore, stage: str, engines) -> dict:
-    """Add the retries of ``engines`` (those that count them: ``stats``, the openai engine) to the
-    stage's manifest entry and log them; return the entry's ``faults``.
+    """Add what ``engines`` counted since they were last recorded (those that count: ``stats``, an
+    ``EngineStats``, as the openai engine keeps) to the stage's manifest entry and log it; return
+    the entry's ``faults``.
 
     ``faults``: ``retries``, ``by_kind`` (429, 5xx, timeout, connection, malformed), ``seconds_lost``
     (failed attempts and backoff), ``nonfinite`` (answers with NaN/infinite log-probs) and
-    ``requests``, summed over the engines and over the calls of one stage run (a new run of the
-    stage starts from zero).
+    ``requests``, summed over the engines and over the calls of one stage run (``RunStore.begin_stage``
+    clears them: a new run of the stage starts from zero).
     """
     info = store.manifest["stages"].setdefault(stage, {})
-    faults = info.get("faults") or {}
-    if faults.get("since") != info.get("started"):
-        faults = {"since": info.get("started"), "requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0,
-                  "nonfinite": 0}
+    faults = info.get("faults") or {"requests": 0, "retries": 0, "by_kind": {}, "seconds_lost": 0.0, "nonfinite": 0}
     added = 0
     for eng in engines:
         stats = getattr(eng, "stats", None)
-        if eng is None or not isinstance(stats, dict):
+        if not isinstance(stats, EngineStats):
             continue
-        seen = getattr(eng, "_recorded", {})  # what an earlier call already counted
-        new = {k: v - seen.get(k, 0) for k, v in stats.items()}
-        eng._recorded = dict(stats)
+        new = stats.take()
         faults["requests"] += new.get("requests", 0)
         faults["retries"] += new.get("retries", 0)
         faults["nonfinite"] += new.get("nonfinite", 0)
@@ -253,11 +251,12 @@ def model_identity(store: RunStore, mcfg) -> dict:
 
 
 def model_versions(cfg, *roles: str) -> dict[str, str]:
-    """``model_version`` of the run's models by role: ``teacher``, ``student``, ``student_tokenizer``
-    (``student.tokenizer``, else the student model). A stage keeps them in its manifest config
-    (key ``models``), so a finished stage is redone when one of them changes, and the stages that
-    read its outputs see another config hash (``RunStore.fingerprint``)."""
+    """``model_version`` of the run's models by role: ``teacher``, ``student``, ``teacher_tokenizer``
+    and ``student_tokenizer`` (``<side>.tokenizer``, else that side's model). A stage keeps them in
+    its manifest config (key ``models``), so a finished stage is redone when one of them changes,
+    and the stages that read its outputs see another config hash (``RunStore.fingerprint``)."""
     paths = {"teacher": cfg.teacher.model, "student": cfg.student.model,
+             "teacher_tokenizer": cfg.teacher.tokenizer or cfg.teacher.model,
              "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
     return {role: model_version(paths[role]) for role in roles}
 
@@ -280,6 +279,62 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     return len(names)
 
 
+def read_shards(store: RunStore, stages: tuple[str, ...]) -> dict[str, list]:
+    """What a stage reads of ``stages``, compactly: ``[n, hash]`` of the shard files
+    (``RunStore.shard_files``) of each output later stages read records from (all but ``rejects``),
+    by ``<stage>/<output>``. New shards are numbered after the old ones, so an output that only grew
+    still has the same first ``n`` (``_lost``)."""
+    out = {}
+    for st in stages:
+        for name in store.outputs(st):
+            if name != "rejects":
+                files = store.shard_files(st, name)
+                out[f"{st}/{name}"] = [len(files), config_hash(files)]
+    return out
+
+
+def _lost(store: RunStore, before: dict[str, list]) -> set[str]:
+    """The outputs (``<stage>/<output>``) of ``before`` (``read_shards``) that lost a shard since."""
+    lost = set()
+    for out, (n, h) in before.items():
+        files = store.shard_files(*out.split("/", 1))
+        if len(files) < n or config_hash(files[:n]) != h:
+            lost.add(out)
+    return lost
+
+
+def _chain(stage: str, name: str) -> list[str]:
+    """``<stage>/<output>`` of the outputs whose rows the rows of ``name`` refer to, nearest first."""
+    out = []
+    kind = kind_of(stage, name)
+    while kind is not None and kind.upstream is not None:
+        stage, name = upstream_output(kind, name)
+        out.append(f"{stage}/{name}")
+        kind = kind_of(stage, name)
+    return out
+
+
+def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...]) -> int:
+    """Delete ``stage``'s outputs named by ``prefixes`` that may hold what was made from input
+    records that are gone: an output of ``reads`` lost a shard it had when the stage last began
+    (removed, or rewritten under another size: an import redone, a pool dropped), and resuming by
+    id would keep those records, and references to rows that no longer exist. A columnar output
+    goes when an output its rows refer to (directly or through others) lost a shard; any other
+    (``rejects``) when any input did. Inputs that only grew drop nothing (the stage resumes), nor do
+    they for a stage that began before its shards were recorded. Return how many outputs were removed."""
+    before = store.stage_info(stage).get("read")
+    lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
+    if not lost:
+        return 0
+    names = [n for n in store.outputs(stage) if n.startswith(prefixes)
+             and (lost & set(_chain(stage, n)) if kind_of(stage, n) else True)]
+    for name in names:
+        store.remove_output(stage, name)
+    logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
+                       "made from them dropped, made again")
+    return len(names)
+
+
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
                             outputs: tuple[str, ...] = ()) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
@@ -287,9 +342,11 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
 
     Refused (``require_finished``) when a stage it reads, or ``import`` (which writes into ``sample``),
     began and did not finish. Up to date: finished with this ``config`` on inputs with the same
-    ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise, when ``config["models"]``
-    (``model_versions``) differs from the one the stage last began with, its outputs named by the
-    prefixes ``outputs`` are dropped first (``drop_if_models_changed``); then ``RunStore.begin_stage``.
+    ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
+    prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
+    from the one the stage last began with (``drop_if_models_changed``), or when an input lost
+    records since (``drop_if_inputs_rewritten``); then ``RunStore.begin_stage``, recording the
+    shards read (``read_shards``).
     """
     require_finished(store, (*reads, "import"), stage)
     inputs = store.fingerprint(reads, extra=extra)
@@ -298,7 +355,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
         return store.stage_info(stage)["counts"]
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs)
-    store.begin_stage(stage, config, inputs=inputs)
+    drop_if_inputs_rewritten(store, stage, reads, outputs)
+    store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None
 
 

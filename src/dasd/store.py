@@ -80,7 +80,8 @@ def read_jsonl_shard(path: Path) -> Iterator[dict]:
 class ShardWriter:
     """Buffered writer of one named output of a stage, as numbered complete shards.
 
-    ``add(record)`` skips a record whose ``id`` is already on disk or already added. A shard is
+    ``add(record)`` skips a record whose ``id`` is already on disk or already added. New shards are
+    numbered after the highest on disk (and from ``first`` at least). A shard is
     flushed when ``shard_size`` records are buffered or ``flush_seconds`` have passed since the
     last flush, and on ``close()``. Use as a context manager: on an exception the buffer is still
     flushed (what was finished is kept) and the exception propagates.
@@ -90,7 +91,7 @@ class ShardWriter:
     """
 
     def __init__(self, folder: Path, name: str, shard_size: int = 256, flush_seconds: float = 30.0,
-                 root: Path | None = None):
+                 root: Path | None = None, first: int = 0):
         if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", name):
             raise ValueError(f"bad output name {name!r}")
         self.folder, self.name = folder, name
@@ -99,7 +100,7 @@ class ShardWriter:
         self._upstream = folder.parent / self.kind.upstream[0] if self.kind and self.kind.upstream else None
         folder.mkdir(parents=True, exist_ok=True)
         self.ids: set[str] = set()
-        self._next = 0
+        self._next = first  # numbers below ``first`` are not used (shards removed since: a new name tells the change)
         for path in shard_paths(folder, name):
             self._next = max(self._next, int(_SHARD_RE.match(path.name)["num"]) + 1)
             if self.kind is not None:
@@ -232,6 +233,29 @@ class RunStore:
             p.unlink()
         return len(paths)
 
+    def drop_records(self, stage: str, name: str, drop) -> int:
+        """Remove the records of JSONL output ``name`` for which ``drop(record)`` is true (verdicts
+        that no longer hold, e.g. made against a model that has changed since); return how many.
+
+        The records kept are written to a new shard before the old shards are deleted: a crash in
+        between leaves every record readable (``read`` gives each id once) and doing it again
+        finishes the job."""
+        if kind_of(stage, name) is not None:
+            raise ValueError(f"{stage}/{name}: drop_records rewrites JSONL outputs only")
+        old = shard_paths(self.root / stage, name)
+        records = list(self.read(stage, name))
+        kept = [r for r in records if not drop(r)]
+        if len(kept) == len(records):
+            return 0
+        if kept:
+            num = max(int(_SHARD_RE.match(p.name)["num"]) for p in old) + 1
+            with atomic_open(self.root / stage / f"{name}-{num:05d}.jsonl") as fh:
+                for r in kept:
+                    fh.write(dumps(r) + "\n")
+        for path in old:
+            path.unlink()
+        return len(records) - len(kept)
+
     def read(self, stage: str, name: str) -> Iterator[dict]:
         """Records of one output, in write order, each id once.
 
@@ -326,16 +350,21 @@ class RunStore:
     def stage_info(self, stage: str) -> dict:
         return self.manifest["stages"].get(stage, {})
 
-    def begin_stage(self, stage: str, config: Any, inputs: str | None = None) -> None:
-        """Mark ``stage`` started with ``config`` and the fingerprint of its ``inputs`` (``fingerprint``)."""
+    def begin_stage(self, stage: str, config: Any, inputs: str | None = None, read: dict | None = None) -> None:
+        """Mark ``stage`` started with ``config``, the fingerprint of its ``inputs`` (``fingerprint``)
+        and the shards it reads (``read``: ``runs.read_shards``); what the previous run of the stage counted
+        of its engines' faults is cleared."""
         info = self.manifest["stages"].setdefault(stage, {})
         h = config_hash(config)
         if info.get("config_hash") not in (None, h):
             info["previous_config_hashes"] = sorted(set(info.get("previous_config_hashes", [])) | {info["config_hash"]})
         info.update(config=config, config_hash=h, started=_now(), complete=False, packages=package_versions())
-        info.pop("inputs", None)
+        for key in ("inputs", "read", "faults"):  # faults count per run of the stage (``runs.record_faults``)
+            info.pop(key, None)
         if inputs is not None:
             info["inputs"] = inputs
+        if read is not None:
+            info["read"] = read
         self._t0 = time.monotonic()
         self.save_manifest()
 
@@ -359,6 +388,10 @@ class RunStore:
             files = sorted((p.name, p.stat().st_size) for p in d.iterdir() if _SHARD_RE.match(p.name)) if d.is_dir() else []
             parts.append([st, self.stage_info(st).get("config_hash"), files])
         return config_hash(parts)
+
+    def shard_files(self, stage: str, name: str) -> list[list]:
+        """``[file name, size]`` of each shard of an output, in order (what ``fingerprint`` hashes)."""
+        return [[p.name, p.stat().st_size] for p in shard_paths(self.root / stage, name)]
 
     def up_to_date(self, stage: str, config: Any, inputs: str) -> bool:
         """True when ``stage`` finished with this config on inputs with this ``fingerprint``: nothing to redo."""

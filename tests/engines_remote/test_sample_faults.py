@@ -65,3 +65,22 @@ def test_retries_are_printed_and_kept_in_the_manifest(serve, tmp_path, capsys):
                                                    "malformed": injected.get("malformed", 0)}.items() if v}
     assert info["seconds_lost"] >= 0
     assert f"{info['retries']} retries of {info['requests']} requests" in capsys.readouterr().err
+
+
+def test_an_engine_handed_to_two_runs_counts_each_request_once(serve, tmp_path):
+    """The engine's counts keep growing; each stage run records only what it added (``EngineStats.take``)."""
+    from dasd.runs import open_engine, record_faults
+
+    with serve(faults=Faults(rate_429=0.2, retry_after="0", seed=3)) as srv:
+        cfg = config(tmp_path, srv.base_url)
+        engine = open_engine(cfg.teacher)
+        run_sample(cfg, engine=engine)
+        first = RunStore.open(cfg.run_dir).stage_info("sample")["faults"]
+        assert record_faults(RunStore(cfg.run_dir), "sample", [engine]) == first  # nothing new since: nothing added
+        for shard in (tmp_path / "run" / "sample").glob("pool-T0.6-*.parquet"):
+            shard.unlink()
+        run_sample(cfg, engine=engine)  # a new run of the stage with the same engine
+        second = RunStore.open(cfg.run_dir).stage_info("sample")["faults"]
+    assert first["retries"] > 0 and first["requests"] == 16 + first["retries"]
+    assert second["requests"] == 8 + second["retries"]  # this run's requests only
+    assert engine.stats["requests"] == first["requests"] + second["requests"]

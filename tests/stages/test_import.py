@@ -103,3 +103,114 @@ def test_chat_jsonl_import(tmp_path):
     samples = list(RunStore.open(tmp_path / "run").read("sample", "pool-T1"))
     assert [s["text"] for s in samples] == ["<think>a</think>b", "ok"]
     assert samples[1]["reasoning_content"] == "r"
+
+
+def _pool_files(run):
+    return {p.name: p.stat().st_mtime_ns for p in (run / "sample").glob("pool-*")}
+
+
+def test_an_import_is_redone_when_its_teacher_tokenizer_changed_and_skipped_otherwise(tmp_path, o200k_harmony_dir):
+    """The stored alignment belongs to the tokenizer that made it: a re-run with the same tokenizer
+    does nothing; changed tokenizer files redo the pool's import, with no stale or duplicate record."""
+    import shutil
+
+    tokdir = tmp_path / "teacher"
+    shutil.copytree(o200k_harmony_dir, tokdir)
+    tok = AutoTokenizer.from_pretrained(tokdir)
+    body = "We need to add 3 and 4. That is 7."
+    ids = tok.encode(body, add_special_tokens=False)
+    spec = json.loads((tokdir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    a, b = tok.convert_ids_to_tokens(ids[:2])  # "We", " need"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    good = (tokdir / "tokenizer.json").read_text(encoding="utf-8")
+    (tokdir / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")  # two ids swapped
+
+    data = jsonl(tmp_path / "d.jsonl", [
+        {"uuid": "u1", "input": "3 + 4?", "output": f"<think>\n{body}\n</think>\n\n\\boxed{{7}}", "domain": "math", "meta": "{}"},
+        {"uuid": "u2", "input": "no ids", "output": "<think>\nx\n</think>\n\n\\boxed{1}", "domain": "math", "meta": "{}"},
+    ])
+    lp = jsonl(tmp_path / "lp.jsonl", [{"sample_uuid": "u1", "token_ids": ids, "logprobs": [-0.1] * len(ids)}])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", f"import.logprobs={lp}",
+                             f"teacher.model={tokdir}"])
+    run = tmp_path / "run"
+    first = run_import(cfg)
+    assert first["logprobs_mismatched"] == 1 and first["with_logprobs"] == 0
+    files = _pool_files(run)
+    assert run_import(cfg) == first and _pool_files(run) == files  # the same tokenizer: up to date, nothing written
+    version = RunStore.open(run).stage_info("import")["config"]["models"]["teacher_tokenizer"]
+
+    (tokdir / "tokenizer.json").write_text(good, encoding="utf-8")  # the tokenizer fixed under the same path
+    again = run_import(cfg)
+    assert again["with_logprobs"] == 1 and again["logprobs_mismatched"] == 0
+    store = RunStore.open(run)
+    assert store.stage_info("import")["config"]["models"]["teacher_tokenizer"] != version
+    samples = list(store.read("sample", "pool-T1"))
+    assert sorted(s["source_id"] for s in samples) == ["u1", "u2"]  # redone: no stale or duplicate record
+    u1 = next(s for s in samples if s["source_id"] == "u1")
+    assert "teacher_mismatch" not in u1 and u1["teacher"]["token_ids"].tolist() == ids
+    assert not set(files) & set(_pool_files(run))  # the earlier import's shards are gone, new names written
+
+
+def test_a_changed_source_replaces_its_imported_records_only_and_later_stages_follow(tmp_path, tiny_lm_dir):
+    """Sampled and imported responses in one pool: a changed chat source replaces the imported ones
+    (and their rejects), the sampled ones stay, and `dasd filter` drops what it made from the
+    removed records instead of keeping references to them (the other pool's output stays)."""
+    from dasd.stages.filter import run_filter
+    from dasd.stages.sample import run_sample
+
+    def chat(q, a=None):
+        return {"messages": [{"role": "user", "content": q}] + ([{"role": "assistant", "content": a}] if a else [])}
+
+    prompts = jsonl(tmp_path / "prompts.jsonl", [{"id": f"p{i}", "prompt": f"Say {i}."} for i in range(3)])
+    data = jsonl(tmp_path / "chat.jsonl", [chat("q1", "<think>a.</think> one"), chat("q2", "<think>b.</think> two"),
+                                           chat("q3")])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", f"import.source={data}",
+                             "import.format=chat", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             "sample.k=2", "sample.max_tokens=8", "sample.temperatures=[0.5, 1.0]",
+                             "filter.require_structure=false", "filter.drop_cutoff=false",
+                             "filter.repetition.enabled=false"])
+    run_sample(cfg)
+    assert run_import(cfg)["rejected"] == 1
+    assert run_filter(cfg)["T1"]["out"] == 8
+    other_pool = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "filter").glob("kept-T0.5-*")}
+    store = RunStore.open(tmp_path / "run")
+    sampled = {s["id"]: s["text"] for s in store.read("sample", "pool-T1") if "source_id" not in s}
+    assert len(sampled) == 6
+
+    jsonl(data, [chat("q1", "<think>a.</think> one, again"), chat("q4", "<think>d.</think> four")])
+    counts = run_import(cfg)
+    assert counts["imported"] == 2 and counts["rejected"] == 0
+    store = RunStore.open(tmp_path / "run")
+    pool = list(store.read("sample", "pool-T1"))
+    assert {s["id"]: s["text"] for s in pool if "source_id" not in s} == sampled  # sampled responses untouched
+    assert sorted(s["text"] for s in pool if "source_id" in s) == ["<think>a.</think> one, again",
+                                                                   "<think>d.</think> four"]
+    assert not list(store.read("sample", "rejects"))  # the earlier import's reject went with it
+    assert run_filter(cfg)["T1"]["out"] == 8
+    kept = {s["id"]: s["text"] for s in RunStore.open(tmp_path / "run").read("filter", "kept-T1")}
+    assert kept == {s["id"]: s["text"] for s in pool}  # every kept record is one of the pool's, read whole
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "filter").glob("kept-T0.5-*")} == other_pool
+    assert run_import(cfg) == counts  # unchanged since: up to date
+
+
+def test_an_import_counts_its_source_by_content_not_by_how_its_path_is_spelled(tmp_path, monkeypatch):
+    """The same file named relative to another working directory, or copied elsewhere: up to date."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "sub").mkdir()
+    jsonl(tmp_path / "data" / "chat.jsonl", [{"messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": "<think>a</think>b"}]}])
+    run = tmp_path / "run"
+
+    def imported(source):
+        return run_import(load_config(None, [f"run_dir={run}", f"import.source={source}", "import.format=chat"]))
+
+    monkeypatch.chdir(tmp_path)
+    first = imported("data/chat.jsonl")
+    files = _pool_files(run)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert imported("../data/chat.jsonl") == first and _pool_files(run) == files
+    shutil.copy(tmp_path / "data" / "chat.jsonl", tmp_path / "copy.jsonl")
+    assert imported(tmp_path / "copy.jsonl") == first and _pool_files(run) == files

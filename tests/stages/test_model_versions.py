@@ -116,3 +116,31 @@ def test_analyze_scores_again_when_the_teacher_changed(tmp_path, tiny_lm_dir, ti
     assert run_analyze(cfg)["n_responses"] == profile["n_responses"]
     assert shards(run, "analyze", "responses") != responses  # every response scored again under the changed teacher
     assert RunStore.open(run).count("analyze", "responses") == 4
+
+
+def test_too_long_prompts_are_judged_again_when_the_teachers_context_changed(tmp_path, tiny_lm_dir):
+    """A prompt quarantined as too long is not asked again while the teacher is the same; a teacher
+    with a longer context (its config.json changed) gets it, and the other rejects stay."""
+    teacher = _copy(tiny_lm_dir, tmp_path / "teacher")
+    config = teacher / "config.json"
+
+    def context(n: int) -> None:
+        config.write_text(json.dumps({**json.loads(config.read_text(encoding="utf-8")), "max_position_embeddings": n}),
+                          encoding="utf-8")
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "p0", "prompt": "Say 0."}, {"id": "long", "prompt": "Compute 3 + 4 then times 2. " * 12}, "not json"]
+    prompts.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    context(96)
+    cfg = _run_cfg(tmp_path, teacher, tiny_lm_dir, "sample.k=1")
+    counts = run_sample(cfg)["T1"]
+    assert counts["prompts"] == 1 and counts["quarantined"] == 1
+    again = run_sample(cfg)["T1"]
+    assert again["new"] == again["quarantined"] == 0  # same teacher: the long prompt is not asked again
+
+    context(1024)  # another teacher, with a longer context
+    counts = run_sample(cfg)["T1"]
+    assert counts["prompts"] == 2 and counts["quarantined"] == 0
+    store = RunStore.open(cfg.run_dir)
+    reasons = [r["reason"] for r in store.read("sample", "rejects")]
+    assert len(reasons) == 1 and "not valid JSON" in reasons[0]  # the bad prompt record's reject is kept

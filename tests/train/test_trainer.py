@@ -191,3 +191,45 @@ def test_a_rerun_from_a_relative_directory_hands_on_the_same_init(tiny_lm_dir, t
     a1, b1 = both()
     a2, b2 = both()  # refused before the fix: s2's init was absolute on the re-run, relative before
     assert a2["final"] == a1["final"] and b2["fingerprint"] == b1["fingerprint"]
+
+
+def test_a_base_model_counts_by_its_contents_not_by_how_its_path_is_spelled(tiny_lm_dir, tmp_path, monkeypatch):
+    """A relative base path read from another working directory, or the base model moved: the same
+    model, so the finished stage is skipped (the fingerprint names a local init by its version)."""
+    import shutil
+
+    shutil.copytree(tiny_lm_dir, tmp_path / "models" / "base")
+    (tmp_path / "sub").mkdir()
+    data = {"pool": _pool()}
+    stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 2}]
+    monkeypatch.chdir(tmp_path)
+    (first,) = run_training(_cfg("models/base", stages=stages), tmp_path / "run", data)
+    steps = []
+    monkeypatch.chdir(tmp_path / "sub")
+    (again,) = run_training(_cfg("../models/base", stages=stages), tmp_path / "run", data, on_step=steps.append)
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    (moved,) = run_training(_cfg("../moved/base", stages=stages), tmp_path / "run", data, on_step=steps.append)
+    assert steps == [] and again["fingerprint"] == moved["fingerprint"] == first["fingerprint"]
+
+
+def test_a_stage_finished_when_its_base_counted_by_path_is_still_skipped(tiny_lm_dir, tmp_path):
+    """done.json and checkpoints written before init versions were in the fingerprint carry the
+    path-based one; it is accepted, so upgrading dasd does not refuse a finished run."""
+    import numpy as np
+
+    from dasd.train import checkpoint as ckpt
+    from dasd.train.data import StageData
+
+    cfg = _cfg(tiny_lm_dir, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 2}])
+    (first,) = run_training(cfg, tmp_path / "run", {"pool": _pool()})
+    done_path = tmp_path / "run" / "s1" / "done.json"
+    done = json.loads(done_path.read_text())
+    stage_dir = tmp_path / "run" / "s1"
+    key = json.loads((stage_dir / "tokens" / "meta.json").read_text())["key"]  # the stage's data key
+    sd = StageData([], [], np.zeros(1, np.int64), np.zeros(0, np.int64), [], key)
+    old = ckpt.path_fingerprint(cfg, cfg.stages[0], tiny_lm_dir, sd, 1, stage_dir)
+    assert old != done["fingerprint"]
+    done_path.write_text(json.dumps({**done, "fingerprint": old}))
+    steps = []
+    (again,) = run_training(cfg, tmp_path / "run", {"pool": _pool()}, on_step=steps.append)
+    assert steps == [] and again["fingerprint"] == old

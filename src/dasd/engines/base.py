@@ -17,6 +17,7 @@ is mapped to the character it starts in; see ``engines.offsets`` for the exact r
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -94,7 +95,8 @@ class ScoreResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What stages call. Implementations: ``hf`` (transformers), ``openai``, ``vllm``."""
+    """What stages call. Implementations: ``hf`` (transformers), ``openai``, ``vllm``. An engine that
+    counts requests and faults keeps them in ``stats``, an ``EngineStats`` (``runs.record_faults``)."""
 
     name: str  # model name or path, recorded in every Sample
 
@@ -109,6 +111,23 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int:
         """Number of this model's tokens in ``text`` (no special tokens added)."""
         ...
+
+
+class EngineStats(Counter):
+    """An engine's running counts (``requests``, ``retries``, ``retry:<kind>``, ...): they only grow.
+    ``take()`` returns what was added since the previous ``take()`` (everything, the first time), so
+    whoever records them (``runs.record_faults``) counts each event once, however often it is handed
+    the same engine."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._taken: dict = {}
+
+    def take(self) -> dict:
+        """The counts added since the last ``take()``."""
+        new = {k: v - self._taken.get(k, 0) for k, v in self.items()}
+        self._taken = dict(self)
+        return new
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dasd.engines.base import (
+    EngineStats,
     GenerateRequest,
     Generation,
     ScoreRequest,
@@ -218,8 +219,8 @@ class OpenAIEngine:
 
     Knobs: EngineConfig.model (served model name), .tokenizer (local tokenizer, optional), and
     ``openai``: base_urls, api_key_env, concurrency, timeout_s, max_retries, backoff_s,
-    backoff_max_s, top_logprobs, logprob_mode, token_ids, score_api, extra_body. ``stats`` counts
-    requests, retries and retry causes.
+    backoff_max_s, top_logprobs, logprob_mode, token_ids, score_api, extra_body. ``stats``
+    (``base.EngineStats``) counts requests, retries and retry causes.
     """
 
     def __init__(self, cfg: EngineConfig):
@@ -251,7 +252,7 @@ class OpenAIEngine:
         self.inflight = {u: 0 for u in self.urls}
         self._vocab_bytes: list[bytes] | None = None
         self._turn = 0
-        self.stats: dict[str, int] = collections.Counter()
+        self.stats = EngineStats()
 
     # ------------------------------------------------------------------ public API
     def generate_iter(

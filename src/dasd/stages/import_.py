@@ -18,9 +18,26 @@ Sources are local files, ``save_to_disk`` folders or ``hf:`` hub data sets, stre
 (``dasd.sources``). Imported responses land in ``RUN/sample/pool-T<temperature>`` like sampled
 ones, so every later stage treats them the same. Unusable records are quarantined in
 ``RUN/sample/rejects-*`` with where (file:line) and reason.
+
+One import per pool: what an import depends on (``import_config``: the ``import`` settings, the
+system prompt, the sources by content, ``source_version``, and with ``import.logprobs`` the
+teacher tokenizer that aligns them, by ``runs.model_version``) is kept per pool in the manifest
+(``stages.import.pools``) and on every imported record and reject (``import_key``). Importing into a
+pool again with the same key while its shards are all there does nothing; any change (or shards
+gone, e.g. dropped by `dasd sample` for another teacher) removes that pool's imported shards and
+rejects of another key first and imports again into new shard files (records sampled into the
+same pool stay). Shards of an interrupted import with the same key are kept and resumed. Later
+stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
+Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
+is not used).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from dasd.errors import ConfigError
 from dasd.jsonl import BadLine
@@ -29,9 +46,9 @@ from dasd.prompts import to_prompt
 from dasd.records import content_id
 from dasd.rules.importing import ImportConfig, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
-from dasd.runs import PROMPTS, SAMPLE_POOL, output, pool_name, resolve_model
-from dasd.sources import KeyedRows, iter_rows
-from dasd.store import RunStore
+from dasd.runs import PROMPTS, SAMPLE_POOL, file_digest, model_versions, output, pool_name, resolve_model
+from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
+from dasd.store import RunStore, config_hash, shard_paths
 
 STAGE = "sample"  # imported responses land in the sample stage's pools
 log = logger("import")
@@ -50,21 +67,92 @@ def _teacher_tokenizer(cfg):
     return tok
 
 
+def source_version(spec: str) -> str:
+    """What the rows under a source spec are, by content: a local file by ``runs.file_digest`` (size
+    and sampled content), a local folder (``save_to_disk``, or a hub-like folder after ``hf:``) by
+    its files' relative names and digests, a hub data set by its spec (pin ``#<revision>``: an
+    unpinned hub data set that changes upstream is not noticed). The path's spelling does not count."""
+    src = parse_source(spec)
+    hub = isinstance(src, HubSource)
+    path = Path(src.repo) if hub else src.path
+    if hub and not path.is_dir():
+        return src.spec()
+    which = [src.config, src.split, src.revision] if hub else []
+    if path.is_file():
+        return config_hash([which, file_digest(path)])
+    if path.is_dir():
+        files = sorted(f.relative_to(path) for f in path.rglob("*") if f.is_file())
+        files = [f for f in files if not any(part.startswith(".") for part in f.parts)]  # caches, locks
+        return config_hash([which, [[f.as_posix(), file_digest(path / f)] for f in files]])
+    return f"missing:{spec}"  # reading it fails with its own clear error
+
+
+def import_config(cfg) -> dict:
+    """What an import's records depend on (module docstring); its hash is the ``import_key``."""
+    ic: ImportConfig = cfg.import_
+    tok = {}
+    if ic.logprobs:  # a local tokenizer counts by its files, a hub one by its name
+        tok["models"] = model_versions(cfg, "teacher_tokenizer")
+        if not tok["models"]["teacher_tokenizer"]:
+            tok["teacher_tokenizer"] = cfg.teacher.tokenizer or cfg.teacher.model
+    return {**ic.model_dump(mode="json", exclude={"source", "logprobs"}), "system_prompt": cfg.data.system_prompt,
+            "sources": {"source": source_version(ic.source), "logprobs": ic.logprobs and source_version(ic.logprobs)},
+            **tok}
+
+
+def _import_key(path: Path) -> str | None:
+    """The ``import_key`` of the records of a pool shard; None for sampled records (and for records
+    imported before keys were kept, which carry ``source_id`` only: ``"legacy"``)."""
+    if path.suffix != ".parquet":
+        return None  # a run of the JSONL-only store: the pool's writer names `dasd convert`
+    shard = pq.ParquetFile(path)
+    if shard.metadata.num_row_groups == 0:
+        return None
+    extra = shard.read_row_group(0, columns=["extra"]).column("extra")
+    first = extra[0].as_py() if len(extra) else None
+    meta = json.loads(first) if first else {}
+    return meta.get("import_key") or ("legacy" if "source_id" in meta else None)
+
+
+def imported_shards(store: RunStore, pool: str) -> dict[Path, str]:
+    """The shards of ``sample/pool-<pool>`` written by `dasd import`, with their ``import_key`` (a
+    shard holds the records of one writer: an import's or a sampling run's)."""
+    keys = {p: _import_key(p) for p in shard_paths(store.root / STAGE, output(SAMPLE_POOL, pool))}
+    return {p: k for p, k in keys.items() if k is not None}
+
+
 def run_import(cfg, store: RunStore | None = None) -> dict:
-    """Import ``cfg.import_.source`` into ``RUN/sample``; return counts."""
+    """Import ``cfg.import_.source`` into ``RUN/sample``, unless the pool holds this import already
+    (module docstring); return counts."""
     ic: ImportConfig = cfg.import_
     if not ic.source:
         raise ConfigError("dasd import needs import.source (a JSONL or Parquet file, a datasets folder or hf:<repo>)")
     store = store or RunStore(cfg.run_dir)
-    store.begin_stage("import", ic.model_dump(mode="json"))
+    pool = pool_name(ic.temperature)
+    stage_cfg = import_config(cfg)
+    key = config_hash(stage_cfg)
+    done = (store.stage_info("import").get("pools") or {}).get(pool) or {}
+    mine = imported_shards(store, pool)
+    if done.get("import_key") == key and sorted([p.name, p.stat().st_size] for p in mine) == done.get("shards"):
+        log.info(f"pool {pool}: up to date (the same sources, settings and teacher tokenizer); nothing to do")
+        return done["counts"]
+    store.begin_stage("import", stage_cfg)  # from here until it ends, later stages refuse to read the pools
+    stale = [p for p, k in mine.items() if k != key]
+    first = max((int(p.stem.rsplit("-", 1)[1]) + 1 for p in stale), default=0)  # new shards get new names
+    for p in stale:
+        p.unlink()
+    gone = store.drop_records(STAGE, "rejects", lambda r: r.get("import_pool") == pool and r.get("import_key") != key)
+    if stale or gone:
+        log.info(f"pool {pool}: {len(stale)} shard(s) and {gone} reject(s) of an earlier import with other sources, "
+                 "settings or teacher tokenizer removed; importing again")
     index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
     tokenizer = _teacher_tokenizer(cfg) if index is not None else None
     mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     rejects: list[dict] = list(index.bad) if index else []
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
-    pool = pool_name(ic.temperature)
-    with store.writer(STAGE, PROMPTS) as pw, store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
+    with store.writer(STAGE, PROMPTS) as pw, \
+            store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256, first=first) as sw:
         for where, raw in iter_rows(ic.source):
             counts["read"] += 1
             if isinstance(raw, BadLine):
@@ -107,6 +195,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     "id": content_id("import", ic.model, uuid), "source_id": uuid, "prompt_id": prompt["id"],
                     "model": ic.model, "temperature": ic.temperature, "top_p": ic.top_p, "seed": 0, "index": 0,
                     "text": text, "finish_reason": raw.get("finish_reason") or "stop", "teacher": teacher, **extra,
+                    "import_key": key,
                 }
             )
             counts["imported"] += 1
@@ -117,8 +206,10 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
         counts["logprob_orphans"] = len(orphans)
     counts["rejected"] = len(rejects)
     if rejects:
-        store.write_rejects(STAGE, rejects)
-    store.end_stage("import", counts)
+        store.write_rejects(STAGE, [{**r, "import_pool": pool, "import_key": key} for r in rejects])
+    shards = sorted([p.name, p.stat().st_size] for p in imported_shards(store, pool))
+    pools = {**(store.stage_info("import").get("pools") or {}), pool: {"import_key": key, "shards": shards, "counts": counts}}
+    store.end_stage("import", counts, pools=pools)
     log.info(
         f"{counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs as "
         f"{mode}, {counts['logprobs_missing']} missing, {counts['logprobs_mismatched']} mismatched); "

@@ -13,7 +13,12 @@ names, sizes and sampled contents), the stored pools are dropped first and sampl
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
 context (``max_model_len``, when the engine knows it), and a sample whose log-probs are not all
 finite (NaN or infinite, from any engine); such a sample is not written, so the next run asks for
-it again. Engine retries (openai: by kind, time lost) are logged and kept in the manifest.
+it again. A too-long prompt is not asked again while the teacher's context is the same
+(``_context_key``: the teacher's kind, model, tokenizer, their versions and ``max_model_len``);
+when it changed, its too-long records are dropped from the rejects and those prompts judged again
+(other rejects stay: bad prompt records and imported rows do not depend on the teacher, and a
+non-finite sample is asked again anyway). Engine retries (openai: by kind, time lost) are logged
+and kept in the manifest.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed
 from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, model_versions, open_engine, output, pool_name, record_faults,
                        save_prompts, training_prompts)
-from dasd.store import RunStore
+from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
     from dasd.config import RunConfig
@@ -51,6 +56,10 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     model_name = cfg.teacher.model
     counts: dict[str, dict] = {}
     opened = None
+    context = _context_key(cfg)
+    stale = store.drop_records(STAGE, "rejects", lambda r: _is_too_long(r) and r.get("context") != context)
+    if stale:
+        log.info(f"{stale} prompt(s) quarantined as too long for another teacher or context length: judged again")
     rejected = {r["id"] for r in store.read(STAGE, "rejects")}
     for temp in s.temperatures:
         pool = pool_name(temp)
@@ -62,7 +71,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             todo = [p for p in prompts if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
             if todo and engine is None:
                 engine = opened = open_engine(cfg.teacher)
-            todo = [p for p in todo if not _quarantine_long(engine, p, quarantine)]
+            todo = [p for p in todo if not _quarantine_long(engine, p, quarantine, context)]
             rate_p, rate_t = Rate(), Rate()
             bar = progress(len(todo), f"sample {pool}", "prompt")
             # A streaming engine (openai, ray) gets every request at once and hands back each sample as
@@ -131,13 +140,27 @@ def _too_long_id(prompt: dict) -> str:
     return f"too-long-{prompt['id']}"
 
 
+def _is_too_long(reject: dict) -> bool:
+    """True for a too-long quarantine record (``_too_long_id``)."""
+    return str(reject.get("id", "")).startswith("too-long-")
+
+
+def _context_key(cfg) -> str:
+    """What a too-long verdict depends on: the teacher's kind, model and tokenizer (names and
+    ``runs.model_version``s: a model's own context length is in its files) and ``max_model_len``."""
+    t = cfg.teacher
+    return config_hash({"kind": t.kind, "model": t.model, "tokenizer": t.tokenizer, "gguf_file": t.gguf_file,
+                        "max_model_len": t.max_model_len, "versions": model_versions(cfg, "teacher", "teacher_tokenizer")})
+
+
 # No token of a tokenizer spells more characters than this: a prompt with more characters than
 # context x this is too long without tokenizing it (a multi-megabyte prompt costs no memory).
 MAX_CHARS_PER_TOKEN = 64
 
 
-def _quarantine_long(engine, prompt: dict, quarantine: list[dict]) -> bool:
-    """True (and a quarantine record) when ``prompt`` does not fit the engine's context."""
+def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str) -> bool:
+    """True (and a quarantine record, keeping the ``context`` it was judged against) when ``prompt``
+    does not fit the engine's context."""
     limit = getattr(engine, "max_len", None)
     if not limit:
         return False
@@ -151,7 +174,8 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict]) -> bool:
         reason = f"prompt has {n} tokens, the teacher's context is {limit} (engine max_model_len)"
     else:
         return False
-    quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason})
+    quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason,
+                       "context": context})
     return True
 
 

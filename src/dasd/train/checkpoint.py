@@ -8,14 +8,17 @@
 - ``done.json``: the stage's result; its presence marks the stage finished.
 
 The fingerprint is what a stage's outputs depend on (recipe, stage, init model, data key, global
-batch); resuming or skipping with a different one is refused. The process count is not in it: the
+batch); resuming or skipping with a different one is refused. The init model counts by what it is
+(``init_key``): a model of this training folder by its path relative to the stage folder, another
+local directory by its contents (``runs.model_version``, so another spelling of its path, from
+another working directory or after a move, is the same model), a hub id as given. The process count is not in it: the
 same global batch split over another number of processes gives the same steps, so a DDP (or
 single-process) checkpoint resumes on another process count; DeepSpeed and FSDP checkpoints hold
 per-process shards and are refused with a one-line reason.
 
 Paths inside the training folder are kept relative to the stage folder (``done.json``'s ``final``,
-``curve`` and ``init``, and the init model in the fingerprint), so a run directory can be moved or
-copied: a copy resumes and trains from its own models, never the original's.
+``curve`` and ``init``, and such an init model in the fingerprint), so a run directory can be moved
+or copied: a copy resumes and trains from its own models, never the original's.
 """
 
 from __future__ import annotations
@@ -62,17 +65,38 @@ def absolute(path: str, stage_dir: Path) -> str:
     return path if Path(path).is_absolute() else os.path.normpath(Path(stage_dir) / path)
 
 
-def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int,
-                stage_dir: Path | None = None) -> str:
-    """What a stage's outputs depend on (the global batch, not its split over ``processes``).
+def init_key(init: str, stage_dir: Path | None = None, init_version: str = "") -> str:
+    """How the fingerprint names the init model: with ``stage_dir``, a model inside the training
+    folder by its path relative to the stage folder (``relative``: moving the run keeps it); another
+    one with an ``init_version`` (``runs.model_version`` of a local directory) by that version, so
+    its path's spelling does not count; anything else (a hub id) as given."""
+    if stage_dir is not None and Path(init).absolute().is_relative_to(Path(stage_dir).absolute().parent):
+        return relative(init, stage_dir)
+    return f"version:{init_version}" if init_version else str(init)
 
-    With ``stage_dir``, an init model inside the training folder counts by its relative path, so
-    moving the run keeps the fingerprint.
-    """
+
+def fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int,
+                stage_dir: Path | None = None, init_version: str = "") -> str:
+    """What a stage's outputs depend on (the global batch, not its split over ``processes``). The
+    init model counts once, as ``init_key`` names it, not also by how ``base_model`` or the stage's
+    ``init`` spell its path."""
+    recipe = cfg.model_dump(exclude=FREE_SETTINGS | SPLIT_SETTINGS | {"base_model"})
+    global_batch = cfg.micro_batch * cfg.grad_accum * processes
+    key = init_key(init, stage_dir, init_version)
+    blob = json.dumps([recipe, stage.model_dump(exclude={"init"}), key, sd.key, global_batch], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def path_fingerprint(cfg: TrainConfig, stage: StageConfig, init: str, sd: StageData, processes: int,
+                     stage_dir: Path) -> str:
+    """The fingerprint stages finished before ``fingerprint`` named the init model by ``init_key``
+    carry (the init path as spelled, ``base_model`` and the stage's ``init`` in it); ``read_done`` and
+    ``load_checkpoint`` accept it, so such a run is not refused."""
     recipe = cfg.model_dump(exclude=FREE_SETTINGS | SPLIT_SETTINGS)
     global_batch = cfg.micro_batch * cfg.grad_accum * processes
-    init_key = relative(init, stage_dir) if stage_dir is not None else str(init)
-    blob = json.dumps([recipe, stage.model_dump(), init_key, sd.key, global_batch], sort_keys=True, default=str)
+    blob = json.dumps([recipe, stage.model_dump(), relative(init, stage_dir), sd.key, global_batch], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -102,21 +126,22 @@ def append_curve(path: Path, rec: dict) -> None:
         fh.write(dumps(rec) + "\n")
 
 
-def read_done(stage_dir: Path, fp: str, name: str, init_version: str | None = None) -> dict | None:
-    """The result of the finished stage in ``stage_dir``, or None; ConfigError if it was run with another
-    fingerprint, or from another version of its init model (``init_version``, ``runs.model_version``:
-    the init path is in the fingerprint, its contents are not; a stage finished before versions were
-    recorded is accepted)."""
+def read_done(stage_dir: Path, fp: str, name: str, init_version: str | None = None,
+              also: str | None = None) -> dict | None:
+    """The result of the finished stage in ``stage_dir``, or None; ConfigError if it was trained from
+    another version of its init model (``init_version``, ``runs.model_version``; a stage finished
+    before versions were recorded is accepted), or with another fingerprint than ``fp`` (or ``also``:
+    ``path_fingerprint``, that of a stage finished by an earlier dasd)."""
     path = stage_dir / "done.json"
     if not path.is_file():
         return None
     done = json.loads(path.read_text(encoding="utf-8"))
-    if done.get("fingerprint") != fp:
-        raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
-                          "global batch; use a new output directory")
     if init_version is not None and done.get("init_version") not in (None, init_version):
         raise ConfigError(f"{stage_dir}: stage {name!r} was trained from another version of its init model "
                           f"({done.get('init')}: it has changed since); use a new output directory")
+    if done.get("fingerprint") not in (fp, also or fp):
+        raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
+                          "global batch; use a new output directory")
     return {**done, **{k: absolute(done[k], stage_dir) for k in PATH_KEYS if isinstance(done.get(k), str)}}
 
 
@@ -191,13 +216,15 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     acc.wait_for_everyone()
 
 
-def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0) -> int:
+def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0, also: str | None = None) -> int:
     """Restore model, optimizer, RNG and scheduler from ``ck``; its step. ConfigError if ``ck`` has another
-    fingerprint, or was written by another process count in a way this run cannot load (``check_geometry``).
-    RNG states of processes the checkpoint did not have are left as seeded (accelerate logs it)."""
+    fingerprint than ``fp`` (or ``also``, as in ``read_done``), or was written by another process count
+    in a way this run cannot load (``check_geometry``). RNG states of processes the checkpoint did not
+    have are left as seeded (accelerate logs it)."""
     state = json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
-    check_geometry(ck, state, geometry(acc, global_batch), state.get("fingerprint") == fp)
-    if state.get("fingerprint") != fp:
+    matches = state.get("fingerprint") in (fp, also or fp)
+    check_geometry(ck, state, geometry(acc, global_batch), matches)
+    if not matches:
         raise ConfigError(f"{ck}: checkpoint of a different config or data; use a new output directory")
     acc.load_state(str(ck))
     scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))

@@ -143,8 +143,7 @@ class StageTrainer:
     def run(self, items: list) -> dict:
         """Train the stage on ``items`` (or skip it when finished with the same fingerprint); its result."""
         self.setup_data(items)
-        self.init_version = model_version(str(self.init))
-        done = ckpt.read_done(self.dir, self.fp, self.stage.name, self.init_version)
+        done = ckpt.read_done(self.dir, self.fp, self.stage.name, self.init_version, also=self.fp_by_path)
         if done is not None:
             self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
             return done
@@ -154,7 +153,8 @@ class StageTrainer:
         return self.finish()
 
     def setup_data(self, items: list) -> None:
-        """Tokenizer, tokenised and packed data (cached under ``tokens/``), plan, step count, fingerprint."""
+        """Tokenizer, tokenised and packed data (cached under ``tokens/``), plan, step count, the init
+        model's version and the fingerprint."""
         from transformers import AutoTokenizer
 
         cfg, acc = self.cfg, self.acc
@@ -168,7 +168,9 @@ class StageTrainer:
                           any_rank=self._any_rank)
         self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
         self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
-        self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir)
+        self.init_version = model_version(str(self.init))
+        self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir, self.init_version)
+        self.fp_by_path = ckpt.path_fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir)
 
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is true on any process (every process gets the same answer)."""
@@ -207,7 +209,7 @@ class StageTrainer:
         start = 0
         ck = ckpt.latest_checkpoint(self.dir / "checkpoints")
         if ck is not None:
-            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G)
+            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G, also=self.fp_by_path)
             self._info(f"stage {self.stage.name}: resuming from {ck.name}")
         if self.acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
