@@ -152,7 +152,7 @@ def config_show(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = Co
 
 @app.command()
 def grade(
-    problems: Path = typer.Option(..., "--problems", help="Problems JSONL (Prompt records with answers/tests)."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL: Prompt records with answer, choices or tests (unique ids)."),
     responses: Path = typer.Option(..., "--responses", help="Responses JSONL: {problem_id, text} per line."),
     out: Path = typer.Option(..., "--out", help="Where to write one result per response (JSONL)."),
 ) -> None:
@@ -223,7 +223,9 @@ def plan_(
     args: Optional[list[str]] = ArgsArg,
     config: Optional[Path] = ConfigOpt,
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Questions sampled at each temperature: N, or N,N,... "
-                                          "one per sample.temperatures (default: the lines of data.prompts)."),
+                                          "one per sample.temperatures (default: counted from data.prompts: the toy "
+                                          "world's data.toy.n_train, a file's non-empty lines or Parquet rows, "
+                                          "data.limit applied)."),
     eval_problems: Optional[str] = typer.Option(None, "--eval-problems", help="Problems per benchmark that has no "
                                                 "readable file or limit: NAME=N,NAME=N,..."),
     prompt_tokens: float = typer.Option(250.0, "--prompt-tokens", help="Mean prompt length in tokens."),
