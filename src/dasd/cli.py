@@ -152,7 +152,8 @@ def config_show(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = Co
 
 @app.command()
 def grade(
-    problems: Path = typer.Option(..., "--problems", help="Problems JSONL: Prompt records with answer, choices or tests (unique ids)."),
+    problems: Path = typer.Option(..., "--problems", help="Problems JSONL: Prompt records with answer, choices or "
+                                  "tests (unique ids)."),
     responses: Path = typer.Option(..., "--responses", help="Responses JSONL: {problem_id, text} per line."),
     out: Path = typer.Option(..., "--out", help="Where to write one result per response (JSONL)."),
 ) -> None:
