@@ -7,6 +7,7 @@ kinds of drift from coming back.
 - every ``make TARGET`` shown is a Makefile target;
 - every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``)
   exists.
+- every ```yaml block is a config fragment that loads (``dasd.config.load_config``).
 
 (docs/config.md against the config models: tests/core/test_config.py.)
 """
@@ -238,3 +239,21 @@ def test_every_repository_file_named_exists(page):
                 if not (list(ROOT.glob(name)) if "*" in name else (ROOT / name).exists()):
                     missing.append(name)
     assert not missing, f"{_name(page)} names files that do not exist: {sorted(set(missing))}"
+
+
+# -- config snippets -------------------------------------------------------------------------------
+
+
+def yaml_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```ya?ml\n(.*?)^```", page.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("page", [p for p in DOCS if yaml_blocks(p)], ids=_name)
+def test_every_yaml_config_snippet_loads(page, tmp_path):
+    """A ```yaml block of a page is a run config fragment: it parses and validates as one."""
+    from dasd.config import load_config
+
+    for i, block in enumerate(yaml_blocks(page)):
+        path = tmp_path / f"block{i}.yaml"
+        path.write_text(block, encoding="utf-8")
+        load_config(path, [])  # a YAML or config error names the block's file and key
