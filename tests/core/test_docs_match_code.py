@@ -8,6 +8,7 @@ kinds of drift from coming back.
 - every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``)
   exists.
 - every ```yaml block is a config fragment that loads (``dasd.config.load_config``).
+- every ```python block parses, and what it imports from dasd exists.
 
 (docs/config.md against the config models: tests/core/test_config.py.)
 """
@@ -257,3 +258,31 @@ def test_every_yaml_config_snippet_loads(page, tmp_path):
         path = tmp_path / f"block{i}.yaml"
         path.write_text(block, encoding="utf-8")
         load_config(path, [])  # a YAML or config error names the block's file and key
+
+
+# -- Python snippets -------------------------------------------------------------------------------
+
+# Modules a page's example creates itself.
+EXAMPLE_MODULES = {"dasd.rules.dedup": "docs/design.md's worked example of adding a stage"}
+
+
+def python_blocks(page: Path) -> list[str]:
+    blocks = re.finditer(r"^( *)```python\n(.*?)^\1```", page.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    return ["\n".join(line[len(m.group(1)):] for line in m.group(2).splitlines()) for m in blocks]
+
+
+@pytest.mark.parametrize("page", [p for p in DOCS if python_blocks(p)], ids=_name)
+def test_every_python_snippet_parses_and_imports_what_exists(page):
+    import ast
+    import importlib
+
+    problems = []
+    for block in python_blocks(page):
+        tree = ast.parse(block)  # a SyntaxError names the line
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dasd"):
+                if node.module in EXAMPLE_MODULES:
+                    continue
+                module = importlib.import_module(node.module)
+                problems += [f"from {node.module} import {a.name}" for a in node.names if not hasattr(module, a.name)]
+    assert not problems, f"{_name(page)}: names that do not exist: {problems}"
