@@ -12,6 +12,8 @@ import sys
 import pytest
 
 from dasd import registry
+from dasd.config import load_config
+from dasd.pipeline import demo_config_path
 
 ROWS = ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"]
 # fewer problems, samples and epochs than the demo; everything else as configs/demo.yaml
@@ -31,7 +33,8 @@ def test_demo_runs_every_stage_and_prints_its_table(tmp_path):
     # the closing table: a header, then one row per model of eval.models with avg@k, CI, pass@k, k, problems
     lines = r.stdout.splitlines()
     head = next(i for i, x in enumerate(lines) if x.startswith("[run] accuracy on held-out problems"))
-    assert "(2 samples each, T=0.6, top_p=1.0)" in lines[head]
+    proto = load_config(demo_config_path(), SMALL).eval.protocol  # configs/demo.yaml's, as overridden
+    assert f"(2 samples each, T={proto.temperature}, top_p={proto.top_p})" in lines[head]
     assert lines[head + 1].split() == ["model", "avg@k", "95%", "CI", "pass@k", "k", "problems"]
     row = re.compile(r"^(\S+)\s+(\d+\.\d)% \[\s*(\d+\.\d),\s*(\d+\.\d)\]\s+(\d+\.\d)%\s+(\d+)\s+(\d+)$")
     parsed = {}

@@ -3,6 +3,6 @@ runs model-written code, metrics, and benchmark loaders. See docs/evaluation.md.
 
 - ``grade.grade_one(problem, text)`` / ``grade.grade_many(pairs, workers=)``
 - ``metrics``: ``avg_at_k``, ``pass_at_k``, ``maj_at_k``, ``bootstrap_ci``, ``summarize``, ``format_table``
-- ``loaders``: ``load_aime``, ``load_gpqa``, ``load_livecodebench``, ``load_toy``, ``load_prompts``
+- ``loaders``: ``load_aime``, ``load_gpqa``, ``load_livecodebench``, ``load_toy``, ``load_problems``, ``load_benchmark``
 - ``sandbox.run_python`` and ``sandbox.isolation()``
 """

@@ -4,8 +4,13 @@ Named pools a stage's ``data`` may use (besides a path to any chat JSONL):
 
 - ``low``: the selected examples of the lowest-temperature pool (``RUN/select/train-T<low>``);
 - ``high``: those of the highest-temperature pool;
-- ``mixed``: the mixed-policy examples (``RUN/mix/examples``), once `dasd mix` has run;
+- ``mixed``: the mixed-policy examples (``RUN/mix/examples``), once `dasd mix` has finished with
+  the current ``mix`` config;
+- ``mixed+replay``: those plus off-policy examples replayed from ``mix.replay.source`` (the default
+  stage 3's data; ``dasd.rules.mixing.replay_examples``);
 - ``T<temp>`` (e.g. ``T0.6``): any selected pool by name.
+
+(``dasd.runs.named_pools`` builds them.)
 
 Training itself is ``dasd.train.trainer.run_training`` (docs/training.md); outputs go to
 ``RUN/train/<stage>/`` (paths in its files and the manifest relative to the run, so it can move)

@@ -22,8 +22,9 @@ class StageConfig(StrictModel):
 
     name: str = Field(description="Stage name; its outputs go to <out>/<name>/. Letters, digits, '-', '_' only.")
     data: str = Field(
-        description="A named pool (key of the data dict the pipeline passes, e.g. 'das_low') or a path to a "
-        "chat JSONL of training examples (messages + optional prefix_chars)."
+        description="A named pool (a key of the data dict; a pipeline run passes 'low', 'high', 'T<temp>', "
+        "'mixed' and 'mixed+replay', see dasd.runs.named_pools) or a path to a chat JSONL of training examples "
+        "(messages + optional prefix_chars)."
     )
     init: str = Field(
         default="previous",
