@@ -24,7 +24,7 @@ def small(tmp_path, teacher_mode="raw", **over):
                               "mix.n_questions=4", *[f"{k}={v}" for k, v in over.items()]])
     a = Assumptions(prompts=(10, 20), prompt_tokens=10.0, response_tokens=100.0, keep=0.5, mix_cutoff=0.5,
                     teacher_decode_tps=2.0, teacher_prefill_tps=4.0, student_prefill_tps=8.0, student_decode_tps=5.0,
-                    train_tps=10.0, sample_bytes_per_token=50.0, score_bytes_per_token=30.0, text_bytes_per_token=4.0,
+                    train_tps=10.0, sample_bytes_per_token=50.0, filter_bytes_per_token=0.5, score_bytes_per_token=30.0, text_bytes_per_token=4.0,
                     eval_problems={"AIME24": 3, "AIME25": 3, "LCB-v6": 2, "GPQA-D": 1}, student_params=1e9)
     return cfg, a
 
@@ -41,11 +41,11 @@ def test_sampling_filtering_scoring_by_hand(tmp_path):
     assert s6.tokens == 20 * (10 + 100)
     assert s6.gpu_hours == pytest.approx((20 * 100 / 2 + 20 * 10 / 4) / 3600)
     assert s6.disk_gb == pytest.approx(20 * 100 * 50 * 1e-9)
-    assert rows["filter"].gpu_hours == 0 and rows["filter"].disk_gb == pytest.approx(30 * 100 * 50 * 1e-9)
+    assert rows["filter"].gpu_hours == 0 and rows["filter"].disk_gb == pytest.approx(30 * 100 * 0.5 * 1e-9)
     sc = rows["score T1"]
     assert sc.requests == 20 and sc.tokens == 20 * 110  # kept = 40 x 0.5
     assert sc.gpu_hours == pytest.approx(20 * 110 / 8 / 3600)
-    assert sc.disk_gb == pytest.approx(20 * 100 * (50 + 30) * 1e-9)
+    assert sc.disk_gb == pytest.approx(20 * 100 * 30 * 1e-9)  # references and the student signal, not a copy
     assert "rescore T1" not in rows  # raw teacher log-probs are kept as they are
     assert "T0.6 10, T1 20" in rows["select"].note  # m=1 per question, at most the kept ones
 

@@ -32,7 +32,8 @@ class Assumptions:
 
     prompts: tuple[int, ...] | None = field(default=None, metadata={"help": (
         "questions sampled at each temperature: one number for all, or one per temperature of "
-        "sample.temperatures (default: the non-empty lines of data.prompts, data.limit applied)")})
+        "sample.temperatures (default: counted from data.prompts: the toy world's data.toy.n_train, a "
+        "file's non-empty lines or Parquet rows, data.limit applied)")})
     prompt_tokens: float = field(default=250.0, metadata={"help": "mean prompt length in tokens (system prompt and chat template included)"})
     response_tokens: float = field(default=12_000.0, metadata={"help": "mean teacher response length in tokens, capped at sample.max_tokens"})
     keep: float = field(default=0.9, metadata={"help": "fraction of teacher responses the filters keep"})
@@ -49,8 +50,16 @@ class Assumptions:
     student_params: float | None = field(default=None, metadata={"help": (
         "student parameters, for checkpoint sizes (default: counted from train.base_model's safetensors "
         "when it is a local directory, else 4e9, Qwen3-4B's size)")})
-    sample_bytes_per_token: float = field(default=52.0, metadata={"help": "bytes per token of a sample record (text, tokens, ids, offsets, log-probs as JSON)"})
-    score_bytes_per_token: float = field(default=31.0, metadata={"help": "bytes per token the student's offsets and log-probs add to a scored record"})
+    sample_bytes_per_token: float = field(default=9.0, metadata={"help": (
+        "bytes per teacher token of a sample record in the columnar store (text, token ids, offsets, "
+        "log-probs, zstd): benchmarks/scale.py measures 5.0 on toy text and 7.5 with uniformly random "
+        "o200k ids; 9 leaves room for the compressed text of 4-character tokens")})
+    filter_bytes_per_token: float = field(default=0.05, metadata={"help": (
+        "bytes per teacher token filter writes for a kept sample: a reference to its row (measured 0.01); "
+        "a sample whose <think> delimiters filter rewrites is stored whole instead")})
+    score_bytes_per_token: float = field(default=6.0, metadata={"help": (
+        "bytes per teacher token score writes: a reference, the student's offsets and log-probs, the "
+        "sentences and the DAS summary (measured 5.45)")})
     text_bytes_per_token: float = field(default=4.0, metadata={"help": "bytes of text per token (training examples, evaluation responses)"})
     packing_efficiency: float = field(default=0.95, metadata={"help": "filled fraction of a packed training sequence"})
 
@@ -190,12 +199,12 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
                         f"{p:,} questions x k={k}; {resp:,.0f} tokens each"))
         kept[t] = n * a.keep
     total = sum(p * k for p in counts)
-    rows.append(Row("filter", "cpu", 0, 0.0, sum(kept.values()) * resp * a.sample_bytes_per_token * gb, 0.0,
+    rows.append(Row("filter", "cpu", 0, 0.0, sum(kept.values()) * resp * a.filter_bytes_per_token * gb, 0.0,
                     f"student-tokenizer lengths of {total:,} responses; keeps {a.keep:.0%}"))
     for t in temps:
         n = kept[t]
         rows.append(Row(f"score {_pool(t)}", "student", round(n), n * (pr + resp),
-                        n * resp * (a.sample_bytes_per_token + a.score_bytes_per_token) * gb,
+                        n * resp * a.score_bytes_per_token * gb,
                         n * (pr + resp) / a.student_prefill_tps * hours, "teacher-forced prompt log-probs"))
         if not teacher_raw:
             rows.append(Row(f"rescore {_pool(t)}", "teacher", round(n), n * (pr + resp), 0.0,
