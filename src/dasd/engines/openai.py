@@ -38,8 +38,9 @@ dropped, as the hf engine never returns its stop token.
 
 Pitfalls: without ``openai.token_ids`` the ``token_ids`` of a Generation are empty and ``tokens``
 are the server's token strings. ``logprob_mode`` is ``raw`` only when the server says so (dasd's
-own server does) or the config says so (vLLM ``--logprobs-mode raw_logprobs``); vLLM's default
-log-probs are processed (after temperature/top-p).
+own server does) or the config says so. vLLM's default is raw log-probs (``--logprobs-mode
+raw_logprobs``, docs/engines.md), but a vLLM server does not announce its mode, so ``auto`` treats
+its answers as processed: set ``logprob_mode: raw`` when the server runs with the default.
 """
 
 from __future__ import annotations

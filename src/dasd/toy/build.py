@@ -16,13 +16,13 @@ Run::
 
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
-The two models train side by side in two processes, one thread each: about 5 minutes on an idle
-2-core machine (about 2 MB of weights in all).
+The two models train side by side in two processes, one thread each: about 8 minutes on a 2-core
+machine, then about 9 for the mechanism checks (about 2 MB of weights in all). Log lines go through
+``dasd.log`` (``[toy] ...`` on stderr).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -35,11 +35,18 @@ from pathlib import Path
 import torch
 
 from dasd.jsonl import atomic_write_json
+from dasd.log import logger, setup
 from dasd.toy import world
 from dasd.toy.encode import encode_examples, pad_batch, render_prompts
 from dasd.toy.measure import evaluate_accuracy, style_shares
 from dasd.toy.model import make_model, save_model
 from dasd.toy.tokenizer import build_tokenizer
+
+
+def _log(msg: str) -> None:
+    """The build's log lines: ``[toy] ...`` through ``dasd.log`` (stderr once ``setup`` ran)."""
+    logger("toy").info(msg)
+
 
 TEACHER_VOCAB = 512
 STUDENT_VOCAB = 384
@@ -132,7 +139,7 @@ def _length_bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Gen
     return [batches[i] for i in perm if len(batches[i]) == batch_size] or batches
 
 
-def train_model(spec: TrainSpec, tokenizer, corpus, seed: int, log=print, callback=None, every: int = 0):
+def train_model(spec: TrainSpec, tokenizer, corpus, seed: int, log=_log, callback=None, every: int = 0):
     """Train one model from scratch on ``corpus``; returns the model (eval mode).
 
     ``callback(step, model)`` is called every ``every`` steps (model in eval mode, no grad), e.g. to
@@ -215,7 +222,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-_print_now = functools.partial(print, flush=True)  # picklable: the worker processes' log
+def _build_in_worker(*args) -> dict:
+    """``build_model`` in a spawned worker process, which sets up its own logging first."""
+    setup()
+    return build_model(*args)
 
 SPECS = {"teacher": TEACHER_SPEC, "student": STUDENT_SPEC}
 VOCABS = {"teacher": TEACHER_VOCAB, "student": STUDENT_VOCAB}
@@ -227,7 +237,7 @@ def build_model(
     seed: int = 0,
     threads: int = 1,
     evaluate: bool = True,
-    log=print,
+    log=_log,
     spec: TrainSpec | None = None,
 ) -> dict:
     """Build one toy model (``"teacher"`` or ``"student"``) into ``out_dir/name``; return its manifest entry.
@@ -275,7 +285,7 @@ def build_toy_world(
     threads: int = 1,
     evaluate: bool = True,
     parallel: bool = True,
-    log=print,
+    log=_log,
     specs: dict[str, TrainSpec] | None = None,
     checks: bool = True,
     check_kw: dict | None = None,
@@ -287,11 +297,11 @@ def build_toy_world(
     with another thread count or CPU), ``evaluate`` (measure accuracy and style shares at T=0.6 and
     T=1.0 on 200 held-out test problems into ``manifest.json``), ``parallel`` (build the two models at
     once in two processes, one core each; the weights are the same either way, since each model's
-    recipe, thread count included, is unchanged; worker processes log with ``print``), ``specs``
+    recipe, thread count included, is unchanged; worker processes log through ``dasd.log`` too), ``specs``
     (replace ``SPECS``, e.g. tiny ones in tests), ``checks`` (after the models are built, run
     ``dasd.toy.checks.world_checks`` on them, with ``check_kw`` as its keyword arguments, print its
     lines and store its result under ``checks`` in the manifest; needs ``evaluate``).
-    About 5 minutes on an idle 2-core machine (the teacher's training dominates).
+    About 8 minutes on a 2-core machine (the teacher's training dominates), plus about 9 for the checks.
 
     Pitfall: one model with two intra-op threads is only ~1.4x faster than with one on an idle
     machine and several times slower on a busy one (the threads spin-wait on each other), so the two
@@ -307,7 +317,7 @@ def build_toy_world(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {n: pool.submit(build_model, n, str(out), seed, threads, evaluate, _print_now, specs[n]) for n in names}
+            futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n]) for n in names}
             manifest_models = {n: f.result() for n, f in futures.items()}
     else:
         manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n]) for n in names}
@@ -353,7 +363,7 @@ def cache_dir() -> Path:
 
 def default_toy_dir() -> Path:
     """The directory holding ``teacher/`` and ``student/``: the shipped models when present, else
-    ``cache_dir()/toy``, built there once on first use (about 5 minutes on 2 CPU cores)."""
+    ``cache_dir()/toy``, built there once on first use (about 17 minutes on 2 CPU cores, checks included)."""
     if _complete(SHIPPED_DIR):
         return SHIPPED_DIR
     cached = cache_dir() / "toy"
@@ -373,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements and the checks")
     ap.add_argument("--no-checks", action="store_true", help="skip the mechanism checks (dasd.toy.checks)")
     a = ap.parse_args(argv)
+    setup()
     build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval, parallel=not a.sequential,
                     checks=not a.no_checks)
     return 0

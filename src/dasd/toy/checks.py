@@ -38,6 +38,7 @@ from dasd.rules.das import DASConfig, score_sample, select_grouped
 from dasd.engines.base import GenerateRequest, ScoreRequest
 from dasd.engines.config import EngineConfig
 from dasd.engines.hf import HFEngine
+from dasd.log import logger
 from dasd.toy import world
 from dasd.toy.encode import encode_examples, pad_batch
 from dasd.toy.measure import evaluate_accuracy, style_shares
@@ -134,7 +135,7 @@ def world_checks(
     min_stamp_student: float = 0.5,
     min_gain: float = 0.05,
     das: DASConfig | None = None,
-    log=print,
+    log=None,
 ) -> dict:
     """Measure the three mechanisms (module docstring) on ``toy_dir/{teacher,student}``; return a
     JSON-able dict with the numbers, a ``pass`` flag per check and ``all_pass``.
@@ -151,6 +152,7 @@ def world_checks(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    log = log or logger("toy").info
     t0 = time.time()
     d = Path(toy_dir)
     cfg = das or DASConfig()

@@ -16,7 +16,7 @@ a new output directory). Only the main process writes files (besides each proces
 token cache and its RNG state in checkpoints); trackers (``report_to``) get the per-step metrics.
 
 One optimizer step consumes ``micro_batch x grad_accum x processes`` packed sequences, in an order
-fixed by ``(seed, epoch)``. Its loss is the sum of token losses over the global batch divided by
+fixed by ``(seed + stage index, epoch)``. Its loss is the sum of token losses over the global batch divided by
 the number of loss tokens of the global batch (known on every process without communication, since
 every process holds the packing plan); each micro-batch's backward uses that global denominator, so
 1 process x 2 accumulations and 2 processes x 1 give the same gradients.
