@@ -183,6 +183,24 @@ def test_finished_stages_are_not_redone_until_inputs_change(scored_run):
     assert sum(run_select(cfg)["T1"][k]["n"] for k in ("selected", "rejected")) == counts["T1"]["scored"] + 1
 
 
+def test_select_drops_the_outputs_of_a_pool_that_is_gone(scored_run, tmp_path):
+    """Selection rewrites its outputs whole: a pool no longer scored (its temperature left the
+    config, its score output removed) leaves no selected, rejected or training examples behind."""
+    import shutil
+
+    cfg, overrides, _, _ = scored_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, run_dir)
+    cfg2 = load_config(None, [*(o for o in overrides if not o.startswith("run_dir=")), f"run_dir={run_dir}"])
+    run_select(cfg2)
+    store = RunStore.open(run_dir)
+    assert {"selected-T1", "rejected-T1", "train-T1"} <= set(store.outputs("select"))
+    store.remove_output("score", "pool-T1")
+    summary = run_select(cfg2)
+    assert set(summary) == {"T0.6"}
+    assert not [n for n in RunStore.open(run_dir).outputs("select") if n.endswith("-T1")]
+
+
 def test_length_rule_counter_gives_the_tokenizer_verdict():
     """Below the byte bound the counter skips the tokenizer; the `length` verdict is the tokenizer's."""
     from transformers import AutoTokenizer

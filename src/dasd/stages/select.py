@@ -21,7 +21,7 @@ from dasd.log import logger
 from dasd.records import content_id, teacher_signal
 from dasd.rules.das import SelectConfig, select_grouped
 from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, begin_unless_up_to_date, load_run_prompts, output, pools
-from dasd.store import RunStore, shard_paths
+from dasd.store import RunStore
 
 STAGE = "select"
 log = logger(STAGE)
@@ -85,6 +85,11 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
         return done
     prompts = load_run_prompts(store)
     summary = {}
+    # Selection is a pure function of the scored pools: its outputs are rewritten whole, and those
+    # of a pool that is no longer scored go too.
+    for name in store.outputs(STAGE):
+        if name.startswith((SELECTED + "-", REJECTED + "-", TRAIN + "-")):
+            store.remove_output(STAGE, name)
     for pool in pools(store, "score", SCORED):
         scored = output(SCORED, pool)
         cands, correct = [], {}
@@ -94,10 +99,6 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
             if grade is not None and p.get("answer") is not None:
                 correct[s["id"]] = bool(grade(p, s["text"]))
         selected, rejected = select_grouped(cands, sc.m, sc.method, seed=sc.seed)
-        # Selection is a pure function of the scored pool: outputs are rewritten whole.
-        for name in (SELECTED, REJECTED, TRAIN):
-            for old in shard_paths(store.stage_dir(STAGE), output(name, pool)):
-                old.unlink()
         for name, items in ((SELECTED, selected), (REJECTED, rejected)):
             with store.writer(STAGE, output(name, pool)) as w:
                 for c in items:
