@@ -4,13 +4,13 @@ from pydantic import BaseModel, ConfigDict
 
 
 class StrictModel(BaseModel):
-    """A pydantic model that rejects unknown keys and validates on assignment.
+    """A pydantic model that rejects unknown keys and NaN/infinite numbers, and validates on assignment.
 
     Every stage's config derives from this, documents each field in its docstring or
     `Field(description=...)`, and checks cross-field rules in a `model_validator`.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def dump_config(cfg: BaseModel) -> dict:
