@@ -300,11 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         return _stopped("interrupted (Ctrl-C)", argv, 130)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space and "
-              f"re-run: dasd {shlex.join(argv)}", file=sys.stderr)
-        return 2
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space "
+                  f"and re-run: dasd {shlex.join(argv)}", file=sys.stderr)
+            return 2
+        if e.errno in _PATH_ERRORS and e.filename:  # a path the user gave: missing, a file for a folder, no permission
+            from dasd.log import logger
+
+            logger("cli").debug("the error's traceback", exc_info=True)
+            target = f" -> {e.filename2}" if e.filename2 else ""
+            print(f"dasd: error: {e.filename}{target}: {e.strerror}", file=sys.stderr)
+            return 2
+        raise
     except DasdError as e:
         lines = str(e).splitlines() or [type(e).__name__]
         for line in lines:
@@ -319,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# errno values of an operating-system error about a path the user can fix (one line, exit 2)
+_PATH_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.ENAMETOOLONG, errno.ELOOP)
 
 
 def _main_thread() -> bool:

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dasd.errors import DiskFullError, InputError
+from dasd.errors import DiskFullError, InputError, OutputError
 
 # errno values of a full disk or an exceeded quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# errno values of a path that cannot be written for a reason the user can fix
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+              errno.ELOOP)  # EEXIST: mkdir of a parent that is a file
 
 
 @dataclass
@@ -140,16 +143,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
 
     The file gets the mode a plain ``open`` would give it (0666 less the umask). On an exception the
     temp file is removed and ``path`` is left as it was; a full disk (or quota) is a ``DiskFullError``
-    naming ``path``.
+    naming ``path``, and a path that cannot be written (a directory, a parent that is a file, no
+    permission, a read-only filesystem) an ``OutputError`` naming it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory; give the path of a file to write")
     tmp = None
+    in_body = False  # an error of the caller's own code inside the block is not about this path
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            in_body = True
             yield fh
+            in_body = False
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -162,6 +171,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         if isinstance(err, OSError) and err.errno in DISK_FULL:
             raise DiskFullError(f"{p}: no space left on device ({err.strerror}); nothing was half-written: "
                                 "free some space and re-run the same command to resume") from err
+        if isinstance(err, OSError) and err.errno in UNWRITABLE and not in_body:
+            why = (f"a folder on its path is a file ({err.filename})" if err.errno in (errno.EEXIST, errno.ENOTDIR)
+                   else f"{err.strerror}: {err.filename}")
+            raise OutputError(f"{p}: cannot write: {why}; nothing was written") from err
         raise
 
 
