@@ -52,6 +52,49 @@ def _reject_constant(name: str) -> float:
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
+# The first bytes of files that are not JSON Lines text, and what they are.
+MAGIC = {
+    b"\x1f\x8b": "gzip-compressed: decompress it first (gunzip -k FILE)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first (zstd -d FILE)",
+    b"BZh": "bzip2-compressed: decompress it first (bunzip2 -k FILE)",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it first (unxz -k FILE)",
+    b"PK\x03\x04": "a zip archive: extract it first (unzip FILE)",
+    b"PAR1": "a Parquet file: give it a .parquet name to read it as one",
+}
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a file starting with ``head`` is when it is not JSON Lines text (``MAGIC``), else None."""
+    return next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+
+
+def _json_array(first: bytes) -> bool:
+    """True when a file's first line opens a JSON array of objects (``[`` alone or ``[{``): a JSON
+    file, not JSON Lines. Such a line is never a good record, so nothing readable is refused."""
+    text = first.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return text.startswith(b"[") and text[1:].lstrip()[:1] in (b"{", b"")
+
+
+def open_jsonl(path: str | os.PathLike):
+    """A JSON Lines file opened for binary reading; ``InputError`` when it is missing, a directory,
+    unreadable, or compressed or Parquet (``MAGIC``): one line saying what it is instead."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a JSON Lines file")
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        fh = p.open("rb")
+    except OSError as e:
+        raise InputError(f"{p}: cannot open ({e.strerror})") from e
+    kind = file_kind(fh.read(8))
+    if kind:
+        fh.close()
+        raise InputError(f"{p}: not JSON Lines text: {kind.replace('FILE', str(p))}")
+    fh.seek(0)
+    return fh
+
+
 def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
                ) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line yields a ``BadLine``.
@@ -59,22 +102,24 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
     Bad lines (not UTF-8, not JSON, NaN/Infinity, not an object, longer than ``max_bytes``) do not
     stop the read: the caller decides to quarantine them; line numbers stay exact. A UTF-8 byte
     order mark at the start of the file is skipped. Input readers pass ``max_bytes=MAX_RECORD_BYTES``;
-    the run's own files are read whole. A missing or unreadable file raises ``InputError``.
+    the run's own files are read whole. A file that cannot be JSON Lines at all raises
+    ``InputError`` saying what it is instead: missing, a directory, unreadable, compressed, Parquet
+    (``MAGIC``), or one JSON array (``[{...}, {...}]``) rather than one object a line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        fh = p.open("rb")
-    except OSError as e:
-        raise InputError(f"{p}: cannot open ({e.strerror})") from e
-    with fh:
+    with open_jsonl(p) as fh:
         lineno = 0
+        first = True  # the first non-blank line is not read yet
         while True:
             raw = fh.readline(max_bytes + 1) if max_bytes else fh.readline()
             if not raw:
                 break
             lineno += 1
+            if first and raw.strip() and _json_array(raw):
+                out = p.with_suffix(".jsonl") if p.suffix != ".jsonl" else p.with_name(f"{p.stem}-lines.jsonl")
+                raise InputError(f"{p}:{lineno}: a JSON array, not JSON Lines (one object per line); convert it "
+                                 f"with: jq -c '.[]' {p} > {out}")
+            first = first and not raw.strip()
             if max_bytes and len(raw) > max_bytes and not raw.endswith(b"\n"):
                 size = len(raw)
                 while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a chunk at a time
@@ -96,7 +141,8 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
             try:
                 obj = json.loads(line, parse_constant=_reject_constant)
             except (json.JSONDecodeError, ValueError) as e:
-                yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}", line.rstrip("\n"))
+                cut = "" if raw.endswith(b"\n") else " (the file ends inside this line: cut off while written?)"
+                yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}{cut}", line.rstrip("\n"))
                 continue
             if not isinstance(obj, dict):
                 yield lineno, BadLine(str(p), lineno, f"expected a JSON object, got {type(obj).__name__}", line.rstrip("\n"))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl, open_jsonl
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -67,8 +67,29 @@ def _load_saved(path: Path):
     return ds
 
 
+def _is_parquet(path: Path) -> bool:
+    """A ``.parquet`` name, or a Parquet file under another name (its first bytes)."""
+    if path.suffix == ".parquet":
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
-    """``(where, row)`` for each row of a source, streamed (see the module doc); ``InputError`` if unreadable."""
+    """``(where, row)`` for each row of a source, streamed (see the module doc); ``InputError`` if
+    unreadable, or if it has no rows at all (an empty file is a mistake, not an empty data set)."""
+    n = 0
+    for n, item in enumerate(_rows(spec, batch_rows), 1):
+        yield item
+    if n == 0:
+        src = parse_source(spec)
+        raise InputError(f"{src.spec() if isinstance(src, HubSource) else src.path}: no records (an empty file?)")
+
+
+def _rows(spec: str | Path | Source, batch_rows: int) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
     src = parse_source(spec)
     if isinstance(src, HubSource):
         ds = _load_hub(src, streaming=True)
@@ -90,7 +111,7 @@ def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tupl
     if path.is_dir():
         for i, row in enumerate(_load_saved(path)):
             yield f"{path}[{i}]", dict(row)
-    elif path.suffix == ".parquet":
+    elif _is_parquet(path):
         import pyarrow.parquet as pq
 
         try:
@@ -98,7 +119,14 @@ def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tupl
         except Exception as e:
             raise InputError(f"{path}: not a readable Parquet file ({e})") from e
         i = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        batches = pf.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as e:  # a damaged row group: Parquet cannot skip just the bad rows
+                raise InputError(f"{path}: cannot read on after its first {i} rows ({type(e).__name__}: {e})") from e
+            if batch is None:
+                return
             for row in batch.to_pylist():
                 yield f"{path}[{i}]", row
                 i += 1
@@ -118,9 +146,11 @@ def count_rows(spec: str | Path | Source) -> int | None:
     if isinstance(src, HubSource):
         return None
     path = src.path
+    if not path.exists():
+        return None
     if path.is_dir():
         return len(_load_saved(path))
-    if path.suffix == ".parquet":
+    if _is_parquet(path):
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
@@ -154,7 +184,7 @@ class KeyedRows:
                 raise InputError(f"{path}: no such file or folder")
             if path.is_dir():
                 self._table = _load_saved(path)
-            elif path.suffix == ".parquet":
+            elif _is_parquet(path):
                 import datasets
 
                 try:
@@ -165,6 +195,10 @@ class KeyedRows:
             self._index_table()
         else:
             self._index_jsonl(self.source.path)
+        if not self._index:
+            first = f"; the first bad one: {self.bad[0]['where']}: {self.bad[0]['reason']}" if self.bad else ""
+            raise InputError(f"{self.source.spec()}: no rows with a string {self.key!r} to look up "
+                             f"({len(self.bad)} bad rows{first})")
 
     def _add(self, where: str, value: Any, n: int) -> bool:
         if not isinstance(value, str) or not value:
@@ -186,7 +220,7 @@ class KeyedRows:
                 n += 1
 
     def _index_jsonl(self, path: Path) -> None:
-        with path.open("rb") as fh:
+        with open_jsonl(path) as fh:
             lineno = 0
             while True:
                 pos = fh.tell()
