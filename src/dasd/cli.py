@@ -319,9 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except typer.Exit as e:
         return e.exit_code
-    except typer.TyperException as e:  # usage errors: unknown verb, bad option
+    except typer.TyperException as e:  # usage errors: unknown verb, bad option; a group given no verb
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        print(f"dasd: error: {message} (see dasd --help)", file=sys.stderr)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            print(message, file=sys.stderr)  # `dasd`, `dasd toy`: the help, not an error line
+            return 2
+        ctx = getattr(e, "ctx", None)
+        print(f"dasd: error: {message} (see {ctx.command_path if ctx else 'dasd'} --help)", file=sys.stderr)
         return 2
     finally:
         for s, handler in previous.items():

@@ -81,3 +81,16 @@ def test_a_config_that_is_not_utf8_text_or_a_directory_is_one_line(tmp_path):
                           f"run_dir={tmp_path}")
     assert_one_line_error(dasd("config", "show", "sample.k", "2"), "sample.k: config file not found",
                           "an override needs '='")
+
+
+@pytest.mark.parametrize("args", [[], ["toy"], ["config"]])
+def test_a_group_without_a_verb_prints_its_help_not_an_error_line(args):
+    r = dasd(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"Usage: {' '.join(['dasd', *args])} [OPTIONS] COMMAND") and "dasd: error:" not in r.stderr
+
+
+def test_a_usage_error_points_to_the_help_of_the_verb_at_fault():
+    assert_one_line_error(dasd("grade"), "Missing option '--problems'", "(see dasd grade --help)")
+    assert_one_line_error(dasd("export", "llamafactory", "--gpus", "x"), "'--gpus'",
+                          "(see dasd export llamafactory --help)")
