@@ -35,7 +35,7 @@ from dasd.train.recipes import paper_stages
 class RunConfig(StrictModel):
     """A whole pipeline run. Each section is defined next to the rules it configures (see the imports)."""
 
-    run_dir: str = Field("runs/default", description="where every stage writes")
+    run_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="where every stage writes")
     seed: int = Field(0, description="global seed")
     teacher: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:teacher"))
     student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))

@@ -111,6 +111,16 @@ def test_a_config_that_is_not_a_text_file_or_is_a_directory_is_one_error(tmp_pat
     assert load_config(p).sample.k == 3
 
 
+def test_an_empty_run_dir_or_source_is_refused_naming_the_key(tmp_path):
+    # run_dir '' would be the current directory: every stage would write its folders there
+    for value in ("", "'   '"):
+        with pytest.raises(ConfigError, match=rf"^override run_dir={value}: run_dir: String should"):
+            load_config(None, [f"run_dir={value}"])
+    p = write(tmp_path, "data:\n  prompts: ''\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: data.prompts: Value error, source '': expected a file path"):
+        load_config(p)
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "dasd-4b.yaml"])
 def test_shipped_configs_validate(name):
     from pathlib import Path
