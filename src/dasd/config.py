@@ -224,6 +224,8 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     """The allowed keys of the section at ``loc`` (for 'did you mean' messages)."""
     cur: Any = model
     for part in loc:
+        if part.isdigit():  # an item of a list section: ``cur`` is already the item's model
+            continue
         if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
             return None
         field = next((f for n, f in cur.model_fields.items() if (f.alias or n) == part), None)
