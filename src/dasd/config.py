@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from dasd.configbase import StrictModel, dump_config  # noqa: F401 (re-exported)
+from dasd.configbase import Seed, StrictModel, dump_config  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
 from dasd.grading.evaluate import EvalConfig
@@ -36,7 +36,7 @@ class RunConfig(StrictModel):
     """A whole pipeline run. Each section is defined next to the rules it configures (see the imports)."""
 
     run_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="where every stage writes")
-    seed: int = Field(0, description="global seed")
+    seed: Seed = Field(0, description="global seed")
     teacher: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:teacher"))
     student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))
     data: DataConfig = Field(default_factory=DataConfig)

@@ -1,6 +1,8 @@
 """Base class of every config model: unknown keys and wrong types are errors at load time."""
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class StrictModel(BaseModel):
@@ -11,6 +13,11 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+"""A seed field's type: 0 to 2**32 - 1, what numpy (and so ``accelerate.set_seed``) accepts, checked
+at load time rather than as a crash in the middle of a stage."""
 
 
 def dump_config(cfg: BaseModel) -> dict:

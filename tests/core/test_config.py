@@ -127,6 +127,14 @@ def test_an_empty_run_dir_or_source_is_refused_naming_the_key(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize("key", ["seed", "sample.seed", "select.seed", "mix.seed", "mix.replay.seed"])
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_at_load(key, value):
+    with pytest.raises(ConfigError, match=rf"^override {key}={value}: {key}: Input should be"):
+        load_config(None, [f"{key}={value}"])
+    assert load_config(None, [f"{key}={2**32 - 1}"])
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "dasd-4b.yaml"])
 def test_shipped_configs_validate(name):
     from pathlib import Path
