@@ -43,7 +43,7 @@ class BadLine:
         return {"where": self.where(), "reason": self.reason, "raw": self.raw[:2000]}
 
 
-def _reject_constant(name: str) -> float:
+def reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
@@ -139,7 +139,7 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line, parse_constant=_reject_constant)
+                obj = json.loads(line, parse_constant=reject_constant)
             except (json.JSONDecodeError, ValueError) as e:
                 cut = "" if raw.endswith(b"\n") else " (the file ends inside this line: cut off while written?)"
                 yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}{cut}", line.rstrip("\n"))

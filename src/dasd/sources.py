@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl, open_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl, open_jsonl, reject_constant
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -232,8 +232,8 @@ class KeyedRows:
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    obj = json.loads(line, parse_constant=reject_constant)
+                except (ValueError, UnicodeDecodeError) as e:
                     self.bad.append({"where": where, "reason": f"not valid JSON: {e}"})
                     continue
                 if not isinstance(obj, dict):

@@ -139,3 +139,12 @@ def test_the_sample_stage_refuses_a_json_array_of_prompts_in_one_line(tmp_path):
     r = dasd("sample", f"run_dir={tmp_path / 'run'}", f"data.prompts={p}", "sample.k=1", "sample.temperatures=[1.0]")
     assert_one_line_error(r, f"{p}:1: a JSON array, not JSON Lines")
     assert not (tmp_path / "run" / "sample").exists() or not list((tmp_path / "run" / "sample").glob("pool-*"))
+
+
+def test_nan_in_a_companion_line_is_not_json_there_either(tmp_path):
+    p = tmp_path / "lp.jsonl"
+    p.write_text('{"sample_uuid": "a", "logprobs": [-0.5]}\n{"sample_uuid": "b", "logprobs": [NaN]}\n', encoding="utf-8")
+    idx = KeyedRows(p, "sample_uuid")
+    assert list(idx.keys()) == ["a"]
+    assert idx.bad == [{"where": f"{p}:2", "reason": "not valid JSON: non-finite number NaN is not valid JSON"}]
+    assert [(n, o.reason) for n, o in iter_jsonl(p) if isinstance(o, BadLine)] == [(2, idx.bad[0]["reason"])]
