@@ -44,6 +44,7 @@ class BadLine:
 
 
 def reject_constant(name: str) -> float:
+    """``json.loads``' ``parse_constant``: NaN and Infinity are not JSON, so such a line is a bad one."""
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
