@@ -3,8 +3,9 @@
 A *source spec* is a string (what config fields such as ``import.source``, ``import.logprobs``
 and ``data.prompts`` hold):
 
-- a local path: a ``.jsonl`` file (any other suffix is read as JSONL too), a ``.parquet`` file,
-  or a folder written by ``datasets``' ``save_to_disk`` (its ``train`` split, else its first);
+- a local path: a ``.jsonl`` file (any other suffix is read as JSONL too), a Parquet file (a
+  ``.parquet`` name, or Parquet's first bytes under any name), or a folder written by
+  ``datasets``' ``save_to_disk`` (its ``train`` split, else its first);
 - ``hf:<repo>[:<config>][@<split>][#<revision>]``: a hub data set, e.g.
   ``hf:Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b:stage1@train``. ``<repo>`` may also be a
   local folder laid out like a hub repository (data files, a README with ``configs``), which is how
@@ -15,8 +16,10 @@ line, Parquet batch by batch, hub data sets through ``datasets.load_dataset(...,
 ``where`` is ``file:line`` (JSONL), ``file[i]`` (Parquet, a saved folder) or
 ``repo:config[split][i]`` (hub), 0-based row ``i``. A JSONL line that is not a JSON object comes
 as a ``dasd.jsonl.BadLine`` (the caller quarantines it); a hub file that ``datasets`` cannot
-decode stops the read with an ``InputError`` saying how many rows came before it (``datasets``
-decodes a block of rows at a time, so it cannot skip just the bad one).
+decode, or a damaged Parquet row group, stops the read with an ``InputError`` saying how many rows
+came before it (both decode a block of rows at a time, so they cannot skip just the bad one). A
+file that is not JSON Lines at all (``dasd.jsonl.open_jsonl``) and a source without a single row
+are an ``InputError`` too.
 
 ``KeyedRows(spec, key)`` gives random access by a key column (the log-prob companion looked up by
 ``sample_uuid``), keeping only an index in memory: byte offsets for JSONL; for Parquet, saved
