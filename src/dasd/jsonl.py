@@ -61,6 +61,8 @@ MAGIC = {
     b"\xfd7zXZ\x00": "xz-compressed: decompress it first (unxz -k FILE)",
     b"PK\x03\x04": "a zip archive: extract it first (unzip FILE)",
     b"PAR1": "a Parquet file: give it a .parquet name to read it as one",
+    b"\xff\xfe": "UTF-16 text (as Windows PowerShell writes): convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
+    b"\xfe\xff": "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
 }
 
 

@@ -30,8 +30,10 @@ def lines(rows, end="\n"):
 
 
 @pytest.mark.parametrize("pack, what", [(gzip.compress, "gzip-compressed: decompress it first (gunzip -k"),
-                                        (bz2.compress, "bzip2-compressed")])
-def test_a_compressed_file_is_refused_saying_so(tmp_path, pack, what):
+                                        (bz2.compress, "bzip2-compressed"),
+                                        (lambda b: b.decode().encode("utf-16"), "UTF-16 text (as Windows PowerShell "
+                                                                                "writes): convert it to UTF-8")])
+def test_a_compressed_or_utf16_file_is_refused_saying_so(tmp_path, pack, what):
     p = tmp_path / "prompts.jsonl"
     p.write_bytes(pack(lines(ROWS).encode()))
     for read in (lambda: load_prompts(p, None), lambda: list(iter_jsonl(p)), lambda: KeyedRows(p, "id"),
