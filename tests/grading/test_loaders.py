@@ -203,3 +203,9 @@ def test_a_benchmark_without_problems_is_refused(tmp_path, fmt):
         p.write_text("\n", encoding="utf-8")
     with pytest.raises(InputError, match=rf"{p}: .*no (problems|records)"):
         load_benchmark(BenchmarkSpec(name="b", format=fmt, path=str(p)))
+
+
+@pytest.mark.parametrize("loader", [load_aime, load_gpqa, load_livecodebench, load_problems])
+def test_a_directory_given_as_a_benchmark_file_is_named_as_one(tmp_path, loader):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: is a directory, expected a"):
+        loader(tmp_path)

@@ -115,7 +115,7 @@ def load_gpqa(path: str | Path, seed: int = 0, benchmark: str | None = None,
     path = Path(path)
     bench = benchmark or path.stem
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: " + ("is a directory, expected a GPQA CSV file" if path.is_dir() else "no such file"))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
