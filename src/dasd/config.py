@@ -206,18 +206,15 @@ def load_config(
 
 
 def _origin(loc: tuple[str, ...], source: str, lines: dict, origins: dict) -> str:
-    """Where the value at ``loc`` came from: the override that set it (or a section holding it, or a
-    key inside it), else ``FILE:LINE`` of the nearest key the YAML file has, else ``source``."""
+    """Where the value at ``loc`` came from: the override that set it (or a section holding it);
+    else ``FILE:LINE`` of the nearest key the YAML file has, and the overrides of keys inside it
+    (a section-wide rule may fail on both); else ``source``."""
     for n in range(len(loc), 0, -1):
         if loc[:n] in origins:
             return origins[loc[:n]]
-    below = [o for k, o in origins.items() if k[: len(loc)] == loc]
-    if below:
-        return "; ".join(sorted(set(below)))
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return f"{source}:{lines[loc[:n]]}"
-    return source
+    line = next((f"{source}:{lines[loc[:n]]}" for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    below = sorted({o for k, o in origins.items() if k[: len(loc)] == loc})
+    return "; ".join(([line] if line else []) + below) or source
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:

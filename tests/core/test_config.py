@@ -81,6 +81,13 @@ def test_every_error_names_the_yaml_line_or_the_override_that_set_the_key(tmp_pa
         load_config(p, ["sample.k.x=3"])
 
 
+def test_a_section_wide_rule_names_the_file_line_and_the_overrides_inside_the_section(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 1.0e-3\n  stages:\n    - {name: a, data: low}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:1; override train.stages=\[{{name: a, data: high}}, {{name: a, data: low}}\]: "
+                                          r"train: Value error, stage names must be unique"):
+        load_config(p, ["train.stages=[{name: a, data: high}, {name: a, data: low}]"])
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
     # PyYAML keeps the last one silently: the first `sample` section (k: 2) would vanish
     p = write(tmp_path, "sample:\n  k: 2\nrun_dir: x\nsample:\n  top_p: 0.9\n")
