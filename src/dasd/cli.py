@@ -305,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"and re-run: dasd {shlex.join(argv)}", file=sys.stderr)
             return 2
         if e.errno in _PATH_ERRORS and e.filename:  # a path the user gave: missing, a file for a folder, no permission
+            import traceback
+
             from dasd.log import logger
 
-            logger("cli").debug("the error's traceback", exc_info=True)
+            logger("cli").debug("".join(traceback.format_exception(e)).rstrip())  # shown with -v
             target = f" -> {e.filename2}" if e.filename2 else ""
             print(f"dasd: error: {e.filename}{target}: {e.strerror}", file=sys.stderr)
             return 2

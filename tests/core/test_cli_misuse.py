@@ -29,6 +29,9 @@ def test_a_run_directory_under_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = dasd("sample", f"run_dir={tmp_path / 'afile' / 'run'}", "sample.k=1")
     assert_one_line_error(r, str(tmp_path / "afile" / "run"), "Not a directory")
+    r = dasd("-v", "sample", f"run_dir={tmp_path / 'afile' / 'run'}", "sample.k=1")  # -v: the traceback too
+    assert r.returncode == 2 and "NotADirectoryError" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"dasd: error: {tmp_path / 'afile' / 'run'}: Not a directory"
 
 
 def test_an_output_that_is_a_directory_or_under_a_file_is_one_line_and_nothing_is_written(tmp_path):
