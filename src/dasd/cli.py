@@ -11,8 +11,9 @@ Every verb that needs a config takes it the same way: an optional YAML path firs
     dasd demo
 
 ``-q`` keeps only warnings and errors, ``-v`` adds debug lines (``dasd.log``). Errors a user can fix
-(bad config, bad input, bad run directory, a run directory in use, a full disk, unknown verb) print
-one line and exit with code 2, without a traceback. Ctrl-C (SIGINT) and SIGTERM (what Slurm and
+(bad config, bad input, bad run directory, a run directory in use, a full disk, a path the
+operating system refuses: missing, a file for a folder, no permission, read-only; unknown verb) print
+one line and exit with code 2, without a traceback (``-v`` adds it as a debug line for a path). Ctrl-C (SIGINT) and SIGTERM (what Slurm and
 Kubernetes send) stop the command the same way: what is complete is kept (buffered records are
 flushed), one line says how to resume, and the exit code is 130 / 143.
 """
