@@ -228,8 +228,12 @@ def test_parse_row_keeps_source_domain_and_meta():
 
 @pytest.mark.parametrize("raw, reason", [
     ({"input": "q", "output": "o"}, "missing field 'uuid' (a non-empty string)"),
-    ({"uuid": "a", "input": "", "output": "o"}, "field 'input' must be a non-empty string or chat list"),
-    ({"uuid": "a", "input": "q", "output": " "}, "field 'output' is missing or empty"),
+    ({"uuid": "a", "input": "", "output": "o"}, "field 'input' must be a non-empty string or chat list, got an empty string"),
+    ({"uuid": "a", "input": "q", "output": " "}, "field 'output' must be a non-empty string, got an empty string"),
+    # a Parquet column of another type, or a null in it, is named as such (not as "missing")
+    ({"uuid": 17, "input": "q", "output": "o"}, "field 'uuid' must be a non-empty string, got int"),
+    ({"uuid": "a", "input": "q", "output": None}, "field 'output' must be a non-empty string, got nothing"),
+    ({"uuid": "a", "input": {"q": 1}, "output": "o"}, "field 'input' must be a non-empty string or chat list, got dict"),
     ({"uuid": "a", "input": "q", "output": "o", "domain": 3}, "field 'domain' must be a string, got int"),
     ({"uuid": "a", "input": "q", "output": "o", "meta": "{bad"},
      "field 'meta' is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),

@@ -11,8 +11,9 @@ Every verb that needs a config takes it the same way: an optional YAML path firs
     dasd demo
 
 ``-q`` keeps only warnings and errors, ``-v`` adds debug lines (``dasd.log``). Errors a user can fix
-(bad config, bad input, bad run directory, a run directory in use, a full disk, unknown verb) print
-one line and exit with code 2, without a traceback. Ctrl-C (SIGINT) and SIGTERM (what Slurm and
+(bad config, bad input, bad run directory, a run directory in use, a full disk, a path the
+operating system refuses: missing, a file for a folder, no permission, read-only; unknown verb) print
+one line and exit with code 2, without a traceback (``-v`` adds it as a debug line for a path). Ctrl-C (SIGINT) and SIGTERM (what Slurm and
 Kubernetes send) stop the command the same way: what is complete is kept (buffered records are
 flushed), one line says how to resume, and the exit code is 130 / 143.
 """
@@ -304,11 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         return _stopped("interrupted (Ctrl-C)", argv, 130)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space and "
-              f"re-run: dasd {shlex.join(argv)}", file=sys.stderr)
-        return 2
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space "
+                  f"and re-run: dasd {shlex.join(argv)}", file=sys.stderr)
+            return 2
+        if e.errno in _PATH_ERRORS and e.filename:  # a path the user gave: missing, a file for a folder, no permission
+            import traceback
+
+            from dasd.log import logger
+
+            logger("cli").debug("".join(traceback.format_exception(e)).rstrip())  # shown with -v
+            target = f" -> {e.filename2}" if e.filename2 else ""
+            print(f"dasd: error: {e.filename}{target}: {e.strerror}", file=sys.stderr)
+            return 2
+        raise
     except DasdError as e:
         lines = str(e).splitlines() or [type(e).__name__]
         for line in lines:
@@ -316,13 +326,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except typer.Exit as e:
         return e.exit_code
-    except typer.TyperException as e:  # usage errors: unknown verb, bad option
+    except typer.TyperException as e:  # usage errors: unknown verb, bad option; a group given no verb
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        print(f"dasd: error: {message} (see dasd --help)", file=sys.stderr)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            print(message, file=sys.stderr)  # `dasd`, `dasd toy`: the help, not an error line
+            return 2
+        ctx = getattr(e, "ctx", None)
+        print(f"dasd: error: {message} (see {ctx.command_path if ctx else 'dasd'} --help)", file=sys.stderr)
         return 2
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# errno values of an operating-system error about a path the user can fix (one line, exit 2)
+_PATH_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.ENAMETOOLONG, errno.ELOOP)
 
 
 def _main_thread() -> bool:

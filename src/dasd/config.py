@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from dasd.configbase import StrictModel, dump_config  # noqa: F401 (re-exported)
+from dasd.configbase import Seed, StrictModel, dump_config  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
 from dasd.grading.evaluate import EvalConfig
@@ -35,8 +35,8 @@ from dasd.train.recipes import paper_stages
 class RunConfig(StrictModel):
     """A whole pipeline run. Each section is defined next to the rules it configures (see the imports)."""
 
-    run_dir: str = Field("runs/default", description="where every stage writes")
-    seed: int = Field(0, description="global seed")
+    run_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="where every stage writes")
+    seed: Seed = Field(0, description="global seed")
     teacher: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:teacher"))
     student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))
     data: DataConfig = Field(default_factory=DataConfig)
@@ -108,66 +108,152 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML says keys
+    are unique; PyYAML would silently keep the last one, so half of a section could vanish)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.setdefault(key, key_node.start_mark.line)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if line != key_node.start_mark.line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first on line {line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _key_lines(node, path: tuple[str, ...] = (), out: dict | None = None) -> dict[tuple[str, ...], int]:
+    """The 1-based line of each key path (and list item) of a composed YAML document."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                sub = (*path, str(key_node.value))
+                out.setdefault(sub, key_node.start_mark.line + 1)
+                _key_lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = (*path, str(i))
+            out.setdefault(sub, item.start_mark.line + 1)
+            _key_lines(item, sub, out)
+    return out
+
+
+def read_yaml(path: str | Path, lines: dict | None = None) -> dict:
+    """The top-level mapping of a YAML config file; ``ConfigError`` (file, line) when it cannot be one.
+
+    ``lines``, when given, receives the line of each key path (``_key_lines``) for error messages.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a YAML config file (to use a run directory, give "
+                          f"run_dir={p} as an override)")
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        hint = (f" (an override needs '=': {p}=VALUE)" if p.suffix not in (".yaml", ".yml") and re.fullmatch(r"[A-Za-z_]\w*(\.\w+)+", str(p))
+                else "")
+        raise ConfigError(f"{p}: config file not found{hint}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML text file: not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
+        raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    if lines is not None:
+        lines.update(_key_lines(node))
     return data
 
 
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
 ) -> Any:
-    """Read YAML (or start from defaults), apply ``KEY=VALUE`` overrides, validate."""
+    """Read YAML (or start from defaults), apply ``KEY=VALUE`` overrides, validate.
+
+    Each error names where the bad value came from: ``FILE:LINE`` of its key in the YAML, or the
+    ``KEY=VALUE`` override that set it.
+    """
     source = str(path) if path else "<defaults>"
-    tree = read_yaml(path) if path else {}
-    for key, value in parse_overrides(overrides or []):
-        set_dotted(tree, key, value, source)
+    lines: dict[tuple[str, ...], int] = {}
+    tree = read_yaml(path, lines) if path else {}
+    origins: dict[tuple[str, ...], str] = {}
+    for (key, value), item in zip(parse_overrides(overrides or []), overrides or []):
+        set_dotted(tree, key, value, f"override {item}")
+        origins[tuple(key.split("."))] = f"override {key}={item.partition('=')[2]}"
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, model, source)) from None
+        raise ConfigError(format_validation_error(e, model, source, lines, origins)) from None
+
+
+def _origin(loc: tuple[str, ...], source: str, lines: dict, origins: dict) -> str:
+    """Where the value at ``loc`` came from: the override that set it (or a section holding it);
+    else ``FILE:LINE`` of the nearest key the YAML file has, and the overrides of keys inside it
+    (a section-wide rule may fail on both); else ``source``."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    line = next((f"{source}:{lines[loc[:n]]}" for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    below = sorted({o for k, o in origins.items() if k[: len(loc)] == loc})
+    return "; ".join(([line] if line else []) + below) or source
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     """The allowed keys of the section at ``loc`` (for 'did you mean' messages)."""
     cur: Any = model
     for part in loc:
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+        if part.isdigit():  # an item of a list section: ``cur`` is already the item's model
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
             return None
-        ann = cur.model_fields[part].annotation
+        field = next((f for n, f in cur.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return None
+        ann = field.annotation
         cur = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
     if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return list(cur.model_fields)
+        return [f.alias or n for n, f in cur.model_fields.items()]
     return None
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One line per problem: ``FILE: key.path: what is wrong (allowed: ...)``."""
-    lines = []
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str,
+                            lines: dict | None = None, origins: dict | None = None) -> str:
+    """One line per problem: ``WHERE: key.path: what is wrong (allowed: ...)``, ``WHERE`` being
+    ``FILE:LINE`` or the override that set the key (``_origin``)."""
+    out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         key = ".".join(loc) or "<top>"
+        where = _origin(loc, source, lines or {}, origins or {})
         if e["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
             close = difflib.get_close_matches(loc[-1], allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{source}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}")
+            out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: {key}: {e['msg']}{got_s}")
-    return "\n".join(lines)
+            out.append(f"{where}: {key}: {e['msg']}{got_s}")
+    return "\n".join(out)
 
 
 def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:

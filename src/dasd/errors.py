@@ -17,5 +17,10 @@ class InputError(DasdError):
     """An input file cannot be read at all (missing, unreadable, wrong format)."""
 
 
+class OutputError(DasdError):
+    """An output path cannot be written (it is a directory, a parent is a file, no permission, a
+    read-only filesystem); the message names the path. Nothing is half-written."""
+
+
 class DiskFullError(DasdError):
     """A write failed for lack of space (or quota); the message names the file. Nothing is half-written."""

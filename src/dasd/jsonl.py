@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dasd.errors import DiskFullError, InputError
+from dasd.errors import DiskFullError, InputError, OutputError
 
 # errno values of a full disk or an exceeded quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# errno values of a path that cannot be written for a reason the user can fix
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+              errno.ELOOP)  # EEXIST: mkdir of a parent that is a file
 
 
 @dataclass
@@ -40,13 +43,59 @@ class BadLine:
         return {"where": self.where(), "reason": self.reason, "raw": self.raw[:2000]}
 
 
-def _reject_constant(name: str) -> float:
+def reject_constant(name: str) -> float:
+    """``json.loads``' ``parse_constant``: NaN and Infinity are not JSON, so such a line is a bad one."""
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
 # The largest record (line) read from an input file, in bytes: a longer line is quarantined as a
 # BadLine without being held in memory, so a hostile or broken input cannot exhaust memory.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+# The first bytes of files that are not JSON Lines text, and what they are.
+MAGIC = {
+    b"\x1f\x8b": "gzip-compressed: decompress it first (gunzip -k FILE)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first (zstd -d FILE)",
+    b"BZh": "bzip2-compressed: decompress it first (bunzip2 -k FILE)",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it first (unxz -k FILE)",
+    b"PK\x03\x04": "a zip archive: extract it first (unzip FILE)",
+    b"PAR1": "a Parquet file: give it a .parquet name to read it as one",
+    b"\xff\xfe": "UTF-16 text (as Windows PowerShell writes): convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
+    b"\xfe\xff": "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
+}
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a file starting with ``head`` is when it is not JSON Lines text (``MAGIC``), else None."""
+    return next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+
+
+def _json_array(first: bytes) -> bool:
+    """True when a file's first line opens a JSON array of objects (``[`` alone or ``[{``): a JSON
+    file, not JSON Lines. Such a line is never a good record, so nothing readable is refused."""
+    text = first.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return text.startswith(b"[") and text[1:].lstrip()[:1] in (b"{", b"")
+
+
+def open_jsonl(path: str | os.PathLike):
+    """A JSON Lines file opened for binary reading; ``InputError`` when it is missing, a directory,
+    unreadable, or compressed or Parquet (``MAGIC``): one line saying what it is instead."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a JSON Lines file")
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        fh = p.open("rb")
+    except OSError as e:
+        raise InputError(f"{p}: cannot open ({e.strerror})") from e
+    kind = file_kind(fh.read(8))
+    if kind:
+        fh.close()
+        raise InputError(f"{p}: not JSON Lines text: {kind.replace('FILE', str(p))}")
+    fh.seek(0)
+    return fh
 
 
 def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
@@ -56,22 +105,24 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
     Bad lines (not UTF-8, not JSON, NaN/Infinity, not an object, longer than ``max_bytes``) do not
     stop the read: the caller decides to quarantine them; line numbers stay exact. A UTF-8 byte
     order mark at the start of the file is skipped. Input readers pass ``max_bytes=MAX_RECORD_BYTES``;
-    the run's own files are read whole. A missing or unreadable file raises ``InputError``.
+    the run's own files are read whole. A file that cannot be JSON Lines at all raises
+    ``InputError`` saying what it is instead: missing, a directory, unreadable, compressed, Parquet
+    (``MAGIC``), or one JSON array (``[{...}, {...}]``) rather than one object a line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        fh = p.open("rb")
-    except OSError as e:
-        raise InputError(f"{p}: cannot open ({e.strerror})") from e
-    with fh:
+    with open_jsonl(p) as fh:
         lineno = 0
+        first = True  # the first non-blank line is not read yet
         while True:
             raw = fh.readline(max_bytes + 1) if max_bytes else fh.readline()
             if not raw:
                 break
             lineno += 1
+            if first and raw.strip() and _json_array(raw):
+                out = p.with_suffix(".jsonl") if p.suffix != ".jsonl" else p.with_name(f"{p.stem}-lines.jsonl")
+                raise InputError(f"{p}:{lineno}: a JSON array, not JSON Lines (one object per line); convert it "
+                                 f"with: jq -c '.[]' {p} > {out}")
+            first = first and not raw.strip()
             if max_bytes and len(raw) > max_bytes and not raw.endswith(b"\n"):
                 size = len(raw)
                 while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a chunk at a time
@@ -91,9 +142,10 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line, parse_constant=_reject_constant)
+                obj = json.loads(line, parse_constant=reject_constant)
             except (json.JSONDecodeError, ValueError) as e:
-                yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}", line.rstrip("\n"))
+                cut = "" if raw.endswith(b"\n") else " (the file ends inside this line: cut off while written?)"
+                yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}{cut}", line.rstrip("\n"))
                 continue
             if not isinstance(obj, dict):
                 yield lineno, BadLine(str(p), lineno, f"expected a JSON object, got {type(obj).__name__}", line.rstrip("\n"))
@@ -140,16 +192,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
 
     The file gets the mode a plain ``open`` would give it (0666 less the umask). On an exception the
     temp file is removed and ``path`` is left as it was; a full disk (or quota) is a ``DiskFullError``
-    naming ``path``.
+    naming ``path``, and a path that cannot be written (a directory, a parent that is a file, no
+    permission, a read-only filesystem) an ``OutputError`` naming it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory; give the path of a file to write")
     tmp = None
+    in_body = False  # an error of the caller's own code inside the block is not about this path
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            in_body = True
             yield fh
+            in_body = False
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -162,6 +220,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         if isinstance(err, OSError) and err.errno in DISK_FULL:
             raise DiskFullError(f"{p}: no space left on device ({err.strerror}); nothing was half-written: "
                                 "free some space and re-run the same command to resume") from err
+        if isinstance(err, OSError) and err.errno in UNWRITABLE and not in_body:
+            why = (f"a folder on its path is a file ({err.filename})" if err.errno in (errno.EEXIST, errno.ENOTDIR)
+                   else f"{err.strerror}: {err.filename}")
+            raise OutputError(f"{p}: cannot write: {why}; nothing was written") from err
         raise
 
 

@@ -3,8 +3,9 @@
 A *source spec* is a string (what config fields such as ``import.source``, ``import.logprobs``
 and ``data.prompts`` hold):
 
-- a local path: a ``.jsonl`` file (any other suffix is read as JSONL too), a ``.parquet`` file,
-  or a folder written by ``datasets``' ``save_to_disk`` (its ``train`` split, else its first);
+- a local path: a ``.jsonl`` file (any other suffix is read as JSONL too), a Parquet file (a
+  ``.parquet`` name, or Parquet's first bytes under any name), or a folder written by
+  ``datasets``' ``save_to_disk`` (its ``train`` split, else its first);
 - ``hf:<repo>[:<config>][@<split>][#<revision>]``: a hub data set, e.g.
   ``hf:Alibaba-Apsara/Superior-Reasoning-SFT-gpt-oss-120b:stage1@train``. ``<repo>`` may also be a
   local folder laid out like a hub repository (data files, a README with ``configs``), which is how
@@ -15,8 +16,10 @@ line, Parquet batch by batch, hub data sets through ``datasets.load_dataset(...,
 ``where`` is ``file:line`` (JSONL), ``file[i]`` (Parquet, a saved folder) or
 ``repo:config[split][i]`` (hub), 0-based row ``i``. A JSONL line that is not a JSON object comes
 as a ``dasd.jsonl.BadLine`` (the caller quarantines it); a hub file that ``datasets`` cannot
-decode stops the read with an ``InputError`` saying how many rows came before it (``datasets``
-decodes a block of rows at a time, so it cannot skip just the bad one).
+decode, or a damaged Parquet row group, stops the read with an ``InputError`` saying how many rows
+came before it (both decode a block of rows at a time, so they cannot skip just the bad one). A
+file that is not JSON Lines at all (``dasd.jsonl.open_jsonl``) and a source without a single row
+are an ``InputError`` too.
 
 ``KeyedRows(spec, key)`` gives random access by a key column (the log-prob companion looked up by
 ``sample_uuid``), keeping only an index in memory: byte offsets for JSONL; for Parquet, saved
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl, open_jsonl, reject_constant
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -67,8 +70,29 @@ def _load_saved(path: Path):
     return ds
 
 
+def _is_parquet(path: Path) -> bool:
+    """A ``.parquet`` name, or a Parquet file under another name (its first bytes)."""
+    if path.suffix == ".parquet":
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
-    """``(where, row)`` for each row of a source, streamed (see the module doc); ``InputError`` if unreadable."""
+    """``(where, row)`` for each row of a source, streamed (see the module doc); ``InputError`` if
+    unreadable, or if it has no rows at all (an empty file is a mistake, not an empty data set)."""
+    n = 0
+    for n, item in enumerate(_rows(spec, batch_rows), 1):
+        yield item
+    if n == 0:
+        src = parse_source(spec)
+        raise InputError(f"{src.spec() if isinstance(src, HubSource) else src.path}: no records (an empty file?)")
+
+
+def _rows(spec: str | Path | Source, batch_rows: int) -> Iterator[tuple[str, dict[str, Any] | BadLine]]:
     src = parse_source(spec)
     if isinstance(src, HubSource):
         ds = _load_hub(src, streaming=True)
@@ -90,7 +114,7 @@ def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tupl
     if path.is_dir():
         for i, row in enumerate(_load_saved(path)):
             yield f"{path}[{i}]", dict(row)
-    elif path.suffix == ".parquet":
+    elif _is_parquet(path):
         import pyarrow.parquet as pq
 
         try:
@@ -98,7 +122,14 @@ def iter_rows(spec: str | Path | Source, batch_rows: int = 256) -> Iterator[tupl
         except Exception as e:
             raise InputError(f"{path}: not a readable Parquet file ({e})") from e
         i = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        batches = pf.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as e:  # a damaged row group: Parquet cannot skip just the bad rows
+                raise InputError(f"{path}: cannot read on after its first {i} rows ({type(e).__name__}: {e})") from e
+            if batch is None:
+                return
             for row in batch.to_pylist():
                 yield f"{path}[{i}]", row
                 i += 1
@@ -118,9 +149,11 @@ def count_rows(spec: str | Path | Source) -> int | None:
     if isinstance(src, HubSource):
         return None
     path = src.path
+    if not path.exists():
+        return None
     if path.is_dir():
         return len(_load_saved(path))
-    if path.suffix == ".parquet":
+    if _is_parquet(path):
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
@@ -154,7 +187,7 @@ class KeyedRows:
                 raise InputError(f"{path}: no such file or folder")
             if path.is_dir():
                 self._table = _load_saved(path)
-            elif path.suffix == ".parquet":
+            elif _is_parquet(path):
                 import datasets
 
                 try:
@@ -165,6 +198,10 @@ class KeyedRows:
             self._index_table()
         else:
             self._index_jsonl(self.source.path)
+        if not self._index:
+            first = f"; the first bad one: {self.bad[0]['where']}: {self.bad[0]['reason']}" if self.bad else ""
+            raise InputError(f"{self.source.spec()}: no rows with a string {self.key!r} to look up "
+                             f"({len(self.bad)} bad rows{first})")
 
     def _add(self, where: str, value: Any, n: int) -> bool:
         if not isinstance(value, str) or not value:
@@ -186,7 +223,7 @@ class KeyedRows:
                 n += 1
 
     def _index_jsonl(self, path: Path) -> None:
-        with path.open("rb") as fh:
+        with open_jsonl(path) as fh:
             lineno = 0
             while True:
                 pos = fh.tell()
@@ -198,8 +235,8 @@ class KeyedRows:
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    obj = json.loads(line, parse_constant=reject_constant)
+                except (ValueError, UnicodeDecodeError) as e:
                     self.bad.append({"where": where, "reason": f"not valid JSON: {e}"})
                     continue
                 if not isinstance(obj, dict):

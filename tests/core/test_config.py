@@ -33,7 +33,7 @@ def test_unknown_key_names_file_key_and_allowed(tmp_path):
 
 def test_bad_value_names_key(tmp_path):
     p = write(tmp_path, "sample:\n  k: 0\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: sample.k: .*greater than or equal to 1.*got 0"):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: sample.k: .*greater than or equal to 1.*got 0"):
         load_config(p)
 
 
@@ -54,6 +54,92 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_every_error_names_the_yaml_line_or_the_override_that_set_the_key(tmp_path):
+    p = write(tmp_path, "seed: 1\nsample:\n  k: two\n  temprature: 0.6\ntrain:\n  stages:\n    - name: a\n"
+                        "      data: low\n      lr: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["das.tau=0", "import.sorce=x.jsonl"])
+    lines = str(e.value).splitlines()
+    assert f"{p}:3: sample.k: Input should be a valid integer" in lines[0] and "(got 'two')" in lines[0]
+    assert any(line.startswith(f"{p}:4: unknown key 'sample.temprature'") for line in lines)
+    assert any(line.startswith(f"{p}:9: train.stages.0.lr: Input should be greater than 0") for line in lines)
+    assert any(line.startswith("override das.tau=0: das.tau:") for line in lines)
+    # an aliased section ('import') lists its keys and suggests the closest
+    assert any(line.startswith("override import.sorce=x.jsonl: unknown key 'import.sorce' (allowed here: source,")
+               and "did you mean 'source'?" in line for line in lines)
+    # a key of a list item (a benchmark, a training stage) lists the item's keys
+    p2 = tmp_path / "list.yaml"
+    p2.write_text("eval:\n  benchmarks:\n    - {name: a, format: aime, path: a.jsonl}\n    - {name: b, pathh: x}\n")
+    with pytest.raises(ConfigError, match=rf"^{p2}:4: unknown key 'eval.benchmarks.1.pathh' \(allowed here: name, format, "
+                                          r"path, limit, seed\); did you mean 'path'\?"):
+        load_config(p2)
+    with pytest.raises(ConfigError, match=r"^override sample\.k\.x=3: sample\.k: Input should be a valid integer"):
+        load_config(None, ["sample.k.x=3"])
+    with pytest.raises(ConfigError, match=r"^override sample.k.x=3: cannot set 'sample.k.x': sample.k is not a section"):
+        load_config(p, ["sample.k.x=3"])
+
+
+def test_a_section_wide_rule_names_the_file_line_and_the_overrides_inside_the_section(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 1.0e-3\n  stages:\n    - {name: a, data: low}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:1; override train.stages=\[{{name: a, data: high}}, {{name: a, data: low}}\]: "
+                                          r"train: Value error, stage names must be unique"):
+        load_config(p, ["train.stages=[{name: a, data: high}, {name: a, data: low}]"])
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    # PyYAML keeps the last one silently: the first `sample` section (k: 2) would vanish
+    p = write(tmp_path, "sample:\n  k: 2\nrun_dir: x\nsample:\n  top_p: 0.9\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:4: invalid YAML \(key 'sample' given twice \(first on line 1\)\)"):
+        load_config(p)
+    # a YAML merge key may still be overridden key by key
+    p = write(tmp_path, "base: &b {k: 2, top_p: 0.9}\nsample:\n  <<: *b\n  k: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'base'"):  # the merge itself is fine; `base` is not a section
+        load_config(p)
+    from dasd.config import read_yaml
+
+    assert read_yaml(p)["sample"] == {"k": 3, "top_p": 0.9}
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_are_refused_in_any_section(tmp_path, value):
+    p = write(tmp_path, f"sample:\n  temperatures: [0.6, {value}]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: sample.temperatures.1: Input should be a finite number"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"override train.lr=.*: train.lr: Input should be a finite number"):
+        load_config(None, [f"train.lr={value}"])
+
+
+def test_a_config_that_is_not_a_text_file_or_is_a_directory_is_one_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"sample:\n  k: \xff2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not a YAML text file: not valid UTF-8 \(byte 13"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"is a directory, not a YAML config file .*run_dir="):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"sample.k: config file not found \(an override needs '=': sample.k=VALUE\)"):
+        load_config("sample.k")
+    p.write_bytes(b"\xef\xbb\xbfsample:\n  k: 3\n")  # a byte order mark (editors on Windows) is not a key
+    assert load_config(p).sample.k == 3
+
+
+def test_an_empty_run_dir_or_source_is_refused_naming_the_key(tmp_path):
+    # run_dir '' would be the current directory: every stage would write its folders there
+    for value in ("", "'   '"):
+        with pytest.raises(ConfigError, match=rf"^override run_dir={value}: run_dir: String should"):
+            load_config(None, [f"run_dir={value}"])
+    p = write(tmp_path, "data:\n  prompts: ''\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: data.prompts: Value error, source '': expected a file path"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("key", ["seed", "sample.seed", "select.seed", "mix.seed", "mix.replay.seed"])
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_at_load(key, value):
+    with pytest.raises(ConfigError, match=rf"^override {key}={value}: {key}: Input should be"):
+        load_config(None, [f"{key}={value}"])
+    assert load_config(None, [f"{key}={2**32 - 1}"])
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "dasd-4b.yaml"])

@@ -157,3 +157,55 @@ def test_load_benchmark_dispatch(tmp_path):
         BenchmarkSpec(name="m", format="mmlu", path=str(p))
     with pytest.raises(ValidationError, match="needs a path"):
         BenchmarkSpec(name="g", format="gpqa")
+
+
+def test_an_id_given_twice_refuses_the_benchmark_naming_both_lines(tmp_path):
+    # two problems with one id would share (and overwrite) each other's results and grades
+    p = write_jsonl(tmp_path / "aime.jsonl", [{"id": 1, "problem": "x?", "answer": "1"},
+                                              {"id": 2, "problem": "y?", "answer": "2"},
+                                              {"id": 1, "problem": "z?", "answer": "3"}])
+    with pytest.raises(InputError, match=r"aime.jsonl:3: duplicate problem id 'aime/1' \(first on line 1\)"):
+        load_aime(p)
+    p = write_jsonl(tmp_path / "aime.jsonl", [{"problem": "x?", "answer": "1"}, {"problem": "x?", "answer": "1"}])
+    with pytest.raises(InputError, match=r"aime.jsonl:2: duplicate problem id .* \(first on line 1\)"):
+        load_aime(p)
+    rows = [("rec1", "Q1?", "a", "b", "c", "d"), ("rec2", "Q2?", "a", "b", "c", "d"), ("rec1", "Q3?", "a", "b", "c", "d")]
+    with pytest.raises(InputError, match=r"gpqa.csv:4: duplicate problem id 'gpqa/rec1' \(first on line 2\)"):
+        load_gpqa(gpqa_csv(tmp_path / "gpqa.csv", rows))
+    row = lcb_rows()[0]
+    p = write_jsonl(tmp_path / "lcb.jsonl", [row, lcb_rows()[1], row])
+    with pytest.raises(InputError, match=r"lcb.jsonl:3: duplicate problem id .* \(first on line 1\)"):
+        load_livecodebench(p)
+
+
+@pytest.mark.parametrize("field, value, msg", [
+    ("public_test_cases", json.dumps([1, 2]), "field public_test_cases: test case 0 is not an object"),
+    ("metadata", json.dumps([1]), "field metadata: not a JSON object"),
+])
+def test_livecodebench_fields_of_the_wrong_shape_are_named(tmp_path, field, value, msg):
+    p = write_jsonl(tmp_path / "lcb.jsonl", [lcb_rows()[0] | {field: value}])
+    with pytest.raises(InputError, match=rf"lcb.jsonl:1: {msg}"):
+        load_livecodebench(p)
+
+
+def test_an_answer_that_is_a_boolean_is_refused(tmp_path):
+    p = write_jsonl(tmp_path / "aime.jsonl", [{"problem": "x?", "answer": True}])
+    with pytest.raises(InputError, match="aime.jsonl:1: field answer"):
+        load_aime(p)
+
+
+@pytest.mark.parametrize("fmt", ["aime", "livecodebench", "gpqa", "prompts"])
+def test_a_benchmark_without_problems_is_refused(tmp_path, fmt):
+    p = tmp_path / f"bench.{'csv' if fmt == 'gpqa' else 'jsonl'}"
+    if fmt == "gpqa":
+        gpqa_csv(p, [])
+    else:
+        p.write_text("\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{p}: .*no (problems|records)"):
+        load_benchmark(BenchmarkSpec(name="b", format=fmt, path=str(p)))
+
+
+@pytest.mark.parametrize("loader", [load_aime, load_gpqa, load_livecodebench, load_problems])
+def test_a_directory_given_as_a_benchmark_file_is_named_as_one(tmp_path, loader):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: is a directory, expected a"):
+        loader(tmp_path)

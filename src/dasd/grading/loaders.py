@@ -14,7 +14,8 @@
   ``load_benchmark(spec)`` loads one ``BenchmarkSpec`` (an ``eval.benchmarks`` entry) of any format.
 
 Bad input is an ``InputError`` naming file, line (or CSV row) and field: the whole benchmark is
-refused rather than silently shrunk, since a score over a partial benchmark is not comparable.
+refused rather than silently shrunk, since a score over a partial benchmark is not comparable. So
+is a problem id given twice (both lines named) and a benchmark file without problems.
 Every problem gets ``meta["benchmark"]`` (default: the file's stem), used by ``metrics.summarize``.
 """
 
@@ -62,6 +63,20 @@ def _get(obj: dict[str, Any], *names: str) -> Any:
     return None
 
 
+class _Ids:
+    """The line of each problem id seen so far: an id given twice refuses the benchmark (two problems
+    with one id would share, and overwrite, each other's results)."""
+
+    def __init__(self, path: Path):
+        self.path, self.first = path, {}
+
+    def add(self, pid: str, line: int) -> None:
+        if pid in self.first:
+            raise InputError(f"{self.path}:{line}: duplicate problem id {pid!r} (first on line {self.first[pid]}); "
+                             "ids must be unique, or responses would be graded against the wrong problem")
+        self.first[pid] = line
+
+
 def _jsonl_objects(path: str | Path):
     for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
         if isinstance(obj, BadLine):
@@ -74,16 +89,18 @@ def load_aime(path: str | Path, benchmark: str | None = None, system: str | None
     path = Path(path)
     bench = benchmark or path.stem
     out = []
+    ids = _Ids(path)
     for lineno, obj in _jsonl_objects(path):
         where = f"{path}:{lineno}"
         problem = _get(obj, "problem", "question")
         answer = _get(obj, "answer", "solution_answer")
         if not isinstance(problem, str) or not problem.strip():
             raise InputError(f"{where}: field problem: missing or not a non-empty string")
-        if answer is None or (isinstance(answer, str) and not answer.strip()) or isinstance(answer, (dict, list)):
+        if answer is None or (isinstance(answer, str) and not answer.strip()) or isinstance(answer, (dict, list, bool)):
             raise InputError(f"{where}: field answer: missing or not a string/number")
         pid = _get(obj, "id")
         pid = str(pid) if pid is not None else content_id(bench, problem)
+        ids.add(f"{bench}/{pid}", lineno)
         out.append(_validated({
             "id": f"{bench}/{pid}", "domain": "math",
             "messages": _messages(f"{problem.strip()}\n\n{MATH_INSTRUCTION}", system),
@@ -98,7 +115,7 @@ def load_gpqa(path: str | Path, seed: int = 0, benchmark: str | None = None,
     path = Path(path)
     bench = benchmark or path.stem
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: " + ("is a directory, expected a GPQA CSV file" if path.is_dir() else "no such file"))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -109,6 +126,7 @@ def load_gpqa(path: str | Path, seed: int = 0, benchmark: str | None = None,
     if missing:
         raise InputError(f"{path}:1: missing CSV column(s) {missing}; found {reader.fieldnames}")
     out = []
+    ids = _Ids(path)
     for row in reader:
         where = f"{path}:{reader.line_num}"
         vals = {c: (row.get(c) or "").strip() for c in need}
@@ -116,6 +134,7 @@ def load_gpqa(path: str | Path, seed: int = 0, benchmark: str | None = None,
         if empty:
             raise InputError(f"{where}: field {empty[0]!r} is empty")
         qid = (row.get("Record ID") or "").strip() or content_id(bench, vals["Question"])
+        ids.add(f"{bench}/{qid}", reader.line_num)
         choices, letter = shuffle_choices(vals["Correct Answer"], [vals[f"Incorrect Answer {i}"] for i in (1, 2, 3)],
                                           seed, qid)
         out.append(_validated({
@@ -149,6 +168,9 @@ def _decode_cases(raw: Any, where: str, field: str) -> list[dict[str, Any]]:
             raise InputError(f"{where}: field {field}: neither JSON nor base64/zlib/pickle data ({e})") from e
     if not isinstance(val, list):
         raise InputError(f"{where}: field {field}: expected a list of test cases")
+    for i, case in enumerate(val):
+        if not isinstance(case, dict):
+            raise InputError(f"{where}: field {field}: test case {i} is not an object (got {type(case).__name__})")
     return val
 
 
@@ -163,12 +185,14 @@ def load_livecodebench(path: str | Path, benchmark: str | None = None,
     path = Path(path)
     bench = benchmark or path.stem
     out = []
+    ids = _Ids(path)
     for lineno, obj in _jsonl_objects(path):
         where = f"{path}:{lineno}"
         content = obj.get("question_content")
         if not isinstance(content, str) or not content.strip():
             raise InputError(f"{where}: field question_content: missing or empty")
         qid = str(obj.get("question_id") or content_id(bench, content))
+        ids.add(f"{bench}/{qid}", lineno)
         cases = _decode_cases(obj.get("public_test_cases", "[]"), where, "public_test_cases")
         cases += _decode_cases(obj.get("private_test_cases", "[]"), where, "private_test_cases")
         meta_raw = obj.get("metadata") or "{}"
@@ -176,6 +200,8 @@ def load_livecodebench(path: str | Path, benchmark: str | None = None,
             meta = json.loads(meta_raw) if isinstance(meta_raw, str) else dict(meta_raw)
         except (ValueError, TypeError) as e:
             raise InputError(f"{where}: field metadata: not a JSON object ({e})") from e
+        if not isinstance(meta, dict):
+            raise InputError(f"{where}: field metadata: not a JSON object (got a {type(meta).__name__})")
         fn_name = meta.get("func_name")
         starter = obj.get("starter_code") or ""
         if fn_name:
@@ -219,13 +245,10 @@ def load_problems(path: str | Path) -> list[dict[str, Any]]:
     an InputError (file:line)."""
     path = Path(path)
     out = []
-    first: dict[str, int] = {}
+    ids = _Ids(path)
     for lineno, obj in _jsonl_objects(path):
         rec = _validated(obj, f"{path}:{lineno}")
-        if rec["id"] in first:
-            raise InputError(f"{path}:{lineno}: duplicate problem id {rec['id']!r} (first on line {first[rec['id']]}); "
-                             "ids must be unique, or responses would be graded against the wrong problem")
-        first[rec["id"]] = lineno
+        ids.add(rec["id"], lineno)
         if rec.get("tests") is not None:
             bad = check_tests(rec["tests"])
             if bad:
@@ -270,6 +293,8 @@ def load_benchmark(spec: BenchmarkSpec) -> list[dict]:
             raise InputError(f"{rejects[0]['where']}: {rejects[0]['reason']} (benchmark {spec.name!r})")
         for p in probs:
             p.setdefault("meta", {}).setdefault("benchmark", spec.name)
+    if not probs:  # an empty file, or a header only: a score over nothing is not a result
+        raise InputError(f"{spec.path}: no problems (benchmark {spec.name!r}, format {spec.format})")
     return probs[: spec.limit] if spec.limit else probs
 
 

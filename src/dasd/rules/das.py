@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dasd.configbase import StrictModel
+from dasd.configbase import Seed, StrictModel
 from dasd.text.align import score_sentences, sentence_means
 from dasd.text.sentences import segment
 
@@ -384,4 +384,4 @@ class SelectConfig(StrictModel):
         "log-prob given a local window, score.local_window; arXiv 2510.03988)",
     )
     m: int = Field(1, ge=1, description="responses kept per prompt and pool (the sampling budget)")
-    seed: int = Field(0, description="seed of random selection")
+    seed: Seed = Field(0, description="seed of random selection")

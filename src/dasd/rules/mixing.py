@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import Seed, StrictModel
 from dasd.errors import DasdError, InputError
 from dasd.records import Prompt, content_id
 from dasd.rules.sampling import derived_seed
@@ -77,7 +77,7 @@ class ReplayConfig(StrictModel):
         description="The named pool the replayed examples come from: high (stage 2's data, default), low "
         "or T<temp>.",
     )
-    seed: int = Field(0, description="Seed of the draw: the examples with the lowest sha256(seed:id) are "
+    seed: Seed = Field(0, description="Seed of the draw: the examples with the lowest sha256(seed:id) are "
                       "replayed, so the draw depends only on the seed and the ids.")
 
 
@@ -109,7 +109,7 @@ class MixConfig(StrictModel):
         "cut_in_thinking = the reasoning region is the text before </think> and the cut falls "
         "there (the teacher rewrites the end of the reasoning and the answer); skip = drop it.",
     )
-    seed: int = Field(0, description="Seed of the question draw, the rollouts, the cut points and "
+    seed: Seed = Field(0, description="Seed of the question draw, the rollouts, the cut points and "
                       "the continuations (each derived per question, so resume is exact).")
     student_temperature: float = Field(
         1.0, ge=0.0, description="Sampling temperature of the student's rollouts (the paper "

@@ -123,6 +123,15 @@ class ReleasedRow:
     output: str
 
 
+def _got(value: Any) -> str:
+    """How a bad field value reads in a reason: nothing, an empty string, or its type."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, (str, list)) and not (value.strip() if isinstance(value, str) else value):
+        return "an empty " + ("string" if isinstance(value, str) else "list")
+    return type(value).__name__
+
+
 def parse_row(raw: dict[str, Any]) -> ReleasedRow:
     """Parse one release row; ``ValueError`` names the field at fault.
 
@@ -131,18 +140,20 @@ def parse_row(raw: dict[str, Any]) -> ReleasedRow:
     already holds a different ``source_domain`` is an error rather than a silent overwrite.
     """
     uuid = raw.get("uuid")
-    if not isinstance(uuid, str) or not uuid.strip():
+    if "uuid" not in raw:
         raise ValueError("missing field 'uuid' (a non-empty string)")
+    if not isinstance(uuid, str) or not uuid.strip():
+        raise ValueError(f"field 'uuid' must be a non-empty string, got {_got(uuid)}")
     inp = raw.get("input")
     if isinstance(inp, str) and inp.strip():
         prompt: dict[str, Any] = {"prompt": inp}
     elif isinstance(inp, list) and inp:
         prompt = {"messages": inp}
     else:
-        raise ValueError("field 'input' must be a non-empty string or chat list")
+        raise ValueError(f"field 'input' must be a non-empty string or chat list, got {_got(inp)}")
     out = raw.get("output")
     if not isinstance(out, str) or not out.strip():
-        raise ValueError("field 'output' is missing or empty")
+        raise ValueError(f"field 'output' must be a non-empty string, got {_got(out)}")
     source_domain = raw.get("domain")
     if source_domain is not None and not isinstance(source_domain, str):
         raise ValueError(f"field 'domain' must be a string, got {type(source_domain).__name__}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import Seed, StrictModel
 from dasd.records import content_id
 
 
@@ -19,7 +19,7 @@ class SampleConfig(StrictModel):
     k: int = Field(4, ge=1, description="candidate responses per prompt per temperature")
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
-    seed: int = Field(0, description="base seed; each (prompt, temperature) derives its own")
+    seed: Seed = Field(0, description="base seed; each (prompt, temperature) derives its own")
     batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
 
     @field_validator("temperatures")

@@ -71,9 +71,13 @@ def parse_source(spec: str | Path | Source) -> Source:
 
 
 def check_source_spec(spec: str | None) -> str | None:
-    """Validate a source spec's syntax (no I/O): for config fields, so a typo fails at load time."""
+    """Validate a source spec's syntax (no I/O): for config fields, so a typo fails at load time
+    (a ``ValueError``, so that the config error names the key and where it was set)."""
     if spec is not None:
-        parse_source(spec)
+        try:
+            parse_source(spec)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
     return spec
 
 

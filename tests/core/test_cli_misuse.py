@@ -1,0 +1,99 @@
+"""A user holding the CLI wrong: paths that are files where folders are expected (and the reverse),
+configs that are not YAML text, outputs that cannot be written. Each is one line naming the path,
+exit 2, no traceback, and nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from dasd import jsonl
+from dasd.errors import OutputError
+from dasd.jsonl import atomic_write_json, atomic_write_jsonl
+
+from test_cli import assert_one_line_error, dasd
+
+
+def _grade_inputs(tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "p1", "domain": "math", "answer": "2",
+                                    "messages": [{"role": "user", "content": "1+1?"}]}) + "\n", encoding="utf-8")
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(json.dumps({"problem_id": "p1", "text": "\\boxed{2}"}) + "\n", encoding="utf-8")
+    return problems, responses
+
+
+def test_a_run_directory_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = dasd("sample", f"run_dir={tmp_path / 'afile' / 'run'}", "sample.k=1")
+    assert_one_line_error(r, str(tmp_path / "afile" / "run"), "Not a directory")
+    r = dasd("-v", "sample", f"run_dir={tmp_path / 'afile' / 'run'}", "sample.k=1")  # -v: the traceback too
+    assert r.returncode == 2 and "NotADirectoryError" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"dasd: error: {tmp_path / 'afile' / 'run'}: Not a directory"
+
+
+def test_an_output_that_is_a_directory_or_under_a_file_is_one_line_and_nothing_is_written(tmp_path):
+    problems, responses = _grade_inputs(tmp_path)
+    (tmp_path / "outdir").mkdir()
+    r = dasd("grade", "--problems", str(problems), "--responses", str(responses), "--out", str(tmp_path / "outdir"))
+    assert_one_line_error(r, str(tmp_path / "outdir"), "is a directory")
+    (tmp_path / "afile").write_text("x")
+    r = dasd("grade", "--problems", str(problems), "--responses", str(responses),
+             "--out", str(tmp_path / "afile" / "out.jsonl"))
+    assert_one_line_error(r, str(tmp_path / "afile" / "out.jsonl"), "a folder on its path is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "outdir", "problems.jsonl", "responses.jsonl"]
+    assert not list((tmp_path / "outdir").iterdir())
+    r = dasd("grade", "--problems", str(problems), "--responses", str(responses), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 0, r.stderr  # the same inputs grade fine
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_write_refused_by_the_os_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch, code):
+    target = tmp_path / "out.jsonl"
+    atomic_write_jsonl(target, [{"old": True}])
+    real_replace = jsonl.os.replace
+
+    def refuse(src, dst):
+        raise OSError(code, "refused", str(dst))
+
+    monkeypatch.setattr(jsonl.os, "replace", refuse)
+    with pytest.raises(OutputError, match=rf"^{target}: cannot write: .*nothing was written"):
+        atomic_write_jsonl(target, [{"new": True}])
+    monkeypatch.setattr(jsonl.os, "replace", real_replace)
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_an_os_error_of_the_callers_own_code_is_not_blamed_on_the_output(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with jsonl.atomic_open(tmp_path / "out.json") as fh:
+            fh.write("{}")
+            open(tmp_path / "missing-input.txt").read()
+    with pytest.raises(OutputError, match="is a directory"):
+        atomic_write_json(tmp_path, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_that_is_not_utf8_text_or_a_directory_is_one_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"sample:\n  k: \xff\n")
+    assert_one_line_error(dasd("config", "show", str(p)), "c.yaml: not a YAML text file: not valid UTF-8")
+    assert_one_line_error(dasd("sample", str(tmp_path)), "is a directory, not a YAML config file",
+                          f"run_dir={tmp_path}")
+    assert_one_line_error(dasd("config", "show", "sample.k", "2"), "sample.k: config file not found",
+                          "an override needs '='")
+
+
+@pytest.mark.parametrize("args", [[], ["toy"], ["config"]])
+def test_a_group_without_a_verb_prints_its_help_not_an_error_line(args):
+    r = dasd(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"Usage: {' '.join(['dasd', *args])} [OPTIONS] COMMAND") and "dasd: error:" not in r.stderr
+
+
+def test_a_usage_error_points_to_the_help_of_the_verb_at_fault():
+    assert_one_line_error(dasd("grade"), "Missing option '--problems'", "(see dasd grade --help)")
+    assert_one_line_error(dasd("export", "llamafactory", "--gpus", "x"), "'--gpus'",
+                          "(see dasd export llamafactory --help)")
