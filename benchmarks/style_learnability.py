@@ -26,7 +26,7 @@ from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STEP = re.compile(r"^Step (\d+): (\w+) (\d+)\. (-?\d+) ([-+*]) (\d+) = (-?\d+)(?:, which is (-?\d+) modulo 10)?\.(.*)$")
+STEP = re.compile(r"^Step (\d+): ([a-z ]+?) (\d+)\. (-?\d+) ([-+*]) (\d+) = (-?\d+)(?:, which is (-?\d+) modulo 10)?\.(.*)$")
 CHECK = re.compile(r"^ Check: (-?\d+) ([-+*]) (-?\d+) = (-?\d+)(, ok\.|, not (-?\d+), so (-?\d+) ([-+*]) (\d+) = (-?\d+)(?:, which is (-?\d+) modulo 10)?\.)$")
 SYM_OP = {"+": "add", "-": "subtract", "*": "multiply"}
 
