@@ -341,7 +341,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     up to date; then return its manifest counts (and log one line), else None.
 
     Refused (``require_finished``) when a stage it reads, or ``import`` (which writes into ``sample``),
-    began and did not finish. Up to date: finished with this ``config`` on inputs with the same
+    began and did not finish, and (``require_ran``) when a stage it reads has not run here. Up to date: finished with this ``config`` on inputs with the same
     ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), or when an input lost
@@ -349,6 +349,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     shards read (``read_shards``).
     """
     require_finished(store, (*reads, "import"), stage)
+    require_ran(store, reads, stage)
     inputs = store.fingerprint(reads, extra=extra)
     if store.up_to_date(stage, config, inputs):
         logger(stage).info(f"up to date (same settings, models and {' and '.join(reads)} outputs); nothing to do")
@@ -378,6 +379,17 @@ def require_finished(store: RunStore, stages: tuple[str, ...] | str, by: str) ->
             started = store.stage_info(stage).get("started", "?")
             raise DasdError(f"{store.root}: stage {stage!r} began at {started} and did not finish, so its outputs are "
                             f"partial; run `dasd {stage}` (or `dasd run`) to finish it before `dasd {by}`")
+
+
+def require_ran(store: RunStore, stages: tuple[str, ...], by: str) -> None:
+    """Refuse to let stage ``by`` run before a stage it reads: one with neither a manifest entry nor
+    outputs in this run (``import`` counts for ``sample``, whose pools it writes). Without this, a
+    stage run out of order on a fresh run directory would read nothing and finish "complete"."""
+    for stage in stages:
+        ran = store.stage_info(stage) or store.outputs(stage) or (stage == "sample" and store.stage_info("import"))
+        if not ran:
+            raise DasdError(f"{store.root}: stage {stage!r} has not run in this run directory, so `dasd {by}` has "
+                            f"nothing to read; run `dasd {stage}` first (or `dasd run` for the whole pipeline)")
 
 
 # ``mix`` settings that do not change what `dasd mix` writes

@@ -97,3 +97,15 @@ def test_a_usage_error_points_to_the_help_of_the_verb_at_fault():
     assert_one_line_error(dasd("grade"), "Missing option '--problems'", "(see dasd grade --help)")
     assert_one_line_error(dasd("export", "llamafactory", "--gpus", "x"), "'--gpus'",
                           "(see dasd export llamafactory --help)")
+
+
+@pytest.mark.parametrize("verb,missing", [("filter", "sample"), ("score", "sample"), ("select", "sample")])
+def test_a_stage_run_before_the_stages_it_reads_is_refused(tmp_path, verb, missing):
+    """On a fresh run directory `dasd filter/score/select` used to read nothing and finish
+    'complete' (exit 0); now each names the stage that has to run first, and writes no stage entry."""
+    run = tmp_path / "run"
+    r = dasd(verb, f"run_dir={run}")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"stage '{missing}' has not run" in r.stderr and f"run `dasd {missing}` first" in r.stderr
+    manifest = run / "manifest.json"
+    assert not manifest.exists() or verb not in json.loads(manifest.read_text())["stages"]
