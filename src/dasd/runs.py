@@ -20,7 +20,7 @@ from pathlib import Path
 from dasd.columnar import kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
-from dasd.errors import ConfigError, DasdError
+from dasd.errors import ConfigError, DasdError, InputError
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
@@ -81,6 +81,10 @@ def training_prompts(cfg, store: RunStore, stage: str = "sample") -> list[dict]:
     if rejects:
         store.write_rejects(stage, rejects)
         logger(stage).info(f"{len(rejects)} prompt record(s) rejected; see {store.root / stage}/rejects-*.jsonl")
+        if not prompts:
+            raise InputError(f"{d.prompts}: every prompt record was rejected ({len(rejects)}; the first, "
+                             f"{rejects[0].get('where', '?')}: {rejects[0].get('reason', '?')}); "
+                             f"see {store.root / stage}/rejects-*.jsonl")
     return prompts
 
 

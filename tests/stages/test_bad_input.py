@@ -75,3 +75,30 @@ def test_duplicate_problem_ids_in_grade_are_an_error_naming_the_line(tmp_path):
     with pytest.raises(InputError, match=rf"{probs}:3: duplicate problem id 'q1' \(first on line 1\)"):
         run_grade(probs, resp, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_import_whose_every_row_is_rejected_fails_naming_the_first(tmp_path):
+    """Released-layout rows read as chat JSONL: every row is quarantined, and the import fails
+    (it used to finish with 0 responses, exit 0); the stage stays unfinished, so filter refuses."""
+    from dasd.stages.import_ import run_import
+
+    data = tmp_path / "released.jsonl"
+    data.write_text("".join(json.dumps({"uuid": f"u{i}", "input": "q", "output": "<think>a</think>b"}) + "\n"
+                            for i in range(3)), encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat"])
+    with pytest.raises(InputError, match=r"every one of its 3 row\(s\) was rejected with import.format 'chat' "
+                                         r"\(the first, .*released.jsonl:1: "):
+        run_import(cfg)
+    store = RunStore.open(tmp_path / "run")
+    assert len(list(store.read("sample", "rejects"))) == 3  # quarantined, with where and why
+    with pytest.raises(Exception, match="'import' began at .* and did not finish"):
+        run_filter(cfg)
+
+
+def test_a_prompt_file_whose_every_record_is_rejected_fails_sampling(tmp_path, tiny_lm_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p1"}) + "\n" + json.dumps({"id": "p2", "prompt": 3}) + "\n", encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", f"teacher.model={tiny_lm_dir}"])
+    with pytest.raises(InputError, match=r"every prompt record was rejected \(2; the first, .*prompts.jsonl:1: "):
+        run_sample(cfg)
+    assert len(list(RunStore.open(tmp_path / "run").read("sample", "rejects"))) == 2

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dasd.errors import ConfigError
+from dasd.errors import ConfigError, InputError
 from dasd.jsonl import BadLine
 from dasd.log import logger
 from dasd.prompts import to_prompt
@@ -207,6 +207,11 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     counts["rejected"] = len(rejects)
     if rejects:
         store.write_rejects(STAGE, [{**r, "import_pool": pool, "import_key": key} for r in rejects])
+    if counts["read"] and not counts["imported"]:  # the stage stays unfinished: later stages refuse the pool
+        example = next((r for r in rejects if r.get("where") != ic.logprobs), rejects[0])
+        raise InputError(f"{ic.source}: every one of its {counts['read']} row(s) was rejected with import.format "
+                         f"{ic.format!r} (the first, {example.get('where', '?')}: {example.get('reason', '?')}); "
+                         f"see {store.root / STAGE}/rejects-*.jsonl")
     shards = sorted([p.name, p.stat().st_size] for p in imported_shards(store, pool))
     pools = {**(store.stage_info("import").get("pools") or {}), pool: {"import_key": key, "shards": shards, "counts": counts}}
     store.end_stage("import", counts, pools=pools)
