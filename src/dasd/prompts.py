@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import Seed, StrictModel
 from dasd.errors import InputError
 from dasd.jsonl import BadLine
 from dasd.records import Prompt, content_id
@@ -29,7 +29,7 @@ class ToyDataConfig(StrictModel):
     """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
 
     n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
-    seed: int = Field(0, description="seed of the problem generator")
+    seed: Seed = Field(0, description="seed of the problem generator")
 
 
 class DataConfig(StrictModel):

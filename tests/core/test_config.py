@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dasd.config import RunConfig, load_config
@@ -134,7 +136,8 @@ def test_an_empty_run_dir_or_source_is_refused_naming_the_key(tmp_path):
         load_config(p)
 
 
-@pytest.mark.parametrize("key", ["seed", "sample.seed", "select.seed", "mix.seed", "mix.replay.seed"])
+@pytest.mark.parametrize("key", ["seed", "sample.seed", "select.seed", "mix.seed", "mix.replay.seed", "train.seed",
+                                 "data.toy.seed"])
 @pytest.mark.parametrize("value", [-1, 2**32])
 def test_a_seed_numpy_cannot_take_is_refused_at_load(key, value):
     with pytest.raises(ConfigError, match=rf"^override {key}={value}: {key}: Input should be"):
@@ -171,5 +174,7 @@ def test_config_reference_doc_is_current_and_every_key_documented():
     assert doc.read_text(encoding="utf-8").strip() == ref.strip(), "regenerate: python -m dasd.config > docs/config.md"
     rows = [line for line in ref.splitlines() if line.startswith("| `")]
     assert len(rows) > 80
-    undocumented = [r.split("|")[1].strip() for r in rows if not r.rstrip("| ").split("|")[-1].strip()]
+    cells = [re.fullmatch(r"\| `(.+?)` \| `(.*?)` \| `(.*?)` \| (.*)\|", r) for r in rows]  # key, type, default, desc
+    assert all(cells), [r for r, c in zip(rows, cells) if not c]
+    undocumented = [c[1] for c in cells if not c[4].strip()]
     assert undocumented == []

@@ -54,7 +54,8 @@ class AnalysisConfig(StrictModel):
 
     tau: float = Field(math.log(2.0), gt=0, description="Teacher/Student threshold on |lp_T - lp_S| (nats/token).")
     tau_boost: float = Field(
-        math.log(2.0), gt=0, description="Boosted: lp_D - max(lp_T, lp_S) above this (nats/token)."
+        math.log(2.0), gt=0, description="Boosted threshold (nats/token): lp_D - max(lp_T, lp_S) above it, or, with "
+        "boosted two_sided (the default), min(lp_T, lp_S) - lp_D above it too."
     )
     boosted: Literal["two_sided", "higher"] = Field(
         "two_sided",

@@ -26,7 +26,8 @@ class ImportConfig(StrictModel):
         None, description="the DASD -Logprob companion (sample_uuid, token_ids, logprobs), joined by id; same forms as source")
     logprob_mode: LogprobMode = Field("auto", description=LOGPROB_MODE_HELP)
     temperature: float = Field(1.0, ge=0, description="the sampling temperature of these responses (their pool)")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="the nucleus threshold these responses were sampled with "
+                         "(recorded; with temperature 1 and top_p 1, logprob_mode auto reads them as raw)")
     model: str = Field("gpt-oss-120b", description="name of the teacher that wrote them (recorded)")
 
 

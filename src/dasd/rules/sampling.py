@@ -17,7 +17,8 @@ class SampleConfig(StrictModel):
 
     temperatures: list[float] = Field([0.6, 1.0], min_length=1, description="one pool per temperature")
     k: int = Field(4, ge=1, description="candidate responses per prompt per temperature")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold; 1 keeps the whole distribution "
+                         "(with temperature 1, sampled log-probs are then raw)")
     max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
     seed: Seed = Field(0, description="base seed; each (prompt, temperature) derives its own")
     batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import Seed, StrictModel
 
 
 class StageConfig(StrictModel):
@@ -96,7 +96,7 @@ class TrainConfig(StrictModel):
     eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
     weight_decay: float = Field(default=0.1, ge=0, description="AdamW decoupled weight decay (not on biases and norm weights).")
     clip: float = Field(default=1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
-    seed: int = Field(default=0, description="Seed of weights-independent randomness: data order per epoch, torch RNG.")
+    seed: Seed = Field(default=0, description="Seed of weights-independent randomness: data order per epoch, torch RNG.")
     save_every: int = Field(default=0, ge=0, description="Checkpoint every N optimizer steps (0: only at each stage's end).")
     keep_checkpoints: int = Field(default=2, ge=1, description="How many step checkpoints to keep per stage.")
     mask_prefix: bool = Field(default=False, description="Mask the student-written prefix of mixed-policy examples "
