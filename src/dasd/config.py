@@ -10,6 +10,7 @@ the module that uses it; ``docs/config.md`` lists them.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,36 @@ class RunConfig(StrictModel):
             if isinstance(train, dict):
                 student = data["student"].get("model") if isinstance(data.get("student"), dict) else None
                 data = {**data, "train": _default_train(train, student or "toy:student")}
+                data = _default_eval_models(data)
         return data
+
+
+def unknown_eval_label(cfg: RunConfig) -> str | None:
+    """What is wrong with eval.models, or None. A bare label (no path separator) must be teacher,
+    student, a training stage or an existing directory, so a misspelt stage name is refused at load,
+    not after the models listed before it were evaluated; a label with a path separator is a model
+    directory, looked up when it is evaluated."""
+    known = ["teacher", "student", *(s.name for s in cfg.train.stages)]
+    for label in cfg.eval.models:
+        if label in known or "/" in label or os.sep in label or label.startswith("toy:") or Path(label).is_dir():
+            continue
+        close = difflib.get_close_matches(label, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return (f"{label!r} is not teacher, student, a training stage ({', '.join(known[2:])}) or a model "
+                f"directory{hint}")
+    return None
+
+
+def _default_eval_models(data: dict) -> dict:
+    """An eval section without `models` evaluates the student base, every training stage and the teacher."""
+    ev = data.get("eval") if data.get("eval") is not None else {}
+    stages = data["train"].get("stages")
+    if not isinstance(ev, dict) or "models" in ev or not isinstance(stages, list):
+        return data
+    names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in stages]
+    if not all(isinstance(n, str) for n in names):
+        return data  # malformed stages: their own validation says so
+    return {**data, "eval": {**ev, "models": list(dict.fromkeys(["student", *names, "teacher"]))}}
 
 
 def _default_train(section: dict, student_model: str) -> dict:
@@ -200,9 +230,12 @@ def load_config(
         set_dotted(tree, key, value, f"override {item}")
         origins[tuple(key.split("."))] = f"override {key}={item.partition('=')[2]}"
     try:
-        return model.model_validate(tree)
+        cfg = model.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, model, source, lines, origins)) from None
+    if isinstance(cfg, RunConfig) and (problem := unknown_eval_label(cfg)):
+        raise ConfigError(f"{_origin(('eval', 'models'), source, lines, origins)}: eval.models: {problem}")
+    return cfg
 
 
 def _origin(loc: tuple[str, ...], source: str, lines: dict, origins: dict) -> str:

@@ -178,3 +178,24 @@ def test_config_reference_doc_is_current_and_every_key_documented():
     assert all(cells), [r for r, c in zip(rows, cells) if not c]
     undocumented = [c[1] for c in cells if not c[4].strip()]
     assert undocumented == []
+
+
+def test_a_misspelt_eval_label_or_a_repeated_one_is_refused_at_load(tmp_path, monkeypatch):
+    p = write(tmp_path, "eval:\n  models: [student, stage1_lo]\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: eval.models: 'stage1_lo' is not teacher, student, a training "
+                                          r"stage \(stage1_low, stage2_high, stage3_mixed\) .*did you mean 'stage1_low'\?"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"'student' given more than once"):
+        load_config(None, ["eval.models=[student,student]"])
+    with pytest.raises(ConfigError, match=r"eval.benchmarks: 'toy' given more than once"):
+        load_config(write(tmp_path, "eval:\n  benchmarks:\n    - {name: toy, format: toy}\n    - {name: toy, format: toy}\n"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodel").mkdir()  # a bare label naming a directory here, and a path, are model directories
+    assert load_config(None, ["eval.models=[mymodel,elsewhere/final,teacher]"]).eval.models[0] == "mymodel"
+
+
+def test_eval_models_default_to_the_student_every_training_stage_and_the_teacher():
+    assert load_config(None).eval.models == ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"]
+    cfg = load_config(None, ["train.stages=[{name: warm, data: low, init: base}, {name: hot, data: high}]"])
+    assert cfg.eval.models == ["student", "warm", "hot", "teacher"]
+    assert load_config(None, ["train.stages=[{name: warm, data: low, init: base}]", "eval.models=[warm]"]).eval.models == ["warm"]

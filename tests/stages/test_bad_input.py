@@ -102,3 +102,14 @@ def test_a_prompt_file_whose_every_record_is_rejected_fails_sampling(tmp_path, t
     with pytest.raises(InputError, match=r"every prompt record was rejected \(2; the first, .*prompts.jsonl:1: "):
         run_sample(cfg)
     assert len(list(RunStore.open(tmp_path / "run").read("sample", "rejects"))) == 2
+
+
+def test_grading_an_empty_responses_file_is_an_error(tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "p1", "domain": "math", "answer": "2",
+                                    "messages": [{"role": "user", "content": "1+1?"}]}) + "\n", encoding="utf-8")
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match="responses.jsonl: no responses to grade"):
+        run_grade(problems, responses, tmp_path / "graded.jsonl")
+    assert not (tmp_path / "graded.jsonl").exists()

@@ -79,9 +79,19 @@ class EvalConfig(StrictModel):
         "102,400 tokens math / 81,920 code and science), replacing `protocol`")
     models: list[str] = Field(
         default_factory=lambda: ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"],
-        description="labels: teacher, student (base), a training stage name, or a model directory")
+        description="labels: teacher, student (base), a training stage name, or a model directory; in a run "
+        "config the default is student, every stage of train.stages, teacher")
     batch_requests: int = Field(64, ge=1, description="samples per engine call")
     workers: int | None = Field(None, ge=0, description="grading processes (0 = in process; None = auto)")
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        """Results are keyed by benchmark name and model label: each may appear once."""
+        for what, names in (("benchmarks", [b.name for b in self.benchmarks]), ("models", self.models)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"eval.{what}: {', '.join(map(repr, twice))} given more than once")
+        return self
 
 
 def sample_seed(seed: int, problem_id: str, index: int) -> int:
@@ -192,6 +202,8 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
         proto = obj.get("protocol") if isinstance(obj.get("protocol"), dict) else {"source": str(responses_path)}
         pairs.append((problems[pid], text))
         meta.append((idx, proto, obj.get("finish_reason")))
+    if not pairs:
+        raise InputError(f"{responses_path}: no responses to grade")
     try:
         graded = grade_many(pairs, workers=workers)
     except ValueError as e:
