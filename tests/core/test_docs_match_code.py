@@ -126,6 +126,17 @@ def dasd_commands(page: Path) -> list[str]:
     return out
 
 
+def nested_model(annotation) -> type[BaseModel] | None:
+    """The config model inside a field's annotation (through lists and optionals), or None."""
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+        stack.extend(typing.get_args(a))
+    return None
+
+
 def config_key_exists(dotted: str) -> bool:
     """Whether ``dotted`` names a field of RunConfig (through nested models, lists and optionals)."""
     model: typing.Any = RunConfig
@@ -136,14 +147,7 @@ def config_key_exists(dotted: str) -> bool:
         if part not in fields:
             return False
         ann = fields[part].annotation
-        stack, nested = [ann], None
-        while stack:
-            a = stack.pop()
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                nested = a
-                break
-            stack.extend(typing.get_args(a))
-        model = nested if nested is not None else ann
+        model = nested_model(ann) or ann
     return True
 
 
@@ -300,13 +304,7 @@ def config_leaves(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[
     out = {}
     for name, field in model.model_fields.items():
         key = prefix + (field.alias or name)
-        stack, nested = [field.annotation], None
-        while stack:
-            a = stack.pop()
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                nested = a
-                break
-            stack.extend(typing.get_args(a))
+        nested = nested_model(field.annotation)
         if nested is not None and nested is not model:
             out |= config_leaves(nested, key + ".")
         if nested is None or (field.description or "").strip():
