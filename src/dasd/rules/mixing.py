@@ -29,7 +29,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -304,13 +304,18 @@ def make_example(prompt: dict, prefix: str, continuation: str, example_id: str, 
     }
 
 
-def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
+def draw_questions(curated: Iterable[dict], n: int, seed: int) -> list[dict]:
     """``n`` curated items, one per prompt id (the first item of each id), in a seeded order.
 
     The order is a seeded shuffle of the sorted prompt ids, so the first ``n`` of a larger draw are
-    the draw of ``n``: raising ``n_questions`` on a finished run only adds questions.
+    the draw of ``n``: raising ``n_questions`` on a finished run only adds questions. ``curated``
+    (a list, or anything iterable again, e.g. ``stages.mix.curated_from_run``'s) is read twice: to
+    check every item and collect the prompt ids, then to take the drawn items; only the ids and the
+    ``n`` drawn items are held.
     """
-    by_id: dict[str, dict] = {}
+    if isinstance(curated, Iterator):  # a one-pass iterator cannot be read twice
+        curated = list(curated)
+    ids: set[str] = set()
     for i, item in enumerate(curated):
         where = f"curated[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), dict):
@@ -321,10 +326,15 @@ def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
             Prompt.model_validate(item["prompt"])
         except Exception as err:
             raise InputError(f"{where}: field 'prompt': {err}") from None
-        by_id.setdefault(item["prompt"]["id"], item)
-    ids = sorted(by_id)
-    random.Random(derived_seed("mix-draw", seed)).shuffle(ids)
-    return [by_id[i] for i in ids[:n]]
+        ids.add(item["prompt"]["id"])
+    order = sorted(ids)
+    random.Random(derived_seed("mix-draw", seed)).shuffle(order)
+    drawn: dict[str, dict | None] = dict.fromkeys(order[:n])
+    for item in curated:
+        pid = item["prompt"]["id"]
+        if pid in drawn and drawn[pid] is None:
+            drawn[pid] = item
+    return list(drawn.values())
 
 
 def rollout_id(prompt_id: str, student: str, teacher: str, cfg: MixConfig) -> str:
