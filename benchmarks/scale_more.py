@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -178,7 +177,9 @@ def config(root: Path, extra: list[str]):
 
 
 def _status(field: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes. Not ``getrusage``: a
+    child's ``ru_maxrss`` starts at its parent's RSS at the fork and keeps it across ``exec``, so it
+    reports the benchmark's own size, not the stage's."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
@@ -198,7 +199,7 @@ def run_stage(stage: str, root: Path) -> dict:
     from dasd.stages import import_, mix, report  # noqa: F401
     from dasd.train import data  # noqa: F401
 
-    base = _status("VmRSS")
+    base, loaded = _status("VmRSS"), _status("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")
     t0, c0 = time.monotonic(), time.process_time()
     if stage == "import":
@@ -237,7 +238,7 @@ def run_stage(stage: str, root: Path) -> dict:
         sd = prepare(tok, items, CONTEXT, False, True, cache_dir=root / "tokens")
         out = {"tokens": sd.n_tokens, "sequences": len(sd.sequences), "written": folder_bytes(root / "tokens")}
     return {**out, "wall_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "stage_peak": _status("VmHWM") - base}
+            "peak_rss": max(loaded, _status("VmHWM")), "stage_peak": _status("VmHWM") - base}
 
 
 def folder_bytes(root: Path) -> int:
