@@ -19,6 +19,7 @@ again. The key covers the tokenizer, the examples, ``mask_prefix`` and ``context
 from __future__ import annotations
 
 import hashlib
+from array import array
 import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +35,7 @@ from dasd.errors import ConfigError, InputError
 from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_json, dumps, iter_jsonl
 from dasd.records import TrainingExample
 from dasd.train.encode import IGNORE, encode_batch
-from dasd.train.packing import pack
+from dasd.train.packing import Packed, pack
 
 BATCH = 256  # examples per tokenizer call
 
@@ -58,7 +59,7 @@ class StageData:
     labels: list[np.ndarray]
     starts: np.ndarray  # int64, n_examples + 1
     n_loss: np.ndarray  # int64, loss-carrying tokens per example
-    sequences: list[list[int]]
+    sequences: Packed | list[list[int]]  # example indices of each packed sequence
     key: str
     dropped: dict[str, int] = field(default_factory=dict)
     first: np.ndarray | None = None  # int64, parts + 1 (None: one part)
@@ -167,7 +168,7 @@ def data_key(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pr
 
 def _build(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, out: Path | None):
     """Tokenise in batches as ``items`` are read; stream arrays to ``out`` (or keep them in memory when None)."""
-    starts, n_loss, dropped = [0], [], {"over_context": 0}
+    starts, n_loss, dropped = array("q", [0]), array("q"), {"over_context": 0}
     ids_parts, lab_parts = [], []
     fh_ids = fh_lab = None
     if out is not None:
@@ -276,6 +277,6 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
         dropped = meta["dropped"]
     if len(starts) == 1:
         raise InputError(f"no usable training example (dropped: {dropped})")
-    lengths = np.diff(starts).tolist()
-    sequences = pack(lengths, context) if packing else [[i] for i in range(len(lengths))]
+    lengths = np.diff(starts)
+    sequences = pack(lengths, context) if packing else Packed.singletons(len(lengths))
     return StageData(ids, labels, starts, n_loss, sequences, key, dropped, first)
