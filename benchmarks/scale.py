@@ -3,8 +3,9 @@
 Builds a synthetic run of N teacher responses of realistic length (2-8K characters of toy-world
 reasoning, every one distinct), tokenised with the toy teacher's tokenizer (ids, offsets) and
 log-probs drawn at random, then runs each stage in its own process and prints per stage: records,
-teacher tokens, wall seconds, peak RSS, the bytes the stage wrote per teacher token, and CPU
-microseconds per teacher token. ``score`` gets a stand-in student engine that returns the toy
+teacher tokens, wall seconds, peak RSS (the stage process's own, ``VmHWM``), the stage's own peak
+(above what the process held once torch and transformers were loaded), the bytes the stage wrote
+per teacher token, and CPU microseconds per teacher token. ``score`` gets a stand-in student engine that returns the toy
 student tokenizer's offsets with random log-probs; the CPU that engine spends (tokenising) is
 measured and left out, so the score line is the stage's own work. Targets (issue 14): peak RSS at
 16K within 1.2x of 1K; <= 12 bytes per teacher token in the sample pool and <= 25 in the score
@@ -21,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -150,7 +150,12 @@ class StandInStudent:
 
 
 def run_stage(stage: str, root: Path) -> dict:
-    """Run ``stage`` on the run at ``root`` in this process; its own CPU, wall time and peak RSS."""
+    """Run ``stage`` on the run at ``root`` in this process; its own CPU, wall time, peak RSS and
+    ``stage_peak``: the peak RSS above what the process held once its libraries were loaded (the
+    peak is reset through ``/proc/self/clear_refs`` before the stage starts)."""
+    import torch  # noqa: F401 (loaded before the baseline: the stages' engines and rules load it)
+    import transformers  # noqa: F401
+
     from dasd.stages.filter import run_filter
     from dasd.stages.score import run_score
     from dasd.stages.select import run_select
@@ -159,6 +164,8 @@ def run_stage(stage: str, root: Path) -> dict:
     cfg = config(root)
     store = RunStore.open(root)
     engine = StandInStudent() if stage == "score" else None
+    base, loaded = _status("VmRSS"), _status("VmHWM")
+    Path("/proc/self/clear_refs").write_text("5")
     t0, c0 = time.monotonic(), time.process_time()
     if stage == "filter":
         run_filter(cfg, store)
@@ -168,7 +175,17 @@ def run_stage(stage: str, root: Path) -> dict:
         run_select(cfg, store, grade=None)
     cpu = time.process_time() - c0 - (engine.cpu_s if engine else 0.0)
     return {"wall_s": time.monotonic() - t0, "cpu_s": cpu, "engine_cpu_s": engine.cpu_s if engine else 0.0,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": max(loaded, _status("VmHWM")), "stage_peak": _status("VmHWM") - base}
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes (Linux). Not
+    ``getrusage``: a child's ``ru_maxrss`` starts at its parent's RSS at the fork and keeps it across
+    ``exec``, so it reported the size of this benchmark's parent process (which builds the run)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 def folder_bytes(root: Path, stage: str, prefix: str) -> int:
@@ -198,14 +215,16 @@ def measure(n: int, workdir: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"| {'stage':14s} | {'records':>7s} | {'teacher tokens':>14s} | {'wall s':>7s} | {'peak RSS MB':>11s} | {'bytes/tok':>9s} | {'CPU us/tok':>10s} |"
+    head = (f"| {'stage':14s} | {'records':>7s} | {'teacher tokens':>14s} | {'wall s':>7s} | {'peak RSS MB':>11s} | "
+            f"{'stage peak MB':>13s} | {'bytes/tok':>9s} | {'CPU us/tok':>10s} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         def f(key, fmt):
             return format(r[key], fmt) if key in r else "-"
         rss = format(r["peak_rss"] / 2**20, ".0f") if "peak_rss" in r else "-"
+        own = format(r["stage_peak"] / 2**20, ".1f") if "stage_peak" in r else "-"
         lines.append(f"| {r['stage']:14s} | {r['records']:7d} | {r['teacher_tokens']:14,d} | {f('wall_s', '7.1f')} | "
-                     f"{rss:>11s} | {f('bytes_per_token', '9.2f')} | {f('cpu_us_per_token', '10.2f')} |")
+                     f"{rss:>11s} | {own:>13s} | {f('bytes_per_token', '9.2f')} | {f('cpu_us_per_token', '10.2f')} |")
     return "\n".join(lines)
 
 
@@ -244,8 +263,10 @@ def main() -> None:
     print(table(rows))
     for stage in STAGES:
         rss = {r["records"]: r["peak_rss"] for r in rows if r["stage"] == stage}
+        own = {r["records"]: r["stage_peak"] for r in rows if r["stage"] == stage}
         lo, hi = min(rss), max(rss)
-        print(f"{stage}: peak RSS at {hi} records / at {lo} = {rss[hi] / rss[lo]:.2f}")
+        print(f"{stage}: peak RSS at {hi} records / at {lo} = {rss[hi] / rss[lo]:.2f}; the stage's own peak "
+              f"{own[lo] / 2**20:.1f} -> {own[hi] / 2**20:.1f} MB")
     print(extrapolate(rows))
 
 

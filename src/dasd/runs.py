@@ -410,9 +410,21 @@ def mix_finished(cfg, store: RunStore) -> bool:
         == config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS})
 
 
-def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
+class StoredRecords:
+    """The records of one stored output, read from the run on every pass (``for r in ...``): training
+    data that is iterated, never held (448K selected examples are tens of GB of text)."""
+
+    def __init__(self, store: RunStore, stage: str, name: str):
+        self.store, self.stage, self.name = store, stage, name
+
+    def __iter__(self):
+        return iter(self.store.read(self.stage, self.name))
+
+
+def named_pools(cfg, store: RunStore) -> dict[str, StoredRecords | list[dict]]:
     """The training data a stage's ``data`` may name: ``T<temp>``, ``low``, ``high``, ``mixed``,
-    ``mixed+replay``.
+    ``mixed+replay``. The selected pools are ``StoredRecords`` (read again on each pass); the
+    mixed-policy sets, as small as ``mix.n_questions``, are lists.
 
     ``low`` / ``high``: the selected examples of the lowest / highest temperature pool (`dasd select`
     must have finished); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
@@ -420,9 +432,9 @@ def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     those plus off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
     require_finished(store, "select", "train")
-    data: dict[str, list[dict]] = {}
+    data: dict[str, StoredRecords | list[dict]] = {}
     for pool in pools(store, "select", TRAIN):
-        data[pool] = list(store.read("select", output(TRAIN, pool)))
+        data[pool] = StoredRecords(store, "select", output(TRAIN, pool))
     temps = sorted(cfg.sample.temperatures)
     for alias, temp in (("low", temps[0]), ("high", temps[-1])):
         if pool_name(temp) in data:
@@ -437,7 +449,7 @@ def named_pools(cfg, store: RunStore) -> dict[str, list[dict]]:
     return data
 
 
-def _add_replay(cfg, data: dict[str, list[dict]]) -> None:
+def _add_replay(cfg, data: dict[str, StoredRecords | list[dict]]) -> None:
     """``data["mixed+replay"]``: the mixed examples and the replayed ones (logged with the counts)."""
     rc = cfg.mix.replay
     if rc.source not in data:

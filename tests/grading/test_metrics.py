@@ -66,3 +66,6 @@ def test_summarize_per_benchmark_and_domain():
     assert by[("benchmark", "gpqa")]["maj@k"] == 1.0  # tie 2-2 goes to the first seen (correct)
     table = format_table(rows)
     assert "aime24" in table and "25.0" in table and len(table.splitlines()) == len(rows) + 2
+    # read once as a stream, the response texts left out: the same rows
+    texts = ({**r, "text": "a long response " * 100, "detail": {"x": 1}} for r in reversed(res))
+    assert summarize(texts, n_boot=200) == summarize(list(reversed(res)), n_boot=200)

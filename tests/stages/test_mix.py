@@ -102,6 +102,45 @@ def test_config_is_validated():
     assert MixConfig().length_multiple == 1.5 and MixConfig().require_correct is True
 
 
+def _draw_held(curated, n, seed):
+    """The draw as it was when every curated item was held (the reference)."""
+    import random
+
+    from dasd.rules.sampling import derived_seed
+
+    by_id = {}
+    for item in curated:
+        by_id.setdefault(item["prompt"]["id"], item)
+    ids = sorted(by_id)
+    random.Random(derived_seed("mix-draw", seed)).shuffle(ids)
+    return [by_id[i] for i in ids[:n]]
+
+
+def test_the_two_pass_draw_equals_the_held_one_and_holds_only_the_drawn_items():
+    """``draw_questions`` reads a re-readable curated set twice (check + ids, then the drawn items)
+    and gives the draw that holding every item gave; a one-pass iterator is read into a list first."""
+    import random
+
+    rng = random.Random(5)
+    base = curated_set(30)
+    for trial in range(10):
+        items = [{**rng.choice(base), "teacher_text": f"response {k}"} for k in range(rng.randint(1, 60))]
+
+        class Reader:  # a stored set: every pass yields fresh dicts
+            passes = 0
+
+            def __iter__(self):
+                Reader.passes += 1
+                return iter([dict(i) for i in items])
+
+        reader = Reader()
+        for n in (0, 3, 100):
+            want = _draw_held(items, n, trial)
+            assert draw_questions(reader, n, trial) == want
+            assert draw_questions(iter(items), n, trial) == want
+        assert Reader.passes == 6
+
+
 def test_draw_is_seeded_prefix_stable_and_one_per_question():
     curated = curated_set(20)
     curated.append({"prompt": curated[3]["prompt"], "teacher_text": "another response"})
@@ -434,7 +473,7 @@ def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
     with store.writer("select", "selected-T2") as w:
         w.add({"id": "orphan", "prompt_id": "nope", "text": "t"})
     with pytest.raises(DasdError, match="selected-T2: sample orphan names prompt 'nope'"):
-        curated_from_run(store)
+        draw_questions(curated_from_run(store), 5, 0)  # read as the draw reads it
     with pytest.raises(DasdError, match="no selected pools"):
         curated_from_run(RunStore(tmp_path / "empty"))
 

@@ -68,3 +68,34 @@ def test_mixed_replay_named_pool_of_a_run(tmp_path):
     assert [e["source"] for e in named_pools(low, store)["mixed+replay"]][3:] == ["low"] * 8
     # the default schedule's stage 3 trains on it
     assert [s.data for s in cfg.train.stages] == ["low", "high", "mixed+replay"]
+
+
+def _replay_held(mixed, off_policy, cfg):
+    """The draw as it was when the whole off-policy pool was held and sorted (the reference)."""
+    import hashlib
+
+    taken = {e["id"] for e in mixed}
+    unique = {}
+    for e in off_policy:
+        if e["id"] not in taken:
+            unique.setdefault(e["id"], e)
+    requested = round(cfg.ratio * len(mixed))
+    ranked = sorted(unique.values(), key=lambda e: hashlib.sha256(f"{cfg.seed}:{e['id']}".encode()).hexdigest())
+    return [*mixed, *ranked[:requested]], {"mixed": len(mixed), "replay": len(ranked[:requested]),
+                                            "requested": requested, "available": len(unique)}
+
+
+def test_the_streamed_draw_equals_the_held_one_and_reads_the_pool_once():
+    """The off-policy pool is read once as a stream (a generator here) and only the drawn examples are
+    kept; the draw is the one the sort of the whole pool gave, repeated ids and mixed ids included."""
+    import random
+
+    rng = random.Random(3)
+    for trial in range(20):
+        mixed = _ex("mix", rng.randint(0, 12))
+        off = _ex("off", rng.randint(0, 80))
+        pool = off + rng.sample(off, min(len(off), 7)) + mixed[:3]  # repeats (a later copy differs) and mixed ids
+        pool = [{**e, "copy": k} for k, e in enumerate(pool)]
+        rng.shuffle(pool)
+        cfg = ReplayConfig(ratio=rng.choice([0, 0.5, 1.0, 2.5, 20.0]), seed=trial)
+        assert replay_examples(mixed, (e for e in pool), cfg) == _replay_held(mixed, pool, cfg)

@@ -6,6 +6,7 @@ import json
 import threading
 
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
 from dasd.train.data import prepare
@@ -113,3 +114,68 @@ def test_plan_visits_every_sequence_once_per_epoch_and_splits_steps_across_proce
                 seen += [r[0] for r in rows if r is not None]
             assert sorted(seen) == list(range(11))
         assert plan.order(0) != plan.order(1)  # reshuffled each epoch
+
+
+def test_streamed_examples_tokenise_exactly_as_a_held_list(tiny_lm_dir, tmp_path):
+    """A stage's examples are read as a stream, twice when the cache is built (key, then this
+    process's share) and once when it is reused; the tokens, key and plan equal those of a list."""
+    from dasd.jsonl import dumps
+    from dasd.train.data import load_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    pool = make_pool(11)
+    held = prepare(tok, _items(pool), context=256, mask_prefix=False, packing=True)
+
+    class Reader:  # a stored pool: every pass reads fresh records
+        passes = 0
+
+        def __iter__(self):
+            Reader.passes += 1
+            return (json.loads(json.dumps(r)) for r in pool)
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(dumps(r) + "\n" for r in pool))
+    sources = {"named": load_examples("pool", {"pool": Reader()}), "jsonl": load_examples(str(path), None)}
+    for name, items in sources.items():
+        for world in (1, 3):
+            cache = tmp_path / f"tokens-{name}-{world}"
+            barrier, toks, out = threading.Barrier(world, timeout=120), [tok] + [AutoTokenizer.from_pretrained(tiny_lm_dir)
+                                                                                   for _ in range(world - 1)], {}
+
+            def rank(r, items=items, cache=cache, barrier=barrier, toks=toks, out=out, world=world):
+                out[r] = prepare(toks[r], items, context=256, mask_prefix=False, packing=True, cache_dir=cache,
+                                 rank=r, world=world, barrier=barrier.wait)
+
+            threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(out) == list(range(world))
+            sd = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=cache)
+            assert sd.sequences == held.sequences and sd.dropped == {"over_context": 0}
+            np.testing.assert_array_equal(sd.starts, held.starts)
+            np.testing.assert_array_equal(sd.n_loss, held.n_loss)
+            for i in range(len(pool)):
+                assert sd.piece(i).input_ids.tolist() == held.piece(i).input_ids.tolist()
+                assert sd.piece(i).labels.tolist() == held.piece(i).labels.tolist()
+        if name == "named":
+            assert sd.key == held.key != prepare(tok, _items(pool[1:]), 256, False, True).key
+    before = Reader.passes
+    prepare(tok, sources["named"], context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens-named-1")
+    assert Reader.passes == before + 1  # a reused cache: one pass for the key, no tokenising
+    prepare(tok, sources["named"], context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens-new")
+    assert Reader.passes == before + 3  # a new cache: the key's pass and the share's
+
+
+def test_a_bad_example_of_a_streamed_source_names_its_line(tiny_lm_dir, tmp_path):
+    from dasd.errors import InputError
+    from dasd.train.data import load_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(make_pool(1)[0]) + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
+    items = load_examples(str(path), None)
+    with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages\.0\.role'"):
+        prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
+    assert not (tmp_path / "tokens").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -26,6 +27,35 @@ def test_pack_places_every_example_once_within_capacity(lengths, cap):
     # any-fit property: a bin was opened only when its first item fitted nowhere, so no two bins could merge
     loads = [sum(lengths[i] for i in b) for b in bins]
     assert all(loads[i] + loads[j] > cap for i in range(len(loads)) for j in range(i + 1, len(loads)))
+
+
+def _pack_lists(lengths, capacity):
+    """Best-fit decreasing as it was written over Python lists (the reference)."""
+    import bisect
+
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins, free = [], []
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+            bins[b].append(i)
+            bisect.insort(free, (room - n, b))
+        else:
+            bins.append([i])
+            bisect.insort(free, (capacity - n, len(bins) - 1))
+    return bins
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 50), max_size=80), st.integers(50, 120))
+def test_the_columnar_plan_is_the_list_plan(lengths, cap):
+    """``pack`` keeps the plan in flat arrays; it is the same plan, bin for bin, as the list version."""
+    bins = pack(lengths, cap)
+    want = _pack_lists(lengths, cap)
+    assert bins == want and [bins[k] for k in range(len(bins))] == want and len(bins) == len(want)
+    assert pack(np.asarray(lengths, dtype=np.int64), cap) == bins and bins[-1:] == want[-1:]
 
 
 def _examples(tok):

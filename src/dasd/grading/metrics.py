@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 
@@ -111,14 +111,19 @@ def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int
     }
 
 
-def summarize(results: Sequence[dict[str, Any]], n_boot: int = 1000) -> list[dict[str, Any]]:
+SUMMARY_FIELDS = ("benchmark", "domain", "problem_id", "sample_index", "correct", "extracted")
+
+
+def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dict[str, Any]]:
     """Table rows: one per benchmark, then one per domain, then "all" (EvalResult dicts in).
 
     A result's benchmark is ``result["benchmark"]`` (falling back to its domain), its domain
     ``result["domain"]`` (falling back to "unknown"). ``k`` of a row is the smallest number of samples
     any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``).
+    ``results`` is read once (a stream such as ``RunStore.read`` will do) and only the
+    ``SUMMARY_FIELDS`` of each are kept, never the response texts.
     """
-    results = list(results)
+    results = [{k: r[k] for k in SUMMARY_FIELDS if k in r} for r in results]
     if not results:
         return []
     rows = []

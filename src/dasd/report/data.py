@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,8 @@ EXCERPT_CHARS = 3000
 
 @dataclass
 class PoolScan:
-    """What the report keeps of one temperature pool (a few numbers per response)."""
+    """What the report keeps of one temperature pool: a few numbers per response, in ``array``\ s
+    (8 bytes a number rather than a list's ~32; DAS scores, which may be missing, stay lists)."""
 
     samples: int = 0
     prompts: set = field(default_factory=set)
@@ -35,19 +37,19 @@ class PoolScan:
     tokens: int = 0
     lp_sum: float = 0.0
     no_logprobs: int = 0
-    likelihood: list[float] = field(default_factory=list)  # exp(mean token log-prob) per response
-    chars: list[int] = field(default_factory=list)
+    likelihood: array = field(default_factory=lambda: array("d"))  # exp(mean token log-prob) per response
+    chars: array = field(default_factory=lambda: array("q"))
     temperature: float | None = None
     models: Counter = field(default_factory=Counter)  # teacher model names of the samples
     scored: int = 0
-    shares: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TYPES})
-    deltas: list[float] = field(default_factory=list)
+    shares: dict[str, array] = field(default_factory=lambda: {t: array("d") for t in TYPES})
+    deltas: array = field(default_factory=lambda: array("d"))
     sentence_types: Counter = field(default_factory=Counter)
     tau: float | None = None
     unit: str = "token"  # das.unit the pool was scored with: delta per token (nats) or per character (bits)
     das: dict[str, list[float | None]] = field(default_factory=lambda: {"selected": [], "rejected": []})
-    sel_shares: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {k: {t: [] for t in TYPES} for k in ("selected", "rejected")})
+    sel_shares: dict[str, dict[str, array]] = field(
+        default_factory=lambda: {k: {t: array("d") for t in TYPES} for k in ("selected", "rejected")})
     example: dict | None = None
 
 

@@ -25,10 +25,11 @@ See docs/mixed-policy.md for the rules and their reasons.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -303,13 +304,18 @@ def make_example(prompt: dict, prefix: str, continuation: str, example_id: str, 
     }
 
 
-def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
+def draw_questions(curated: Iterable[dict], n: int, seed: int) -> list[dict]:
     """``n`` curated items, one per prompt id (the first item of each id), in a seeded order.
 
     The order is a seeded shuffle of the sorted prompt ids, so the first ``n`` of a larger draw are
-    the draw of ``n``: raising ``n_questions`` on a finished run only adds questions.
+    the draw of ``n``: raising ``n_questions`` on a finished run only adds questions. ``curated``
+    (a list, or anything iterable again, e.g. ``stages.mix.curated_from_run``'s) is read twice: to
+    check every item and collect the prompt ids, then to take the drawn items; only the ids and the
+    ``n`` drawn items are held.
     """
-    by_id: dict[str, dict] = {}
+    if isinstance(curated, Iterator):  # a one-pass iterator cannot be read twice
+        curated = list(curated)
+    ids: set[str] = set()
     for i, item in enumerate(curated):
         where = f"curated[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), dict):
@@ -320,10 +326,15 @@ def draw_questions(curated: list[dict], n: int, seed: int) -> list[dict]:
             Prompt.model_validate(item["prompt"])
         except Exception as err:
             raise InputError(f"{where}: field 'prompt': {err}") from None
-        by_id.setdefault(item["prompt"]["id"], item)
-    ids = sorted(by_id)
-    random.Random(derived_seed("mix-draw", seed)).shuffle(ids)
-    return [by_id[i] for i in ids[:n]]
+        ids.add(item["prompt"]["id"])
+    order = sorted(ids)
+    random.Random(derived_seed("mix-draw", seed)).shuffle(order)
+    drawn: dict[str, dict | None] = dict.fromkeys(order[:n])
+    for item in curated:
+        pid = item["prompt"]["id"]
+        if pid in drawn and drawn[pid] is None:
+            drawn[pid] = item
+    return list(drawn.values())
 
 
 def rollout_id(prompt_id: str, student: str, teacher: str, cfg: MixConfig) -> str:
@@ -337,23 +348,31 @@ def example_id(rollout: str) -> str:
     return content_id("mix-example", rollout)
 
 
-def replay_examples(mixed: list[dict], off_policy: list[dict], cfg: ReplayConfig) -> tuple[list[dict], dict]:
+def replay_examples(mixed: list[dict], off_policy: Iterable[dict], cfg: ReplayConfig) -> tuple[list[dict], dict]:
     """The mixed-policy examples followed by ``round(cfg.ratio x len(mixed))`` off-policy ones.
 
     The off-policy examples are ranked by ``sha256(f"{seed}:{id}")`` and taken from the top: the draw
     is deterministic, independent of input order, and a larger ratio extends a smaller one. An id is
-    replayed at most once and never one that is already among the mixed examples. Returns
-    ``(examples, counts)`` with counts ``mixed``, ``replay``, ``requested``, ``available``.
+    replayed at most once (its first example) and never one that is already among the mixed
+    examples. ``off_policy`` is read once and only the drawn examples are kept (plus the ids seen, to
+    count them): a whole selected pool is never held. Returns ``(examples, counts)`` with counts
+    ``mixed``, ``replay``, ``requested``, ``available``.
     """
     taken = {e["id"] for e in mixed}
-    unique: dict[str, dict] = {}
-    for e in off_policy:
-        if e["id"] not in taken:
-            unique.setdefault(e["id"], e)
     requested = round(cfg.ratio * len(mixed))
-    ranked = sorted(unique.values(), key=lambda e: hashlib.sha256(f"{cfg.seed}:{e['id']}".encode()).hexdigest())
-    chosen = ranked[:requested]
-    counts = {"mixed": len(mixed), "replay": len(chosen), "requested": requested, "available": len(unique)}
+    seen: set[str] = set()
+    best: list[tuple[int, int, dict]] = []  # the ``requested`` lowest ranks so far, negated (a max-heap)
+    for n, e in enumerate(off_policy):
+        if e["id"] in taken or e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        rank = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{e['id']}".encode()).digest(), "big")
+        if len(best) < requested:
+            heapq.heappush(best, (-rank, n, e))
+        elif requested and rank < -best[0][0]:
+            heapq.heapreplace(best, (-rank, n, e))
+    chosen = [e for _, _, e in sorted(best, key=lambda x: -x[0])]
+    counts = {"mixed": len(mixed), "replay": len(chosen), "requested": requested, "available": len(seen)}
     return [*mixed, *chosen], counts
 
 

@@ -17,7 +17,7 @@ returned.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dasd import runs
@@ -47,9 +47,28 @@ STAGE = "mix"
 log = logger(STAGE)
 
 
-def curated_from_run(store: RunStore, pool_names: list[str] | None = None) -> list[dict]:
+class Curated:
+    """The curated set of a run (``curated_from_run``): read from the run on every pass, never held."""
+
+    def __init__(self, store: RunStore, names: list[str]):
+        self.store, self.names = store, names
+        self.prompts = runs.load_run_prompts(store)  # the questions, joined to each response by id
+
+    def __iter__(self) -> Iterator[dict]:
+        for pool in self.names:
+            for s in self.store.read("select", runs.output(runs.SELECTED, pool)):
+                p = self.prompts.get(s["prompt_id"])
+                if p is None:
+                    raise DasdError(f"{self.store.root}/select/selected-{pool}: sample {s['id']} names prompt "
+                                    f"{s['prompt_id']!r}, which is not in the run's prompts")
+                yield {"prompt": p, "teacher_text": s["text"]}
+
+
+def curated_from_run(store: RunStore, pool_names: list[str] | None = None) -> Curated:
     """The curated set of a run: each selected teacher response (``RUN/select/selected-<pool>``)
-    with its prompt (joined by prompt id), as ``{"prompt", "teacher_text"}`` items.
+    with its prompt (joined by prompt id), as ``{"prompt", "teacher_text"}`` items, read from the
+    run on every pass (``draw_questions`` reads it twice and keeps only the drawn items; a response
+    whose prompt is not in the run's prompts stops the read with a ``DasdError``).
 
     Pools are read from the lowest temperature up (or in the order given), so when a question has
     responses in several pools, ``draw_questions`` uses the lowest-temperature one as the length
@@ -58,22 +77,13 @@ def curated_from_run(store: RunStore, pool_names: list[str] | None = None) -> li
     names = pool_names if pool_names is not None else sorted(runs.pools(store, "select", runs.SELECTED), key=runs.pool_temperature)
     if not names:
         raise DasdError(f"{store.root}: no selected pools (RUN/select/selected-*); run `dasd select` first")
-    prompts = runs.load_run_prompts(store)
-    out = []
-    for pool in names:
-        for s in store.read("select", runs.output(runs.SELECTED, pool)):
-            p = prompts.get(s["prompt_id"])
-            if p is None:
-                raise DasdError(f"{store.root}/select/selected-{pool}: sample {s['id']} names prompt "
-                                f"{s['prompt_id']!r}, which is not in the run's prompts")
-            out.append({"prompt": p, "teacher_text": s["text"]})
-    return out
+    return Curated(store, names)
 
 
 def run_mix(
     cfg: MixConfig,
     store: RunStore,
-    curated: list[dict],
+    curated: Iterable[dict],
     student_engine,
     teacher_engine,
     teacher_tokenizer_template: Any = None,
@@ -84,7 +94,7 @@ def run_mix(
     """Build mixed-policy training examples; return the funnel (also saved in the manifest).
 
     ``curated``: ``{"prompt": Prompt dict, "teacher_text": str}`` items (the selected teacher
-    responses). ``teacher_tokenizer_template``: a callable ``messages -> str`` or a tokenizer
+    responses; a list, or a ``Curated`` read again on each pass). ``teacher_tokenizer_template``: a callable ``messages -> str`` or a tokenizer
     (default: ``teacher_engine.tokenizer``). ``grade(prompt, text) -> bool`` judges correctness
     when a question has a reference (default: ``dasd.grading.grade.is_correct``). Re-running skips the
     questions already done (rollout ids are content hashes of question, models and config).

@@ -1,5 +1,8 @@
 """A stage's data: resolve it (named pool or JSONL path), validate each example, tokenise, pack.
 
+Examples are streamed, never held (``Examples``): one pass computes the cache key, a second
+tokenises this process's share; only the token arrays, their offsets and the packing plan stay.
+
 Validation errors name the file, line and field. Examples longer than the context are dropped and
 counted (the paper drops responses over its 64K training context).
 
@@ -16,10 +19,12 @@ again. The key covers the tokenizer, the examples, ``mask_prefix`` and ``context
 from __future__ import annotations
 
 import hashlib
+from array import array
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +35,7 @@ from dasd.errors import ConfigError, InputError
 from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_json, dumps, iter_jsonl
 from dasd.records import TrainingExample
 from dasd.train.encode import IGNORE, encode_batch
-from dasd.train.packing import pack
+from dasd.train.packing import Packed, pack
 
 BATCH = 256  # examples per tokenizer call
 
@@ -54,7 +59,7 @@ class StageData:
     labels: list[np.ndarray]
     starts: np.ndarray  # int64, n_examples + 1
     n_loss: np.ndarray  # int64, loss-carrying tokens per example
-    sequences: list[list[int]]
+    sequences: Packed | list[list[int]]  # example indices of each packed sequence
     key: str
     dropped: dict[str, int] = field(default_factory=dict)
     first: np.ndarray | None = None  # int64, parts + 1 (None: one part)
@@ -92,26 +97,65 @@ def _check_example(obj: dict, where: str) -> dict:
     return {"messages": [m.model_dump() for m in ex.messages], "prefix_chars": ex.prefix_chars}
 
 
-def load_examples(source: str, data: dict[str, list[dict]] | None) -> list[tuple[str, dict]] | None:
-    """``(where, example)`` pairs of a named pool or JSONL file; None when the source does not exist."""
+class Examples:
+    """A stage's training examples as ``(where, example)`` pairs, validated as they are read.
+
+    Nothing is held: every pass reads the rows again from ``rows()`` (a named pool's records from the
+    run store, or a JSONL file), so 448K examples of 10K+ tokens (tens of GB of text) never sit in
+    memory. ``prepare`` reads them twice (the cache key, then the tokenisation of this process's
+    share). ``len()`` costs one pass the first time (any full pass counts them).
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, dict]]]):
+        self._rows = rows
+        self._n: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        n = 0
+        for where, obj in self._rows():
+            yield where, _check_example(obj, where)
+            n += 1
+        self._n = n
+
+    def __len__(self) -> int:
+        if self._n is None:
+            for _ in self:
+                pass
+        return self._n
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
+        if isinstance(obj, BadLine):
+            raise InputError(f"{obj.where()}: {obj.reason}")
+        yield f"{path}:{lineno}", obj
+
+
+def load_examples(source: str, data: dict[str, Iterable[dict]] | None) -> Examples | None:
+    """The examples of a named pool (``data[source]``: a list, or anything iterable again on every
+    pass, e.g. ``dasd.runs.named_pools``' stored outputs) or of a JSONL file, read lazily
+    (``Examples``); None when the source does not exist."""
     if data is not None and source in data:
-        return [(f"{source}[{i}]", _check_example(dict(r), f"{source}[{i}]")) for i, r in enumerate(data[source])]
+        pool = data[source]
+        return Examples(lambda: ((f"{source}[{i}]", dict(r)) for i, r in enumerate(pool)))
     p = Path(source)
     if not p.exists():
         return None
     if p.is_dir():
         raise ConfigError(f"stage data {source!r} is a directory; give a JSONL file or a named pool")
-    out = []
-    for lineno, obj in iter_jsonl(p, MAX_RECORD_BYTES):
-        if isinstance(obj, BadLine):
-            raise InputError(f"{obj.where()}: {obj.reason}")
-        where = f"{p}:{lineno}"
-        out.append((where, _check_example(obj, where)))
-    return out
+    return Examples(lambda: _jsonl_rows(p))
 
 
-def data_key(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool) -> str:
-    """Content key of a stage's tokens: tokenizer (vocab, merges, template), examples and options."""
+def batches(items: Iterable[tuple[str, dict]], n: int = BATCH) -> Iterator[list[tuple[str, dict]]]:
+    """``items`` in lists of ``n`` (the last may be shorter), read as they are needed."""
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def data_key(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool) -> str:
+    """Content key of a stage's tokens: tokenizer (vocab, merges, template), examples and options
+    (one pass over ``items``, which it does not keep)."""
     h = hashlib.sha256()
     h.update(tokenizer.backend_tokenizer.to_str().encode())
     h.update(str(tokenizer.chat_template).encode())
@@ -122,17 +166,16 @@ def data_key(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix
     return h.hexdigest()[:24]
 
 
-def _build(tokenizer, items, context: int, mask_prefix: bool, out: Path | None):
-    """Tokenise in batches; stream arrays to ``out`` (or keep them in memory when None)."""
-    starts, n_loss, dropped = [0], [], {"over_context": 0}
+def _build(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, out: Path | None):
+    """Tokenise in batches as ``items`` are read; stream arrays to ``out`` (or keep them in memory when None)."""
+    starts, n_loss, dropped = array("q", [0]), array("q"), {"over_context": 0}
     ids_parts, lab_parts = [], []
     fh_ids = fh_lab = None
     if out is not None:
         out.mkdir(parents=True)
         fh_ids, fh_lab = (out / "ids.bin").open("wb"), (out / "labels.bin").open("wb")
     try:
-        for k in range(0, len(items), BATCH):
-            chunk = items[k : k + BATCH]
+        for chunk in batches(items):
             encoded = encode_batch(tokenizer, [ex for _, ex in chunk], mask_prefix, [w for w, _ in chunk])
             for ids, labels, _, _ in encoded:
                 if len(ids) > context:
@@ -188,7 +231,7 @@ def _cache_ok(cache: Path, key: str) -> bool:
         return False
 
 
-def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
+def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
             cache_dir: Path | None = None, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
             any_rank: Callable[[bool], bool] | None = None) -> StageData:
     """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences.
@@ -198,8 +241,12 @@ def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix:
     ``<tmp>/part-<rank>``, ``barrier()`` waits for all shares, rank 0 writes ``meta.json`` and renames
     the directory into place, ``barrier()`` again; then every process memory-maps all parts. No
     process waits longer than the slowest share. Without ``cache_dir``, everything stays in memory.
+
+    ``items`` (an ``Examples`` or a list) is read twice and never held: once for the key (and the
+    count), once to tokenise this process's share.
     """
     key = data_key(tokenizer, items, context, mask_prefix)
+    n_items = len(items)  # counted by the key's pass
     if cache_dir is None:
         ids, labels, starts, n_loss, dropped = _build(tokenizer, items, context, mask_prefix, None)
         ids, labels, first = [ids], [labels], None
@@ -210,7 +257,7 @@ def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix:
             missing = any_rank(missing)
         if missing:
             tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{key}")
-            share = items[rank * len(items) // world : (rank + 1) * len(items) // world]
+            share = islice(items, rank * n_items // world, (rank + 1) * n_items // world)
             shutil.rmtree(_part(tmp, rank), ignore_errors=True)
             _build(tokenizer, share, context, mask_prefix, _part(tmp, rank))
             if barrier is not None:
@@ -221,7 +268,7 @@ def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix:
                         shutil.rmtree(stale)
                 examples = sum(len(np.load(_part(tmp, r) / "starts.npy")) - 1 for r in range(world))
                 atomic_write_json(tmp / "meta.json", {"key": key, "parts": world, "examples": examples,
-                                                      "dropped": {"over_context": len(items) - examples}})
+                                                      "dropped": {"over_context": n_items - examples}})
                 shutil.rmtree(cache_dir, ignore_errors=True)
                 tmp.rename(cache_dir)
         if barrier is not None:
@@ -230,6 +277,6 @@ def prepare(tokenizer, items: list[tuple[str, dict]], context: int, mask_prefix:
         dropped = meta["dropped"]
     if len(starts) == 1:
         raise InputError(f"no usable training example (dropped: {dropped})")
-    lengths = np.diff(starts).tolist()
-    sequences = pack(lengths, context) if packing else [[i] for i in range(len(lengths))]
+    lengths = np.diff(starts)
+    sequences = pack(lengths, context) if packing else Packed.singletons(len(lengths))
     return StageData(ids, labels, starts, n_loss, sequences, key, dropped, first)

@@ -27,6 +27,7 @@ remain: the HF Trainer's warmup starts at learning rate 0 (step ``i`` of ``W`` w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -35,7 +36,7 @@ from dasd.errors import ConfigError
 from dasd.jsonl import atomic_open, atomic_write_json, atomic_write_jsonl
 from dasd.log import logger, progress
 from dasd.train.config import TrainConfig
-from dasd.train.data import load_examples
+from dasd.train.data import Examples, batches, load_examples
 
 log = logger("export")
 
@@ -86,23 +87,21 @@ def _deepspeed(choice: str | None, out_dir: Path) -> tuple[str | None, dict | No
     return str(Path(choice).resolve()), None
 
 
-def _within_context(tokenizer, items: list[tuple[str, dict]], context: int, name: str) -> tuple[list[dict], int]:
-    """The examples of ``items`` that fit in ``context`` tokens, and how many did not."""
+def _within_context(tokenizer, items: Examples, context: int, name: str, dropped: list[int]) -> Iterator[dict]:
+    """The examples of ``items`` that fit in ``context`` tokens, as they are read (``dropped[0]``
+    counts those that do not); nothing is held beyond one tokenizer batch."""
     from dasd.train.encode import encode_batch
 
-    kept, dropped, batch = [], 0, 256
     bar = progress(len(items), f"length check {name}", "ex")
-    for k in range(0, len(items), batch):
-        chunk = items[k : k + batch]
+    for chunk in batches(items):
         for (_, ex), (ids, *_rest) in zip(chunk, encode_batch(tokenizer, [ex for _, ex in chunk], False,
                                                               [w for w, _ in chunk])):
             if len(ids) > context:
-                dropped += 1
+                dropped[0] += 1
             else:
-                kept.append(ex)
+                yield ex
         bar.update(len(chunk))
     bar.close()
-    return kept, dropped
 
 
 def _stage_yaml(cfg: TrainConfig, hp: dict, model: str, dataset: str, dataset_dir: str, output_dir: str,
@@ -213,11 +212,12 @@ def export(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None =
                 name = f"{stem}_{k}"
             by_source[stage.data] = name
         if name not in written:
-            kept, dropped = _within_context(tokenizer, items, cfg.context, name)
+            rel, over = f"data/{name}.jsonl", [0]
+            kept = _within_context(tokenizer, items, cfg.context, name, over)
+            n = atomic_write_jsonl(out_dir / rel, ({"messages": ex["messages"]} for ex in kept))
+            dropped = over[0]
             if dropped:
                 log.info(f"{name}: {dropped} of {len(items)} examples are longer than {cfg.context} tokens, left out")
-            rel = f"data/{name}.jsonl"
-            n = atomic_write_jsonl(out_dir / rel, ({"messages": ex["messages"]} for ex in kept))
             written[name] = rel
             info[name] = {
                 "file_name": rel,

@@ -1,7 +1,8 @@
 """Packing examples into fixed-capacity sequences, and collating sequences into model inputs.
 
-- ``pack(lengths, capacity)``: best-fit decreasing bin packing. Each bin is a list of example
-  indices whose total length is at most ``capacity``. Deterministic for given lengths.
+- ``pack(lengths, capacity)``: best-fit decreasing bin packing into a ``Packed``: each sequence is a
+  list of example indices whose total length is at most ``capacity``, kept as flat numpy arrays.
+  Deterministic for given lengths.
 - ``collate(rows, pad_id)``: a micro-batch of rows (each a list of ``Encoded`` examples) becomes
   ``input_ids``, ``labels`` and ``position_ids`` tensors. Position ids restart at 0 for every
   example; with no attention mask, transformers reads the restarts as sequence boundaries (a
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,24 +22,64 @@ import torch
 from dasd.train.encode import IGNORE
 
 
-def pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Best-fit decreasing: place each example (longest first) in the fullest bin it fits in."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    bins: list[list[int]] = []
+class Packed(Sequence):
+    """Packed sequences as two flat arrays (a list of lists costs ~40 bytes an example; these 8):
+    sequence ``k`` is the example indices ``items[bounds[k]:bounds[k + 1]]``, read as a list."""
+
+    def __init__(self, items: np.ndarray, bounds: np.ndarray):
+        self.items, self.bounds = np.asarray(items, dtype=np.int64), np.asarray(bounds, dtype=np.int64)
+
+    @classmethod
+    def singletons(cls, n: int) -> Packed:
+        """One example per sequence (no packing)."""
+        return cls(np.arange(n), np.arange(n + 1))
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k = int(k) % len(self)
+        return self.items[self.bounds[k] : self.bounds[k + 1]].tolist()
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Packed):
+            return np.array_equal(self.items, other.items) and np.array_equal(self.bounds, other.bounds)
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == list(b) for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Packed({len(self)} sequences of {len(self.items)} examples)"
+
+
+def pack(lengths, capacity: int) -> Packed:
+    """Best-fit decreasing: place each example (longest first, ties by index) in the fullest bin it
+    fits in. Only the bins' free room is held as Python objects; examples stay in numpy arrays."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    bin_of = np.empty(len(lengths), dtype=np.int64)
     free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index)
-    for i in order:
-        n = lengths[i]
-        if n > capacity:
-            raise ValueError(f"example {i} has {n} tokens, more than the capacity {capacity}")
-        k = bisect.bisect_left(free, (n, -1))
-        if k < len(free):
-            room, b = free.pop(k)
-            bins[b].append(i)
-            bisect.insort(free, (room - n, b))
-        else:
-            bins.append([i])
-            bisect.insort(free, (capacity - n, len(bins) - 1))
-    return bins
+    bins = 0
+    for lo in range(0, len(order), 65536):  # Python ints for a chunk at a time
+        chunk = order[lo : lo + 65536]
+        for i, n in zip(chunk.tolist(), lengths[chunk].tolist()):
+            if n > capacity:
+                raise ValueError(f"example {i} has {n} tokens, more than the capacity {capacity}")
+            k = bisect.bisect_left(free, (n, -1))
+            if k < len(free):
+                room, b = free.pop(k)
+                bisect.insort(free, (room - n, b))
+            else:
+                b, bins = bins, bins + 1
+                bisect.insort(free, (capacity - n, b))
+            bin_of[i] = b
+    placed = bin_of[order]  # each bin's examples in the order they were placed
+    return Packed(order[np.argsort(placed, kind="stable")],
+                  np.concatenate([[0], np.cumsum(np.bincount(placed, minlength=bins))]))
 
 
 def collate(rows: list[list], pad_id: int) -> dict[str, torch.Tensor]:

