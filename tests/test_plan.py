@@ -66,7 +66,8 @@ def test_training_and_eval_rows(tmp_path):
     # 10 examples x 110 tokens in sequences of 950 tokens -> 2 sequences -> 1 step per epoch of 2 x 1000
     assert "3 steps" in low.note and low.tokens == 3 * 2 * 950
     assert low.gpu_hours == pytest.approx(3 * 2 * 950 / 10 / 3600)
-    assert low.disk_gb == pytest.approx((1e9 * 2 + 2 * 1e9 * 16) * 1e-9)
+    # final bf16 weights, 2 resumable checkpoints of 16 bytes a parameter, the token cache (int32 ids + labels)
+    assert low.disk_gb == pytest.approx((1e9 * 2 + 2 * 1e9 * 16 + 10 * 110 * 8) * 1e-9)
     mixed = rows["train stage3_mixed"]
     # mix: 4 questions, half cut off, half of those kept -> 1 mixed example, and stage 3 trains on
     # mixed+replay: + round(2.5974 x 1) = 3 replayed stage-2 examples -> 4 examples

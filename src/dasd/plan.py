@@ -259,10 +259,11 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
         tokens = steps * gbatch * (seq_tokens if tc.packing else ex_tokens)
         weights = params * (2 if tc.bf16 else 4)
         ckpts = min(tc.keep_checkpoints, steps // tc.save_every) if tc.save_every else 0
-        disk = (weights + ckpts * params * 16) * gb  # a resumable checkpoint: weights, fp32 master, Adam m and v
+        cache = ex * ex_tokens * 8  # the tokens/ cache: int32 ids and labels per token of every example
+        disk = (weights + ckpts * params * 16 + cache) * gb  # a resumable checkpoint: weights, fp32 master, Adam m and v
         rows.append(Row(f"train {st.name}", "trainer", 0, float(tokens), disk, tokens / a.train_tps * hours,
                         f"{ex:,.0f} examples, {steps:,} steps of {gbatch} x {tc.context:,}; "
-                        f"{ckpts} step checkpoint(s) kept"))
+                        f"{ckpts} step checkpoint(s) kept, token cache {cache * gb:,.1f} GB"))
 
     ev = cfg.eval
     for model in ev.models:
