@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from dasd.config import load_config
+from dasd.grading.metrics import summarize
 from dasd.runs import results_name
 from dasd.stages.eval import run_evaluation
 from dasd.store import RunStore
@@ -35,9 +36,10 @@ def test_results_are_reused_for_the_same_model_and_protocol_and_redone_otherwise
     assert len(first) == 3 * 2 and {r["protocol"]["temperature"] for r in first} == {1.0}
     files = sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir())
 
-    run_evaluation(cfg)  # same model, same protocol: nothing is generated again
+    summary = run_evaluation(cfg)  # same model, same protocol: nothing is generated again
     assert sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir()) == files
     assert _results(cfg) == first
+    assert summary["student"] == summarize(first)  # the summary of the stored results, read back from the run
 
     hot = _cfg(tmp_path, model, temperature=0.5)  # another protocol: the old results are not reported
     run_evaluation(hot)

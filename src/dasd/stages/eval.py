@@ -17,7 +17,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
-from dasd.runs import model_for, model_identity, open_engine, record_faults, results_name
+from dasd.runs import StoredRecords, model_for, model_identity, open_engine, record_faults, results_name
 from dasd.store import RunStore, config_hash
 from dasd.train.card import refresh_card
 
@@ -36,8 +36,9 @@ def eval_key(store: RunStore, ecfg, mcfg) -> str:
     })
 
 
-def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] | None:
-    """Evaluate one model on every benchmark; return all its results (None if it does not exist).
+def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecords | list | None:
+    """Evaluate one model on every benchmark; return all its results, read from the run on each pass
+    (never held: each holds a response), [] when there are none, None if the model does not exist.
 
     Results stored under ``label`` by an earlier call are reused only when ``eval_key`` is the same
     (same model files, benchmarks and protocol); otherwise they are deleted first, so a retrained
@@ -57,7 +58,9 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] 
         keys[label] = key
         store.save_manifest()
     with store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
-        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r for r in store.read(STAGE, results_name(label))}
+        # the keys of the stored results only: at the paper's protocol a label's results hold ~28K
+        # responses of up to 100K tokens each, read back from the run when summarised
+        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]) for r in store.read(STAGE, results_name(label))}
         for spec in ecfg.benchmarks:
             problems = load_benchmark(spec)
             by_domain: dict[str, list[dict]] = {}
@@ -76,12 +79,12 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> list[dict] 
                     result = {**result, "benchmark": bench, "model_label": label}
                     result["id"] = content_id("eval", label, key, bench, result["problem_id"], result["sample_index"], result["protocol"])
                     w.add(result)
-                    existing[(bench, result["problem_id"], result["sample_index"])] = result
+                    existing.add((bench, result["problem_id"], result["sample_index"]))
 
                 log.info(f"{label}: {todo} samples on {spec.name} ({domain})")
                 run_eval(engine, probs, proto, done, write, batch_requests=ecfg.batch_requests, workers=ecfg.workers)
     record_faults(store, STAGE, [engine])
-    return list(existing.values())
+    return StoredRecords(store, STAGE, results_name(label)) if existing else []
 
 
 def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None = None) -> dict:
