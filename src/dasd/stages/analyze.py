@@ -14,6 +14,8 @@ version); when the teacher or the student base changed under its name since the 
 
 from __future__ import annotations
 
+import heapq
+
 from dasd.engines.base import ScoreRequest
 from dasd.errors import DasdError
 from dasd.grading.loaders import load_benchmark
@@ -42,10 +44,11 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     ac: AnalyzeConfig = cfg.analyze
     require_finished(store, "eval", STAGE)
     label = _pick_model(cfg, store)
-    results = sorted(store.read("eval", results_name(label)), key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
+    # the first max_responses by (benchmark, problem, index), drawn from the stream: only they are held
+    results = heapq.nsmallest(ac.max_responses, store.read("eval", results_name(label)),
+                              key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
     if not results:
         raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
-    results = results[: ac.max_responses]
     stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student")}
     drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
     store.begin_stage(STAGE, stage_cfg)
