@@ -241,18 +241,28 @@ def extrapolate(rows: list[dict]) -> str:
             f"{ram / 2**30:.1f} GiB (flat in the pool size), non-model CPU {cpu_h:,.1f} CPU-hours (filter + score + select)")
 
 
+def parse_or_run_child(ap: argparse.ArgumentParser, run_stage) -> argparse.Namespace | None:
+    """Parse the command line. In a child process (the hidden ``--stage`` and ``--run``: one stage of a
+    run, in its own process so that its peak memory is its own), run that stage, print its numbers as
+    JSON on the last line and return None; else return the arguments."""
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if not a.stage:
+        return a
+    import logging
+
+    logging.disable(logging.INFO)
+    print(json.dumps(run_stage(a.stage, Path(a.run))))
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", default="1000,4000", help="comma-separated pool sizes")
     ap.add_argument("--workdir", default=None, help="where the synthetic runs go (default: a temp dir)")
-    ap.add_argument("--stage", help=argparse.SUPPRESS)
-    ap.add_argument("--run", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.stage:  # the child process: one stage, its numbers as the last line
-        import logging
-
-        logging.disable(logging.INFO)
-        print(json.dumps(run_stage(a.stage, Path(a.run))))
+    a = parse_or_run_child(ap, run_stage)
+    if a is None:
         return
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-"))
     rows = []

@@ -245,14 +245,8 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     ap.add_argument("--chars", type=int, default=None, help="cut each reasoning to about this many characters")
     ap.add_argument("--workdir", default=None, help="where the synthetic inputs go (default: a temp dir)")
-    ap.add_argument("--stage", help=argparse.SUPPRESS)
-    ap.add_argument("--run", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.stage:  # the child process: one stage, its numbers as the last line
-        import logging
-
-        logging.disable(logging.INFO)
-        print(json.dumps(run_stage(a.stage, Path(a.run))))
+    a = scale.parse_or_run_child(ap, run_stage)
+    if a is None:
         return
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-more-"))
     rows = []
