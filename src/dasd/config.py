@@ -68,6 +68,12 @@ class RunConfig(StrictModel):
         return data
 
 
+def did_you_mean(word: str, options: list[str]) -> str:
+    """``"; did you mean 'X'?"`` for the closest of ``options`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def unknown_eval_label(cfg: RunConfig) -> str | None:
     """What is wrong with eval.models, or None. A bare label (no path separator) must be teacher,
     student, a training stage or an existing directory, so a misspelt stage name is refused at load,
@@ -77,10 +83,8 @@ def unknown_eval_label(cfg: RunConfig) -> str | None:
     for label in cfg.eval.models:
         if label in known or "/" in label or os.sep in label or label.startswith("toy:") or Path(label).is_dir():
             continue
-        close = difflib.get_close_matches(label, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
         return (f"{label!r} is not teacher, student, a training stage ({', '.join(known[2:])}) or a model "
-                f"directory{hint}")
+                f"directory{did_you_mean(label, known)}")
     return None
 
 
@@ -279,9 +283,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
         where = _origin(loc, source, lines or {}, origins or {})
         if e["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
-            close = difflib.get_close_matches(loc[-1], allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}")
+            out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){did_you_mean(loc[-1], allowed)}")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
