@@ -274,9 +274,7 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     before = (store.stage_info(stage).get("config") or {}).get("models")
     if before is None or before == models:
         return 0
-    names = [n for n in store.outputs(stage) if n.startswith(prefixes)]
-    for name in names:
-        store.remove_output(stage, name)
+    names = store.remove_outputs(stage, prefixes)
     changed = ", ".join(sorted(k for k in set(before) | set(models) if before.get(k) != models.get(k)))
     logger(stage).info(f"the {changed} model changed since this stage last ran: its {len(names)} stored output(s) "
                        f"dropped, made again")
@@ -330,10 +328,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
     lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
     if not lost:
         return 0
-    names = [n for n in store.outputs(stage) if n.startswith(prefixes)
-             and (lost & set(_chain(stage, n)) if kind_of(stage, n) else True)]
-    for name in names:
-        store.remove_output(stage, name)
+    names = store.remove_outputs(stage, prefixes, lambda n: bool(lost & set(_chain(stage, n))) if kind_of(stage, n) else True)
     logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
                        "made from them dropped, made again")
     return len(names)

@@ -233,6 +233,14 @@ class RunStore:
             p.unlink()
         return len(paths)
 
+    def remove_outputs(self, stage: str, prefixes: tuple[str, ...], which=None) -> list[str]:
+        """Delete the outputs of ``stage`` whose names start with one of ``prefixes`` (and, with
+        ``which``, for which ``which(name)`` is true); return their names."""
+        names = [n for n in self.outputs(stage) if n.startswith(prefixes) and (which is None or which(n))]
+        for name in names:
+            self.remove_output(stage, name)
+        return names
+
     def drop_records(self, stage: str, name: str, drop) -> int:
         """Remove the records of JSONL output ``name`` for which ``drop(record)`` is true (verdicts
         that no longer hold, e.g. made against a model that has changed since); return how many.

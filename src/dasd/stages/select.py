@@ -87,9 +87,7 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     summary = {}
     # Selection is a pure function of the scored pools: its outputs are rewritten whole, and those
     # of a pool that is no longer scored go too.
-    for name in store.outputs(STAGE):
-        if name.startswith((SELECTED + "-", REJECTED + "-", TRAIN + "-")):
-            store.remove_output(STAGE, name)
+    store.remove_outputs(STAGE, (SELECTED + "-", REJECTED + "-", TRAIN + "-"))
     for pool in pools(store, "score", SCORED):
         scored = output(SCORED, pool)
         cands, correct = [], {}
