@@ -265,6 +265,14 @@ def model_versions(cfg, *roles: str) -> dict[str, str]:
     return {role: model_version(paths[role]) for role in roles}
 
 
+def name_as_before(name: str, version: str, before_name: str | None, before_version: str | None) -> str:
+    """How a stage's ids name a model: as it was named when the stage last ran with the same model
+    (the same non-empty ``model_version``), else ``name``. Ids hash the model's name, so without
+    this a path spelled another way (relative vs absolute, a copy of the same files) would give the
+    stored records new ids and the stage would make them all again beside the old ones."""
+    return before_name if before_name and version and before_version == version else name
+
+
 def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], prefixes: tuple[str, ...]) -> int:
     """Delete ``stage``'s outputs whose names start with one of ``prefixes`` when the stage last
     began with other model versions (``models``, from ``model_versions``) than now: its records were

@@ -144,3 +144,28 @@ def test_too_long_prompts_are_judged_again_when_the_teachers_context_changed(tmp
     store = RunStore.open(cfg.run_dir)
     reasons = [r["reason"] for r in store.read("sample", "rejects")]
     assert len(reasons) == 1 and "not valid JSON" in reasons[0]  # the bad prompt record's reject is kept
+
+
+def test_the_same_teacher_spelled_another_way_resumes_its_pools(tmp_path, tiny_lm_dir, monkeypatch):
+    """Ids hash the teacher's name: an absolute path first, then the same directory spelled relative
+    to the working directory, must resume the pools, not sample k more per prompt beside them."""
+    teacher = _copy(tiny_lm_dir, tmp_path / "teacher")
+    assert run_sample(_run_cfg(tmp_path, teacher.absolute(), tiny_lm_dir))["T1"]["new"] == 6
+    monkeypatch.chdir(tmp_path)
+    counts = run_sample(_run_cfg(tmp_path, "teacher", tiny_lm_dir))
+    assert counts["T1"]["new"] == 0 and counts["T1"]["samples"] == 6
+    assert RunStore.open(tmp_path / "run").stage_info("sample")["config"]["teacher"]["model"] == str(teacher.absolute())
+
+    touch(teacher)  # another model under the new spelling: sampled again and named as now spelled
+    counts = run_sample(_run_cfg(tmp_path, "teacher", tiny_lm_dir))
+    assert counts["T1"]["new"] == 6 and counts["T1"]["samples"] == 6
+    assert RunStore.open(tmp_path / "run").stage_info("sample")["config"]["teacher"]["model"] == "teacher"
+
+
+def test_name_as_before_keeps_a_name_only_for_the_same_known_model():
+    from dasd.runs import name_as_before
+
+    assert name_as_before("b/m", "v1", "/a/m", "v1") == "/a/m"      # same files, other spelling
+    assert name_as_before("b/m", "v2", "/a/m", "v1") == "b/m"       # another model
+    assert name_as_before("org/m", "", "org/m2", "") == "org/m"     # a hub id has no version: its name is all
+    assert name_as_before("run:x@v1", "v1", "", "") == "run:x@v1"   # first run

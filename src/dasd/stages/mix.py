@@ -252,6 +252,12 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     log.info(f"student: {label} ({path})")
     student = runs.open_engine(cfg.student.model_copy(update={"model": path}))
     teacher = runs.open_engine(cfg.teacher)
-    name = f"{runs.model_key(store, path)}@{runs.model_version(path)}"
-    teacher_name = f"{teacher.name}@{runs.model_version(cfg.teacher.model)}"
+    before = store.stage_info(STAGE).get("config") or {}
+
+    def named(role: str, key: str, version: str) -> str:  # "<model>@<version>", as named before when unchanged
+        was = before.get(role) or ""
+        return runs.name_as_before(f"{key}@{version}", version, was, was.rpartition("@")[2])
+
+    name = named("student", runs.model_key(store, path), runs.model_version(path))
+    teacher_name = named("teacher", teacher.name, runs.model_version(cfg.teacher.model))
     return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=name, teacher_name=teacher_name)

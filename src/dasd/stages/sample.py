@@ -5,7 +5,9 @@ Sample record per response, with the teacher's per-token (untempered) log-probs,
 character offsets (token strings are not stored: the ids and the tokenizer give them back). Ids hash (prompt,
 model, temperature, top_p, seed, index), so a re-run skips what exists and resumes the rest; the
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
-the same responses as an uninterrupted one. Samples are resumed only from the same teacher: when the
+the same responses as an uninterrupted one. The teacher is named in ids as it was when its pools
+were first sampled (``runs.name_as_before``): the same model under another spelling of its path
+resumes them. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
 (``runs.drop_if_models_changed``).
@@ -31,8 +33,8 @@ from dasd.engines.base import GenerateRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed
-from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, model_versions, open_engine, output, pool_name, record_faults,
-                       save_prompts, training_prompts)
+from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, model_versions, name_as_before, open_engine, output, pool_name,
+                       record_faults, save_prompts, training_prompts)
 from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -48,12 +50,15 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     s = cfg.sample
     stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
                  "models": model_versions(cfg, "teacher")}
+    before = store.stage_info(STAGE).get("config") or {}
+    model_name = stage_cfg["teacher"]["model"] = name_as_before(
+        cfg.teacher.model, stage_cfg["models"]["teacher"], (before.get("teacher") or {}).get("model"),
+        (before.get("models") or {}).get("teacher"))
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     prompts = training_prompts(cfg, store)
     store.begin_stage(STAGE, stage_cfg)
     save_prompts(store, prompts)
-    model_name = cfg.teacher.model
     counts: dict[str, dict] = {}
     opened = None
     context = _context_key(cfg)
