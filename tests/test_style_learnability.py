@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from style_learnability import read_steps  # noqa: E402
+from style_learnability import diff_check_text, read_steps, read_tracking  # noqa: E402
 
 from dasd.toy import world  # noqa: E402
 
@@ -26,6 +26,40 @@ def test_teacher_checks_read_back_as_confirmed_or_caught():
         assert not any(r["check_arith_wrong"] for r in rows)
     assert set(kinds) == {"confirmed", "caught"}
     assert kinds["caught"] == slips > 50  # the teacher's check catches every slip it made
+
+
+def test_the_diff_candidate_reads_back_like_the_worlds_check():
+    rng = random.Random(5)
+    kinds, slips = Counter(), 0
+    for p in world.make_problems(200, 0, "train"):
+        text = diff_check_text(p, rng, error_rate=0.05, redo_rate=0.2)
+        assert world.verify(text, p.answer) and world.detect_style(text) == "check"
+        rows = read_steps(text)
+        assert len(rows) == len(p.steps) and not any(r["check_arith_wrong"] for r in rows)
+        assert read_tracking(p, text) == (0, 0)
+        kinds.update(r["check"] for r in rows)
+        slips += sum(r["slip"] for r in rows)
+    assert set(kinds) == {"confirmed", "caught"} and kinds["caught"] == slips > 50
+
+
+def test_generated_responses_copy_and_carry_right_even_when_they_slip():
+    rng = random.Random(6)
+    for p in world.make_problems(100, 0, "train"):
+        for style in ("steps", "check"):
+            text = world.solution_text(p, style, rng, error_rate=0.3, redo_rate=0.2, stamp_rate=0.5)
+            assert read_tracking(p, text) == (0, 0)
+
+
+def test_copy_and_carry_mistakes_are_counted():
+    p = world.ToyProblem(start=3, steps=(("add", 4), ("multiply", 2), ("subtract", 5)))
+    text = "\n".join([
+        "<think>", "Start at 3.",
+        "Step 1: add 4. 3 + 4 = 8. Check: 8 - 4 = 4, not 3, so 3 + 4 = 7.",  # redone: carries 7
+        "Step 2: multiply by 3. 7 * 3 = 21, which is 1 modulo 10.",             # copied 3, not 2
+        "Step 3: subtract 5. 2 - 5 = -3, which is 7 modulo 10.",                # starts from 2, not 1
+        "The final value is 7.", "</think>",
+    ])
+    assert read_tracking(p, text) == (1, 1)
 
 
 def test_steps_lines_and_stamps_carry_no_check():
