@@ -245,12 +245,16 @@ def model_version(model: str) -> str:
     return config_hash(files)[:16]
 
 
-def model_identity(store: RunStore, mcfg) -> dict:
-    """What a model is, for results stored under its label: the engine kind, the model (``model_key``:
-    relative to the run for the run's own models), its ``model_version``, tokenizer, dtype and GGUF
-    file. Throughput knobs (batch sizes, concurrency) are not part of it."""
+def model_identity(store: RunStore, mcfg, legacy: bool = False) -> dict:
+    """What a model is, for results stored under its label: the engine kind, its ``model_version``,
+    tokenizer, dtype and GGUF file, and, for a model without a version (a hub id, a served name), its
+    name. A model known by its files is not named by its path: the same files under another spelling
+    are the same model. ``legacy``: the identity as earlier versions wrote it (the name always, as
+    ``model_key``), so their stored results are still recognised. Throughput knobs (batch sizes,
+    concurrency) are not part of it."""
     path = resolve_model(mcfg.model)
-    return {"kind": mcfg.kind, "model": model_key(store, path), "version": model_version(path),
+    version = model_version(path)
+    return {"kind": mcfg.kind, "model": model_key(store, path) if legacy or not version else "", "version": version,
             "tokenizer": mcfg.tokenizer, "dtype": mcfg.dtype, "gguf_file": mcfg.gguf_file}
 
 

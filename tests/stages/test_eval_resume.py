@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dasd.config import load_config
 from dasd.grading.metrics import summarize
-from dasd.runs import results_name
-from dasd.stages.eval import run_evaluation
+from dasd.runs import model_for, results_name
+from dasd.stages.eval import eval_key, run_evaluation
 from dasd.store import RunStore
 from model_edits import replace_weights
 
@@ -102,3 +102,29 @@ def test_file_digest_samples_large_files_from_first_to_last_byte(tmp_path):
         assert file_digest(big) != d0
     big.write_bytes(data + b"x")  # the size is part of it
     assert file_digest(big) != d0
+
+
+def test_the_same_model_spelled_another_way_keeps_its_results(tmp_path, tiny_lm_dir, monkeypatch):
+    """A model known by its files is the same model under a relative or an absolute path: its
+    results are reused, not generated again; results stored under the earlier key (which named the
+    path as spelled) are recognised too."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_lm_dir, model)
+    cfg = _cfg(tmp_path, model.absolute())
+    run_evaluation(cfg)
+    first = _results(cfg)
+    files = sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir())
+    key = RunStore(cfg.run_dir).stage_info("eval")["keys"]["student"]
+
+    monkeypatch.chdir(tmp_path)
+    relative = _cfg(tmp_path, "model")
+    run_evaluation(relative)
+    assert sorted(p.name for p in (Path(cfg.run_dir) / "eval").iterdir()) == files and _results(relative) == first
+
+    store = RunStore(cfg.run_dir)
+    legacy = eval_key(store, relative.eval, model_for(relative, store, "student"), legacy=True)
+    assert legacy != key
+    store.manifest["stages"]["eval"]["keys"]["student"] = legacy  # as an earlier version stored it
+    store.save_manifest()
+    run_evaluation(relative)
+    assert _results(relative) == first and RunStore(cfg.run_dir).stage_info("eval")["keys"]["student"] == key

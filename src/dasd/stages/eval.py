@@ -25,11 +25,11 @@ STAGE = "eval"
 log = logger(STAGE)
 
 
-def eval_key(store: RunStore, ecfg, mcfg) -> str:
-    """A hash of what a label's results depend on: the model's identity (``runs.model_identity``),
-    the benchmarks and the protocol (preset or explicit)."""
+def eval_key(store: RunStore, ecfg, mcfg, legacy: bool = False) -> str:
+    """A hash of what a label's results depend on: the model's identity (``runs.model_identity``;
+    ``legacy``: as earlier versions wrote it), the benchmarks and the protocol (preset or explicit)."""
     return config_hash({
-        "model": model_identity(store, mcfg),
+        "model": model_identity(store, mcfg, legacy),
         "benchmarks": [b.model_dump(mode="json") for b in ecfg.benchmarks],
         "preset": ecfg.preset,
         "protocol": ecfg.protocol.model_dump(mode="json"),
@@ -41,7 +41,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
     (never held: each holds a response), [] when there are none, None if the model does not exist.
 
     Results stored under ``label`` by an earlier call are reused only when ``eval_key`` is the same
-    (same model files, benchmarks and protocol); otherwise they are deleted first, so a retrained
+    (same model files, however their path is spelled, benchmarks and protocol); otherwise they are deleted first, so a retrained
     stage or a changed protocol is never reported with another model's or protocol's numbers."""
     ecfg = cfg.eval
     mcfg = model_for(cfg, store, label)
@@ -50,6 +50,9 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
         return None
     key = eval_key(store, ecfg, mcfg)
     keys = store.manifest["stages"].setdefault(STAGE, {}).setdefault("keys", {})
+    if keys.get(label) == eval_key(store, ecfg, mcfg, legacy=True):
+        keys[label] = key  # stored by an earlier version under the same model, benchmarks and protocol
+        store.save_manifest()
     if keys.get(label) != key:
         removed = store.remove_output(STAGE, results_name(label))
         if removed:
