@@ -32,6 +32,7 @@ import typer
 
 from dasd import __version__, registry
 from dasd.errors import ConfigError, DasdError
+from dasd.signals import Stopped, on_signal
 
 app = typer.Typer(
     help="Distribution-Aligned Sequence Distillation: sample, filter, score, select, train, mix, evaluate.",
@@ -264,22 +265,6 @@ def plan_(
     typer.echo(format_plan(plan(load(config, args), a), a))
 
 
-class Stopped(BaseException):
-    """SIGINT or SIGTERM arrived. It unwinds the stack (writers flush what is complete) and is not
-    caught by ``except Exception``; unlike KeyboardInterrupt, typer does not turn it into a silent
-    exit code."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum, frame) -> None:
-    # a second signal of the same kind ends the process at once (Ctrl-C: KeyboardInterrupt)
-    signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-    raise Stopped(signum)
-
-
 def _stopped(why: str, argv: list[str], code: int) -> int:
     """The one line printed when a command is stopped by a signal; its exit code."""
     print(f"dasd: {why}; what was complete is kept; resume with: dasd {shlex.join(argv)}", file=sys.stderr)
@@ -294,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # dasd's stages show their own progress
     command = typer.main.get_command(app)
     argv = list(argv if argv is not None else sys.argv[1:])
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     try:
         rv = command.main(args=argv, prog_name="dasd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from dasd import jsonl
 from dasd.cli import main
+from dasd.signals import Stopped, held, on_signal
 
 
 def write_config(tmp_path, model, n=20):
@@ -78,3 +80,32 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path
     assert main(["sample", str(cfg)]) == 0
     ids, tmp = on_disk(tmp_path / "run")
     assert len(ids) == 24 and set(ids.values()) == {1} and not tmp
+
+
+def test_a_stop_while_workers_start_waits_for_them_and_ends_with_one_line(tmp_path):
+    """Without ``dasd.signals.held`` the parent exits while a worker still unpickles the pool's
+    semaphores, and the worker prints a FileNotFoundError traceback after dasd's last line."""
+    script = Path(__file__).with_name("stop_while_starting.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # the pipe stays open while any worker lives: a worker left behind would be read too
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM); what was complete is kept; ")
+
+
+def test_held_defers_a_stop_to_the_end_of_the_block():
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    ran = []
+    try:
+        with pytest.raises(Stopped):
+            with held():
+                with held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    ran.append("inner")
+                ran.append("outer")  # the outermost block decides
+            ran.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert ran == ["inner", "outer"]

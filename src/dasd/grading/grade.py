@@ -23,6 +23,7 @@ from typing import Any
 from dasd.grading.choice import LETTERS, grade_choice
 from dasd.grading.code import DEFAULT_CASE_TIMEOUT_S, grade_code
 from dasd.grading.math import grade_math
+from dasd.signals import held
 
 
 def grader_of(problem: dict[str, Any]) -> str:
@@ -93,9 +94,17 @@ def grade_many(pairs: Iterable[tuple[dict[str, Any], str]], workers: int | None 
     """
     pairs = list(pairs)
     if pool is not None:
-        return list(pool.map(_grade_pair, pairs, chunksize=chunksize))
+        return _map(pool, pairs, chunksize)
     if workers == 0 or len(pairs) <= 1:
         return [_grade_pair(p) for p in pairs]
     size = min(8, os.cpu_count() or 1) if workers is None else workers
     with grading_pool(min(size, len(pairs))) as ex:
-        return list(ex.map(_grade_pair, pairs, chunksize=chunksize))
+        return _map(ex, pairs, chunksize)
+
+
+def _map(pool: ProcessPoolExecutor, pairs: list, chunksize: int) -> list[dict[str, Any]]:
+    # map submits every chunk at once, starting workers as it goes: stop signals wait until they
+    # are started (dasd.signals.held), then the pool's shutdown waits for them
+    with held():
+        results = pool.map(_grade_pair, pairs, chunksize=chunksize)
+    return list(results)

@@ -316,8 +316,12 @@ def build_toy_world(
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        from dasd.signals import held
+
         with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n]) for n in names}
+            with held():  # a stop while the workers start waits until they have (dasd.signals)
+                futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n])
+                           for n in names}
             manifest_models = {n: f.result() for n, f in futures.items()}
     else:
         manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n]) for n in names}
