@@ -11,6 +11,7 @@ block, once every worker the block started is known to the pool (whose shutdown 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,7 +43,11 @@ def on_signal(signum, frame) -> None:
 @contextmanager
 def held() -> Iterator[None]:
     """Within the block a stopping signal is remembered, not raised; it is raised on leaving it.
-    Keep such blocks short: starting processes, not waiting for their results."""
+    Keep such blocks short: starting processes, not waiting for their results. Outside the main
+    thread (where Python never runs signal handlers) it holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _held["depth"] += 1
     try:
         yield
