@@ -2,7 +2,7 @@
 (units, then tens with the carry) is what the student lacks, can learn, and what lowers its errors.
 
     HF_HUB_OFFLINE=1 python benchmarks/column_world_probe.py --out DIR [--examples 300] [--epochs 8] \
-        [--styles oneshot column] [--problems 200] [--max-chain 8] [--seed 0]
+        [--styles oneshot column] [--problems 200] [--max-chain 8] [--digit-share 0] [--seed 0]
 
 Why: in the shipped world every step is one small lookup (single digits modulo 10), the student's
 only errors are slips, and no style removes them (``style_learnability.py``; self-checks cost more
@@ -56,16 +56,20 @@ class SumProblem:
         return (self.start + sum(self.addends)) % MODULUS
 
 
-def make_sum_problems(n: int, seed: int, split: str, min_steps: int = 2, max_steps: int = 5) -> list[SumProblem]:
+def make_sum_problems(n: int, seed: int, split: str, min_steps: int = 2, max_steps: int = 5,
+                      digits: int = 2) -> list[SumProblem]:
     """``n`` distinct problems of ``split`` (``train`` or ``test``: one in ten spellings, by a stable
-    hash, is a test problem, so the splits are disjoint whatever the seeds)."""
+    hash, is a test problem, so the splits are disjoint whatever the seeds), with numbers of
+    ``digits`` digits (1: a start 0-9 and addends 1-9)."""
     from dasd.records import content_id
 
-    rng = random.Random(f"column-probe/{seed}/{split}/{min_steps}-{max_steps}")
+    lo, hi = (10, 100) if digits == 2 else (1, 10)
+    rng = random.Random(f"column-probe/{seed}/{split}/{min_steps}-{max_steps}" + ("" if digits == 2 else f"/{digits}"))
     out: list[SumProblem] = []
     seen: set[SumProblem] = set()
     while len(out) < n:
-        p = SumProblem(rng.randrange(10, 100), tuple(rng.randrange(10, 100) for _ in range(rng.randint(min_steps, max_steps))))
+        p = SumProblem(rng.randrange(lo - (digits == 1), hi),
+                       tuple(rng.randrange(lo, hi) for _ in range(rng.randint(min_steps, max_steps))))
         is_test = int(content_id("column-probe", p.start, list(p.addends)), 16) % 10 == 0
         if p in seen or is_test != (split == "test"):
             continue
@@ -160,14 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
     ap.add_argument("--problems", type=int, default=200, help="held-out test problems")
     ap.add_argument("--max-chain", type=int, default=8, help="longest chain in the student base's corpus")
+    ap.add_argument("--digit-share", type=float, default=0.0,
+                    help="share of the student base's corpus that is one-digit problems (teaching it the "
+                         "single-digit sums a column is made of); its base is then built into OUT/student-digits")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    base = Path(a.out) / "student"
+    base = Path(a.out) / ("student-digits" if a.digit_share else "student")
     if not (base / "config.json").is_file():
         spec = replace(build.STUDENT_SPEC, max_chain=a.max_chain)
         rng = random.Random(f"column-probe/corpus/{a.seed}")
-        corpus = [(p, response(p, "oneshot", rng, 0.2)) for p in make_sum_problems(spec.n_problems, a.seed, "train", 2, a.max_chain)]
+        n_one = round(spec.n_problems * a.digit_share)
+        problems = (make_sum_problems(spec.n_problems - n_one, a.seed, "train", 2, a.max_chain)
+                    + make_sum_problems(n_one, a.seed, "train", 2, a.max_chain, digits=1))
+        rng.shuffle(problems)
+        corpus = [(p, response(p, "oneshot", rng, 0.2)) for p in problems]
         tok = digit_tokenizer(build.tokenizer_corpus(corpus[:4000], build_tokenizer([""], build.BYTE_VOCAB)),
                               build.STUDENT_VOCAB)
         tmp = base.with_name(".student.building")  # renamed into place: a crash leaves no half model

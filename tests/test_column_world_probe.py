@@ -57,3 +57,10 @@ def test_digits_are_tokens_of_their_own():
     pieces = [tok.decode([i]) for i in tok("38 + 47 = 85, which is 185 modulo 100.")["input_ids"]]
     assert all(len(x.strip()) <= 1 for x in pieces if any(c.isdigit() for c in x))
     assert "".join(pieces) == "38 + 47 = 85, which is 185 modulo 100."
+
+
+def test_one_digit_problems_for_the_base_corpus():
+    ps = make_sum_problems(500, 0, "train", 2, 8, digits=1)
+    assert len(set(ps)) == 500 and not set(ps) & set(make_sum_problems(100, 0, "test", 2, 8, digits=1))
+    assert all(0 <= p.start <= 9 and all(1 <= a <= 9 for a in p.addends) for p in ps)
+    assert make_sum_problems(50, 0, "train") == make_sum_problems(50, 0, "train", digits=2)  # two digits unchanged
