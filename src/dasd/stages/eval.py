@@ -50,7 +50,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
         return None
     key = eval_key(store, ecfg, mcfg)
     keys = store.manifest["stages"].setdefault(STAGE, {}).setdefault("keys", {})
-    if keys.get(label) == eval_key(store, ecfg, mcfg, legacy=True):
+    if keys.get(label) not in (None, key) and keys[label] == eval_key(store, ecfg, mcfg, legacy=True):
         keys[label] = key  # stored by an earlier version under the same model, benchmarks and protocol
         store.save_manifest()
     if keys.get(label) != key:
