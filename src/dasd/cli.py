@@ -32,6 +32,7 @@ import typer
 
 from dasd import __version__, registry
 from dasd.errors import ConfigError, DasdError
+from dasd.jsonl import DISK_FULL, UNWRITABLE
 from dasd.signals import Stopped, on_signal
 
 app = typer.Typer(
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         return _stopped("interrupted (Ctrl-C)", argv, 130)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in DISK_FULL:
             print(f"dasd: error: {e.filename or 'a file'}: no space left on device ({e.strerror}); free some space "
                   f"and re-run: dasd {shlex.join(argv)}", file=sys.stderr)
             return 2
@@ -324,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
 
 
-# errno values of an operating-system error about a path the user can fix (one line, exit 2)
-_PATH_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
-                errno.ENAMETOOLONG, errno.ELOOP)
+# errno values of an operating-system error about a path the user can fix (one line, exit 2): a
+# missing path, or one that cannot be written (dasd.jsonl.UNWRITABLE)
+_PATH_ERRORS = (errno.ENOENT, *UNWRITABLE)
 
 
 def _main_thread() -> bool:
