@@ -53,6 +53,8 @@ def reject_constant(name: str) -> float:
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
+PARQUET_MAGIC = b"PAR1"  # the first (and last) bytes of a Parquet file
+
 # The first bytes of files that are not JSON Lines text, and what they are.
 MAGIC = {
     b"\x1f\x8b": "gzip-compressed: decompress it first (gunzip -k FILE)",
@@ -60,7 +62,7 @@ MAGIC = {
     b"BZh": "bzip2-compressed: decompress it first (bunzip2 -k FILE)",
     b"\xfd7zXZ\x00": "xz-compressed: decompress it first (unxz -k FILE)",
     b"PK\x03\x04": "a zip archive: extract it first (unzip FILE)",
-    b"PAR1": "a Parquet file: give it a .parquet name to read it as one",
+    PARQUET_MAGIC: "a Parquet file: give it a .parquet name to read it as one",
     b"\xff\xfe": "UTF-16 text (as Windows PowerShell writes): convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
     b"\xfe\xff": "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)",
 }

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl, open_jsonl, reject_constant
+from dasd.jsonl import MAX_RECORD_BYTES, PARQUET_MAGIC, BadLine, iter_jsonl, open_jsonl, reject_constant
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -76,7 +76,7 @@ def _is_parquet(path: Path) -> bool:
         return True
     try:
         with path.open("rb") as fh:
-            return fh.read(4) == b"PAR1"
+            return fh.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
     except OSError:
         return False
 
