@@ -11,8 +11,8 @@ than they catch at this size). Here a step is a two-digit addition modulo 100:
 - ``oneshot``: ``Step 1: add 47. 38 + 47 = 85.`` The tens digit needs the carry of the units, which
   the model must work out without writing it: hard for a tiny model.
 - ``column``: ``Step 1: add 47. 8 + 7 = 15, 3 + 4 + 1 = 8, so 38 + 47 = 85.`` Every token is a
-  single-digit fact or a copy. Digits are single tokens (a ``Digits`` pre-tokenizer before the
-  byte-level BPE, as Llama and Qwen tokenizers do), so composing 85 from 8 and 5 is copying.
+  single-digit fact or a copy. Digits are single tokens (``build_tokenizer(..., split_digits=True)``,
+  as Llama and Qwen tokenizers do), so composing 85 from 8 and 5 is copying.
 
 A student base (the shipped student's recipe: hidden 64, 3 layers, 2400 steps x 8 at lr 3e-3, a
 20% slip rate) is built once into ``DIR/student`` on ``oneshot`` responses only, chains of 2 to
@@ -110,27 +110,6 @@ def style_of(text: str) -> str | None:
     return "column" if all(", so " in ln for ln in lines) else "oneshot" if not any(", so " in ln for ln in lines) else None
 
 
-def digit_tokenizer(corpus, vocab_size: int):
-    """The toy world's byte-level BPE (``dasd.toy.tokenizer.build_tokenizer``) with every digit a
-    token of its own (a ``Digits`` pre-tokenizer first)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from dasd.toy.tokenizer import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=IM_END, bos_token=None, unk_token=None)
-    fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 4096
-    return fast
-
-
 def measure(model, tok, problems: list[SumProblem], style: str | None, seed: int) -> list[str]:
     from dasd.toy.measure import evaluate_accuracy
     from dasd.toy.world import verify
@@ -179,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     + make_sum_problems(n_one, a.seed, "train", 2, a.max_chain, digits=1))
         rng.shuffle(problems)
         corpus = [(p, response(p, "oneshot", rng, 0.2)) for p in problems]
-        tok = digit_tokenizer(build.tokenizer_corpus(corpus[:4000], build_tokenizer([""], build.BYTE_VOCAB)),
-                              build.STUDENT_VOCAB)
+        tok = build_tokenizer(build.tokenizer_corpus(corpus[:4000], build_tokenizer([""], build.BYTE_VOCAB)),
+                              build.STUDENT_VOCAB, split_digits=True)
         tmp = base.with_name(".student.building")  # renamed into place: a crash leaves no half model
         save_model(build.train_model(spec, tok, corpus, a.seed, log=lambda msg: None), tok, str(tmp))
         tmp.rename(base)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from column_world_probe import SumProblem, digit_tokenizer, make_sum_problems, response, style_of  # noqa: E402
+from column_world_probe import SumProblem, make_sum_problems, response, style_of  # noqa: E402
 
+from dasd.toy.tokenizer import build_tokenizer  # noqa: E402
 from dasd.toy.world import verify  # noqa: E402
 
 COLUMN = re.compile(r"^Step (\d+): add (\d+)\. (\d) \+ (\d) = (\d+), (\d) \+ (\d) \+ (\d) = (\d+), so (\d+) \+ (\d+) = (\d+)[.,]")
@@ -53,7 +54,7 @@ def test_splits_are_disjoint_and_deterministic():
 def test_digits_are_tokens_of_their_own():
     rng = random.Random(2)
     texts = [response(p, "oneshot", rng, 0.2) for p in make_sum_problems(300, 0, "train")]
-    tok = digit_tokenizer(texts, 300)
+    tok = build_tokenizer(texts, 300, split_digits=True)
     pieces = [tok.decode([i]) for i in tok("38 + 47 = 85, which is 185 modulo 100.")["input_ids"]]
     assert all(len(x.strip()) <= 1 for x in pieces if any(c.isdigit() for c in x))
     assert "".join(pieces) == "38 + 47 = 85, which is 185 modulo 100."

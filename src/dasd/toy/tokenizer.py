@@ -30,16 +30,20 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``corpus`` with at most ``vocab_size`` entries.
 
     ``vocab_size`` counts the 256 byte symbols and the 3 special tokens, so a value of 259 gives
-    a pure byte-level tokenizer with no merges. Deterministic for a given corpus order.
+    a pure byte-level tokenizer with no merges. ``split_digits``: every digit is a token of its own
+    (a ``Digits`` pre-tokenizer first, as Llama's and Qwen's tokenizers do). Deterministic for a
+    given corpus order.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)}, got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
