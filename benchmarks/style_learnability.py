@@ -99,11 +99,7 @@ def diff_check_text(problem, rng: random.Random, error_rate: float, redo_rate: f
     (``error_rate`` plus the demonstrated ``redo_rate``) are those of ``world.solution_text``."""
     from dasd.toy import world
 
-    m = world.MODULUS
-
-    def equation(prev: int, sym: str, a: int, raw: int) -> str:
-        return f"{prev} {sym} {a} = {raw}" + ("." if raw % m == raw else f", which is {raw % m} modulo {m}.")
-
+    m, equation = world.MODULUS, world.equation
     x, lines = problem.start, [f"Start at {problem.start}."]
     for i, (op, a) in enumerate(problem.steps, 1):
         verb, sym = world.OPS[op][1], world.OPS[op][2]

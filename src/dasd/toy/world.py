@@ -273,6 +273,12 @@ def _slip(rng: random.Random) -> int:
     return rng.choice((-2, -1, 1, 2))
 
 
+def equation(prev: int, sym: str, a: int, raw: int) -> str:
+    """One computation as the step styles write it: ``7 * 2 = 14, which is 4 modulo 10.`` (the raw
+    result, then its reduction when it is out of range), or ``3 + 4 = 7.``."""
+    return f"{prev} {sym} {a} = {raw}" + ("." if raw % MODULUS == raw else f", which is {raw % MODULUS} modulo {MODULUS}.")
+
+
 def solution_text(
     problem: ToyProblem,
     style: str,
@@ -298,9 +304,6 @@ def solution_text(
     def slipped(prev: int, op: str, a: int, rate: float) -> int:
         raw = raw_op(prev, op, a)
         return raw + _slip(rng) if rate > 0 and rng.random() < rate else raw
-
-    def equation(prev: int, sym: str, a: int, raw: int) -> str:
-        return f"{prev} {sym} {a} = {raw}" + ("." if raw % MODULUS == raw else f", which is {raw % MODULUS} modulo {MODULUS}.")
 
     if style == "compact":
         eqs = []
