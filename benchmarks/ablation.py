@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation_lib import PAPER_PROTOCOL_SAMPLES, AblationPlan, power_markdown, power_table, relative_path, run_ablation  # noqa: E402
+from ablation_lib import ALL_ARMS, PAPER_PROTOCOL_SAMPLES, AblationPlan, power_markdown, power_table, relative_path, run_ablation  # noqa: E402
 
 from dasd.rules.mixing import PAPER_REPLAY_RATIO  # noqa: E402
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="base run config (default: the demo's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--prompts", type=int, default=None, help="training prompts per seed (data.toy.n_train)")
+    ap.add_argument("--prompts", type=int, default=None, help="training prompts per seed (data.toy.n_train; for a prompts file: --set data.limit=N)")
     ap.add_argument("--test", type=int, default=None, help="held-out toy problems (eval benchmark limit)")
     ap.add_argument("--per-prompt", type=int, default=2, help="training examples per prompt (even; low->high takes half from each T)")
     ap.add_argument("--epochs", type=float, default=None, help="passes over the budget (default: train.epochs of the config)")
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="k=3, 24 prompts, 20 held-out problems, n=2 (a fast, noisy look)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="run directories (resumable)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
+    ap.add_argument("--arms", nargs="+", default=None, choices=ALL_ARMS, metavar="ARM",
+                    help="train only these arms (default: all that the other options ask for): " + ", ".join(ALL_ARMS))
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     a = ap.parse_args(argv)
     if a.power_only:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = AblationPlan(config=a.config, seeds=a.seeds, out=a.out, overrides=overrides, per_prompt=a.per_prompt,
                         epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references,
                         naturalness=a.naturalness, replay=a.replay, paper_protocol=a.paper_protocol, samples=a.samples,
-                        power_effect=a.effect, power_halfwidth=a.halfwidth)
+                        power_effect=a.effect, power_halfwidth=a.halfwidth, arms=a.arms)
     report = run_ablation(plan)
     from dasd.jsonl import atomic_write_json, atomic_open
 

@@ -133,7 +133,8 @@ class AblationPlan:
     ``samples`` (default ``PAPER_PROTOCOL_SAMPLES``) samples per held-out problem, whatever the
     config's ``eval.protocol`` (its ``max_tokens`` stays); ``samples`` alone sets only
     ``eval.protocol.n``. ``power_effect``/``power_halfwidth``: accuracy points of the power table
-    (``power_table``).
+    (``power_table``). ``arms``: train only these arms (default: every arm the other knobs ask for);
+    the mixed-policy arms need ``das_low_high`` (their starting point) among them.
     """
 
     config: str | None = None
@@ -151,7 +152,16 @@ class AblationPlan:
     samples: int | None = None
     power_effect: float = 2.0
     power_halfwidth: float = 2.0
+    arms: list[str] | None = None
     log: Any = print
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.arms or ()) - set(ALL_ARMS))
+        if unknown:
+            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; the arms are {', '.join(ALL_ARMS)}")
+
+    def wants(self, arm: str) -> bool:
+        return self.arms is None or arm in self.arms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,6 +752,8 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
     finals = {}
     selections = arm_data(pools, prompts, plan.per_prompt, seed, naturalness=plan.naturalness)
     for arm, stages in selections.items():
+        if not plan.wants(arm):
+            continue
         arm_dir = root / "arms" / arm
         steps = [total] if len(stages) == 1 else [total // 2, total // 2]
         names = ["single"] if len(stages) == 1 else ["stage1", "stage2"]
@@ -751,7 +763,9 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
         results[arm] = measure(cfg, cfg.student.model_copy(update={"model": tr["final"]}), problems, refs,
                                arm_dir / "metrics.json", {k: tr[k] for k in ("examples", "steps", "over_context", "final_loss")})
         log(f"[ablation] seed {seed} {arm}: {_fmt(results[arm])}")
-    if plan.mixed:
+    if plan.mixed and "das_low_high" not in finals:
+        log(f"[ablation] seed {seed}: no mixed-policy arms (they start from das_low_high, which --arms leaves out)")
+    elif plan.mixed and any(plan.wants(a) for a in ("mixed_unmasked", "mixed_masked", *REPLAY_ARMS)):
         mix_store = RunStore(root / "mix")
         curated = [{"prompt": prompts_by_id[s["prompt_id"]], "teacher_text": s["text"]}
                    for sel in selections["das_low_high"] for s in sel]
@@ -762,6 +776,8 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
         if mixed:
             steps = steps_for(len(mixed), mixed_epochs(cfg), batch)
             for arm, masked in (("mixed_unmasked", False), ("mixed_masked", True)):
+                if not plan.wants(arm):
+                    continue
                 arm_dir = root / "arms" / arm
                 tr = train_arm(cfg, arm_dir, [("stage3_mixed", mixed, steps)], init=finals["das_low_high"],
                                mask_prefix=masked, schedule=mixed_schedule(cfg))
@@ -774,6 +790,8 @@ def run_seed(plan: AblationPlan, seed: int) -> tuple[dict[str, dict], dict]:
                 # The same examples twice: the student prefix of the mixed ones in the loss or masked.
                 # The replayed examples have no student prefix (prefix_chars 0): masking leaves them whole.
                 for arm, masked in (("mixed_replay", False), ("mixed_masked_replay", True)):
+                    if not plan.wants(arm):
+                        continue
                     arm_dir = root / "arms" / arm
                     tr = train_arm(cfg, arm_dir, [("stage3_mixed", data, steps_for(len(data), mixed_epochs(cfg), batch))],
                                    init=finals["das_low_high"], mask_prefix=masked, schedule=mixed_schedule(cfg))

@@ -250,6 +250,13 @@ def test_paper_protocol_sets_the_eval_protocol_and_nothing_else():
         seed_config(AblationPlan(samples=0), 3)
 
 
+def test_an_unknown_arm_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown arm.*das_lo.*the arms are rs_low"):
+        AblationPlan(arms=["das_lo", "rs_low"])
+    assert AblationPlan(arms=["rs_low"]).wants("rs_low") and not AblationPlan(arms=["rs_low"]).wants("das_low")
+    assert AblationPlan().wants("mixed_masked")
+
+
 def test_arms_have_equal_budgets_and_the_right_selections():
     pools = _cands(5, 4)
     prompts = eligible_prompts(pools, 2)
@@ -373,18 +380,19 @@ def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
 
     plan = _plan(tmp_path, nudged_lm)
     out = tmp_path / "results" / "ablation.md"
-    args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-mixed", "--no-references",
-            "--paper-protocol", "--samples", "3", "--set", *plan.overrides]
+    arms = ["rs_low", "das_low", "rs_high"]  # --arms: only these are trained (the mixed ones would need das_low_high)
+    args = ["--seeds", "0", "--out", plan.out, "--results", str(out), "--no-references",
+            "--paper-protocol", "--samples", "3", "--arms", *arms, "--set", *plan.overrides]
     assert ablation.main(args) == 0
     text = out.read_text(encoding="utf-8")
     assert "protocol the paper's (T=1.0, top_p 1.0, 3 samples per held-out problem, avg@3)" in text
     assert "eval protocol T=1.0 top_p=1.0 n=3 max_tokens=24" in text
     assert "Table 1: temperature schedule vs single temperature (RS)" in text and "Table 5" not in text
-    single = [a for a in ARMS if not a.startswith("mixed")]
-    for arm in single:
+    for arm in arms:
         assert f"| {arm} |" in text
+    assert "| das_high |" not in text and not (Path(plan.out) / "seed-0" / "arms" / "das_high").exists()
     data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
-    assert set(data["aggregate"]) == set(single)
+    assert set(data["aggregate"]) == set(arms)
 
 
 @pytest.mark.slow
