@@ -41,6 +41,10 @@ def _plan(tmp_path: Path, nudged_lm) -> AblationPlan:
         "filter.require_correct=false", "filter.max_student_tokens=null",
         "filter.repetition.enabled=false", "train.context=512", "train.micro_batch=2", "train.epochs=1",
         "train.lr=1e-3", "train.min_lr=1e-4",
+        # The mix stage keeps only student rollouts cut off at length_multiple x the teacher's length; at
+        # the default 1.5 a tiny student that happens to finish early leaves no mixed example at all
+        # (the mixed and replay arms are then skipped), so the cap is set below the teacher's length.
+        "mix.length_multiple=0.6",
         "mix.max_continuation_tokens=40", "mix.require_structure=false", "mix.require_correct=false",
         "mix.repetition.enabled=false", "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
         "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",
