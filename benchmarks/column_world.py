@@ -1,8 +1,10 @@
 """A second toy world where the teacher's own sentences are what the student needs: two-digit sums.
 
-    HF_HUB_OFFLINE=1 python benchmarks/column_world.py --out DIR [--column-share 0.4] [--prompts 600] \
+    HF_HUB_OFFLINE=1 python benchmarks/column_world.py build --out DIR [--column-share 0.4] [--prompts 600] \
         [--test 200] [--seed 0]
-    HF_HUB_OFFLINE=1 python benchmarks/ablation.py --config DIR/column.yaml --arms rs_low das_low ...
+    HF_HUB_OFFLINE=1 python benchmarks/ablation.py --config DIR/column.yaml --arms rs_low das_low rs_high das_high \
+        --no-mixed --paper-protocol --samples 4 --kl-samples 1 --set train.micro_batch=8 --out ABL --seeds 0 1
+    HF_HUB_OFFLINE=1 python benchmarks/column_world.py styles --world DIR --ablation ABL --seeds 0 1
 
 Why: in the shipped toy world the teacher's Teacher sentences (its self-checks) are learnable in
 form only, and DAS, which selects them, does not help the student there (README, "The toy-world
@@ -30,8 +32,10 @@ of column answers) into ``DIR/manifest.json``. Results: ``benchmarks/results/col
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +97,14 @@ def prompt_record(p: SumProblem) -> dict:
             "answer": str(p.answer), "meta": {"chain_length": len(p.addends)}}
 
 
+def problem_of(question: str) -> SumProblem:
+    """The problem a question (``SumProblem.question``) spells."""
+    start = re.match(r"Start at (\d+)\. ", question)
+    if start is None:
+        raise ValueError(f"not a column-world question: {question[:80]!r}")
+    return SumProblem(int(start[1]), tuple(int(a) for a in re.findall(r"Step \d+: add (\d+)\.", question)))
+
+
 def config_text(out: Path, prompts: int, test: int) -> str:
     """The run config of the world: the demo's settings with this world's models and files."""
     return f"""# The column world (benchmarks/column_world.py): two-digit sums, a teacher that writes some of its
@@ -114,20 +126,26 @@ eval:
 """
 
 
-def measure(model_dir: Path, problems: list[SumProblem], seed: int) -> dict:
-    """Accuracy and share of column answers at T=0.6 and 1.0, one sample per problem."""
+def measure(model_dir: Path, problems: list[SumProblem], seed: int, temperatures=(0.6, 1.0), by_style: bool = False) -> dict:
+    """Accuracy and share of column answers at each temperature, one sample per problem;
+    ``by_style``: also the accuracy of the column and of the one-shot answers (None when there are none)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dasd.toy.measure import evaluate_accuracy
+    from dasd.toy.world import verify
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     out = {}
-    for temp in (0.6, 1.0):
+    for temp in temperatures:
         acc, texts = evaluate_accuracy(model, problems, temp, 400, seed=seed, tokenizer=tok, return_texts=True)
-        out[f"T={temp}"] = {"accuracy": round(acc, 4),
-                            "column_share": round(sum(style_of(t) == "column" for t in texts) / len(texts), 4)}
+        styles = [style_of(t) for t in texts]
+        out[f"T={temp}"] = m = {"accuracy": round(acc, 4), "column_share": round(styles.count("column") / len(texts), 4)}
+        if by_style:
+            for style in ("column", "oneshot"):
+                solved = [verify(t, p.answer) for t, p, s in zip(texts, problems, styles) if s == style]
+                m[f"{style}_accuracy"] = round(sum(solved) / len(solved), 4) if solved else None
     return out
 
 
@@ -171,17 +189,54 @@ def build_world(out: Path, seed: int = 0, column_share: float = 0.4, prompts: in
     return manifest
 
 
+def arm_styles(world: Path, ablation: Path, seeds: list[int], problems: int = 200, temperature: float = 1.0,
+               log=print) -> dict:
+    """Per ablation arm and seed: its final model sampled once per held-out problem (the first
+    ``problems`` of ``world/test.jsonl``) at ``temperature``: the share of column answers and the
+    accuracy of each style. Arms are found under ``ablation/seed-<s>/arms/<arm>/train/*/final``."""
+    import torch
+
+    from dasd.jsonl import atomic_write_json
+
+    torch.set_num_threads(1)
+    test = [json.loads(line) for line in (world / "test.jsonl").read_text(encoding="utf-8").splitlines()][:problems]
+    held = [problem_of(r["messages"][-1]["content"]) for r in test]
+    out: dict = {}
+    for seed in seeds:
+        for arm_dir in sorted((ablation / f"seed-{seed}" / "arms").glob("*")):
+            finals = sorted(arm_dir.glob("train/*/final/config.json"))
+            if not finals:
+                continue
+            m = measure(finals[-1].parent, held, seed, temperatures=(temperature,), by_style=True)[f"T={temperature}"]
+            out.setdefault(arm_dir.name, {})[seed] = m
+            log(f"[column world] seed {seed} {arm_dir.name}: accuracy {m['accuracy']:.3f}, column {m['column_share']:.2f} "
+                f"(solved {m['column_accuracy']}), one-shot solved {m['oneshot_accuracy']}")
+    atomic_write_json(ablation / "arm-styles.json", out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="where the world is built (models already there are kept)")
-    ap.add_argument("--column-share", type=float, default=0.4, help="share of the teacher's answers written in columns")
-    ap.add_argument("--prompts", type=int, default=600, help="training prompts written to DIR/train.jsonl")
-    ap.add_argument("--test", type=int, default=200, help="held-out problems written to DIR/test.jsonl")
-    ap.add_argument("--seed", type=int, default=0)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build the world's models, prompt files and run config into --out")
+    b.add_argument("--out", required=True, help="where the world is built (models already there are kept)")
+    b.add_argument("--column-share", type=float, default=0.4, help="share of the teacher's answers written in columns")
+    b.add_argument("--prompts", type=int, default=600, help="training prompts written to DIR/train.jsonl")
+    b.add_argument("--test", type=int, default=200, help="held-out problems written to DIR/test.jsonl")
+    b.add_argument("--seed", type=int, default=0)
+    st = sub.add_parser("styles", help="the column share and per-style accuracy of each ablation arm's final model")
+    st.add_argument("--world", required=True, help="the built world (its test.jsonl)")
+    st.add_argument("--ablation", required=True, help="the ablation's --out (seed-<s>/arms/<arm>); arm-styles.json is written there")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0])
+    st.add_argument("--problems", type=int, default=200)
+    st.add_argument("--temperature", type=float, default=1.0)
     a = ap.parse_args(argv)
-    if not 0 < a.column_share < 1:
-        ap.error(f"--column-share must be strictly between 0 and 1, got {a.column_share}")
-    build_world(Path(a.out), a.seed, a.column_share, a.prompts, a.test)
+    if a.cmd == "build":
+        if not 0 < a.column_share < 1:
+            ap.error(f"--column-share must be strictly between 0 and 1, got {a.column_share}")
+        build_world(Path(a.out), a.seed, a.column_share, a.prompts, a.test)
+    else:
+        arm_styles(Path(a.world), Path(a.ablation), a.seeds, a.problems, a.temperature)
     return 0
 
 

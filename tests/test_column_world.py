@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from column_world import STUDENT_ERROR_RATE, TEACHER_ERROR_RATE, corpus, write_data  # noqa: E402
+from column_world import STUDENT_ERROR_RATE, TEACHER_ERROR_RATE, corpus, problem_of, write_data  # noqa: E402
 from column_world_probe import response, style_of  # noqa: E402
 
 from dasd.toy.world import verify  # noqa: E402
@@ -46,10 +46,36 @@ def test_written_files_are_what_the_pipeline_reads(tmp_path):
     assert not {p["id"] for p in prompts} & {b["id"] for b in bench}
     rng, verdicts = random.Random(0), []
     for rec, p in zip(bench, held_out):
-        assert rec["messages"][-1]["content"] == p.question
+        assert rec["messages"][-1]["content"] == p.question and problem_of(p.question) == p
         for style in ("oneshot", "column"):
             assert is_correct(rec, response(p, style, rng, 0.0)) is True
             slipped = response(p, style, rng, 1.0)  # every step slips (slips can cancel: +10 then -10)
             verdicts.append(is_correct(rec, slipped))
             assert verdicts[-1] == verify(slipped, p.answer)
     assert verdicts.count(False) > 0.7 * len(verdicts)
+
+
+def test_arm_styles_measures_each_arms_last_stage(tmp_path, tiny_lm_dir):
+    """``styles`` finds every arm's final model (the last stage of a two-stage arm), skips an arm that
+    has none, and writes one entry per arm and seed with the style shares and per-style accuracy."""
+    import json
+    import shutil
+
+    from column_world import arm_styles
+
+    write_data(tmp_path / "world", 0, 4, 3)
+    arms = tmp_path / "abl" / "seed-0" / "arms"
+    shutil.copytree(tiny_lm_dir, arms / "rs_low" / "train" / "single" / "final")
+    shutil.copytree(tiny_lm_dir, arms / "das_low_high" / "train" / "stage2" / "final")
+    (arms / "das_low_high" / "train" / "stage1").mkdir()  # no final: the later stage is the arm's model
+    (arms / "das_high" / "train" / "single").mkdir(parents=True)  # unfinished arm
+    lines: list[str] = []
+    out = arm_styles(tmp_path / "world", tmp_path / "abl", [0], problems=3, log=lines.append)
+    assert set(out) == {"rs_low", "das_low_high"} and len(lines) == 2
+    for arm in out.values():
+        m = arm[0]
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["column_share"] <= 1.0
+        # A random model writes no column lines: no column answer, so no column accuracy.
+        assert m["column_share"] == 0.0 and m["column_accuracy"] is None
+    assert json.loads((tmp_path / "abl" / "arm-styles.json").read_text(encoding="utf-8")) == {
+        arm: {"0": v[0]} for arm, v in out.items()}
