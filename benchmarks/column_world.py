@@ -196,8 +196,6 @@ def arm_styles(world: Path, ablation: Path, seeds: list[int], problems: int = 20
     accuracy of each style. Arms are found under ``ablation/seed-<s>/arms/<arm>/train/*/final``."""
     import torch
 
-    from dasd.jsonl import atomic_write_json
-
     torch.set_num_threads(1)
     test = [json.loads(line) for line in (world / "test.jsonl").read_text(encoding="utf-8").splitlines()][:problems]
     held = [problem_of(r["messages"][-1]["content"]) for r in test]
@@ -211,7 +209,37 @@ def arm_styles(world: Path, ablation: Path, seeds: list[int], problems: int = 20
             out.setdefault(arm_dir.name, {})[seed] = m
             log(f"[column world] seed {seed} {arm_dir.name}: accuracy {m['accuracy']:.3f}, column {m['column_share']:.2f} "
                 f"(solved {m['column_accuracy']}), one-shot solved {m['oneshot_accuracy']}")
-    atomic_write_json(ablation / "arm-styles.json", out)
+    return out
+
+
+def column_shares(pools: dict[str, list[dict]], per_prompt: int, seed: int) -> dict[str, dict[str, float]]:
+    """Per pool, the share of column answers among the candidates of the prompts the ablation trains
+    on (those with ``per_prompt`` candidates in every pool) and among those random sampling and DAS
+    select there (``per_prompt`` each; the ablation's ``select``)."""
+    from ablation_lib import eligible_prompts, select
+
+    prompts = eligible_prompts(pools, per_prompt)
+    keep = set(prompts)
+
+    def share(cands: list[dict]) -> float:
+        return round(sum(style_of(c["text"]) == "column" for c in cands) / max(1, len(cands)), 4)
+
+    return {pool: {"all": share([c for c in cands if c["prompt_id"] in keep]),
+                   **{m: share(select(cands, prompts, m, per_prompt, seed)) for m in ("random", "das")}}
+            for pool, cands in pools.items()}
+
+
+def selection_styles(ablation: Path, seeds: list[int], per_prompt: int = 2, log=print) -> dict:
+    """``column_shares`` of each seed's scored pool (``ablation/seed-<s>/pool``, read only)."""
+    from dasd.store import RunStore
+
+    out = {}
+    for seed in seeds:
+        store = RunStore.open(ablation / f"seed-{seed}" / "pool")
+        pools = {"low": list(store.read("score", "pool-T0.6")), "high": list(store.read("score", "pool-T1"))}
+        out[seed] = column_shares(pools, per_prompt, seed)
+        log(f"[column world] seed {seed} column share of candidates / random picks / DAS picks: " + "; ".join(
+            f"{pool} {v['all']:.2f} / {v['random']:.2f} / {v['das']:.2f}" for pool, v in out[seed].items()))
     return out
 
 
@@ -226,17 +254,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     st = sub.add_parser("styles", help="the column share and per-style accuracy of each ablation arm's final model")
     st.add_argument("--world", required=True, help="the built world (its test.jsonl)")
-    st.add_argument("--ablation", required=True, help="the ablation's --out (seed-<s>/arms/<arm>); arm-styles.json is written there")
+    st.add_argument("--ablation", required=True,
+                    help="the ablation's --out (seed-<s>/pool, seed-<s>/arms/<arm>); column-styles.json is written there")
     st.add_argument("--seeds", type=int, nargs="+", default=[0])
     st.add_argument("--problems", type=int, default=200)
     st.add_argument("--temperature", type=float, default=1.0)
+    st.add_argument("--per-prompt", type=int, default=2, help="the ablation's --per-prompt (selection budget)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         if not 0 < a.column_share < 1:
             ap.error(f"--column-share must be strictly between 0 and 1, got {a.column_share}")
         build_world(Path(a.out), a.seed, a.column_share, a.prompts, a.test)
     else:
-        arm_styles(Path(a.world), Path(a.ablation), a.seeds, a.problems, a.temperature)
+        from dasd.jsonl import atomic_write_json
+
+        result = {"selections": selection_styles(Path(a.ablation), a.seeds, a.per_prompt),
+                  "arms": arm_styles(Path(a.world), Path(a.ablation), a.seeds, a.problems, a.temperature)}
+        atomic_write_json(Path(a.ablation) / "column-styles.json", result)
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from column_world import STUDENT_ERROR_RATE, TEACHER_ERROR_RATE, corpus, problem_of, write_data  # noqa: E402
-from column_world_probe import response, style_of  # noqa: E402
+from column_world_probe import make_sum_problems, response, style_of  # noqa: E402
 
 from dasd.toy.world import verify  # noqa: E402
 
@@ -58,7 +58,6 @@ def test_written_files_are_what_the_pipeline_reads(tmp_path):
 def test_arm_styles_measures_each_arms_last_stage(tmp_path, tiny_lm_dir):
     """``styles`` finds every arm's final model (the last stage of a two-stage arm), skips an arm that
     has none, and writes one entry per arm and seed with the style shares and per-style accuracy."""
-    import json
     import shutil
 
     from column_world import arm_styles
@@ -77,5 +76,27 @@ def test_arm_styles_measures_each_arms_last_stage(tmp_path, tiny_lm_dir):
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["column_share"] <= 1.0
         # A random model writes no column lines: no column answer, so no column accuracy.
         assert m["column_share"] == 0.0 and m["column_accuracy"] is None
-    assert json.loads((tmp_path / "abl" / "arm-styles.json").read_text(encoding="utf-8")) == {
-        arm: {"0": v[0]} for arm, v in out.items()}
+
+
+def test_column_shares_count_the_selected_styles():
+    """DAS keeps the best-scored candidates, random sampling a seeded draw; the shares count the column
+    answers among them, on the prompts with enough candidates in both pools only."""
+    from column_world import column_shares
+
+    rng = random.Random(0)
+    pools: dict[str, list[dict]] = {"low": [], "high": []}
+    problems = make_sum_problems(20, 0, "train")
+    for pool in pools:
+        for i, p in enumerate(problems):
+            for j, style in enumerate(("column", "oneshot", "oneshot", "oneshot")):
+                # The column answer scores highest, as DAS scores it when the student never saw columns.
+                pools[pool].append({"id": f"{pool}-{i}-{j}", "prompt_id": f"p{i}", "text": response(p, style, rng, 0.0),
+                                    "das": {"score": 1.0 if style == "column" else 0.1 * j}})
+    pools["high"] = [c for c in pools["high"] if c["prompt_id"] != "p0"]  # p0: not eligible
+    shares = column_shares(pools, 2, 0)
+    assert shares["low"]["all"] == shares["high"]["all"] == 0.25
+    assert shares["low"]["das"] == shares["high"]["das"] == 0.5  # the column answer and the best one-shot one
+    from ablation_lib import select
+
+    picked = select(pools["low"], [f"p{i}" for i in range(1, 20)], "random", 2, 0)
+    assert shares["low"]["random"] == round(sum(style_of(c["text"]) == "column" for c in picked) / len(picked), 4)
