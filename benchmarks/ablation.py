@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     md = Path(a.results)
     md.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(md) as fh:
-        fh.write("# Ablation on the toy world\n\nMethod: docs/ablation.md. Command: `python benchmarks/ablation.py "
+        fh.write(f"# Ablation: the paper's comparisons with {relative_path(a.config)}\n\nMethod: docs/ablation.md. Command: `python benchmarks/ablation.py "
                  + " ".join(_relative_arg(x) for x in (argv if argv is not None else sys.argv[1:])) + "`\n\n" + report["markdown"])
     atomic_write_json(md.with_suffix(".json"), _jsonable(report))
     print(report["markdown"])

@@ -834,6 +834,14 @@ def _fmt(m: dict) -> str:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def training_prompts(cfg) -> int | str:
+    """The training prompts a config asks for: ``data.toy.n_train`` toy problems, or the first
+    ``data.limit`` (or all) of a prompts file."""
+    if cfg.data.prompts == "toy":
+        return cfg.data.toy.n_train
+    return f"{cfg.data.limit or 'all'} of {relative_path(cfg.data.prompts)}"
+
+
 def relative_path(path: str | Path) -> str:
     """``path`` relative to the repository (the results record no machine's absolute paths); a path
     outside it is kept (then it names something this repository does not hold)."""
@@ -875,7 +883,7 @@ def run_ablation(plan: AblationPlan) -> dict:
         "protocol": protocol,
         "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),
         "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
-        "temperatures": cfg.sample.temperatures, "training prompts": cfg.data.toy.n_train,
+        "temperatures": cfg.sample.temperatures, "training prompts": training_prompts(cfg),
         "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
         "KL reference": f"{plan.kl_samples} teacher samples per held-out prompt at T=1.0", "CI": "Student t over seeds",
         "training": f"lr {cfg.train.lr}, batch {cfg.train.micro_batch * cfg.train.grad_accum}, "

@@ -254,6 +254,18 @@ def test_paper_protocol_sets_the_eval_protocol_and_nothing_else():
         seed_config(AblationPlan(samples=0), 3)
 
 
+def test_training_prompts_of_a_toy_and_of_a_file_config(tmp_path):
+    from ablation_lib import training_prompts
+
+    from dasd.config import load_config
+
+    assert training_prompts(load_config(None, ["data.toy.n_train=24"])) == 24
+    (tmp_path / "p.jsonl").write_text('{"prompt": "1 + 1?", "answer": "2"}\n', encoding="utf-8")
+    assert training_prompts(load_config(None, [f"data.prompts={tmp_path / 'p.jsonl'}", "data.limit=600"])) == \
+        f"600 of {tmp_path / 'p.jsonl'}"
+    assert training_prompts(load_config(None, [f"data.prompts={tmp_path / 'p.jsonl'}"])).startswith("all of ")
+
+
 def test_an_unknown_arm_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown arm.*das_lo.*the arms are rs_low"):
         AblationPlan(arms=["das_lo", "rs_low"])
@@ -389,6 +401,8 @@ def test_script_writes_the_table_and_json(tmp_path, nudged_lm):
             "--paper-protocol", "--samples", "3", "--arms", *arms, "--set", *plan.overrides]
     assert ablation.main(args) == 0
     text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Ablation: the paper's comparisons with configs/demo.yaml\n")
+    assert "training prompts 4," in text
     assert "protocol the paper's (T=1.0, top_p 1.0, 3 samples per held-out problem, avg@3)" in text
     assert "eval protocol T=1.0 top_p=1.0 n=3 max_tokens=24" in text
     assert "Table 1: temperature schedule vs single temperature (RS)" in text and "Table 5" not in text
