@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup slow-extras demo test test-slow test-all bench ablation mutate clean
+.PHONY: setup slow-extras demo test test-slow test-all bench ablation column-world mutate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ ablation: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --paper-protocol --samples 8 --test 200 --replay \
 	  --set train.micro_batch=8 --seeds $(ABLATION_SEEDS) --out runs/ablation-paper \
 	  --results benchmarks/results/ablation-paper.md
+
+# The column world (benchmarks/column_world.py, docs/toy-world.md): build it (~12 minutes), then DAS vs
+# random sampling at both temperatures (6 seeds, ~25 minutes a seed on 2 cores; one process per seed
+# with OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then each arm's styles.
+COLUMN_SEEDS ?= 0 1 2 3 4 5
+column-world: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py build --out runs/column-world
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config runs/column-world/column.yaml --no-mixed \
+	  --arms rs_low das_low rs_high das_high --paper-protocol --samples 4 --kl-samples 1 \
+	  --set train.micro_batch=8 --seeds $(COLUMN_SEEDS) --out runs/column-world/ablation \
+	  --results benchmarks/results/column-world-ablation.md
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py styles --world runs/column-world \
+	  --ablation runs/column-world/ablation --seeds $(COLUMN_SEEDS)
 
 # Mutation testing of the rule modules with mutmut (docs/testing.md; not part of CI): the modules and
 # the tests each mutant runs are in pyproject.toml's [tool.mutmut]. Mutants live in ./mutants; the

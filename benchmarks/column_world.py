@@ -190,10 +190,11 @@ def build_world(out: Path, seed: int = 0, column_share: float = 0.4, prompts: in
 
 
 def arm_styles(world: Path, ablation: Path, seeds: list[int], problems: int = 200, temperature: float = 1.0,
-               log=print) -> dict:
+               arms: list[str] | None = None, log=print) -> dict:
     """Per ablation arm and seed: its final model sampled once per held-out problem (the first
     ``problems`` of ``world/test.jsonl``) at ``temperature``: the share of column answers and the
-    accuracy of each style. Arms are found under ``ablation/seed-<s>/arms/<arm>/train/*/final``."""
+    accuracy of each style. Arms are found under ``ablation/seed-<s>/arms/<arm>/train/*/final``
+    (``arms``: only these)."""
     import torch
 
     torch.set_num_threads(1)
@@ -203,7 +204,7 @@ def arm_styles(world: Path, ablation: Path, seeds: list[int], problems: int = 20
     for seed in seeds:
         for arm_dir in sorted((ablation / f"seed-{seed}" / "arms").glob("*")):
             finals = sorted(arm_dir.glob("train/*/final/config.json"))
-            if not finals:
+            if not finals or (arms is not None and arm_dir.name not in arms):
                 continue
             m = measure(finals[-1].parent, held, seed, temperatures=(temperature,), by_style=True)[f"T={temperature}"]
             out.setdefault(arm_dir.name, {})[seed] = m
@@ -243,6 +244,17 @@ def selection_styles(ablation: Path, seeds: list[int], per_prompt: int = 2, log=
     return out
 
 
+def merge_styles(old: dict | None, selections: dict, arms: dict) -> dict:
+    """``column-styles.json``'s content: ``old`` (an earlier run's, or None) updated with this run's
+    per-seed ``selections`` and per-arm, per-seed ``arms``; what was not measured again is kept.
+    Seeds are keys as JSON writes them (strings)."""
+    out = json.loads(json.dumps(old)) if old else {"selections": {}, "arms": {}}
+    out["selections"].update({str(k): v for k, v in selections.items()})
+    for arm, by_seed in arms.items():
+        out["arms"].setdefault(arm, {}).update({str(k): v for k, v in by_seed.items()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--problems", type=int, default=200)
     st.add_argument("--temperature", type=float, default=1.0)
     st.add_argument("--per-prompt", type=int, default=2, help="the ablation's --per-prompt (selection budget)")
+    st.add_argument("--arms", nargs="+", default=None, help="measure only these arms (others already in the JSON are kept)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         if not 0 < a.column_share < 1:
@@ -268,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from dasd.jsonl import atomic_write_json
 
-        result = {"selections": selection_styles(Path(a.ablation), a.seeds, a.per_prompt),
-                  "arms": arm_styles(Path(a.world), Path(a.ablation), a.seeds, a.problems, a.temperature)}
-        atomic_write_json(Path(a.ablation) / "column-styles.json", result)
+        path = Path(a.ablation) / "column-styles.json"
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        selections = selection_styles(Path(a.ablation), a.seeds, a.per_prompt)
+        arms = arm_styles(Path(a.world), Path(a.ablation), a.seeds, a.problems, a.temperature, a.arms)
+        atomic_write_json(path, merge_styles(old, selections, arms))
     return 0
 
 

@@ -100,3 +100,15 @@ def test_column_shares_count_the_selected_styles():
 
     picked = select(pools["low"], [f"p{i}" for i in range(1, 20)], "random", 2, 0)
     assert shares["low"]["random"] == round(sum(style_of(c["text"]) == "column" for c in picked) / len(picked), 4)
+
+
+def test_merge_styles_keeps_what_was_not_measured_again():
+    from column_world import merge_styles
+
+    first = merge_styles(None, {0: {"low": {"das": 0.5}}}, {"rs_low": {0: {"accuracy": 0.2}}, "das_low": {0: {"accuracy": 0.3}}})
+    assert first == {"selections": {"0": {"low": {"das": 0.5}}},
+                     "arms": {"rs_low": {"0": {"accuracy": 0.2}}, "das_low": {"0": {"accuracy": 0.3}}}}
+    second = merge_styles(first, {1: {"low": {"das": 0.4}}}, {"rs_low": {0: {"accuracy": 0.25}, 1: {"accuracy": 0.1}}})
+    assert second["selections"] == {"0": {"low": {"das": 0.5}}, "1": {"low": {"das": 0.4}}}
+    assert second["arms"] == {"rs_low": {"0": {"accuracy": 0.25}, "1": {"accuracy": 0.1}}, "das_low": {"0": {"accuracy": 0.3}}}
+    assert first["arms"]["rs_low"]["0"]["accuracy"] == 0.2  # the old content is not changed in place
