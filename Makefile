@@ -46,14 +46,16 @@ ablation: setup
 	  --set train.micro_batch=8 --seeds $(ABLATION_SEEDS) --out runs/ablation-paper \
 	  --results benchmarks/results/ablation-paper.md
 
-# The column world (benchmarks/column_world.py, docs/toy-world.md): build it (~12 minutes), then DAS vs
-# random sampling at both temperatures (6 seeds, ~25 minutes a seed on 2 cores; one process per seed
-# with OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then each arm's styles.
+# The column world (benchmarks/column_world.py, docs/toy-world.md): build it (~12 minutes), then the
+# ablation's RS, DAS, schedule and mixed-policy arms (6 seeds, ~40 minutes a seed on 2 cores; one
+# process per seed with OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then
+# each arm's styles.
 COLUMN_SEEDS ?= 0 1 2 3 4 5
+COLUMN_ARMS ?= rs_low das_low rs_high das_high rs_low_high das_low_high rs_high_high mixed_unmasked mixed_masked
 column-world: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py build --out runs/column-world
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config runs/column-world/column.yaml --no-mixed \
-	  --arms rs_low das_low rs_high das_high --paper-protocol --samples 4 --kl-samples 1 \
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config runs/column-world/column.yaml \
+	  --arms $(COLUMN_ARMS) --paper-protocol --samples 4 --kl-samples 1 \
 	  --set train.micro_batch=8 --seeds $(COLUMN_SEEDS) --out runs/column-world/ablation \
 	  --results benchmarks/results/column-world-ablation.md
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py styles --world runs/column-world \
