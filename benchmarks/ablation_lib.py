@@ -18,7 +18,9 @@ Arms (budget B = 2 examples per prompt, identical optimizer steps S for every st
 ``rs_low``/``das_low`` (2 of k from T_low), ``rs_high``/``das_high`` (2 of k from T_high),
 ``rs_low_high``/``das_low_high`` (1 of k from T_low for S/2 steps, then 1 of k from T_high for S/2
 steps from that checkpoint), ``rs_high_high`` (our control: rs_high's examples in the same two
-stages, to separate the temperature schedule from the two-stage learning-rate schedule), and ``mixed_unmasked``/``mixed_masked`` (from ``das_low_high``: the
+stages, to separate the temperature schedule from the two-stage learning-rate schedule),
+``das_high_low`` (only when named in ``arms``: ``das_low_high``'s examples with T_high first, which
+isolates the order of temperatures), and ``mixed_unmasked``/``mixed_masked`` (from ``das_low_high``: the
 mixed-policy examples of ``dasd.stages.mix`` trained for the same steps, student prefix in the loss
 or masked). ``student`` and ``teacher`` are measured too as references (no training).
 
@@ -61,7 +63,10 @@ from dasd.jsonl import atomic_write_json, atomic_write_jsonl
 ARMS = ("rs_low", "rs_high", "rs_low_high", "rs_high_high", "das_low", "das_high", "das_low_high", "mixed_unmasked", "mixed_masked")
 NATURALNESS_ARMS = ("gnat_high", "gnat_low_high", "lnat_high", "lnat_low_high")
 REPLAY_ARMS = ("mixed_replay", "mixed_masked_replay")
-ALL_ARMS = (*ARMS[:7], *NATURALNESS_ARMS, *ARMS[7:], *REPLAY_ARMS)
+# Trained only when named in ``--arms``: das_low_high's examples with the temperatures in the other
+# order (the same examples and selection depth, so the pair isolates the order of temperatures).
+ORDER_ARMS = ("das_high_low",)
+ALL_ARMS = (*ARMS[:7], *ORDER_ARMS, *NATURALNESS_ARMS, *ARMS[7:], *REPLAY_ARMS)
 REFERENCES = ("student", "teacher")
 # Differences of arms within a seed (paired), the comparisons the paper makes.
 CONTRASTS = (
@@ -72,6 +77,7 @@ CONTRASTS = (
     ("rs_low_high", "rs_high", "RS: low->high vs T_high"),
     ("rs_low_high", "rs_low", "RS: low->high vs T_low"),
     ("das_low_high", "das_high", "DAS: low->high vs T_high"),
+    ("das_low_high", "das_high_low", "DAS: low->high vs high->low (the same examples)"),
     ("rs_low_high", "rs_high_high", "RS: low->high vs high->high (two stages both)"),
     ("rs_high_high", "rs_high", "RS at T_high: two stages vs one"),
     ("mixed_unmasked", "mixed_masked", "mixed: unmasked vs masked prefix"),
@@ -88,7 +94,7 @@ CONTRASTS = (
 # The paper's AIME24 / AIME25 numbers for the matching arms (docs/method.md#reported-results).
 PAPER = {
     "rs_low": "81.7 / 71.9", "rs_high": "83.1 / 76.1", "rs_low_high": "85.2 / 81.3 (RS, 2x data)",
-    "rs_high_high": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
+    "rs_high_high": "- (our control)", "das_high_low": "- (our control)", "das_low": "83.3 / 74.2", "das_high": "85.0 / 79.2", "das_low_high": "-",
     "mixed_unmasked": "83.3 / 74.8", "mixed_masked": "80.8 / 72.3", "mixed_replay": "83.3 / 74.8 (7.7K mixed + 20K off-policy)",
     "mixed_masked_replay": "80.8 / 72.3 (7.7K mixed + 20K off-policy)",
 }
@@ -101,6 +107,7 @@ PAPER_TABLES = (
         ("rs_low_high", "rs_high", "+2.1 / +2.4 (50K+50K low->high vs 100K T=1.0)", 1),
         ("rs_low_high", "rs_low", "+3.5 / +9.4 (vs 50K T=0.6: low->high had 2x data)", 1),
         ("rs_low_high", "rs_high_high", "- (our control: temperature order vs two-stage schedule)", None),
+        ("das_low_high", "das_high_low", "- (our control: temperature order, the same DAS examples)", 1),
     )),
     ("Table 3: DAS vs RS at equal budget", (
         ("das_low", "rs_low", "+1.6 / +2.3 (50K each at T=0.6)", 1),
@@ -161,7 +168,8 @@ class AblationPlan:
             raise ValueError(f"unknown arm(s) {', '.join(unknown)}; the arms are {', '.join(ALL_ARMS)}")
 
     def wants(self, arm: str) -> bool:
-        return self.arms is None or arm in self.arms
+        """Whether ``arm`` is trained: named in ``arms``, or every arm but ``ORDER_ARMS`` by default."""
+        return arm not in ORDER_ARMS if self.arms is None else arm in self.arms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,6 +555,7 @@ def arm_data(pools: dict[str, list[dict]], prompts: list[str], per_prompt: int, 
         out[f"{tag}_high"] = [select(pools["high"], prompts, method, per_prompt, seed)]
         out[f"{tag}_low_high"] = [select(pools["low"], prompts, method, half, seed),
                                   select(pools["high"], prompts, method, half, seed)]
+    out["das_high_low"] = out["das_low_high"][::-1]  # ORDER_ARMS: trained only when asked for
     # Control for the two-stage schedule itself (two warmup + cosine cycles, a checkpoint hand-over):
     # the same RS T_high examples as rs_high, split by rank into two stages of half the steps each.
     first, second = _split_by_rank(out["rs_high"][0], half)

@@ -271,6 +271,8 @@ def test_an_unknown_arm_is_refused_by_name():
         AblationPlan(arms=["das_lo", "rs_low"])
     assert AblationPlan(arms=["rs_low"]).wants("rs_low") and not AblationPlan(arms=["rs_low"]).wants("das_low")
     assert AblationPlan().wants("mixed_masked")
+    # The temperature-order control is trained only when named.
+    assert not AblationPlan().wants("das_high_low") and AblationPlan(arms=["das_high_low"]).wants("das_high_low")
 
 
 def test_arms_have_equal_budgets_and_the_right_selections():
@@ -278,7 +280,9 @@ def test_arms_have_equal_budgets_and_the_right_selections():
     prompts = eligible_prompts(pools, 2)
     assert prompts == ["p1", "p2", "p3", "p4"]  # p0 has a single T_high candidate left
     arms = arm_data(pools, prompts, per_prompt=2, seed=3)
-    assert list(arms) == [a for a in ARMS if not a.startswith("mixed")]
+    assert list(arms) == [*(a for a in ARMS if not a.startswith("mixed")), "das_high_low"]
+    # The order control: das_low_high's very stages, T_high first.
+    assert arms["das_high_low"] == arms["das_low_high"][::-1]
     for name, stages in arms.items():
         assert sum(len(s) for s in stages) == 8, name
         assert len(stages) == (1 if name in ("rs_low", "rs_high", "das_low", "das_high") else 2), name
