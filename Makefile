@@ -47,11 +47,12 @@ ablation: setup
 	  --results benchmarks/results/ablation-paper.md
 
 # The column world (benchmarks/column_world.py, docs/toy-world.md): build it (~12 minutes), then the
-# ablation's RS, DAS, schedule and mixed-policy arms (6 seeds, ~40 minutes a seed on 2 cores; one
+# ablation's RS, DAS, schedule and mixed-policy arms (6 seeds, ~45 minutes a seed on 2 cores; one
 # process per seed with OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then
 # each arm's styles.
 COLUMN_SEEDS ?= 0 1 2 3 4 5
-COLUMN_ARMS ?= rs_low das_low rs_high das_high rs_low_high das_low_high rs_high_high mixed_unmasked mixed_masked
+COLUMN_ARMS ?= rs_low das_low rs_high das_high rs_low_high das_low_high rs_high_high das_high_low \
+  mixed_unmasked mixed_masked
 column-world: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py build --out runs/column-world
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config runs/column-world/column.yaml \
