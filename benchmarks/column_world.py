@@ -49,7 +49,6 @@ from column_world_probe import SumProblem, make_sum_problems, response, style_of
 TEACHER_ERROR_RATE = 0.02
 STUDENT_ERROR_RATE = 0.2
 MAX_CHAIN = 8
-SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def corpus(name: str, seed: int, n: int, column_share: float) -> list[tuple[SumProblem, str]]:
@@ -91,6 +90,7 @@ def build_one(name: str, out: str, seed: int, column_share: float) -> str:
 
 def prompt_record(p: SumProblem) -> dict:
     from dasd.records import content_id
+    from dasd.toy.world import SYSTEM_PROMPT  # the system turn the models were trained under (dasd.toy.encode)
 
     return {"id": content_id("column-world", p.start, list(p.addends)), "domain": "math",
             "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}],
@@ -231,13 +231,15 @@ def column_shares(pools: dict[str, list[dict]], per_prompt: int, seed: int) -> d
 
 
 def selection_styles(ablation: Path, seeds: list[int], per_prompt: int = 2, log=print) -> dict:
-    """``column_shares`` of each seed's scored pool (``ablation/seed-<s>/pool``, read only)."""
+    """``column_shares`` of each seed's scored pool (``ablation/seed-<s>/pool``, read only; the
+    temperatures of ``column.yaml``)."""
+    from dasd.runs import pool_name
     from dasd.store import RunStore
 
     out = {}
     for seed in seeds:
         store = RunStore.open(ablation / f"seed-{seed}" / "pool")
-        pools = {"low": list(store.read("score", "pool-T0.6")), "high": list(store.read("score", "pool-T1"))}
+        pools = {tag: list(store.read("score", f"pool-{pool_name(t)}")) for tag, t in (("low", 0.6), ("high", 1.0))}
         out[seed] = column_shares(pools, per_prompt, seed)
         log(f"[column world] seed {seed} column share of candidates / random picks / DAS picks: " + "; ".join(
             f"{pool} {v['all']:.2f} / {v['random']:.2f} / {v['das']:.2f}" for pool, v in out[seed].items()))
