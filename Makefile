@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup slow-extras demo test test-slow test-all bench ablation column-world mutate clean
+.PHONY: setup slow-extras demo demo-column test test-slow test-all bench ablation column-world mutate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(STAMP)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dasd demo
+
+# The same pipeline on the column world (configs/column.yaml), where the paper's effects show.
+demo-column: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dasd demo --world column
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -46,20 +50,19 @@ ablation: setup
 	  --set train.micro_batch=8 --seeds $(ABLATION_SEEDS) --out runs/ablation-paper \
 	  --results benchmarks/results/ablation-paper.md
 
-# The column world (benchmarks/column_world.py, docs/toy-world.md): build it (~12 minutes), then the
-# ablation's RS, DAS, schedule and mixed-policy arms (6 seeds, ~45 minutes a seed on 2 cores; one
-# process per seed with OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then
-# each arm's styles.
+# The column world's ablation (configs/column.yaml, docs/toy-world.md): the RS, DAS, schedule and
+# mixed-policy arms (6 seeds, ~45 minutes a seed on 2 cores; one process per seed with
+# OMP_NUM_THREADS=1 ... --seeds S is faster, then this resumes them all), then each arm's styles.
+# --same-prompts: every seed samples the config's 600 prompts, as the published results were made.
 COLUMN_SEEDS ?= 0 1 2 3 4 5
 COLUMN_ARMS ?= rs_low das_low rs_high das_high rs_low_high das_low_high rs_high_high das_high_low \
   mixed_unmasked mixed_masked
 column-world: setup
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py build --out runs/column-world
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config runs/column-world/column.yaml \
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config configs/column.yaml --same-prompts \
 	  --arms $(COLUMN_ARMS) --paper-protocol --samples 4 --kl-samples 1 \
 	  --set train.micro_batch=8 --seeds $(COLUMN_SEEDS) --out runs/column-world/ablation \
 	  --results benchmarks/results/column-world-ablation.md
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py styles --world runs/column-world \
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py styles \
 	  --ablation runs/column-world/ablation --seeds $(COLUMN_SEEDS)
 
 # Mutation testing of the rule modules with mutmut (docs/testing.md; not part of CI): the modules and

@@ -34,7 +34,18 @@ from ablation_lib import ALL_ARMS, PAPER_PROTOCOL_SAMPLES, AblationPlan, power_m
 from dasd.rules.mixing import PAPER_REPLAY_RATIO  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["sample.k=3", "data.toy.n_train=24", "eval.benchmarks=[{name: toy, format: toy, limit: 20}]", "eval.protocol.n=2"]
+QUICK = ["sample.k=3", "data.toy.n_train=24", "eval.protocol.n=2"]
+QUICK_TEST = 20
+
+
+def toy_benchmark(config: str, limit: int) -> str:
+    """The override that evaluates on ``limit`` held-out problems of the config's toy world (its first
+    toy benchmark's name, else ``toy``)."""
+    from dasd.config import load_config
+
+    cfg = load_config(config)
+    name = next((b.name for b in cfg.eval.benchmarks if b.format == "toy"), "toy")
+    return f"eval.benchmarks=[{{name: {name}, format: toy, world: {cfg.data.toy.world}, limit: {limit}}}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="base run config (default: the demo's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prompts", type=int, default=None, help="training prompts per seed (data.toy.n_train; for a prompts file: --set data.limit=N)")
-    ap.add_argument("--test", type=int, default=None, help="held-out toy problems (eval benchmark limit)")
+    ap.add_argument("--test", type=int, default=None, help="held-out problems of the config's toy world (eval benchmark limit)")
+    ap.add_argument("--same-prompts", action="store_true",
+                    help="every seed samples the config's own toy prompts (data.toy.seed as written), not prompts drawn with the seed")
     ap.add_argument("--per-prompt", type=int, default=2, help="training examples per prompt (even; low->high takes half from each T)")
     ap.add_argument("--epochs", type=float, default=None, help="passes over the budget (default: train.epochs of the config)")
     ap.add_argument("--kl-samples", type=int, default=2, help="reference teacher samples per held-out prompt")
@@ -65,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="power table: the wanted half-width of the 95%% interval (default 2 points)")
     ap.add_argument("--power-only", default=None, metavar="JSON",
                     help="only print the power table of an earlier run's ablation.json (to size the next run)")
-    ap.add_argument("--quick", action="store_true", help="k=3, 24 prompts, 20 held-out problems, n=2 (a fast, noisy look)")
+    ap.add_argument("--quick", action="store_true", help=f"k=3, 24 prompts, {QUICK_TEST} held-out problems, n=2 (a fast, noisy look)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="run directories (resumable)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
     ap.add_argument("--arms", nargs="+", default=None, choices=ALL_ARMS, metavar="ARM",
@@ -84,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(QUICK if a.quick else [])
     if a.prompts is not None:
         overrides.append(f"data.toy.n_train={a.prompts}")
-    if a.test is not None:
-        overrides.append(f"eval.benchmarks=[{{name: toy, format: toy, limit: {a.test}}}]")
+    if a.test is not None or a.quick:
+        overrides.append(toy_benchmark(a.config, a.test if a.test is not None else QUICK_TEST))
     overrides += a.overrides
     plan = AblationPlan(config=a.config, seeds=a.seeds, out=a.out, overrides=overrides, per_prompt=a.per_prompt,
                         epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references,
                         naturalness=a.naturalness, replay=a.replay, paper_protocol=a.paper_protocol, samples=a.samples,
-                        power_effect=a.effect, power_halfwidth=a.halfwidth, arms=a.arms)
+                        power_effect=a.effect, power_halfwidth=a.halfwidth, arms=a.arms, same_prompts=a.same_prompts)
     report = run_ablation(plan)
     from dasd.jsonl import atomic_write_json, atomic_open
 

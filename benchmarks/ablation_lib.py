@@ -142,6 +142,8 @@ class AblationPlan:
     ``eval.protocol.n``. ``power_effect``/``power_halfwidth``: accuracy points of the power table
     (``power_table``). ``arms``: train only these arms (default: every arm the other knobs ask for);
     the mixed-policy arms need ``das_low_high`` (their starting point) among them.
+    ``same_prompts``: every seed samples the config's own toy prompts (``data.toy.seed`` as written)
+    instead of drawing them with the seed (the other random knobs still follow the seed).
     """
 
     config: str | None = None
@@ -160,6 +162,7 @@ class AblationPlan:
     power_effect: float = 2.0
     power_halfwidth: float = 2.0
     arms: list[str] | None = None
+    same_prompts: bool = False
     log: Any = print
 
     def __post_init__(self) -> None:
@@ -475,15 +478,16 @@ SHARE_LABELS = {"random": "random", "das": "DAS", "global_naturalness": "global-
 
 
 def seed_config(plan: AblationPlan, seed: int):
-    """The run config of one seed: every random knob set from ``seed``; the held-out set stays fixed.
+    """The run config of one seed: every random knob set from ``seed`` (the toy prompts too, unless
+    ``plan.same_prompts``); the held-out set stays fixed.
 
     With ``plan.naturalness`` the pool's score stage also computes local naturalness (a pool scored
     before without it must be re-scored: remove ``OUT/seed-<s>/pool/score``)."""
     from dasd.config import load_config
 
     root = Path(plan.out) / f"seed-{seed}"
-    over = [*plan.overrides, *protocol_overrides(plan), f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}", f"data.toy.seed={seed}",
-            f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"mix.replay.seed={seed}",
+    over = [*plan.overrides, *protocol_overrides(plan), f"run_dir={root / 'pool'}", f"seed={seed}", f"sample.seed={seed}",
+            *([] if plan.same_prompts else [f"data.toy.seed={seed}"]), f"select.seed={seed}", f"train.seed={seed}", f"mix.seed={seed}", f"mix.replay.seed={seed}",
             f"eval.protocol.seed={seed}"]
     if plan.naturalness:
         over.append("score.local_naturalness=always")
@@ -892,7 +896,8 @@ def run_ablation(plan: AblationPlan) -> dict:
         "protocol": protocol,
         "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),
         "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
-        "temperatures": cfg.sample.temperatures, "training prompts": training_prompts(cfg),
+        "temperatures": cfg.sample.temperatures,
+        "training prompts": f"{training_prompts(cfg)}" + (" (the same in every seed)" if plan.same_prompts else ""),
         "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
         "KL reference": f"{plan.kl_samples} teacher samples per held-out prompt at T=1.0", "CI": "Student t over seeds",
         "training": f"lr {cfg.train.lr}, batch {cfg.train.micro_batch * cfg.train.grad_accum}, "

@@ -30,85 +30,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODULUS = 100
-STYLES = ("oneshot", "column")
-
-
-@dataclass(frozen=True)
-class SumProblem:
-    """A start value and the two-digit numbers added to it in turn, modulo 100."""
-
-    start: int
-    addends: tuple[int, ...]
-
-    @property
-    def question(self) -> str:
-        steps = " ".join(f"Step {i}: add {a}." for i, a in enumerate(self.addends, 1))
-        return f"Start at {self.start}. {steps} All arithmetic is modulo {MODULUS}."
-
-    @property
-    def answer(self) -> int:
-        return (self.start + sum(self.addends)) % MODULUS
-
-
-def make_sum_problems(n: int, seed: int, split: str, min_steps: int = 2, max_steps: int = 5,
-                      digits: int = 2) -> list[SumProblem]:
-    """``n`` distinct problems of ``split`` (``train`` or ``test``: one in ten spellings, by a stable
-    hash, is a test problem, so the splits are disjoint whatever the seeds), with numbers of
-    ``digits`` digits (1: a start 0-9 and addends 1-9)."""
-    from dasd.records import content_id
-
-    lo, hi = (10, 100) if digits == 2 else (1, 10)
-    rng = random.Random(f"column-probe/{seed}/{split}/{min_steps}-{max_steps}" + ("" if digits == 2 else f"/{digits}"))
-    out: list[SumProblem] = []
-    seen: set[SumProblem] = set()
-    while len(out) < n:
-        p = SumProblem(rng.randrange(lo - (digits == 1), hi),
-                       tuple(rng.randrange(lo, hi) for _ in range(rng.randint(min_steps, max_steps))))
-        is_test = int(content_id("column-probe", p.start, list(p.addends)), 16) % 10 == 0
-        if p in seen or is_test != (split == "test"):
-            continue
-        seen.add(p)
-        out.append(p)
-    return out
-
-
-def response(p: SumProblem, style: str, rng: random.Random, error_rate: float) -> str:
-    """A response in ``style``; with probability ``error_rate`` a step's sum is off by 1 or 10 (a
-    slip, carried on)."""
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    x, lines = p.start, [f"Start at {p.start}."]
-    for i, a in enumerate(p.addends, 1):
-        total = x + a
-        if rng.random() < error_rate:
-            total += rng.choice([-10, -1, 1, 10])
-        if style == "oneshot":
-            body = f"{x} + {a} = {total}"
-        else:
-            units = x % 10 + a % 10
-            tens = x // 10 + a // 10 + units // 10
-            body = f"{x % 10} + {a % 10} = {units}, {x // 10} + {a // 10} + {units // 10} = {tens}, so {x} + {a} = {total}"
-        body += "." if total < MODULUS else f", which is {total % MODULUS} modulo {MODULUS}."
-        lines.append(f"Step {i}: add {a}. {body}")
-        x = total % MODULUS
-    body = "\n".join([*lines, f"The final value is {x}."])
-    return f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{x}}}."
-
-
-def style_of(text: str) -> str | None:
-    """``column`` when a step line holds a units sum before the full sum, ``oneshot`` when step
-    lines hold only the full sum, else None."""
-    lines = [ln for ln in text.split("\n") if ln.startswith("Step ")]
-    if not lines:
-        return None
-    return "column" if all(", so " in ln for ln in lines) else "oneshot" if not any(", so " in ln for ln in lines) else None
-
+from dasd.toy.column import STYLES, SumProblem, make_sum_problems, response, style_of  # noqa: E402
 
 def measure(model, tok, problems: list[SumProblem], style: str | None, seed: int) -> list[str]:
     from dasd.toy.measure import evaluate_accuracy

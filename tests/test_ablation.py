@@ -479,3 +479,28 @@ def test_styles_script_reads_back_each_arms_responses_by_style(tmp_path, tiny_lm
         assert sum(counts) == 3
     with pytest.raises(SystemExit, match="no such trained arm"):
         ablation_styles.main(["--out", str(tmp_path), "--seed", "3", "--arms", "rs_low", "--problems", "3"])
+
+
+def test_seeds_draw_their_own_toy_prompts_unless_told_to_keep_the_configs():
+    """By default a seed draws its toy prompts with the seed; ``same_prompts`` keeps the config's
+    ``data.toy.seed`` (configs/column.yaml's 1) and still varies every other random knob."""
+    column = str(Path(__file__).resolve().parents[1] / "configs" / "column.yaml")
+    drawn = seed_config(AblationPlan(config=column), 3)
+    kept = seed_config(AblationPlan(config=column, same_prompts=True), 3)
+    assert drawn.data.toy.seed == 3 and kept.data.toy.seed == 1
+    assert kept.sample.seed == drawn.sample.seed == kept.train.seed == 3
+    assert kept.model_dump(exclude={"data"}) == drawn.model_dump(exclude={"data"})
+
+
+def test_the_held_out_override_keeps_the_configs_toy_world():
+    """``--test N`` / ``--quick`` evaluate on the config's own world: the column world's benchmark on
+    configs/column.yaml (a chain-world benchmark there is refused at load), the chain world's on the demo's."""
+    import ablation
+
+    from dasd.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for config, world, name in ((root / "column.yaml", "column", "column"), (root / "demo.yaml", "chain", "toy")):
+        over = ablation.toy_benchmark(str(config), 7)
+        [bench] = load_config(str(config), [over]).eval.benchmarks
+        assert (bench.name, bench.format, bench.world, bench.limit) == (name, "toy", world, 7)

@@ -134,12 +134,16 @@ def run(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = ConfigOpt)
 
 
 @app.command()
-def demo(overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides KEY=VALUE.", show_default=False)) -> None:
-    """The whole pipeline on the toy world (configs/demo.yaml), on CPU, in minutes."""
+def demo(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides KEY=VALUE.", show_default=False),
+    world: str = typer.Option("chain", "--world", help="chain: configs/demo.yaml, the chain world (minutes); "
+                              "column: configs/column.yaml, the column world, where the paper's effects show."),
+) -> None:
+    """The whole pipeline on a toy world (configs/demo.yaml, or configs/column.yaml with --world column), on CPU."""
     from dasd.config import load_config
     from dasd.pipeline import closing_lines, demo_config_path, run_pipeline
 
-    cfg = load_config(demo_config_path(), overrides or [])
+    cfg = load_config(demo_config_path(world), overrides or [])
     typer.echo(closing_lines(cfg, run_pipeline(cfg)))
 
 
@@ -171,12 +175,18 @@ def toy_build(
     out: Path = typer.Option(None, "--out", help="Where to write the models (default: $DASD_CACHE/toy, "
                              "i.e. ~/.cache/dasd/toy; the shipped models are never overwritten)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the problems, corpora, initial weights, data order and checks."),
+    world: str = typer.Option("chain", "--world", help="chain (the demo's world) or column (default --out: "
+                              "$DASD_CACHE/toy-column)."),
 ) -> None:
-    """Deterministically build the toy teacher and student base (ordinary transformers format) and run the
-    mechanism checks: minutes on 2 CPU cores (about 8 for the models and 9 for the checks on a loaded machine)."""
-    from dasd.toy.build import build_toy_world, cache_dir
+    """Deterministically build a toy world's teacher and student base (ordinary transformers format). The chain
+    world also runs its mechanism checks: minutes on 2 CPU cores (about 8 for the models and 9 for the checks on a
+    loaded machine); the column world's models take about 12."""
+    from dasd.toy.build import WORLDS, build_toy_world, cache_dir
 
-    paths = build_toy_world(out or cache_dir() / "toy", seed=seed)
+    if world not in WORLDS:
+        raise typer.BadParameter(f"{world!r}: the toy worlds are {', '.join(WORLDS)}", param_hint="--world")
+    default = cache_dir() / ("toy" if world == "chain" else f"toy-{world}")
+    paths = build_toy_world(out or default, seed=seed, world_name=world)
     for role, path in paths.items():
         typer.echo(f"{role}: {path}")
 

@@ -88,6 +88,31 @@ def unknown_eval_label(cfg: RunConfig) -> str | None:
     return None
 
 
+def toy_world_mismatch(cfg: RunConfig) -> tuple[tuple[str, ...], str] | None:
+    """``(where, what)`` when the built-in toy models and the toy prompts or benchmarks of a config
+    are from different toy worlds (e.g. the column world's models on chain-world problems, which they
+    never learnt to read), else None."""
+    from dasd.toy import TOY_MODELS
+
+    models = {role: m.model for role, m in (("teacher", cfg.teacher), ("student", cfg.student)) if m.model in TOY_MODELS}
+    worlds = {TOY_MODELS[m][0] for m in models.values()}
+    if len(worlds) > 1:
+        return ("student", "model"), (f"{models['student']!r} is another toy world's model than the teacher's "
+                                      f"{models['teacher']!r}")
+    if not worlds:
+        return None
+    (world,) = worlds
+    if cfg.data.prompts == "toy" and cfg.data.toy.world != world:
+        return ("data", "toy", "world"), (f"{cfg.data.toy.world!r}, but the models ({', '.join(models.values())}) are "
+                                          f"the {world} world's; set data.toy.world: {world}")
+    for i, b in enumerate(cfg.eval.benchmarks):
+        if b.format == "toy" and b.world != world:
+            return ("eval", "benchmarks", str(i), "world"), (
+                f"benchmark {b.name!r} is the {b.world} world's, but the models are the {world} world's; set its "
+                f"world: {world}")
+    return None
+
+
 def _default_eval_models(data: dict) -> dict:
     """An eval section without `models` evaluates the student base, every training stage and the teacher."""
     ev = data.get("eval") if data.get("eval") is not None else {}
@@ -239,6 +264,9 @@ def load_config(
         raise ConfigError(format_validation_error(e, model, source, lines, origins)) from None
     if isinstance(cfg, RunConfig) and (problem := unknown_eval_label(cfg)):
         raise ConfigError(f"{_origin(('eval', 'models'), source, lines, origins)}: eval.models: {problem}")
+    if isinstance(cfg, RunConfig) and (found := toy_world_mismatch(cfg)):
+        loc, problem = found
+        raise ConfigError(f"{_origin(loc, source, lines, origins)}: {'.'.join(loc)}: {problem}")
     return cfg
 
 

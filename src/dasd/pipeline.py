@@ -25,9 +25,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logger("run")
 
 
-def demo_config_path() -> Path:
-    """configs/demo.yaml of the source tree (the package is installed editable by `make`)."""
-    p = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_CONFIGS = {"chain": "demo.yaml", "column": "column.yaml"}
+"""`dasd demo --world W`'s config in configs/."""
+
+
+def demo_config_path(world: str = "chain") -> Path:
+    """configs/demo.yaml (``world`` chain) or configs/column.yaml (column) of the source tree (the
+    package is installed editable by `make`)."""
+    if world not in DEMO_CONFIGS:
+        raise DasdError(f"--world {world!r}: the toy worlds are {', '.join(DEMO_CONFIGS)}")
+    p = REPO_ROOT / "configs" / DEMO_CONFIGS[world]
     if not p.is_file():
         raise DasdError(f"{p}: demo config not found (run `dasd demo` from a source checkout installed with `make`)")
     return p
@@ -35,10 +42,11 @@ def demo_config_path() -> Path:
 
 def ensure_toy_world(cfg) -> None:
     """Build the toy models once if the config uses them and they are not there."""
-    if any(m.model.startswith("toy:") for m in (cfg.teacher, cfg.student)):
-        from dasd.toy.build import default_toy_dir
+    from dasd.runs import resolve_model
 
-        default_toy_dir()
+    for m in (cfg.teacher, cfg.student):
+        if m.model.startswith("toy:"):
+            resolve_model(m.model)
 
 
 def run_pipeline(cfg) -> dict:

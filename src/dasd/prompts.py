@@ -11,7 +11,7 @@ prompts that have none. Records that cannot be used are quarantined with ``where
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -25,9 +25,14 @@ from dasd.sources import iter_rows
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
-class ToyDataConfig(StrictModel):
-    """How many toy-world problems the run generates (used when ``data.prompts`` is ``toy``)."""
+ToyWorld = Literal["chain", "column"]
 
+
+class ToyDataConfig(StrictModel):
+    """Which toy world and how many of its problems the run generates (used when ``data.prompts`` is ``toy``)."""
+
+    world: ToyWorld = Field("chain", description="chain (chained one-digit arithmetic, the demo's) or column "
+                            "(two-digit sums; use with the toy:column-teacher / toy:column-student models)")
     n_train: int = Field(64, ge=1, description="training prompts (sampled by the teacher)")
     seed: Seed = Field(0, description="seed of the problem generator")
 
@@ -110,13 +115,13 @@ def load_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
     return prompts, rejects
 
 
-def toy_prompts(n: int, seed: int, split: str, system_prompt: str | None) -> list[dict]:
-    """Toy-world prompts (train split for sampling, test split for evaluation)."""
-    from dasd.toy.world import make_problems, problem_to_prompt
-
-    out = []
-    for prob in make_problems(n, seed=seed, split=split):
-        p = problem_to_prompt(prob)
-        p = to_prompt(p, system_prompt)
-        out.append(p)
-    return out
+def toy_prompts(n: int, seed: int, split: str, system_prompt: str | None, world: str = "chain") -> list[dict]:
+    """Prompts of a toy world (``chain`` or ``column``; train split for sampling, test split for evaluation)."""
+    if world == "column":
+        from dasd.toy.column import make_sum_problems as make_problems
+        from dasd.toy.column import problem_to_prompt
+    elif world == "chain":
+        from dasd.toy.world import make_problems, problem_to_prompt
+    else:
+        raise ValueError(f"unknown toy world {world!r} (chain or column)")
+    return [to_prompt(problem_to_prompt(prob), system_prompt) for prob in make_problems(n, seed=seed, split=split)]

@@ -75,7 +75,7 @@ def training_prompts(cfg, store: RunStore, stage: str = "sample") -> list[dict]:
     """The prompts of the run (toy train split or a file); bad records go to ``stage/rejects``."""
     d = cfg.data
     if d.prompts == "toy":
-        prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt)
+        prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt, d.toy.world)
         return prompts[: d.limit] if d.limit else prompts
     prompts, rejects = load_prompts(d.prompts, d.system_prompt, d.limit)
     if rejects:
@@ -104,14 +104,16 @@ def load_run_prompts(store: RunStore) -> dict[str, dict]:
 
 
 def resolve_model(model: str) -> str:
-    """``toy:teacher`` / ``toy:student`` name the built-in toy models; anything else is kept."""
+    """``toy:teacher`` / ``toy:student`` name the chain world's built-in models, ``toy:column-teacher``
+    / ``toy:column-student`` the column world's; anything else is kept."""
     if model.startswith("toy:"):
+        from dasd.toy import TOY_MODELS
         from dasd.toy.build import default_toy_dir
 
-        role = model.split(":", 1)[1]
-        if role not in ("teacher", "student"):
-            raise ConfigError(f"model {model!r}: the toy world has 'toy:teacher' and 'toy:student'")
-        return str(default_toy_dir() / role)
+        if model not in TOY_MODELS:
+            raise ConfigError(f"model {model!r}: the toy models are {', '.join(map(repr, TOY_MODELS))}")
+        world_name, role = TOY_MODELS[model]
+        return str(default_toy_dir(world_name) / role)
     return model
 
 

@@ -109,3 +109,10 @@ def test_a_stage_run_before_the_stages_it_reads_is_refused(tmp_path, verb, missi
     assert f"stage '{missing}' has not run" in r.stderr and f"run `dasd {missing}` first" in r.stderr
     manifest = run / "manifest.json"
     assert not manifest.exists() or verb not in json.loads(manifest.read_text())["stages"]
+
+
+def test_an_unknown_toy_world_is_one_line_naming_the_worlds(tmp_path):
+    assert_one_line_error(dasd("toy", "build", "--world", "colum", "--out", str(tmp_path / "w")), "--world",
+                          "'colum'", "chain, column")
+    assert not (tmp_path / "w").exists()
+    assert_one_line_error(dasd("demo", "--world", "colum"), "--world 'colum'", "chain, column")

@@ -75,7 +75,7 @@ def test_every_error_names_the_yaml_line_or_the_override_that_set_the_key(tmp_pa
     p2 = tmp_path / "list.yaml"
     p2.write_text("eval:\n  benchmarks:\n    - {name: a, format: aime, path: a.jsonl}\n    - {name: b, pathh: x}\n")
     with pytest.raises(ConfigError, match=rf"^{p2}:4: unknown key 'eval.benchmarks.1.pathh' \(allowed here: name, format, "
-                                          r"path, limit, seed\); did you mean 'path'\?"):
+                                          r"path, limit, seed, world\); did you mean 'path'\?"):
         load_config(p2)
     with pytest.raises(ConfigError, match=r"^override sample\.k\.x=3: sample\.k: Input should be a valid integer"):
         load_config(None, ["sample.k.x=3"])

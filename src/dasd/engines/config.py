@@ -136,6 +136,11 @@ class EngineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
+        if self.model.startswith("toy:"):
+            from dasd.toy import TOY_MODELS
+
+            if self.model not in TOY_MODELS:
+                raise ValueError(f"model {self.model!r}: the toy models are {', '.join(map(repr, TOY_MODELS))}")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
             raise ValueError(f"gguf_file must name a .gguf file, got {self.gguf_file!r}")
         if self.kind == "openai" and not self.openai.base_urls:

@@ -9,7 +9,7 @@
   ``starter_code``, ``public_test_cases`` and ``private_test_cases`` as JSON strings, the private
   ones possibly base64 + zlib + pickle encoded, ``metadata`` with ``func_name``). Problems with a
   ``func_name`` become call-style tests (each input line is one JSON argument), others stdio.
-- ``load_toy(n, seed)``: the built-in toy benchmark (``dasd.toy.world``), domain toy.
+- ``load_toy(n, seed, world=...)``: a built-in toy benchmark (``dasd.toy.world``, domain toy, or ``dasd.toy.column``).
 - ``load_problems(path)``: Prompt records as they are (`dasd grade --problems`);
   ``load_benchmark(spec)`` loads one ``BenchmarkSpec`` (an ``eval.benchmarks`` entry) of any format.
 
@@ -228,8 +228,17 @@ def load_livecodebench(path: str | Path, benchmark: str | None = None,
     return out
 
 
-def load_toy(n: int = 100, seed: int = 0, split: str = "test", benchmark: str = "toy") -> list[dict[str, Any]]:
-    """The built-in toy benchmark: ``n`` problems of ``dasd.toy.world`` (domain toy, graded like math)."""
+def load_toy(n: int = 100, seed: int = 0, split: str = "test", benchmark: str = "toy",
+             world: str = "chain") -> list[dict[str, Any]]:
+    """A built-in toy benchmark: ``n`` problems of a toy world's ``split``: ``chain``
+    (``dasd.toy.world``, domain toy, graded like math) or ``column`` (``dasd.toy.column``, domain math)."""
+    if world == "column":
+        from dasd.prompts import toy_prompts
+
+        out = toy_prompts(n, seed, split, system_prompt=None, world="column")
+        for rec in out:
+            rec.setdefault("meta", {})["benchmark"] = benchmark
+        return out
     from dasd.toy.world import make_problems, problem_to_prompt
 
     out = []
@@ -267,6 +276,7 @@ class BenchmarkSpec(StrictModel):
     path: str | None = Field(None, description="the file (not for toy)")
     limit: int | None = Field(None, ge=1, description="use the first N problems (toy: how many to generate)")
     seed: int = Field(0, description="toy problem seed / GPQA choice-shuffle seed")
+    world: Literal["chain", "column"] = Field("chain", description="format toy: which toy world's test split")
 
     @model_validator(mode="after")
     def _path(self) -> "BenchmarkSpec":
@@ -278,7 +288,7 @@ class BenchmarkSpec(StrictModel):
 def load_benchmark(spec: BenchmarkSpec) -> list[dict]:
     """The problems of one benchmark (first ``spec.limit``); a bad record refuses the whole benchmark."""
     if spec.format == "toy":
-        probs = load_toy(n=spec.limit or 100, seed=spec.seed, split="test", benchmark=spec.name)
+        probs = load_toy(n=spec.limit or 100, seed=spec.seed, split="test", benchmark=spec.name, world=spec.world)
     elif spec.format == "aime":
         probs = load_aime(spec.path, benchmark=spec.name)
     elif spec.format == "gpqa":

@@ -10,9 +10,14 @@ ordinary transformers format (config.json, model.safetensors, tokenizer with cha
   templated student text: a different vocabulary), hidden 64, 3 layers, fewer steps and problems,
   ``STUDENT_STYLE_MIX`` and a ten times higher slip rate (``STUDENT_ERROR_RATE``).
 
+That is the chain world (``world_name="chain"``, the demo's). ``world_name="column"`` builds the
+column world's pair (``dasd.toy.column``) with the same recipes: corpora of two-digit sums from
+``column.corpus`` (chains up to ``column.MAX_CHAIN``), tokenizers that give each digit a token of its own.
+
 Run::
 
     python -m dasd.toy.build OUT_DIR [--seed 0] [--threads 1] [--sequential] [--no-eval] [--no-checks]
+        [--world chain|column]
 
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
@@ -29,7 +34,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -222,6 +227,22 @@ def _replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+WORLDS = ("chain", "column")
+"""The built-in worlds: ``chain`` (``dasd.toy.world``, the demo's) and ``column`` (``dasd.toy.column``)."""
+
+
+def world_specs(world_name: str) -> dict[str, "TrainSpec"]:
+    """The model recipes of a world: the chain world's ``SPECS``; the column world's are the same
+    recipes with chains of up to ``column.MAX_CHAIN`` steps (its corpora come from ``column.corpus``)."""
+    if world_name == "chain":
+        return dict(SPECS)
+    if world_name == "column":
+        from dasd.toy import column
+
+        return {n: replace(s, max_chain=column.MAX_CHAIN) for n, s in SPECS.items()}
+    raise ValueError(f"unknown toy world {world_name!r} (the built-in ones: {', '.join(WORLDS)})")
+
+
 def _build_in_worker(*args) -> dict:
     """``build_model`` in a spawned worker process, which sets up its own logging first."""
     setup()
@@ -239,39 +260,60 @@ def build_model(
     evaluate: bool = True,
     log=_log,
     spec: TrainSpec | None = None,
+    world_name: str = "chain",
 ) -> dict:
-    """Build one toy model (``"teacher"`` or ``"student"``) into ``out_dir/name``; return its manifest entry.
+    """Build one toy model (``"teacher"`` or ``"student"``) of ``world_name`` (``WORLDS``) into
+    ``out_dir/name``; return its manifest entry.
 
-    Its BPE tokenizer is trained on its own corpus, then the model (``spec``, default ``SPECS[name]``) with ``threads``
+    Its BPE tokenizer is trained on its own corpus (the column world's splits digits into tokens of
+    their own), then the model (``spec``, default ``world_specs(world_name)[name]``) with ``threads``
     torch intra-op threads (restored afterwards). The model is written to a temp dir and renamed into
     place, so a crash never leaves a half-written model.
     """
-    spec = spec or SPECS[name]
+    spec = spec or world_specs(world_name)[name]
     out = Path(out_dir)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         t0 = time.time()
-        corpus = make_corpus(spec, seed)
+        if world_name == "column":
+            from dasd.toy import column
+
+            corpus = column.corpus(spec, seed)
+        else:
+            corpus = make_corpus(spec, seed)
         byte_tok = build_tokenizer([""], BYTE_VOCAB)
-        tok = build_tokenizer(tokenizer_corpus(corpus[:4000], byte_tok), VOCABS[name])
+        tok = build_tokenizer(tokenizer_corpus(corpus[:4000], byte_tok), VOCABS[name], split_digits=world_name == "column")
         model = train_model(spec, tok, corpus, seed, log=log)
         tmp = out / f".{name}.building"
         if tmp.exists():
             shutil.rmtree(tmp)
         save_model(model, tok, str(tmp))
         _replace_dir(tmp, out / name)
+        recipe = asdict(spec)
+        if world_name == "column":  # the chain world's style knobs do not apply; the column share does
+            from dasd.toy import column
+
+            recipe = {k: v for k, v in recipe.items() if k not in ("style_mix", "redo_rate", "stamp_rate")}
+            recipe["column_share"] = column.COLUMN_SHARE if name == "teacher" else 0.0
         info = {
-            "spec": asdict(spec),
+            "spec": recipe,
             "vocab_size": len(tok),
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(time.time() - t0, 1),
         }
         if evaluate:
-            test = world.make_problems(spec.eval_problems, seed, "test")
             t1 = time.time()
-            log(f"[{name}] measuring accuracy on {len(test)} test problems")
-            info["eval"] = _measure(model, tok, test, 400 if name == "teacher" else 800, seed)
+            if world_name == "column":
+                from dasd.toy import column
+
+                test = column.make_sum_problems(spec.eval_problems, seed, "test")
+                log(f"[{name}] measuring accuracy on {len(test)} test problems")
+                info["eval"] = column.measure(model, tok, test, seed)
+            else:
+                test = world.make_problems(spec.eval_problems, seed, "test")
+                log(f"[{name}] measuring accuracy on {len(test)} test problems")
+                info["eval"] = _measure(model, tok, test, 400 if name == "teacher" else 800, seed)
             info["eval_seconds"] = round(time.time() - t1, 1)
             log(f"[{name}] " + ", ".join(f"{k}: acc {v['accuracy']:.3f}" for k, v in info["eval"].items()))
         return info
@@ -289,8 +331,10 @@ def build_toy_world(
     specs: dict[str, TrainSpec] | None = None,
     checks: bool = True,
     check_kw: dict | None = None,
+    world_name: str = "chain",
 ) -> dict[str, str]:
-    """Build the teacher and the student base into ``out_dir/{teacher,student}``; return their paths.
+    """Build the teacher and the student base of ``world_name`` (``WORLDS``: ``chain``, the demo's, or
+    ``column``) into ``out_dir/{teacher,student}``; return their paths.
 
     Knobs: ``seed`` (problems, corpora, init, data order, sampling in the measurements), ``threads``
     (torch intra-op threads per model; part of the recipe: float sums, hence the weights, can differ
@@ -300,7 +344,8 @@ def build_toy_world(
     recipe, thread count included, is unchanged; worker processes log through ``dasd.log`` too), ``specs``
     (replace ``SPECS``, e.g. tiny ones in tests), ``checks`` (after the models are built, run
     ``dasd.toy.checks.world_checks`` on them, with ``check_kw`` as its keyword arguments, print its
-    lines and store its result under ``checks`` in the manifest; needs ``evaluate``).
+    lines and store its result under ``checks`` in the manifest; needs ``evaluate``; the chain world's
+    checks, not run for the column world).
     About 8 minutes on a 2-core machine (the teacher's training dominates), plus about 9 for the checks.
 
     Pitfall: one model with two intra-op threads is only ~1.4x faster than with one on an idle
@@ -310,7 +355,7 @@ def build_toy_world(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    specs = specs or SPECS
+    specs = specs or world_specs(world_name)
     names = list(SPECS)
     if parallel:
         import multiprocessing
@@ -320,14 +365,15 @@ def build_toy_world(
 
         with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
             with held():  # a stop while the workers start waits until they have (dasd.signals)
-                futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n])
+                futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n],
+                                           world_name)
                            for n in names}
             manifest_models = {n: f.result() for n, f in futures.items()}
     else:
-        manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n]) for n in names}
+        manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n], world_name) for n in names}
     t_models = time.time() - t_start
     check_result = None
-    if evaluate and checks:
+    if evaluate and checks and world_name == "chain":
         from dasd.toy.checks import world_checks
 
         old_threads = torch.get_num_threads()
@@ -337,6 +383,7 @@ def build_toy_world(
         finally:
             torch.set_num_threads(old_threads)
     manifest = {
+        "world": world_name,
         "seed": seed,
         "threads": threads,
         "parallel": parallel,
@@ -365,14 +412,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DASD_CACHE") or Path.home() / ".cache" / "dasd")
 
 
-def default_toy_dir() -> Path:
-    """The directory holding ``teacher/`` and ``student/``: the shipped models when present, else
-    ``cache_dir()/toy``, built there once on first use (about 17 minutes on 2 CPU cores, checks included)."""
-    if _complete(SHIPPED_DIR):
-        return SHIPPED_DIR
-    cached = cache_dir() / "toy"
+def shipped_dir(world_name: str = "chain") -> Path:
+    """Where the package ships a world's models: ``data/toy`` (chain) or ``data/toy/column``."""
+    if world_name not in WORLDS:
+        raise ValueError(f"unknown toy world {world_name!r} (the built-in ones: {', '.join(WORLDS)})")
+    return SHIPPED_DIR if world_name == "chain" else SHIPPED_DIR / world_name
+
+
+def default_toy_dir(world_name: str = "chain") -> Path:
+    """The directory holding a world's ``teacher/`` and ``student/``: the shipped models when present,
+    else ``cache_dir()/toy`` (``toy-column`` for the column world), built there once on first use
+    (chain: about 17 minutes on 2 CPU cores, checks included; column: about 12)."""
+    shipped = shipped_dir(world_name)
+    if _complete(shipped):
+        return shipped
+    cached = cache_dir() / ("toy" if world_name == "chain" else f"toy-{world_name}")
     if not _complete(cached):
-        build_toy_world(cached)
+        build_toy_world(cached, world_name=world_name)
     return cached
 
 
@@ -386,10 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequential", action="store_true", help="build one model after the other in this process")
     ap.add_argument("--no-eval", action="store_true", help="skip the accuracy measurements and the checks")
     ap.add_argument("--no-checks", action="store_true", help="skip the mechanism checks (dasd.toy.checks)")
+    ap.add_argument("--world", choices=WORLDS, default="chain", help="which world's models (default: chain)")
     a = ap.parse_args(argv)
     setup()
     build_toy_world(a.out_dir, seed=a.seed, threads=a.threads, evaluate=not a.no_eval, parallel=not a.sequential,
-                    checks=not a.no_checks)
+                    checks=not a.no_checks, world_name=a.world)
     return 0
 
 
