@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +163,66 @@ def test_stamp_sentences_are_found_and_typed_by_their_log_probs():
     rows = stamp_sentences([scored])
     assert len(rows) == 1 and rows[0]["type"] == "student" and rows[0]["delta"] < -0.693
     assert sum(r["type"] == "student" for r in scored["sentences"]) == 1
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        kids = (task / "children").read_text().split() if (task / "children").is_file() else []
+        out.update(int(k) for k in kids)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path):
+    """SIGTERM to `dasd toy build` while its two workers train: the command ends with exit 143 and
+    its one line, the workers end with it (they used to train on for minutes, orphaned), and no
+    model is written where the pipeline looks."""
+    import threading
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "dasd", "toy", "build", "--world", "column", "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    training = threading.Event()
+
+    def pump():  # a worker left alive keeps the pipe open: read it aside, never block the test on it
+        for line in proc.stderr:
+            lines.append(line)
+            if "] step " in line:  # the first training line: both workers are up and training
+                training.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    workers: set[int] = set()
+    try:
+        assert training.wait(timeout=300), "".join(lines)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # two model workers (and the resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)  # the timeouts only guard against a hang
+        for _ in range(100):  # the pool's terminate() has returned; let the kernel reap them
+            if not any(_alive(w) for w in workers):
+                break
+            time.sleep(0.1)
+        left = [w for w in workers if _alive(w)]
+    finally:
+        for pid in (proc.pid, *workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    rest = "".join(lines)
+    assert code == 143, rest
+    assert rest.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM)"), rest
+    assert "Traceback" not in rest, rest
+    assert not left, left
+    assert not (out / "teacher").exists() and not (out / "student").exists()

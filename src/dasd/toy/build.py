@@ -359,16 +359,23 @@ def build_toy_world(
     names = list(SPECS)
     if parallel:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         from dasd.signals import held
 
-        with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = None
+        try:
             with held():  # a stop while the workers start waits until they have (dasd.signals)
-                futures = {n: pool.submit(_build_in_worker, n, str(out), seed, threads, evaluate, _log, specs[n],
-                                           world_name)
+                pool = multiprocessing.get_context("spawn").Pool(len(names))
+                results = {n: pool.apply_async(_build_in_worker, (n, str(out), seed, threads, evaluate, _log, specs[n],
+                                                                  world_name))
                            for n in names}
-            manifest_models = {n: f.result() for n, f in futures.items()}
+            manifest_models = {n: r.get() for n, r in results.items()}
+        finally:
+            # A stop (SIGTERM, Ctrl-C) or one model's error ends the other worker too: a pool that
+            # waited for it would keep training for minutes after the command said it stopped.
+            if pool is not None:
+                pool.terminate()
+                pool.join()
     else:
         manifest_models = {n: build_model(n, out, seed, threads, evaluate, log, specs[n], world_name) for n in names}
     t_models = time.time() - t_start
