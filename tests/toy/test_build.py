@@ -71,6 +71,16 @@ def test_default_toy_dir_prefers_shipped_then_cache(tmp_path, monkeypatch):
         (fake / m / "config.json").write_text("{}")
         (fake / m / "model.safetensors").write_bytes(b"")
     assert build.default_toy_dir() == fake  # complete cache: used, nothing rebuilt
+    # The column world has its own shipped folder and cache, never the chain world's.
+    column = tmp_path / "cache" / "toy-column"
+    for m in ("teacher", "student"):
+        (column / m).mkdir(parents=True)
+        (column / m / "config.json").write_text("{}")
+        (column / m / "model.safetensors").write_bytes(b"")
+    assert build.shipped_dir("column") == tmp_path / "nothing" / "column"
+    assert build.default_toy_dir("column") == column and build.default_toy_dir() == fake
+    with pytest.raises(ValueError, match="unknown toy world 'colum'"):
+        build.default_toy_dir("colum")
 
 
 def _digests(d):
