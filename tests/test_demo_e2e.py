@@ -76,8 +76,13 @@ def test_demo_on_the_column_world(tmp_path):
         assert manifest["stages"][name]["complete"], name
     lines = r.stdout.splitlines()
     head = next(i for i, x in enumerate(lines) if x.startswith("[run] accuracy on held-out problems"))
-    avg = {x.split()[0]: float(x.split()[1].rstrip("%")) for x in lines[head + 2: head + 2 + len(ROWS)]}
-    assert list(avg) == ROWS and avg["teacher"] >= avg["student"] + 30, avg  # measured: ~75% vs ~4%
+    rows = {x.split()[0]: x.split()[1] for x in lines[head + 2: head + 2 + len(ROWS)]}
+    assert list(rows) == ROWS, rows
+    # 12 prompts and one epoch leave a student that finishes every rollout: no cut-off, no mixed
+    # stage to train (the mix stage ran and says so), and the table says "(not run)".
+    assert rows["stage3_mixed"] == "(not" and re.search(r"\n\s*cut off\s+0\s", r.stderr), r.stderr[-3000:]
+    avg = {k: float(v.rstrip("%")) for k, v in rows.items() if k != "stage3_mixed"}
+    assert avg["teacher"] >= avg["student"] + 30, avg  # measured: 62.5% vs 6.2% here (73% vs 4% on 200 problems)
     from dasd.runs import load_run_prompts
     from dasd.store import RunStore
 
