@@ -68,6 +68,8 @@ def dasd_run(config: Path, kill_when=None, timeout: float = 300, sig: int = sign
                     break
                 os.kill(proc.pid, sig)
                 out, _ = proc.communicate(timeout=timeout)
+                if proc.returncode == 0 and "[run] done in" in out:
+                    return "finished"  # it ended between poll() and kill(): the signal found a finished process
                 if sig == signal.SIGTERM:
                     assert proc.returncode == 143, out[-3000:]
                     assert out.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM); what was complete is kept; "
