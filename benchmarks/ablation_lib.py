@@ -897,7 +897,7 @@ def run_ablation(plan: AblationPlan) -> dict:
         "teacher": _model_id(resolve_model(cfg.teacher.model)), "student": _model_id(resolve_model(cfg.student.model)),
         "seeds": plan.seeds, "budget per prompt": plan.per_prompt, "k": cfg.sample.k,
         "temperatures": cfg.sample.temperatures,
-        "training prompts": f"{training_prompts(cfg)}" + (" (the same in every seed)" if plan.same_prompts else ""),
+        "training prompts": f"{training_prompts(cfg)} (the same in every seed)" if plan.same_prompts else training_prompts(cfg),
         "held-out problems": len(held_out(cfg)), "eval protocol": f"T={p.temperature} top_p={p.top_p} n={p.n} max_tokens={p.max_tokens}",
         "KL reference": f"{plan.kl_samples} teacher samples per held-out prompt at T=1.0", "CI": "Student t over seeds",
         "training": f"lr {cfg.train.lr}, batch {cfg.train.micro_batch * cfg.train.grad_accum}, "
