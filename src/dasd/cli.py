@@ -181,12 +181,12 @@ def toy_build(
     """Deterministically build a toy world's teacher and student base (ordinary transformers format). The chain
     world also runs its mechanism checks: minutes on 2 CPU cores (about 8 for the models and 9 for the checks on a
     loaded machine); the column world's models take about 12."""
-    from dasd.toy.build import WORLDS, build_toy_world, cache_dir
+    from dasd.toy import WORLDS
+    from dasd.toy.build import build_toy_world, cached_dir
 
     if world not in WORLDS:
         raise typer.BadParameter(f"{world!r}: the toy worlds are {', '.join(WORLDS)}", param_hint="--world")
-    default = cache_dir() / ("toy" if world == "chain" else f"toy-{world}")
-    paths = build_toy_world(out or default, seed=seed, world_name=world)
+    paths = build_toy_world(out or cached_dir(world), seed=seed, world_name=world)
     for role, path in paths.items():
         typer.echo(f"{role}: {path}")
 

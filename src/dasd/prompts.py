@@ -11,7 +11,7 @@ prompts that have none. Records that cannot be used are quarantined with ``where
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -20,12 +20,10 @@ from dasd.errors import InputError
 from dasd.jsonl import BadLine
 from dasd.records import Prompt, content_id
 from dasd.rules.source_spec import HUB_PREFIX, check_source_spec
+from dasd.toy import ToyWorld, check_world
 from dasd.sources import iter_rows
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-
-
-ToyWorld = Literal["chain", "column"]
 
 
 class ToyDataConfig(StrictModel):
@@ -117,11 +115,9 @@ def load_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
 
 def toy_prompts(n: int, seed: int, split: str, system_prompt: str | None, world: str = "chain") -> list[dict]:
     """Prompts of a toy world (``chain`` or ``column``; train split for sampling, test split for evaluation)."""
-    if world == "column":
+    if check_world(world) == "column":
         from dasd.toy.column import make_sum_problems as make_problems
         from dasd.toy.column import problem_to_prompt
-    elif world == "chain":
-        from dasd.toy.world import make_problems, problem_to_prompt
     else:
-        raise ValueError(f"unknown toy world {world!r} (chain or column)")
+        from dasd.toy.world import make_problems, problem_to_prompt
     return [to_prompt(problem_to_prompt(prob), system_prompt) for prob in make_problems(n, seed=seed, split=split)]

@@ -38,6 +38,7 @@ from dasd.grading.choice import format_choices, shuffle_choices
 from dasd.grading.code import check_tests
 from dasd.jsonl import MAX_RECORD_BYTES, BadLine, iter_jsonl
 from dasd.records import Prompt, content_id
+from dasd.toy import ToyWorld
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -276,7 +277,7 @@ class BenchmarkSpec(StrictModel):
     path: str | None = Field(None, description="the file (not for toy)")
     limit: int | None = Field(None, ge=1, description="use the first N problems (toy: how many to generate)")
     seed: int = Field(0, description="toy problem seed / GPQA choice-shuffle seed")
-    world: Literal["chain", "column"] = Field("chain", description="format toy: which toy world's test split")
+    world: ToyWorld = Field("chain", description="format toy: which toy world's test split")
 
     @model_validator(mode="after")
     def _path(self) -> "BenchmarkSpec":

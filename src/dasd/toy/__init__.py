@@ -13,6 +13,20 @@
 See docs/toy-world.md.
 """
 
+from typing import Literal, get_args
+
+ToyWorld = Literal["chain", "column"]
+WORLDS: tuple[str, ...] = get_args(ToyWorld)
+"""The built-in worlds: ``chain`` (``dasd.toy.world``, the demo's) and ``column`` (``dasd.toy.column``)."""
+
+
+def check_world(world_name: str) -> str:
+    """``world_name`` if it is a built-in world, else a ValueError naming them."""
+    if world_name not in WORLDS:
+        raise ValueError(f"unknown toy world {world_name!r} (the built-in ones: {', '.join(WORLDS)})")
+    return world_name
+
+
 TOY_MODELS = {"toy:teacher": ("chain", "teacher"), "toy:student": ("chain", "student"),
               "toy:column-teacher": ("column", "teacher"), "toy:column-student": ("column", "student")}
 """The model names that stand for the built-in toy models: name -> (world, role)."""

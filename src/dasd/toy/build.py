@@ -41,7 +41,7 @@ import torch
 
 from dasd.jsonl import atomic_write_json
 from dasd.log import logger, setup
-from dasd.toy import world
+from dasd.toy import WORLDS, check_world, column, world
 from dasd.toy.encode import encode_examples, pad_batch, render_prompts
 from dasd.toy.measure import evaluate_accuracy, style_shares
 from dasd.toy.model import make_model, save_model
@@ -227,20 +227,13 @@ def _replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-WORLDS = ("chain", "column")
-"""The built-in worlds: ``chain`` (``dasd.toy.world``, the demo's) and ``column`` (``dasd.toy.column``)."""
-
-
 def world_specs(world_name: str) -> dict[str, "TrainSpec"]:
-    """The model recipes of a world: the chain world's ``SPECS``; the column world's are the same
-    recipes with chains of up to ``column.MAX_CHAIN`` steps (its corpora come from ``column.corpus``)."""
-    if world_name == "chain":
-        return dict(SPECS)
-    if world_name == "column":
-        from dasd.toy import column
-
+    """The model recipes of a world (``dasd.toy.WORLDS``): the chain world's ``SPECS``; the column
+    world's are the same recipes with chains of up to ``column.MAX_CHAIN`` steps (its corpora come
+    from ``column.corpus``)."""
+    if check_world(world_name) == "column":
         return {n: replace(s, max_chain=column.MAX_CHAIN) for n, s in SPECS.items()}
-    raise ValueError(f"unknown toy world {world_name!r} (the built-in ones: {', '.join(WORLDS)})")
+    return dict(SPECS)
 
 
 def _build_in_worker(*args) -> dict:
@@ -276,12 +269,7 @@ def build_model(
     torch.set_num_threads(threads)
     try:
         t0 = time.time()
-        if world_name == "column":
-            from dasd.toy import column
-
-            corpus = column.corpus(spec, seed)
-        else:
-            corpus = make_corpus(spec, seed)
+        corpus = column.corpus(spec, seed) if world_name == "column" else make_corpus(spec, seed)
         byte_tok = build_tokenizer([""], BYTE_VOCAB)
         tok = build_tokenizer(tokenizer_corpus(corpus[:4000], byte_tok), VOCABS[name], split_digits=world_name == "column")
         model = train_model(spec, tok, corpus, seed, log=log)
@@ -292,8 +280,6 @@ def build_model(
         _replace_dir(tmp, out / name)
         recipe = asdict(spec)
         if world_name == "column":  # the chain world's style knobs do not apply; the column share does
-            from dasd.toy import column
-
             recipe = {k: v for k, v in recipe.items() if k not in ("style_mix", "redo_rate", "stamp_rate")}
             recipe["column_share"] = column.COLUMN_SHARE if name == "teacher" else 0.0
         info = {
@@ -305,8 +291,6 @@ def build_model(
         if evaluate:
             t1 = time.time()
             if world_name == "column":
-                from dasd.toy import column
-
                 test = column.make_sum_problems(spec.eval_problems, seed, "test")
                 log(f"[{name}] measuring accuracy on {len(test)} test problems")
                 info["eval"] = column.measure(model, tok, test, seed)
@@ -421,19 +405,22 @@ def cache_dir() -> Path:
 
 def shipped_dir(world_name: str = "chain") -> Path:
     """Where the package ships a world's models: ``data/toy`` (chain) or ``data/toy/column``."""
-    if world_name not in WORLDS:
-        raise ValueError(f"unknown toy world {world_name!r} (the built-in ones: {', '.join(WORLDS)})")
-    return SHIPPED_DIR if world_name == "chain" else SHIPPED_DIR / world_name
+    return SHIPPED_DIR if check_world(world_name) == "chain" else SHIPPED_DIR / world_name
+
+
+def cached_dir(world_name: str = "chain") -> Path:
+    """Where a world's models are built when not shipped: ``cache_dir()/toy`` (chain) or ``toy-column``."""
+    return cache_dir() / ("toy" if check_world(world_name) == "chain" else f"toy-{world_name}")
 
 
 def default_toy_dir(world_name: str = "chain") -> Path:
     """The directory holding a world's ``teacher/`` and ``student/``: the shipped models when present,
-    else ``cache_dir()/toy`` (``toy-column`` for the column world), built there once on first use
-    (chain: about 17 minutes on 2 CPU cores, checks included; column: about 12)."""
+    else ``cached_dir(world_name)``, built there once on first use (chain: about 17 minutes on 2 CPU
+    cores, checks included; column: about 12)."""
     shipped = shipped_dir(world_name)
     if _complete(shipped):
         return shipped
-    cached = cache_dir() / ("toy" if world_name == "chain" else f"toy-{world_name}")
+    cached = cached_dir(world_name)
     if not _complete(cached):
         build_toy_world(cached, world_name=world_name)
     return cached
