@@ -507,7 +507,6 @@ def protocol_overrides(plan: AblationPlan) -> list[str]:
 
 def build_pool(cfg) -> dict[str, list[dict]]:
     """Sample, filter and score the candidate pool (real stages); return scored candidates by 'low'/'high'."""
-    from dasd.runs import pool_name
     from dasd.stages.filter import run_filter
     from dasd.stages.sample import run_sample
     from dasd.stages.score import run_score
@@ -519,7 +518,14 @@ def build_pool(cfg) -> dict[str, list[dict]]:
     run_sample(cfg, store)
     run_filter(cfg, store)
     run_score(cfg, store)
-    lo, hi = sorted(cfg.sample.temperatures)
+    return read_pools(store, cfg.sample.temperatures)
+
+
+def read_pools(store, temperatures) -> dict[str, list[dict]]:
+    """The scored candidates of a pool's run store by 'low'/'high' (the two ``temperatures``)."""
+    from dasd.runs import pool_name
+
+    lo, hi = sorted(temperatures)
     return {"low": list(store.read("score", f"pool-{pool_name(lo)}")),
             "high": list(store.read("score", f"pool-{pool_name(hi)}"))}
 

@@ -79,13 +79,13 @@ def column_shares(pools: dict[str, list[dict]], per_prompt: int, seed: int) -> d
 def selection_styles(ablation: Path, seeds: list[int], per_prompt: int = 2, log=print) -> dict:
     """``column_shares`` of each seed's scored pool (``ablation/seed-<s>/pool``, read only; the
     temperatures of ``column.yaml``)."""
-    from dasd.runs import pool_name
+    from ablation_lib import read_pools
+
     from dasd.store import RunStore
 
     out = {}
     for seed in seeds:
-        store = RunStore.open(ablation / f"seed-{seed}" / "pool")
-        pools = {tag: list(store.read("score", f"pool-{pool_name(t)}")) for tag, t in (("low", 0.6), ("high", 1.0))}
+        pools = read_pools(RunStore.open(ablation / f"seed-{seed}" / "pool"), (0.6, 1.0))
         out[seed] = column_shares(pools, per_prompt, seed)
         log(f"[column world] seed {seed} column share of candidates / random picks / DAS picks: " + "; ".join(
             f"{pool} {v['all']:.2f} / {v['random']:.2f} / {v['das']:.2f}" for pool, v in out[seed].items()))
