@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import proctree
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -54,7 +55,8 @@ def write_config(tmp: Path, run: str, teacher: str, student: str, n_prompts: int
 def dasd_run(config: Path, kill_when=None, timeout: float = 300, sig: int = signal.SIGKILL, delay: float = 0.0):
     """Run `dasd run`; with ``kill_when`` (a glob, or a function that says when), send ``sig``
     ``delay`` seconds after that path exists. SIGTERM must end it with exit 143 and one line saying
-    how to resume."""
+    how to resume. Either way no process it started may outlive it (grading workers, the fork server:
+    they used to hold its output open after a SIGKILL, so reading that output never ended)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dasd", "run", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, text=True)
@@ -66,8 +68,10 @@ def dasd_run(config: Path, kill_when=None, timeout: float = 300, sig: int = sign
                 time.sleep(delay)
                 if proc.poll() is not None:
                     break
+                tree = proctree.descendants(proc.pid)
                 os.kill(proc.pid, sig)
                 out, _ = proc.communicate(timeout=timeout)
+                assert not proctree.left_alive(tree), f"processes outlived dasd after signal {sig}"
                 if proc.returncode == 0 and "[run] done in" in out:
                     return "finished"  # it ended between poll() and kill(): the signal found a finished process
                 if sig == signal.SIGTERM:

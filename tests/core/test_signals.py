@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import proctree
 import pytest
 
 from dasd import jsonl
@@ -109,3 +110,40 @@ def test_held_defers_a_stop_to_the_end_of_the_block():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert ran == ["inner", "outer"]
+
+
+@pytest.mark.skipif(not proctree.HAS_PROC, reason="reads the process tree from /proc")
+def test_kill_9_while_grading_leaves_no_process_and_no_sandbox_files(tmp_path):
+    """SIGKILL to a process grading in a pool while a sandboxed program runs: every process it
+    started ends (the pool's workers, the fork server, the resource tracker and the sandboxed
+    program), its stdout reaches end-of-file, and the sandbox's files are removed. The workers used
+    to wait on their queue forever, holding the killed command's output open."""
+    import glob
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("killed_while_grading.py"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    tree: set[int] = set()
+    try:
+        t0 = time.monotonic()
+        while not glob.glob(f"{tmp}/dasd-sbx-*/run/started") and proc.poll() is None and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        assert proc.poll() is None and glob.glob(f"{tmp}/dasd-sbx-*/run/started"), proc.stdout.read().decode()
+        tree = proctree.descendants(proc.pid)
+        assert len(tree) >= 4, tree  # two workers, the fork server, the sandboxed program (and its launcher)
+        proc.kill()
+        proc.wait()
+        left = proctree.left_alive(tree)
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left if proctree.alive(p)]
+        out = proc.stdout.read().decode()  # returns: nothing holds the killed command's output open
+        assert "Traceback" not in out, out
+        assert not list(tmp.glob("dasd-sbx-*")), list(tmp.iterdir())
+    finally:
+        for pid in (proc.pid, *tree):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

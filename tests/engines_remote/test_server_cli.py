@@ -1,4 +1,5 @@
-"""`python -m dasd.engines.server` (engine in its own process) serves what the hf engine samples."""
+"""`python -m dasd.engines.server` (engine in its own process) serves what the hf engine samples, and
+its engine process ends when the server is killed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 
 import httpx
+import proctree
 import pytest
 
 from dasd.engines import GenerateRequest, ScoreRequest, make_engine
@@ -46,8 +48,10 @@ def test_server_command_matches_hf(tiny_lm_dir, ref_engine):
         with pytest.raises(DasdError, match="HTTP 400: .*max_model_len is 1024"):
             bad.generate([GenerateRequest(id="long", prefix="7 " * 1100, max_tokens=4)])
     finally:
-        proc.terminate()
+        tree = proctree.descendants(proc.pid)
+        proc.kill()  # SIGKILL: the engine process ends with the server all the same (it used to run on)
         proc.wait(timeout=30)
+    assert tree and not proctree.left_alive(tree), tree
     for g in gens:
         want = ref_engine.generate([GenerateRequest(id="a", messages=msgs, n=1, max_tokens=10, seed=sample_seed(4, g.index))])[0][0]
         assert g.text == want.text and g.logprobs == pytest.approx(want.logprobs, abs=1e-5)

@@ -428,6 +428,96 @@ def test_non_root_caller():
         assert "namespaces unavailable" in p.stderr
 
 
+def test_a_stop_while_a_run_waits_kills_the_run_without_root():
+    """Ctrl-C or SIGTERM while the caller waits for a run (inline grading, or a pool worker whose
+    parent died): the run's process group is killed on the way out. Run as nobody, where no cgroup
+    or uid sweep would catch a straggler: the program used to sleep on after its caller had ended."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import dasd
+
+    need(host_caps().root and bool(shutil.which("setpriv")) and os.path.exists("/usr/bin/python3"),
+         "needs root (to become nobody), setpriv and /usr/bin/python3")
+    src = str(Path(dasd.__file__).resolve().parents[1])
+    here = Path(tempfile.mkdtemp(prefix="dasd-nonroot-"))
+    marker = f"sleeper_{os.getpid()}_{time.monotonic_ns()}.py"  # found in the program's command line
+    script = here / "caller.py"
+    script.write_text(
+        "import glob, os, signal, sys, threading, time\n"
+        f"sys.path.insert(0, {src!r})\n"
+        "from dasd.grading.sandbox import run_python\n"
+        "from dasd.signals import on_signal\n"
+        "signal.signal(signal.SIGTERM, on_signal)\n"
+        "def stop_once_started():\n"
+        "    while not glob.glob(os.environ['TMPDIR'] + '/dasd-sbx-*/run/started'):\n"
+        "        time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "threading.Thread(target=stop_once_started, daemon=True).start()\n"
+        "code = 'import time\\nopen(\"started\", \"w\").close()\\ntime.sleep(600)\\n'\n"
+        f"run_python({{{marker!r}: code}}, {marker!r})\n")
+    (here / "tmp").mkdir()
+    for d in (here, here / "tmp"):
+        os.chmod(d, 0o777)
+    os.chmod(script, 0o644)
+    try:
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                            str(script)], capture_output=True, text=True, timeout=120, cwd="/",
+                           env={"PATH": "/usr/bin:/bin", "TMPDIR": str(here / "tmp")})
+
+        def sleepers() -> list[int]:
+            found = []
+            for d in Path("/proc").iterdir():
+                try:
+                    if d.name.isdigit() and marker.encode() in (d / "cmdline").read_bytes():
+                        found.append(int(d.name))
+                except OSError:
+                    pass
+            return found
+
+        left = sleepers()
+        for pid in left:
+            os.kill(pid, 9)
+    finally:
+        shutil.rmtree(here)
+    assert "Stopped" in p.stderr, p.stderr  # the stop reached the caller while it waited
+    assert not left, f"the sandboxed program outlived its caller: {left}"
+
+
+def test_groups_left_by_a_killed_caller_are_removed_with_their_processes():
+    """A caller killed mid-run (SIGKILL, OOM) never removes its run's cgroup. The next process that
+    probes the sandbox kills what is left in such groups and removes them; a live caller's group
+    (here: this process's own name) is left alone."""
+    import subprocess
+    from pathlib import Path
+
+    from dasd.grading import sandbox
+
+    need(host_caps().cgroups, "no writable cgroup here")
+    parents = isolation()["cgroups"]
+    ended = subprocess.Popen(["true"])  # a caller that has ended (and been reaped)
+    ended.wait()
+    straggler = subprocess.Popen(["sleep", "600"])
+    stale = [Path(p) / f"dasd-sbx-{ended.pid}-1-0" for p in parents.values()]
+    live = [Path(p) / f"dasd-sbx-{os.getpid()}-999999-0" for p in parents.values()]
+    try:
+        for d in stale + live:
+            d.mkdir()
+        (stale[0] / "cgroup.procs").write_text(str(straggler.pid))  # what the killed run left running
+        sandbox._isolation.cache_clear()
+        isolation()  # probed again, as a new process would
+        assert not any(d.exists() for d in stale)
+        assert straggler.wait(timeout=30) == -9
+        assert all(d.exists() for d in live)
+    finally:
+        straggler.kill()
+        for d in stale + live:
+            if d.exists():
+                sandbox._remove_group(d)
+        sandbox._isolation.cache_clear()
+
+
 def test_total_memory_of_the_run_is_bounded():
     """Four forked children of 100 MB each: each is under the per-process limit, the run as a whole
     is over its cgroup limit, so some are OOM-killed and the program cannot print 4."""

@@ -10,9 +10,8 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
+import proctree
 import pytest
 
 from dasd.toy import build, world
@@ -175,27 +174,13 @@ def test_stamp_sentences_are_found_and_typed_by_their_log_probs():
     assert sum(r["type"] == "student" for r in scored["sentences"]) == 1
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (Linux /proc)."""
-    out = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        kids = (task / "children").read_text().split() if (task / "children").is_file() else []
-        out.update(int(k) for k in kids)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
-def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path):
+@pytest.mark.skipif(not proctree.HAS_PROC, reason="reads child processes from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path, sig):
     """SIGTERM to `dasd toy build` while its two workers train: the command ends with exit 143 and
     its one line, the workers end with it (they used to train on for minutes, orphaned), and no
-    model is written where the pipeline looks."""
+    model is written where the pipeline looks. SIGKILL (no unwinding in the command): the workers
+    see their parent gone and end too (``dasd.signals.exit_with_parent``)."""
     import threading
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -215,15 +200,11 @@ def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path)
     workers: set[int] = set()
     try:
         assert training.wait(timeout=300), "".join(lines)
-        workers = _children(proc.pid)
+        workers = proctree.children(proc.pid)
         assert len(workers) >= 2, workers  # two model workers (and the resource tracker)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         code = proc.wait(timeout=120)  # the timeouts only guard against a hang
-        for _ in range(100):  # the pool's terminate() has returned; let the kernel reap them
-            if not any(_alive(w) for w in workers):
-                break
-            time.sleep(0.1)
-        left = [w for w in workers if _alive(w)]
+        left = proctree.left_alive(workers)
     finally:
         for pid in (proc.pid, *workers):
             try:
@@ -231,8 +212,11 @@ def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path)
             except OSError:
                 pass
     rest = "".join(lines)
-    assert code == 143, rest
-    assert rest.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM)"), rest
-    assert "Traceback" not in rest, rest
     assert not left, left
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL, rest
+    else:
+        assert code == 143, rest
+        assert rest.strip().splitlines()[-1].startswith("dasd: terminated (SIGTERM)"), rest
+    assert "Traceback" not in rest, rest
     assert not (out / "teacher").exists() and not (out / "student").exists()

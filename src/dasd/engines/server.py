@@ -535,8 +535,12 @@ def top_logprobs(engine, prompt_ids: list[int], ids: list[int], k: int) -> list[
 
 
 def _engine_child(cfg: dict, conn) -> None:
-    """Body of the engine process: build the engine, then answer (method, args) calls until None."""
+    """Body of the engine process: build the engine, then answer (method, args) calls until None.
+    It ends with the server's process, even mid-batch (``dasd.signals.exit_with_parent``)."""
     from dasd.engines import EngineConfig, make_engine
+    from dasd.signals import exit_with_parent
+
+    exit_with_parent()
 
     try:
         engine = make_engine(EngineConfig.model_validate(cfg))

@@ -23,7 +23,7 @@ from typing import Any
 from dasd.grading.choice import LETTERS, grade_choice
 from dasd.grading.code import DEFAULT_CASE_TIMEOUT_S, grade_code
 from dasd.grading.math import grade_math
-from dasd.signals import held
+from dasd.signals import exit_with_parent, held
 
 
 def grader_of(problem: dict[str, Any]) -> str:
@@ -74,13 +74,15 @@ def grading_pool(workers: int | None = None) -> ProcessPoolExecutor | None:
     """A process pool for ``grade_many(..., pool=)`` (None when ``workers == 0``: grade inline).
 
     ``workers`` defaults to ``min(8, cpu count)``. Processes start with ``forkserver`` (safe when the
-    caller has threads, e.g. torch). Use as a context manager, or shut it down yourself.
+    caller has threads, e.g. torch); they end when the process that made the pool dies
+    (``dasd.signals.exit_with_parent``). Use as a context manager, or shut it down yourself.
     """
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     if workers == 0:
         return None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"),
+                               initializer=exit_with_parent)
 
 
 def grade_many(pairs: Iterable[tuple[dict[str, Any], str]], workers: int | None = None,

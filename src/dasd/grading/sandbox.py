@@ -23,7 +23,9 @@ was in force). Every run gets:
     every process left in it, detached (``setsid``, double-fork) children included,
   * as root, a child **cgroup** (v1 memory and pids controllers, under our own group) per run: the
     memory of the whole run (``Limits.total_memory_mb``) and its process count are bounded, and
-    whatever is left in the group afterwards is killed before the group is removed;
+    whatever is left in the group afterwards is killed before the group is removed (the groups of
+    a caller killed mid-run are removed, with what runs in them, by the next process that probes
+    the sandbox: those whose maker's pid no longer exists);
   * as root, a **dedicated unprivileged uid** per concurrent run (``uid_base + slot``, the slot held
     by a lock file): the process-count limit then counts only this run's processes, the program
     cannot write to files it does not own, and a final ``kill(-1)`` as that uid sweeps stragglers.
@@ -240,26 +242,30 @@ class _Cgroups:
     def remove(self) -> None:
         """Kill whatever is left in the groups (detached children included), then remove them."""
         for d in self.dirs:
-            for _ in range(200):
-                try:
-                    pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-                except OSError:
-                    pids = []
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            else:
-                log.warning("sandbox: could not remove cgroup %s", d)
+            _remove_group(d)
         self.dirs = []
+
+
+def _remove_group(d: Path) -> None:
+    """Kill every process in cgroup ``d``, then remove it (a warning if it will not go)."""
+    for _ in range(200):
+        try:
+            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    log.warning("sandbox: could not remove cgroup %s", d)
 
 
 def _probe_cgroups() -> dict[str, Path]:
@@ -270,7 +276,26 @@ def _probe_cgroups() -> dict[str, Path]:
         _Cgroups(parents, "probe", Limits()).remove()
     except OSError:
         return {}
+    _remove_stale_groups(parents)
     return parents
+
+
+def _remove_stale_groups(parents: dict[str, Path]) -> None:
+    """Kill and remove the run groups of dead processes: a caller killed mid-run (SIGKILL, OOM)
+    never removes its group, and the groups would pile up under ours."""
+    for parent in parents.values():
+        for d in parent.glob("dasd-sbx-*-*-*"):
+            owner = d.name.split("-")[2]
+            if not owner.isdigit():
+                continue
+            try:
+                os.kill(int(owner), 0)
+                continue  # its maker is alive (or its pid was reused): not ours to remove
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            _remove_group(d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,7 +547,8 @@ def run_python(
                 proc.wait(timeout=limits.wall_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            _kill_group(proc.pid)
+            finally:  # also when the wait is interrupted (a stop, or dasd.signals.exit_with_parent)
+                _kill_group(proc.pid)
             proc.wait()
         wall = time.monotonic() - t0
         if cg is not None:

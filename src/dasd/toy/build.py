@@ -344,12 +344,12 @@ def build_toy_world(
     if parallel:
         import multiprocessing
 
-        from dasd.signals import held
+        from dasd.signals import exit_with_parent, held
 
         pool = None
         try:
             with held():  # a stop while the workers start waits until they have (dasd.signals)
-                pool = multiprocessing.get_context("spawn").Pool(len(names))
+                pool = multiprocessing.get_context("spawn").Pool(len(names), initializer=exit_with_parent)
                 results = {n: pool.apply_async(_build_in_worker, (n, str(out), seed, threads, evaluate, _log, specs[n],
                                                                   world_name))
                            for n in names}
