@@ -29,7 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation_lib import ALL_ARMS, PAPER_PROTOCOL_SAMPLES, AblationPlan, power_markdown, power_table, relative_path, run_ablation  # noqa: E402
+from ablation_lib import (  # noqa: E402
+    ALL_ARMS, PAPER_PROTOCOL_SAMPLES, AblationPlan, load_results, power_markdown, power_table, relative_path, run_ablation,
+)
 
 from dasd.rules.mixing import PAPER_REPLAY_RATIO  # noqa: E402
 
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "ablation.md"), help="markdown output (JSON beside it)")
     ap.add_argument("--arms", nargs="+", default=None, choices=ALL_ARMS, metavar="ARM",
                     help="train only these arms (default: all that the other options ask for): " + ", ".join(ALL_ARMS))
+    ap.add_argument("--with", dest="earlier", nargs="+", default=[], metavar="JSON",
+                    help="pool the per-seed results of earlier runs (their results JSON) into this run's tables: seeds "
+                         "and arms not run here come from them; refused unless they measured the same way with the "
+                         "same models")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     a = ap.parse_args(argv)
     if a.power_only:
@@ -103,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = AblationPlan(config=a.config, seeds=a.seeds, out=a.out, overrides=overrides, per_prompt=a.per_prompt,
                         epochs=a.epochs, kl_samples=a.kl_samples, mixed=not a.no_mixed, references=not a.no_references,
                         naturalness=a.naturalness, replay=a.replay, paper_protocol=a.paper_protocol, samples=a.samples,
-                        power_effect=a.effect, power_halfwidth=a.halfwidth, arms=a.arms, same_prompts=a.same_prompts)
-    report = run_ablation(plan)
+                        power_effect=a.effect, power_halfwidth=a.halfwidth, arms=a.arms, same_prompts=a.same_prompts, earlier=a.earlier)
+    from dasd.errors import DasdError
+
+    try:
+        report = run_ablation(plan)
+    except DasdError as e:  # an earlier result that cannot be pooled
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from dasd.jsonl import atomic_write_json, atomic_open
 
     md = Path(a.results)
@@ -120,15 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def power_only(path: Path, effect: float, halfwidth: float) -> int:
     """Print the power table of the per-seed results in ``path`` (an ``ablation.json``)."""
-    import json
-
-    from dasd.errors import InputError
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        per_seed = data["per_seed"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not an ablation results JSON with a 'per_seed' field ({type(e).__name__}: {e})") from None
+    data = load_results(path)
+    per_seed = data["per_seed"]
     info = data.get("info") or {}
     print(f"Pilot {path}: seeds {info.get('seeds', list(per_seed))}, protocol {info.get('protocol', '?')}, "
           f"eval {info.get('eval protocol', '?')}, {info.get('held-out problems', '?')} held-out problems\n")

@@ -144,6 +144,8 @@ class AblationPlan:
     the mixed-policy arms need ``das_low_high`` (their starting point) among them.
     ``same_prompts``: every seed samples the config's own toy prompts (``data.toy.seed`` as written)
     instead of drawing them with the seed (the other random knobs still follow the seed).
+    ``earlier``: results JSON files of earlier runs whose per-seed results join this run's tables
+    (``pool_earlier``): seeds and arms not run here are taken from them.
     """
 
     config: str | None = None
@@ -163,6 +165,7 @@ class AblationPlan:
     power_halfwidth: float = 2.0
     arms: list[str] | None = None
     same_prompts: bool = False
+    earlier: list[str] = field(default_factory=list)
     log: Any = print
 
     def __post_init__(self) -> None:
@@ -881,17 +884,8 @@ def _model_id(path: str) -> str:
     return f"{relative_path(path)} (weights sha256 {digest})"
 
 
-def run_ablation(plan: AblationPlan) -> dict:
-    """Run every seed (resumably); return {per_seed, aggregate, paired, tables, power, shares, info, markdown}."""
-    per_seed, shares_seed = {}, {}
-    for seed in plan.seeds:
-        per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
-    shares = {}
-    for pool in ("low", "high"):
-        keys = [k for k in ("all", *SHARE_METHODS) if any(k in s[pool] for s in shares_seed.values())]
-        vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool].get(k) is not None] for k in keys}
-        shares[pool] = {k: (t_interval(v) if v else None) for k, v in vals.items()}
-        shares[pool]["seeds"] = len(shares_seed)
+def run_info(plan: AblationPlan) -> dict:
+    """What the results' ``info`` says of the run: models, protocol, budget, training settings."""
     cfg = seed_config(plan, plan.seeds[0])
     p = cfg.eval.protocol
     from dasd.runs import resolve_model
@@ -914,8 +908,82 @@ def run_ablation(plan: AblationPlan) -> dict:
     if plan.replay is not None and plan.mixed:
         info["replay"] = (f"{plan.replay:g} off-policy (das_low_high's T_high examples) per mixed example, "
                           "prefix unmasked (mixed_replay) and masked (mixed_masked_replay)")
+    return info
+
+
+def run_ablation(plan: AblationPlan) -> dict:
+    """Run every seed (resumably); return {per_seed, aggregate, paired, tables, power, shares, info, markdown}."""
+    info = run_info(plan)
+    pool_earlier({}, info, plan.earlier)  # refuse results that cannot be pooled before the hours of work
+    per_seed, shares_seed = {}, {}
+    for seed in plan.seeds:
+        per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
+    shares = {}
+    for pool in ("low", "high"):
+        keys = [k for k in ("all", *SHARE_METHODS) if any(k in s[pool] for s in shares_seed.values())]
+        vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool].get(k) is not None] for k in keys}
+        shares[pool] = {k: (t_interval(v) if v else None) for k, v in vals.items()}
+        shares[pool]["seeds"] = len(shares_seed)
+    if plan.earlier:
+        per_seed = pool_earlier(per_seed, info, plan.earlier)
+        info["seeds"] = sorted(per_seed)
+        info["earlier results"] = (f"{', '.join(relative_path(e) for e in plan.earlier)} (per-seed accuracy and KL; "
+                                   f"the Teacher-sentence shares are this run's seeds {plan.seeds} only)")
     agg, diffs = aggregate(per_seed), paired(per_seed)
     tables = paper_tables(per_seed)
     power = power_table(per_seed, plan.power_effect, plan.power_halfwidth)
     return {"per_seed": per_seed, "aggregate": agg, "paired": diffs, "tables": tables, "power": power, "shares": shares,
             "info": info, "markdown": markdown(agg, diffs, shares, info, tables, power)}
+
+
+# What must be equal for two runs' per-seed results to be pooled (keys of the results' info).
+POOLED_INFO = ("protocol", "eval protocol", "held-out problems", "budget per prompt", "k", "temperatures",
+               "KL reference", "training")
+
+
+def load_results(path: str | Path) -> dict:
+    """An ablation results JSON (what ``--results`` writes beside its markdown); an ``InputError``
+    naming the file when it is not one."""
+    import json
+
+    from dasd.errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data["per_seed"], dict):
+            raise TypeError("per_seed is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not an ablation results JSON with a 'per_seed' field ({type(e).__name__}: {e})") from None
+    return data
+
+
+def _weights(model_id: str) -> str:
+    """The weights hash of a ``_model_id`` ("sha256 ..."), or the whole text when it has none."""
+    return model_id.partition("weights ")[2].rstrip(")") or model_id
+
+
+def pool_earlier(per_seed: dict, info: dict, paths: list[str]) -> dict:
+    """``per_seed`` with the per-seed results of earlier runs added: every seed and arm this run did
+    not measure (this run's win where both did), ordered by seed. The runs must have measured the
+    same way (``POOLED_INFO``) with the same teacher and student weights; an ``InputError`` names the
+    file and what differs. Their training prompts are not compared (a prompt file then, the same toy
+    prompts now, can be the same records): say so when pooling."""
+    from dasd.errors import InputError
+
+    out = {seed: dict(arms) for seed, arms in per_seed.items()}
+    for path in paths:
+        data = load_results(path)
+        theirs = data.get("info") or {}
+        for key in POOLED_INFO:
+            if key in theirs and str(theirs[key]) != str(info.get(key)):
+                raise InputError(f"{path}: its {key!r} is {theirs[key]!r}, this run's {info.get(key)!r}: "
+                                 "results measured differently cannot be pooled")
+        for key in ("teacher", "student"):
+            if key in theirs and _weights(str(theirs[key])) != _weights(str(info.get(key))):
+                raise InputError(f"{path}: its {key} is {theirs[key]!r}, this run's {info.get(key)!r}: "
+                                 "results of other models cannot be pooled")
+        for seed, arms in data["per_seed"].items():
+            mine = out.setdefault(int(seed), {})
+            for arm, m in arms.items():
+                mine.setdefault(arm, m)
+    return dict(sorted(out.items()))

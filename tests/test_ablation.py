@@ -504,3 +504,39 @@ def test_the_held_out_override_keeps_the_configs_toy_world():
         over = ablation.toy_benchmark(str(config), 7)
         [bench] = load_config(str(config), [over]).eval.benchmarks
         assert (bench.name, bench.format, bench.world, bench.limit) == (name, "toy", world, 7)
+
+
+def test_earlier_results_pool_into_this_runs_seeds_and_are_refused_when_measured_otherwise(tmp_path, capsys):
+    import ablation
+    from ablation_lib import contrast, pool_earlier
+
+    from dasd.errors import InputError
+
+    info = {"protocol": "the paper's (T=1.0, top_p 1.0, 4 samples per held-out problem, avg@4)", "k": 6,
+            "eval protocol": "T=1.0 top_p=1.0 n=4 max_tokens=96", "held-out problems": 200,
+            "teacher": "toy:column-teacher (weights sha256 236892bbc1)", "student": "x (weights sha256 5c16c543c7)"}
+    earlier = _synthetic_per_seed({"das_low_high": 34.0, "das_high_low": 29.0, "rs_low": 18.0}, noisy={"das_high_low": NOISE})
+    theirs = {**info, "teacher": "DIR/teacher (weights sha256 236892bbc1)"}  # the same weights under another path
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(ablation._jsonable({"per_seed": earlier, "info": theirs})), encoding="utf-8")
+    mine = {4: {"das_low_high": {"accuracy": 0.50, "kl": 1.0}, "das_high_low": {"accuracy": 0.40, "kl": 1.0}},
+            7: {"das_low_high": {"accuracy": 0.36, "kl": 1.0}, "das_high_low": {"accuracy": 0.30, "kl": 1.0}}}
+    pooled = pool_earlier(mine, info, [str(path)])
+    assert list(pooled) == [0, 1, 2, 3, 4, 7]
+    assert pooled[4]["das_low_high"]["accuracy"] == 0.50  # this run's measurement wins over the earlier one
+    assert pooled[4]["rs_low"] == earlier[4]["rs_low"]  # an arm not run here comes from the earlier run
+    diffs = [(34.0 - 29.0 - NOISE[s]) / 100 for s in range(4)] + [0.10, 0.06]
+    row = contrast(pooled, "das_low_high", "das_high_low")
+    assert row["seeds"] == 6 and row["accuracy_diffs"] == pytest.approx(diffs)
+    assert row["accuracy"] == pytest.approx(t_interval(diffs))
+    for key, other in [("eval protocol", "T=1.0 top_p=1.0 n=16 max_tokens=96"), ("held-out problems", 100),
+                       ("student", "x (weights sha256 0000000000)")]:
+        path.write_text(json.dumps({"per_seed": {}, "info": {**info, key: other}}), encoding="utf-8")
+        with pytest.raises(InputError, match=f"{path}: its {key!r}|{path}: its {key} is"):
+            pool_earlier(mine, info, [str(path)])
+    # from the command line: refused in one line before any seed is run
+    path.write_text(json.dumps({"per_seed": {}, "info": {"eval protocol": "T=0.6 top_p=0.95 n=99 max_tokens=1"}}),
+                    encoding="utf-8")
+    assert ablation.main(["--with", str(path), "--out", str(tmp_path / "abl"), "--results", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: its 'eval protocol' is") and not (tmp_path / "abl").exists()
