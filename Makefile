@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup slow-extras demo demo-column test test-slow test-all bench ablation column-world mutate clean
+.PHONY: setup slow-extras demo demo-column test test-slow test-all bench ablation column-world column-order mutate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,16 @@ column-world: setup
 	  --results benchmarks/results/column-world-ablation.md
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/column_world.py styles \
 	  --ablation runs/column-world/ablation --seeds $(COLUMN_SEEDS)
+
+# The temperature-order control (das_low_high vs das_high_low, the same DAS examples in either order)
+# with 14 more seeds, pooled with column-world's 6 through its results JSON (--with): 20 seeds,
+# ~9 minutes a seed on one core (run two processes with OMP_NUM_THREADS=1 and half the seeds each).
+ORDER_SEEDS ?= 6 7 8 9 10 11 12 13 14 15 16 17 18 19
+column-order: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ablation.py --config configs/column.yaml --same-prompts \
+	  --arms das_low_high das_high_low --no-mixed --no-references --paper-protocol --samples 4 --kl-samples 1 \
+	  --set train.micro_batch=8 --seeds $(ORDER_SEEDS) --out runs/column-world/ablation \
+	  --with benchmarks/results/column-world-ablation.json --results benchmarks/results/column-world-order.md
 
 # Mutation testing of the rule modules with mutmut (docs/testing.md; not part of CI): the modules and
 # the tests each mutant runs are in pyproject.toml's [tool.mutmut]. Mutants live in ./mutants; the
