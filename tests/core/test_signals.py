@@ -142,8 +142,4 @@ def test_kill_9_while_grading_leaves_no_process_and_no_sandbox_files(tmp_path):
         assert "Traceback" not in out, out
         assert not list(tmp.glob("dasd-sbx-*")), list(tmp.iterdir())
     finally:
-        for pid in (proc.pid, *tree):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        proctree.kill_all((proc.pid, *tree))

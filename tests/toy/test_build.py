@@ -206,11 +206,7 @@ def test_a_stopped_parallel_build_ends_its_workers_and_writes_no_model(tmp_path,
         code = proc.wait(timeout=120)  # the timeouts only guard against a hang
         left = proctree.left_alive(workers)
     finally:
-        for pid in (proc.pid, *workers):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        proctree.kill_all((proc.pid, *workers))
     rest = "".join(lines)
     assert not left, left
     if sig == signal.SIGKILL:
