@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = run_ablation(plan)
-    except DasdError as e:  # an earlier result that cannot be pooled
+    except DasdError as e:  # one line, not a traceback (e.g. an earlier result that cannot be pooled)
         print(f"error: {e}", file=sys.stderr)
         return 2
     from dasd.jsonl import atomic_write_json, atomic_open
