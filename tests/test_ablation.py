@@ -45,7 +45,10 @@ def _plan(tmp_path: Path, nudged_lm) -> AblationPlan:
         # the default 1.5 a tiny student that happens to finish early leaves no mixed example at all
         # (the mixed and replay arms are then skipped), so the cap is set below the teacher's length.
         "mix.length_multiple=0.6",
-        "mix.max_continuation_tokens=40", "mix.require_structure=false", "mix.require_correct=false",
+        # Sample ids hash the teacher's name, here a path under pytest's numbered temp folder, so the draws
+        # change from run to run; with 40 continuation tokens some folders (e.g. pytest-549) left the one
+        # cut rollout's teacher continuation unfinished and no mixed example at all. 80 lets it finish.
+        "mix.max_continuation_tokens=80", "mix.require_structure=false", "mix.require_correct=false",
         "mix.repetition.enabled=false", "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
         "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",
     ]
