@@ -145,7 +145,8 @@ class AblationPlan:
     ``same_prompts``: every seed samples the config's own toy prompts (``data.toy.seed`` as written)
     instead of drawing them with the seed (the other random knobs still follow the seed).
     ``earlier``: results JSON files of earlier runs whose per-seed results join this run's tables
-    (``pool_earlier``): seeds and arms not run here are taken from them.
+    (checked by ``load_earlier`` before any seed runs, added by ``pool_earlier``): seeds and arms not
+    run here are taken from them.
     """
 
     config: str | None = None
@@ -914,7 +915,7 @@ def run_info(plan: AblationPlan) -> dict:
 def run_ablation(plan: AblationPlan) -> dict:
     """Run every seed (resumably); return {per_seed, aggregate, paired, tables, power, shares, info, markdown}."""
     info = run_info(plan)
-    pool_earlier({}, info, plan.earlier)  # refuse results that cannot be pooled before the hours of work
+    earlier = load_earlier(info, plan.earlier)  # refused before the hours of work, not after
     per_seed, shares_seed = {}, {}
     for seed in plan.seeds:
         per_seed[seed], shares_seed[seed] = run_seed(plan, seed)
@@ -924,8 +925,8 @@ def run_ablation(plan: AblationPlan) -> dict:
         vals = {k: [s[pool][k] for s in shares_seed.values() if s[pool].get(k) is not None] for k in keys}
         shares[pool] = {k: (t_interval(v) if v else None) for k, v in vals.items()}
         shares[pool]["seeds"] = len(shares_seed)
-    if plan.earlier:
-        per_seed = pool_earlier(per_seed, info, plan.earlier)
+    if earlier:
+        per_seed = pool_earlier(per_seed, earlier)
         info["seeds"] = sorted(per_seed)
         info["earlier results"] = (f"{', '.join(relative_path(e) for e in plan.earlier)} (per-seed accuracy and KL; "
                                    f"the Teacher-sentence shares are this run's seeds {plan.seeds} only)")
@@ -962,15 +963,14 @@ def _weights(model_id: str) -> str:
     return model_id.partition("weights ")[2].rstrip(")") or model_id
 
 
-def pool_earlier(per_seed: dict, info: dict, paths: list[str]) -> dict:
-    """``per_seed`` with the per-seed results of earlier runs added: every seed and arm this run did
-    not measure (this run's win where both did), ordered by seed. The runs must have measured the
-    same way (``POOLED_INFO``) with the same teacher and student weights; an ``InputError`` names the
-    file and what differs. Their training prompts are not compared (a prompt file then, the same toy
-    prompts now, can be the same records): say so when pooling."""
+def load_earlier(info: dict, paths: list[str]) -> list[dict]:
+    """The results JSON files ``paths`` of earlier runs, checked against this run's ``info``: they
+    must have measured the same way (``POOLED_INFO``) with the same teacher and student weights; an
+    ``InputError`` names the file and what differs. Training prompts are not compared (a prompt file
+    then, the same toy prompts now, can be the same records): say so when pooling."""
     from dasd.errors import InputError
 
-    out = {seed: dict(arms) for seed, arms in per_seed.items()}
+    out = []
     for path in paths:
         data = load_results(path)
         theirs = data.get("info") or {}
@@ -982,6 +982,15 @@ def pool_earlier(per_seed: dict, info: dict, paths: list[str]) -> dict:
             if key in theirs and _weights(str(theirs[key])) != _weights(str(info.get(key))):
                 raise InputError(f"{path}: its {key} is {theirs[key]!r}, this run's {info.get(key)!r}: "
                                  "results of other models cannot be pooled")
+        out.append(data)
+    return out
+
+
+def pool_earlier(per_seed: dict, earlier: list[dict]) -> dict:
+    """``per_seed`` with the per-seed results of ``earlier`` runs (``load_earlier``) added: every seed
+    and arm this run did not measure (this run's win where both did), ordered by seed."""
+    out = {seed: dict(arms) for seed, arms in per_seed.items()}
+    for data in earlier:
         for seed, arms in data["per_seed"].items():
             mine = out.setdefault(int(seed), {})
             for arm, m in arms.items():

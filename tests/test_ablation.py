@@ -511,7 +511,7 @@ def test_the_held_out_override_keeps_the_configs_toy_world():
 
 def test_earlier_results_pool_into_this_runs_seeds_and_are_refused_when_measured_otherwise(tmp_path, capsys):
     import ablation
-    from ablation_lib import contrast, pool_earlier
+    from ablation_lib import contrast, load_earlier, pool_earlier
 
     from dasd.errors import InputError
 
@@ -524,7 +524,7 @@ def test_earlier_results_pool_into_this_runs_seeds_and_are_refused_when_measured
     path.write_text(json.dumps(ablation._jsonable({"per_seed": earlier, "info": theirs})), encoding="utf-8")
     mine = {4: {"das_low_high": {"accuracy": 0.50, "kl": 1.0}, "das_high_low": {"accuracy": 0.40, "kl": 1.0}},
             7: {"das_low_high": {"accuracy": 0.36, "kl": 1.0}, "das_high_low": {"accuracy": 0.30, "kl": 1.0}}}
-    pooled = pool_earlier(mine, info, [str(path)])
+    pooled = pool_earlier(mine, load_earlier(info, [str(path)]))
     assert list(pooled) == [0, 1, 2, 3, 4, 7]
     assert pooled[4]["das_low_high"]["accuracy"] == 0.50  # this run's measurement wins over the earlier one
     assert pooled[4]["rs_low"] == earlier[4]["rs_low"]  # an arm not run here comes from the earlier run
@@ -536,7 +536,7 @@ def test_earlier_results_pool_into_this_runs_seeds_and_are_refused_when_measured
                        ("student", "x (weights sha256 0000000000)")]:
         path.write_text(json.dumps({"per_seed": {}, "info": {**info, key: other}}), encoding="utf-8")
         with pytest.raises(InputError, match=f"{path}: its {key!r}|{path}: its {key} is"):
-            pool_earlier(mine, info, [str(path)])
+            load_earlier(info, [str(path)])
     # from the command line: refused in one line before any seed is run
     path.write_text(json.dumps({"per_seed": {}, "info": {"eval protocol": "T=0.6 top_p=0.95 n=99 max_tokens=1"}}),
                     encoding="utf-8")
