@@ -6,6 +6,8 @@ gives in-process for the same seeds and text.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dasd.engines import GenerateRequest, ScoreRequest, make_engine
@@ -228,7 +230,8 @@ def test_sample_seed_is_the_hf_row_seed():
 
 
 def test_listed_end_of_turn_token_is_dropped(serve, tiny_lm_dir):
-    """A vLLM-style answer lists the stop token's log-prob; it is not part of the text."""
+    """A vLLM-style answer lists the stop token's log-prob; it is not part of the text. (vLLM's
+    reasoning parser splits the text; the log-probs cover every generated token, reasoning included.)"""
     from fastapi import FastAPI
 
     from dasd.engines.server import ServerThread
@@ -237,7 +240,8 @@ def test_listed_end_of_turn_token_is_dropped(serve, tiny_lm_dir):
 
     @app.post("/v1/chat/completions")
     async def chat():
-        content = [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []} for t in ["4", "2"]]
+        pieces = ["<think>", "\n", "Six", " sevens", ".", "\n", "</think>", "\n\n", "4", "2"]
+        content = [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []} for t in pieces]
         content.append({"token": "<|im_end|>", "logprob": -0.1, "bytes": list(b"<|im_end|>"), "top_logprobs": []})
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "42", "reasoning_content": "Six sevens."},
                              "finish_reason": "stop", "logprobs": {"content": content}}],
@@ -252,6 +256,77 @@ def test_listed_end_of_turn_token_is_dropped(serve, tiny_lm_dir):
         eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url]))
         g = eng.generate(chat_requests(n_prompts=1, n=1))[0][0]
     assert g.text == "<think>\nSix sevens.\n</think>\n\n42"
-    assert g.tokens == ["4", "2"] and g.logprobs == [-0.5, -0.5]
-    assert [g.text[s:e] for s, e in g.offsets] == ["4", "2"]
+    assert g.tokens[-2:] == ["4", "2"] and g.logprobs == [-0.5] * 10
+    assert [g.text[s:e] for s, e in g.offsets] == ["<think>", "\n", "Six", " sevens", ".", "\n", "</think>", "\n\n", "4", "2"]
     assert g.logprob_mode == "processed" and g.prompt_tokens == 5  # a server that does not say raw
+
+
+def _answers_with(tiny_lm_dir, answer: dict):
+    """An engine against a loopback stand-in that answers every chat request with ``answer``
+    (``content``, optional ``reasoning_content``, and ``tokens`` [(token, bytes or None, logprob)])."""
+    from fastapi import FastAPI
+
+    from dasd.engines.server import ServerThread
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        entries = [{"token": t, "logprob": lp, "top_logprobs": [], **({"bytes": list(b)} if b is not None else {})}
+                   for t, b, lp in answer["tokens"]]
+        message = {"role": "assistant", "content": answer["content"], "reasoning_content": answer.get("reasoning_content")}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "length", "logprobs": {"content": entries}}],
+                "dasd_logprob_mode": "raw"}
+
+    class Plain:  # ServerThread only needs `.app`
+        pass
+
+    srv = Plain()
+    srv.app = app
+    return ServerThread(srv)
+
+
+def _toks(*pieces):
+    return [(t, None, -0.25) for t in pieces]
+
+
+@pytest.mark.parametrize("case, content, tokens, where", [
+    ("another answer's tokens", "Something else, 42.", _toks("Start", " at", " 3", "."), "'ome' (characters 1-4"),
+    ("a token left out", "Start at 3. Step 1:", _toks("Start", " at", ".", " Step", " 1", ":"), "' 3' (characters 8-10 of 19)"),
+    ("text past the tokens", "Start at 3. Step 1: and more", _toks("Start", " at", " 3", ".", " Step", " 1", ":"), "' and more'"),
+])
+def test_tokens_that_do_not_spell_the_text_are_an_error(tiny_lm_dir, case, content, tokens, where):
+    """The log-probs belong to the tokens: when they are not the text's, the sample is refused, not
+    kept with log-probs on the wrong characters."""
+    with _answers_with(tiny_lm_dir, {"content": content, "tokens": tokens}) as thread:
+        eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url]))
+        with pytest.raises(DasdError, match=r"request 'p0' sample 0: the tokens do not spell the returned text: "
+                                            + re.escape(where)):
+            eng.generate(chat_requests(n_prompts=1, n=1))
+
+
+def test_texts_the_tokens_spell_with_known_differences_are_kept(tiny_lm_dir):
+    """What servers legitimately do to the text keeps the sample, each token on its characters."""
+    cases = [
+        # a character split over two tokens that the server spells as U+FFFD, without bytes
+        ({"content": "Hi \U0001f600!", "tokens": _toks("Hi", " \ufffd", "\ufffd", "!")},
+         ["Hi", " ", "", "!"]),  # the two halves get no characters (no bytes to place them by)
+        # a leading space the server strips; a stop string the text leaves out
+        ({"content": "Start at 3.", "tokens": _toks(" Start", " at", " 3", ".", "\n\nUser")}, ["Start", " at", " 3", ".", ""]),
+        # DeepSeek-R1 style: "<think>\n" was in the prompt, the reasoning parser folds it back
+        ({"content": "42", "reasoning_content": "Six sevens.", "tokens": _toks("Six", " sevens", ".", "\n</think>\n\n", "4", "2")},
+         ["Six", " sevens", ".", "\n</think>\n\n", "4", "2"]),
+    ]
+    for answer, spelled in cases:
+        with _answers_with(tiny_lm_dir, answer) as thread:
+            g = make_engine(openai_config(tiny_lm_dir, [thread.base_url])).generate(chat_requests(n_prompts=1, n=1))[0][0]
+        assert [g.text[s:e] for s, e in g.offsets] == spelled and g.logprobs == [-0.25] * len(spelled)
+
+
+def test_answers_off_the_schema_are_one_line_errors(tiny_lm_dir):
+    with _answers_with(tiny_lm_dir, {"content": "Start at", "tokens": [("Start", None, -0.1), (" at", None, None)]}) as thread:
+        with pytest.raises(DasdError, match=r"request 'p0' sample 0: the server returned 2 tokens but 1 numeric log-probs"):
+            make_engine(openai_config(tiny_lm_dir, [thread.base_url])).generate(chat_requests(n_prompts=1, n=1))
+    with _answers_with(tiny_lm_dir, {"content": "", "tokens": [("<|im_end|>", None, None)]}) as thread:
+        with pytest.raises(DasdError, match=r"1 tokens but 0 numeric log-probs"):
+            make_engine(openai_config(tiny_lm_dir, [thread.base_url])).generate(chat_requests(n_prompts=1, n=1))

@@ -32,7 +32,8 @@ Offsets: the tokens' bytes (the ``bytes`` field, a ``bytes:\\xNN`` token, the to
 ``openai.token_ids`` the local tokenizer's bytes of each id) are concatenated and decoded, giving
 each token's span exactly as in ``engines.offsets``; when the returned text differs from the
 tokens' text (folded reasoning, a stripped leading space, template markup) the spans are carried
-over by a character alignment; a token with no characters in the text gets an empty span. A
+over by a character alignment; a token with no characters in the text gets an empty span, and text
+that comes from no token (beyond whitespace, the ``<think>`` markup and U+FFFD) is a DasdError. A
 final end-of-turn token that the server lists (vLLM does) but whose text is not in the answer is
 dropped, as the hf engine never returns its stop token.
 
@@ -138,7 +139,8 @@ _ALIGN_LIMIT = 20_000  # characters; longer texts that need a general alignment 
 
 
 def carry_spans(
-    raw: str, spans: list[tuple[int, int]], text: str, anchors: list[tuple[str, int, bool]] | None = None
+    raw: str, spans: list[tuple[int, int]], text: str, anchors: list[tuple[str, int, bool]] | None = None,
+    strict: bool = False,
 ) -> list[tuple[int, int]]:
     """Move character ``spans`` in ``raw`` onto ``text``.
 
@@ -149,6 +151,9 @@ def carry_spans(
     20,000 characters) is used; beyond that it is a DasdError rather than a slow or wrong answer.
     A span's matched characters give its new span (first to last); a span with none gets the empty
     span where the next matched character goes. Starts and ends stay non-decreasing.
+
+    ``strict``: every character of ``text`` must come from a token (``unspelled``), else DasdError:
+    the tokens, and so their log-probs, belong to some other text.
     """
     if raw == text:
         return list(spans)
@@ -164,6 +169,12 @@ def carry_spans(
         for a, b, size in sm.get_matching_blocks():
             for k in range(size):
                 where[a + k] = b + k
+    if strict and (bad := unspelled(raw, text, where, anchors)) is not None:
+        j, k = bad
+        raise DasdError(
+            f"the tokens do not spell the returned text: {text[j:k][:60]!r} (characters {j}-{k} of "
+            f"{len(text)}) comes from no token, so the log-probs cannot be placed on the text"
+        )
     nxt = [len(text)] * (len(raw) + 1)  # text position of the next matched char at or after i
     for i in range(len(raw) - 1, -1, -1):
         nxt[i] = where[i] if where[i] >= 0 else nxt[i + 1]
@@ -172,6 +183,42 @@ def carry_spans(
         hit = [where[i] for i in range(s, e) if where[i] >= 0]
         out.append((hit[0], hit[-1] + 1) if hit else (nxt[s], nxt[s]))
     return out
+
+
+def unspelled(raw: str, text: str, where: list[int], anchors: list[tuple[str, int, bool]] | None) -> tuple[int, int] | None:
+    """The first run ``(j, k)`` of ``text`` that no character of ``raw`` maps to (``where``: raw
+    position -> text position or -1), or None when the tokens account for all of ``text``.
+
+    Left unmatched without complaint: whitespace (a server may add spaces around special tokens),
+    optional anchors (the ``<think>`` scaffolding ``fold_reasoning`` adds), and a run standing where
+    the tokens have U+FFFD or that is itself U+FFFD (a character split over tokens that a server
+    spells without their bytes). Characters of ``raw`` missing from ``text`` are fine (a stripped
+    space, skipped special tokens, a stop string).
+    """
+    inv = [-1] * len(text)
+    for i, j in enumerate(where):
+        if j >= 0:
+            inv[j] = i
+    free = [False] * len(text)
+    for seg, pos, required in anchors or []:
+        if not required:
+            free[pos : pos + len(seg)] = [True] * len(seg)
+    last = -1  # raw position of the last matched text character
+    j = 0
+    while j < len(text):
+        if inv[j] >= 0:
+            last = inv[j]
+            j += 1
+            continue
+        k = j
+        while k < len(text) and inv[k] < 0:
+            k += 1
+        gap = raw[last + 1 : inv[k] if k < len(text) else len(raw)]
+        run = [c for c, f in zip(text[j:k], free[j:k]) if not f and not c.isspace()]
+        if run and "\ufffd" not in gap and set(run) != {"\ufffd"}:
+            return j, k
+        j = k
+    return None
 
 
 def _anchor_map(raw: str, anchors: list[tuple[str, int, bool]]) -> list[int] | None:
@@ -459,6 +506,14 @@ class OpenAIEngine:
         what = f"request {req.id!r} sample {index}"
         data = await self._post(client, path, body, what)
         try:
+            return self._generation(req, index, path, data, what)
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # a field of another type than the schema's
+            raise DasdError(f"{what}: the server's answer does not follow the OpenAI schema "
+                            f"({type(err).__name__}: {err}): {str(data)[:200]}") from None
+
+    def _generation(self, req: GenerateRequest, index: int, path: str, data: Any, what: str) -> Generation:
+        """The Generation in a server's answer (``_sample``)."""
+        try:
             choice = data["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise DasdError(f"{what}: the server's answer has no choices: {str(data)[:200]}")
@@ -478,8 +533,11 @@ class OpenAIEngine:
             raw_bytes = [None] * len(toks)
             lps = list(lp.get("token_logprobs") or [])
             tops = [dict(t or {}) for t in lp.get("top_logprobs") or [{}] * len(toks)]
-        if not entries_ok(toks, lps) and (content or reasoning):
-            raise DasdError(f"{what}: the server returned no per-token log-probs (logprobs=true was sent)")
+        if not entries_ok(toks, lps) and (toks or content or reasoning):
+            if not toks:
+                raise DasdError(f"{what}: the server returned no per-token log-probs (logprobs=true was sent)")
+            numbers = sum(isinstance(x, (int, float)) for x in lps)
+            raise DasdError(f"{what}: the server returned {len(toks)} tokens but {numbers} numeric log-probs")
         if not reasoning:
             parts = split_harmony(content)
             if parts is not None:
@@ -497,7 +555,10 @@ class OpenAIEngine:
         else:
             pieces = [piece_bytes(t, b) for t, b in zip(toks, raw_bytes)]
         raw_text, raw_spans = spans_from_bytes(pieces)
-        offsets = carry_spans(raw_text, raw_spans, text, anchors)
+        try:
+            offsets = carry_spans(raw_text, raw_spans, text, anchors, strict=True)
+        except DasdError as err:
+            raise DasdError(f"{what}: {err}") from None
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         if finish == "stop" and offsets and offsets[-1] == (len(text), len(text)) and len(lps) == len(offsets):
             # the end-of-turn token (vLLM lists it; its text is not in the answer): not a text token
