@@ -42,3 +42,27 @@ def test_gguf_file_must_exist(tiny_lm_dir):
 def test_separate_tokenizer_dir(tiny_lm_dir):
     engine = make_engine(EngineConfig(model=tiny_lm_dir, tokenizer=tiny_lm_dir, device="cpu", dtype="float32"))
     assert engine.name == tiny_lm_dir and engine.count_tokens("abc") >= 1
+
+
+def test_extra_body_cannot_override_what_dasd_sets(tiny_lm_dir):
+    """A seed or temperature in openai.extra_body replaced every request's own: the k samples of a
+    prompt came back identical (one seed) or at another temperature than their records say."""
+    from dasd.config import load_config
+    from dasd.engines import GenerateRequest
+    from dasd.engines.config import SET_BY_DASD
+    from dasd.errors import ConfigError
+
+    with pytest.raises(ValidationError, match=r"seed, temperature: set by dasd on every request"):
+        EngineConfig(kind="openai", model="m", openai={"base_urls": ["http://x/v1"], "extra_body": {"temperature": 0, "seed": 1}})
+    with pytest.raises(ConfigError, match=r"teacher\.openai\.extra_body: .*n: set by dasd"):
+        load_config(None, ["teacher.kind=openai", "teacher.openai.base_urls=[http://x/v1]", "teacher.openai.extra_body={n: 4}"])
+    ok = EngineConfig(kind="openai", model="m", tokenizer=tiny_lm_dir,
+                      openai={"base_urls": ["http://x/v1"], "top_logprobs": 2, "token_ids": True,
+                              "extra_body": {"top_k": 20, "chat_template_kwargs": {"enable_thinking": True}}})
+    engine = make_engine(ok)
+    chat = GenerateRequest(id="a", messages=[{"role": "user", "content": "hi"}], n=2, temperature=0.6, seed=1)
+    prefix = GenerateRequest(id="b", prefix="<think>\n", n=2, temperature=0.6, seed=1)
+    for req in (chat, prefix):
+        path, body = engine._body(req, 1)
+        assert body["seed"] != req.seed and body["temperature"] == 0.6 and body["top_k"] == 20
+        assert set(body) - set(ok.openai.extra_body) <= SET_BY_DASD  # every field dasd sets is protected

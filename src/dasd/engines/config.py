@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dasd.configbase import StrictModel
 
@@ -46,8 +46,28 @@ class OpenAIOptions(StrictModel):
     )
     extra_body: dict = Field(
         default_factory=dict, description="Extra fields merged into every request body (e.g. "
-        "chat_template_kwargs, reasoning_effort, top_k).",
+        "chat_template_kwargs, reasoning_effort, top_k); not the fields dasd sets itself (model, "
+        "messages, prompt, n, seed, temperature, top_p, max_tokens, log-prob and echo fields, stream).",
     )
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_dasd_fields(cls, body: dict) -> dict:
+        taken = sorted(set(body) & SET_BY_DASD)
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: set by dasd on every request (from the stage's sampling settings, the "
+                "sample's own seed and the other openai options); overriding them here would make the records "
+                "say other settings than the server used"
+            )
+        return body
+
+
+# Request fields the openai engine sets (engines.openai: _body, _score); extra_body may not override them.
+SET_BY_DASD = frozenset({
+    "model", "messages", "prompt", "n", "seed", "temperature", "top_p", "max_tokens", "logprobs", "top_logprobs",
+    "echo", "prompt_logprobs", "add_special_tokens", "return_tokens_as_token_ids", "stream",
+})
 
 
 class VLLMOptions(StrictModel):
