@@ -553,6 +553,24 @@ def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path
     assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
 
 
+def test_student_over_openai_http_counts_its_tokens(e2e, mix_engines, tmp_path):
+    """An openai server sends no token ids by default: a rollout's n_tokens are its log-probs'
+    count (they were 0), so a cut-off rollout has exactly ``cap`` tokens, as in-process."""
+    from dasd.engines.server import EngineServer, ServerThread
+
+    student, teacher = mix_engines
+    cfg = e2e[0]
+    with ServerThread(EngineServer(student, served_name="student")) as srv:
+        remote = make_engine(EngineConfig(kind="openai", model="student", tokenizer=student.name,
+                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
+        run_mix(cfg.model_copy(update={"n_questions": 6}), RunStore(tmp_path / "run"), curated_set(16), remote, teacher)
+    rollouts = list(RunStore.open(tmp_path / "run").read("mix", "rollouts"))
+    assert any(r["student"]["finish_reason"] == "length" for r in rollouts)
+    for r in rollouts:
+        n = r["student"]["n_tokens"]
+        assert n == r["cap"] if r["student"]["finish_reason"] == "length" else 0 < n < r["cap"]
+
+
 @pytest.mark.slow
 def test_stage3_trains_on_mix_examples_with_prefix_unmasked_or_masked(e2e, mix_engines, tmp_path):
     """The real trainer on the stage's output: masking the prefix removes exactly its targets from the loss."""

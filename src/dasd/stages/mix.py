@@ -188,7 +188,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
             top_p=cfg.student_top_p, max_tokens=cap, seed=derived_seed("mix-student", cfg.seed, p["id"]),
         ))
     gens = [g[0] for g in student.generate(reqs)]
-    rate_t.add(sum(len(g.token_ids) for g in gens))
+    rate_t.add(sum(len(g.logprobs) for g in gens))
     recs: list[dict] = []
     cont_reqs: list[GenerateRequest] = []
     cont_of: list[int] = []
@@ -198,7 +198,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
         rec = {
             "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student_name, "teacher_model": teacher.name,
             "cap": cap, "teacher_student_tokens": n,
-            "student": {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.token_ids)},
+            "student": {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.logprobs)},
             "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "", "example_id": None,
         }
         recs.append(rec)
@@ -231,11 +231,11 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
     if not cont_reqs:
         return out
     conts = [g[0] for g in teacher.generate(cont_reqs)]
-    rate_t.add(sum(len(c.token_ids) for c in conts))
+    rate_t.add(sum(len(c.logprobs) for c in conts))
     for k, c in zip(cont_of, conts):
         rec, q = recs[k], batch[k]
         prefix = rec["student"]["text"][: rec["prefix_chars"]]
-        rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
+        rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.logprobs)}
         rec["verdict"], rec["detail"] = continuation_verdict(q["prompt"], prefix, c.text, c.finish_reason, cfg, grade)
         if rec["verdict"] == "kept":
             rec["example_id"] = example_id(rec["id"])

@@ -112,7 +112,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                             },
                         }
                     )
-                    rate_t.add(len(g.token_ids))
+                    rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
                     if left[p["id"]] == 0:
                         rate_p.add(1)
                         bar.update(1)
