@@ -120,6 +120,22 @@ def test_top_logprobs_and_count_tokens(serve, ref_engine, tiny_lm_dir):
         no_tok.score([ScoreRequest(id="a", prefix="x", continuation="y")])
 
 
+def test_count_tokens_through_the_server_is_retried(serve, ref_engine, tiny_lm_dir):
+    """Without a local tokenizer the count comes from /tokenize: a 429 / 5xx / dropped answer there
+    is retried like any request (it was one bare request: the first fault ended `dasd mix`)."""
+    texts = [f"Caf\u00e9 {k} + {k} = {2 * k}. \U0001f600" for k in range(8)]
+    with serve(faults=Faults(rate_429=0.25, rate_500=0.25, rate_drop=0.15, retry_after="0", seed=4)) as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url]).model_copy(update={"tokenizer": None}))
+        got = [eng.count_tokens(t) for t in texts]
+        faults = dict(srv.engine_server.faults.counts)
+    assert got == [ref_engine.count_tokens(t) for t in texts]
+    assert sum(faults.values()) > 0 and eng.stats["retries"] == sum(faults.values())
+    with serve() as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url + "/nowhere/v1"]).model_copy(update={"tokenizer": None}))
+        with pytest.raises(DasdError, match=r"count_tokens .*set engine.tokenizer to count locally.*HTTP 404"):
+            eng.count_tokens("x")
+
+
 def test_two_servers_share_the_load(serve, ref_engine, tiny_lm_dir):
     from dasd.engines import EngineConfig
 

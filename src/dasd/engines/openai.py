@@ -346,16 +346,18 @@ class OpenAIEngine:
         """Tokens in ``text``: the local tokenizer's count, else the server's ``/tokenize``."""
         if self.tokenizer is not None:
             return len(self.encode(text))
-        import httpx
+        ((_, n),) = list(self._stream([(0, lambda c: self._count(c, text))]))
+        return n
 
-        url = re.sub(r"/v1$", "", self.urls[0]) + "/tokenize"
+    async def _count(self, client, text: str) -> int:
+        """The server's ``/tokenize`` count (vLLM's, dasd's), with the retries of any request."""
+        what = "count_tokens (the server's /tokenize; set engine.tokenizer to count locally)"
+        body = {"model": self.name, "prompt": text, "add_special_tokens": False}
+        data = await self._post(client, "/tokenize", body, what, root=True)
         try:
-            resp = httpx.post(url, json={"model": self.name, "prompt": text, "add_special_tokens": False},
-                              headers=self.headers, timeout=self.opt.timeout_s)
-            resp.raise_for_status()
-            return int(resp.json()["count"])
-        except (httpx.HTTPError, KeyError, ValueError) as err:
-            raise DasdError(f"count_tokens: {url} failed ({err}); set engine.tokenizer to count locally")
+            return int(data["count"])
+        except (KeyError, TypeError, ValueError):
+            raise DasdError(f"{what}: the answer has no count: {str(data)[:200]}") from None
 
     def encode(self, text: str) -> list[int]:
         return encode_text(self.tokenizer, text)
@@ -438,20 +440,22 @@ class OpenAIEngine:
         order = [self.urls[(self._turn + k) % n] for k in range(n)]
         return min(order, key=lambda u: self.inflight[u])
 
-    async def _post(self, client, path: str, body: dict, what: str) -> dict:
-        """POST with retries (see the module docstring); the parsed JSON answer."""
+    async def _post(self, client, path: str, body: dict, what: str, root: bool = False) -> dict:
+        """POST with retries (see the module docstring); the parsed JSON answer. ``root``: ``path``
+        is under the server's root, not its ``/v1`` (vLLM's ``/tokenize``)."""
         import httpx
 
         last = ""
         for attempt in range(self.opt.max_retries + 1):
             url = self._pick()
+            base = re.sub(r"/v1$", "", url) if root else url
             self.inflight[url] += 1
             self.stats["requests"] += 1
             wait = None
             t0 = time.monotonic()
             try:
                 try:
-                    resp = await asyncio.wait_for(client.post(url + path, json=body), self.opt.timeout_s)
+                    resp = await asyncio.wait_for(client.post(base + path, json=body), self.opt.timeout_s)
                     if resp.status_code == 200:
                         try:
                             return resp.json()
@@ -460,7 +464,7 @@ class OpenAIEngine:
                     if resp.status_code == 429 or resp.status_code >= 500:
                         kind = "429" if resp.status_code == 429 else "5xx"
                         raise _Retryable(kind, f"HTTP {resp.status_code}", _retry_after(resp.headers.get("retry-after")))
-                    raise DasdError(f"{what}: {url}{path} answered HTTP {resp.status_code}: {_message(resp)}")
+                    raise DasdError(f"{what}: {base}{path} answered HTTP {resp.status_code}: {_message(resp)}")
                 except (asyncio.TimeoutError, httpx.TimeoutException):
                     raise _Retryable("timeout", f"timeout after {self.opt.timeout_s}s")
                 except httpx.TransportError as err:
