@@ -180,6 +180,30 @@ def test_client_errors_fail_fast_and_retries_end(serve, tiny_lm_dir):
         assert srv.engine_server.faults.counts == {"500": 3}
 
 
+def test_bad_request_values_are_400s_not_retried_500s(serve, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """Values dasd's server cannot use are a 400 saying why: ids past the served vocabulary (a client
+    whose tokenizer is another model's) were a 500 (retried, then 'gave up') or a 400 about an empty
+    context; a non-number temperature was a 500; top_p 0 and n 0 were silently read as 1."""
+    import httpx
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with serve() as srv:
+        wrong = make_engine(openai_config(tiny_lm_dir, [srv.base_url]).model_copy(update={"tokenizer": tiny_lm_dir_other_vocab}))
+        cont = "Caf\u00e9 \u65e5\u672c \U0001f600 " * 3
+        assert max(wrong.encode(cont)) >= len(srv.engine_server.tokenizer)
+        with pytest.raises(DasdError, match=r"HTTP 400: token id \d+ is not in this model's vocabulary \(\d+ ids\): "
+                                            r"is the client's tokenizer the served model's\?"):
+            wrong.score([ScoreRequest(id="s", prefix="Compute", continuation=cont)])
+        assert wrong.stats["retries"] == 0
+        for fields, message in [({"temperature": "hot"}, "temperature must be a number, got 'hot'"),
+                                ({"top_p": 0}, "0 < top_p <= 1 required"), ({"n": 0}, "n and max_tokens must be >= 1"),
+                                ({"max_tokens": None, "max_completion_tokens": 0}, "n and max_tokens must be >= 1")]:
+            resp = httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": msgs, "max_tokens": 2, **fields})
+            assert resp.status_code == 400 and message in resp.json()["error"]["message"], resp.text
+        resp = httpx.post(srv.base_url + "/completions", json={"model": "tiny", "prompt": [-1], "max_tokens": 2})
+        assert resp.status_code == 400 and "token id -1 is not in" in resp.text
+
+
 def test_retry_after_is_honoured(serve, tiny_lm_dir):
     import time
 

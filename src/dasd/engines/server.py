@@ -254,16 +254,24 @@ class EngineServer:
         return fn(prompt_ids, ids, k) if fn is not None else top_logprobs(self.engine, prompt_ids, ids, k)
 
     def _sampling(self, body: dict, rid: str) -> dict:
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        """n, temperature, top_p, max_tokens and seed of a request (absent: the defaults); a value
+        that is not a finite number is a 400, and so is one out of range (``GenerateRequest``)."""
+        max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
-            max_tokens = 256
-        n = int(body.get("n") or 1)
-        temperature = body.get("temperature")
-        return {
-            "n": n, "temperature": 1.0 if temperature is None else float(temperature),
-            "top_p": float(body.get("top_p") or 1.0), "max_tokens": int(max_tokens),
-            "seed": int(body["seed"]) if body.get("seed") is not None else random.randrange(2**31),
-        }
+            max_tokens = body.get("max_tokens")
+        out = {}
+        for key, value, default, kind in (("n", body.get("n"), 1, int), ("temperature", body.get("temperature"), 1.0, float),
+                                          ("top_p", body.get("top_p"), 1.0, float), ("max_tokens", max_tokens, 256, int),
+                                          ("seed", body.get("seed"), None, int)):
+            if value is None:
+                out[key] = default
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _BadRequest(f"request {rid!r}: {key} must be a number, got {value!r}")
+            else:
+                out[key] = kind(value)
+        if out["seed"] is None:
+            out["seed"] = random.randrange(2**31)
+        return out
 
     # ------------------------------------------------------------------ handlers
     async def chat(self, body: dict) -> dict:
@@ -316,6 +324,10 @@ class EngineServer:
             if self.tokenizer is None:
                 raise _BadRequest("token-id prompts need an engine with a tokenizer")
             ids = list(prompt)
+            bad = next((t for t in ids if isinstance(t, bool) or not 0 <= t < len(self.tokenizer)), None)
+            if bad is not None:
+                raise _BadRequest(f"token id {bad} is not in this model's vocabulary ({len(self.tokenizer)} ids): "
+                                  "is the client's tokenizer the served model's?")
             text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         elif isinstance(prompt, str):
             text, ids = prompt, None
@@ -339,7 +351,11 @@ class EngineServer:
         else:
             body = dict(body, max_tokens=max_tokens)
             s = self._sampling(body, rid)
-            if ids is not None and self.engine.context_ids(None, text, rid) != ids:
+            try:
+                again = self.engine.context_ids(None, text, rid) if ids is not None else None
+            except DasdError as err:
+                raise _BadRequest(str(err))
+            if ids is not None and again != ids:
                 if prompt_scores is None:
                     raise _BadRequest("this token-id prompt does not re-encode to itself; send it as text")
                 note = "sampled after the prompt's re-encoded text (its token ids do not re-encode to themselves)"
