@@ -255,6 +255,10 @@ class KeyedRows:
             return f"{src.path}[{n}]"
         return f"{src.path}:{self._lines[n]}"
 
+    def where(self, key: str) -> str:
+        """The ``where`` of the row of ``key`` (an indexed key)."""
+        return self.where_of(self._index[key])
+
     def __len__(self) -> int:
         return len(self._index)
 

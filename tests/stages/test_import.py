@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from transformers import AutoTokenizer
 
 from dasd.config import load_config
@@ -73,6 +74,7 @@ def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_d
     rejects = list(store.read("sample", "rejects"))
     reasons = " | ".join(r["reason"] for r in rejects)
     assert "not valid JSON" in reasons and "uuid" in reasons and "'output'" in reasons and "'zz'" in reasons
+    assert [r["where"] for r in rejects if "'zz'" in r["reason"]] == [f"{lp}:2"]  # the orphan's line
     assert any(r["where"] == f"{data}:3" for r in rejects)
     # re-running imports nothing twice
     run_import(cfg)
@@ -214,3 +216,135 @@ def test_an_import_counts_its_source_by_content_not_by_how_its_path_is_spelled(t
     assert imported("../data/chat.jsonl") == first and _pool_files(run) == files
     shutil.copy(tmp_path / "data" / "chat.jsonl", tmp_path / "copy.jsonl")
     assert imported(tmp_path / "copy.jsonl") == first and _pool_files(run) == files
+
+
+def _released(path, n, body, mismatched=(), missing=()):
+    """``n`` release rows (all with the reasoning ``body``), and their companion rows: the ids of
+    another text for the indices in ``mismatched``, none for those in ``missing``."""
+    rows = [{"uuid": f"u{i:04d}", "input": f"Question {i}?", "output": f"<think>\n{body}\n</think>\n\n\\boxed{{{i}}}",
+             "domain": "math", "meta": "{}"} for i in range(n)]
+    return jsonl(path / "data.jsonl", rows)
+
+
+def _companion(path, tok, n, body, mismatched=(), missing=()):
+    ids = tok.encode(body, add_special_tokens=False)
+    other = tok.encode("another text", add_special_tokens=False)
+    rows = [{"sample_uuid": f"u{i:04d}", "token_ids": other if i in mismatched else ids,
+             "logprobs": [-0.5] * len(other if i in mismatched else ids)} for i in range(n) if i not in missing]
+    return jsonl(path / "logprob.jsonl", rows)
+
+
+def test_an_interrupted_import_resumes_without_reading_or_aligning_what_it_wrote(tmp_path, o200k_harmony_dir, monkeypatch):
+    """Killed after two of its three shards were written: the re-run looks up and aligns only the rows
+    of the lost shard, writes each record once, and counts as an uninterrupted import does."""
+    from dasd.columnar import plain
+    from dasd.sources import KeyedRows
+
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    body = "We need to add 3 and 4. That is 7."
+    data = _released(tmp_path, 600, body)
+    lp = _companion(tmp_path, tok, 600, body, mismatched={3, 300, 550}, missing={5, 590})
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"run_dir={run}", f"import.source={data}", f"import.logprobs={lp}",
+                             f"teacher.model={o200k_harmony_dir}"])
+    whole = run_import(cfg)
+    assert whole["with_logprobs"] == 595 and whole["logprobs_mismatched"] == 3 and whole["logprobs_missing"] == 2
+    before = {s["id"]: s for s in RunStore.open(run).read("sample", "pool-T1")}
+    # the state a kill -9 leaves: the stage began, did not end, its third shard never written
+    store = RunStore(run, lock=False)
+    info = store.manifest["stages"]["import"]
+    info["complete"] = False
+    info.pop("pools")
+    store.save_manifest()
+    (run / "sample" / "pool-T1-00002.parquet").unlink()
+
+    looked_up = []
+    real_get = KeyedRows.get
+    monkeypatch.setattr(KeyedRows, "get", lambda self, key: looked_up.append(key) or real_get(self, key))
+    assert run_import(cfg) == whole
+    assert sorted(looked_up) == [f"u{i:04d}" for i in range(512, 600)]  # only the lost shard's rows
+    after = list(RunStore.open(run).read("sample", "pool-T1"))
+    assert len(after) == 600 and {s["id"] for s in after} == set(before)
+    for s in after:
+        want = before[s["id"]]
+        assert s["text"] == want["text"] and s.get("teacher_mismatch") == want.get("teacher_mismatch")
+        assert plain(s["teacher"]) == plain(want["teacher"])
+
+
+def test_a_mistyped_companion_or_tokenizer_leaves_the_earlier_import_in_place(tmp_path, o200k_harmony_dir, tiny_lm_dir):
+    """Re-importing with a companion path that does not exist, or a tokenizer without the harmony
+    tokens, fails before anything is removed: the pool keeps its import and stays up to date."""
+    from dasd.errors import ConfigError, InputError
+
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    body = "We need to add 3 and 4. That is 7."
+    data, lp = _released(tmp_path, 3, body), _companion(tmp_path, tok, 3, body)
+    run = tmp_path / "run"
+    base = [f"run_dir={run}", f"import.source={data}", f"teacher.model={o200k_harmony_dir}"]
+    first = run_import(load_config(None, [*base, f"import.logprobs={lp}"]))
+    files = _pool_files(run)
+    with pytest.raises(InputError, match="no such file"):
+        run_import(load_config(None, [*base, f"import.logprobs={tmp_path / 'logprobs.jsonl'}"]))
+    with pytest.raises(ConfigError, match="no harmony tokens"):
+        run_import(load_config(None, [*base, f"import.logprobs={lp}", f"teacher.tokenizer={tiny_lm_dir}"]))
+    with pytest.raises(InputError, match="no such file"):
+        run_import(load_config(None, [f"run_dir={run}", f"import.source={tmp_path / 'dat.jsonl'}"]))
+    assert _pool_files(run) == files and RunStore.open(run).stage_info("import")["complete"]
+    assert run_import(load_config(None, [*base, f"import.logprobs={lp}"])) == first and _pool_files(run) == files
+
+
+def test_a_reimport_after_an_interrupted_one_writes_shards_under_new_names(tmp_path, tiny_lm_dir):
+    """A re-import with another source was killed after it removed the earlier import's shards: the
+    next run still names its shards after those, so `dasd filter` sees the pool changed (a shard of
+    the same name and size would pass for the old one) and keeps the new responses."""
+    from dasd.stages.filter import run_filter
+
+    def chat(a):
+        return [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"<think>{a}.</think> one"}]}]
+
+    run = tmp_path / "run"
+    data = jsonl(tmp_path / "chat.jsonl", chat("a"))
+    cfg = load_config(None, [f"run_dir={run}", f"import.source={data}", "import.format=chat",
+                             f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             "filter.require_structure=false", "filter.drop_cutoff=false", "filter.repetition.enabled=false"])
+    run_import(cfg)
+    run_filter(cfg)
+    jsonl(data, chat("b"))  # the same length: the same shard size
+    (run / "sample" / "pool-T1-00000.parquet").unlink()  # what the killed re-import had done
+    run_import(cfg)
+    assert sorted(_pool_files(run)) == ["pool-T1-00001.parquet"]
+    run_filter(cfg)
+    assert [s["text"] for s in RunStore.open(run).read("filter", "kept-T1")] == ["<think>b.</think> one"]
+
+
+def test_an_import_buffers_the_teacher_signal_as_arrays_not_python_lists(tmp_path, o200k_harmony_dir, monkeypatch):
+    """A shard's 256 records wait in memory until it is written: their token ids, spans and
+    log-probs are held as numpy arrays (16 bytes a token), not Python lists (about 200), so the
+    import's memory stays small with long responses (256 of 10K tokens: 0.5 GB as lists)."""
+    import tracemalloc
+
+    import dasd.stages.import_ as import_
+    from dasd.rules.released import check_teacher_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    check_teacher_tokenizer(tok)
+    monkeypatch.setattr(import_, "_teacher_tokenizer", lambda cfg: tok)  # loaded before measuring
+    body = " ".join(f"step {i % 10}: we add {i} to the sum" for i in range(70))
+    n_tokens = len(tok.encode(body, add_special_tokens=False))
+    data, lp = _released(tmp_path, 256, body), _companion(tmp_path, tok, 256, body)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", f"import.logprobs={lp}",
+                             f"teacher.model={o200k_harmony_dir}"])
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    run_import(load_config(None, [f"run_dir={warm / 'run'}", f"import.source={_released(warm, 1, body)}",
+                                  f"import.logprobs={_companion(warm, tok, 1, body)}", f"teacher.model={o200k_harmony_dir}"]))
+    tracemalloc.start()  # the modules an import uses are loaded by now
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        assert run_import(cfg)["with_logprobs"] == 256
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * n_tokens * 100, f"{peak / 1e6:.0f} MB for {256 * n_tokens} tokens"
+    [s] = [s for s in RunStore.open(tmp_path / "run").read("sample", "pool-T1") if s["source_id"] == "u0007"]
+    assert s["teacher"]["token_ids"].tolist() == tok.encode(body, add_special_tokens=False)

@@ -26,7 +26,9 @@ teacher tokenizer that aligns them, by ``runs.model_version``) is kept per pool 
 pool again with the same key while its shards are all there does nothing; any change (or shards
 gone, e.g. dropped by `dasd sample` for another teacher) removes that pool's imported shards and
 rejects of another key first and imports again into new shard files (records sampled into the
-same pool stay). Shards of an interrupted import with the same key are kept and resumed. Later
+same pool stay); the companion, the tokenizer and the source are opened before that, so a mistyped
+path fails with the earlier import in place. Shards of an interrupted import with the same key are
+kept and resumed: their rows are not looked up or aligned again. Later
 stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
 Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
 is not used).
@@ -34,11 +36,14 @@ is not used).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
+from dasd import columnar
 from dasd.errors import ConfigError, InputError
 from dasd.jsonl import BadLine
 from dasd.log import logger
@@ -121,6 +126,29 @@ def imported_shards(store: RunStore, pool: str) -> dict[Path, str]:
     return {p: k for p, k in keys.items() if k is not None}
 
 
+def _compact(teacher: dict) -> dict:
+    """The teacher signal with numpy arrays, as records read from the store hold it: a shard's
+    records are buffered before they are written, and Python lists of a long response take about
+    200 bytes a token (256 responses of 10K tokens: 0.5 GB), these 16."""
+    return {**teacher, "token_ids": np.asarray(teacher["token_ids"], np.int32),
+            "offsets": np.asarray(teacher["offsets"], np.int32).reshape(-1, 2),
+            "logprobs": np.asarray(teacher["logprobs"], np.float32)}
+
+
+def _outcomes(shards: list[Path]) -> dict[str, str]:
+    """Record id -> which count it went to (``with_logprobs``, ``logprobs_mismatched`` or
+    ``logprobs_missing``), for the records of an import's shards already on disk."""
+    out: dict[str, str] = {}
+    for path in shards:
+        t = columnar.read_table(path, columnar.KINDS["sample"], ["id", "teacher_logprob_mode", "extra"])
+        for rid, mode, extra in zip(*(t[c].to_pylist() for c in ("id", "teacher_logprob_mode", "extra"))):
+            if mode != "missing":
+                out[rid] = "with_logprobs"
+            else:
+                out[rid] = "logprobs_mismatched" if "teacher_mismatch" in json.loads(extra or "{}") else "logprobs_missing"
+    return out
+
+
 def run_import(cfg, store: RunStore | None = None) -> dict:
     """Import ``cfg.import_.source`` into ``RUN/sample``, unless the pool holds this import already
     (module docstring); return counts."""
@@ -136,24 +164,33 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     if done.get("import_key") == key and sorted([p.name, p.stat().st_size] for p in mine) == done.get("shards"):
         log.info(f"pool {pool}: up to date (the same sources, settings and teacher tokenizer); nothing to do")
         return done["counts"]
+    # open the companion, the tokenizer and the source before removing anything: a path mistyped
+    # fails here and leaves the pool's earlier import in place
+    index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
+    tokenizer = _teacher_tokenizer(cfg) if index is not None else None
+    rows = iter_rows(ic.source)
+    rows = itertools.chain([next(rows)], rows)  # an empty or unreadable source is an InputError now
+    mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     store.begin_stage("import", stage_cfg)  # from here until it ends, later stages refuse to read the pools
     stale = [p for p, k in mine.items() if k != key]
-    first = max((int(p.stem.rsplit("-", 1)[1]) + 1 for p in stale), default=0)  # new shards get new names
+    # new shards get new names, after those of the last finished import too (an interrupted
+    # re-import may have removed them already), so later stages see that the pool changed
+    first = max([int(Path(n).stem.rsplit("-", 1)[1]) + 1 for n, _ in done.get("shards") or []]
+                + [int(p.stem.rsplit("-", 1)[1]) + 1 for p in stale], default=0)
     for p in stale:
         p.unlink()
     gone = store.drop_records(STAGE, "rejects", lambda r: r.get("import_pool") == pool and r.get("import_key") != key)
     if stale or gone:
         log.info(f"pool {pool}: {len(stale)} shard(s) and {gone} reject(s) of an earlier import with other sources, "
                  "settings or teacher tokenizer removed; importing again")
-    index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
-    tokenizer = _teacher_tokenizer(cfg) if index is not None else None
-    mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
+    resumed = _outcomes([p for p, k in mine.items() if k == key])
     rejects: list[dict] = list(index.bad) if index else []
+    n_companion_bad = len(rejects)  # the source's own rejects follow
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
     with store.writer(STAGE, PROMPTS) as pw, \
             store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256, first=first) as sw:
-        for where, raw in iter_rows(ic.source):
+        for where, raw in rows:
             counts["read"] += 1
             if isinstance(raw, BadLine):
                 rejects.append(raw.to_record())
@@ -174,6 +211,13 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
                 continue
             seen_uuids.add(uuid)
+            rid = content_id("import", ic.model, uuid)
+            if rid in resumed:  # on disk from an interrupted run of this import: not read or aligned again
+                pw.add(prompt)
+                counts["imported"] += 1
+                if index is not None and row is not None:
+                    counts[resumed[rid]] += 1
+                continue
             teacher = {"offsets": [], "logprobs": [], "logprob_mode": "missing"}
             if index is not None and row is not None:
                 hit = index.get(uuid)
@@ -187,12 +231,12 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                         log.warning(f"{where}: log-probs do not fit the text: {got.reason}")
                 elif isinstance(got, Aligned):
                     counts["with_logprobs"] += 1
-                    teacher = got.teacher(mode)
+                    teacher = _compact(got.teacher(mode))
                     extra = {**extra, "teacher_covers": teacher.pop("covers")}  # the columnar teacher signal holds arrays only
             pw.add(prompt)
             sw.add(
                 {
-                    "id": content_id("import", ic.model, uuid), "source_id": uuid, "prompt_id": prompt["id"],
+                    "id": rid, "source_id": uuid, "prompt_id": prompt["id"],
                     "model": ic.model, "temperature": ic.temperature, "top_p": ic.top_p, "seed": 0, "index": 0,
                     "text": text, "finish_reason": raw.get("finish_reason") or "stop", "teacher": teacher, **extra,
                     "import_key": key,
@@ -202,13 +246,13 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     if index is not None:
         orphans = set(index.keys()) - seen_uuids
         for uuid in sorted(orphans):
-            rejects.append({"where": f"{ic.logprobs}", "reason": f"log-prob row for unknown sample_uuid {uuid!r}"})
+            rejects.append({"where": index.where(uuid), "reason": f"log-prob row for unknown sample_uuid {uuid!r}"})
         counts["logprob_orphans"] = len(orphans)
     counts["rejected"] = len(rejects)
     if rejects:
         store.write_rejects(STAGE, [{**r, "import_pool": pool, "import_key": key} for r in rejects])
     if counts["read"] and not counts["imported"]:  # the stage stays unfinished: later stages refuse the pool
-        example = next((r for r in rejects if r.get("where") != ic.logprobs), rejects[0])
+        example = rejects[n_companion_bad]  # every row read was rejected: its first one
         raise InputError(f"{ic.source}: every one of its {counts['read']} row(s) was rejected with import.format "
                          f"{ic.format!r} (the first, {example.get('where', '?')}: {example.get('reason', '?')}); "
                          f"see {store.root / STAGE}/rejects-*.jsonl")
