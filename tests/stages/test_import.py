@@ -21,7 +21,7 @@ def jsonl(path, rows):
 END, START, CHANNEL, MESSAGE, RETURN = 200007, 200006, 200005, 200008, 200002
 
 
-def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_dir):
+def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_dir, caplog):
     """The import stage on release-shaped rows: reasoning-only ids, ids with the final channel, ids of
     another text, a missing row, an orphan, a bad line; meta as a JSON string; the source domain kept."""
     tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
@@ -50,6 +50,7 @@ def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_d
                              "import.temperature=0.6", f"teacher.model={o200k_harmony_dir}"])
     counts = run_import(cfg)
     assert counts["imported"] == 4 and counts["with_logprobs"] == 2
+    assert f"{data}:5: its log-probs ({lp}:3) do not fit the text: reasoning body differs" in caplog.text
     assert counts["logprobs_missing"] == 1 and counts["logprobs_mismatched"] == 1 and counts["logprob_orphans"] == 1
     store = RunStore.open(tmp_path / "run")
     samples = {s["source_id"]: s for s in store.read("sample", "pool-T0.6")}

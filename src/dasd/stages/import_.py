@@ -228,7 +228,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     counts["logprobs_mismatched"] += 1
                     extra = {**extra, "teacher_mismatch": got.reason}
                     if counts["logprobs_mismatched"] <= MAX_LOGGED_MISMATCHES:
-                        log.warning(f"{where}: log-probs do not fit the text: {got.reason}")
+                        log.warning(f"{where}: its log-probs ({hit[0]}) do not fit the text: {got.reason}")
                 elif isinstance(got, Aligned):
                     counts["with_logprobs"] += 1
                     teacher = _compact(got.teacher(mode))
