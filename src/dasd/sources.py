@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd.errors import InputError
-from dasd.jsonl import MAX_RECORD_BYTES, PARQUET_MAGIC, BadLine, iter_jsonl, open_jsonl
+from dasd.jsonl import MAX_RECORD_BYTES, PARQUET_MAGIC, BadLine, iter_jsonl, open_jsonl, reject_constant
 from dasd.rules.source_spec import (  # noqa: F401 (re-exported: the spec is part of this module's API)
     HUB_PREFIX,
     HubSource,
@@ -168,8 +168,7 @@ class KeyedRows:
     """Rows of a source looked up by a key column, with only an index in memory (module doc).
 
     ``bad`` lists rows that cannot be indexed (no string key, a duplicate key, a line that is not a
-    JSON object) as ``{"where", "reason"}``; the first row of a key wins. A JSONL row's values are
-    not judged here: ``NaN`` in one is read as Python's json reads it (as Parquet can hold it).
+    JSON object) as ``{"where", "reason"}``; the first row of a key wins.
     """
 
     def __init__(self, spec: str | Path | Source, key: str, cache_dir: str | None = None):
@@ -235,8 +234,8 @@ class KeyedRows:
                 if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
-                try:  # NaN or Infinity in a row's values is judged where they are used (a log-prob: a mismatch)
-                    obj = json.loads(line)
+                try:
+                    obj = json.loads(line, parse_constant=reject_constant)
                 except (ValueError, UnicodeDecodeError) as e:
                     self.bad.append({"where": where, "reason": f"not valid JSON: {e}"})
                     continue
