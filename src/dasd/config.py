@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dasd.configbase import Seed, StrictModel, dump_config  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
@@ -36,7 +36,7 @@ from dasd.train.recipes import paper_stages
 class RunConfig(StrictModel):
     """A whole pipeline run. Each section is defined next to the rules it configures (see the imports)."""
 
-    run_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="where every stage writes")
+    run_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="where every stage writes (a leading ~ is the home folder)")
     seed: Seed = Field(0, description="global seed")
     teacher: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:teacher"))
     student: EngineConfig = Field(default_factory=lambda: EngineConfig(model="toy:student"))
@@ -51,6 +51,14 @@ class RunConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(_default_train({}, "toy:student")))
+
+    @field_validator("run_dir")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        """``~/runs/x`` is under the home folder, as in a shell: taken literally, every stage would
+        write into a folder named ``~`` of the working directory (and pyarrow, which expands ``~``,
+        would then find no shards where they were written)."""
+        return os.path.expanduser(v)
 
     @model_validator(mode="before")
     @classmethod

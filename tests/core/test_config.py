@@ -199,3 +199,14 @@ def test_eval_models_default_to_the_student_every_training_stage_and_the_teacher
     cfg = load_config(None, ["train.stages=[{name: warm, data: low, init: base}, {name: hot, data: high}]"])
     assert cfg.eval.models == ["student", "warm", "hot", "teacher"]
     assert load_config(None, ["train.stages=[{name: warm, data: low, init: base}]", "eval.models=[warm]"]).eval.models == ["warm"]
+
+
+def test_a_run_dir_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    # taken literally, `run_dir: ~/runs/x` made a folder named '~' in the working directory, and the
+    # next stage (pyarrow expands '~') found no shards there: "corrupt run file"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    p = write(tmp_path, "run_dir: ~/runs/x\n")
+    assert load_config(p).run_dir == str(tmp_path / "home" / "runs" / "x")
+    assert load_config(None, ["run_dir=~/y"]).run_dir == str(tmp_path / "home" / "y")
+    assert load_config(None, ["run_dir=runs/~x"]).run_dir == "runs/~x"
+
