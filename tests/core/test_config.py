@@ -210,3 +210,9 @@ def test_a_run_dir_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
     assert load_config(None, ["run_dir=~/y"]).run_dir == str(tmp_path / "home" / "y")
     assert load_config(None, ["run_dir=runs/~x"]).run_dir == "runs/~x"
 
+
+def test_temperatures_that_share_a_pool_name_are_refused():
+    # pools are named T{t:g}: 0.6 and 0.6000001 would both write into T0.6, one pool of two temperatures
+    with pytest.raises(ConfigError, match=r"sample.temperatures: .*first 6 significant digits.*'T0.6', 'T0.6'"):
+        load_config(None, ["sample.temperatures=[0.6, 0.6000001]"])
+    assert load_config(None, ["sample.temperatures=[0.6, 0.60001]"]).sample.temperatures == [0.6, 0.60001]

@@ -30,6 +30,9 @@ class SampleConfig(StrictModel):
             raise ValueError("temperatures must be >= 0")
         if len(set(v)) != len(v):
             raise ValueError("temperatures must be distinct")
+        names = [f"T{t:g}" for t in v]  # dasd.runs.pool_name: each temperature's pool
+        if len(set(names)) != len(names):  # 0.6 and 0.6000001 would write into one pool, T0.6
+            raise ValueError(f"temperatures must differ in their first 6 significant digits (pools {names})")
         return v
 
 
