@@ -140,3 +140,13 @@ def test_student_parameters_are_counted_from_a_local_model():
     model = AutoModelForCausalLM.from_pretrained(resolve_model("toy:student"))
     assert count_params("toy:student") == sum(p.numel() for p in model.parameters())
     assert count_params("Qwen/Qwen3-4B-Instruct-2507") is None  # a hub name: the 4e9 default applies
+
+
+def test_mix_draws_each_question_once_though_every_pool_holds_it():
+    # the demo samples its 200 toy prompts at both temperatures; dasd mix draws one response per
+    # question (draw_questions), so mix.n_questions=1000 means 200 rollouts, not 400 (one per pool)
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert cfg.mix.n_questions >= 2 * cfg.data.toy.n_train
+    rows = by_stage(plan(cfg))
+    assert rows["mix rollouts"].requests == cfg.data.toy.n_train
+    assert rows["mix continue"].requests == round(cfg.data.toy.n_train * Assumptions().mix_cutoff)

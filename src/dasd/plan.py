@@ -218,7 +218,9 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
     pools = {_pool(t): selected[t] for t in temps} | {"low": selected[min(temps)], "high": selected[max(temps)]}
     mixed = 0.0
     if any(s.data in ("mixed", "mixed+replay") for s in cfg.train.stages):
-        q = min(cfg.mix.n_questions, sum(selected.values()))
+        # draw_questions takes one response per question, and every pool holds the same questions
+        # (sample asks each prompt at every temperature): the largest pool has them all
+        q = min(cfg.mix.n_questions, max(selected.values()))
         cap = cfg.mix.length_multiple * resp
         roll = q * ((1 - a.mix_cutoff) * resp + a.mix_cutoff * cap)
         rows.append(Row("mix rollouts", "student", round(q), q * pr + roll, roll * a.text_bytes_per_token * gb,
