@@ -38,3 +38,22 @@ def test_models_inside_a_run_are_named_relative_to_it(tmp_path):
     assert model_key(a, str(a.root / "train" / "stage2_high" / "final")) == "run:train/stage2_high/final"
     assert model_key(a, str(b.root / "train" / "stage2_high" / "final")) == str(b.root / "train" / "stage2_high" / "final")
     assert model_key(a, "/models/Qwen3-4B") == "/models/Qwen3-4B"
+
+
+def test_train_before_select_says_to_run_select(tmp_path):
+    # `dasd train` on a run where select never ran said "data 'low' is neither a named pool nor an
+    # existing file" (and left train marked as begun); a stage whose data is a file needs no select
+    from dasd.stages.train import run_train
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"])
+    store = RunStore(cfg.run_dir)
+    with pytest.raises(DasdError, match=r"stage 'select' has not run in this run directory, so `dasd train` has "
+                                        r"nothing to read; run `dasd select` first"):
+        run_train(cfg, store)
+    assert not store.stage_info("train")
+    data = tmp_path / "ex.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}\n')
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"train.stages=[{{name: s, data: '{data}', init: base, "
+                             "max_steps: 1}]", "train.save_every=0"])
+    (res,) = run_train(cfg, store)
+    assert res["name"] == "s" and res["steps"] == 1 and res["examples"] == 1

@@ -21,9 +21,10 @@ and finished stages are skipped on a re-run, interrupted ones resumed. Under a m
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dasd.log import logger
-from dasd.runs import named_pools, pool_name, resolve_model
+from dasd.runs import named_pools, pool_name, require_ran, resolve_model
 from dasd.store import RunStore
 
 STAGE = "train"
@@ -46,6 +47,8 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
     if stages is not None:
         keep = [s for s in tcfg.stages if s.name in stages]
         tcfg = tcfg.model_copy(update={"stages": keep})
+    if any(not s.optional and not Path(s.data).exists() for s in tcfg.stages):  # a named pool: select's output
+        require_ran(store, ("select",), STAGE)
     if main:
         store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
     results = run_training(tcfg, store.root / STAGE, named_pools(cfg, store), on_step=on_step,
