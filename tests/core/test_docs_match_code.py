@@ -210,6 +210,21 @@ def test_the_readme_shows_the_verbs():
     assert {"run", "sample", "select", "report", "config", "grade", "import", "toy", "plan", "export"} <= shown
 
 
+def test_the_readme_shows_how_dasd_run_ends():
+    # the demo's output block in the README: the closing lines of `dasd run` (pipeline.closing_lines),
+    # its last line included
+    from dasd.config import load_config
+    from dasd.pipeline import closing_lines
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    lines = closing_lines(cfg, {"eval": {}, "report": "runs/demo/report.html", "seconds": 133.0,
+                                "run_dir": "runs/demo"}).strip().splitlines()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```\n(.*?)```", readme, re.S) if b.startswith(lines[0]))
+    assert block.splitlines()[1] == lines[1]  # the table's header
+    assert block.splitlines()[-2:] == lines[-2:]
+
+
 # -- make targets and files ------------------------------------------------------------------------
 
 
