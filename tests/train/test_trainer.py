@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,30 @@ def test_a_stage_finished_when_its_base_counted_by_path_is_still_skipped(tiny_lm
     steps = []
     (again,) = run_training(cfg, tmp_path / "run", {"pool": _pool()}, on_step=steps.append)
     assert steps == [] and again["fingerprint"] == old
+
+
+def test_an_init_model_that_cannot_be_loaded_is_one_line_naming_the_key(tiny_lm_dir, tmp_path):
+    # a missing directory, a hub id that is not there (offline), a folder without a tokenizer, a
+    # tokenizer without the weights: each was a transformers traceback
+    import shutil
+
+    with pytest.raises(ValueError, match="base_model"):
+        _cfg("")
+    no_weights = tmp_path / "tokenizer-only"
+    shutil.copytree(tiny_lm_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    for base, where, why in [
+        (str(tmp_path / "none"), "train.base_model", "no such directory"),
+        ("nobody/no-such-model", "train.base_model", "couldn't"),
+        (str(tmp_path), "train.base_model", ""),
+        (str(no_weights), "train.base_model", ""),
+    ]:
+        what = "the model" if base == str(no_weights) else "a tokenizer"
+        with pytest.raises(ConfigError, match=rf"^stage 's1': cannot load {what} from '{re.escape(base)}' "
+                                              rf"\({where}\): .*{why}") as e:
+            run_training(_cfg(base), tmp_path / "out", {"pool": _pool()})
+        assert "\n" not in str(e.value)
+    cfg = _cfg(tiny_lm_dir, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 1},
+                                    {"name": "s2", "data": "pool", "init": str(tmp_path / "none"), "max_steps": 1}])
+    with pytest.raises(ConfigError, match=r"^stage 's2': cannot load a tokenizer from .* \(train.stages 's2' init\): "
+                                          r"no such directory"):
+        run_training(cfg, tmp_path / "out2", {"pool": _pool()})

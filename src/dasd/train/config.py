@@ -79,7 +79,7 @@ class PushConfig(StrictModel):
 class TrainConfig(StrictModel):
     """The SFT recipe: model, optimiser, schedule, batch geometry, checkpointing and the stage list."""
 
-    base_model: str = Field(description="Path (or hub id when online) of the student base model in transformers format.")
+    base_model: str = Field(min_length=1, pattern=r"\S", description="Path (or hub id when online) of the student base model in transformers format.")
     stages: list[StageConfig] = Field(min_length=1, description="Stages run in order.")
     context: int = Field(default=65536, ge=8, description="Max tokens of one packed sequence; longer examples are dropped (counted).")
     packing: bool = Field(default=True, description="Pack several examples per sequence (attention kept inside each); "

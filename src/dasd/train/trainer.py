@@ -158,7 +158,10 @@ class StageTrainer:
         from transformers import AutoTokenizer
 
         cfg, acc = self.cfg, self.acc
-        self.tokenizer = AutoTokenizer.from_pretrained(self.init)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.init)
+        except (OSError, ValueError) as err:  # not a model directory, or a hub id that is not there (offline)
+            raise self._init_error("a tokenizer", err) from None
         if self.tokenizer.chat_template is None:
             raise ConfigError(f"stage {self.stage.name!r}: the tokenizer of {self.init} has no chat template")
         tok = self.tokenizer
@@ -171,6 +174,15 @@ class StageTrainer:
         self.init_version = model_version(str(self.init))
         self.fp = ckpt.fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir, self.init_version)
         self.fp_by_path = ckpt.path_fingerprint(cfg, self.stage, self.init, self.sd, acc.num_processes, self.dir)
+
+    def _init_error(self, what: str, err: Exception) -> ConfigError:
+        """One line: which model could not be loaded, the config key that named it, and why."""
+        key = {"base": "train.base_model", "previous": "the previous stage's final model"}.get(
+            self.stage.init, f"train.stages {self.stage.name!r} init")
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if self.init.startswith(("/", ".", "~")) and not Path(self.init).is_dir():
+            why = "no such directory"  # transformers would say it is not a valid hub id
+        return ConfigError(f"stage {self.stage.name!r}: cannot load {what} from {self.init!r} ({key}): {why}")
 
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is true on any process (every process gets the same answer)."""
@@ -185,8 +197,11 @@ class StageTrainer:
 
         cfg = self.cfg
         set_seed(self.seed)
-        lm = AutoModelForCausalLM.from_pretrained(self.init, dtype=torch.float32,
-                                                  attn_implementation=cfg.attn_implementation)
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(self.init, dtype=torch.float32,
+                                                      attn_implementation=cfg.attn_implementation)
+        except OSError as err:  # a tokenizer without the weights
+            raise self._init_error("the model", err) from None
         if cfg.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.config.use_cache = False
