@@ -21,5 +21,7 @@ at load time rather than as a crash in the middle of a stage."""
 
 
 def dump_config(cfg: BaseModel) -> dict:
-    """A config as plain JSON data (stored in the manifest; its hash decides whether a stage is done)."""
-    return cfg.model_dump(mode="json")
+    """A config as plain JSON data (stored in the manifest; its hash decides whether a stage is done),
+    keys as a config file spells them (``import``, not the field name ``import_``), so that what
+    `dasd config show` prints loads back."""
+    return cfg.model_dump(mode="json", by_alias=True)

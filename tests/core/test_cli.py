@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 VERBS = ["sample", "import", "filter", "score", "select", "train", "mix", "eval", "grade", "analyze",
          "report", "run", "demo", "toy", "export"]
@@ -81,3 +84,16 @@ def test_every_stage_verb_comes_from_the_registry():
     r = dasd("--help")
     for stage in registry.STAGES:
         assert f"\n  {stage.name} " in r.stdout, stage.name
+
+
+def test_what_config_show_prints_loads_back_as_the_same_config(tmp_path):
+    # it printed the field name `import_:`, which a config file cannot use ("unknown key 'import_'")
+    from dasd.config import load_config
+
+    shown = tmp_path / "shown.yaml"
+    r = dasd("config", "show", "configs/demo.yaml", "import.temperature=0.6", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "\nimport:\n" in r.stdout and "import_" not in r.stdout
+    shown.write_text(r.stdout, encoding="utf-8")
+    assert load_config(shown) == load_config(ROOT / "configs" / "demo.yaml", ["import.temperature=0.6"])
+    assert load_config(shown).import_.temperature == 0.6
