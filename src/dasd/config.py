@@ -63,8 +63,10 @@ class RunConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_models(cls, data):
-        """A teacher/student section without `model` means the toy world's model."""
+        """An empty section (``sample:`` with every key commented out: null) means its defaults; a
+        teacher/student section without `model` means the toy world's model."""
         if isinstance(data, dict):
+            data = {k: {} if v is None and k in _SECTIONS else v for k, v in data.items()}
             for role in ("teacher", "student"):
                 if isinstance(data.get(role), dict) and "model" not in data[role]:
                     data = {**data, role: {**data[role], "model": f"toy:{role}"}}
@@ -74,6 +76,11 @@ class RunConfig(StrictModel):
                 data = {**data, "train": _default_train(train, student or "toy:student")}
                 data = _default_eval_models(data)
         return data
+
+
+_SECTIONS = {f.alias or name for name, f in RunConfig.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+"""The keys of RunConfig's sections (``import``, not ``import_``)."""
 
 
 def did_you_mean(word: str, options: list[str]) -> str:

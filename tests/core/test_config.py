@@ -216,3 +216,12 @@ def test_temperatures_that_share_a_pool_name_are_refused():
     with pytest.raises(ConfigError, match=r"sample.temperatures: .*first 6 significant digits.*'T0.6', 'T0.6'"):
         load_config(None, ["sample.temperatures=[0.6, 0.6000001]"])
     assert load_config(None, ["sample.temperatures=[0.6, 0.60001]"]).sample.temperatures == [0.6, 0.60001]
+
+
+def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path):
+    # `sample:` followed only by comments is null in YAML: it was "sample: Input should be a valid
+    # dictionary" while `train:` and `eval:` left empty were already their defaults
+    p = write(tmp_path, "sample:\n  # k: 8\nteacher:\nimport:\ntrain:\neval:\n")
+    assert load_config(p) == load_config(None)
+    with pytest.raises(ConfigError, match=r"c.yaml:1: run_dir: Input should be a valid string \(got None\)"):
+        load_config(write(tmp_path, "run_dir:\n"))
