@@ -154,18 +154,32 @@ def _default_train(section: dict, student_model: str) -> dict:
 
 
 def set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    """Set ``a.b.c`` of ``tree`` to ``value``; a number is an item of a list the tree holds
+    (``eval.benchmarks.0.limit``), as error messages name it."""
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(f"{source}: bad override key {dotted!r}")
-    node = tree
-    for i, k in enumerate(keys[:-1]):
-        nxt = node.get(k)
+    node: Any = tree
+    for i, k in enumerate(keys):
+        here = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[:i])} is a list of {len(node)} "
+                                  f"item(s), numbered from 0")
+            k = int(k)
+        if i == len(keys) - 1:
+            node[k] = value
+            return
+        nxt = node[k] if isinstance(node, list) else node.get(k)
+        if nxt is None and keys[i + 1].isdigit():
+            raise ConfigError(f"{source}: cannot set {dotted!r}: {here} is not given in the config file, so it has no "
+                              f"item {keys[i + 1]} to change; give the whole list ({here}=[...]; `dasd config show` "
+                              "prints its default)")
         if nxt is None:
             nxt = node[k] = {}
-        elif not isinstance(nxt, dict):
-            raise ConfigError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
+        elif not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"{source}: cannot set {dotted!r}: {here} is not a section")
         node = nxt
-    node[keys[-1]] = value
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -340,7 +354,9 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> st
     if not prefix:
         lines += ["# Config reference", "",
                   "Generated from the pydantic models by `python -m dasd.config` (a test keeps it in sync).",
-                  "Override any key on the command line: `dasd sample -c configs/demo.yaml sample.k=2`.", ""]
+                  "Override any key on the command line: `dasd sample -c configs/demo.yaml sample.k=2`; an item of a",
+                  "list the file gives, by its number from 0: `dasd eval -c configs/demo.yaml eval.benchmarks.0.limit=10`.",
+                  ""]
     simple = []
     nested = []
     for name, field in model.model_fields.items():

@@ -225,3 +225,21 @@ def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path):
     assert load_config(p) == load_config(None)
     with pytest.raises(ConfigError, match=r"c.yaml:1: run_dir: Input should be a valid string \(got None\)"):
         load_config(write(tmp_path, "run_dir:\n"))
+
+
+def test_an_override_sets_an_item_of_a_list_by_its_number(tmp_path):
+    # error messages name list items by number (train.stages.0.lr); an override spelt the same way
+    # was "train.stages: Input should be a valid list" (the number became a key of a new mapping)
+    p = write(tmp_path, "eval:\n  benchmarks:\n    - {name: a, format: toy, limit: 5}\n    - {name: b, format: toy}\n")
+    cfg = load_config(p, ["eval.benchmarks.1.limit=7", "sample.temperatures=[0.6, 1.0]", "sample.temperatures.1=0.9"])
+    assert [b.limit for b in cfg.eval.benchmarks] == [5, 7] and cfg.sample.temperatures == [0.6, 0.9]
+    with pytest.raises(ConfigError, match=r"^override eval.benchmarks.1.limit=0: eval.benchmarks.1.limit: Input should "
+                                          r"be greater than or equal to 1 \(got 0\)$"):
+        load_config(p, ["eval.benchmarks.1.limit=0"])
+    for key in ("eval.benchmarks.2.limit", "eval.benchmarks.x"):
+        with pytest.raises(ConfigError, match=rf"^override {key}=1: cannot set '{key}': eval.benchmarks is a list of "
+                                              r"2 item\(s\), numbered from 0$"):
+            load_config(p, [f"{key}=1"])
+    with pytest.raises(ConfigError, match=r"train.stages is not given in the config file, so it has no item 0 to "
+                                          r"change; give the whole list"):
+        load_config(p, ["train.stages.0.epochs=2"])

@@ -141,6 +141,8 @@ def config_key_exists(dotted: str) -> bool:
     """Whether ``dotted`` names a field of RunConfig (through nested models, lists and optionals)."""
     model: typing.Any = RunConfig
     for part in dotted.split("."):
+        if part.isdigit():  # an item of a list (the model is already the item's)
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return False
         fields = {(f.alias or name): f for name, f in model.model_fields.items()}  # `import` is import_
