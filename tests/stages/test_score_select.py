@@ -164,6 +164,32 @@ def test_naturalness_baselines_same_budget(scored_run, tmp_path):
             assert s["naturalness"][key] == best[s["prompt_id"]]
 
 
+def test_local_naturalness_asked_for_after_scoring_is_added_to_every_record(scored_run, tmp_path):
+    """select.method=local_naturalness on a run scored without the local pass: select says to run
+    score (it raised a ValueError traceback), and score then scores every record again with it (it
+    resumed by id, kept the records without it and finished 'complete', so select still failed)."""
+    import shutil
+
+    from dasd.errors import DasdError
+
+    cfg, overrides, _, _ = scored_run
+    over = [*(o for o in overrides if not o.startswith("run_dir=")), f"run_dir={tmp_path / 'run'}",
+            "select.method=local_naturalness"]
+    lcfg = load_config(None, over)
+    shutil.copytree(cfg.run_dir, lcfg.run_dir)
+    with pytest.raises(DasdError, match=r"select.method local_naturalness needs .* run `dasd score` with the same "
+                                        r"settings first"):
+        run_select(lcfg)
+    store = RunStore.open(lcfg.run_dir)
+    n = {p: store.count("score", f"pool-{p}") for p in ("T0.6", "T1")}
+    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0} for p in n}
+    recs = [r for p in n for r in store.read("score", f"pool-{p}")]
+    assert len(recs) == sum(n.values()) and all("local" in r["naturalness"] for r in recs)
+    out = run_select(lcfg)
+    assert {p: out[p]["selected"]["n"] for p in out} == {"T0.6": 3, "T1": 3}  # m=1 per prompt
+    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0} for p in n}  # up to date now
+
+
 def test_finished_stages_are_not_redone_until_inputs_change(scored_run):
     cfg, _, funnel, counts = scored_run
     summary = run_select(cfg)

@@ -70,10 +70,15 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
                  "local_naturalness": local, "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
+    had_local = (store.stage_info(STAGE).get("config") or {}).get("local_naturalness", local)
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"), extra=cfg.teacher.model_dump(mode="json"),
                                    outputs=(SCORED + "-", "rejects"))
     if done is not None:
         return done
+    if local and not had_local:  # records resumed by id would lack it: score them all again
+        names = store.remove_outputs(STAGE, (SCORED + "-",))
+        log.info(f"local naturalness is wanted now and was not computed before: {len(names)} scored output(s) "
+                 "dropped, scored again")
     prompts = load_run_prompts(store)
     counts = {}
     for pool in pools(store, "filter", KEPT):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from dasd.columnar import REF, reference
+from dasd.errors import DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id, teacher_signal
@@ -79,6 +80,10 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     """
     store = store or RunStore(cfg.run_dir)
     sc: SelectConfig = cfg.select
+    if sc.method == "local_naturalness" and (store.stage_info("score").get("config") or {}).get("local_naturalness") is False:
+        raise DasdError(f"{store.root}: select.method local_naturalness needs the student's local naturalness, which "
+                        "the score stage did not compute; run `dasd score` with the same settings first (it adds it "
+                        "when select.method is local_naturalness, or with score.local_naturalness: always)")
     stage_cfg = {"select": sc.model_dump(), "das": cfg.das.model_dump()}
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "score"), extra={"graded": grade is not None})
     if done is not None:
