@@ -103,6 +103,16 @@ def unknown_eval_label(cfg: RunConfig) -> str | None:
     return None
 
 
+def unknown_replay_source(cfg: RunConfig) -> str | None:
+    """What is wrong with mix.replay.source, or None: it must name a selected pool of this run (a
+    misspelt one left stage 3 without its mixed+replay data, an optional stage then skipped)."""
+    pools = ["high", "low", *(f"T{t:g}" for t in cfg.sample.temperatures)]  # dasd.runs.pool_name
+    source = cfg.mix.replay.source
+    if source in pools:
+        return None
+    return f"{source!r} is not a selected pool of this run ({', '.join(pools)}){did_you_mean(source, pools)}"
+
+
 def toy_world_mismatch(cfg: RunConfig) -> tuple[tuple[str, ...], str] | None:
     """``(where, what)`` when the built-in toy models and the toy prompts or benchmarks of a config
     are from different toy worlds (e.g. the column world's models on chain-world problems, which they
@@ -293,6 +303,8 @@ def load_config(
         raise ConfigError(format_validation_error(e, model, source, lines, origins)) from None
     if isinstance(cfg, RunConfig) and (problem := unknown_eval_label(cfg)):
         raise ConfigError(f"{_origin(('eval', 'models'), source, lines, origins)}: eval.models: {problem}")
+    if isinstance(cfg, RunConfig) and (problem := unknown_replay_source(cfg)):
+        raise ConfigError(f"{_origin(('mix', 'replay', 'source'), source, lines, origins)}: mix.replay.source: {problem}")
     if isinstance(cfg, RunConfig) and (found := toy_world_mismatch(cfg)):
         loc, problem = found
         raise ConfigError(f"{_origin(loc, source, lines, origins)}: {'.'.join(loc)}: {problem}")

@@ -243,3 +243,16 @@ def test_an_override_sets_an_item_of_a_list_by_its_number(tmp_path):
     with pytest.raises(ConfigError, match=r"train.stages is not given in the config file, so it has no item 0 to "
                                           r"change; give the whole list"):
         load_config(p, ["train.stages.0.epochs=2"])
+
+
+def test_a_replay_source_that_is_no_pool_of_the_run_is_refused_at_load(tmp_path):
+    # a misspelt source left stage 3 without its mixed+replay data: one warning, then the optional
+    # stage was skipped and the run finished without it
+    p = write(tmp_path, "mix:\n  replay:\n    source: hihg\n")
+    with pytest.raises(ConfigError, match=r"^.*c.yaml:3: mix.replay.source: 'hihg' is not a selected pool of this run "
+                                          r"\(high, low, T0.6, T1\); did you mean 'high'\?$"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^override mix.replay.source=T0.7: mix.replay.source: 'T0.7'"):
+        load_config(None, ["mix.replay.source=T0.7"])
+    for ok in ("high", "low", "T0.6", "T1"):
+        assert load_config(None, [f"mix.replay.source={ok}"]).mix.replay.source == ok
