@@ -27,7 +27,7 @@ from dasd.rules.analysis import AnalyzeConfig
 from dasd.rules.das import DASConfig, ScoreConfig, SelectConfig
 from dasd.rules.importing import ImportConfig
 from dasd.rules.mixing import MixConfig
-from dasd.rules.sampling import SampleConfig
+from dasd.rules.sampling import SampleConfig, pool_name
 from dasd.text.filters import FilterConfig
 from dasd.train.config import TrainConfig
 from dasd.train.recipes import paper_stages
@@ -106,7 +106,7 @@ def unknown_eval_label(cfg: RunConfig) -> str | None:
 def unknown_replay_source(cfg: RunConfig) -> str | None:
     """What is wrong with mix.replay.source, or None: it must name a selected pool of this run (a
     misspelt one left stage 3 without its mixed+replay data, an optional stage then skipped)."""
-    pools = ["high", "low", *(f"T{t:g}" for t in cfg.sample.temperatures)]  # dasd.runs.pool_name
+    pools = ["high", "low", *(pool_name(t) for t in cfg.sample.temperatures)]
     source = cfg.mix.replay.source
     if source in pools:
         return None

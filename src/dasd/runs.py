@@ -24,6 +24,7 @@ from dasd.errors import ConfigError, DasdError, InputError
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
+from dasd.rules.sampling import pool_name
 from dasd.store import RunStore, config_hash
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
@@ -43,11 +44,6 @@ MIXED_POOLS = ("mixed", "mixed+replay")
 def output(prefix: str, pool: str) -> str:
     """The output name of ``pool`` under ``prefix``, e.g. ``output(KEPT, "T0.6") == "kept-T0.6"``."""
     return f"{prefix}-{pool}"
-
-
-def pool_name(temperature: float) -> str:
-    """The name of a temperature pool, e.g. ``T0.6``."""
-    return f"T{float(temperature):g}"
 
 
 def pool_temperature(pool: str) -> float:

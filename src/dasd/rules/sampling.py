@@ -12,6 +12,11 @@ from dasd.configbase import Seed, StrictModel
 from dasd.records import content_id
 
 
+def pool_name(temperature: float) -> str:
+    """The name of a temperature pool, e.g. ``T0.6`` (two temperatures with one name share a pool)."""
+    return f"T{float(temperature):g}"
+
+
 class SampleConfig(StrictModel):
     """Teacher sampling on a temperature schedule (docs/method.md#temperature-scheduled-learning)."""
 
@@ -30,7 +35,7 @@ class SampleConfig(StrictModel):
             raise ValueError("temperatures must be >= 0")
         if len(set(v)) != len(v):
             raise ValueError("temperatures must be distinct")
-        names = [f"T{t:g}" for t in v]  # dasd.runs.pool_name: each temperature's pool
+        names = [pool_name(t) for t in v]
         if len(set(names)) != len(names):  # 0.6 and 0.6000001 would write into one pool, T0.6
             raise ValueError(f"temperatures must differ in their first 6 significant digits (pools {names})")
         return v
