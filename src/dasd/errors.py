@@ -24,3 +24,9 @@ class OutputError(DasdError):
 
 class DiskFullError(DasdError):
     """A write failed for lack of space (or quota); the message names the file. Nothing is half-written."""
+
+
+class ContextLengthError(DasdError):
+    """A request longer than the model's context: its prompt (or prompt + continuation to score),
+    or, where the server counts it (vLLM, OpenAI), its prompt + ``max_tokens``. The request's own
+    fault rather than the run's: the sample stage quarantines such a prompt and goes on."""

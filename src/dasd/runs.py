@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dasd.columnar import kind_of, upstream_output
@@ -147,6 +149,22 @@ def record_faults(store: RunStore, stage: str, engines) -> dict:
                            f"{faults['seconds_lost']:.1f}s lost to them, {faults['nonfinite']} answer(s) with "
                            "non-finite log-probs")
     return faults
+
+
+@contextmanager
+def faults_kept(store: RunStore, stage: str, engines: Callable[[], Iterable]) -> Iterator[None]:
+    """Around a stage's work: when it fails (a DasdError, Ctrl-C, anything), what ``engines()`` (the
+    engines as they are then; a stage opens them lazily) counted is recorded (``record_faults``)
+    before the error goes on, so the retries and seconds lost before a failure reach the manifest.
+    A failure to record them is logged and does not replace the stage's own error."""
+    try:
+        yield
+    except BaseException:
+        try:
+            record_faults(store, stage, engines())
+        except Exception as err:  # noqa: BLE001 - the stage's own error is the one to report
+            logger(stage).warning(f"could not record the engines' faults: {type(err).__name__}: {err}")
+        raise
 
 
 def open_engine(cfg: EngineConfig):

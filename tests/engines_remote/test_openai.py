@@ -370,3 +370,176 @@ def test_answers_off_the_schema_are_one_line_errors(tiny_lm_dir):
     with _answers_with(tiny_lm_dir, {"content": "", "tokens": [("<|im_end|>", None, None)]}) as thread:
         with pytest.raises(DasdError, match=r"1 tokens but 0 numeric log-probs"):
             make_engine(openai_config(tiny_lm_dir, [thread.base_url])).generate(chat_requests(n_prompts=1, n=1))
+
+
+# ----------------------------------------------------------------------------- context-length refusals
+def _refuses_with(status: int, error: dict, long_from: int = 0):
+    """A loopback stand-in for vLLM's chat endpoint: a request whose first message is at least
+    ``long_from`` characters is answered ``status`` with ``{"error": error}``; a shorter one with a
+    one-token answer."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from dasd.engines.server import ServerThread
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        if len(body["messages"][0]["content"]) >= long_from:
+            return JSONResponse({"error": error}, status)
+        entry = {"token": "4", "logprob": -0.5, "top_logprobs": []}
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop",
+                             "logprobs": {"content": [entry]}}], "dasd_logprob_mode": "raw"}
+
+    class Plain:
+        pass
+
+    srv = Plain()
+    srv.app = app
+    return ServerThread(srv)
+
+
+VLLM_TOO_LONG = [  # what vLLM (several versions), OpenAI, SGLang and llama.cpp say when the prompt does not fit
+    {"message": "This model's maximum context length is 64 tokens. However, you requested 90 tokens (82 in the "
+                "messages, 8 in the completion). Please reduce the length of the messages or completion.",
+     "type": "BadRequestError", "code": 400},
+    {"message": "This model's maximum context length is 64 tokens. However, your request has 82 input tokens. Please "
+                "reduce the length of the input messages.", "type": "BadRequestError", "param": None, "code": 400},
+    {"message": "'max_tokens' or 'max_completion_tokens' is too large: 8. This model's maximum context length is 64 "
+                "tokens and your request has 60 input tokens (8 > 64 - 60).", "type": "BadRequestError", "code": 400},
+    {"message": "Your input is too long.", "type": "invalid_request_error", "code": "context_length_exceeded"},
+    {"message": "Input length (82 tokens) exceeds the maximum allowed length (64 tokens).", "code": 400},
+    {"message": "the request exceeds the available context size", "type": "exceed_context_size_error", "code": 400},
+]
+
+
+@pytest.mark.parametrize("error", VLLM_TOO_LONG)
+def test_a_context_length_refusal_is_a_per_request_outcome(tiny_lm_dir, error):
+    """A prompt the server refuses as longer than its context is a ContextLengthError naming the
+    request; with ``too_long``, generate_iter hands it over once and samples the other requests."""
+    from dasd.errors import ContextLengthError
+
+    reqs = chat_requests(n_prompts=3, n=3, max_tokens=8)
+    reqs[1].messages = [{"role": "user", "content": "Compute 3 + 4 then times 2. " * 10}]
+    with _refuses_with(400, error, long_from=200) as thread:
+        eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url]))
+        with pytest.raises(ContextLengthError, match=r"request 'p1' sample \d: .*HTTP 400: " + re.escape(error["message"][:30])):
+            eng.generate(reqs)
+        refused: list = []
+        got = sorted((r, g.index) for r, g in eng.generate_iter(reqs, too_long=lambda r, err: refused.append((r, err))))
+    assert got == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2)]
+    assert [r for r, _ in refused] == [1] and isinstance(refused[0][1], ContextLengthError)
+    assert error["message"] in str(refused[0][1])
+    assert eng.stats["retries"] == 0
+
+
+@pytest.mark.parametrize("status, error", [
+    (400, {"message": "Invalid 'tools' format", "type": "invalid_request_error", "code": 400}),
+    (404, {"message": "The model `tiny` does not exist.", "type": "NotFoundError", "code": 404}),
+    # max_tokens alone is not below the context: no prompt could fit, the config is at fault
+    (400, {"message": "This model's maximum context length is 8 tokens. However, you requested 40 tokens (32 in the "
+                      "messages, 8 in the completion).", "type": "BadRequestError", "code": 400}),
+])
+def test_other_client_errors_still_end_the_call(tiny_lm_dir, status, error):
+    from dasd.errors import ContextLengthError
+
+    reqs = chat_requests(n_prompts=2, n=1, max_tokens=8)
+    with _refuses_with(status, error) as thread:
+        eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url]))
+        with pytest.raises(DasdError, match=rf"HTTP {status}: " + re.escape(error["message"][:30])) as caught:
+            list(eng.generate_iter(reqs, too_long=lambda r, err: pytest.fail(f"request {r} taken as too long")))
+    assert not isinstance(caught.value, ContextLengthError)
+    if "maximum context length is 8" in error["message"]:
+        assert "max_tokens 8 leaves no room for any prompt in the server's context of 8 tokens" in str(caught.value)
+
+
+def test_dasd_server_says_context_length_exceeded(serve, tiny_lm_dir):
+    """dasd's own server answers a prompt longer than its engine's context with OpenAI's code
+    ``context_length_exceeded``, so its client can tell it from other 400s."""
+    import httpx
+
+    from dasd.errors import ContextLengthError
+
+    short = make_engine(EngineConfig_hf(tiny_lm_dir, max_model_len=100))
+    long_msg = [{"role": "user", "content": "Compute 3 + 4 then times 2. " * 6}]
+    with serve(engine=short) as srv:
+        resp = httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": long_msg, "max_tokens": 4})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+        assert "max_model_len is 100" in resp.json()["error"]["message"]
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url]))
+        with pytest.raises(ContextLengthError, match=r"request 's' sample 0: .*HTTP 400: .*prompt has \d+ tokens, max_model_len is 100"):
+            eng.generate([GenerateRequest(id="s", messages=long_msg, max_tokens=4)])
+        with pytest.raises(ContextLengthError, match=r"score request 'c': .*HTTP 400: .*max_model_len is 100"):
+            eng.score([ScoreRequest(id="c", messages=[{"role": "user", "content": "Hi."}], continuation="7 " * 120)])
+        resp = httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": long_msg, "max_tokens": "x"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == 400  # other 400s keep their status as code
+
+
+def EngineConfig_hf(model_dir, **kw):
+    from dasd.engines import EngineConfig
+
+    return EngineConfig(model=model_dir, device="cpu", batch_size=8, **kw)
+
+
+def test_echo_scoring_refuses_more_log_probs_than_tokens(tiny_lm_dir):
+    """An echo answer with more log-probs than the prompt has tokens scored another text: an error
+    naming the request, not its tail sliced off."""
+    from fastapi import FastAPI
+
+    from dasd.engines.server import ServerThread
+
+    app = FastAPI()
+    extra = {"n": 2}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        n = len(body["prompt"]) + extra["n"]
+        return {"choices": [{"index": 0, "text": "", "logprobs": {"token_logprobs": [None] + [-0.5] * (n - 1)}}]}
+
+    class Plain:
+        pass
+
+    srv = Plain()
+    srv.app = app
+    req = ScoreRequest(id="s", messages=[{"role": "user", "content": "Hi."}], continuation="Start at 3.")
+    with ServerThread(srv) as thread:
+        eng = make_engine(openai_config(tiny_lm_dir, [thread.base_url], score_api="echo"))
+        n = len(eng.context_ids(req.messages, None, "s")) + len(eng.encode(req.continuation))
+        with pytest.raises(DasdError, match=rf"score request 's': the server echoed {n + 2} log-probs for a prompt of "
+                                            rf"{n} tokens: it scored another text"):
+            eng.score([req])
+        extra["n"] = -1
+        with pytest.raises(DasdError, match=rf"echoed {n - 1} log-probs for a prompt of {n} tokens: they do not cover it"):
+            eng.score([req])
+        extra["n"] = 0
+        assert eng.score([req])[0].logprobs == [-0.5] * len(eng.encode(req.continuation))
+
+
+def test_server_refuses_malformed_fields_with_400s(serve):
+    """A string top_logprobs was a 500 the client retried until it gave up; a message without
+    content was accepted; a token-id prompt holding a string was refused without saying where."""
+    import httpx
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with serve() as srv:
+        def post(path, **body):
+            return httpx.post(srv.base_url + path, json={"model": "tiny", "max_tokens": 2, **body})
+
+        for value in ("3", 2.5, -1, True, 10**6):
+            resp = post("/chat/completions", messages=msgs, logprobs=True, top_logprobs=value)
+            assert resp.status_code == 400, resp.text
+            assert f"top_logprobs must be a whole number from 0 to the vocabulary size, got {value!r}" in resp.text
+        for messages, where in [([{"role": "system", "content": "Be brief."}, {"role": "user"}], "messages[1]"),
+                                ([{"role": "user", "content": None}], "messages[0]"),
+                                ([{"content": "hi"}], "messages[0]"), (["hi"], "messages[0]")]:
+            resp = post("/chat/completions", messages=messages)
+            assert resp.status_code == 400 and f"{where} must be an object with a string role and a string content" in resp.text
+        for prompt, where in [([5, "7", 9], "prompt[1]: a token-id prompt holds whole numbers only, got '7'"),
+                              ([5, 6.5], "prompt[1]: a token-id prompt holds whole numbers only, got 6.5"),
+                              ([None], "prompt[0]"), ([[5, 6], [7]], "prompt[0]")]:
+            resp = post("/completions", prompt=prompt)
+            assert resp.status_code == 400 and where in resp.json()["error"]["message"], resp.text
+        assert srv.engine_server.stats["requests"] == 0  # nothing reached the engine
+        ok = post("/chat/completions", messages=msgs, logprobs=True, top_logprobs=2)
+        assert ok.status_code == 200 and len(ok.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2

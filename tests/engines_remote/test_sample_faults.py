@@ -5,6 +5,7 @@ manifest, and resuming with a later temperature pool already complete works."""
 from __future__ import annotations
 
 import json
+import re
 
 from dasd.config import load_config
 from dasd.engines.server import Faults
@@ -84,3 +85,122 @@ def test_an_engine_handed_to_two_runs_counts_each_request_once(serve, tmp_path):
     assert first["retries"] > 0 and first["requests"] == 16 + first["retries"]
     assert second["requests"] == 8 + second["retries"]  # this run's requests only
     assert engine.stats["requests"] == first["requests"] + second["requests"]
+
+
+LONG = "Compute 3 + 4 then times 2. " * 6  # over 100 tokens with the tiny model's template
+
+
+def config_with(tmp_path, url, extra_rows=(), overrides=(), run="run"):
+    """``config`` with more prompt rows and overrides."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "prompt": f"Compute {i} + {i + 1}."} for i in range(4)] + list(extra_rows)
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_config(None, [
+        f"run_dir={tmp_path / run}", f"data.prompts={prompts}", "teacher.kind=openai", "teacher.model=tiny",
+        f"teacher.openai.base_urls=[{url}]", "teacher.openai.backoff_s=0.01", "teacher.openai.backoff_max_s=0.05",
+        "teacher.openai.max_retries=40", "teacher.openai.timeout_s=5.0",
+        "sample.k=2", "sample.max_tokens=8", "sample.temperatures=[0.6, 1.0]", *overrides,
+    ])
+
+
+def test_a_prompt_the_server_refuses_as_too_long_is_quarantined_and_the_rest_sampled(serve, tiny_lm_dir, tmp_path, capsys):
+    """vLLM answers 400 'maximum context length' for a prompt that does not fit: that prompt is
+    quarantined as too long (the server's words as the reason), the others are sampled, the stage
+    ends normally, and a rerun does not ask again until the teacher's context changed."""
+    from dasd.engines import EngineConfig, make_engine
+    from dasd.stages.sample import _context_key
+
+    short = make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", batch_size=8, max_model_len=100))
+    with serve(engine=short) as srv:
+        cfg = config_with(tmp_path, srv.base_url, [{"id": "long", "prompt": LONG}])
+        counts = run_sample(cfg)
+        assert counts["T0.6"]["samples"] == counts["T1"]["samples"] == 8  # the 4 short prompts, k=2
+        assert counts["T0.6"]["quarantined"] == counts["T0.6"]["refused_too_long"] == 1
+        assert counts["T1"]["quarantined"] == 0  # not asked again at the next temperature
+        store = RunStore.open(cfg.run_dir)
+        assert store.stage_info("sample")["complete"]
+        (rej,) = list(store.read("sample", "rejects"))
+        assert rej["id"] == "too-long-long" and rej["context"] == _context_key(cfg)
+        assert rej["reason"].startswith("the teacher's server refused it as longer than its context: request 'long' sample")
+        assert re.search(r"HTTP 400: .*prompt has \d+ tokens, max_model_len is 100", rej["reason"])
+        assert "1 prompt(s) refused by the teacher's server as longer than its context (e.g. long)" in capsys.readouterr().err
+        served = srv.engine_server.stats["requests"]
+        again = run_sample(cfg)
+        assert again["T0.6"]["new"] == again["T1"]["new"] == 0 and again["T0.6"]["quarantined"] == 0
+        assert srv.engine_server.stats["requests"] == served  # nothing asked again
+        assert RunStore.open(cfg.run_dir).count("sample", "rejects") == 1
+        # another max_tokens is another verdict for a server (it counts prompt + max_tokens): asked again
+        bigger = config_with(tmp_path, srv.base_url, [{"id": "long", "prompt": LONG}], ["sample.max_tokens=6"], run="run")
+        assert _context_key(bigger) != _context_key(cfg)
+        third = run_sample(bigger)
+    assert third["T0.6"]["refused_too_long"] == 1 and third["T0.6"]["samples"] == 8
+
+
+def test_any_other_client_error_still_stops_the_stage(serve, tmp_path):
+    """Only a context-length refusal is a prompt's fault: a 404 (wrong model name) stops the stage
+    with its one-line error and quarantines nothing."""
+    import pytest
+
+    from dasd.errors import DasdError
+
+    with serve() as srv:
+        cfg = config_with(tmp_path, srv.base_url, overrides=["teacher.model=nope"])
+        with pytest.raises(DasdError, match=r"request 'p\d' sample \d: .*HTTP 404: model 'nope' not served here"):
+            run_sample(cfg)
+    assert RunStore.open(cfg.run_dir).count("sample", "rejects") == 0
+
+
+def test_with_a_known_context_a_server_needs_room_for_max_tokens(serve, tiny_lm_dir, tmp_path):
+    """teacher.max_model_len with the openai kind: a prompt is too long when prompt + max_tokens
+    passes it (vLLM refuses that; the hf engine would only clip the generation), judged locally
+    without asking; max_tokens that leaves no room for any prompt is a config error."""
+    import pytest
+
+    from dasd.engines import make_engine
+    from dasd.errors import ConfigError
+
+    from .conftest import openai_config
+
+    tok = make_engine(openai_config(tiny_lm_dir, ["http://127.0.0.1:9/v1"]))
+
+    def n_tokens(text):  # as the stage builds the prompt: the default system turn, then the user's
+        msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
+        return len(tok.context_ids(msgs, None, "x"))
+
+    n_long = n_tokens("Compute 3 + 4 then times 2.")
+    n_short = max(n_tokens(f"Compute {i} + {i + 1}.") for i in range(4))
+    assert n_short < n_long
+    with serve() as srv:
+        over = [f"teacher.tokenizer={tiny_lm_dir}", f"teacher.max_model_len={n_long + 8 - 1}"]
+        cfg = config_with(tmp_path, srv.base_url, [{"id": "long", "prompt": "Compute 3 + 4 then times 2."}], over)
+        counts = run_sample(cfg)
+        served = srv.engine_server.stats["requests"]
+        with pytest.raises(ConfigError, match=r"sample.max_tokens \(8\) leaves no room for a prompt in teacher.max_model_len \(8\)"):
+            run_sample(config_with(tmp_path, srv.base_url, overrides=[f"teacher.tokenizer={tiny_lm_dir}",
+                                                                       "teacher.max_model_len=8"], run="run2"))
+    assert counts["T0.6"]["samples"] == 8 and counts["T0.6"]["quarantined"] == 1 and counts["T0.6"]["refused_too_long"] == 0
+    assert served == 16  # 4 prompts x k=2 x 2 temperatures: the long one was never sent
+    (rej,) = list(RunStore.open(cfg.run_dir).read("sample", "rejects"))
+    assert rej["reason"] == (f"prompt has {n_long} tokens, the teacher's context is {n_long + 7} (engine max_model_len) "
+                             "and the server counts the prompt + sample.max_tokens (8)")
+
+
+def test_a_failed_stage_keeps_its_retries_in_the_manifest(serve, tmp_path):
+    """Retries and seconds lost before a stage fails reach manifest.json (they were recorded only at
+    the end of a stage that finished); the stage's own error is the one raised."""
+    import random
+
+    import pytest
+
+    from dasd.errors import DasdError
+
+    assert random.Random(11).random() < 0.8  # the first request drawn is a 429
+    with serve(faults=Faults(rate_429=0.8, retry_after="0", seed=11)) as srv:
+        cfg = config_with(tmp_path, srv.base_url, overrides=["teacher.model=nope", "teacher.openai.concurrency=1"])
+        with pytest.raises(DasdError, match=r"HTTP 404: model 'nope' not served here"):
+            run_sample(cfg)
+        injected = srv.engine_server.faults.counts["429"]
+    info = RunStore.open(cfg.run_dir).stage_info("sample")
+    assert not info["complete"]
+    assert info["faults"]["retries"] == info["faults"]["by_kind"]["429"] == injected > 0
+    assert info["faults"]["requests"] == injected + 1 and info["faults"]["seconds_lost"] >= 0

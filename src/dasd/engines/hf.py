@@ -45,7 +45,7 @@ from dasd.engines.base import (
 )
 from dasd.engines.config import EngineConfig
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
-from dasd.errors import DasdError
+from dasd.errors import ContextLengthError, DasdError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -188,7 +188,7 @@ class HFEngine:
             max_new = req.max_tokens
             if self.max_len is not None:
                 if len(prompt) >= self.max_len:
-                    raise DasdError(
+                    raise ContextLengthError(
                         f"request {req.id!r}: prompt has {len(prompt)} tokens, max_model_len is "
                         f"{self.max_len}"
                     )
@@ -307,7 +307,7 @@ class HFEngine:
             ctx = self.context_ids(req.messages, req.prefix, req.id)
             cont = list(req.continuation_ids) if req.continuation_ids is not None else self.encode(req.continuation)
             if self.max_len is not None and len(ctx) + len(cont) > self.max_len:
-                raise DasdError(
+                raise ContextLengthError(
                     f"request {req.id!r}: context + continuation is {len(ctx) + len(cont)} tokens, "
                     f"max_model_len is {self.max_len}"
                 )

@@ -75,7 +75,7 @@ from dasd.engines.base import (
 )
 from dasd.engines.config import EngineConfig
 from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
-from dasd.errors import ConfigError, DasdError
+from dasd.errors import ConfigError, ContextLengthError, DasdError
 
 _HARMONY = re.compile(
     r"<\|channel\|>(?P<channel>\w+)[^<]*<\|message\|>(?P<text>.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|$)",
@@ -271,6 +271,10 @@ class OpenAIEngine:
     (``base.EngineStats``) counts requests, retries and retry causes.
     """
 
+    # A server refuses prompt + max_tokens past its context (vLLM, OpenAI): a prompt that fits
+    # ``max_len`` must leave room for ``max_tokens`` (``stages.sample._quarantine_long``).
+    reserves_max_tokens = True
+
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.opt = cfg.openai
@@ -304,21 +308,30 @@ class OpenAIEngine:
 
     # ------------------------------------------------------------------ public API
     def generate_iter(
-        self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None
+        self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None,
+        too_long: Callable[[int, ContextLengthError], None] | None = None,
     ) -> Iterator[tuple[int, Generation]]:
         """Yield ``(request_index, generation)`` for every sample as soon as it finishes.
 
         ``skip(request_index, sample_index)`` -> True leaves that sample out (already on disk).
         Order is completion order. A request that fails for good (a 4xx answer, retries used up)
         raises DasdError after the samples finished before it were yielded; closing the iterator
-        early cancels what is in flight.
+        early cancels what is in flight. ``too_long(request_index, error)``: when given, a request
+        the server refuses as longer than its context (``ContextLengthError``) is handed to it once,
+        its samples not yet sent are not asked, and the other requests go on.
         """
         jobs = []
         for r, req in enumerate(requests):
             for i in range(req.n):
                 if skip is None or not skip(r, i):
                     jobs.append(((r, i), lambda c, req=req, i=i: self._sample(c, req, i)))
-        for (r, _), gen in self._stream(jobs):
+        refused: set[int] = set()
+        for (r, _), gen in self._stream(jobs, soft=too_long is not None):
+            if isinstance(gen, ContextLengthError):
+                if r not in refused and too_long is not None:
+                    refused.add(r)
+                    too_long(r, gen)
+                continue
             yield r, gen
 
     def generate(
@@ -375,8 +388,11 @@ class OpenAIEngine:
         return build_context_ids(self.tokenizer, str(self.cfg.tokenizer or self.cfg.model), messages, prefix, rid)
 
     # ------------------------------------------------------------------ async machinery
-    def _stream(self, jobs: list) -> Iterator[tuple[Any, Any]]:
-        """Run ``jobs`` [(key, make(client) -> coroutine)] on an event loop in a thread; yield (key, result)."""
+    def _stream(self, jobs: list, soft: bool = False) -> Iterator[tuple[Any, Any]]:
+        """Run ``jobs`` [(key, make(client) -> coroutine)] on an event loop in a thread; yield (key, result).
+
+        ``soft`` (keys ``(request, sample)``): a ``ContextLengthError`` is yielded as the result
+        instead of ending the stream, and the request's jobs not yet started are dropped."""
         if not jobs:
             return
         import httpx
@@ -385,6 +401,8 @@ class OpenAIEngine:
         stop = threading.Event()
         width = min(self.opt.concurrency, len(jobs))
 
+        refused: set = set()  # requests refused as too long (soft)
+
         async def main() -> None:
             pending = collections.deque(jobs)
             limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
@@ -392,8 +410,18 @@ class OpenAIEngine:
                 async def worker() -> None:
                     while pending and not stop.is_set():
                         key, make = pending.popleft()
+                        if soft and key[0] in refused:
+                            continue
                         try:
                             res = await make(client)
+                        except ContextLengthError as err:
+                            if not soft:
+                                out.put(("error", err))
+                                stop.set()
+                                return
+                            refused.add(key[0])
+                            out.put(("ok", (key, err)))
+                            continue
                         except DasdError as err:
                             out.put(("error", err))
                             stop.set()
@@ -464,7 +492,8 @@ class OpenAIEngine:
                     if resp.status_code == 429 or resp.status_code >= 500:
                         kind = "429" if resp.status_code == 429 else "5xx"
                         raise _Retryable(kind, f"HTTP {resp.status_code}", _retry_after(resp.headers.get("retry-after")))
-                    raise DasdError(f"{what}: {base}{path} answered HTTP {resp.status_code}: {_message(resp)}")
+                    msg = f"{what}: {base}{path} answered HTTP {resp.status_code}: {_message(resp)}"
+                    raise _refusal(resp, body, msg)
                 except (asyncio.TimeoutError, httpx.TimeoutException):
                     raise _Retryable("timeout", f"timeout after {self.opt.timeout_s}s")
                 except httpx.TransportError as err:
@@ -607,8 +636,10 @@ class OpenAIEngine:
                     "logprobs": 0, **self.opt.extra_body}
             data = await self._post(client, "/completions", body, what)
             got = ((data.get("choices") or [{}])[0].get("logprobs") or {}).get("token_logprobs") or []
-            if len(got) < len(ctx) + len(cont):
-                raise DasdError(f"{what}: the echoed log-probs do not cover the prompt")
+            if len(got) != len(ctx) + len(cont):
+                raise DasdError(f"{what}: the server echoed {len(got)} log-probs for a prompt of {len(ctx) + len(cont)} "
+                                "tokens: " + ("they do not cover it" if len(got) < len(ctx) + len(cont) else
+                                              "it scored another text (max_tokens=0 was sent)"))
             lps = [float(x) for x in got[len(ctx) : len(ctx) + len(cont)]]
         mode = self.opt.logprob_mode
         if mode == "auto":
@@ -630,3 +661,35 @@ def _message(resp) -> str:
         return str(err.get("message") if isinstance(err, dict) else err)[:500]
     except (ValueError, AttributeError):
         return resp.text[:500]
+
+
+# A server's words for a request longer than the model's context: vLLM (every version: "This model's
+# maximum context length is N tokens. However, you requested M tokens (P in the messages, Q in the
+# completion)" / "your request has P input tokens", or "'max_tokens' ... is too large: Q. This model's
+# maximum context length is N tokens and your request has P input tokens"), OpenAI (the same words,
+# code context_length_exceeded), SGLang ("... exceeds the maximum allowed length"), llama.cpp
+# (type exceed_context_size_error).
+_TOO_LONG_CODES = {"context_length_exceeded", "exceed_context_size_error"}
+_TOO_LONG_WORDS = re.compile(r"maximum context length|exceeds the maximum allowed length|exceeds the available context size", re.I)
+_CONTEXT_IS = re.compile(r"maximum context length (?:is|of) (\d+)", re.I)
+
+
+def _refusal(resp, body: dict, msg: str) -> DasdError:
+    """The error for a 4xx answer: a ``ContextLengthError`` when the server says the request is longer
+    than its context and a shorter prompt would fit; else a plain DasdError (so is a context refusal
+    that no prompt could avoid: ``max_tokens`` not below the context is a config error, not a prompt's)."""
+    try:
+        err = resp.json().get("error")
+    except (ValueError, AttributeError):
+        err = None
+    err = err if isinstance(err, dict) else {}
+    text = str(err.get("message") or resp.text or "")
+    if not (str(err.get("code")) in _TOO_LONG_CODES or str(err.get("type")) in _TOO_LONG_CODES
+            or _TOO_LONG_WORDS.search(text)):
+        return DasdError(msg)
+    limit = _CONTEXT_IS.search(text)
+    max_tokens = body.get("max_tokens")
+    if limit and isinstance(max_tokens, int) and max_tokens >= int(limit[1]):
+        return DasdError(f"{msg} (max_tokens {max_tokens} leaves no room for any prompt in the server's "
+                         f"context of {limit[1]} tokens: lower max_tokens)")
+    return ContextLengthError(msg)

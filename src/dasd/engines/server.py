@@ -63,7 +63,7 @@ from typing import Any
 from fastapi import Request
 
 from dasd.engines.base import GenerateRequest, Generation, ScoreRequest
-from dasd.errors import DasdError
+from dasd.errors import ContextLengthError, DasdError
 
 
 @dataclass
@@ -107,7 +107,17 @@ class Faults:
 
 
 class _BadRequest(Exception):
-    pass
+    """A 400 answer; ``code`` is its ``error.code`` (``context_length_exceeded`` for a request longer
+    than the model's context, as OpenAI's API says; else the status)."""
+
+    def __init__(self, msg: str, code: str | int = 400):
+        super().__init__(msg)
+        self.code = code
+
+
+def _refusal(err: DasdError) -> _BadRequest:
+    """The 400 for an engine's refusal of one request."""
+    return _BadRequest(str(err), "context_length_exceeded" if isinstance(err, ContextLengthError) else 400)
 
 
 def _token_text(data: bytes) -> str:
@@ -215,7 +225,7 @@ class EngineServer:
                     try:
                         out[k] = self.engine.generate([items[k][1]])[0]
                     except DasdError as err:
-                        out[k] = _BadRequest(str(err))
+                        out[k] = _refusal(err)
         for k, (kind, payload, _) in enumerate(items):
             if kind == "generate":
                 continue
@@ -224,7 +234,7 @@ class EngineServer:
             except _BadRequest as err:
                 out[k] = err
             except DasdError as err:
-                out[k] = _BadRequest(str(err))
+                out[k] = _refusal(err)
         self.stats["engine_calls"] += 1
         self.stats["busy_s"] += time.perf_counter() - t0
         return out
@@ -281,14 +291,22 @@ class EngineServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages must be a non-empty list")
+        for j, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise _BadRequest(f"messages[{j}] must be an object with a string role and a string content, "
+                                  f"got {str(m)[:200]}")
         s = self._sampling(body, rid)
+        k = body.get("top_logprobs")
+        if k is None:
+            k = 0
+        elif isinstance(k, bool) or not isinstance(k, int) or k < 0 or (self.tokenizer is not None and k > len(self.tokenizer)):
+            raise _BadRequest(f"top_logprobs must be a whole number from 0 to the vocabulary size, got {k!r}")
         try:
             req = GenerateRequest(id=rid, messages=messages, **s)
         except ValueError as err:
             raise _BadRequest(str(err))
         gens = await self._submit("generate", req)
         want_lp = bool(body.get("logprobs"))
-        k = int(body.get("top_logprobs") or 0)
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         choices = []
         for g in gens:
@@ -320,7 +338,10 @@ class EngineServer:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
+            bad = next(((j, t) for j, t in enumerate(prompt) if isinstance(t, bool) or not isinstance(t, int)), None)
+            if bad is not None:
+                raise _BadRequest(f"prompt[{bad[0]}]: a token-id prompt holds whole numbers only, got {bad[1]!r}")
             if self.tokenizer is None:
                 raise _BadRequest("token-id prompts need an engine with a tokenizer")
             ids = list(prompt)
@@ -429,8 +450,9 @@ class EngineServer:
         app = FastAPI(title="dasd engine server")
         server = self
 
-        def error(status: int, msg: str, kind: str, headers: dict | None = None):
-            return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status, headers=headers)
+        def error(status: int, msg: str, kind: str, headers: dict | None = None, code: str | int | None = None):
+            body = {"error": {"message": msg, "type": kind, "code": status if code is None else code}}
+            return JSONResponse(body, status, headers=headers)
 
         async def handle(request: Request, fn):
             server._outside += 1
@@ -474,7 +496,7 @@ class EngineServer:
             try:
                 payload = await fn(body)
             except _BadRequest as err:
-                return error(400, str(err), "invalid_request_error")
+                return error(400, str(err), "invalid_request_error", code=err.code)
             if fault == "nonfinite" and _spoil_logprobs(payload, server.faults.counts["nonfinite"] % 2):
                 return fault, json.dumps(payload, allow_nan=True).encode()
             return fault, JSONResponse(payload).body
@@ -578,6 +600,8 @@ def _engine_child(cfg: dict, conn) -> None:
             conn.send(("ok", res))
         except _BadRequest as err:
             conn.send(("bad", str(err)))
+        except ContextLengthError as err:
+            conn.send(("too_long", str(err)))
         except DasdError as err:
             conn.send(("dasd", str(err)))
         except BaseException as err:  # noqa: BLE001
@@ -617,6 +641,8 @@ class EngineProcess:
             return val
         if kind == "bad":
             raise _BadRequest(val)
+        if kind == "too_long":
+            raise ContextLengthError(val)
         raise DasdError(val) if kind == "dasd" else RuntimeError(f"engine process: {val}")
 
     def generate(self, requests):

@@ -22,7 +22,8 @@ from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
-from dasd.runs import drop_if_models_changed, model_for, model_versions, open_engine, record_faults, require_finished, results_name
+from dasd.runs import (drop_if_models_changed, faults_kept, model_for, model_versions, open_engine, record_faults,
+                       require_finished, results_name)
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -58,7 +59,7 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
             problems[(spec.name, p["id"])] = p
     engines = {}
     scored = []
-    with store.writer(STAGE, "responses") as w:
+    with faults_kept(store, STAGE, engines.values), store.writer(STAGE, "responses") as w:
         done = {r["id"]: r for r in store.read(STAGE, "responses")}
         todo = [r for r in results if content_id("analyze", label, r["id"]) not in done]
         scored = [done[content_id("analyze", label, r["id"])] for r in results if content_id("analyze", label, r["id"]) in done]

@@ -17,7 +17,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
-from dasd.runs import StoredRecords, model_for, model_identity, open_engine, record_faults, results_name
+from dasd.runs import StoredRecords, faults_kept, model_for, model_identity, open_engine, record_faults, results_name
 from dasd.store import RunStore, config_hash
 from dasd.train.card import refresh_card
 
@@ -60,7 +60,8 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
             log.info(f"{label}: stored results dropped ({why}); evaluating again")
         keys[label] = key
         store.save_manifest()
-    with store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
+    with faults_kept(store, STAGE, lambda: [engine]), \
+         store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
         # the keys of the stored results only: at the paper's protocol a label's results hold ~28K
         # responses of up to 100K tokens each, read back from the run when summarised
         existing = {(r["benchmark"], r["problem_id"], r["sample_index"]) for r in store.read(STAGE, results_name(label))}

@@ -113,7 +113,8 @@ def run_mix(
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
-    with store.writer(STAGE, "examples", shard_size=64, flush_seconds=20) as wx, \
+    with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
+         store.writer(STAGE, "examples", shard_size=64, flush_seconds=20) as wx, \
          store.writer(STAGE, "rollouts", shard_size=64, flush_seconds=20) as wr:
         done = _done_rollouts(store, wx)
         todo = [q for q in questions if rid[q["prompt"]["id"]] not in done]

@@ -25,16 +25,18 @@ and kept in the manifest.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING
 
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
+from dasd.errors import ConfigError, ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed
-from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, model_versions, name_as_before, open_engine, output, pool_name,
-                       record_faults, save_prompts, training_prompts)
+from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before, open_engine, output,
+                       pool_name, record_faults, save_prompts, training_prompts)
 from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -62,77 +64,91 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     counts: dict[str, dict] = {}
     opened = None
     context = _context_key(cfg)
+    _check_room(cfg)
     stale = store.drop_records(STAGE, "rejects", lambda r: _is_too_long(r) and r.get("context") != context)
     if stale:
         log.info(f"{stale} prompt(s) quarantined as too long for another teacher or context length: judged again")
     rejected = {r["id"] for r in store.read(STAGE, "rejects")}
-    for temp in s.temperatures:
-        pool = pool_name(temp)
-        quarantine: list[dict] = []
-        with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
-            ids = {
-                p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
-            }
-            todo = [p for p in prompts if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
-            if todo and engine is None:
-                engine = opened = open_engine(cfg.teacher)
-            todo = [p for p in todo if not _quarantine_long(engine, p, quarantine, context)]
-            rate_p, rate_t = Rate(), Rate()
-            bar = progress(len(todo), f"sample {pool}", "prompt")
-            # A streaming engine (openai, ray) gets every request at once and hands back each sample as
-            # it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
-            streaming = hasattr(engine, "generate_iter")
-            for batch in chunks(todo, max(len(todo), 1) if streaming else s.batch_prompts):
-                reqs = [
-                    GenerateRequest(
-                        id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
-                        max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp),
-                    )
-                    for p in batch
-                ]
-                left = {p["id"]: sum(i not in w for i in ids[p["id"]]) for p in batch}
-                for r, g in _generations(engine, reqs, skip=lambda r, i: ids[batch[r]["id"]][i] in w):
-                    p = batch[r]
-                    left[p["id"]] -= 1
-                    bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
-                    if bad is not None:
-                        sid = ids[p["id"]][g.index]
-                        quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
-                                           "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
-                                                     "not kept, asked again on the next run", "raw": g.text[:2000]})
-                        continue
-                    w.add(
-                        {
-                            "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
-                            "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
-                            "text": g.text, "finish_reason": g.finish_reason,
-                            "teacher": {
-                                "token_ids": g.token_ids, "offsets": g.offsets, "logprobs": g.logprobs,
-                                "logprob_mode": g.logprob_mode,
-                            },
-                        }
-                    )
-                    rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
-                    if left[p["id"]] == 0:
-                        rate_p.add(1)
-                        bar.update(1)
-                        bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
-            bar.close()
-        if quarantine:
-            store.write_rejects(STAGE, quarantine)
-            q = quarantine[0]
-            log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
-                        f"see {store.root / STAGE}/rejects-*.jsonl")
-            rejected |= {q["id"] for q in quarantine}
-        counts[pool] = pool_stats(store, pool)
-        counts[pool]["quarantined"] = len(quarantine)
-        counts[pool]["new"] = w.written
-        c = counts[pool]
-        log.info(
-            f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
-            f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
-            f"{rate_t.per_s():.0f} tok/s"
-        )
+    with faults_kept(store, STAGE, lambda: [engine]):
+        for temp in s.temperatures:
+            pool = pool_name(temp)
+            quarantine: list[dict] = []
+            with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
+                ids = {
+                    p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
+                }
+                todo = [p for p in prompts if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
+                if todo and engine is None:
+                    engine = opened = open_engine(cfg.teacher)
+                todo = [p for p in todo if not _quarantine_long(engine, p, quarantine, context, s.max_tokens)]
+                refused: list[str] = []  # prompts the teacher's server refused as longer than its context
+                rate_p, rate_t = Rate(), Rate()
+                bar = progress(len(todo), f"sample {pool}", "prompt")
+                # A streaming engine (openai, ray) gets every request at once and hands back each sample as
+                # it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
+                streaming = hasattr(engine, "generate_iter")
+                for batch in chunks(todo, max(len(todo), 1) if streaming else s.batch_prompts):
+                    reqs = [
+                        GenerateRequest(
+                            id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
+                            max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp),
+                        )
+                        for p in batch
+                    ]
+                    left = {p["id"]: sum(i not in w for i in ids[p["id"]]) for p in batch}
+                    for r, g in _generations(engine, reqs, skip=lambda r, i: ids[batch[r]["id"]][i] in w):
+                        if isinstance(g, ContextLengthError):
+                            p = batch[r]
+                            refused.append(p["id"])
+                            quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
+                                               "reason": f"the teacher's server refused it as longer than its context: {g}"})
+                            bar.update(1)
+                            continue
+                        p = batch[r]
+                        left[p["id"]] -= 1
+                        bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
+                        if bad is not None:
+                            sid = ids[p["id"]][g.index]
+                            quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
+                                               "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
+                                                         "not kept, asked again on the next run", "raw": g.text[:2000]})
+                            continue
+                        w.add(
+                            {
+                                "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
+                                "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
+                                "text": g.text, "finish_reason": g.finish_reason,
+                                "teacher": {
+                                    "token_ids": g.token_ids, "offsets": g.offsets, "logprobs": g.logprobs,
+                                    "logprob_mode": g.logprob_mode,
+                                },
+                            }
+                        )
+                        rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
+                        if left[p["id"]] == 0:
+                            rate_p.add(1)
+                            bar.update(1)
+                            bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
+                bar.close()
+            if refused:
+                log.warning(f"{pool}: {len(refused)} prompt(s) refused by the teacher's server as longer than its context "
+                            f"(e.g. {refused[0]}): quarantined, not asked again while the teacher and its context stay the same")
+            if quarantine:
+                store.write_rejects(STAGE, quarantine)
+                q = quarantine[0]
+                log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
+                            f"see {store.root / STAGE}/rejects-*.jsonl")
+                rejected |= {q["id"] for q in quarantine}
+            counts[pool] = pool_stats(store, pool)
+            counts[pool]["quarantined"] = len(quarantine)
+            counts[pool]["refused_too_long"] = len(refused)
+            counts[pool]["new"] = w.written
+            c = counts[pool]
+            log.info(
+                f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
+                f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
+                f"{rate_t.per_s():.0f} tok/s"
+            )
     record_faults(store, STAGE, [engine])
     if opened is not None and hasattr(opened, "close"):
         opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
@@ -152,10 +168,24 @@ def _is_too_long(reject: dict) -> bool:
 
 def _context_key(cfg) -> str:
     """What a too-long verdict depends on: the teacher's kind, model and tokenizer (names and
-    ``runs.model_version``s: a model's own context length is in its files) and ``max_model_len``."""
+    ``runs.model_version``s: a model's own context length is in its files) and ``max_model_len``;
+    for a server (kind openai) also ``sample.max_tokens``, as it counts prompt + max_tokens."""
     t = cfg.teacher
-    return config_hash({"kind": t.kind, "model": t.model, "tokenizer": t.tokenizer, "gguf_file": t.gguf_file,
-                        "max_model_len": t.max_model_len, "versions": model_versions(cfg, "teacher", "teacher_tokenizer")})
+    key = {"kind": t.kind, "model": t.model, "tokenizer": t.tokenizer, "gguf_file": t.gguf_file,
+           "max_model_len": t.max_model_len, "versions": model_versions(cfg, "teacher", "teacher_tokenizer")}
+    if t.kind == "openai":
+        key["max_tokens"] = cfg.sample.max_tokens
+    return config_hash(key)
+
+
+def _check_room(cfg) -> None:
+    """A server (kind openai) with a known ``max_model_len`` must leave room for a prompt beside
+    ``sample.max_tokens``: else every prompt would be quarantined as too long."""
+    t = cfg.teacher
+    if t.kind == "openai" and t.max_model_len and cfg.sample.max_tokens >= t.max_model_len:
+        raise ConfigError(f"sample.max_tokens ({cfg.sample.max_tokens}) leaves no room for a prompt in "
+                          f"teacher.max_model_len ({t.max_model_len}): the server refuses prompt + max_tokens "
+                          "past its context")
 
 
 # No token of a tokenizer spells more characters than this: a prompt with more characters than
@@ -163,9 +193,11 @@ def _context_key(cfg) -> str:
 MAX_CHARS_PER_TOKEN = 64
 
 
-def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str) -> bool:
+def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str, max_tokens: int) -> bool:
     """True (and a quarantine record, keeping the ``context`` it was judged against) when ``prompt``
-    does not fit the engine's context."""
+    does not fit the engine's context: the hf engine needs room for one token (it stops generation
+    at its context), a server that counts prompt + ``max_tokens`` (``engine.reserves_max_tokens``,
+    the openai engine: vLLM refuses more) room for ``max_tokens``."""
     limit = getattr(engine, "max_len", None)
     if not limit:
         return False
@@ -174,9 +206,12 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str)
         reason = f"prompt of {chars} characters cannot fit the teacher's context of {limit} tokens"
     elif getattr(engine, "tokenizer", None) is not None and hasattr(engine, "context_ids"):
         n = len(engine.context_ids(prompt["messages"], None, prompt["id"]))
-        if n < limit:
+        room = max_tokens if getattr(engine, "reserves_max_tokens", False) else 1
+        if n + room <= limit:
             return False
         reason = f"prompt has {n} tokens, the teacher's context is {limit} (engine max_model_len)"
+        if room > 1:
+            reason += f" and the server counts the prompt + sample.max_tokens ({max_tokens})"
     else:
         return False
     quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason,
@@ -185,9 +220,20 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str)
 
 
 def _generations(engine, reqs, skip):
-    """``(request index, Generation)`` pairs, streamed when the engine can, skipping done samples."""
+    """``(request index, Generation)`` pairs, streamed when the engine can, skipping done samples;
+    from an engine that can go on past a request refused as longer than the context (its
+    ``generate_iter`` takes ``too_long``: the openai engine), ``(request index, ContextLengthError)``
+    once for such a request."""
     if hasattr(engine, "generate_iter"):
-        yield from engine.generate_iter(reqs, skip=skip)
+        if "too_long" not in inspect.signature(engine.generate_iter).parameters:
+            yield from engine.generate_iter(reqs, skip=skip)
+            return
+        refused: list = []
+        for r, g in engine.generate_iter(reqs, skip=skip, too_long=lambda r, err: refused.append((r, err))):
+            yield from refused
+            refused.clear()
+            yield r, g
+        yield from refused
         return
     for r, gens in enumerate(engine.generate(reqs)):
         for g in gens:

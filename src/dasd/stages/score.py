@@ -30,7 +30,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (KEPT, SCORED, begin_unless_up_to_date, load_run_prompts, model_versions, open_engine, output,
+from dasd.runs import (KEPT, SCORED, begin_unless_up_to_date, faults_kept, load_run_prompts, model_versions, open_engine, output,
                        pools, record_faults)
 from dasd.store import RunStore
 
@@ -81,50 +81,51 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                  "dropped, scored again")
     prompts = load_run_prompts(store)
     counts = {}
-    for pool in pools(store, "filter", KEPT):
-        rejects = []
-        with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
-            done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
-            skip = w.ids | done_rejected
-            n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
-            if n_todo and student is None:
-                student = open_engine(cfg.student)
-            bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
-            todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
-            while batch := list(islice(todo, sc.batch)):
-                reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
-                need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
-                if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
-                    idx = range(len(batch)) if sc.rescore_teacher == "always" else need
-                    if teacher is None:
-                        teacher = open_engine(cfg.teacher)
-                    for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
-                        batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
-                usable = []  # the student scores only samples whose teacher signal can be used
-                for s, req in zip(batch, reqs):
-                    if teacher_signal(s).get("logprob_mode") != "raw":
-                        rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
-                    else:
-                        usable.append((s, req))
-                stu = student.score([req for _, req in usable]) if usable else []
-                local_nat = score_local_naturalness(student, prompts, [s for s, _ in usable], sc.local_window, sc.batch) \
-                    if local and usable else None
-                for k, ((s, _), r) in enumerate(zip(usable, stu)):
-                    try:
-                        rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
-                        if local_nat is not None:
-                            rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
-                        w.add(rec)
-                    except ValueError as e:
-                        rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e)})
-                    rate.add(len(r.logprobs))
-                bar.update(len(batch))
-                bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
-            bar.close()
-        if rejects:
-            store.write_rejects(STAGE, rejects)
-        counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
-        log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+    with faults_kept(store, STAGE, lambda: [student, teacher]):
+        for pool in pools(store, "filter", KEPT):
+            rejects = []
+            with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
+                done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
+                skip = w.ids | done_rejected
+                n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
+                if n_todo and student is None:
+                    student = open_engine(cfg.student)
+                bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
+                todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
+                while batch := list(islice(todo, sc.batch)):
+                    reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
+                    need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
+                    if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
+                        idx = range(len(batch)) if sc.rescore_teacher == "always" else need
+                        if teacher is None:
+                            teacher = open_engine(cfg.teacher)
+                        for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
+                            batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
+                    usable = []  # the student scores only samples whose teacher signal can be used
+                    for s, req in zip(batch, reqs):
+                        if teacher_signal(s).get("logprob_mode") != "raw":
+                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
+                        else:
+                            usable.append((s, req))
+                    stu = student.score([req for _, req in usable]) if usable else []
+                    local_nat = score_local_naturalness(student, prompts, [s for s, _ in usable], sc.local_window, sc.batch) \
+                        if local and usable else None
+                    for k, ((s, _), r) in enumerate(zip(usable, stu)):
+                        try:
+                            rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
+                            if local_nat is not None:
+                                rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
+                            w.add(rec)
+                        except ValueError as e:
+                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e)})
+                        rate.add(len(r.logprobs))
+                    bar.update(len(batch))
+                    bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
+                bar.close()
+            if rejects:
+                store.write_rejects(STAGE, rejects)
+            counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
+            log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
     record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
     return counts
