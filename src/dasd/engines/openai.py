@@ -20,7 +20,9 @@ What it does:
 - **Robustness**: ``openai.concurrency`` requests in flight, a ``timeout_s`` per request, retries
   on 429 / 5xx / timeouts / dropped connections / truncated bodies with jittered exponential
   backoff (``Retry-After`` honoured), up to ``max_retries``; 4xx errors fail at once with the
-  server's message. Several ``base_urls`` are load-balanced by fewest requests in flight.
+  server's message. A refusal of a request as longer than the server's context (``_refusal``:
+  vLLM's "maximum context length", OpenAI's ``context_length_exceeded``) is a ``ContextLengthError``,
+  which ``generate_iter(..., too_long=fn)`` hands to ``fn`` while the other requests go on. Several ``base_urls`` are load-balanced by fewest requests in flight.
   ``stats`` counts requests, ``retries``, ``retry:<kind>`` (429, 5xx, timeout, connection,
   malformed), ``retry_seconds`` (time lost to failed attempts and backoff) and ``nonfinite``
   (answers with NaN or infinite log-probs: returned as they are, for the stage to quarantine).

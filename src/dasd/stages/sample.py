@@ -13,14 +13,18 @@ names, sizes and sampled contents), the stored pools are dropped first and sampl
 (``runs.drop_if_models_changed``).
 
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
-context (``max_model_len``, when the engine knows it), and a sample whose log-probs are not all
+context (``max_model_len``, when the engine knows it: for a server, prompt + ``max_tokens`` must fit,
+as vLLM counts), a prompt the teacher's server refuses as longer than its context (a
+``ContextLengthError``, the server's message as the reason; counted in ``refused_too_long``), and a
+sample whose log-probs are not all
 finite (NaN or infinite, from any engine); such a sample is not written, so the next run asks for
 it again. A too-long prompt is not asked again while the teacher's context is the same
-(``_context_key``: the teacher's kind, model, tokenizer, their versions and ``max_model_len``);
+(``_context_key``: the teacher's kind, model, tokenizer, their versions and ``max_model_len``, and
+for kind openai ``sample.max_tokens``);
 when it changed, its too-long records are dropped from the rejects and those prompts judged again
 (other rejects stay: bad prompt records and imported rows do not depend on the teacher, and a
 non-finite sample is asked again anyway). Engine retries (openai: by kind, time lost) are logged
-and kept in the manifest.
+and kept in the manifest, also when the stage fails (``runs.faults_kept``).
 """
 
 from __future__ import annotations
