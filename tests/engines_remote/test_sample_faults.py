@@ -178,6 +178,7 @@ def test_with_a_known_context_a_server_needs_room_for_max_tokens(serve, tiny_lm_
         with pytest.raises(ConfigError, match=r"sample.max_tokens \(8\) leaves no room for a prompt in teacher.max_model_len \(8\)"):
             run_sample(config_with(tmp_path, srv.base_url, overrides=[f"teacher.tokenizer={tiny_lm_dir}",
                                                                        "teacher.max_model_len=8"], run="run2"))
+    assert not (tmp_path / "run2").exists()  # refused before the stage began
     assert counts["T0.6"]["samples"] == 8 and counts["T0.6"]["quarantined"] == 1 and counts["T0.6"]["refused_too_long"] == 0
     assert served == 16  # 4 prompts x k=2 x 2 temperatures: the long one was never sent
     (rej,) = list(RunStore.open(cfg.run_dir).read("sample", "rejects"))

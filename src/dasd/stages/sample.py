@@ -52,6 +52,7 @@ log = logger(STAGE)
 
 def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
     """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
+    _check_room(cfg)
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
     stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
@@ -68,7 +69,6 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     counts: dict[str, dict] = {}
     opened = None
     context = _context_key(cfg)
-    _check_room(cfg)
     stale = store.drop_records(STAGE, "rejects", lambda r: _is_too_long(r) and r.get("context") != context)
     if stale:
         log.info(f"{stale} prompt(s) quarantined as too long for another teacher or context length: judged again")
