@@ -15,7 +15,7 @@ import pytest
 
 from dasd.engines import GenerateRequest, ScoreRequest, make_engine
 from dasd.engines.openai import sample_seed
-from dasd.errors import DasdError
+from dasd.errors import ContextLengthError
 
 from .conftest import openai_config
 
@@ -45,7 +45,7 @@ def test_server_command_matches_hf(tiny_lm_dir, ref_engine):
         gens = eng.generate([GenerateRequest(id="a", messages=msgs, n=2, max_tokens=10, seed=4)])[0]
         scored = eng.score([ScoreRequest(id="s", messages=msgs, continuation=gens[1].text)])[0]
         bad = make_engine(openai_config(tiny_lm_dir, [base]))
-        with pytest.raises(DasdError, match="HTTP 400: .*max_model_len is 1024"):
+        with pytest.raises(ContextLengthError, match="HTTP 400: .*max_model_len is 1024"):  # from the engine process
             bad.generate([GenerateRequest(id="long", prefix="7 " * 1100, max_tokens=4)])
     finally:
         tree = proctree.descendants(proc.pid)
