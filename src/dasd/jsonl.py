@@ -222,9 +222,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         if isinstance(err, OSError) and err.errno in DISK_FULL:
             raise DiskFullError(f"{p}: no space left on device ({err.strerror}); nothing was half-written: "
                                 "free some space and re-run the same command to resume") from err
-        if isinstance(err, OSError) and err.errno in UNWRITABLE and not in_body:
-            why = (f"a folder on its path is a file ({err.filename})" if err.errno in (errno.EEXIST, errno.ENOTDIR)
-                   else f"{err.strerror}: {err.filename}")
+        # before the temp file exists, any OSError is the folder's refusal (e.g. /proc: ENOENT)
+        if isinstance(err, OSError) and (err.errno in UNWRITABLE or tmp is None) and not in_body:
+            where = err.filename
+            if tmp is None and where and Path(where).name.startswith(f".{p.name}."):  # our temp file was refused
+                where = p.parent
+            why = (f"a folder on its path is a file ({where})" if err.errno in (errno.EEXIST, errno.ENOTDIR)
+                   else f"{err.strerror}: {where}")
             raise OutputError(f"{p}: cannot write: {why}; nothing was written") from err
         raise
 

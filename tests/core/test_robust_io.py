@@ -7,11 +7,12 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from dasd import jsonl
-from dasd.errors import DiskFullError
+from dasd.errors import DiskFullError, OutputError
 from dasd.jsonl import BadLine, atomic_write_json, iter_jsonl, read_jsonl
 from dasd.prompts import load_prompts
 from dasd.report.build import write_report
@@ -90,3 +91,11 @@ def test_a_full_disk_is_one_error_naming_the_file_and_nothing_half_written(tmp_p
         atomic_write_json(target, {"new": True})
     assert json.loads(target.read_text()) == {"old": True}
     assert [f.name for f in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder that refuses new files)")
+def test_a_folder_that_refuses_new_files_is_one_error_naming_the_path_not_the_temp_file():
+    target = Path("/proc/dasd-report.html")  # /proc refuses to create files: ENOENT, not EACCES
+    with pytest.raises(OutputError, match=rf"^{target}: cannot write: .*: /proc; nothing was written$") as err:
+        atomic_write_json(target, {"x": 1})
+    assert ".tmp" not in str(err.value)
