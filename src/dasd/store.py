@@ -42,6 +42,7 @@ from dasd.columnar import REF, Kind, Ref, kind_of
 from dasd.errors import DasdError
 from dasd.jsonl import BadLine, atomic_open, atomic_write_json, dumps, iter_jsonl
 from dasd.lock import hold_run_lock
+from dasd.log import logger
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{5})\.(?P<ext>jsonl|parquet)$")
@@ -362,6 +363,7 @@ class RunStore:
         """Mark ``stage`` started with ``config``, the fingerprint of its ``inputs`` (``fingerprint``)
         and the shards it reads (``read``: ``runs.read_shards``); what the previous run of the stage counted
         of its engines' faults is cleared."""
+        self._sweep_temp_files(stage)
         info = self.manifest["stages"].setdefault(stage, {})
         h = config_hash(config)
         if info.get("config_hash") not in (None, h):
@@ -375,6 +377,17 @@ class RunStore:
             info["read"] = read
         self._t0 = time.monotonic()
         self.save_manifest()
+
+    def _sweep_temp_files(self, stage: str) -> None:
+        """Remove the temp files (``jsonl.atomic_open``'s ``.NAME.XXXX.tmp``) a killed writer left in
+        the stage's folder: never read as output, they would only take disk. Safe here: the run lock
+        keeps other processes out, and a stage opens its writers after it begins."""
+        d = self.root / stage
+        gone = [p for p in d.glob(".*.tmp") if p.is_file()] if d.is_dir() else []
+        for p in gone:
+            p.unlink(missing_ok=True)
+        if gone:
+            logger(stage).info(f"{len(gone)} temp file(s) left by an interrupted write removed from {d}")
 
     def end_stage(self, stage: str, counts: dict[str, Any], **extra: Any) -> None:
         info = self.manifest["stages"].setdefault(stage, {})

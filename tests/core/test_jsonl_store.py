@@ -127,3 +127,24 @@ def test_kill_9_mid_stage_then_resume_gives_same_records(tmp_path):
     for path in shard_paths(run / "stage", "out"):
         ids += [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert sorted(ids) == sorted(f"r{i}" for i in range(40))  # every record exactly once on disk
+
+
+def test_temp_files_left_by_a_killed_writer_are_removed_when_the_stage_begins_again(tmp_path):
+    """kill -9 inside ``atomic_open`` leaves ``.NAME.XXXX.tmp`` beside the shards: never read, only disk."""
+    store = RunStore(tmp_path / "run")
+    store.begin_stage("sample", {"k": 2})
+    with store.writer("sample", "pool-T1") as w:
+        w.add({"id": "a", "x": 1})
+    stage = store.root / "sample"
+    left = stage / ".pool-T1-00001.jsonl.k2j4x9.tmp"
+    left.write_text('{"id": "b", "x"')  # the half of a shard a killed write left
+    keep = [stage / ".notes", stage / "sub" / ".x.tmp"]  # not ours: kept
+    keep[1].parent.mkdir()
+    for p in keep:
+        p.write_text("x")
+    before = sorted(p.name for p in stage.iterdir() if p != left)
+    store.begin_stage("sample", {"k": 2})
+    assert not left.exists()
+    assert sorted(p.name for p in stage.iterdir()) == before
+    assert all(p.exists() for p in keep)
+    assert [r["id"] for r in store.read("sample", "pool-T1")] == ["a"]
