@@ -14,9 +14,9 @@ from dasd.plan import Assumptions, format_plan, parse_counts, parse_named_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "dasd-4b.yaml"
-# The assumptions of the table in docs/scale-out.md (the paper's stage sizes and benchmark sizes).
-DOC_ASSUMPTIONS = Assumptions(prompts=(105_000, 330_000),
-                              eval_problems={"AIME24": 30, "AIME25": 30, "LCB-v6": 175, "GPQA-D": 198})
+# The assumptions of the table in docs/scale-out.md (benchmark sizes; the paper's stage sizes are the
+# config's sample.prompts_per_temperature).
+DOC_ASSUMPTIONS = Assumptions(eval_problems={"AIME24": 30, "AIME25": 30, "LCB-v6": 175, "GPQA-D": 198})
 
 
 def small(tmp_path, teacher_mode="raw", **over):
@@ -84,7 +84,7 @@ def test_prompt_counts_from_the_prompts_file(tmp_path):
     cfg, a = small(tmp_path, **{"data.prompts": str(prompts)})
     a = replace(a, prompts=None)
     assert by_stage(plan(cfg, a))["sample T0.6"].requests == 7 * 2
-    cfg_missing = load_config(PAPER, [f"data.prompts={tmp_path / 'none.jsonl'}"])
+    cfg_missing = load_config(PAPER, [f"data.prompts={tmp_path / 'none.jsonl'}", "sample.prompts_per_temperature=null"])
     with pytest.raises(ConfigError, match="not a file to count; pass --prompts"):
         plan(cfg_missing, Assumptions(eval_problems=DOC_ASSUMPTIONS.eval_problems))
     with pytest.raises(ConfigError, match="3 prompt counts for 2 temperatures"):
@@ -109,6 +109,29 @@ def test_docs_show_the_plan_of_the_paper_config():
     assert re.search(r"\b%s\s*$" % f"{sum(r.gpu_hours for r in rows):,.0f}", total)
     doc = (ROOT / "docs" / "scale-out.md").read_text()
     assert text in doc, "docs/scale-out.md: the plan table is out of date; paste format_plan's output"
+
+
+def test_prompt_counts_default_to_the_configs_prompts_per_temperature(tmp_path):
+    cfg = load_config(PAPER)
+    assert cfg.sample.prompts_per_temperature == [105_000, 330_000]  # the paper's stage sizes
+    rows = by_stage(plan(cfg, DOC_ASSUMPTIONS))  # data/prompts.jsonl is not here: the counts as they are
+    assert (rows["sample T0.6"].requests, rows["sample T1"].requests) == (105_000 * 4, 330_000 * 4)
+    assert "T0.6 105,000, T1 330,000" in rows["select"].note
+    assert rows["train stage1_low"].note.startswith("105,000 examples")
+    # --prompts still overrides, one count for all or one per temperature
+    rows = by_stage(plan(cfg, replace(DOC_ASSUMPTIONS, prompts=(7,))))
+    assert (rows["sample T0.6"].requests, rows["sample T1"].requests) == (28, 28)
+    # counted prompts cap the config's counts, as `dasd sample` asks at most every prompt
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join('{"id": "%d", "messages": [{"role": "user", "content": "q"}]}\n' % i for i in range(7)))
+    cfg = load_config(PAPER, [f"data.prompts={prompts}", "sample.prompts_per_temperature=[3, 100]"])
+    rows = by_stage(plan(cfg, DOC_ASSUMPTIONS))
+    assert (rows["sample T0.6"].requests, rows["sample T1"].requests) == (3 * 4, 7 * 4)
+    # the largest pool holds every question a smaller one holds: mix draws from 7 questions
+    assert rows["mix rollouts"].requests == 7
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["sample.prompts_per_temperature=[60, 200]", "data.limit=150"])
+    rows = by_stage(plan(cfg))
+    assert (rows["sample T0.6"].requests, rows["sample T1"].requests) == (60 * cfg.sample.k, 150 * cfg.sample.k)
 
 
 def test_option_parsers():

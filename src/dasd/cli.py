@@ -237,9 +237,10 @@ def plan_(
     args: Optional[list[str]] = ArgsArg,
     config: Optional[Path] = ConfigOpt,
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Questions sampled at each temperature: N, or N,N,... "
-                                          "one per sample.temperatures (default: counted from data.prompts: the toy "
-                                          "world's data.toy.n_train, a file's non-empty lines or Parquet rows, "
-                                          "data.limit applied)."),
+                                          "one per sample.temperatures (default: sample.prompts_per_temperature "
+                                          "when the config sets it, else every prompt of data.prompts, counted: the "
+                                          "toy world's data.toy.n_train, a file's non-empty lines or Parquet rows, "
+                                          "data.limit applied; a count above them is cut to them)."),
     eval_problems: Optional[str] = typer.Option(None, "--eval-problems", help="Problems per benchmark that has no "
                                                 "readable file or limit: NAME=N,NAME=N,..."),
     prompt_tokens: float = typer.Option(250.0, "--prompt-tokens", help="Mean prompt length in tokens."),

@@ -32,8 +32,10 @@ class Assumptions:
 
     prompts: tuple[int, ...] | None = field(default=None, metadata={"help": (
         "questions sampled at each temperature: one number for all, or one per temperature of "
-        "sample.temperatures (default: counted from data.prompts: the toy world's data.toy.n_train, a "
-        "file's non-empty lines or Parquet rows, data.limit applied)")})
+        "sample.temperatures (default: sample.prompts_per_temperature when the config sets it, else every "
+        "prompt of data.prompts; the prompts are counted from data.prompts (the toy world's data.toy.n_train, "
+        "a file's non-empty lines or Parquet rows, data.limit applied), and a count above them is cut to "
+        "them as `dasd sample` does)")})
     prompt_tokens: float = field(default=250.0, metadata={"help": "mean prompt length in tokens (system prompt and chat template included)"})
     response_tokens: float = field(default=12_000.0, metadata={"help": "mean teacher response length in tokens, capped at sample.max_tokens"})
     keep: float = field(default=0.9, metadata={"help": "fraction of teacher responses the filters keep"})
@@ -136,6 +138,7 @@ def _prompt_counts(cfg, a: Assumptions) -> list[int]:
         if len(a.prompts) not in (1, len(temps)):
             raise ConfigError(f"plan: {len(a.prompts)} prompt counts for {len(temps)} temperatures {temps}")
         return list(a.prompts) * len(temps) if len(a.prompts) == 1 else list(a.prompts)
+    per = cfg.sample.prompts_per_temperature
     path = Path(cfg.data.prompts)
     if cfg.data.prompts == "toy":
         n = cfg.data.toy.n_train
@@ -145,10 +148,13 @@ def _prompt_counts(cfg, a: Assumptions) -> list[int]:
         n = pq.ParquetFile(path).metadata.num_rows
     elif path.is_file():
         n = _count_lines(path)
+    elif per is not None:
+        return list(per)  # the prompts cannot be counted here: the config's counts as they are
     else:
         raise ConfigError(f"data.prompts: {cfg.data.prompts} is not a file to count; pass --prompts N "
-                          "(questions per temperature)")
-    return [min(n, cfg.data.limit) if cfg.data.limit else n] * len(temps)
+                          "(questions per temperature) or set sample.prompts_per_temperature")
+    n = min(n, cfg.data.limit) if cfg.data.limit else n
+    return [n] * len(temps) if per is None else [min(c, n) for c in per]
 
 
 def count_params(model: str) -> int | None:
@@ -218,8 +224,9 @@ def plan(cfg, assumptions: Assumptions | None = None) -> list[Row]:
     pools = {_pool(t): selected[t] for t in temps} | {"low": selected[min(temps)], "high": selected[max(temps)]}
     mixed = 0.0
     if any(s.data in ("mixed", "mixed+replay") for s in cfg.train.stages):
-        # draw_questions takes one response per question, and every pool holds the same questions
-        # (sample asks each prompt at every temperature): the largest pool has them all
+        # draw_questions takes one response per question, and the largest pool holds every question:
+        # sample asks each prompt at every temperature, or (sample.prompts_per_temperature) a smaller
+        # pool's prompts are part of a larger one's
         q = min(cfg.mix.n_questions, max(selected.values()))
         cap = cfg.mix.length_multiple * resp
         roll = q * ((1 - a.mix_cutoff) * resp + a.mix_cutoff * cap)

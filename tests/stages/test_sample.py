@@ -65,6 +65,9 @@ def test_sample_pools_resume_and_rejects(tmp_path, prompts_file, tiny_lm_dir):
     rejects = list(store.read("sample", "rejects"))
     assert {r["where"] for r in rejects} == {f"{prompts_file}:3", f"{prompts_file}:7"}
     assert store.stage_info("sample")["complete"]
+    # unset, the knob is not in the stage's config: a run sampled before it existed keeps its config
+    # hash, so its later stages stay up to date
+    assert "prompts_per_temperature" not in store.stage_info("sample")["config"]["sample"]
 
     cfg2 = config(tmp_path, "crashed", prompts_file, tiny_lm_dir)
     engine = open_engine(cfg2.teacher)
@@ -75,3 +78,114 @@ def test_sample_pools_resume_and_rejects(tmp_path, prompts_file, tiny_lm_dir):
     assert not RunStore.open(tmp_path / "crashed").stage_info("sample")["complete"]
     run_sample(cfg2, engine=engine)
     assert records(tmp_path / "crashed") == full  # resumed == uninterrupted, nothing twice
+
+
+# -- sample.prompts_per_temperature ------------------------------------------------------------------
+
+
+def toy_prompts(ids):
+    return [{"id": i, "messages": [{"role": "user", "content": f"q {i}"}]} for i in ids]
+
+
+def asked_ids(prompts, temperatures, per, seed=0):
+    from dasd.rules.sampling import SampleConfig, prompts_by_temperature
+
+    asked, warnings = prompts_by_temperature(prompts, SampleConfig(temperatures=temperatures, prompts_per_temperature=per,
+                                                                   seed=seed))
+    return {t: [p["id"] for p in ps] for t, ps in asked.items()}, warnings
+
+
+def test_prompts_per_temperature_takes_nested_sets_of_one_seeded_ranking():
+    prompts = toy_prompts([f"p{i}" for i in range(50)])
+    asked, warnings = asked_ids(prompts, [0.6, 1.0, 1.2], [10, 30, 50])
+    assert [len(asked[t]) for t in (0.6, 1.0, 1.2)] == [10, 30, 50] and not warnings
+    assert set(asked[0.6]) < set(asked[1.0]) < set(asked[1.2]) == {p["id"] for p in prompts}
+    order = [p["id"] for p in prompts]
+    assert asked[1.0] == [i for i in order if i in set(asked[1.0])]  # in the order of the prompts
+    # the ranking does not depend on the temperature: a list the other way round takes the same sets
+    flipped, _ = asked_ids(prompts, [1.0, 0.6], [30, 10])
+    assert set(flipped[0.6]) == set(asked[0.6]) and set(flipped[1.0]) == set(asked[1.0])
+    # a larger count extends a smaller one; another seed ranks otherwise
+    eleven = set(asked_ids(prompts, [0.6], [11])[0][0.6])
+    assert eleven > set(asked[0.6]) and len(eleven) == 11
+    assert set(asked_ids(prompts, [0.6], [10], seed=1)[0][0.6]) != set(asked[0.6])
+    # prompts added to the file: each set loses at most one prompt per prompt added
+    more = prompts + toy_prompts([f"new{i}" for i in range(3)])
+    grown, _ = asked_ids(more, [0.6, 1.0, 1.2], [10, 30, 50])
+    assert all(len(set(asked[t]) - set(grown[t])) <= 3 for t in asked)
+    assert len(set(asked[0.6]) & set(grown[0.6])) >= 7
+    # None: every prompt at every temperature; a count above the prompts: all, with a warning
+    assert asked_ids(prompts, [0.6, 1.0], None) == ({0.6: order, 1.0: order}, [])
+    asked, warnings = asked_ids(prompts, [0.6, 1.0], [5, 80])
+    assert asked[1.0] == order and len(asked[0.6]) == 5
+    assert warnings == ["T1: sample.prompts_per_temperature asks 80 prompts and the run has 50: all of them are asked"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[10]", r"sample: .*prompts_per_temperature has 1 count\(s\) for 2 temperature\(s\) \[0.6, 1.0\]: give one count per temperature"),
+    ("[10, 0]", r"sample: .*prompts_per_temperature: every count must be >= 1 \(got \[10, 0\]\)"),
+    ("[10, x]", r"sample.prompts_per_temperature.1: .*valid integer"),
+])
+def test_prompts_per_temperature_is_checked_at_load(value, message):
+    from dasd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["sample.temperatures=[0.6, 1.0]", f"sample.prompts_per_temperature={value}"])
+    assert load_config(None, ["sample.prompts_per_temperature=[3, 5]"]).sample.prompts_per_temperature == [3, 5]
+
+
+class CountingEngine:
+    """A real engine that records the (prompt id, temperature) of every request it answers."""
+
+    def __init__(self, engine):
+        self.engine, self.asked = engine, []
+
+    def generate(self, reqs):
+        self.asked += [(r.id, r.temperature) for r in reqs]
+        return self.engine.generate(reqs)
+
+
+def pool_prompts(run):
+    store = RunStore.open(run)
+    return {pool: {r["prompt_id"] for r in store.read("sample", f"pool-{pool}")} for pool in ("T0.6", "T1")}
+
+
+def test_sample_asks_each_temperature_its_count_and_resumes_a_raised_one(tmp_path, prompts_file, tiny_lm_dir, caplog):
+    run = tmp_path / "run"
+    engine = CountingEngine(open_engine(config(tmp_path, "run", prompts_file, tiny_lm_dir).teacher))
+
+    def sample(per):
+        engine.asked = []
+        cfg = load_config(None, [f"{k}={v}" for k, v in (
+            ("run_dir", run), ("data.prompts", prompts_file), ("teacher.model", tiny_lm_dir), ("sample.k", 2),
+            ("sample.max_tokens", 12), ("sample.batch_prompts", 2), ("sample.temperatures", "[0.6, 1.0]"),
+            ("sample.prompts_per_temperature", per))])
+        assert cfg.sample.seed == 0
+        return run_sample(cfg, engine=engine)
+
+    counts = sample("[2, 4]")  # the file has 5 usable prompts
+    first = pool_prompts(run)
+    assert (len(first["T0.6"]), len(first["T1"])) == (2, 4) and first["T0.6"] < first["T1"]
+    assert {(c["samples"], c["prompts"], c["asked"], c["not_asked"], c["new"]) for c in counts.values()} == {
+        (4, 2, 2, 0, 4), (8, 4, 4, 0, 8)}
+    assert sorted(engine.asked) == sorted([(p, 0.6) for p in first["T0.6"]] + [(p, 1.0) for p in first["T1"]])
+    store = RunStore.open(run)
+    assert {p["id"] for p in store.read("sample", "prompts")} == first["T1"]  # the prompts asked somewhere
+    assert store.stage_info("sample")["config"]["sample"]["prompts_per_temperature"] == [2, 4]
+
+    counts = sample("[3, 4]")  # raised: only the prompt it adds is asked
+    second = pool_prompts(run)
+    assert second["T1"] == first["T1"] and first["T0.6"] < second["T0.6"] and len(second["T0.6"]) == 3
+    assert engine.asked == [(next(iter(second["T0.6"] - first["T0.6"])), 0.6)]
+    assert (counts["T0.6"]["new"], counts["T1"]["new"]) == (2, 0)
+
+    counts = sample("[3, 9]")  # above the 5 prompts: all of them, with a warning
+    assert pool_prompts(run)["T1"] == {f"p{i}" for i in range(5)}
+    assert sorted(engine.asked) == [(p, 1.0) for p in sorted({f"p{i}" for i in range(5)} - first["T1"])]
+    assert "T1: sample.prompts_per_temperature asks 9 prompts and the run has 5: all of them are asked" in caplog.text
+
+    caplog.clear()
+    counts = sample("[1, 5]")  # lowered: nothing asked, nothing deleted, a warning says so
+    assert engine.asked == [] and pool_prompts(run) == {"T0.6": second["T0.6"], "T1": {f"p{i}" for i in range(5)}}
+    assert (counts["T0.6"]["samples"], counts["T0.6"]["asked"], counts["T0.6"]["not_asked"]) == (6, 1, 2)
+    assert "T0.6: 2 prompt(s) of the pool are not among the 1 it asks now" in caplog.text

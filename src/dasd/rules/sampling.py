@@ -1,4 +1,5 @@
-"""Teacher sampling rules (pure): the temperature schedule's config and derived seeds.
+"""Teacher sampling rules (pure): the temperature schedule's config, which prompts each temperature
+asks (``prompts_by_temperature``) and derived seeds.
 
 The stage that samples is ``dasd.stages.sample``; the method is in
 docs/method.md#temperature-scheduled-learning.
@@ -6,7 +7,7 @@ docs/method.md#temperature-scheduled-learning.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dasd.configbase import Seed, StrictModel
 from dasd.records import content_id
@@ -27,6 +28,15 @@ class SampleConfig(StrictModel):
     max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
     seed: Seed = Field(0, description="base seed; each (prompt, temperature) derives its own")
     batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
+    prompts_per_temperature: list[int] | None = Field(
+        None, description="Questions asked at each temperature, one count per entry of temperatures (the paper: "
+        "[105000, 330000]); null = every prompt at every temperature. The prompts are ranked once, by a hash of "
+        "(seed, prompt id), the same ranking for every temperature, and temperature i asks the first N_i: a "
+        "smaller set is part of a larger one, raising a count asks only the prompts it adds (samples already made "
+        "are kept), and a prompt added to data.prompts moves at most one prompt out of each set. Lowering a "
+        "count deletes nothing: samples already made stay in their pool and later stages use them (a warning "
+        "says how many); delete RUN/sample/pool-T<temp>-* to sample a pool again. A count above the number of "
+        "prompts asks them all (a warning).")
 
     @field_validator("temperatures")
     @classmethod
@@ -39,6 +49,43 @@ class SampleConfig(StrictModel):
         if len(set(names)) != len(names):  # 0.6 and 0.6000001 would write into one pool, T0.6
             raise ValueError(f"temperatures must differ in their first 6 significant digits (pools {names})")
         return v
+
+    @model_validator(mode="after")
+    def _per_temperature(self) -> SampleConfig:
+        per = self.prompts_per_temperature
+        if per is not None:
+            if len(per) != len(self.temperatures):
+                raise ValueError(f"prompts_per_temperature has {len(per)} count(s) for {len(self.temperatures)} "
+                                 f"temperature(s) {self.temperatures}: give one count per temperature")
+            if any(n < 1 for n in per):
+                raise ValueError(f"prompts_per_temperature: every count must be >= 1 (got {per})")
+        return self
+
+
+def prompt_rank(prompt_id: str, seed: int) -> tuple[str, str]:
+    """Where a prompt stands in the order ``prompts_per_temperature`` takes prompts from: a hash of
+    ``(seed, prompt id)`` (then the id), so a prompt's place does not depend on the other prompts."""
+    return content_id("sample-order", seed, prompt_id, length=64), prompt_id
+
+
+def prompts_by_temperature(prompts: list[dict], cfg: SampleConfig) -> tuple[dict[float, list[dict]], list[str]]:
+    """The prompts each temperature asks (in the order of ``prompts``), and warnings to log.
+
+    Every prompt at every temperature when ``cfg.prompts_per_temperature`` is None; else temperature
+    ``i`` asks the ``N_i`` prompts of lowest ``prompt_rank`` (all of them, with a warning, when
+    ``N_i`` is more than there are).
+    """
+    per = cfg.prompts_per_temperature
+    if per is None:
+        return {t: prompts for t in cfg.temperatures}, []
+    ranked = sorted((prompt_rank(p["id"], cfg.seed), i) for i, p in enumerate(prompts))
+    out, warnings = {}, []
+    for t, n in zip(cfg.temperatures, per):
+        if n > len(prompts):
+            warnings.append(f"{pool_name(t)}: sample.prompts_per_temperature asks {n} prompts and the run has "
+                            f"{len(prompts)}: all of them are asked")
+        out[t] = [prompts[i] for i in sorted(i for _, i in ranked[:n])]
+    return out, warnings
 
 
 def derived_seed(*parts) -> int:

@@ -1,5 +1,10 @@
 """`dasd sample`: k teacher responses per prompt at every temperature of the schedule.
 
+Every prompt is asked at every temperature, unless ``sample.prompts_per_temperature`` gives each
+temperature its own number of prompts (``rules.sampling.prompts_by_temperature``: the first N_i of
+one seeded ranking, so a smaller set is part of a larger one). ``RUN/sample/prompts`` keeps the
+prompts asked at some temperature.
+
 Output: ``RUN/sample/pool-T<temp>-NNNNN.parquet`` (the ``sample`` schema of ``dasd.columnar``), one
 Sample record per response, with the teacher's per-token (untempered) log-probs, token ids and
 character offsets (token strings are not stored: the ids and the tokenizer give them back). Ids hash (prompt,
@@ -38,7 +43,7 @@ from dasd.engines.base import GenerateRequest
 from dasd.errors import ConfigError, ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
-from dasd.rules.sampling import derived_seed
+from dasd.rules.sampling import derived_seed, prompts_by_temperature
 from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before, open_engine, output,
                        pool_name, record_faults, save_prompts, training_prompts)
 from dasd.store import RunStore, config_hash
@@ -57,6 +62,8 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     s = cfg.sample
     stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
                  "models": model_versions(cfg, "teacher")}
+    if s.prompts_per_temperature is None:  # as the config was before the knob: a run's later stages stay up to date
+        del stage_cfg["sample"]["prompts_per_temperature"]
     before = store.stage_info(STAGE).get("config") or {}
     model_name = stage_cfg["teacher"]["model"] = name_as_before(
         cfg.teacher.model, stage_cfg["models"]["teacher"], (before.get("teacher") or {}).get("model"),
@@ -64,6 +71,12 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     prompts = training_prompts(cfg, store)
+    asked, warnings = prompts_by_temperature(prompts, s)
+    for warning in warnings:
+        log.warning(warning)
+    if s.prompts_per_temperature is not None:
+        union = set().union(*({p["id"] for p in ps} for ps in asked.values()))
+        prompts = [p for p in prompts if p["id"] in union]
     store.begin_stage(STAGE, stage_cfg)
     save_prompts(store, prompts)
     counts: dict[str, dict] = {}
@@ -79,9 +92,9 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             quarantine: list[dict] = []
             with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
                 ids = {
-                    p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in prompts
+                    p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in asked[temp]
                 }
-                todo = [p for p in prompts if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
+                todo = [p for p in asked[temp] if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
                 if todo and engine is None:
                     engine = opened = open_engine(cfg.teacher)
                 todo = [p for p in todo if not _quarantine_long(engine, p, quarantine, context, s.max_tokens)]
@@ -143,11 +156,15 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
                             f"see {store.root / STAGE}/rejects-*.jsonl")
                 rejected |= {q["id"] for q in quarantine}
-            counts[pool] = pool_stats(store, pool)
+            counts[pool] = pool_stats(store, pool, {p["id"] for p in asked[temp]})
             counts[pool]["quarantined"] = len(quarantine)
             counts[pool]["refused_too_long"] = len(refused)
             counts[pool]["new"] = w.written
             c = counts[pool]
+            if s.prompts_per_temperature is not None and c["not_asked"]:
+                log.warning(f"{pool}: {c['not_asked']} prompt(s) of the pool are not among the {c['asked']} it asks now "
+                            "(sample.prompts_per_temperature lowered, or data.prompts changed): their samples are kept "
+                            f"and later stages use them; delete {store.root / STAGE}/pool-{pool}-* to sample the pool again")
             log.info(
                 f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
                 f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
@@ -245,8 +262,9 @@ def _generations(engine, reqs, skip):
                 yield r, g
 
 
-def pool_stats(store: RunStore, pool: str) -> dict:
-    """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted)."""
+def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None) -> dict:
+    """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted); with the ids of
+    the prompts the pool ``asked``, how many those are and how many prompts of the pool are not among them."""
     n = total_lp = total_tok = cut = 0
     prompts = set()
     for r in store.read(STAGE, output(SAMPLE_POOL, pool)):
@@ -257,10 +275,13 @@ def pool_stats(store: RunStore, pool: str) -> dict:
         lps = [] if lps is None else lps.tolist() if hasattr(lps, "tolist") else lps
         total_lp += math.fsum(lps)
         total_tok += len(lps)
-    return {
+    stats = {
         "samples": n, "prompts": len(prompts), "cut_off": cut, "tokens": total_tok,
         "mean_token_logprob": total_lp / total_tok if total_tok else None,
     }
+    if asked is not None:
+        stats |= {"asked": len(asked), "not_asked": len(prompts - asked)}
+    return stats
 
 
 def _fmt(x: float | None) -> str:
