@@ -53,7 +53,8 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("sample", ("data", "sample", "teacher"), (), ("prompts", "pool-T<temp>"),
           "dasd.stages.sample:run_sample",
-          "Sample k teacher responses per prompt at each temperature of the schedule (one pool each)."),
+          "Sample k teacher responses per prompt at each temperature of the schedule (one pool each; "
+          "sample.prompts_per_temperature: a number of prompts per temperature)."),
     Stage("import", ("import", "data", "teacher"), (), ("prompts", "pool-T<temp>"),
           "dasd.stages.import_:run_import",
           "Bring existing teacher responses into a run (released DASD layout or chat JSONL).",

@@ -30,13 +30,10 @@ class SampleConfig(StrictModel):
     batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
     prompts_per_temperature: list[int] | None = Field(
         None, description="Questions asked at each temperature, one count per entry of temperatures (the paper: "
-        "[105000, 330000]); null = every prompt at every temperature. The prompts are ranked once, by a hash of "
-        "(seed, prompt id), the same ranking for every temperature, and temperature i asks the first N_i: a "
-        "smaller set is part of a larger one, raising a count asks only the prompts it adds (samples already made "
-        "are kept), and a prompt added to data.prompts moves at most one prompt out of each set. Lowering a "
-        "count deletes nothing: samples already made stay in their pool and later stages use them (a warning "
-        "says how many); delete RUN/sample/pool-T<temp>-* to sample a pool again. A count above the number of "
-        "prompts asks them all (a warning).")
+        "[105000, 330000]); null = every prompt at every temperature. Temperature i asks the first N_i prompts of "
+        "one ranking by a hash of (seed, prompt id), so a smaller set is part of a larger one; raising a count asks "
+        "only the prompts it adds, lowering one deletes no sample, a count above the prompts asks them all "
+        "(docs/pipeline.md, 'Questions per temperature').")
 
     @field_validator("temperatures")
     @classmethod
