@@ -478,6 +478,23 @@ def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
         curated_from_run(RunStore(tmp_path / "empty"))
 
 
+def test_pools_of_different_question_sets_draw_each_question_once(tmp_path):
+    # sample.prompts_per_temperature: T0.6 asked one question, T1 all three (a subset of it); the
+    # draw takes every question once, with the lowest-temperature response it has as the reference
+    store = RunStore(tmp_path / "run")
+    curated = curated_set(3)
+    with store.writer("sample", "prompts") as w:
+        for q in curated:
+            w.add(q["prompt"])
+    for pool, qs in (("T0.6", curated[:1]), ("T1", curated)):
+        with store.writer("select", f"selected-{pool}") as w:
+            for q in qs:
+                w.add({"id": f"{q['prompt']['id']}-{pool}", "prompt_id": q["prompt"]["id"], "text": f"{pool} text"})
+    drawn = draw_questions(curated_from_run(store), 10, 0)
+    assert sorted((q["prompt"]["id"], q["teacher_text"]) for q in drawn) == [
+        ("q00", "T0.6 text"), ("q01", "T1 text"), ("q02", "T1 text")]
+
+
 def test_summary_line():
     f = funnel_of([{"verdict": v} for v in ["finished", "kept", "structure", "kept"]])
     assert summary_line(f) == ("[mix] 4 questions -> 3 cut off (75.0%) -> 3 teacher continuations -> "

@@ -241,3 +241,29 @@ def test_length_rule_counter_gives_the_tokenizer_verdict():
         real = len(tok.encode(text, add_special_tokens=False))
         assert real <= len(text.encode("utf-8")) + 1
         assert (count(text) > 40) == (real > 40), text
+
+
+def test_pools_of_different_question_sets_flow_through(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    # sample.prompts_per_temperature=[1, 3]: T0.6 holds one question, T1 all three; filter, score and
+    # select work per pool and keep each pool's own questions
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) + "\n" for i in range(3)), encoding="utf-8")
+    cfg = load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", f"teacher.model={tiny_lm_dir}",
+        f"student.model={tiny_lm_dir_other_vocab}", "sample.k=2", "sample.max_tokens=12",
+        "sample.prompts_per_temperature=[1, 3]", *RELAXED,
+    ])
+    sampled = run_sample(cfg)
+    assert {p: (c["samples"], c["prompts"]) for p, c in sampled.items()} == {"T0.6": (2, 1), "T1": (6, 3)}
+    funnel = run_filter(cfg)
+    assert (funnel["T0.6"]["in"], funnel["T1"]["in"]) == (2, 6)
+    scored = run_score(cfg)
+    assert all(scored[p]["scored"] == funnel[p]["out"] for p in ("T0.6", "T1"))
+    run_select(cfg, grade=None)
+    store = RunStore.open(cfg.run_dir)
+    chosen = {p: [r["prompt_id"] for r in store.read("select", f"selected-{p}")] for p in ("T0.6", "T1")}
+    kept = {p: {r["prompt_id"] for r in store.read("filter", f"kept-{p}")} for p in ("T0.6", "T1")}
+    assert all(sorted(chosen[p]) == sorted(kept[p]) for p in chosen)  # m=1: one per question the pool kept
+    assert (len(chosen["T0.6"]), len(chosen["T1"])) == (1, 3)
+    assert set(chosen["T0.6"]) <= {r["prompt_id"] for r in store.read("sample", "pool-T1")}
+    assert len(list(store.read("select", "train-T0.6"))) == len(chosen["T0.6"])
