@@ -423,14 +423,28 @@ def require_ran(store: RunStore, stages: tuple[str, ...], by: str) -> None:
 MIX_FREE_SETTINGS = ("replay", "batch_questions")
 
 
-def mix_finished(cfg, store: RunStore) -> bool:
-    """True when `dasd mix` finished in this run with the config's ``mix`` section (settings that do
-    not change its outputs, ``MIX_FREE_SETTINGS``, aside)."""
+def mix_not_current(cfg, store: RunStore) -> str | None:
+    """Why the stored mixed-policy examples cannot feed training now, or None when they can: `dasd
+    mix` must have finished with the config's ``mix`` section (settings that do not change its
+    outputs, ``MIX_FREE_SETTINGS``, aside), with the student it would use now (the newest trained
+    before the mixed stage, by ``model_version``: rollouts of a retrained or deleted stage are another
+    policy's) and with the same teacher. Models are compared where `dasd mix` recorded them as
+    ``NAME@VERSION``; a mix made through the library with bare names is taken as it is."""
     info = store.stage_info("mix")
-    done = (info.get("config") or {}).get("mix") or {}
-    want = cfg.mix.model_dump()
-    return bool(info.get("complete")) and config_hash({k: v for k, v in done.items() if k not in MIX_FREE_SETTINGS}) \
-        == config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS})
+    if not info.get("complete"):
+        return "`dasd mix` has not finished"
+    ran = info.get("config") or {}
+    done, want = ran.get("mix") or {}, cfg.mix.model_dump()
+    if config_hash({k: v for k, v in done.items() if k not in MIX_FREE_SETTINGS}) \
+            != config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS}):
+        return "`dasd mix` ran with other mix settings"
+    mixed = [s.name for s in cfg.train.stages if s.data in MIXED_POOLS]
+    label, path = latest_student(cfg, store, before=mixed[0] if mixed else None)
+    for role, model, who in (("student", path, label), ("teacher", cfg.teacher.model, "the teacher")):
+        name, at, version = str(ran.get(role) or "").rpartition("@")
+        if at and version != model_version(model):
+            return f"`dasd mix` ran with another {role} than {who} as it is now (retrained or replaced since)"
+    return None
 
 
 class StoredRecords:
@@ -451,7 +465,8 @@ def named_pools(cfg, store: RunStore) -> dict[str, StoredRecords | list[dict]]:
 
     ``low`` / ``high``: the selected examples of the lowest / highest temperature pool (`dasd select`
     must have finished); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
-    with the current ``mix`` config (an interrupted mix never feeds training); ``mixed+replay``:
+    with the current ``mix`` config and the student and teacher it would use now
+    (``mix_not_current``; an interrupted mix never feeds training); ``mixed+replay``:
     those plus off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
     require_finished(store, "select", "train")
@@ -462,13 +477,14 @@ def named_pools(cfg, store: RunStore) -> dict[str, StoredRecords | list[dict]]:
     for alias, temp in (("low", temps[0]), ("high", temps[-1])):
         if pool_name(temp) in data:
             data[alias] = data[pool_name(temp)]
-    if mix_finished(cfg, store):
+    stale = mix_not_current(cfg, store)
+    if stale is None:
         mixed = list(store.read("mix", MIX_EXAMPLES))
         if mixed:  # a mix that kept nothing: an optional mixed stage is skipped, as before the mix
             data["mixed"] = mixed
             _add_replay(cfg, data)
     elif store.stage_info("mix"):
-        logger("train").info("mixed-policy data not used: `dasd mix` has not finished with this config yet")
+        logger("train").info(f"mixed-policy data not used: {stale}; run `dasd mix` to make it again")
     return data
 
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from dasd.config import load_config
 from dasd.rules.mixing import PAPER_REPLAY_RATIO, ReplayConfig, replay_examples
-from dasd.runs import named_pools
+from dasd.runs import named_pools, resolve_model
 from dasd.store import RunStore
 
 
@@ -99,3 +101,44 @@ def test_the_streamed_draw_equals_the_held_one_and_reads_the_pool_once():
         rng.shuffle(pool)
         cfg = ReplayConfig(ratio=rng.choice([0, 0.5, 1.0, 2.5, 20.0]), seed=trial)
         assert replay_examples(mixed, (e for e in pool), cfg) == _replay_held(mixed, pool, cfg)
+
+
+def test_mixed_data_of_another_student_is_not_offered_to_training(tmp_path, caplog):
+    """Stage 3 trains on rollouts of the model before it: once stage 2 is retrained (or its model
+    deleted, to be retrained by this very `dasd train`), the stored mix is another policy's."""
+    from dasd.runs import model_key, model_version
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "sample.temperatures=[0.6, 1.0]"])
+    store = RunStore(cfg.run_dir)
+    store.begin_stage("select", {})
+    for pool in ("T0.6", "T1"):
+        with store.writer("select", f"train-{pool}") as w:
+            for e in _ex(pool, 4):
+                w.add(e)
+    store.end_stage("select", {})
+    finals = {}
+    for stage in ("stage1_low", "stage2_high"):  # two trained stages, as `dasd train` leaves them
+        final = store.root / "train" / stage / "final"
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+        (final.parent / "done.json").write_text(f'{{"stage": "{stage}", "final_loss": 1.0}}')
+        finals[stage] = final
+    teacher = resolve_model(cfg.teacher.model)
+    # as `dasd mix` records its models: NAME@VERSION of the newest student before stage 3, and the teacher
+    store.begin_stage("mix", {"mix": cfg.mix.model_dump(),
+                              "student": f"{model_key(store, str(finals['stage2_high']))}@{model_version(str(finals['stage2_high']))}",
+                              "teacher": f"teacher@{model_version(teacher)}"})
+    with store.writer("mix", "examples") as w:
+        for e in _ex("mix", 3):
+            w.add(e)
+    store.end_stage("mix", {})
+    assert [e["id"] for e in named_pools(cfg, store)["mixed"]] == ["mix000", "mix001", "mix002"]
+
+    (finals["stage2_high"].parent / "done.json").write_text('{"stage": "stage2_high", "final_loss": 0.5}')  # retrained
+    with caplog.at_level("INFO", logger="dasd.train"):
+        data = named_pools(cfg, store)
+    assert "mixed" not in data and "mixed+replay" not in data
+    assert "another student than stage2_high as it is now" in caplog.text and "run `dasd mix`" in caplog.text
+
+    shutil.rmtree(finals["stage2_high"].parent)  # deleted, to be trained again by this `dasd train`
+    assert "mixed" not in named_pools(cfg, store)  # stage1_low's model is not the one that wrote the rollouts
