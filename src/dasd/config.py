@@ -360,6 +360,11 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
     return "\n".join(out)
 
 
+def _cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` splits the cell (in a code span too, on GitHub)."""
+    return text.replace("|", "\\|")
+
+
 def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
     """Markdown reference of every config key: type, default and description (docs/config.md)."""
     lines = []
@@ -390,7 +395,7 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> st
         typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
         typ = re.sub(r"Annotated\[(\w+), [^\]]*\)\]", r"\1", typ)  # a validated str (e.g. a source spec) reads as str
         desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        simple.append(f"| `{key}` | `{typ}` | `{default}` | {desc} |")
+        simple.append(f"| `{key}` | `{_cell(typ)}` | `{_cell(default)}` | {desc} |")
     if simple:
         doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
         lines += [f"## `{prefix[:-1] or 'top level'}`", "", doc, "", "| key | type | default | description |", "|---|---|---|---|", *simple, ""]

@@ -174,6 +174,8 @@ def test_config_reference_doc_is_current_and_every_key_documented():
     assert doc.read_text(encoding="utf-8").strip() == ref.strip(), "regenerate: python -m dasd.config > docs/config.md"
     rows = [line for line in ref.splitlines() if line.startswith("| `")]
     assert len(rows) > 80
+    # four cells a row: an unescaped | (e.g. of the type `str | None`, code span or not) splits a cell on GitHub
+    assert [r for r in rows if len(re.split(r"(?<!\\)\|", r)) != 6] == []
     cells = [re.fullmatch(r"\| `(.+?)` \| `(.*?)` \| `(.*?)` \| (.*)\|", r) for r in rows]  # key, type, default, desc
     assert all(cells), [r for r, c in zip(rows, cells) if not c]
     undocumented = [c[1] for c in cells if not c[4].strip()]
