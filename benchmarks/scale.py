@@ -65,11 +65,22 @@ def response_text(rng: random.Random) -> tuple[str, int]:
     return "\n".join(lines), x
 
 
+def short(response: tuple[str, int], chars: int | None) -> str:
+    """A ``response_text`` with its reasoning cut to about ``chars`` characters (None: whole)."""
+    text, x = response
+    if not chars:
+        return text
+    body = text.split("<think>\n", 1)[1].split("\n</think>", 1)[0][:chars].rstrip()
+    return f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{x}}}."
+
+
 # -- building the synthetic run ---------------------------------------------------------------------
 
 
-def build_run(root: Path, n: int, seed: int = 0, k: int = 4) -> dict:
-    """Prompts and one sample pool (T0.6) of ``n`` responses, written through the run store."""
+def build_run(root: Path, n: int, seed: int = 0, k: int = 4, prompt=None, chars: int | None = None) -> dict:
+    """Prompts and one sample pool (T0.6) of ``n`` responses, ``k`` to a prompt, written through the
+    run store. ``prompt(i)``: prompt ``i``'s record (default: a one-line question); ``chars``: cut
+    each response's reasoning to about that many characters."""
     import numpy as np
     from tokenizers import Tokenizer
 
@@ -83,14 +94,14 @@ def build_run(root: Path, n: int, seed: int = 0, k: int = 4) -> dict:
     n_prompts = (n + k - 1) // k
     with store.writer("sample", "prompts") as w:
         for i in range(n_prompts):
-            w.add({"id": f"p{i:06d}", "domain": "toy", "meta": {},
-                   "messages": [{"role": "user", "content": f"Problem {i}: apply the operations."}]})
+            w.add(prompt(i) if prompt else {"id": f"p{i:06d}", "domain": "toy", "meta": {},
+                  "messages": [{"role": "user", "content": f"Problem {i}: apply the operations."}]})
     t0 = time.process_time()
     tokens = 0
     arrays = (lambda a: a) if _columnar() else (lambda a: a.tolist())  # the JSONL store needs lists
     with store.writer("sample", "pool-T0.6", shard_size=256) as w:
         for start in range(0, n, 256):
-            texts = [response_text(rng)[0] for _ in range(start, min(n, start + 256))]
+            texts = [short(response_text(rng), chars) for _ in range(start, min(n, start + 256))]
             for j, (text, enc) in enumerate(zip(texts, tok.encode_batch(texts, add_special_tokens=False))):
                 i = start + j
                 ids = np.asarray(enc.ids, dtype=np.int32)

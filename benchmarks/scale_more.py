@@ -51,6 +51,9 @@ from scale import response_text  # noqa: E402
 
 STAGES = ("import", "train-data", "mix-draw", "report")
 CONTEXT = 16384
+# ``--prompts``: the stages that look a response's prompt up, and the lookups compared
+PROMPT_STAGES = ("sample-prompts", "filter", "score", "select", "mix-draw")
+LOOKUPS = ("dict", "lazy")
 
 def reasoning(rng: random.Random, chars: int | None) -> tuple[str, str]:
     """A reasoning body and its answer (``chars``: cut the body to about that many characters)."""
@@ -131,6 +134,65 @@ def build_pipeline(root: Path, n: int, chars: int | None) -> dict:
     return out
 
 
+_WORDS = ("the", "array", "integer", "given", "value", "return", "each", "query", "modulo", "sum", "of", "find",
+          "minimum", "graph", "edge", "vertex", "string", "prime", "number", "triangle", "probability", "expected")
+
+
+def question(i: int, rng: random.Random, base: str) -> dict:
+    """Prompt ``i`` as a prompts file holds it: a question of 200-3000 characters; every third a code
+    question with test cases (1-4 KB of inputs and outputs), the others math with a reference answer."""
+    def text(n: int) -> str:
+        at = rng.randrange(len(base) - n)
+        return base[at : at + n]
+
+    rec = {"id": f"p{i:06d}", "prompt": f"Problem {i}. " + text(rng.randint(200, 3000))}
+    if i % 3 == 0:
+        tests = [text(rng.randint(50, 400)) for _ in range(rng.randint(4, 10))]
+        rec.update(domain="code", tests={"inputs": tests[::2], "outputs": tests[1::2]})
+    else:
+        rec.update(domain="math", answer=str(rng.randint(0, 999)))
+    return rec
+
+
+def build_prompt_run(root: Path, n: int, k: int, chars: int | None, seed: int = 0) -> dict:
+    """``root/prompts.jsonl`` (n questions, ``question``) and ``root/run``: those prompts as
+    `dasd sample` saves them and a sample pool of k responses to each (``scale.build_run``)."""
+    from dasd.prompts import DEFAULT_SYSTEM_PROMPT, to_prompt
+
+    if (root / "built.json").exists():
+        return json.loads((root / "built.json").read_text())
+    rng = random.Random(seed)
+    base = " ".join(rng.choice(_WORDS) for _ in range(200_000))
+    root.mkdir(parents=True)
+    with (root / "prompts.jsonl").open("w", encoding="utf-8") as fh:
+        def prompt(i: int) -> dict:
+            raw = question(i, rng, base)
+            fh.write(json.dumps(raw) + "\n")
+            return to_prompt(raw, DEFAULT_SYSTEM_PROMPT)
+
+        built = scale.build_run(root / "run", n * k, k=k, prompt=prompt, chars=chars)
+    out = {"prompts": n, "records": n * k, "tokens": built["teacher_tokens"],
+           "prompt_bytes": folder_bytes(root / "run" / "sample", "prompts-")}
+    (root / "built.json").write_text(json.dumps(out))
+    return out
+
+
+def use_lookup(lookup: str) -> None:
+    """Make filter, score, select and mix look prompts up with ``dict`` (``runs.load_run_prompts``:
+    every prompt of the run held, as they did before ``runs.RunPrompts``) or ``lazy`` (their own,
+    ``runs.RunPrompts``). ``dict`` on a dasd without ``RunPrompts`` is that dasd's own code."""
+    import dasd.runs as runs
+    from dasd.stages import filter, mix, score, select
+
+    if lookup == "lazy":
+        if not hasattr(runs, "RunPrompts"):
+            raise SystemExit("this dasd has no lazy prompt lookup (runs.RunPrompts); use --lookups dict")
+        return
+    for module in (runs, filter, score, select, mix):
+        if hasattr(module, "RunPrompts"):
+            module.RunPrompts = runs.load_run_prompts
+
+
 def config(root: Path, extra: list[str]):
     from dasd.config import load_config
 
@@ -164,10 +226,24 @@ def run_stage(stage: str, root: Path) -> dict:
     from dasd.stages import import_, mix, report  # noqa: F401
     from dasd.train import data  # noqa: F401
 
+    stage, _, lookup = stage.partition("@")
+    if lookup:
+        use_lookup(lookup)
+    if stage in ("filter", "score", "select"):
+        return scale.run_stage(stage, root / "run")
     base, loaded = _status("VmRSS"), _status("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")
     t0, c0 = time.monotonic(), time.process_time()
-    if stage == "import":
+    if stage == "sample-prompts":  # what `dasd sample` holds of the prompts before its engine works
+        from dasd.runs import save_prompts, training_prompts
+        from dasd.store import RunStore
+
+        cfg = config(root, [f"data.prompts={root.parent / 'prompts.jsonl'}"])
+        store = RunStore(root / "run")
+        prompts = training_prompts(cfg, store)
+        save_prompts(store, prompts)
+        out = {"written": 0, "held": len(prompts)}
+    elif stage == "import":
         from dasd.stages.import_ import run_import
 
         tok = str(root.parent / "o200k" / "tokenizer")
@@ -206,8 +282,79 @@ def run_stage(stage: str, root: Path) -> dict:
             "peak_rss": max(loaded, _status("VmHWM")), "stage_peak": _status("VmHWM") - base}
 
 
-def folder_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+def folder_bytes(root: Path, prefix: str = "") -> int:
+    return sum(p.stat().st_size for p in root.rglob(f"{prefix}*") if p.is_file())
+
+
+def child(stage: str, root: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, __file__, "--stage", stage, "--run", str(root)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_prompts(n: int, k: int, chars: int | None, lookups: list[str], repeat: int, workdir: Path) -> list[dict]:
+    """One pass of the prompt-heavy stages over a run of n prompts (k responses each) per lookup:
+    ``sample-prompts`` once, then filter, score, select and mix's draw on a fresh copy of the sample
+    stage (hard links) for each lookup in turn."""
+    root = workdir / f"prompts-{n}"
+    built = build_prompt_run(root, n, k, chars)
+    rows = []
+
+    def row(stage: str, lookup: str, m: dict) -> dict:
+        r = {"stage": stage, "lookup": lookup, "repeat": repeat, **built, **m}
+        print(prompt_table([r], header=not rows), flush=True)
+        rows.append(r)
+        return r
+
+    shutil.rmtree(root / "sp", ignore_errors=True)
+    row("sample-prompts", "-", child("sample-prompts", root / "sp"))
+    shutil.rmtree(root / "sp")
+    work = workdir / f"prompts-{n}-work"
+    shutil.rmtree(work, ignore_errors=True)
+    for lookup in lookups:
+        shutil.copytree(root / "run", work / "run", copy_function=os.link)
+        for stage in PROMPT_STAGES[1:]:
+            row(stage, lookup, child(f"{stage}@{lookup}", work))
+        shutil.rmtree(work)
+    return rows
+
+
+def prompt_table(rows: list[dict], header: bool = True) -> str:
+    head = (f"| {'stage':14s} | {'lookup':6s} | {'prompts':>7s} | {'responses':>9s} | {'wall s':>6s} | "
+            f"{'stage peak MB':>13s} | {'CPU us/resp':>11s} |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"] if header else []
+    for r in rows:
+        lines.append(f"| {r['stage']:14s} | {r['lookup']:6s} | {r['prompts']:7d} | {r['records']:9d} | "
+                     f"{r['wall_s']:6.1f} | {r['stage_peak'] / 2**20:13.1f} | {r['cpu_s'] / r['records'] * 1e6:11.1f} |")
+    return "\n".join(lines)
+
+
+def prompts_main(a) -> None:
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-prompts-"))
+    counts, lookups = [int(x) for x in a.prompts.split(",")], a.lookups.split(",")
+    rows = []
+    for repeat in range(a.repeats):  # repeats interleaved: every size and lookup once, then again
+        for n in counts:
+            rows += measure_prompts(n, a.k, a.chars, lookups, repeat, workdir)
+    print()
+    print(f"the stage's own peak MB (range over {a.repeats} repeat(s)) and CPU us per response, by prompts:")
+    for stage in PROMPT_STAGES:
+        for lookup in ("-", *lookups):
+            got = {n: [r for r in rows if (r["stage"], r["lookup"], r["prompts"]) == (stage, lookup, n)] for n in counts}
+            if not all(got.values()):
+                continue
+
+            def rng(vals, fmt):
+                return f"{min(vals):{fmt}}-{max(vals):{fmt}}" if len(vals) > 1 else f"{vals[0]:{fmt}}"
+            peaks = {n: [r["stage_peak"] / 2**20 for r in rs] for n, rs in got.items()}
+            cpu = {n: [r["cpu_s"] / r["records"] * 1e6 for r in rs] for n, rs in got.items()}
+            lo, hi = min(counts), max(counts)
+            per = (sum(peaks[hi]) / len(peaks[hi]) - sum(peaks[lo]) / len(peaks[lo])) * 1024 / max(1, hi - lo)
+            print(f"  {stage:14s} {lookup:6s} " + " / ".join(f"{n}: {rng(peaks[n], '.0f')} MB" for n in counts)
+                  + f" (+{per:.2f} KB per prompt); CPU " + " / ".join(rng(cpu[n], ".0f") for n in counts) + " us/resp")
 
 
 def measure(stage: str, n: int, chars: int | None, workdir: Path) -> dict:
@@ -245,8 +392,17 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     ap.add_argument("--chars", type=int, default=None, help="cut each reasoning to about this many characters")
     ap.add_argument("--workdir", default=None, help="where the synthetic inputs go (default: a temp dir)")
+    ap.add_argument("--prompts", default=None, help="comma-separated prompt counts: measure the stages that look "
+                    f"prompts up ({', '.join(PROMPT_STAGES)}) instead, as the prompts grow")
+    ap.add_argument("--k", type=int, default=2, help="--prompts: responses per prompt")
+    ap.add_argument("--lookups", default=",".join(LOOKUPS), help="--prompts: the prompt lookups to compare: dict "
+                    "(every prompt held, as before), lazy (runs.RunPrompts)")
+    ap.add_argument("--repeats", type=int, default=1, help="--prompts: interleaved repeats")
     a = scale.parse_or_run_child(ap, run_stage)
     if a is None:
+        return
+    if a.prompts:
+        prompts_main(a)
         return
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-more-"))
     rows = []

@@ -12,9 +12,13 @@ Output names inside ``RUN/<stage>/``:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import json
 import math
 import re
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +27,12 @@ from dasd.columnar import kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError, InputError
+from dasd.jsonl import reject_constant
 from dasd.log import logger
 from dasd.prompts import load_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
 from dasd.rules.sampling import pool_name
-from dasd.store import RunStore, config_hash
+from dasd.store import RunStore, config_hash, shard_paths
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
 SAMPLE_POOL = "pool"
@@ -94,8 +99,105 @@ def save_prompts(store: RunStore, prompts: list[dict]) -> None:
 
 
 def load_run_prompts(store: RunStore) -> dict[str, dict]:
-    """The run's prompts by id."""
+    """The run's prompts by id, every one held in memory: for toy-sized runs (the ablation) and for
+    comparing with ``RunPrompts``, which the stages use."""
     return {p["id"]: p for p in store.read("sample", PROMPTS)}
+
+
+class RunPrompts:
+    """The run's prompts (``sample/prompts``) by id, read from the run when asked for: how filter,
+    score, select and mix join a response to its question (``prompts[pid]``, ``prompts.get(pid)``,
+    ``pid in prompts``).
+
+    Only an index is held: per prompt, a 64-bit hash of its id and where its line starts (shard,
+    byte offset), 16 bytes in two numpy arrays (448K prompts: 7 MB; holding every prompt, as
+    ``load_run_prompts`` does, is 1-2 GB at the paper's scale). Building it reads the shards once.
+    A lookup reads one line (ids that share a hash are told apart by the id read); the last
+    ``cache`` prompts looked up are kept, as responses come in prompt order (a prompt's k
+    responses in a row), and each is the same object while it stays there. An id written twice
+    gives its first record, as ``RunStore.read`` does; a line that is not a JSON object, or a
+    prompt without a string ``id``, is a ``DasdError`` naming file and line.
+    """
+
+    def __init__(self, store: RunStore, cache: int = 16):
+        import numpy as np
+
+        self._paths = shard_paths(store.root / "sample", PROMPTS)
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._cache_size = cache
+        hashes, where = array("q"), array("q")
+        for k, path in enumerate(self._paths):
+            for at, lineno, rec in self._lines(path):
+                if not isinstance(rec.get("id"), str):
+                    raise DasdError(f"{path}:{lineno}: corrupt run file (a prompt without a string 'id')")
+                hashes.append(hash(rec["id"]))
+                where.append(k << _OFFSET_BITS | at)
+        h = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
+        order = np.argsort(h, kind="stable")  # stable: the first of an id written twice comes first
+        self._hashes = h[order]
+        self._where = (np.frombuffer(where, dtype=np.int64) if where else np.zeros(0, np.int64))[order]
+
+    @staticmethod
+    def _lines(path: Path):
+        """``(byte offset, line number, record)`` of each record of a JSONL shard."""
+        with path.open("rb") as fh:
+            at = 0
+            for lineno, line in enumerate(fh, 1):
+                start, at = at, at + len(line)
+                if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+                    line, start = line[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
+                if line.strip():
+                    yield start, lineno, _parse(line, path, lineno)
+
+    def _read(self, where: int) -> dict:
+        path = self._paths[where >> _OFFSET_BITS]
+        with path.open("rb") as fh:
+            fh.seek(where & ((1 << _OFFSET_BITS) - 1))
+            return _parse(fh.readline(), path, None)
+
+    def get(self, prompt_id: str, default=None):
+        """The prompt with id ``prompt_id``, else ``default``."""
+        rec = self._cache.get(prompt_id)
+        if rec is not None:
+            self._cache.move_to_end(prompt_id)
+            return rec
+        if not isinstance(prompt_id, str):
+            return default
+        h = hash(prompt_id)
+        i = int(self._hashes.searchsorted(h))
+        while i < len(self._hashes) and self._hashes[i] == h:
+            rec = self._read(int(self._where[i]))
+            if rec.get("id") == prompt_id:
+                self._cache[prompt_id] = rec
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+                return rec
+            i += 1
+        return default
+
+    def __getitem__(self, prompt_id: str) -> dict:
+        rec = self.get(prompt_id)
+        if rec is None:
+            raise KeyError(prompt_id)
+        return rec
+
+    def __contains__(self, prompt_id: object) -> bool:
+        return isinstance(prompt_id, str) and self.get(prompt_id) is not None
+
+
+_OFFSET_BITS = 40  # RunPrompts: a line's byte offset in its shard (shards are far below 1 TB)
+
+
+def _parse(line: bytes, path: Path, lineno: int | None) -> dict:
+    """One line of a run's JSONL shard as a record; ``DasdError`` naming the file (and line) if it is not one."""
+    where = f"{path}:{lineno}" if lineno else str(path)
+    try:
+        rec = json.loads(line, parse_constant=reject_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DasdError(f"{where}: corrupt run file (not valid JSON: {e})") from None
+    if not isinstance(rec, dict):
+        raise DasdError(f"{where}: corrupt run file (expected a JSON object, got {type(rec).__name__})")
+    return rec
 
 
 # -- models and engines -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
-from dasd.runs import (KEPT, SAMPLE_POOL, begin_unless_up_to_date, load_run_prompts, model_versions, output, pools,
+from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, model_versions, output, pools,
                        resolve_model)
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
@@ -72,7 +72,7 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
                                    outputs=(KEPT + "-", "rejects"))
     if done is not None:
         return done
-    prompts = load_run_prompts(store)
+    prompts = RunPrompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 
     def correct(sample: dict) -> bool:

@@ -52,7 +52,7 @@ class Curated:
 
     def __init__(self, store: RunStore, names: list[str]):
         self.store, self.names = store, names
-        self.prompts = runs.load_run_prompts(store)  # the questions, joined to each response by id
+        self.prompts = runs.RunPrompts(store)  # the questions, joined to each response by id (read on demand)
 
     def __iter__(self) -> Iterator[dict]:
         for pool in self.names:

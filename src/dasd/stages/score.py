@@ -30,7 +30,7 @@ from dasd.engines.base import ScoreRequest
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (KEPT, SCORED, begin_unless_up_to_date, faults_kept, load_run_prompts, model_versions, open_engine, output,
+from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, faults_kept, model_versions, open_engine, output,
                        pools, record_faults)
 from dasd.store import RunStore
 
@@ -48,7 +48,7 @@ def wants_local_naturalness(cfg) -> bool:
     return mode == "always" or (mode == "auto" and cfg.select.method == "local_naturalness")
 
 
-def score_local_naturalness(student, prompts: dict, samples: list[dict], window: int, batch: int) -> list[float | None]:
+def score_local_naturalness(student, prompts: RunPrompts | dict, samples: list[dict], window: int, batch: int) -> list[float | None]:
     """Local naturalness of each sample (the student engine scores every sentence's local window)."""
     reqs, owners = [], []
     for i, s in enumerate(samples):
@@ -79,7 +79,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         names = store.remove_outputs(STAGE, (SCORED + "-",))
         log.info(f"local naturalness is wanted now and was not computed before: {len(names)} scored output(s) "
                  "dropped, scored again")
-    prompts = load_run_prompts(store)
+    prompts = RunPrompts(store)
     counts = {}
     with faults_kept(store, STAGE, lambda: [student, teacher]):
         for pool in pools(store, "filter", KEPT):

@@ -21,7 +21,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id, teacher_signal
 from dasd.rules.das import SelectConfig, select_grouped
-from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, begin_unless_up_to_date, load_run_prompts, output, pools
+from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, RunPrompts, begin_unless_up_to_date, output, pools
 from dasd.store import RunStore
 
 STAGE = "select"
@@ -88,7 +88,7 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "score"), extra={"graded": grade is not None})
     if done is not None:
         return done
-    prompts = load_run_prompts(store)
+    prompts = RunPrompts(store)
     summary = {}
     # Selection is a pure function of the scored pools: its outputs are rewritten whole, and those
     # of a pool that is no longer scored go too.
