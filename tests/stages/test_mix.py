@@ -456,16 +456,22 @@ def test_funnel_of_counts_each_verdict_once():
     assert f["keep_rate"] == 0.5 and f["cut_off_rate"] == pytest.approx(4 / 6)
 
 
-def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
+def _run_with_selected(tmp_path, curated: list[dict], pools: dict[str, list[dict]]) -> RunStore:
+    """A run holding ``curated``'s prompts and, per pool, one selected response ("<pool> text") for each of its questions."""
     store = RunStore(tmp_path / "run")
-    curated = curated_set(3)
     with store.writer("sample", "prompts") as w:
         for q in curated:
             w.add(q["prompt"])
-    for pool, temp in (("T1", 1.0), ("T0.6", 0.6)):
+    for pool, qs in pools.items():
         with store.writer("select", f"selected-{pool}") as w:
-            for q in curated[:2]:
+            for q in qs:
                 w.add({"id": f"{q['prompt']['id']}-{pool}", "prompt_id": q["prompt"]["id"], "text": f"{pool} text"})
+    return store
+
+
+def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
+    curated = curated_set(3)
+    store = _run_with_selected(tmp_path, curated, {"T1": curated[:2], "T0.6": curated[:2]})
     items = curated_from_run(store)
     assert [(i["prompt"]["id"], i["teacher_text"]) for i in items] == [
         ("q00", "T0.6 text"), ("q01", "T0.6 text"), ("q00", "T1 text"), ("q01", "T1 text")]
@@ -481,15 +487,8 @@ def test_curated_from_run_joins_selected_responses_to_prompts(tmp_path):
 def test_pools_of_different_question_sets_draw_each_question_once(tmp_path):
     # sample.prompts_per_temperature: T0.6 asked one question, T1 all three (a subset of it); the
     # draw takes every question once, with the lowest-temperature response it has as the reference
-    store = RunStore(tmp_path / "run")
     curated = curated_set(3)
-    with store.writer("sample", "prompts") as w:
-        for q in curated:
-            w.add(q["prompt"])
-    for pool, qs in (("T0.6", curated[:1]), ("T1", curated)):
-        with store.writer("select", f"selected-{pool}") as w:
-            for q in qs:
-                w.add({"id": f"{q['prompt']['id']}-{pool}", "prompt_id": q["prompt"]["id"], "text": f"{pool} text"})
+    store = _run_with_selected(tmp_path, curated, {"T0.6": curated[:1], "T1": curated})
     drawn = draw_questions(curated_from_run(store), 10, 0)
     assert sorted((q["prompt"]["id"], q["teacher_text"]) for q in drawn) == [
         ("q00", "T0.6 text"), ("q01", "T1 text"), ("q02", "T1 text")]
