@@ -10,6 +10,7 @@ prompts that have none. Records that cannot be used are quarantined with ``where
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,20 @@ def to_prompt(raw: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
 def load_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None) -> tuple[list[dict], list[dict]]:
     """Load prompts from a source spec (``dasd.sources``); return (prompts, rejects). Duplicate ids are
     rejected after the first."""
+    rejects: list[dict] = []
+    prompts = list(iter_prompts(source, system_prompt, limit, rejects))
+    return prompts, rejects
+
+
+def iter_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None,
+                 rejects: list[dict] | None = None) -> Iterator[dict]:
+    """``load_prompts`` as a stream: the prompts as they are read (only their ids are held, to reject
+    a duplicate), the rejects appended to ``rejects`` as they are met."""
     if not str(source).startswith(HUB_PREFIX) and not Path(source).exists():
         raise InputError(f"{source}: prompt file or folder not found")
-    prompts: list[dict] = []
-    rejects: list[dict] = []
+    rejects = [] if rejects is None else rejects
     seen: set[str] = set()
+    n = 0
     for where, raw in iter_rows(source):
         if isinstance(raw, BadLine):
             rejects.append(raw.to_record())
@@ -107,10 +117,10 @@ def load_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
             rejects.append({"where": where, "reason": f"duplicate prompt id {p['id']!r}", "raw": str(raw)[:2000]})
             continue
         seen.add(p["id"])
-        prompts.append(p)
-        if limit is not None and len(prompts) >= limit:
+        n += 1
+        yield p
+        if limit is not None and n >= limit:
             break
-    return prompts, rejects
 
 
 def toy_prompts(n: int, seed: int, split: str, system_prompt: str | None, world: str = "chain") -> list[dict]:

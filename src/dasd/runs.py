@@ -29,7 +29,7 @@ from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError, InputError
 from dasd.jsonl import reject_constant
 from dasd.log import logger
-from dasd.prompts import load_prompts, toy_prompts
+from dasd.prompts import iter_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
 from dasd.rules.sampling import pool_name
 from dasd.store import RunStore, config_hash, shard_paths
@@ -76,19 +76,40 @@ def results_name(label: str) -> str:
 
 def training_prompts(cfg, store: RunStore, stage: str = "sample") -> list[dict]:
     """The prompts of the run (toy train split or a file); bad records go to ``stage/rejects``."""
+    rejects: list[dict] = []
+    prompts = list(iter_training_prompts(cfg, rejects))
+    _keep_rejects(cfg, store, stage, rejects, bool(prompts))
+    return prompts
+
+
+def training_prompt_ids(cfg, store: RunStore, stage: str = "sample") -> list[str]:
+    """The ids of ``training_prompts``, in order, read as a stream (no prompt is held); bad records
+    go to ``stage/rejects`` and the same errors are raised."""
+    rejects: list[dict] = []
+    ids = [p["id"] for p in iter_training_prompts(cfg, rejects)]
+    _keep_rejects(cfg, store, stage, rejects, bool(ids))
+    return ids
+
+
+def iter_training_prompts(cfg, rejects: list[dict] | None = None) -> Iterator[dict]:
+    """``training_prompts`` as a stream, its rejects appended to ``rejects`` (none are written)."""
     d = cfg.data
     if d.prompts == "toy":
         prompts = toy_prompts(d.toy.n_train, d.toy.seed, "train", d.system_prompt, d.toy.world)
-        return prompts[: d.limit] if d.limit else prompts
-    prompts, rejects = load_prompts(d.prompts, d.system_prompt, d.limit)
+        yield from prompts[: d.limit] if d.limit else prompts
+        return
+    yield from iter_prompts(d.prompts, d.system_prompt, d.limit, rejects)
+
+
+def _keep_rejects(cfg, store: RunStore, stage: str, rejects: list[dict], any_prompt: bool) -> None:
+    d = cfg.data
     if rejects:
         store.write_rejects(stage, rejects)
         logger(stage).info(f"{len(rejects)} prompt record(s) rejected; see {store.root / stage}/rejects-*.jsonl")
-        if not prompts:
+        if not any_prompt:
             raise InputError(f"{d.prompts}: every prompt record was rejected ({len(rejects)}; the first, "
                              f"{rejects[0].get('where', '?')}: {rejects[0].get('reason', '?')}); "
                              f"see {store.root / stage}/rejects-*.jsonl")
-    return prompts
 
 
 def save_prompts(store: RunStore, prompts: list[dict]) -> None:

@@ -543,3 +543,27 @@ def test_server_refuses_malformed_fields_with_400s(serve):
         assert srv.engine_server.stats["requests"] == 0  # nothing reached the engine
         ok = post("/chat/completions", messages=msgs, logprobs=True, top_logprobs=2)
         assert ok.status_code == 200 and len(ok.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+
+
+def test_generate_iter_pulls_requests_lazily(serve, ref_engine, tiny_lm_dir):
+    """generate_iter takes a generator of requests and pulls it as slots free: when the first
+    sample comes back, at most concurrency + as many queued samples' requests were pulled (not
+    the 40), and every request is still answered once, equal to the hf engine's answer."""
+    reqs = chat_requests(n_prompts=40, n=1, max_tokens=4)
+    pulled: list[int] = []
+
+    def lazy():
+        for k, req in enumerate(reqs):
+            pulled.append(k)
+            yield req
+
+    with serve() as srv:
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], concurrency=2))
+        when_first, got = None, {}
+        for r, g in eng.generate_iter(lazy()):
+            when_first = len(pulled) if when_first is None else when_first
+            got[r] = g
+    assert when_first is not None and when_first <= 2 * 2 + 1, when_first
+    assert sorted(got) == list(range(40)) and len(pulled) == 40
+    for r in (0, 17, 39):
+        assert got[r].text == reference(ref_engine, reqs[r], 0).text

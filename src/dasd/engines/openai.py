@@ -62,7 +62,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,25 +310,29 @@ class OpenAIEngine:
 
     # ------------------------------------------------------------------ public API
     def generate_iter(
-        self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None,
+        self, requests: Iterable[GenerateRequest], skip: Callable[[int, int], bool] | None = None,
         too_long: Callable[[int, ContextLengthError], None] | None = None,
     ) -> Iterator[tuple[int, Generation]]:
         """Yield ``(request_index, generation)`` for every sample as soon as it finishes.
 
-        ``skip(request_index, sample_index)`` -> True leaves that sample out (already on disk).
+        ``requests``: any iterable, pulled as slots free (``openai.concurrency`` samples in flight and
+        as many queued): only the requests with samples in flight or queued are held, so a generator
+        of requests may be as long as the run. ``skip(request_index, sample_index)`` -> True leaves
+        that sample out (already on disk); it is called when the request is pulled.
         Order is completion order. A request that fails for good (a 4xx answer, retries used up)
         raises DasdError after the samples finished before it were yielded; closing the iterator
         early cancels what is in flight. ``too_long(request_index, error)``: when given, a request
         the server refuses as longer than its context (``ContextLengthError``) is handed to it once,
         its samples not yet sent are not asked, and the other requests go on.
         """
-        jobs = []
-        for r, req in enumerate(requests):
-            for i in range(req.n):
-                if skip is None or not skip(r, i):
-                    jobs.append(((r, i), lambda c, req=req, i=i: self._sample(c, req, i)))
+        def jobs():
+            for r, req in enumerate(requests):
+                for i in range(req.n):
+                    if skip is None or not skip(r, i):
+                        yield (r, i), lambda c, req=req, i=i: self._sample(c, req, i)
+
         refused: set[int] = set()
-        for (r, _), gen in self._stream(jobs, soft=too_long is not None):
+        for (r, _), gen in self._stream(jobs(), soft=too_long is not None):
             if isinstance(gen, ContextLengthError):
                 if r not in refused and too_long is not None:
                     refused.add(r)
@@ -390,29 +394,46 @@ class OpenAIEngine:
         return build_context_ids(self.tokenizer, str(self.cfg.tokenizer or self.cfg.model), messages, prefix, rid)
 
     # ------------------------------------------------------------------ async machinery
-    def _stream(self, jobs: list, soft: bool = False) -> Iterator[tuple[Any, Any]]:
+    def _stream(self, jobs: Iterable, soft: bool = False) -> Iterator[tuple[Any, Any]]:
         """Run ``jobs`` [(key, make(client) -> coroutine)] on an event loop in a thread; yield (key, result).
 
+        ``jobs`` is pulled here, in the caller's thread, as results come back: ``openai.concurrency``
+        jobs run and as many wait queued (so no worker idles while the caller takes a result), the
+        rest are not pulled yet.
         ``soft`` (keys ``(request, sample)``): a ``ContextLengthError`` is yielded as the result
         instead of ending the stream, and the request's jobs not yet started are dropped."""
-        if not jobs:
+        it = iter(jobs)
+        first = next(it, None)
+        if first is None:
             return
         import httpx
 
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
-        width = min(self.opt.concurrency, len(jobs))
-
+        width = self.opt.concurrency
+        ready = threading.Event()
+        loop_of: dict = {}  # "loop": the event loop, once running
+        pending: collections.deque = collections.deque()
+        closed = [False]  # no more jobs will be fed
         refused: set = set()  # requests refused as too long (soft)
 
         async def main() -> None:
-            pending = collections.deque(jobs)
+            more = asyncio.Event()
+            loop_of["loop"], loop_of["more"] = asyncio.get_running_loop(), more
+            ready.set()
             limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
             async with httpx.AsyncClient(limits=limits, timeout=self.opt.timeout_s, headers=self.headers) as client:
                 async def worker() -> None:
-                    while pending and not stop.is_set():
+                    while not stop.is_set():
+                        if not pending:
+                            if closed[0]:
+                                return
+                            more.clear()
+                            await more.wait()
+                            continue
                         key, make = pending.popleft()
                         if soft and key[0] in refused:
+                            out.put(("skipped", None))
                             continue
                         try:
                             res = await make(client)
@@ -446,15 +467,43 @@ class OpenAIEngine:
                 asyncio.run(main())
             except BaseException as err:  # noqa: BLE001
                 out.put(("error", DasdError(f"openai engine: {type(err).__name__}: {err}")))
+            finally:
+                ready.set()
             out.put(("done", None))
+
+        def feed(job) -> None:  # on the event loop
+            if job is None:
+                closed[0] = True
+            else:
+                pending.append(job)
+            loop_of["more"].set()
+
+        def send(job) -> bool:
+            try:
+                loop_of["loop"].call_soon_threadsafe(feed, job)
+                return True
+            except (KeyError, RuntimeError):  # the loop failed to start or has ended (its error is queued)
+                return False
 
         thread = threading.Thread(target=run, daemon=True, name="dasd-openai")
         thread.start()
+        ready.wait()
+        queued, nxt = 0, first  # jobs sent and not answered; the next job to send (None: no more)
         try:
             while True:
+                while nxt is not None and queued < 2 * width:
+                    if not send(nxt):
+                        break
+                    queued += 1
+                    nxt = next(it, None)
+                    if nxt is None:
+                        send(None)
                 kind, val = out.get()
                 if kind == "ok":
+                    queued -= 1
                     yield val
+                elif kind == "skipped":
+                    queued -= 1
                 elif kind == "error":
                     raise val
                 else:

@@ -72,16 +72,25 @@ def prompts_by_temperature(prompts: list[dict], cfg: SampleConfig) -> tuple[dict
     ``i`` asks the ``N_i`` prompts of lowest ``prompt_rank`` (all of them, with a warning, when
     ``N_i`` is more than there are).
     """
+    picked, warnings = picks_by_temperature([p["id"] for p in prompts], cfg)
+    if picked is None:
+        return {t: prompts for t in cfg.temperatures}, warnings
+    return {t: [prompts[i] for i in picked[t]] for t in cfg.temperatures}, warnings
+
+
+def picks_by_temperature(ids: list[str], cfg: SampleConfig) -> tuple[dict[float, list[int]] | None, list[str]]:
+    """``prompts_by_temperature`` from the prompts' ids alone: per temperature, the positions in
+    ``ids`` it asks, ascending (None: every prompt at every temperature), and warnings to log."""
     per = cfg.prompts_per_temperature
     if per is None:
-        return {t: prompts for t in cfg.temperatures}, []
-    ranked = sorted((prompt_rank(p["id"], cfg.seed), i) for i, p in enumerate(prompts))
+        return None, []
+    ranked = sorted(range(len(ids)), key=lambda i: (prompt_rank(ids[i], cfg.seed), i))
     out, warnings = {}, []
     for t, n in zip(cfg.temperatures, per):
-        if n > len(prompts):
+        if n > len(ids):
             warnings.append(f"{pool_name(t)}: sample.prompts_per_temperature asks {n} prompts and the run has "
-                            f"{len(prompts)}: all of them are asked")
-        out[t] = [prompts[i] for i in sorted(i for _, i in ranked[:n])]
+                            f"{len(ids)}: all of them are asked")
+        out[t] = sorted(ranked[:n])
     return out, warnings
 
 

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
-from dasd.errors import ConfigError, ContextLengthError
-from dasd.log import Rate, chunks, logger, progress
+from dasd.errors import ConfigError, ContextLengthError, InputError
+from dasd.log import Rate, logger, progress
 from dasd.records import sample_id, teacher_signal
-from dasd.rules.sampling import derived_seed, prompts_by_temperature
-from dasd.runs import (SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before, open_engine, output,
-                       pool_name, record_faults, save_prompts, training_prompts)
+from dasd.rules.sampling import derived_seed, picks_by_temperature
+from dasd.runs import (PROMPTS, SAMPLE_POOL, drop_if_models_changed, faults_kept, iter_training_prompts, model_versions,
+                       name_as_before, open_engine, output, pool_name, record_faults, training_prompt_ids)
 from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -70,15 +70,19 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         (before.get("models") or {}).get("teacher"))
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
-    prompts = training_prompts(cfg, store)
-    asked, warnings = prompts_by_temperature(prompts, s)
+    ids = training_prompt_ids(cfg, store)  # a pass over the prompts that keeps only their ids
+    picked, warnings = picks_by_temperature(ids, s)
     for warning in warnings:
         log.warning(warning)
-    if s.prompts_per_temperature is not None:
-        union = set().union(*({p["id"] for p in ps} for ps in asked.values()))
-        prompts = [p for p in prompts if p["id"] in union]
+    union = None if picked is None else set().union(*picked.values())
     store.begin_stage(STAGE, stage_cfg)
-    save_prompts(store, prompts)
+    with store.writer(STAGE, PROMPTS) as pw:  # the prompts asked at some temperature, as they stream
+        for i, p in enumerate(iter_training_prompts(cfg)):
+            if i >= len(ids) or p["id"] != ids[i]:
+                raise InputError(f"{cfg.data.prompts}: the prompts changed while the stage read them; run it again")
+            if union is None or i in union:
+                pw.add(p)
+    del union
     counts: dict[str, dict] = {}
     opened = None
     context = _context_key(cfg)
@@ -90,49 +94,68 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         for temp in s.temperatures:
             pool = pool_name(temp)
             quarantine: list[dict] = []
+            asked = ids if picked is None else [ids[i] for i in picked[temp]]
+
+            def sids(pid: str, temp=temp) -> list[str]:
+                return [sample_id(pid, model_name, temp, s.top_p, s.seed, i) for i in range(s.k)]
+
             with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
-                ids = {
-                    p["id"]: [sample_id(p["id"], model_name, temp, s.top_p, s.seed, i) for i in range(s.k)] for p in asked[temp]
-                }
-                todo = [p for p in asked[temp] if any(i not in w for i in ids[p["id"]]) and _too_long_id(p) not in rejected]
+                # the id pass: which prompts miss samples (the rest are not read again)
+                todo = {pid for pid in asked if _too_long_id({"id": pid}) not in rejected and any(i not in w for i in sids(pid))}
                 if todo and engine is None:
                     engine = opened = open_engine(cfg.teacher)
-                todo = [p for p in todo if not _quarantine_long(engine, p, quarantine, context, s.max_tokens)]
                 refused: list[str] = []  # prompts the teacher's server refused as longer than its context
                 rate_p, rate_t = Rate(), Rate()
                 bar = progress(len(todo), f"sample {pool}", "prompt")
-                # A streaming engine (openai, ray) gets every request at once and hands back each sample as
-                # it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
+
+                def todo_prompts(todo=todo, quarantine=quarantine, bar=bar):
+                    """The prompts to ask, read back from RUN/sample/prompts; too-long ones quarantined."""
+                    if not todo:
+                        return
+                    for p in store.read(STAGE, PROMPTS):
+                        if p["id"] not in todo:
+                            continue
+                        if _quarantine_long(engine, p, quarantine, context, s.max_tokens):
+                            bar.update(1)
+                            continue
+                        yield p
+
+                live: dict[int, dict] = {}  # request index -> its prompt, while samples of it are asked
+                left: dict[int, int] = {}  # request index -> its samples not yet back
+
+                def requests(prompts, temp=temp, w=w, live=live, left=left):
+                    for r, p in enumerate(prompts):
+                        live[r], left[r] = p, sum(i not in w for i in sids(p["id"]))
+                        yield GenerateRequest(id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
+                                              max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp))
+
+                # A streaming engine (openai, ray) is fed the requests as it frees slots and hands back each
+                # sample as it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
                 streaming = hasattr(engine, "generate_iter")
-                for batch in chunks(todo, max(len(todo), 1) if streaming else s.batch_prompts):
-                    reqs = [
-                        GenerateRequest(
-                            id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
-                            max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp),
-                        )
-                        for p in batch
-                    ]
-                    left = {p["id"]: sum(i not in w for i in ids[p["id"]]) for p in batch}
-                    for r, g in _generations(engine, reqs, skip=lambda r, i: ids[batch[r]["id"]][i] in w):
+                groups = [requests(todo_prompts())] if streaming else (
+                    list(requests(batch)) for batch in _batches(todo_prompts(), s.batch_prompts))
+                for reqs in groups:
+                    for r, g in _generations(engine, reqs, skip=lambda r, i: sids(live[r]["id"])[i] in w):
+                        p = live[r]
                         if isinstance(g, ContextLengthError):
-                            p = batch[r]
                             refused.append(p["id"])
                             quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
                                                "reason": f"the teacher's server refused it as longer than its context: {g}"})
                             bar.update(1)
                             continue
-                        p = batch[r]
-                        left[p["id"]] -= 1
+                        left[r] -= 1
+                        if left[r] == 0:
+                            del live[r], left[r]
+                        sid = sids(p["id"])[g.index]
                         bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
                         if bad is not None:
-                            sid = ids[p["id"]][g.index]
                             quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
                                                "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
                                                          "not kept, asked again on the next run", "raw": g.text[:2000]})
                             continue
                         w.add(
                             {
-                                "id": ids[p["id"]][g.index], "prompt_id": p["id"], "model": model_name,
+                                "id": sid, "prompt_id": p["id"], "model": model_name,
                                 "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
                                 "text": g.text, "finish_reason": g.finish_reason,
                                 "teacher": {
@@ -142,10 +165,12 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                             }
                         )
                         rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
-                        if left[p["id"]] == 0:
+                        if r not in left:
                             rate_p.add(1)
                             bar.update(1)
                             bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
+                    live.clear()
+                    left.clear()
                 bar.close()
             if refused:
                 log.warning(f"{pool}: {len(refused)} prompt(s) refused by the teacher's server as longer than its context "
@@ -156,7 +181,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
                             f"see {store.root / STAGE}/rejects-*.jsonl")
                 rejected |= {q["id"] for q in quarantine}
-            counts[pool] = pool_stats(store, pool, {p["id"] for p in asked[temp]})
+            counts[pool] = pool_stats(store, pool, set(asked))
             counts[pool]["quarantined"] = len(quarantine)
             counts[pool]["refused_too_long"] = len(refused)
             counts[pool]["new"] = w.written
@@ -238,6 +263,18 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str,
     quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason,
                        "context": context})
     return True
+
+
+def _batches(items, size: int):
+    """Consecutive lists of at most ``size`` of an iterable's items, read as they are needed."""
+    batch: list = []
+    for x in items:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _generations(engine, reqs, skip):
