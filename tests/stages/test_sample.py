@@ -189,3 +189,41 @@ def test_sample_asks_each_temperature_its_count_and_resumes_a_raised_one(tmp_pat
     assert engine.asked == [] and pool_prompts(run) == {"T0.6": second["T0.6"], "T1": {f"p{i}" for i in range(5)}}
     assert (counts["T0.6"]["samples"], counts["T0.6"]["asked"], counts["T0.6"]["not_asked"]) == (6, 1, 2)
     assert "T0.6: 2 prompt(s) of the pool are not among the 1 it asks now" in caplog.text
+
+
+def test_sample_does_not_hold_the_prompts(tmp_path):
+    """`dasd sample` streams its prompts (ids from one pass, RUN/sample/prompts written as they are
+    read, the missing ones read back and fed to the engine): its peak Python memory stays below the
+    prompts' size (it held every prompt, ~2x their size, before). 1000 large prompts were quarantined
+    as too long by an earlier run (same context, not asked again), 2 small ones are sampled."""
+    import tracemalloc
+
+    from dasd.stages.sample import _context_key
+
+    def run(root, n, size):
+        src = root / "prompts.jsonl"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        big = [{"id": f"p{i:05d}", "prompt": f"Question {i}: " + "x" * size} for i in range(n)]
+        small = [{"id": "s0", "prompt": "Start with 5. 5 - 2 = ?"}, {"id": "s1", "prompt": "Compute 3 + 4."}]
+        src.write_text("".join(json.dumps(r) + "\n" for r in big + small))
+        cfg = load_config(None, [f"run_dir={root / 'run'}", f"data.prompts={src}", "teacher.model=toy:teacher",
+                                 "sample.temperatures=[0.6]", "sample.k=1", "sample.max_tokens=4"])
+        store = RunStore(cfg.run_dir)
+        store.write_rejects("sample", [{"id": f"too-long-p{i:05d}", "where": f"prompt p{i:05d}", "reason": "too long",
+                                        "context": _context_key(cfg)} for i in range(n)])
+        return cfg, store, src.stat().st_size
+
+    engine = open_engine(load_config(None, ["teacher.model=toy:teacher"]).teacher)
+    run_sample(*run(tmp_path / "warm", 3, 100)[:2], engine=engine)  # the libraries it loads, loaded before measuring
+    cfg, store, size = run(tmp_path / "big", 1000, 8000)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        counts = run_sample(cfg, store, engine=engine)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert counts["T0.6"]["samples"] == 2 and counts["T0.6"]["prompts"] == 2 and counts["T0.6"]["asked"] == 1002
+    assert len(list(store.read("sample", "prompts"))) == 1002
+    assert peak < size / 2, (peak, size)
