@@ -227,3 +227,34 @@ def test_sample_does_not_hold_the_prompts(tmp_path):
     assert counts["T0.6"]["samples"] == 2 and counts["T0.6"]["prompts"] == 2 and counts["T0.6"]["asked"] == 1002
     assert len(list(store.read("sample", "prompts"))) == 1002
     assert peak < size / 2, (peak, size)
+
+
+class SpoilFirstSample:
+    """A real engine whose first call's first sample comes back with a NaN log-prob."""
+
+    def __init__(self, engine):
+        self.engine, self.spoiled = engine, False
+
+    def generate(self, reqs):
+        out = self.engine.generate(reqs)
+        if not self.spoiled:
+            out[0][0].logprobs[0], self.spoiled = float("nan"), True
+        return out
+
+
+def test_a_rerun_asks_only_the_missing_sample_of_a_prompt(tmp_path, prompts_file, tiny_lm_dir):
+    """Sample 0 of a prompt quarantined (non-finite), its sample 1 kept: the next run asks the prompt
+    again and keeps only sample 0 (the batch engine returns both; sample 1 is skipped as on disk)."""
+    cfg = config(tmp_path, "run", prompts_file, tiny_lm_dir)
+    engine = open_engine(cfg.teacher)
+    first = run_sample(cfg, engine=SpoilFirstSample(engine))
+    assert first["T0.6"]["quarantined"] == 1 and first["T0.6"]["samples"] == 9
+    again = run_sample(cfg, engine=engine)
+    assert again["T0.6"]["new"] == 1 and again["T0.6"]["samples"] == 10 and again["T1"]["new"] == 0
+    full = config(tmp_path, "full", prompts_file, tiny_lm_dir)
+    run_sample(full, engine=engine)
+    got, want = records(tmp_path / "run"), records(tmp_path / "full")
+    for pool in want:  # the same samples (log-probs up to the float noise of another batch)
+        assert [(i, t) for i, t, _ in got[pool]] == [(i, t) for i, t, _ in want[pool]]
+        for (_, _, a), (_, _, b) in zip(got[pool], want[pool]):
+            assert a == pytest.approx(b, abs=1e-4)

@@ -135,7 +135,8 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 groups = [requests(todo_prompts())] if streaming else (
                     list(requests(batch)) for batch in _batches(todo_prompts(), s.batch_prompts))
                 for reqs in groups:
-                    for r, g in _generations(engine, reqs, skip=lambda r, i: sids(live[r]["id"])[i] in w):
+                    # a request no longer live has every sample it missed back: the rest were on disk
+                    for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sids(live[r]["id"])[i] in w):
                         p = live[r]
                         if isinstance(g, ContextLengthError):
                             refused.append(p["id"])
