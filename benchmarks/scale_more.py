@@ -28,9 +28,10 @@ run of many records shows what a stage holds per record rather than per token.
 
 ``--prompts N1,N2`` measures instead the stages that look a response's prompt up, as the number of
 PROMPTS grows: questions of 200-3000 characters, every third a code question with 1-4 KB of test
-cases (``question``), ``--k`` responses each (cut with ``--chars``); ``sample-prompts`` (what `dasd
-sample` holds of the prompts before its engine works: ``runs.training_prompts`` + ``save_prompts``),
-then ``filter``, ``score``, ``select`` and ``mix-draw`` with each of ``--lookups``: ``dict`` (every
+cases (``question``), ``--k`` responses each (cut with ``--chars``); ``sample`` (`dasd sample` of those
+prompts, one temperature, k 1, through the real openai engine and HTTP against ``StandInServer``, a
+loopback server that answers every request at once with a fixed 5-token answer: what the stage holds,
+not what a teacher costs), then ``filter``, ``score``, ``select`` and ``mix-draw`` with each of ``--lookups``: ``dict`` (every
 prompt held, ``runs.load_run_prompts``, as before) and ``lazy`` (``runs.RunPrompts``), ``--repeats``
 times interleaved. Measured (``--prompts 2000,10000 --k 1 --chars 200 --repeats 2``, shared 2-core
 machine; range over the repeats), the stage's own peak MB at 2K / 10K prompts and CPU us per response
@@ -39,7 +40,7 @@ at 10K:
 ==============  ===========================  ===========================
 stage           dict (before)                lazy (after)
 ==============  ===========================  ===========================
-sample-prompts  5 / 32 (+3.4 KB a prompt)    unchanged (not this fix)
+sample          (see below)
 filter          177 / 205 (+3.6 KB); 1190-1206  169 / 166-167 (flat); 1194-1223
 score           96 / 127 (+4.0 KB); 1281-1317   89 / 89 (flat); 1324-1396
 select          103 / 135-137 (+4.2 KB); 589-678  95 / 94-97 (flat); 736-751
@@ -48,6 +49,13 @@ mix-draw        100-101 / 126-127 (+3.3 KB); 563-589  96 / 88 (flat); 605-674
 
 Before the fix (the dasd of then, ``--prompts 5000,25000 --k 1``): filter +4.5, score +4.0, select
 +5.7, mix-draw +4.1 KB a prompt.
+
+``sample`` before / after streaming its prompts (``--prompts 5000,25000 --k 1 --chars 200 --lookups ''``,
+the dasd of before and of after run alternately, 2 repeats; range over the repeats), the stage's own
+peak MB at 5K / 25K prompts and CPU us per response at 25K: before 95 / 188-189 (+4.8 KB a prompt),
+3329-3538; after 77 / 101-102 (+1.3 KB: the ids of prompts and samples the stage, its writers and
+its pool counts keep), 3602-3922 (the source is read twice and the asked prompts read back; noisy on
+the shared machine).
 
 Run::
 
@@ -76,7 +84,7 @@ from scale import response_text  # noqa: E402
 STAGES = ("import", "train-data", "mix-draw", "report")
 CONTEXT = 16384
 # ``--prompts``: the stages that look a response's prompt up, and the lookups compared
-PROMPT_STAGES = ("sample-prompts", "filter", "score", "select", "mix-draw")
+PROMPT_STAGES = ("sample", "filter", "score", "select", "mix-draw")
 LOOKUPS = ("dict", "lazy")
 
 def reasoning(rng: random.Random, chars: int | None) -> tuple[str, str]:
@@ -258,15 +266,16 @@ def run_stage(stage: str, root: Path) -> dict:
     base, loaded = _status("VmRSS"), _status("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")
     t0, c0 = time.monotonic(), time.process_time()
-    if stage == "sample-prompts":  # what `dasd sample` holds of the prompts before its engine works
-        from dasd.runs import save_prompts, training_prompts
-        from dasd.store import RunStore
+    if stage == "sample":  # `dasd sample` through the openai engine, against an instant stand-in server
+        from dasd.stages.sample import run_sample
 
-        cfg = config(root, [f"data.prompts={root.parent / 'prompts.jsonl'}"])
-        store = RunStore(root / "run")
-        prompts = training_prompts(cfg, store)
-        save_prompts(store, prompts)
-        out = {"written": 0, "held": len(prompts)}
+        with StandInServer() as url:
+            cfg = config(root, [f"data.prompts={root.parent / 'prompts.jsonl'}", "teacher.kind=openai",
+                                "teacher.model=stand-in", f"teacher.openai.base_urls=[{url}]", "sample.k=1",
+                                "sample.max_tokens=8", "teacher.openai.concurrency=16"])
+            counts = run_sample(cfg)
+        assert counts["T0.6"]["samples"] == counts["T0.6"]["asked"], counts
+        out = {"written": folder_bytes(root / "run" / "sample")}
     elif stage == "import":
         from dasd.stages.import_ import run_import
 
@@ -306,6 +315,46 @@ def run_stage(stage: str, root: Path) -> dict:
             "peak_rss": max(loaded, _status("VmHWM")), "stage_peak": _status("VmHWM") - base}
 
 
+class StandInServer:
+    """``with StandInServer() as url:`` an OpenAI-schema HTTP server on loopback (its own thread) that
+    answers every chat completion at once with one fixed short answer and its per-token log-probs:
+    the real openai engine and HTTP, no model (what `dasd sample` holds, not what a teacher costs)."""
+
+    TOKENS = ["The", " answer", " is", " 4", "."]
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        body = json.dumps({"id": "x", "object": "chat.completion", "model": "stand-in", "choices": [{
+            "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(self.TOKENS)},
+            "logprobs": {"content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []}
+                                     for t in self.TOKENS]}}]}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def folder_bytes(root: Path, prefix: str = "") -> int:
     return sum(p.stat().st_size for p in root.rglob(f"{prefix}*") if p.is_file())
 
@@ -321,7 +370,7 @@ def child(stage: str, root: Path) -> dict:
 
 def measure_prompts(n: int, k: int, chars: int | None, lookups: list[str], repeat: int, workdir: Path) -> list[dict]:
     """One pass of the prompt-heavy stages over a run of n prompts (k responses each) per lookup:
-    ``sample-prompts`` once, then filter, score, select and mix's draw on a fresh copy of the sample
+    ``sample`` once, then filter, score, select and mix's draw on a fresh copy of the sample
     stage (hard links) for each lookup in turn."""
     root = workdir / f"prompts-{n}"
     built = build_prompt_run(root, n, k, chars)
@@ -334,7 +383,7 @@ def measure_prompts(n: int, k: int, chars: int | None, lookups: list[str], repea
         return r
 
     shutil.rmtree(root / "sp", ignore_errors=True)
-    row("sample-prompts", "-", child("sample-prompts", root / "sp"))
+    row("sample", "-", child("sample", root / "sp"))
     shutil.rmtree(root / "sp")
     work = workdir / f"prompts-{n}-work"
     shutil.rmtree(work, ignore_errors=True)
@@ -358,7 +407,7 @@ def prompt_table(rows: list[dict], header: bool = True) -> str:
 
 def prompts_main(a) -> None:
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dasd-scale-prompts-"))
-    counts, lookups = [int(x) for x in a.prompts.split(",")], a.lookups.split(",")
+    counts, lookups = [int(x) for x in a.prompts.split(",")], [x for x in a.lookups.split(",") if x]
     rows = []
     for repeat in range(a.repeats):  # repeats interleaved: every size and lookup once, then again
         for n in counts:
@@ -420,7 +469,7 @@ def main() -> None:
                     f"prompts up ({', '.join(PROMPT_STAGES)}) instead, as the prompts grow")
     ap.add_argument("--k", type=int, default=2, help="--prompts: responses per prompt")
     ap.add_argument("--lookups", default=",".join(LOOKUPS), help="--prompts: the prompt lookups to compare: dict "
-                    "(every prompt held, as before), lazy (runs.RunPrompts)")
+                    "(every prompt held, as before), lazy (runs.RunPrompts); '' = the sample stage alone")
     ap.add_argument("--repeats", type=int, default=1, help="--prompts: interleaved repeats")
     a = scale.parse_or_run_child(ap, run_stage)
     if a is None:
