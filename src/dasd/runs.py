@@ -112,13 +112,6 @@ def _keep_rejects(cfg, store: RunStore, stage: str, rejects: list[dict], any_pro
                              f"see {store.root / stage}/rejects-*.jsonl")
 
 
-def save_prompts(store: RunStore, prompts: list[dict]) -> None:
-    """Keep the run's prompts beside the samples (later stages need their messages and answers)."""
-    with store.writer("sample", PROMPTS) as w:
-        for p in prompts:
-            w.add(p)
-
-
 def load_run_prompts(store: RunStore) -> dict[str, dict]:
     """The run's prompts by id, every one held in memory: for toy-sized runs (the ablation) and for
     comparing with ``RunPrompts``, which the stages use."""
