@@ -88,11 +88,11 @@ def toy_prompts(ids):
 
 
 def asked_ids(prompts, temperatures, per, seed=0):
-    from dasd.rules.sampling import SampleConfig, prompts_by_temperature
+    from dasd.rules.sampling import SampleConfig, picks_by_temperature
 
-    asked, warnings = prompts_by_temperature(prompts, SampleConfig(temperatures=temperatures, prompts_per_temperature=per,
-                                                                   seed=seed))
-    return {t: [p["id"] for p in ps] for t, ps in asked.items()}, warnings
+    ids = [p["id"] for p in prompts]
+    picked, warnings = picks_by_temperature(ids, SampleConfig(temperatures=temperatures, prompts_per_temperature=per, seed=seed))
+    return {t: ids if picked is None else [ids[i] for i in picked[t]] for t in temperatures}, warnings
 
 
 def test_prompts_per_temperature_takes_nested_sets_of_one_seeded_ranking():

@@ -1,5 +1,5 @@
 """Teacher sampling rules (pure): the temperature schedule's config, which prompts each temperature
-asks (``prompts_by_temperature``) and derived seeds.
+asks (``picks_by_temperature``) and derived seeds.
 
 The stage that samples is ``dasd.stages.sample``; the method is in
 docs/method.md#temperature-scheduled-learning.
@@ -65,22 +65,11 @@ def prompt_rank(prompt_id: str, seed: int) -> tuple[str, str]:
     return content_id("sample-order", seed, prompt_id, length=64), prompt_id
 
 
-def prompts_by_temperature(prompts: list[dict], cfg: SampleConfig) -> tuple[dict[float, list[dict]], list[str]]:
-    """The prompts each temperature asks (in the order of ``prompts``), and warnings to log.
-
-    Every prompt at every temperature when ``cfg.prompts_per_temperature`` is None; else temperature
-    ``i`` asks the ``N_i`` prompts of lowest ``prompt_rank`` (all of them, with a warning, when
-    ``N_i`` is more than there are).
-    """
-    picked, warnings = picks_by_temperature([p["id"] for p in prompts], cfg)
-    if picked is None:
-        return {t: prompts for t in cfg.temperatures}, warnings
-    return {t: [prompts[i] for i in picked[t]] for t in cfg.temperatures}, warnings
-
-
 def picks_by_temperature(ids: list[str], cfg: SampleConfig) -> tuple[dict[float, list[int]] | None, list[str]]:
-    """``prompts_by_temperature`` from the prompts' ids alone: per temperature, the positions in
-    ``ids`` it asks, ascending (None: every prompt at every temperature), and warnings to log."""
+    """Which prompts each temperature asks, from the prompts' ids alone: per temperature, the
+    positions in ``ids`` it asks, ascending (None: every prompt at every temperature), and warnings
+    to log. Temperature ``i`` asks the ``N_i`` prompts of lowest ``prompt_rank`` (all of them, with a
+    warning, when ``N_i`` is more than there are)."""
     per = cfg.prompts_per_temperature
     if per is None:
         return None, []

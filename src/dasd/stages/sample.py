@@ -1,7 +1,7 @@
 """`dasd sample`: k teacher responses per prompt at every temperature of the schedule.
 
 Every prompt is asked at every temperature, unless ``sample.prompts_per_temperature`` gives each
-temperature its own number of prompts (``rules.sampling.prompts_by_temperature``: the first N_i of
+temperature its own number of prompts (``rules.sampling.picks_by_temperature``: the first N_i of
 one seeded ranking, so a smaller set is part of a larger one). ``RUN/sample/prompts`` keeps the
 prompts asked at some temperature.
 
