@@ -96,12 +96,12 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             quarantine: list[dict] = []
             asked = ids if picked is None else [ids[i] for i in picked[temp]]
 
-            def sids(pid: str, temp=temp) -> list[str]:
-                return [sample_id(pid, model_name, temp, s.top_p, s.seed, i) for i in range(s.k)]
+            def sid_of(pid: str, index: int, temp=temp) -> str:
+                return sample_id(pid, model_name, temp, s.top_p, s.seed, index)
 
             with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
                 # the id pass: which prompts miss samples (the rest are not read again)
-                todo = {pid for pid in asked if _too_long_id({"id": pid}) not in rejected and any(i not in w for i in sids(pid))}
+                todo = {pid for pid in asked if _too_long_id({"id": pid}) not in rejected and any(sid_of(pid, i) not in w for i in range(s.k))}
                 if todo and engine is None:
                     engine = opened = open_engine(cfg.teacher)
                 refused: list[str] = []  # prompts the teacher's server refused as longer than its context
@@ -125,7 +125,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
 
                 def requests(prompts, temp=temp, w=w, live=live, left=left):
                     for r, p in enumerate(prompts):
-                        live[r], left[r] = p, sum(i not in w for i in sids(p["id"]))
+                        live[r], left[r] = p, sum(sid_of(p["id"], i) not in w for i in range(s.k))
                         yield GenerateRequest(id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
                                               max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp))
 
@@ -136,7 +136,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                     list(requests(batch)) for batch in _batches(todo_prompts(), s.batch_prompts))
                 for reqs in groups:
                     # a request no longer live has every sample it missed back: the rest were on disk
-                    for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sids(live[r]["id"])[i] in w):
+                    for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sid_of(live[r]["id"], i) in w):
                         p = live[r]
                         if isinstance(g, ContextLengthError):
                             refused.append(p["id"])
@@ -147,7 +147,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                         left[r] -= 1
                         if left[r] == 0:
                             del live[r], left[r]
-                        sid = sids(p["id"])[g.index]
+                        sid = sid_of(p["id"], g.index)
                         bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
                         if bad is not None:
                             quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
