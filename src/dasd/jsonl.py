@@ -135,24 +135,28 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
                 continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, BadLine(str(p), lineno, f"not valid UTF-8 (byte {e.start}: {e.reason})",
-                                      raw.decode("utf-8", "replace").rstrip("\n"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line, parse_constant=reject_constant)
-            except (json.JSONDecodeError, ValueError) as e:
-                cut = "" if raw.endswith(b"\n") else " (the file ends inside this line: cut off while written?)"
-                yield lineno, BadLine(str(p), lineno, f"not valid JSON: {e}{cut}", line.rstrip("\n"))
-                continue
-            if not isinstance(obj, dict):
-                yield lineno, BadLine(str(p), lineno, f"expected a JSON object, got {type(obj).__name__}", line.rstrip("\n"))
-                continue
-            yield lineno, obj
+            obj = parse_line(raw, str(p), lineno)
+            if obj is not None:
+                yield lineno, obj
+
+
+def parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any] | BadLine | None:
+    """One line of a JSONL file (``raw``, with its newline if it has one): the object, a ``BadLine``
+    saying why it is none (not UTF-8, not JSON, NaN/Infinity, not an object), or None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadLine(path, lineno, f"not valid UTF-8 (byte {e.start}: {e.reason})", raw.decode("utf-8", "replace").rstrip("\n"))
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line, parse_constant=reject_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        cut = "" if raw.endswith(b"\n") else " (the file ends inside this line: cut off while written?)"
+        return BadLine(path, lineno, f"not valid JSON: {e}{cut}", line.rstrip("\n"))
+    if not isinstance(obj, dict):
+        return BadLine(path, lineno, f"expected a JSON object, got {type(obj).__name__}", line.rstrip("\n"))
+    return obj
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

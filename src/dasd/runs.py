@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import math
 import re
 from array import array
@@ -27,7 +26,7 @@ from dasd.columnar import kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError, InputError
-from dasd.jsonl import reject_constant
+from dasd.jsonl import BadLine, parse_line
 from dasd.log import logger
 from dasd.prompts import iter_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
@@ -160,14 +159,15 @@ class RunPrompts:
                 start, at = at, at + len(line)
                 if lineno == 1 and line.startswith(codecs.BOM_UTF8):
                     line, start = line[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
-                if line.strip():
-                    yield start, lineno, _parse(line, path, lineno)
+                rec = _record(line, path, lineno)
+                if rec is not None:
+                    yield start, lineno, rec
 
     def _read(self, where: int) -> dict:
         path = self._paths[where >> _OFFSET_BITS]
         with path.open("rb") as fh:
             fh.seek(where & ((1 << _OFFSET_BITS) - 1))
-            return _parse(fh.readline(), path, None)
+            return _record(fh.readline(), path, None) or {}
 
     def get(self, prompt_id: str, default=None):
         """The prompt with id ``prompt_id``, else ``default``."""
@@ -202,15 +202,12 @@ class RunPrompts:
 _OFFSET_BITS = 40  # RunPrompts: a line's byte offset in its shard (shards are far below 1 TB)
 
 
-def _parse(line: bytes, path: Path, lineno: int | None) -> dict:
-    """One line of a run's JSONL shard as a record; ``DasdError`` naming the file (and line) if it is not one."""
-    where = f"{path}:{lineno}" if lineno else str(path)
-    try:
-        rec = json.loads(line, parse_constant=reject_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DasdError(f"{where}: corrupt run file (not valid JSON: {e})") from None
-    if not isinstance(rec, dict):
-        raise DasdError(f"{where}: corrupt run file (expected a JSON object, got {type(rec).__name__})")
+def _record(line: bytes, path: Path, lineno: int | None) -> dict | None:
+    """One line of a run's JSONL shard as a record (None: blank); ``DasdError`` naming the file (and
+    line) if it is not one (``jsonl.parse_line``, as ``store.read_jsonl_shard`` reads whole shards)."""
+    rec = parse_line(line, str(path), lineno or 0)
+    if isinstance(rec, BadLine):
+        raise DasdError(f"{rec.where() if lineno else path}: corrupt run file ({rec.reason})")
     return rec
 
 
