@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dasd.rules.das import DASConfig, das_score, das_summary, score_sample, select_das, select_grouped, select_random, sentence_table
+from dasd.rules.das import (DASConfig, das_score, das_summary, retype, score_sample, select_das, select_grouped, select_random,
+                            sentence_table)
 from dasd.records import Sentence
 from dasd.text.align import assign_tokens, token_anchor
 from dasd.text.sentences import segment
@@ -326,6 +327,24 @@ def test_per_character_unit_is_tokenizer_neutral_on_real_tokenizers(two_tokenize
     assert typed, [r["delta"] for r in per_token]
     assert all(r["type"] in ("shared", "unscored") for r in per_char)
     assert max(abs(r["delta"]) for r in per_char if r["delta"] is not None) < 0.25
+
+
+def test_retype_of_stored_rows_equals_scoring_under_the_new_settings(two_tokenizers):
+    """A sentence table scored under one `das` config and typed again under another (what `select`
+    ranks by) is exactly the table scored under the other: deltas, types and the summary."""
+    (o_a, o_b) = (_offsets(tok, RESPONSE) for tok in two_tokenizers)
+    rng = random.Random(1)
+    l_a, l_b = [-rng.random() * 2 for _ in o_a], [-rng.random() * 2 for _ in o_b]
+    stored = sentence_table(RESPONSE, o_a, l_a, o_b, l_b)
+    configs = [DASConfig(), DASConfig(tau=0.1), DASConfig(tau=0.3, min_tokens=3, penalty=0.5, weight="chars"),
+               DASConfig(unit="char", tau_char=0.1), DASConfig(unit="char", tau_char=0.05, min_tokens=2)]
+    for cfg in configs:
+        want = sentence_table(RESPONSE, o_a, l_a, o_b, l_b, cfg)
+        got = retype(stored, cfg)
+        assert got == want, cfg
+        assert das_summary(got, cfg) == das_summary(want, cfg)
+    assert len({tuple(r["type"] for r in retype(stored, c)) for c in configs}) >= 3  # the settings matter here
+    assert stored == sentence_table(RESPONSE, o_a, l_a, o_b, l_b)  # the input is not modified
 
 
 # -- naturalness baselines ---------------------------------------------------------------------------

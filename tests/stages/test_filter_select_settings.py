@@ -4,8 +4,13 @@ settings, not by the summary the score stage stored under others."""
 
 from __future__ import annotations
 
+import pytest
+
 from dasd.config import load_config
+from dasd.errors import DasdError
+from dasd.rules.das import score_sample
 from dasd.stages.filter import run_filter
+from dasd.stages.select import run_select
 from dasd.store import RunStore
 
 THINK = "<think>\nAdd 2 and 3. That is 5.\n</think>\n\nThe answer is 5."
@@ -37,3 +42,36 @@ def test_filter_run_again_with_other_rules_keeps_exactly_what_they_keep(tmp_path
     assert outcome("filter.drop_cutoff=false") == (["cut", "ok"], {"bare": "structure"})
     assert outcome("filter.require_structure=false") == (["bare", "ok"], {"cut": "cutoff"})
     assert outcome() == (["ok"], {"cut": "cutoff", "bare": "structure"})
+
+
+def test_select_ranks_by_the_current_das_settings_not_the_stored_summary(tmp_path):
+    """Two candidates of one prompt, scored under tau = ln 2: "a" has one Teacher sentence (delta 1.0)
+    and one Shared (0.0), "b" two Shared ones (0.5 each). DAS keeps "a"; with das.tau=0.3 both of
+    b's sentences are Teacher sentences and it must keep "b", though the stored summaries say tau ln 2."""
+    text = "One. Two."
+    offsets = [(0, 4), (4, 9)]  # one token per sentence ("One. " and "Two.") on both sides
+    signals = {"a": ([-0.5, -1.0], [-1.5, -1.0]), "b": ([-1.0, -1.0], [-1.5, -1.5])}
+    store = RunStore(tmp_path / "run")
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "messages": [{"role": "user", "content": "Count."}]})
+    with store.writer("score", "pool-T1") as w:
+        for sid, (t_lp, s_lp) in signals.items():
+            sample = {"id": sid, "prompt_id": "p0", "temperature": 1.0, "text": text, "finish_reason": "stop",
+                      "teacher": {"offsets": offsets, "logprobs": t_lp, "logprob_mode": "raw"}}
+            w.add(score_sample(sample, offsets, s_lp))  # under the default das settings
+    base = [f"run_dir={tmp_path / 'run'}"]
+
+    def kept(*overrides):
+        summary = run_select(load_config(None, [*base, *overrides]), store, grade=None)
+        return [s["id"] for s in store.read("select", "selected-T1")], summary["T1"]["selected"]["das_score"]
+
+    assert kept() == (["a"], 0.5)
+    assert kept("das.tau=0.3") == (["b"], 1.0)
+    # per character: a delta of 0.29 bits/char against b's 0.14 and 0.18
+    assert kept("das.tau=0.3", "das.penalty=0", "das.unit=char", "das.tau_char=0.2") == (["a"], 0.5)
+    # a row without the per-character log-probs: one line naming shard, sample and field, no traceback
+    rows = [dict(r, lpc_teacher=None) for r in next(store.read("score", "pool-T1"))["sentences"]]
+    with store.writer("score", "pool-T1") as w:
+        w.add({**next(store.read("score", "pool-T1")), "id": "a2", "sentences": rows})
+    with pytest.raises(DasdError, match=r"pool-T1-00001.parquet: sample a2: sentences\[0\]: no 'lpc_teacher'"):
+        kept("das.unit=char")

@@ -4,7 +4,8 @@ See docs/das.md for the method, the formula and why the defaults are what they a
 
 - ``sentence_table(text, teacher_offsets, teacher_logprobs, student_offsets, student_logprobs, cfg)``
   -> list of ``records.Sentence`` dicts (+ ``delta``).
-- ``das_summary(sentences, cfg)`` -> dict with token-weighted type fractions, mean delta, ``score``.
+- ``das_summary(sentences, cfg)`` -> dict with token-weighted type fractions, mean delta, ``score``;
+  ``retype(sentences, cfg)`` -> stored rows typed again under other settings.
 - ``das_score(sentences, cfg)`` -> the score alone (``None`` when nothing could be scored).
 - ``score_sample(sample, student_offsets, student_logprobs, cfg)`` -> a ScoredSample dict (the
   student signal as numpy arrays: offsets ``(n, 2)``, log-probs float64).
@@ -28,7 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from dasd.configbase import Seed, StrictModel
-from dasd.text.align import score_sentences, sentence_means
+from dasd.text.align import classify, score_sentences, sentence_means
 from dasd.text.sentences import segment
 
 DEFAULT_TAU = math.log(2.0)
@@ -114,6 +115,33 @@ def sentence_table(
         min_tokens=cfg.min_tokens,
         unit=cfg.unit,
     )
+
+
+def retype(sentences: Sequence[dict], cfg: DASConfig | None = None) -> list[dict]:
+    """Copies of stored sentence rows with ``delta`` and ``type`` recomputed under ``cfg`` from their
+    log-probs and token counts, exactly as ``sentence_table`` computes them (``unit``, threshold,
+    ``min_tokens``), so a scored response is ranked by the current ``das`` settings without its models.
+
+    Raises ``ValueError`` naming the sentence and field when a scored row lacks a log-prob.
+    """
+    cfg = cfg or DASConfig()
+    keys = ("lp_teacher", "lp_student") if cfg.unit == "token" else ("lpc_teacher", "lpc_student")
+    out = []
+    for i, row in enumerate(sentences):
+        row = dict(row)
+        scored = (row["n_teacher_tokens"] >= cfg.min_tokens and row["n_student_tokens"] >= cfg.min_tokens
+                  and (cfg.unit == "token" or row["end"] > row["start"]))
+        if scored:
+            missing = [k for k in keys if row.get(k) is None]
+            if missing:
+                raise ValueError(f"sentences[{i}]: no {missing[0]!r} (scored before das.unit {cfg.unit!r} existed; "
+                                 "score the pool again)")
+            row["delta"] = row[keys[0]] - row[keys[1]]
+            row["type"] = classify(row["delta"], cfg.threshold)
+        else:
+            row["delta"], row["type"] = None, "unscored"
+        out.append(row)
+    return out
 
 
 def _weight(row: dict, how: str) -> float:

@@ -8,7 +8,9 @@ responses the student finds most natural (stronger baselines; ``dasd.rules.das``
 compares selected and rejected responses: DAS score, share of Teacher sentences, length, mean
 teacher log-prob/token and, where prompts carry a reference answer, correctness; with any method
 but random it also shows what random sampling would have kept at the same budget
-(``random_same_budget``), so the two can be compared on the same pool.
+(``random_same_budget``), so the two can be compared on the same pool. DAS ranks by each response's
+sentence table typed under the current ``das`` settings (``rules.das.retype``): changing ``das.tau``,
+``penalty``, ``weight``, ``min_tokens`` or ``unit`` needs no new student pass.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dasd.errors import DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id, teacher_signal
-from dasd.rules.das import SelectConfig, select_grouped
+from dasd.rules.das import DASConfig, SelectConfig, das_summary, retype, select_grouped
 from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, RunPrompts, begin_unless_up_to_date, output, pools
 from dasd.store import RunStore
 
@@ -38,11 +40,17 @@ def training_example(prompt: dict, sample: dict, source: str) -> dict:
     }
 
 
-def candidate(s: dict) -> dict:
+def candidate(s: dict, das_cfg: DASConfig | None = None) -> dict:
     """What selection and its summary need of a scored sample: ids, DAS summary, naturalness, a few
-    numbers and where the row is; no token arrays, so a pool's candidates fit in memory at any scale."""
+    numbers and where the row is; no token arrays, so a pool's candidates fit in memory at any scale.
+
+    With ``das_cfg`` the DAS summary is that of the sample's sentence rows typed again under it
+    (``rules.das.retype``), so the ranking follows the current ``das`` settings even where the
+    stored summary was made under others; without it, the stored summary."""
     lps = teacher_signal(s).get("logprobs")
     ref, das = s.get(REF), s.get("das")
+    if das_cfg is not None and isinstance(s.get("sentences"), list):
+        das = das_summary(retype(s["sentences"], das_cfg), das_cfg)
     return {
         "id": s["id"], "prompt_id": s["prompt_id"], "temperature": s.get("temperature"),
         "das": {k: das[k] for k in ("score", "frac_teacher", "frac_student") if k in das} if isinstance(das, dict) else das,
@@ -97,7 +105,11 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
         scored = output(SCORED, pool)
         cands, correct = [], {}
         for s in store.read("score", scored):
-            cands.append(candidate(s))
+            try:
+                cands.append(candidate(s, cfg.das))
+            except ValueError as e:
+                ref = s.get(REF)
+                raise DasdError(f"{store.root / 'score' / ref.shard if ref else store.root / 'score'}: sample {s['id']}: {e}") from e
             p = prompts[s["prompt_id"]]
             if grade is not None and p.get("answer") is not None:
                 correct[s["id"]] = bool(grade(p, s["text"]))
