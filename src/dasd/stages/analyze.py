@@ -8,7 +8,8 @@ position in correct vs incorrect responses, and the area between the two curves
 (``dasd.rules.analysis``). Writes ``RUN/analyze/responses`` (the
 typed sentence tables) and the profile into the manifest (``stages.analyze.counts``) for the report.
 Scored responses are resumed by id (the eval result's id, which carries the distilled model's
-version); when the teacher or the student base changed under its name since the stage last began
+version) and typed again under the current ``analyze`` thresholds (``tau``, ``tau_boost``,
+``boosted``) before the profile, so changing those needs no new scoring; when the teacher or the student base changed under its name since the stage last began
 (``runs.model_versions``), the stored responses are dropped and scored again.
 """
 
@@ -21,7 +22,7 @@ from dasd.errors import DasdError
 from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
-from dasd.rules.analysis import AnalyzeConfig, position_profile, score_response
+from dasd.rules.analysis import AnalyzeConfig, position_profile, retype, score_response
 from dasd.runs import (drop_if_models_changed, faults_kept, model_for, model_versions, open_engine, record_faults,
                        require_finished, results_name)
 from dasd.store import RunStore
@@ -79,7 +80,8 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                 }
                 w.add(rec)
                 scored.append(rec)
-    profile = position_profile(scored, ac)
+    # resumed responses were typed under the settings of their run: type every one under the current ones
+    profile = position_profile([{**r, "sentences": retype(r["sentences"], ac)} for r in scored], ac)
     profile["model"] = label
     record_faults(store, STAGE, engines.values())
     store.end_stage(STAGE, profile)

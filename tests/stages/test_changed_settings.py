@@ -1,6 +1,7 @@
-"""Changed settings reach what filter and select write: a filter run again with other rules does not
-keep samples the new rules drop (or rejects they keep), and select ranks by the current `das`
-settings, not by the summary the score stage stored under others."""
+"""Changed settings reach what filter, select and analyze make: a filter run again with other rules
+does not keep samples the new rules drop (or rejects they keep); select ranks by the current `das`
+settings, not by the summary the score stage stored under others; analyze types the responses it
+resumes under the current thresholds."""
 
 from __future__ import annotations
 
@@ -75,3 +76,33 @@ def test_select_ranks_by_the_current_das_settings_not_the_stored_summary(tmp_pat
         w.add({**next(store.read("score", "pool-T1")), "id": "a2", "sentences": rows})
     with pytest.raises(DasdError, match=r"pool-T1-00001.parquet: sample a2: sentences\[0\]: no 'lpc_teacher'"):
         kept("das.unit=char")
+
+
+def test_analyze_types_resumed_responses_under_the_current_thresholds(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """The profile after changing analyze.tau / boosted on a run whose responses are already scored
+    (resumed by id, nothing scored again) equals the profile of a fresh run with those settings."""
+    import json
+    import shutil
+
+    from dasd.stages.analyze import run_analyze
+    from dasd.stages.eval import run_evaluation
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Say 0."}) + "\n", encoding="utf-8")
+
+    def cfg(run, *extra):
+        return load_config(None, [
+            f"run_dir={run}", f"data.prompts={prompts}", f"teacher.model={tiny_lm_dir_other_vocab}",
+            f"student.model={tiny_lm_dir}", f"analyze.model={tiny_lm_dir}", f"eval.models=[{tiny_lm_dir}]",
+            "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.workers=0",
+            "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}", *extra])
+
+    run_evaluation(cfg(tmp_path / "run"))
+    shutil.copytree(tmp_path / "run", tmp_path / "fresh")
+    default = run_analyze(cfg(tmp_path / "run"))
+    responses = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "analyze").glob("responses-*")}
+    other = ("analyze.tau=0.05", "analyze.tau_boost=0.05", "analyze.boosted=higher")
+    resumed = run_analyze(cfg(tmp_path / "run", *other))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "analyze").glob("responses-*")} == responses
+    assert resumed == run_analyze(cfg(tmp_path / "fresh", *other))
+    assert resumed["types"] != default["types"] and resumed["tau"] == 0.05 and resumed["boosted"] == "higher"
