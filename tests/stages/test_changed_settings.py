@@ -106,3 +106,24 @@ def test_analyze_types_resumed_responses_under_the_current_thresholds(tmp_path, 
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "analyze").glob("responses-*")} == responses
     assert resumed == run_analyze(cfg(tmp_path / "fresh", *other))
     assert resumed["types"] != default["types"] and resumed["tau"] == 0.05 and resumed["boosted"] == "higher"
+
+
+def test_analyze_of_responses_to_problems_no_longer_configured_is_one_line(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """Evaluated on 2 toy problems, analysed with eval.benchmarks limited to 1 (without `dasd eval`
+    again): one line naming the problem and what to run, not a KeyError; nothing begun."""
+    from dasd.stages.analyze import run_analyze
+    from dasd.stages.eval import run_evaluation
+
+    def cfg(limit):
+        return load_config(None, [
+            f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir_other_vocab}", f"student.model={tiny_lm_dir}",
+            f"analyze.model={tiny_lm_dir}", f"eval.models=[{tiny_lm_dir}]", "eval.workers=0",
+            f"eval.benchmarks=[{{name: toy, format: toy, limit: {limit}}}]",
+            "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}"])
+
+    run_evaluation(cfg(2))
+    with pytest.raises(DasdError, match=r"answer problem 'toy-\w+' of benchmark 'toy', which the configured "
+                                        r"eval.benchmarks do not hold .*run `dasd eval` with this config first"):
+        run_analyze(cfg(1))
+    assert RunStore.open(tmp_path / "run").stage_info("analyze") == {}
+    assert sum(run_analyze(cfg(2))["n_responses"].values()) == 2  # the settings the responses were made with

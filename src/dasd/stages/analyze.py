@@ -51,13 +51,18 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                               key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
     if not results:
         raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
-    stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student")}
-    drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
-    store.begin_stage(STAGE, stage_cfg)
     problems = {}
     for spec in cfg.eval.benchmarks:
         for p in load_benchmark(spec):
             problems[(spec.name, p["id"])] = p
+    stray = next((r for r in results if (r["benchmark"], r["problem_id"]) not in problems), None)
+    if stray is not None:  # scoring needs the problem's messages: refused before anything is begun
+        raise DasdError(f"dasd analyze: the evaluation responses of {label!r} answer problem {stray['problem_id']!r} of "
+                        f"benchmark {stray['benchmark']!r}, which the configured eval.benchmarks do not hold (they were "
+                        "made under other eval settings); run `dasd eval` with this config first")
+    stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student")}
+    drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
+    store.begin_stage(STAGE, stage_cfg)
     engines = {}
     scored = []
     with faults_kept(store, STAGE, engines.values), store.writer(STAGE, "responses") as w:
