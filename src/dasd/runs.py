@@ -422,6 +422,24 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     return len(names)
 
 
+def drop_if_settings_changed(store: RunStore, stage: str, config: dict, prefixes: tuple[str, ...]) -> int:
+    """Delete ``stage``'s outputs whose names start with one of ``prefixes`` when its settings (its
+    ``config`` but the models' versions, ``drop_if_models_changed``'s business) differ from those it
+    last began with: for a stage whose settings decide which records it keeps (filter), resuming by
+    id would keep records the new settings drop. Return how many outputs were removed."""
+    def settings(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k != "models"}
+
+    before = store.stage_info(stage).get("config")
+    if before is None or config_hash(settings(before)) == config_hash(settings(config)):
+        return 0
+    names = store.remove_outputs(stage, prefixes)
+    changed = ", ".join(sorted(k for k in settings(before).keys() | settings(config).keys() if before.get(k) != config.get(k)))
+    logger(stage).info(f"settings changed since this stage last ran ({changed}): its {len(names)} stored output(s) "
+                       "dropped, made again")
+    return len(names)
+
+
 def read_shards(store: RunStore, stages: tuple[str, ...]) -> dict[str, list]:
     """What a stage reads of ``stages``, compactly: ``[n, hash]`` of the shard files
     (``RunStore.shard_files``) of each output later stages read records from (all but ``rejects``),
@@ -476,7 +494,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
 
 
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
-                            outputs: tuple[str, ...] = ()) -> dict | None:
+                            outputs: tuple[str, ...] = (), settings_decide: bool = False) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
     up to date; then return its manifest counts (and log one line), else None.
 
@@ -484,9 +502,11 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     began and did not finish, and (``require_ran``) when a stage it reads has not run here. Up to date: finished with this ``config`` on inputs with the same
     ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
-    from the one the stage last began with (``drop_if_models_changed``), or when an input lost
-    records since (``drop_if_inputs_rewritten``); then ``RunStore.begin_stage``, recording the
-    shards read (``read_shards``).
+    from the one the stage last began with (``drop_if_models_changed``), when an input lost
+    records since (``drop_if_inputs_rewritten``), or, with ``settings_decide``, when the rest of
+    ``config`` differs (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
+    shards read (``read_shards``). Every drop is done before the stage begins with the new
+    ``config``, so a run killed in between drops again when it is run again.
     """
     require_finished(store, (*reads, "import"), stage)
     require_ran(store, reads, stage)
@@ -496,6 +516,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
         return store.stage_info(stage)["counts"]
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs)
+    if settings_decide:
+        drop_if_settings_changed(store, stage, config, outputs)
     drop_if_inputs_rewritten(store, stage, reads, outputs)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None

@@ -127,3 +127,27 @@ def test_analyze_of_responses_to_problems_no_longer_configured_is_one_line(tmp_p
         run_analyze(cfg(1))
     assert RunStore.open(tmp_path / "run").stage_info("analyze") == {}
     assert sum(run_analyze(cfg(2))["n_responses"].values()) == 2  # the settings the responses were made with
+
+
+def test_filter_killed_while_dropping_for_new_rules_drops_them_on_the_next_run(tmp_path, monkeypatch):
+    """The outputs made under the old rules are dropped before the stage begins with the new ones: a
+    run killed in between (here, in the drop) still sees the old settings recorded and drops again."""
+    base = [f"run_dir={tmp_path / 'run'}", "filter.max_student_tokens=null"]
+    store = RunStore(tmp_path / "run")
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "messages": [{"role": "user", "content": "2 + 3?"}]})
+    with store.writer("sample", "pool-T1") as w:
+        w.add(_sample("ok", THINK))
+        w.add(_sample("cut", THINK, finish="length"))
+    run_filter(load_config(None, base), store)
+    assert sorted(s["id"] for s in store.read("filter", "kept-T1")) == ["ok"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RunStore, "remove_outputs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(load_config(None, [*base, "filter.drop_cutoff=false"]), store)
+    monkeypatch.undo()
+    run_filter(load_config(None, [*base, "filter.drop_cutoff=false"]), store)
+    assert sorted(s["id"] for s in store.read("filter", "kept-T1")) == ["cut", "ok"]
+    assert {r["id"] for r in store.read("filter", "rejects")} == set()

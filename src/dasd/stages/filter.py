@@ -22,7 +22,7 @@ from dasd.columnar import REF
 from dasd.records import content_id
 from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, model_versions, output, pools,
                        resolve_model)
-from dasd.store import RunStore, config_hash
+from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
 
 STAGE = "filter"
@@ -64,31 +64,15 @@ def malformed(sample: dict) -> str | None:
     return None
 
 
-def drop_if_settings_changed(store: RunStore, before: dict | None, now: dict) -> None:
-    """Drop the filter's outputs when its rules (the ``filter`` settings) differ from those it last
-    began with: resuming by id would keep samples the new rules drop, and rejects the new rules
-    keep. The models' versions are ``drop_if_models_changed``'s business."""
-    def rules(c):
-        return {k: v for k, v in c.items() if k != "models"}
-
-    if before is not None and config_hash(rules(before)) != config_hash(rules(now)):
-        names = store.remove_outputs(STAGE, (KEPT + "-", "rejects"))
-        changed = sorted(k for k in rules(before).keys() | rules(now).keys() if before.get(k) != now.get(k))
-        log.info(f"filter settings changed since it last ran ({', '.join(changed)}): its {len(names)} output(s) "
-                 "dropped, made again")
-
-
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or RunStore(cfg.run_dir)
     fc = cfg.filter
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
-    before = store.stage_info(STAGE).get("config")
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
-                                   outputs=(KEPT + "-", "rejects"))
+                                   outputs=(KEPT + "-", "rejects"), settings_decide=True)
     if done is not None:
         return done
-    drop_if_settings_changed(store, before, stage_cfg)
     prompts = RunPrompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 
