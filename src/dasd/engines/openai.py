@@ -351,14 +351,21 @@ class OpenAIEngine:
                 on_result(r, g)
         return out  # type: ignore[return-value]
 
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """Per request, teacher-forced log-probs of its continuation (needs ``engine.tokenizer``)."""
+    def score(
+        self, requests: list[ScoreRequest], too_long: Callable[[int, ContextLengthError], None] | None = None,
+    ) -> list[ScoreResult]:
+        """Per request, teacher-forced log-probs of its continuation (needs ``engine.tokenizer``).
+        ``too_long(request_index, error)``: when given, a request the server refuses as longer than
+        its context is handed to it (its result is None) and the other requests go on."""
         if self.tokenizer is None:
             raise ConfigError("engine.tokenizer: kind openai needs the server model's tokenizer to score")
         jobs = [((k, 0), lambda c, req=req: self._score(c, req)) for k, req in enumerate(requests)]
         out: list[ScoreResult | None] = [None] * len(requests)
-        for (k, _), res in self._stream(jobs):
-            out[k] = res
+        for (k, _), res in self._stream(jobs, soft=too_long is not None):
+            if isinstance(res, ContextLengthError):
+                too_long(k, res)  # type: ignore[misc]
+            else:
+                out[k] = res
         return out  # type: ignore[return-value]
 
     def count_tokens(self, text: str) -> int:

@@ -7,7 +7,12 @@ teacher and student vocabularies need not match (docs/das.md). Teacher log-probs
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
 decides whether the teacher engine re-scores the text; a sample whose teacher signal is still not
 usable is quarantined before the student scores it. Resumable by sample id; a sample whose
-signals cannot be aligned is quarantined in ``RUN/score/rejects`` with the reason.
+signals cannot be aligned, or whose prompt + response is longer than the student's (or the
+re-scoring teacher's) context (a ``ContextLengthError``: an hf engine's ``max_model_len``, a
+server's refusal; counted in the pool's ``too_long``), is quarantined in ``RUN/score/rejects``
+with the reason, and the rest are scored. A quarantined sample is not scored again while the
+stage's settings, models and teacher config are the same (its record keeps their hash,
+``judged``); when they changed, it is judged again.
 
 With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local_naturalness``), the
 student also scores every sentence after the prompt and only its ``score.local_window`` preceding
@@ -24,15 +29,17 @@ every kept sample is scored again, so no student signal of an earlier model is r
 
 from __future__ import annotations
 
+import inspect
 from itertools import islice
 
-from dasd.engines.base import ScoreRequest
+from dasd.engines.base import ScoreRequest, ScoreResult
+from dasd.errors import ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, faults_kept, model_versions, open_engine, output,
                        pools, record_faults)
-from dasd.store import RunStore
+from dasd.store import RunStore, config_hash
 
 STAGE = "score"
 log = logger(STAGE)
@@ -40,6 +47,33 @@ log = logger(STAGE)
 
 def _signal(result) -> dict:
     return {"offsets": [list(o) for o in result.offsets], "logprobs": list(result.logprobs), "logprob_mode": result.logprob_mode}
+
+
+def _too_long(sample: dict, role: str, err: ContextLengthError, judged: str) -> dict:
+    """The quarantine record of a sample that does not fit the ``role`` model's context."""
+    return {"id": sample["id"], "where": f"sample {sample['id']}", "too_long": True, "judged": judged,
+            "reason": f"prompt + response longer than the {role}'s context: {err}"}
+
+
+def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult | ContextLengthError]:
+    """Per request, its ``ScoreResult``, or the ``ContextLengthError`` of a request longer than the
+    engine's context; the other requests are scored all the same. An engine whose ``score`` takes
+    ``too_long`` (the openai engine) hands each refusal over and goes on; from any other (hf, ray),
+    a refused call is split in halves until the refused requests stand alone (the hf engine refuses
+    before it computes anything)."""
+    if not requests:
+        return []
+    if "too_long" in inspect.signature(engine.score).parameters:
+        refused: dict[int, ContextLengthError] = {}
+        results = engine.score(requests, too_long=refused.__setitem__)
+        return [refused.get(k, r) for k, r in enumerate(results)]
+    try:
+        return engine.score(requests)
+    except ContextLengthError as err:
+        if len(requests) == 1:
+            return [err]
+        mid = len(requests) // 2
+        return score_or_refused(engine, requests[:mid]) + score_or_refused(engine, requests[mid:])
 
 
 def wants_local_naturalness(cfg) -> bool:
@@ -79,6 +113,10 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         names = store.remove_outputs(STAGE, (SCORED + "-",))
         log.info(f"local naturalness is wanted now and was not computed before: {len(names)} scored output(s) "
                  "dropped, scored again")
+    judged = config_hash([stage_cfg, cfg.teacher.model_dump(mode="json")])  # what a quarantine verdict depends on
+    stale = store.drop_records(STAGE, "rejects", lambda r: "judged" in r and r["judged"] != judged)
+    if stale:
+        log.info(f"{stale} sample(s) quarantined under other settings or models: judged again")
     prompts = RunPrompts(store)
     counts = {}
     with faults_kept(store, STAGE, lambda: [student, teacher]):
@@ -95,29 +133,41 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                 while batch := list(islice(todo, sc.batch)):
                     reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                     need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
+                    refused: dict[int, dict] = {}  # batch index -> quarantine record: too long for a model's context
                     if (need and sc.rescore_teacher == "auto") or sc.rescore_teacher == "always":
                         idx = range(len(batch)) if sc.rescore_teacher == "always" else need
                         if teacher is None:
                             teacher = open_engine(cfg.teacher)
-                        for i, r in zip(idx, teacher.score([reqs[i] for i in idx])):
-                            batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
+                        for i, r in zip(idx, score_or_refused(teacher, [reqs[i] for i in idx])):
+                            if isinstance(r, ContextLengthError):
+                                refused[i] = _too_long(batch[i], "teacher", r, judged)
+                            else:
+                                batch[i] = {**batch[i], "teacher": {**_signal(r), "rescored": True}}
                     usable = []  # the student scores only samples whose teacher signal can be used
-                    for s, req in zip(batch, reqs):
-                        if teacher_signal(s).get("logprob_mode") != "raw":
-                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
+                    for i, (s, req) in enumerate(zip(batch, reqs)):
+                        if i in refused:
+                            rejects.append(refused[i])
+                        elif teacher_signal(s).get("logprob_mode") != "raw":
+                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "judged": judged,
+                                            "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
                         else:
                             usable.append((s, req))
-                    stu = student.score([req for _, req in usable]) if usable else []
-                    local_nat = score_local_naturalness(student, prompts, [s for s, _ in usable], sc.local_window, sc.batch) \
-                        if local and usable else None
-                    for k, ((s, _), r) in enumerate(zip(usable, stu)):
+                    scored = []
+                    for (s, _), r in zip(usable, score_or_refused(student, [req for _, req in usable])):
+                        if isinstance(r, ContextLengthError):
+                            rejects.append(_too_long(s, "student", r, judged))
+                        else:
+                            scored.append((s, r))
+                    local_nat = score_local_naturalness(student, prompts, [s for s, _ in scored], sc.local_window, sc.batch) \
+                        if local and scored else None
+                    for k, (s, r) in enumerate(scored):
                         try:
                             rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
                             if local_nat is not None:
                                 rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
                             w.add(rec)
                         except ValueError as e:
-                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e)})
+                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e), "judged": judged})
                         rate.add(len(r.logprobs))
                     bar.update(len(batch))
                     bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
@@ -125,6 +175,12 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
             if rejects:
                 store.write_rejects(STAGE, rejects)
             counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
+            too_long = sum(r.get("too_long", False) for r in rejects)
+            if too_long:
+                counts[pool]["too_long"] = too_long
+                log.warning(f"{pool}: {too_long} response(s) longer than the student's or teacher's context (e.g. "
+                            f"{next(r for r in rejects if r.get('too_long'))['where']}): quarantined, not scored again "
+                            "while the stage's settings and models stay the same")
             log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
     record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
