@@ -546,6 +546,89 @@ def test_prefix_too_long_for_the_teacher_is_skipped_not_an_error(mix_engines, tm
     assert "skipped: context_too_long" in capsys.readouterr().err
 
 
+def _view(store):
+    """What a rollout decided (not the detail, which quotes the engine's or the server's words)."""
+    return sorted((r["prompt_id"], r["student"]["text"], r["prefix_chars"], (r["continuation"] or {}).get("text"),
+                   r["verdict"]) for r in store.read("mix", "rollouts"))
+
+
+def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_rest_continued(e2e, mix_engines, tmp_path):
+    """The teacher behind a server with a small context, its max_model_len unknown to the client: the
+    server refuses the long contexts (400 context_length_exceeded); those questions are skipped as
+    context_too_long with the server's words, the others continued, exactly as the in-process
+    teacher with the same max_model_len decides; a rerun asks the server nothing."""
+    from dasd.engines.server import EngineServer, ServerThread
+    from dasd.rules.mixing import render_generation_prompt, teacher_context
+
+    student, teacher = mix_engines
+    cfg, _, curated, _, rollouts, _ = e2e
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    sizes = sorted(teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
+                                                        r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
+                   for r in rollouts if r["prefix_chars"] is not None)
+    limit = sizes[len(sizes) // 2]  # about half of the contexts fit
+    assert sizes[0] < limit
+    short = make_engine(EngineConfig(model=teacher.name, device="cpu", batch_size=16, max_model_len=limit))
+    want = run_mix(cfg, RunStore(tmp_path / "in-process"), curated, student, short)
+    assert 0 < want["skipped"]["context_too_long"] < want["cut_off"] - want["skipped"]["no_cut_point"]
+    server = EngineServer(short, served_name="teacher")
+    with ServerThread(server) as srv:
+        remote = make_engine(EngineConfig(kind="openai", model="teacher", tokenizer=teacher.name,
+                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
+        got = run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)
+        store = RunStore.open(tmp_path / "run")
+        assert store.stage_info("mix")["complete"]
+        assert _view(store) == _view(RunStore.open(tmp_path / "in-process"))
+        assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in want.items() if k != "new"}
+        refused = [r for r in store.read("mix", "rollouts") if r["verdict"] == "context_too_long"]
+        assert len(refused) == want["skipped"]["context_too_long"]
+        assert all(re.search(rf"HTTP 400: .*prompt has \d+ tokens, max_model_len is {limit}", r["detail"]) for r in refused)
+        served = server.stats["requests"]
+        assert run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)["new"] == 0
+        assert server.stats["requests"] == served
+        # with teacher.max_model_len known, a context that leaves no room for max_continuation_tokens
+        # is skipped without asking (a vLLM server counts context + max_tokens and would refuse it)
+        known = make_engine(EngineConfig(kind="openai", model="teacher", tokenizer=teacher.name, max_model_len=limit,
+                                         openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
+        capped = run_mix(cfg, RunStore(tmp_path / "known"), curated, student, known)
+    fits = sum(n + cfg.max_continuation_tokens <= limit for n in sizes)
+    assert capped["continuations"] == fits < got["continuations"]
+    assert capped["skipped"]["context_too_long"] == len(sizes) - fits
+    assert {r["detail"] for r in RunStore.open(tmp_path / "known").read("mix", "rollouts") if r["verdict"] == "context_too_long"} \
+        == {f"teacher context of {n} tokens + max_continuation_tokens past the teacher's max_model_len {limit}"
+            for n in sizes if n + cfg.max_continuation_tokens > limit}
+
+
+def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
+    """A question whose prompt does not fit the student's context (in-process: max_model_len; over
+    HTTP: the server's refusal) is skipped as prompt_too_long, not counted as a cut-off, and the
+    other questions go on; over HTTP as in-process."""
+    from dasd.engines.server import EngineServer, ServerThread
+
+    student, teacher = mix_engines
+    curated = curated_set(6)
+    curated[2]["prompt"]["messages"][-1]["content"] += " Schritt für Schritt ✓" * 12
+    n = {q["prompt"]["id"]: len(student.context_ids(q["prompt"]["messages"], None, "q")) for q in curated}
+    limit = max(v for k, v in n.items() if k != "q02") + 8
+    assert n["q02"] >= limit
+    short = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
+    cfg = MixConfig(**{**E2E, "n_questions": 6})
+    want = run_mix(cfg, RunStore(tmp_path / "in-process"), curated, short, teacher)
+    assert want["prompt_too_long"] == 1 and want["questions"] == 6
+    assert want["cut_off"] == 6 - want["finished"] - 1
+    (rec,) = [r for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
+    assert rec["prompt_id"] == "q02" and rec["detail"] == f"request 'q02': prompt has {n['q02']} tokens, max_model_len is {limit}"
+    assert re.search(r"question too long for the student\s+1", capsys.readouterr().err)
+    with ServerThread(EngineServer(short, served_name="student")) as srv:
+        remote = make_engine(EngineConfig(kind="openai", model="student", tokenizer=student.name,
+                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
+        got = run_mix(cfg, RunStore(tmp_path / "run"), curated, remote, teacher)
+    # (a sample over HTTP draws from another seed than in-process: openai.sample_seed; the verdicts on q02 agree)
+    assert got["prompt_too_long"] == 1 and got["cut_off"] == 6 - got["finished"] - 1
+    (rec,) = [r for r in RunStore.open(tmp_path / "run").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
+    assert rec["prompt_id"] == "q02" and re.search(rf"HTTP 400: .*prompt has {n['q02']} tokens, max_model_len is {limit}", rec["detail"])
+
+
 def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path, capsys):
     """The teacher behind a real OpenAI-schema server on loopback (the `openai` engine's raw
     completions) continues exactly as the in-process hf teacher: same cuts, same continuations."""

@@ -57,7 +57,8 @@ SKIP_REASONS = (
     "finished",  # the student finished within the cap: not a cut-off, nothing to continue
     "answered",  # cut off after </think> while answering, and after_think="skip"
     "no_cut_point",  # no sentence end in [cut_low x L, L)
-    "context_too_long",  # teacher template + prefix does not fit the teacher's max_model_len
+    "context_too_long",  # teacher template + prefix (+ max_continuation_tokens, for a server) does not fit the teacher's context
+    "prompt_too_long",  # the question + cap does not fit the student's context: no rollout (not a cut-off)
 )
 
 
@@ -384,14 +385,15 @@ def funnel_of(rollouts) -> dict:
     """Counts of each step from rollout records: questions, cut-offs (and rate), cuts, kept, drops."""
     verdicts = Counter(r["verdict"] for r in rollouts)
     questions = sum(verdicts.values())
-    cut_off = questions - verdicts["finished"]
+    cut_off = questions - verdicts["finished"] - verdicts["prompt_too_long"]
     continuations = sum(verdicts[v] for v in DROP_REASONS) + verdicts["kept"]
     return {
         "questions": questions,
         "finished": verdicts["finished"],
+        "prompt_too_long": verdicts["prompt_too_long"],
         "cut_off": cut_off,
         "cut_off_rate": cut_off / questions if questions else 0.0,
-        "skipped": {v: verdicts[v] for v in SKIP_REASONS if v != "finished"},
+        "skipped": {v: verdicts[v] for v in SKIP_REASONS if v not in ("finished", "prompt_too_long")},
         "continuations": continuations,
         "dropped": {v: verdicts[v] for v in DROP_REASONS},
         "kept": verdicts["kept"],
@@ -403,6 +405,8 @@ def funnel_table(funnel: dict) -> str:
     """The funnel as an aligned text table (printed at the end of the stage)."""
     rows = [("questions", funnel["questions"], "")]
     rows.append(("student finished (not used)", funnel["finished"], ""))
+    if funnel.get("prompt_too_long"):
+        rows.append(("question too long for the student", funnel["prompt_too_long"], ""))
     rows.append(("cut off", funnel["cut_off"], f"{100 * funnel['cut_off_rate']:.1f}% of questions"))
     for why, n in funnel["skipped"].items():
         if n:

@@ -12,17 +12,22 @@ continuation and its verdict; this is what makes the stage resumable) and ``RUN/
 ``prefix_chars = len(prefix)``, ``source = "mixed_policy"``). The funnel (questions, finished,
 cut-offs and rate, cut points, continuations, drops by reason, kept) goes into the manifest and is
 returned.
+
+A request longer than a model's context does not stop the stage: a question the student cannot
+take is ``prompt_too_long``, a prefix the teacher cannot continue ``context_too_long`` (known
+``max_len``: not asked; a server's refusal: its words in ``detail``), and the others go on.
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dasd import runs
-from dasd.engines.base import GenerateRequest
-from dasd.errors import DasdError
+from dasd.engines.base import GenerateRequest, Generation
+from dasd.errors import ContextLengthError, DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import Rate, chunks, logger, progress
 from dasd.rules.mixing import (
@@ -175,6 +180,29 @@ def _done_rollouts(store: RunStore, examples) -> set[str]:
     }
 
 
+def first_or_refused(engine, requests: list[GenerateRequest]) -> list[Generation | ContextLengthError]:
+    """Per request (each ``n=1``), its generation, or the ``ContextLengthError`` of a request longer
+    than the engine's context; the others are generated all the same. An engine whose
+    ``generate_iter`` takes ``too_long`` (the openai engine) hands each refusal over and goes on;
+    from any other (hf, ray), a refused call is split in halves until the refused requests stand
+    alone (the hf engine refuses before it computes anything; every request has its own seed)."""
+    if not requests:
+        return []
+    stream = getattr(engine, "generate_iter", None)
+    if stream is not None and "too_long" in inspect.signature(stream).parameters:
+        out: list = [None] * len(requests)
+        for r, g in stream(requests, too_long=out.__setitem__):
+            out[r] = g
+        return out
+    try:
+        return [g[0] for g in engine.generate(requests)]
+    except ContextLengthError as err:
+        if len(requests) == 1:
+            return [err]
+        mid = len(requests) // 2
+        return first_or_refused(engine, requests[:mid]) + first_or_refused(engine, requests[mid:])
+
+
 def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:
     """Rollouts, cuts and continuations of one batch of questions: ``(rollout record, example)``."""
     reqs = []
@@ -188,21 +216,29 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
             id=p["id"], messages=p["messages"], n=1, temperature=cfg.student_temperature,
             top_p=cfg.student_top_p, max_tokens=cap, seed=derived_seed("mix-student", cfg.seed, p["id"]),
         ))
-    gens = [g[0] for g in student.generate(reqs)]
-    rate_t.add(sum(len(g.logprobs) for g in gens))
+    gens = first_or_refused(student, reqs)
+    rate_t.add(sum(len(g.logprobs) for g in gens if isinstance(g, Generation)))
     recs: list[dict] = []
     cont_reqs: list[GenerateRequest] = []
     cont_of: list[int] = []
     max_len = getattr(teacher, "max_len", None)
+    # a server counts context + max_tokens (vLLM refuses more); the hf engine needs room for one token
+    reserves = getattr(teacher, "reserves_max_tokens", False)
+    room = cfg.max_continuation_tokens if reserves else 1
     for k, (q, g, (n, cap)) in enumerate(zip(batch, gens, caps)):
         p = q["prompt"]
         rec = {
             "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student_name, "teacher_model": teacher.name,
             "cap": cap, "teacher_student_tokens": n,
-            "student": {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.logprobs)},
-            "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "", "example_id": None,
+            "student": None, "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "",
+            "example_id": None,
         }
         recs.append(rec)
+        if isinstance(g, ContextLengthError):  # the question (+ cap, for a server) does not fit the student's context
+            rec["student"] = {"text": None, "finish_reason": None, "n_tokens": 0}
+            rec["verdict"], rec["detail"] = "prompt_too_long", str(g)
+            continue
+        rec["student"] = {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.logprobs)}
         if g.finish_reason != "length":
             rec["verdict"] = "finished"
             rec["student"]["text"] = None  # not needed downstream; long-CoT texts are large
@@ -220,8 +256,10 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
         prefix = g.text[:at]
         rec["prefix_chars"] = at
         ctx = teacher_context(render_generation_prompt(template, p["messages"]), prefix, cfg.teacher_think_opener)
-        if max_len is not None and teacher.count_tokens(ctx) >= max_len:
+        if max_len is not None and (n_ctx := teacher.count_tokens(ctx)) + room > max_len:
             rec["verdict"] = "context_too_long"
+            rec["detail"] = f"teacher context of {n_ctx} tokens{' + max_continuation_tokens' if reserves else ''} " \
+                            f"past the teacher's max_model_len {max_len}"
             continue
         cont_reqs.append(GenerateRequest(
             id=p["id"], prefix=ctx, n=1, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
@@ -231,10 +269,13 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
     out: list[tuple[dict, dict | None]] = [(r, None) for r in recs]
     if not cont_reqs:
         return out
-    conts = [g[0] for g in teacher.generate(cont_reqs)]
-    rate_t.add(sum(len(c.logprobs) for c in conts))
+    conts = first_or_refused(teacher, cont_reqs)
+    rate_t.add(sum(len(c.logprobs) for c in conts if isinstance(c, Generation)))
     for k, c in zip(cont_of, conts):
         rec, q = recs[k], batch[k]
+        if isinstance(c, ContextLengthError):  # the teacher's server refused the context as too long
+            rec["verdict"], rec["detail"] = "context_too_long", str(c)
+            continue
         prefix = rec["student"]["text"][: rec["prefix_chars"]]
         rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.logprobs)}
         rec["verdict"], rec["detail"] = continuation_verdict(q["prompt"], prefix, c.text, c.finish_reason, cfg, grade)
