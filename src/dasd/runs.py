@@ -529,6 +529,17 @@ def unfinished(store: RunStore, stage: str) -> bool:
     return bool(info) and not info.get("complete")
 
 
+def existing_run(run_dir, by: str) -> RunStore:
+    """The run directory a stage that reads earlier stages' outputs (``by``) writes to, opened to
+    write; refused before anything is created when it does not exist or is empty (a failed command
+    leaves no run directory behind)."""
+    path = Path(run_dir)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        raise DasdError(f"{run_dir}: no dasd run here, so `dasd {by}` has nothing to read; run `dasd sample` "
+                        "(or `dasd import`) first, or `dasd run` for the whole pipeline")
+    return RunStore(run_dir)
+
+
 def require_finished(store: RunStore, stages: tuple[str, ...] | str, by: str) -> None:
     """Refuse to let stage ``by`` read the outputs of a stage that began and did not finish.
 

@@ -709,3 +709,16 @@ def test_an_interrupted_mix_never_feeds_training(e2e, mix_engines, tmp_path):
     assert sorted(e["id"] for e in got) == sorted(e["id"] for e in full_store.read("mix", "examples"))
     other = run_cfg.model_copy(update={"mix": cfg.model_copy(update={"n_questions": cfg.n_questions + 1})})
     assert "mixed" not in named_pools(other, store)  # finished, but for another config
+
+
+def test_no_selected_pools_is_an_error_before_any_model_is_loaded(tmp_path):
+    """A run without `dasd select` output: `dasd mix` says so at once, without loading the student
+    and teacher first (here they do not even exist: the error must still be about the run)."""
+    from dasd.config import load_config
+    from dasd.stages.mix import run_mix_stage
+
+    RunStore(tmp_path / "run")  # a run with a manifest and nothing selected
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tmp_path / 'missing-teacher'}",
+                             f"student.model={tmp_path / 'missing-student'}"])
+    with pytest.raises(DasdError, match=r"no selected pools \(RUN/select/selected-\*\); run `dasd select` first"):
+        run_mix_stage(cfg)

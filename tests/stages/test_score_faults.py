@@ -145,3 +145,23 @@ def test_a_response_quarantined_under_rescore_never_is_scored_once_rescoring_is_
     store = RunStore.open(tmp_path / "run")
     assert store.count("score", "rejects") == 0
     assert next(store.read("score", "pool-T1"))["teacher"]["rescored"]
+
+
+@pytest.mark.parametrize("verb", ["score", "mix"])
+def test_a_stage_run_where_there_is_no_run_leaves_nothing_behind(tmp_path, verb):
+    """`dasd score` / `dasd mix` on a run directory that does not exist (a typo, a wrong working
+    directory): one line saying what to run first, exit 2, and no directory created."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "nowhere" / "run"
+    p = subprocess.run([sys.executable, "-m", "dasd", verb, f"run_dir={run}"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (f"dasd: error: {run}: no dasd run here, so `dasd {verb}` has nothing "
+                                                 "to read; run `dasd sample` (or `dasd import`) first, or `dasd run` "
+                                                 "for the whole pipeline")
+    assert not (tmp_path / "nowhere").exists()
+    run.mkdir(parents=True)  # an empty directory made beforehand stays empty
+    p = subprocess.run([sys.executable, "-m", "dasd", verb, f"run_dir={run}"], capture_output=True, text=True)
+    assert p.returncode == 2 and "no dasd run here" in p.stderr and not any(run.iterdir())

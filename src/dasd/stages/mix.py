@@ -287,8 +287,9 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
 
 def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
-    store = store or RunStore(cfg.run_dir)
+    store = store or runs.existing_run(cfg.run_dir, STAGE)
     runs.require_finished(store, ("sample", "import", "select"), STAGE)
+    curated = curated_from_run(store)  # before any model is loaded: no selected pools is an error at once
     mixed_stages = [s.name for s in cfg.train.stages if s.data in runs.MIXED_POOLS]
     label, path = runs.latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
     log.info(f"student: {label} ({path})")
@@ -302,4 +303,4 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
 
     name = named("student", runs.model_key(store, path), runs.model_version(path))
     teacher_name = named("teacher", teacher.name, runs.model_version(cfg.teacher.model))
-    return run_mix(cfg.mix, store, curated_from_run(store), student, teacher, student_name=name, teacher_name=teacher_name)
+    return run_mix(cfg.mix, store, curated, student, teacher, student_name=name, teacher_name=teacher_name)

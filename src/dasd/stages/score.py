@@ -37,8 +37,8 @@ from dasd.errors import ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, faults_kept, model_versions, open_engine, output,
-                       pools, record_faults)
+from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept, model_versions,
+                       open_engine, output, pools, record_faults)
 from dasd.store import RunStore, config_hash
 
 STAGE = "score"
@@ -99,7 +99,7 @@ def score_local_naturalness(student, prompts: RunPrompts | dict, samples: list[d
 
 def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) -> dict:
     """Score every kept sample of every pool; return per-pool counts."""
-    store = store or RunStore(cfg.run_dir)
+    store = store or existing_run(cfg.run_dir, STAGE)
     sc: ScoreConfig = cfg.score
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
