@@ -14,6 +14,11 @@ Same results as one process: every sample draws from its own seed-derived stream
 record is scored on its own, so which replica takes a record does not change it (up to float
 rounding between batch shapes, ~1e-6 in log-probs; tokens, text and offsets are identical).
 
+Lengths as one engine: ``max_len``, ``reserves_max_tokens`` and ``tokenizer`` are the replicas'
+(fetched once from the first), ``context_ids`` builds prompt ids with that tokenizer, and a
+replica's ``ContextLengthError`` is raised as such (a request's own fault, which the stages
+quarantine), not as a failed replica.
+
 Addresses: ``local`` starts a private Ray instance in this process (``replicas`` x ``num_cpus``
 CPUs); ``auto`` joins the cluster this node belongs to (``ray start --head`` on one node,
 ``ray start --address=HEAD:6379`` on the others); ``ray://HEAD:10001`` connects a remote client.
@@ -28,9 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult
+from dasd.engines.base import GenerateRequest, Generation, ScoreRequest, ScoreResult, build_context_ids
 from dasd.engines.config import EngineConfig
-from dasd.errors import DasdError
+from dasd.errors import ContextLengthError, DasdError
 
 MISSING = (
     "engine.ray needs the optional ray package, which is not installed: pip install 'dasd[ray]' "
@@ -61,6 +66,13 @@ class _Replica:
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
+
+    def limits(self) -> dict:
+        """What a caller needs to judge a request's length as one engine would: the engine's
+        ``max_len``, ``reserves_max_tokens`` and ``tokenizer`` (pickled to the caller)."""
+        e = self.engine
+        return {"max_len": getattr(e, "max_len", None), "reserves_max_tokens": getattr(e, "reserves_max_tokens", False),
+                "tokenizer": getattr(e, "tokenizer", None)}
 
 
 class RayEngine:
@@ -94,9 +106,15 @@ class RayEngine:
         self.replicas = [actor.remote(inner, make_engine) for _ in range(r.replicas)]
         try:  # fail here, with the replica's message, if the engine cannot be built
             ray.get([a.count_tokens.remote("") for a in self.replicas])
+            limits = ray.get(self.replicas[0].limits.remote())
         except Exception as err:
             self.close()
             raise DasdError(f"engine.ray: a replica could not build its engine: {_cause(err)}")
+        # as one engine of the config: its context, and the tokenizer the stages judge a prompt's length with
+        # (sample quarantines a too-long prompt before asking, mix skips a too-long teacher context)
+        self.max_len: int | None = limits["max_len"]
+        self.reserves_max_tokens: bool = limits["reserves_max_tokens"]
+        self.tokenizer = limits["tokenizer"]
 
     def generate_iter(
         self, requests: list[GenerateRequest], skip: Callable[[int, int], bool] | None = None
@@ -122,6 +140,9 @@ class RayEngine:
             try:
                 res = self.ray.get(ref)
             except Exception as err:
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, ContextLengthError):  # a request's own fault, as from one engine
+                    raise ContextLengthError(str(cause)) from None
                 raise DasdError(f"engine.ray: a replica failed: {_cause(err)}")
             yield s, res
 
@@ -141,6 +162,12 @@ class RayEngine:
 
     def count_tokens(self, text: str) -> int:
         return self.ray.get(self.replicas[0].count_tokens.remote(text))
+
+    def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
+        """Prompt ids as a replica builds them (chat template with the generation prompt, or the prefix)."""
+        if self.tokenizer is None:
+            raise DasdError(f"engine.ray: the {self.cfg.kind} replicas have no local tokenizer to build request {rid!r}")
+        return build_context_ids(self.tokenizer, str(self.cfg.tokenizer or self.cfg.model), messages, prefix, rid)
 
     def close(self) -> None:
         """Release the replicas (and the Ray instance, if this engine started it)."""
