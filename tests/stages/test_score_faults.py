@@ -147,9 +147,9 @@ def test_a_response_quarantined_under_rescore_never_is_scored_once_rescoring_is_
     assert next(store.read("score", "pool-T1"))["teacher"]["rescored"]
 
 
-@pytest.mark.parametrize("verb", ["score", "mix"])
+@pytest.mark.parametrize("verb", ["filter", "score", "select", "mix", "analyze"])
 def test_a_stage_run_where_there_is_no_run_leaves_nothing_behind(tmp_path, verb):
-    """`dasd score` / `dasd mix` on a run directory that does not exist (a typo, a wrong working
+    """`dasd filter`, `score`, `select`, `mix`, `analyze` on a run directory that does not exist (a typo, a wrong working
     directory): one line saying what to run first, exit 2, and no directory created."""
     import subprocess
     import sys

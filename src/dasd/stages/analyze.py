@@ -23,7 +23,7 @@ from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, retype, score_response
-from dasd.runs import (drop_if_models_changed, faults_kept, model_for, model_versions, open_engine, record_faults,
+from dasd.runs import (drop_if_models_changed, existing_run, faults_kept, model_for, model_versions, open_engine, record_faults,
                        require_finished, results_name)
 from dasd.store import RunStore
 
@@ -42,7 +42,7 @@ def _pick_model(cfg, store: RunStore) -> str:
 
 
 def run_analyze(cfg, store: RunStore | None = None) -> dict:
-    store = store or RunStore(cfg.run_dir)
+    store = store or existing_run(cfg.run_dir, STAGE)
     ac: AnalyzeConfig = cfg.analyze
     require_finished(store, "eval", STAGE)
     label = _pick_model(cfg, store)

@@ -20,7 +20,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
-from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, model_versions, output, pools,
+from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, model_versions, output, pools,
                        resolve_model)
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
@@ -66,7 +66,7 @@ def malformed(sample: dict) -> str | None:
 
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
-    store = store or RunStore(cfg.run_dir)
+    store = store or existing_run(cfg.run_dir, STAGE)
     fc = cfg.filter
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,

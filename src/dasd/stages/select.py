@@ -23,7 +23,7 @@ from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.records import content_id, teacher_signal
 from dasd.rules.das import DASConfig, SelectConfig, das_summary, retype, select_grouped
-from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, RunPrompts, begin_unless_up_to_date, output, pools
+from dasd.runs import REJECTED, SCORED, SELECTED, TRAIN, RunPrompts, begin_unless_up_to_date, existing_run, output, pools
 from dasd.store import RunStore
 
 STAGE = "select"
@@ -86,7 +86,7 @@ def run_select(cfg, store: RunStore | None = None, grade=is_correct) -> dict:
     the training examples in rank order. A finished select with the same settings and inputs is
     not redone.
     """
-    store = store or RunStore(cfg.run_dir)
+    store = store or existing_run(cfg.run_dir, STAGE)
     sc: SelectConfig = cfg.select
     if sc.method == "local_naturalness" and (store.stage_info("score").get("config") or {}).get("local_naturalness") is False:
         raise DasdError(f"{store.root}: select.method local_naturalness needs the student's local naturalness, which "
