@@ -34,6 +34,9 @@ def test_paper_recipe_values():
     ({"stages": [{"name": "a b", "data": "x", "init": "base"}]}, "letters, digits"),
     ({"stages": [{"name": "a", "data": "x", "init": "base"}, {"name": "a", "data": "y"}]}, "unique"),
     ({"lerning_rate": 1e-4}, "Extra inputs"),
+    # a stage's own epochs: 0 or negative once trained one step silently (total_steps' floor of 1)
+    ({"stages": [{"name": "a", "data": "x", "init": "base", "epochs": 0}]}, r"stages\.0\.epochs"),
+    ({"stages": [{"name": "a", "data": "x", "init": "base", "epochs": -2}]}, r"stages\.0\.epochs"),
 ])
 def test_invalid_configs_are_rejected_at_load(bad, msg):
     values = {"base_model": "m", "stages": [{"name": "a", "data": "x", "init": "base"}], **bad}

@@ -31,7 +31,7 @@ class StageConfig(StrictModel):
         description="Starting weights: 'base' (TrainConfig.base_model), 'previous' (the previous stage's "
         "final model) or a path to a transformers model directory.",
     )
-    epochs: float | None = Field(default=None, description="Passes over the stage's data (fractions allowed); "
+    epochs: float | None = Field(default=None, gt=0, description="Passes over the stage's data (fractions allowed); "
                                  "None inherits TrainConfig.epochs. Ignored when max_steps is set.")
     max_steps: int | None = Field(default=None, ge=1, description="Exact number of optimizer steps; overrides epochs.")
     optional: bool = Field(default=False, description="Skip the stage (with a notice) when its data does not "
