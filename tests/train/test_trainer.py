@@ -129,6 +129,20 @@ def test_bad_training_line_names_file_line_and_field(tiny_lm_dir, tmp_path):
         run_training(cfg, tmp_path / "o")
 
 
+def test_a_stage_without_usable_examples_is_one_line_naming_the_stage_and_why(tiny_lm_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 1},
+              {"name": "s2", "data": str(empty), "max_steps": 1}]
+    with pytest.raises(InputError) as err:
+        run_training(_cfg(tiny_lm_dir, stages=stages), tmp_path / "a", {"pool": _pool(2)})
+    assert str(err.value) == f"stage 's2' (data {str(empty)!r}): no training example to train on: it has no examples"
+    with pytest.raises(InputError) as err:  # every example longer than the context
+        run_training(_cfg(tiny_lm_dir, context=8), tmp_path / "b", {"pool": _pool(3)})
+    assert str(err.value) == ("stage 's1' (data 'pool'): no training example to train on: all 3 examples are longer "
+                              "than the context (8 tokens) and were dropped")
+
+
 def test_a_moved_or_copied_run_trains_from_its_own_models(tiny_lm_dir, tmp_path):
     """Issue 15, item 3: done.json and fingerprints hold run-relative paths; a copy's next stage
     starts from the copy's model (the original is gone here), finished stages are still skipped."""

@@ -233,7 +233,7 @@ def _cache_ok(cache: Path, key: str) -> bool:
 
 def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
             cache_dir: Path | None = None, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-            any_rank: Callable[[bool], bool] | None = None) -> StageData:
+            any_rank: Callable[[bool], bool] | None = None, source: str = "stage data") -> StageData:
     """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences.
 
     With ``cache_dir``: unless a cache with the same key is there (``any_rank(missing)`` makes every
@@ -243,7 +243,8 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
     process waits longer than the slowest share. Without ``cache_dir``, everything stays in memory.
 
     ``items`` (an ``Examples`` or a list) is read twice and never held: once for the key (and the
-    count), once to tokenise this process's share.
+    count), once to tokenise this process's share. No example left to train on is an ``InputError``
+    naming ``source`` and why (no examples, or all over ``context``).
     """
     key = data_key(tokenizer, items, context, mask_prefix)
     n_items = len(items)  # counted by the key's pass
@@ -276,7 +277,10 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
         ids, labels, starts, n_loss, first, meta = _load(cache_dir)
         dropped = meta["dropped"]
     if len(starts) == 1:
-        raise InputError(f"no usable training example (dropped: {dropped})")
+        over = int(dropped.get("over_context", 0))
+        why = (f"all {over} examples are longer than the context ({context} tokens) and were dropped" if over
+               else "it has no examples")
+        raise InputError(f"{source}: no training example to train on: {why}")
     lengths = np.diff(starts)
     sequences = pack(lengths, context) if packing else Packed.singletons(len(lengths))
     return StageData(ids, labels, starts, n_loss, sequences, key, dropped, first)

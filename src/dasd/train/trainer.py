@@ -168,7 +168,7 @@ class StageTrainer:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.sd = prepare(tok, items, cfg.context, self.hp["mask_prefix"], cfg.packing, cache_dir=self.dir / "tokens",
                           rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone,
-                          any_rank=self._any_rank)
+                          any_rank=self._any_rank, source=f"stage {self.stage.name!r} (data {self.stage.data!r})")
         self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
         self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
         self.init_version = model_version(str(self.init))
