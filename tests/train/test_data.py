@@ -113,7 +113,36 @@ def test_plan_visits_every_sequence_once_per_epoch_and_splits_steps_across_proce
                 assert sorted(map(str, parts)) == sorted(map(str, rows))  # ranks x micro-steps partition the step
                 seen += [r[0] for r in rows if r is not None]
             assert sorted(seen) == list(range(11))
-        assert plan.order(0) != plan.order(1)  # reshuffled each epoch
+        assert plan.order(0).tolist() != plan.order(1).tolist()  # reshuffled each epoch
+
+
+def test_the_plans_epoch_order_is_an_array_not_a_python_int_per_sequence():
+    """Without packing a stage has one sequence per example: the epoch's order is held as an int64
+    array (8 bytes a sequence), not a list of Python ints (~36), and is torch.randperm's order."""
+    import tracemalloc
+
+    import torch
+
+    from dasd.train.config import TrainConfig
+    from dasd.train.data import StageData
+    from dasd.train.packing import Packed
+    from dasd.train.plan import Plan
+
+    n = 200_000
+    sd = StageData([np.zeros(n, np.int32)], [np.zeros(n, np.int32)], np.arange(n + 1), np.ones(n, np.int64),
+                   Packed.singletons(n), "k")
+    plan = Plan(sd, TrainConfig(base_model="m", stages=[{"name": "a", "data": "x", "init": "base"}]), 1, seed=3)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        order = plan.order(0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 8 * n  # a list of Python ints held ~36 bytes a sequence here
+    g = torch.Generator().manual_seed(3 * 1_000_003)
+    assert order.tolist() == torch.randperm(n, generator=g).tolist()  # the order earlier checkpoints resume in
+    assert plan.rows(1) == [[int(order[1])]]
 
 
 def test_streamed_examples_tokenise_exactly_as_a_held_list(tiny_lm_dir, tmp_path):
