@@ -115,6 +115,20 @@ def test_over_length_examples_are_dropped_as_dasd_drops_them(tmp_path):
     assert rows == kept and read_stage(tmp_path, "stage1_low")["cutoff_len"] == context + 1
 
 
+@pytest.mark.parametrize("gpus", [6, 128])
+def test_a_global_batch_the_gpus_cannot_split_is_refused_not_rounded(tmp_path, gpus):
+    """64 sequences on 6 GPUs were exported as 10 accumulation steps (60 a step), on 128 as 1 (128):
+    another recipe than the one dasd trains, which refuses such a split."""
+    data = {"das_low": make_pool(2), "das_high": make_pool(2)}
+    with pytest.raises(ConfigError) as err:
+        export(paper_recipe(), tmp_path, data, gpus=gpus, tokenizer=TOY_STUDENT)
+    assert str(err.value) == (f"train.global_batch on {gpus} GPUs: global_batch 64 is not a multiple of "
+                              f"micro_batch x processes = 1 x {gpus}")
+    assert not any(tmp_path.iterdir())
+    export(paper_recipe(), tmp_path, data, gpus=16, tokenizer=TOY_STUDENT)
+    assert read_stage(tmp_path, "stage1_low")["gradient_accumulation_steps"] == 4
+
+
 def test_masked_prefix_cannot_be_exported(tmp_path):
     cfg = paper_recipe(mask_prefix=True)
     with pytest.raises(ConfigError, match="mask_prefix"):

@@ -106,8 +106,6 @@ def _within_context(tokenizer, items: Examples, context: int, name: str, dropped
 
 def _stage_yaml(cfg: TrainConfig, hp: dict, model: str, dataset: str, dataset_dir: str, output_dir: str,
                 template: str, gpus: int, deepspeed: str | None, report_to: str) -> dict:
-    per_step = cfg.micro_batch * gpus
-    ga = cfg.grad_accum if cfg.global_batch is None else max(1, cfg.global_batch // per_step)
     y = {
         "model_name_or_path": model,
         "trust_remote_code": True,
@@ -130,7 +128,7 @@ def _stage_yaml(cfg: TrainConfig, hp: dict, model: str, dataset: str, dataset_di
         "plot_loss": True,
         "overwrite_output_dir": True,
         "per_device_train_batch_size": cfg.micro_batch,
-        "gradient_accumulation_steps": ga,
+        "gradient_accumulation_steps": cfg.resolve_batch(gpus).grad_accum,
         "learning_rate": hp["lr"],
         "lr_scheduler_type": "cosine_with_min_lr",
         "lr_scheduler_kwargs": {"min_lr": hp["min_lr"]},
@@ -173,6 +171,10 @@ def export(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None =
     out_dir = Path(out_dir)
     if gpus < 1:
         raise ConfigError(f"gpus must be >= 1, got {gpus}")
+    try:  # dasd refuses a global batch that does not split evenly; rounding it here would train another one
+        cfg.resolve_batch(gpus)
+    except ValueError as e:
+        raise ConfigError(f"train.global_batch on {gpus} GPUs: {e}") from None
     base = model_path(cfg.base_model)
     ds_path, ds_config = _deepspeed(deepspeed, out_dir)
     todo = []  # everything is checked before anything is written
