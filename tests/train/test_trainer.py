@@ -32,9 +32,10 @@ def _weights(final):
     return load_file(str(Path(final) / "model.safetensors"))
 
 
-def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("batch", [{"micro_batch": 1, "grad_accum": 2}, {"micro_batch": 2, "grad_accum": 1}])
+def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_path, batch):
     data = {"pool": _pool()}
-    cfg = _cfg(tiny_lm_dir, save_every=2)
+    cfg = _cfg(tiny_lm_dir, save_every=2, **batch)
     (ref,) = run_training(cfg, tmp_path / "a", data)
 
     def crash(m):
@@ -62,6 +63,9 @@ def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_pa
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
     # the loss went down (the run trains something)
     assert a[-1]["loss"] < a[0]["loss"]
+    # the result's padding share covers the whole stage, not only the steps after the resume
+    assert (ref["padding_share"] > 0) == (batch["micro_batch"] > 1)  # rows of unequal length are padded
+    assert res["padding_share"] == pytest.approx(ref["padding_share"], rel=1e-12)
 
 
 def test_packed_training_equals_unpacked_training(tiny_lm_dir, tmp_path):

@@ -194,9 +194,10 @@ def _quiet_tied_weights(tied: bool):
 
 
 def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0,
-                    tied: bool = False) -> None:
+                    tied: bool = False, extra: dict | None = None) -> None:
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``;
-    ``tied``: the model ties its output embedding to its input one (``_quiet_tied_weights``)."""
+    ``tied``: the model ties its output embedding to its input one (``_quiet_tied_weights``);
+    ``extra``: more of the trainer's state for ``trainer_state.json`` (read back by ``trainer_state``)."""
     ckdir = stage_dir / "checkpoints"
     final = ckdir / f"step-{step:06d}"
     tmp = ckdir / f".step-{step:06d}.tmp"
@@ -208,7 +209,8 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
         acc.save_state(output_dir=str(tmp))
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch)})
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch),
+                                                       **(extra or {})})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
@@ -216,12 +218,17 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     acc.wait_for_everyone()
 
 
+def trainer_state(ck: Path) -> dict:
+    """The ``trainer_state.json`` of checkpoint ``ck``: ``step``, ``fingerprint``, its geometry and ``extra``."""
+    return json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
+
+
 def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0, also: str | None = None) -> int:
     """Restore model, optimizer, RNG and scheduler from ``ck``; its step. ConfigError if ``ck`` has another
     fingerprint than ``fp`` (or ``also``, as in ``read_done``), or was written by another process count
     in a way this run cannot load (``check_geometry``). RNG states of processes the checkpoint did not
     have are left as seeded (accelerate logs it)."""
-    state = json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
+    state = trainer_state(ck)
     matches = state.get("fingerprint") in (fp, also or fp)
     check_geometry(ck, state, geometry(acc, global_batch), matches)
     if not matches:

@@ -133,7 +133,7 @@ class StageTrainer:
         self.seed = cfg.seed + idx
         self.curve_path = stage_dir / "curve.jsonl"
         self.last_loss = float("nan")
-        self.pad_total = [0, 0]  # padding tokens, all tokens fed this run (fillers count as padding)
+        self.pad_total = [0, 0]  # padding tokens, all tokens fed in the stage (fillers count as padding; kept in checkpoints)
         self.t_stage = time.perf_counter()
 
     def _info(self, msg: str) -> None:
@@ -225,6 +225,8 @@ class StageTrainer:
         ck = ckpt.latest_checkpoint(self.dir / "checkpoints")
         if ck is not None:
             start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G, also=self.fp_by_path)
+            # the padding of the steps before it, so that padding_share covers the whole stage, as uninterrupted
+            self.pad_total = list(ckpt.trainer_state(ck).get("padding_tokens", [0, 0]))
             self._info(f"stage {self.stage.name}: resuming from {ck.name}")
         if self.acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +237,7 @@ class StageTrainer:
     def save_checkpoint(self, step: int) -> None:
         """Checkpoint the state after ``step`` optimizer steps (all processes)."""
         ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints, self.plan.G,
-                             tied=self.tied)
+                             tied=self.tied, extra={"padding_tokens": self.pad_total})
 
     def _announce(self) -> None:
         sd, cfg, acc = self.sd, self.cfg, self.acc
