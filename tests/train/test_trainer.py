@@ -193,6 +193,33 @@ def test_a_finished_stage_is_refused_when_its_base_model_changed_under_the_same_
         run_training(cfg, tmp_path / "run", data)
 
 
+def test_a_checkpoint_is_refused_when_the_previous_stage_was_retrained_since(tiny_lm_dir, tmp_path):
+    """Stage 2 crashed after a checkpoint; stage 1 is then trained again (its folder deleted, its lr
+    changed): stage 2's checkpoint started from the old stage 1 model and is refused in one line, not
+    resumed on top of it (the fingerprint names the previous stage's model by its path only)."""
+    import shutil
+
+    data = {"pool": _pool()}
+    stages = [{"name": "s1", "data": "pool", "init": "base", "max_steps": 2},
+              {"name": "s2", "data": "pool", "max_steps": 4}]
+
+    def crash(m):
+        if m["stage"] == "s2" and m["step"] == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(_cfg(tiny_lm_dir, save_every=2, stages=stages), tmp_path / "run", data, on_step=crash)
+    assert (tmp_path / "run" / "s2" / "checkpoints" / "step-000002").is_dir()
+    (again,) = run_training(_cfg(tiny_lm_dir, save_every=2, stages=stages[:1]), tmp_path / "run", data)
+    assert again["steps"] == 2  # s1 unchanged: skipped
+    shutil.rmtree(tmp_path / "run" / "s1")
+    stages[0]["lr"] = 1e-3
+    with pytest.raises(ConfigError) as err:
+        run_training(_cfg(tiny_lm_dir, save_every=2, stages=stages), tmp_path / "run", data)
+    assert str(err.value) == (f"{tmp_path / 'run' / 's2' / 'checkpoints' / 'step-000002'}: checkpoint trained from "
+                              "another version of its init model (it has changed since); use a new output directory")
+
+
 def test_a_rerun_from_a_relative_directory_hands_on_the_same_init(tiny_lm_dir, tmp_path, monkeypatch):
     """Runs in relative directories, one starting from another's final model (as the ablation's mixed
     arms do): re-running both skips them (a skipped stage returns its final model spelled as a fresh

@@ -223,16 +223,22 @@ def trainer_state(ck: Path) -> dict:
     return json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
 
 
-def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0, also: str | None = None) -> int:
+def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0, also: str | None = None,
+                    init_version: str | None = None) -> int:
     """Restore model, optimizer, RNG and scheduler from ``ck``; its step. ConfigError if ``ck`` has another
-    fingerprint than ``fp`` (or ``also``, as in ``read_done``), or was written by another process count
-    in a way this run cannot load (``check_geometry``). RNG states of processes the checkpoint did not
-    have are left as seeded (accelerate logs it)."""
+    fingerprint than ``fp`` (or ``also``, as in ``read_done``), was trained from another version of its
+    init model (``init_version``, as in ``read_done``: the previous stage retrained since, whose path
+    the fingerprint holds), or was written by another process count in a way this run cannot load
+    (``check_geometry``). RNG states of processes the checkpoint did not have are left as seeded
+    (accelerate logs it)."""
     state = trainer_state(ck)
     matches = state.get("fingerprint") in (fp, also or fp)
     check_geometry(ck, state, geometry(acc, global_batch), matches)
     if not matches:
         raise ConfigError(f"{ck}: checkpoint of a different config or data; use a new output directory")
+    if init_version is not None and state.get("init_version") not in (None, init_version):
+        raise ConfigError(f"{ck}: checkpoint trained from another version of its init model (it has changed "
+                          "since); use a new output directory")
     acc.load_state(str(ck))
     scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
     return state["step"]

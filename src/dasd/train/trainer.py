@@ -224,7 +224,8 @@ class StageTrainer:
         start = 0
         ck = ckpt.latest_checkpoint(self.dir / "checkpoints")
         if ck is not None:
-            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G, also=self.fp_by_path)
+            start = ckpt.load_checkpoint(self.acc, self.scheduler, ck, self.fp, self.plan.G, also=self.fp_by_path,
+                                         init_version=self.init_version)
             # the padding of the steps before it, so that padding_share covers the whole stage, as uninterrupted
             self.pad_total = list(ckpt.trainer_state(ck).get("padding_tokens", [0, 0]))
             self._info(f"stage {self.stage.name}: resuming from {ck.name}")
@@ -237,7 +238,8 @@ class StageTrainer:
     def save_checkpoint(self, step: int) -> None:
         """Checkpoint the state after ``step`` optimizer steps (all processes)."""
         ckpt.save_checkpoint(self.acc, self.scheduler, self.dir, step, self.fp, self.cfg.keep_checkpoints, self.plan.G,
-                             tied=self.tied, extra={"padding_tokens": self.pad_total})
+                             tied=self.tied,
+                             extra={"padding_tokens": self.pad_total, "init_version": self.init_version})
 
     def _announce(self) -> None:
         sd, cfg, acc = self.sd, self.cfg, self.acc
