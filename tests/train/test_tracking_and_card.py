@@ -159,3 +159,16 @@ def test_card_follows_relative_inits_and_names_a_hub_base_model(tmp_path):
     assert "| a | `low` | - | 5 | 2 | 90 | 40 | 1 | 2 | 1.5 |" in text
     assert "| b | `high` | T=1 teacher samples, DAS-selected | 5 | 2 | 90 | 40 | 1 | 2 | 1.5 |" in text
     assert model_card.refresh_card(tmp_path / "missing", []) is None
+
+
+def test_every_named_pool_of_the_default_schedule_has_a_card_note():
+    """The default stage 3 trains on mixed+replay: its card row says what that is, not '-'."""
+    from dasd.config import load_config
+    from dasd.stages.train import data_notes
+
+    cfg = load_config(None, ["sample.temperatures=[0.6, 1.0]"])
+    notes = data_notes(cfg)
+    assert {s.data for s in cfg.train.stages} == {"low", "high", "mixed+replay"} <= set(notes)
+    assert notes["mixed+replay"] == ("student prefixes continued by the teacher (mixed policy), with replayed "
+                                     "T=1 teacher samples, DAS-selected")
+    assert data_notes(load_config(None, ["mix.replay.ratio=0"]))["mixed+replay"] == notes["mixed"]

@@ -71,4 +71,7 @@ def data_notes(cfg) -> dict[str, str]:
     notes = {pool_name(t): f"T={t:g} teacher samples, {how}" for t in temps}
     notes.update(low=notes[pool_name(temps[0])], high=notes[pool_name(temps[-1])],
                  mixed="student prefixes continued by the teacher (mixed policy)")
+    replay = cfg.mix.replay  # the default stage 3's data
+    notes["mixed+replay"] = (notes["mixed"] if replay.ratio == 0 else
+                             f"{notes['mixed']}, with replayed {notes.get(replay.source, replay.source)}")
     return notes
