@@ -2,7 +2,7 @@
 
 Writes, under ``out_dir``::
 
-    data/<pool>.jsonl       one {"messages": [...]} a line (LLaMA-Factory "sharegpt" format, OpenAI-style tags)
+    data/dasd_<pool>.jsonl  one {"messages": [...]} a line (LLaMA-Factory "sharegpt" format, OpenAI-style tags)
     dataset_info.json       the data sets, registered with their columns and role tags
     deepspeed/ds_z<N>.json  the DeepSpeed config the stage YAMLs name (deepspeed="zero2" or "zero3")
     <stage>.yaml            one LLaMA-Factory SFT config per stage, equivalent to our TrainConfig
