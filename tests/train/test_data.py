@@ -77,8 +77,13 @@ def test_cache_equals_memory_and_is_reused_until_the_content_changes(tiny_lm_dir
     again = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
     assert (tmp_path / "tokens" / "part-00000" / "ids.bin").stat().st_mtime_ns == stamp and again.key == disk.key
 
+    # a build of other data killed half-way leaves its folder; the next build that finishes removes it
+    stale = tmp_path / ".tokens.tmp-0123456789abcdef" / "part-00000"
+    stale.mkdir(parents=True)
+    (stale / "ids.bin").write_bytes(b"\0" * 64)
     masked = prepare(tok, items, context=256, mask_prefix=True, packing=True, cache_dir=tmp_path / "tokens")
     assert masked.key != disk.key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens"]
     assert int(masked.n_loss.sum()) < int(disk.n_loss.sum())  # prefix tokens of the mixed examples left out
 
 

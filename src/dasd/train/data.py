@@ -238,8 +238,8 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
 
     With ``cache_dir``: unless a cache with the same key is there (``any_rank(missing)`` makes every
     process agree), process ``rank`` of ``world`` tokenises its contiguous share into
-    ``<tmp>/part-<rank>``, ``barrier()`` waits for all shares, rank 0 writes ``meta.json`` and renames
-    the directory into place, ``barrier()`` again; then every process memory-maps all parts. No
+    ``<tmp>/part-<rank>``, ``barrier()`` waits for all shares, rank 0 writes ``meta.json``, renames
+    the directory into place and removes what interrupted builds of other data left, ``barrier()`` again; then every process memory-maps all parts. No
     process waits longer than the slowest share. Without ``cache_dir``, everything stays in memory.
 
     ``items`` (an ``Examples`` or a list) is read twice and never held: once for the key (and the
@@ -272,6 +272,8 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
                                                       "dropped": {"over_context": n_items - examples}})
                 shutil.rmtree(cache_dir, ignore_errors=True)
                 tmp.rename(cache_dir)
+                for stale in cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"):  # interrupted builds of other data
+                    shutil.rmtree(stale, ignore_errors=True)
         if barrier is not None:
             barrier()
         ids, labels, starts, n_loss, first, meta = _load(cache_dir)
