@@ -12,6 +12,8 @@ import pytest
 from dasd import jsonl
 from dasd.errors import OutputError
 from dasd.jsonl import atomic_write_json, atomic_write_jsonl
+from dasd.lock import release_run_lock
+from dasd.store import RunStore
 
 from test_cli import assert_one_line_error, dasd
 
@@ -104,11 +106,15 @@ def test_a_stage_run_before_the_stages_it_reads_is_refused(tmp_path, verb, missi
     """On a fresh run directory `dasd filter/score/select` used to read nothing and finish
     'complete' (exit 0); now each names the stage that has to run first, and writes no stage entry."""
     run = tmp_path / "run"
+    r = dasd(verb, f"run_dir={run}")  # no run there at all: nothing is created
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no dasd run here" in r.stderr and "run `dasd sample` (or `dasd import`) first" in r.stderr
+    assert not run.exists()
+    release_run_lock(RunStore(run).root)  # a run where nothing has run yet (its manifest written)
     r = dasd(verb, f"run_dir={run}")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"stage '{missing}' has not run" in r.stderr and f"run `dasd {missing}` first" in r.stderr
-    manifest = run / "manifest.json"
-    assert not manifest.exists() or verb not in json.loads(manifest.read_text())["stages"]
+    assert verb not in json.loads((run / "manifest.json").read_text())["stages"]
 
 
 def test_an_unknown_toy_world_is_one_line_naming_the_worlds(tmp_path):
