@@ -128,3 +128,19 @@ def test_the_same_model_spelled_another_way_keeps_its_results(tmp_path, tiny_lm_
     store.save_manifest()
     run_evaluation(relative)
     assert _results(relative) == first and RunStore(cfg.run_dir).stage_info("eval")["keys"]["student"] == key
+
+
+def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm_dir, capsys):
+    """`dasd eval` with a training stage among eval.models before `dasd train` made it: exit 2 with
+    one line naming the stage and `dasd train`; nothing evaluated, eval not recorded as complete."""
+    from dasd.cli import main
+
+    run = tmp_path / "run"
+    code = main(["eval", f"run_dir={run}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                 "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.models=[student, stage1_low]",
+                 "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "'stage1_low' not trained" in err[0] and "`dasd train`" in err[0], err
+    assert "student" not in err[0].split("eval.models:")[1]
+    assert "eval" not in RunStore(run).manifest["stages"] and not (run / "eval").exists()

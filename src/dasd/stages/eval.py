@@ -12,6 +12,7 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
+from dasd.errors import DasdError
 from dasd.grading.evaluate import Protocol, run_eval
 from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
@@ -92,11 +93,19 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
 
 
 def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None = None) -> dict:
-    """Evaluate each model label; return {label: summary rows} (also in the manifest)."""
+    """Evaluate each model label; return {label: summary rows} (also in the manifest).
+
+    A training stage's label whose model this run has not trained yet is refused (``DasdError``
+    naming it and `dasd train`) before anything is evaluated or recorded."""
     store = store or RunStore(cfg.run_dir)
+    labels = list(labels or cfg.eval.models)
+    untrained = [label for label in labels if model_for(cfg, store, label) is None]
+    if untrained:
+        raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
+                        "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
     store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
     summary = {}
-    for label in labels or cfg.eval.models:
+    for label in labels:
         results = evaluate_model(cfg, store, label)
         if results:
             rows = summarize(results)
