@@ -69,3 +69,33 @@ def test_summarize_per_benchmark_and_domain():
     # read once as a stream, the response texts left out: the same rows
     texts = ({**r, "text": "a long response " * 100, "detail": {"x": 1}} for r in reversed(res))
     assert summarize(texts, n_boot=200) == summarize(list(reversed(res)), n_boot=200)
+
+
+def _results(spec):
+    return [{"benchmark": b, "domain": "math", "problem_id": pid, "sample_index": j, "correct": bool(c),
+             "extracted": "x" if c else "y"} for b, pid, corr in spec for j, c in enumerate(corr)]
+
+
+def test_benchmarks_sharing_problem_ids_stay_apart_in_the_domain_and_all_rows():
+    """Two benchmarks whose files number their problems alike (ids 1, 2): four problems, not two."""
+    rows = summarize(_results([("a", "1", [1, 0, 0]), ("a", "2", [1, 1, 0]),
+                               ("b", "1", [0, 0, 0]), ("b", "2", [1, 1, 1])]), n_boot=50)
+    by = {(r["kind"], r["name"]): r for r in rows}
+    for key in (("domain", "math"), ("all", "all")):
+        r = by[key]
+        assert (r["problems"], r["samples"], r["k"]) == (4, 12, 3)
+        assert r["avg@k"] == pytest.approx((1 / 3 + 2 / 3 + 0 + 1) / 4)
+        assert r["pass@k"] == pytest.approx(3 / 4)  # n = k = 3: solved when any sample is correct
+        assert r["maj@k"] == pytest.approx(2 / 4)  # a/1 and b/1 lose the vote to "y"
+
+
+def test_summary_pass_at_k_by_hand_with_unequal_sample_counts():
+    """k is the fewest samples of a problem (2); pass@k uses all n samples of each problem
+    (1 - C(n-c, k) / C(n, k)), avg@k and maj@k the first k."""
+    rows = summarize(_results([("a", "p", [0, 1, 1, 0]), ("a", "q", [1, 0])]), n_boot=50)
+    r = next(x for x in rows if x["kind"] == "all")
+    assert r["k"] == 2 and r["samples"] == 6
+    assert r["pass@k"] == pytest.approx(((1 - 1 / 6) + 1) / 2)  # p: 1 - C(2,2)/C(4,2); q: n - c < k
+    assert r["pass@1"] == pytest.approx((2 / 4 + 1 / 2) / 2)
+    assert r["avg@k"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert r["maj@k"] == pytest.approx(1 / 2)  # p: "y" then correct, a tie to the first seen; q: correct first

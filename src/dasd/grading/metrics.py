@@ -85,10 +85,15 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
     return lo, hi
 
 
+def _benchmark(r: dict[str, Any]) -> str:
+    return r.get("benchmark") or r.get("domain") or "unknown"
+
+
 def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
-    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # a problem is (benchmark, id): two benchmarks may use the same ids (files numbered 0, 1, ...)
+    by_problem: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        by_problem[r["problem_id"]].append(r)
+        by_problem[(_benchmark(r), r["problem_id"])].append(r)
     samples = [sorted(rs, key=lambda r: r.get("sample_index", 0)) for rs in by_problem.values()]
     k = min(len(s) for s in samples)
     correct = [[bool(r["correct"]) for r in s] for s in samples]
@@ -120,14 +125,15 @@ def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dic
     A result's benchmark is ``result["benchmark"]`` (falling back to its domain), its domain
     ``result["domain"]`` (falling back to "unknown"). ``k`` of a row is the smallest number of samples
     any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``).
-    ``results`` is read once (a stream such as ``RunStore.read`` will do) and only the
+    A problem is a (benchmark, problem_id) pair: benchmarks that share ids stay apart in the domain
+    and "all" rows. ``results`` is read once (a stream such as ``RunStore.read`` will do) and only the
     ``SUMMARY_FIELDS`` of each are kept, never the response texts.
     """
     results = [{k: r[k] for k in SUMMARY_FIELDS if k in r} for r in results]
     if not results:
         return []
     rows = []
-    for kind, key in (("benchmark", lambda r: r.get("benchmark") or r.get("domain") or "unknown"),
+    for kind, key in (("benchmark", _benchmark),
                       ("domain", lambda r: r.get("domain") or "unknown")):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in results:
