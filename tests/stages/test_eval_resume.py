@@ -6,8 +6,13 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from dasd.config import load_config
+from dasd.errors import InputError
 from dasd.grading.metrics import summarize
+from dasd.report.models import scan_eval
+from dasd.report.view import RunView
 from dasd.runs import model_for, results_name
 from dasd.stages.eval import eval_key, run_evaluation
 from dasd.store import RunStore
@@ -144,3 +149,26 @@ def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm
     assert len(err) == 1 and "'stage1_low' not trained" in err[0] and "`dasd train`" in err[0], err
     assert "student" not in err[0].split("eval.models:")[1]
     assert "eval" not in RunStore(run).manifest["stages"] and not (run / "eval").exists()
+
+
+def test_an_evaluation_that_stops_after_dropping_results_never_reports_their_old_summary(tmp_path, tiny_lm_dir):
+    """Evaluated with n 2; then again with n 1 and a second benchmark whose file is broken: the old
+    results are dropped, the first benchmark evaluated, then the stage stops. The report's numbers are
+    those of the 3 results on disk, not the manifest's summary of the 6 dropped ones."""
+    cfg = _cfg(tmp_path, tiny_lm_dir)
+    run_evaluation(cfg)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n", encoding="utf-8")
+    again = load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+        f"eval.benchmarks=[{{name: toy, format: toy, limit: 3}}, {{name: mine, format: prompts, path: {broken}}}]",
+        "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 16}", "eval.models=[student]", "eval.workers=0",
+    ])
+    with pytest.raises(InputError, match="broken.jsonl:1"):
+        run_evaluation(again)
+    on_disk = _results(again)
+    assert len(on_disk) == 3 and {r["protocol"]["n"] for r in on_disk} == {1}
+    store = RunStore.open(again.run_dir)
+    assert not store.stage_info("eval")["complete"] and "student" not in store.stage_info("eval")["counts"]
+    scan = scan_eval(RunView(store))
+    assert scan.rows["student"] == summarize(on_disk) and scan.rows["student"][-1]["samples"] == 3

@@ -60,6 +60,9 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
             why = "no record of what they were made with" if label not in keys else "the model, benchmarks or protocol changed"
             log.info(f"{label}: stored results dropped ({why}); evaluating again")
         keys[label] = key
+        # its summary in the manifest was of the dropped results: until this evaluation ends, the
+        # report recomputes it from the results on disk
+        (store.manifest["stages"][STAGE].get("counts") or {}).pop(label, None)
         store.save_manifest()
     with faults_kept(store, STAGE, lambda: [engine]), \
          store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
