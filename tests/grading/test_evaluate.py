@@ -115,3 +115,53 @@ def test_run_eval_refuses_ungradable_problems(tiny_lm_dir):
     bad = [{"id": "x", "domain": "other", "messages": [{"role": "user", "content": "q"}]}]
     with pytest.raises(InputError, match="nothing to grade"):
         run_eval(engine, bad, Protocol(), done=set(), write=lambda r: None)
+
+
+def test_run_grade_holds_a_chunk_of_responses_not_the_file(tmp_path, monkeypatch):
+    """`dasd grade` over responses far larger than a chunk: its peak memory stays a fraction of the
+    responses' size (it used to hold every response, then every result, at once); the results and
+    the table are those of the responses."""
+    import tracemalloc
+
+    from dasd.grading import evaluate
+    from dasd.grading.metrics import format_table, summarize
+
+    monkeypatch.setattr(evaluate, "GRADE_CHUNK", 32, raising=False)
+    n = 20 * 32 + 5
+    filler = "Let me think about this step by step. " * 500  # ~19 KB a response
+    probs = write_jsonl(tmp_path / "problems.jsonl", [MATH])
+    resp = write_jsonl(tmp_path / "responses.jsonl", [
+        {"problem_id": "m1", "text": f"<think>{filler}</think>\n\\boxed{{{'0.5' if i % 3 else '2'}}}"} for i in range(n)])
+    size = resp.stat().st_size
+    out = tmp_path / "results.jsonl"
+    run_grade(probs, write_jsonl(tmp_path / "one.jsonl", [{"problem_id": "m1", "text": "\\boxed{1}"}]),
+              tmp_path / "one-out.jsonl", workers=0)  # math-verify and sympy imported before measuring
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        table = run_grade(probs, resp, out, workers=0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    results = read_jsonl(out)
+    assert [r["sample_index"] for r in results] == list(range(n))
+    assert [r["correct"] for r in results] == [bool(i % 3) for i in range(n)]
+    assert table == format_table(summarize(results))
+    assert peak < size / 3, (peak, size)
+
+
+def test_run_grade_that_fails_after_a_chunk_leaves_no_output(tmp_path, monkeypatch):
+    """A problem found ungradable in a later chunk: an InputError naming the problems file, and no
+    results file (not the chunks graded before it)."""
+    from dasd.grading import evaluate
+
+    monkeypatch.setattr(evaluate, "GRADE_CHUNK", 2, raising=False)
+    bad = {**SCI, "id": "s2", "answer": "purple"}  # neither a letter nor a choice
+    probs = write_jsonl(tmp_path / "problems.jsonl", [MATH, bad])
+    resp = write_jsonl(tmp_path / "responses.jsonl", [{"problem_id": "m1", "text": "\\boxed{0.5}"}] * 3
+                       + [{"problem_id": "s2", "text": "The answer is (B)."}])
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(InputError, match=r"problems\.jsonl: problem 's2': answer 'purple'"):
+        run_grade(probs, resp, out, workers=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl", "responses.jsonl"]  # no temp file either

@@ -25,8 +25,8 @@ from dasd.engines.base import Engine, GenerateRequest
 from dasd.errors import InputError
 from dasd.grading.grade import grade_many, grader_of, grading_pool
 from dasd.grading.loaders import BenchmarkSpec, load_problems
-from dasd.grading.metrics import format_table, summarize
-from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_jsonl, iter_jsonl
+from dasd.grading.metrics import SUMMARY_FIELDS, format_table, summarize
+from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_open, dumps, iter_jsonl
 from dasd.log import logger
 from dasd.log import progress as progress_bar
 from dasd.records import EvalResult, content_id
@@ -167,6 +167,10 @@ def run_eval(engine: Engine, problems: Iterable[dict[str, Any]], protocol: Proto
                             f"({100 * n_correct / len(todo):.1f}%)")
 
 
+GRADE_CHUNK = 256
+"""`dasd grade` grades and writes this many responses at a time (what it holds of the responses)."""
+
+
 def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: str | Path,
               workers: int | None = None) -> str:
     """`dasd grade`: grade given responses without a model; return the summary table.
@@ -176,9 +180,12 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
     recorded as given). Writes one EvalResult per response to ``out_path`` atomically. A bad
     response line (not JSON, missing field, unknown problem, duplicate index) or a problem id given
     twice is an InputError naming the file (and line), before anything is graded.
+
+    The responses are read twice, never held: a first pass checks every line (keeping its sample
+    index), a second grades ``GRADE_CHUNK`` at a time and writes their results.
     """
     problems = {p["id"]: p for p in load_problems(problems_path)}  # ids are unique (checked there)
-    pairs, meta = [], []
+    indices: list[int] = []  # the sample index of each response, in file order
     seen: set[tuple[str, int]] = set()
     count: dict[str, int] = {}
     for lineno, obj in iter_jsonl(responses_path, MAX_RECORD_BYTES):
@@ -199,15 +206,43 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
             raise InputError(f"{where}: duplicate response for problem {pid!r} sample_index {idx}")
         seen.add((pid, idx))
         count[pid] = max(count.get(pid, 0), idx + 1)
-        proto = obj.get("protocol") if isinstance(obj.get("protocol"), dict) else {"source": str(responses_path)}
-        pairs.append((problems[pid], text))
-        meta.append((idx, proto, obj.get("finish_reason")))
-    if not pairs:
+        indices.append(idx)
+    if not indices:
         raise InputError(f"{responses_path}: no responses to grade")
+    del seen
+    summary: list[dict[str, Any]] = []
+
+    def grade_chunk(chunk: list[tuple[dict[str, Any], int]], fh, pool) -> None:
+        pairs = [(problems[obj["problem_id"]], obj["text"]) for obj, _ in chunk]
+        try:
+            graded = grade_many(pairs, workers=workers, pool=pool)
+        except ValueError as e:
+            raise InputError(f"{problems_path}: {e}") from e
+        for (obj, idx), r in zip(chunk, graded):
+            proto = obj.get("protocol") if isinstance(obj.get("protocol"), dict) else {"source": str(responses_path)}
+            res = _result(problems[obj["problem_id"]], idx, r, proto, obj["text"], obj.get("finish_reason"))
+            fh.write(dumps(res) + "\n")
+            summary.append({k: res[k] for k in SUMMARY_FIELDS if k in res})
+
+    pool = grading_pool(workers)
     try:
-        graded = grade_many(pairs, workers=workers)
-    except ValueError as e:
-        raise InputError(f"{problems_path}: {e}") from e
-    results = [_result(p, idx, r, proto, text, fr) for (p, text), (idx, proto, fr), r in zip(pairs, meta, graded)]
-    atomic_write_jsonl(out_path, results)
-    return format_table(summarize(results))
+        with atomic_open(out_path) as fh:
+            chunk: list[tuple[dict[str, Any], int]] = []
+            checked = iter(indices)
+            for lineno, obj in iter_jsonl(responses_path, MAX_RECORD_BYTES):
+                idx = next(checked, None)
+                if idx is None or isinstance(obj, BadLine) or obj.get("problem_id") not in problems \
+                        or not isinstance(obj.get("text"), str):
+                    raise InputError(f"{responses_path}:{lineno}: the file changed while it was graded")
+                chunk.append((obj, idx))
+                if len(chunk) == GRADE_CHUNK:
+                    grade_chunk(chunk, fh, pool)
+                    chunk = []
+            if chunk:
+                grade_chunk(chunk, fh, pool)
+            if next(checked, None) is not None:
+                raise InputError(f"{responses_path}: the file changed while it was graded")
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return format_table(summarize(summary))
