@@ -150,6 +150,19 @@ def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm
     assert "student" not in err[0].split("eval.models:")[1]
     assert "eval" not in RunStore(run).manifest["stages"] and not (run / "eval").exists()
 
+    # stage 1 trained; stage3_mixed, optional in the default schedule, was skipped by training (no mixed
+    # data, as when `dasd mix` kept nothing): evaluated and skipped with a log line, as in `dasd run`
+    final = run / "train" / "stage1_low" / "final"
+    shutil.copytree(tiny_lm_dir, final)
+    (final.parent / "done.json").write_text('{"name": "stage1_low", "fingerprint": "a", "steps": 1, "final_loss": 1.0}',
+                                            encoding="utf-8")
+    code = main(["eval", f"run_dir={run}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                 "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.models=[stage1_low, stage3_mixed]",
+                 "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
+    assert code == 0 and "stage3_mixed: not trained in this run, skipped" in capsys.readouterr().err
+    info = RunStore(run).stage_info("eval")
+    assert info["complete"] and list(info["counts"]) == ["stage1_low"] and info["counts"]["stage1_low"][-1]["samples"] == 2
+
 
 def test_an_evaluation_that_stops_after_dropping_results_never_reports_their_old_summary(tmp_path, tiny_lm_dir):
     """Evaluated with n 2; then again with n 1 and a second benchmark whose file is broken: the old

@@ -47,7 +47,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
     ecfg = cfg.eval
     mcfg = model_for(cfg, store, label)
     if mcfg is None:
-        log.info(f"{label}: no such model in this run yet, skipped")
+        log.info(f"{label}: not trained in this run, skipped")
         return None
     key = eval_key(store, ecfg, mcfg)
     keys = store.manifest["stages"].setdefault(STAGE, {}).setdefault("keys", {})
@@ -99,10 +99,12 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     """Evaluate each model label; return {label: summary rows} (also in the manifest).
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
-    naming it and `dasd train`) before anything is evaluated or recorded."""
+    naming it and `dasd train`) before anything is evaluated or recorded; an ``optional`` stage's
+    (skipped by training when its data does not exist) is skipped with a log line."""
     store = store or RunStore(cfg.run_dir)
     labels = list(labels or cfg.eval.models)
-    untrained = [label for label in labels if model_for(cfg, store, label) is None]
+    optional = {s.name for s in cfg.train.stages if s.optional}
+    untrained = [label for label in labels if label not in optional and model_for(cfg, store, label) is None]
     if untrained:
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
