@@ -141,24 +141,30 @@ def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm
     from dasd.cli import main
 
     run = tmp_path / "run"
-    code = main(["eval", f"run_dir={run}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
-                 "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.models=[student, stage1_low]",
-                 "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and "'stage1_low' not trained" in err[0] and "`dasd train`" in err[0], err
-    assert "student" not in err[0].split("eval.models:")[1]
-    assert "eval" not in RunStore(run).manifest["stages"] and not (run / "eval").exists()
 
-    # stage 1 trained; stage3_mixed, optional in the default schedule, was skipped by training (no mixed
-    # data, as when `dasd mix` kept nothing): evaluated and skipped with a log line, as in `dasd run`
+    def dasd_eval(models):
+        return main(["eval", f"run_dir={run}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                     "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", f"eval.models=[{models}]",
+                     "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
+
+    for models, named in (("student, stage1_low", "'stage1_low'"), ("stage3_mixed", "'stage3_mixed'")):
+        code = dasd_eval(models)  # stage3_mixed is optional, but training has not run to skip it
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert len(err) == 1 and f"eval.models: {named} not trained" in err[0] and "`dasd train`" in err[0], err
+        assert "eval" not in RunStore(run).manifest["stages"] and not (run / "eval").exists()
+
+    # training finished: stage 1 trained, stage3_mixed (optional in the default schedule) skipped for
+    # want of mixed data (as when `dasd mix` kept nothing): stage 1 is evaluated, stage 3 skipped with a
+    # log line, as in `dasd run`
     final = run / "train" / "stage1_low" / "final"
     shutil.copytree(tiny_lm_dir, final)
     (final.parent / "done.json").write_text('{"name": "stage1_low", "fingerprint": "a", "steps": 1, "final_loss": 1.0}',
                                             encoding="utf-8")
-    code = main(["eval", f"run_dir={run}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
-                 "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.models=[stage1_low, stage3_mixed]",
-                 "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
+    store = RunStore(run)
+    store.begin_stage("train", {})
+    store.end_stage("train", {"stage1_low": {"steps": 1, "final_loss": 1.0, "final": "train/stage1_low/final"}})
+    code = dasd_eval("stage1_low, stage3_mixed")
     assert code == 0 and "stage3_mixed: not trained in this run, skipped" in capsys.readouterr().err
     info = RunStore(run).stage_info("eval")
     assert info["complete"] and list(info["counts"]) == ["stage1_low"] and info["counts"]["stage1_low"][-1]["samples"] == 2

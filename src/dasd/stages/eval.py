@@ -99,12 +99,13 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     """Evaluate each model label; return {label: summary rows} (also in the manifest).
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
-    naming it and `dasd train`) before anything is evaluated or recorded; an ``optional`` stage's
-    (skipped by training when its data does not exist) is skipped with a log line."""
+    naming it and `dasd train`) before anything is evaluated or recorded; an ``optional`` stage's,
+    once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
+    a log line."""
     store = store or RunStore(cfg.run_dir)
     labels = list(labels or cfg.eval.models)
-    optional = {s.name for s in cfg.train.stages if s.optional}
-    untrained = [label for label in labels if label not in optional and model_for(cfg, store, label) is None]
+    skipped = {s.name for s in cfg.train.stages if s.optional} if store.stage_info("train").get("complete") else set()
+    untrained = [label for label in labels if label not in skipped and model_for(cfg, store, label) is None]
     if untrained:
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
