@@ -94,6 +94,10 @@ CHOICES = ["4 m/s", "8 m/s", "16 m/s", "2 m/s"]
     ("A thoughtful analysis shows a clear trend.", None),  # 'A' as an article is no answer
     ("<think>Answer: A", None),  # reasoning cut off
     ("The answer is E.", None),  # not a valid letter for 4 choices
+    ("\\boxed{C. 16 m/s}", "C"),  # the letter with its choice's text
+    ("\\boxed{(C) 16 m/s}", "C"),
+    ("\\boxed{\\mathrm{C}}", "C"),
+    ("\\boxed{B. 16 m/s}", None),  # letter and text disagree: no answer
 ])
 def test_choice_letters_in_prose(text, letter):
     assert extract_choice(text, CHOICES)[0] == letter

@@ -2,8 +2,9 @@
 
 Reading the letter from the final part of the response (after ``</think>``), first rule that matches:
 
-1. the last ``\\boxed{...}`` holding one valid letter (``C``, ``(C)``, ``\\text{C}``, ``C.``) or the
-   exact text of one choice;
+1. the last ``\\boxed{...}`` holding one valid letter (``C``, ``(C)``, ``\\text{C}``, ``\\mathrm{C}``,
+   ``C.``), the exact text of one choice, or a letter with that choice's text (``C. 16 m/s``,
+   ``(C) 16 m/s``);
 2. the last "answer is (C)" / "Answer: C" / "answer: **C**" phrase (the letter must be a valid one);
 3. a final line that is only a letter ("C", "(C)", "**C**", "C.").
 
@@ -22,7 +23,8 @@ from dasd.records import content_id
 
 LETTERS = string.ascii_uppercase
 
-_BOX_LETTER = re.compile(r"^\(?\s*(?:\\text(?:bf)?\{\s*)?\(?([A-Z])\)?\s*\}?\s*\)?\.?$")
+_BOX_LETTER = re.compile(r"^\(?\s*(?:\\(?:text|textbf|textrm|mathrm|mathbf)\{\s*)?\(?([A-Z])\)?\s*\}?\s*\)?\.?$")
+_BOX_LETTER_TEXT = re.compile(r"^\(?([A-Z])[).:]\s*(.+)$", re.DOTALL)
 _PHRASE = re.compile(r"(?i:answer)\s*(?i:is|:)?\s*:?\s*(?i:option\s*)?[*(\[{\s]*\\?(?:text\{|textbf\{|boxed\{)?\(?([A-Z])\b\)?")
 _LINE = re.compile(r"^[*(\[\s]*([A-Z])[)\].*\s]*$")
 
@@ -64,6 +66,10 @@ def extract_choice(text: str, choices: list[str]) -> tuple[str | None, str | Non
         for i, c in enumerate(choices):
             if " ".join(c.split()).lower() == norm:
                 return valid[i], "boxed"
+        m = _BOX_LETTER_TEXT.match(boxed.strip())
+        if m and m.group(1) in valid and " ".join(m.group(2).split()).lower() == \
+                " ".join(choices[valid.index(m.group(1))].split()).lower():
+            return m.group(1), "boxed"
     hits = [m.group(1) for m in _PHRASE.finditer(part) if m.group(1) in valid]
     if hits:
         return hits[-1], "phrase"
