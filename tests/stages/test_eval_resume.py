@@ -13,8 +13,8 @@ from dasd.errors import InputError
 from dasd.grading.metrics import summarize
 from dasd.report.models import scan_eval
 from dasd.report.view import RunView
-from dasd.runs import model_for, results_name
-from dasd.stages.eval import eval_key, run_evaluation
+from dasd.runs import model_for, open_engine, results_name
+from dasd.stages.eval import eval_key, evaluate_model, run_evaluation
 from dasd.store import RunStore
 from model_edits import replace_weights
 
@@ -170,24 +170,58 @@ def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm
     assert info["complete"] and list(info["counts"]) == ["stage1_low"] and info["counts"]["stage1_low"][-1]["samples"] == 2
 
 
-def test_an_evaluation_that_stops_after_dropping_results_never_reports_their_old_summary(tmp_path, tiny_lm_dir):
-    """Evaluated with n 2; then again with n 1 and a second benchmark whose file is broken: the old
-    results are dropped, the first benchmark evaluated, then the stage stops. The report's numbers are
-    those of the 3 results on disk, not the manifest's summary of the 6 dropped ones."""
+def test_a_bad_benchmark_is_refused_before_anything_is_evaluated_or_dropped(tmp_path, tiny_lm_dir):
+    """A second benchmark whose file is broken: an InputError naming its file and line before the
+    first benchmark is evaluated, and the label's results of the earlier evaluation are kept."""
     cfg = _cfg(tmp_path, tiny_lm_dir)
     run_evaluation(cfg)
+    first = _results(cfg)
     broken = tmp_path / "broken.jsonl"
-    broken.write_text("not json\n", encoding="utf-8")
+    broken.write_text('{"id": "q1", "prompt": "1 + 1?", "answer": "2"}\nnot json\n', encoding="utf-8")
     again = load_config(None, [
         f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
         f"eval.benchmarks=[{{name: toy, format: toy, limit: 3}}, {{name: mine, format: prompts, path: {broken}}}]",
         "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 16}", "eval.models=[student]", "eval.workers=0",
     ])
-    with pytest.raises(InputError, match="broken.jsonl:1"):
+    with pytest.raises(InputError, match=r"broken\.jsonl:2"):
         run_evaluation(again)
+    assert _results(cfg) == first and RunStore.open(cfg.run_dir).stage_info("eval")["complete"]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter:
+    """A real engine that dies after ``n`` generate calls (a crash mid-evaluation)."""
+
+    def __init__(self, engine, n):
+        self.engine, self.n, self.name = engine, n, engine.name
+
+    def generate(self, reqs):
+        if self.n == 0:
+            raise Crash()
+        self.n -= 1
+        return self.engine.generate(reqs)
+
+
+def test_an_evaluation_that_stops_after_dropping_results_never_reports_their_old_summary(tmp_path, tiny_lm_dir):
+    """Evaluated with n 2; then again with n 1 (the old results dropped) and the process dies after
+    one batch: the report's numbers are those of the results on disk, not the manifest's summary of
+    the 6 dropped ones."""
+    run_evaluation(_cfg(tmp_path, tiny_lm_dir))
+    again = load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+        "eval.benchmarks=[{name: toy, format: toy, limit: 3}]", "eval.batch_requests=2",
+        "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 16}", "eval.models=[student]", "eval.workers=0",
+    ])
+    store = RunStore(again.run_dir)
+    store.begin_stage("eval", again.eval.model_dump(mode="json"))  # as run_evaluation does
+    with pytest.raises(Crash):
+        evaluate_model(again, store, "student", engine=CrashAfter(open_engine(again.student), 1))
     on_disk = _results(again)
-    assert len(on_disk) == 3 and {r["protocol"]["n"] for r in on_disk} == {1}
+    assert len(on_disk) == 2 and {r["protocol"]["n"] for r in on_disk} == {1}
     store = RunStore.open(again.run_dir)
     assert not store.stage_info("eval")["complete"] and "student" not in store.stage_info("eval")["counts"]
     scan = scan_eval(RunView(store))
-    assert scan.rows["student"] == summarize(on_disk) and scan.rows["student"][-1]["samples"] == 3
+    assert scan.rows["student"] == summarize(on_disk) and scan.rows["student"][-1]["samples"] == 2

@@ -99,7 +99,8 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     """Evaluate each model label; return {label: summary rows} (also in the manifest).
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
-    naming it and `dasd train`) before anything is evaluated or recorded; an ``optional`` stage's,
+    naming it and `dasd train`) before anything is evaluated or recorded, and so is a benchmark that
+    cannot be read (``InputError`` naming file and line); an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
     a log line."""
     store = store or RunStore(cfg.run_dir)
@@ -109,6 +110,8 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     if untrained:
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
+    for spec in cfg.eval.benchmarks:  # a bad benchmark is refused before any model is evaluated (read again there)
+        load_benchmark(spec)
     store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
     summary = {}
     for label in labels:
