@@ -60,6 +60,21 @@ def test_math_fallbacks_and_cutoffs():
     assert grade_math("I have no idea.", "5")["extracted"] is None
 
 
+@pytest.mark.parametrize("text,gold,extracted", [
+    ("The answer is $5$ dollars.", "5", "5"),  # the math of the phrase, not the words after it
+    ("So the final answer is $\\frac{1}{2}$, as shown above.", "0.5", "\\frac{1}{2}"),
+    ("Answer: $$12$$", "12", "12"),
+    ("The answer is \\(\\frac{3}{4}\\) exactly.", "3/4", "\\frac{3}{4}"),
+    ("It costs \\$5 and \\$6. Answer: 11", "11", "11"),  # escaped dollars are not delimiters
+])
+def test_math_phrase_answer_in_math_delimiters(text, gold, extracted):
+    """A phrase whose answer sits in $...$ (or \\(...\\)) with words after it: graded on that math,
+    as math-verify grades the whole response."""
+    r = grade_math(text, gold)
+    assert r["extracted"] == extracted and r["correct"], r
+    assert verify(parse(f"${gold}$"), parse(text))
+
+
 def test_math_agrees_with_math_verify_directly():
     """Our grade == math-verify's own parse+verify on the final answer text, for every pair."""
     cfg = [LatexExtractionConfig(), ExprExtractionConfig()]

@@ -4,7 +4,8 @@ Extraction, from the final part of the response (``answer.final_part``: after ``
 
 1. the last ``\\boxed{...}`` / ``\\fbox{...}``;
 2. fallback: the last "final answer is X" / "answer is X" / "Answer: X" phrase (X = rest of that
-   line, ``$``-delimiters and a trailing period stripped);
+   line, a trailing period stripped; when X holds math in ``$...$``, ``$$...$$`` or ``\\(...\\)``,
+   the first such span: "The answer is $5$ dollars." gives 5);
 3. otherwise no answer (graded wrong, ``extracted`` None).
 
 Checking: math-verify's ``verify(parse("$gold$"), parse("\\boxed{pred}"))``, which accepts equivalent
@@ -24,6 +25,7 @@ from typing import Any
 from dasd.grading.answer import final_part, last_boxed
 
 _PHRASE = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
+_MATH_SPAN = re.compile(r"(?<!\\)\$\$?(.+?)(?<!\\)\$|\\\((.+?)\\\)")
 
 
 def extract_math(text: str) -> tuple[str | None, str | None]:
@@ -38,8 +40,9 @@ def extract_math(text: str) -> tuple[str | None, str | None]:
     if hits:
         ans = hits[-1].strip()
         ans = re.sub(r"[.\s]+$", "", ans).strip()
-        if ans.startswith("$") and ans.endswith("$") and len(ans) > 1:
-            ans = ans.strip("$").strip()
+        span = _MATH_SPAN.search(ans)
+        if span:
+            ans = (span.group(1) or span.group(2)).strip("$ ")
         if ans:
             return ans, "phrase"
     return None, None
