@@ -207,6 +207,24 @@ def test_grade_many_in_processes_matches_inline():
     assert [(r["correct"], r["extracted"]) for r in pooled] == [(r["correct"], r["extracted"]) for r in inline]
 
 
+def test_a_grading_worker_killed_from_outside_is_a_one_line_error():
+    """A pool worker killed by a signal (the OOM killer, an admin): a DasdError (one line from the
+    CLI) that says what happened and to re-run, not BrokenProcessPool's traceback."""
+    import os
+    import signal
+
+    from dasd.errors import DasdError
+    from dasd.grading.grade import grading_pool
+
+    prob = {"id": "m", "domain": "math", "messages": [{"role": "user", "content": "q"}], "answer": "1"}
+    with grading_pool(1) as pool:
+        assert [r["correct"] for r in grade_many([(prob, "\\boxed{1}")] * 2, pool=pool)] == [True, True]
+        (pid,) = list(pool._processes)  # the one worker, started by the first batch
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DasdError, match="grading worker process died abruptly.*re-run"):
+            grade_many([(prob, "\\boxed{1}")] * 4, pool=pool)
+
+
 def test_problem_without_reference_is_refused():
     with pytest.raises(ValueError, match="nothing to grade"):
         grade_one({"id": "x", "messages": [{"role": "user", "content": "q"}]}, "text")

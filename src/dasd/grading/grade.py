@@ -18,8 +18,10 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from dasd.errors import DasdError
 from dasd.grading.choice import LETTERS, grade_choice
 from dasd.grading.code import DEFAULT_CASE_TIMEOUT_S, grade_code
 from dasd.grading.math import grade_math
@@ -107,6 +109,11 @@ def grade_many(pairs: Iterable[tuple[dict[str, Any], str]], workers: int | None 
 def _map(pool: ProcessPoolExecutor, pairs: list, chunksize: int) -> list[dict[str, Any]]:
     # map submits every chunk at once, starting workers as it goes: stop signals wait until they
     # are started (dasd.signals.held), then the pool's shutdown waits for them
-    with held():
-        results = pool.map(_grade_pair, pairs, chunksize=chunksize)
-    return list(results)
+    try:
+        with held():
+            results = pool.map(_grade_pair, pairs, chunksize=chunksize)
+        return list(results)
+    except BrokenProcessPool as e:  # a worker killed from outside (the OOM killer, a signal): not a bug here
+        raise DasdError("grading: a grading worker process died abruptly (killed by a signal, e.g. the "
+                        "out-of-memory killer); nothing of this batch was written: re-run the command "
+                        "(`dasd eval` resumes from the results written)") from e
