@@ -186,6 +186,11 @@ def test_a_bad_benchmark_is_refused_before_anything_is_evaluated_or_dropped(tmp_
     with pytest.raises(InputError, match=r"broken\.jsonl:2"):
         run_evaluation(again)
     assert _results(cfg) == first and RunStore.open(cfg.run_dir).stage_info("eval")["complete"]
+    broken.write_text('{"id": "q1", "prompt": "1 + 1?", "answer": "2"}\n{"id": "q2", "prompt": "Why?"}\n',
+                      encoding="utf-8")  # q2 has nothing to grade against
+    with pytest.raises(InputError, match=r"benchmark 'mine' .*problem 'q2': nothing to grade against"):
+        run_evaluation(again)
+    assert _results(cfg) == first and RunStore.open(cfg.run_dir).stage_info("eval")["complete"]
 
 
 class Crash(Exception):

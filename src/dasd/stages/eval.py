@@ -12,8 +12,9 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
-from dasd.errors import DasdError
+from dasd.errors import DasdError, InputError
 from dasd.grading.evaluate import Protocol, run_eval
+from dasd.grading.grade import grader_of
 from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
@@ -100,7 +101,7 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
     naming it and `dasd train`) before anything is evaluated or recorded, and so is a benchmark that
-    cannot be read (``InputError`` naming file and line); an ``optional`` stage's,
+    cannot be read or graded (``InputError`` naming file and line, or problem); an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
     a log line."""
     store = store or RunStore(cfg.run_dir)
@@ -111,7 +112,11 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
     for spec in cfg.eval.benchmarks:  # a bad benchmark is refused before any model is evaluated (read again there)
-        load_benchmark(spec)
+        for p in load_benchmark(spec):
+            try:
+                grader_of(p)
+            except ValueError as e:
+                raise InputError(f"benchmark {spec.name!r} ({spec.path or spec.format}): {e}") from e
     store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
     summary = {}
     for label in labels:
