@@ -115,6 +115,13 @@ def test_run_eval_refuses_ungradable_problems(tiny_lm_dir):
     bad = [{"id": "x", "domain": "other", "messages": [{"role": "user", "content": "q"}]}]
     with pytest.raises(InputError, match="nothing to grade"):
         run_eval(engine, bad, Protocol(), done=set(), write=lambda r: None)
+    # a choice answer that is neither a letter nor a choice: refused before generating, not a
+    # ValueError traceback from the grading pool after it
+    written: list[dict] = []
+    bad_choice = [SCI, {**SCI, "id": "s2", "answer": "purple"}]
+    with pytest.raises(InputError, match="problem 's2': answer 'purple' is neither a choice letter nor a choice"):
+        run_eval(engine, bad_choice, Protocol(max_tokens=4), done=set(), write=written.append, workers=0)
+    assert written == []
 
 
 def test_run_grade_holds_a_chunk_of_responses_not_the_file(tmp_path, monkeypatch):

@@ -29,10 +29,13 @@ from dasd.signals import exit_with_parent, held
 
 
 def grader_of(problem: dict[str, Any]) -> str:
-    """"code", "choice" or "math": the grader ``grade_one`` uses for ``problem`` (see module doc)."""
+    """"code", "choice" or "math": the grader ``grade_one`` uses for ``problem`` (see module doc);
+    ``ValueError`` naming the problem when it cannot be graded (nothing to grade against, or a
+    multiple-choice answer that is neither a choice letter nor a choice)."""
     if problem.get("tests"):
         return "code"
     if problem.get("choices"):
+        _choice_gold(problem)
         return "choice"
     if problem.get("answer") is not None:
         return "math"
@@ -51,16 +54,19 @@ def grade_one(problem: dict[str, Any], text: str) -> dict[str, Any]:
         tests = problem["tests"]
         return grade_code(text, tests, case_timeout_s=float(tests.get("case_timeout_s", DEFAULT_CASE_TIMEOUT_S)))
     if kind == "choice":
-        choices = list(problem["choices"])
-        gold = str(problem.get("answer") or "").strip()
-        if gold not in LETTERS[: len(choices)]:
-            if gold in choices:
-                gold = LETTERS[choices.index(gold)]
-            else:
-                raise ValueError(f"problem {problem.get('id')!r}: answer {gold!r} is neither a choice letter nor a choice")
-        return grade_choice(text, gold, choices)
+        return grade_choice(text, _choice_gold(problem), list(problem["choices"]))
     return grade_math(text, str(problem["answer"]))
 
+
+def _choice_gold(problem: dict[str, Any]) -> str:
+    """The correct letter of a multiple-choice problem (its ``answer``: a letter, or a choice's text)."""
+    choices = list(problem["choices"])
+    gold = str(problem.get("answer") or "").strip()
+    if gold in LETTERS[: len(choices)]:
+        return gold
+    if gold in choices:
+        return LETTERS[choices.index(gold)]
+    raise ValueError(f"problem {problem.get('id')!r}: answer {gold!r} is neither a choice letter nor a choice")
 
 
 def is_correct(problem: dict[str, Any], text: str) -> bool:
