@@ -121,6 +121,9 @@ def test_run_eval_refuses_ungradable_problems(tiny_lm_dir):
     bad_choice = [SCI, {**SCI, "id": "s2", "answer": "purple"}]
     with pytest.raises(InputError, match="problem 's2': answer 'purple' is neither a choice letter nor a choice"):
         run_eval(engine, bad_choice, Protocol(max_tokens=4), done=set(), write=written.append, workers=0)
+    bad_tests = [{**CODE, "tests": {"style": "stdio", "cases": []}}]
+    with pytest.raises(InputError, match="problem 'c1': tests.cases: needs a non-empty list"):
+        run_eval(engine, bad_tests, Protocol(max_tokens=4), done=set(), write=written.append, workers=0)
     assert written == []
 
 

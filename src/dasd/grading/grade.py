@@ -23,7 +23,7 @@ from typing import Any
 
 from dasd.errors import DasdError
 from dasd.grading.choice import LETTERS, grade_choice
-from dasd.grading.code import DEFAULT_CASE_TIMEOUT_S, grade_code
+from dasd.grading.code import DEFAULT_CASE_TIMEOUT_S, check_tests, grade_code
 from dasd.grading.math import grade_math
 from dasd.signals import exit_with_parent, held
 
@@ -31,8 +31,12 @@ from dasd.signals import exit_with_parent, held
 def grader_of(problem: dict[str, Any]) -> str:
     """"code", "choice" or "math": the grader ``grade_one`` uses for ``problem`` (see module doc);
     ``ValueError`` naming the problem when it cannot be graded (nothing to grade against, or a
-    multiple-choice answer that is neither a choice letter nor a choice)."""
+    multiple-choice answer that is neither a choice letter nor a choice, invalid tests)."""
     if problem.get("tests"):
+        tests = problem["tests"]
+        bad = check_tests(tests) if isinstance(tests, dict) else "tests: must be an object"
+        if bad:
+            raise ValueError(f"problem {problem.get('id')!r}: {bad}")
         return "code"
     if problem.get("choices"):
         _choice_gold(problem)
