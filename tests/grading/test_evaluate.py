@@ -161,9 +161,9 @@ def test_run_grade_holds_a_chunk_of_responses_not_the_file(tmp_path, monkeypatch
     assert peak < size / 3, (peak, size)
 
 
-def test_run_grade_that_fails_after_a_chunk_leaves_no_output(tmp_path, monkeypatch):
-    """A problem found ungradable in a later chunk: an InputError naming the problems file, and no
-    results file (not the chunks graded before it)."""
+def test_run_grade_refuses_an_ungradable_problem_before_grading_and_leaves_no_output(tmp_path, monkeypatch):
+    """A problem answered in a later chunk cannot be graded: an InputError naming the problems file
+    and the problem, before any chunk is graded, and no results file."""
     from dasd.grading import evaluate
 
     monkeypatch.setattr(evaluate, "GRADE_CHUNK", 2, raising=False)
@@ -172,6 +172,9 @@ def test_run_grade_that_fails_after_a_chunk_leaves_no_output(tmp_path, monkeypat
     resp = write_jsonl(tmp_path / "responses.jsonl", [{"problem_id": "m1", "text": "\\boxed{0.5}"}] * 3
                        + [{"problem_id": "s2", "text": "The answer is (B)."}])
     out = tmp_path / "results.jsonl"
+    graded, real = [], evaluate.grade_many
+    monkeypatch.setattr(evaluate, "grade_many", lambda pairs, **kw: graded.append(len(pairs)) or real(pairs, **kw))
     with pytest.raises(InputError, match=r"problems\.jsonl: problem 's2': answer 'purple'"):
         run_grade(probs, resp, out, workers=0)
+    assert graded == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl", "responses.jsonl"]  # no temp file either

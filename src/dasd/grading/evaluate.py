@@ -178,8 +178,9 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
     ``problems_path``: Prompt records (JSONL). ``responses_path``: JSONL ``{"problem_id", "text"}``
     (+ optional ``sample_index``, default: order of appearance per problem; + optional ``protocol``,
     recorded as given). Writes one EvalResult per response to ``out_path`` atomically. A bad
-    response line (not JSON, missing field, unknown problem, duplicate index) or a problem id given
-    twice is an InputError naming the file (and line), before anything is graded.
+    response line (not JSON, missing field, unknown problem, duplicate index), a problem id given
+    twice or a problem answered that cannot be graded (``grade.grader_of``) is an InputError naming
+    the file (and line), before anything is graded.
 
     The responses are read twice, never held: a first pass checks every line (keeping its sample
     index), a second grades ``GRADE_CHUNK`` at a time and writes their results.
@@ -199,6 +200,11 @@ def run_grade(problems_path: str | Path, responses_path: str | Path, out_path: s
             raise InputError(f"{where}: field text: missing or not a string")
         if pid not in problems:
             raise InputError(f"{where}: field problem_id: {pid!r} is not in {problems_path}")
+        if pid not in count:  # the first response to this problem: can it be graded?
+            try:
+                grader_of(problems[pid])
+            except ValueError as e:
+                raise InputError(f"{problems_path}: {e}") from e
         idx = obj.get("sample_index", count.get(pid, 0))
         if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
             raise InputError(f"{where}: field sample_index: must be an integer >= 0")
