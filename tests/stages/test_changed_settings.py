@@ -68,6 +68,14 @@ def test_select_ranks_by_the_current_das_settings_not_the_stored_summary(tmp_pat
 
     assert kept() == (["a"], 0.5)
     assert kept("das.tau=0.3") == (["b"], 1.0)
+    # the report shows the sentence types and DAS scores select ranked by, not the stored ones
+    from dasd.report.data import scan_data
+    from dasd.report.view import RunView
+
+    ps = scan_data(RunView(store))[0]["T1"]
+    assert dict(ps.sentence_types) == {"teacher": 3, "shared": 1}  # a: 1.0 and 0.0, b: 0.5 and 0.5 against 0.3
+    assert ps.tau == 0.3 and list(ps.das["selected"]) == [1.0] and list(ps.das["rejected"]) == [0.5]
+    assert ps.example["id"] == "b" and [r["type"] for r in ps.example["sentences"]] == ["teacher", "teacher"]
     # per character: a delta of 0.29 bits/char against b's 0.14 and 0.18
     assert kept("das.tau=0.3", "das.penalty=0", "das.unit=char", "das.tau_char=0.2") == (["a"], 0.5)
     # a row without the per-character log-probs: one line naming shard, sample and field, no traceback

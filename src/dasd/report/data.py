@@ -16,6 +16,7 @@ from typing import Any
 
 from dasd.errors import DasdError
 from dasd.records import teacher_signal
+from dasd.rules.das import DASConfig, das_summary, retype
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
@@ -94,19 +95,47 @@ def _scan_sample(view: RunView, pools: dict[str, PoolScan]) -> None:
                 ps.no_logprobs += 1
 
 
+def das_settings(view: RunView) -> DASConfig | None:
+    """The ``das`` settings the run's selection ranked by (select's, else score's last config): a
+    response scored under earlier ones is shown typed under these, as select ranks it (``typed``)."""
+    for stage in ("select", "score"):
+        das = (view.info(stage).get("config") or {}).get("das")
+        if isinstance(das, dict):
+            try:
+                return DASConfig(**das)
+            except ValueError:
+                return None
+    return None
+
+
+def typed(r: dict, das_cfg: DASConfig | None) -> tuple[list[dict], dict]:
+    """A scored response's sentence rows and DAS summary under ``das_cfg`` (``rules.das.retype``, as
+    select ranks); as stored when there are none, or they cannot be typed again (scored before a
+    field existed)."""
+    rows, das = r.get("sentences"), r.get("das") or {}
+    if das_cfg is None or not isinstance(rows, list):
+        return rows or [], das
+    try:
+        rows = retype(rows, das_cfg)
+        return rows, {**das, **das_summary(rows, das_cfg)}
+    except (ValueError, KeyError, TypeError):
+        return r.get("sentences") or [], das
+
+
 def _scan_score(view: RunView, pools: dict[str, PoolScan]) -> None:
+    das_cfg = das_settings(view)
     for p in view.pools("score", "pool"):
         ps = pools[p]
         for r in view.read("score", f"pool-{p}"):
             ps.scored += 1
-            das = r.get("das") or {}
+            sentences, das = typed(r, das_cfg)
             if ps.tau is None and isinstance(das.get("tau"), (int, float)):
                 ps.tau = float(das["tau"])
                 ps.unit = das.get("unit") if das.get("unit") in ("token", "char") else "token"
             for t in TYPES:
                 if isinstance(das.get(f"frac_{t}"), (int, float)):
                     ps.shares[t].append(das[f"frac_{t}"])
-            for s in r.get("sentences") or []:
+            for s in sentences:
                 ps.sentence_types[s.get("type", "?")] += 1
                 if s.get("type") == "unscored" or len(ps.deltas) >= MAX_DELTAS:
                     continue
@@ -118,19 +147,21 @@ def _scan_score(view: RunView, pools: dict[str, PoolScan]) -> None:
 
 
 def _scan_select(view: RunView, pools: dict[str, PoolScan]) -> None:
+    das_cfg = das_settings(view)
     for p in view.pools("select", "selected"):
         ps = pools[p]
         for kind in ("selected", "rejected"):
             for r in view.read("select", f"{kind}-{p}"):
-                das = r.get("das") or {}
+                sentences, das = typed(r, das_cfg)
                 ps.das[kind].append(das.get("score"))
                 for t in TYPES:
                     if isinstance(das.get(f"frac_{t}"), (int, float)):
                         ps.sel_shares[kind][t].append(das[f"frac_{t}"])
-                if kind == "selected" and r.get("sentences") and isinstance(das.get("score"), (int, float)):
+                if kind == "selected" and sentences and isinstance(das.get("score"), (int, float)):
                     best = ps.example
                     if best is None or das["score"] > (best.get("das") or {}).get("score", -math.inf):
-                        ps.example = {k: r.get(k) for k in ("id", "prompt_id", "text", "sentences", "das", "temperature")}
+                        ps.example = {**{k: r.get(k) for k in ("id", "prompt_id", "text", "temperature")},
+                                      "sentences": sentences, "das": das}
 
 
 def _shares(lists: dict[str, list[float]]) -> dict[str, float]:
