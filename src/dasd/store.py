@@ -202,7 +202,7 @@ class RunStore:
         path = self.root / MANIFEST
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 (a damaged byte)
             raise DasdError(f"{path}: unreadable manifest ({e})") from e
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             raise DasdError(f"{path}: not a dasd manifest (no 'stages' object)")

@@ -81,6 +81,9 @@ def test_open_bad_run_dir(tmp_path):
     (tmp_path / "empty" / "manifest.json").write_text("{oops", encoding="utf-8")
     with pytest.raises(DasdError, match="unreadable manifest"):
         RunStore.open(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_bytes(b'{"stages": {"sample": "\xff"}}\n')  # a damaged byte
+    with pytest.raises(DasdError, match=r"manifest.json: unreadable manifest \('utf-8' codec can't decode"):
+        RunStore.open(tmp_path / "empty")
 
 
 def test_manifest_records_config_counts_versions(tmp_path):
