@@ -329,28 +329,37 @@ def write_shard(path: Path, table: pa.Table) -> None:
     with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, compression="zstd", compression_level=6, use_dictionary=["model", "prompt_id",
                        "finish_reason", "teacher_logprob_mode", "ref_shard"], write_statistics=False,
-                       row_group_size=64)
+                       row_group_size=64, write_page_checksum=True)
 
 
 # -- reading --------------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (Arrow's can span several)."""
+    return " ".join(str(e).split())
 
 
 def read_table(path: Path, kind: Kind, columns: list[str] | None = None) -> pa.Table:
     """A shard's table, its schema checked against ``kind`` (``DasdError`` names file and field)."""
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DasdError(f"{path}: corrupt run file (not a readable Parquet shard: {e})") from None
+    except (OSError, ValueError, pa.ArrowException) as e:  # ValueError: a damaged name (not UTF-8)
+        raise DasdError(f"{path}: corrupt run file (not a readable Parquet shard: {_one_line(e)})") from None
     if schema.remove_metadata() != kind.schema:
         want = {f.name: f.type for f in kind.schema}
         got = {f.name: f.type for f in schema}
         diff = [n for n in want if got.get(n) != want[n]] + [n for n in got if n not in want]
+        if not diff:  # same names and types: another order, or a field's nullability
+            f, g = next((f, g) for f, g in zip(kind.schema, schema) if not f.equals(g))
+            raise DasdError(f"{path}: does not match the {kind.name} schema (expected {f}, found {g})")
         raise DasdError(f"{path}: does not match the {kind.name} schema (field '{diff[0]}': expected "
                         f"{want.get(diff[0], 'no such field')}, found {got.get(diff[0], 'nothing')})")
     try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise DasdError(f"{path}: corrupt run file ({e})") from None
+        # pages written with a checksum (``write_shard``) are verified: a damaged byte is an error, not wrong data
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DasdError(f"{path}: corrupt run file ({_one_line(e)})") from None
 
 
 def shard_rows(path: Path) -> int:
@@ -398,7 +407,16 @@ def _signal(lists: dict[str, _Lists], scalars: dict[str, list], prefix: str, i: 
 
 def decode(table: pa.Table, kind: Kind, path: Path) -> list[dict]:
     """The rows of a shard as partial records: only non-null fields (the row's own values), plus
-    ``ref_shard``/``ref_row`` when the row refers upstream. ``RunStore`` joins and adds ``_ref``."""
+    ``ref_shard``/``ref_row`` when the row refers upstream. ``RunStore`` joins and adds ``_ref``.
+    Values a damaged shard cannot hold (text that is not UTF-8, ``extra`` that is not JSON, offsets
+    that are not pairs) are a ``DasdError`` naming the file."""
+    try:
+        return _decode(table, kind, path)
+    except (ValueError, pa.ArrowException) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DasdError(f"{path}: corrupt run file ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _decode(table: pa.Table, kind: Kind, path: Path) -> list[dict]:
     names = set(table.column_names)
     lists = {n: _Lists(table[n]) for n in names if pa.types.is_list(table.schema.field(n).type)
              and pa.types.is_primitive(table.schema.field(n).type.value_type) or n == "teacher_tokens"}

@@ -104,6 +104,58 @@ def test_read_checks_the_schema_and_names_file_and_field(tmp_path):
         list(store.read("score", "pool-T1"))
 
 
+def test_a_damaged_byte_in_a_shard_is_an_error_naming_the_file_never_other_data(tmp_path):
+    """Flip each byte of the text column's pages in turn (a disk or copy error): every read gives the
+    records as written or one line naming the shard; without page checksums, a byte inside a
+    compressed page came back as other text, silently."""
+    store = RunStore(tmp_path / "run")
+    recs = [make_sample(random.Random(5), i) for i in range(3)]
+    with store.writer("sample", "pool-T1") as w:
+        for r in recs:
+            w.add(r)
+    [path] = shard_paths(store.root / "sample", "pool-T1")
+    orig = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    col = meta.column(pq.read_schema(path).get_field_index("text"))
+    start = min(o for o in (col.dictionary_page_offset, col.data_page_offset) if o is not None)
+    outcomes = set()
+    for off in range(start, start + col.total_compressed_size):
+        damaged = bytearray(orig)
+        damaged[off] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        try:
+            got = [plain(r) for r in RunStore.open(store.root).read("sample", "pool-T1")]
+        except DasdError as e:
+            assert str(e).startswith(f"{path}: corrupt run file (") and "\n" not in str(e), (off, str(e))
+            outcomes.add("error")
+            continue
+        assert got == f32(recs), f"byte {off} changed: read other data without an error"
+        outcomes.add("same")
+    assert "error" in outcomes
+    path.write_bytes(orig)
+    assert [plain(r) for r in RunStore.open(store.root).read("sample", "pool-T1")] == f32(recs)
+
+
+def test_a_shard_whose_values_cannot_be_decoded_is_an_error_naming_the_file(tmp_path):
+    """Schema-valid shards that hold what dasd never writes: 'extra' that is not JSON, a column made
+    non-nullable (names and types equal): one line naming the file, not a traceback."""
+    from dasd.columnar import KINDS, to_table
+
+    store = RunStore(tmp_path / "run")
+    d = store.stage_dir("sample")
+    good = to_table(KINDS["sample"], [make_sample(random.Random(6), 0)])
+    bad_extra = good.set_column(good.schema.get_field_index("extra"), good.schema.field("extra"),
+                                pa.array(['{"source_id": "cut off'], pa.string()))
+    pq.write_table(bad_extra, d / "pool-T1-00000.parquet")
+    with pytest.raises(DasdError, match=r"pool-T1-00000.parquet: corrupt run file \(JSONDecodeError: "):
+        list(store.read("sample", "pool-T1"))
+    i = good.schema.get_field_index("model")
+    strict = good.cast(good.schema.set(i, good.schema.field(i).with_nullable(False)))
+    pq.write_table(strict, d / "pool-T1-00000.parquet")
+    with pytest.raises(DasdError, match=r"pool-T1-00000.parquet: does not match the sample schema "
+                                        r"\(expected pyarrow.Field<model: string>, found pyarrow.Field<model: string not null>\)"):
+        list(store.read("sample", "pool-T1"))
+
 def test_kept_scored_chosen_refer_upstream_instead_of_copying(tmp_path):
     """filter -> score -> select through the store: rows hold references and new columns only,
     and read back as whole records, equal to the in-memory ones."""
