@@ -225,3 +225,45 @@ def test_sigterm_and_kill_9_at_random_moments_including_mix_then_rerun_equals_un
         assert a["steps"] == b["steps"] and a["examples"] == b["examples"], stage  # stage 3: the whole mixed set
         assert abs(a["final_loss"] - b["final_loss"]) < 1e-4, stage
     assert "[run] report:" in final
+
+
+def test_changed_filter_and_score_settings_redo_their_records_as_a_fresh_run_would(tmp_path, tiny_lm_dir,
+                                                                                  tiny_lm_dir_other_vocab, capsys):
+    """sample -> filter -> score -> select, then again with another filter threshold and DAS threshold:
+    the data sets equal a fresh run's with the new settings. Resuming by id used to keep what the old
+    settings made (samples the new filter drops, scores with the old tau), and select then found its
+    inputs unchanged and kept its old selection. A setting that changes only speed (batch sizes)
+    still resumes."""
+    from dasd.config import load_config
+    from dasd.stages.filter import run_filter
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    def up_to_select(path, overrides=()):
+        cfg = load_config(path, list(overrides))
+        for stage in (run_sample, run_filter, run_score, run_select):
+            stage(cfg)
+
+    changed = write_config(tmp_path, "changed", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    up_to_select(changed)
+    before = records(tmp_path / "changed")
+    new = ["filter.max_student_tokens=21", "das.tau=0.05"]
+    fresh = write_config(tmp_path, "fresh", tiny_lm_dir, tiny_lm_dir_other_vocab)
+    up_to_select(fresh, new)
+    ref = records(tmp_path / "fresh")
+    capsys.readouterr()
+    up_to_select(changed, new)
+    err = capsys.readouterr().err
+    got = records(tmp_path / "changed")
+    assert 0 < len(ref["filter/kept-T0.6"]) < len(before["filter/kept-T0.6"])  # the new filter drops some
+    assert set(got) == set(ref)
+    for name in ref:
+        assert got[name] == ref[name], name
+    assert "[filter] max_student_tokens changed since this stage last ran: its 2 stored output(s) dropped" in err
+    assert "[score] das.tau changed since this stage last ran" in err
+    scored = {(p.name, p.stat().st_mtime_ns) for p in (tmp_path / "changed" / "score").iterdir()}
+    up_to_select(changed, [*new, "score.batch=1", "student.batch_size=1"])
+    assert "changed since" not in capsys.readouterr().err
+    assert {(p.name, p.stat().st_mtime_ns) for p in (tmp_path / "changed" / "score").iterdir()} == scored
+    assert records(tmp_path / "changed") == ref

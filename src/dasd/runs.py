@@ -422,20 +422,42 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     return len(names)
 
 
-def drop_if_settings_changed(store: RunStore, stage: str, config: dict, prefixes: tuple[str, ...]) -> int:
-    """Delete ``stage``'s outputs whose names start with one of ``prefixes`` when its settings (its
-    ``config`` but the models' versions, ``drop_if_models_changed``'s business) differ from those it
-    last began with: for a stage whose settings decide which records it keeps (filter), resuming by
-    id would keep records the new settings drop. Return how many outputs were removed."""
-    def settings(c: dict) -> dict:
-        return {k: v for k, v in c.items() if k != "models"}
+# Settings in a stage's manifest config (dotted paths) whose change resumes the stage instead of
+# dropping its outputs (``drop_if_settings_changed``): those that change how fast it runs or how a
+# model is reached, not the records it writes. ``models`` (the model versions,
+# ``drop_if_models_changed``) stands for the model and tokenizer names; score's
+# ``local_naturalness`` is handled by the score stage itself. Score's ``das`` settings type the
+# sentences, which select and the report type again from the stored log-probs under the current
+# settings (``rules.das.retype``): changing ``das.tau`` re-ranks without a new student pass.
+RESUMED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "score": ("models", "local_naturalness", "das", "score.batch", "score.local_naturalness", "student.model",
+              "student.tokenizer", "student.device", "student.batch_size", "student.score_batch_tokens",
+              "student.logprob_chunk", "student.openai", "student.vllm", "student.ray"),
+}
 
+
+def _changed_settings(before, now, path: str = "") -> list[str]:
+    """Dotted paths of the settings that differ between two configs; a key that only one of them
+    has (a setting added or removed by another dasd version) is not a change."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return [] if before == now else [path]
+    return [c for k in sorted(set(before) & set(now))
+            for c in _changed_settings(before[k], now[k], f"{path}.{k}" if path else k)]
+
+
+def drop_if_settings_changed(store: RunStore, stage: str, config: dict, prefixes: tuple[str, ...]) -> int:
+    """Delete ``stage``'s outputs named by ``prefixes`` when a setting of its ``config`` that shapes
+    its records (any but ``RESUMED_SETTINGS`` and ``models``) differs from the one it last began with:
+    resuming by id would keep the records made under the old setting (the samples an old filter
+    kept, student scores of another ``score.local_window``) beside new ones, and later stages would use them.
+    Return how many outputs were removed."""
     before = store.stage_info(stage).get("config")
-    if before is None or config_hash(settings(before)) == config_hash(settings(config)):
+    skip = ("models", *RESUMED_SETTINGS.get(stage, ()))
+    changed = [c for c in _changed_settings(before, config) if not any(c == k or c.startswith(k + ".") for k in skip)]
+    if before is None or not changed or not prefixes:
         return 0
     names = store.remove_outputs(stage, prefixes)
-    changed = ", ".join(sorted(k for k in settings(before).keys() | settings(config).keys() if before.get(k) != config.get(k)))
-    logger(stage).info(f"settings changed since this stage last ran ({changed}): its {len(names)} stored output(s) "
+    logger(stage).info(f"{', '.join(changed)} changed since this stage last ran: its {len(names)} stored output(s) "
                        "dropped, made again")
     return len(names)
 
@@ -494,7 +516,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
 
 
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
-                            outputs: tuple[str, ...] = (), settings_decide: bool = False) -> dict | None:
+                            outputs: tuple[str, ...] = ()) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
     up to date; then return its manifest counts (and log one line), else None.
 
@@ -503,8 +525,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
-    records since (``drop_if_inputs_rewritten``), or, with ``settings_decide``, when the rest of
-    ``config`` differs (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
+    records since (``drop_if_inputs_rewritten``), or when a setting that shapes its records did
+    (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
     ``config``, so a run killed in between drops again when it is run again.
     """
@@ -516,8 +538,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
         return store.stage_info(stage)["counts"]
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs)
-    if settings_decide:
-        drop_if_settings_changed(store, stage, config, outputs)
+    drop_if_settings_changed(store, stage, config, outputs)
     drop_if_inputs_rewritten(store, stage, reads, outputs)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None

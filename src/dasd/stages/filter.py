@@ -70,7 +70,7 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     fc = cfg.filter
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
-                                   outputs=(KEPT + "-", "rejects"), settings_decide=True)
+                                   outputs=(KEPT + "-", "rejects"))
     if done is not None:
         return done
     prompts = RunPrompts(store)
