@@ -286,13 +286,14 @@ def _stopped(why: str, argv: list[str], code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dasd` console script. Returns the exit code."""
     import click
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # dasd's stages show their own progress
-    command = typer.main.get_command(app)
     argv = list(argv if argv is not None else sys.argv[1:])
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     try:
+        from transformers.utils import logging as hf_logging  # a second or more: a Ctrl-C meanwhile is one line too
+
+        hf_logging.disable_progress_bar()  # dasd's stages show their own progress
+        command = typer.main.get_command(app)
         rv = command.main(args=argv, prog_name="dasd", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except Stopped as e:

@@ -62,6 +62,32 @@ def test_a_signal_keeps_what_is_complete_and_says_how_to_resume(tmp_path, tiny_l
     assert len(ids) == 80 and set(ids.values()) == {1} and not tmp
 
 
+# Like the `dasd` console script: dasd.cli is imported, then main() runs; a real signal arrives while
+# main() imports transformers (a second or more of a command's start).
+SIGNAL_WHILE_IMPORTING = """
+import os, signal, sys
+import dasd.cli
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "transformers":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIG%s)
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.exit(dasd.cli.main(["config", "show"]))
+"""
+
+
+@pytest.mark.parametrize("sig, code, why", [("INT", 130, "interrupted (Ctrl-C)"), ("TERM", 143, "terminated (SIGTERM)")])
+def test_a_signal_while_the_command_starts_is_one_line(sig, code, why):
+    """Ctrl-C in the first second of a command was a KeyboardInterrupt traceback (SIGTERM: a silent death)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_IMPORTING % sig], capture_output=True, text=True, env=env)
+    assert out.returncode == code, out.stderr
+    assert out.stderr.strip().splitlines() == [f"dasd: {why}; what was complete is kept; resume with: dasd config show"]
+
 def test_a_full_disk_is_one_line_and_the_run_resumes_when_space_is_back(tmp_path, tiny_lm_dir, monkeypatch, capsys):
     cfg = write_config(tmp_path, tiny_lm_dir, n=6)
     real_fsync, writes = os.fsync, []
