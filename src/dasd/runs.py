@@ -428,11 +428,13 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
 # ``drop_if_models_changed``) stands for the model and tokenizer names; score's
 # ``local_naturalness`` is handled by the score stage itself. Score's ``das`` settings type the
 # sentences, which select and the report type again from the stored log-probs under the current
-# settings (``rules.das.retype``): changing ``das.tau`` re-ranks without a new student pass.
+# settings (``rules.das.retype``): changing ``das.tau`` re-ranks without a new student pass. A
+# student ``max_model_len`` changes only which responses are too long: those rejects are judged again
+# (score's ``judged``), the scores stand.
 RESUMED_SETTINGS: dict[str, tuple[str, ...]] = {
     "score": ("models", "local_naturalness", "das", "score.batch", "score.local_naturalness", "student.model",
               "student.tokenizer", "student.device", "student.batch_size", "student.score_batch_tokens",
-              "student.logprob_chunk", "student.openai", "student.vllm", "student.ray"),
+              "student.logprob_chunk", "student.max_model_len", "student.openai", "student.vllm", "student.ray"),
 }
 
 
