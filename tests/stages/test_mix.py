@@ -619,6 +619,11 @@ def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines
     (rec,) = [r for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
     assert rec["prompt_id"] == "q02" and rec["detail"] == f"request 'q02': prompt has {n['q02']} tokens, max_model_len is {limit}"
     assert re.search(r"question too long for the student\s+1", capsys.readouterr().err)
+    from dasd.report.data import mix_section
+    from dasd.report.view import RunView
+
+    html = str(mix_section(RunView(RunStore.open(tmp_path / "in-process"))))
+    assert re.search(r"question too long for the student \(no rollout\)</td><td[^>]*>1<", html), html
     with ServerThread(EngineServer(short, served_name="student")) as srv:
         remote = make_engine(EngineConfig(kind="openai", model="student", tokenizer=student.name,
                                           openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))

@@ -433,8 +433,10 @@ def mix_section(view: RunView) -> Raw:
     parts: list[str] = []
     if f:
         rows = [("questions", fmt(f.get("questions")), ""),
-                ("student finished (not used)", fmt(f.get("finished")), ""),
-                ("cut off", fmt(f.get("cut_off")), f"{fmt(f.get('cut_off_rate'), '.1f', pct=True)}% of questions")]
+                ("student finished (not used)", fmt(f.get("finished")), "")]
+        if f.get("prompt_too_long"):
+            rows.append(("question too long for the student (no rollout)", fmt(f.get("prompt_too_long")), ""))
+        rows.append(("cut off", fmt(f.get("cut_off")), f"{fmt(f.get('cut_off_rate'), '.1f', pct=True)}% of questions"))
         rows += [(f"  skipped: {k}", fmt(v), "") for k, v in (f.get("skipped") or {}).items() if v]
         rows.append(("teacher continuations", fmt(f.get("continuations")), ""))
         rows += [(f"  dropped: {k}", fmt(v), "") for k, v in (f.get("dropped") or {}).items() if v]
