@@ -258,3 +258,30 @@ def test_a_rerun_asks_only_the_missing_sample_of_a_prompt(tmp_path, prompts_file
         assert [(i, t) for i, t, _ in got[pool]] == [(i, t) for i, t, _ in want[pool]]
         for (_, _, a), (_, _, b) in zip(got[pool], want[pool]):
             assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_other_top_p_seed_or_cap_on_sampled_pools_is_refused_in_one_line(tmp_path, prompts_file, tiny_lm_dir):
+    """Pools drawn with one top_p, seed or max_tokens are not sampled on with another (each prompt
+    would get k more samples, or keep those cut at the old cap): one line, nothing written; the
+    same settings (and batch_prompts, a speed knob) resume; deleting the pools samples again."""
+    from dasd.errors import ConfigError
+
+    cfg = config(tmp_path, "run", prompts_file, tiny_lm_dir)
+    engine = open_engine(cfg.teacher)
+    run_sample(cfg, engine=engine)
+    first = records(tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    for knob, value, shown in (("top_p", 0.9, "sample.top_p 1.0 -> 0.9"), ("seed", 7, "sample.seed 0 -> 7"),
+                               ("max_tokens", 16, "sample.max_tokens 12 -> 16")):
+        other = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={knob: value})})
+        with pytest.raises(ConfigError, match=rf"^{shown} since the pools in .*/sample were sampled: sampling on "
+                                              r"would mix samples of both settings in one pool; set it back, or delete"):
+            run_sample(other, store, engine=engine)
+        assert records(tmp_path / "run") == first
+    faster = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"batch_prompts": 1})})
+    assert run_sample(faster, store, engine=engine)["T1"]["new"] == 0
+    store.remove_outputs("sample", ("pool-",))
+    other = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"seed": 7})})
+    run_sample(other, store, engine=engine)
+    again = records(tmp_path / "run")
+    assert {p: len(v) for p, v in again.items()} == {"T0.6": 10, "T1": 10} and again != first

@@ -15,7 +15,9 @@ were first sampled (``runs.name_as_before``): the same model under another spell
 resumes them. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
-(``runs.drop_if_models_changed``).
+(``runs.drop_if_models_changed``). Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``
+are not sampled on (``_refuse_other_sampling``: one line, nothing written): a pool would hold
+samples of both settings; the user sets it back or deletes the pools.
 
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
 context (``max_model_len``, when the engine knows it: for a server, prompt + ``max_tokens`` must fit,
@@ -70,6 +72,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         (before.get("models") or {}).get("teacher"))
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
+    _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])
     ids = training_prompt_ids(cfg, store)  # a pass over the prompts that keeps only their ids
     picked, warnings = picks_by_temperature(ids, s)
     for warning in warnings:
@@ -201,6 +204,21 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
     store.end_stage(STAGE, counts)
     return counts
+
+
+SHAPING = ("top_p", "seed", "max_tokens")  # sample settings a pool's samples were drawn under
+
+
+def _refuse_other_sampling(store: RunStore, before: dict, now: dict) -> None:
+    """Refuse (``ConfigError``, one line) to sample on into pools drawn under another ``top_p``,
+    ``seed`` or ``max_tokens``: the pools would hold samples of both settings (ids hash top_p and
+    seed, so each prompt would get k more; a longer cap would keep the samples cut off at the old
+    one). Dropping the pools is left to the user: sampling is the costliest stage."""
+    changed = [f"sample.{k} {before[k]!r} -> {now[k]!r}" for k in SHAPING if k in before and before[k] != now.get(k)]
+    if changed and any(o.startswith(SAMPLE_POOL + "-") for o in store.outputs(STAGE)):
+        raise ConfigError(f"{', '.join(changed)} since the pools in {store.root / STAGE} were sampled: sampling on would "
+                          f"mix samples of both settings in one pool; set it back, or delete {store.root / STAGE}/pool-* "
+                          "to sample again, or use another run_dir")
 
 
 def _too_long_id(prompt: dict) -> str:
