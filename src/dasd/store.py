@@ -217,7 +217,10 @@ class RunStore:
         return d
 
     def writer(self, stage: str, name: str, **kw) -> ShardWriter:
-        return ShardWriter(self.stage_dir(stage), name, root=self.root, **kw)
+        """A ``ShardWriter`` of output ``name``; its shards are numbered after any it had that were
+        removed (``remove_output``), so a rewritten output never reuses a shard name."""
+        first = max(kw.pop("first", 0), (self.manifest.get("next_shard") or {}).get(f"{stage}/{name}", 0))
+        return ShardWriter(self.stage_dir(stage), name, root=self.root, first=first, **kw)
 
     def outputs(self, stage: str) -> list[str]:
         """Names of the sharded outputs a stage has on disk."""
@@ -228,8 +231,18 @@ class RunStore:
 
     def remove_output(self, stage: str, name: str) -> int:
         """Delete every shard of output ``name`` of ``stage`` (results that no longer hold, e.g. of a
-        model that has changed since); return how many files were removed."""
+        model that has changed since); return how many files were removed.
+
+        The number after its last shard is kept in the manifest (``next_shard``) first: the output
+        written again gets new shard names, so a stage that read the old shards sees them gone
+        (``runs.drop_if_inputs_rewritten`` compares names and sizes), even where a new shard has
+        an old one's size."""
         paths = shard_paths(self.root / stage, name)
+        if paths:
+            last = max(int(_SHARD_RE.match(p.name)["num"]) for p in paths)
+            floors = self.manifest.setdefault("next_shard", {})
+            floors[f"{stage}/{name}"] = max(floors.get(f"{stage}/{name}", 0), last + 1)
+            self.save_manifest()
         for p in paths:
             p.unlink()
         return len(paths)

@@ -151,3 +151,27 @@ def test_temp_files_left_by_a_killed_writer_are_removed_when_the_stage_begins_ag
     assert sorted(p.name for p in stage.iterdir()) == before
     assert all(p.exists() for p in keep)
     assert [r["id"] for r in store.read("sample", "pool-T1")] == ["a"]
+
+
+def test_an_output_written_again_after_removal_gets_new_shard_names_so_readers_see_the_change(tmp_path):
+    """An output removed and written again (a filter run with other rules) never reuses a shard
+    name: a stage that read the old shards sees them gone even where the new one has the old one's
+    size, and drops what it made from them."""
+    from dasd.runs import drop_if_inputs_rewritten, read_shards
+
+    store = RunStore(tmp_path / "run")
+    with store.writer("filter", "notes") as w:
+        w.add({"id": "r1", "v": "aaaa"})
+    store.begin_stage("score", {}, read=read_shards(store, ("filter",)))
+    with store.writer("score", "rejects") as w:
+        w.add({"id": "s1", "from": "r1"})
+    old = store.shard_files("filter", "notes")
+    store.remove_output("filter", "notes")
+    with store.writer("filter", "notes") as w:
+        w.add({"id": "r2", "v": "bbbb"})
+    new = store.shard_files("filter", "notes")
+    assert [s for _, s in new] == [s for _, s in old] and new != old  # same size, another name
+    assert [n for n, _ in new] == ["notes-00001.jsonl"]
+    assert RunStore.open(tmp_path / "run").manifest["next_shard"] == {"filter/notes": 1}
+    assert drop_if_inputs_rewritten(store, "score", ("filter",), ("rejects",)) == 1
+    assert store.outputs("score") == []
