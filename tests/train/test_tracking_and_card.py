@@ -109,6 +109,12 @@ def test_tensorboard_events_card_and_push_of_a_two_stage_run(tiny_lm_dir, tmp_pa
     assert f"| toy | 6 | 2 | {100 * row['avg@k']:.1f} | [{100 * lo:.1f}, {100 * hi:.1f}] |" in text
     assert "| toy | demo | 0.6 | 1.0 | 512 | 2 | 0 | problem |" in text and "Not evaluated yet" not in text
 
+    # a rerun of the finished stages trains nothing and starts no tracker: no new event file
+    events = sorted((tmp_path / "train" / "tb").rglob("events.out.tfevents.*"))
+    again = run_training(_cfg(tiny_lm_dir), tmp_path / "train", data, data_notes=notes)
+    assert [r["steps"] for r in again] == [r["steps"] for r in res]
+    assert sorted((tmp_path / "train" / "tb").rglob("events.out.tfevents.*")) == events
+
 
 def test_report_to_none_writes_no_events_and_bad_trackers_are_named(tiny_lm_dir, tmp_path):
     assert _cfg(tiny_lm_dir, report_to="none").report_to == []

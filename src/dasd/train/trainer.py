@@ -147,6 +147,7 @@ class StageTrainer:
         if done is not None:
             self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
             return done
+        start_trackers(self.acc, self.cfg, self.dir.parent)
         self.setup_model()
         self.setup_optimizer()
         self.train(self.load_checkpoint())
@@ -397,15 +398,20 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
     except ValueError as e:
         raise ConfigError(str(e)) from None
     acc = _make_accelerator(cfg, out_dir)
-    if cfg.report_to:
-        acc.init_trackers("dasd", config=_tracker_config(cfg),
-                          init_kwargs={t: {"name": out_dir.parent.name or "train"} for t in ("wandb", "trackio")})
     try:
         return _run_stages(cfg, out_dir, acc, data, on_step, data_notes or {})
     finally:
         for tracker in acc.trackers:  # not acc.end_training(): that also ends torch.distributed
             tracker.finish()
         acc.trackers = []
+
+
+def start_trackers(acc, cfg: TrainConfig, out_dir: Path) -> None:
+    """Start the ``report_to`` trackers, once, when a stage is about to train: a run whose stages
+    are all finished starts none (a TensorBoard tracker would add an empty event file every time)."""
+    if cfg.report_to and not acc.trackers:
+        acc.init_trackers("dasd", config=_tracker_config(cfg),
+                          init_kwargs={t: {"name": out_dir.parent.name or "train"} for t in ("wandb", "trackio")})
 
 
 def _run_stages(cfg: TrainConfig, out_dir: Path, acc, data, on_step, data_notes: dict[str, str]) -> list[dict]:
