@@ -184,3 +184,29 @@ def test_several_benchmarks_get_one_column_each_and_their_protocols(tmp_path):
             cut = sum(r["finish_reason"] == "length" for r in res) / len(res)
             row = re.search(rf"<tr><td>{label}</td><td>benchmark</td><td>{bench}</td>(.*?)</tr>", secs["eval"]).group(1)
             assert row.endswith(f'<td class="n">{100 * cut:.1f}</td>')
+
+
+def test_the_report_is_rebuilt_when_the_run_changed_and_only_then(tmp_path):
+    """`dasd report` (and `dasd run`) rebuilds report.html when the run's contents changed, not when
+    only the run's lock changed hands (another process id: another size)."""
+    import json
+
+    from dasd.config import load_config
+    from dasd.lock import LOCK, release_run_lock
+    from dasd.stages.report import REPORT, run_report
+
+    run = tmp_path / "run"
+    store = RunStore(run)
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "messages": [{"role": "user", "content": "2 + 3?"}]})
+    cfg = load_config(None, [f"run_dir={run}"])
+    run_report(cfg, store)
+    built = (run / REPORT).stat().st_mtime_ns
+    release_run_lock(run)
+    (run / LOCK).write_text(json.dumps({"pid": 1234567, "host": "elsewhere", "started": "2026-12-02T00:00:00Z"}))
+    run_report(cfg, store)
+    assert (run / REPORT).stat().st_mtime_ns == built
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p1", "messages": [{"role": "user", "content": "4 + 5?"}]})
+    run_report(cfg, store)
+    assert (run / REPORT).stat().st_mtime_ns != built

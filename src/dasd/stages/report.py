@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from dasd.jsonl import atomic_open
+from dasd.lock import LOCK
 from dasd.log import logger
 from dasd.report.build import write_report
 from dasd.store import RunStore, config_hash
@@ -22,7 +23,8 @@ log = logger("report")
 
 def run_fingerprint(store: RunStore) -> str:
     """What a report of ``store`` depends on: per stage config hash, completion and counts (not
-    timings), and every file's relative path and size (the report and its fingerprint excepted)."""
+    timings), and every file's relative path and size (the report, its fingerprint and the run's
+    lock, which names the process holding it, excepted)."""
     stages = {name: [info.get("config_hash"), info.get("complete"), info.get("counts")]
               for name, info in store.manifest["stages"].items()}
     files = []
@@ -31,7 +33,7 @@ def run_fingerprint(store: RunStore) -> str:
         for n in sorted(names):
             p = Path(folder) / n
             rel = p.relative_to(store.root).as_posix()
-            if rel not in (REPORT, FINGERPRINT, "manifest.json") and not n.endswith(".tmp"):
+            if rel not in (REPORT, FINGERPRINT, "manifest.json", LOCK) and not n.endswith(".tmp"):
                 files.append((rel, p.stat().st_size))
     return config_hash([stages, files])
 
