@@ -5,8 +5,11 @@ kinds of drift from coming back.
 - every ``dasd ...`` command shown (code blocks and inline code) names a real verb path of the CLI,
   uses only options that verb declares, and every ``KEY=VALUE`` override names a config key;
 - every ``make TARGET`` shown is a Makefile target;
-- every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``)
-  exists.
+- every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``,
+  ``benchmarks/results/...``, ``docs/*.md``) exists.
+- every dotted name in inline code that starts with a config section (``train.lr``) is a config key,
+  and one that starts with a dasd module (``runs.model_version``, ``dasd.rules.das.retype``) exists;
+- every test named (``test_...``) is a test function or a test file.
 - every ```yaml block is a config fragment that loads (``dasd.config.load_config``).
 - every ```python block parses, and what it imports from dasd exists.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 import typing
 from pathlib import Path
 
@@ -34,6 +38,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_FILES = {
     "src/dasd/rules/dedup.py": "docs/design.md's worked example of adding a stage",
     "src/dasd/stages/dedup.py": "docs/design.md's worked example of adding a stage",
+    "benchmarks/results/ablation-pilot.md": "docs/ablation.md: the output a pilot run is told to write",
+    "benchmarks/results/ablation-pilot.json": "docs/ablation.md: written beside the pilot's --results file",
 }
 
 
@@ -242,7 +248,8 @@ def test_every_make_target_shown_exists(page):
     assert shown <= make_targets(), f"{_name(page)}: no Makefile target {sorted(shown - make_targets())}"
 
 
-FILE_RE = re.compile(r"(?<![\w./-])((?:tests|configs|src/dasd)/[\w./*{},-]*[\w*}]|benchmarks/[\w-]+\.py)")
+FILE_RE = re.compile(r"(?<![\w./-])((?:tests|configs|src/dasd|benchmarks/results)/[\w./*{},-]*[\w*}]"
+                     r"|benchmarks/[\w-]+\.py|docs/[\w-]+\.md)")
 
 
 @pytest.mark.parametrize("page", DOCS, ids=_name)
@@ -335,3 +342,132 @@ def test_every_config_key_has_a_description():
     missing = {k for k, d in leaves.items() if not d}
     assert missing - set(UNDESCRIBED) == set(), "describe these keys (Field(description=...))"
     assert set(UNDESCRIBED) - missing == set(), "described now: remove them from UNDESCRIBED"
+
+
+# -- dotted names: config keys and dasd's own names -------------------------------------------------
+
+# Dotted names a page shows that start with a config section or a dasd module but are neither a
+# config key nor a dasd name, each with what it is.
+NOT_NAMES = {
+    "das.frac_teacher": "a field of a scored sample's DAS summary (docs/ablation.md)",
+    "stages.mix.counts": "a key of manifest.json (docs/mixed-policy.md)",
+    "stages.import.pools": "a key of manifest.json (docs/pipeline.md)",
+    "data.toy.n_test": "a config key that was removed, named as such (docs/testing.md)",
+    "train.tensorboard": "the config key replaced by train.report_to, named as such (docs/training.md)",
+}
+
+# Where a short module name (``checkpoint.read_done``, ``sandbox.isolation()``) is looked up; not in
+# dasd.engines, whose modules share their names with the libraries they wrap (``vllm.LLM``).
+PACKAGES = ("dasd", "dasd.train", "dasd.grading")
+DOTTED_RE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+(?:\(\))?")
+FILE_SUFFIX_RE = re.compile(r"\.(?:py|jsonl?|ya?ml|md|npy|bin|pt|txt|html|pkl|csv|parquet)$")
+
+
+def dasd_module(head: str) -> str | None:
+    """The dasd module a name's first part names (``runs`` -> ``dasd.runs``), or None."""
+    import importlib.util
+
+    if head == "dasd":
+        return "dasd"
+    if head in sys.stdlib_module_names:  # math.fsum is Python's, not dasd.grading.math
+        return None
+    for package in PACKAGES:
+        if importlib.util.find_spec(f"{package}.{head}") is not None:
+            return f"{package}.{head}"
+    return None
+
+
+def dasd_name_exists(module: str, rest: list[str]) -> bool:
+    """Whether ``module`` then the attributes (or submodules) ``rest`` resolve."""
+    import importlib
+
+    obj = importlib.import_module(module)
+    for part in rest:
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        try:
+            obj = importlib.import_module(f"{obj.__name__}.{part}")
+        except (ImportError, AttributeError):
+            return False
+    return True
+
+
+def check_dotted(name: str) -> str | None:
+    """What is wrong with one dotted name shown in inline code (None when nothing, or not ours)."""
+    if name in NOT_NAMES or FILE_SUFFIX_RE.search(name):
+        return None
+    parts = name.removesuffix("()").split(".")
+    sections = {f.alias or n for n, f in RunConfig.model_fields.items()}
+    module = dasd_module(parts[0])
+    if parts[0] not in sections and module is None:
+        return None  # torch.save, engine.score, ...: not a name of dasd's
+    if parts[0] in sections and config_key_exists(".".join(parts)):
+        return None
+    if module is not None and dasd_name_exists(module, parts[1:]):
+        return None
+    return f"{name}: " + ("not a config key" if module is None else "not a config key or dasd name" if parts[0] in sections
+                         else f"no such name in {module}")
+
+
+def test_check_dotted_sees_drift():
+    assert check_dotted("train.lr") is None
+    assert check_dotted("mix.replay.ratio") is None
+    assert check_dotted("runs.model_version") is None
+    assert check_dotted("dasd.rules.das.retype") is None
+    assert check_dotted("checkpoint.read_done") is None
+    assert check_dotted("recipes.paper_stages()") is None
+    assert check_dotted("torch.save") is None and check_dotted("runs.py") is None
+    assert check_dotted("train.lrate") and check_dotted("select.methd")
+    assert check_dotted("runs.no_such_helper") and check_dotted("dasd.rules.das.no_such")
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_config_key_and_dasd_name_shown_exists(page):
+    _, prose = _split(page.read_text(encoding="utf-8"))
+    shown = sorted({s for s in _inline_code(prose) if DOTTED_RE.fullmatch(s)})
+    problems = [p for p in map(check_dotted, shown) if p]
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
+
+
+# -- tests named -----------------------------------------------------------------------------------
+
+
+def test_names() -> set[str]:
+    """Every test function and test file name (without .py) under tests/."""
+    names = {p.stem for p in (ROOT / "tests").rglob("test_*.py")}
+    for p in (ROOT / "tests").rglob("*.py"):
+        names |= set(re.findall(r"^\s*(?:async\s+)?def (test_\w+)", p.read_text(encoding="utf-8"), re.MULTILINE))
+    return names
+
+
+test_names.__test__ = False  # a helper, not a test
+
+
+def missing_tests(lines: list[str], names: set[str]) -> set[str]:
+    """The ``test_...`` names in ``lines`` that are neither in ``names`` nor, for ``test_x_...``, a prefix of one."""
+    missing = set()
+    for line in lines:
+        for m in re.finditer(r"(?<![\w/])(test_\w+?)(\.\.\.|\.py\b|\b)", line):
+            name, tail = m.groups()
+            if tail == "...":
+                if not any(n.startswith(name) for n in names):
+                    missing.add(name + "...")
+            elif name not in names:
+                missing.add(name)
+    return missing
+
+
+def test_missing_tests_sees_drift():
+    names = test_names()
+    assert missing_tests(["`tests/core/test_config.py`", "`test_score_stores_...`", "test_github_slug"], names) == set()
+    assert missing_tests(["`test_no_such_thing` and `test_nowhere_...`", "`test_gone.py`"], names) == \
+        {"test_no_such_thing", "test_nowhere_...", "test_gone"}
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_test_named_exists(page):
+    """A ``test_...`` name a page cites is a test function or a test file (``test_x_...``: a prefix of one)."""
+    code, prose = _split(page.read_text(encoding="utf-8"))
+    missing = missing_tests(code + _inline_code(prose), test_names())
+    assert not missing, f"{_name(page)} names tests that do not exist: {sorted(missing)}"
