@@ -11,7 +11,8 @@ kinds of drift from coming back.
   and one that starts with a dasd module (``runs.model_version``, ``dasd.rules.das.retype``) exists;
 - every test named (``test_...``) is a test function or a test file.
 - every ```yaml block is a config fragment that loads (``dasd.config.load_config``).
-- every ```python block parses, and what it imports from dasd exists.
+- every ```python block parses, and what it imports from dasd exists;
+- the layouts of README.md and docs/design.md name every top-level module and package.
 
 (docs/config.md against the config models: tests/core/test_config.py.)
 """
@@ -471,3 +472,18 @@ def test_every_test_named_exists(page):
     code, prose = _split(page.read_text(encoding="utf-8"))
     missing = missing_tests(code + _inline_code(prose), test_names())
     assert not missing, f"{_name(page)} names tests that do not exist: {sorted(missing)}"
+
+
+# -- package layout --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page, heading", [("docs/design.md", "## Package layout"), ("README.md", "## Layout")])
+def test_the_layout_names_every_module_and_package(page, heading):
+    """The layout block of a page names every top-level module (``store.py``) and package (``rules/``)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    block = re.search(r"```\n(src/dasd/.*?)```", text[text.index(heading):], re.DOTALL).group(1)
+    src = ROOT / "src" / "dasd"
+    modules = {p.name for p in src.glob("*.py") if not p.name.startswith("__")}
+    packages = {p.name + "/" for p in src.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    missing = sorted(n for n in modules | packages if not re.search(rf"(?<![\w/]){re.escape(n)}", block))
+    assert not missing, f"{page}, {heading!r}: not in the layout: {missing}"
