@@ -31,6 +31,7 @@ from dasd.rules.mixing import (
     MixConfig, continuation_verdict, cut_point, draw_questions, funnel_of, make_example, reasoning_region,
     render_generation_prompt, sentence_ends, student_cap, summary_line, teacher_context,
 )
+from dasd.rules.sampling import derived_seed
 from dasd.stages.mix import curated_from_run, run_mix
 from dasd.store import RunStore
 from dasd.text.repetition import RepetitionConfig
@@ -340,6 +341,69 @@ def test_teacher_continuation_joins_multibyte_prefix_at_token_level(mix_engines,
     # the bytes the teacher saw and wrote are the context's bytes followed by the continuation's
     assert whole.decode("utf-8", errors="replace") == ctx + g.text
     assert whole[: len(ctx.encode())] == ctx.encode()
+
+
+def _sentencepiece_teacher(out) -> str:
+    """A tiny Llama with a Llama-2-style tokenizer (Metaspace '▁' words, <0xNN> byte fallback, a decoder
+    that strips the leading space of what it decodes), nudged towards '▁'-led pieces and its eos, so
+    that a continuation of a prefix usually starts with a space token and ends."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dasd.toy.model import make_model, save_model
+
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?$\\{}[]()^+-*/=_<>|":
+        vocab.setdefault(c, len(vocab))
+    merges = [("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant] {% endif %}")
+    model = make_model(fast, hidden=32, layers=1, heads=2, max_positions=512, seed=0)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[[vocab["\u2581T"], vocab["\u2581The"], vocab["\u2581S"]], 0] = 2.5
+        emb[vocab["</s>"], 0] = 2.2
+    save_model(model, fast, str(out))
+    return str(out)
+
+
+def test_a_sentencepiece_teachers_continuation_keeps_its_leading_space(mix_engines, tmp_path):
+    """A teacher whose decoder strips a leading space (Llama 2, Mistral): the continuation of a prefix is
+    what its tokens add to the context, so prefix + continuation is the teacher's own decoding of the
+    context and its tokens; the space its first token '▁The' holds is not lost at the join (it was:
+    'sentence.The' instead of 'sentence. The')."""
+    student, _ = mix_engines
+    teacher = make_engine(EngineConfig(model=_sentencepiece_teacher(tmp_path / "sp"), device="cpu", batch_size=16))
+    cfg = MixConfig(**{**E2E, "n_questions": 6})
+    curated = curated_set(16)
+    run_mix(cfg, RunStore(tmp_path / "run"), curated, student, teacher)
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    conts = [r for r in RunStore.open(tmp_path / "run").read("mix", "rollouts") if r["continuation"]]
+    assert len(conts) >= 3
+    led_by_space = 0
+    for r in conts:
+        prefix = r["student"]["text"][: r["prefix_chars"]]
+        ctx = teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]), prefix)
+        (g,) = teacher.generate([GenerateRequest(id="again", prefix=ctx, n=1, temperature=cfg.teacher_temperature,
+                                                 max_tokens=cfg.max_continuation_tokens, seed=derived_seed("mix-teacher", cfg.seed, r["prompt_id"]))])[0]
+        whole = teacher.tokenizer.decode(teacher.encode(ctx) + g.token_ids, clean_up_tokenization_spaces=False)
+        assert whole == ctx + r["continuation"]["text"]
+        led_by_space += g.tokens[0].startswith("\u2581")
+    assert led_by_space >= 2  # the case at issue really happened
 
 
 def _independent_prefix_tokens(tokenizer, example):

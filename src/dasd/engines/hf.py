@@ -292,6 +292,11 @@ class HFEngine:
             offsets = token_offsets(self.tokenizer, row.ids, text)
         except DasdError:  # decoder not reproducible from bytes: use the bytes' own text
             text, offsets = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
+        if req.prefix is not None:  # a raw continuation: the text its tokens add to the prefix, so that
+            # prefix + text is what the model wrote (a sentencepiece decoder strips a leading space)
+            whole, spans = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
+            if whole != text and whole.endswith(text) and not whole[: len(whole) - len(text)].strip():
+                text, offsets = whole, spans
         return Generation(
             request_id=req.id, index=row.index, text=text,
             tokens=self.tokenizer.convert_ids_to_tokens(row.ids), token_ids=list(row.ids),
