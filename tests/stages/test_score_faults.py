@@ -165,3 +165,58 @@ def test_a_stage_run_where_there_is_no_run_leaves_nothing_behind(tmp_path, verb)
     run.mkdir(parents=True)  # an empty directory made beforehand stays empty
     p = subprocess.run([sys.executable, "-m", "dasd", verb, f"run_dir={run}"], capture_output=True, text=True)
     assert p.returncode == 2 and "no dasd run here" in p.stderr and not any(run.iterdir())
+
+
+class _Crash(Exception):
+    pass
+
+
+class _StudentThatDies:
+    """The real student engine, recording the ids it is asked to score; it dies (as a stop or a crash
+    would end the stage) on the first call that holds one of ``die_on``."""
+
+    def __init__(self, engine, die_on=()):
+        self.engine, self.die_on, self.asked = engine, set(die_on), []
+
+    def score(self, reqs):
+        if self.die_on & {r.id for r in reqs}:
+            raise _Crash()
+        self.asked.extend(r.id for r in reqs)
+        return self.engine.score(reqs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_a_stage_stopped_mid_pool_keeps_the_quarantined_and_does_not_judge_them_again(tmp_path, tiny_lm_dir,
+                                                                                     tiny_lm_dir_other_vocab):
+    """Quarantine records were held until the end of their pool, so a stage stopped (SIGTERM, Ctrl-C, an
+    error) after some were judged lost them while keeping the scored ones: the rerun asked the engine
+    about them again. They are written as they are judged, like the scored records."""
+    prompts = tmp_path / "prompts.jsonl"  # the long prompt first: its responses are judged in the first batch
+    rows = [{"id": "long", "prompt": LONG}] + [{"id": f"p{i}", "prompt": f"Say {i}."} for i in range(3)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    base = [f"data.prompts={prompts}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir_other_vocab}",
+            "sample.k=2", "sample.max_tokens=12", "sample.temperatures=[1.0]", "score.batch=2", *RELAXED]
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", *base])
+    run_sample(cfg)
+    run_filter(cfg)
+    store = RunStore.open(cfg.run_dir)
+    order = [(s["id"], s["prompt_id"]) for s in store.read("filter", "kept-T1")]
+    assert [p for _, p in order[:2]] == ["long", "long"] and len(order) == 8
+    student = make_engine(EngineConfig(model=tiny_lm_dir_other_vocab, device="cpu"))
+    prompts_of = {p["id"]: p for p in store.read("sample", "prompts")}
+    limit = max(len(student.context_ids(prompts_of[p]["messages"], None, i)) + len(student.encode(s["text"]))
+                for s in store.read("filter", "kept-T1") for i, p in [(s["id"], s["prompt_id"])] if p != "long")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", *base, f"student.max_model_len={limit}"])
+    bounded = make_engine(EngineConfig(model=tiny_lm_dir_other_vocab, device="cpu", max_model_len=limit))
+    with pytest.raises(_Crash):  # dies on the third batch: the first two (the long pair, then two short) are done
+        run_score(cfg, student=_StudentThatDies(bounded, die_on={i for i, _ in order[4:6]}))
+    store = RunStore.open(cfg.run_dir)
+    long_ids = {i for i, _ in order[:2]}
+    assert {r["id"] for r in store.read("score", "rejects")} == long_ids
+    assert store.ids("score", "pool-T1") == {i for i, _ in order[2:4]}
+    again = _StudentThatDies(bounded)
+    assert run_score(cfg, student=again)["T1"] == {"scored": 6, "rejected": 0}
+    assert sorted(again.asked) == sorted(i for i, _ in order[4:])  # nothing judged before is asked again
+    assert {r["id"] for r in RunStore.open(cfg.run_dir).read("score", "rejects")} == long_ids

@@ -55,6 +55,21 @@ def _too_long(sample: dict, role: str, err: ContextLengthError, judged: str) -> 
             "reason": f"prompt + response longer than the {role}'s context: {err}"}
 
 
+class _Rejects:
+    """The quarantine records of one pool, added to the stage's ``rejects`` writer as they are judged;
+    counts them (``n``, ``too_long`` and the first too-long one's ``where``) without holding them."""
+
+    def __init__(self, writer):
+        self.writer, self.n, self.too_long, self.first_too_long = writer, 0, 0, ""
+
+    def add(self, record: dict) -> None:
+        if self.writer.add(record):
+            self.n += 1
+            if record.get("too_long"):
+                self.too_long += 1
+                self.first_too_long = self.first_too_long or record["where"]
+
+
 def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult | ContextLengthError]:
     """Per request, its ``ScoreResult``, or the ``ContextLengthError`` of a request longer than the
     engine's context; the other requests are scored all the same. An engine whose ``score`` takes
@@ -121,9 +136,9 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     counts = {}
     with faults_kept(store, STAGE, lambda: [student, teacher]):
         for pool in pools(store, "filter", KEPT):
-            rejects = []
-            with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w:
-                done_rejected = {r["id"] for r in store.read(STAGE, "rejects")}
+            with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w, store.writer(STAGE, "rejects") as wq:
+                rejects = _Rejects(wq)  # written as judged, like the scored records: a stopped stage keeps them
+                done_rejected = wq.existing
                 skip = w.ids | done_rejected
                 n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
                 if n_todo and student is None:
@@ -146,16 +161,16 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     usable = []  # the student scores only samples whose teacher signal can be used
                     for i, (s, req) in enumerate(zip(batch, reqs)):
                         if i in refused:
-                            rejects.append(refused[i])
+                            rejects.add(refused[i])
                         elif teacher_signal(s).get("logprob_mode") != "raw":
-                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "judged": judged,
+                            rejects.add({"id": s["id"], "where": f"sample {s['id']}", "judged": judged,
                                             "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
                         else:
                             usable.append((s, req))
                     scored = []
                     for (s, _), r in zip(usable, score_or_refused(student, [req for _, req in usable])):
                         if isinstance(r, ContextLengthError):
-                            rejects.append(_too_long(s, "student", r, judged))
+                            rejects.add(_too_long(s, "student", r, judged))
                         else:
                             scored.append((s, r))
                     local_nat = score_local_naturalness(student, prompts, [s for s, _ in scored], sc.local_window, sc.batch) \
@@ -167,21 +182,18 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                                 rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
                             w.add(rec)
                         except ValueError as e:
-                            rejects.append({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e), "judged": judged})
+                            rejects.add({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e), "judged": judged})
                         rate.add(len(r.logprobs))
                     bar.update(len(batch))
                     bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
                 bar.close()
-            if rejects:
-                store.write_rejects(STAGE, rejects)
-            counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": len(rejects)}
-            too_long = sum(r.get("too_long", False) for r in rejects)
-            if too_long:
-                counts[pool]["too_long"] = too_long
-                log.warning(f"{pool}: {too_long} response(s) longer than the student's or teacher's context (e.g. "
-                            f"{next(r for r in rejects if r.get('too_long'))['where']}): quarantined, not scored again "
+            counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": rejects.n}
+            if rejects.too_long:
+                counts[pool]["too_long"] = rejects.too_long
+                log.warning(f"{pool}: {rejects.too_long} response(s) longer than the student's or teacher's context "
+                            f"(e.g. {rejects.first_too_long}): quarantined, not scored again "
                             "while the stage's settings and models stay the same")
-            log.info(f"{pool}: {counts[pool]['scored']} responses scored, {len(rejects)} quarantined")
+            log.info(f"{pool}: {counts[pool]['scored']} responses scored, {rejects.n} quarantined")
     record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
     return counts
