@@ -512,6 +512,57 @@ def test_crash_and_resume_equals_uninterrupted(e2e, mix_engines, tmp_path, capsy
     assert "[mix] funnel" in out and re.search(rf"kept \(mixed-policy examples\)\s+{funnel['kept']}\b", out)
 
 
+KILLED_MID_MIX = """
+import json, os, sys
+from dasd.engines import EngineConfig, make_engine
+from dasd.rules.mixing import MixConfig
+from dasd.stages import mix
+from dasd.store import RunStore
+
+student_dir, teacher_dir, run, cfg_json, curated_json = sys.argv[1:]
+mix.FLUSH_QUESTIONS = 4  # records are written every 4 questions (64 in a real run)
+student = make_engine(EngineConfig(model=student_dir, device="cpu", batch_size=16))
+teacher = make_engine(EngineConfig(model=teacher_dir, device="cpu", batch_size=16))
+calls = {"n": 0}
+generate = teacher.generate
+
+def generate_then_die(reqs):  # the process dies as under kill -9: nothing is flushed or closed
+    calls["n"] += 1
+    if calls["n"] == 4:
+        os._exit(9)
+    return generate(reqs)
+
+teacher.generate = generate_then_die
+mix.run_mix(MixConfig.model_validate_json(cfg_json), RunStore(run), json.loads(curated_json), student, teacher)
+"""
+
+
+def test_a_mix_killed_mid_run_redoes_only_the_questions_not_on_disk(e2e, mix_engines, tmp_path):
+    """A process killed (kill -9: no flush) mid-mix: every kept rollout on disk has its example on
+    disk, so the rerun asks the engines only about the questions whose records are not on disk, and
+    ends as an uninterrupted run. (The two outputs were flushed apart, each every 64 of its own
+    records: examples, fewer, lagged, and a rerun redid every kept question whose example was lost.)"""
+    import subprocess
+    import sys
+
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, _, _ = e2e
+    cfg = cfg.model_copy(update={"batch_questions": 2})  # not part of the ids: the same records as e2e's
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", KILLED_MID_MIX, student.cfg.model, teacher.cfg.model, str(run),
+                        cfg.model_dump_json(), json.dumps(curated)], capture_output=True, text=True)
+    assert p.returncode == 9, p.stderr[-3000:]
+    store = RunStore(run)
+    rolls = list(store.read("mix", "rollouts"))
+    examples = {e["id"] for e in store.read("mix", "examples")}
+    assert 0 < len(rolls) < cfg.n_questions and len(rolls) % 4 == 0
+    assert {r["example_id"] for r in rolls if r["verdict"] == "kept"} == examples and examples
+    again = run_mix(cfg, store, curated, student, teacher)
+    assert again["new"] == cfg.n_questions - len(rolls)
+    assert _contents(store) == _contents(full_store)
+    assert again["kept"] == funnel["kept"]
+
+
 def test_funnel_of_counts_each_verdict_once():
     recs = [{"verdict": v} for v in ["finished", "finished", "kept", "no_cut_point", "incorrect", "kept"]]
     f = funnel_of(recs)

@@ -21,7 +21,10 @@ take is ``prompt_too_long``, a prefix the teacher cannot continue ``context_too_
 from __future__ import annotations
 
 import inspect
+import math
 import random
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -50,6 +53,7 @@ from dasd.store import RunStore, shard_paths
 
 STAGE = "mix"
 log = logger(STAGE)
+FLUSH_QUESTIONS, FLUSH_SECONDS = 64, 20.0  # questions' records written (a shard each) every 64 questions or 20 s
 
 
 class Curated:
@@ -118,19 +122,27 @@ def run_mix(
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
+    # Both outputs are flushed together, examples first (``FLUSH_QUESTIONS``), and closed in that order:
+    # a kept rollout on disk has its example on disk, so a killed run does not redo its question.
     with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
-         store.writer(STAGE, "examples", shard_size=64, flush_seconds=20) as wx, \
-         store.writer(STAGE, "rollouts", shard_size=64, flush_seconds=20) as wr:
+         store.writer(STAGE, "rollouts", shard_size=sys.maxsize, flush_seconds=math.inf) as wr, \
+         store.writer(STAGE, "examples", shard_size=sys.maxsize, flush_seconds=math.inf) as wx:
         done = _done_rollouts(store, wx)
         todo = [q for q in questions if rid[q["prompt"]["id"]] not in done]
         rate_q, rate_t = Rate(), Rate()
         bar = progress(len(todo), "mix", "question")
+        pending, flushed = 0, time.monotonic()
         for batch in chunks(todo, cfg.batch_questions):
             records = _mix_batch(cfg, batch, rid, student_engine, teacher_engine, template, grade, rate_t, student_name)
             for rec, example in records:
                 if example is not None:
                     wx.add(example)
                 wr.add(rec)
+            pending += len(records)
+            if pending >= FLUSH_QUESTIONS or time.monotonic() - flushed >= FLUSH_SECONDS:
+                wx.flush()
+                wr.flush()
+                pending, flushed = 0, time.monotonic()
             rate_q.add(len(batch))
             bar.update(len(batch))
             bar.set_postfix(q_s=f"{rate_q.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
