@@ -76,6 +76,8 @@ def to_prompt(raw: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
     rec = {k: v for k, v in raw.items() if k not in ("prompt", "messages") and v is not None}
     rec["messages"] = messages
     rec.setdefault("id", content_id("prompt", messages))
+    if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or not str(rec["id"]).strip():
+        raise ValueError(f"field 'id' must be a non-empty string or an integer, got {rec['id']!r:.80}")
     rec["id"] = str(rec["id"])
     if "answer" in rec and not isinstance(rec["answer"], str):
         rec["answer"] = str(rec["answer"])

@@ -108,6 +108,59 @@ def test_chat_jsonl_import(tmp_path):
     assert samples[1]["reasoning_content"] == "r"
 
 
+def test_chat_rows_of_odd_shapes_are_quarantined_with_line_and_reason(tmp_path):
+    """Chat rows a user meets in the wild: each bad one is quarantined with file:line and the field at
+    fault (a non-string content or finish_reason, an id of no usable type, a turn of the wrong shape:
+    they were a traceback that left the import unfinished, or a prompt under the id "{'a': 1}"); a
+    system turn and a multi-turn chat are imported, the earlier turns as the prompt."""
+    q = {"role": "user", "content": "q"}
+    data = jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [q, {"role": "assistant", "content": ""}]},                               # 1
+        {"id": "nomessages"},                                                                  # 2
+        {"messages": [q, {"role": "assistant", "content": 5}]},                                # 3
+        {"messages": [q, {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]},  # 4
+        {"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]},  # 5
+        {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},  # 6
+        {"messages": [q, {"role": "assistant", "content": None, "reasoning_content": 3}]},     # 7
+        {"messages": [q, {"role": "assistant", "content": "a"}], "finish_reason": 5},         # 8
+        {"messages": [q, {"role": "assistant", "content": "a"}], "id": {"a": 1}},             # 9
+        {"messages": [q, {"role": "assistant", "content": " ", "reasoning_content": " "}]},   # 10
+        {"messages": [q, {"role": "user", "content": "a"}]},                                   # 11
+        {"messages": [{"role": "system", "content": "s"}, q, {"role": "assistant", "content": "one"}]},  # 12
+        {"messages": [q, {"role": "assistant", "content": "one"}, {"role": "user", "content": "and?"},
+                      {"role": "assistant", "content": "two"}], "finish_reason": "length"},     # 13
+        {"messages": [q, {"role": "assistant", "content": None, "reasoning_content": "r"}]},  # 14
+    ])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat"])
+    counts = run_import(cfg)
+    assert (counts["read"], counts["imported"], counts["rejected"]) == (14, 3, 11)
+    store = RunStore.open(tmp_path / "run")
+    assert store.stage_info("import")["complete"]
+    reasons = {r["where"]: r["reason"] for r in store.read("sample", "rejects")}
+    assert reasons == {
+        f"{data}:1": "field 'messages': the assistant response is empty",
+        f"{data}:2": "field 'messages' must be a chat list ending with the assistant's response",
+        f"{data}:3": "field 'messages': the assistant turn's 'content' must be a string, got int",
+        f"{data}:4": "field 'messages': the assistant turn's 'content' must be a string, got list",
+        f"{data}:5": "field 'messages.1.content': Input should be a valid string",
+        f"{data}:6": "field 'messages': Value error, needs at least one user message",
+        f"{data}:7": "field 'messages': the assistant turn's 'reasoning_content' must be a string, got int",
+        f"{data}:8": "field 'finish_reason' must be a string, got int",
+        f"{data}:9": "field 'id' must be a non-empty string or an integer, got {'a': 1}",
+        f"{data}:10": "field 'messages': the assistant response is empty",
+        f"{data}:11": "field 'messages': the last turn must be role 'assistant'",
+    }
+    prompts = {p["id"]: p["messages"] for p in store.read("sample", "prompts")}
+    got = [(s["text"], s["finish_reason"], s.get("reasoning_content"), prompts[s["prompt_id"]])
+           for s in store.read("sample", "pool-T1")]
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    assert got == [
+        ("one", "stop", None, [{"role": "system", "content": "s"}, q]),
+        ("two", "length", None, [system, q, {"role": "assistant", "content": "one"}, {"role": "user", "content": "and?"}]),
+        ("", "stop", "r", [system, q]),
+    ]
+
+
 def _pool_files(run):
     return {p.name: p.stat().st_mtime_ns for p in (run / "sample").glob("pool-*")}
 

@@ -39,12 +39,25 @@ def parse_chat(raw: dict) -> tuple[dict, str, dict]:
     last = msgs[-1]
     if not isinstance(last, dict) or last.get("role") != "assistant":
         raise ValueError("field 'messages': the last turn must be role 'assistant'")
-    text = last.get("content") or ""
-    extra = {}
-    if isinstance(last.get("reasoning_content"), str):
-        extra["reasoning_content"] = last["reasoning_content"]
-    if not text.strip() and not extra:
+    text = "" if last.get("content") is None else last["content"]
+    reasoning = last.get("reasoning_content")
+    for field, value in (("content", text), ("reasoning_content", reasoning)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"field 'messages': the assistant turn's '{field}' must be a string, "
+                             f"got {type(value).__name__}")
+    extra = {"reasoning_content": reasoning} if reasoning is not None else {}
+    if not text.strip() and not (reasoning or "").strip():
         raise ValueError("field 'messages': the assistant response is empty")
     prompt = {k: v for k, v in raw.items() if k != "messages"}
     prompt["messages"] = msgs[:-1]
     return prompt, text, extra
+
+
+def finish_reason(raw: dict) -> str:
+    """A row's ``finish_reason`` (``stop`` when it has none); ValueError when it is not a string."""
+    value = raw.get("finish_reason")
+    if value is None or value == "":
+        return "stop"
+    if not isinstance(value, str):
+        raise ValueError(f"field 'finish_reason' must be a string, got {type(value).__name__}")
+    return value

@@ -49,7 +49,7 @@ from dasd.jsonl import BadLine
 from dasd.log import logger
 from dasd.prompts import to_prompt
 from dasd.records import content_id
-from dasd.rules.importing import ImportConfig, parse_chat
+from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
 from dasd.runs import PROMPTS, SAMPLE_POOL, file_digest, model_versions, output, pool_name, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
@@ -204,6 +204,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     praw, text, extra = parse_chat(raw)
                     uuid = str(raw.get("id") or content_id("chat", raw.get("messages")))
                 prompt = to_prompt(praw, cfg.data.system_prompt)
+                finish = finish_reason(raw)
             except ValueError as e:
                 rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
                 continue
@@ -238,7 +239,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 {
                     "id": rid, "source_id": uuid, "prompt_id": prompt["id"],
                     "model": ic.model, "temperature": ic.temperature, "top_p": ic.top_p, "seed": 0, "index": 0,
-                    "text": text, "finish_reason": raw.get("finish_reason") or "stop", "teacher": teacher, **extra,
+                    "text": text, "finish_reason": finish, "teacher": teacher, **extra,
                     "import_key": key,
                 }
             )
