@@ -81,11 +81,16 @@ def training_prompts(cfg, store: RunStore, stage: str = "sample") -> list[dict]:
     return prompts
 
 
-def training_prompt_ids(cfg, store: RunStore, stage: str = "sample") -> list[str]:
-    """The ids of ``training_prompts``, in order, read as a stream (no prompt is held); bad records
-    go to ``stage/rejects`` and the same errors are raised."""
+def training_prompt_ids(cfg, store: RunStore, stage: str = "sample", each: Callable[[dict], None] | None = None) -> list[str]:
+    """The ids of ``training_prompts``, in order, read as a stream (no prompt is held; ``each`` is
+    called with every prompt as it is read); bad records go to ``stage/rejects`` and the same errors
+    are raised."""
     rejects: list[dict] = []
-    ids = [p["id"] for p in iter_training_prompts(cfg, rejects)]
+    ids = []
+    for p in iter_training_prompts(cfg, rejects):
+        if each is not None:
+            each(p)
+        ids.append(p["id"])
     _keep_rejects(cfg, store, stage, rejects, bool(ids))
     return ids
 

@@ -285,3 +285,49 @@ def test_other_top_p_seed_or_cap_on_sampled_pools_is_refused_in_one_line(tmp_pat
     run_sample(other, store, engine=engine)
     again = records(tmp_path / "run")
     assert {p: len(v) for p, v in again.items()} == {"T0.6": 10, "T1": 10} and again != first
+
+
+def test_a_prompt_edited_under_its_id_is_refused_and_removed_ones_lowered_k_and_dropped_pools_are_warned_of(
+        tmp_path, prompts_file, tiny_lm_dir, caplog):
+    """What a user meets editing the prompts or the schedule of a sampled run: a prompt whose text
+    changed under the same id was sampled on with the old text kept (new samples asked with it, later
+    stages joining to it): now one line, nothing written; a new id for it is sampled. A prompt removed,
+    a lower sample.k and a temperature dropped keep their samples, which later stages use: each now
+    says so (they were silent without sample.prompts_per_temperature)."""
+    from dasd.errors import InputError
+
+    cfg = config(tmp_path, "run", prompts_file, tiny_lm_dir)
+    engine = open_engine(cfg.teacher)
+    run_sample(cfg, engine=engine)
+    first = records(tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    manifest = json.dumps(store.manifest, sort_keys=True)
+    files = sorted(p.name for p in (tmp_path / "run" / "sample").glob("*-*"))
+
+    def prompts(rows):
+        src = tmp_path / "edited.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompts": str(src)})})
+
+    kept = [{"id": f"p{i}", "prompt": f"Compute {i} + {i + 1}."} for i in (0, 2, 3, 4)]
+    edited = prompts([{"id": "p1", "prompt": "Compute 9 + 9."}, *kept])
+    with pytest.raises(InputError, match=r"^\S+edited.jsonl: 1 prompt\(s\) have other messages than the run keeps "
+                                         r"under their id \(e.g. id 'p1'; .*\): the samples in \S+ answer the old text"):
+        run_sample(edited, store, engine=engine)
+    system = cfg.model_copy(update={"data": cfg.data.model_copy(update={"system_prompt": "Be brief."})})
+    with pytest.raises(InputError, match=r"5 prompt\(s\) have other messages"):
+        run_sample(system, store, engine=engine)
+    assert json.dumps(store.manifest, sort_keys=True) == manifest
+    assert sorted(p.name for p in (tmp_path / "run" / "sample").glob("*-*")) == files and records(tmp_path / "run") == first
+
+    caplog.clear()  # p1 under a new id, p0 removed, k lowered to 1, T1 dropped from the schedule
+    renamed = prompts([{"id": "p1b", "prompt": "Compute 9 + 9."}, *kept[1:]])
+    lower = renamed.model_copy(update={"sample": renamed.sample.model_copy(update={"k": 1, "temperatures": [0.6]})})
+    counts = run_sample(lower, store, engine=engine)["T0.6"]
+    assert (counts["new"], counts["asked"], counts["not_asked"], counts["beyond_k"]) == (1, 4, 2, 5)
+    got = records(tmp_path / "run")
+    assert got["T1"] == first["T1"] and set(first["T0.6"]) < set(got["T0.6"]) and len(got["T0.6"]) == 11
+    assert {p["id"]: p["messages"][-1]["content"] for p in store.read("sample", "prompts")}["p1b"] == "Compute 9 + 9."
+    assert "T0.6: 2 prompt(s) of the pool are not among the 4 it asks now" in caplog.text
+    assert "T0.6: 5 sample(s) beyond sample.k=1 per prompt (k lowered since they were sampled)" in caplog.text
+    assert "pool(s) T1 in " in caplog.text and "are not at a temperature of sample.temperatures [0.6]" in caplog.text

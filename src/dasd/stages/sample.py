@@ -17,7 +17,17 @@ model under ``teacher.model`` changed since the stage last began (``runs.model_v
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
 (``runs.drop_if_models_changed``). Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``
 are not sampled on (``_refuse_other_sampling``: one line, nothing written): a pool would hold
-samples of both settings; the user sets it back or deletes the pools.
+samples of both settings; the user sets it back or deletes the pools. Nor is a prompt whose
+messages differ from those ``RUN/sample/prompts`` keeps under its id (``_EditedPrompts``: the
+prompts file edited, or ``data.system_prompt`` changed; one line, nothing written): its samples
+answer the old text, which would also be asked again and joined to them by later stages; the
+user gives the edited prompt a new id or deletes the prompts and pools.
+
+Nothing is deleted when the schedule shrinks, and later stages read every pool on disk: samples of
+prompts no longer asked (removed from ``data.prompts``, ``data.limit`` or a
+``prompts_per_temperature`` count lowered; ``not_asked``), samples of index ``sample.k`` or more
+(k lowered; ``beyond_k``) and pools of a temperature dropped from ``sample.temperatures`` are kept
+and used; each is logged as a warning that names the pool files to delete.
 
 Quarantined to ``RUN/sample/rejects`` (the stage goes on): a prompt longer than the teacher's
 context (``max_model_len``, when the engine knows it: for a server, prompt + ``max_tokens`` must fit,
@@ -46,8 +56,8 @@ from dasd.errors import ConfigError, ContextLengthError, InputError
 from dasd.log import Rate, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
-from dasd.runs import (PROMPTS, SAMPLE_POOL, drop_if_models_changed, faults_kept, iter_training_prompts, model_versions,
-                       name_as_before, open_engine, output, pool_name, record_faults, training_prompt_ids)
+from dasd.runs import (PROMPTS, SAMPLE_POOL, RunPrompts, drop_if_models_changed, faults_kept, iter_training_prompts, model_versions,
+                       name_as_before, open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
 from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -73,7 +83,9 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])
-    ids = training_prompt_ids(cfg, store)  # a pass over the prompts that keeps only their ids
+    edits = _EditedPrompts(store)
+    ids = training_prompt_ids(cfg, store, each=edits.check)  # a pass over the prompts that keeps only their ids
+    edits.refuse(cfg.data.prompts)
     picked, warnings = picks_by_temperature(ids, s)
     for warning in warnings:
         log.warning(warning)
@@ -185,25 +197,42 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
                             f"see {store.root / STAGE}/rejects-*.jsonl")
                 rejected |= {q["id"] for q in quarantine}
-            counts[pool] = pool_stats(store, pool, set(asked))
+            counts[pool] = pool_stats(store, pool, set(asked), s.k)
             counts[pool]["quarantined"] = len(quarantine)
             counts[pool]["refused_too_long"] = len(refused)
             counts[pool]["new"] = w.written
             c = counts[pool]
-            if s.prompts_per_temperature is not None and c["not_asked"]:
+            if c["not_asked"]:
                 log.warning(f"{pool}: {c['not_asked']} prompt(s) of the pool are not among the {c['asked']} it asks now "
-                            "(sample.prompts_per_temperature lowered, or data.prompts changed): their samples are kept "
-                            f"and later stages use them; delete {store.root / STAGE}/pool-{pool}-* to sample the pool again")
+                            "(sample.prompts_per_temperature or data.limit lowered, or prompts removed from data.prompts): "
+                            "their samples are kept and later stages use them; delete "
+                            f"{store.root / STAGE}/pool-{pool}-* to sample the pool again")
+            if c["beyond_k"]:
+                log.warning(f"{pool}: {c['beyond_k']} sample(s) beyond sample.k={s.k} per prompt (k lowered since they "
+                            "were sampled): they are kept and later stages use them; delete "
+                            f"{store.root / STAGE}/pool-{pool}-* to sample the pool again")
             log.info(
                 f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
                 f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
                 f"{rate_t.per_s():.0f} tok/s"
             )
+    _warn_other_pools(store, s.temperatures)
     record_faults(store, STAGE, [engine])
     if opened is not None and hasattr(opened, "close"):
         opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
     store.end_stage(STAGE, counts)
     return counts
+
+
+def _warn_other_pools(store: RunStore, temperatures: list[float]) -> None:
+    """Warn of sampled pools on disk at a temperature ``sample.temperatures`` no longer has: `filter`
+    reads every pool of ``RUN/sample`` (an imported pool is expected there and not warned of)."""
+    known = {pool_name(t) for t in temperatures} | set(store.stage_info("import").get("pools") or {})
+    other = [p for p in pools(store, STAGE, SAMPLE_POOL) if p not in known]
+    if other:
+        log.warning(f"pool(s) {', '.join(other)} in {store.root / STAGE} are not at a temperature of sample.temperatures "
+                    f"{temperatures}: they are kept, and filter, score and select use them; delete "
+                    f"{store.root / STAGE}/pool-<pool>-* to leave one out")
 
 
 SHAPING = ("top_p", "seed", "max_tokens")  # sample settings a pool's samples were drawn under
@@ -219,6 +248,33 @@ def _refuse_other_sampling(store: RunStore, before: dict, now: dict) -> None:
         raise ConfigError(f"{', '.join(changed)} since the pools in {store.root / STAGE} were sampled: sampling on would "
                           f"mix samples of both settings in one pool; set it back, or delete {store.root / STAGE}/pool-* "
                           "to sample again, or use another run_dir")
+
+
+class _EditedPrompts:
+    """Prompts of ``data.prompts`` whose messages differ from those kept under the same id in
+    ``RUN/sample/prompts``: the run's samples of that id answer the old text, new ones would be asked
+    with it (the prompts output keeps an id's first record), and later stages join them to it.
+    ``check`` each prompt as it is read (an index of the kept prompts, ``runs.RunPrompts``, is held),
+    then ``refuse`` (``InputError``, one line) if any differed."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.kept = RunPrompts(store) if PROMPTS in store.outputs(STAGE) else None
+        self.n, self.first = 0, None
+
+    def check(self, prompt: dict) -> None:
+        old = self.kept.get(prompt["id"]) if self.kept is not None else None
+        if old is not None and old.get("messages") != prompt["messages"]:
+            self.n += 1
+            self.first = self.first or prompt["id"]
+
+    def refuse(self, source: str) -> None:
+        if self.n:
+            d = self.store.root / STAGE
+            raise InputError(f"{source}: {self.n} prompt(s) have other messages than the run keeps under their id "
+                             f"(e.g. id {self.first!r}; data.prompts edited, or data.system_prompt changed): the "
+                             f"samples in {d} answer the old text; give an edited prompt a new id, or delete "
+                             f"{d}/prompts-* and {d}/pool-* to sample again, or use another run_dir")
 
 
 def _too_long_id(prompt: dict) -> str:
@@ -318,14 +374,20 @@ def _generations(engine, reqs, skip):
                 yield r, g
 
 
-def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None) -> dict:
+def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None, k: int | None = None) -> dict:
     """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted); with the ids of
-    the prompts the pool ``asked``, how many those are and how many prompts of the pool are not among them."""
-    n = total_lp = total_tok = cut = 0
-    prompts = set()
+    the prompts the pool ``asked``, how many those are and how many prompts sampled into the pool are not
+    among them (``not_asked``: imported responses, whose prompts are not asked, do not count); with ``k``,
+    how many sampled responses have an index of ``k`` or more (``beyond_k``: sampled with a larger k)."""
+    n = total_lp = total_tok = cut = beyond_k = 0
+    prompts, sampled = set(), set()
     for r in store.read(STAGE, output(SAMPLE_POOL, pool)):
         n += 1
         prompts.add(r["prompt_id"])
+        if "source_id" not in r:  # sampled, not imported (`dasd import` records the row's own id)
+            sampled.add(r["prompt_id"])
+            if k is not None and r.get("index", 0) >= k:
+                beyond_k += 1
         cut += r.get("finish_reason") == "length"
         lps = teacher_signal(r).get("logprobs")
         lps = [] if lps is None else lps.tolist() if hasattr(lps, "tolist") else lps
@@ -336,7 +398,9 @@ def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None) -> dic
         "mean_token_logprob": total_lp / total_tok if total_tok else None,
     }
     if asked is not None:
-        stats |= {"asked": len(asked), "not_asked": len(prompts - asked)}
+        stats |= {"asked": len(asked), "not_asked": len(sampled - asked)}
+    if k is not None:
+        stats["beyond_k"] = beyond_k
     return stats
 
 
