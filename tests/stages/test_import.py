@@ -402,3 +402,39 @@ def test_an_import_buffers_the_teacher_signal_as_arrays_not_python_lists(tmp_pat
     assert peak < 256 * n_tokens * 100, f"{peak / 1e6:.0f} MB for {256 * n_tokens} tokens"
     [s] = [s for s in RunStore.open(tmp_path / "run").read("sample", "pool-T1") if s["source_id"] == "u0007"]
     assert s["teacher"]["token_ids"].tolist() == tok.encode(body, add_special_tokens=False)
+
+
+def test_an_imported_row_under_a_prompt_id_the_run_keeps_with_other_messages_is_quarantined(tmp_path, tiny_lm_dir):
+    """Chat rows carry their own ids, which become prompt ids: a row whose id the run already keeps
+    (RUN/sample/prompts, from an earlier import or from sampling) with another question was imported
+    and joined to that other question (the prompts output keeps an id's first record); now it is
+    quarantined with file:line and why, and a row asking the same question under that id is imported.
+    Sampling into a pool that holds imported responses does not count their prompts as not asked."""
+    from dasd.stages.sample import run_sample
+
+    run = tmp_path / "run"
+
+    def chat(name, rows):
+        return jsonl(tmp_path / name, [{"id": i, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                                       for i, q, a in rows])
+
+    first = chat("a.jsonl", [("c0", "Compute 1 + 1.", "2"), ("c1", "Compute 2 + 2.", "4")])
+    assert run_import(load_config(None, [f"run_dir={run}", f"import.source={first}", "import.format=chat"]))["imported"] == 2
+    prompts = jsonl(tmp_path / "prompts.jsonl", [{"id": "p0", "prompt": "Compute 3 + 4."}, {"id": "p1", "prompt": "Compute 5 + 6."}])
+    counts = run_sample(load_config(None, [f"run_dir={run}", f"data.prompts={prompts}", f"teacher.model={tiny_lm_dir}",
+                                           "sample.k=1", "sample.max_tokens=4", "sample.temperatures=[1.0]"]))["T1"]
+    assert (counts["samples"], counts["prompts"], counts["asked"], counts["not_asked"]) == (4, 4, 2, 0)
+
+    second = chat("b.jsonl", [("c0", "Compute 9 + 9.", "18"), ("p0", "Compute 3 + 4.", "7"), ("p1", "Compute 7 + 7.", "14"),
+                              ("c2", "Compute 1 + 2.", "3")])
+    counts = run_import(load_config(None, [f"run_dir={run}", f"import.source={second}", "import.format=chat",
+                                           "import.temperature=0.6"]))
+    assert (counts["imported"], counts["rejected"]) == (2, 2)
+    store = RunStore.open(run)
+    reasons = {r["where"]: r["reason"] for r in store.read("sample", "rejects") if r.get("import_pool") == "T0.6"}
+    assert set(reasons) == {f"{second}:1", f"{second}:3"}
+    assert reasons[f"{second}:1"].startswith("prompt id 'c0' is in the run with other messages (")
+    assert reasons[f"{second}:3"].endswith("this response would be joined to that text; give the row another id")
+    questions = {p["id"]: p["messages"][-1]["content"] for p in store.read("sample", "prompts")}
+    assert sorted((s["prompt_id"], questions[s["prompt_id"]], s["text"]) for s in store.read("sample", "pool-T0.6")) == [
+        ("c2", "Compute 1 + 2.", "3"), ("p0", "Compute 3 + 4.", "7")]

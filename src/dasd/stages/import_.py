@@ -31,7 +31,9 @@ path fails with the earlier import in place. Shards of an interrupted import wit
 kept and resumed: their rows are not looked up or aligned again. Later
 stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
 Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
-is not used).
+is not used). That output keeps an id's first record, so a row whose prompt id the run keeps with
+other messages (a chat row's own ``id``, from an earlier import or from ``data.prompts``) is
+quarantined: its response would be joined to the other text.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from dasd.prompts import to_prompt
 from dasd.records import content_id
 from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
-from dasd.runs import PROMPTS, SAMPLE_POOL, file_digest, model_versions, output, pool_name, resolve_model
+from dasd.runs import PROMPTS, SAMPLE_POOL, RunPrompts, file_digest, model_versions, output, pool_name, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
 from dasd.store import RunStore, config_hash, shard_paths
 
@@ -188,6 +190,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     n_companion_bad = len(rejects)  # the source's own rejects follow
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
+    kept = RunPrompts(store)  # the run's prompts: an id kept with other messages is not joined to this row's
     with store.writer(STAGE, PROMPTS) as pw, \
             store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256, first=first) as sw:
         for where, raw in rows:
@@ -212,6 +215,11 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
                 continue
             seen_uuids.add(uuid)
+            if prompt["id"] in pw.existing and (kept.get(prompt["id"]) or {}).get("messages") != prompt["messages"]:
+                rejects.append({"where": where, "raw": str(raw)[:2000], "reason": (
+                    f"prompt id {prompt['id']!r} is in the run with other messages ({store.root / STAGE}/prompts-*): "
+                    "this response would be joined to that text; give the row another id")})
+                continue
             rid = content_id("import", ic.model, uuid)
             if rid in resumed:  # on disk from an interrupted run of this import: not read or aligned again
                 pw.add(prompt)
