@@ -438,3 +438,14 @@ def test_an_imported_row_under_a_prompt_id_the_run_keeps_with_other_messages_is_
     questions = {p["id"]: p["messages"][-1]["content"] for p in store.read("sample", "prompts")}
     assert sorted((s["prompt_id"], questions[s["prompt_id"]], s["text"]) for s in store.read("sample", "pool-T0.6")) == [
         ("c2", "Compute 1 + 2.", "3"), ("p0", "Compute 3 + 4.", "7")]
+
+
+def test_a_logprob_companion_with_chat_rows_is_refused_when_the_config_loads(tmp_path):
+    """import.logprobs is joined to released (dasd layout) rows only: with import.format chat it was
+    read (its rows all counted as orphans, or the harmony tokenizer demanded) and never joined."""
+    from dasd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"import.logprobs \(the -Logprob companion\) is joined to import.format dasd "
+                                          r"rows only, not 'chat': unset it"):
+        load_config(None, ["import.source=a.jsonl", "import.format=chat", "import.logprobs=lp.jsonl"])
+    assert load_config(None, ["import.source=a.jsonl", "import.logprobs=lp.jsonl"]).import_.format == "dasd"

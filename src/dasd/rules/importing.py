@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dasd.configbase import StrictModel
 from dasd.rules.released import LOGPROB_MODE_HELP, LogprobMode
@@ -29,6 +29,13 @@ class ImportConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1, description="the nucleus threshold these responses were sampled with "
                          "(recorded; with temperature 1 and top_p 1, logprob_mode auto reads them as raw)")
     model: str = Field("gpt-oss-120b", description="name of the teacher that wrote them (recorded)")
+
+    @model_validator(mode="after")
+    def _logprobs_need_the_dasd_layout(self) -> ImportConfig:
+        if self.logprobs and self.format != "dasd":  # chat rows have no uuid: the companion was read and never joined
+            raise ValueError(f"import.logprobs (the -Logprob companion) is joined to import.format dasd rows only, "
+                             f"not {self.format!r}: unset it")
+        return self
 
 
 def parse_chat(raw: dict) -> tuple[dict, str, dict]:
