@@ -94,7 +94,7 @@ def test_released_logprobs_declared_raw_are_kept_raw(tmp_path, o200k_harmony_dir
     assert s["teacher"]["logprob_mode"] == "raw" and len(s["teacher"]["logprobs"]) == len(ids)
 
 
-def test_chat_jsonl_import(tmp_path):
+def test_chat_jsonl_import(tmp_path, caplog):
     data = jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>a</think>b"}]},
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ok", "reasoning_content": "r"}]},
@@ -106,6 +106,8 @@ def test_chat_jsonl_import(tmp_path):
     samples = list(RunStore.open(tmp_path / "run").read("sample", "pool-T1"))
     assert [s["text"] for s in samples] == ["<think>a</think>b", "ok"]
     assert samples[1]["reasoning_content"] == "r"
+    assert ("2 responses into pool T1 (no teacher log-probs: dasd score re-scores them with the teacher unless "
+            "score.rescore_teacher=never); 1 rejected") in caplog.text
 
 
 def test_chat_rows_of_odd_shapes_are_quarantined_with_line_and_reason(tmp_path):

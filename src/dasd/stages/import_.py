@@ -268,9 +268,8 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     shards = sorted([p.name, p.stat().st_size] for p in imported_shards(store, pool))
     pools = {**(store.stage_info("import").get("pools") or {}), pool: {"import_key": key, "shards": shards, "counts": counts}}
     store.end_stage("import", counts, pools=pools)
-    log.info(
-        f"{counts['imported']} responses into pool {pool} ({counts['with_logprobs']} with teacher log-probs as "
-        f"{mode}, {counts['logprobs_missing']} missing, {counts['logprobs_mismatched']} mismatched); "
-        f"{counts['rejected']} rejected"
-    )
+    signal = (f"{counts['with_logprobs']} with teacher log-probs as {mode}, {counts['logprobs_missing']} missing, "
+              f"{counts['logprobs_mismatched']} mismatched" if ic.logprobs else "no teacher log-probs: dasd score "
+              "re-scores them with the teacher unless score.rescore_teacher=never")
+    log.info(f"{counts['imported']} responses into pool {pool} ({signal}); {counts['rejected']} rejected")
     return counts
