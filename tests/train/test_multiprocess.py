@@ -88,6 +88,16 @@ def _renamed(src, dst, *a, **k):
 
 builtins.open = io.open = _opened
 os.open, os.replace, os.rename = _os_opened, _replaced, _renamed
+
+if os.environ.get("RANK") == "1" and os.environ.get("DASD_LATE_RANK1"):  # rank 1 saves its checkpoint share late
+    import time
+    import accelerate.accelerator as _acc
+    _save = _acc.save_accelerator_state
+
+    def _late(*a, **k):
+        time.sleep(float(os.environ["DASD_LATE_RANK1"]))
+        return _save(*a, **k)
+    _acc.save_accelerator_state = _late
 '''
 
 
@@ -114,7 +124,7 @@ def test_dasd_train_on_two_processes_only_rank0_writes_run_files_and_one_process
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_RECORDER)
     writes = tmp_path / "writes"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_WATCH": str(run),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_WATCH": str(run), "DASD_LATE_RANK1": "3",
            "DASD_WRITES": str(writes), "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -129,8 +139,10 @@ def test_dasd_train_on_two_processes_only_rank0_writes_run_files_and_one_process
     rank1 = {re.sub(r"\d{6}", "N", re.sub(r"tmp-[0-9a-f]+", "tmp-K", p)) for p in by_rank["1"]}
     assert rank1 == {"train/s1/.tokens.tmp-K/part-00001/ids.bin", "train/s1/.tokens.tmp-K/part-00001/labels.bin",
                      "train/s1/.tokens.tmp-K/part-00001/starts.npy", "train/s1/.tokens.tmp-K/part-00001/n_loss.npy"}
+    # accelerate: each process's RNG state, rank 1's too though it saved later than rank 0 (DASD_LATE_RANK1)
     assert sorted(p.name for p in (run / "train/s1/checkpoints/step-000004").glob("random_states_*")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]  # accelerate: each process's RNG state
+        "random_states_0.pkl", "random_states_1.pkl"]
+    assert not list((run / "train/s1/checkpoints").glob(".*.tmp"))
     rank0 = by_rank["0"]
     for path in ("manifest.json", "train/s1/done.json", "train/s1/curve.jsonl", "train/s1/final/README.md",
                  "train/s1/.tokens.tmp-{}/meta.json"):

@@ -207,6 +207,7 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     acc.wait_for_everyone()
     with _quiet_tied_weights(tied):
         acc.save_state(output_dir=str(tmp))
+    acc.wait_for_everyone()  # every process's RNG state is in ``tmp`` before it is renamed (save_state has no barrier)
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch),
