@@ -260,3 +260,81 @@ def test_sampled_first_tokens_follow_the_tempered_distribution(peaked_engine, te
     want = torch.cat([probs[top], 1 - probs[top].sum(0, keepdim=True)])
     sigma = torch.sqrt(want * (1 - want) / n)
     assert bool(((emp - want).abs() <= 5 * sigma + 1e-9).all()), (emp, want)
+
+
+def vllm_text(tokenizer, prompt_ids: list[int], ids: list[int]) -> str:
+    """The text vLLM's v1 detokenizer gives for ``ids`` after ``prompt_ids``
+    (vllm/v1/engine/detokenizer.py, FastIncrementalDetokenizer: a ``DecodeStream`` primed with the
+    prompt's shortest tail of 4 to 23 tokens that decodes without U+FFFD; each step emits
+    decode(tail + ids so far) less decode(tail)). Written as that difference of two decodes; vLLM
+    also holds back a U+FFFD at the very end, which this leaves in."""
+    tail = prompt_ids
+    for i in range(4, min(len(prompt_ids) + 1, 24)) if len(prompt_ids) > 4 else ():
+        if "\ufffd" not in tokenizer.decode(prompt_ids[-i:], clean_up_tokenization_spaces=False):
+            tail = prompt_ids[-i:]
+            break
+    head = tokenizer.decode(tail, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    whole = tokenizer.decode(tail + ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert whole.startswith(head)
+    return whole[len(head):]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_chat_engine(sentencepiece_tokenizer, tmp_path_factory):
+    """A tiny Llama on the Llama-2-style tokenizer (its decoder strips the leading space of what it
+    decodes) with a chat template, nudged towards '▁the', '▁a' and the two bytes of 'é'."""
+    import copy
+
+    from dasd.toy.model import make_model, save_model
+
+    tok = copy.deepcopy(sentencepiece_tokenizer)
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant]{% endif %}")
+    model = make_model(tok, hidden=32, layers=1, heads=2, max_positions=256, seed=0)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[tok.convert_tokens_to_ids(["\u2581the", "\u2581a", "<0xC3>", "<0xA9>"]), 0] = 2.5
+        emb[tok.eos_token_id, 0] = 2.2
+    out = str(tmp_path_factory.mktemp("sp_chat"))
+    save_model(model, tok, out)
+    return make_engine(EngineConfig(model=out, device="cpu", batch_size=8))
+
+
+def test_a_sentencepiece_chat_generation_keeps_its_first_space_like_vllm(sentencepiece_chat_engine):
+    """A chat generation's text is what vLLM returns: the text its tokens add to the prompt. A first
+    token '▁the' is ' the', not 'the' (the hf engine decoded the ids on their own, and the
+    sentencepiece decoder stripped that space); offsets stay exact on that text."""
+    engine = sentencepiece_chat_engine
+    tok = engine.tokenizer
+    reqs = [GenerateRequest(id="s", messages=[{"role": "user", "content": "Hi there"}], n=8, max_tokens=10, seed=3),
+            GenerateRequest(id="g", messages=[{"role": "user", "content": "Hi there"}], temperature=0, max_tokens=6)]
+    gens = [g for gs in engine.generate(reqs) for g in gs]
+    prompt = engine.context_ids(reqs[0].messages, None, "s")
+    led_by_space = 0
+    for g in gens:
+        assert g.text == vllm_text(tok, prompt, g.token_ids)
+        assert g.offsets[0][0] == 0 and g.offsets[-1][1] == len(g.text)
+        for piece, (s, e), nxt in zip(g.tokens, g.offsets, g.offsets[1:] + [(len(g.text), 0)]):
+            if piece.startswith("<0x"):  # one byte of a character: that whole character
+                assert e - s == 1 and nxt[0] in (s, e)
+            else:
+                assert g.text[s:e] == piece.replace("\u2581", " ") and nxt[0] == e
+        led_by_space += g.tokens[0].startswith("\u2581")
+    assert gens[-1].text == " a a a a a a"  # greedy: '▁a' six times
+    assert gens[-1].offsets[:2] == [(0, 2), (2, 4)]
+    assert led_by_space >= 2  # the case at issue really happened (the greedy one and a sampled one)
+
+
+def test_a_byte_level_chat_generation_is_its_decoded_ids_as_in_vllm(any_engine):
+    """Byte-level BPE (the toy models): the text is the ids decoded on their own, which is also what
+    vLLM returns after the prompt, and each token's span holds its text (unchanged by the
+    sentencepiece rule above)."""
+    reqs = [GenerateRequest(id="a", messages=MESSAGES, n=3, max_tokens=12, seed=4),
+            GenerateRequest(id="b", messages=OTHER, n=2, max_tokens=12, seed=5)]
+    for req, gens in zip(reqs, any_engine.generate(reqs)):
+        prompt = any_engine.context_ids(req.messages, None, req.id)
+        for g in gens:
+            text = any_engine.tokenizer.decode(g.token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            assert g.text == text == vllm_text(any_engine.tokenizer, prompt, g.token_ids)
+            assert g.offsets[0][0] == 0 and g.offsets[-1][1] == len(g.text)

@@ -20,6 +20,9 @@ What it guarantees:
   float rounding differences between batch shapes, which can flip a token only when the uniform
   lands within ~1e-6 of a boundary). Two requests with the same seed share random streams: give
   each prompt its own seed.
+- **Text as vLLM returns it.** A generation's text is what its tokens add to the context (their
+  bytes, decoded), so a sentencepiece model's first token '▁The' is " The" (decoding the ids on their
+  own strips that space); offsets are exact on that text (``engines.offsets``).
 
 Pitfalls: the stop set is the tokenizer's eos plus the model's ``generation_config.eos_token_id``
 (so a chat model stops at its end-of-turn token only if one of those names it); a raw ``prefix``
@@ -285,18 +288,12 @@ class HFEngine:
         return out
 
     def _generation(self, req: GenerateRequest, row: _Row, prompt_tokens: int) -> Generation:
-        text = self.tokenizer.decode(
-            row.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-        try:
-            offsets = token_offsets(self.tokenizer, row.ids, text)
-        except DasdError:  # decoder not reproducible from bytes: use the bytes' own text
-            text, offsets = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
-        if req.prefix is not None:  # a raw continuation: the text its tokens add to the prefix, so that
-            # prefix + text is what the model wrote (a sentencepiece decoder strips a leading space)
-            whole, spans = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
-            if whole != text and whole.endswith(text) and not whole[: len(whole) - len(text)].strip():
-                text, offsets = whole, spans
+        # The text is what the tokens add to the context (their bytes), as vLLM's detokenizer returns
+        # it: decode(prompt tail + ids) less decode(prompt tail). Decoding the ids on their own is not
+        # that for a sentencepiece decoder (Llama 2, Mistral), which strips the leading space of what
+        # it decodes: a first token '▁The' gave "The" where vLLM gives " The", and a raw prefix + text
+        # lost the space at the join. Byte-level BPE text is unchanged (its decoding is these bytes).
+        text, offsets = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
         return Generation(
             request_id=req.id, index=row.index, text=text,
             tokens=self.tokenizer.convert_ids_to_tokens(row.ids), token_ids=list(row.ids),
