@@ -15,8 +15,8 @@ What it guarantees, the same way as the hf and openai engines:
 - **Scoring** uses ``prompt_logprobs=0`` on the token-id prompt context + continuation, built
   exactly as the hf engine builds it (chat template with generation prompt; continuation encoded
   on its own).
-- Text is decoded from the token ids with special tokens kept, and offsets are computed with
-  ``engines.offsets`` from the same ids, exactly as the hf engine does.
+- Text is what the token ids add to the context (their bytes, special tokens kept), with exact
+  offsets (``engines.offsets``), exactly as the hf engine does.
 
 Knobs: EngineConfig.model / tokenizer / dtype / max_model_len / trust_remote_code, and ``vllm``:
 tensor_parallel_size, data_parallel_size, gpu_memory_utilization, logprobs_mode, enforce_eager,
@@ -114,11 +114,9 @@ class VLLMEngine:
             lps = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids)]
             if len(lps) != len(ids):
                 raise DasdError(f"request {requests[k].id!r}: vllm returned {len(lps)} log-probs for {len(ids)} tokens")
-            text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            try:
-                offsets = token_offsets(self.tokenizer, ids, text)
-            except DasdError:
-                text, offsets = spans_from_bytes(token_bytes(self.tokenizer, ids))
+            # what the tokens add to the context, as vLLM's own detokenizer and the hf engine give it (a
+            # sentencepiece first token '▁The' is " The"; decoding the ids on their own strips the space)
+            text, offsets = spans_from_bytes(token_bytes(self.tokenizer, ids))
             result[k].append(Generation(
                 request_id=requests[k].id, index=i, text=text,
                 tokens=self.tokenizer.convert_ids_to_tokens(ids), token_ids=ids, offsets=offsets,
