@@ -154,3 +154,14 @@ def test_the_documented_warmup_difference():
     assert hf[0] == 0.0 and ours[0] == pytest.approx(lr / warm)
     assert hf[1:warm + 1] == pytest.approx(ours[:warm])  # the same ramp, one step later
     assert ours[-1] == pytest.approx(min_lr) and hf[-1] > min_lr
+
+
+def test_a_stage_with_no_example_within_the_context_is_refused_as_dasd_train_refuses_it(tmp_path):
+    """Every example of a stage longer than train.context: one line naming the stage and why, and
+    no empty data set for LLaMA-Factory to fail on (dasd's trainer refuses the same stage)."""
+    cfg = paper_recipe().model_copy(update={"context": 16})
+    with pytest.raises(ConfigError) as err:
+        export(cfg, tmp_path, {"das_low": make_pool(3), "das_high": make_pool(3)}, tokenizer=TOY_STUDENT)
+    assert str(err.value) == ("stage 'stage1_low' (data 'das_low'): no training example to export: all 3 examples "
+                              "are longer than the context (16 tokens)")
+    assert not (tmp_path / "data" / "dasd_das_low.jsonl").exists()

@@ -218,6 +218,11 @@ def export(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None =
             kept = _within_context(tokenizer, items, cfg.context, name, over)
             n = atomic_write_jsonl(out_dir / rel, ({"messages": ex["messages"]} for ex in kept))
             dropped = over[0]
+            if n == 0:  # as dasd's trainer refuses such a stage: LLaMA-Factory would fail on an empty data set
+                (out_dir / rel).unlink()
+                why = (f"all {dropped} examples are longer than the context ({cfg.context} tokens)" if dropped
+                       else "it has no examples")
+                raise ConfigError(f"stage {stage.name!r} (data {stage.data!r}): no training example to export: {why}")
             if dropped:
                 log.info(f"{name}: {dropped} of {len(items)} examples are longer than {cfg.context} tokens, left out")
             written[name] = rel
