@@ -22,15 +22,20 @@ def _sample(sid: str, text: str, finish: str = "stop") -> dict:
             "teacher": {"tokens": [], "token_ids": [], "offsets": [], "logprobs": [], "logprob_mode": "raw"}}
 
 
-def test_filter_run_again_with_other_rules_keeps_exactly_what_they_keep(tmp_path):
-    base = [f"run_dir={tmp_path / 'run'}", "filter.max_student_tokens=null"]
+def _sampled_run(tmp_path, *samples: dict) -> tuple[list[str], RunStore]:
+    """A run holding one prompt and ``samples`` in pool T1, and the overrides that filter it."""
     store = RunStore(tmp_path / "run")
     with store.writer("sample", "prompts") as w:
         w.add({"id": "p0", "messages": [{"role": "user", "content": "2 + 3?"}]})
     with store.writer("sample", "pool-T1") as w:
-        w.add(_sample("ok", THINK))
-        w.add(_sample("cut", THINK, finish="length"))
-        w.add(_sample("bare", "Add 2 and 3. The answer is 5."))
+        for s in samples:
+            w.add(s)
+    return [f"run_dir={tmp_path / 'run'}", "filter.max_student_tokens=null"], store
+
+
+def test_filter_run_again_with_other_rules_keeps_exactly_what_they_keep(tmp_path):
+    base, store = _sampled_run(tmp_path, _sample("ok", THINK), _sample("cut", THINK, finish="length"),
+                               _sample("bare", "Add 2 and 3. The answer is 5."))
 
     def outcome(*overrides):
         counts = run_filter(load_config(None, [*base, *overrides]), store)
@@ -140,13 +145,7 @@ def test_analyze_of_responses_to_problems_no_longer_configured_is_one_line(tmp_p
 def test_filter_killed_while_dropping_for_new_rules_drops_them_on_the_next_run(tmp_path, monkeypatch):
     """The outputs made under the old rules are dropped before the stage begins with the new ones: a
     run killed in between (here, in the drop) still sees the old settings recorded and drops again."""
-    base = [f"run_dir={tmp_path / 'run'}", "filter.max_student_tokens=null"]
-    store = RunStore(tmp_path / "run")
-    with store.writer("sample", "prompts") as w:
-        w.add({"id": "p0", "messages": [{"role": "user", "content": "2 + 3?"}]})
-    with store.writer("sample", "pool-T1") as w:
-        w.add(_sample("ok", THINK))
-        w.add(_sample("cut", THINK, finish="length"))
+    base, store = _sampled_run(tmp_path, _sample("ok", THINK), _sample("cut", THINK, finish="length"))
     run_filter(load_config(None, base), store)
     assert sorted(s["id"] for s in store.read("filter", "kept-T1")) == ["ok"]
 

@@ -348,27 +348,13 @@ def _sentencepiece_teacher(out) -> str:
     that strips the leading space of what it decodes), nudged towards '▁'-led pieces and its eos, so
     that a continuation of a prefix usually starts with a space token and ends."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
+    from sp_tokenizer import CHARS, llama2_style_tokenizer
 
     from dasd.toy.model import make_model, save_model
 
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for c in "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?$\\{}[]()^+-*/=_<>|":
-        vocab.setdefault(c, len(vocab))
-    merges = [("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")]
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    fast = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
+                                  chars=CHARS + "<>|", pad=True)
+    vocab = fast.get_vocab()
     fast.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                           "{% if add_generation_prompt %}[assistant] {% endif %}")
     model = make_model(fast, hidden=32, layers=1, heads=2, max_positions=512, seed=0)
