@@ -183,6 +183,9 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if lock:
             hold_run_lock(self.root)
+            for p in self.root.glob(".*.tmp"):  # left by a killed write of the manifest or the report (lock held)
+                if p.is_file():
+                    p.unlink(missing_ok=True)
         if not (self.root / MANIFEST).exists():
             atomic_write_json(self.root / MANIFEST, {"created": _now(), "packages": package_versions(), "stages": {}})
         self.manifest = self._load_manifest()

@@ -175,3 +175,17 @@ def test_an_output_written_again_after_removal_gets_new_shard_names_so_readers_s
     assert RunStore.open(tmp_path / "run").manifest["next_shard"] == {"filter/notes": 1}
     assert drop_if_inputs_rewritten(store, "score", ("filter",), ("rejects",)) == 1
     assert store.outputs("score") == []
+
+
+def test_a_manifest_temp_file_left_by_a_killed_save_is_removed_when_the_run_is_opened_to_write(tmp_path):
+    """kill -9 inside a manifest save leaves ``.manifest.json.XXXX.tmp`` in the run folder: removed by
+    the next command that takes the run's lock, kept by a reader (``RunStore.open``)."""
+    from dasd.lock import release_run_lock
+
+    release_run_lock(RunStore(tmp_path / "run").root)
+    left = tmp_path / "run" / ".manifest.json.k2j4x9.tmp"
+    left.write_text('{"created": ')
+    RunStore.open(tmp_path / "run")
+    assert left.exists()
+    RunStore(tmp_path / "run")
+    assert not left.exists() and json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"] == {}
