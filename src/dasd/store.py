@@ -183,7 +183,7 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if lock:
             hold_run_lock(self.root)
-            for p in self.root.glob(".*.tmp"):  # left by a killed write of the manifest or the report (lock held)
+            for p in self.root.glob(f".{MANIFEST}.*.tmp"):  # left by a killed save of the manifest (lock held)
                 if p.is_file():
                     p.unlink(missing_ok=True)
         if not (self.root / MANIFEST).exists():
