@@ -63,6 +63,9 @@ def test_malformed_samples_are_quarantined_by_filter(tmp_path, tiny_lm_dir):
     assert counts["T1"]["in"] == 3 and counts["T1"]["dropped"]["malformed"] == 2
     why = {r["id"]: r["reason"] for r in store.read("filter", "rejects")}
     assert why["s2"] == "field 'text': missing" and why["s3"] == "field 'prompt_id': missing"
+    where = {r["id"]: r["where"] for r in store.read("filter", "rejects")}  # the shard and row to look at
+    assert where == {"s2": f"{store.root / 'sample' / 'pool-T1-00000.parquet'} row 1",
+                     "s3": f"{store.root / 'sample' / 'pool-T1-00000.parquet'} row 2"}
 
 
 def test_duplicate_problem_ids_in_grade_are_an_error_naming_the_line(tmp_path):

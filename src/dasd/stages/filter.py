@@ -85,20 +85,20 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         for pool in pools(store, "sample", SAMPLE_POOL):
             with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
                 for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                    ref = s.get(REF)
+                    where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
                     bad = malformed(s)
                     if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
                         funnel.add(pool, Drop("malformed", bad))
                         rid = str(s.get("id") or content_id("malformed", pool, sorted(s), repr(s.get("text"))[:2000]))
                         rejects.add({"id": rid, "pool": pool, "rule": "malformed", "reason": bad,
-                                     "where": f"{store.root / 'sample'} pool-{pool}", "text": repr(s.get("text"))[:2000]})
+                                     "where": where, "text": repr(s.get("text"))[:2000]})
                         continue
                     out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
                     funnel.add(pool, drop)
                     if out is not None:
                         kept.add(out)
                     else:
-                        ref = s.get(REF)
-                        where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
                         rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
                                      "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000]})
     log.info(f"funnel\n{funnel.format()}")
