@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -161,7 +162,9 @@ class Rate:
         return self.n / self.seconds
 
 
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """Consecutive slices of ``items`` of at most ``size`` each."""
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most ``size`` of ``items``, read as they are needed (a generator is
+    never held whole)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

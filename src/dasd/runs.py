@@ -194,6 +194,12 @@ class RunPrompts:
             i += 1
         return default
 
+    def other_messages(self, prompt: dict) -> bool:
+        """Whether the run keeps ``prompt``'s id with other messages (an edited prompt: its samples
+        answer the kept text, and later stages join responses to it)."""
+        kept = self.get(prompt["id"])
+        return kept is not None and kept.get("messages") != prompt["messages"]
+
     def __getitem__(self, prompt_id: str) -> dict:
         rec = self.get(prompt_id)
         if rec is None:

@@ -18,6 +18,7 @@ is mapped to the character it starts in; see ``engines.offsets`` for the exact r
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -128,6 +129,31 @@ class EngineStats(Counter):
         new = {k: v - self._taken.get(k, 0) for k, v in self.items()}
         self._taken = dict(self)
         return new
+
+
+def each_or_refused(requests: list, call: Callable[[list], list],
+                    hooked: Callable[[list, Callable[[int, Exception], None]], list] | None = None) -> list:
+    """Per request, its result of ``call(requests)``, or the ``ContextLengthError`` of a request longer
+    than the engine's context; the other requests are done all the same. ``hooked(requests,
+    too_long)``, for an engine that hands each refusal to ``too_long(index, error)`` and goes on (the
+    openai engine; its result at a refused index is ignored), is used when given; else a refused
+    call is split in halves until the refused requests stand alone (the hf engine refuses before it
+    computes anything)."""
+    from dasd.errors import ContextLengthError
+
+    if not requests:
+        return []
+    if hooked is not None:
+        refused: dict[int, Exception] = {}
+        results = hooked(requests, refused.__setitem__)
+        return [refused.get(k, r) for k, r in enumerate(results)]
+    try:
+        return list(call(requests))
+    except ContextLengthError as err:
+        if len(requests) == 1:
+            return [err]
+        mid = len(requests) // 2
+        return each_or_refused(requests[:mid], call) + each_or_refused(requests[mid:], call)
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -215,7 +215,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
                 continue
             seen_uuids.add(uuid)
-            if prompt["id"] in pw.existing and (kept.get(prompt["id"]) or {}).get("messages") != prompt["messages"]:
+            if prompt["id"] in pw.existing and kept.other_messages(prompt):
                 rejects.append({"where": where, "raw": str(raw)[:2000], "reason": (
                     f"prompt id {prompt['id']!r} is in the run with other messages ({store.root / STAGE}/prompts-*): "
                     "this response would be joined to that text; give the row another id")})

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dasd import runs
-from dasd.engines.base import GenerateRequest, Generation
+from dasd.engines.base import GenerateRequest, Generation, each_or_refused
 from dasd.errors import ContextLengthError, DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import Rate, chunks, logger, progress
@@ -194,25 +194,18 @@ def _done_rollouts(store: RunStore, examples) -> set[str]:
 
 def first_or_refused(engine, requests: list[GenerateRequest]) -> list[Generation | ContextLengthError]:
     """Per request (each ``n=1``), its generation, or the ``ContextLengthError`` of a request longer
-    than the engine's context; the others are generated all the same. An engine whose
-    ``generate_iter`` takes ``too_long`` (the openai engine) hands each refusal over and goes on;
-    from any other (hf, ray), a refused call is split in halves until the refused requests stand
-    alone (the hf engine refuses before it computes anything; every request has its own seed)."""
-    if not requests:
-        return []
+    than the engine's context (``engines.base.each_or_refused``: through ``generate_iter(too_long=)``
+    where the engine takes it, the openai engine; else by splitting a refused call; every request
+    has its own seed)."""
     stream = getattr(engine, "generate_iter", None)
+    hooked = None
     if stream is not None and "too_long" in inspect.signature(stream).parameters:
-        out: list = [None] * len(requests)
-        for r, g in stream(requests, too_long=out.__setitem__):
-            out[r] = g
-        return out
-    try:
-        return [g[0] for g in engine.generate(requests)]
-    except ContextLengthError as err:
-        if len(requests) == 1:
-            return [err]
-        mid = len(requests) // 2
-        return first_or_refused(engine, requests[:mid]) + first_or_refused(engine, requests[mid:])
+        def hooked(reqs, too_long):
+            out: list = [None] * len(reqs)
+            for r, g in stream(reqs, too_long=too_long):
+                out[r] = g
+            return out
+    return each_or_refused(requests, lambda reqs: [g[0] for g in engine.generate(reqs)], hooked)
 
 
 def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
 from dasd.errors import ConfigError, ContextLengthError, InputError
-from dasd.log import Rate, logger, progress
+from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
 from dasd.runs import (PROMPTS, SAMPLE_POOL, RunPrompts, drop_if_models_changed, faults_kept, iter_training_prompts, model_versions,
@@ -148,7 +148,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 # sample as it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
                 streaming = hasattr(engine, "generate_iter")
                 groups = [requests(todo_prompts())] if streaming else (
-                    list(requests(batch)) for batch in _batches(todo_prompts(), s.batch_prompts))
+                    list(requests(batch)) for batch in chunks(todo_prompts(), s.batch_prompts))
                 for reqs in groups:
                     # a request no longer live has every sample it missed back: the rest were on disk
                     for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sid_of(live[r]["id"], i) in w):
@@ -263,8 +263,7 @@ class _EditedPrompts:
         self.n, self.first = 0, None
 
     def check(self, prompt: dict) -> None:
-        old = self.kept.get(prompt["id"]) if self.kept is not None else None
-        if old is not None and old.get("messages") != prompt["messages"]:
+        if self.kept is not None and self.kept.other_messages(prompt):
             self.n += 1
             self.first = self.first or prompt["id"]
 
@@ -338,18 +337,6 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str,
     quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason,
                        "context": context})
     return True
-
-
-def _batches(items, size: int):
-    """Consecutive lists of at most ``size`` of an iterable's items, read as they are needed."""
-    batch: list = []
-    for x in items:
-        batch.append(x)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _generations(engine, reqs, skip):

@@ -30,9 +30,8 @@ every kept sample is scored again, so no student signal of an earlier model is r
 from __future__ import annotations
 
 import inspect
-from itertools import islice
 
-from dasd.engines.base import ScoreRequest, ScoreResult
+from dasd.engines.base import ScoreRequest, ScoreResult, each_or_refused
 from dasd.errors import ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
@@ -72,23 +71,13 @@ class _Rejects:
 
 def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult | ContextLengthError]:
     """Per request, its ``ScoreResult``, or the ``ContextLengthError`` of a request longer than the
-    engine's context; the other requests are scored all the same. An engine whose ``score`` takes
-    ``too_long`` (the openai engine) hands each refusal over and goes on; from any other (hf, ray),
-    a refused call is split in halves until the refused requests stand alone (the hf engine refuses
-    before it computes anything)."""
-    if not requests:
-        return []
+    engine's context (``engines.base.each_or_refused``: through ``score(too_long=)`` where the engine
+    takes it, the openai engine; else by splitting a refused call)."""
+    hooked = None
     if "too_long" in inspect.signature(engine.score).parameters:
-        refused: dict[int, ContextLengthError] = {}
-        results = engine.score(requests, too_long=refused.__setitem__)
-        return [refused.get(k, r) for k, r in enumerate(results)]
-    try:
-        return engine.score(requests)
-    except ContextLengthError as err:
-        if len(requests) == 1:
-            return [err]
-        mid = len(requests) // 2
-        return score_or_refused(engine, requests[:mid]) + score_or_refused(engine, requests[mid:])
+        def hooked(reqs, too_long):
+            return engine.score(reqs, too_long=too_long)
+    return each_or_refused(requests, engine.score, hooked)
 
 
 def wants_local_naturalness(cfg) -> bool:
@@ -145,7 +134,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     student = open_engine(cfg.student)
                 bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
                 todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
-                while batch := list(islice(todo, sc.batch)):
+                for batch in chunks(todo, sc.batch):
                     reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                     need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
                     refused: dict[int, dict] = {}  # batch index -> quarantine record: too long for a model's context

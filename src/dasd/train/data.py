@@ -231,6 +231,11 @@ def _cache_ok(cache: Path, key: str) -> bool:
         return False
 
 
+def why_no_example(over: int, context: int) -> str:
+    """Why a stage's data leaves no example: all ``over`` of them longer than ``context``, or none at all."""
+    return f"all {over} examples are longer than the context ({context} tokens)" if over else "it has no examples"
+
+
 def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
             cache_dir: Path | None = None, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
             any_rank: Callable[[bool], bool] | None = None, source: str = "stage data") -> StageData:
@@ -280,9 +285,8 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
         dropped = meta["dropped"]
     if len(starts) == 1:
         over = int(dropped.get("over_context", 0))
-        why = (f"all {over} examples are longer than the context ({context} tokens) and were dropped" if over
-               else "it has no examples")
-        raise InputError(f"{source}: no training example to train on: {why}")
+        raise InputError(f"{source}: no training example to train on: {why_no_example(over, context)}"
+                         f"{' and were dropped' if over else ''}")
     lengths = np.diff(starts)
     sequences = pack(lengths, context) if packing else Packed.singletons(len(lengths))
     return StageData(ids, labels, starts, n_loss, sequences, key, dropped, first)

@@ -36,7 +36,7 @@ from dasd.errors import ConfigError
 from dasd.jsonl import atomic_open, atomic_write_json, atomic_write_jsonl
 from dasd.log import logger, progress
 from dasd.train.config import TrainConfig
-from dasd.train.data import Examples, batches, load_examples
+from dasd.train.data import Examples, batches, load_examples, why_no_example
 
 log = logger("export")
 
@@ -220,9 +220,8 @@ def export(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | None =
             dropped = over[0]
             if n == 0:  # as dasd's trainer refuses such a stage: LLaMA-Factory would fail on an empty data set
                 (out_dir / rel).unlink()
-                why = (f"all {dropped} examples are longer than the context ({cfg.context} tokens)" if dropped
-                       else "it has no examples")
-                raise ConfigError(f"stage {stage.name!r} (data {stage.data!r}): no training example to export: {why}")
+                raise ConfigError(f"stage {stage.name!r} (data {stage.data!r}): no training example to export: "
+                                  f"{why_no_example(dropped, cfg.context)}")
             if dropped:
                 log.info(f"{name}: {dropped} of {len(items)} examples are longer than {cfg.context} tokens, left out")
             written[name] = rel
