@@ -27,3 +27,20 @@ def llama2_style_tokenizer(merges: list[tuple[str, str]], chars: str = CHARS, pa
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    **({"pad_token": "<pad>"} if pad else {}))
+
+
+def save_nudged_llama(tok, favoured: list[str], out, max_positions: int) -> str:
+    """A tiny Llama on ``tok`` saved to ``out``, nudged towards the ``favoured`` tokens and its eos (so
+    that a generation from it usually starts with one of them and ends); ``out`` as a string."""
+    import torch
+
+    from dasd.toy.model import make_model, save_model
+
+    model = make_model(tok, hidden=32, layers=1, heads=2, max_positions=max_positions, seed=0)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = 1.0
+        emb[tok.convert_tokens_to_ids(favoured), 0] = 2.5
+        emb[tok.eos_token_id, 0] = 2.2
+    save_model(model, tok, str(out))
+    return str(out)

@@ -285,19 +285,12 @@ def sentencepiece_chat_engine(sentencepiece_tokenizer, tmp_path_factory):
     decodes) with a chat template, nudged towards '▁the', '▁a' and the two bytes of 'é'."""
     import copy
 
-    from dasd.toy.model import make_model, save_model
+    from sp_tokenizer import save_nudged_llama
 
     tok = copy.deepcopy(sentencepiece_tokenizer)
     tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}[assistant]{% endif %}")
-    model = make_model(tok, hidden=32, layers=1, heads=2, max_positions=256, seed=0)
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[:, 0] = 1.0
-        emb[tok.convert_tokens_to_ids(["\u2581the", "\u2581a", "<0xC3>", "<0xA9>"]), 0] = 2.5
-        emb[tok.eos_token_id, 0] = 2.2
-    out = str(tmp_path_factory.mktemp("sp_chat"))
-    save_model(model, tok, out)
+    out = save_nudged_llama(tok, ["\u2581the", "\u2581a", "<0xC3>", "<0xA9>"], tmp_path_factory.mktemp("sp_chat"), 256)
     return make_engine(EngineConfig(model=out, device="cpu", batch_size=8))
 
 

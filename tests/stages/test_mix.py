@@ -347,24 +347,13 @@ def _sentencepiece_teacher(out) -> str:
     """A tiny Llama with a Llama-2-style tokenizer (Metaspace '▁' words, <0xNN> byte fallback, a decoder
     that strips the leading space of what it decodes), nudged towards '▁'-led pieces and its eos, so
     that a continuation of a prefix usually starts with a space token and ends."""
-    import torch
-    from sp_tokenizer import CHARS, llama2_style_tokenizer
-
-    from dasd.toy.model import make_model, save_model
+    from sp_tokenizer import CHARS, llama2_style_tokenizer, save_nudged_llama
 
     fast = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
                                   chars=CHARS + "<>|", pad=True)
-    vocab = fast.get_vocab()
     fast.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                           "{% if add_generation_prompt %}[assistant] {% endif %}")
-    model = make_model(fast, hidden=32, layers=1, heads=2, max_positions=512, seed=0)
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[:, 0] = 1.0
-        emb[[vocab["\u2581T"], vocab["\u2581The"], vocab["\u2581S"]], 0] = 2.5
-        emb[vocab["</s>"], 0] = 2.2
-    save_model(model, fast, str(out))
-    return str(out)
+    return save_nudged_llama(fast, ["\u2581T", "\u2581The", "\u2581S"], out, 512)
 
 
 def test_a_sentencepiece_teachers_continuation_keeps_its_leading_space(mix_engines, tmp_path):
