@@ -29,6 +29,7 @@ def _check_cover(text: str) -> list[tuple[int, int]]:
 _SPECIAL = st.sampled_from(
     list(".!?\u2026\u3002\uff01\uff1f\n $\\`{}[]()\"'*_ \t\r")
     + ["$$", "\\[", "\\]", "\\(", "\\)", "\\begin{a}", "\\end{a}", "```", "```\n", "e.g.", "1. ", "...", "Dr. "]
+    + ["U.S. ", "J. ", "A. ", "p.m. ", "The ", "Army "]
 )
 _TEXT = st.lists(st.one_of(st.text(max_size=6), _SPECIAL), max_size=60).map("".join)
 
@@ -115,10 +116,69 @@ def test_rules(text, expected):
     _check_cover(text)
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # dotted abbreviations: a break only before a common sentence starter
+        ("The U.S. Army won. Next.", ["The U.S. Army won. ", "Next."]),
+        ("It was in the U.S. The next year he left.", ["It was in the U.S. ", "The next year he left."]),
+        ("A U.S.A. Today story. A Ph.D. Student met Prof. Lee at 5 p.m. Tuesday.",
+         ["A U.S.A. Today story. ", "A Ph.D. Student met Prof. Lee at 5 p.m. Tuesday."]),
+        ("We met at 5 p.m. It rained.", ["We met at 5 p.m. ", "It rained."]),
+        ("The U.S. $5$ bill and the U.K. 10 pound note.", ["The U.S. $5$ bill and the U.K. 10 pound note."]),
+        # initials: a chain of them, or one after another before a name
+        ("J. R. R. Tolkien wrote it. J. K. Rowling too.", ["J. R. R. Tolkien wrote it. ", "J. K. Rowling too."]),
+        # a single capital that ends a sentence still does (the common case in reasoning)
+        ("Pick option A. Then check B. Vertex C. Point D lies on it.",
+         ["Pick option A. ", "Then check B. ", "Vertex C. ", "Point D lies on it."]),
+        # more fixed abbreviations before numbers
+        ("It was Jan. 5 and ca. 30 people came. Done.", ["It was Jan. 5 and ca. 30 people came. ", "Done."]),
+    ],
+)
+def test_dotted_abbreviations_and_initials(text, expected):
+    """``U.S.``/``Ph.D.``/``p.m.`` and initials do not cut a sentence before a name or a number;
+    they do before a sentence starter (the module doc's rule)."""
+    assert sentences(text) == expected
+    _check_cover(text)
+
+
 def test_long_text_is_linear_on_many_unclosed_openers():
     text = "\\[ a. " * 5000 + "$$ b. " * 5000
     spans = _check_cover(text)
     assert len(spans) >= 5000
+
+
+class _CountingStr(str):
+    """A text that adds up how many characters its ``find``/``rfind`` calls look through."""
+
+    looked = 0
+
+    def _count(self, start, end):
+        start = 0 if start is None else start
+        end = len(self) if end is None else min(end, len(self))
+        type(self).looked += max(0, end - start)
+
+    def find(self, sub, start=None, end=None):
+        self._count(start, end)
+        return super().find(sub, start, end)
+
+    def rfind(self, sub, start=None, end=None):
+        self._count(start, end)
+        return super().rfind(sub, start, end)
+
+
+@pytest.mark.parametrize("unit, per_unit", [
+    ("Pick option A. Then B. ", ["Pick option A. ", "Then B. "]),  # enumeration-like "A." mid-line
+    ("Inline ```x``` y. ", ["Inline ```x``` y. "]),  # backticks mid-line
+])
+def test_a_long_line_is_not_rescanned_per_candidate(unit, per_unit):
+    """Deciding whether ``A.`` or a fence stands at a line start looks back over blanks only, not to
+    the previous line break: one 2000-sentence line costs a bounded look-back, not a quadratic one
+    (the old rfind to the line start made a 1 MB line take minutes)."""
+    _CountingStr.looked = 0
+    text = _CountingStr(unit * 2000)
+    assert [text[s:e] for s, e in segment(text)] == per_unit * 2000
+    assert _CountingStr.looked <= 2 * len(text)
 
 
 _PROSE = st.sampled_from(

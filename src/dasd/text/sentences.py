@@ -16,9 +16,15 @@ A sentence ends at:
 It does not end at:
 - decimals and dotted numbers (``3.14``, ``v1.2.3``): no whitespace after the dot;
 - enumerations: ``1.``, ``a.``, ``iv.`` at the start of a line followed by text on that line;
-- abbreviations: ``e.g.``, ``i.e.``, ``Dr.``, ``Mr.``, ``vs.``, ``cf.``, ``et al.`` ...; ``etc.``
-  ends a sentence only before an upper-case letter; ``Fig.``, ``Eq.``, ``No.`` ... do not end one
-  before a digit or ``(``;
+- abbreviations: ``e.g.``, ``i.e.``, ``Dr.``, ``Mr.``, ``vs.``, ``cf.``, ``approx.``, ``ca.``,
+  ``et al.`` ...; ``etc.`` ends a sentence only before an upper-case letter; ``Fig.``, ``Eq.``,
+  ``No.``, ``Jan.`` ... do not end one before a digit or ``(``;
+- dotted abbreviations (``U.S.``, ``U.S.A.``, ``Ph.D.``, ``a.m.``: letter groups of one or two
+  joined by inner dots) end a sentence only before a common sentence starter (``The``, ``This``,
+  ``It``, ``We``, ``In``, ``So``, ``But`` ...; ``_STARTERS``): ``in the U.S. The next year`` is two
+  sentences, ``the U.S. Army won`` and ``the U.S. $5$ bill`` are one;
+- initials: a capital letter with a dot before another one (``J. R. R. Tolkien``), or after one
+  and before a capitalised word that is not a sentence starter;
 - end punctuation followed, on the same line, by a lower-case letter (``approx. equal``,
   ``Is it 5? no, wait``); ellipses (``...``, ``…``) followed by anything but a capital;
 - anything inside LaTeX math, which is kept whole: ``$...$`` (pandoc's rule: no space after the
@@ -30,7 +36,9 @@ Code fences (a line starting with ````` ``` `````, up to the closing fence line,
 the text if unclosed, as in Markdown) are split into **line units**: each line of code is one span
 (its following blank lines and indentation attached), and sentence rules do not apply inside.
 
-Pitfalls: an unclosed math opener is plain text (its closer is looked for within
+Pitfalls: a lone middle initial ends a sentence before a capital (``John F. Kennedy`` is two
+spans), because in reasoning text ``option A. Then ...`` / ``vertex A. Point B ...`` are far more
+common and no rule on the letters alone tells them apart. An unclosed math opener is plain text (its closer is looked for within
 ``MAX_MATH_CHARS`` characters only, which bounds the work on malformed text); ``$`` used for
 currency is text (``$5 and $10`` is not math), but a currency dollar followed on the same line
 by inline math (``costs $5. So $x$``) pairs with the math's opening dollar, as in pandoc. Speed: one compiled regex scan whose branches all
@@ -78,9 +86,23 @@ _WS = re.compile(r"\s*")
 
 # Abbreviations (lower-cased, inner dots kept, final dot removed).
 _ABBREV_ALWAYS = frozenset(
-    "e.g i.e dr mr mrs ms prof sr jr st vs cf approx resp viz al w.r.t a.k.a".split()
+    "e.g i.e dr mr mrs ms prof sr jr st vs cf approx ca resp viz al w.r.t a.k.a".split()
 )
-_ABBREV_BEFORE_NUMBER = frozenset("fig figs eq eqs no nos sec ch thm lem def prop cor p pp vol ex".split())
+_ABBREV_BEFORE_NUMBER = frozenset(
+    "fig figs eq eqs no nos sec ch thm lem def prop cor p pp vol ex"
+    " jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+# Dotted abbreviations: letter groups of one or two joined by inner dots (U.S, U.S.A, Ph.D, a.m).
+_DOTTED = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
+# The word after end punctuation (past opening quotes/brackets/emphasis), and whether a dot follows.
+_NEXT_WORD = re.compile(r"[\"'(\[*_\u201c\u2018]*([A-Za-z]+)(\.?)")
+_PREV_INITIAL = re.compile(r"(?:^|[^\w.])[A-Z]\.\s+$")
+# Words that start a new sentence after a dotted abbreviation or an initial (lower-cased).
+_STARTERS = frozenset(
+    """a an the this that these those there then thus therefore hence so but and or yet however now
+    next finally also it its i we he she they you in on at for if when where what why how who which
+    let since after because although while as wait hmm yes no ok okay note here""".split()
+)
 
 
 def _ends_here(text: str, s: int, g: str) -> bool:
@@ -108,11 +130,38 @@ def _ends_here(text: str, s: int, g: str) -> bool:
         return False
     if low == "etc":
         return nxt.isupper()
-    if _ENUM.fullmatch(word):
-        line_start = text.rfind("\n", 0, s) + 1
-        if text[line_start : s - len(word)].strip() in ("", "-", "*", "+"):
-            return False  # "1. First ..." at the start of a line
+    if "." in word and _DOTTED.fullmatch(word):  # U.S., Ph.D., a.m.
+        w = _NEXT_WORD.match(text, s + len(g))
+        return w is not None and w.group(1).lower() in _STARTERS
+    if _ENUM.fullmatch(word) and _line_start(text, s - len(word), "-*+") >= 0:
+        return False  # "1. First ..." at the start of a line
+    if len(word) == 1 and word.isupper():  # an initial?
+        w = _NEXT_WORD.match(text, s + len(g))
+        if w is None:
+            return True
+        if w.group(2) and len(w.group(1)) == 1 and w.group(1).isupper():
+            return False  # "J. R." : another initial follows
+        if _PREV_INITIAL.search(text, max(0, s - 5), s - 1) and w.group(1)[0].isupper() \
+                and w.group(1).lower() not in _STARTERS:
+            return False  # "R. Tolkien" after "J."
     return True
+
+
+def _line_start(text: str, k: int, bullets: str = "", blanks: str | None = None) -> int:
+    """Start of the line holding ``k`` when only blanks (``blanks``, or any whitespace but a line
+    break) and at most one of ``bullets`` stand before ``k`` on it, else -1. Looks back only over
+    those characters, not to the previous line break, so that a long line with many candidates
+    stays linear."""
+
+    def skip(j: int) -> int:
+        while j > 0 and text[j - 1] != "\n" and (text[j - 1] in blanks if blanks else text[j - 1].isspace()):
+            j -= 1
+        return j
+
+    j = skip(k)
+    if j > 0 and text[j - 1] in bullets:
+        j = skip(j - 1)
+    return j if j == 0 or text[j - 1] == "\n" else -1
 
 
 def _find_closer(text: str, opener: str, closer: str, pos: int) -> int:
@@ -202,8 +251,8 @@ def segment(text: str) -> list[tuple[int, int]]:
             pos = close if close > 0 else m.end()
         else:  # fence
             s = m.start()
-            line_start = text.rfind("\n", 0, s) + 1
-            if text[line_start:s].strip(" \t"):
+            line_start = _line_start(text, s, blanks=" \t")
+            if line_start < 0:
                 pos = m.end()  # not at the start of a line: inline backticks
                 continue
             cut(line_start)
