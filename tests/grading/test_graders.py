@@ -88,6 +88,112 @@ def test_math_agrees_with_math_verify_directly():
         assert ours == theirs, (gold, text)
 
 
+def _math_verify_on_final_part(text, gold):
+    """The reference grader: math-verify's own parse of the whole final part."""
+    cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    g, p = parse(f"${gold}$", extraction_config=cfg), parse(final_part(text), extraction_config=cfg)
+    return bool(g) and bool(p) and verify(g, p)
+
+
+@pytest.mark.parametrize("text,gold,extracted", [
+    ("The answer is 5 dollars.", "5", "5"),
+    ("x = 3 meters", "3", "x = 3"),
+    ("Therefore, x = 3 meters.", "3", "x = 3"),
+    ("**Answer:** 12 apples", "12", "12"),
+    ("**Final Answer**: 12", "12", "12"),
+    ("The answer is: **12 apples**.", "12", "12"),
+    ("Final Answer: The final answer is 12. I hope it is correct.", "12", "12"),
+    ("Answer: 12 m/s", "12", "12"),
+    ("Answer: 16 cm^2", "16", "16"),
+    ("The answer is 3/4 of the pie.", "\\frac{3}{4}", "3/4"),
+    ("The answer is approximately 3.14.", "3.14", "3.14"),
+    ("The answer is 45 degrees.", "45", "45"),
+    ("The answer is 1 234.", "1234", "1234"),
+    ("Answer:\n42 marbles", "42", "42"),
+])
+def test_math_phrase_answers_without_dollars_agree_with_math_verify(text, gold, extracted):
+    """Answers written as words after the number (units, objects) are read as math-verify reads
+    them: the number, not ``5*d*o*l*l*a*r*s``."""
+    r = grade_math(text, gold)
+    assert (r["extracted"], r["correct"]) == (extracted, True), r
+    assert _math_verify_on_final_part(text, gold)
+
+
+@pytest.mark.parametrize("text,gold", [
+    ("The answer is 5 dollars.", "6"),
+    ("**Answer:** 12 apples", "13"),
+    ("Final Answer: The final answer is 12. I hope it is correct.", "13"),
+    ("x = 3 meters", "4"),
+    # several values, a negation, a word that changes the number: no single number is the answer
+    ("The answer is 12 and 13.", "12"),
+    ("The answer is 5 or 7.", "5"),
+    ("The answer is not 12.", "12"),
+    ("The answer is 2 pi.", "2"),
+    ("The answer is 2 million.", "2"),
+    ("The answer is 5 factorial.", "5"),
+    ("Answer: 5 dollars and 50 cents", "5"),
+    # no answer phrase: the last number of a sentence is not taken
+    ("Therefore, she has 15 apples left.", "15"),
+    ("Final check: 2 + 3 = 5", "5"),
+])
+def test_math_phrase_answers_are_not_accepted_when_wrong_or_ambiguous(text, gold):
+    assert grade_math(text, gold)["correct"] is False
+
+
+@pytest.mark.parametrize("text,gold,extracted", [
+    ("So \\boxed{1\\,000}.", "1000", "1000"),  # thin-space thousands groups
+    ("So \\boxed{1\\ 000}.", "1000", "1000"),
+    ("So \\boxed{1000}.", "1\\,000", "1000"),  # ... in the reference answer too
+    ("So \\boxed{45°}.", "45", "45^{\\circ}"),  # a degree sign
+    ("So \\boxed{5 dollars}.", "5", "5"),
+])
+def test_math_forms_that_math_verify_alone_misreads(text, gold, extracted):
+    """Right answers that math-verify alone grades wrong (``1\\,000`` parses as 1*0)."""
+    r = grade_math(text, gold)
+    assert (r["extracted"], r["correct"]) == (extracted, True), r
+    assert not _math_verify_on_final_part(text, gold)
+
+
+# Realistic final parts: (text, gold, our grade, math-verify's own grade of the final part).
+REALISTIC = [
+    ("</think>\nThe answer is $\\boxed{\\dfrac{3}{4}}$.", "0.75", True, True),
+    ("</think>\nSo the probability is \\boxed{\\frac{1}{2}}.", "\\frac{2}{4}", True, True),
+    ("</think>\n**Final Answer**\n\\[\n\\boxed{50\\%}\n\\]", "50", True, True),
+    ("</think>\n**Final Answer**\n\\[\n\\boxed{50\\%}\n\\]", "0.5", True, True),
+    ("</think>\nThe answer is 50%.", "50", True, True),
+    ("</think>\nThe answer is 5 percent.", "5\\%", True, True),
+    ("</think>\nThe area is \\boxed{12 \\text{ cm}^2}.", "12", True, True),
+    ("</think>\nThe speed is \\boxed{16\\,\\mathrm{m/s}}.", "16", True, True),
+    ("</think>\nThe answer is $\\boxed{\\$1,000}$.", "1000", True, True),
+    ("</think>\nThe answer is 1,000,000.", "1000000", True, True),
+    ("</think>\nThe answer is \\boxed{1{,}234{,}567}.", "1234567", True, True),
+    ("</think>\nThus \\boxed{-5}.", "-5", True, True),
+    ("</think>\nThus \\boxed{-5}.", "5", False, False),
+    ("</think>\nThe answer is -3/4.", "-\\frac{3}{4}", True, True),
+    ("</think>\nSo $x \\in \\boxed{(-\\infty, 2)}$.", "(-\\infty,2)", True, True),
+    ("</think>\nSo $x \\in \\boxed{(-\\infty, 2]}$.", "(-\\infty,2)", False, False),
+    ("</think>\nThe solution set is \\boxed{[1,2] \\cup [3,4]}.", "[1,2]\\cup[3,4]", True, True),
+    ("</think>\nThe roots are \\boxed{2, 3}.", "3,2", True, True),
+    ("</think>\nThe angle is \\boxed{30^\\circ}.", "30", True, True),
+    ("</think>\nThe answer is $12$ apples.", "12", True, True),
+    ("</think>\nThe answer is 12.", "13", False, False),
+    # where we differ on purpose (see grading.math's module doc)
+    ("</think>\nThe answer is \u22125.", "-5", True, False),  # a Unicode minus
+    ("</think>\nThe answer is (2, 5].", "(2,5]", True, False),  # an interval without $
+    ("</think>\nThe answer is not 12.", "12", False, True),  # math-verify reads the number
+    ("</think>\nThe answer is 5 or 7.", "5", False, True),
+    ("</think>\nShe has 15 apples left.", "15", False, True),  # no answer phrase
+]
+
+
+@pytest.mark.parametrize("text,gold,ours,theirs", REALISTIC)
+def test_math_against_math_verify_on_realistic_outputs(text, gold, ours, theirs):
+    """Our grade on realistic final answers, next to math-verify's own parse of the final part:
+    equal except in the listed cases, where ours is the right one."""
+    assert grade_math(text, gold)["correct"] is ours
+    assert _math_verify_on_final_part(text, gold) is theirs
+
+
 def test_toy_domain_grades_like_math():
     prob = {"id": "t1", "domain": "toy", "messages": [{"role": "user", "content": "q"}], "answer": "7"}
     assert grader_of(prob) == "math"
