@@ -225,6 +225,32 @@ def test_choice_letters_in_prose(text, letter):
     assert grade_choice(text, "C", CHOICES)["correct"] is (letter == "C")
 
 
+@pytest.mark.parametrize("text,letter", [
+    ("**Answer**: C", "C"),  # markdown emphasis between "Answer" and the colon
+    ("__Answer__: C", "C"),
+    ("Therefore, the correct option is C.", "C"),
+    ("The best choice is (C).", "C"),
+    ("So the final line gives the choice.\nC. 16 m/s", "C"),  # a letter with its choice's text
+    ("**(C) 16 m/s**", "C"),
+    ("C) 16 m/s.", "C"),
+    ("C. 8 m/s", None),  # the text is another choice's: no answer
+    ("The correct option is not B, it is unclear.", None),
+    ("The best choice is probably A.", None),  # a hedge word before the letter is prose
+])
+def test_choice_realistic_answer_endings(text, letter):
+    """Realistic GPQA endings: markdown emphasis, "correct option is", a letter with its choice text;
+    and endings that must give no letter."""
+    assert extract_choice(text, CHOICES)[0] == letter
+
+
+def test_choice_text_ending_in_a_period():
+    choices = ["It increases.", "It decreases.", "It stays the same.", "It oscillates."]
+    assert extract_choice("B. It decreases.", choices)[0] == "B"
+    assert extract_choice("\\boxed{B. It decreases}", choices)[0] == "B"
+    assert extract_choice("\\boxed{It decreases}", choices)[0] == "B"
+    assert extract_choice("\\boxed{It decreases sharply}", choices)[0] is None
+
+
 def test_choice_shuffle_is_seeded_and_spread():
     c1 = shuffle_choices("right", ["w1", "w2", "w3"], seed=0, key="q1")
     assert c1 == shuffle_choices("right", ["w1", "w2", "w3"], seed=0, key="q1")

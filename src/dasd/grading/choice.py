@@ -5,8 +5,10 @@ Reading the letter from the final part of the response (after ``</think>``), fir
 1. the last ``\\boxed{...}`` holding one valid letter (``C``, ``(C)``, ``\\text{C}``, ``\\mathrm{C}``,
    ``C.``), the exact text of one choice, or a letter with that choice's text (``C. 16 m/s``,
    ``(C) 16 m/s``);
-2. the last "answer is (C)" / "Answer: C" / "answer: **C**" phrase (the letter must be a valid one);
-3. a final line that is only a letter ("C", "(C)", "**C**", "C.").
+2. the last "answer is (C)" / "Answer: C" / "answer: **C**" / "**Answer**: C" / "the correct
+   option is C" / "the best choice is (C)" phrase (the letter must be a valid one);
+3. a final line that is only a letter ("C", "(C)", "**C**", "C."), or a letter with its choice's
+   text ("C. 16 m/s", "**(C) 16 m/s**").
 
 Otherwise no answer. Letters mentioned in prose ("A is wrong because...") are never taken.
 """
@@ -25,7 +27,7 @@ LETTERS = string.ascii_uppercase
 
 _BOX_LETTER = re.compile(r"^\(?\s*(?:\\(?:text|textbf|textrm|mathrm|mathbf)\{\s*)?\(?([A-Z])\)?\s*\}?\s*\)?\.?$")
 _BOX_LETTER_TEXT = re.compile(r"^\(?([A-Z])[).:]\s*(.+)$", re.DOTALL)
-_PHRASE = re.compile(r"(?i:answer)\s*(?i:is|:)?\s*:?\s*(?i:option\s*)?[*(\[{\s]*\\?(?:text\{|textbf\{|boxed\{)?\(?([A-Z])\b\)?")
+_PHRASE = re.compile(r"(?i:answer|(?:correct|right|best)\s+(?:option|choice))(?:\*\*|__)?\s*(?i:is|:)?\s*:?\s*(?i:option\s*)?[*(\[{\s]*\\?(?:text\{|textbf\{|boxed\{)?\(?([A-Z])\b\)?")
 _LINE = re.compile(r"^[*(\[\s]*([A-Z])[)\].*\s]*$")
 
 
@@ -51,6 +53,19 @@ def format_choices(question: str, choices: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _norm(x: str) -> str:
+    """A choice's text for comparison: spacing, case and a final period aside."""
+    return " ".join(x.split()).lower().rstrip(".")
+
+
+def _letter_with_text(s: str, choices: list[str], valid: str) -> str | None:
+    """The letter of ``"C. 16 m/s"`` / ``"(C) 16 m/s"`` when the text is that choice's, else None."""
+    m = _BOX_LETTER_TEXT.match(s.strip())
+    if m and m.group(1) in valid and _norm(m.group(2)) == _norm(choices[valid.index(m.group(1))]):
+        return m.group(1)
+    return None
+
+
 def extract_choice(text: str, choices: list[str]) -> tuple[str | None, str | None]:
     """``(letter, method)`` chosen in ``text``; method is "boxed", "phrase" or "line"."""
     valid = LETTERS[: len(choices)]
@@ -62,14 +77,13 @@ def extract_choice(text: str, choices: list[str]) -> tuple[str | None, str | Non
         m = _BOX_LETTER.match(boxed.strip())
         if m and m.group(1) in valid:
             return m.group(1), "boxed"
-        norm = " ".join(boxed.split()).lower()
+        norm = _norm(boxed)
         for i, c in enumerate(choices):
-            if " ".join(c.split()).lower() == norm:
+            if _norm(c) == norm:
                 return valid[i], "boxed"
-        m = _BOX_LETTER_TEXT.match(boxed.strip())
-        if m and m.group(1) in valid and " ".join(m.group(2).split()).lower() == \
-                " ".join(choices[valid.index(m.group(1))].split()).lower():
-            return m.group(1), "boxed"
+        letter = _letter_with_text(boxed, choices, valid)
+        if letter:
+            return letter, "boxed"
     hits = [m.group(1) for m in _PHRASE.finditer(part) if m.group(1) in valid]
     if hits:
         return hits[-1], "phrase"
@@ -78,6 +92,9 @@ def extract_choice(text: str, choices: list[str]) -> tuple[str | None, str | Non
         m = _LINE.match(lines[-1])
         if m and m.group(1) in valid:
             return m.group(1), "line"
+        letter = _letter_with_text(lines[-1].strip("*_ \t"), choices, valid)
+        if letter:
+            return letter, "line"
     return None, None
 
 
