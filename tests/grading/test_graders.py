@@ -135,6 +135,8 @@ def test_math_phrase_answers_without_dollars_agree_with_math_verify(text, gold, 
     # no answer phrase: the last number of a sentence is not taken
     ("Therefore, she has 15 apples left.", "15"),
     ("Final check: 2 + 3 = 5", "5"),
+    # a box's words are LaTeX, not units: 6 xy is a product
+    ("\\boxed{6 xy}", "6"),
 ])
 def test_math_phrase_answers_are_not_accepted_when_wrong_or_ambiguous(text, gold):
     assert grade_math(text, gold)["correct"] is False
@@ -145,7 +147,6 @@ def test_math_phrase_answers_are_not_accepted_when_wrong_or_ambiguous(text, gold
     ("So \\boxed{1\\ 000}.", "1000", "1000"),
     ("So \\boxed{1000}.", "1\\,000", "1000"),  # ... in the reference answer too
     ("So \\boxed{45°}.", "45", "45^{\\circ}"),  # a degree sign
-    ("So \\boxed{5 dollars}.", "5", "5"),
 ])
 def test_math_forms_that_math_verify_alone_misreads(text, gold, extracted):
     """Right answers that math-verify alone grades wrong (``1\\,000`` parses as 1*0)."""

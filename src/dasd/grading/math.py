@@ -13,9 +13,11 @@ Extraction, from the final part of the response (``answer.final_part``: after ``
    "So, x = 3." (a leading connective dropped as in rule 2);
 4. otherwise no answer (graded wrong, ``extracted`` None).
 
-Then, on any extracted answer: trailing unit words go ("5 dollars", "12 apples", "3/4 of the pie",
-"12 m/s", "16 cm^2": the number), unless a math or quantity word ends it ("2 pi", "2 million",
-"5 factorial" stay whole, and so are wrong against 2 or 5) or no number is left before them;
+Then, on an answer from a phrase or an equation line (plain text): trailing unit words go ("5
+dollars", "12 apples", "3/4 of the pie", "12 m/s", "16 cm^2": the number), unless a math or
+quantity word ends it ("2 pi", "2 million", "5 factorial" stay whole, and so are wrong against 2 or
+5) or no number is left before them. A box's LaTeX keeps its words (``\\boxed{6 xy}`` may be a
+product; math-verify drops the units it knows, ``\\text{ cm}`` included). On every answer,
 thousands groups written with ``\\,``, ``\\ ``, ``~`` or a (thin) space are joined (``1\\,000``),
 in the reference answer too; ``°`` is ``^\\circ``. An answer that names several values
 ("12 and 13", "5 or 7", "not 12", "12, not 13") is kept whole and matches no single number.
@@ -62,9 +64,12 @@ def _ungroup(ans: str) -> str:
     return _GROUPED.sub(lambda m: _GROUP_SEP.sub("", m.group()), ans)
 
 
-def _tidy(ans: str) -> str:
-    """Thousands groups joined, ``°`` as ``^\\circ``, trailing unit words dropped (module doc)."""
+def _tidy(ans: str, words_are_units: bool) -> str:
+    """Thousands groups joined, ``°`` as ``^\\circ``; with ``words_are_units``, trailing unit words
+    dropped (module doc)."""
     ans = _ungroup(ans).replace("\u00b0", "^{\\circ}")
+    if not words_are_units:
+        return ans
     words = ans.split()
     n = len(words)
     while n > 1 and _UNIT.fullmatch(words[n - 1]) and not _KEEP.fullmatch(words[n - 1]):
@@ -115,7 +120,7 @@ def extract_math(text: str) -> tuple[str | None, str | None]:
     for method, find in (("boxed", last_boxed), ("phrase", _phrase_answer), ("equation", _equation_answer)):
         ans = find(part)
         if ans:
-            return _tidy(ans), method
+            return _tidy(ans, words_are_units=method != "boxed"), method
     return None, None
 
 
