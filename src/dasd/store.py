@@ -264,22 +264,26 @@ class RunStore:
 
         The records kept are written to a new shard before the old shards are deleted: a crash in
         between leaves every record readable (``read`` gives each id once) and doing it again
-        finishes the job."""
+        finishes the job. The output is read twice (is anything dropped, then the rewrite), never
+        held: a stage's records (mix rollouts with their texts) may not fit in memory."""
         if kind_of(stage, name) is not None:
             raise ValueError(f"{stage}/{name}: drop_records rewrites JSONL outputs only")
         old = shard_paths(self.root / stage, name)
-        records = list(self.read(stage, name))
-        kept = [r for r in records if not drop(r)]
-        if len(kept) == len(records):
+        dropped = sum(1 for r in self.read(stage, name) if drop(r))
+        if not dropped:
             return 0
-        if kept:
-            num = max(int(_SHARD_RE.match(p.name)["num"]) for p in old) + 1
-            with atomic_open(self.root / stage / f"{name}-{num:05d}.jsonl") as fh:
-                for r in kept:
+        num = max(int(_SHARD_RE.match(p.name)["num"]) for p in old) + 1
+        new, kept = self.root / stage / f"{name}-{num:05d}.jsonl", 0
+        with atomic_open(new) as fh:
+            for r in self.read(stage, name):
+                if not drop(r):
                     fh.write(dumps(r) + "\n")
+                    kept += 1
+        if not kept:
+            new.unlink()
         for path in old:
             path.unlink()
-        return len(records) - len(kept)
+        return dropped
 
     def read(self, stage: str, name: str) -> Iterator[dict]:
         """Records of one output, in write order, each id once.

@@ -724,6 +724,45 @@ def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines
     assert rec["prompt_id"] == "q02" and re.search(rf"HTTP 400: .*prompt has {n['q02']} tokens, max_model_len is {limit}", rec["detail"])
 
 
+def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engines, tmp_path, capsys):
+    """A rollout skipped as too long keeps the context it was judged against: rerun with the same
+    contexts, nothing is asked again; with the teacher's (or the student's) max_model_len raised,
+    exactly those questions are judged again, and the run ends as one made with the larger context
+    from the start. (They were never judged again: the rollout ids do not hash the context.)"""
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, rollouts, _ = e2e
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    sizes = sorted(teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
+                                                        r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
+                   for r in rollouts if r["prefix_chars"] is not None)
+    short_teacher = make_engine(EngineConfig(model=teacher.name, device="cpu", batch_size=16, max_model_len=sizes[len(sizes) // 2]))
+    store = RunStore(tmp_path / "run")
+    first = run_mix(cfg, store, curated, student, short_teacher)
+    too_long = first["skipped"]["context_too_long"]
+    assert 0 < too_long < len(sizes) and first["kept"] < funnel["kept"]
+    assert run_mix(cfg, store, curated, student, short_teacher)["new"] == 0  # the same context: not asked again
+    capsys.readouterr()
+    again = run_mix(cfg, store, curated, student, teacher)
+    assert again["new"] == too_long and again["skipped"]["context_too_long"] == 0
+    assert f"{too_long} question(s) skipped as too long for another context" in capsys.readouterr().err
+    assert _contents(store) == _contents(full_store)
+    assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+    # the student's side: a question longer than its context, then the context raised
+    curated = curated_set(6)
+    curated[2]["prompt"]["messages"][-1]["content"] += " Schritt für Schritt ✓" * 12
+    n = len(student.context_ids(curated[2]["prompt"]["messages"], None, "q"))
+    short_student = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=n))
+    small = cfg.model_copy(update={"n_questions": 6})
+    store, want = RunStore(tmp_path / "student"), RunStore(tmp_path / "student-want")
+    assert run_mix(small, store, curated, short_student, teacher)["prompt_too_long"] == 1
+    assert run_mix(small, store, curated, short_student, teacher)["new"] == 0
+    again = run_mix(small, store, curated, student, teacher)
+    assert again["new"] == 1 and again["prompt_too_long"] == 0
+    ref = run_mix(small, want, curated, student, teacher)
+    assert _contents(store) == _contents(want)
+    assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in ref.items() if k != "new"}
+
+
 def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path, capsys):
     """The teacher behind a real OpenAI-schema server on loopback (the `openai` engine's raw
     completions) continues exactly as the in-process hf teacher: same cuts, same continuations."""

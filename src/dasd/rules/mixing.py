@@ -60,6 +60,9 @@ SKIP_REASONS = (
     "context_too_long",  # teacher template + prefix (+ max_continuation_tokens, for a server) does not fit the teacher's context
     "prompt_too_long",  # the question + cap does not fit the student's context: no rollout (not a cut-off)
 )
+# The verdicts that depend on a model's context, and whose: a rollout keeps the context it was judged
+# against (``judged``) and is judged again when that context changed (``stages.mix``).
+TOO_LONG = {"prompt_too_long": "student", "context_too_long": "teacher"}
 
 
 PAPER_REPLAY_RATIO = round(20 / 7.7, 4)  # 20K off-policy with 7.7K mixed-policy samples (Table 5)

@@ -15,7 +15,10 @@ returned.
 
 A request longer than a model's context does not stop the stage: a question the student cannot
 take is ``prompt_too_long``, a prefix the teacher cannot continue ``context_too_long`` (known
-``max_len``: not asked; a server's refusal: its words in ``detail``), and the others go on.
+``max_len``: not asked; a server's refusal: its words in ``detail``), and the others go on. Such a
+rollout keeps the context it was judged against (``judged``: ``context_key`` of the model that
+judged it); a rerun with another context for that model (``max_model_len`` raised) drops it and
+asks again.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dasd.errors import ContextLengthError, DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import Rate, chunks, logger, progress
 from dasd.rules.mixing import (
+    TOO_LONG,
     MixConfig,
     continuation_verdict,
     cut_point,
@@ -49,7 +53,7 @@ from dasd.rules.mixing import (
     teacher_context,
 )
 from dasd.rules.sampling import derived_seed
-from dasd.store import RunStore, shard_paths
+from dasd.store import RunStore, config_hash, shard_paths
 
 STAGE = "mix"
 log = logger(STAGE)
@@ -122,6 +126,10 @@ def run_mix(
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
+    judged = {"student": context_key(student_engine), "teacher": context_key(teacher_engine)}
+    stale = store.drop_records(STAGE, "rollouts", lambda r: r["verdict"] in TOO_LONG and r.get("judged") != judged[TOO_LONG[r["verdict"]]])
+    if stale:
+        log.info(f"{stale} question(s) skipped as too long for another context of the student or teacher: judged again")
     # Both outputs are flushed together, examples first (``FLUSH_QUESTIONS``), and closed in that order:
     # a kept rollout on disk has its example on disk, so a killed run does not redo its question.
     with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
@@ -133,7 +141,7 @@ def run_mix(
         bar = progress(len(todo), "mix", "question")
         pending, flushed = 0, time.monotonic()
         for batch in chunks(todo, cfg.batch_questions):
-            records = _mix_batch(cfg, batch, rid, student_engine, teacher_engine, template, grade, rate_t, student_name)
+            records = _mix_batch(cfg, batch, rid, judged, student_engine, teacher_engine, template, grade, rate_t, student_name)
             for rec, example in records:
                 if example is not None:
                     wx.add(example)
@@ -208,8 +216,18 @@ def first_or_refused(engine, requests: list[GenerateRequest]) -> list[Generation
     return each_or_refused(requests, lambda reqs: [g[0] for g in engine.generate(reqs)], hooked)
 
 
-def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:
-    """Rollouts, cuts and continuations of one batch of questions: ``(rollout record, example)``."""
+def context_key(engine) -> str:
+    """What an engine's too-long verdicts depend on besides the model (which a rollout id names):
+    the context it is known to have (``max_len``: ``max_model_len``, or the model's own) and whether
+    a request must leave room for its ``max_tokens`` (a server). A context a server refuses without
+    a known ``max_len`` is not in it: set ``max_model_len`` to have such rollouts judged again."""
+    return config_hash({"max_len": getattr(engine, "max_len", None),
+                        "reserves_max_tokens": getattr(engine, "reserves_max_tokens", False)})
+
+
+def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:
+    """Rollouts, cuts and continuations of one batch of questions: ``(rollout record, example)``;
+    a too-long verdict keeps ``judged[model]``, the ``context_key`` of the model that judged it."""
     reqs = []
     caps = []
     for q in batch:
@@ -241,7 +259,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
         recs.append(rec)
         if isinstance(g, ContextLengthError):  # the question (+ cap, for a server) does not fit the student's context
             rec["student"] = {"text": None, "finish_reason": None, "n_tokens": 0}
-            rec["verdict"], rec["detail"] = "prompt_too_long", str(g)
+            rec["verdict"], rec["detail"], rec["judged"] = "prompt_too_long", str(g), judged["student"]
             continue
         rec["student"] = {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.logprobs)}
         if g.finish_reason != "length":
@@ -262,7 +280,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
         rec["prefix_chars"] = at
         ctx = teacher_context(render_generation_prompt(template, p["messages"]), prefix, cfg.teacher_think_opener)
         if max_len is not None and (n_ctx := teacher.count_tokens(ctx)) + room > max_len:
-            rec["verdict"] = "context_too_long"
+            rec["verdict"], rec["judged"] = "context_too_long", judged["teacher"]
             rec["detail"] = f"teacher context of {n_ctx} tokens{' + max_continuation_tokens' if reserves else ''} " \
                             f"past the teacher's max_model_len {max_len}"
             continue
@@ -279,7 +297,7 @@ def _mix_batch(cfg, batch, rid, student, teacher, template, grade, rate_t, stude
     for k, c in zip(cont_of, conts):
         rec, q = recs[k], batch[k]
         if isinstance(c, ContextLengthError):  # the teacher's server refused the context as too long
-            rec["verdict"], rec["detail"] = "context_too_long", str(c)
+            rec["verdict"], rec["detail"], rec["judged"] = "context_too_long", str(c), judged["teacher"]
             continue
         prefix = rec["student"]["text"][: rec["prefix_chars"]]
         rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.logprobs)}
