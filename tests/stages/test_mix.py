@@ -689,25 +689,34 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
             for n in sizes if n + cfg.max_continuation_tokens > limit}
 
 
-def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
-    """A question whose prompt does not fit the student's context (in-process: max_model_len; over
-    HTTP: the server's refusal) is skipped as prompt_too_long, not counted as a cut-off, and the
-    other questions go on; over HTTP as in-process."""
-    from dasd.engines.server import EngineServer, ServerThread
-
-    student, teacher = mix_engines
+def _one_question_too_long_for_the_student(student):
+    """Six questions and a student context (``limit``) that holds each of them with its cap but q02,
+    whose prompt alone does not fit; with each question's prompt tokens and cap."""
     curated = curated_set(6)
     curated[2]["prompt"]["messages"][-1]["content"] += " Schritt für Schritt ✓" * 12
     n = {q["prompt"]["id"]: len(student.context_ids(q["prompt"]["messages"], None, "q")) for q in curated}
-    limit = max(v for k, v in n.items() if k != "q02") + 8
+    caps = {q["prompt"]["id"]: student_cap(student.count_tokens(q["teacher_text"]), MixConfig(**E2E).length_multiple) for q in curated}
+    limit = max(n[k] + caps[k] for k in n if k != "q02")
     assert n["q02"] >= limit
+    return curated, n, caps, limit
+
+
+def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
+    """A question whose prompt does not fit the student's context (in-process: max_model_len, asked
+    or not; over HTTP: the server's refusal) is skipped as prompt_too_long, not counted as a
+    cut-off, and the other questions go on; over HTTP as in-process."""
+    from dasd.engines.server import EngineServer, ServerThread
+
+    student, teacher = mix_engines
+    curated, n, caps, limit = _one_question_too_long_for_the_student(student)
     short = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
     cfg = MixConfig(**{**E2E, "n_questions": 6})
     want = run_mix(cfg, RunStore(tmp_path / "in-process"), curated, short, teacher)
     assert want["prompt_too_long"] == 1 and want["questions"] == 6
     assert want["cut_off"] == 6 - want["finished"] - 1
     (rec,) = [r for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
-    assert rec["prompt_id"] == "q02" and rec["detail"] == f"request 'q02': prompt has {n['q02']} tokens, max_model_len is {limit}"
+    assert rec["prompt_id"] == "q02"
+    assert rec["detail"] == f"question of {n['q02']} tokens + cap of {caps['q02']} past the student's max_model_len {limit}"
     assert re.search(r"question too long for the student\s+1", capsys.readouterr().err)
     from dasd.report.data import mix_section
     from dasd.report.view import RunView
@@ -722,6 +731,39 @@ def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines
     assert got["prompt_too_long"] == 1 and got["cut_off"] == 6 - got["finished"] - 1
     (rec,) = [r for r in RunStore.open(tmp_path / "run").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
     assert rec["prompt_id"] == "q02" and re.search(rf"HTTP 400: .*prompt has {n['q02']} tokens, max_model_len is {limit}", rec["detail"])
+
+
+def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_not_a_cut_off(e2e, mix_engines, tmp_path):
+    """A student whose context holds the question but not the question + its cap: the rollout would
+    stop at the context, not at the cap, so it is no cut-off; the question is prompt_too_long
+    without asking, in process as over HTTP (where a server refuses prompt + max_tokens past its
+    context), and every other question gets the rollout an unbounded student writes. (The hf student
+    wrote up to its context and the rollout counted as a cut-off, shorter than its cap.)"""
+    from dasd.engines.server import EngineServer, ServerThread
+
+    student, teacher = mix_engines
+    cfg, _, curated, _, rollouts, _ = e2e
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    need = {r["prompt_id"]: len(student.context_ids(prompts[r["prompt_id"]]["messages"], None, "q")) + r["cap"] for r in rollouts}
+    limit = sorted(need.values())[len(need) // 2]
+    over = {pid for pid, n in need.items() if n > limit}
+    assert 0 < len(over) < len(need) and all(need[r["prompt_id"]] - r["cap"] < limit for r in rollouts)  # each question fits
+    short = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
+    with ServerThread(EngineServer(short, served_name="student")) as srv:
+        remote = make_engine(EngineConfig(kind="openai", model="student", tokenizer=student.name, max_model_len=limit,
+                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
+        for name, engine in (("in-process", short), ("http", remote)):
+            funnel = run_mix(cfg, RunStore(tmp_path / name), curated, engine, teacher)
+            got = {r["prompt_id"]: r for r in RunStore.open(tmp_path / name).read("mix", "rollouts")}
+            assert funnel["prompt_too_long"] == len(over) and funnel["questions"] == len(need)
+            for r in rollouts:
+                if r["prompt_id"] in over:
+                    g = got[r["prompt_id"]]
+                    assert g["verdict"] == "prompt_too_long" and g["student"] == {"text": None, "finish_reason": None, "n_tokens": 0}
+                    assert g["detail"] == f"question of {need[r['prompt_id']] - r['cap']} tokens + cap of {r['cap']} " \
+                                          f"past the student's max_model_len {limit}"
+                elif name == "in-process":  # (over HTTP a sample draws from another seed: openai.sample_seed)
+                    assert got[r["prompt_id"]] == r
 
 
 def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engines, tmp_path, capsys):
@@ -748,10 +790,8 @@ def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engi
     assert _contents(store) == _contents(full_store)
     assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
     # the student's side: a question longer than its context, then the context raised
-    curated = curated_set(6)
-    curated[2]["prompt"]["messages"][-1]["content"] += " Schritt für Schritt ✓" * 12
-    n = len(student.context_ids(curated[2]["prompt"]["messages"], None, "q"))
-    short_student = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=n))
+    curated, _, _, limit = _one_question_too_long_for_the_student(student)
+    short_student = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
     small = cfg.model_copy(update={"n_questions": 6})
     store, want = RunStore(tmp_path / "student"), RunStore(tmp_path / "student-want")
     assert run_mix(small, store, curated, short_student, teacher)["prompt_too_long"] == 1
