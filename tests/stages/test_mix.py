@@ -324,6 +324,51 @@ def test_e2e_continuation_starts_exactly_where_the_prefix_ends(e2e, mix_engines)
         assert "<think>" not in r["continuation"]["text"]
 
 
+def test_e2e_records_and_examples_are_what_the_engines_return(e2e, mix_engines):
+    """Every stored value checked against the engines asked again with the request the stage makes
+    (its derived seeds): the student's rollout (text, finish reason, token count), the cut (u from
+    its seed, the rule's cut point), the teacher's continuation of its own context + the prefix, and
+    each example (the prompt's messages, then prefix + continuation as one assistant turn, the prefix's
+    characters, its id and prompt id)."""
+    import random
+
+    from dasd.rules.mixing import example_id
+
+    student, teacher = mix_engines
+    cfg, _, curated, funnel, rollouts, examples = e2e
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    gens = student.generate([GenerateRequest(
+        id=r["prompt_id"], messages=prompts[r["prompt_id"]]["messages"], n=1, temperature=cfg.student_temperature,
+        top_p=cfg.student_top_p, max_tokens=r["cap"], seed=derived_seed("mix-student", cfg.seed, r["prompt_id"]))
+        for r in rollouts])
+    want_examples = {}
+    for r, (g,) in zip(rollouts, gens):
+        pid = r["prompt_id"]
+        assert (r["student"]["finish_reason"], r["student"]["n_tokens"]) == (g.finish_reason, len(g.token_ids))
+        if g.finish_reason != "length":
+            assert r["verdict"] == "finished" and r["cut"] is None
+            continue
+        assert r["student"]["text"] == g.text
+        u = random.Random(derived_seed("mix-cut", cfg.seed, pid)).uniform(cfg.cut_low, cfg.cut_high)
+        at = cut_point(g.text, u, cfg.cut_low, reasoning_region(g.text))
+        assert r["cut"] == {"u": u, "target": u * len(g.text), "region_chars": len(g.text), "at": at}
+        if at is None:
+            assert r["verdict"] == "no_cut_point" and r["continuation"] is None
+            continue
+        prefix = g.text[:at]
+        ctx = teacher_context(render_generation_prompt(teacher.tokenizer, prompts[pid]["messages"]), prefix)
+        (c,) = teacher.generate([GenerateRequest(id=pid, prefix=ctx, n=1, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                                                 max_tokens=cfg.max_continuation_tokens, seed=derived_seed("mix-teacher", cfg.seed, pid))])[0]
+        assert r["continuation"] == {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
+        verdict = continuation_verdict(prompts[pid], prefix, c.text, c.finish_reason, cfg, default_grade)
+        assert (r["verdict"], r["detail"]) == verdict
+        if verdict[0] == "kept":
+            want_examples[example_id(r["id"])] = {
+                "id": example_id(r["id"]), "prompt_id": pid, "source": "mixed_policy", "prefix_chars": len(prefix),
+                "messages": [*prompts[pid]["messages"], {"role": "assistant", "content": prefix + c.text}]}
+    assert {e["id"]: e for e in examples} == want_examples and len(want_examples) == funnel["kept"] > 0
+
+
 @pytest.mark.parametrize("prefix", [
     "<think>\nSchritt für Schritt: 3 + 4 = 7 ✓.",
     "<think>\n日本語の文。次の文。",
