@@ -583,6 +583,54 @@ def test_a_mix_killed_mid_run_redoes_only_the_questions_not_on_disk(e2e, mix_eng
     assert again["kept"] == funnel["kept"]
 
 
+KILLED_REMOVING_STALE = """
+import json, os, sys
+from pathlib import Path
+from dasd.engines import EngineConfig, make_engine
+from dasd.rules.mixing import MixConfig
+from dasd.stages import mix
+from dasd.store import RunStore
+
+student_dir, teacher_dir, run, cfg_json, curated_json = sys.argv[1:]
+student = make_engine(EngineConfig(model=student_dir, device="cpu", batch_size=16))
+teacher = make_engine(EngineConfig(model=teacher_dir, device="cpu", batch_size=16))
+unlink = Path.unlink
+
+def unlink_then_die(path, *a, **k):  # the process dies as under kill -9 once an examples shard is deleted
+    unlink(path, *a, **k)
+    if path.name.startswith("examples-"):
+        os._exit(9)
+
+Path.unlink = unlink_then_die
+mix.run_mix(MixConfig.model_validate_json(cfg_json), RunStore(run), json.loads(curated_json), student, teacher)
+"""
+
+
+def test_a_mix_killed_while_removing_stale_examples_keeps_the_current_ones(e2e, mix_engines, tmp_path):
+    """A smaller draw removes the examples of the larger one; a process killed (kill -9) while it
+    does keeps every example of the draw on disk, so the rerun asks the engines nothing and ends as an
+    uninterrupted run. (The kept examples were copied aside and renamed back after the old shards
+    were deleted; killed in between, they were lost and their questions done again.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, _, _ = e2e
+    small = cfg.model_copy(update={"n_questions": 4})
+    want = RunStore(tmp_path / "want")
+    shutil.copytree(full_store.root / "mix", want.root / "mix")
+    assert run_mix(small, want, curated, student, teacher)["stale_examples_removed"] > 0
+    run = tmp_path / "run"
+    shutil.copytree(full_store.root / "mix", run / "mix")
+    p = subprocess.run([sys.executable, "-c", KILLED_REMOVING_STALE, student.cfg.model, teacher.cfg.model, str(run),
+                        small.model_dump_json(), json.dumps(curated)], capture_output=True, text=True)
+    assert p.returncode == 9, p.stderr[-3000:]
+    again = run_mix(small, RunStore(run), curated, student, teacher)
+    assert again["new"] == 0
+    assert _contents(RunStore(run)) == _contents(want)
+
+
 def test_funnel_of_counts_each_verdict_once():
     recs = [{"verdict": v} for v in ["finished", "finished", "kept", "no_cut_point", "incorrect", "kept"]]
     f = funnel_of(recs)

@@ -169,26 +169,15 @@ def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
     """Make ``RUN/mix/examples`` hold only this draw's examples; return how many were removed.
 
     Examples of an earlier config, student or larger draw would otherwise be trained on silently.
-    The kept ones are copied to a new output, then the old shards are deleted and the new ones
-    renamed. A crash in between only loses examples whose rollouts then count as unfinished, so
-    the next run regenerates them (same seeds, same examples).
+    ``RunStore.drop_records`` writes the kept ones to a new shard before it deletes the old ones, so
+    a process killed meanwhile keeps every current example (the rerun finishes the removal).
     """
     folder = store.stage_dir(STAGE)
-    for leftover in shard_paths(folder, "examples.next"):
+    for leftover in shard_paths(folder, "examples.next"):  # of an earlier dasd's removal, killed midway
         leftover.unlink()
-    stale = sum(1 for r in store.read(STAGE, "examples") if r["id"] not in keep)
-    if not stale:
-        return 0
-    old = shard_paths(folder, "examples")
-    with store.writer(STAGE, "examples.next", shard_size=256, flush_seconds=1e9) as w:
-        for r in store.read(STAGE, "examples"):
-            if r["id"] in keep:
-                w.add(r)
-    for path in old:
-        path.unlink()
-    for path in shard_paths(folder, "examples.next"):
-        path.rename(folder / path.name.replace("examples.next-", "examples-", 1))
-    log.info(f"removed {stale} example(s) of an earlier draw or config from {folder}/examples-*.jsonl")
+    stale = store.drop_records(STAGE, "examples", lambda r: r["id"] not in keep)
+    if stale:
+        log.info(f"removed {stale} example(s) of an earlier draw or config from {folder}/examples-*.jsonl")
     return stale
 
 
