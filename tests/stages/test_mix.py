@@ -52,7 +52,7 @@ def mix_engines(tmp_path_factory, nudged_lm):
     """(student, teacher) hf engines with different vocabularies (see the module docstring)."""
     root = tmp_path_factory.mktemp("mix_models")
     s_dir = nudged_lm(root / "student", MIX_CORPUS * 20, 360, 3, {"\n", "。", "."}, 1.6)
-    t_dir = nudged_lm(root / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 4, {"<|im_end|>"}, 2.2)
+    t_dir = nudged_lm(root / "teacher", list(reversed(MIX_CORPUS)) * 30, 420, 4, {"<|im_end|>"}, 1.3)
     student = make_engine(EngineConfig(model=s_dir, device="cpu", batch_size=16))
     teacher = make_engine(EngineConfig(model=t_dir, device="cpu", batch_size=16))
     return student, teacher
@@ -738,34 +738,38 @@ def _view(store):
 def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_rest_continued(e2e, mix_engines, tmp_path):
     """The teacher behind a server with a small context, its max_model_len unknown to the client: the
     server refuses the long contexts (400 context_length_exceeded); those questions are skipped as
-    context_too_long with the server's words, the others continued, exactly as the in-process
-    teacher with the same max_model_len decides; a rerun asks the server nothing."""
+    context_too_long with the server's words, exactly those the in-process teacher with the same
+    max_model_len does not ask, and the others are continued (or stopped by the context, the hf
+    engine behind the server clipping); a rerun asks the server nothing."""
     from dasd.engines.server import EngineServer, ServerThread
     from dasd.rules.mixing import render_generation_prompt, teacher_context
 
     student, teacher = mix_engines
     cfg, _, curated, _, rollouts, _ = e2e
     prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
-    sizes = sorted(teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
-                                                        r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
-                   for r in rollouts if r["prefix_chars"] is not None)
+    size = {r["prompt_id"]: teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
+                                                                 r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
+            for r in rollouts if r["prefix_chars"] is not None}
+    sizes = sorted(size.values())
     limit = sizes[len(sizes) // 2]  # about half of the contexts fit
     assert sizes[0] < limit
+    over = {pid for pid, n in size.items() if n >= limit}
     short = make_engine(EngineConfig(model=teacher.name, device="cpu", batch_size=16, max_model_len=limit))
-    want = run_mix(cfg, RunStore(tmp_path / "in-process"), curated, student, short)
-    assert 0 < want["skipped"]["context_too_long"] < want["cut_off"] - want["skipped"]["no_cut_point"]
+    run_mix(cfg, RunStore(tmp_path / "in-process"), curated, student, short)
+    assert {r["prompt_id"] for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts")
+            if r["detail"].startswith("teacher context of")} == over
     server = EngineServer(short, served_name="teacher")
     with ServerThread(server) as srv:
         remote = make_engine(EngineConfig(kind="openai", model="teacher", tokenizer=teacher.name,
                                           openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
         got = run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)
         store = RunStore.open(tmp_path / "run")
-        assert store.stage_info("mix")["complete"]
-        assert _view(store) == _view(RunStore.open(tmp_path / "in-process"))
-        assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in want.items() if k != "new"}
-        refused = [r for r in store.read("mix", "rollouts") if r["verdict"] == "context_too_long"]
-        assert len(refused) == want["skipped"]["context_too_long"]
+        assert store.stage_info("mix")["complete"] and got["continuations"] > 0
+        refused = [r for r in store.read("mix", "rollouts") if "HTTP 400" in r["detail"]]
+        assert {r["prompt_id"] for r in refused} == over and all(r["verdict"] == "context_too_long" for r in refused)
         assert all(re.search(rf"HTTP 400: .*prompt has \d+ tokens, max_model_len is {limit}", r["detail"]) for r in refused)
+        assert {(r["prompt_id"], r["student"]["text"], r["prefix_chars"]) for r in store.read("mix", "rollouts")} \
+            == {(r["prompt_id"], r["student"]["text"], r["prefix_chars"]) for r in rollouts}
         served = server.stats["requests"]
         assert run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)["new"] == 0
         assert server.stats["requests"] == served
@@ -775,7 +779,7 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
         capped = run_mix(cfg, RunStore(tmp_path / "known"), curated, student, known)
     fits = sum(n + cfg.max_continuation_tokens <= limit for n in sizes)
-    assert capped["continuations"] == fits < got["continuations"]
+    assert capped["continuations"] == fits
     assert capped["skipped"]["context_too_long"] == len(sizes) - fits
     assert {r["detail"] for r in RunStore.open(tmp_path / "known").read("mix", "rollouts") if r["verdict"] == "context_too_long"} \
         == {f"teacher context of {n} tokens + max_continuation_tokens past the teacher's max_model_len {limit}"
@@ -783,33 +787,32 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
 
 
 def _one_question_too_long_for_the_student(student):
-    """Six questions and a student context (``limit``) that holds each of them with its cap but q02,
-    whose prompt alone does not fit; with each question's prompt tokens and cap."""
+    """Six questions, their prompts' student tokens, and a student context (``limit``) that holds
+    each of them with its cap but q02, whose prompt alone does not fit."""
     curated = curated_set(6)
     curated[2]["prompt"]["messages"][-1]["content"] += " Schritt für Schritt ✓" * 12
     n = {q["prompt"]["id"]: len(student.context_ids(q["prompt"]["messages"], None, "q")) for q in curated}
     caps = {q["prompt"]["id"]: student_cap(student.count_tokens(q["teacher_text"]), MixConfig(**E2E).length_multiple) for q in curated}
     limit = max(n[k] + caps[k] for k in n if k != "q02")
     assert n["q02"] >= limit
-    return curated, n, caps, limit
+    return curated, n, limit
 
 
 def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines, tmp_path, capsys):
-    """A question whose prompt does not fit the student's context (in-process: max_model_len, asked
-    or not; over HTTP: the server's refusal) is skipped as prompt_too_long, not counted as a
-    cut-off, and the other questions go on; over HTTP as in-process."""
+    """A question whose prompt does not fit the student's context (in-process: max_model_len; over
+    HTTP: the server's refusal) is skipped as prompt_too_long, not counted as a cut-off, and the
+    other questions go on; over HTTP as in-process."""
     from dasd.engines.server import EngineServer, ServerThread
 
     student, teacher = mix_engines
-    curated, n, caps, limit = _one_question_too_long_for_the_student(student)
+    curated, n, limit = _one_question_too_long_for_the_student(student)
     short = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
     cfg = MixConfig(**{**E2E, "n_questions": 6})
     want = run_mix(cfg, RunStore(tmp_path / "in-process"), curated, short, teacher)
     assert want["prompt_too_long"] == 1 and want["questions"] == 6
     assert want["cut_off"] == 6 - want["finished"] - 1
     (rec,) = [r for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts") if r["verdict"] == "prompt_too_long"]
-    assert rec["prompt_id"] == "q02"
-    assert rec["detail"] == f"question of {n['q02']} tokens + cap of {caps['q02']} past the student's max_model_len {limit}"
+    assert rec["prompt_id"] == "q02" and rec["detail"] == f"request 'q02': prompt has {n['q02']} tokens, max_model_len is {limit}"
     assert re.search(r"question too long for the student\s+1", capsys.readouterr().err)
     from dasd.report.data import mix_section
     from dasd.report.view import RunView
@@ -827,20 +830,25 @@ def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines
 
 
 def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_not_a_cut_off(e2e, mix_engines, tmp_path):
-    """A student whose context holds the question but not the question + its cap: the rollout would
-    stop at the context, not at the cap, so it is no cut-off; the question is prompt_too_long
-    without asking, in process as over HTTP (where a server refuses prompt + max_tokens past its
-    context), and every other question gets the rollout an unbounded student writes. (The hf student
-    wrote up to its context and the rollout counted as a cut-off, shorter than its cap.)"""
+    """A student whose context holds the question but not the question + its cap: a rollout that
+    stops at the context, short of the cap, is no cut-off but prompt_too_long (as a vLLM server,
+    which refuses prompt + max_tokens past its context, would have it), in process as over HTTP,
+    and every other question gets the rollout an unbounded student writes. (Such a rollout counted
+    as a cut-off, shorter than its cap.)"""
     from dasd.engines.server import EngineServer, ServerThread
 
     student, teacher = mix_engines
     cfg, _, curated, _, rollouts, _ = e2e
     prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
-    need = {r["prompt_id"]: len(student.context_ids(prompts[r["prompt_id"]]["messages"], None, "q")) + r["cap"] for r in rollouts}
-    limit = sorted(need.values())[len(need) // 2]
-    over = {pid for pid, n in need.items() if n > limit}
-    assert 0 < len(over) < len(need) and all(need[r["prompt_id"]] - r["cap"] < limit for r in rollouts)  # each question fits
+    asked = {r["prompt_id"]: len(student.context_ids(prompts[r["prompt_id"]]["messages"], None, "q")) for r in rollouts}
+    caps = {r["prompt_id"]: r["cap"] for r in rollouts}
+    limit = sorted(asked[pid] + caps[pid] for pid in asked)[len(asked) // 2]
+    left = {pid: limit - n for pid, n in asked.items()}  # the tokens the context leaves each rollout
+    assert all(n > 0 for n in left.values()) and any(left[pid] < caps[pid] for pid in left)
+    # the rollouts the context stops: those that would not finish within what it leaves
+    stopped = {r["prompt_id"] for r in rollouts if left[r["prompt_id"]] < r["cap"]
+               and not (r["student"]["finish_reason"] == "stop" and r["student"]["n_tokens"] <= left[r["prompt_id"]])}
+    assert 0 < len(stopped) < len(rollouts)
     short = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
     with ServerThread(EngineServer(short, served_name="student")) as srv:
         remote = make_engine(EngineConfig(kind="openai", model="student", tokenizer=student.name, max_model_len=limit,
@@ -848,15 +856,47 @@ def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_n
         for name, engine in (("in-process", short), ("http", remote)):
             funnel = run_mix(cfg, RunStore(tmp_path / name), curated, engine, teacher)
             got = {r["prompt_id"]: r for r in RunStore.open(tmp_path / name).read("mix", "rollouts")}
-            assert funnel["prompt_too_long"] == len(over) and funnel["questions"] == len(need)
-            for r in rollouts:
-                if r["prompt_id"] in over:
-                    g = got[r["prompt_id"]]
-                    assert g["verdict"] == "prompt_too_long" and g["student"] == {"text": None, "finish_reason": None, "n_tokens": 0}
-                    assert g["detail"] == f"question of {need[r['prompt_id']] - r['cap']} tokens + cap of {r['cap']} " \
-                                          f"past the student's max_model_len {limit}"
-                elif name == "in-process":  # (over HTTP a sample draws from another seed: openai.sample_seed)
-                    assert got[r["prompt_id"]] == r
+            assert funnel["questions"] == len(rollouts) and funnel["prompt_too_long"] > 0
+            for pid, g in got.items():
+                if g["verdict"] == "prompt_too_long":
+                    assert left[pid] < caps[pid] and g["student"] == {"text": None, "finish_reason": "length", "n_tokens": left[pid]}
+                    assert g["detail"] == f"the student's context (max_model_len {limit}) ended the rollout after {left[pid]} of its {caps[pid]} tokens"
+                elif g["student"]["finish_reason"] == "length":
+                    assert g["student"]["n_tokens"] == g["cap"]  # every cut-off is one at its cap
+            if name == "in-process":  # the same seeds (over HTTP a sample draws from another: openai.sample_seed):
+                # exactly the stopped rollouts are too long, the others are an unbounded student's
+                assert {pid for pid, g in got.items() if g["verdict"] == "prompt_too_long"} == stopped
+                assert all(got[r["prompt_id"]] == r for r in rollouts if r["prompt_id"] not in stopped)
+
+
+def test_a_continuation_the_teachers_context_stops_is_context_too_long_not_unfinished(e2e, mix_engines, tmp_path):
+    """An hf teacher whose context holds each prefix but not every prefix + max_continuation_tokens:
+    a continuation that stops at the context, short of max_continuation_tokens, is context_too_long
+    (judged again once the context grows), not not_finished, which is for continuations that hit
+    max_continuation_tokens; every other question is decided as with an unbounded teacher. (It was
+    not_finished, and never asked again after max_model_len was raised.)"""
+    student, teacher = mix_engines
+    cfg, _, curated, _, rollouts, _ = e2e
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    ctx = {r["prompt_id"]: teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
+                                                                r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
+           for r in rollouts if r["prefix_chars"] is not None}
+    limit = max(ctx.values()) + cfg.max_continuation_tokens // 2
+    left = {pid: limit - n for pid, n in ctx.items()}  # the tokens the context leaves each continuation
+    stopped = {r["prompt_id"] for r in rollouts if r["prompt_id"] in ctx and r["continuation"]["n_tokens"] > left[r["prompt_id"]]
+               or (r["prompt_id"] in ctx and r["continuation"]["finish_reason"] == "length" and left[r["prompt_id"]] < cfg.max_continuation_tokens)}
+    assert 0 < len(stopped) < len(ctx)
+    short = make_engine(EngineConfig(model=teacher.name, device="cpu", batch_size=16, max_model_len=limit))
+    run_mix(cfg, RunStore(tmp_path / "run"), curated, student, short)
+    got = {r["prompt_id"]: r for r in RunStore.open(tmp_path / "run").read("mix", "rollouts")}
+    for r in rollouts:
+        g, pid = got[r["prompt_id"]], r["prompt_id"]
+        if pid in stopped:
+            assert g["verdict"] == "context_too_long" and g["continuation"] is None and "judged" in g
+            assert g["detail"] == f"the teacher's context (max_model_len {limit}) ended the continuation after {left[pid]} " \
+                                  f"of max_continuation_tokens {cfg.max_continuation_tokens}"
+        else:
+            assert g == r
 
 
 def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engines, tmp_path, capsys):
@@ -883,7 +923,7 @@ def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engi
     assert _contents(store) == _contents(full_store)
     assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
     # the student's side: a question longer than its context, then the context raised
-    curated, _, _, limit = _one_question_too_long_for_the_student(student)
+    curated, _, limit = _one_question_too_long_for_the_student(student)
     short_student = make_engine(EngineConfig(model=student.name, device="cpu", batch_size=16, max_model_len=limit))
     small = cfg.model_copy(update={"n_questions": 6})
     store, want = RunStore(tmp_path / "student"), RunStore(tmp_path / "student-want")
@@ -898,25 +938,38 @@ def test_questions_too_long_are_judged_again_once_the_context_grew(e2e, mix_engi
 
 def test_teacher_over_openai_http_gives_the_same_data(e2e, mix_engines, tmp_path, capsys):
     """The teacher behind a real OpenAI-schema server on loopback (the `openai` engine's raw
-    completions) continues exactly as the in-process hf teacher: same cuts, same continuations."""
+    completions) continues the same contexts as the in-process hf teacher: same cuts, and each
+    continuation (text, finish, tokens) is the one the in-process teacher writes from the seed the
+    server is sent (``openai.sample_seed``, another draw than in process), with the same verdict."""
+    from dasd.engines.openai import sample_seed
     from dasd.engines.server import EngineServer, ServerThread
 
     student, teacher = mix_engines
-    cfg, _, curated, funnel, rollouts, _ = e2e
+    cfg, _, curated, _, rollouts, _ = e2e
     with ServerThread(EngineServer(teacher, served_name="teacher")) as srv:
         remote = make_engine(EngineConfig(
             kind="openai", model="teacher", tokenizer=teacher.name,
             openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4},
         ))
-        got = run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)
-        store = RunStore.open(tmp_path / "run")
-
-    def view(records):
-        return sorted((r["prompt_id"], r["student"]["text"], r["prefix_chars"], (r["continuation"] or {}).get("text"),
-                       r["verdict"]) for r in records)
-
-    assert view(store.read("mix", "rollouts")) == view(rollouts)
-    assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+        run_mix(cfg, RunStore(tmp_path / "run"), curated, student, remote)
+        got = {r["prompt_id"]: r for r in RunStore.open(tmp_path / "run").read("mix", "rollouts")}
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    continued = 0
+    for r in rollouts:
+        g, pid = got[r["prompt_id"]], r["prompt_id"]
+        assert (g["student"], g["cut"], g["prefix_chars"]) == (r["student"], r["cut"], r["prefix_chars"])
+        if r["continuation"] is None:
+            assert (g["verdict"], g["detail"]) == (r["verdict"], r["detail"])
+            continue
+        prefix = r["student"]["text"][: r["prefix_chars"]]
+        ctx = teacher_context(render_generation_prompt(teacher.tokenizer, prompts[pid]["messages"]), prefix)
+        (c,) = teacher.generate([GenerateRequest(id=pid, prefix=ctx, n=1, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                                                 max_tokens=cfg.max_continuation_tokens,
+                                                 seed=sample_seed(derived_seed("mix-teacher", cfg.seed, pid), 0))])[0]
+        assert g["continuation"] == {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
+        assert (g["verdict"], g["detail"]) == continuation_verdict(prompts[pid], prefix, c.text, c.finish_reason, cfg, default_grade)
+        continued += c.text != r["continuation"]["text"]
+    assert continued  # the seeds differ: the test compares the server's draws, not the in-process ones
 
 
 def test_student_over_openai_http_counts_its_tokens(e2e, mix_engines, tmp_path):

@@ -57,8 +57,9 @@ SKIP_REASONS = (
     "finished",  # the student finished within the cap: not a cut-off, nothing to continue
     "answered",  # cut off after </think> while answering, and after_think="skip"
     "no_cut_point",  # no sentence end in [cut_low x L, L)
-    "context_too_long",  # teacher template + prefix (+ max_continuation_tokens, for a server) does not fit the teacher's context
-    "prompt_too_long",  # the question + cap does not fit the student's context: no rollout (not a cut-off)
+    "context_too_long",  # teacher template + prefix (+ max_continuation_tokens, for a server) does not fit the teacher's context,
+    # or the context stopped the continuation short of max_continuation_tokens
+    "prompt_too_long",  # the question + cap does not fit the student's context: no rollout, or one its context stopped (not a cut-off)
 )
 # The verdicts that depend on a model's context, and whose: a rollout keeps the context it was judged
 # against (``judged``) and is judged again when that context changed (``stages.mix``).

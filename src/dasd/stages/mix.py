@@ -13,12 +13,13 @@ continuation and its verdict; this is what makes the stage resumable) and ``RUN/
 cut-offs and rate, cut points, continuations, drops by reason, kept) goes into the manifest and is
 returned.
 
-A request longer than a model's context does not stop the stage: a question (+ cap) the student
-cannot take is ``prompt_too_long``, a prefix the teacher cannot continue ``context_too_long`` (known
-``max_len``: not asked; a server's refusal: its words in ``detail``), and the others go on. Such a
-rollout keeps the context it was judged against (``judged``: ``context_key`` of the model that
-judged it); a rerun with another context for that model (``max_model_len`` raised) drops it and
-asks again.
+A request longer than a model's context does not stop the stage: a question the student cannot
+take (or whose rollout its context stopped short of the cap) is ``prompt_too_long``, a prefix the
+teacher cannot continue (or whose continuation its context stopped short of
+``max_continuation_tokens``) ``context_too_long`` (known ``max_len``: not asked; a server's refusal:
+its words in ``detail``), and the others go on. Such a rollout keeps the context it was judged
+against (``judged``: ``context_key`` of the model that judged it); a rerun with another context for
+that model (``max_model_len`` raised) drops it and asks again.
 """
 
 from __future__ import annotations
@@ -214,29 +215,27 @@ def context_key(engine) -> str:
                         "reserves_max_tokens": getattr(engine, "reserves_max_tokens", False)})
 
 
+def _context_words(engine) -> str:
+    """An engine's context in a detail: ``max_model_len N``, or ``unknown length``."""
+    n = getattr(engine, "max_len", None)
+    return f"max_model_len {n}" if n is not None else "unknown length"
+
+
 def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_t, student_name) -> list[tuple[dict, dict | None]]:
     """Rollouts, cuts and continuations of one batch of questions: ``(rollout record, example)``;
     a too-long verdict keeps ``judged[model]``, the ``context_key`` of the model that judged it."""
-    reqs, caps, refused = [], [], []
-    # with the student's context known, a question + cap past it is not asked: the rollout would stop
-    # at the context, not at the cap (the hf engine), or be refused (a server counts prompt + max_tokens)
-    s_max = getattr(student, "max_len", None) if getattr(student, "tokenizer", None) is not None else None
+    reqs = []
+    caps = []
     for q in batch:
         p = q["prompt"]
         n = student.count_tokens(q["teacher_text"])
         cap = student_cap(n, cfg.length_multiple)
         caps.append((n, cap))
-        if s_max is not None and hasattr(student, "context_ids") and \
-                (n_prompt := len(student.context_ids(p["messages"], None, p["id"]))) + cap > s_max:
-            refused.append(ContextLengthError(f"question of {n_prompt} tokens + cap of {cap} past the student's max_model_len {s_max}"))
-            continue
-        refused.append(None)
         reqs.append(GenerateRequest(
             id=p["id"], messages=p["messages"], n=1, temperature=cfg.student_temperature,
             top_p=cfg.student_top_p, max_tokens=cap, seed=derived_seed("mix-student", cfg.seed, p["id"]),
         ))
-    asked = iter(first_or_refused(student, reqs))
-    gens = [err or next(asked) for err in refused]
+    gens = first_or_refused(student, reqs)
     rate_t.add(sum(len(g.logprobs) for g in gens if isinstance(g, Generation)))
     recs: list[dict] = []
     cont_reqs: list[GenerateRequest] = []
@@ -254,11 +253,17 @@ def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_
             "example_id": None,
         }
         recs.append(rec)
-        if isinstance(g, ContextLengthError):  # the question + cap does not fit the student's context
+        if isinstance(g, ContextLengthError):  # the question (+ cap, for a server) does not fit the student's context
             rec["student"] = {"text": None, "finish_reason": None, "n_tokens": 0}
             rec["verdict"], rec["detail"], rec["judged"] = "prompt_too_long", str(g), judged["student"]
             continue
         rec["student"] = {"text": g.text, "finish_reason": g.finish_reason, "n_tokens": len(g.logprobs)}
+        if g.finish_reason == "length" and len(g.logprobs) < cap:  # stopped by its context (the hf engine), not the cap
+            rec["student"]["text"] = None
+            rec["verdict"], rec["judged"] = "prompt_too_long", judged["student"]
+            rec["detail"] = f"the student's context ({_context_words(student)}) ended the rollout after " \
+                            f"{len(g.logprobs)} of its {cap} tokens"
+            continue
         if g.finish_reason != "length":
             rec["verdict"] = "finished"
             rec["student"]["text"] = None  # not needed downstream; long-CoT texts are large
@@ -295,6 +300,11 @@ def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_
         rec, q = recs[k], batch[k]
         if isinstance(c, ContextLengthError):  # the teacher's server refused the context as too long
             rec["verdict"], rec["detail"], rec["judged"] = "context_too_long", str(c), judged["teacher"]
+            continue
+        if c.finish_reason == "length" and len(c.logprobs) < cfg.max_continuation_tokens:  # stopped by the context
+            rec["verdict"], rec["judged"] = "context_too_long", judged["teacher"]
+            rec["detail"] = f"the teacher's context ({_context_words(teacher)}) ended the continuation after " \
+                            f"{len(c.logprobs)} of max_continuation_tokens {cfg.max_continuation_tokens}"
             continue
         prefix = rec["student"]["text"][: rec["prefix_chars"]]
         rec["continuation"] = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.logprobs)}
