@@ -210,3 +210,21 @@ def test_the_report_is_rebuilt_when_the_run_changed_and_only_then(tmp_path):
         w.add({"id": "p1", "messages": [{"role": "user", "content": "4 + 5?"}]})
     run_report(cfg, store)
     assert (run / REPORT).stat().st_mtime_ns != built
+
+
+def test_mix_section_says_how_the_training_stages_treat_the_prefix(tmp_path):
+    """The mixed-policy paragraph states what the recorded train config does with the student
+    prefix, stage by stage (it said "trained without masking" even under mask_prefix: true)."""
+    from dasd.report.data import mix_section
+    from dasd.report.view import RunView
+
+    root = build_run(tmp_path / "run", upto="mix")
+    assert "stage3_mixed: prefix trained on)" in str(mix_section(RunView(RunStore.open(root))))
+    store = RunStore.open(root)
+    store.manifest["stages"]["train"]["config"]["stages"][2]["mask_prefix"] = True
+    store.save_manifest()
+    html = str(mix_section(RunView(RunStore.open(root))))
+    assert "stage3_mixed: prefix masked)" in html and "without masking" not in html
+    store.manifest["stages"]["train"]["config"] = {"mask_prefix": True, "stages": [{"name": "a", "data": "low"}]}
+    store.save_manifest()
+    assert "no training stage uses them)" in str(mix_section(RunView(RunStore.open(root))))

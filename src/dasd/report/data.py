@@ -20,6 +20,7 @@ from dasd.rules.das import DASConfig, das_summary, retype
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
+from dasd.runs import MIXED_POOLS
 from dasd.text.filters import RULES
 
 TYPES = ("teacher", "shared", "student", "unscored")
@@ -449,8 +450,8 @@ def mix_section(view: RunView) -> Raw:
         reply = msgs[-1].get("content", "") if msgs and isinstance(msgs[-1], dict) else ""
         if reply and isinstance(ex.get("prefix_chars"), int):
             shares.append(ex["prefix_chars"] / len(reply))
-    parts.append(para(f"{n:,} mixed-policy training examples on disk (student prefix + teacher continuation, "
-                      "trained without masking the prefix)."))
+    parts.append(para(f"{n:,} mixed-policy training examples on disk (student prefix + teacher continuation; "
+                      f"{_prefix_training(view)})."))
     parts.append(figure(plots.hist_panels({"student prefix share": {"examples": shares}}, "share of the assistant "
                                           "turn written by the student", bins=20, lo=0.0, hi=1.0, density=False),
                         "Where the student's rollouts were cut: the fraction of each kept example written by the "
@@ -460,6 +461,20 @@ def mix_section(view: RunView) -> Raw:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _prefix_training(view: RunView) -> str:
+    """How the training stages on mixed-policy data treat the student prefix, from the train config
+    the run recorded (a stage's ``mask_prefix``, else ``train.mask_prefix``)."""
+    cfg = view.info("train").get("config") or (view.manifest.get("config") or {}).get("train") or {}
+    how = {}
+    for s in cfg.get("stages") or []:
+        if isinstance(s, dict) and s.get("data") in MIXED_POOLS:
+            masked = s.get("mask_prefix") if s.get("mask_prefix") is not None else cfg.get("mask_prefix", False)
+            how[s.get("name", "?")] = "prefix masked" if masked else "prefix trained on"
+    if not how:
+        return "no training stage uses them"
+    return "; ".join(f"{name}: {words}" for name, words in how.items())
+
+
 def _state_note(view: RunView, stage: str) -> Raw:
     info = view.info(stage)
     if view.stage_state(stage) == "incomplete":
