@@ -221,8 +221,8 @@ class RunStore:
 
     def writer(self, stage: str, name: str, **kw) -> ShardWriter:
         """A ``ShardWriter`` of output ``name``; its shards are numbered after any it had that were
-        removed (``remove_output``), so a rewritten output never reuses a shard name."""
-        first = max(kw.pop("first", 0), (self.manifest.get("next_shard") or {}).get(f"{stage}/{name}", 0))
+        removed (``remove_shards``), so a rewritten output never reuses a shard name."""
+        first = (self.manifest.get("next_shard") or {}).get(f"{stage}/{name}", 0)
         return ShardWriter(self.stage_dir(stage), name, root=self.root, first=first, **kw)
 
     def outputs(self, stage: str) -> list[str]:
@@ -234,13 +234,17 @@ class RunStore:
 
     def remove_output(self, stage: str, name: str) -> int:
         """Delete every shard of output ``name`` of ``stage`` (results that no longer hold, e.g. of a
-        model that has changed since); return how many files were removed.
+        model that has changed since); return how many files were removed (``remove_shards``)."""
+        return self.remove_shards(stage, name, shard_paths(self.root / stage, name))
 
-        The number after its last shard is kept in the manifest (``next_shard``) first: the output
+    def remove_shards(self, stage: str, name: str, paths: list[Path]) -> int:
+        """Delete the shards ``paths`` of output ``name`` of ``stage`` (all of them, or some: an
+        import's records in a pool that also holds sampled ones); return how many.
+
+        The number after the last of them is kept in the manifest (``next_shard``) first: the output
         written again gets new shard names, so a stage that read the old shards sees them gone
         (``runs.drop_if_inputs_rewritten`` compares names and sizes), even where a new shard has
-        an old one's size."""
-        paths = shard_paths(self.root / stage, name)
+        an old one's size, and even when the command is killed before it writes one."""
         if paths:
             last = max(int(_SHARD_RE.match(p.name)["num"]) for p in paths)
             floors = self.manifest.setdefault("next_shard", {})

@@ -349,10 +349,12 @@ def test_a_mistyped_companion_or_tokenizer_leaves_the_earlier_import_in_place(tm
     assert run_import(load_config(None, [*base, f"import.logprobs={lp}"])) == first and _pool_files(run) == files
 
 
-def test_a_reimport_after_an_interrupted_one_writes_shards_under_new_names(tmp_path, tiny_lm_dir):
+def test_a_reimport_after_an_interrupted_one_writes_shards_under_new_names(tmp_path, tiny_lm_dir, monkeypatch):
     """A re-import with another source was killed after it removed the earlier import's shards: the
     next run still names its shards after those, so `dasd filter` sees the pool changed (a shard of
-    the same name and size would pass for the old one) and keeps the new responses."""
+    the same name and size would pass for the old one) and keeps the new responses. The names come
+    from the store's rule (``next_shard``, kept in the manifest before a shard is removed), the one
+    every output follows, not from a count of the import's own."""
     from dasd.stages.filter import run_filter
 
     def chat(a):
@@ -366,7 +368,15 @@ def test_a_reimport_after_an_interrupted_one_writes_shards_under_new_names(tmp_p
     run_import(cfg)
     run_filter(cfg)
     jsonl(data, chat("b"))  # the same length: the same shard size
-    (run / "sample" / "pool-T1-00000.parquet").unlink()  # what the killed re-import had done
+
+    def killed(*args, **kwargs):  # the re-import killed right after it removed the earlier shards
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunStore, "drop_records", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_import(cfg)
+    assert not _pool_files(run) and RunStore.open(run).manifest["next_shard"] == {"sample/pool-T1": 1}
     run_import(cfg)
     assert sorted(_pool_files(run)) == ["pool-T1-00001.parquet"]
     run_filter(cfg)

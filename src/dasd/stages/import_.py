@@ -28,8 +28,9 @@ gone, e.g. dropped by `dasd sample` for another teacher) removes that pool's imp
 rejects of another key first and imports again into new shard files (records sampled into the
 same pool stay); the companion, the tokenizer and the source are opened before that, so a mistyped
 path fails with the earlier import in place. Shards of an interrupted import with the same key are
-kept and resumed: their rows are not looked up or aligned again. Later
-stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
+kept and resumed: their rows are not looked up or aligned again. Removed shards are removed through
+the store (``RunStore.remove_shards``), so the new ones get new names even after a kill in between;
+later stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
 Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
 is not used). That output keeps an id's first record, so a row whose prompt id the run keeps with
 other messages (a chat row's own ``id``, from an earlier import or from ``data.prompts``) is
@@ -175,12 +176,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     store.begin_stage("import", stage_cfg)  # from here until it ends, later stages refuse to read the pools
     stale = [p for p, k in mine.items() if k != key]
-    # new shards get new names, after those of the last finished import too (an interrupted
-    # re-import may have removed them already), so later stages see that the pool changed
-    first = max([int(Path(n).stem.rsplit("-", 1)[1]) + 1 for n, _ in done.get("shards") or []]
-                + [int(p.stem.rsplit("-", 1)[1]) + 1 for p in stale], default=0)
-    for p in stale:
-        p.unlink()
+    # the store numbers the new shards after the removed ones (even if this run is killed before it
+    # writes one), so later stages see that the pool changed
+    store.remove_shards(STAGE, output(SAMPLE_POOL, pool), stale)
     gone = store.drop_records(STAGE, "rejects", lambda r: r.get("import_pool") == pool and r.get("import_key") != key)
     if stale or gone:
         log.info(f"pool {pool}: {len(stale)} shard(s) and {gone} reject(s) of an earlier import with other sources, "
@@ -192,7 +190,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     seen_uuids: set[str] = set()
     kept = RunPrompts(store)  # the run's prompts: an id kept with other messages is not joined to this row's
     with store.writer(STAGE, PROMPTS) as pw, \
-            store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256, first=first) as sw:
+            store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
         for where, raw in rows:
             counts["read"] += 1
             if isinstance(raw, BadLine):
