@@ -461,3 +461,109 @@ def test_a_logprob_companion_with_chat_rows_is_refused_when_the_config_loads(tmp
                                           r"rows only, not 'chat': unset it"):
         load_config(None, ["import.source=a.jsonl", "import.format=chat", "import.logprobs=lp.jsonl"])
     assert load_config(None, ["import.source=a.jsonl", "import.logprobs=lp.jsonl"]).import_.format == "dasd"
+
+
+def test_the_two_released_temperatures_sharing_uuids_are_distinct_records_through_score_and_select(
+        tmp_path, o200k_harmony_dir, tiny_lm_dir):
+    """stage1 (T=0.6, log-probs processed) and stage2 (T=1.0, raw) imported into one run, with uuids
+    in common: each pool's record had the id ``content_id("import", model, uuid)``, the same in both,
+    so `dasd score` with rescore_teacher=never (no teacher engine) quarantined the T0.6 records and
+    then skipped the T1 records of the same ids as already judged: none scored, none selected. Ids
+    now name the pool, and every stage counts each pool's responses."""
+    from dasd.stages.filter import run_filter
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    body = "We need to add 3 and 4. That is 7."
+    for stage in ("stage1", "stage2"):
+        (tmp_path / stage).mkdir()
+        _released(tmp_path / stage, 3, body)
+    lp = _companion(tmp_path / "stage2", tok, 3, body)
+    run = tmp_path / "run"
+    base = [f"run_dir={run}", f"teacher.model={o200k_harmony_dir}", f"student.model={tiny_lm_dir}",
+            "score.rescore_teacher=never", "select.m=1"]
+    low = run_import(load_config(None, [*base, f"import.source={tmp_path / 'stage1' / 'data.jsonl'}", "import.temperature=0.6"]))
+    cfg = load_config(None, [*base, f"import.source={tmp_path / 'stage2' / 'data.jsonl'}", f"import.logprobs={lp}",
+                             "import.temperature=1.0"])
+    high = run_import(cfg)
+    assert (low["imported"], high["imported"], high["with_logprobs"]) == (3, 3, 3)
+    store = RunStore.open(run)
+    low_ids, high_ids = store.ids("sample", "pool-T0.6"), store.ids("sample", "pool-T1")
+    assert len(low_ids) == len(high_ids) == 3 and not low_ids & high_ids
+    assert {k: v["out"] for k, v in run_filter(cfg).items() if k in ("T0.6", "T1")} == {"T0.6": 3, "T1": 3}
+    scored = run_score(cfg)
+    assert (scored["T0.6"]["scored"], scored["T0.6"]["rejected"]) == (0, 3)  # processed log-probs, no re-scoring
+    assert (scored["T1"]["scored"], scored["T1"]["rejected"]) == (3, 0)
+    selected = run_select(cfg)
+    assert "T0.6" not in selected and selected["T1"]["selected"]["n"] == 3
+
+
+def _as_earlier_dasd(monkeypatch):
+    """Imports from here on write ids as dasd did before ids named the pool."""
+    import dasd.stages.import_ as import_
+    from dasd.records import content_id
+
+    monkeypatch.setattr(import_, "imported_id", lambda model, pool, uuid: content_id("import", model, uuid),
+                        raising=False)  # (what dasd wrote before this function existed)
+
+
+def test_pools_imported_by_an_earlier_dasd_keep_their_ids_unless_they_clash(tmp_path, monkeypatch, caplog):
+    """Runs imported before ids named the pool: a finished pool import stays as it is (up to date,
+    its ids kept: later stages made their records from them); one whose ids another pool holds too
+    is imported again under ids that name the pool, the other pool keeping its own."""
+    for stage in ("stage1", "stage2", "other"):
+        (tmp_path / stage).mkdir()
+        _released(tmp_path / stage, 3 if stage != "other" else 2, "We need 2 + 2 = 4.")
+    (tmp_path / "other" / "data.jsonl").write_text((tmp_path / "other" / "data.jsonl").read_text().replace('"u0', '"v0'))
+    run = tmp_path / "run"
+
+    def cfg(stage, temperature):
+        return load_config(None, [f"run_dir={run}", f"import.source={tmp_path / stage / 'data.jsonl'}",
+                                  f"import.temperature={temperature}"])
+
+    with monkeypatch.context() as m:
+        _as_earlier_dasd(m)
+        for stage, t in (("stage1", 0.6), ("stage2", 1.0), ("other", 0.8)):
+            run_import(cfg(stage, t))
+    store = RunStore.open(run)
+    old = {p: store.ids("sample", f"pool-{p}") for p in ("T0.6", "T1", "T0.8")}
+    assert old["T0.6"] == old["T1"] and len(old["T1"]) == 3  # the clash
+    files = _pool_files(run)
+
+    run_import(cfg("other", 0.8))  # no clash: up to date, nothing rewritten
+    assert _pool_files(run) == files
+    counts = run_import(cfg("stage2", 1.0))
+    assert counts["imported"] == 3
+    assert "pool T1: 3 of its records, imported by an earlier dasd under ids that do not name the pool" in caplog.text
+    store = RunStore.open(run)
+    now = {p: store.ids("sample", f"pool-{p}") for p in ("T0.6", "T1", "T0.8")}
+    assert now["T0.6"] == old["T0.6"] and now["T0.8"] == old["T0.8"] and not now["T1"] & old["T1"]
+    assert sorted(s["source_id"] for s in store.read("sample", "pool-T1")) == ["u0000", "u0001", "u0002"]
+    assert sorted(n for n in _pool_files(run) if n.startswith("pool-T1-")) == ["pool-T1-00001.parquet"]
+    files = _pool_files(run)
+    assert run_import(cfg("stage1", 0.6))["imported"] == 3 and _pool_files(run) == files  # no clash left: kept
+
+
+def test_an_interrupted_import_of_an_earlier_dasd_is_not_resumed_under_two_id_schemes(tmp_path, monkeypatch, caplog):
+    """An import begun by an earlier dasd (ids without the pool) and killed: the new dasd does not
+    add the lost rows under new ids beside the old ones (the same response twice), nor mix the two
+    schemes in one pool; the earlier shards are removed and the pool imported again, once."""
+    data = _released(tmp_path, 600, "We need 2 + 2 = 4.")
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"run_dir={run}", f"import.source={data}"])
+    with monkeypatch.context() as m:
+        _as_earlier_dasd(m)
+        run_import(cfg)
+    store = RunStore(run, lock=False)  # the state a kill -9 leaves: the third shard never written
+    store.manifest["stages"]["import"]["complete"] = False
+    store.manifest["stages"]["import"].pop("pools")
+    store.save_manifest()
+    (run / "sample" / "pool-T1-00002.parquet").unlink()
+    old = store.ids("sample", "pool-T1")
+
+    assert run_import(cfg)["imported"] == 600
+    assert "pool T1: 2 shard(s) imported by an earlier dasd, whose ids do not name the pool, removed" in caplog.text
+    samples = list(RunStore.open(run).read("sample", "pool-T1"))
+    assert len(samples) == len({s["source_id"] for s in samples}) == 600 and not {s["id"] for s in samples} & old
+    assert sorted(_pool_files(run)) == [f"pool-T1-0000{i}.parquet" for i in (2, 3, 4)]

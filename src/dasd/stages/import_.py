@@ -16,8 +16,9 @@ Two layouts (``import.format``):
 
 Sources are local files, ``save_to_disk`` folders or ``hf:`` hub data sets, streamed
 (``dasd.sources``). Imported responses land in ``RUN/sample/pool-T<temperature>`` like sampled
-ones, so every later stage treats them the same. Unusable records are quarantined in
-``RUN/sample/rejects-*`` with where (file:line) and reason.
+ones, so every later stage treats them the same; a response's id names its teacher, its pool and
+its row's id (``imported_id``). Unusable records are quarantined in ``RUN/sample/rejects-*`` with
+where (file:line) and reason.
 
 One import per pool: what an import depends on (``import_config``: the ``import`` settings, the
 system prompt, the sources by content, ``source_version``, and with ``import.logprobs`` the
@@ -28,9 +29,11 @@ gone, e.g. dropped by `dasd sample` for another teacher) removes that pool's imp
 rejects of another key first and imports again into new shard files (records sampled into the
 same pool stay); the companion, the tokenizer and the source are opened before that, so a mistyped
 path fails with the earlier import in place. Shards of an interrupted import with the same key are
-kept and resumed: their rows are not looked up or aligned again. Removed shards are removed through
-the store (``RunStore.remove_shards``), so the new ones get new names even after a kill in between;
-later stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
+kept and resumed: their rows are not looked up or aligned again. Shards an earlier dasd imported
+under ids without the pool are kept while the pool is up to date and no other pool holds their ids;
+otherwise they count as another key's. Removed shards are removed through the store
+(``RunStore.remove_shards``), so the new ones get new names even after a kill in between; later
+stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
 Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
 is not used). That output keeps an id's first record, so a row whose prompt id the run keeps with
 other messages (a chat row's own ``id``, from an earlier import or from ``data.prompts``) is
@@ -54,7 +57,7 @@ from dasd.prompts import to_prompt
 from dasd.records import content_id
 from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
-from dasd.runs import PROMPTS, SAMPLE_POOL, RunPrompts, file_digest, model_versions, output, pool_name, resolve_model
+from dasd.runs import PROMPTS, SAMPLE_POOL, RunPrompts, file_digest, model_versions, output, pool_name, pools, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
 from dasd.store import RunStore, config_hash, shard_paths
 
@@ -108,18 +111,30 @@ def import_config(cfg) -> dict:
             **tok}
 
 
+def imported_id(model: str, pool: str, uuid: str) -> str:
+    """The id of an imported response: its teacher, its pool and its row's id. The pool counts: the
+    release's two temperatures may hold the same uuid, and later stages join and resume by id."""
+    return content_id("import", model, pool, uuid)
+
+
 def _import_key(path: Path) -> str | None:
-    """The ``import_key`` of the records of a pool shard; None for sampled records (and for records
-    imported before keys were kept, which carry ``source_id`` only: ``"legacy"``)."""
+    """The ``import_key`` of the records of a pool shard; None for sampled records. ``"legacy"`` for
+    records of an earlier dasd: imported before keys were kept (``source_id`` only), or under ids
+    that do not name the pool (``content_id("import", model, uuid)``); they are never resumed."""
     if path.suffix != ".parquet":
         return None  # a run of the JSONL-only store: the pool's writer names `dasd convert`
     shard = pq.ParquetFile(path)
     if shard.metadata.num_row_groups == 0:
         return None
-    extra = shard.read_row_group(0, columns=["extra"]).column("extra")
-    first = extra[0].as_py() if len(extra) else None
-    meta = json.loads(first) if first else {}
-    return meta.get("import_key") or ("legacy" if "source_id" in meta else None)
+    first = shard.read_row_group(0, columns=["id", "model", "extra"]).slice(0, 1).to_pylist()
+    if not first:
+        return None
+    meta = json.loads(first[0]["extra"]) if first[0]["extra"] else {}
+    if "source_id" not in meta:
+        return None
+    if "import_key" not in meta or first[0]["id"] == content_id("import", first[0]["model"], meta["source_id"]):
+        return "legacy"
+    return meta["import_key"]
 
 
 def imported_shards(store: RunStore, pool: str) -> dict[Path, str]:
@@ -127,6 +142,15 @@ def imported_shards(store: RunStore, pool: str) -> dict[Path, str]:
     shard holds the records of one writer: an import's or a sampling run's)."""
     keys = {p: _import_key(p) for p in shard_paths(store.root / STAGE, output(SAMPLE_POOL, pool))}
     return {p: k for p, k in keys.items() if k is not None}
+
+
+def _shared_ids(store: RunStore, pool: str, shards: list[Path]) -> int:
+    """How many record ids of ``shards`` (of ``pool``) another pool of ``RUN/sample`` holds too."""
+    ids: set[str] = set()
+    for path in shards:
+        ids.update(columnar.read_table(path, columnar.KINDS["sample"], ["id"])["id"].to_pylist())
+    others = [o for o in pools(store, STAGE, SAMPLE_POOL) if o != pool] if ids else []
+    return len(ids & set().union(*(store.ids(STAGE, output(SAMPLE_POOL, o)) for o in others)))
 
 
 def _compact(teacher: dict) -> dict:
@@ -165,8 +189,13 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     done = (store.stage_info("import").get("pools") or {}).get(pool) or {}
     mine = imported_shards(store, pool)
     if done.get("import_key") == key and sorted([p.name, p.stat().st_size] for p in mine) == done.get("shards"):
-        log.info(f"pool {pool}: up to date (the same sources, settings and teacher tokenizer); nothing to do")
-        return done["counts"]
+        shared = _shared_ids(store, pool, [p for p, k in mine.items() if k == "legacy"])
+        if not shared:
+            log.info(f"pool {pool}: up to date (the same sources, settings and teacher tokenizer); nothing to do")
+            return done["counts"]
+        log.warning(f"pool {pool}: {shared} of its records, imported by an earlier dasd under ids that do not name "
+                    "the pool, have the ids of another pool's records (later stages would count each such id once); "
+                    "importing it again under ids that name the pool")
     # open the companion, the tokenizer and the source before removing anything: a path mistyped
     # fails here and leaves the pool's earlier import in place
     index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
@@ -176,13 +205,17 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     store.begin_stage("import", stage_cfg)  # from here until it ends, later stages refuse to read the pools
     stale = [p for p, k in mine.items() if k != key]
+    old_ids = sum(k == "legacy" for k in mine.values())
     # the store numbers the new shards after the removed ones (even if this run is killed before it
     # writes one), so later stages see that the pool changed
     store.remove_shards(STAGE, output(SAMPLE_POOL, pool), stale)
     gone = store.drop_records(STAGE, "rejects", lambda r: r.get("import_pool") == pool and r.get("import_key") != key)
-    if stale or gone:
-        log.info(f"pool {pool}: {len(stale)} shard(s) and {gone} reject(s) of an earlier import with other sources, "
-                 "settings or teacher tokenizer removed; importing again")
+    if old_ids:
+        log.info(f"pool {pool}: {old_ids} shard(s) imported by an earlier dasd, whose ids do not name the pool, "
+                 "removed; importing them again under ids that do")
+    if len(stale) > old_ids or gone:
+        log.info(f"pool {pool}: {len(stale) - old_ids} shard(s) and {gone} reject(s) of an earlier import with other "
+                 "sources, settings or teacher tokenizer removed; importing again")
     resumed = _outcomes([p for p, k in mine.items() if k == key])
     rejects: list[dict] = list(index.bad) if index else []
     n_companion_bad = len(rejects)  # the source's own rejects follow
@@ -218,7 +251,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     f"prompt id {prompt['id']!r} is in the run with other messages ({store.root / STAGE}/prompts-*): "
                     "this response would be joined to that text; give the row another id")})
                 continue
-            rid = content_id("import", ic.model, uuid)
+            rid = imported_id(ic.model, pool, uuid)
             if rid in resumed:  # on disk from an interrupted run of this import: not read or aligned again
                 pw.add(prompt)
                 counts["imported"] += 1
