@@ -110,6 +110,32 @@ def test_chat_jsonl_import(tmp_path, caplog):
             "score.rescore_teacher=never); 1 rejected") in caplog.text
 
 
+def test_a_chat_rows_other_fields_go_to_the_prompts_meta_not_beside_its_fields(tmp_path):
+    """A chat row's fields that are not a prompt's (``model``, ``usage``, ``finish_reason``) were
+    copied into the prompt record as top-level fields, beside ``id`` and ``answer``; now the prompt
+    holds the documented Prompt fields, the others are in its ``meta`` (a clash with the row's own
+    ``meta`` is quarantined), and ``finish_reason`` is the sample's only."""
+    q, a = {"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "<think>1 + 1 = 2.</think> 2"}
+    data = jsonl(tmp_path / "chat.jsonl", [
+        {"id": "c1", "messages": [q, a], "finish_reason": "length", "model": "gpt-x", "usage": {"tokens": 9},
+         "answer": 2, "domain": "math", "meta": {"src": "s"}, "note": None},
+        {"id": "c2", "messages": [q, a], "model": "gpt-y", "meta": {"model": "gpt-z"}},
+        {"id": "c3", "messages": [q, a], "model": "gpt-y", "meta": "gpt-z"},
+    ])
+    counts = run_import(load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat"]))
+    assert (counts["imported"], counts["rejected"]) == (1, 2)
+    store = RunStore.open(tmp_path / "run")
+    [prompt] = store.read("sample", "prompts")
+    assert prompt == {"id": "c1", "domain": "math", "answer": "2", "messages": [
+        {"role": "system", "content": "You are a helpful assistant."}, q],
+        "meta": {"src": "s", "model": "gpt-x", "usage": {"tokens": 9}}}
+    [sample] = store.read("sample", "pool-T1")
+    assert (sample["finish_reason"], sample["text"], sample["prompt_id"]) == ("length", a["content"], "c1")
+    assert {r["where"]: r["reason"] for r in store.read("sample", "rejects")} == {
+        f"{data}:2": "field 'meta' has model 'gpt-z' but field 'model' is 'gpt-y'",
+        f"{data}:3": "field 'meta' must be an object, got str"}
+
+
 def test_chat_rows_of_odd_shapes_are_quarantined_with_line_and_reason(tmp_path):
     """Chat rows a user meets in the wild: each bad one is quarantined with file:line and the field at
     fault (a non-string content or finish_reason, an id of no usable type, a turn of the wrong shape:

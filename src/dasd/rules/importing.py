@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dasd.configbase import StrictModel
+from dasd.records import Prompt
 from dasd.rules.released import LOGPROB_MODE_HELP, LogprobMode
 from dasd.rules.source_spec import SourceSpec
 
@@ -38,8 +39,19 @@ class ImportConfig(StrictModel):
         return self
 
 
+RESPONSE_FIELDS = ("messages", "finish_reason")
+"""The fields of a chat row that are its response (the last turn, how it ended), not its prompt's."""
+
+
 def parse_chat(raw: dict) -> tuple[dict, str, dict]:
-    """(prompt raw record, response text, extra fields) of one chat row; ValueError names the field."""
+    """(prompt raw record, response text, extra fields) of one chat row; ValueError names the field.
+
+    The prompt gets the turns before the last and the row's ``Prompt`` fields (``id``, ``domain``,
+    ``answer``, ``choices``, ``tests``, ``meta``), as a ``data.prompts`` record would. Any other field
+    of the row (``model``, ``usage``, ``source``, ...) goes into the prompt's ``meta`` under its own
+    name, as a released row's ``meta`` does; a ``meta`` that already holds that key with another
+    value is an error rather than a silent overwrite. The extra fields returned are the sample's
+    (the assistant turn's ``reasoning_content``)."""
     msgs = raw.get("messages")
     if not isinstance(msgs, list) or len(msgs) < 2:
         raise ValueError("field 'messages' must be a chat list ending with the assistant's response")
@@ -55,7 +67,16 @@ def parse_chat(raw: dict) -> tuple[dict, str, dict]:
     extra = {"reasoning_content": reasoning} if reasoning is not None else {}
     if not text.strip() and not (reasoning or "").strip():
         raise ValueError("field 'messages': the assistant response is empty")
-    prompt = {k: v for k, v in raw.items() if k != "messages"}
+    prompt = {k: v for k, v in raw.items() if k in Prompt.model_fields}
+    others = {k: v for k, v in raw.items() if k not in Prompt.model_fields and k not in RESPONSE_FIELDS and v is not None}
+    if others:
+        meta = raw.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"field 'meta' must be an object, got {type(meta).__name__}")
+        for k, v in others.items():
+            if meta and k in meta and meta[k] != v:
+                raise ValueError(f"field 'meta' has {k} {meta[k]!r:.80} but field {k!r} is {v!r:.80}")
+        prompt["meta"] = {**others, **(meta or {})}
     prompt["messages"] = msgs[:-1]
     return prompt, text, extra
 

@@ -12,7 +12,8 @@ Two layouts (``import.format``):
   log-probs (``logprob_mode: missing``, the reason in ``teacher_mismatch``) and counted; ``dasd score`` can
   re-score it with the teacher. ``import.logprob_mode`` declares what the released log-probs are.
 - ``chat``: plain chat JSONL: ``messages`` whose last turn is the assistant's response (an
-  assistant ``reasoning_content`` field is kept and folded into ``<think>`` by ``dasd filter``).
+  assistant ``reasoning_content`` field is kept and folded into ``<think>`` by ``dasd filter``);
+  the row's other fields go to the prompt (``rules.importing.parse_chat``).
 
 Sources are local files, ``save_to_disk`` folders or ``hf:`` hub data sets, streamed
 (``dasd.sources``). Imported responses land in ``RUN/sample/pool-T<temperature>`` like sampled
