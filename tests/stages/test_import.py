@@ -23,7 +23,8 @@ END, START, CHANNEL, MESSAGE, RETURN = 200007, 200006, 200005, 200008, 200002
 
 def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_dir, caplog):
     """The import stage on release-shaped rows: reasoning-only ids, ids with the final channel, ids of
-    another text, a missing row, an orphan, a bad line; meta as a JSON string; the source domain kept."""
+    another text, a missing row, an orphan, a bad line; meta as a JSON string; the source domain kept.
+    The log-prob row of a response quarantined for its own fields (u5) is not counted an orphan."""
     tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
     enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
     body = {"u1": "We need to add 3 and 4. That is 7. Café ✓", "u2": "We need 日本語 5 - 2 = 3.",
@@ -40,12 +41,13 @@ def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_d
         {"uuid": "u5", "input": "q5", "output": ""},
     ])
     final = [END, START, *enc("assistant"), CHANNEL, *enc("final"), MESSAGE, *enc(answer["u2"]), RETURN]
-    ids = {"u1": enc(body["u1"]), "u2": enc(body["u2"]) + final, "u4": enc("different text"), "zz": enc("orphan")}
+    ids = {"u1": enc(body["u1"]), "u2": enc(body["u2"]) + final, "u4": enc("different text"), "zz": enc("orphan"),
+           "u5": enc("its row has no output")}
 
     def row(uuid):
         return {"sample_uuid": uuid, "token_ids": ids[uuid], "logprobs": [-0.01 * (i + 1) for i in range(len(ids[uuid]))]}
 
-    lp = jsonl(tmp_path / "stage1-logprob.jsonl", [row("u2"), row("zz"), row("u4"), row("u1")])  # another order
+    lp = jsonl(tmp_path / "stage1-logprob.jsonl", [row("u2"), row("zz"), row("u4"), row("u1"), row("u5")])  # another order
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", f"import.logprobs={lp}",
                              "import.temperature=0.6", f"teacher.model={o200k_harmony_dir}"])
     counts = run_import(cfg)
@@ -75,6 +77,7 @@ def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_d
     rejects = list(store.read("sample", "rejects"))
     reasons = " | ".join(r["reason"] for r in rejects)
     assert "not valid JSON" in reasons and "uuid" in reasons and "'output'" in reasons and "'zz'" in reasons
+    assert "'u5'" not in reasons and len(rejects) == 4  # the bad line, no uuid, no output, the orphan
     assert [r["where"] for r in rejects if "'zz'" in r["reason"]] == [f"{lp}:2"]  # the orphan's line
     assert any(r["where"] == f"{data}:3" for r in rejects)
     # re-running imports nothing twice

@@ -222,6 +222,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     n_companion_bad = len(rejects)  # the source's own rejects follow
     counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
+    quarantined: set[str] = set()  # uuids of rows quarantined for their own fields: their log-prob rows are no orphans
     kept = RunPrompts(store)  # the run's prompts: an id kept with other messages is not joined to this row's
     with store.writer(STAGE, PROMPTS) as pw, \
             store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
@@ -242,6 +243,8 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 finish = finish_reason(raw)
             except ValueError as e:
                 rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
+                if isinstance(raw.get("uuid"), str):
+                    quarantined.add(raw["uuid"])
                 continue
             if uuid in seen_uuids:
                 rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
@@ -285,7 +288,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
             )
             counts["imported"] += 1
     if index is not None:
-        orphans = set(index.keys()) - seen_uuids
+        orphans = set(index.keys()) - seen_uuids - quarantined
         for uuid in sorted(orphans):
             rejects.append({"where": index.where(uuid), "reason": f"log-prob row for unknown sample_uuid {uuid!r}"})
         counts["logprob_orphans"] = len(orphans)
