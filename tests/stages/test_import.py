@@ -139,6 +139,21 @@ def test_a_chat_rows_other_fields_go_to_the_prompts_meta_not_beside_its_fields(t
         f"{data}:3": "field 'meta' must be an object, got str"}
 
 
+def test_a_chat_rows_id_0_is_its_id(tmp_path):
+    """A chat row's id 0 (an integer id counted from 0) was taken for no id: the response got the
+    hash of its messages as its own id while its prompt got "0", so a second row with id 0 and
+    another question was imported too and joined to the first row's question."""
+    data = jsonl(tmp_path / "chat.jsonl", [
+        {"id": 0, "messages": [{"role": "user", "content": "Compute 1 + 1."}, {"role": "assistant", "content": "2"}]},
+        {"id": 0, "messages": [{"role": "user", "content": "Compute 5 + 5."}, {"role": "assistant", "content": "10"}]},
+    ])
+    counts = run_import(load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat"]))
+    assert (counts["imported"], counts["rejected"]) == (1, 1)
+    store = RunStore.open(tmp_path / "run")
+    assert [(s["source_id"], s["prompt_id"], s["text"]) for s in store.read("sample", "pool-T1")] == [("0", "0", "2")]
+    assert [(r["where"], r["reason"]) for r in store.read("sample", "rejects")] == [(f"{data}:2", "duplicate id '0'")]
+
+
 def test_chat_rows_of_odd_shapes_are_quarantined_with_line_and_reason(tmp_path):
     """Chat rows a user meets in the wild: each bad one is quarantined with file:line and the field at
     fault (a non-string content or finish_reason, an id of no usable type, a turn of the wrong shape:

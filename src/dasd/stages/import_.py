@@ -238,8 +238,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     praw, text, uuid, extra = row.prompt, row.output, row.uuid, {}
                 else:
                     praw, text, extra = parse_chat(raw)
-                    uuid = str(raw.get("id") or content_id("chat", raw.get("messages")))
                 prompt = to_prompt(praw, cfg.data.system_prompt)
+                if ic.format == "chat":  # the row's own id (as the prompt's: checked, as a string; 0 too), else its hash
+                    uuid = prompt["id"] if raw.get("id") is not None else content_id("chat", raw.get("messages"))
                 finish = finish_reason(raw)
             except ValueError as e:
                 rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
