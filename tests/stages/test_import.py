@@ -54,6 +54,10 @@ def test_released_layout_joined_by_id_with_gpt_oss_ids(tmp_path, o200k_harmony_d
     assert counts["imported"] == 4 and counts["with_logprobs"] == 2
     assert f"{data}:5: its log-probs ({lp}:3) do not fit the text: reasoning body differs" in caplog.text
     assert counts["logprobs_missing"] == 1 and counts["logprobs_mismatched"] == 1 and counts["logprob_orphans"] == 1
+    # the source's rows add up; the companion's rejected rows are counted apart
+    assert (counts["read"], counts["rejected"], counts["logprob_rows_rejected"]) == (7, 3, 1)
+    assert "4 responses into pool T0.6 (2 with teacher log-probs as processed, 1 missing, 1 mismatched); 3 rejected; " \
+           "1 log-prob row(s) rejected (1 for no response)" in caplog.text
     store = RunStore.open(tmp_path / "run")
     samples = {s["source_id"]: s for s in store.read("sample", "pool-T0.6")}
     assert set(samples) == {"u1", "u2", "u3", "u4"}

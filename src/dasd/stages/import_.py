@@ -293,7 +293,8 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
         for uuid in sorted(orphans):
             rejects.append({"where": index.where(uuid), "reason": f"log-prob row for unknown sample_uuid {uuid!r}"})
         counts["logprob_orphans"] = len(orphans)
-    counts["rejected"] = len(rejects)
+        counts["logprob_rows_rejected"] = n_companion_bad + len(orphans)
+    counts["rejected"] = len(rejects) - counts.get("logprob_rows_rejected", 0)  # rows of the source: read = imported + rejected
     if rejects:
         store.write_rejects(STAGE, [{**r, "import_pool": pool, "import_key": key} for r in rejects])
     if counts["read"] and not counts["imported"]:  # the stage stays unfinished: later stages refuse the pool
@@ -302,10 +303,12 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                          f"{ic.format!r} (the first, {example.get('where', '?')}: {example.get('reason', '?')}); "
                          f"see {store.root / STAGE}/rejects-*.jsonl")
     shards = sorted([p.name, p.stat().st_size] for p in imported_shards(store, pool))
-    pools = {**(store.stage_info("import").get("pools") or {}), pool: {"import_key": key, "shards": shards, "counts": counts}}
-    store.end_stage("import", counts, pools=pools)
+    by_pool = {**(store.stage_info("import").get("pools") or {}), pool: {"import_key": key, "shards": shards, "counts": counts}}
+    store.end_stage("import", counts, pools=by_pool)
     signal = (f"{counts['with_logprobs']} with teacher log-probs as {mode}, {counts['logprobs_missing']} missing, "
               f"{counts['logprobs_mismatched']} mismatched" if ic.logprobs else "no teacher log-probs: dasd score "
               "re-scores them with the teacher unless score.rescore_teacher=never")
-    log.info(f"{counts['imported']} responses into pool {pool} ({signal}); {counts['rejected']} rejected")
+    bad_lp = (f"; {counts['logprob_rows_rejected']} log-prob row(s) rejected ({counts['logprob_orphans']} for no "
+              "response)" if counts.get("logprob_rows_rejected") else "")
+    log.info(f"{counts['imported']} responses into pool {pool} ({signal}); {counts['rejected']} rejected{bad_lp}")
     return counts
