@@ -476,6 +476,35 @@ def test_dasd_server_says_context_length_exceeded(serve, tiny_lm_dir):
         assert resp.status_code == 400 and resp.json()["error"]["code"] == 400  # other 400s keep their status as code
 
 
+def test_dasd_server_refuses_a_prompt_plus_max_tokens_past_its_context_as_vllm_does(serve, tiny_lm_dir):
+    """A prompt that fits but not with the max_tokens asked is a 400 context_length_exceeded in
+    vLLM's words (its server validates prompt + max_tokens before generating; the stand-in gave a
+    rollout cut at the context, shorter than asked), on both endpoints; the client sees a
+    ContextLengthError. Without max_tokens, or with one that fits, it generates."""
+    import httpx
+
+    from dasd.errors import ContextLengthError
+
+    short = make_engine(EngineConfig_hf(tiny_lm_dir, max_model_len=100))
+    msg = [{"role": "user", "content": "Compute 3 + 4."}]
+    n = len(short.context_ids(msg, None, "x"))
+    assert n < 100
+    with serve(engine=short) as srv:
+        for path, body in (("/chat/completions", {"messages": msg}), ("/completions", {"prompt": "7 " * 20})):
+            n_in = n if path == "/chat/completions" else len(short.context_ids(None, "7 " * 20, "x"))
+            resp = httpx.post(srv.base_url + path, json={"model": "tiny", **body, "max_tokens": 100 - n_in + 1})
+            assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded", resp.text
+            assert resp.json()["error"]["message"] == (
+                f"'max_tokens' or 'max_completion_tokens' is too large: {100 - n_in + 1}. This model's maximum context "
+                f"length is 100 tokens and your request has {n_in} input tokens ({100 - n_in + 1} > 100 - {n_in})")
+            ok = httpx.post(srv.base_url + path, json={"model": "tiny", **body, "max_tokens": 100 - n_in, "temperature": 0})
+            assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == n_in
+        assert httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": msg}).status_code == 200
+        eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url]))
+        with pytest.raises(ContextLengthError, match=r"HTTP 400: 'max_tokens' .* too large"):
+            eng.generate([GenerateRequest(id="s", messages=msg, max_tokens=100 - n + 1)])
+
+
 def EngineConfig_hf(model_dir, **kw):
     from dasd.engines import EngineConfig
 

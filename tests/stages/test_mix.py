@@ -737,10 +737,11 @@ def _view(store):
 
 def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_rest_continued(e2e, mix_engines, tmp_path):
     """The teacher behind a server with a small context, its max_model_len unknown to the client: the
-    server refuses the long contexts (400 context_length_exceeded); those questions are skipped as
-    context_too_long with the server's words, exactly those the in-process teacher with the same
-    max_model_len does not ask, and the others are continued (or stopped by the context, the hf
-    engine behind the server clipping); a rerun asks the server nothing."""
+    server refuses the contexts that leave no room for max_continuation_tokens (400
+    context_length_exceeded, as vLLM's server does); those questions are skipped as context_too_long
+    with the server's words, exactly those a client that knows max_model_len skips without asking,
+    and the others are continued; a rerun asks the server nothing. The in-process teacher with the
+    same max_model_len only skips the contexts that do not fit at all (it stops at its context)."""
     from dasd.engines.server import EngineServer, ServerThread
     from dasd.rules.mixing import render_generation_prompt, teacher_context
 
@@ -751,9 +752,11 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
                                                                  r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
             for r in rollouts if r["prefix_chars"] is not None}
     sizes = sorted(size.values())
-    limit = sizes[len(sizes) // 2]  # about half of the contexts fit
-    assert sizes[0] < limit
+    room = cfg.max_continuation_tokens
+    limit = sizes[len(sizes) // 2] + room  # about half of the contexts fit with room for a continuation
     over = {pid for pid, n in size.items() if n >= limit}
+    refusable = {pid for pid, n in size.items() if n + room > limit}
+    assert over and refusable - over and len(refusable) < len(size)
     short = make_engine(EngineConfig(model=teacher.name, device="cpu", batch_size=16, max_model_len=limit))
     run_mix(cfg, RunStore(tmp_path / "in-process"), curated, student, short)
     assert {r["prompt_id"] for r in RunStore.open(tmp_path / "in-process").read("mix", "rollouts")
@@ -766,8 +769,10 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
         store = RunStore.open(tmp_path / "run")
         assert store.stage_info("mix")["complete"] and got["continuations"] > 0
         refused = [r for r in store.read("mix", "rollouts") if "HTTP 400" in r["detail"]]
-        assert {r["prompt_id"] for r in refused} == over and all(r["verdict"] == "context_too_long" for r in refused)
-        assert all(re.search(rf"HTTP 400: .*prompt has \d+ tokens, max_model_len is {limit}", r["detail"]) for r in refused)
+        assert {r["prompt_id"] for r in refused} == refusable and all(r["verdict"] == "context_too_long" for r in refused)
+        assert all(re.search(rf"HTTP 400: .*prompt has {size[r['prompt_id']]} tokens, max_model_len is {limit}" if r["prompt_id"] in over
+                             else rf"HTTP 400: .*maximum context length is {limit} tokens and your request has {size[r['prompt_id']]} input tokens",
+                             r["detail"]) for r in refused)
         assert {(r["prompt_id"], r["student"]["text"], r["prefix_chars"]) for r in store.read("mix", "rollouts")} \
             == {(r["prompt_id"], r["student"]["text"], r["prefix_chars"]) for r in rollouts}
         served = server.stats["requests"]
@@ -779,7 +784,7 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
                                          openai={"base_urls": [srv.base_url], "timeout_s": 30.0, "concurrency": 4}))
         capped = run_mix(cfg, RunStore(tmp_path / "known"), curated, student, known)
     fits = sum(n + cfg.max_continuation_tokens <= limit for n in sizes)
-    assert capped["continuations"] == fits
+    assert capped["continuations"] == fits == got["continuations"]
     assert capped["skipped"]["context_too_long"] == len(sizes) - fits
     assert {r["detail"] for r in RunStore.open(tmp_path / "known").read("mix", "rollouts") if r["verdict"] == "context_too_long"} \
         == {f"teacher context of {n} tokens + max_continuation_tokens past the teacher's max_model_len {limit}"
@@ -831,10 +836,10 @@ def test_a_question_too_long_for_the_student_is_skipped_not_an_error(mix_engines
 
 def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_not_a_cut_off(e2e, mix_engines, tmp_path):
     """A student whose context holds the question but not the question + its cap: a rollout that
-    stops at the context, short of the cap, is no cut-off but prompt_too_long (as a vLLM server,
-    which refuses prompt + max_tokens past its context, would have it), in process as over HTTP,
-    and every other question gets the rollout an unbounded student writes. (Such a rollout counted
-    as a cut-off, shorter than its cap.)"""
+    stops at the context, short of the cap, is no cut-off but prompt_too_long, and every other
+    question gets the rollout an unbounded student writes. (Such a rollout counted as a cut-off,
+    shorter than its cap.) Over HTTP the server refuses every question whose prompt + cap passes
+    its context, as vLLM's server does: each is prompt_too_long with the server's words."""
     from dasd.engines.server import EngineServer, ServerThread
 
     student, teacher = mix_engines
@@ -858,7 +863,10 @@ def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_n
             got = {r["prompt_id"]: r for r in RunStore.open(tmp_path / name).read("mix", "rollouts")}
             assert funnel["questions"] == len(rollouts) and funnel["prompt_too_long"] > 0
             for pid, g in got.items():
-                if g["verdict"] == "prompt_too_long":
+                if g["verdict"] == "prompt_too_long" and name == "http":
+                    assert left[pid] < caps[pid] and g["student"] == {"text": None, "finish_reason": None, "n_tokens": 0}
+                    assert f"HTTP 400: 'max_tokens' or 'max_completion_tokens' is too large: {caps[pid]}." in g["detail"]
+                elif g["verdict"] == "prompt_too_long":
                     assert left[pid] < caps[pid] and g["student"] == {"text": None, "finish_reason": "length", "n_tokens": left[pid]}
                     assert g["detail"] == f"the student's context (max_model_len {limit}) ended the rollout after {left[pid]} of its {caps[pid]} tokens"
                 elif g["student"]["finish_reason"] == "length":
@@ -867,6 +875,8 @@ def test_a_question_whose_prompt_and_cap_pass_the_students_context_is_too_long_n
                 # exactly the stopped rollouts are too long, the others are an unbounded student's
                 assert {pid for pid, g in got.items() if g["verdict"] == "prompt_too_long"} == stopped
                 assert all(got[r["prompt_id"]] == r for r in rollouts if r["prompt_id"] not in stopped)
+            else:
+                assert {pid for pid, g in got.items() if g["verdict"] == "prompt_too_long"} == {p for p in left if left[p] < caps[p]}
 
 
 def test_a_continuation_the_teachers_context_stops_is_context_too_long_not_unfinished(e2e, mix_engines, tmp_path):

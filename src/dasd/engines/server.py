@@ -15,6 +15,9 @@ Endpoints (the subset of vLLM's schema that dasd's ``openai`` engine uses):
   token-id prompt whose ids do not re-encode to themselves can be scored but not continued
   exactly: with prompt log-probs asked, the sample continues its re-encoded text and the choice
   says so in ``dasd_note``; without, it is a 400.
+- A request whose prompt + ``max_tokens`` passes the engine's known context (``max_model_len``) is
+  a 400 with code ``context_length_exceeded`` in vLLM's words, as vLLM's server refuses it (the
+  engine in process stops at the context instead); a prompt alone past it is the engine's refusal.
 - ``POST /tokenize``: ``{prompt}`` -> ``{tokens, count}`` (vLLM's shape; count only is guaranteed).
 - ``GET  /dasd/stats``: requests served, rows per engine call, tokens, seconds busy (below).
 
@@ -306,6 +309,7 @@ class EngineServer:
         except ValueError as err:
             raise _BadRequest(str(err))
         gens = await self._submit("generate", req)
+        self._within_context(gens, body.get("max_completion_tokens", body.get("max_tokens")))
         want_lp = bool(body.get("logprobs"))
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         choices = []
@@ -385,6 +389,7 @@ class EngineServer:
             except ValueError as err:
                 raise _BadRequest(str(err))
             gens = await self._submit("generate", req)
+            self._within_context(gens, max_tokens)
         choices = []
         for g in gens:
             choice: dict[str, Any] = {"index": g.index, "text": (text if echo else "") + g.text,
@@ -417,6 +422,19 @@ class EngineServer:
                 ]
             choices.append(choice)
         return self._wrap(rid, "text_completion", choices, gens)
+
+    def _within_context(self, gens: list[Generation], max_tokens) -> None:
+        """A 400 (``context_length_exceeded``, in vLLM's words) when the prompt + the ``max_tokens`` the
+        request asked for pass the engine's context, as vLLM's server refuses it; the engine itself
+        (hf, vLLM offline) would stop at the context instead, a rollout shorter than asked. Checked on
+        the prompt length the generation reports: a refused request's samples are dropped."""
+        limit = getattr(self.engine, "max_len", None)
+        if limit is None or max_tokens is None or not gens or gens[0].prompt_tokens + int(max_tokens) <= limit:
+            return
+        n = gens[0].prompt_tokens
+        raise _BadRequest(f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum "
+                          f"context length is {limit} tokens and your request has {n} input tokens "
+                          f"({max_tokens} > {limit} - {n})", "context_length_exceeded")
 
     def _score_prompt(self, ids: list[int], rid: str) -> list[float]:
         """Log-probs of ids[1:], each given the ids before it (prompt_logprobs)."""
