@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from dasd.engines.offsets import decode_with_char_index, spans_from_bytes, token_bytes, token_offsets
+from dasd.engines.offsets import (
+    decode_with_char_index,
+    generation_spans,
+    spans_from_bytes,
+    token_bytes,
+    token_offsets,
+)
 from dasd.errors import DasdError
 
 TEXTS = [
@@ -119,6 +125,56 @@ def test_partial_character_at_the_end():
     pieces = [b"a", "\U0001f600".encode()[:1], "\U0001f600".encode()[1:], b""]
     text, spans = spans_from_bytes(pieces)
     assert text == "a\U0001f600" and spans == [(0, 1), (1, 2), (1, 2), (2, 2)]
+
+
+def held_back_text(pieces: list[bytes]) -> str:
+    """vLLM's detokenizer rule, brute force: after each token it decodes everything so far and holds
+    the text back while that ends in U+FFFD; what is held at the end is never released."""
+    text = ""
+    for k in range(1, len(pieces) + 1):
+        so_far = b"".join(pieces[:k]).decode("utf-8", errors="replace")
+        if not so_far.endswith("\ufffd"):
+            text = so_far
+    return text
+
+
+def test_a_generation_cut_inside_a_character_ends_before_it():
+    """max_tokens stopped a generation after 2 of an emoji's 4 bytes: vLLM's text is "ok " (it holds
+    back the U+FFFD those bytes decode to), so the generation's text is too, and the cut token has
+    the empty span at the end, not a span past the text."""
+    emoji = "\U0001f600".encode()
+    assert generation_spans([b"ok ", emoji[:2]]) == ("ok ", [(0, 3), (3, 3)])
+    assert generation_spans([b"ok ", emoji[:1], emoji[1:2], b""]) == ("ok ", [(0, 3), (3, 3), (3, 3), (3, 3)])
+    # completed characters and invalid bytes inside the text are kept, as vLLM keeps them
+    assert generation_spans([b"a", emoji[:1], emoji[1:]]) == ("a\U0001f600", [(0, 1), (1, 2), (1, 2)])
+    assert generation_spans([b"\xe6", b"b", b"\xe6\x97"]) == ("\ufffdb", [(0, 1), (1, 2), (2, 2)])
+    # vLLM's test is the text ending in U+FFFD, so a stray byte or a real U+FFFD at the end goes too
+    assert generation_spans([b"x", b"\x80"]) == ("x", [(0, 1), (1, 1)])
+    assert generation_spans([b"x", "\ufffd".encode()]) == ("x", [(0, 1), (1, 1)])
+    assert generation_spans([emoji[:2]]) == ("", [(0, 0)])
+    assert generation_spans([]) == ("", [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=4), max_size=10))
+def test_generation_spans_follow_vllm_rule(pieces):
+    text, spans = generation_spans(pieces)
+    assert text == held_back_text(pieces)
+    full, full_spans = spans_from_bytes(pieces)
+    assert full.startswith(text)
+    assert spans == [(min(s, len(text)), min(e, len(text))) for s, e in full_spans]
+
+
+def test_a_held_back_generation_text_is_its_ids_text(sentencepiece_tokenizer):
+    """Re-scoring a sample cut inside 'é' with its own ids: token_offsets takes the held-back text."""
+    tok = sentencepiece_tokenizer
+    ids = tok("an \u00e9", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[-2:] == ["<0xC3>", "<0xA9>"]
+    text, spans = generation_spans(token_bytes(tok, ids[:-1]))
+    assert text == " an "
+    assert token_offsets(tok, ids[:-1], text) == spans and spans[-1] == (4, 4)
+    with pytest.raises(DasdError, match="not this text's tokens"):
+        token_offsets(tok, ids[:-1], " a")
 
 
 @settings(max_examples=300, deadline=None)

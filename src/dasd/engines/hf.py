@@ -22,7 +22,8 @@ What it guarantees:
   each prompt its own seed.
 - **Text as vLLM returns it.** A generation's text is what its tokens add to the context (their
   bytes, decoded), so a sentencepiece model's first token '▁The' is " The" (decoding the ids on their
-  own strips that space); offsets are exact on that text (``engines.offsets``).
+  own strips that space), and a generation cut inside a character ends before it, as vLLM holds
+  back a trailing U+FFFD; offsets are exact on that text (``engines.offsets.generation_spans``).
 
 Pitfalls: the stop set is the tokenizer's eos plus the model's ``generation_config.eos_token_id``
 (so a chat model stops at its end-of-turn token only if one of those names it); a raw ``prefix``
@@ -47,7 +48,7 @@ from dasd.engines.base import (
     encode_text,
 )
 from dasd.engines.config import EngineConfig
-from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
+from dasd.engines.offsets import generation_spans, token_bytes, token_offsets
 from dasd.errors import ContextLengthError, DasdError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -293,7 +294,8 @@ class HFEngine:
         # that for a sentencepiece decoder (Llama 2, Mistral), which strips the leading space of what
         # it decodes: a first token '▁The' gave "The" where vLLM gives " The", and a raw prefix + text
         # lost the space at the join. Byte-level BPE text is unchanged (its decoding is these bytes).
-        text, offsets = spans_from_bytes(token_bytes(self.tokenizer, row.ids))
+        # The bytes of a character cut at the end (max_tokens) are left out, as vLLM leaves them out.
+        text, offsets = generation_spans(token_bytes(self.tokenizer, row.ids))
         return Generation(
             request_id=req.id, index=row.index, text=text,
             tokens=self.tokenizer.convert_ids_to_tokens(row.ids), token_ids=list(row.ids),

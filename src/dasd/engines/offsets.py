@@ -22,6 +22,12 @@ lies inside ``[0, len(text)]``, consecutive spans never leave a gap, and they ov
 character split between tokens. ``text[start:end]`` of a token that splits no character is exactly
 that token's text.
 
+**A generation's text** (``generation_spans``, used by the hf and vllm engines) follows vLLM's
+detokenizer, which holds back text that ends in U+FFFD until a later token completes the
+character: a generation cut inside a multi-byte character (``max_tokens`` after the first
+byte-fallback piece of "é") ends before that character, not with U+FFFD, and the tokens whose
+bytes were dropped get the empty span ``(len(text), len(text))``.
+
 If the tokenizer's decoding strips a leading space (sentencepiece) the spans are shifted left by the
 stripped characters and clamped at 0. Any other mismatch between the tokens' bytes and the text is
 an error (a tokenizer whose decoder this module does not understand, or ids that are not the
@@ -151,8 +157,8 @@ def decode_with_char_index(data: bytes) -> tuple[str, list[int]]:
     return "".join(parts), index
 
 
-def spans_from_bytes(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
-    """The text the concatenated ``pieces`` decode to, and each piece's character span in it."""
+def _pieces_spans(pieces: Sequence[bytes]) -> tuple[str, list[int], list[tuple[int, int]]]:
+    """The text the concatenated ``pieces`` decode to, each byte's character index, each piece's span."""
     data = b"".join(pieces)
     text, index = decode_with_char_index(data)
     spans: list[tuple[int, int]] = []
@@ -168,18 +174,56 @@ def spans_from_bytes(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]
         else:  # empty token inside a character: that character, like its neighbours
             spans.append((index[b0], index[b0] + 1))
         pos = b1
+    return text, index, spans
+
+
+def spans_from_bytes(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
+    """The text the concatenated ``pieces`` decode to, and each piece's character span in it."""
+    text, _, spans = _pieces_spans(pieces)
     return text, spans
+
+
+def generation_spans(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
+    """A generation's text as vLLM's detokenizer returns it for these token ``pieces``, and their spans.
+
+    vLLM decodes incrementally and holds back the text while what it has decoded so far ends in
+    U+FFFD (``DecodeStream.step`` in tokenizers, ``detokenize_incrementally`` on its slow path:
+    "potential unfinished byte sequence from byte fallback tokenization"); a later token that
+    completes the character releases it, but nothing releases what is still held at the end. So the
+    text is the decoded bytes up to the end of the last token after which the text so far does not
+    end in U+FFFD: a generation cut inside a multi-byte character (``max_tokens``) loses that
+    character's first bytes instead of ending in U+FFFD. The tokens whose bytes were dropped get the
+    empty span at the end of the text; the others keep their ``spans_from_bytes`` spans.
+    """
+    text, index, spans = _pieces_spans(pieces)
+    cut = 0
+    end = sum(len(p) for p in pieces)
+    for piece in reversed(pieces):  # ``end``: where the text so far ends after this token
+        if end == 0:
+            break
+        whole = end == len(index) or index[end] != index[end - 1]  # no character split at ``end``
+        if whole and text[index[end - 1]] != "\ufffd":
+            cut = index[end - 1] + 1
+            break
+        end -= len(piece)
+    return text[:cut], [(min(s, cut), min(e, cut)) for s, e in spans]
 
 
 def token_offsets(tokenizer, ids: Sequence[int], text: str) -> list[tuple[int, int]]:
     """Character spans of token ``ids`` in ``text``, the decoded form of exactly those ids.
 
-    Raises DasdError if the ids' bytes do not decode to ``text`` (up to a leading space that the
-    tokenizer's decoder strips), rather than returning misaligned spans.
+    ``text`` may also be the ids' text as a generation has it (``generation_spans``: a character cut
+    at the end held back), so a sample is re-scored with its own ids. Raises DasdError if the ids'
+    bytes do not decode to ``text`` (up to a leading space that the tokenizer's decoder strips),
+    rather than returning misaligned spans.
     """
-    decoded, spans = spans_from_bytes(token_bytes(tokenizer, ids))
+    pieces = token_bytes(tokenizer, ids)
+    decoded, spans = spans_from_bytes(pieces)
     if decoded == text:
         return spans
+    held, held_spans = generation_spans(pieces)
+    if held == text:  # a generation's text: its trailing cut character held back (generation_spans)
+        return held_spans
     shift = len(decoded) - len(text)
     if shift > 0 and decoded.endswith(text) and not decoded[:shift].strip():
         return [(max(s - shift, 0), max(e - shift, 0)) for s, e in spans]

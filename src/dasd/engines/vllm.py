@@ -35,7 +35,7 @@ from dasd.engines.base import (
     encode_text,
 )
 from dasd.engines.config import EngineConfig
-from dasd.engines.offsets import spans_from_bytes, token_bytes, token_offsets
+from dasd.engines.offsets import generation_spans, token_bytes, token_offsets
 from dasd.engines.openai import sample_seed
 from dasd.errors import DasdError
 
@@ -116,7 +116,7 @@ class VLLMEngine:
                 raise DasdError(f"request {requests[k].id!r}: vllm returned {len(lps)} log-probs for {len(ids)} tokens")
             # what the tokens add to the context, as vLLM's own detokenizer and the hf engine give it (a
             # sentencepiece first token '▁The' is " The"; decoding the ids on their own strips the space)
-            text, offsets = spans_from_bytes(token_bytes(self.tokenizer, ids))
+            text, offsets = generation_spans(token_bytes(self.tokenizer, ids))
             result[k].append(Generation(
                 request_id=requests[k].id, index=i, text=text,
                 tokens=self.tokenizer.convert_ids_to_tokens(ids), token_ids=ids, offsets=offsets,
