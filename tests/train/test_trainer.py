@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from dasd.errors import ConfigError, InputError
+from dasd.errors import ConfigError, InputError, OutputError
 from dasd.train.config import TrainConfig
 from dasd.train.trainer import run_training
 
@@ -306,3 +310,93 @@ def test_an_init_model_that_cannot_be_loaded_is_one_line_naming_the_key(tiny_lm_
     with pytest.raises(ConfigError, match=r"^stage 's2': cannot load a tokenizer from .* \(train.stages 's2' init\): "
                                           r"no such directory"):
         run_training(cfg, tmp_path / "out2", {"pool": _pool()})
+
+
+@contextmanager
+def _file_size_limit(limit: int):
+    """Meanwhile this process cannot write a file past ``limit`` bytes (RLIMIT_FSIZE, its SIGXFSZ
+    ignored): the kernel fails the write that crosses it (EFBIG), as it fails one on a full disk."""
+    was, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, was[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, was)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+# the tiny model's checkpoint holds model.safetensors (~170 kB, written by safetensors) and
+# optimizer.bin (~360 kB, written by torch.save); every other file of the run is under 20 kB
+@pytest.mark.parametrize("limit,cause", [(100_000, "(File too large; "),
+                                         (250_000, "(RuntimeError: [enforce fail at inline_container.cc")])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_part_of_it(tiny_lm_dir, tmp_path, capsys,
+                                                                                  limit, cause):
+    """A checkpoint save that fails writing (a full disk; here a file-size limit, as real a refusal of
+    the write by the kernel) printed safetensors' or torch's traceback and left its temp folder. It is
+    one line naming the checkpoint and the cause; nothing of it is left, nor a temp folder of a killed
+    save, the checkpoints before it are kept, and the same command resumes from the last of them to
+    the uninterrupted result."""
+    from dasd.train.__main__ import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
+    stages = [{"name": "s1", "data": str(pool), "init": "base", "max_steps": 6}]
+    cfg = _cfg(tiny_lm_dir, save_every=2, stages=stages)
+    (ref,) = run_training(cfg, tmp_path / "ref")
+
+    def crash(m):
+        if m["step"] == 5:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(cfg, tmp_path / "run", on_step=crash)
+    ckdir = tmp_path / "run" / "s1" / "checkpoints"
+    before = {p.name: (p / "trainer_state.json").read_text() for p in ckdir.iterdir()}
+    assert sorted(before) == ["step-000002", "step-000004"]
+    (ckdir / ".step-000003.tmp").mkdir()  # what a save killed meanwhile leaves (under another save_every)
+    (ckdir / ".step-000003.tmp" / "model.safetensors").write_bytes(b"\0" * 1000)
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    capsys.readouterr()
+    with _file_size_limit(limit):
+        code = main(["--config", str(config), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: {ckdir / 'step-000006'}: cannot write the checkpoint of step 6 {cause}")
+    assert err[-1].endswith("; nothing of it is left, a resume starts from step-000004: "
+                            + ("re-run the same command once it can be written" if "File too large" in cause
+                               else "free some space and re-run the same command"))
+    assert not any("Traceback" in line for line in err)
+    assert {p.name: (p / "trainer_state.json").read_text() for p in ckdir.iterdir()} == before  # no temp folders
+    assert not (tmp_path / "run" / "s1" / "final").exists()
+
+    seen = []
+    (res,) = run_training(cfg, tmp_path / "run", on_step=lambda m: seen.append(m["step"]))
+    assert seen == [5, 6]
+    assert [r["loss"] for r in _curve(res["curve"])] == pytest.approx([r["loss"] for r in _curve(ref["curve"])], abs=1e-6)
+    wa, wb = _weights(ref["final"]), _weights(res["final"])
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+
+
+def test_a_final_model_that_cannot_be_written_is_one_line_and_leaves_no_part_of_it(tiny_lm_dir, tmp_path):
+    """The final save of a stage, refused a write as the checkpoint is above: one line, no '.final.tmp'
+    and no 'final' (a stage is finished only by its done.json; its last checkpoint is kept)."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dasd.train.checkpoint import save_final
+    from dasd.train.loss import LossModel
+
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(LossModel(AutoModelForCausalLM.from_pretrained(tiny_lm_dir)))
+    stage = tmp_path / "s1"
+    stage.mkdir()
+    with _file_size_limit(100_000), pytest.raises(OutputError) as err:
+        save_final(acc, model, AutoTokenizer.from_pretrained(tiny_lm_dir), stage)
+    msg = str(err.value)
+    assert msg.startswith(f"{stage / 'final'}: cannot write the stage's final model (File too large; ")
+    assert msg.endswith("nothing of it is left, a resume starts from the stage's last checkpoint: "
+                        "re-run the same command once it can be written")
+    assert "\n" not in msg and list(stage.iterdir()) == []

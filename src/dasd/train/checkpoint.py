@@ -3,6 +3,9 @@
 - ``checkpoints/step-NNNNNN/``: accelerate ``save_state`` (model, optimizer, RNG states),
   ``scheduler.pt`` and ``trainer_state.json`` (``step`` = data position, ``fingerprint``); written
   to ``.step-NNNNNN.tmp`` and renamed into place, so a directory with ``trainer_state.json`` is complete.
+  A save that fails (a full disk, a file-size limit) removes its temp folder and is one line naming
+  the checkpoint and the cause (``save_error``); the checkpoints before it are kept, and a resume
+  starts from the last of them. A temp folder left by a killed save is removed at the next save.
 - ``curve.jsonl``: one line per optimizer step; a line cut by a crash ends it.
 - ``final/``: the stage's model in ordinary transformers format, plus the tokenizer.
 - ``done.json``: the stage's result; its presence marks the stage finished.
@@ -27,14 +30,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from dasd.errors import ConfigError
-from dasd.jsonl import atomic_write_json, atomic_write_jsonl, dumps
+from dasd.errors import ConfigError, DasdError, DiskFullError, OutputError
+from dasd.jsonl import DISK_FULL, atomic_write_json, atomic_write_jsonl, dumps
 from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import StageData
 
@@ -193,25 +197,69 @@ def _quiet_tied_weights(tied: bool):
         log.setLevel(level)
 
 
+# A failed write as safetensors (its Rust I/O error: "... No space left on device (os error 28)") and
+# torch.save's zip writer ("[enforce fail at inline_container.cc:...]", "PytorchStreamWriter failed
+# writing file ...", "basic_ios::clear: iostream error") report it; neither is an OSError.
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
+_TORCH_WRITER = re.compile(r"inline_container|PytorchStreamWriter|iostream error")
+
+
+def save_error(path: Path, what: str, err: BaseException, resume: str) -> DasdError | None:
+    """The one-line error of writing ``what`` to ``path`` that failed with ``err`` (a full disk, a
+    file-size limit, a read-only or vanished folder), once nothing of it is left: the path, the cause
+    as the system gave it, the space left there and where a resume starts (``resume``); None when
+    ``err`` is not a failed write (a bug, an interrupt: let it through as it is)."""
+    from safetensors import SafetensorError
+
+    if isinstance(err, DasdError) and isinstance(err.__cause__, OSError):  # atomic_write_json's, on our temp file
+        err = err.__cause__
+    code = err.errno if isinstance(err, OSError) else None
+    if isinstance(err, SafetensorError):
+        m = _OS_ERROR_IN_TEXT.search(str(err))
+        code = int(m.group(1)) if m else None
+    elif not isinstance(err, OSError) and not (isinstance(err, RuntimeError) and _TORCH_WRITER.search(str(err))):
+        return None
+    cause = os.strerror(code) if code else f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    where = next((p for p in (path, *path.parents) if p.exists()), None)
+    room = f"; {shutil.disk_usage(where).free / 2**20:.1f} MiB free there" if where is not None else ""
+    full = code in DISK_FULL
+    todo = "free some space and re-run the same command" if full or not code else "re-run the same command once it can be written"
+    return (DiskFullError if full else OutputError)(
+        f"{path}: cannot write {what} ({cause}{room}); nothing of it is left, a resume starts from {resume}: {todo}")
+
+
 def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0,
                     tied: bool = False, extra: dict | None = None) -> None:
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``;
     ``tied``: the model ties its output embedding to its input one (``_quiet_tied_weights``);
-    ``extra``: more of the trainer's state for ``trainer_state.json`` (read back by ``trainer_state``)."""
+    ``extra``: more of the trainer's state for ``trainer_state.json`` (read back by ``trainer_state``).
+    A write that fails leaves no part of this checkpoint (``save_error``: one line, what is kept)."""
     ckdir = stage_dir / "checkpoints"
     final = ckdir / f"step-{step:06d}"
     tmp = ckdir / f".step-{step:06d}.tmp"
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in ckdir.glob(".step-*.tmp"):  # this one's leftover, or one of a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    with _quiet_tied_weights(tied):
-        acc.save_state(output_dir=str(tmp))
-    acc.wait_for_everyone()  # every process's RNG state is in ``tmp`` before it is renamed (save_state has no barrier)
+    try:
+        with _quiet_tied_weights(tied):
+            acc.save_state(output_dir=str(tmp))
+        acc.wait_for_everyone()  # every process's RNG state is in ``tmp`` before it is renamed (save_state has no barrier)
+        if acc.is_main_process:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp,
+                                                           **geometry(acc, global_batch), **(extra or {})})
+    except BaseException as err:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(ckdir)
+        failed = save_error(final, f"the checkpoint of step {step}", err,
+                            last.name if last is not None else "the stage's first step (no checkpoint before it)")
+        if failed is None:
+            raise
+        raise failed from err
     if acc.is_main_process:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp, **geometry(acc, global_batch),
-                                                       **(extra or {})})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
@@ -259,11 +307,18 @@ def save_final(acc, model, tokenizer, stage_dir: Path, dtype: torch.dtype = torc
         shutil.rmtree(tmp, ignore_errors=True)
         lm = acc.unwrap_model(model).lm
         sd = {k[len("lm."):]: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items() if k.startswith("lm.")}
-        lm.save_pretrained(str(tmp), state_dict=sd)
-        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-        config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
-        atomic_write_json(tmp / "config.json", config)
-        tokenizer.save_pretrained(str(tmp))
+        try:
+            lm.save_pretrained(str(tmp), state_dict=sd)
+            config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+            config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
+            atomic_write_json(tmp / "config.json", config)
+            tokenizer.save_pretrained(str(tmp))
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failed = save_error(final, "the stage's final model", err, "the stage's last checkpoint")
+            if failed is None:
+                raise
+            raise failed from err
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     acc.wait_for_everyone()
