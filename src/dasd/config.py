@@ -353,6 +353,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
         if e["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
             out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){did_you_mean(loc[-1], allowed)}")
+        elif e["type"] == "too_short" and e.get("input") == []:  # the stage (or push) would do nothing
+            out.append(f"{where}: {key}: empty, so nothing would be done; give at least one item, or leave the key "
+                       "out for its default (`dasd config show` prints it)")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"

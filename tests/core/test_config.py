@@ -196,6 +196,31 @@ def test_a_misspelt_eval_label_or_a_repeated_one_is_refused_at_load(tmp_path, mo
     assert load_config(None, ["eval.models=[mymodel,elsewhere/final,teacher]"]).eval.models[0] == "mymodel"
 
 
+def test_an_empty_list_that_would_make_a_stage_do_nothing_is_refused_at_load(tmp_path, capsys):
+    """`eval.models: []` (or `eval.benchmarks: []`) made `dasd eval` exit 0 having evaluated nothing,
+    and `train.push_to_hub.stages: []` pushed nothing; each is one line naming the file's line (or
+    the override) and the key, as an empty `sample.temperatures` or `train.stages` is."""
+    from dasd.cli import main
+
+    p = write(tmp_path, "run_dir: runs/x\neval:\n  models: []\n")
+    empty = "empty, so nothing would be done; give at least one item, or leave the key out for its default"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}:3: eval.models: {empty}"):
+        load_config(p)
+    capsys.readouterr()
+    assert main(["eval", str(p)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dasd: error: {p}:3: eval.models: {empty}")
+    q = write(tmp_path, "eval:\n  protocol: {n: 1}\n  benchmarks: []\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(q))}:3: eval.benchmarks: {empty}"):
+        load_config(q)
+    with pytest.raises(ConfigError, match=rf"^override train.push_to_hub=.*: train.push_to_hub.stages: {empty}"):
+        load_config(None, ["train.push_to_hub={repo_id: me/m, stages: []}"])
+    for key in ("sample.temperatures", "train.stages"):
+        with pytest.raises(ConfigError, match=rf"^override {key}=\[\]: {key}: {empty}"):
+            load_config(None, [f"{key}=[]"])
+    assert load_config(None, ["train.push_to_hub={repo_id: me/m}"]).train.pushed_stages() == ["stage3_mixed"]
+
+
 def test_eval_models_default_to_the_student_every_training_stage_and_the_teacher():
     assert load_config(None).eval.models == ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"]
     cfg = load_config(None, ["train.stages=[{name: warm, data: low, init: base}, {name: hot, data: high}]"])

@@ -69,7 +69,7 @@ class EvalConfig(StrictModel):
     """`dasd eval` settings (YAML section ``eval``)."""
 
     benchmarks: list[BenchmarkSpec] = Field(
-        default_factory=lambda: [BenchmarkSpec(name="toy", format="toy", limit=50)],
+        default_factory=lambda: [BenchmarkSpec(name="toy", format="toy", limit=50)], min_length=1,
         description="what to evaluate on")
     protocol: Protocol = Field(
         default_factory=lambda: Protocol(name="demo", temperature=0.6, top_p=1.0, n=4, max_tokens=512),
@@ -78,7 +78,7 @@ class EvalConfig(StrictModel):
         "none", description="paper = the paper's protocol per benchmark domain (T 1.0, top_p 1.0, n 64, "
         "102,400 tokens math / 81,920 code and science), replacing `protocol`")
     models: list[str] = Field(
-        default_factory=lambda: ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"],
+        default_factory=lambda: ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"], min_length=1,
         description="labels: teacher, student (base), a training stage name, or a model directory; in a run "
         "config the default is student, every stage of train.stages, teacher")
     batch_requests: int = Field(64, ge=1, description="samples per engine call")

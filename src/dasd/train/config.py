@@ -61,8 +61,8 @@ class PushConfig(StrictModel):
     repo_id: str = Field(description="Hub repository, e.g. 'me/dasd-4b'. With several stages pushed it must contain "
                          "'{stage}' (replaced by the stage name).")
     private: bool = Field(default=True, description="Create the repository as private (when it does not exist yet).")
-    stages: list[str] | None = Field(default=None, description="Stages whose final model is pushed; None: the last "
-                                     "stage of the schedule only.")
+    stages: list[str] | None = Field(default=None, min_length=1, description="Stages whose final model is pushed; "
+                                     "None: the last stage of the schedule only.")
 
     @model_validator(mode="after")
     def _check(self) -> "PushConfig":
