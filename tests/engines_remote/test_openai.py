@@ -303,6 +303,37 @@ def test_listed_end_of_turn_token_is_dropped(serve, tiny_lm_dir):
     assert g.logprob_mode == "processed" and g.prompt_tokens == 5  # a server that does not say raw
 
 
+@pytest.mark.parametrize("eos", [False, True])
+def test_a_last_token_cut_inside_a_character_is_kept_before_a_stop(tiny_lm_dir, eos):
+    """A generation that stops right after the first byte of a character (its text held back, as
+    vLLM's detokenizer and the hf engine give it) keeps that token and its log-prob: it is not the
+    listed end-of-turn token, which is dropped when it follows. (It was dropped as one.)"""
+    from fastapi import FastAPI
+
+    from dasd.engines.server import ServerThread
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        content = [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []} for t in ["4", "2"]]
+        content.append({"token": "bytes:\\xc3", "logprob": -0.7, "bytes": [0xC3], "top_logprobs": []})
+        if eos:
+            content.append({"token": "<|im_end|>", "logprob": -0.1, "bytes": list(b"<|im_end|>"), "top_logprobs": []})
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "42"},
+                             "finish_reason": "stop", "logprobs": {"content": content}}], "usage": {"prompt_tokens": 5}}
+
+    class Plain:  # ServerThread only needs `.app`
+        pass
+
+    srv = Plain()
+    srv.app = app
+    with ServerThread(srv) as thread:
+        g = make_engine(openai_config(tiny_lm_dir, [thread.base_url])).generate(chat_requests(n_prompts=1, n=1))[0][0]
+    assert g.text == "42" and g.logprobs == [-0.5, -0.5, -0.7] and g.finish_reason == "stop"
+    assert g.offsets == [(0, 1), (1, 2), (2, 2)]
+
+
 def _answers_with(tiny_lm_dir, answer: dict):
     """An engine against a loopback stand-in that answers every chat request with ``answer``
     (``content``, optional ``reasoning_content``, and ``tokens`` [(token, bytes or None, logprob)])."""

@@ -651,8 +651,10 @@ class OpenAIEngine:
         except DasdError as err:
             raise DasdError(f"{what}: {err}") from None
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        if finish == "stop" and offsets and offsets[-1] == (len(text), len(text)) and len(lps) == len(offsets):
-            # the end-of-turn token (vLLM lists it; its text is not in the answer): not a text token
+        if finish == "stop" and offsets and offsets[-1] == (len(text), len(text)) and len(lps) == len(offsets) \
+                and not raw_text.endswith("\ufffd"):
+            # the end-of-turn token (vLLM lists it; its text is not in the answer): not a text token (a
+            # last token that is the first bytes of a character cut at the end is one: its text is held back)
             toks, offsets, lps, tops = toks[:-1], offsets[:-1], lps[:-1], tops[:-1]
             ids = ids[:-1]
         mode = self.opt.logprob_mode
