@@ -753,7 +753,7 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
             for r in rollouts if r["prefix_chars"] is not None}
     sizes = sorted(size.values())
     room = cfg.max_continuation_tokens
-    limit = sizes[len(sizes) // 2] + room  # about half of the contexts fit with room for a continuation
+    limit = sizes[-1]  # the longest context does not fit; those shorter by room or more fit with a continuation
     over = {pid for pid, n in size.items() if n >= limit}
     refusable = {pid for pid, n in size.items() if n + room > limit}
     assert over and refusable - over and len(refusable) < len(size)
@@ -1052,3 +1052,32 @@ def test_no_selected_pools_is_an_error_before_any_model_is_loaded(tmp_path):
                              f"student.model={tmp_path / 'missing-student'}"])
     with pytest.raises(DasdError, match=r"no selected pools \(RUN/select/selected-\*\); run `dasd select` first"):
         run_mix_stage(cfg)
+
+
+def test_a_question_whose_selected_teacher_response_changed_is_asked_again(e2e, mix_engines, tmp_path):
+    """`dasd select` again picks another teacher response for some questions (it sets the student's
+    cap): a rerun of mix asks exactly those again, removing their old rollouts and examples, and
+    ends with what a fresh run on the new selection writes. (Rollout ids do not name the teacher
+    text: the old rollouts, made under the old caps, were kept.)"""
+    import shutil
+
+    student, teacher = mix_engines
+    cfg, store, curated, _, rollouts, _ = e2e
+    drawn = {r["prompt_id"] for r in rollouts}
+    kept = sorted(r["prompt_id"] for r in rollouts if r["verdict"] == "kept")
+    changed = {kept[0], sorted(drawn - set(kept))[0]} if kept else set(sorted(drawn)[:2])
+    new = [{**q, "teacher_text": q["teacher_text"] + " Nochmals: 1 + 1 = 2 ✓, und 2 + 2 = 4."} if q["prompt"]["id"] in changed
+           else q for q in curated]
+    shutil.copytree(store.root, tmp_path / "rerun")
+    again = run_mix(cfg, RunStore.open(tmp_path / "rerun"), new, student, teacher)
+    assert again["new"] == len(changed)
+    fresh = run_mix(cfg, RunStore(tmp_path / "fresh"), new, student, teacher)
+    assert {k: v for k, v in again.items() if k not in ("new", "stale_examples_removed")} == \
+        {k: v for k, v in fresh.items() if k not in ("new", "stale_examples_removed")}
+    for name in ("rollouts", "examples"):
+        got = sorted(json.dumps(r, sort_keys=True) for r in RunStore.open(tmp_path / "rerun").read("mix", name))
+        want = sorted(json.dumps(r, sort_keys=True) for r in RunStore.open(tmp_path / "fresh").read("mix", name))
+        assert got == want, name
+    caps = {r["prompt_id"]: r["cap"] for r in RunStore.open(tmp_path / "rerun").read("mix", "rollouts")}
+    old = {r["prompt_id"]: r["cap"] for r in rollouts}
+    assert {pid for pid in drawn if caps[pid] != old[pid]} == changed

@@ -348,6 +348,12 @@ def rollout_id(prompt_id: str, student: str, teacher: str, cfg: MixConfig) -> st
     return content_id("mix", prompt_id, student, teacher, knobs)
 
 
+def teacher_text_id(text: str) -> str:
+    """The hash a rollout keeps of the selected teacher response that set its cap: a question whose
+    selected response changed since (``dasd select`` again) is asked again (``stages.mix``)."""
+    return content_id("mix-teacher-text", text)
+
+
 def example_id(rollout: str) -> str:
     """The id of the example a kept rollout yields."""
     return content_id("mix-example", rollout)

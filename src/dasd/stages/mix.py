@@ -52,6 +52,7 @@ from dasd.rules.mixing import (
     rollout_id,
     student_cap,
     teacher_context,
+    teacher_text_id,
 )
 from dasd.rules.sampling import derived_seed
 from dasd.store import RunStore, config_hash, shard_paths
@@ -128,9 +129,7 @@ def run_mix(
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
     judged = {"student": context_key(student_engine), "teacher": context_key(teacher_engine)}
-    stale = store.drop_records(STAGE, "rollouts", lambda r: r["verdict"] in TOO_LONG and r.get("judged") != judged[TOO_LONG[r["verdict"]]])
-    if stale:
-        log.info(f"{stale} question(s) skipped as too long for another context of the student or teacher: judged again")
+    _drop_stale_rollouts(store, judged, {q["prompt"]["id"]: teacher_text_id(q["teacher_text"]) for q in questions})
     # Both outputs are flushed together, examples first (``FLUSH_QUESTIONS``), and closed in that order:
     # a kept rollout on disk has its example on disk, so a killed run does not redo its question.
     with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
@@ -164,6 +163,31 @@ def run_mix(
     store.end_stage(STAGE, funnel)
     log.info(funnel_table(funnel))
     return funnel
+
+
+def _drop_stale_rollouts(store: RunStore, judged: dict[str, str], text_ids: dict[str, str]) -> None:
+    """Remove the rollouts to do again, with their examples first (a kill in between leaves the
+    rollouts, found again by the rerun): a question skipped as too long for another context than
+    the model's now (``judged``), and a question whose selected teacher response, which sets its cap,
+    changed (``text_ids``: prompt id -> ``teacher_text_id``; rollouts of an earlier dasd keep none)."""
+    def stale(r: dict) -> bool:
+        if r["verdict"] in TOO_LONG and r.get("judged") != judged[TOO_LONG[r["verdict"]]]:
+            return True
+        return r.get("teacher_text_id") not in (None, text_ids.get(r["prompt_id"], r.get("teacher_text_id")))
+
+    gone = {r["id"]: (r["verdict"], r.get("example_id")) for r in store.read(STAGE, "rollouts") if stale(r)}
+    if not gone:
+        return
+    examples = {ex for _, ex in gone.values() if ex}
+    if examples:
+        store.drop_records(STAGE, "examples", lambda e: e["id"] in examples)
+    store.drop_records(STAGE, "rollouts", lambda r: r["id"] in gone)
+    too_long = sum(verdict in TOO_LONG for verdict, _ in gone.values())
+    if too_long:
+        log.info(f"{too_long} question(s) skipped as too long for another context of the student or teacher: judged again")
+    if len(gone) > too_long:
+        log.info(f"{len(gone) - too_long} question(s) whose selected teacher response changed (it sets the student's "
+                 "cap): asked again")
 
 
 def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
@@ -248,7 +272,7 @@ def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_
         p = q["prompt"]
         rec = {
             "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student_name, "teacher_model": teacher.name,
-            "cap": cap, "teacher_student_tokens": n,
+            "cap": cap, "teacher_student_tokens": n, "teacher_text_id": teacher_text_id(q["teacher_text"]),
             "student": None, "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "",
             "example_id": None,
         }
