@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 
-_BOX_OPENERS = ("\\boxed{", "\\fbox{", "\\boxed {")
+_OPENER = re.compile(r"\\boxed ?\{|\\fbox\{")
+_BRACE = re.compile(r"[{}]")
 
 
 def final_part(text: str) -> str | None:
@@ -30,23 +31,22 @@ def final_part(text: str) -> str | None:
 
 
 def _box_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each closed box's content, in the order the boxes open. Each ``{`` is
+    matched to its ``}`` in one pass over the braces, so a long output with many unclosed boxes (a
+    model looping on ``\\boxed{``) costs one pass, not one scan to the end per box."""
+    close: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            close[stack.pop()] = m.start()
     spans = []
-    for opener in _BOX_OPENERS:
-        start = 0
-        while (i := text.find(opener, start)) >= 0:
-            j, depth = i + len(opener), 1
-            for k in range(j, len(text)):
-                c = text[k]
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        spans.append((i, j, k))
-                        break
-            start = i + 1
-    spans.sort()
-    return [(j, k) for _, j, k in spans]
+    for m in _OPENER.finditer(text):
+        k = close.get(m.end() - 1)
+        if k is not None:
+            spans.append((m.end(), k))
+    return spans
 
 
 def last_boxed(text: str) -> str | None:
