@@ -30,6 +30,7 @@ every kept sample is scored again, so no student signal of an earlier model is r
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 from dasd.engines.base import ScoreRequest, ScoreResult, each_or_refused
 from dasd.errors import ContextLengthError
@@ -39,6 +40,7 @@ from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, lo
 from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept, model_versions,
                        open_engine, output, pools, record_faults)
 from dasd.store import RunStore, config_hash
+from dasd.train.encode import response_tokens
 
 STAGE = "score"
 log = logger(STAGE)
@@ -80,6 +82,22 @@ def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult |
     return each_or_refused(requests, engine.score, hooked)
 
 
+def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreResult | ContextLengthError], int]:
+    """``score_or_refused`` on the tokens training gives each response (``train.encode.response_tokens``
+    with the engine's tokenizer): the model is scored on exactly the ids it is trained on, after
+    exactly the context they follow there, and the offsets are carried back into the response.
+    A response whose tokens cannot be cut out of its rendered conversation is scored on its own
+    tokens after the generation prompt, as asked; how many were is returned beside the results."""
+    tok = getattr(engine, "tokenizer", None)
+    cut = response_tokens(tok, [(r.messages, r.continuation) for r in requests]) \
+        if tok is not None and getattr(tok, "chat_template", None) and requests else [None] * len(requests)
+    asked = [r if c is None else ScoreRequest(id=r.id, prefix=c.context, continuation=c.text, continuation_ids=c.ids)
+             for r, c in zip(requests, cut)]
+    results = [r if c is None or isinstance(r, ContextLengthError) else replace(r, offsets=c.offsets)
+               for r, c in zip(score_or_refused(engine, asked), cut)]
+    return results, sum(c is None for c in cut)
+
+
 def wants_local_naturalness(cfg) -> bool:
     """Whether this run's score stage computes local naturalness (``score.local_naturalness``)."""
     mode = cfg.score.local_naturalness
@@ -107,7 +125,8 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     sc: ScoreConfig = cfg.score
     local = wants_local_naturalness(cfg)
     stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
-                 "local_naturalness": local, "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
+                 "local_naturalness": local, "tokens": "as trained",  # scores of earlier versions: each response's own tokens
+                 "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
     had_local = (store.stage_info(STAGE).get("config") or {}).get("local_naturalness", local)
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"), extra=cfg.teacher.model_dump(mode="json"),
                                    outputs=(SCORED + "-", "rejects"))
@@ -127,6 +146,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         for pool in pools(store, "filter", KEPT):
             with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w, store.writer(STAGE, "rejects") as wq:
                 rejects = _Rejects(wq)  # written as judged, like the scored records: a stopped stage keeps them
+                alone = {"student": 0, "teacher": 0}  # responses not scored on their training tokens
                 done_rejected = wq.existing
                 skip = w.ids | done_rejected
                 n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
@@ -142,7 +162,9 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                         idx = range(len(batch)) if sc.rescore_teacher == "always" else need
                         if teacher is None:
                             teacher = open_engine(cfg.teacher)
-                        for i, r in zip(idx, score_or_refused(teacher, [reqs[i] for i in idx])):
+                        results, n = score_as_trained(teacher, [reqs[i] for i in idx])
+                        alone["teacher"] += n
+                        for i, r in zip(idx, results):
                             if isinstance(r, ContextLengthError):
                                 refused[i] = _too_long(batch[i], "teacher", r, judged)
                             else:
@@ -157,7 +179,9 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                         else:
                             usable.append((s, req))
                     scored = []
-                    for (s, _), r in zip(usable, score_or_refused(student, [req for _, req in usable])):
+                    results, n = score_as_trained(student, [req for _, req in usable])
+                    alone["student"] += n
+                    for (s, _), r in zip(usable, results):
                         if isinstance(r, ContextLengthError):
                             rejects.add(_too_long(s, "student", r, judged))
                         else:
@@ -182,6 +206,11 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                 log.warning(f"{pool}: {rejects.too_long} response(s) longer than the student's or teacher's context "
                             f"(e.g. {rejects.first_too_long}): quarantined, not scored again "
                             "while the stage's settings and models stay the same")
+            for role, n in alone.items():
+                if n:
+                    log.warning(f"{pool}: {n} response(s) scored on their own tokens after the {role}'s generation "
+                                "prompt, not on the tokens training gives them: its chat template changes them beyond "
+                                "whitespace, or joins their first or last token with its own text")
             log.info(f"{pool}: {counts[pool]['scored']} responses scored, {rejects.n} quarantined")
     record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)

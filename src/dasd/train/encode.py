@@ -100,31 +100,36 @@ def _render_one(tokenizer, example: dict, where: str) -> tuple[str, list[tuple[i
     return text, spans, prefix_span
 
 
-def _map_through_whitespace(content: str, n: int, text: str, start: int, stop: int) -> int | None:
-    """Where ``content[:n]`` ends in ``text[start:stop]`` when the template changed only whitespace.
-
-    Qwen3-style templates re-render ``<think>R</think>A`` as ``<think>\nR\n</think>\n\nA``. The
-    rendered span must hold the same non-whitespace characters in the same order; the prefix ends
-    right after the rendered copy of its last non-whitespace character (whitespace the template
-    re-laid at the boundary goes to the continuation). None when that does not hold.
-    """
+def _align_nonspace(content: str, text: str, start: int, stop: int) -> list[int] | None:
+    """Where each non-whitespace character of ``content`` is in ``text[start:stop]``, when the
+    template changed only whitespace (Qwen3-style templates re-render ``<think>R</think>A`` as
+    ``<think>\nR\n</think>\n\nA``): the rendered span holds the same non-whitespace characters in
+    the same order (anything after them, e.g. the end-of-turn tag, is left alone). None when that
+    does not hold."""
     want = [c for c in content if not c.isspace()]
-    k = sum(1 for c in content[:n] if not c.isspace())
-    seen, pos = 0, start
+    found: list[int] = []
     for pos in range(start, stop):
+        if len(found) == len(want):
+            break
         c = text[pos]
         if c.isspace():
             continue
-        if seen == len(want):
-            break
-        if c != want[seen]:
+        if c != want[len(found)]:
             return None
-        seen += 1
-        if seen == k:
-            end = pos + 1
-    if seen != len(want):
+        found.append(pos)
+    return found if len(found) == len(want) else None
+
+
+def _map_through_whitespace(content: str, n: int, text: str, start: int, stop: int) -> int | None:
+    """Where ``content[:n]`` ends in ``text[start:stop]`` when the template changed only whitespace
+    (``_align_nonspace``): right after the rendered copy of its last non-whitespace character
+    (whitespace the template re-laid at the boundary goes to the continuation). None when the
+    template changed more than whitespace."""
+    found = _align_nonspace(content, text, start, stop)
+    if found is None:
         return None
-    return start if k == 0 else end
+    k = sum(1 for c in content[:n] if not c.isspace())
+    return start if k == 0 else found[k - 1] + 1
 
 
 def _masks(offsets: np.ndarray, spans, prefix_span) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +166,113 @@ def encode_batch(tokenizer, examples: list[dict], mask_prefix: bool = False,
         labels[:-1] = np.where(loss[1:], ids[1:], IGNORE)
         out.append((ids, labels, loss, prefix))
     return out
+
+
+@dataclass
+class ResponseTokens:
+    """A response as training tokenises it (``response_tokens``): ``ids``, the tokens that hold its
+    characters in the rendered conversation; ``context``, the rendered text before the first of them
+    (it tokenises to exactly the ids before them); ``text``, the rendered text they cover; and
+    ``offsets``, each token's character span in the response as given (``engines.offsets``' rule,
+    carried through any whitespace the template re-laid)."""
+
+    context: str
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+# How far back into the generation prompt a response may begin: a template whose generation prompt
+# opens the reasoning itself (``...assistant\n<think>\n``) renders a response ``<think>\nR...`` with
+# its opener in the prompt.
+_MAX_OPENER = 64
+
+
+def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[ResponseTokens | None]:
+    """Per ``(messages, response)``: the tokens training gives ``response`` as the assistant turn after
+    ``messages`` (the chat template and tokenisation of ``encode_batch``), for scoring a model on
+    exactly what it is trained on. Tokenising the response on its own after the generation prompt
+    can give other tokens: a sentencepiece tokenizer puts a word-start ``▁`` before it, a template
+    re-lays the whitespace around ``<think>``, or its generation prompt already holds the opener.
+
+    None where the response cannot be cut out of the conversation as tokens: the template does not
+    render the generation prompt as a prefix of the conversation, changes the response beyond
+    whitespace, the context before its first token does not tokenise to the ids before it, or its
+    tokens do not decode to the text they cover (a token joined with the template's text after it).
+    """
+    from dasd.engines.base import encode_text
+    from dasd.engines.offsets import token_offsets
+    from dasd.errors import DasdError
+
+    rendered: list[tuple[str, tuple[int, int]] | None] = []
+    for messages, response in pairs:
+        convo = [{"role": m["role"], "content": m["content"]} for m in messages]
+        try:
+            text, spans, _ = assistant_spans(tokenizer, [*convo, {"role": "assistant", "content": response}])
+        except InputError:
+            rendered.append(None)
+            continue
+        rendered.append((text, spans[-1]))
+    todo = [k for k, r in enumerate(rendered) if r is not None]
+    out: list[ResponseTokens | None] = [None] * len(pairs)
+    if not todo:
+        return out
+    enc = tokenizer([rendered[k][0] for k in todo], add_special_tokens=False, return_offsets_mapping=True)
+    for k, ids, offs in zip(todo, enc["input_ids"], enc["offset_mapping"]):
+        text, (head_end, turn_end) = rendered[k]
+        response = pairs[k][1]
+        found = _align_response(response, text, head_end, turn_end)
+        if not found:
+            continue
+        where = np.asarray(found, dtype=np.int64)  # rendered position of each non-space character of the response
+        solid = np.asarray([i for i, c in enumerate(response) if not c.isspace()], dtype=np.int64)
+        lo = max(head_end, int(where[0] - solid[0]))
+        hi = int(where[-1]) + 1
+        tail = len(response) - int(solid[-1]) - 1  # trailing whitespace: trained where the template keeps it
+        while hi < turn_end and tail and text[hi].isspace():
+            hi, tail = hi + 1, tail - 1
+        offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+        held = np.flatnonzero((offs[:, 1] > offs[:, 0]) & (offs[:, 0] < hi) & (lo < offs[:, 1]))
+        if not len(held):
+            continue
+        first, last = int(held[0]), int(held[-1])
+        start, end = int(offs[first, 0]), int(offs[last, 1])
+        context, covered, cut = text[:start], text[start:end], list(ids[first : last + 1])
+        if encode_text(tokenizer, context) != list(ids[:first]):
+            continue
+        try:
+            spans = np.asarray(token_offsets(tokenizer, cut, covered), dtype=np.int64).reshape(-1, 2) + start
+        except DasdError:
+            continue
+        mapped = _to_response(spans, where, solid, len(response))
+        out[k] = ResponseTokens(context, covered, cut, [(int(s), int(e)) for s, e in mapped])
+    return out
+
+
+def _align_response(response: str, text: str, head_end: int, turn_end: int) -> list[int] | None:
+    """``_align_nonspace`` of the response in the rendered turn; where that fails, from a start inside
+    the end of the generation prompt (a prompt that already opens the response: ``<think>``)."""
+    found = _align_nonspace(response, text, head_end, turn_end)
+    lead = response.lstrip()[:1]
+    k = head_end
+    while found is None and lead and k > max(0, head_end - _MAX_OPENER):
+        k -= 1
+        if text[k] == lead:
+            found = _align_nonspace(response, text, k, turn_end)
+    return found
+
+
+def _to_response(spans: np.ndarray, where: np.ndarray, solid: np.ndarray, n: int) -> np.ndarray:
+    """Rendered positions ``spans`` mapped into the response: a non-space character to itself, a
+    position in re-laid whitespace along the response's own whitespace there (as far as it goes)."""
+    j = np.searchsorted(where, spans, side="left")
+    jc = np.minimum(j, len(where) - 1)
+    exact = (j < len(where)) & (where[jc] == spans)
+    before = np.maximum(0, solid[0] - (where[0] - spans))  # ahead of the first character
+    jp = np.maximum(j - 1, 0)
+    nxt = np.where(j < len(where), solid[jc], n)
+    after = np.minimum(solid[jp] + 1 + (spans - where[jp] - 1), nxt)
+    return np.where(exact, solid[jc], np.where(j == 0, before, after))
 
 
 def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: str = "example") -> Encoded:
