@@ -284,7 +284,7 @@ RESPONSES = [
 
 
 @pytest.mark.parametrize("template", [CHATML, BRACKETS, QWEN_LIKE, THINK_OPENS], ids=["chatml", "brackets", "qwen", "think-opens"])
-def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_path, tiny_lm_dir):
+def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_path):
     """Scored alone, a Llama-2-style tokenizer's response starts with a word-start '▁' that training
     never has; a Qwen3-style template trains on re-laid whitespace; a template whose generation prompt
     opens <think> had it twice in the scoring context. Each stored student log-prob must be that of a
@@ -304,7 +304,8 @@ def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_
         for i, text in enumerate(RESPONSES):  # no teacher signal: the teacher scores them (rescore_teacher auto)
             w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
                    "index": i, "text": text, "finish_reason": "stop"})
-    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={student}",
+    # the same model re-scores as the teacher (the samples carry no teacher signal): its path is checked too
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
                              "select.m=3"])
     assert run_filter(cfg)["T0.6"]["out"] == 3
     assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0}
@@ -316,6 +317,7 @@ def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_
         s = scored[sel["id"]]
         want = _training_logprobs_any_template(model, tok, ex, "\n" if template == BRACKETS else "<|im_end|>\n")
         assert [float(x) for x in s["student"]["logprobs"]] == pytest.approx(want, abs=2e-4), s["id"]
+        assert s["teacher"]["rescored"] and [float(x) for x in s["teacher"]["logprobs"]] == pytest.approx(want, abs=2e-4)
         # the offsets carry the tokens back into the response: no token is anchored in another sentence
         text, rows = s["text"], s["sentences"]
         starts = [r["start"] for r in rows]
