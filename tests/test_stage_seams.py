@@ -334,6 +334,12 @@ def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_
 def _training_logprobs_any_template(model, tok, example: dict, closing: str) -> list[float]:
     """log p of the loss-carrying tokens that hold a character of the assistant turn between the
     generation prompt and the template's ``closing`` text, in the training encoding."""
+    return [lp for _, _, lp in _training_tokens(model, tok, example, closing)]
+
+
+def _training_tokens(model, tok, example: dict, closing: str) -> list[tuple[int, int, float]]:
+    """``_training_logprobs_any_template`` with each token's byte span, counted from the start of the
+    assistant turn's content."""
     from dasd.train.encode import encode_example
 
     enc = encode_example(tok, example)
@@ -347,8 +353,47 @@ def _training_logprobs_any_template(model, tok, example: dict, closing: str) -> 
     at, held = 0, []
     for t, piece in enumerate(pieces):
         if piece and lo < at + len(piece) and at < hi and enc.loss_mask[t]:
-            held.append(t)
+            held.append((t, at - lo, at + len(piece) - lo))
         at += len(piece)
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([enc.input_ids])).logits.float()[0], -1)
-    return [logp[t - 1, enc.input_ids[t]].item() for t in held]
+    return [(a, b, logp[t - 1, enc.input_ids[t]].item()) for t, a, b in held]
+
+
+def test_local_naturalness_windows_are_scored_as_trained(tmp_path):
+    """score.local_naturalness: each sentence's window (here the sentence before it and itself) is
+    scored as an assistant turn is trained, after the prompt; the sentence's tokens are those
+    anchored in it (docs/das.md). Scored alone, a sentencepiece window began with a '▁'."""
+    from transformers import AutoModelForCausalLM
+
+    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
+                                 chars=CHARS + "<>|", pad=True)
+    tok.chat_template = CHATML
+    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
+    store = RunStore(tmp_path / "run")
+    messages = [{"role": "user", "content": "Add 3 and 4."}]
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "domain": "other", "messages": messages})
+    with store.writer("sample", "pool-T0.6") as w:
+        for i, text in enumerate(RESPONSES):
+            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                   "index": i, "text": text, "finish_reason": "stop"})
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
+                             "score.local_naturalness=always", "score.local_window=1"])
+    run_filter(cfg)
+    run_score(cfg)
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
+    checked = 0
+    for s in store.read("score", "pool-T0.6"):
+        text, rows = s["text"], s["sentences"]
+        means = []
+        for k, row in enumerate(rows):
+            ctx = rows[max(0, k - 1)]["start"]
+            window = text[ctx:row["end"]]  # ASCII: byte spans are character spans
+            ex = {"messages": [*messages, {"role": "assistant", "content": window}]}
+            lps = [lp for a, b, lp in _training_tokens(model, tok, ex, "<|im_end|>\n")
+                   if _anchor(window, max(a, 0), b) >= row["start"] - ctx]
+            means.append(sum(lps) / len(lps))
+        assert s["naturalness"]["local"] == pytest.approx(sum(means) / len(means), abs=1e-5), s["id"]  # 1e-7 here
+        checked += 1
+    assert checked == len(RESPONSES)

@@ -114,7 +114,10 @@ def score_local_naturalness(student, prompts: RunPrompts | dict, samples: list[d
             owners.append(i)
     lps: list[list[float | None]] = [[] for _ in samples]
     for part in chunks(list(zip(reqs, owners)), batch):
-        for ((req, start), i), r in zip(part, student.score([req for (req, _), _ in part])):
+        results, _ = score_as_trained(student, [req for (req, _), _ in part])  # a window is an assistant turn too
+        for ((req, start), i), r in zip(part, results):
+            if isinstance(r, ContextLengthError):  # a window is shorter than its response, which fitted
+                raise r
             lps[i].append(local_sentence_lp(req.continuation, start, r.offsets, r.logprobs))
     return [local_naturalness(x) for x in lps]
 
