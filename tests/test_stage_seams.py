@@ -397,3 +397,51 @@ def test_local_naturalness_windows_are_scored_as_trained(tmp_path):
         assert s["naturalness"]["local"] == pytest.approx(sum(means) / len(means), abs=1e-5), s["id"]  # 1e-7 here
         checked += 1
     assert checked == len(RESPONSES)
+
+
+def _hand_run(root: Path, prompts: list[dict], texts: list[tuple[str, str]]) -> RunStore:
+    """A run whose sample stage holds ``prompts`` and one T=0.6 sample per ``(prompt id, text)``."""
+    store = RunStore(root)
+    with store.writer("sample", "prompts") as w:
+        for p in prompts:
+            w.add(p)
+    with store.writer("sample", "pool-T0.6") as w:
+        for i, (pid, text) in enumerate(texts):
+            w.add({"id": f"s{i}", "prompt_id": pid, "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                   "index": i, "text": text, "finish_reason": "stop"})
+    return store
+
+
+def test_filter_require_correct_grades_code_and_choice_prompts(tmp_path, tiny_lm_dir):
+    """docs/filters.md: with require_correct, a response is dropped when graded wrong against its
+    prompt's reference; tests and choices are references as much as an answer is (the filter graded
+    only prompts with an ``answer`` and kept every program, right or wrong)."""
+    user = [{"role": "user", "content": "q"}]
+    prompts = [
+        {"id": "code", "domain": "code", "messages": user,
+         "tests": {"style": "stdio", "cases": [{"input": "3 4\n", "output": "7\n"}]}},
+        {"id": "mc", "domain": "science", "messages": user, "choices": ["5", "7", "9"], "answer": "B"},
+        {"id": "free", "domain": "other", "messages": user},  # nothing to grade against: kept
+    ]
+    program = "<think>\nAdd them.\n</think>\n```python\na, b = map(int, input().split())\nprint(a {} b)\n```"
+    texts = [("code", program.format("+")), ("code", program.format("-")),
+             ("mc", "<think>\n3 + 4 = 7.\n</think>\nThe answer is B."), ("mc", "<think>\n3 + 4 = 7.\n</think>\nThe answer is A."),
+             ("free", "<think>\nHm.\n</think>\nAnything.")]
+    store = _hand_run(tmp_path / "run", prompts, texts)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             "filter.require_correct=true"])
+    assert run_filter(cfg)["T0.6"] == {"in": 5, "dropped": {"correctness": 2}, "out": 3}
+    assert [s["id"] for s in store.read("filter", "kept-T0.6")] == ["s0", "s2", "s4"]
+    assert {r["id"]: r["rule"] for r in store.read("filter", "rejects")} == {"s1": "correctness", "s3": "correctness"}
+
+
+def test_filter_require_correct_names_a_prompt_it_cannot_grade(tmp_path, tiny_lm_dir):
+    from dasd.errors import DasdError
+
+    bad = {"id": "mc", "domain": "science", "messages": [{"role": "user", "content": "q"}], "choices": ["5", "7"],
+           "answer": "seven"}
+    _hand_run(tmp_path / "run", [bad], [("mc", "<think>\nx\n</think>\nThe answer is B.")])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             "filter.require_correct=true"])
+    with pytest.raises(DasdError, match=r"^filter.require_correct: cannot grade prompt 'mc': .*answer 'seven' is neither"):
+        run_filter(cfg)

@@ -4,7 +4,8 @@ Reads ``RUN/sample/pool-<pool>``; writes ``RUN/filter/kept-<pool>`` (normalised 
 ``RUN/filter/rejects`` (each dropped sample with ``rule``, ``reason`` and ``where``). The rules and
 their thresholds are in ``dasd.text.filters`` (docs/filters.md). Length is counted with the
 **student's** tokenizer. With ``filter.require_correct``, responses to prompts that carry a
-reference answer are graded (``dasd.grading``) and wrong ones dropped. Samples stream through in
+reference (an answer, choices or tests: ``rules.mixing.has_reference``) are graded (``dasd.grading``:
+math, multiple choice, code in the sandbox) and wrong ones dropped. Samples stream through in
 shard order; a kept sample is written as a reference to its sample row (no copy of its token
 arrays) unless normalisation rewrote it. A reject records the rule, the reason, where the sample
 is (shard and row) and the start of its text. A finished filter with the same settings and the
@@ -16,10 +17,12 @@ filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quaranti
 
 from __future__ import annotations
 
+from dasd.errors import DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
+from dasd.rules.mixing import has_reference
 from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, model_versions, output, pools,
                        resolve_model)
 from dasd.store import RunStore
@@ -78,7 +81,12 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
 
     def correct(sample: dict) -> bool:
         p = prompts.get(sample["prompt_id"], {})
-        return p.get("answer") is None or is_correct(p, sample["text"])
+        if not has_reference(p):  # nothing to grade against: kept
+            return True
+        try:
+            return is_correct(p, sample["text"])
+        except ValueError as err:  # the prompt's reference cannot be graded (bad tests, an answer that is no choice)
+            raise DasdError(f"filter.require_correct: cannot grade prompt {p.get('id')!r}: {err}") from None
 
     funnel = Funnel()
     with store.writer(STAGE, "rejects") as rejects:
