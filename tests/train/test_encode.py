@@ -145,3 +145,42 @@ def test_template_that_changes_content_is_refused_for_prefix_examples(tiny_lm_di
     with pytest.raises(InputError, match="rewrites the last assistant message"):
         encode_example(tok, ex)
     encode_example(tok, _example(answer="<think>a</think>b"))  # without a prefix the turn's span is all that matters
+
+
+@pytest.mark.parametrize("template", [None, QWEN_LIKE], ids=["chatml", "qwen"])
+def test_response_tokens_are_the_training_tokens_of_the_response(tiny_lm_dir, template):
+    """response_tokens: the ids training gives the response, right after the ids of its context, and
+    each token's span in the response as given (through the whitespace a Qwen3-style template re-lays;
+    byte pieces of one character share it)."""
+    from dasd.engines.offsets import token_bytes
+    from dasd.train.encode import response_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    if template:
+        tok.chat_template = template
+    response = "<think>Café 日本: 3 + 4 = 7.</think>So 7. 😀"
+    example = _example(answer=response)
+    (rt,) = response_tokens(tok, [(example["messages"][:-1], response)])
+    enc = encode_example(tok, example)
+    ctx = tok(rt.context, add_special_tokens=False)["input_ids"]
+    assert enc.input_ids[: len(ctx) + len(rt.ids)] == ctx + rt.ids
+    assert all(enc.loss_mask[len(ctx) : len(ctx) + len(rt.ids)])
+    assert tok.convert_ids_to_tokens(enc.input_ids[len(ctx) + len(rt.ids)]) == "<|im_end|>"
+    assert b"".join(token_bytes(tok, rt.ids)).decode() == rt.text
+    pieces = [p.decode("utf-8", errors="ignore") for p in token_bytes(tok, rt.ids)]
+    for piece, (s, e) in zip(pieces, rt.offsets):
+        if piece:  # a whole character or more: the same non-space text in the response
+            assert "".join(piece.split()) == "".join(response[s:e].split()), (piece, response[s:e])
+    assert rt.offsets[0][0] == 0 and rt.offsets[-1][1] == len(response)
+    assert all(a <= c and b <= d for (a, b), (c, d) in zip(rt.offsets, rt.offsets[1:]))
+    if template is None:  # verbatim: the spans tile the response (pieces of one character share its span)
+        spans = [sp for k, sp in enumerate(rt.offsets) if k == 0 or sp != rt.offsets[k - 1]]
+        assert "".join(response[s:e] for s, e in spans) == response
+
+
+def test_response_tokens_none_when_the_template_changes_the_response(tiny_lm_dir):
+    from dasd.train.encode import response_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.chat_template = QWEN_LIKE.replace("{{ m['content'].split('</think>')[-1].lstrip('\n') }}", "{{ 'changed' }}")
+    assert response_tokens(tok, [(_example()["messages"][:-1], "<think>a</think>b")]) == [None]

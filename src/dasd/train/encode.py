@@ -221,11 +221,14 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     for k, ids, offs in zip(todo, enc["input_ids"], enc["offset_mapping"]):
         text, (head_end, turn_end) = rendered[k]
         response = pairs[k][1]
-        found = _align_response(response, text, head_end, turn_end)
-        if not found:
-            continue
-        where = np.asarray(found, dtype=np.int64)  # rendered position of each non-space character of the response
         solid = np.asarray([i for i, c in enumerate(response) if not c.isspace()], dtype=np.int64)
+        if text.startswith(response, head_end):  # kept verbatim (ChatML and most templates)
+            where = solid + head_end  # rendered position of each non-space character of the response
+        else:
+            found = _align_response(response, text, head_end, turn_end)
+            where = np.asarray(found or [], dtype=np.int64)
+        if not len(where):
+            continue
         lo = max(head_end, int(where[0] - solid[0]))
         hi = int(where[-1]) + 1
         tail = len(response) - int(solid[-1]) - 1  # trailing whitespace: trained where the template keeps it
