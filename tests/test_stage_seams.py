@@ -445,3 +445,24 @@ def test_filter_require_correct_names_a_prompt_it_cannot_grade(tmp_path, tiny_lm
                              "filter.require_correct=true"])
     with pytest.raises(DasdError, match=r"^filter.require_correct: cannot grade prompt 'mc': .*answer 'seven' is neither"):
         run_filter(cfg)
+
+
+def test_a_response_the_students_template_rewrites_is_scored_alone_and_counted(tmp_path, tiny_lm_dir, capsys):
+    """A template that drops the reasoning from the assistant turn (as DeepSeek-R1's does) leaves no
+    training tokens to score the response on: it is scored on its own tokens after the generation
+    prompt, and the stage says how many were, per pool and model."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.chat_template = CHATML.replace("{{ m['content'] }}", "{{ m['content'].split('</think>')[-1] }}")
+    tok.save_pretrained(tmp_path / "r1_like")
+    messages = [{"role": "user", "content": "Add 3 and 4."}]
+    _hand_run(tmp_path / "run", [{"id": "p0", "domain": "other", "messages": messages}],
+              [("p0", text) for text in RESPONSES])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             f"student.tokenizer={tmp_path / 'r1_like'}"])
+    run_filter(cfg)
+    assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0}
+    err = capsys.readouterr().err
+    assert "T0.6: 3 response(s) scored on their own tokens after the student's generation prompt" in err
+    assert "teacher's generation prompt" not in err  # the teacher's template keeps them: re-scored as trained
