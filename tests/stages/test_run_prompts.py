@@ -145,8 +145,10 @@ def test_stage_outputs_are_byte_identical_with_the_dict(tmp_path, monkeypatch):
 
 
 def _filter_run(root, n: int, size: int):
-    """A run of n prompts of ``size`` characters, one response each (wrong for the even math ones)."""
-    store = _store_with(root, [_prompt(i, size=size) for i in range(n)], shard_size=256)
+    """A run of n prompts of ``size`` characters, one response each (wrong for the even math ones); the
+    code prompts without their tests, so that nothing but the math answers is graded."""
+    prompts = [{k: v for k, v in _prompt(i, size=size).items() if k != "tests"} for i in range(n)]
+    store = _store_with(root, prompts, shard_size=256)
     with store.writer("sample", "pool-T0.6") as w:
         for i in range(n):
             w.add({"id": f"s{i}", "prompt_id": f"p{i:05d}", "model": "m", "temperature": 0.6, "top_p": 1.0, "seed": 0,
@@ -173,6 +175,6 @@ def test_filter_does_not_hold_the_prompts(tmp_path):
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    wrong = sum(i % 3 != 0 and i % 2 == 0 for i in range(n))  # a math prompt (code: no answer), answered i + 1
+    wrong = sum(i % 3 != 0 and i % 2 == 0 for i in range(n))  # a math prompt (code: no reference), answered i + 1
     assert funnel["T0.6"]["in"] == n and funnel["T0.6"]["dropped"] == {"correctness": wrong}
     assert peak < size / 2, (peak, size)
