@@ -2,8 +2,9 @@
 
 Reads ``RUN/filter/kept-<pool>``; writes ``RUN/score/pool-<pool>`` (ScoredSample records: the
 sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary). The student sees the
-same messages through **its own** chat template and tokenizer; sentences are character spans, so
-teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
+same messages through **its own** chat template and tokenizer, and is scored on the tokens training
+gives the response, after the context they follow there (``score_as_trained``); sentences are
+character spans, so teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
 decides whether the teacher engine re-scores the text; a sample whose teacher signal is still not
 usable is quarantined before the student scores it. Resumable by sample id; a sample whose
@@ -84,10 +85,11 @@ def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult |
 
 def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreResult | ContextLengthError], int]:
     """``score_or_refused`` on the tokens training gives each response (``train.encode.response_tokens``
-    with the engine's tokenizer): the model is scored on exactly the ids it is trained on, after
-    exactly the context they follow there, and the offsets are carried back into the response.
-    A response whose tokens cannot be cut out of its rendered conversation is scored on its own
-    tokens after the generation prompt, as asked; how many were is returned beside the results."""
+    with the engine's tokenizer): the student is scored on exactly the ids it is trained on, after
+    exactly the context they follow there (a re-scoring teacher on the response as its own assistant
+    turn), and the offsets are carried back into the response. A response whose tokens cannot be cut
+    out of its rendered conversation is scored on its own tokens after the generation prompt, as
+    asked; how many were is returned beside the results."""
     tok = getattr(engine, "tokenizer", None)
     cut = response_tokens(tok, [(r.messages, r.continuation) for r in requests]) \
         if tok is not None and getattr(tok, "chat_template", None) and requests else [None] * len(requests)

@@ -195,8 +195,9 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     can give other tokens: a sentencepiece tokenizer puts a word-start ``▁`` before it, a template
     re-lays the whitespace around ``<think>``, or its generation prompt already holds the opener.
 
-    None where the response cannot be cut out of the conversation as tokens: the template does not
-    render the generation prompt as a prefix of the conversation, changes the response beyond
+    None where the response cannot be cut out of the conversation as tokens: the tokenizer is not a
+    fast one (no offsets), the template does not render the generation prompt as a prefix of the
+    conversation, changes the response beyond
     whitespace, the context before its first token does not tokenise to the ids before it, or its
     tokens do not decode to the text they cover (a token joined with the template's text after it).
     """
@@ -204,6 +205,9 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     from dasd.engines.offsets import token_offsets
     from dasd.errors import DasdError
 
+    out: list[ResponseTokens | None] = [None] * len(pairs)
+    if not getattr(tokenizer, "is_fast", False):  # no offsets to find the tokens by (training needs them too)
+        return out
     rendered: list[tuple[str, tuple[int, int]] | None] = []
     for messages, response in pairs:
         convo = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -214,7 +218,6 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
             continue
         rendered.append((text, spans[-1]))
     todo = [k for k, r in enumerate(rendered) if r is not None]
-    out: list[ResponseTokens | None] = [None] * len(pairs)
     if not todo:
         return out
     enc = tokenizer([rendered[k][0] for k in todo], add_special_tokens=False, return_offsets_mapping=True)
