@@ -66,10 +66,17 @@ def test_sample_pools_are_sampled_again_when_the_teacher_changed(tmp_path, tiny_
 
 
 def test_filter_counts_again_when_the_student_tokenizer_changed(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    from transformers import AutoTokenizer
+
+    from dasd.text.delimiters import normalize_response
+
     student = _copy(tiny_lm_dir_other_vocab, tmp_path / "student")
-    cfg = _run_cfg(tmp_path, tiny_lm_dir, student, "filter.max_student_tokens=24")
+    run_sample(_run_cfg(tmp_path, tiny_lm_dir, student))
+    tok = AutoTokenizer.from_pretrained(str(student))
+    lengths = sorted(len(tok.encode(normalize_response(r)["text"], add_special_tokens=False))
+                     for r in RunStore.open(tmp_path / "run").read("sample", "pool-T1"))
+    cfg = _run_cfg(tmp_path, tiny_lm_dir, student, f"filter.max_student_tokens={lengths[-1] - 1}")  # the longest is dropped
     run = Path(cfg.run_dir)
-    run_sample(cfg)
     funnel = run_filter(cfg)
     assert funnel["T1"]["dropped"].get("length")  # the student's tokenizer is used
     kept = shards(run, "filter", "kept-")
