@@ -466,3 +466,53 @@ def test_a_response_the_students_template_rewrites_is_scored_alone_and_counted(t
     err = capsys.readouterr().err
     assert "T0.6: 3 response(s) scored on their own tokens after the student's generation prompt" in err
     assert "teacher's generation prompt" not in err  # the teacher's template keeps them: re-scored as trained
+
+
+@pytest.mark.parametrize("template", [CHATML, QWEN_LIKE], ids=["chatml", "qwen"])
+def test_analyze_types_a_response_as_score_does(template, tmp_path):
+    """`dasd analyze` scores the distilled model's responses as `dasd score` scores the selected
+    ones: a response analysed gets the student's sentence log-probs and token counts that score
+    stored for the same text after the same prompt (it scored them on their own tokens, with a
+    sentencepiece student's extra word-start '▁' and the template's whitespace ignored)."""
+    import json
+
+    from dasd.runs import results_name
+    from dasd.stages.analyze import run_analyze
+
+    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
+                                 chars=CHARS + "<>|", pad=True)
+    tok.chat_template = template
+    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 3 and 4."}]
+    store = RunStore(tmp_path / "run")
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "domain": "other", "messages": messages})
+    with store.writer("sample", "pool-T0.6") as w:
+        for i, text in enumerate(RESPONSES):
+            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                   "index": i, "text": text, "finish_reason": "stop"})
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "p0", "messages": messages, "answer": "7"}) + "\n", encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
+                             f"analyze.model={student}", f"eval.models=[{student}]",
+                             f"eval.benchmarks=[{{name: b, format: prompts, path: {bench}}}]"])
+    run_filter(cfg)
+    run_score(cfg)
+    store.begin_stage("eval", {})
+    with store.writer("eval", results_name(str(student))) as w:
+        for i, text in enumerate(RESPONSES):
+            w.add({"id": f"r{i}", "benchmark": "b", "problem_id": "p0", "sample_index": i, "correct": True, "text": text})
+    store.end_stage("eval", {})
+    run_analyze(cfg)
+    scored = {s["text"]: s["sentences"] for s in store.read("score", "pool-T0.6")}
+    analysed = list(store.read("analyze", "responses"))
+    assert len(analysed) == len(RESPONSES)
+    for r in analysed:
+        want = scored[r["text"]]
+        assert [(x["start"], x["end"], x["n_student_tokens"], x["n_teacher_tokens"]) for x in r["sentences"]] == \
+            [(x["start"], x["end"], x["n_student_tokens"], x["n_teacher_tokens"]) for x in want]
+        for got, exp in zip(r["sentences"], want):
+            for key in ("lp_student", "lp_teacher"):
+                assert (got[key] is None) == (exp[key] is None)
+                if exp[key] is not None:
+                    assert got[key] == pytest.approx(exp[key], abs=2e-4), key

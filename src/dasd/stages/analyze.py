@@ -18,13 +18,14 @@ from __future__ import annotations
 import heapq
 
 from dasd.engines.base import ScoreRequest
-from dasd.errors import DasdError
+from dasd.errors import ContextLengthError, DasdError
 from dasd.grading.loaders import load_benchmark
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, retype, score_response
 from dasd.runs import (drop_if_models_changed, existing_run, faults_kept, model_for, model_versions, open_engine, record_faults,
                        require_finished, results_name)
+from dasd.stages.score import score_as_trained
 from dasd.store import RunStore
 
 STAGE = "analyze"
@@ -60,8 +61,12 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
         raise DasdError(f"dasd analyze: the evaluation responses of {label!r} answer problem {stray['problem_id']!r} of "
                         f"benchmark {stray['benchmark']!r}, which the configured eval.benchmarks do not hold (they were "
                         "made under other eval settings); run `dasd eval` with this config first")
-    stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student")}
+    stage_cfg = {"analyze": ac.model_dump(mode="json"), "model": label, "models": model_versions(cfg, "teacher", "student"),
+                 "tokens": "as trained"}  # responses of earlier versions: scored on their own tokens
     drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
+    before = store.stage_info(STAGE).get("config")
+    if before is not None and before.get("tokens") != stage_cfg["tokens"] and store.remove_outputs(STAGE, ("responses",)):
+        log.info("responses scored by an earlier dasd on their own tokens, not those training gives them: scored again")
     store.begin_stage(STAGE, stage_cfg)
     engines = {}
     scored = []
@@ -75,7 +80,7 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
             for role, mcfg in (("teacher", cfg.teacher), ("student", cfg.student), ("distilled", model_for(cfg, store, label))):
                 if role not in engines:
                     engines[role] = open_engine(mcfg)
-                signals[role] = engines[role].score(reqs)
+                signals[role] = _scored(engines[role], reqs)
             for i, r in enumerate(batch):
                 sig = {k: (v[i].offsets, v[i].logprobs) for k, v in signals.items()}
                 rec = {
@@ -92,6 +97,17 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     store.end_stage(STAGE, profile)
     log.info(format_profile(profile))
     return profile
+
+
+def _scored(engine, reqs: list[ScoreRequest]) -> list:
+    """Each response scored as ``dasd score`` scores it (``score_as_trained``: the tokens training
+    gives it, so the types here are those DAS gave); a response longer than a model's context
+    stops the stage with that model's words."""
+    results, _ = score_as_trained(engine, reqs)
+    refused = next((r for r in results if isinstance(r, ContextLengthError)), None)
+    if refused is not None:
+        raise refused
+    return results
 
 
 def format_profile(p: dict) -> str:
