@@ -283,6 +283,24 @@ RESPONSES = [
 ]
 
 
+def _sp_run(tmp_path, template: str, messages: list[dict]):
+    """A nudged Llama-2-style (sentencepiece) model under ``template`` and a run holding one prompt
+    (``messages``) with the hand-written RESPONSES as its T0.6 pool, without teacher signal:
+    ``(tokenizer, model dir, store)``."""
+    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
+                                 chars=CHARS + "<>|", pad=True)
+    tok.chat_template = template
+    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
+    store = RunStore(tmp_path / "run")
+    with store.writer("sample", "prompts") as w:
+        w.add({"id": "p0", "domain": "other", "messages": messages})
+    with store.writer("sample", "pool-T0.6") as w:
+        for i, text in enumerate(RESPONSES):
+            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                   "index": i, "text": text, "finish_reason": "stop"})
+    return tok, student, store
+
+
 @pytest.mark.parametrize("template", [CHATML, BRACKETS, QWEN_LIKE, THINK_OPENS], ids=["chatml", "brackets", "qwen", "think-opens"])
 def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_path):
     """Scored alone, a Llama-2-style tokenizer's response starts with a word-start '▁' that training
@@ -291,19 +309,8 @@ def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_
     training token in the training context, and each sentence's count those of its tokens."""
     from transformers import AutoModelForCausalLM
 
-    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
-                                 chars=CHARS + "<>|", pad=True)
-    tok.chat_template = template
-    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
-    store = RunStore(tmp_path / "run")
-    prompt = {"id": "p0", "domain": "other", "messages": [{"role": "system", "content": "Be brief."},
-                                                          {"role": "user", "content": "Add 3 and 4."}]}
-    with store.writer("sample", "prompts") as w:
-        w.add(prompt)
-    with store.writer("sample", "pool-T0.6") as w:
-        for i, text in enumerate(RESPONSES):  # no teacher signal: the teacher scores them (rescore_teacher auto)
-            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
-                   "index": i, "text": text, "finish_reason": "stop"})
+    tok, student, store = _sp_run(tmp_path, template, [{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "Add 3 and 4."}])
     # the same model re-scores as the teacher (the samples carry no teacher signal): its path is checked too
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
                              "select.m=3"])
@@ -366,18 +373,8 @@ def test_local_naturalness_windows_are_scored_as_trained(tmp_path):
     anchored in it (docs/das.md). Scored alone, a sentencepiece window began with a '▁'."""
     from transformers import AutoModelForCausalLM
 
-    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
-                                 chars=CHARS + "<>|", pad=True)
-    tok.chat_template = CHATML
-    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
-    store = RunStore(tmp_path / "run")
     messages = [{"role": "user", "content": "Add 3 and 4."}]
-    with store.writer("sample", "prompts") as w:
-        w.add({"id": "p0", "domain": "other", "messages": messages})
-    with store.writer("sample", "pool-T0.6") as w:
-        for i, text in enumerate(RESPONSES):
-            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
-                   "index": i, "text": text, "finish_reason": "stop"})
+    tok, student, store = _sp_run(tmp_path, CHATML, messages)
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
                              "score.local_naturalness=always", "score.local_window=1"])
     run_filter(cfg)
@@ -479,18 +476,8 @@ def test_analyze_types_a_response_as_score_does(template, tmp_path):
     from dasd.runs import results_name
     from dasd.stages.analyze import run_analyze
 
-    tok = llama2_style_tokenizer([("\u2581", "T"), ("h", "e"), ("\u2581T", "he"), ("\u2581", "S"), ("o", "k")],
-                                 chars=CHARS + "<>|", pad=True)
-    tok.chat_template = template
-    student = save_nudged_llama(tok, ["\u2581T", "\u2581The", "\u2581S"], tmp_path / "student", 512)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 3 and 4."}]
-    store = RunStore(tmp_path / "run")
-    with store.writer("sample", "prompts") as w:
-        w.add({"id": "p0", "domain": "other", "messages": messages})
-    with store.writer("sample", "pool-T0.6") as w:
-        for i, text in enumerate(RESPONSES):
-            w.add({"id": f"s{i}", "prompt_id": "p0", "model": "hand", "temperature": 0.6, "top_p": 1.0, "seed": 0,
-                   "index": i, "text": text, "finish_reason": "stop"})
+    tok, student, store = _sp_run(tmp_path, template, messages)
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"id": "p0", "messages": messages, "answer": "7"}) + "\n", encoding="utf-8")
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
