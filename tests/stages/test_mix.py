@@ -735,6 +735,16 @@ def _view(store):
                    r["verdict"]) for r in store.read("mix", "rollouts"))
 
 
+def _teacher_contexts(teacher, cfg, curated, rollouts) -> dict[str, int]:
+    """Per cut rollout's question, the teacher tokens of its continuation context."""
+    from dasd.rules.mixing import render_generation_prompt, teacher_context
+
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
+    return {r["prompt_id"]: teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
+                                                                 r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
+            for r in rollouts if r["prefix_chars"] is not None}
+
+
 def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_rest_continued(e2e, mix_engines, tmp_path):
     """The teacher behind a server with a small context, its max_model_len unknown to the client: the
     server refuses the contexts that leave no room for max_continuation_tokens (400
@@ -743,14 +753,10 @@ def test_a_context_the_teachers_server_refuses_as_too_long_is_skipped_and_the_re
     and the others are continued; a rerun asks the server nothing. The in-process teacher with the
     same max_model_len only skips the contexts that do not fit at all (it stops at its context)."""
     from dasd.engines.server import EngineServer, ServerThread
-    from dasd.rules.mixing import render_generation_prompt, teacher_context
 
     student, teacher = mix_engines
     cfg, _, curated, _, rollouts, _ = e2e
-    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
-    size = {r["prompt_id"]: teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
-                                                                 r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
-            for r in rollouts if r["prefix_chars"] is not None}
+    size = _teacher_contexts(teacher, cfg, curated, rollouts)
     sizes = sorted(size.values())
     room = cfg.max_continuation_tokens
     limit = sizes[-1]  # the longest context does not fit; those shorter by room or more fit with a continuation
@@ -887,10 +893,7 @@ def test_a_continuation_the_teachers_context_stops_is_context_too_long_not_unfin
     not_finished, and never asked again after max_model_len was raised.)"""
     student, teacher = mix_engines
     cfg, _, curated, _, rollouts, _ = e2e
-    prompts = {q["prompt"]["id"]: q["prompt"] for q in curated}
-    ctx = {r["prompt_id"]: teacher.count_tokens(teacher_context(render_generation_prompt(teacher.tokenizer, prompts[r["prompt_id"]]["messages"]),
-                                                                r["student"]["text"][: r["prefix_chars"]], cfg.teacher_think_opener))
-           for r in rollouts if r["prefix_chars"] is not None}
+    ctx = _teacher_contexts(teacher, cfg, curated, rollouts)
     limit = max(ctx.values()) + cfg.max_continuation_tokens // 2
     left = {pid: limit - n for pid, n in ctx.items()}  # the tokens the context leaves each continuation
     stopped = {r["prompt_id"] for r in rollouts if r["prompt_id"] in ctx and r["continuation"]["n_tokens"] > left[r["prompt_id"]]
