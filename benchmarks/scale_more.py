@@ -57,6 +57,14 @@ peak MB at 5K / 25K prompts and CPU us per response at 25K: before 95 / 188-189 
 its pool counts keep), 3602-3922 (the source is read twice and the asked prompts read back; noisy on
 the shared machine).
 
+``sample`` before / after holding those ids as digests (``dasd.idset.IdSet``) and reading the source
+once (same command, 2 repeats each, range over the repeats): before 77-78 / 104-106 MB (+1.42 KB a
+prompt), CPU 3617-3902 / 3927-3947 us a response; after 74 / 86 MB (+0.64 KB), CPU 3811-3813 /
+3940-4016. The Python memory the stage holds (tracemalloc) grows by about 0.15 KB a prompt now (the
+list of ids, then 16-20 bytes an id in each digest set); the rest of the RSS slope at these sizes is
+glibc's heap kept after large blocks were freed (with ``MALLOC_MMAP_THRESHOLD_=65536``, one repeat:
+73 / 78 MB, +0.26 KB).
+
 Run::
 
     HF_HUB_OFFLINE=1 python benchmarks/scale_more.py [--records 1000,4000] [--stages import,train-data]

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from dasd.configbase import Seed, StrictModel
 from dasd.errors import InputError
+from dasd.idset import IdSet
 from dasd.jsonl import BadLine
 from dasd.records import Prompt, content_id
 from dasd.rules.source_spec import HUB_PREFIX, check_source_spec
@@ -99,12 +100,12 @@ def load_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
 
 def iter_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None,
                  rejects: list[dict] | None = None) -> Iterator[dict]:
-    """``load_prompts`` as a stream: the prompts as they are read (only their ids are held, to reject
-    a duplicate), the rejects appended to ``rejects`` as they are met."""
+    """``load_prompts`` as a stream: the prompts as they are read (only digests of their ids are held,
+    ``dasd.idset.IdSet``, to reject a duplicate), the rejects appended to ``rejects`` as they are met."""
     if not str(source).startswith(HUB_PREFIX) and not Path(source).exists():
         raise InputError(f"{source}: prompt file or folder not found")
     rejects = [] if rejects is None else rejects
-    seen: set[str] = set()
+    seen = IdSet()
     n = 0
     for where, raw in iter_rows(source):
         if isinstance(raw, BadLine):
@@ -115,10 +116,9 @@ def iter_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
         except ValueError as e:
             rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
             continue
-        if p["id"] in seen:
+        if not seen.add(p["id"]):
             rejects.append({"where": where, "reason": f"duplicate prompt id {p['id']!r}", "raw": str(raw)[:2000]})
             continue
-        seen.add(p["id"])
         n += 1
         yield p
         if limit is not None and n >= limit:

@@ -14,7 +14,8 @@ Guarantees:
   complete; a crash loses at most the records still buffered in memory (one bounded shard).
 - Records carry an ``id`` (a content hash); a ``ShardWriter`` loads the ids already on disk (only
   the id column of a Parquet shard) and skips them, so re-running a stage resumes it and never
-  writes a record twice.
+  writes a record twice. Writers and readers hold those ids as digests (``dasd.idset.IdSet``,
+  about 20 bytes an id).
 - Columnar outputs have one schema each, checked on write and on read; a row passed on from an
   upstream output refers to it (shard + row) instead of copying its token arrays, and reading
   joins them back (``dasd.columnar``).
@@ -40,6 +41,7 @@ from typing import Any
 from dasd import columnar
 from dasd.columnar import REF, Kind, Ref, kind_of
 from dasd.errors import DasdError
+from dasd.idset import IdSet
 from dasd.jsonl import BadLine, atomic_open, atomic_write_json, dumps, iter_jsonl
 from dasd.lock import hold_run_lock
 from dasd.log import logger
@@ -100,36 +102,37 @@ class ShardWriter:
         self.kind: Kind | None = kind_of(folder.name, name)
         self._upstream = folder.parent / self.kind.upstream[0] if self.kind and self.kind.upstream else None
         folder.mkdir(parents=True, exist_ok=True)
-        self.ids: set[str] = set()
+        self.existing = IdSet()  # the ids on disk when opened
+        self._added = IdSet()  # the ids added since
         self._next = first  # numbers below ``first`` are not used (shards removed since: a new name tells the change)
         for path in shard_paths(folder, name):
             self._next = max(self._next, int(_SHARD_RE.match(path.name)["num"]) + 1)
             if self.kind is not None:
                 if path.suffix != ".parquet":
                     raise legacy_error(path, root or folder.parent)
-                self.ids.update(columnar.read_table(path, self.kind, ["id"])["id"].to_pylist())
+                self.existing.update(columnar.read_table(path, self.kind, ["id"])["id"].to_pylist())
                 continue
             for _, rec in iter_jsonl(path):
                 if isinstance(rec, dict) and "id" in rec:
-                    self.ids.add(rec["id"])
-        self.existing = frozenset(self.ids)  # what was on disk when opened
+                    self.existing.add(rec["id"])
         self._buf: list[dict] = []
         self._last_flush = time.monotonic()
         self.written = 0
 
     def __contains__(self, record_id: str) -> bool:
-        return record_id in self.ids
+        """Whether ``record_id`` is on disk or was added."""
+        return record_id in self.existing or record_id in self._added
 
     def add(self, record: dict) -> bool:
         """Buffer ``record``; return False (and do nothing) if its id was written before."""
         rid = record.get("id")
         if rid is None:
             raise ValueError("record has no 'id'")
-        if rid in self.ids:
+        if rid in self:
             return False
         if self.kind is not None:  # check the schema now, so the error names the record being added
             columnar.check(self.kind, record)
-        self.ids.add(rid)
+        self._added.add(rid)
         self._buf.append(record)
         if len(self._buf) >= self.shard_size or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -296,7 +299,7 @@ class RunStore:
         ``columnar.Ref`` under ``"_ref"`` (so passing it on to the next output writes a reference).
         """
         kind = kind_of(stage, name)
-        seen: set[str] = set()
+        seen = IdSet()
         for path in shard_paths(self.root / stage, name):
             if kind is None:
                 recs = read_jsonl_shard(path)
@@ -306,10 +309,8 @@ class RunStore:
                 recs = self._read_columnar(stage, name, kind, path)
             for rec in recs:
                 rid = rec.get("id")
-                if rid is not None:
-                    if rid in seen:
-                        continue
-                    seen.add(rid)
+                if rid is not None and not seen.add(rid):
+                    continue
                 yield rec
 
     def _read_columnar(self, stage: str, name: str, kind: Kind, path: Path) -> Iterator[dict]:

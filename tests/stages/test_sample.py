@@ -229,6 +229,52 @@ def test_sample_does_not_hold_the_prompts(tmp_path):
     assert peak < size / 2, (peak, size)
 
 
+def test_sample_holds_digests_not_id_sets(tmp_path):
+    """What `dasd sample` keeps per prompt: the prompts' ids, and the ids it skips (prompts read,
+    samples on disk, the prompts to ask, the pool's counts) as 16-byte digests (``dasd.idset.IdSet``)
+    where it kept Python sets of str. 8000 prompts whose samples are all on disk (nothing is asked):
+    RUN/sample/prompts written, every sample checked, the pool counted; the peak Python memory
+    above that of a run of 1000 prompts grows by less than 300 bytes a prompt (about 600 with the
+    sets; about 180 now, the id list a third of it)."""
+    import tracemalloc
+
+    from dasd.records import sample_id
+
+    def run(root, n):
+        src = root / "prompts.jsonl"
+        root.mkdir(parents=True)
+        src.write_text("".join(json.dumps({"id": f"p{i:06d}", "prompt": f"Compute {i} + 1."}) + "\n" for i in range(n)))
+        cfg = load_config(None, [f"run_dir={root / 'run'}", f"data.prompts={src}", "teacher.model=toy:teacher",
+                                 "sample.temperatures=[0.6]", "sample.k=1"])
+        store = RunStore(cfg.run_dir)
+        with store.writer("sample", "pool-T0.6", shard_size=64) as w:  # as sample writes it
+            for i in range(n):
+                w.add({"id": sample_id(f"p{i:06d}", "toy:teacher", 0.6, 1.0, 0, 0), "prompt_id": f"p{i:06d}",
+                       "model": "toy:teacher", "temperature": 0.6, "top_p": 1.0, "seed": 0, "index": 0,
+                       "text": "4.", "finish_reason": "stop",
+                       "teacher": {"token_ids": [7, 8], "offsets": [[0, 1], [1, 2]], "logprobs": [-0.5, -0.25],
+                                   "logprob_mode": "raw"}})
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            counts = run_sample(cfg, store)  # every sample on disk: no engine is opened
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        assert counts["T0.6"] | {"mean_token_logprob": None} == {
+            "samples": n, "prompts": n, "cut_off": 0, "tokens": 2 * n, "mean_token_logprob": None, "asked": n,
+            "not_asked": 0, "beyond_k": 0, "quarantined": 0, "refused_too_long": 0, "new": 0}
+        assert counts["T0.6"]["mean_token_logprob"] == pytest.approx(-0.375)
+        assert len(list(store.read("sample", "prompts"))) == n
+        return peak
+
+    run(tmp_path / "warm", 10)  # the libraries it loads, loaded before measuring
+    small, large = run(tmp_path / "small", 1000), run(tmp_path / "large", 8000)
+    per_prompt = (large - small) / 7000
+    assert per_prompt < 300, per_prompt
+
+
 class SpoilFirstSample:
     """A real engine whose first call's first sample comes back with a NaN log-prob."""
 
@@ -331,3 +377,34 @@ def test_a_prompt_edited_under_its_id_is_refused_and_removed_ones_lowered_k_and_
     assert "T0.6: 2 prompt(s) of the pool are not among the 4 it asks now" in caplog.text
     assert "T0.6: 5 sample(s) beyond sample.k=1 per prompt (k lowered since they were sampled)" in caplog.text
     assert "pool(s) T1 in " in caplog.text and "are not at a temperature of sample.temperatures [0.6]" in caplog.text
+
+
+def test_an_hf_prompt_source_is_streamed_once(tmp_path, monkeypatch):
+    """An ``hf:`` data set of prompts is read in one pass (it was streamed twice: an id pass and a
+    write pass, a second download from the hub): the prompts go to a temp file as they are checked,
+    and RUN/sample/prompts is written from it."""
+    import dasd.sources
+    from dasd.prompts import to_prompt
+
+    root = tmp_path / "hub-prompts"
+    root.mkdir()
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: math\n  data_files: math-train.jsonl\n---\n",
+                                    encoding="utf-8")
+    rows = [{"id": f"q{i}", "prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(4)]
+    (root / "math-train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    load_hub, opened = dasd.sources._load_hub, []
+
+    def counted(*args, **kwargs):  # the real loader, counted
+        opened.append(args[0].spec())
+        return load_hub(*args, **kwargs)
+
+    monkeypatch.setattr(dasd.sources, "_load_hub", counted)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts=hf:{root}:math", "teacher.model=toy:teacher",
+                             "sample.temperatures=[0.6]", "sample.k=1", "sample.max_tokens=8"])
+    engine = open_engine(cfg.teacher)
+    assert run_sample(cfg, engine=engine)["T0.6"]["samples"] == 4
+    assert opened == [f"hf:{root}:math@train"]
+    store = RunStore.open(tmp_path / "run")
+    assert list(store.read("sample", "prompts")) == [to_prompt(r, cfg.data.system_prompt) for r in rows]
+    assert run_sample(cfg, engine=engine)["T0.6"]["new"] == 0 and len(opened) == 2  # once a run

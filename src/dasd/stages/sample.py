@@ -5,6 +5,14 @@ temperature its own number of prompts (``rules.sampling.picks_by_temperature``: 
 one seeded ranking, so a smaller set is part of a larger one). ``RUN/sample/prompts`` keeps the
 prompts asked at some temperature.
 
+The source is read once (an ``hf:`` data set is streamed from the hub once): each prompt is
+checked as it comes (its id kept; compared with the record the run keeps under it) and copied to
+an unnamed temp file in the run folder (``_Staged``), from which ``RUN/sample/prompts`` is written
+once every prompt is known good and the ranking is made (two passes over the source, as before,
+would download it twice; holding the prompts would cost their size in memory). What the stage
+holds grows with the prompts only by their ids (a list) and digests of ids (``dasd.idset.IdSet``,
+about 20 bytes an id, for the prompts to ask, the samples on disk and the pool's counts).
+
 Output: ``RUN/sample/pool-T<temp>-NNNNN.parquet`` (the ``sample`` schema of ``dasd.columnar``), one
 Sample record per response, with the teacher's per-token (untempered) log-probs, token ids and
 character offsets (token strings are not stored: the ids and the tokenizer give them back). Ids hash (prompt,
@@ -21,7 +29,11 @@ samples of both settings; the user sets it back or deletes the pools. Nor is a p
 messages differ from those ``RUN/sample/prompts`` keeps under its id (``_EditedPrompts``: the
 prompts file edited, or ``data.system_prompt`` changed; one line, nothing written): its samples
 answer the old text, which would also be asked again and joined to them by later stages; the
-user gives the edited prompt a new id or deletes the prompts and pools.
+user gives the edited prompt a new id or deletes the prompts and pools. A prompt with the same
+messages and another reference answer, ``choices``, ``tests``, ``domain`` or ``meta`` (an answer
+corrected in the data set) is updated instead: the run's record of it is replaced, one warning
+names how many changed, the fields and an example, its samples stand (they answer the same
+question), and ``dasd filter`` judges them again against the new answer (``stages.filter``).
 
 Nothing is deleted when the schedule shrinks, and later stages read every pool on disk: samples of
 prompts no longer asked (removed from ``data.prompts``, ``data.limit`` or a
@@ -47,17 +59,25 @@ and kept in the manifest, also when the stage fails (``runs.faults_kept``).
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
 from dasd.errors import ConfigError, ContextLengthError, InputError
+from dasd.idset import IdSet
+from dasd.jsonl import dumps
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
-from dasd.runs import (PROMPTS, SAMPLE_POOL, RunPrompts, drop_if_models_changed, faults_kept, iter_training_prompts, model_versions,
-                       name_as_before, open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
+from dasd.runs import (PROMPTS, SAMPLE_POOL, RunPrompts, drop_if_models_changed, faults_kept, model_versions, name_as_before,
+                       open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
 from dasd.store import RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -83,125 +103,133 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])
-    edits = _EditedPrompts(store)
-    ids = training_prompt_ids(cfg, store, each=edits.check)  # a pass over the prompts that keeps only their ids
-    edits.refuse(cfg.data.prompts)
-    picked, warnings = picks_by_temperature(ids, s)
-    for warning in warnings:
-        log.warning(warning)
-    union = None if picked is None else set().union(*picked.values())
-    store.begin_stage(STAGE, stage_cfg)
-    with store.writer(STAGE, PROMPTS) as pw:  # the prompts asked at some temperature, as they stream
-        for i, p in enumerate(iter_training_prompts(cfg)):
-            if i >= len(ids) or p["id"] != ids[i]:
-                raise InputError(f"{cfg.data.prompts}: the prompts changed while the stage read them; run it again")
-            if union is None or i in union:
-                pw.add(p)
-    del union
+    with _Staged(store.root) as staged:
+        edits = _EditedPrompts(store)
+
+        def read(prompt: dict) -> None:
+            edits.check(prompt)
+            staged.add(prompt)
+
+        ids = training_prompt_ids(cfg, store, each=read)  # the one pass over the source: ids kept, prompts staged
+        edits.refuse(cfg.data.prompts)
+        picked, warnings = picks_by_temperature(ids, s)
+        for warning in warnings:
+            log.warning(warning)
+        store.begin_stage(STAGE, stage_cfg)
+        _write_prompts(store, staged, len(ids), picked)
     counts: dict[str, dict] = {}
     opened = None
     context = _context_key(cfg)
     stale = store.drop_records(STAGE, "rejects", lambda r: _is_too_long(r) and r.get("context") != context)
     if stale:
         log.info(f"{stale} prompt(s) quarantined as too long for another teacher or context length: judged again")
-    rejected = {r["id"] for r in store.read(STAGE, "rejects")}
+    rejected = IdSet(r["id"] for r in store.read(STAGE, "rejects"))
+
+    def sample_pool(temp: float, asked: list[str]) -> dict:
+        """Ask the teacher for the samples ``asked`` prompts miss at ``temp``; return what was new."""
+        nonlocal engine, opened
+        pool = pool_name(temp)
+        quarantine: list[dict] = []
+
+        def sid_of(pid: str, index: int) -> str:
+            return sample_id(pid, model_name, temp, s.top_p, s.seed, index)
+
+        with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
+            # the id pass: which prompts miss samples (the rest are not read again)
+            todo = IdSet(pid for pid in asked if _too_long_id({"id": pid}) not in rejected
+                         and any(sid_of(pid, i) not in w for i in range(s.k)))
+            if len(todo) and engine is None:
+                engine = opened = open_engine(cfg.teacher)
+            refused: list[str] = []  # prompts the teacher's server refused as longer than its context
+            rate_p, rate_t = Rate(), Rate()
+            bar = progress(len(todo), f"sample {pool}", "prompt")
+
+            def todo_prompts():
+                """The prompts to ask, read back from RUN/sample/prompts; too-long ones quarantined."""
+                if not len(todo):
+                    return
+                for p in store.read(STAGE, PROMPTS):
+                    if p["id"] not in todo:
+                        continue
+                    if _quarantine_long(engine, p, quarantine, context, s.max_tokens):
+                        bar.update(1)
+                        continue
+                    yield p
+
+            live: dict[int, dict] = {}  # request index -> its prompt, while samples of it are asked
+            left: dict[int, int] = {}  # request index -> its samples not yet back
+
+            def requests(prompts):
+                for r, p in enumerate(prompts):
+                    live[r], left[r] = p, sum(sid_of(p["id"], i) not in w for i in range(s.k))
+                    yield GenerateRequest(id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
+                                          max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp))
+
+            # A streaming engine (openai, ray) is fed the requests as it frees slots and hands back each
+            # sample as it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
+            streaming = hasattr(engine, "generate_iter")
+            groups = [requests(todo_prompts())] if streaming else (
+                list(requests(batch)) for batch in chunks(todo_prompts(), s.batch_prompts))
+            for reqs in groups:
+                # a request no longer live has every sample it missed back: the rest were on disk
+                for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sid_of(live[r]["id"], i) in w):
+                    p = live[r]
+                    if isinstance(g, ContextLengthError):
+                        refused.append(p["id"])
+                        quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
+                                           "reason": f"the teacher's server refused it as longer than its context: {g}"})
+                        bar.update(1)
+                        continue
+                    left[r] -= 1
+                    if left[r] == 0:
+                        del live[r], left[r]
+                    sid = sid_of(p["id"], g.index)
+                    bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
+                    if bad is not None:
+                        quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
+                                           "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
+                                                     "not kept, asked again on the next run", "raw": g.text[:2000]})
+                        continue
+                    w.add(
+                        {
+                            "id": sid, "prompt_id": p["id"], "model": model_name,
+                            "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
+                            "text": g.text, "finish_reason": g.finish_reason,
+                            "teacher": {
+                                "token_ids": g.token_ids, "offsets": g.offsets, "logprobs": g.logprobs,
+                                "logprob_mode": g.logprob_mode,
+                            },
+                        }
+                    )
+                    rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
+                    if r not in left:
+                        rate_p.add(1)
+                        bar.update(1)
+                        bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
+                live.clear()
+                left.clear()
+            bar.close()
+        if refused:
+            log.warning(f"{pool}: {len(refused)} prompt(s) refused by the teacher's server as longer than its context "
+                        f"(e.g. {refused[0]}): quarantined, not asked again while the teacher and its context stay the same")
+        if quarantine:
+            store.write_rejects(STAGE, quarantine)
+            q = quarantine[0]
+            log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
+                        f"see {store.root / STAGE}/rejects-*.jsonl")
+            rejected.update(x["id"] for x in quarantine)
+        return {"quarantined": len(quarantine), "refused_too_long": len(refused), "new": w.written,
+                "tok_s": rate_t.per_s()}
+
     with faults_kept(store, STAGE, lambda: [engine]):
         for temp in s.temperatures:
             pool = pool_name(temp)
-            quarantine: list[dict] = []
             asked = ids if picked is None else [ids[i] for i in picked[temp]]
-
-            def sid_of(pid: str, index: int, temp=temp) -> str:
-                return sample_id(pid, model_name, temp, s.top_p, s.seed, index)
-
-            with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
-                # the id pass: which prompts miss samples (the rest are not read again)
-                todo = {pid for pid in asked if _too_long_id({"id": pid}) not in rejected and any(sid_of(pid, i) not in w for i in range(s.k))}
-                if todo and engine is None:
-                    engine = opened = open_engine(cfg.teacher)
-                refused: list[str] = []  # prompts the teacher's server refused as longer than its context
-                rate_p, rate_t = Rate(), Rate()
-                bar = progress(len(todo), f"sample {pool}", "prompt")
-
-                def todo_prompts(todo=todo, quarantine=quarantine, bar=bar):
-                    """The prompts to ask, read back from RUN/sample/prompts; too-long ones quarantined."""
-                    if not todo:
-                        return
-                    for p in store.read(STAGE, PROMPTS):
-                        if p["id"] not in todo:
-                            continue
-                        if _quarantine_long(engine, p, quarantine, context, s.max_tokens):
-                            bar.update(1)
-                            continue
-                        yield p
-
-                live: dict[int, dict] = {}  # request index -> its prompt, while samples of it are asked
-                left: dict[int, int] = {}  # request index -> its samples not yet back
-
-                def requests(prompts, temp=temp, w=w, live=live, left=left):
-                    for r, p in enumerate(prompts):
-                        live[r], left[r] = p, sum(sid_of(p["id"], i) not in w for i in range(s.k))
-                        yield GenerateRequest(id=p["id"], messages=p["messages"], n=s.k, temperature=temp, top_p=s.top_p,
-                                              max_tokens=s.max_tokens, seed=derived_seed(s.seed, p["id"], temp))
-
-                # A streaming engine (openai, ray) is fed the requests as it frees slots and hands back each
-                # sample as it completes; a batch engine (hf) gets `batch_prompts` prompts per call.
-                streaming = hasattr(engine, "generate_iter")
-                groups = [requests(todo_prompts())] if streaming else (
-                    list(requests(batch)) for batch in chunks(todo_prompts(), s.batch_prompts))
-                for reqs in groups:
-                    # a request no longer live has every sample it missed back: the rest were on disk
-                    for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sid_of(live[r]["id"], i) in w):
-                        p = live[r]
-                        if isinstance(g, ContextLengthError):
-                            refused.append(p["id"])
-                            quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
-                                               "reason": f"the teacher's server refused it as longer than its context: {g}"})
-                            bar.update(1)
-                            continue
-                        left[r] -= 1
-                        if left[r] == 0:
-                            del live[r], left[r]
-                        sid = sid_of(p["id"], g.index)
-                        bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
-                        if bad is not None:
-                            quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
-                                               "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
-                                                         "not kept, asked again on the next run", "raw": g.text[:2000]})
-                            continue
-                        w.add(
-                            {
-                                "id": sid, "prompt_id": p["id"], "model": model_name,
-                                "temperature": temp, "top_p": s.top_p, "seed": s.seed, "index": g.index,
-                                "text": g.text, "finish_reason": g.finish_reason,
-                                "teacher": {
-                                    "token_ids": g.token_ids, "offsets": g.offsets, "logprobs": g.logprobs,
-                                    "logprob_mode": g.logprob_mode,
-                                },
-                            }
-                        )
-                        rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
-                        if r not in left:
-                            rate_p.add(1)
-                            bar.update(1)
-                            bar.set_postfix(prompts_s=f"{rate_p.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
-                    live.clear()
-                    left.clear()
-                bar.close()
-            if refused:
-                log.warning(f"{pool}: {len(refused)} prompt(s) refused by the teacher's server as longer than its context "
-                            f"(e.g. {refused[0]}): quarantined, not asked again while the teacher and its context stay the same")
-            if quarantine:
-                store.write_rejects(STAGE, quarantine)
-                q = quarantine[0]
-                log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
-                            f"see {store.root / STAGE}/rejects-*.jsonl")
-                rejected |= {q["id"] for q in quarantine}
-            counts[pool] = pool_stats(store, pool, set(asked), s.k)
-            counts[pool]["quarantined"] = len(quarantine)
-            counts[pool]["refused_too_long"] = len(refused)
-            counts[pool]["new"] = w.written
-            c = counts[pool]
+            done = sample_pool(temp, asked)  # what it held (the pool's ids, the prompts to ask) is let go
+            counts[pool] = c = pool_stats(store, pool, IdSet(asked), s.k)
+            del asked
+            tok_s = done.pop("tok_s")
+            c |= done
             if c["not_asked"]:
                 log.warning(f"{pool}: {c['not_asked']} prompt(s) of the pool are not among the {c['asked']} it asks now "
                             "(sample.prompts_per_temperature or data.limit lowered, or prompts removed from data.prompts): "
@@ -212,9 +240,9 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                             "were sampled): they are kept and later stages use them; delete "
                             f"{store.root / STAGE}/pool-{pool}-* to sample the pool again")
             log.info(
-                f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({w.written} new), "
+                f"{pool}: {c['samples']} samples for {c['prompts']} prompts ({c['new']} new), "
                 f"mean teacher log-prob/token {_fmt(c['mean_token_logprob'])}, cut off {c['cut_off']}, "
-                f"{rate_t.per_s():.0f} tok/s"
+                f"{tok_s:.0f} tok/s"
             )
     _warn_other_pools(store, s.temperatures)
     record_faults(store, STAGE, [engine])
@@ -222,6 +250,46 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         opened.close()  # releases Ray actors / HTTP clients of an engine this stage opened
     store.end_stage(STAGE, counts)
     return counts
+
+
+class _Staged:
+    """The prompts as the stage read them from ``data.prompts``, one JSON line each, in an unnamed
+    temp file in the run folder (the system removes it when it is closed or the process dies):
+    ``RUN/sample/prompts`` is written from it (``_write_prompts``) after the pass over the source
+    that checks every prompt and ranks their ids, so the source is read once (an ``hf:`` data set
+    is not streamed from the hub twice) and no prompt is held in memory. ``with _Staged(folder) as
+    staged``: ``staged.add(prompt)``, then ``for prompt in staged`` (from the first, each time)."""
+
+    def __init__(self, folder: Path):
+        self._fh = tempfile.TemporaryFile(dir=folder)
+
+    def add(self, prompt: dict) -> None:
+        self._fh.write(dumps(prompt).encode("utf-8") + b"\n")
+
+    def __iter__(self) -> Iterator[dict]:
+        self._fh.seek(0)
+        for line in self._fh:
+            yield json.loads(line)
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+def _write_prompts(store: RunStore, staged: _Staged, n: int, picked: dict[float, list[int]] | None) -> None:
+    """Add to ``RUN/sample/prompts`` the ``n`` staged prompts that some temperature asks (``picked``:
+    the positions each asks; None: all), as they stream; the ids on disk are skipped."""
+    asked = None
+    if picked is not None:
+        asked = np.zeros(n, dtype=bool)
+        for positions in picked.values():
+            asked[positions] = True
+    with store.writer(STAGE, PROMPTS) as pw:
+        for i, p in enumerate(staged):
+            if asked is None or asked[i]:
+                pw.add(p)
 
 
 def _warn_other_pools(store: RunStore, temperatures: list[float]) -> None:
@@ -361,18 +429,19 @@ def _generations(engine, reqs, skip):
                 yield r, g
 
 
-def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None, k: int | None = None) -> dict:
+def pool_stats(store: RunStore, pool: str, asked: IdSet | None = None, k: int | None = None) -> dict:
     """Counts and the mean per-token teacher log-prob of a sample pool (token-weighted); with the ids of
     the prompts the pool ``asked``, how many those are and how many prompts sampled into the pool are not
     among them (``not_asked``: imported responses, whose prompts are not asked, do not count); with ``k``,
     how many sampled responses have an index of ``k`` or more (``beyond_k``: sampled with a larger k)."""
-    n = total_lp = total_tok = cut = beyond_k = 0
-    prompts, sampled = set(), set()
+    n = total_lp = total_tok = cut = beyond_k = not_asked = 0
+    prompts, sampled = IdSet(), IdSet()
     for r in store.read(STAGE, output(SAMPLE_POOL, pool)):
         n += 1
         prompts.add(r["prompt_id"])
         if "source_id" not in r:  # sampled, not imported (`dasd import` records the row's own id)
-            sampled.add(r["prompt_id"])
+            if sampled.add(r["prompt_id"]) and asked is not None and r["prompt_id"] not in asked:
+                not_asked += 1
             if k is not None and r.get("index", 0) >= k:
                 beyond_k += 1
         cut += r.get("finish_reason") == "length"
@@ -385,7 +454,7 @@ def pool_stats(store: RunStore, pool: str, asked: set[str] | None = None, k: int
         "mean_token_logprob": total_lp / total_tok if total_tok else None,
     }
     if asked is not None:
-        stats |= {"asked": len(asked), "not_asked": len(sampled - asked)}
+        stats |= {"asked": len(asked), "not_asked": not_asked}
     if k is not None:
         stats["beyond_k"] = beyond_k
     return stats

@@ -153,12 +153,15 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                 rejects = _Rejects(wq)  # written as judged, like the scored records: a stopped stage keeps them
                 alone = {"student": 0, "teacher": 0}  # responses not scored on their training tokens
                 done_rejected = wq.existing
-                skip = w.ids | done_rejected
-                n_todo = len(store.ids("filter", output(KEPT, pool)) - skip)
+
+                def skip(sid, w=w, done_rejected=done_rejected):
+                    return sid in w or sid in done_rejected
+
+                n_todo = sum(not skip(sid) for sid in store.ids("filter", output(KEPT, pool)))
                 if n_todo and student is None:
                     student = open_engine(cfg.student)
                 bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
-                todo = (s for s in store.read("filter", output(KEPT, pool)) if s["id"] not in skip)
+                todo = (s for s in store.read("filter", output(KEPT, pool)) if not skip(s["id"]))
                 for batch in chunks(todo, sc.batch):
                     reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                     need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
