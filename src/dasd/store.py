@@ -28,6 +28,7 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import platform
 import re
@@ -265,30 +266,32 @@ class RunStore:
             self.remove_output(stage, name)
         return names
 
-    def drop_records(self, stage: str, name: str, drop) -> int:
+    def drop_records(self, stage: str, name: str, drop, add: Iterable[dict] = ()) -> int:
         """Remove the records of JSONL output ``name`` for which ``drop(record)`` is true (verdicts
-        that no longer hold, e.g. made against a model that has changed since); return how many.
+        that no longer hold, e.g. made against a model that has changed since), writing the records
+        of ``add`` in their place (new versions of some of them); return how many were dropped
+        (none dropped: nothing is written).
 
-        The records kept are written to a new shard before the old shards are deleted: a crash in
-        between leaves every record readable (``read`` gives each id once) and doing it again
-        finishes the job. The output is read twice (is anything dropped, then the rewrite), never
-        held: a stage's records (mix rollouts with their texts) may not fit in memory."""
+        The records kept and added are written to a new shard before the old shards are deleted: a
+        crash in between leaves every old record readable (``read`` gives each id once, the first)
+        and doing it again finishes the job. The records are streamed, not held (the run's prompts
+        are rewritten so): ``drop`` is asked twice about each, and must answer the same."""
         if kind_of(stage, name) is not None:
             raise ValueError(f"{stage}/{name}: drop_records rewrites JSONL outputs only")
         old = shard_paths(self.root / stage, name)
-        dropped = sum(1 for r in self.read(stage, name) if drop(r))
+        dropped = sum(bool(drop(r)) for r in self.read(stage, name))
         if not dropped:
             return 0
         num = max(int(_SHARD_RE.match(p.name)["num"]) for p in old) + 1
-        new, kept = self.root / stage / f"{name}-{num:05d}.jsonl", 0
-        with atomic_open(new) as fh:
-            for r in self.read(stage, name):
-                if not drop(r):
-                    fh.write(dumps(r) + "\n")
-                    kept += 1
-        if not kept:
-            new.unlink()
-        for path in old:
+        path = self.root / stage / f"{name}-{num:05d}.jsonl"
+        written = 0
+        with atomic_open(path) as fh:
+            for r in itertools.chain((r for r in self.read(stage, name) if not drop(r)), add):
+                fh.write(dumps(r) + "\n")
+                written += 1
+        for p in old:
+            p.unlink()
+        if not written:
             path.unlink()
         return dropped
 

@@ -379,6 +379,83 @@ def test_a_prompt_edited_under_its_id_is_refused_and_removed_ones_lowered_k_and_
     assert "pool(s) T1 in " in caplog.text and "are not at a temperature of sample.temperatures [0.6]" in caplog.text
 
 
+def test_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(tmp_path, caplog):
+    """A prompt whose reference answer or meta changed under the same id and messages kept its
+    first record in RUN/sample/prompts, and filter judged against the old answer, silently. Now
+    `dasd sample` replaces the record (one warning: how many, which fields, an example; no sample
+    asked again) and `dasd filter` judges again: the kept samples the new answer fails are dropped
+    (their pool's kept output made again), a rejected one it passes is kept: the verdicts of a fresh
+    run on the corrected prompts. A run killed after the new prompts shard was written and before
+    the old one went (the old shard back beside it) is finished by the next run."""
+    from dasd.grading.grade import grade_one
+    from dasd.prompts import toy_prompts
+    from dasd.runs import load_run_prompts
+    from dasd.stages.filter import run_filter
+
+    src = tmp_path / "prompts.jsonl"
+
+    def write(rows):
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def cfg(run):
+        return load_config(None, [f"run_dir={tmp_path / run}", f"data.prompts={src}", "student.model=toy:student",
+                                  "teacher.model=toy:teacher", "sample.k=3", "sample.temperatures=[1.0]",
+                                  "sample.max_tokens=320", "filter.require_correct=true"])
+
+    def verdicts(run):
+        store = RunStore.open(tmp_path / run)
+        return store.ids("filter", "kept-T1"), {r["id"]: r["rule"] for r in store.read("filter", "rejects")}
+
+    rows = toy_prompts(8, 0, "train", None)
+    write(rows)
+    engine = open_engine(cfg("run").teacher)
+    run_sample(cfg("run"), engine=engine)
+    run_filter(cfg("run"))
+    kept, rejected = verdicts("run")
+    samples = list(RunStore.open(tmp_path / "run").read("sample", "pool-T1"))
+    by_id = {p["id"]: p for p in rows}
+    right = next(p for p in rows if any(s["id"] in kept for s in samples if s["prompt_id"] == p["id"]))
+    wrong, text = next((p, s["text"]) for p in rows for s in samples if s["prompt_id"] == p["id"] and p is not right
+                       and rejected.get(s["id"]) == "correctness" and grade_one(p, s["text"])["extracted"])
+    fixed = {right["id"]: {"answer": str(int(right["answer"]) + 1000)},  # its kept samples now fail
+             wrong["id"]: {"answer": grade_one(wrong, text)["extracted"]},  # a rejected sample now passes
+             rows[max(rows.index(right), rows.index(wrong)) + 1]["id"]: {"meta": {"checked": True}}}  # after them
+    write([{**p, **fixed.get(p["id"], {})} for p in rows])
+    old_shards = {p.name: p.read_bytes() for p in (tmp_path / "run" / "sample").glob("prompts-*")}
+
+    caplog.clear()
+    counts = run_sample(cfg("run"), engine=engine)
+    assert counts["T1"]["new"] == 0 and counts["T1"]["samples"] == 24
+    first = min(right, wrong, key=rows.index)  # the example the warning gives
+    assert (f"3 prompt(s) have the same messages and other fields than the run kept under their id: answer (2), "
+            f"meta (1) (e.g. id {first['id']!r}: answer {first['answer']!r} -> {fixed[first['id']]['answer']!r}); the "
+            "run's prompts now hold the new records, and `dasd filter` judges their responses again") in caplog.text
+    want = {k: {**by_id[k], **v} for k, v in fixed.items()}
+    assert {k: load_run_prompts(RunStore.open(tmp_path / "run"))[k] for k in fixed} == want
+
+    for name, data in old_shards.items():  # killed before the old shard went: it is read first, the old answers
+        (tmp_path / "run" / "sample" / name).write_bytes(data)
+    assert load_run_prompts(RunStore.open(tmp_path / "run"))[right["id"]]["answer"] == right["answer"]
+    assert run_sample(cfg("run"), engine=engine)["T1"]["new"] == 0
+    prompts = list(RunStore.open(tmp_path / "run").read("sample", "prompts"))
+    assert len(prompts) == 8 and {p["id"]: p for p in prompts if p["id"] in fixed} == want
+    assert len(list((tmp_path / "run" / "sample").glob("prompts-*"))) == 1
+
+    caplog.clear()
+    funnel = run_filter(cfg("run"))
+    got_kept, got_rejected = verdicts("run")
+    assert not any(s["id"] in got_kept for s in samples if s["prompt_id"] == right["id"])
+    assert any(s["id"] in got_kept and s["text"] == text for s in samples if s["prompt_id"] == wrong["id"])
+    stale = kept - got_kept  # right's kept samples, and wrong's that passed the old answer
+    assert {s["prompt_id"] for s in samples if s["id"] in stale} <= {right["id"], wrong["id"]}
+    assert f"T1: {len(stale)} sample(s) kept by an earlier run are dropped by the rules now" in caplog.text
+
+    run_sample(cfg("fresh"), engine=engine)  # the corrected prompts from the start
+    fresh_funnel = run_filter(cfg("fresh"))
+    fresh_kept, fresh_rejected = verdicts("fresh")
+    assert got_kept == fresh_kept and got_rejected == fresh_rejected and funnel == fresh_funnel
+
+
 def test_an_hf_prompt_source_is_streamed_once(tmp_path, monkeypatch):
     """An ``hf:`` data set of prompts is read in one pass (it was streamed twice: an id pass and a
     write pass, a second download from the hub): the prompts go to a temp file as they are checked,

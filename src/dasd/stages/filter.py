@@ -10,12 +10,18 @@ shard order; a kept sample is written as a reference to its sample row (no copy 
 arrays) unless normalisation rewrote it. A reject records the rule, the reason, where the sample
 is (shard and row) and the start of its text. A finished filter with the same settings and the
 same sample pools is not redone; an interrupted one re-applies the rules and skips what it wrote; one
-run again with other ``filter`` settings drops its outputs and makes them again. A record that cannot be
+run again with other ``filter`` settings drops its outputs and makes them again. When `dasd sample`
+updated the run's prompts (a reference answer corrected under the same id and messages), filter
+judges every sample again: its rejects are made again (``runs.drop_if_inputs_rewritten``: the
+prompts lost their old shards), a sample the new answer passes is added to the kept ones, and a pool
+whose kept output holds a sample the rules now drop has that output made again (one warning). A record that cannot be
 filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quarantined under rule
 ``malformed``.
 """
 
 from __future__ import annotations
+
+import copy
 
 from dasd.errors import DasdError
 from dasd.grading.grade import is_correct
@@ -88,27 +94,42 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         except ValueError as err:  # the prompt's reference cannot be graded (bad tests, an answer that is no choice)
             raise DasdError(f"filter.require_correct: cannot grade prompt {p.get('id')!r}: {err}") from None
 
+    def judge(pool: str, funnel: Funnel, rejects) -> int:
+        """Filter ``pool`` into ``kept-<pool>`` (resumed: the ids on disk are skipped) and the rejects;
+        return how many samples the kept output holds that the rules drop now."""
+        stale = 0
+        with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
+            for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                ref = s.get(REF)
+                where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
+                bad = malformed(s)
+                if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
+                    funnel.add(pool, Drop("malformed", bad))
+                    rid = str(s.get("id") or content_id("malformed", pool, sorted(s), repr(s.get("text"))[:2000]))
+                    rejects.add({"id": rid, "pool": pool, "rule": "malformed", "reason": bad,
+                                 "where": where, "text": repr(s.get("text"))[:2000]})
+                    continue
+                out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
+                funnel.add(pool, drop)
+                if out is not None:
+                    kept.add(out)
+                else:
+                    stale += s["id"] in kept
+                    rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
+                                 "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000]})
+        return stale
+
     funnel = Funnel()
     with store.writer(STAGE, "rejects") as rejects:
         for pool in pools(store, "sample", SAMPLE_POOL):
-            with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
-                for s in store.read("sample", output(SAMPLE_POOL, pool)):
-                    ref = s.get(REF)
-                    where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
-                    bad = malformed(s)
-                    if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
-                        funnel.add(pool, Drop("malformed", bad))
-                        rid = str(s.get("id") or content_id("malformed", pool, sorted(s), repr(s.get("text"))[:2000]))
-                        rejects.add({"id": rid, "pool": pool, "rule": "malformed", "reason": bad,
-                                     "where": where, "text": repr(s.get("text"))[:2000]})
-                        continue
-                    out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
-                    funnel.add(pool, drop)
-                    if out is not None:
-                        kept.add(out)
-                    else:
-                        rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
-                                     "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000]})
+            before = copy.deepcopy(funnel)
+            stale = judge(pool, funnel, rejects)
+            if stale:  # kept under a reference answer corrected since (`dasd sample` updated the run's prompts)
+                log.warning(f"{pool}: {stale} sample(s) kept by an earlier run are dropped by the rules now (a prompt's "
+                            f"reference answer changed since): {output(KEPT, pool)} is made again")
+                store.remove_output(STAGE, output(KEPT, pool))
+                funnel = before
+                judge(pool, funnel, rejects)
     log.info(f"funnel\n{funnel.format()}")
     counts = funnel.to_dict()
     store.end_stage(STAGE, counts)

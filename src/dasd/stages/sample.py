@@ -116,6 +116,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         for warning in warnings:
             log.warning(warning)
         store.begin_stage(STAGE, stage_cfg)
+        edits.update(staged, cfg.data.prompts)
         _write_prompts(store, staged, len(ids), picked)
     counts: dict[str, dict] = {}
     opened = None
@@ -319,21 +320,47 @@ def _refuse_other_sampling(store: RunStore, before: dict, now: dict) -> None:
 
 
 class _EditedPrompts:
-    """Prompts of ``data.prompts`` whose messages differ from those kept under the same id in
-    ``RUN/sample/prompts``: the run's samples of that id answer the old text, new ones would be asked
-    with it (the prompts output keeps an id's first record), and later stages join them to it.
-    ``check`` each prompt as it is read (an index of the kept prompts, ``runs.RunPrompts``, is held),
-    then ``refuse`` (``InputError``, one line) if any differed."""
+    """Prompts of ``data.prompts`` that differ from the record ``RUN/sample/prompts`` keeps under
+    their id. ``check`` each prompt as it is read (an index of the kept prompts, ``runs.RunPrompts``,
+    is held), then:
+
+    - ``refuse`` (``InputError``, one line) if any has other messages (the prompts file edited, or
+      ``data.system_prompt`` changed): the run's samples of that id answer the old text, new ones
+      would be asked with it, and later stages join them to it;
+    - ``update`` the others that differ (the same messages, another ``answer``, ``choices``,
+      ``tests``, ``domain`` or ``meta``: a reference answer corrected): the kept record is replaced
+      by the new one (``RunStore.drop_records``: one new shard, then the old ones go; a run killed
+      in between finds the old records and replaces them again), and one warning names how many
+      changed, which fields, and an example. The samples stand (they answer the same messages);
+      ``dasd filter``, which judges them against the run's prompts, judges them again (the
+      prompts output lost its old shards: ``runs.drop_if_inputs_rewritten``), and a sample it
+      kept that the new answer fails makes it make that pool's kept samples again.
+    """
 
     def __init__(self, store: RunStore):
         self.store = store
         self.kept = RunPrompts(store) if PROMPTS in store.outputs(STAGE) else None
         self.n, self.first = 0, None
+        self.changed = IdSet()  # ids whose kept record has other fields than the prompt read now
+        self.fields: dict[str, int] = {}  # field -> how many of those prompts have another one
+        self.example: tuple | None = None  # (id, field, kept value, new value) of the first
 
     def check(self, prompt: dict) -> None:
-        if self.kept is not None and self.kept.other_messages(prompt):
+        if self.kept is None:
+            return
+        if self.kept.other_messages(prompt):
             self.n += 1
             self.first = self.first or prompt["id"]
+            return
+        kept = self.kept.get(prompt["id"])
+        if kept is None or kept == prompt:
+            return
+        self.changed.add(prompt["id"])
+        fields = sorted(k for k in kept.keys() | prompt.keys() if kept.get(k) != prompt.get(k))
+        for f in fields:
+            self.fields[f] = self.fields.get(f, 0) + 1
+        if self.example is None:
+            self.example = (prompt["id"], fields[0], kept.get(fields[0]), prompt.get(fields[0]))
 
     def refuse(self, source: str) -> None:
         if self.n:
@@ -342,6 +369,25 @@ class _EditedPrompts:
                              f"(e.g. id {self.first!r}; data.prompts edited, or data.system_prompt changed): the "
                              f"samples in {d} answer the old text; give an edited prompt a new id, or delete "
                              f"{d}/prompts-* and {d}/pool-* to sample again, or use another run_dir")
+
+    def update(self, staged: _Staged, source: str) -> None:
+        """Replace the kept records of the changed prompts by their ``staged`` ones (call after the
+        stage began: a run killed meanwhile is unfinished, and later stages wait for it)."""
+        if not len(self.changed):
+            return
+        self.store.drop_records(STAGE, PROMPTS, lambda r: r.get("id") in self.changed,
+                                add=(p for p in staged if p["id"] in self.changed))
+        pid, field, old, new = self.example
+        fields = ", ".join(f"{f} ({n})" for f, n in sorted(self.fields.items()))
+        log.warning(f"{source}: {len(self.changed)} prompt(s) have the same messages and other fields than the run "
+                    f"kept under their id: {fields} (e.g. id {pid!r}: {field} {_short(old)} -> {_short(new)}); the "
+                    f"run's prompts now hold the new records, and `dasd filter` judges their responses again")
+
+
+def _short(value) -> str:
+    """A value for a log line: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _too_long_id(prompt: dict) -> str:
