@@ -432,6 +432,31 @@ def test_filter_require_correct_grades_code_and_choice_prompts(tmp_path, tiny_lm
     assert {r["id"]: r["rule"] for r in store.read("filter", "rejects")} == {"s1": "correctness", "s3": "correctness"}
 
 
+def test_a_finished_filter_that_graded_answers_only_is_made_again(tmp_path, tiny_lm_dir):
+    """A filter finished by an earlier dasd (its manifest config without `graded`) kept every
+    program: with require_correct it is made again, not taken as up to date."""
+    from dasd.store import config_hash
+
+    user = [{"role": "user", "content": "q"}]
+    prompts = [{"id": "code", "domain": "code", "messages": user,
+                "tests": {"style": "stdio", "cases": [{"input": "3 4\n", "output": "7\n"}]}}]
+    program = "<think>\nAdd them.\n</think>\n```python\na, b = map(int, input().split())\nprint(a {} b)\n```"
+    store = _hand_run(tmp_path / "run", prompts, [("code", program.format("+")), ("code", program.format("-"))])
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
+                             "filter.require_correct=true"])
+    assert run_filter(cfg)["T0.6"] == {"in": 2, "dropped": {"correctness": 1}, "out": 1}
+    old = RunStore.open(tmp_path / "run")  # as an earlier dasd left it: both programs kept, no `graded`
+    info = old.stage_info("filter")
+    info["config"].pop("graded")
+    info["config_hash"] = config_hash(info["config"])
+    old.stage_info("filter")["counts"] = {"T0.6": {"in": 2, "dropped": {}, "out": 2}}
+    old.save_manifest()
+    with old.writer("filter", "kept-T0.6") as w:
+        w.add({**next(s for s in old.read("sample", "pool-T0.6") if s["id"] == "s1")})
+    assert run_filter(cfg)["T0.6"] == {"in": 2, "dropped": {"correctness": 1}, "out": 1}
+    assert [s["id"] for s in RunStore.open(tmp_path / "run").read("filter", "kept-T0.6")] == ["s0"]
+
+
 def test_filter_require_correct_names_a_prompt_it_cannot_grade(tmp_path, tiny_lm_dir):
     from dasd.errors import DasdError
 

@@ -78,6 +78,8 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     store = store or existing_run(cfg.run_dir, STAGE)
     fc = cfg.filter
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
+    if fc.require_correct:  # a filter of an earlier dasd graded only prompts with an answer: its verdicts are made again
+        stage_cfg["graded"] = "answer, choices, tests"
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
                                    outputs=(KEPT + "-", "rejects"))
     if done is not None:
