@@ -441,7 +441,7 @@ def test_a_finished_filter_that_graded_answers_only_is_made_again(tmp_path, tiny
     prompts = [{"id": "code", "domain": "code", "messages": user,
                 "tests": {"style": "stdio", "cases": [{"input": "3 4\n", "output": "7\n"}]}}]
     program = "<think>\nAdd them.\n</think>\n```python\na, b = map(int, input().split())\nprint(a {} b)\n```"
-    store = _hand_run(tmp_path / "run", prompts, [("code", program.format("+")), ("code", program.format("-"))])
+    _hand_run(tmp_path / "run", prompts, [("code", program.format("+")), ("code", program.format("-"))])
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
                              "filter.require_correct=true"])
     assert run_filter(cfg)["T0.6"] == {"in": 2, "dropped": {"correctness": 1}, "out": 1}
