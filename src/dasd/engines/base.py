@@ -17,6 +17,7 @@ is mapped to the character it starts in; see ``engines.offsets`` for the exact r
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,3 +180,14 @@ def build_context_ids(tokenizer, name: str, messages: Messages | None, prefix: s
             raise DasdError(f"request {rid!r}: empty context and {name} has no BOS token")
         ids = [tokenizer.bos_token_id]
     return ids
+
+
+def score_or_refused(engine, requests: list[ScoreRequest]) -> list:
+    """Per request, its ``ScoreResult``, or the ``ContextLengthError`` of a request longer than the
+    engine's context (``each_or_refused``: through ``score(too_long=)`` where the engine
+    takes it, the openai engine; else by splitting a refused call)."""
+    hooked = None
+    if "too_long" in inspect.signature(engine.score).parameters:
+        def hooked(reqs, too_long):
+            return engine.score(reqs, too_long=too_long)
+    return each_or_refused(requests, engine.score, hooked)

@@ -25,8 +25,8 @@ from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, retype, score_response
 from dasd.runs import (drop_if_models_changed, existing_run, faults_kept, model_for, model_versions, open_engine, record_faults,
                        require_finished, results_name)
-from dasd.stages.score import score_as_trained
 from dasd.store import RunStore
+from dasd.train.encode import score_as_trained
 
 STAGE = "analyze"
 log = logger(STAGE)

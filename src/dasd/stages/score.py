@@ -3,7 +3,7 @@
 Reads ``RUN/filter/kept-<pool>``; writes ``RUN/score/pool-<pool>`` (ScoredSample records: the
 sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary). The student sees the
 same messages through **its own** chat template and tokenizer, and is scored on the tokens training
-gives the response, after the context they follow there (``score_as_trained``); sentences are
+gives the response, after the context they follow there (``train.encode.score_as_trained``); sentences are
 character spans, so teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
 sample; when they are missing or tempered (``logprob_mode`` not ``raw``), ``score.rescore_teacher``
 decides whether the teacher engine re-scores the text; a sample whose teacher signal is still not
@@ -30,10 +30,7 @@ every kept sample is scored again, so no student signal of an earlier model is r
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import replace
-
-from dasd.engines.base import ScoreRequest, ScoreResult, each_or_refused
+from dasd.engines.base import ScoreRequest
 from dasd.errors import ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
@@ -41,7 +38,7 @@ from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, lo
 from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept, model_versions,
                        open_engine, output, pools, record_faults)
 from dasd.store import RunStore, config_hash
-from dasd.train.encode import response_tokens
+from dasd.train.encode import score_as_trained
 
 STAGE = "score"
 log = logger(STAGE)
@@ -70,34 +67,6 @@ class _Rejects:
             if record.get("too_long"):
                 self.too_long += 1
                 self.first_too_long = self.first_too_long or record["where"]
-
-
-def score_or_refused(engine, requests: list[ScoreRequest]) -> list[ScoreResult | ContextLengthError]:
-    """Per request, its ``ScoreResult``, or the ``ContextLengthError`` of a request longer than the
-    engine's context (``engines.base.each_or_refused``: through ``score(too_long=)`` where the engine
-    takes it, the openai engine; else by splitting a refused call)."""
-    hooked = None
-    if "too_long" in inspect.signature(engine.score).parameters:
-        def hooked(reqs, too_long):
-            return engine.score(reqs, too_long=too_long)
-    return each_or_refused(requests, engine.score, hooked)
-
-
-def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreResult | ContextLengthError], int]:
-    """``score_or_refused`` on the tokens training gives each response (``train.encode.response_tokens``
-    with the engine's tokenizer): the student is scored on exactly the ids it is trained on, after
-    exactly the context they follow there (a re-scoring teacher on the response as its own assistant
-    turn), and the offsets are carried back into the response. A response whose tokens cannot be cut
-    out of its rendered conversation is scored on its own tokens after the generation prompt, as
-    asked; how many were is returned beside the results."""
-    tok = getattr(engine, "tokenizer", None)
-    cut = response_tokens(tok, [(r.messages, r.continuation) for r in requests]) \
-        if tok is not None and getattr(tok, "chat_template", None) and requests else [None] * len(requests)
-    asked = [r if c is None else ScoreRequest(id=r.id, prefix=c.context, continuation=c.text, continuation_ids=c.ids)
-             for r, c in zip(requests, cut)]
-    results = [r if c is None or isinstance(r, ContextLengthError) else replace(r, offsets=c.offsets)
-               for r, c in zip(score_or_refused(engine, asked), cut)]
-    return results, sum(c is None for c in cut)
 
 
 def wants_local_naturalness(cfg) -> bool:

@@ -22,11 +22,12 @@ earlier turns' reasoning) break the character mapping; that is detected and repo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dasd.errors import InputError
+from dasd.engines.base import ScoreRequest, ScoreResult, score_or_refused
+from dasd.errors import ContextLengthError, InputError
 
 IGNORE = -100
 
@@ -285,3 +286,20 @@ def encode_example(tokenizer, example: dict, mask_prefix: bool = False, where: s
     """Tokenise one training example (``messages``, optional ``prefix_chars``) with loss labels."""
     ids, labels, loss, prefix = encode_batch(tokenizer, [example], mask_prefix, [where])[0]
     return Encoded(ids.tolist(), labels.tolist(), loss.tolist(), prefix.tolist())
+
+
+def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreResult | ContextLengthError], int]:
+    """``score_or_refused`` on the tokens training gives each response (``train.encode.response_tokens``
+    with the engine's tokenizer): the student is scored on exactly the ids it is trained on, after
+    exactly the context they follow there (a re-scoring teacher on the response as its own assistant
+    turn), and the offsets are carried back into the response. A response whose tokens cannot be cut
+    out of its rendered conversation is scored on its own tokens after the generation prompt, as
+    asked; how many were is returned beside the results."""
+    tok = getattr(engine, "tokenizer", None)
+    cut = response_tokens(tok, [(r.messages, r.continuation) for r in requests]) \
+        if tok is not None and getattr(tok, "chat_template", None) and requests else [None] * len(requests)
+    asked = [r if c is None else ScoreRequest(id=r.id, prefix=c.context, continuation=c.text, continuation_ids=c.ids)
+             for r, c in zip(requests, cut)]
+    results = [r if c is None or isinstance(r, ContextLengthError) else replace(r, offsets=c.offsets)
+               for r, c in zip(score_or_refused(engine, asked), cut)]
+    return results, sum(c is None for c in cut)
