@@ -191,3 +191,19 @@ def score_or_refused(engine, requests: list[ScoreRequest]) -> list:
         def hooked(reqs, too_long):
             return engine.score(reqs, too_long=too_long)
     return each_or_refused(requests, engine.score, hooked)
+
+
+def first_or_refused(engine, requests: list[GenerateRequest]) -> list:
+    """Per request (each ``n=1``), its generation, or the ``ContextLengthError`` of a request longer
+    than the engine's context (``each_or_refused``: through ``generate_iter(too_long=)``
+    where the engine takes it, the openai engine; else by splitting a refused call; every request
+    has its own seed)."""
+    stream = getattr(engine, "generate_iter", None)
+    hooked = None
+    if stream is not None and "too_long" in inspect.signature(stream).parameters:
+        def hooked(reqs, too_long):
+            out: list = [None] * len(reqs)
+            for r, g in stream(reqs, too_long=too_long):
+                out[r] = g
+            return out
+    return each_or_refused(requests, lambda reqs: [g[0] for g in engine.generate(reqs)], hooked)

@@ -24,7 +24,6 @@ that model (``max_model_len`` raised) drops it and asks again.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import sys
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dasd import runs
-from dasd.engines.base import GenerateRequest, Generation, each_or_refused
+from dasd.engines.base import GenerateRequest, Generation, first_or_refused
 from dasd.errors import ContextLengthError, DasdError
 from dasd.grading.grade import is_correct
 from dasd.log import Rate, chunks, logger, progress
@@ -212,22 +211,6 @@ def _done_rollouts(store: RunStore, examples) -> set[str]:
         r["id"] for r in store.read(STAGE, "rollouts")
         if r["verdict"] != "kept" or r.get("example_id") in examples
     }
-
-
-def first_or_refused(engine, requests: list[GenerateRequest]) -> list[Generation | ContextLengthError]:
-    """Per request (each ``n=1``), its generation, or the ``ContextLengthError`` of a request longer
-    than the engine's context (``engines.base.each_or_refused``: through ``generate_iter(too_long=)``
-    where the engine takes it, the openai engine; else by splitting a refused call; every request
-    has its own seed)."""
-    stream = getattr(engine, "generate_iter", None)
-    hooked = None
-    if stream is not None and "too_long" in inspect.signature(stream).parameters:
-        def hooked(reqs, too_long):
-            out: list = [None] * len(reqs)
-            for r, g in stream(reqs, too_long=too_long):
-                out[r] = g
-            return out
-    return each_or_refused(requests, lambda reqs: [g[0] for g in engine.generate(reqs)], hooked)
 
 
 def context_key(engine) -> str:
