@@ -7,9 +7,10 @@ prompts asked at some temperature.
 
 The source is read once (an ``hf:`` data set is streamed from the hub once): each prompt is
 checked as it comes (its id kept; compared with the record the run keeps under it) and copied to
-an unnamed temp file in the run folder (``_Staged``), from which ``RUN/sample/prompts`` is written
-once every prompt is known good and the ranking is made (two passes over the source, as before,
-would download it twice; holding the prompts would cost their size in memory). What the stage
+an unnamed temp file in the run folder (``prompt_edits.StagedPrompts``), from which
+``RUN/sample/prompts`` is written once every prompt is known good and the ranking is made (two
+passes over the source, as before, would download it twice; holding the prompts would cost their
+size in memory). What the stage
 holds grows with the prompts only by their ids (a list) and digests of ids (``dasd.idset.IdSet``,
 about 20 bytes an id, for the prompts to ask, the samples on disk and the pool's counts).
 
@@ -26,10 +27,11 @@ names, sizes and sampled contents), the stored pools are dropped first and sampl
 (``runs.drop_if_models_changed``). Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``
 are not sampled on (``_refuse_other_sampling``: one line, nothing written): a pool would hold
 samples of both settings; the user sets it back or deletes the pools. Nor is a prompt whose
-messages differ from those ``RUN/sample/prompts`` keeps under its id (``_EditedPrompts``: the
-prompts file edited, or ``data.system_prompt`` changed; one line, nothing written): its samples
-answer the old text, which would also be asked again and joined to them by later stages; the
-user gives the edited prompt a new id or deletes the prompts and pools. A prompt with the same
+messages differ from those ``RUN/sample/prompts`` keeps under its id
+(``prompt_edits.EditedPrompts``: the prompts file edited, or ``data.system_prompt`` changed; one
+line, nothing written): its samples answer the old text, which would also be asked again and
+joined to them by later stages; the user gives the edited prompt a new id or deletes the prompts
+and pools. A prompt with the same
 messages and another reference answer, ``choices``, ``tests``, ``domain`` or ``meta`` (an answer
 corrected in the data set) is updated instead: the run's record of it is replaced, one warning
 names how many changed, the fields and an example, its samples stand (they answer the same
@@ -59,24 +61,20 @@ and kept in the manifest, also when the stage fails (``runs.faults_kept``).
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dasd.configbase import dump_config
 from dasd.engines.base import GenerateRequest
-from dasd.errors import ConfigError, ContextLengthError, InputError
+from dasd.errors import ConfigError, ContextLengthError
 from dasd.idset import IdSet
-from dasd.jsonl import dumps
 from dasd.log import Rate, chunks, logger, progress
+from dasd.prompt_edits import EditedPrompts, StagedPrompts
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
-from dasd.runs import (PROMPTS, SAMPLE_POOL, RunPrompts, drop_if_models_changed, faults_kept, model_versions, name_as_before,
+from dasd.runs import (PROMPTS, SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before,
                        open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
 from dasd.store import RunStore, config_hash
 
@@ -103,8 +101,8 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])
-    with _Staged(store.root) as staged:
-        edits = _EditedPrompts(store)
+    with StagedPrompts(store.root) as staged:
+        edits = EditedPrompts(store, log)
 
         def read(prompt: dict) -> None:
             edits.check(prompt)
@@ -253,33 +251,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     return counts
 
 
-class _Staged:
-    """The prompts as the stage read them from ``data.prompts``, one JSON line each, in an unnamed
-    temp file in the run folder (the system removes it when it is closed or the process dies):
-    ``RUN/sample/prompts`` is written from it (``_write_prompts``) after the pass over the source
-    that checks every prompt and ranks their ids, so the source is read once (an ``hf:`` data set
-    is not streamed from the hub twice) and no prompt is held in memory. ``with _Staged(folder) as
-    staged``: ``staged.add(prompt)``, then ``for prompt in staged`` (from the first, each time)."""
-
-    def __init__(self, folder: Path):
-        self._fh = tempfile.TemporaryFile(dir=folder)
-
-    def add(self, prompt: dict) -> None:
-        self._fh.write(dumps(prompt).encode("utf-8") + b"\n")
-
-    def __iter__(self) -> Iterator[dict]:
-        self._fh.seek(0)
-        for line in self._fh:
-            yield json.loads(line)
-
-    def __enter__(self) -> _Staged:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()
-
-
-def _write_prompts(store: RunStore, staged: _Staged, n: int, picked: dict[float, list[int]] | None) -> None:
+def _write_prompts(store: RunStore, staged: StagedPrompts, n: int, picked: dict[float, list[int]] | None) -> None:
     """Add to ``RUN/sample/prompts`` the ``n`` staged prompts that some temperature asks (``picked``:
     the positions each asks; None: all), as they stream; the ids on disk are skipped."""
     asked = None
@@ -317,77 +289,6 @@ def _refuse_other_sampling(store: RunStore, before: dict, now: dict) -> None:
         raise ConfigError(f"{', '.join(changed)} since the pools in {store.root / STAGE} were sampled: sampling on would "
                           f"mix samples of both settings in one pool; set it back, or delete {store.root / STAGE}/pool-* "
                           "to sample again, or use another run_dir")
-
-
-class _EditedPrompts:
-    """Prompts of ``data.prompts`` that differ from the record ``RUN/sample/prompts`` keeps under
-    their id. ``check`` each prompt as it is read (an index of the kept prompts, ``runs.RunPrompts``,
-    is held), then:
-
-    - ``refuse`` (``InputError``, one line) if any has other messages (the prompts file edited, or
-      ``data.system_prompt`` changed): the run's samples of that id answer the old text, new ones
-      would be asked with it, and later stages join them to it;
-    - ``update`` the others that differ (the same messages, another ``answer``, ``choices``,
-      ``tests``, ``domain`` or ``meta``: a reference answer corrected): the kept record is replaced
-      by the new one (``RunStore.drop_records``: one new shard, then the old ones go; a run killed
-      in between finds the old records and replaces them again), and one warning names how many
-      changed, which fields, and an example. The samples stand (they answer the same messages);
-      ``dasd filter``, which judges them against the run's prompts, judges them again (the
-      prompts output lost its old shards: ``runs.drop_if_inputs_rewritten``), and a sample it
-      kept that the new answer fails makes it make that pool's kept samples again.
-    """
-
-    def __init__(self, store: RunStore):
-        self.store = store
-        self.kept = RunPrompts(store) if PROMPTS in store.outputs(STAGE) else None
-        self.n, self.first = 0, None
-        self.changed = IdSet()  # ids whose kept record has other fields than the prompt read now
-        self.fields: dict[str, int] = {}  # field -> how many of those prompts have another one
-        self.example: tuple | None = None  # (id, field, kept value, new value) of the first
-
-    def check(self, prompt: dict) -> None:
-        if self.kept is None:
-            return
-        if self.kept.other_messages(prompt):
-            self.n += 1
-            self.first = self.first or prompt["id"]
-            return
-        kept = self.kept.get(prompt["id"])
-        if kept is None or kept == prompt:
-            return
-        self.changed.add(prompt["id"])
-        fields = sorted(k for k in kept.keys() | prompt.keys() if kept.get(k) != prompt.get(k))
-        for f in fields:
-            self.fields[f] = self.fields.get(f, 0) + 1
-        if self.example is None:
-            self.example = (prompt["id"], fields[0], kept.get(fields[0]), prompt.get(fields[0]))
-
-    def refuse(self, source: str) -> None:
-        if self.n:
-            d = self.store.root / STAGE
-            raise InputError(f"{source}: {self.n} prompt(s) have other messages than the run keeps under their id "
-                             f"(e.g. id {self.first!r}; data.prompts edited, or data.system_prompt changed): the "
-                             f"samples in {d} answer the old text; give an edited prompt a new id, or delete "
-                             f"{d}/prompts-* and {d}/pool-* to sample again, or use another run_dir")
-
-    def update(self, staged: _Staged, source: str) -> None:
-        """Replace the kept records of the changed prompts by their ``staged`` ones (call after the
-        stage began: a run killed meanwhile is unfinished, and later stages wait for it)."""
-        if not len(self.changed):
-            return
-        self.store.drop_records(STAGE, PROMPTS, lambda r: r.get("id") in self.changed,
-                                add=(p for p in staged if p["id"] in self.changed))
-        pid, field, old, new = self.example
-        fields = ", ".join(f"{f} ({n})" for f, n in sorted(self.fields.items()))
-        log.warning(f"{source}: {len(self.changed)} prompt(s) have the same messages and other fields than the run "
-                    f"kept under their id: {fields} (e.g. id {pid!r}: {field} {_short(old)} -> {_short(new)}); the "
-                    f"run's prompts now hold the new records, and `dasd filter` judges their responses again")
-
-
-def _short(value) -> str:
-    """A value for a log line: its repr, cut to 60 characters."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _too_long_id(prompt: dict) -> str:
