@@ -615,3 +615,165 @@ def test_an_interrupted_import_of_an_earlier_dasd_is_not_resumed_under_two_id_sc
     samples = list(RunStore.open(run).read("sample", "pool-T1"))
     assert len(samples) == len({s["source_id"] for s in samples}) == 600 and not {s["id"] for s in samples} & old
     assert sorted(_pool_files(run)) == [f"pool-T1-0000{i}.parquet" for i in (2, 3, 4)]
+
+
+
+def _graded_chat(path, c1="2", c3="7"):
+    """Three chat rows (ids c1, c2, c3) with reference answers, each answered 2, 5 and 9."""
+    rows = [("c1", "What is 1 + 1?", c1, "<think>1 + 1 = 2.</think> \\boxed{2}"),
+            ("c2", "What is 2 + 3?", "5", "<think>2 + 3 = 5.</think> \\boxed{5}"),
+            ("c3", "What is 4 + 5?", c3, "<think>4 + 5 = 9.</think> \\boxed{9}")]
+    return jsonl(path, [{"id": i, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
+                         "answer": a} for i, q, a, r in rows])
+
+
+def _graded_cfg(run, source, temperature, tiny_lm_dir):
+    return load_config(None, [f"run_dir={run}", f"import.source={source}", "import.format=chat",
+                              f"import.temperature={temperature}", f"teacher.model={tiny_lm_dir}",
+                              f"student.model={tiny_lm_dir}", "filter.require_correct=true",
+                              "filter.require_structure=false", "filter.drop_cutoff=false",
+                              "filter.repetition.enabled=false"])
+
+
+def _kept_prompts(run):
+    store = RunStore.open(run)
+    return {p: sorted(s["prompt_id"] for s in store.read("filter", f"kept-{p}")) for p in ("T0.6", "T1")}
+
+
+CORRECTED = ("{source}: 2 prompt(s) have the same messages and other fields than the run kept under their id: answer (2) "
+             "(e.g. id 'c1': answer '2' -> '3'); the run's prompts now hold the new records, and `dasd filter` judges "
+             "their responses again")
+
+
+def test_a_reimport_with_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(
+        tmp_path, tiny_lm_dir, caplog):
+    """A source re-imported with reference answers corrected under the same ids and questions kept
+    the run's old prompt records (the prompts output skips an id it has), so filter went on grading
+    every pool against the old answers, silently. Now the import replaces the records as `dasd
+    sample` does (one warning: how many, which fields, an example), and `dasd filter` judges the
+    responses of the other pool again too: one the new answer fails is dropped, one it passes is
+    kept; the verdicts of a fresh run that imported the corrected source last."""
+    from dasd.stages.filter import run_filter
+
+    low, high, run = _graded_chat(tmp_path / "low.jsonl"), _graded_chat(tmp_path / "high.jsonl"), tmp_path / "run"
+    run_import(_graded_cfg(run, low, 0.6, tiny_lm_dir))
+    run_import(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+    run_filter(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+    assert _kept_prompts(run) == {"T0.6": ["c1", "c2"], "T1": ["c1", "c2"]}  # c3's responses fail its answer 7
+
+    _graded_chat(low, c1="3", c3="9")  # c1's responses fail its answer now, c3's pass
+    cfg = _graded_cfg(run, low, 0.6, tiny_lm_dir)
+    caplog.clear()
+    counts = run_import(cfg)
+    prompts = list(RunStore.open(run).read("sample", "prompts"))
+    assert {p["id"]: p["answer"] for p in prompts} == {"c1": "3", "c2": "5", "c3": "9"}
+    assert caplog.text.count(CORRECTED.format(source=low)) == 1
+    assert (counts["imported"], counts["rejected"], counts["disagreeing"]) == (3, 0, 0)
+    assert run_import(cfg) == counts  # up to date
+    caplog.clear()
+    run_filter(cfg)
+    assert _kept_prompts(run) == {"T0.6": ["c2", "c3"], "T1": ["c2", "c3"]}
+    assert "T1: 1 sample(s) kept by an earlier run are dropped by the rules now" in caplog.text
+
+    fresh = tmp_path / "fresh"  # the corrected source imported last, from the start
+    run_import(_graded_cfg(fresh, high, 1.0, tiny_lm_dir))
+    assert run_import(_graded_cfg(fresh, low, 0.6, tiny_lm_dir)) == counts
+    run_filter(_graded_cfg(fresh, low, 0.6, tiny_lm_dir))
+    assert _kept_prompts(fresh) == _kept_prompts(run)
+    assert list(RunStore.open(fresh).read("sample", "prompts")) == prompts
+
+
+def test_a_reimport_with_a_corrected_answer_killed_ends_as_an_uninterrupted_one(tmp_path, tiny_lm_dir, monkeypatch, caplog):
+    """Killed before it rewrote the run's prompts, the re-import is unfinished (filter waits for
+    it) and the next run replaces them; killed while it rewrote them (the old shard back beside the
+    new one: read first, the old answers), the next run finishes the job. Both end with the counts,
+    prompts and filter verdicts of the uninterrupted re-import."""
+    from dasd.errors import DasdError
+    from dasd.prompt_edits import EditedPrompts
+    from dasd.stages.filter import run_filter
+
+    old, new, high = (_graded_chat(tmp_path / "old.jsonl"), _graded_chat(tmp_path / "new.jsonl", c1="3", c3="9"),
+                      _graded_chat(tmp_path / "high.jsonl"))
+
+    def prepared(name):
+        run = tmp_path / name
+        run_import(_graded_cfg(run, old, 0.6, tiny_lm_dir))
+        run_import(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+        run_filter(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+        return run, _graded_cfg(run, new, 0.6, tiny_lm_dir)
+
+    run, cfg = prepared("run")
+    counts = run_import(cfg)
+    run_filter(cfg)
+    prompts = list(RunStore.open(run).read("sample", "prompts"))
+
+    killed, cfg = prepared("killed")
+
+    def kill(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(EditedPrompts, "update", kill)
+        with pytest.raises(KeyboardInterrupt):
+            run_import(cfg)
+    assert {p["id"]: p["answer"] for p in RunStore.open(killed).read("sample", "prompts")}["c1"] == "2"
+    with pytest.raises(DasdError, match="import"):
+        run_filter(cfg)
+    caplog.clear()
+    assert run_import(cfg) == counts and caplog.text.count(CORRECTED.format(source=new)) == 1
+    assert list(RunStore.open(killed).read("sample", "prompts")) == prompts
+    run_filter(cfg)
+    assert _kept_prompts(killed) == _kept_prompts(run)
+
+    torn, cfg = prepared("torn")
+    old_shards = {p.name: p.read_bytes() for p in (torn / "sample").glob("prompts-*")}
+    pools = RunStore.open(torn).stage_info("import")["pools"]
+    run_import(cfg)
+    for name, data in old_shards.items():  # killed before the old shard went, and so before the import ended
+        (torn / "sample" / name).write_bytes(data)
+    store = RunStore(torn, lock=False)
+    store.manifest["stages"]["import"].update(complete=False, pools=pools)
+    store.save_manifest()
+    assert {p["id"]: p["answer"] for p in RunStore.open(torn).read("sample", "prompts")}["c1"] == "2"
+    assert run_import(cfg) == counts
+    assert list(RunStore.open(torn).read("sample", "prompts")) == prompts
+    assert len(list((torn / "sample").glob("prompts-*"))) == 1
+    run_filter(cfg)
+    assert _kept_prompts(torn) == _kept_prompts(run)
+
+
+def test_rows_of_one_prompt_that_disagree_in_its_reference_answer_are_quarantined(tmp_path, caplog):
+    """Several responses to one question (chat rows without ids): the run keeps one record of the
+    prompt, the first row's, and grades every response against it; a later row with another answer
+    (or none) was imported silently under the first row's answer. Now it is quarantined with
+    file:line, the field and its value, and counted (``disagreeing``); rows that differ only in
+    fields of their own (``usage``, in the prompt's meta) are imported."""
+    q1, q2 = {"role": "user", "content": "What is 1 + 1?"}, {"role": "user", "content": "What is 2 + 2?"}
+
+    def row(q, answer, text, **extra):
+        return {"messages": [q, {"role": "assistant", "content": text}], **({"answer": answer} if answer else {}), **extra}
+
+    data = jsonl(tmp_path / "chat.jsonl", [
+        row(q1, "2", "<think>1 + 1 = 2.</think> \\boxed{2}", usage={"tokens": 5}),
+        row(q2, "4", "<think>2 + 2 = 4.</think> \\boxed{4}"),
+        row(q1, "2", "<think>One and one.</think> \\boxed{2}", usage={"tokens": 7}),
+        row(q1, "3", "<think>1 + 1 = 3.</think> \\boxed{3}"),
+        row(q2, "4", "<think>Four.</think> \\boxed{4}"),
+        row(q1, None, "<think>Two.</think> \\boxed{2}"),
+    ])
+    counts = run_import(load_config(None, [f"run_dir={tmp_path / 'run'}", f"import.source={data}", "import.format=chat"]))
+    assert (counts["read"], counts["imported"], counts["rejected"]) == (6, 4, 2) and counts["disagreeing"] == 2
+    store = RunStore.open(tmp_path / "run")
+    prompts = {p["messages"][-1]["content"]: p for p in store.read("sample", "prompts")}
+    p1 = prompts[q1["content"]]
+    assert (p1["answer"], p1["meta"], prompts[q2["content"]]["answer"]) == ("2", {"usage": {"tokens": 5}}, "4")
+    assert sorted((s["prompt_id"], s["text"]) for s in store.read("sample", "pool-T1")) == sorted([
+        (p1["id"], "<think>1 + 1 = 2.</think> \\boxed{2}"), (p1["id"], "<think>One and one.</think> \\boxed{2}"),
+        (prompts[q2["content"]]["id"], "<think>2 + 2 = 4.</think> \\boxed{4}"),
+        (prompts[q2["content"]]["id"], "<think>Four.</think> \\boxed{4}")])
+    reason = (f"prompt {p1['id']!r}: another answer than an earlier row of it in this source (here answer {{}}); the run "
+              "keeps one record of a prompt and grades all its responses against it: make the prompt's rows agree")
+    assert {r["where"]: r["reason"] for r in store.read("sample", "rejects")} == {
+        f"{data}:4": reason.format("'3'"), f"{data}:6": reason.format("None")}
+    assert (f"2 row(s) quarantined for disagreeing with an earlier row of their prompt (e.g. {data}:4: "
+            f"{reason.format(repr('3'))}); see {tmp_path / 'run' / 'sample'}/rejects-*.jsonl") in caplog.text

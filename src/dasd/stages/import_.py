@@ -36,9 +36,18 @@ otherwise they count as another key's. Removed shards are removed through the st
 (``RunStore.remove_shards``), so the new ones get new names even after a kill in between; later
 stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
 Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no sample refers to
-is not used). That output keeps an id's first record, so a row whose prompt id the run keeps with
-other messages (a chat row's own ``id``, from an earlier import or from ``data.prompts``) is
-quarantined: its response would be joined to the other text.
+is not used). A row whose prompt id the run keeps with other messages (a chat row's own ``id``,
+from an earlier import or from ``data.prompts``) is quarantined: its response would be joined to
+the other text. A prompt the run keeps with the same messages and another ``answer``, ``choices``,
+``tests``, ``domain`` or ``meta`` (a reference answer corrected in the source) has its record
+replaced as `dasd sample` does (``prompt_edits.EditedPrompts``: one warning; the prompts of the
+source's first rows are staged in a temp file, ``prompt_edits.StagedPrompts``, and written once the
+rows are read, before the import ends, so a killed import does it on its next run), and `dasd
+filter` judges the responses of every pool again. The run keeps one record of a prompt, from its
+first row in the source: a later row of it (several responses to one question) with another
+``answer``, ``choices`` or ``tests`` (``REFERENCE``: what its responses are graded against) is
+quarantined and counted (``disagreeing``); one that differs only in ``domain`` or ``meta`` (a chat
+row's own ``model`` or ``usage``) is imported under the first row's record.
 """
 
 from __future__ import annotations
@@ -52,13 +61,15 @@ import pyarrow.parquet as pq
 
 from dasd import columnar
 from dasd.errors import ConfigError, InputError
+from dasd.idset import IdSet
 from dasd.jsonl import BadLine
 from dasd.log import logger
+from dasd.prompt_edits import EditedPrompts, StagedPrompts
 from dasd.prompts import to_prompt
 from dasd.records import content_id
 from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
-from dasd.runs import PROMPTS, SAMPLE_POOL, RunPrompts, file_digest, model_versions, output, pool_name, pools, resolve_model
+from dasd.runs import PROMPTS, SAMPLE_POOL, file_digest, model_versions, output, pool_name, pools, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
 from dasd.store import RunStore, config_hash, shard_paths
 
@@ -177,6 +188,28 @@ def _outcomes(shards: list[Path]) -> dict[str, str]:
     return out
 
 
+REFERENCE = ("answer", "choices", "tests")  # what a prompt's responses are graded against (``dasd.grading``)
+
+
+class _FirstRows:
+    """The reference fields (``REFERENCE``) of the first row of each prompt of a source, held as
+    digests (``dasd.idset.IdSet``: about 20 bytes a prompt and field) to tell the later rows of a
+    prompt (several responses to one question) that disagree with it."""
+
+    def __init__(self):
+        self.ids = IdSet()
+        self.refs = IdSet()
+
+    def differ(self, prompt: dict) -> list[str] | None:
+        """None for the first row of ``prompt``'s id (its reference fields are kept); else the
+        reference fields in which ``prompt`` differs from that row's (empty: none)."""
+        keys = {f: content_id(prompt["id"], f, prompt.get(f)) for f in REFERENCE}
+        if self.ids.add(prompt["id"]):
+            self.refs.update(keys.values())
+            return None
+        return [f for f, k in keys.items() if k not in self.refs]
+
+
 def run_import(cfg, store: RunStore | None = None) -> dict:
     """Import ``cfg.import_.source`` into ``RUN/sample``, unless the pool holds this import already
     (module docstring); return counts."""
@@ -220,74 +253,95 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     resumed = _outcomes([p for p, k in mine.items() if k == key])
     rejects: list[dict] = list(index.bad) if index else []
     n_companion_bad = len(rejects)  # the source's own rejects follow
-    counts = {"read": 0, "imported": 0, "rejected": 0, "with_logprobs": 0, "logprobs_missing": 0, "logprobs_mismatched": 0}
+    counts = {"read": 0, "imported": 0, "rejected": 0, "disagreeing": 0, "with_logprobs": 0, "logprobs_missing": 0,
+              "logprobs_mismatched": 0}
     seen_uuids: set[str] = set()
     quarantined: set[str] = set()  # uuids of rows quarantined for their own fields: their log-prob rows are no orphans
-    kept = RunPrompts(store)  # the run's prompts: an id kept with other messages is not joined to this row's
-    with store.writer(STAGE, PROMPTS) as pw, \
-            store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
-        for where, raw in rows:
-            counts["read"] += 1
-            if isinstance(raw, BadLine):
-                rejects.append(raw.to_record())
-                continue
-            row = None
-            try:
-                if ic.format == "dasd":
-                    row = parse_row(raw)
-                    praw, text, uuid, extra = row.prompt, row.output, row.uuid, {}
-                else:
-                    praw, text, extra = parse_chat(raw)
-                prompt = to_prompt(praw, cfg.data.system_prompt)
-                if ic.format == "chat":  # the row's own id (as the prompt's: checked, as a string; 0 too), else its hash
-                    uuid = prompt["id"] if raw.get("id") is not None else content_id("chat", raw.get("messages"))
-                finish = finish_reason(raw)
-            except ValueError as e:
-                rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
-                if isinstance(raw.get("uuid"), str):
-                    quarantined.add(raw["uuid"])
-                continue
-            if uuid in seen_uuids:
-                rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
-                continue
-            seen_uuids.add(uuid)
-            if prompt["id"] in pw.existing and kept.other_messages(prompt):
-                rejects.append({"where": where, "raw": str(raw)[:2000], "reason": (
-                    f"prompt id {prompt['id']!r} is in the run with other messages ({store.root / STAGE}/prompts-*): "
-                    "this response would be joined to that text; give the row another id")})
-                continue
-            rid = imported_id(ic.model, pool, uuid)
-            if rid in resumed:  # on disk from an interrupted run of this import: not read or aligned again
-                pw.add(prompt)
-                counts["imported"] += 1
+    edits = EditedPrompts(store, log)  # the run's prompts: an id kept with other messages is not joined to this row's
+    firsts = _FirstRows()
+    disagreeing: dict | None = None  # the first row quarantined for disagreeing with its prompt's first row
+    with StagedPrompts(store.root) as staged:  # the first rows of the prompts whose kept record changes
+        with store.writer(STAGE, PROMPTS) as pw, store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=256) as sw:
+            for where, raw in rows:
+                counts["read"] += 1
+                if isinstance(raw, BadLine):
+                    rejects.append(raw.to_record())
+                    continue
+                row = None
+                try:
+                    if ic.format == "dasd":
+                        row = parse_row(raw)
+                        praw, text, uuid, extra = row.prompt, row.output, row.uuid, {}
+                    else:
+                        praw, text, extra = parse_chat(raw)
+                    prompt = to_prompt(praw, cfg.data.system_prompt)
+                    if ic.format == "chat":  # the row's own id (as the prompt's: checked, as a string; 0 too), else its hash
+                        uuid = prompt["id"] if raw.get("id") is not None else content_id("chat", raw.get("messages"))
+                    finish = finish_reason(raw)
+                except ValueError as e:
+                    rejects.append({"where": where, "reason": str(e), "raw": str(raw)[:2000]})
+                    if isinstance(raw.get("uuid"), str):
+                        quarantined.add(raw["uuid"])
+                    continue
+                if uuid in seen_uuids:
+                    rejects.append({"where": where, "reason": f"duplicate id {uuid!r}", "raw": str(raw)[:2000]})
+                    continue
+                seen_uuids.add(uuid)
+                if edits.other_messages(prompt):
+                    rejects.append({"where": where, "raw": str(raw)[:2000], "reason": (
+                        f"prompt id {prompt['id']!r} is in the run with other messages ({store.root / STAGE}/prompts-*): "
+                        "this response would be joined to that text; give the row another id")})
+                    continue
+                differ = firsts.differ(prompt)
+                if differ is None:  # the prompt's first row: its record is the one the run keeps
+                    edits.check(prompt)
+                    if prompt["id"] in edits.changed:
+                        staged.add(prompt)
+                elif differ:
+                    rejects.append({"where": where, "raw": str(raw)[:2000], "reason": (
+                        f"prompt {prompt['id']!r}: another {' and '.join(differ)} than an earlier row of it in this "
+                        f"source (here {differ[0]} {prompt.get(differ[0])!r:.60}); the run keeps one record of a "
+                        "prompt and grades all its responses against it: make the prompt's rows agree")})
+                    disagreeing = disagreeing or rejects[-1]
+                    counts["disagreeing"] += 1
+                    quarantined.add(uuid)
+                    continue
+                rid = imported_id(ic.model, pool, uuid)
+                if rid in resumed:  # on disk from an interrupted run of this import: not read or aligned again
+                    pw.add(prompt)
+                    counts["imported"] += 1
+                    if index is not None and row is not None:
+                        counts[resumed[rid]] += 1
+                    continue
+                teacher = {"offsets": [], "logprobs": [], "logprob_mode": "missing"}
                 if index is not None and row is not None:
-                    counts[resumed[rid]] += 1
-                continue
-            teacher = {"offsets": [], "logprobs": [], "logprob_mode": "missing"}
-            if index is not None and row is not None:
-                hit = index.get(uuid)
-                got = align_row(row, hit[1] if hit else None, tokenizer)
-                if got is None:
-                    counts["logprobs_missing"] += 1
-                elif isinstance(got, Mismatch):
-                    counts["logprobs_mismatched"] += 1
-                    extra = {**extra, "teacher_mismatch": got.reason}
-                    if counts["logprobs_mismatched"] <= MAX_LOGGED_MISMATCHES:
-                        log.warning(f"{where}: its log-probs ({hit[0]}) do not fit the text: {got.reason}")
-                elif isinstance(got, Aligned):
-                    counts["with_logprobs"] += 1
-                    teacher = _compact(got.teacher(mode))
-                    extra = {**extra, "teacher_covers": teacher.pop("covers")}  # the columnar teacher signal holds arrays only
-            pw.add(prompt)
-            sw.add(
-                {
-                    "id": rid, "source_id": uuid, "prompt_id": prompt["id"],
-                    "model": ic.model, "temperature": ic.temperature, "top_p": ic.top_p, "seed": 0, "index": 0,
-                    "text": text, "finish_reason": finish, "teacher": teacher, **extra,
-                    "import_key": key,
-                }
-            )
-            counts["imported"] += 1
+                    hit = index.get(uuid)
+                    got = align_row(row, hit[1] if hit else None, tokenizer)
+                    if got is None:
+                        counts["logprobs_missing"] += 1
+                    elif isinstance(got, Mismatch):
+                        counts["logprobs_mismatched"] += 1
+                        extra = {**extra, "teacher_mismatch": got.reason}
+                        if counts["logprobs_mismatched"] <= MAX_LOGGED_MISMATCHES:
+                            log.warning(f"{where}: its log-probs ({hit[0]}) do not fit the text: {got.reason}")
+                    elif isinstance(got, Aligned):
+                        counts["with_logprobs"] += 1
+                        teacher = _compact(got.teacher(mode))
+                        extra = {**extra, "teacher_covers": teacher.pop("covers")}  # the columnar teacher signal holds arrays only
+                pw.add(prompt)
+                sw.add(
+                    {
+                        "id": rid, "source_id": uuid, "prompt_id": prompt["id"],
+                        "model": ic.model, "temperature": ic.temperature, "top_p": ic.top_p, "seed": 0, "index": 0,
+                        "text": text, "finish_reason": finish, "teacher": teacher, **extra,
+                        "import_key": key,
+                    }
+                )
+                counts["imported"] += 1
+        edits.update(staged, ic.source)
+    if disagreeing is not None:
+        log.warning(f"{counts['disagreeing']} row(s) quarantined for disagreeing with an earlier row of their prompt "
+                    f"(e.g. {disagreeing['where']}: {disagreeing['reason']}); see {store.root / STAGE}/rejects-*.jsonl")
     if index is not None:
         orphans = set(index.keys()) - seen_uuids - quarantined
         for uuid in sorted(orphans):
