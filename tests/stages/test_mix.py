@@ -1084,3 +1084,38 @@ def test_a_question_whose_selected_teacher_response_changed_is_asked_again(e2e, 
     caps = {r["prompt_id"]: r["cap"] for r in RunStore.open(tmp_path / "rerun").read("mix", "rollouts")}
     old = {r["prompt_id"]: r["cap"] for r in rollouts}
     assert {pid for pid in drawn if caps[pid] != old[pid]} == changed
+
+
+def test_one_mix_reads_its_rollouts_once(e2e, mix_engines, tmp_path, monkeypatch):
+    """`dasd mix` read RUN/mix/rollouts three times (the stale rollouts, the done ones, the funnel):
+    now once, whether the run starts fresh, resumes or has nothing left to do, with the same funnel
+    and outputs. (Opening its writer reads the ids on disk besides: ``store.ShardWriter``.)"""
+    import shutil
+
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, _, _ = e2e
+    reads = []
+    read = RunStore.read
+
+    def counted(self, stage, name):
+        reads.append((stage, name))
+        return read(self, stage, name)
+
+    monkeypatch.setattr(RunStore, "read", counted)
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Crash):
+        run_mix(cfg, store, curated, student, CrashAfter(teacher, 1))
+    for resumed in (True, False):  # the rest of the questions, then none
+        reads.clear()
+        got = run_mix(cfg, store, curated, student, teacher)
+        assert reads.count(("mix", "rollouts")) == 1
+        assert (got["new"] > 0) == resumed
+        assert {k: v for k, v in got.items() if k != "new"} == {k: v for k, v in funnel.items() if k != "new"}
+    monkeypatch.undo()
+    assert _contents(store) == _contents(full_store)
+    shutil.rmtree(tmp_path / "run")
+    monkeypatch.setattr(RunStore, "read", counted)
+    reads.clear()
+    assert run_mix(cfg, RunStore(tmp_path / "run"), curated, student, teacher) == funnel
+    assert reads.count(("mix", "rollouts")) == 1
+

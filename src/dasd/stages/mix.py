@@ -20,6 +20,8 @@ teacher cannot continue (or whose continuation its context stopped short of
 its words in ``detail``), and the others go on. Such a rollout keeps the context it was judged
 against (``judged``: ``context_key`` of the model that judged it); a rerun with another context for
 that model (``max_model_len`` raised) drops it and asks again.
+
+One run reads ``RUN/mix/rollouts`` once (``_update_rollouts``), and again only to rewrite rollouts.
 """
 
 from __future__ import annotations
@@ -128,13 +130,14 @@ def run_mix(
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
     judged = {"student": context_key(student_engine), "teacher": context_key(teacher_engine)}
-    _drop_stale_rollouts(store, judged, {q["prompt"]["id"]: teacher_text_id(q["teacher_text"]) for q in questions})
+    known = _update_rollouts(store, questions, rid, judged)
     # Both outputs are flushed together, examples first (``FLUSH_QUESTIONS``), and closed in that order:
     # a kept rollout on disk has its example on disk, so a killed run does not redo its question.
     with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
          store.writer(STAGE, "rollouts", shard_size=sys.maxsize, flush_seconds=math.inf) as wr, \
          store.writer(STAGE, "examples", shard_size=sys.maxsize, flush_seconds=math.inf) as wx:
-        done = _done_rollouts(store, wx)
+        # done: the rollout is on disk and, if kept, its example too
+        done = {i for i, k in known.items() if k["verdict"] != "kept" or k["example_id"] in wx}
         todo = [q for q in questions if rid[q["prompt"]["id"]] not in done]
         rate_q, rate_t = Rate(), Rate()
         bar = progress(len(todo), "mix", "question")
@@ -144,7 +147,8 @@ def run_mix(
             for rec, example in records:
                 if example is not None:
                     wx.add(example)
-                wr.add(rec)
+                if wr.add(rec):  # else its record is on disk (a kept one whose example was not): that one counts
+                    known[rec["id"]] = {"verdict": rec["verdict"], "example_id": rec["example_id"]}
             pending += len(records)
             if pending >= FLUSH_QUESTIONS or time.monotonic() - flushed >= FLUSH_SECONDS:
                 wx.flush()
@@ -154,29 +158,42 @@ def run_mix(
             bar.update(len(batch))
             bar.set_postfix(q_s=f"{rate_q.per_s():.2f}", tok_s=f"{rate_t.per_s():.0f}")
         bar.close()
-    want = set(rid.values())
-    funnel = funnel_of(r for r in store.read(STAGE, "rollouts") if r["id"] in want)
+    funnel = funnel_of(known.values())
     funnel["new"] = len(todo)
-    funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in want})
+    funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in rid.values()})
     runs.record_faults(store, STAGE, [student_engine, teacher_engine])
     store.end_stage(STAGE, funnel)
     log.info(funnel_table(funnel))
     return funnel
 
 
-def _drop_stale_rollouts(store: RunStore, judged: dict[str, str], text_ids: dict[str, str]) -> None:
-    """Remove the rollouts to do again, with their examples first (a kill in between leaves the
-    rollouts, found again by the rerun): a question skipped as too long for another context than
-    the model's now (``judged``), and a question whose selected teacher response, which sets its cap,
-    changed (``text_ids``: prompt id -> ``teacher_text_id``; rollouts of an earlier dasd keep none)."""
+def _update_rollouts(store: RunStore, questions: list[dict], rid: dict[str, str], judged: dict[str, str]) -> dict[str, dict]:
+    """Bring ``RUN/mix/rollouts`` up to date with the draw in one pass over it; return the verdict
+    and example id of each rollout of the draw that stands (by rollout id: the funnel, and which
+    questions are done).
+
+    Removed, to be asked again (``stale``), with their examples first (a kill in between leaves the
+    rollouts, found again by the rerun): a question skipped as too long for another context than the
+    model's now (``judged``), and one whose selected teacher response, which sets its cap, changed
+    (rollouts of an earlier dasd keep no ``teacher_text_id``).
+    """
+    text_ids = {q["prompt"]["id"]: teacher_text_id(q["teacher_text"]) for q in questions}
+    drawn = set(rid.values())
+
     def stale(r: dict) -> bool:
         if r["verdict"] in TOO_LONG and r.get("judged") != judged[TOO_LONG[r["verdict"]]]:
             return True
         return r.get("teacher_text_id") not in (None, text_ids.get(r["prompt_id"], r.get("teacher_text_id")))
 
-    gone = {r["id"]: (r["verdict"], r.get("example_id")) for r in store.read(STAGE, "rollouts") if stale(r)}
+    gone: dict[str, tuple[str, str | None]] = {}  # rollout id -> (verdict, example id)
+    known: dict[str, dict] = {}
+    for r in store.read(STAGE, "rollouts"):
+        if stale(r):
+            gone[r["id"]] = (r["verdict"], r.get("example_id"))
+        elif r["id"] in drawn:
+            known[r["id"]] = {"verdict": r["verdict"], "example_id": r.get("example_id")}
     if not gone:
-        return
+        return known
     examples = {ex for _, ex in gone.values() if ex}
     if examples:
         store.drop_records(STAGE, "examples", lambda e: e["id"] in examples)
@@ -187,6 +204,7 @@ def _drop_stale_rollouts(store: RunStore, judged: dict[str, str], text_ids: dict
     if len(gone) > too_long:
         log.info(f"{len(gone) - too_long} question(s) whose selected teacher response changed (it sets the student's "
                  "cap): asked again")
+    return known
 
 
 def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
@@ -203,14 +221,6 @@ def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
     if stale:
         log.info(f"removed {stale} example(s) of an earlier draw or config from {folder}/examples-*.jsonl")
     return stale
-
-
-def _done_rollouts(store: RunStore, examples) -> set[str]:
-    """Rollout ids whose work is complete on disk (a kept one also needs its example on disk)."""
-    return {
-        r["id"] for r in store.read(STAGE, "rollouts")
-        if r["verdict"] != "kept" or r.get("example_id") in examples
-    }
 
 
 def context_key(engine) -> str:
