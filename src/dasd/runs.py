@@ -608,8 +608,11 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
     mix` must have finished with the config's ``mix`` section (settings that do not change its
     outputs, ``MIX_FREE_SETTINGS``, aside), with the student it would use now (the newest trained
     before the mixed stage, by ``model_version``: rollouts of a retrained or deleted stage are another
-    policy's) and with the same teacher. Models are compared where `dasd mix` recorded them as
-    ``NAME@VERSION``; a mix made through the library with bare names is taken as it is."""
+    policy's), with the same teacher, and on the run's prompt records as they are now (a reference
+    answer corrected since by `dasd sample` replaces its record: `dasd mix` judges that question's
+    continuation again). Models are compared where `dasd mix` recorded them as ``NAME@VERSION``; a mix
+    made through the library with bare names, or by a dasd that did not record the prompts it read,
+    is taken as it is."""
     info = store.stage_info("mix")
     if not info.get("complete"):
         return "`dasd mix` has not finished"
@@ -624,6 +627,8 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
         name, at, version = str(ran.get(role) or "").rpartition("@")
         if at and version != model_version(model):
             return f"`dasd mix` ran with another {role} than {who} as it is now (retrained or replaced since)"
+    if _lost(store, {k: v for k, v in (info.get("read") or {}).items() if k == f"sample/{PROMPTS}"}):
+        return "`dasd mix` judged against prompt records the run has replaced since (a reference answer corrected)"
     return None
 
 

@@ -1086,6 +1086,94 @@ def test_a_question_whose_selected_teacher_response_changed_is_asked_again(e2e, 
     assert {pid for pid in drawn if caps[pid] != old[pid]} == changed
 
 
+def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path, caplog):
+    """A toy run (sample, filter, score, select, mix); two prompts' reference answers are then
+    corrected with `dasd sample` (same messages, another answer: the run's prompt record is
+    replaced). A kept mixed example the new answer fails still fed training, and `dasd mix` took
+    its rollouts as done, judged against the old answer. Now training takes no mixed data until
+    `dasd mix` ran again, which judges again exactly those two questions' continuations, without
+    asking the student or teacher anything, and ends with what a fresh mix on the corrected run writes."""
+    import shutil
+
+    from dasd.config import load_config
+    from dasd.grading.grade import grade_one
+    from dasd.prompts import toy_prompts
+    from dasd.runs import mix_not_current, named_pools
+    from dasd.stages.filter import run_filter
+    from dasd.stages.mix import run_mix_stage
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    src = tmp_path / "prompts.jsonl"
+
+    def write(rows):
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def cfg(run):
+        return load_config(None, [f"run_dir={tmp_path / run}", f"data.prompts={src}", "student.model=toy:student",
+                                  "teacher.model=toy:teacher", "sample.k=1", "sample.temperatures=[0.6]",
+                                  "sample.max_tokens=320", "filter.require_correct=true", "mix.n_questions=12",
+                                  "mix.length_multiple=0.6", "mix.max_continuation_tokens=400"])
+
+    rows = toy_prompts(12, 0, "train", None)
+    write(rows)
+    for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
+        stage(cfg("run"))
+    store = RunStore.open(tmp_path / "run")
+    rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
+    full = {pid: r["student"]["text"][: r["prefix_chars"]] + r["continuation"]["text"] for pid, r in rollouts.items()
+            if r["continuation"]}
+    kept = next(pid for pid in sorted(full) if rollouts[pid]["verdict"] == "kept")
+    wrong = next(pid for pid in sorted(full) if rollouts[pid]["verdict"] == "incorrect")
+    by_id = {p["id"]: p for p in rows}
+    fixed = {kept: str((int(by_id[kept]["answer"]) + 1) % 10),  # its kept example now fails
+             wrong: grade_one(by_id[wrong], full[wrong])["extracted"]}  # its dropped continuation now passes
+    write([{**p, "answer": fixed.get(p["id"], p["answer"])} for p in rows])
+    run_sample(cfg("run"))
+
+    store = RunStore.open(tmp_path / "run")
+    assert mix_not_current(cfg("run"), store) == ("`dasd mix` judged against prompt records the run has replaced "
+                                                  "since (a reference answer corrected)")
+    assert "mixed" not in named_pools(cfg("run"), store)  # the example judged against the old answer is not trained on
+
+    shutil.copytree(tmp_path / "run", tmp_path / "fresh")
+    shutil.rmtree(tmp_path / "fresh" / "mix")
+    fresh = RunStore(tmp_path / "fresh")
+    fresh.manifest["stages"].pop("mix")
+    fresh.save_manifest()
+    rewrite = RunStore.drop_records
+
+    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
+        if name == "rollouts":
+            raise Crash()
+        return rewrite(self, stage, name, drop, add)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunStore, "drop_records", killed)
+        with pytest.raises(Crash):
+            run_mix_stage(cfg("run"))
+    assert {e["prompt_id"] for e in RunStore.open(tmp_path / "run").read("mix", "examples")} >= {wrong}
+    assert mix_not_current(cfg("run"), RunStore.open(tmp_path / "run")) == "`dasd mix` has not finished"
+    caplog.clear()
+    again = run_mix_stage(cfg("run"))
+    assert again["new"] == 0  # no question asked again: the rollouts and continuations stand
+    assert ("2 question(s) judged against another record of their prompt than the run's now (a reference answer "
+            "corrected): judged again, their rollouts and continuations kept") in caplog.text
+    store = RunStore.open(tmp_path / "run")
+    verdicts = {r["prompt_id"]: r["verdict"] for r in store.read("mix", "rollouts")}
+    assert verdicts == {**{pid: r["verdict"] for pid, r in rollouts.items()}, kept: "incorrect", wrong: "kept"}
+    want = run_mix_stage(cfg("fresh"))
+    assert {k: v for k, v in again.items() if k != "new"} == {k: v for k, v in want.items() if k != "new"}
+    for name in ("rollouts", "examples"):
+        got = sorted(json.dumps(r, sort_keys=True) for r in store.read("mix", name))
+        assert got == sorted(json.dumps(r, sort_keys=True) for r in RunStore.open(tmp_path / "fresh").read("mix", name))
+    assert mix_not_current(cfg("run"), store) is None
+    mixed = named_pools(cfg("run"), store)["mixed"]
+    assert {e["prompt_id"] for e in mixed} == {pid for pid, v in verdicts.items() if v == "kept"}
+    assert kept not in {e["prompt_id"] for e in mixed} and wrong in {e["prompt_id"] for e in mixed}
+
+
 def test_one_mix_reads_its_rollouts_once(e2e, mix_engines, tmp_path, monkeypatch):
     """`dasd mix` read RUN/mix/rollouts three times (the stale rollouts, the done ones, the funnel):
     now once, whether the run starts fresh, resumes or has nothing left to do, with the same funnel
@@ -1119,3 +1207,28 @@ def test_one_mix_reads_its_rollouts_once(e2e, mix_engines, tmp_path, monkeypatch
     assert run_mix(cfg, RunStore(tmp_path / "run"), curated, student, teacher) == funnel
     assert reads.count(("mix", "rollouts")) == 1
 
+
+def test_rollouts_of_an_earlier_dasd_are_judged_once_and_not_asked_again(e2e, mix_engines, tmp_path, caplog):
+    """Rollouts written before they recorded the prompt record they were judged against
+    (``prompt_record_id``) cannot tell whether a reference answer was corrected since: the next
+    mix judges their continuations again once (the engines are asked nothing), then takes them as
+    they are."""
+    import shutil
+
+    student, teacher = mix_engines
+    cfg, full_store, curated, funnel, rollouts, _ = e2e
+    (tmp_path / "run" / "mix").mkdir(parents=True)
+    for p in (full_store.root / "mix").glob("examples-*"):
+        shutil.copy(p, tmp_path / "run" / "mix" / p.name)
+    (tmp_path / "run" / "mix" / "rollouts-00000.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "prompt_record_id"}) + "\n" for r in rollouts),
+        encoding="utf-8")
+    store = RunStore(tmp_path / "run")
+    caplog.clear()
+    again = run_mix(cfg, store, curated, student, teacher)
+    assert again == {**funnel, "new": 0}
+    assert f"{cfg.n_questions} question(s) judged against another record of their prompt" in caplog.text
+    assert _contents(store) == _contents(full_store)
+    caplog.clear()
+    assert run_mix(cfg, store, curated, student, teacher) == {**funnel, "new": 0}
+    assert "judged again" not in caplog.text

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dasd.rules.mixing import MixConfig, continuation_verdict, has_reference, rollout_id
+from dasd.rules.mixing import MixConfig, continuation_verdict, has_reference, prompt_record_id, rollout_id
 
 PREFIX, CONT = "<think>\nAdd 3 and 4.", " That is 7.\n</think>\nThe answer is \\boxed{7}."
 
@@ -39,3 +39,12 @@ def test_rollout_id_changes_with_everything_that_changes_the_outcome():
     # how many questions are drawn and how they are batched do not change one question's attempt
     same = cfg.model_copy(update={"n_questions": cfg.n_questions + 5, "batch_questions": cfg.batch_questions + 3})
     assert rollout_id("p1", "student-a", "teacher-a", same) == base
+
+
+def test_prompt_record_id_changes_with_any_field_of_the_record():
+    q = {"id": "q", "messages": [{"role": "user", "content": "3 + 4?"}], "answer": "7", "domain": "math"}
+    base = prompt_record_id(q)
+    assert base == prompt_record_id(dict(reversed(list(q.items()))))  # a content hash, key order aside
+    changed = [prompt_record_id({**q, "answer": "8"}), prompt_record_id({**q, "domain": "toy"}),
+               prompt_record_id({**q, "choices": ["7", "8"]}), prompt_record_id({**q, "meta": {"checked": True}})]
+    assert base not in changed and len(set(changed)) == len(changed)

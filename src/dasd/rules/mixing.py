@@ -354,6 +354,13 @@ def teacher_text_id(text: str) -> str:
     return content_id("mix-teacher-text", text)
 
 
+def prompt_record_id(prompt: dict) -> str:
+    """The hash a rollout keeps of the prompt record its verdict was judged against (its reference
+    answer, choices or tests): a question whose record the run has replaced since (`dasd sample`
+    with a corrected answer) is judged again, its rollout and continuation kept (``stages.mix``)."""
+    return content_id("mix-prompt", prompt)
+
+
 def example_id(rollout: str) -> str:
     """The id of the example a kept rollout yields."""
     return content_id("mix-example", rollout)

@@ -21,7 +21,10 @@ its words in ``detail``), and the others go on. Such a rollout keeps the context
 against (``judged``: ``context_key`` of the model that judged it); a rerun with another context for
 that model (``max_model_len`` raised) drops it and asks again.
 
-One run reads ``RUN/mix/rollouts`` once (``_update_rollouts``), and again only to rewrite rollouts.
+A rollout also keeps the prompt record its verdict was judged against (``prompt_record_id``): when
+the run's record of that prompt was replaced since (a reference answer corrected), a rerun judges
+its continuation again against the new one, without asking the student or teacher anything. One run
+reads ``RUN/mix/rollouts`` once (``_update_rollouts``), and again only to rewrite rollouts.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dasd.rules.mixing import (
     funnel_of,
     funnel_table,
     make_example,
+    prompt_record_id,
     reasoning_region,
     render_generation_prompt,
     rollout_id,
@@ -113,7 +117,8 @@ def run_mix(
     responses; a list, or a ``Curated`` read again on each pass). ``teacher_tokenizer_template``: a callable ``messages -> str`` or a tokenizer
     (default: ``teacher_engine.tokenizer``). ``grade(prompt, text) -> bool`` judges correctness
     when a question has a reference (default: ``dasd.grading.grade.is_correct``). Re-running skips the
-    questions already done (rollout ids are content hashes of question, models and config).
+    questions already done (rollout ids are content hashes of question, models and config), and
+    judges again those whose prompt record changed since (``prompt_record_id``).
     ``student_name`` names the student in ids and records (default: the engine's name; a run's
     own model is named relative to the run, ``runs.model_key``, so a moved run keeps its ids, with its
     ``runs.model_version``, so a retrained student does not reuse the old one's rollouts).
@@ -127,10 +132,12 @@ def run_mix(
     questions = draw_questions(curated, cfg.n_questions, cfg.seed)
     if not questions:
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
-    store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name})
+    # what it judges against: a prompt record replaced since (a corrected answer) makes it not current
+    store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name},
+                      read=runs.read_shards(store, ("sample",)))
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
     judged = {"student": context_key(student_engine), "teacher": context_key(teacher_engine)}
-    known = _update_rollouts(store, questions, rid, judged)
+    known = _update_rollouts(store, cfg, questions, rid, judged, grade)
     # Both outputs are flushed together, examples first (``FLUSH_QUESTIONS``), and closed in that order:
     # a kept rollout on disk has its example on disk, so a killed run does not redo its question.
     with runs.faults_kept(store, STAGE, lambda: [student_engine, teacher_engine]), \
@@ -167,17 +174,24 @@ def run_mix(
     return funnel
 
 
-def _update_rollouts(store: RunStore, questions: list[dict], rid: dict[str, str], judged: dict[str, str]) -> dict[str, dict]:
+def _update_rollouts(store: RunStore, cfg: MixConfig, questions: list[dict], rid: dict[str, str],
+                     judged: dict[str, str], grade) -> dict[str, dict]:
     """Bring ``RUN/mix/rollouts`` up to date with the draw in one pass over it; return the verdict
     and example id of each rollout of the draw that stands (by rollout id: the funnel, and which
     questions are done).
 
-    Removed, to be asked again (``stale``), with their examples first (a kill in between leaves the
-    rollouts, found again by the rerun): a question skipped as too long for another context than the
-    model's now (``judged``), and one whose selected teacher response, which sets its cap, changed
-    (rollouts of an earlier dasd keep no ``teacher_text_id``).
+    Removed, to be asked again (``stale``): a question skipped as too long for another context than
+    the model's now (``judged``), and one whose selected teacher response, which sets its cap,
+    changed (rollouts of an earlier dasd keep no ``teacher_text_id``). Judged again
+    (``_judge_again``), the rollout and continuation kept: one of the draw judged against another
+    record of its prompt than the run's now (``prompt_record_id``: a reference answer corrected; an
+    earlier dasd recorded none). The examples change first (a kill in between leaves the rollouts,
+    found again by the rerun): those a judged-again question now keeps are written, those of the
+    removed questions and of those it no longer keeps go; then the rollouts are rewritten.
     """
-    text_ids = {q["prompt"]["id"]: teacher_text_id(q["teacher_text"]) for q in questions}
+    prompts = {q["prompt"]["id"]: q["prompt"] for q in questions}
+    text_ids = {pid: teacher_text_id(q["teacher_text"]) for pid, q in zip(prompts, questions)}
+    record_ids = {pid: prompt_record_id(p) for pid, p in prompts.items()}
     drawn = set(rid.values())
 
     def stale(r: dict) -> bool:
@@ -186,25 +200,58 @@ def _update_rollouts(store: RunStore, questions: list[dict], rid: dict[str, str]
         return r.get("teacher_text_id") not in (None, text_ids.get(r["prompt_id"], r.get("teacher_text_id")))
 
     gone: dict[str, tuple[str, str | None]] = {}  # rollout id -> (verdict, example id)
+    again: dict[str, dict] = {}  # rollout id -> the fields judging again changes
+    unkept: set[str] = set()  # examples of judged-again questions no longer kept
     known: dict[str, dict] = {}
     for r in store.read(STAGE, "rollouts"):
         if stale(r):
             gone[r["id"]] = (r["verdict"], r.get("example_id"))
-        elif r["id"] in drawn:
-            known[r["id"]] = {"verdict": r["verdict"], "example_id": r.get("example_id")}
-    if not gone:
+            continue
+        if r["id"] not in drawn:
+            continue
+        if r.get("prompt_record_id") != record_ids[r["prompt_id"]]:
+            again[r["id"]] = _judge_again(r, prompts[r["prompt_id"]], cfg, grade)
+            if r.get("example_id") and again[r["id"]].get("verdict") != "kept":
+                unkept.add(r["example_id"])
+            r = {**r, **again[r["id"]]}
+        known[r["id"]] = {"verdict": r["verdict"], "example_id": r.get("example_id")}
+    if not gone and not again:
         return known
-    examples = {ex for _, ex in gone.values() if ex}
-    if examples:
-        store.drop_records(STAGE, "examples", lambda e: e["id"] in examples)
-    store.drop_records(STAGE, "rollouts", lambda r: r["id"] in gone)
+    if any(a.get("verdict") == "kept" for a in again.values()):
+        with store.writer(STAGE, "examples") as wx:  # an example already there is not written twice
+            for r in store.read(STAGE, "rollouts"):
+                if again.get(r["id"], {}).get("verdict") == "kept":
+                    prefix = r["student"]["text"][: r["prefix_chars"]]
+                    p = prompts[r["prompt_id"]]
+                    wx.add(make_example(p, prefix, r["continuation"]["text"], again[r["id"]]["example_id"], prompt_id=p["id"]))
+    dropped = unkept | {ex for _, ex in gone.values() if ex}
+    if dropped:
+        store.drop_records(STAGE, "examples", lambda e: e["id"] in dropped)
+    store.drop_records(STAGE, "rollouts", lambda r: r["id"] in gone or r["id"] in again,
+                       add=({**r, **again[r["id"]]} for r in store.read(STAGE, "rollouts") if r["id"] in again))
     too_long = sum(verdict in TOO_LONG for verdict, _ in gone.values())
     if too_long:
         log.info(f"{too_long} question(s) skipped as too long for another context of the student or teacher: judged again")
     if len(gone) > too_long:
         log.info(f"{len(gone) - too_long} question(s) whose selected teacher response changed (it sets the student's "
                  "cap): asked again")
+    if again:
+        log.info(f"{len(again)} question(s) judged against another record of their prompt than the run's now (a "
+                 "reference answer corrected): judged again, their rollouts and continuations kept")
     return known
+
+
+def _judge_again(rollout: dict, prompt: dict, cfg: MixConfig, grade) -> dict:
+    """The fields of ``rollout`` that judging its continuation against ``prompt`` again changes
+    (``continuation_verdict``: the reference decides ``incorrect``); a rollout without a continuation
+    only records the prompt record it stands for."""
+    out = {"prompt_record_id": prompt_record_id(prompt)}
+    cont = rollout.get("continuation")
+    if cont:
+        prefix = rollout["student"]["text"][: rollout["prefix_chars"]]
+        verdict, detail = continuation_verdict(prompt, prefix, cont["text"], cont["finish_reason"], cfg, grade)
+        out.update(verdict=verdict, detail=detail, example_id=example_id(rollout["id"]) if verdict == "kept" else None)
+    return out
 
 
 def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
@@ -266,6 +313,7 @@ def _mix_batch(cfg, batch, rid, judged, student, teacher, template, grade, rate_
         rec = {
             "id": rid[p["id"]], "prompt_id": p["id"], "student_model": student_name, "teacher_model": teacher.name,
             "cap": cap, "teacher_student_tokens": n, "teacher_text_id": teacher_text_id(q["teacher_text"]),
+            "prompt_record_id": prompt_record_id(p),
             "student": None, "cut": None, "prefix_chars": None, "continuation": None, "verdict": None, "detail": "",
             "example_id": None,
         }
