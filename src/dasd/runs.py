@@ -610,7 +610,9 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
     before the mixed stage, by ``model_version``: rollouts of a retrained or deleted stage are another
     policy's), with the same teacher, and on the run's prompt records as they are now (a reference
     answer corrected since by `dasd sample` replaces its record: `dasd mix` judges that question's
-    continuation again). Models are compared where `dasd mix` recorded them as ``NAME@VERSION``; a mix
+    continuation again) and selected responses (`dasd select` run again since with other settings
+    replaces them: `dasd mix` asks again the questions whose response, which sets the student's cap,
+    changed). Models are compared where `dasd mix` recorded them as ``NAME@VERSION``; a mix
     made through the library with bare names, or by a dasd that did not record the prompts it read,
     is taken as it is."""
     info = store.stage_info("mix")
@@ -627,8 +629,11 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
         name, at, version = str(ran.get(role) or "").rpartition("@")
         if at and version != model_version(model):
             return f"`dasd mix` ran with another {role} than {who} as it is now (retrained or replaced since)"
-    if _lost(store, {k: v for k, v in (info.get("read") or {}).items() if k == f"sample/{PROMPTS}"}):
+    read = info.get("read") or {}
+    if _lost(store, {k: v for k, v in read.items() if k == f"sample/{PROMPTS}"}):
         return "`dasd mix` judged against prompt records the run has replaced since (a reference answer corrected)"
+    if _lost(store, {k: v for k, v in read.items() if k.startswith(f"select/{SELECTED}-")}):
+        return "`dasd select` chose other teacher responses since `dasd mix` ran (they set the student's caps)"
     return None
 
 

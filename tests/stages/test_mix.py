@@ -1232,3 +1232,44 @@ def test_rollouts_of_an_earlier_dasd_are_judged_once_and_not_asked_again(e2e, mi
     caplog.clear()
     assert run_mix(cfg, store, curated, student, teacher) == {**funnel, "new": 0}
     assert "judged again" not in caplog.text
+
+
+def test_a_selection_made_again_after_mix_keeps_its_examples_out_of_training_until_mix_ran(tmp_path):
+    """`dasd select` run again with other settings after `dasd mix` replaces the selected teacher
+    responses, which set the student's caps: `dasd train` alone took the mixed examples made under the
+    old ones. Now they are not current until `dasd mix` ran again (which asks again the questions
+    whose response changed), and are after it."""
+    from dasd.config import load_config
+    from dasd.prompts import toy_prompts
+    from dasd.runs import mix_not_current, named_pools
+    from dasd.stages.filter import run_filter
+    from dasd.stages.mix import run_mix_stage
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in toy_prompts(8, 0, "train", None)), encoding="utf-8")
+
+    def cfg(*more):
+        return load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={src}", "student.model=toy:student",
+                                  "teacher.model=toy:teacher", "sample.k=3", "sample.temperatures=[0.6]",
+                                  "sample.max_tokens=320", "mix.n_questions=8", "mix.length_multiple=0.6",
+                                  "mix.max_continuation_tokens=400", *more])
+
+    for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
+        stage(cfg())
+    store = RunStore.open(tmp_path / "run")
+    assert mix_not_current(cfg(), store) is None
+    before = {r["prompt_id"]: r["text"] for r in store.read("select", "selected-T0.6")}
+    run_select(cfg("select.method=random", "select.seed=3"))
+    after = {r["prompt_id"]: r["text"] for r in store.read("select", "selected-T0.6")}
+    assert before != after  # the selection changed
+    store = RunStore.open(tmp_path / "run")
+    assert mix_not_current(cfg("select.method=random", "select.seed=3"), store) == (
+        "`dasd select` chose other teacher responses since `dasd mix` ran (they set the student's caps)")
+    assert "mixed" not in named_pools(cfg("select.method=random", "select.seed=3"), store)
+    funnel = run_mix_stage(cfg("select.method=random", "select.seed=3"))
+    changed = {pid for pid in before if before[pid] != after.get(pid)}
+    assert funnel["new"] == len(changed & {r["prompt_id"] for r in RunStore.open(tmp_path / "run").read("mix", "rollouts")})
+    assert mix_not_current(cfg("select.method=random", "select.seed=3"), RunStore.open(tmp_path / "run")) is None

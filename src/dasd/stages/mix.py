@@ -132,9 +132,10 @@ def run_mix(
     questions = draw_questions(curated, cfg.n_questions, cfg.seed)
     if not questions:
         raise DasdError("mix: the curated set is empty (no {'prompt', 'teacher_text'} items)")
-    # what it judges against: a prompt record replaced since (a corrected answer) makes it not current
+    # what it judges against and draws from: a prompt record replaced since (a corrected answer), or
+    # a selected response replaced (`dasd select` chose again), makes it not current (``runs.mix_not_current``)
     store.begin_stage(STAGE, {"mix": cfg.model_dump(), "student": student_name, "teacher": teacher_name},
-                      read=runs.read_shards(store, ("sample",)))
+                      read=runs.read_shards(store, ("sample", "select")))
     rid = {q["prompt"]["id"]: rollout_id(q["prompt"]["id"], student_name, teacher_name, cfg) for q in questions}
     judged = {"student": context_key(student_engine), "teacher": context_key(teacher_engine)}
     known = _update_rollouts(store, cfg, questions, rid, judged, grade)
