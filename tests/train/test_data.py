@@ -19,26 +19,52 @@ def _items(pool):
     return [(f"pool[{i}]", ex) for i, ex in enumerate(pool)]
 
 
+class ThreadRanks:
+    """``world`` threads meeting as a run's processes do: ``first_true(rank)`` is rank's
+    ``ranks.first_true``, an all-reduce over them at a real barrier (which gives up after ``timeout``
+    seconds, as torch.distributed does after ``dist_timeout_s``); ``calls`` records each rank's flags."""
+
+    def __init__(self, world: int, timeout: float = 120):
+        self.barrier, self.flags, self.calls = threading.Barrier(world, timeout=timeout), [False] * world, []
+
+    def first_true(self, rank: int):
+        def agree(flag: bool) -> int | None:
+            self.calls.append((rank, flag))
+            self.flags[rank] = flag
+            self.barrier.wait()
+            hit = next((r for r, f in enumerate(self.flags) if f), None)
+            self.barrier.wait()
+            return hit
+        return agree
+
+    def run(self, fn) -> dict:
+        """``fn(rank)`` on each rank's thread; what each returned or raised."""
+        out = {}
+
+        def one(r):
+            try:
+                out[r] = fn(r)
+            except Exception as e:  # noqa: BLE001 - what a rank raised is the result
+                out[r] = e
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(len(self.flags))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+
 def test_processes_tokenise_shares_in_parallel_into_one_cache_any_process_count_reads(tiny_lm_dir, tmp_path):
     # three "processes" (threads, each with its own tokenizer) meet at a real barrier, as ranks do
     items = _items(make_pool(10))
     toks = [AutoTokenizer.from_pretrained(tiny_lm_dir) for _ in range(3)]
     mem = prepare(toks[0], items, context=256, mask_prefix=False, packing=True)
-    barrier, out, calls = threading.Barrier(3, timeout=120), {}, []
-
-    def rank(r):
-        def any_rank(flag):
-            calls.append((r, flag))
-            return flag
-        out[r] = prepare(toks[r], items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens",
-                         rank=r, world=3, barrier=barrier.wait, any_rank=any_rank)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(calls) == [(0, True), (1, True), (2, True)] and sorted(out) == [0, 1, 2]
+    ranks = ThreadRanks(3)
+    out = ranks.run(lambda r: prepare(toks[r], items, context=256, mask_prefix=False, packing=True,
+                                      cache_dir=tmp_path / "tokens", rank=r, world=3, first_true=ranks.first_true(r)))
+    # each rank: the cache is missing, its share is built, the main process's write is done
+    assert sorted(ranks.calls) == [(r, flag) for r in range(3) for flag in (False, False, True)]
+    assert sorted(out) == [0, 1, 2]
     meta = json.loads((tmp_path / "tokens" / "meta.json").read_text())
     assert meta["parts"] == 3 and meta["examples"] == 10
     assert [int(np.load(tmp_path / f"tokens/part-{r:05d}/starts.npy").size) - 1 for r in range(3)] == [3, 3, 4]
@@ -51,9 +77,10 @@ def test_processes_tokenise_shares_in_parallel_into_one_cache_any_process_count_
             assert sd.piece(i).labels.tolist() == mem.piece(i).labels.tolist()
     # one process (a resume on another process count) reads the same cache without tokenising again
     stamp = (tmp_path / "tokens" / "part-00002" / "ids.bin").stat().st_mtime_ns
+    calls = []
     one = prepare(toks[0], items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens",
-                  any_rank=lambda flag: calls.append((0, flag)) or flag)
-    assert calls[-1] == (0, False) and (tmp_path / "tokens" / "part-00002" / "ids.bin").stat().st_mtime_ns == stamp
+                  first_true=lambda flag: calls.append(flag) or (0 if flag else None))
+    assert calls == [False] and (tmp_path / "tokens" / "part-00002" / "ids.bin").stat().st_mtime_ns == stamp
     assert one.sequences == mem.sequences and one.piece(9).input_ids.tolist() == mem.piece(9).input_ids.tolist()
 
 
@@ -173,19 +200,11 @@ def test_streamed_examples_tokenise_exactly_as_a_held_list(tiny_lm_dir, tmp_path
     for name, items in sources.items():
         for world in (1, 3):
             cache = tmp_path / f"tokens-{name}-{world}"
-            barrier, toks, out = threading.Barrier(world, timeout=120), [tok] + [AutoTokenizer.from_pretrained(tiny_lm_dir)
-                                                                                   for _ in range(world - 1)], {}
-
-            def rank(r, items=items, cache=cache, barrier=barrier, toks=toks, out=out, world=world):
-                out[r] = prepare(toks[r], items, context=256, mask_prefix=False, packing=True, cache_dir=cache,
-                                 rank=r, world=world, barrier=barrier.wait)
-
-            threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert sorted(out) == list(range(world))
+            ranks, toks = ThreadRanks(world), [tok] + [AutoTokenizer.from_pretrained(tiny_lm_dir) for _ in range(world - 1)]
+            out = ranks.run(lambda r, items=items, cache=cache, ranks=ranks, toks=toks, world=world: prepare(
+                toks[r], items, context=256, mask_prefix=False, packing=True, cache_dir=cache, rank=r, world=world,
+                first_true=ranks.first_true(r)))
+            assert sorted(out) == list(range(world)) and not any(isinstance(v, Exception) for v in out.values())
             sd = prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=cache)
             assert sd.sequences == held.sequences and sd.dropped == {"over_context": 0}
             np.testing.assert_array_equal(sd.starts, held.starts)
@@ -212,4 +231,25 @@ def test_a_bad_example_of_a_streamed_source_names_its_line(tiny_lm_dir, tmp_path
     items = load_examples(str(path), None)
     with pytest.raises(InputError, match=r"d\.jsonl:2: field 'messages\.0\.role'"):
         prepare(tok, items, context=256, mask_prefix=False, packing=True, cache_dir=tmp_path / "tokens")
+    assert not (tmp_path / "tokens").exists()
+
+
+def test_a_share_that_fails_on_one_process_stops_every_process_at_once(tiny_lm_dir, tmp_path):
+    """A process whose share of the tokenising fails (here an example of process 1's share whose
+    prefix_chars is past its message) raised alone, and the others waited for it at the barrier
+    until the run's timeout. Every process now stops at once: that one with its own error naming
+    the example, the others saying which process failed; no cache is put in place."""
+    from dasd.errors import DasdError, InputError
+
+    pool = make_pool(9)
+    pool[4]["prefix_chars"] = 10_000  # the second of the three shares: examples 3..5
+    items, ranks = _items(pool), ThreadRanks(3)
+    toks = [AutoTokenizer.from_pretrained(tiny_lm_dir) for _ in range(3)]
+    out = ranks.run(lambda r: prepare(toks[r], items, context=256, mask_prefix=False, packing=True,
+                                      cache_dir=tmp_path / "tokens", rank=r, world=3, source="stage 's1' (data 'd')",
+                                      first_true=ranks.first_true(r)))
+    assert isinstance(out[1], InputError) and str(out[1]).startswith("pool[4]: prefix_chars=10000 is longer")
+    for r in (0, 2):
+        assert type(out[r]) is DasdError
+        assert str(out[r]) == "process 1 could not tokenise its share of stage 's1' (data 'd'): see its error"
     assert not (tmp_path / "tokens").exists()

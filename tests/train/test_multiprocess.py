@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,114 @@ def test_dasd_train_on_two_processes_only_rank0_writes_run_files_and_one_process
         run_training(tcfg.model_copy(update={"global_batch": 4}), run / "train")
     assert "written by 2 process(es) with a global batch of 2 sequences, this run has 1 with 4" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# What each process of the launches below runs: `python -m dasd.train`, except that a process does not
+# exit when dasd returns: it records its exit code in $DASD_EXITS/exit.<rank> and waits there to be let
+# go, as a process whose peers cannot see it exit (NCCL, a process on another node) keeps them waiting.
+_STAY = '''
+import os, sys, time, traceback
+from pathlib import Path
+from dasd.train.__main__ import main
+try:
+    code = main(sys.argv[1:])
+except BaseException:
+    traceback.print_exc()
+    code = 1
+here = Path(os.environ["DASD_EXITS"])
+(here / ("exit." + os.environ["RANK"])).write_text(str(code))
+while not (here / "go").exists():
+    time.sleep(0.1)
+sys.exit(code)
+'''
+
+# Loaded by rank 0 (PYTHONPATH): its final model, and only that, meets a file-size limit (RLIMIT_FSIZE).
+_LIMIT_FINAL = '''
+import os
+if os.environ.get("RANK") == "0":
+    import resource
+    from transformers import modeling_utils
+    _save = modeling_utils.PreTrainedModel.save_pretrained
+
+    def _limited(self, *a, **k):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return _save(self, *a, **k)
+    modeling_utils.PreTrainedModel.save_pretrained = _limited
+'''
+
+
+def _limit_files(limit: int):
+    """For ``preexec_fn``: the process cannot write a file past ``limit`` bytes (the kernel refuses the
+    write that crosses it, as it does one on a full disk; Python ignores the SIGXFSZ that comes with it)."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["checkpoint", "final", "share"])
+def test_a_write_that_fails_on_one_process_stops_both_processes_at_once_with_one_line_each(tiny_lm_dir, tmp_path,
+                                                                                           case):
+    """Two gloo processes started as a cluster scheduler starts them (RANK, WORLD_SIZE, MASTER_ADDR; no
+    launcher to kill the others when one fails). A write only rank 0 does failed (the step-2 checkpoint
+    under a file-size limit, the final model under one set for rank 0 alone), or rank 1's share of the
+    tokenising did (an example past its message in its half): that process raised, the other waited for
+    it at the next barrier until train.dist_timeout_s (here an hour), then died of a gloo timeout.
+    Now both stop at once, each with one line: the failed one's own error, the other's naming it; no
+    temporary folder is left. The subprocess deadline only guards against the hang."""
+    data = tmp_path / "data.jsonl"
+    pool = _pool()
+    if case == "share":
+        pool[8]["prefix_chars"] = 10_000  # rank 1 tokenises examples 6..11
+    data.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    cfg = yaml.safe_load(_config(tmp_path / "c.yaml", tiny_lm_dir, data, micro_batch=1, grad_accum=1).read_text())
+    cfg.update(dist_timeout_s=3600, stages=[{**cfg["stages"][0], "max_steps": 2}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    hook, exits, out = tmp_path / "hook", tmp_path / "exits", tmp_path / "out"
+    hook.mkdir()
+    exits.mkdir()
+    (hook / "sitecustomize.py").write_text(_LIMIT_FINAL if case == "final" else "")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_EXITS": str(exits),
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    procs, logs = [], [tmp_path / f"rank{r}.log" for r in range(2)]
+    for r in range(2):
+        with logs[r].open("w") as fh:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _STAY, "--config", str(tmp_path / "c.yaml"), "--out", str(out)],
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=fh, stderr=subprocess.STDOUT,
+                preexec_fn=_limit_files(100_000) if case == "checkpoint" else None))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all((exits / f"exit.{r}").exists() for r in range(2)):
+        time.sleep(0.2)
+    waiting = [r for r in range(2) if not (exits / f"exit.{r}").exists()]  # before either is let go
+    (exits / "go").touch()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    text = [log.read_text() for log in logs]
+    assert waiting == [], f"rank(s) {waiting} still waiting at a barrier after 300 s"
+    assert [(exits / f"exit.{r}").read_text() for r in range(2)] == ["2", "2"], text
+    last = [t.splitlines()[-1] for t in text]
+    stage = out / "s1"
+    if case == "checkpoint":
+        assert last[0].startswith(f"error: {stage / 'checkpoints/step-000002'}: cannot write the checkpoint of step 2 "
+                                  "(File too large; ")
+        assert last[1] == (f"error: the main process could not write the checkpoint of step 2 "
+                           f"({stage / 'checkpoints/step-000002'}): see its error")
+        assert list((stage / "checkpoints").iterdir()) == []
+    elif case == "final":
+        assert last[0].startswith(f"error: {stage / 'final'}: cannot write the stage's final model (File too large; ")
+        assert last[1] == f"error: the main process could not write the stage's final model ({stage / 'final'}): see its error"
+        assert [p.name for p in (stage / "checkpoints").iterdir()] == ["step-000002"]
+        assert not (stage / "final").exists() and not (stage / ".final.tmp").exists()
+    else:
+        assert last[1].startswith(f"error: {data}:9: prefix_chars=10000 is longer than the last assistant message")
+        assert last[0] == f"error: process 1 could not tokenise its share of stage 's1' (data {str(data)!r}): see its error"
+        assert not (stage / "tokens").exists()
+    assert not any("Traceback" in t for t in text)

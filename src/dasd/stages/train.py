@@ -15,12 +15,14 @@ Named pools a stage's ``data`` may use (besides a path to any chat JSONL):
 Training itself is ``dasd.train.trainer.run_training`` (docs/training.md); outputs go to
 ``RUN/train/<stage>/`` (paths in its files and the manifest relative to the run, so it can move)
 and finished stages are skipped on a re-run, interrupted ones resumed. Under a multi-process launch
-(``accelerate launch -m dasd train``) every process trains; only the main one writes the manifest.
+(``accelerate launch -m dasd train``) every process trains; only the main one writes the manifest,
+and when that fails every process stops at once (``dasd.train.ranks.fail_together``).
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from dasd.log import logger
@@ -33,14 +35,16 @@ log = logger(STAGE)
 
 def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = None, on_step=None) -> list[dict]:
     """Train the configured stages (or only those named in ``stages``); return their results."""
+    from dasd.train.ranks import fail_together, first_true
     from dasd.train.trainer import process_state, run_training
 
     tcfg = cfg.train.model_copy(update={"base_model": resolve_model(cfg.train.base_model)})
     state = process_state(tcfg)
     main = state.is_main_process
-    if main:  # creates the run directory and manifest if needed; the other processes then only read it
-        store = store or RunStore(cfg.run_dir)
-    state.wait_for_everyone()
+    together = partial(fail_together, partial(first_true, state))  # a block the main process does alone
+    with together(f"open the run directory {cfg.run_dir}"):
+        if main:  # creates the run directory and manifest if needed; the other processes then only read it
+            store = store or RunStore(cfg.run_dir)
     store = store or RunStore(cfg.run_dir)
     if tcfg.push_to_hub is not None:  # "the last stage" is the schedule's, also when only some stages run now
         tcfg = tcfg.model_copy(update={"push_to_hub": tcfg.push_to_hub.model_copy(update={"stages": tcfg.pushed_stages()})})
@@ -49,18 +53,19 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
         tcfg = tcfg.model_copy(update={"stages": keep})
     if any(not s.optional and not Path(s.data).exists() for s in tcfg.stages):  # a named pool: select's output
         require_ran(store, ("select",), STAGE)
-    if main:
-        store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
+    with together(f"record the start of the train stage in {store.root / 'manifest.json'}"):
+        if main:
+            store.begin_stage(STAGE, tcfg.model_dump(mode="json"))
     results = run_training(tcfg, store.root / STAGE, named_pools(cfg, store), on_step=on_step,
                            data_notes=data_notes(cfg))
-    if not main:
-        return results
-    for r in results:
-        log.info(f"{r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
-    info = store.stage_info(STAGE).get("counts") or {}
-    info.update({r["name"]: {**{k: r[k] for k in ("steps", "final_loss", "examples", "tokens")},
-                             "final": os.path.relpath(r["final"], store.root)} for r in results})
-    store.end_stage(STAGE, info)
+    with together(f"record the end of the train stage in {store.root / 'manifest.json'}"):
+        if main:
+            for r in results:
+                log.info(f"{r['name']}: {r['steps']} steps, final loss {r['final_loss']:.4f} -> {r['final']}")
+            info = store.stage_info(STAGE).get("counts") or {}
+            info.update({r["name"]: {**{k: r[k] for k in ("steps", "final_loss", "examples", "tokens")},
+                                     "final": os.path.relpath(r["final"], store.root)} for r in results})
+            store.end_stage(STAGE, info)
     return results
 
 

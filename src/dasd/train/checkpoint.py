@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from dasd.errors import ConfigError, DasdError, DiskFullError, OutputError
 from dasd.jsonl import DISK_FULL, atomic_write_json, atomic_write_jsonl, dumps
 from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import StageData
+from dasd.train.ranks import fail_together, first_true
 
 # Settings that change neither the model nor the data order: changing them keeps a resume valid.
 FREE_SETTINGS = {"stages", "save_every", "keep_checkpoints", "log_every", "report_to", "push_to_hub", "dist_timeout_s"}
@@ -233,23 +235,29 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``;
     ``tied``: the model ties its output embedding to its input one (``_quiet_tied_weights``);
     ``extra``: more of the trainer's state for ``trainer_state.json`` (read back by ``trainer_state``).
-    A write that fails leaves no part of this checkpoint (``save_error``: one line, what is kept)."""
+    A write that fails leaves no part of this checkpoint (``save_error``: one line, what is kept), and
+    stops every process at once (``ranks.fail_together``), not only the one whose write failed."""
     ckdir = stage_dir / "checkpoints"
     final = ckdir / f"step-{step:06d}"
     tmp = ckdir / f".step-{step:06d}.tmp"
-    if acc.is_main_process:
-        for stale in ckdir.glob(".step-*.tmp"):  # this one's leftover, or one of a save that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
+    together = partial(fail_together, partial(first_true, acc), f"write the checkpoint of step {step} ({final})")
     try:
-        with _quiet_tied_weights(tied):
+        with together():
+            if acc.is_main_process:
+                for stale in ckdir.glob(".step-*.tmp"):  # this one's leftover, or one of a save that was killed
+                    shutil.rmtree(stale, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        with together(), _quiet_tied_weights(tied):  # every process's RNG state is in ``tmp`` before it is renamed
             acc.save_state(output_dir=str(tmp))
-        acc.wait_for_everyone()  # every process's RNG state is in ``tmp`` before it is renamed (save_state has no barrier)
-        if acc.is_main_process:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp,
-                                                           **geometry(acc, global_batch), **(extra or {})})
+        with together():
+            if acc.is_main_process:
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp,
+                                                               **geometry(acc, global_batch), **(extra or {})})
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
+                for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
     except BaseException as err:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -259,12 +267,6 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
         if failed is None:
             raise
         raise failed from err
-    if acc.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
 
 
 def trainer_state(ck: Path) -> dict:
@@ -300,26 +302,29 @@ def final_dtype(bf16: bool, cpu: bool) -> torch.dtype:
 
 def save_final(acc, model, tokenizer, stage_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the trained decoder (without the loss wrapper, floating tensors in ``dtype``) and the tokenizer
-    to ``final/``; its path."""
+    to ``final/``; its path. A write that fails leaves no part of it (``save_error``) and stops every
+    process at once (``ranks.fail_together``)."""
     final, tmp = stage_dir / "final", stage_dir / ".final.tmp"
     state = acc.get_state_dict(model)
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        lm = acc.unwrap_model(model).lm
-        sd = {k[len("lm."):]: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items() if k.startswith("lm.")}
-        try:
-            lm.save_pretrained(str(tmp), state_dict=sd)
-            config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-            config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
-            atomic_write_json(tmp / "config.json", config)
-            tokenizer.save_pretrained(str(tmp))
-        except BaseException as err:
+    try:
+        with fail_together(partial(first_true, acc), f"write the stage's final model ({final})"):
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                lm = acc.unwrap_model(model).lm
+                sd = {k[len("lm."):]: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()
+                      if k.startswith("lm.")}
+                lm.save_pretrained(str(tmp), state_dict=sd)
+                config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+                config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
+                atomic_write_json(tmp / "config.json", config)
+                tokenizer.save_pretrained(str(tmp))
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
+    except BaseException as err:
+        if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            failed = save_error(final, "the stage's final model", err, "the stage's last checkpoint")
-            if failed is None:
-                raise
-            raise failed from err
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    acc.wait_for_everyone()
+        failed = save_error(final, "the stage's final model", err, "the stage's last checkpoint")
+        if failed is None:
+            raise
+        raise failed from err
     return final

@@ -36,6 +36,7 @@ from dasd.jsonl import MAX_RECORD_BYTES, BadLine, atomic_write_json, dumps, iter
 from dasd.records import TrainingExample
 from dasd.train.encode import IGNORE, encode_batch
 from dasd.train.packing import Packed, pack
+from dasd.train.ranks import FirstTrue, fail_together
 
 BATCH = 256  # examples per tokenizer call
 
@@ -237,15 +238,18 @@ def why_no_example(over: int, context: int) -> str:
 
 
 def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_prefix: bool, packing: bool,
-            cache_dir: Path | None = None, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-            any_rank: Callable[[bool], bool] | None = None, source: str = "stage data") -> StageData:
+            cache_dir: Path | None = None, rank: int = 0, world: int = 1, first_true: FirstTrue | None = None,
+            source: str = "stage data") -> StageData:
     """Tokenise ``items``, drop those over ``context`` tokens, and pack (or not) into sequences.
 
-    With ``cache_dir``: unless a cache with the same key is there (``any_rank(missing)`` makes every
-    process agree), process ``rank`` of ``world`` tokenises its contiguous share into
-    ``<tmp>/part-<rank>``, ``barrier()`` waits for all shares, rank 0 writes ``meta.json``, renames
-    the directory into place and removes what interrupted builds of other data left, ``barrier()`` again; then every process memory-maps all parts. No
-    process waits longer than the slowest share. Without ``cache_dir``, everything stays in memory.
+    With ``cache_dir``: unless a cache with the same key is there (``first_true(missing)``, an
+    all-reduce of the ``world`` processes, ``ranks.first_true``, makes every process agree), process
+    ``rank`` of ``world`` tokenises its contiguous share into ``<tmp>/part-<rank>``, all wait for all
+    shares, rank 0 writes ``meta.json``, renames the directory into place and removes what
+    interrupted builds of other data left, all wait again; then every process memory-maps all parts.
+    No process waits longer than the slowest share. Each wait is a ``ranks.fail_together``: a share
+    or the main process's write that fails stops every process at once. Without ``cache_dir``,
+    everything stays in memory.
 
     ``items`` (an ``Examples`` or a list) is read twice and never held: once for the key (and the
     count), once to tokenise this process's share. No example left to train on is an ``InputError``
@@ -258,29 +262,29 @@ def prepare(tokenizer, items: Iterable[tuple[str, dict]], context: int, mask_pre
         ids, labels, first = [ids], [labels], None
     else:
         cache_dir = Path(cache_dir)
+        if world > 1 and first_true is None:
+            raise ValueError("prepare: several processes need first_true to meet")
         missing = not _cache_ok(cache_dir, key)
-        if any_rank is not None:
-            missing = any_rank(missing)
+        if first_true is not None:
+            missing = first_true(missing) is not None
         if missing:
             tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{key}")
             share = islice(items, rank * n_items // world, (rank + 1) * n_items // world)
-            shutil.rmtree(_part(tmp, rank), ignore_errors=True)
-            _build(tokenizer, share, context, mask_prefix, _part(tmp, rank))
-            if barrier is not None:
-                barrier()
-            if rank == 0:
-                for stale in tmp.glob("part-*"):  # left by an interrupted build on more processes
-                    if int(stale.name[5:]) >= world:
-                        shutil.rmtree(stale)
-                examples = sum(len(np.load(_part(tmp, r) / "starts.npy")) - 1 for r in range(world))
-                atomic_write_json(tmp / "meta.json", {"key": key, "parts": world, "examples": examples,
-                                                      "dropped": {"over_context": n_items - examples}})
-                shutil.rmtree(cache_dir, ignore_errors=True)
-                tmp.rename(cache_dir)
-                for stale in cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"):  # interrupted builds of other data
-                    shutil.rmtree(stale, ignore_errors=True)
-        if barrier is not None:
-            barrier()
+            with fail_together(first_true, f"tokenise its share of {source}"):
+                shutil.rmtree(_part(tmp, rank), ignore_errors=True)
+                _build(tokenizer, share, context, mask_prefix, _part(tmp, rank))
+            with fail_together(first_true, f"write the token cache of {source} ({cache_dir})"):
+                if rank == 0:
+                    for stale in tmp.glob("part-*"):  # left by an interrupted build on more processes
+                        if int(stale.name[5:]) >= world:
+                            shutil.rmtree(stale)
+                    examples = sum(len(np.load(_part(tmp, r) / "starts.npy")) - 1 for r in range(world))
+                    atomic_write_json(tmp / "meta.json", {"key": key, "parts": world, "examples": examples,
+                                                          "dropped": {"over_context": n_items - examples}})
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                    tmp.rename(cache_dir)
+                    for stale in cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"):  # interrupted builds of other data
+                        shutil.rmtree(stale, ignore_errors=True)
         ids, labels, starts, n_loss, first, meta = _load(cache_dir)
         dropped = meta["dropped"]
     if len(starts) == 1:

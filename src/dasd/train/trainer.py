@@ -14,6 +14,8 @@ interrupted one from its last checkpoint, on any process count that keeps the gl
 a stage whose config, data or global batch changed since its outputs were written is an error (use
 a new output directory). Only the main process writes files (besides each process's share of the
 token cache and its RNG state in checkpoints); trackers (``report_to``) get the per-step metrics.
+Each such write ends where all processes meet (``ranks.fail_together``): when it fails on one
+process, every process stops at once with one line, none waits for ``dist_timeout_s``.
 
 One optimizer step consumes ``micro_batch x grad_accum x processes`` packed sequences, in an order
 fixed by ``(seed + stage index, epoch)``. Its loss is the sum of token losses over the global batch divided by
@@ -34,6 +36,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from dasd.train.data import load_examples, prepare
 from dasd.train.loss import LossModel, liger_available
 from dasd.train.packing import collate
 from dasd.train.plan import Plan
+from dasd.train.ranks import fail_together, first_true
 from dasd.train.schedule import make_optimizer, make_scheduler
 
 StepHook = Callable[[dict[str, Any]], None]
@@ -129,6 +133,7 @@ class StageTrainer:
         self.cfg, self.stage, self.init, self.dir, self.acc, self.on_step = cfg, stage, init, stage_dir, acc, on_step
         self.log_offset = log_offset  # tracker steps continue across stages (wandb needs them increasing)
         self.data_note = data_note
+        self.first_true = partial(first_true, acc)  # for ``fail_together``: a block one process does alone
         self.hp = cfg.for_stage(stage)
         self.seed = cfg.seed + idx
         self.curve_path = stage_dir / "curve.jsonl"
@@ -147,7 +152,8 @@ class StageTrainer:
         if done is not None:
             self._info(f"stage {self.stage.name}: already finished ({done['steps']} steps), skipped")
             return done
-        start_trackers(self.acc, self.cfg, self.dir.parent)
+        with fail_together(self.first_true, "start the trackers (train.report_to)"):
+            start_trackers(self.acc, self.cfg, self.dir.parent)
         self.setup_model()
         self.setup_optimizer()
         self.train(self.load_checkpoint())
@@ -168,8 +174,8 @@ class StageTrainer:
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.sd = prepare(tok, items, cfg.context, self.hp["mask_prefix"], cfg.packing, cache_dir=self.dir / "tokens",
-                          rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone,
-                          any_rank=self._any_rank, source=f"stage {self.stage.name!r} (data {self.stage.data!r})")
+                          rank=acc.process_index, world=acc.num_processes, first_true=self.first_true,
+                          source=f"stage {self.stage.name!r} (data {self.stage.data!r})")
         self.plan = Plan(self.sd, cfg, acc.num_processes, self.seed)
         self.total = self.plan.total_steps(self.hp["epochs"], self.hp["max_steps"])
         self.init_version = model_version(str(self.init))
@@ -184,12 +190,6 @@ class StageTrainer:
         if self.init.startswith(("/", ".", "~")) and not Path(self.init).is_dir():
             why = "no such directory"  # transformers would say it is not a valid hub id
         return ConfigError(f"stage {self.stage.name!r}: cannot load {what} from {self.init!r} ({key}): {why}")
-
-    def _any_rank(self, flag: bool) -> bool:
-        """True when ``flag`` is true on any process (every process gets the same answer)."""
-        if self.acc.num_processes == 1:
-            return flag
-        return bool(self.acc.reduce(torch.tensor(int(flag), device=self.acc.device), reduction="sum").item())
 
     def setup_model(self) -> None:
         """Seed, load the init model in float32, and wrap it in the loss (Liger or chunked cross-entropy)."""
@@ -230,10 +230,10 @@ class StageTrainer:
             # the padding of the steps before it, so that padding_share covers the whole stage, as uninterrupted
             self.pad_total = list(ckpt.trainer_state(ck).get("padding_tokens", [0, 0]))
             self._info(f"stage {self.stage.name}: resuming from {ck.name}")
-        if self.acc.is_main_process:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            ckpt.truncate_curve(self.curve_path, start)
-        self.acc.wait_for_everyone()
+        with fail_together(self.first_true, f"cut the curve back to step {start} ({self.curve_path})"):
+            if self.acc.is_main_process:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                ckpt.truncate_curve(self.curve_path, start)
         return start
 
     def save_checkpoint(self, step: int) -> None:
@@ -268,10 +268,11 @@ class StageTrainer:
                 rec = self.train_step(step)
                 rec["elapsed_s"] = round(time.perf_counter() - self.t_stage, 3)
                 rec["eta_s"] = round(rec["elapsed_s"] / (step + 1 - start) * (total - step - 1), 1)
-                if acc.is_main_process:
-                    ckpt.append_curve(self.curve_path, rec)
-                acc.log({f"{name}/{k}": rec[k] for k in ("loss", "lr", "tokens_per_s", "grad_norm") if rec[k] is not None},
-                        step=self.log_offset + step + 1)
+                with fail_together(self.first_true, f"log step {step + 1} ({self.curve_path}, train.report_to)"):
+                    if acc.is_main_process:  # acc.log too logs on the main process only
+                        ckpt.append_curve(self.curve_path, rec)
+                        acc.log({f"{name}/{k}": rec[k] for k in ("loss", "lr", "tokens_per_s", "grad_norm")
+                                 if rec[k] is not None}, step=self.log_offset + step + 1)
                 if (step + 1) % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
                                     tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
@@ -352,15 +353,16 @@ class StageTrainer:
                   "padding_share": self.pad_total[0] / max(self.pad_total[1], 1), "base_model": self.cfg.base_model,
                   "data": self.stage.data, "data_note": self.data_note, "data_counts": self.data_counts(),
                   "recipe": self.recipe()}
-        if acc.is_main_process:
-            curve = ckpt.read_curve(self.curve_path, self.total)
-            if curve:
-                result["final_loss"] = curve[-1]["loss"]
-            model_card.write_card(self.dir, result)
-            if self.stage.name in self.cfg.pushed_stages():
-                result["pushed_to"] = model_card.push(final, self.cfg.push_to_hub, self.stage.name)
-            ckpt.write_done(self.dir, result)
-        acc.wait_for_everyone()
+        with fail_together(self.first_true, f"finish stage {self.stage.name!r} (its model card, Hub upload or "
+                                            f"{self.dir / 'done.json'})"):
+            if acc.is_main_process:
+                curve = ckpt.read_curve(self.curve_path, self.total)
+                if curve:
+                    result["final_loss"] = curve[-1]["loss"]
+                model_card.write_card(self.dir, result)
+                if self.stage.name in self.cfg.pushed_stages():
+                    result["pushed_to"] = model_card.push(final, self.cfg.push_to_hub, self.stage.name)
+                ckpt.write_done(self.dir, result)
         self._info(f"stage {self.stage.name}: done, {self.total} steps, final loss {result['final_loss']:.4f}, "
                    f"{time.perf_counter() - self.t_stage:.1f}s, model in {final}")
         acc.free_memory()
