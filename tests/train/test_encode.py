@@ -184,3 +184,67 @@ def test_response_tokens_none_when_the_template_changes_the_response(tiny_lm_dir
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     tok.chat_template = QWEN_LIKE.replace("{{ m['content'].split('</think>')[-1].lstrip('\n') }}", "{{ 'changed' }}")
     assert response_tokens(tok, [(_example()["messages"][:-1], "<think>a</think>b")]) == [None]
+
+
+def test_tokenizer_differences_name_what_differs_between_real_tokenizers(tiny_lm_dir, tiny_lm_dir_other_vocab,
+                                                                         tmp_path):
+    """The same tokenizer saved twice agrees; another vocabulary, another normalisation over the same
+    vocabulary (sentencepiece with NFKC: the ligature and full-width digits of the probe) and another
+    chat template are each named."""
+    import shutil
+
+    from tokenizers import normalizers
+
+    from dasd.train.encode import PROBE, tokenizer_differences
+
+    from sp_tokenizer import llama2_style_tokenizer
+
+    shutil.copytree(tiny_lm_dir, tmp_path / "copy")
+    tiny, copy, other = (AutoTokenizer.from_pretrained(str(p)) for p in (tiny_lm_dir, tmp_path / "copy",
+                                                                          tiny_lm_dir_other_vocab))
+    assert tokenizer_differences(tiny, copy) == []
+    assert tokenizer_differences(tiny, other) == ["vocabulary", "tokenisation"]
+    retemplated = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    retemplated.chat_template = tiny.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    assert tokenizer_differences(tiny, retemplated) == ["chat template"]
+
+    merges = [("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("f", "i")]
+    sp, sp_nfkc = llama2_style_tokenizer(merges), llama2_style_tokenizer(merges)
+    sp_nfkc.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(),
+                                                                 sp.backend_tokenizer.normalizer])
+    assert sp.get_vocab() == sp_nfkc.get_vocab()
+    assert sp("\ufb01ne")["input_ids"] != sp_nfkc("\ufb01ne")["input_ids"] and "\ufb01" in PROBE
+    assert tokenizer_differences(sp, sp_nfkc) == ["tokenisation"]
+
+
+def test_a_student_scored_with_another_tokenizer_than_training_uses_is_one_warning(tiny_lm_dir,
+                                                                                  tiny_lm_dir_other_vocab, tmp_path):
+    """`dasd train` warns, once, in one line naming both tokenizers, what differs and the fix, when the
+    student was scored (student.tokenizer, else student.model) with a tokenizer other than the one a
+    stage trained on the run's pools uses (train.base_model here); not when they agree (the fix, or
+    the same files elsewhere), nor for stages trained on a JSONL file."""
+    import shutil
+    from pathlib import Path
+
+    from dasd.config import load_config
+    from dasd.stages.train import scoring_tokenizer_warnings
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    shutil.copytree(tiny_lm_dir, tmp_path / "copy")
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+
+    def warnings(*overrides):
+        cfg = load_config(demo, [f"train.base_model={tiny_lm_dir}", *overrides])
+        return scoring_tokenizer_warnings(cfg, cfg.train)
+
+    assert warnings(f"student.model={tiny_lm_dir_other_vocab}") == [
+        f"the student is scored with the tokenizer of {tiny_lm_dir_other_vocab!r} (student.tokenizer, else "
+        f"student.model) but trained with that of {tiny_lm_dir!r} (train.base_model): their vocabulary, tokenisation "
+        "differ, so DAS ranked sentences by the log-probs of tokens training never sees; set student.tokenizer to "
+        f"{tiny_lm_dir!r} (the scored model must be that model) and re-run dasd score and select, or train the "
+        "model that was scored"]
+    assert warnings(f"student.model={tiny_lm_dir_other_vocab}", f"student.tokenizer={tiny_lm_dir}") == []
+    assert warnings(f"student.model={tmp_path / 'copy'}") == []
+    stages = f'train.stages=[{{"name": "s1", "data": "{data}", "init": "base"}}]'
+    assert warnings(f"student.model={tiny_lm_dir_other_vocab}", stages) == []

@@ -303,3 +303,48 @@ def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreRe
     results = [r if c is None or isinstance(r, ContextLengthError) else replace(r, offsets=c.offsets)
                for r, c in zip(score_or_refused(engine, asked), cut)]
     return results, sum(c is None for c in cut)
+
+
+# A text whose ids tell apart tokenizers that share a vocabulary but not how they use it: Unicode
+# normalisation (composed and decomposed accents, a ligature, full-width digits), case, runs of spaces,
+# tabs and newlines, digits, LaTeX, CJK and an emoji (byte fallback), the reasoning tags.
+PROBE = ("Let x = 3.14159; then 2x^2 + \\frac{1}{2} = 20.24.\n\n  Ünïcödé café cafe\u0301 \ufb01ne ５６ "
+         "数学 🙂\t<think>Wait... so  UPPER lower</think>\n\\boxed{42}")
+
+
+def tokenizer_differences(scored, trained) -> list[str]:
+    """What makes ``scored`` (the tokenizer the student is scored with) tokenise otherwise than
+    ``trained`` (the one training uses): ``vocabulary`` (token -> id, added tokens included),
+    ``tokenisation`` (the ids of ``PROBE``: normalisation, pre-tokenisation, merges), ``chat template``
+    (the context a response is scored after, ``score_as_trained``). Empty when they agree."""
+    from dasd.engines.base import encode_text
+
+    out = []
+    if scored.get_vocab() != trained.get_vocab():
+        out.append("vocabulary")
+    if encode_text(scored, PROBE) != encode_text(trained, PROBE):
+        out.append("tokenisation")
+    if getattr(scored, "chat_template", None) != getattr(trained, "chat_template", None):
+        out.append("chat template")
+    return out
+
+
+def scoring_tokenizer_warning(scored, scored_name: str, trained, trained_name: str, trained_key: str) -> str | None:
+    """The one-line warning when the student's scoring tokenizer ``scored`` (named ``scored_name``:
+    ``student.tokenizer``, else ``student.model``) tokenises otherwise than ``trained``, the one a
+    training stage uses (``trained_name``, from the config key ``trained_key``); None when they agree
+    (``tokenizer_differences``). Then DAS ranked sentences by the log-probs of tokens training never
+    sees, and filter measured lengths in them.
+
+    A warning, not a refusal: a differing tokenizer may be harmless or meant (the same model served
+    under a name whose tokenizer files carry another template, a tokenizer with added tokens the data
+    never use), the scored and selected data are already made, and what a mismatch costs is a worse
+    selection, not a broken model; the user decides, with both names and what differs in hand."""
+    diffs = tokenizer_differences(scored, trained)
+    if not diffs:
+        return None
+    return (f"the student is scored with the tokenizer of {scored_name!r} (student.tokenizer, else student.model) "
+            f"but trained with that of {trained_name!r} ({trained_key}): their {', '.join(diffs)} differ, so DAS "
+            f"ranked sentences by the log-probs of tokens training never sees; set student.tokenizer to "
+            f"{trained_name!r} (the scored model must be that model) and re-run dasd score and select, or train "
+            "the model that was scored")
