@@ -16,13 +16,14 @@ import codecs
 import hashlib
 import math
 import re
+import struct
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dasd.columnar import kind_of, upstream_output
+from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError, InputError
@@ -510,26 +511,123 @@ def _chain(stage: str, name: str) -> list[str]:
     return out
 
 
-def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...]) -> int:
+# The field where a stage that keeps records across a rewrite of its input (``made_from`` of
+# ``drop_if_inputs_rewritten``) stores what each record was made from.
+INPUT_DIGEST = "input_digest"
+
+
+def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...],
+                             made_from: Callable[[dict], str] | None = None) -> int:
     """Delete ``stage``'s outputs named by ``prefixes`` that may hold what was made from input
     records that are gone: an output of ``reads`` lost a shard it had when the stage last began
-    (removed, or rewritten under another size: an import redone, a pool dropped), and resuming by
-    id would keep those records, and references to rows that no longer exist. A columnar output
-    goes when an output its rows refer to (directly or through others) lost a shard; any other
-    (``rejects``) when any input did. Inputs that only grew drop nothing (the stage resumes), nor do
-    they for a stage that began before its shards were recorded. Return how many outputs were removed."""
+    (removed, or rewritten under another size: an import redone, a pool dropped, a filter that made
+    its kept output again), and resuming by id would keep those records, and references to rows
+    that no longer exist. A columnar output goes when an output its rows refer to (directly or
+    through others) lost a shard; any other (``rejects``) when any input did. Inputs that only grew
+    drop nothing (the stage resumes), nor do they for a stage that began before its shards were
+    recorded. Return how many outputs were removed (or, with ``made_from``, gone through).
+
+    ``made_from(input record)``: a digest (128 bits, 32 hex digits) of what the stage makes of an
+    input record, its id included (``score``: the
+    prompt's messages, the text and the teacher signal), which the stage stores on each record of
+    those outputs under ``INPUT_DIGEST``. Then a record whose input record is still there with the
+    same digest is kept and only the others are dropped (``_keep_unchanged``), so only new or
+    changed inputs are made again."""
     before = store.stage_info(stage).get("read")
     lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
     if not lost:
         return 0
-    names = store.remove_outputs(stage, prefixes, lambda n: bool(lost & set(_chain(stage, n))) if kind_of(stage, n) else True)
+
+    def made_from_lost(name: str) -> bool:
+        return bool(lost & set(_chain(stage, name))) if kind_of(stage, name) else True
+
+    if made_from is not None:
+        return _keep_unchanged(store, stage, prefixes, made_from_lost, made_from, lost)
+    names = store.remove_outputs(stage, prefixes, made_from_lost)
     logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
                        "made from them dropped, made again")
     return len(names)
 
 
+def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made_from_lost: Callable[[str], bool],
+                    made_from: Callable[[dict], str], lost: set[str]) -> int:
+    """``drop_if_inputs_rewritten`` with ``made_from``: each output it would drop keeps the records
+    whose ``INPUT_DIGEST`` is ``made_from`` of a record of the stage's input now (the outputs its
+    columnar outputs refer to, ``columnar.upstream_output``; a columnar output's own upstream
+    output): a columnar output is written again referring to those records' rows
+    (``RunStore.relink``: what was made is copied, nothing is made again), another (``rejects``)
+    keeps them (``RunStore.drop_records``). The rest, and records without a digest (made by an
+    earlier dasd), are dropped. Both write the kept records before the old shards go, and happen
+    before the stage begins, so a run killed in between does it again. Memory: 24 bytes per input
+    record (``_Rows``); the records are streamed."""
+    names = [n for n in store.outputs(stage) if n.startswith(prefixes) and made_from_lost(n)]
+    ups = sorted({up for (st, _), k in OUTPUTS.items() if st == stage and (up := KINDS[k].upstream)})
+    rows = {(up, o): _Rows(store, up, o, made_from) for up, prefix in ups for o in store.outputs(up)
+            if o.startswith(prefix + "-")}
+    kept = dropped = 0
+    for name in names:
+        kind = kind_of(stage, name)
+        if kind is not None:
+            index = rows.get(upstream_output(kind, name))
+            k, d = store.relink(stage, name, lambda r, index=index: index.get(r.get(INPUT_DIGEST)) if index else None)
+        else:
+            d = store.drop_records(stage, name, lambda r: not any(x.get(r.get(INPUT_DIGEST)) for x in rows.values()))
+            k = sum(1 for _ in store.read(stage, name))
+        kept, dropped = kept + k, dropped + d
+    logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
+                       f"made from them keep the {kept} record(s) whose input is there unchanged; {dropped} dropped, "
+                       "made again where their input is still there")
+    return len(names)
+
+
+class _Rows:
+    """Where each record of one columnar output is (its shard file name and row), by ``made_from``
+    of the record (``drop_if_inputs_rewritten``; a 128-bit digest in 32 hex digits): the digests as
+    two int64 arrays, sorted by the first half (as ``IdSet`` holds ids), and the positions, 24 bytes
+    a record. Built by reading the output once."""
+
+    def __init__(self, store: RunStore, stage: str, name: str, made_from: Callable[[dict], str]):
+        import numpy as np
+
+        self.shards: list[str] = []
+        hi, lo, where = array("q"), array("q"), array("q")
+        for rec in store.read(stage, name):
+            ref = rec[REF]
+            if not self.shards or self.shards[-1] != ref.shard:
+                self.shards.append(ref.shard)
+            a, b = _halves(made_from(rec)) or (0, 0)
+            hi.append(a)
+            lo.append(b)
+            where.append((len(self.shards) - 1) << _OFFSET_BITS | ref.row)
+        h = np.array(hi, dtype=np.int64)
+        order = np.argsort(h, kind="stable")
+        self._hi, self._lo, self._where = h[order], np.array(lo, dtype=np.int64)[order], np.array(where, dtype=np.int64)[order]
+
+    def get(self, key) -> tuple[str, int] | None:
+        """``(shard file name, row)`` of a record whose ``made_from`` is ``key``, else None."""
+        ab = _halves(key)
+        if ab is None:
+            return None
+        a, b = ab
+        i = int(self._hi.searchsorted(a))
+        while i < len(self._hi) and self._hi[i] == a:
+            if self._lo[i] == b:
+                w = int(self._where[i])
+                return self.shards[w >> _OFFSET_BITS], w & ((1 << _OFFSET_BITS) - 1)
+            i += 1
+        return None
+
+
+def _halves(key: object) -> tuple[int, int] | None:
+    """A digest of 32 hex digits as two int64 (None: not one)."""
+    try:
+        return struct.unpack("<qq", bytes.fromhex(key))  # type: ignore[arg-type]
+    except (TypeError, ValueError, struct.error):
+        return None
+
+
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
-                            outputs: tuple[str, ...] = ()) -> dict | None:
+                            outputs: tuple[str, ...] = (), made_from: Callable[[dict], str] | None = None) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
     up to date; then return its manifest counts (and log one line), else None.
 
@@ -538,7 +636,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
-    records since (``drop_if_inputs_rewritten``), or when a setting that shapes its records did
+    records since (``drop_if_inputs_rewritten``, which keeps the records of inputs still there
+    unchanged when the stage gives ``made_from``), or when a setting that shapes its records did
     (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
     ``config``, so a run killed in between drops again when it is run again.
@@ -552,7 +651,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs)
     drop_if_settings_changed(store, stage, config, outputs)
-    drop_if_inputs_rewritten(store, stage, reads, outputs)
+    drop_if_inputs_rewritten(store, stage, reads, outputs, made_from)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None
 

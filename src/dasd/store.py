@@ -84,8 +84,9 @@ def read_jsonl_shard(path: Path) -> Iterator[dict]:
 class ShardWriter:
     """Buffered writer of one named output of a stage, as numbered complete shards.
 
-    ``add(record)`` skips a record whose ``id`` is already on disk or already added. New shards are
-    numbered after the highest on disk (and from ``first`` at least). A shard is
+    ``add(record)`` skips a record whose ``id`` is already on disk (unless ``resume`` is False: an
+    output written again in place of its shards, ``RunStore.relink``) or already added. New shards
+    are numbered after the highest on disk (and from ``first`` at least). A shard is
     flushed when ``shard_size`` records are buffered or ``flush_seconds`` have passed since the
     last flush, and on ``close()``. Use as a context manager: on an exception the buffer is still
     flushed (what was finished is kept) and the exception propagates.
@@ -95,7 +96,7 @@ class ShardWriter:
     """
 
     def __init__(self, folder: Path, name: str, shard_size: int = 256, flush_seconds: float = 30.0,
-                 root: Path | None = None, first: int = 0):
+                 root: Path | None = None, first: int = 0, resume: bool = True):
         if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", name):
             raise ValueError(f"bad output name {name!r}")
         self.folder, self.name = folder, name
@@ -108,6 +109,8 @@ class ShardWriter:
         self._next = first  # numbers below ``first`` are not used (shards removed since: a new name tells the change)
         for path in shard_paths(folder, name):
             self._next = max(self._next, int(_SHARD_RE.match(path.name)["num"]) + 1)
+            if not resume:
+                continue
             if self.kind is not None:
                 if path.suffix != ".parquet":
                     raise legacy_error(path, root or folder.parent)
@@ -294,6 +297,37 @@ class RunStore:
         if not written:
             path.unlink()
         return dropped
+
+    def relink(self, stage: str, name: str, where) -> tuple[int, int]:
+        """Write columnar output ``name`` of ``stage`` again, each row referring to the row of its
+        upstream output (``columnar.upstream_output``) that ``where(row)`` gives as ``(shard file
+        name, row)``, for an upstream output written again under new shard names; a row for which
+        it gives None is left out. ``row`` holds the row's own fields only (not joined: the rows it
+        referred to may be gone), and they are what is written, so nothing is recomputed.
+
+        Streamed: the new shards are written before the old ones are deleted (``remove_shards``).
+        A crash in between leaves both, and doing it again over both finishes the job (each id is
+        written once). Return how many ids were kept and how many left out."""
+        kind = kind_of(stage, name)
+        if kind is None or kind.upstream is None:
+            raise ValueError(f"{stage}/{name}: relink rewrites the references of a columnar output only")
+        upstream = self.root / kind.upstream[0]
+        old = shard_paths(self.root / stage, name)
+        gone = IdSet()
+        with self.writer(stage, name, resume=False) as w:
+            for path in old:
+                if path.suffix != ".parquet":
+                    raise legacy_error(path, self.root)
+                for row in columnar.decode(columnar.read_table(path, kind), kind, path):
+                    row.pop("ref_shard", None)
+                    row.pop("ref_row", None)
+                    at = where(row)
+                    if at is None:
+                        gone.add(row.get("id"))
+                    else:
+                        w.add({**row, REF: Ref(upstream, at[0], at[1], {})})
+        self.remove_shards(stage, name, old)
+        return w.written, len(gone)
 
     def read(self, stage: str, name: str) -> Iterator[dict]:
         """Records of one output, in write order, each id once.

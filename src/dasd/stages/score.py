@@ -30,13 +30,18 @@ every kept sample is scored again, so no student signal of an earlier model is r
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
+
 from dasd.engines.base import ScoreRequest
 from dasd.errors import ContextLengthError
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept, model_versions,
-                       open_engine, output, pools, record_faults)
+from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept,
+                       model_versions, open_engine, output, pools, record_faults)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
 
@@ -46,6 +51,25 @@ log = logger(STAGE)
 
 def _signal(result) -> dict:
     return {"offsets": [list(o) for o in result.offsets], "logprobs": list(result.logprobs), "logprob_mode": result.logprob_mode}
+
+
+def scored_input(prompts: RunPrompts | dict, sample: dict) -> str:
+    """What the score of a kept sample is made from, as a digest (BLAKE2b-128, 32 hex digits): its
+    id and prompt id, the prompt's messages, its text and its teacher signal (``logprob_mode``,
+    ``offsets``, ``logprobs``, as filter kept them). Stored on its scored or quarantine record
+    (``runs.INPUT_DIGEST``): when filter writes its kept output again, a record whose sample is
+    still kept with the same digest is kept (``runs.drop_if_inputs_rewritten``), not scored again."""
+    t = teacher_signal(sample)
+    arrays = [np.ascontiguousarray(np.asarray(t[k], dtype=dt)) if t.get(k) is not None else None
+              for k, dt in (("offsets", np.int32), ("logprobs", np.float32))]
+    prompt = prompts.get(sample.get("prompt_id")) or {}
+    head = [sample.get("id"), sample.get("prompt_id"), prompt.get("messages"), sample.get("text"), t.get("logprob_mode"),
+            [None if a is None else a.shape for a in arrays]]
+    h = hashlib.blake2b(json.dumps(head, ensure_ascii=False).encode("utf-8", "surrogatepass"), digest_size=16)
+    for a in arrays:
+        if a is not None:
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _too_long(sample: dict, role: str, err: ContextLengthError, judged: str) -> dict:
@@ -61,8 +85,9 @@ class _Rejects:
     def __init__(self, writer):
         self.writer, self.n, self.too_long, self.first_too_long = writer, 0, 0, ""
 
-    def add(self, record: dict) -> None:
-        if self.writer.add(record):
+    def add(self, record: dict, made_from: str) -> None:
+        """Quarantine ``record``, made from a sample of digest ``made_from`` (``scored_input``)."""
+        if self.writer.add({**record, INPUT_DIGEST: made_from}):
             self.n += 1
             if record.get("too_long"):
                 self.too_long += 1
@@ -102,8 +127,16 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                  "local_naturalness": local, "tokens": "as trained",  # scores of earlier versions: each response's own tokens
                  "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
     had_local = (store.stage_info(STAGE).get("config") or {}).get("local_naturalness", local)
+    prompts: RunPrompts | None = None  # read when first needed: not for a stage that is up to date
+
+    def made_from(sample: dict) -> str:
+        nonlocal prompts
+        prompts = prompts or RunPrompts(store)
+        return scored_input(prompts, sample)
+
+    # a rewritten kept output (filter made it again) keeps the scores of the samples it still holds unchanged
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"), extra=cfg.teacher.model_dump(mode="json"),
-                                   outputs=(SCORED + "-", "rejects"))
+                                   outputs=(SCORED + "-", "rejects"), made_from=made_from)
     if done is not None:
         return done
     if local and not had_local:  # records resumed by id would lack it: score them all again
@@ -114,7 +147,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     stale = store.drop_records(STAGE, "rejects", lambda r: "judged" in r and r["judged"] != judged)
     if stale:
         log.info(f"{stale} sample(s) quarantined under other settings or models: judged again")
-    prompts = RunPrompts(store)
+    prompts = prompts or RunPrompts(store)
     counts = {}
     with faults_kept(store, STAGE, lambda: [student, teacher]):
         for pool in pools(store, "filter", KEPT):
@@ -132,6 +165,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                 bar, rate = progress(n_todo, f"score {pool}", "resp"), Rate()
                 todo = (s for s in store.read("filter", output(KEPT, pool)) if not skip(s["id"]))
                 for batch in chunks(todo, sc.batch):
+                    digests = {s["id"]: scored_input(prompts, s) for s in batch}  # of the kept samples, before re-scoring
                     reqs = [ScoreRequest(id=s["id"], messages=prompts[s["prompt_id"]]["messages"], continuation=s["text"]) for s in batch]
                     need = [i for i, s in enumerate(batch) if teacher_signal(s).get("logprob_mode") != "raw"]
                     refused: dict[int, dict] = {}  # batch index -> quarantine record: too long for a model's context
@@ -149,10 +183,11 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     usable = []  # the student scores only samples whose teacher signal can be used
                     for i, (s, req) in enumerate(zip(batch, reqs)):
                         if i in refused:
-                            rejects.add(refused[i])
+                            rejects.add(refused[i], digests[s["id"]])
                         elif teacher_signal(s).get("logprob_mode") != "raw":
                             rejects.add({"id": s["id"], "where": f"sample {s['id']}", "judged": judged,
-                                            "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"})
+                                         "reason": "teacher log-probs missing or not raw (score.rescore_teacher=never)"},
+                                        digests[s["id"]])
                         else:
                             usable.append((s, req))
                     scored = []
@@ -160,19 +195,20 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     alone["student"] += n
                     for (s, _), r in zip(usable, results):
                         if isinstance(r, ContextLengthError):
-                            rejects.add(_too_long(s, "student", r, judged))
+                            rejects.add(_too_long(s, "student", r, judged), digests[s["id"]])
                         else:
                             scored.append((s, r))
                     local_nat = score_local_naturalness(student, prompts, [s for s, _ in scored], sc.local_window, sc.batch) \
                         if local and scored else None
                     for k, (s, r) in enumerate(scored):
                         try:
-                            rec = score_sample(s, r.offsets, r.logprobs, cfg.das)
+                            rec = {**score_sample(s, r.offsets, r.logprobs, cfg.das), INPUT_DIGEST: digests[s["id"]]}
                             if local_nat is not None:
                                 rec["naturalness"].update(local=local_nat[k], local_window=sc.local_window)
                             w.add(rec)
                         except ValueError as e:
-                            rejects.add({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e), "judged": judged})
+                            rejects.add({"id": s["id"], "where": f"sample {s['id']}", "reason": str(e), "judged": judged},
+                                        digests[s["id"]])
                         rate.add(len(r.logprobs))
                     bar.update(len(batch))
                     bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
