@@ -563,7 +563,7 @@ def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made
     names = [n for n in store.outputs(stage) if n.startswith(prefixes) and made_from_lost(n)]
     ups = sorted({up for (st, _), k in OUTPUTS.items() if st == stage and (up := KINDS[k].upstream)})
     rows = {(up, o): _Rows(store, up, o, made_from) for up, prefix in ups for o in store.outputs(up)
-            if o.startswith(prefix + "-")}
+            if names and o.startswith(prefix + "-")}
     kept = dropped = 0
     for name in names:
         kind = kind_of(stage, name)

@@ -1,7 +1,8 @@
 """`dasd score`: student teacher-forced log-probs of every kept teacher response, then sentence tables.
 
 Reads ``RUN/filter/kept-<pool>``; writes ``RUN/score/pool-<pool>`` (ScoredSample records: the
-sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary). The student sees the
+sample + ``student`` {offsets, logprobs} + ``sentences`` + ``das`` summary + ``input_digest``, what it
+was scored from: ``scored_input``). The student sees the
 same messages through **its own** chat template and tokenizer, and is scored on the tokens training
 gives the response, after the context they follow there (``train.encode.score_as_trained``); sentences are
 character spans, so teacher and student vocabularies need not match (docs/das.md). Teacher log-probs come from the
@@ -23,7 +24,11 @@ sentences (``dasd.rules.das.local_windows``), one extra request per sentence, an
 Streaming: kept samples are read ``score.batch`` at a time and written in bounded shards that
 refer to the kept rows (only the student signal, sentences and summary are new columns), so
 memory does not grow with the pool. A finished score with the same settings, models and inputs
-is not redone. The models count by name and by version (``runs.model_versions``: teacher, student
+is not redone. When filter wrote a pool's kept output again (a prompt's answer corrected, another
+filter setting, a pool imported again), the scored and quarantined records of the samples it still
+keeps with the same ``input_digest`` are kept, re-linked to their new kept rows, and only the
+others are scored (``runs.drop_if_inputs_rewritten``); records of an earlier dasd, which have no
+digest, are scored again. The models count by name and by version (``runs.model_versions``: teacher, student
 and its tokenizer): when one changed under its name, the scored pools and rejects are dropped and
 every kept sample is scored again, so no student signal of an earlier model is resumed.
 """
