@@ -563,7 +563,7 @@ def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made
     names = [n for n in store.outputs(stage) if n.startswith(prefixes) and made_from_lost(n)]
     ups = sorted({up for (st, _), k in OUTPUTS.items() if st == stage and (up := KINDS[k].upstream)})
     rows = {(up, o): _Rows(store, up, o, made_from) for up, prefix in ups for o in store.outputs(up)
-            if names and o.startswith(prefix + "-")}
+            if o.startswith(prefix + "-")} if names else {}
     kept = dropped = 0
     for name in names:
         kind = kind_of(stage, name)
@@ -595,7 +595,7 @@ class _Rows:
             ref = rec[REF]
             if not self.shards or self.shards[-1] != ref.shard:
                 self.shards.append(ref.shard)
-            a, b = _halves(made_from(rec)) or (0, 0)
+            a, b = struct.unpack("<qq", bytes.fromhex(made_from(rec)))
             hi.append(a)
             lo.append(b)
             where.append((len(self.shards) - 1) << _OFFSET_BITS | ref.row)
@@ -605,24 +605,16 @@ class _Rows:
 
     def get(self, key) -> tuple[str, int] | None:
         """``(shard file name, row)`` of a record whose ``made_from`` is ``key``, else None."""
-        ab = _halves(key)
-        if ab is None:
+        try:  # a record's digest as stored: anything but 32 hex digits is no input's
+            a, b = struct.unpack("<qq", bytes.fromhex(key))
+        except (TypeError, ValueError, struct.error):
             return None
-        a, b = ab
         i = int(self._hi.searchsorted(a))
         while i < len(self._hi) and self._hi[i] == a:
             if self._lo[i] == b:
                 w = int(self._where[i])
                 return self.shards[w >> _OFFSET_BITS], w & ((1 << _OFFSET_BITS) - 1)
             i += 1
-        return None
-
-
-def _halves(key: object) -> tuple[int, int] | None:
-    """A digest of 32 hex digits as two int64 (None: not one)."""
-    try:
-        return struct.unpack("<qq", bytes.fromhex(key))  # type: ignore[arg-type]
-    except (TypeError, ValueError, struct.error):
         return None
 
 
