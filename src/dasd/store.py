@@ -34,7 +34,7 @@ import platform
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -298,7 +298,7 @@ class RunStore:
             path.unlink()
         return dropped
 
-    def relink(self, stage: str, name: str, where) -> tuple[int, int]:
+    def relink(self, stage: str, name: str, where: Callable[[dict], tuple[str, int] | None]) -> tuple[int, int]:
         """Write columnar output ``name`` of ``stage`` again, each row referring to the row of its
         upstream output (``columnar.upstream_output``) that ``where(row)`` gives as ``(shard file
         name, row)``, for an upstream output written again under new shard names; a row for which
