@@ -368,12 +368,45 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
-    """Markdown reference of every config key: type, default and description (docs/config.md)."""
+def _run_defaults(names: tuple[str, ...], keys: tuple[str, ...]) -> tuple[Any, Any] | None:
+    """The value of a key (its field names ``names``, its config spelling ``keys``) in a run config that
+    leaves the key out, and in one that gives the key's section without it; None under a section that is
+    off by default (``teacher.ray``). They differ from the field's default where a section's default is
+    not its keys' (``eval.protocol``: the demo's) or the run config fills a key in (``teacher.model``)."""
+    def section(cfg: Any) -> Any:
+        for n in names[:-1]:
+            cfg = getattr(cfg, n)
+            if cfg is None:
+                return None
+        return cfg
+
+    omitted = section(RunConfig())
+    if omitted is None:
+        return None
+    tree: dict = {}
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    return getattr(omitted, names[-1]), getattr(section(RunConfig.model_validate(tree)), names[-1])
+
+
+def _shown(value: Any) -> str:
+    """A default as docs/config.md shows it: as JSON data (a tuple as the list a YAML file gives)."""
+    return repr(value.model_dump(mode="json") if isinstance(value, BaseModel) else
+                [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in value]
+                if isinstance(value, (list, tuple)) else value)
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names: tuple[str, ...] | None = None) -> str:
+    """Markdown reference of every config key: type, default and description (docs/config.md). A default
+    is what a run config that leaves the key out gets (``names``: the field names down from RunConfig)."""
     lines = []
+    if names is None and model is RunConfig:
+        names = ()
     if not prefix:
         lines += ["# Config reference", "",
                   "Generated from the pydantic models by `python -m dasd.config` (a test keeps it in sync).",
+                  "A default is the value a config that leaves the key out gets (`dasd config show` prints them all).",
                   "Override any key on the command line: `dasd sample -c configs/demo.yaml sample.k=2`; an item of a",
                   "list the file gives, by its number from 0: `dasd eval -c configs/demo.yaml eval.benchmarks.0.limit=10`.",
                   ""]
@@ -384,26 +417,30 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> st
         ann = field.annotation
         sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if sub is not None and "list" not in str(ann):
-            nested.append((key, sub, field))
+            nested.append((key, sub, field, name))
             continue
-        if field.is_required():
+        run = _run_defaults((*names, name), tuple(key.split("."))) if names is not None else None
+        given = ""
+        if run is not None:
+            default = _shown(run[0])
+            if _shown(run[1]) != default:
+                given = f" (`{_shown(run[1])}` when the `{prefix[:-1]}` section is given without it.)"
+        elif field.is_required():
             default = "required"
         else:
             try:
-                d = field.get_default(call_default_factory=True)
-                default = repr(d.model_dump(mode="json") if isinstance(d, BaseModel) else
-                               [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in d] if isinstance(d, list) else d)
+                default = _shown(field.get_default(call_default_factory=True))
             except Exception:  # pragma: no cover - a factory needing context
                 default = "(computed)"
         typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
         typ = re.sub(r"Annotated\[(\w+), [^\]]*\)\]", r"\1", typ)  # a validated str (e.g. a source spec) reads as str
-        desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        desc = ((field.description or "") + given).replace("|", "\\|").replace("\n", " ")
         simple.append(f"| `{key}` | `{_cell(typ)}` | `{_cell(default)}` | {desc} |")
     if simple:
         doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
         lines += [f"## `{prefix[:-1] or 'top level'}`", "", doc, "", "| key | type | default | description |", "|---|---|---|---|", *simple, ""]
-    for key, sub, _ in nested:
-        lines.append(config_reference(sub, key + "."))
+    for key, sub, _, name in nested:
+        lines.append(config_reference(sub, key + ".", (*names, name) if names is not None else None))
     return "\n".join(lines)
 
 

@@ -337,6 +337,36 @@ def config_leaves(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[
     return out
 
 
+def test_every_default_docs_config_md_shows_is_what_a_config_without_the_key_gets():
+    """A key's default in docs/config.md is its value in a run config that leaves the key out (what
+    `dasd config show` prints), not only the default of its field: a config without `eval.protocol`
+    evaluates with the demo's protocol (T 0.6, n 4, 512 tokens, not the field's 1.0, 1, 4096), and
+    `teacher.model`, `train.base_model`, `train.stages` are filled in, not required. Keys under a
+    section that is off by default (`teacher.ray`, `train.push_to_hub`) show their field's default."""
+    import ast
+
+    from dasd.config import dump_config
+
+    run = dump_config(RunConfig())
+    rows = re.findall(r"^\| `([^`]+)` \| `.*?` \| `(.*?)` \| ", (ROOT / "docs" / "config.md").read_text(encoding="utf-8"),
+                      re.MULTILINE)
+    assert len(rows) > 80
+    wrong = []
+    for key, cell in rows:
+        value: typing.Any = run
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        parent = run
+        for part in key.split(".")[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if parent is None:  # an optional section, off by default
+            continue
+        shown = cell.replace("\\|", "|")
+        if shown == "required" or ast.literal_eval(shown) != value:
+            wrong.append(f"{key}: docs/config.md says {shown}, a config without it gets {value!r}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_every_config_key_has_a_description():
     leaves = config_leaves()
     assert len(leaves) > 80
