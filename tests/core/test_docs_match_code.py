@@ -4,6 +4,8 @@ kinds of drift from coming back.
 - every relative link, and its #anchor, resolves;
 - every ``dasd ...`` command shown (code blocks and inline code) names a real verb path of the CLI,
   uses only options that verb declares, and every ``KEY=VALUE`` override names a config key;
+- every ``python -m dasd.<module>`` and ``benchmarks/<script>.py`` command shown uses only options
+  the script's argparse parser declares;
 - every ``make TARGET`` shown is a Makefile target;
 - every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``,
   ``benchmarks/results/...``, ``docs/*.md``) exists.
@@ -12,9 +14,10 @@ kinds of drift from coming back.
 - every test named (``test_...``) is a test function or a test file.
 - every ```yaml block is a config fragment that loads (``dasd.config.load_config``).
 - every ```python block parses, and what it imports from dasd exists;
-- the layouts of README.md and docs/design.md name every top-level module and package.
+- the layouts of README.md and docs/design.md name every top-level module and package;
+- every default docs/config.md shows is what a run config without the key gets.
 
-(docs/config.md against the config models: tests/core/test_config.py.)
+(docs/config.md is generated from the config models: tests/core/test_config.py keeps it current.)
 """
 
 from __future__ import annotations
@@ -232,6 +235,69 @@ def test_the_readme_shows_how_dasd_run_ends():
     block = next(b for b in re.findall(r"```\n(.*?)```", readme, re.S) if b.startswith(lines[0]))
     assert block.splitlines()[1] == lines[1]  # the table's header
     assert block.splitlines()[-2:] == lines[-2:]
+
+
+# -- python -m dasd.<module> and benchmarks/<script>.py commands -----------------------------------
+
+
+def script_options(path: Path) -> set[str]:
+    """The option strings (``--repeats``, ``-h``) a script's argparse parser declares (its ``add_argument`` calls)."""
+    import ast
+
+    opts = {"-h", "--help"}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            opts |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")}
+    return opts
+
+
+def script_path(name: str) -> Path | None:
+    """The file ``python -m dasd.x.y`` or ``[benchmarks/]name.py`` runs, or None when it is not ours."""
+    if name.startswith("dasd."):
+        p = ROOT / "src" / Path(*name.split("."))
+        return next((c for c in (p.with_suffix(".py"), p / "__main__.py") if c.is_file()), None)
+    p = ROOT / "benchmarks" / Path(name).name
+    return p if p.is_file() else None
+
+
+SCRIPT_RE = re.compile(r"(?:-m\s+(dasd\.[\w.]+)|(?<![\w/.-])((?:benchmarks/)?\w+\.py))(.*)")
+
+
+def check_script_command(cmd: str) -> list[str]:
+    """What is wrong with the options of a shown ``python -m dasd.<module>`` or benchmark script command."""
+    problems = []
+    for m in SCRIPT_RE.finditer(cmd):
+        name, args = m.group(1) or m.group(2), re.split(r"\s+#|\s+\||\s*;|\s+&&|\s+>", m.group(3))[0]
+        path = script_path(name)
+        if path is None:
+            continue
+        known = script_options(path)
+        for opt in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", args):
+            if opt not in known:
+                problems.append(f"{cmd!r}: {path.relative_to(ROOT).as_posix()} has no option {opt}")
+    return problems
+
+
+def test_check_script_command_sees_drift():
+    assert check_script_command("HF_HUB_OFFLINE=1 python benchmarks/scale.py --records 1000,4000") == []
+    assert check_script_command("`scale_more.py --prompts 5000 --k 1 --lookups ''`") == []
+    assert check_script_command("python -m dasd.toy.build OUT_DIR [--seed 0] [--world chain|column]") == []
+    assert check_script_command("accelerate launch --num_processes 2 -m dasd.train --config t.yaml --out DIR") == []
+    assert check_script_command("python benchmarks/scale.py --recs 1000")
+    assert check_script_command("python -m dasd.engines.server --model m --prot 8000")
+    assert check_script_command("python -m dasd.train --config t.yaml --output DIR")
+
+
+def script_commands(page: Path) -> list[str]:
+    """The lines of a page's code blocks (a line ending in ``\\`` joined with the next) and its inline code."""
+    code, prose = _split(page.read_text(encoding="utf-8"))
+    return [*re.sub(r"\\\n", " ", "\n".join(code)).splitlines(), *_inline_code(prose)]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_script_command_shown_uses_options_the_script_has(page):
+    problems = [p for cmd in script_commands(page) for p in check_script_command(cmd)]
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
 # -- make targets and files ------------------------------------------------------------------------
