@@ -7,6 +7,8 @@ kinds of drift from coming back.
 - every ``python -m dasd.<module>`` and ``benchmarks/<script>.py`` command shown uses only options
   the script's argparse parser declares;
 - every ``make TARGET`` shown is a Makefile target;
+- every ``RUN/<folder>/<name>`` path shown is one a stage writes (``dasd.registry`` outputs, rejects,
+  the run's own files);
 - every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``,
   ``benchmarks/results/...``, ``docs/*.md``) exists.
 - every dotted name in inline code that starts with a config section (``train.lr``) is a config key,
@@ -335,6 +337,77 @@ def test_every_repository_file_named_exists(page):
                 if not (list(ROOT.glob(name)) if "*" in name else (ROOT / name).exists()):
                     missing.append(name)
     assert not missing, f"{_name(page)} names files that do not exist: {sorted(set(missing))}"
+
+
+# -- run directory paths ---------------------------------------------------------------------------
+
+# What a run directory holds besides the registered stages' outputs, with where it is written.
+RUN_EXTRAS = {
+    "train/tb": "the trackers' files (train.report_to), dasd.train.trainer: out_dir / 'tb'",
+}
+
+
+def run_outputs() -> dict[str, set[str]]:
+    """``{folder under RUN: the names written there}``: each stage's outputs (``dasd.registry``), the
+    rejects any stage quarantines (``RunStore.write_rejects``), the run's own files at the top."""
+    from dasd import registry
+    from dasd.lock import LOCK
+    from dasd.stages.report import FINGERPRINT
+    from dasd.store import MANIFEST
+
+    out: dict[str, set[str]] = {".": {MANIFEST, LOCK, FINGERPRINT}}
+    for st in registry.STAGES:
+        out.setdefault(st.directory, set()).update(st.outputs, () if st.directory == "." else ("rejects",))
+    for path in RUN_EXTRAS:
+        folder, _, name = path.rpartition("/")
+        out.setdefault(folder or ".", set()).add(name)
+    return out
+
+
+def check_run_path(path: str, outputs: dict[str, set[str]]) -> list[str]:
+    """What is wrong with one ``RUN/...`` path a page shows (``RUN/select/{selected,rejected}-T0.6-*.parquet``):
+    its folder is one a stage writes, and its name starts as one of that folder's outputs does (up to the
+    output's ``<placeholder>``; ``*`` and ``<...>`` in the path are wildcards)."""
+    m = re.search(r"\{([^}]*)\}", path)
+    if m:
+        return [p for alt in m.group(1).split(",") for p in check_run_path(path[: m.start()] + alt + path[m.end():], outputs)]
+    parts = path.removeprefix("RUN/").rstrip("/").split("/")
+    folder, name = (".", parts[0]) if len(parts) == 1 and parts[0] not in outputs else (parts[0], parts[1] if len(parts) > 1 else "")
+    if folder.startswith("<"):
+        return []  # RUN/<stage>/...: any stage's
+    if folder not in outputs:
+        return [f"{path}: no stage writes RUN/{folder}"]
+    shown, wild = re.match(r"([^*<{]*)(.?)", name).groups()
+    if not shown and (wild or not name):
+        return []
+    for out in outputs[folder]:
+        known, placeholder = re.match(r"([^<]*)(<?)", out.split("/")[0]).groups()
+        rest = shown.removeprefix(known)
+        if shown.startswith(known) and (placeholder or rest == "" or rest[0] in "-./"):
+            return []
+        if wild and known.startswith(shown):
+            return []
+    return [f"{path}: RUN/{folder} holds {', '.join(sorted(outputs[folder]))}, not {name!r}"]
+
+
+def test_check_run_path_sees_drift():
+    outputs = run_outputs()
+    for path in ("RUN/manifest.json", "RUN/.lock", "RUN/report.html", "RUN/score", "RUN/sample/pool-T0.6-*.parquet",
+                 "RUN/sample/pool-*", "RUN/select/{selected,rejected}-T0.6-*.parquet", "RUN/mix/examples",
+                 "RUN/train/<stage>/final/README.md", "RUN/train/tb/", "RUN/<stage>/rejects-NNNNN.jsonl",
+                 "RUN/eval/results-<model>-*.jsonl", "RUN/sample/rejects"):
+        assert check_run_path(path, outputs) == [], path
+    for path in ("RUN/scored/pool-T0.6", "RUN/filter/filtered-T0.6-*.parquet", "RUN/mix/example",
+                 "RUN/select/{selected,dropped}-T0.6", "RUN/manifest.yaml"):
+        assert check_run_path(path, outputs), path
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_run_path_shown_is_one_a_stage_writes(page):
+    outputs = run_outputs()
+    shown = {p.rstrip(".,") for p in re.findall(r"(?<![\w/])RUN/[\w./<>{},*+-]*", page.read_text(encoding="utf-8"))}
+    problems = [p for path in sorted(shown) for p in check_run_path(path, outputs)]
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
 # -- config snippets -------------------------------------------------------------------------------
