@@ -428,6 +428,22 @@ def test_every_yaml_config_snippet_loads(page, tmp_path):
         load_config(path, [])  # a YAML or config error names the block's file and key
 
 
+def test_the_standalone_training_config_shown_loads_as_python_m_dasd_train_reads_it(tmp_path):
+    """docs/training.md's `train.yaml` for `python -m dasd.train` names its base model and stage data,
+    which that entry point needs (the shipped run configs leave them to the run's defaults)."""
+    import yaml
+
+    from dasd.train.__main__ import load_config as load_train_config
+
+    blocks = [b for b in yaml_blocks(ROOT / "docs" / "training.md") if "stages" in (yaml.safe_load(b).get("train") or {})]
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"train{i}.yaml"
+        path.write_text(block, encoding="utf-8")
+        cfg = load_train_config(path)
+        assert not cfg.base_model.startswith("toy:") and all(s.data.endswith(".jsonl") for s in cfg.stages)
+
+
 # -- Python snippets -------------------------------------------------------------------------------
 
 # Modules a page's example creates itself.
