@@ -302,6 +302,42 @@ def test_every_script_command_shown_uses_options_the_script_has(page):
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
+# -- what the README says of written files ---------------------------------------------------------
+
+# Files a training stage writes with another mode than 0666 less the umask, as the README says.
+NOT_UMASK = {"model.safetensors"}
+
+
+def test_the_readme_names_the_files_training_writes_without_the_umasks_mode(tiny_lm_dir, tmp_path):
+    """The README says files get the mode a plain `open` gives, except those it names: safetensors
+    writes weights 0600 whatever the umask (it said every file). A training stage with a checkpoint
+    writes every kind of file a run holds that dasd does not write itself (weights, optimizer,
+    tokenizer, card)."""
+    import os
+
+    from dasd.train.config import TrainConfig
+    from dasd.train.trainer import run_training
+
+    pool = [{"messages": [{"role": "user", "content": f"Compute {i} + 1."},
+                          {"role": "assistant", "content": f"<think>{i} + 1 = {i + 1}.</think> \\boxed{{{i + 1}}}"}]}
+            for i in range(4)]
+    cfg = TrainConfig.model_validate({"base_model": tiny_lm_dir, "context": 256, "lr": 1e-3, "report_to": [],
+                                      "save_every": 1, "stages": [{"name": "s1", "data": "pool", "init": "base",
+                                                                   "max_steps": 1}]})
+    old = os.umask(0o022)
+    try:
+        run_training(cfg, tmp_path / "train", {"pool": pool})
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "train").rglob("*") if p.is_file()]
+    assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "curve.jsonl", "done.json", "README.md"} <= \
+        {p.name for p in files}
+    assert {p.name for p in files if p.stat().st_mode & 0o777 != 0o644} == NOT_UMASK
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = readme[readme.index("Files are written with the mode a plain `open` gives"):].split("\n\n")[0]
+    assert all(f"`{name}`" in said for name in NOT_UMASK), said
+
+
 # -- make targets and files ------------------------------------------------------------------------
 
 
