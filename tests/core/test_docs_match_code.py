@@ -508,6 +508,21 @@ def test_every_python_snippet_parses_and_imports_what_exists(page):
     assert not problems, f"{_name(page)}: names that do not exist: {problems}"
 
 
+def test_the_engines_page_example_runs_on_the_shipped_toy_teacher(monkeypatch):
+    """docs/engines.md's first example as it is written (the shipped toy teacher, from the repository
+    root): four samples, then the first one scored on its own ids gives its sampling log-probs back
+    (the raw log-prob guarantee the page states)."""
+    import numpy as np
+
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(python_blocks(ROOT / "docs" / "engines.md")[0], namespace)  # noqa: S102 - the page's own example
+    gens, res = namespace["gens"], namespace["res"]
+    assert len(gens) == 1 and [g.index for g in gens[0]] == [0, 1, 2, 3]
+    assert len(res.logprobs) == len(gens[0][0].token_ids) > 0
+    np.testing.assert_allclose(res.logprobs, gens[0][0].logprobs, atol=1e-4)
+
+
 # -- config descriptions ---------------------------------------------------------------------------
 
 # Leaf keys whose description is still missing, each with where it is to be added. Empty this set, do
