@@ -446,6 +446,24 @@ def test_every_run_path_shown_is_one_a_stage_writes(page):
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
+def test_the_readmes_stage_table_has_every_stage_and_what_it_writes():
+    """The README's table of stages: one row per registered stage, in pipeline order, and each output it
+    names in the `writes` column is one that stage writes (in its folder: `import` writes `sample`'s)."""
+    from dasd import registry
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| stage | reads | writes"):].split("\n\n")[0].splitlines()[2:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert [r[0] for r in rows] == [s.name for s in registry.STAGES]
+    outputs = run_outputs()
+    problems = []
+    for stage, _, writes, _ in rows:
+        folder = registry.get(stage).directory
+        for name in re.findall(r"`([^`]+)`", writes):
+            problems += check_run_path(f"RUN/{name}" if folder == "." else f"RUN/{folder}/{name}", outputs)
+    assert not problems, "\n".join(problems)
+
+
 # -- config snippets -------------------------------------------------------------------------------
 
 
