@@ -6,7 +6,8 @@ kinds of drift from coming back.
   uses only options that verb declares, and every ``KEY=VALUE`` override names a config key;
 - every ``python -m dasd.<module>`` and ``benchmarks/<script>.py`` command shown uses only options
   the script's argparse parser declares;
-- every ``make TARGET`` shown is a Makefile target;
+- every ``make TARGET`` shown is a Makefile target, and every ``pip install`` installs the checkout
+  (with an extra it declares) or a requirements file that exists;
 - every ``RUN/<folder>/<name>`` path shown is one a stage writes (``dasd.registry`` outputs, rejects,
   the run's own files);
 - every repository file named (``tests/...``, ``configs/...``, ``src/dasd/...``, ``benchmarks/*.py``,
@@ -299,6 +300,55 @@ def script_commands(page: Path) -> list[str]:
 @pytest.mark.parametrize("page", DOCS, ids=_name)
 def test_every_script_command_shown_uses_options_the_script_has(page):
     problems = [p for cmd in script_commands(page) for p in check_script_command(cmd)]
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
+
+
+# -- pip install -----------------------------------------------------------------------------------
+
+
+def check_pip_install(cmd: str) -> list[str]:
+    """What is wrong with a shown ``pip install``: dasd is installed from the checkout (``-e .``,
+    ``.[extra]`` with an extra pyproject.toml declares), everything else from a pinned requirements
+    file that exists; a bare name (``'dasd[deepspeed]'``) would fetch whatever an index has."""
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"])
+    problems = []
+    for m in re.finditer(r"pip install((?:\s+[^\s;&|#]+)*)", cmd):
+        try:
+            words = shlex.split(m.group(1))
+        except ValueError:
+            words = m.group(1).split()
+        i = 0
+        while i < len(words):
+            w = words[i]
+            if w in ("-r", "--requirement", "--report"):
+                if w != "--report" and not (ROOT / words[i + 1]).is_file():
+                    problems.append(f"{cmd!r}: no requirements file {words[i + 1]}")
+                i += 2
+                continue
+            if not w.startswith("-"):
+                spec = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", w)
+                if spec is None:
+                    problems.append(f"{cmd!r}: {w} is not the checkout (., .[extra]) or a requirements file")
+                elif spec.group(1) and not set(spec.group(1).split(",")) <= extras:
+                    problems.append(f"{cmd!r}: pyproject.toml has no extra {spec.group(1)}")
+            i += 1
+    return problems
+
+
+def test_check_pip_install_sees_drift():
+    assert check_pip_install("pip install -r requirements.txt && pip install --no-deps -e .") == []
+    assert check_pip_install("pip install -e '.[deepspeed]'") == []
+    assert check_pip_install("`pip install --dry-run --report`") == []
+    assert check_pip_install("pip install 'dasd[deepspeed]'")
+    assert check_pip_install("pip install -e '.[vllm]'")
+    assert check_pip_install("pip install -r requirements-nope.txt")
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_pip_install_shown_installs_the_checkout_or_a_requirements_file(page):
+    problems = [p for cmd in script_commands(page) for p in check_pip_install(cmd)]
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
