@@ -728,6 +728,47 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
     return None
 
 
+def scoring_tokenizer_warnings(cfg, tcfg=None) -> list[str]:
+    """One line per tokenizer that a stage trained on the run's pools (not a JSONL path) uses and that
+    tokenises otherwise than the one the student was scored with (``train.encode.scoring_tokenizer_warning``),
+    e.g. ``student.model`` a vLLM-served name with its own tokenizer and ``train.base_model`` a local
+    path. Both are loaded as the score engine and the trainer load them; nothing is compared when they
+    are the same name (``base_model`` defaults to ``student.model``), or when one cannot be loaded here
+    (a hub id offline). ``tcfg``: the train section to check (default ``cfg.train``). `dasd score`
+    warns before it scores (the costly pass), `dasd train` again before it trains."""
+    from transformers import AutoTokenizer
+
+    from dasd.train.encode import scoring_tokenizer_warning
+
+    tcfg = tcfg or cfg.train
+    tcfg = tcfg.model_copy(update={"base_model": resolve_model(tcfg.base_model)})
+    st = cfg.student
+    scored_name = resolve_model(st.tokenizer or st.model)
+    gguf = {"gguf_file": st.gguf_file} if st.gguf_file and st.tokenizer is None and st.kind == "hf" else {}
+    trained: dict[str, str] = {}  # tokenizer name -> the config key that names it
+    previous = tcfg.base_model
+    for s in tcfg.stages:
+        init = {"base": tcfg.base_model, "previous": previous}.get(s.init) or resolve_model(s.init)
+        previous = init  # a stage's final model keeps the tokenizer it was trained with
+        if not Path(s.data).exists():
+            trained.setdefault(init, "train.base_model" if init == tcfg.base_model else f"train.stages {s.name!r} init")
+    out: list[str] = []
+    scored = None
+    for name, key in trained.items():
+        if name == scored_name:
+            continue
+        try:
+            scored = scored or AutoTokenizer.from_pretrained(scored_name, trust_remote_code=st.trust_remote_code, **gguf)
+            tok = AutoTokenizer.from_pretrained(name)
+        except Exception as err:  # noqa: BLE001 - transformers raises OSError/ValueError/ImportError variously
+            logger("train").debug(f"tokenizers of {scored_name!r} and {name!r} not compared: {err}")
+            continue
+        warning = scoring_tokenizer_warning(scored, scored_name, tok, name, key)
+        if warning:
+            out.append(warning)
+    return out
+
+
 class StoredRecords:
     """The records of one stored output, read from the run on every pass (``for r in ...``): training
     data that is iterated, never held (448K selected examples are tens of GB of text)."""

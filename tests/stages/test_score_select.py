@@ -267,3 +267,27 @@ def test_pools_of_different_question_sets_flow_through(tmp_path, tiny_lm_dir, ti
     assert (len(chosen["T0.6"]), len(chosen["T1"])) == (1, 3)
     assert set(chosen["T0.6"]) <= {r["prompt_id"] for r in store.read("sample", "pool-T1")}
     assert len(list(store.read("select", "train-T0.6"))) == len(chosen["T0.6"])
+
+
+def test_score_warns_before_scoring_when_training_would_use_another_tokenizer(tmp_path, tiny_lm_dir,
+                                                                              tiny_lm_dir_other_vocab, caplog):
+    """`dasd score` (the costly pass) warns in one line when train.base_model tokenises otherwise
+    than the student it scores with, before it scores; not when they are the same model."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c."}]})
+                    + "\n", encoding="utf-8")
+
+    def scored(run, *more):
+        cfg = load_config(None, [f"run_dir={tmp_path / run}", f"import.source={data}", "import.format=chat",
+                                 f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir_other_vocab}", *RELAXED,
+                                 *more])
+        run_import(cfg)
+        run_filter(cfg)
+        caplog.clear()
+        assert run_score(cfg)["T1"]["scored"] == 1
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "tokenizer" in r.getMessage()]
+
+    (line,) = scored("other", f"train.base_model={tiny_lm_dir}")
+    assert line.startswith(f"the student is scored with the tokenizer of {tiny_lm_dir_other_vocab!r}") \
+        and f"trained with that of {tiny_lm_dir!r} (train.base_model): their vocabulary" in line
+    assert scored("same") == []

@@ -227,7 +227,7 @@ def test_a_student_scored_with_another_tokenizer_than_training_uses_is_one_warni
     from pathlib import Path
 
     from dasd.config import load_config
-    from dasd.stages.train import scoring_tokenizer_warnings
+    from dasd.runs import scoring_tokenizer_warnings
 
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     shutil.copytree(tiny_lm_dir, tmp_path / "copy")
@@ -241,9 +241,9 @@ def test_a_student_scored_with_another_tokenizer_than_training_uses_is_one_warni
     assert warnings(f"student.model={tiny_lm_dir_other_vocab}") == [
         f"the student is scored with the tokenizer of {tiny_lm_dir_other_vocab!r} (student.tokenizer, else "
         f"student.model) but trained with that of {tiny_lm_dir!r} (train.base_model): their vocabulary, tokenisation "
-        "differ, so DAS ranked sentences by the log-probs of tokens training never sees; set student.tokenizer to "
-        f"{tiny_lm_dir!r} (the scored model must be that model) and re-run dasd score and select, or train the "
-        "model that was scored"]
+        "differ, so DAS ranks sentences by the log-probs of tokens training never sees; set student.tokenizer to "
+        f"{tiny_lm_dir!r} (the scored model must be that model) and score and select again, or train the "
+        "model that is scored"]
     assert warnings(f"student.model={tiny_lm_dir_other_vocab}", f"student.tokenizer={tiny_lm_dir}") == []
     assert warnings(f"student.model={tmp_path / 'copy'}") == []
     stages = f'train.stages=[{{"name": "s1", "data": "{data}", "init": "base"}}]'

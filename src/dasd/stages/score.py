@@ -46,7 +46,8 @@ from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept,
-                       model_versions, open_engine, output, pools, record_faults)
+                       model_versions, open_engine, output, pools, record_faults,
+                       scoring_tokenizer_warnings)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
 
@@ -144,6 +145,8 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                                    outputs=(SCORED + "-", "rejects"), made_from=made_from)
     if done is not None:
         return done
+    for warning in scoring_tokenizer_warnings(cfg):  # before the costly pass, not only at `dasd train`
+        log.warning(warning)
     if local and not had_local:  # records resumed by id would lack it: score them all again
         names = store.remove_outputs(STAGE, (SCORED + "-",))
         log.info(f"local naturalness is wanted now and was not computed before: {len(names)} scored output(s) "

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from dasd.log import logger
-from dasd.runs import named_pools, pool_name, require_ran, resolve_model
+from dasd.runs import named_pools, pool_name, require_ran, resolve_model, scoring_tokenizer_warnings
 from dasd.store import RunStore
 
 STAGE = "train"
@@ -69,44 +69,6 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
                                      "final": os.path.relpath(r["final"], store.root)} for r in results})
             store.end_stage(STAGE, info)
     return results
-
-
-def scoring_tokenizer_warnings(cfg, tcfg) -> list[str]:
-    """One line per tokenizer that a stage trained on the run's pools (not a JSONL path) uses and that
-    tokenises otherwise than the one the student was scored with (``train.encode.scoring_tokenizer_warning``),
-    e.g. ``student.model`` a vLLM-served name with its own tokenizer and ``train.base_model`` a local
-    path. Both are loaded as the score engine and the trainer load them; nothing is compared when they
-    are the same name (``base_model`` defaults to ``student.model``), or when one cannot be loaded here
-    (a hub id offline)."""
-    from transformers import AutoTokenizer
-
-    from dasd.train.encode import scoring_tokenizer_warning
-
-    st = cfg.student
-    scored_name = resolve_model(st.tokenizer or st.model)
-    gguf = {"gguf_file": st.gguf_file} if st.gguf_file and st.tokenizer is None and st.kind == "hf" else {}
-    trained: dict[str, str] = {}  # tokenizer name -> the config key that names it
-    previous = tcfg.base_model
-    for s in tcfg.stages:
-        init = {"base": tcfg.base_model, "previous": previous}.get(s.init, s.init)
-        previous = init  # a stage's final model keeps the tokenizer it was trained with
-        if not Path(s.data).exists():
-            trained.setdefault(init, "train.base_model" if init == tcfg.base_model else f"train.stages {s.name!r} init")
-    out: list[str] = []
-    scored = None
-    for name, key in trained.items():
-        if name == scored_name:
-            continue
-        try:
-            scored = scored or AutoTokenizer.from_pretrained(scored_name, trust_remote_code=st.trust_remote_code, **gguf)
-            tok = AutoTokenizer.from_pretrained(name)
-        except Exception as err:  # noqa: BLE001 - transformers raises OSError/ValueError/ImportError variously
-            log.debug(f"tokenizers of {scored_name!r} and {name!r} not compared: {err}")
-            continue
-        warning = scoring_tokenizer_warning(scored, scored_name, tok, name, key)
-        if warning:
-            out.append(warning)
-    return out
 
 
 def data_notes(cfg) -> dict[str, str]:

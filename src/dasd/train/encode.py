@@ -345,6 +345,6 @@ def scoring_tokenizer_warning(scored, scored_name: str, trained, trained_name: s
         return None
     return (f"the student is scored with the tokenizer of {scored_name!r} (student.tokenizer, else student.model) "
             f"but trained with that of {trained_name!r} ({trained_key}): their {', '.join(diffs)} differ, so DAS "
-            f"ranked sentences by the log-probs of tokens training never sees; set student.tokenizer to "
-            f"{trained_name!r} (the scored model must be that model) and re-run dasd score and select, or train "
-            "the model that was scored")
+            f"ranks sentences by the log-probs of tokens training never sees; set student.tokenizer to "
+            f"{trained_name!r} (the scored model must be that model) and score and select again, or train "
+            "the model that is scored")
