@@ -400,3 +400,27 @@ def test_a_final_model_that_cannot_be_written_is_one_line_and_leaves_no_part_of_
     assert msg.endswith("nothing of it is left, a resume starts from the stage's last checkpoint: "
                         "re-run the same command once it can be written")
     assert "\n" not in msg and list(stage.iterdir()) == []
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_checkpoints_and_final_models_get_the_umasks_mode(tiny_lm_dir, tmp_path, mask):
+    """safetensors wrote `model.safetensors` (of each checkpoint and of `final/`) 0600 whatever the
+    umask, so on a shared filesystem the group could not load a trained model (an eval job or a
+    server under another account). Every file of a checkpoint and of `final/` gets 0666 less the
+    umask, as dasd's own files do."""
+    import os
+
+    cfg = _cfg(tiny_lm_dir, save_every=1, stages=[{"name": "s1", "data": "pool", "init": "base", "max_steps": 2}])
+    old = os.umask(mask)
+    try:
+        run_training(cfg, tmp_path / "train", {"pool": _pool(4)})
+    finally:
+        os.umask(old)
+    stage = tmp_path / "train" / "s1"
+    written = [p for d in (stage / "final", *stage.glob("checkpoints/step-*")) for p in d.rglob("*") if p.is_file()]
+    assert sorted(p.parent.name for p in written if p.name == "model.safetensors") == ["final", "step-000001",
+                                                                                      "step-000002"]
+    assert {p.name for p in written} >= {"model.safetensors", "optimizer.bin", "scheduler.pt", "trainer_state.json",
+                                         "config.json", "tokenizer.json", "README.md"}
+    assert {str(p.relative_to(stage)): oct(p.stat().st_mode & 0o777) for p in written} == \
+        {str(p.relative_to(stage)): oct(0o666 & ~mask) for p in written}

@@ -10,6 +10,10 @@
 - ``final/``: the stage's model in ordinary transformers format, plus the tokenizer.
 - ``done.json``: the stage's result; its presence marks the stage finished.
 
+Every file of a checkpoint and of ``final/`` gets the mode a plain ``open`` gives (0666 less the
+umask, ``umask_files``): safetensors writes its weights 0600 whatever the umask, so a model trained
+on a shared filesystem could not be read by the group (an eval job or a server under another account).
+
 The fingerprint is what a stage's outputs depend on (recipe, stage, init model, data key, global
 batch); resuming or skipping with a different one is refused. The init model counts by what it is
 (``init_key``): a model of this training folder by its path relative to the stage folder, another
@@ -39,7 +43,7 @@ from pathlib import Path
 import torch
 
 from dasd.errors import ConfigError, DasdError, DiskFullError, OutputError
-from dasd.jsonl import DISK_FULL, atomic_write_json, atomic_write_jsonl, dumps
+from dasd.jsonl import DISK_FULL, _umask, atomic_write_json, atomic_write_jsonl, dumps
 from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import StageData
 from dasd.train.ranks import fail_together, first_true
@@ -230,6 +234,15 @@ def save_error(path: Path, what: str, err: BaseException, resume: str) -> DasdEr
         f"{path}: cannot write {what} ({cause}{room}); nothing of it is left, a resume starts from {resume}: {todo}")
 
 
+def umask_files(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a plain ``open`` gives (0666 less the umask), as
+    dasd's own files have; safetensors writes 0600 whatever the umask."""
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(mode)
+
+
 def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: int, global_batch: int = 0,
                     tied: bool = False, extra: dict | None = None) -> None:
     """Write ``checkpoints/step-<step>/`` (all processes take part) and keep the last ``keep``;
@@ -254,6 +267,7 @@ def save_checkpoint(acc, scheduler, stage_dir: Path, step: int, fp: str, keep: i
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
                 atomic_write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": fp,
                                                                **geometry(acc, global_batch), **(extra or {})})
+                umask_files(tmp)  # every process's files are in ``tmp`` by now
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.rename(final)
                 for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-keep]:
@@ -318,6 +332,7 @@ def save_final(acc, model, tokenizer, stage_dir: Path, dtype: torch.dtype = torc
                 config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained writes the in-memory model's dtype
                 atomic_write_json(tmp / "config.json", config)
                 tokenizer.save_pretrained(str(tmp))
+                umask_files(tmp)
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.rename(final)
     except BaseException as err:
