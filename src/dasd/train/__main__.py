@@ -5,8 +5,12 @@ This entry point is what multi-process launches run, e.g.::
     accelerate launch --num_processes 2 --cpu -m dasd.train --config cfg.yaml --out runs/x/train
     accelerate launch --config_file configs/accelerate/zero3.yaml -m dasd.train --config cfg.yaml --out DIR
 
-The YAML holds a ``TrainConfig`` (its ``train:`` section is used when present, so a full pipeline
-config works too). Stage ``data`` entries must be JSONL paths here (no in-memory pools).
+The YAML holds a ``TrainConfig`` (its keys alone), or is a pipeline config (``configs/demo.yaml``):
+then its ``train`` section is used as ``dasd train`` reads it (``dasd.config.load_config``: a missing
+``base_model`` is ``student.model``, missing ``stages`` the paper's). A ``toy:`` model name is
+resolved to its directory (``dasd.runs.resolve_model``). Stage ``data`` entries must be chat JSONL
+paths here: the named pools (``low``, ``high``, ``mixed``) exist only in a run, which ``dasd train -c
+CONFIG`` trains, so a stage whose data is not a file is refused in one line before anything starts.
 """
 
 from __future__ import annotations
@@ -16,35 +20,41 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from dasd.errors import ConfigError, DasdError
 from dasd.train.config import TrainConfig
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``TrainConfig`` from YAML (the whole file, or its ``train:`` section)."""
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read YAML ({e})") from e
-    if isinstance(raw, dict) and isinstance(raw.get("train"), dict):
-        raw = raw["train"]
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of training settings")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{p}: field {loc!r}: {err['msg']}") from None
+    """The ``TrainConfig`` of a YAML file: the file itself, or the ``train`` section of a pipeline
+    config (a file with any top-level key of a run config that a ``TrainConfig`` does not have, e.g.
+    ``train``, ``student``), with the defaults a run gives it; ``base_model`` with a ``toy:`` name
+    resolved. A bad file or value is a ``ConfigError`` naming ``FILE:LINE`` and the key."""
+    from dasd.config import RunConfig, read_yaml
+    from dasd.config import load_config as load_any
+    from dasd.runs import resolve_model
+
+    run_keys = {f.alias or name for name, f in RunConfig.model_fields.items()}
+    if set(read_yaml(path)) & (run_keys - set(TrainConfig.model_fields)):
+        cfg = load_any(path).train
+    else:
+        cfg = load_any(path, model=TrainConfig)
+    return cfg.model_copy(update={"base_model": resolve_model(cfg.base_model)})
+
+
+def check_stage_data(cfg: TrainConfig, path: str | Path) -> None:
+    """ConfigError when a stage that is not ``optional`` reads data that is not a file (here a stage's
+    data is a chat JSONL path: there is no run to give named pools)."""
+    for s in cfg.stages:
+        if not s.optional and not Path(s.data).exists():
+            raise ConfigError(f"{path}: stage {s.name!r}: data {s.data!r} is not a file; here a stage's data is a chat "
+                              f"JSONL path (named pools such as 'low', 'high', 'mixed' exist only in a pipeline run: "
+                              f"`dasd train -c CONFIG` trains on them)")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dasd.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="YAML file with a TrainConfig (or a train: section)")
+    ap.add_argument("--config", required=True, help="YAML file with a TrainConfig, or a pipeline config (its train "
+                    "section, with the run's defaults); stage data must be JSONL paths")
     ap.add_argument("--out", required=True, help="output directory (stage outputs go to OUT/<stage>/)")
     args = ap.parse_args(argv)
     from dasd.log import logger, setup
@@ -62,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             "`torchrun --nproc_per_node N` (dasd uses gloo when no GPU is present)")
 
     try:
-        results = run_training(load_config(args.config), Path(args.out))
+        cfg = load_config(args.config)
+        check_stage_data(cfg, args.config)
+        results = run_training(cfg, Path(args.out))
     except DasdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
