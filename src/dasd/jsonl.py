@@ -174,7 +174,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (read without changing it where Linux allows)."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -209,7 +209,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             in_body = True
             yield fh

@@ -530,8 +530,9 @@ def test_every_yaml_config_snippet_loads(page, tmp_path):
 
 
 def test_the_standalone_training_config_shown_loads_as_python_m_dasd_train_reads_it(tmp_path):
-    """docs/training.md's `train.yaml` for `python -m dasd.train` names its base model and stage data,
-    which that entry point needs (the shipped run configs leave them to the run's defaults)."""
+    """docs/training.md's `train.yaml` for `python -m dasd.train` names its base model and stage data
+    files, which that entry point trains on (the shipped run configs' stages train on a run's named
+    pools, which exist only inside `dasd train -c CONFIG`)."""
     import yaml
 
     from dasd.train.__main__ import load_config as load_train_config

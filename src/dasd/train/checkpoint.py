@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from dasd.errors import ConfigError, DasdError, DiskFullError, OutputError
-from dasd.jsonl import DISK_FULL, _umask, atomic_write_json, atomic_write_jsonl, dumps
+from dasd.jsonl import DISK_FULL, atomic_write_json, atomic_write_jsonl, current_umask, dumps
 from dasd.train.config import StageConfig, TrainConfig
 from dasd.train.data import StageData
 from dasd.train.ranks import fail_together, first_true
@@ -237,7 +237,7 @@ def save_error(path: Path, what: str, err: BaseException, resume: str) -> DasdEr
 def umask_files(folder: Path) -> None:
     """Give every file under ``folder`` the mode a plain ``open`` gives (0666 less the umask), as
     dasd's own files have; safetensors writes 0600 whatever the umask."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~current_umask()
     for f in folder.rglob("*"):
         if f.is_file() and not f.is_symlink():
             f.chmod(mode)
