@@ -178,3 +178,34 @@ def test_run_grade_refuses_an_ungradable_problem_before_grading_and_leaves_no_ou
         run_grade(probs, resp, out, workers=0)
     assert graded == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["problems.jsonl", "responses.jsonl"]  # no temp file either
+
+
+def test_run_grade_counts_responses_cut_off_at_the_token_limit(tmp_path):
+    """Responses that say they stopped at the token limit (finish_reason "length") are counted per
+    row and shown in the table's last column as a percent of the samples; without any finish_reason
+    the column says "-" (not known), not 0."""
+    from dasd.grading.metrics import summarize
+
+    probs = write_jsonl(tmp_path / "problems.jsonl", [MATH, SCI])
+    resp = write_jsonl(tmp_path / "responses.jsonl", [
+        {"problem_id": "m1", "text": "<think>1/2 is", "finish_reason": "length"},
+        {"problem_id": "m1", "text": "<think>so</think>\\boxed{0.5}", "finish_reason": "stop"},
+        {"problem_id": "m1", "text": "<think>half of", "finish_reason": "length"},
+        {"problem_id": "s1", "text": "<think>B or", "finish_reason": "length"},
+    ])
+    table = run_grade(probs, resp, tmp_path / "results.jsonl", workers=0)
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["finish_reason"] for r in results] == ["length", "stop", "length", "length"]
+    rows = {(r["kind"], r["name"]): r for r in summarize(results, n_boot=10)}
+    assert rows[("benchmark", "mini-math")]["cut_off"] == 2 and rows[("benchmark", "mini-gpqa")]["cut_off"] == 1
+    assert rows[("all", "all")]["cut_off"] == 3 and rows[("all", "all")]["samples"] == 4
+    lines = table.splitlines()
+    assert lines[0].endswith("no answer  cut off")
+    last = {tuple(ln.split()[:2]): ln.split()[-1] for ln in lines[2:]}
+    assert last[("benchmark", "mini-math")] == "66.7" and last[("benchmark", "mini-gpqa")] == "100.0"
+    assert last[("all", "all")] == "75.0"
+
+    unknown = write_jsonl(tmp_path / "plain.jsonl", [{"problem_id": "m1", "text": "\\boxed{0.5}"}])
+    table = run_grade(probs, unknown, tmp_path / "plain-results.jsonl", workers=0)
+    assert [ln.split()[-1] for ln in table.splitlines()[2:]] == ["-", "-", "-"]
+    assert summarize(read_jsonl(tmp_path / "plain-results.jsonl"), n_boot=10)[-1]["cut_off"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -230,3 +231,63 @@ def test_an_evaluation_that_stops_after_dropping_results_never_reports_their_old
     assert not store.stage_info("eval")["complete"] and "student" not in store.stage_info("eval")["counts"]
     scan = scan_eval(RunView(store))
     assert scan.rows["student"] == summarize(on_disk) and scan.rows["student"][-1]["samples"] == 2
+
+
+def _toy_cfg(run, *extra):
+    """The shipped toy student on 3 toy problems x 2 samples, capped at 60 tokens: some of its
+    answers are longer (cut off), some shorter."""
+    return load_config(None, [
+        f"run_dir={run}", "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
+        "eval.protocol={name: short, temperature: 1.0, n: 2, max_tokens: 60}", "eval.models=[student]",
+        "eval.workers=0", "eval.batch_requests=2", *extra])
+
+
+def test_answers_cut_off_at_max_tokens_are_counted_in_a_warning_the_table_and_the_report(tmp_path, capsys):
+    """A cap shorter than some of the toy student's answers: one warning naming the model, the
+    benchmark, how many of how many samples stopped at the cap, the cap and the fix; the stage's
+    table and the report show the share; an evaluation that crashed after one batch and was resumed
+    counts the same (the stored results included)."""
+    from dasd.report.build import render_report
+
+    cfg = _toy_cfg(tmp_path / "run")
+    summary = run_evaluation(cfg)
+    err = capsys.readouterr().err
+    on_disk = _results(cfg)
+    cut = sum(r["finish_reason"] == "length" for r in on_disk)
+    assert len(on_disk) == 6 and 0 < cut < 6, [r["finish_reason"] for r in on_disk]
+    warnings = [ln for ln in err.splitlines() if "stopped at the token limit" in ln]
+    assert warnings == [f"[eval] warning: student: {cut} of 6 samples on toy stopped at the token limit (max_tokens 60, "
+                        "or the model's context if shorter): their answers were cut off and are graded wrong; raise "
+                        "eval.protocol.max_tokens, or set eval.preset: paper for the paper's protocol (102,400 tokens "
+                        "math, 81,920 code and science)"]
+    assert {(r["kind"], r["cut_off"]) for r in summary["student"]} == {("benchmark", cut), ("domain", cut), ("all", cut)}
+    table = err[err.index("[eval] student\n"):]
+    head, _, toy_row = table.splitlines()[1:4]
+    assert head.split()[-2:] == ["cut", "off"] and toy_row.split()[:2] == ["benchmark", "toy"]
+    assert toy_row.split()[-1] == f"{100 * cut / 6:.1f}"
+
+    rep = render_report(cfg.run_dir)
+    secs = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', rep.html, flags=re.S))
+    row = re.search(r"<tr><td>student</td><td>benchmark</td><td>toy</td>(.*?)</tr>", secs["eval"]).group(1)
+    assert row.endswith(f'<td class="n">{100 * cut / 6:.1f}</td>')
+    note = f"student on toy: {cut} of 6 samples ({100 * cut / 6:.1f}%) stopped at max_tokens 60"
+    assert note in secs["summary"] and note in secs["eval"] and "raise eval.protocol.max_tokens" in secs["summary"]
+
+    # the same evaluation, killed after its first batch of 2 samples, then resumed
+    again = _toy_cfg(tmp_path / "resumed")
+    store = RunStore(again.run_dir)
+    store.begin_stage("eval", again.eval.model_dump(mode="json"))  # as run_evaluation does
+    with pytest.raises(Crash):
+        evaluate_model(again, store, "student", engine=CrashAfter(open_engine(again.student), 1))
+    assert len(_results(again)) == 2
+    capsys.readouterr()
+    assert run_evaluation(again)["student"] == summary["student"]
+    assert [ln for ln in capsys.readouterr().err.splitlines() if "stopped at the token limit" in ln] == warnings
+    key = lambda r: (r["problem_id"], r["sample_index"])  # noqa: E731
+    assert [r["finish_reason"] for r in sorted(_results(again), key=key)] == [r["finish_reason"] for r in sorted(on_disk, key=key)]
+
+    # with a cap the answers fit under, no warning, and the table says 0.0
+    run_evaluation(_toy_cfg(tmp_path / "long", "eval.protocol.max_tokens=320"))
+    err = capsys.readouterr().err
+    assert "stopped at the token limit" not in err and re.search(r"\nall +all .* 0\.0\n", err + "\n")
+

@@ -12,6 +12,9 @@ over its problems):
   their exact string. Ties go to the answer seen first.
 - **CI**: percentile bootstrap over problems (resample problems with replacement, ``n_boot`` times,
   fixed seed), 95% by default.
+- **cut off**: samples that stopped at the token limit (``finish_reason`` "length"): their answers
+  were never written, so they are graded wrong; a large share means the protocol's ``max_tokens``
+  is too short for the model, not that the model is wrong.
 """
 
 from __future__ import annotations
@@ -113,10 +116,22 @@ def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int
         "pass@k_ci": list(bootstrap_ci(per_pass, n_boot=n_boot)),
         "maj@k": sum(per_maj) / len(per_maj),
         "no_answer": sum(r.get("extracted") is None for s in samples for r in s) / sum(len(s) for s in samples),
+        "cut_off": cut_off(r for s in samples for r in s),
     }
 
 
-SUMMARY_FIELDS = ("benchmark", "domain", "problem_id", "sample_index", "correct", "extracted")
+def cut_off(results: Iterable[dict[str, Any]]) -> int | None:
+    """How many results stopped at the token limit (``finish_reason`` "length"); None when none of
+    them records how it ended (responses given to `dasd grade` without it)."""
+    known = cut = 0
+    for r in results:
+        if r.get("finish_reason") is not None:
+            known += 1
+            cut += r["finish_reason"] == "length"
+    return cut if known else None
+
+
+SUMMARY_FIELDS = ("benchmark", "domain", "problem_id", "sample_index", "correct", "extracted", "finish_reason")
 
 
 def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dict[str, Any]]:
@@ -124,8 +139,8 @@ def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dic
 
     A result's benchmark is ``result["benchmark"]`` (falling back to its domain), its domain
     ``result["domain"]`` (falling back to "unknown"). ``k`` of a row is the smallest number of samples
-    any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``).
-    A problem is a (benchmark, problem_id) pair: benchmarks that share ids stay apart in the domain
+    any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``);
+    ``no_answer`` is a share of all its samples, ``cut_off`` a count of them (``cut_off()``). A problem is a (benchmark, problem_id) pair: benchmarks that share ids stay apart in the domain
     and "all" rows. ``results`` is read once (a stream such as ``RunStore.read`` will do) and only the
     ``SUMMARY_FIELDS`` of each are kept, never the response texts.
     """
@@ -144,14 +159,17 @@ def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dic
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of ``summarize`` rows (scores in percent, 95% CI in brackets)."""
-    head = ["kind", "name", "problems", "samples", "k", "avg@k [95% CI]", "pass@1", "pass@k", "maj@k", "no answer"]
+    """A plain-text table of ``summarize`` rows (scores in percent, 95% CI in brackets; cut off: the
+    percent of samples that stopped at the token limit, "-" when the results do not say)."""
+    head = ["kind", "name", "problems", "samples", "k", "avg@k [95% CI]", "pass@1", "pass@k", "maj@k", "no answer",
+            "cut off"]
     body = []
     for r in rows:
         lo, hi = r["avg@k_ci"]
         body.append([r["kind"], r["name"], str(r["problems"]), str(r["samples"]), str(r["k"]),
                      f"{100 * r['avg@k']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]", f"{100 * r['pass@1']:.1f}",
-                     f"{100 * r['pass@k']:.1f}", f"{100 * r['maj@k']:.1f}", f"{100 * r['no_answer']:.1f}"])
+                     f"{100 * r['pass@k']:.1f}", f"{100 * r['maj@k']:.1f}", f"{100 * r['no_answer']:.1f}",
+                     "-" if r.get("cut_off") is None else f"{100 * r['cut_off'] / r['samples']:.1f}"])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]

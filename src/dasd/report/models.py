@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dasd.errors import DasdError
+from dasd.grading.metrics import SUMMARY_FIELDS, summarize
 from dasd.report import plots
-from dasd.report.html import Raw, details, fmt, kv_table, not_run, para, pre, section, table
+from dasd.report.html import Raw, details, esc, fmt, kv_table, not_run, para, pre, section, table
 from dasd.report.view import PIPELINE, RunView, mean
 
 PROTOCOL_KEYS = ("name", "temperature", "top_p", "n", "max_tokens", "seed", "system_prompt", "chat_template", "model")
@@ -27,9 +28,6 @@ class EvalScan:
     results: dict[str, int] = field(default_factory=dict)  # label -> graded samples on disk
     problems: list[str] = field(default_factory=list)  # results that could not be read
     cut_off: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> group -> [cut off, known]
-
-
-_RESULT_KEYS = ("problem_id", "sample_index", "correct", "extracted", "benchmark", "domain")
 
 
 def _count_cut(cut: dict[str, list[int]], r: dict) -> None:
@@ -61,7 +59,7 @@ def scan_eval(view: RunView) -> EvalScan:
         try:
             for r in view.read("eval", o):
                 label = r.get("model_label") or label
-                recs.append({k: r.get(k) for k in _RESULT_KEYS})
+                recs.append({k: r.get(k) for k in SUMMARY_FIELDS})
                 _count_cut(cut, r)
                 b = str(r.get("benchmark") or r.get("domain") or "?")
                 if b not in protos:
@@ -76,8 +74,6 @@ def scan_eval(view: RunView) -> EvalScan:
         rows = counts.get(label)
         recs = by_label.get(label, [])
         if not (isinstance(rows, list) and rows and isinstance(rows[0], dict)) and recs:
-            from dasd.grading.metrics import summarize
-
             rows = summarize(recs)
         if not rows:
             continue
@@ -86,6 +82,25 @@ def scan_eval(view: RunView) -> EvalScan:
         scan.results[label] = len(recs)
         scan.protocols[label] = protocols.get(label, {})
     return scan
+
+
+def cut_off_note(ev: EvalScan) -> Raw:
+    """A warning naming each model and benchmark with samples cut off at the token limit (their
+    answers were never written and are graded wrong), with the fix; empty when there are none."""
+    items = []
+    for label in ev.order:
+        for key, (cut, known) in ev.cut_off.get(label, {}).items():
+            kind, _, bench = key.partition(":")
+            if kind == "benchmark" and cut:
+                cap = (ev.protocols.get(label, {}).get(bench) or {}).get("max_tokens")
+                items.append(f"{label} on {bench}: {cut:,} of {known:,} samples ({fmt(cut / known, '.1f', pct=True)}%) "
+                             f"stopped at max_tokens {fmt(cap)} (or the model's context)")
+    if not items:
+        return Raw("")
+    lis = "".join(f"<li>{esc(t)}</li>" for t in items)
+    return Raw(f'<div class="warn"><p>Answers cut off at the token limit are graded wrong, so these accuracies '
+               f"understate the models by up to the share cut off: raise eval.protocol.max_tokens (or set eval.preset: "
+               f"paper for the paper's protocol) and run `dasd eval` again.</p><ul>{lis}</ul></div>")
 
 
 def _overall(rows: list[dict]) -> dict | None:
@@ -155,6 +170,7 @@ def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -
                 distinct.setdefault(key, []).append((label, bench))
         for text, users in distinct.items():
             parts.append(para(f"Protocol — {text}" + (f" (used for {_users(users, ev.order)})" if len(distinct) > 1 else "")))
+        parts.append(cut_off_note(ev))
         parts.append(para("avg@k: mean accuracy over the first k samples of each problem (the paper's metric); pass@k: "
                           "unbiased estimator; 95% CIs: percentile bootstrap over problems.", "sub"))
     else:
@@ -196,6 +212,7 @@ def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
         figure_or_empty(plots.accuracy_bars(benches, ev.order, values, "avg@k (%)"),
                         "avg@k per benchmark and model with 95% bootstrap intervals.", "accuracy per benchmark"),
         table(head, rows, numeric_from=3),
+        cut_off_note(ev),
         Raw("<h3>Protocols (as recorded with the results)</h3>"),
         table(["model", "benchmark", *PROTOCOL_KEYS], prow, numeric_from=99),
     ]

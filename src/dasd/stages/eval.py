@@ -6,14 +6,15 @@ model directory. Results go to ``RUN/eval/results-<label>`` (one EvalResult per 
 embedded), resumable per (benchmark problem, sample index) as long as the model, the benchmarks and
 the protocol are the ones the stored results were made with (``eval_key``, kept per label in the
 manifest); otherwise the label's stored results are deleted and it is evaluated again. The summary (avg@k with a bootstrap
-95% CI, pass@k, maj@k) is printed per model and kept in the manifest. Grading and protocols:
-docs/evaluation.md.
+95% CI, pass@k, maj@k, the share cut off at the token limit) is printed per model and kept in the
+manifest; samples cut off at the token limit get a warning per model and benchmark
+(``cut_off_warning``). Grading and protocols: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 from dasd.errors import DasdError, InputError
-from dasd.grading.evaluate import Protocol, run_eval
+from dasd.grading.evaluate import PAPER_MAX_TOKENS, PAPER_MAX_TOKENS_OTHER, Protocol, run_eval
 from dasd.grading.grade import grader_of
 from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
@@ -36,6 +37,19 @@ def eval_key(store: RunStore, ecfg, mcfg, legacy: bool = False) -> str:
         "preset": ecfg.preset,
         "protocol": ecfg.protocol.model_dump(mode="json"),
     })
+
+
+def cut_off_warning(label: str, benchmark: str, cut: int, samples: int, caps: list[int], preset: str) -> str:
+    """The line `dasd eval` logs when ``cut`` of a model's ``samples`` on a benchmark stopped at the
+    token limit (``caps``: the max_tokens of its protocols), with the fix."""
+    if preset == "paper":
+        fix = "these are the paper's caps: to allow longer answers, give eval.protocol with a larger max_tokens and eval.preset: none"
+    else:
+        fix = (f"raise eval.protocol.max_tokens, or set eval.preset: paper for the paper's protocol "
+               f"({PAPER_MAX_TOKENS['math']:,} tokens math, {PAPER_MAX_TOKENS_OTHER:,} code and science)")
+    return (f"{label}: {cut} of {samples} samples on {benchmark} stopped at the token limit (max_tokens "
+            f"{' / '.join(f'{c:,}' for c in caps)}, or the model's context if shorter): their answers were cut off "
+            f"and are graded wrong; {fix}")
 
 
 def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecords | list | None:
@@ -67,16 +81,19 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
         store.save_manifest()
     with faults_kept(store, STAGE, lambda: [engine]), \
          store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
-        # the keys of the stored results only: at the paper's protocol a label's results hold ~28K
-        # responses of up to 100K tokens each, read back from the run when summarised
-        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]) for r in store.read(STAGE, results_name(label))}
+        # the keys of the stored results only (and whether each was cut off): at the paper's protocol
+        # a label's results hold ~28K responses of up to 100K tokens each, read back from the run when summarised
+        existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r.get("finish_reason") == "length"
+                    for r in store.read(STAGE, results_name(label))}
         for spec in ecfg.benchmarks:
             problems = load_benchmark(spec)
             by_domain: dict[str, list[dict]] = {}
             for p in problems:
                 by_domain.setdefault(p.get("domain", "other"), []).append(p)
+            caps = set()
             for domain, probs in by_domain.items():
                 proto = Protocol.paper(domain) if ecfg.preset == "paper" else ecfg.protocol
+                caps.add(proto.max_tokens)
                 done = {(pid, j) for (b, pid, j) in existing if b == spec.name}
                 todo = sum(1 for p in probs for j in range(proto.n) if (p["id"], j) not in done)
                 if todo == 0:
@@ -88,10 +105,13 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
                     result = {**result, "benchmark": bench, "model_label": label}
                     result["id"] = content_id("eval", label, key, bench, result["problem_id"], result["sample_index"], result["protocol"])
                     w.add(result)
-                    existing.add((bench, result["problem_id"], result["sample_index"]))
+                    existing[(bench, result["problem_id"], result["sample_index"])] = result.get("finish_reason") == "length"
 
                 log.info(f"{label}: {todo} samples on {spec.name} ({domain})")
                 run_eval(engine, probs, proto, done, write, batch_requests=ecfg.batch_requests, workers=ecfg.workers)
+            cut = [c for (b, _, _), c in existing.items() if b == spec.name]
+            if any(cut):
+                log.warning(cut_off_warning(label, spec.name, sum(cut), len(cut), sorted(caps), ecfg.preset))
     record_faults(store, STAGE, [engine])
     return StoredRecords(store, STAGE, results_name(label)) if existing else []
 
