@@ -50,7 +50,12 @@ def ensure_toy_world(cfg) -> None:
 
 
 def run_pipeline(cfg) -> dict:
-    """Run every stage; return ``{"eval": evaluation summary, "report": report path, "seconds": ...}``."""
+    """Run every stage; return ``{"eval": evaluation summary, "report": report path, "seconds": ...}``.
+    An evaluation `dasd eval` would refuse (``stages.eval.require_eval_protocol``) is refused before
+    the first stage."""
+    from dasd.stages.eval import require_eval_protocol
+
+    require_eval_protocol(cfg)
     t0 = time.monotonic()
     store = RunStore(cfg.run_dir)
     store.manifest["config"] = dump_config(cfg)

@@ -291,3 +291,38 @@ def test_answers_cut_off_at_max_tokens_are_counted_in_a_warning_the_table_and_th
     err = capsys.readouterr().err
     assert "stopped at the token limit" not in err and re.search(r"\nall +all .* 0\.0\n", err + "\n")
 
+
+def test_a_model_that_is_not_a_toy_model_is_not_evaluated_under_the_implicit_demo_protocol(tmp_path, tiny_lm_dir, capsys):
+    """No eval.protocol and no eval.preset: the demo's protocol (512 tokens), fine for the toy models,
+    would cut off a long-CoT model's answers. `dasd eval` refuses any other model in one line naming
+    it (a training stage by its train.base_model) and the fix, before anything is evaluated; `dasd
+    run` before its first stage."""
+    from dasd.cli import main
+    from dasd.errors import ConfigError
+    from dasd.pipeline import run_pipeline
+
+    base = ["eval.benchmarks=[{name: toy, format: toy, limit: 2}]", "eval.workers=0"]
+    run = tmp_path / "run"
+    code = main(["eval", f"run_dir={run}", f"student.model={tiny_lm_dir}", "eval.models=[student, teacher]", *base])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (f"dasd: error: eval.protocol: not given, so the demo's protocol (T 0.6, n 4, max_tokens 512) would "
+                      f"evaluate student ({tiny_lm_dir}): it is for the toy models only, and cuts a long-CoT answer off "
+                      "at 512 tokens, graded wrong. Give eval.protocol (e.g. eval.protocol={temperature: 1.0, n: 4, "
+                      "max_tokens: 32768}), or eval.preset: paper for the paper's protocol (T 1.0, n 64, 102,400 "
+                      "tokens math, 81,920 code and science)")
+    assert not (run / "eval").exists()
+
+    # `dasd run`: refused before its first stage, which would fail on the prompts file that is not there
+    stage = load_config(None, [f"run_dir={tmp_path / 'fresh'}", f"train.base_model={tiny_lm_dir}",
+                               f"data.prompts={tmp_path / 'missing.jsonl'}", "eval.models=[student, stage1_low]", *base])
+    with pytest.raises(ConfigError, match=rf"would evaluate stage1_low \({re.escape(tiny_lm_dir)}\): it is for"):
+        run_pipeline(stage)
+    assert not (tmp_path / "fresh").exists()
+
+    from dasd.stages.eval import require_eval_protocol
+
+    for ok in ([], [f"student.model={tiny_lm_dir}", "eval.preset=paper"],
+               [f"student.model={tiny_lm_dir}", "eval.protocol.max_tokens=64"],
+               [f"student.model={tiny_lm_dir}", "eval.models=[teacher]"]):
+        require_eval_protocol(load_config(None, [f"run_dir={run}", *base, *ok]))  # toy models, or a protocol given

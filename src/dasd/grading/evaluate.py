@@ -73,10 +73,13 @@ class EvalConfig(StrictModel):
         description="what to evaluate on")
     protocol: Protocol = Field(
         default_factory=lambda: Protocol(name="demo", temperature=0.6, top_p=1.0, n=4, max_tokens=512),
-        description="sampling protocol, stored with every result")
+        description="sampling protocol, stored with every result; left out: the demo's, for the toy models only "
+        "(see `preset`)")
     preset: Literal["none", "paper"] = Field(
         "none", description="paper = the paper's protocol per benchmark domain (T 1.0, top_p 1.0, n 64, "
-        "102,400 tokens math / 81,920 code and science), replacing `protocol`")
+        "102,400 tokens math / 81,920 code and science), replacing `protocol`. With none and no `protocol` "
+        "given, the demo's protocol (512 tokens), for the toy models only: evaluating any other model under it is "
+        "refused before anything runs (`dasd run`: before the first stage)")
     models: list[str] = Field(
         default_factory=lambda: ["student", "stage1_low", "stage2_high", "stage3_mixed", "teacher"], min_length=1,
         description="labels: teacher, student (base), a training stage name, or a model directory; in a run "

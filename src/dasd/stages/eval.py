@@ -8,12 +8,14 @@ the protocol are the ones the stored results were made with (``eval_key``, kept 
 manifest); otherwise the label's stored results are deleted and it is evaluated again. The summary (avg@k with a bootstrap
 95% CI, pass@k, maj@k, the share cut off at the token limit) is printed per model and kept in the
 manifest; samples cut off at the token limit get a warning per model and benchmark
-(``cut_off_warning``). Grading and protocols: docs/evaluation.md.
+(``cut_off_warning``). A config without ``eval.protocol`` or ``eval.preset`` gets the demo's protocol,
+which is for the toy models only: evaluating any other model with it is refused
+(``require_eval_protocol``). Grading and protocols: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
-from dasd.errors import DasdError, InputError
+from dasd.errors import ConfigError, DasdError, InputError
 from dasd.grading.evaluate import PAPER_MAX_TOKENS, PAPER_MAX_TOKENS_OTHER, Protocol, run_eval
 from dasd.grading.grade import grader_of
 from dasd.grading.loaders import load_benchmark
@@ -37,6 +39,31 @@ def eval_key(store: RunStore, ecfg, mcfg, legacy: bool = False) -> str:
         "preset": ecfg.preset,
         "protocol": ecfg.protocol.model_dump(mode="json"),
     })
+
+
+def require_eval_protocol(cfg, labels: list[str] | None = None) -> None:
+    """Refuse (``ConfigError``) to evaluate a model that is not a toy model (``toy:`` name; a training
+    stage counts as its ``train.base_model``) under the protocol a config gets when it gives neither
+    ``eval.protocol`` nor ``eval.preset``: the demo's (512 tokens), which would cut off almost every
+    answer of a long-CoT model and grade it wrong. ``labels``: the models to evaluate (default
+    ``eval.models``)."""
+    ecfg = cfg.eval
+    if ecfg.preset != "none" or "protocol" in ecfg.model_fields_set:
+        return
+    stages = {s.name for s in cfg.train.stages}
+    models = {"teacher": cfg.teacher.model, "student": cfg.student.model,
+              **{name: cfg.train.base_model for name in stages}}
+    real = [label if models.get(label, label) == label else f"{label} ({models[label]})"
+            for label in labels or ecfg.models if not models.get(label, label).startswith("toy:")]
+    if not real:
+        return
+    p = ecfg.protocol
+    raise ConfigError(
+        f"eval.protocol: not given, so the demo's protocol (T {p.temperature}, n {p.n}, max_tokens {p.max_tokens}) "
+        f"would evaluate {', '.join(real)}: it is for the toy models only, and cuts a long-CoT answer off at "
+        f"{p.max_tokens} tokens, graded wrong. Give eval.protocol (e.g. eval.protocol={{temperature: 1.0, n: 4, "
+        f"max_tokens: 32768}}), or eval.preset: paper for the paper's protocol (T 1.0, n 64, "
+        f"{PAPER_MAX_TOKENS['math']:,} tokens math, {PAPER_MAX_TOKENS_OTHER:,} code and science)")
 
 
 def cut_off_warning(label: str, benchmark: str, cut: int, samples: int, caps: list[int], preset: str) -> str:
@@ -120,12 +147,14 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     """Evaluate each model label; return {label: summary rows} (also in the manifest).
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
-    naming it and `dasd train`) before anything is evaluated or recorded, and so is a benchmark that
+    naming it and `dasd train`) before anything is evaluated or recorded, and so are a model that is
+    not a toy model under the implicit demo protocol (``require_eval_protocol``) and a benchmark that
     cannot be read or graded (``InputError`` naming file and line, or problem); an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
     a log line."""
     store = store or RunStore(cfg.run_dir)
     labels = list(labels or cfg.eval.models)
+    require_eval_protocol(cfg, labels)
     skipped = {s.name for s in cfg.train.stages if s.optional} if store.stage_info("train").get("complete") else set()
     untrained = [label for label in labels if label not in skipped and model_for(cfg, store, label) is None]
     if untrained:
