@@ -41,3 +41,18 @@ def test_every_stage_runs_and_a_rerun_does_nothing(tmp_path, tiny_lm_dir, tiny_l
     out = capsys.readouterr().err
     assert "samples graded" not in out and "(0 new)" in out
     assert {s: RunStore.open(cfg.run_dir).count(*s) for s in before} == before
+
+
+def test_the_closing_table_names_the_protocol_the_models_were_evaluated_under():
+    """The header of `dasd run`'s accuracy table gives the samples, temperature and top_p of the
+    evaluation: eval.protocol's, or under eval.preset: paper the paper's (n 64, T 1.0), not the
+    eval.protocol that preset replaces."""
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    outcome = {"eval": {}, "report": "r.html", "seconds": 1.0, "run_dir": "runs/x"}
+    assert "(4 samples each, T=1.0, top_p=1.0)" in closing_lines(load_config(demo, []), outcome)
+    assert "(2 samples each, T=0.7, top_p=0.9)" in closing_lines(
+        load_config(demo, ["eval.protocol.n=2", "eval.protocol.temperature=0.7", "eval.protocol.top_p=0.9"]), outcome)
+    assert "(64 samples each, T=1.0, top_p=1.0, the paper's protocol)" in closing_lines(
+        load_config(demo, ["eval.preset=paper", "eval.protocol.n=2"]), outcome)

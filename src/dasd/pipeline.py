@@ -73,9 +73,13 @@ def closing_lines(cfg, outcome: dict) -> str:
     """What `dasd run` prints at the end: the accuracy table and where the report is."""
     from dasd.grading.metrics import accuracy_table
 
-    p = cfg.eval.protocol
+    from dasd.grading.evaluate import Protocol
+
+    paper = cfg.eval.preset == "paper"  # the paper's protocol per domain, in place of eval.protocol
+    p = Protocol.paper("math") if paper else cfg.eval.protocol
+    how = f"{p.n} samples each, T={p.temperature}, top_p={p.top_p}" + (", the paper's protocol" if paper else "")
     return "\n".join([
-        f"\n[run] accuracy on held-out problems ({p.n} samples each, T={p.temperature}, top_p={p.top_p})",
+        f"\n[run] accuracy on held-out problems ({how})",
         accuracy_table(outcome["eval"], cfg.eval.models),
         f"[run] report: {outcome['report']}",
         f"[run] done in {outcome['seconds']:.0f}s; run directory: {outcome['run_dir']}",
