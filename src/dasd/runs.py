@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import math
+import os
 import re
 import struct
+import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +30,7 @@ from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError, DasdError, InputError
-from dasd.jsonl import BadLine, parse_line
+from dasd.jsonl import BadLine, atomic_write_json, parse_line
 from dasd.log import logger
 from dasd.prompts import iter_prompts, toy_prompts
 from dasd.rules.mixing import replay_examples
@@ -353,7 +356,8 @@ BLOCKS = 32
 def file_digest(path: Path) -> str:
     """sha256 of a file's size and content; a file over ``BLOCKS`` x ``BLOCK`` bytes is sampled:
     ``BLOCKS`` blocks of ``BLOCK`` bytes evenly spaced from its first byte to its last (2 MiB read
-    from a checkpoint shard of any size)."""
+    from a checkpoint shard of any size): for model files (``model_version``); import sources are
+    hashed whole (``FileDigests``)."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
@@ -364,6 +368,69 @@ def file_digest(path: Path) -> str:
                 f.seek((size - BLOCK) * i // (BLOCKS - 1))
                 h.update(f.read(BLOCK))
     return h.hexdigest()
+
+
+HASH_BLOCK = 1 << 20  # ``file_sha256`` reads a file 1 MiB at a time
+RACY_NS = 2_000_000_000  # ``FileDigests`` keeps no digest of a file modified this close to its reading
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's full content, hex (as ``sha256sum`` prints it), read in ``HASH_BLOCK``
+    blocks: memory stays flat whatever the size."""
+    h = hashlib.sha256()
+    buf = bytearray(HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+class FileDigests:
+    """``file_sha256`` of files, kept in a JSON file (``path``; None: kept in memory only) by each
+    file's stat: absolute path, size, ``mtime_ns`` and inode, so an unchanged file is not read again
+    (as git's index and DVC do). Any change of the stat (an edit, a ``touch``, a copy to another path
+    or machine) reads the file again; the same content gives the same digest wherever it lies.
+    A file modified less than ``RACY_NS`` before it was read is read again next time (git's "racily
+    clean" rule: an edit within the same tick of the filesystem's clock may leave the stat as it was).
+    Pitfall: an edit in place that deliberately restores the file's size and ``mtime_ns`` (``touch
+    -d``, ``os.utime``) is not seen. The JSON file is a cache: one that cannot be read is started
+    afresh; ``save`` writes it atomically."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._entries: dict = {}
+        self._changed = False
+        if path is not None and path.is_file():
+            try:
+                entries = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                logger("runs").warning(f"{path}: unreadable digest cache ({e}); the files are read again")
+            else:
+                self._entries = entries if isinstance(entries, dict) else {}
+
+    def digest(self, file: Path) -> str:
+        """``file_sha256`` of ``file``, from the cache while its stat is the one it was read with."""
+        key = str(Path(file).resolve())
+        st = os.stat(key)
+        stat = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self._entries.get(key)
+        if isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        began = time.time_ns()
+        digest = file_sha256(Path(key))
+        if st.st_mtime_ns < began - RACY_NS:
+            self._entries[key] = {"stat": stat, "sha256": digest}
+        else:
+            self._entries.pop(key, None)
+        self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the cache (when a file was read since it was loaded)."""
+        if self.path is not None and self._changed:
+            atomic_write_json(self.path, self._entries)
+            self._changed = False
 
 
 def model_version(model: str) -> str:

@@ -777,3 +777,190 @@ def test_rows_of_one_prompt_that_disagree_in_its_reference_answer_are_quarantine
         f"{data}:4": reason.format("'3'"), f"{data}:6": reason.format("None")}
     assert (f"2 row(s) quarantined for disagreeing with an earlier row of their prompt (e.g. {data}:4: "
             f"{reason.format(repr('3'))}); see {tmp_path / 'run' / 'sample'}/rejects-*.jsonl") in caplog.text
+
+
+# -- sources by their whole content ----------------------------------------------------------------
+
+
+def _unsampled(size):
+    """The byte ranges of a file of ``size`` bytes that ``runs.file_digest`` never reads (the sampled
+    digest an earlier dasd keyed import sources by)."""
+    from dasd.runs import BLOCK, BLOCKS
+
+    starts = [(size - BLOCK) * i // (BLOCKS - 1) for i in range(BLOCKS)]
+    return [(a + BLOCK, b) for a, b in zip(starts, starts[1:]) if b > a + BLOCK]
+
+
+def _edit_unsampled(path, pattern, edit):
+    """Rewrite in place (the same file, the same size) the first match of ``pattern`` that lies where
+    ``runs.file_digest`` reads nothing, as ``edit(match)``; return the record of its line, before and
+    after."""
+    import re
+
+    data = path.read_bytes()
+    gaps = _unsampled(len(data))
+    for m in re.finditer(pattern, data):
+        if any(a <= m.start() and m.end() <= b for a, b in gaps):
+            new = edit(m.group())
+            assert len(new) == len(m.group()) and new != m.group()
+            with open(path, "r+b") as fh:
+                fh.seek(m.start())
+                fh.write(new)
+            line = slice(data.rfind(b"\n", 0, m.start()) + 1, data.index(b"\n", m.start()))
+            return json.loads(data[line]), json.loads(path.read_bytes()[line])
+    raise AssertionError(f"{path}: no match of {pattern!r} outside the sampled blocks")
+
+
+def _bump(b: bytes) -> bytes:
+    """The last digit of ``b`` (before a closing brace) plus one, mod 10: "1501}" -> "1502}"."""
+    i = max(i for i, c in enumerate(b) if chr(c).isdigit())
+    return b[:i] + str((int(chr(b[i])) + 1) % 10).encode() + b[i + 1:]
+
+
+@pytest.mark.parametrize("edited", ["source", "logprobs"])
+def test_a_source_over_2_mib_edited_in_place_at_the_same_size_is_imported_again(tmp_path, request, edited):
+    """A released file is GBs: one answer corrected in place ("1501" -> "1502"), or one log-prob of the
+    companion, at the same size and where the sampled digest an earlier dasd used never read, left
+    the import "up to date" with the old value. The sources are now hashed whole: the pool is
+    imported again and takes the new value."""
+    run = tmp_path / "run"
+    if edited == "source":  # 150 rows of 20 KB, no companion
+        data = _released(tmp_path, 150, "We need to count the primes below 20. " * 530)
+        args = []
+    else:  # a companion of 220 rows of about 1,000 ids
+        tokdir = request.getfixturevalue("o200k_harmony_dir")
+        body = "We need to count the primes below 20. " * 110
+        data = _released(tmp_path, 220, body)
+        lp = _companion(tmp_path, AutoTokenizer.from_pretrained(tokdir), 220, body)
+        args = [f"import.logprobs={lp}", f"teacher.model={tokdir}"]
+    cfg = load_config(None, [f"run_dir={run}", f"import.source={data}", *args])
+    first = run_import(cfg)
+    files = _pool_files(run)
+    assert run_import(cfg) == first and _pool_files(run) == files  # unchanged: up to date
+    if edited == "source":
+        assert data.stat().st_size > 2 * 2**20
+        old, row = _edit_unsampled(data, rb"boxed\{\d+\}", _bump)
+        n = int(row["uuid"][1:])
+        assert old["output"].endswith(f"\\boxed{{{n}}}") and row["output"] == old["output"][:-2] + f"{(n + 1) % 10}}}"
+    else:
+        assert lp.stat().st_size > 2 * 2**20
+        old, row = _edit_unsampled(lp, rb'"logprobs": \[-0\.5', lambda b: b[:-1] + b"7")
+        assert (old["logprobs"][:2], row["logprobs"][:2]) == ([-0.5, -0.5], [-0.7, -0.5])
+
+    again = run_import(cfg)
+    assert again["imported"] == first["imported"]
+    assert not set(files) & set(_pool_files(run))  # imported again into new shards
+    samples = {s["source_id"]: s for s in RunStore.open(run).read("sample", "pool-T1")}
+    assert len(samples) == first["imported"]
+    uuid = row["uuid"] if edited == "source" else row["sample_uuid"]
+    if edited == "source":
+        assert samples[uuid]["text"] == row["output"]
+    else:
+        assert samples[uuid]["teacher"]["logprobs"][:2].tolist() == pytest.approx([-0.7, -0.5])
+        assert again["with_logprobs"] == first["with_logprobs"] == 220
+
+
+def test_an_unchanged_source_is_not_read_again_and_a_changed_stat_reads_it(tmp_path):
+    """The sources' sha256 is kept in RUN/sample/import-digests.json by each file's stat (path, size,
+    mtime_ns, inode): an import whose source kept its stat does not read it again (shown by an
+    edit in place that restores size and mtime_ns, the documented pitfall: it is not seen, where
+    earlier dasd, reading this small file whole, saw it); a touch reads it again; a copy elsewhere
+    with the same content (another path and inode) is read and is the same source."""
+    import hashlib
+    import os
+    import shutil
+
+    data = _released(tmp_path, 3, "We need to add 3 and 4.")
+    hour_ago = data.stat().st_mtime_ns - 3600 * 10**9  # older than the racy window (runs.RACY_NS)
+    os.utime(data, ns=(hour_ago, hour_ago))
+    run = tmp_path / "run"
+
+    def imported(source):
+        return run_import(load_config(None, [f"run_dir={run}", f"import.source={source}"]))
+
+    first = imported(data)
+    files = _pool_files(run)
+    text = data.read_bytes()
+    st = data.stat()
+    with open(data, "r+b") as fh:  # \boxed{0} -> \boxed{5} in the first row, at the same size
+        fh.seek(text.index(b"boxed{0}"))
+        fh.write(b"boxed{5}")
+    os.utime(data, ns=(hour_ago, hour_ago))
+    assert data.stat().st_ino == st.st_ino and data.stat().st_size == st.st_size
+    assert imported(data) == first and _pool_files(run) == files  # the stat as recorded: not read again
+    sha = hashlib.sha256(text).hexdigest()  # of the file as the first import read it
+    cache = run / "sample" / "import-digests.json"
+    assert json.loads(cache.read_text(encoding="utf-8")) == {
+        str(data.resolve()): {"stat": [st.st_size, hour_ago, st.st_ino], "sha256": sha}}
+    assert RunStore.open(run).stage_info("import")["config"]["sources"] == {"source": f"sha256:{sha}", "logprobs": None}
+
+    os.utime(data, ns=(hour_ago + 10**9, hour_ago + 10**9))  # touched: read again, and the edit is seen
+    assert imported(data) == first and not set(files) & set(_pool_files(run))
+    samples = {s["source_id"]: s["text"] for s in RunStore.open(run).read("sample", "pool-T1")}
+    assert samples["u0000"].endswith("\\boxed{5}")
+    files = _pool_files(run)
+
+    copy = tmp_path / "elsewhere" / "data.jsonl"
+    copy.parent.mkdir()
+    shutil.copy2(data, copy)  # the same content and mtime, another path and inode
+    assert imported(copy) == first and _pool_files(run) == files
+    assert set(json.loads(cache.read_text(encoding="utf-8"))) == {str(data.resolve()), str(copy.resolve())}
+
+
+def test_file_digests_hash_whole_files_and_trust_a_stat_only_once_it_is_older_than_the_racy_window(tmp_path):
+    """``runs.FileDigests``: the sha256 of the whole file (an edit between the blocks the sampled
+    ``file_digest`` reads is seen); a digest is reused while the file's stat is the one it was read
+    with, except for a file modified within ``RACY_NS`` of its reading (an edit in the same tick of
+    the filesystem's clock may keep the stat), which is read again; an unreadable cache starts afresh."""
+    import hashlib
+    import os
+
+    from dasd.runs import RACY_NS, FileDigests, file_digest
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (3 * 2**20 // 256))
+    a, _ = _unsampled(big.stat().st_size)[5]
+    sampled = file_digest(big)
+    digests = FileDigests(tmp_path / "cache.json")
+    assert digests.digest(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+
+    def edit(at, byte):
+        ns = big.stat().st_mtime_ns
+        with open(big, "r+b") as fh:
+            fh.seek(at)
+            fh.write(byte)
+        os.utime(big, ns=(ns, ns))  # the stat as it was
+
+    edit(a, b"\xff")
+    assert file_digest(big) == sampled  # the sampled digest misses it
+    fresh = digests.digest(big)  # modified just now: not trusted, read again
+    assert fresh == hashlib.sha256(big.read_bytes()).hexdigest()
+    digests.save()
+    assert json.loads((tmp_path / "cache.json").read_text(encoding="utf-8")) == {}
+
+    old = big.stat().st_mtime_ns - RACY_NS - 10**9
+    os.utime(big, ns=(old, old))
+    assert digests.digest(big) == fresh
+    digests.save()
+    edit(a + 1, b"\xfe")  # the stat restored: the pitfall, not seen
+    assert FileDigests(tmp_path / "cache.json").digest(big) == fresh
+    (tmp_path / "cache.json").write_text("{not json", encoding="utf-8")
+    assert FileDigests(tmp_path / "cache.json").digest(big) == hashlib.sha256(big.read_bytes()).hexdigest() != fresh
+
+
+def test_a_datasets_folder_counts_each_of_its_files_whole(tmp_path):
+    """A source folder (``save_to_disk``, or hub-like after ``hf:``): one byte of one of its files
+    changed between the blocks the sampled digest reads gives another ``source_version``."""
+    from dasd.stages.import_ import source_version
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}", encoding="utf-8")
+    arrow = folder / "data-00000-of-00001.arrow"
+    arrow.write_bytes(bytes(range(256)) * (3 * 2**20 // 256))
+    before = source_version(str(folder))
+    a, _ = _unsampled(arrow.stat().st_size)[5]
+    with open(arrow, "r+b") as fh:
+        fh.seek(a)
+        fh.write(b"\xff")
+    assert source_version(str(folder)) != before

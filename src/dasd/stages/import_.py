@@ -22,14 +22,15 @@ its row's id (``imported_id``). Unusable records are quarantined in ``RUN/sample
 where (file:line) and reason.
 
 One import per pool: what an import depends on (``import_config``: the ``import`` settings, the
-system prompt, the sources by content, ``source_version``, and with ``import.logprobs`` the
-teacher tokenizer that aligns them, by ``runs.model_version``) is kept per pool in the manifest
-(``stages.import.pools``) and on every imported record and reject (``import_key``). Importing into a
-pool again with the same key while its shards are all there does nothing; any change (or shards
-gone, e.g. dropped by `dasd sample` for another teacher) removes that pool's imported shards and
-rejects of another key first and imports again into new shard files (records sampled into the
-same pool stay); the companion, the tokenizer and the source are opened before that, so a mistyped
-path fails with the earlier import in place. Shards of an interrupted import with the same key are
+system prompt, the sources by the sha256 of their whole content, ``source_version``, kept by each
+file's stat in ``RUN/sample/import-digests.json`` so an unchanged file is not read again, and with
+``import.logprobs`` the teacher tokenizer that aligns them, by ``runs.model_version``) is kept per
+pool in the manifest (``stages.import.pools``) and on every imported record and reject
+(``import_key``). Importing into a pool again with the same key while its shards are all there
+does nothing; any change (or shards gone, e.g. dropped by `dasd sample` for another teacher)
+removes that pool's imported shards and rejects of another key first and imports again into new
+shard files (records sampled into the same pool stay); the companion, the tokenizer and the source
+are opened before that, so a mistyped path fails with the earlier import in place. Shards of an interrupted import with the same key are
 kept and resumed: their rows are not looked up or aligned again. Shards an earlier dasd imported
 under ids without the pool are kept while the pool is up to date and no other pool holds their ids;
 otherwise they count as another key's. Removed shards are removed through the store
@@ -69,13 +70,14 @@ from dasd.prompts import to_prompt
 from dasd.records import content_id
 from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
-from dasd.runs import PROMPTS, SAMPLE_POOL, file_digest, model_versions, output, pool_name, pools, resolve_model
+from dasd.runs import PROMPTS, SAMPLE_POOL, FileDigests, model_versions, output, pool_name, pools, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
 from dasd.store import RunStore, config_hash, shard_paths
 
 STAGE = "sample"  # imported responses land in the sample stage's pools
 log = logger("import")
 MAX_LOGGED_MISMATCHES = 5
+DIGESTS = "import-digests.json"  # in RUN/sample: the sha256 of the sources' files by their stat (runs.FileDigests)
 
 
 def _teacher_tokenizer(cfg):
@@ -90,37 +92,41 @@ def _teacher_tokenizer(cfg):
     return tok
 
 
-def source_version(spec: str) -> str:
-    """What the rows under a source spec are, by content: a local file by ``runs.file_digest`` (size
-    and sampled content), a local folder (``save_to_disk``, or a hub-like folder after ``hf:``) by
-    its files' relative names and digests, a hub data set by its spec (pin ``#<revision>``: an
-    unpinned hub data set that changes upstream is not noticed). The path's spelling does not count."""
+def source_version(spec: str, digests: FileDigests | None = None) -> str:
+    """What the rows under a source spec are, by content: a local file by the sha256 of its whole
+    content (``sha256:<hex>``, as ``sha256sum`` prints it), a local folder (``save_to_disk``, or a
+    hub-like folder after ``hf:``) by its files' relative names and sha256, a hub data set by its spec
+    (pin ``#<revision>``: an unpinned hub data set that changes upstream is not noticed). The path's
+    spelling does not count. Files are read through ``digests`` (``runs.FileDigests``: a file whose
+    stat is unchanged since it was last read is not read again)."""
+    digests = digests or FileDigests()
     src = parse_source(spec)
     hub = isinstance(src, HubSource)
     path = Path(src.repo) if hub else src.path
     if hub and not path.is_dir():
         return src.spec()
     which = [src.config, src.split, src.revision] if hub else []
-    if path.is_file():
-        return config_hash([which, file_digest(path)])
+    if path.is_file():  # not hub: an ``hf:`` path is a folder
+        return f"sha256:{digests.digest(path)}"
     if path.is_dir():
         files = sorted(f.relative_to(path) for f in path.rglob("*") if f.is_file())
         files = [f for f in files if not any(part.startswith(".") for part in f.parts)]  # caches, locks
-        return config_hash([which, [[f.as_posix(), file_digest(path / f)] for f in files]])
+        return config_hash([which, [[f.as_posix(), digests.digest(path / f)] for f in files]])
     return f"missing:{spec}"  # reading it fails with its own clear error
 
 
-def import_config(cfg) -> dict:
-    """What an import's records depend on (module docstring); its hash is the ``import_key``."""
+def import_config(cfg, digests: FileDigests | None = None) -> dict:
+    """What an import's records depend on (module docstring); its hash is the ``import_key``.
+    ``digests``: how the sources' files are hashed (``source_version``)."""
     ic: ImportConfig = cfg.import_
     tok = {}
     if ic.logprobs:  # a local tokenizer counts by its files, a hub one by its name
         tok["models"] = model_versions(cfg, "teacher_tokenizer")
         if not tok["models"]["teacher_tokenizer"]:
             tok["teacher_tokenizer"] = cfg.teacher.tokenizer or cfg.teacher.model
+    sources = {"source": source_version(ic.source, digests), "logprobs": ic.logprobs and source_version(ic.logprobs, digests)}
     return {**ic.model_dump(mode="json", exclude={"source", "logprobs"}), "system_prompt": cfg.data.system_prompt,
-            "sources": {"source": source_version(ic.source), "logprobs": ic.logprobs and source_version(ic.logprobs)},
-            **tok}
+            "sources": sources, **tok}
 
 
 def imported_id(model: str, pool: str, uuid: str) -> str:
@@ -218,7 +224,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
         raise ConfigError("dasd import needs import.source (a JSONL or Parquet file, a datasets folder or hf:<repo>)")
     store = store or RunStore(cfg.run_dir)
     pool = pool_name(ic.temperature)
-    stage_cfg = import_config(cfg)
+    digests = FileDigests(store.root / STAGE / DIGESTS)
+    stage_cfg = import_config(cfg, digests)
+    digests.save()
     key = config_hash(stage_cfg)
     done = (store.stage_info("import").get("pools") or {}).get(pool) or {}
     mine = imported_shards(store, pool)
