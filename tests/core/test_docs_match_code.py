@@ -427,6 +427,7 @@ def test_every_repository_file_named_exists(page):
 # What a run directory holds besides the registered stages' outputs, with where it is written.
 RUN_EXTRAS = {
     "train/tb": "the trackers' files (train.report_to), dasd.train.trainer: out_dir / 'tb'",
+    "sample/import-digests.json": "the import sources' digest cache, dasd.stages.import_.DIGESTS",
 }
 
 
