@@ -315,7 +315,7 @@ def test_a_sentencepiece_student_is_scored_on_its_training_tokens(template, tmp_
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={student}", f"student.model={student}",
                              "select.m=3"])
     assert run_filter(cfg)["T0.6"]["out"] == 3
-    assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0}
+    assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0, "new": 3}
     run_select(cfg)
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
     scored = {s["id"]: s for s in store.read("score", "pool-T0.6")}
@@ -484,7 +484,7 @@ def test_a_response_the_students_template_rewrites_is_scored_alone_and_counted(t
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"teacher.model={tiny_lm_dir}", f"student.model={tiny_lm_dir}",
                              f"student.tokenizer={tmp_path / 'r1_like'}"])
     run_filter(cfg)
-    assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0}
+    assert run_score(cfg)["T0.6"] == {"scored": 3, "rejected": 0, "new": 3}
     err = capsys.readouterr().err
     assert "T0.6: 3 response(s) scored on their own tokens after the student's generation prompt" in err
     assert "teacher's generation prompt" not in err  # the teacher's template keeps them: re-scored as trained

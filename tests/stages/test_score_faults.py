@@ -68,7 +68,7 @@ def test_a_response_the_server_refuses_as_too_long_is_quarantined_and_the_rest_s
                                  f"student.tokenizer={tiny_lm_dir_other_vocab}", f"student.openai.base_urls=[{srv.base_url}]",
                                  "student.openai.logprob_mode=raw", "score.batch=8"])
         counts = run_score(cfg)
-        assert counts["T1"] == {"scored": 6, "rejected": 2, "too_long": 2}
+        assert counts["T1"] == {"scored": 6, "rejected": 2, "too_long": 2, "new": 8}
         store = RunStore.open(run)
         rejects = list(store.read("score", "rejects"))
         assert {r["id"] for r in rejects} == {sid for sid, (pid, _) in sizes.items() if pid == "long"}
@@ -80,7 +80,7 @@ def test_a_response_the_server_refuses_as_too_long_is_quarantined_and_the_rest_s
         _assert_scored_as_in_process(store, student, set(sizes) - {r["id"] for r in rejects})
         served = server.stats["requests"]
         _reopen_stage(run)  # a rerun of the stage does not ask the server again
-        assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 0}
+        assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 2, "too_long": 2, "new": 0}  # what the outputs hold
         assert server.stats["requests"] == served
         assert RunStore.open(run).count("score", "rejects") == 2
 
@@ -106,7 +106,7 @@ def test_a_response_longer_than_the_in_process_students_context_is_quarantined(s
     tmp, base, student, sizes, limit = sampled
     run = _copy_run(tmp, "run-hf")
     cfg = load_config(None, [f"run_dir={run}", *base, f"student.max_model_len={limit}", "score.batch=8"])
-    assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 2, "too_long": 2}
+    assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 2, "too_long": 2, "new": 8}
     store = RunStore.open(run)
     rejects = list(store.read("score", "rejects"))
     long_ids = {sid for sid, (pid, _) in sizes.items() if pid == "long"}
@@ -117,10 +117,10 @@ def test_a_response_longer_than_the_in_process_students_context_is_quarantined(s
                                f"context + continuation is {n} tokens, max_model_len is {limit}")
     _assert_scored_as_in_process(store, student, set(sizes) - long_ids)
     _reopen_stage(run)
-    assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 0}  # not asked again: nothing new
+    assert run_score(cfg)["T1"] == {"scored": 6, "rejected": 2, "too_long": 2, "new": 0}  # not asked again: nothing new
     wider = load_config(None, [f"run_dir={run}", *base, f"student.max_model_len={max(n for _, n in sizes.values())}",
                                "score.batch=8"])
-    assert run_score(wider)["T1"] == {"scored": 8, "rejected": 0}
+    assert run_score(wider)["T1"] == {"scored": 8, "rejected": 0, "new": 2}
     assert RunStore.open(run).count("score", "rejects") == 0
     _assert_scored_as_in_process(RunStore.open(run), student, set(sizes))
 
@@ -140,8 +140,8 @@ def test_a_response_quarantined_under_rescore_never_is_scored_once_rescoring_is_
     never = load_config(None, [*base, "score.rescore_teacher=never"])
     run_import(never)
     run_filter(never)
-    assert run_score(never)["T1"] == {"scored": 0, "rejected": 1}
-    assert run_score(load_config(None, base))["T1"] == {"scored": 1, "rejected": 0}
+    assert run_score(never)["T1"] == {"scored": 0, "rejected": 1, "new": 1}
+    assert run_score(load_config(None, base))["T1"] == {"scored": 1, "rejected": 0, "new": 1}
     store = RunStore.open(tmp_path / "run")
     assert store.count("score", "rejects") == 0
     assert next(store.read("score", "pool-T1"))["teacher"]["rescored"]
@@ -217,6 +217,6 @@ def test_a_stage_stopped_mid_pool_keeps_the_quarantined_and_does_not_judge_them_
     assert {r["id"] for r in store.read("score", "rejects")} == long_ids
     assert store.ids("score", "pool-T1") == {i for i, _ in order[2:4]}
     again = _StudentThatDies(bounded)
-    assert run_score(cfg, student=again)["T1"] == {"scored": 6, "rejected": 0}
+    assert run_score(cfg, student=again)["T1"] == {"scored": 6, "rejected": 2, "too_long": 2, "new": 4}
     assert sorted(again.asked) == sorted(i for i, _ in order[4:])  # nothing judged before is asked again
     assert {r["id"] for r in RunStore.open(cfg.run_dir).read("score", "rejects")} == long_ids

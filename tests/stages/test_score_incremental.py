@@ -94,7 +94,8 @@ def test_a_corrected_answer_that_drops_kept_samples_scores_nothing_again(tmp_pat
     run_sample(cfg("fresh"), engine=teacher)  # the corrected prompts from the start
     run_filter(cfg("fresh"))
     fresh_counts = run_score(cfg("fresh"), student=student)
-    assert got == scored(tmp_path / "fresh") and again == fresh_counts
+    relinked = {"T1": {**fresh_counts["T1"], "new": 0}}  # what score holds is a fresh run's; nothing judged again
+    assert got == scored(tmp_path / "fresh") and again == relinked
     assert run_select(cfg("run")) == run_select(cfg("fresh"))
     for name in ("selected-T1", "rejected-T1", "train-T1"):
         assert ([plain(r) for r in RunStore.open(tmp_path / "run").read("select", name)]
@@ -110,7 +111,7 @@ def test_a_corrected_answer_that_drops_kept_samples_scores_nothing_again(tmp_pat
             run_score(cfg("killed"), student=student)
     assert len(ids_on_disk(killed, "score", "pool-T1")) == len(before) + len(kept)
     student.requests = 0
-    assert run_score(cfg("killed"), student=student) == fresh_counts and student.requests == 0
+    assert run_score(cfg("killed"), student=student) == relinked and student.requests == 0
     assert scored(killed) == got and sorted(ids_on_disk(killed, "score", "pool-T1")) == sorted(kept)
 
 
@@ -139,7 +140,8 @@ def test_an_imported_response_whose_text_changed_is_the_only_one_scored_again(tm
     run_import(cfg("run"))
     run_filter(cfg("run"))
     teacher, student = counting_scorer(open_engine(cfg("run").teacher)), counting_scorer(open_engine(cfg("run").student))
-    assert run_score(cfg("run"), student=student, teacher=teacher)["T1"] == {"scored": 3, "rejected": 1, "too_long": 1}
+    assert run_score(cfg("run"), student=student, teacher=teacher)["T1"] == {"scored": 3, "rejected": 1, "too_long": 1,
+                                                                           "new": 4}
     before = scored(tmp_path / "run")
     changed = next(k for k, v in before.items() if v["text"] == texts[1])
 
@@ -148,7 +150,9 @@ def test_an_imported_response_whose_text_changed_is_the_only_one_scored_again(tm
     run_import(cfg("run"))  # another source: the pool's imported shards are replaced, under the same ids
     run_filter(cfg("run"))
     teacher.requests = student.requests = 0
-    assert run_score(cfg("run"), student=student, teacher=teacher)["T1"] == {"scored": 3, "rejected": 0}
+    # the changed sample is scored; the quarantined one is kept, and counted: the counts say what score holds
+    assert run_score(cfg("run"), student=student, teacher=teacher)["T1"] == {"scored": 3, "rejected": 1, "too_long": 1,
+                                                                           "new": 1}
     assert (teacher.requests, student.requests) == (1, 1)
     got = scored(tmp_path / "run")
     assert set(got) == set(before) and got[changed]["text"] == texts[1]

@@ -89,7 +89,7 @@ def test_imported_without_logprobs_is_rescored_by_teacher(tmp_path, tiny_lm_dir,
                                "score.rescore_teacher=never", *RELAXED])
     run_import(never)
     run_filter(never)
-    assert run_score(never)["T1"] == {"scored": 0, "rejected": 1}
+    assert run_score(never)["T1"] == {"scored": 0, "rejected": 1, "new": 1}
 
 
 def test_unusable_teacher_signals_are_quarantined_before_the_student_scores(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab,
@@ -110,7 +110,7 @@ def test_unusable_teacher_signals_are_quarantined_before_the_student_scores(tmp_
     kept = run_filter(cfg)["T1"]["out"]
     assert kept == 5
     student = counting_scorer(open_engine(cfg.student))
-    assert run_score(cfg, student=student)["T1"] == {"scored": 4, "rejected": 1}
+    assert run_score(cfg, student=student)["T1"] == {"scored": 4, "rejected": 1, "new": 5}
     assert student.requests == 4  # the imported response never reached the student
     rejects = list(RunStore.open(cfg.run_dir).read("score", "rejects"))
     assert len(rejects) == 1 and "not raw" in rejects[0]["reason"]
@@ -182,12 +182,12 @@ def test_local_naturalness_asked_for_after_scoring_is_added_to_every_record(scor
         run_select(lcfg)
     store = RunStore.open(lcfg.run_dir)
     n = {p: store.count("score", f"pool-{p}") for p in ("T0.6", "T1")}
-    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0} for p in n}
+    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0, "new": n[p]} for p in n}  # all scored again
     recs = [r for p in n for r in store.read("score", f"pool-{p}")]
     assert len(recs) == sum(n.values()) and all("local" in r["naturalness"] for r in recs)
     out = run_select(lcfg)
     assert {p: out[p]["selected"]["n"] for p in out} == {"T0.6": 3, "T1": 3}  # m=1 per prompt
-    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0} for p in n}  # up to date now
+    assert run_score(lcfg) == {p: {"scored": n[p], "rejected": 0, "new": n[p]} for p in n}  # up to date now
 
 
 def test_finished_stages_are_not_redone_until_inputs_change(scored_run):

@@ -221,6 +221,6 @@ def test_filter_check_logprobs_drops_an_unusable_teacher_signal(tmp_path, tiny_l
             assert rej["id"] == "s1" and f"teacher.offsets[3] = [27, {len(text) + 5}] is outside the text" in rej["reason"]
         else:
             assert funnel["T0.6"] == {"in": 2, "dropped": {}, "out": 2}
-            assert run_score(cfg)["T0.6"] == {"scored": 1, "rejected": 1}
+            assert run_score(cfg)["T0.6"] == {"scored": 1, "rejected": 1, "new": 2}
             (rej,) = store.read("score", "rejects")
             assert rej["id"] == "s1" and rej["reason"].startswith("sample s1:")

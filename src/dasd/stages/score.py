@@ -31,6 +31,12 @@ others are scored (``runs.drop_if_inputs_rewritten``); records of an earlier das
 digest, are scored again. The models count by name and by version (``runs.model_versions``: teacher, student
 and its tokenizer): when one changed under its name, the scored pools and rejects are dropped and
 every kept sample is scored again, so no student signal of an earlier model is resumed.
+
+A pool's counts in the manifest (``pool_counts``) say what the stage holds for it, whichever run
+judged it, so a run resumed after a crash (or after a re-link) records an uninterrupted run's:
+``scored``, ``rejected`` (its kept samples in quarantine) and, when any, ``too_long`` (those of them
+too long for a context); only ``new`` (samples scored or quarantined by this run) is of the run
+that recorded the counts.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import numpy as np
 
 from dasd.engines.base import ScoreRequest
 from dasd.errors import ContextLengthError
+from dasd.idset import IdSet
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
@@ -86,10 +93,11 @@ def _too_long(sample: dict, role: str, err: ContextLengthError, judged: str) -> 
 
 class _Rejects:
     """The quarantine records of one pool, added to the stage's ``rejects`` writer as they are judged;
-    counts them (``n``, ``too_long`` and the first too-long one's ``where``) without holding them."""
+    counts the new ones (``n``, ``too_long`` and the first too-long one's ``where``) without holding
+    them, and adds the ids of the too-long ones to ``too_long_ids`` (those of the stage's rejects)."""
 
-    def __init__(self, writer):
-        self.writer, self.n, self.too_long, self.first_too_long = writer, 0, 0, ""
+    def __init__(self, writer, too_long_ids: IdSet):
+        self.writer, self.too_long_ids, self.n, self.too_long, self.first_too_long = writer, too_long_ids, 0, 0, ""
 
     def add(self, record: dict, made_from: str) -> None:
         """Quarantine ``record``, made from a sample of digest ``made_from`` (``scored_input``)."""
@@ -97,7 +105,22 @@ class _Rejects:
             self.n += 1
             if record.get("too_long"):
                 self.too_long += 1
+                self.too_long_ids.add(record["id"])
                 self.first_too_long = self.first_too_long or record["where"]
+
+
+def pool_counts(store: RunStore, pool: str, rejected, too_long_ids) -> dict:
+    """What the score stage holds for ``pool``, whichever run judged it (a resumed run records an
+    uninterrupted one's): its scored records (``scored``) and, of its kept samples, those quarantined
+    (``rejected``: their ids are ``in rejected``, e.g. the stage's rejects writer) and among them the
+    too-long ones (``too_long``, when any: ids ``in too_long_ids``). Counted from id columns, not by
+    holding records."""
+    kept = store.ids("filter", output(KEPT, pool))
+    counts = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": sum(sid in rejected for sid in kept)}
+    too_long = sum(sid in too_long_ids for sid in kept)
+    if too_long:
+        counts["too_long"] = too_long
+    return counts
 
 
 def wants_local_naturalness(cfg) -> bool:
@@ -156,11 +179,12 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     if stale:
         log.info(f"{stale} sample(s) quarantined under other settings or models: judged again")
     prompts = prompts or RunPrompts(store)
+    too_long_ids = IdSet(r["id"] for r in store.read(STAGE, "rejects") if r.get("too_long"))
     counts = {}
     with faults_kept(store, STAGE, lambda: [student, teacher]):
         for pool in pools(store, "filter", KEPT):
             with store.writer(STAGE, output(SCORED, pool), shard_size=128) as w, store.writer(STAGE, "rejects") as wq:
-                rejects = _Rejects(wq)  # written as judged, like the scored records: a stopped stage keeps them
+                rejects = _Rejects(wq, too_long_ids)  # written as judged, like the scored records: a stopped stage keeps them
                 alone = {"student": 0, "teacher": 0}  # responses not scored on their training tokens
                 done_rejected = wq.existing
 
@@ -221,9 +245,8 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     bar.update(len(batch))
                     bar.set_postfix(tok_s=f"{rate.per_s():.0f}")
                 bar.close()
-            counts[pool] = {"scored": store.count(STAGE, output(SCORED, pool)), "rejected": rejects.n}
+            counts[pool] = {**pool_counts(store, pool, wq, too_long_ids), "new": w.written + rejects.n}
             if rejects.too_long:
-                counts[pool]["too_long"] = rejects.too_long
                 log.warning(f"{pool}: {rejects.too_long} response(s) longer than the student's or teacher's context "
                             f"(e.g. {rejects.first_too_long}): quarantined, not scored again "
                             "while the stage's settings and models stay the same")
@@ -232,7 +255,8 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
                     log.warning(f"{pool}: {n} response(s) scored on their own tokens after the {role}'s generation "
                                 "prompt, not on the tokens training gives them: its chat template changes them beyond "
                                 "whitespace, or joins their first or last token with its own text")
-            log.info(f"{pool}: {counts[pool]['scored']} responses scored, {rejects.n} quarantined")
+            log.info(f"{pool}: {counts[pool]['scored']} responses scored, {counts[pool]['rejected']} quarantined "
+                     f"({counts[pool]['new']} judged now)")
     record_faults(store, STAGE, [student, teacher])
     store.end_stage(STAGE, counts)
     return counts
