@@ -35,7 +35,8 @@ class Crash(Exception):
 
 
 class CrashAfter:
-    """A real engine that dies after ``n`` generate calls (to simulate a crash mid-stage)."""
+    """A real engine that dies after ``n`` generate calls (to simulate a crash mid-stage); otherwise
+    the engine itself (its context length, tokenizer, ...)."""
 
     def __init__(self, engine, n):
         self.engine, self.n = engine, n
@@ -45,6 +46,9 @@ class CrashAfter:
             raise Crash()
         self.n -= 1
         return self.engine.generate(reqs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
 
 def records(run):

@@ -56,6 +56,13 @@ when it changed, its too-long records are dropped from the rejects and those pro
 (other rejects stay: bad prompt records and imported rows do not depend on the teacher, and a
 non-finite sample is asked again anyway). Engine retries (openai: by kind, time lost) are logged
 and kept in the manifest, also when the stage fails (``runs.faults_kept``).
+
+A pool's counts in the manifest (``pool_stats`` and the quarantine counts) say what the pool holds
+and lacks, so a run resumed after a crash records those of an uninterrupted one: ``quarantined``
+is the prompts it asks that are quarantined as too long (in each pool that asks one, whichever run
+or temperature judged it) plus its samples quarantined as non-finite (asked again on every run, so
+those it lacks), ``refused_too_long`` the too-long prompts a server refused; only ``new`` (samples
+this run added) is of the run that recorded the counts.
 """
 
 from __future__ import annotations
@@ -122,10 +129,19 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     stale = store.drop_records(STAGE, "rejects", lambda r: _is_too_long(r) and r.get("context") != context)
     if stale:
         log.info(f"{stale} prompt(s) quarantined as too long for another teacher or context length: judged again")
-    rejected = IdSet(r["id"] for r in store.read(STAGE, "rejects"))
+    rejected, refused_ids = IdSet(), IdSet()  # every quarantine record's id; those of prompts a server refused
+    for r in store.read(STAGE, "rejects"):
+        rejected.add(r["id"])
+        if _refused(r):
+            refused_ids.add(r["id"])
 
     def sample_pool(temp: float, asked: list[str]) -> dict:
-        """Ask the teacher for the samples ``asked`` prompts miss at ``temp``; return what was new."""
+        """Ask the teacher for the samples ``asked`` prompts miss at ``temp``; return what was new and
+        what the pool lacks for quarantine: ``quarantined`` counts the prompts it asks that are
+        quarantined as too long (also those judged by an earlier run, or at another temperature: none
+        is asked again) and the samples this run quarantined as non-finite (a missing sample is asked
+        on every run, so those are all the pool lacks for that reason); ``refused_too_long`` those of
+        the too-long prompts that the teacher's server refused."""
         nonlocal engine, opened
         pool = pool_name(temp)
         quarantine: list[dict] = []
@@ -176,7 +192,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                     if isinstance(g, ContextLengthError):
                         refused.append(p["id"])
                         quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
-                                           "reason": f"the teacher's server refused it as longer than its context: {g}"})
+                                           "reason": f"{REFUSED}: {g}"})
                         bar.update(1)
                         continue
                     left[r] -= 1
@@ -217,7 +233,10 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
             log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
                         f"see {store.root / STAGE}/rejects-*.jsonl")
             rejected.update(x["id"] for x in quarantine)
-        return {"quarantined": len(quarantine), "refused_too_long": len(refused), "new": w.written,
+            refused_ids.update(_too_long_id({"id": pid}) for pid in refused)
+        too_long = sum(_too_long_id({"id": pid}) in rejected for pid in asked)
+        return {"quarantined": too_long + sum(not _is_too_long(x) for x in quarantine),
+                "refused_too_long": sum(_too_long_id({"id": pid}) in refused_ids for pid in asked), "new": w.written,
                 "tok_s": rate_t.per_s()}
 
     with faults_kept(store, STAGE, lambda: [engine]):
@@ -299,6 +318,14 @@ def _too_long_id(prompt: dict) -> str:
 def _is_too_long(reject: dict) -> bool:
     """True for a too-long quarantine record (``_too_long_id``)."""
     return str(reject.get("id", "")).startswith("too-long-")
+
+
+REFUSED = "the teacher's server refused it as longer than its context"  # a refused prompt's reason begins so
+
+
+def _refused(reject: dict) -> bool:
+    """True for the too-long quarantine record of a prompt the teacher's server refused (``REFUSED``)."""
+    return _is_too_long(reject) and str(reject.get("reason", "")).startswith(REFUSED)
 
 
 def _context_key(cfg) -> str:
