@@ -1174,6 +1174,106 @@ def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path,
     assert kept not in {e["prompt_id"] for e in mixed} and wrong in {e["prompt_id"] for e in mixed}
 
 
+def test_an_example_written_by_a_killed_rejudge_goes_when_its_rollout_is_not_kept(tmp_path):
+    """`dasd mix` killed after it wrote the example of a question a corrected answer now keeps, before
+    it rewrote that rollout (still judged incorrect on disk); the correction is then taken back
+    (`dasd sample` with the first answer again). The rollout stands as incorrect, but its example
+    stayed in RUN/mix/examples (the draw's example ids were all kept) and fed training. Now the
+    examples are those of the draw's kept rollouts: what the mix before the correction wrote."""
+    from dasd.config import load_config
+    from dasd.grading.grade import grade_one
+    from dasd.prompts import toy_prompts
+    from dasd.runs import named_pools
+    from dasd.stages.filter import run_filter
+    from dasd.stages.mix import run_mix_stage
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    src = tmp_path / "prompts.jsonl"
+
+    def write(rows):
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={src}", "student.model=toy:student",
+                             "teacher.model=toy:teacher", "sample.k=1", "sample.temperatures=[0.6]",
+                             "sample.max_tokens=320", "filter.require_correct=true", "mix.n_questions=12",
+                             "mix.length_multiple=0.6", "mix.max_continuation_tokens=400"])
+    rows = toy_prompts(12, 0, "train", None)
+    write(rows)
+    for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
+        stage(cfg)
+    store = RunStore.open(tmp_path / "run")
+    before = sorted(json.dumps(e, sort_keys=True) for e in store.read("mix", "examples"))
+    rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
+    wrong = next(pid for pid in sorted(rollouts) if rollouts[pid]["verdict"] == "incorrect")
+    r = rollouts[wrong]
+    full = r["student"]["text"][: r["prefix_chars"]] + r["continuation"]["text"]
+    fixed = grade_one(next(p for p in rows if p["id"] == wrong), full)["extracted"]  # its continuation passes it
+    write([{**p, "answer": fixed} if p["id"] == wrong else p for p in rows])
+    run_sample(cfg)
+    rewrite = RunStore.drop_records
+
+    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
+        if name == "rollouts":
+            raise Crash()
+        return rewrite(self, stage, name, drop, add)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunStore, "drop_records", killed)
+        with pytest.raises(Crash):
+            run_mix_stage(cfg)
+    assert wrong in {e["prompt_id"] for e in RunStore.open(tmp_path / "run").read("mix", "examples")}
+
+    write(rows)  # the correction taken back: the rollout on disk was judged against this record
+    run_sample(cfg)
+    run_mix_stage(cfg)
+    store = RunStore.open(tmp_path / "run")
+    assert {r["prompt_id"]: r["verdict"] for r in store.read("mix", "rollouts")}[wrong] == "incorrect"
+    assert sorted(json.dumps(e, sort_keys=True) for e in store.read("mix", "examples")) == before
+    assert wrong not in {e["prompt_id"] for e in named_pools(cfg, store)["mixed"]}
+
+
+def test_a_question_asked_again_after_a_killed_rejudge_gets_the_example_of_its_new_rollout(mix_engines, tmp_path):
+    """`dasd mix` killed after it wrote the example of a question a corrected answer now keeps, before
+    it rewrote that rollout; then the question's selected teacher response changed (`dasd select`
+    again), so the rerun asks it again. Its example on disk, of the old rollout, was not replaced by the
+    new rollout's (an example id on disk is not written twice). Now the examples of the rollouts asked
+    again go first: the run ends with a fresh mix's rollouts and examples."""
+    student, teacher = mix_engines
+    cfg = MixConfig(**{**E2E, "require_correct": True, "n_questions": 8})
+
+    def grade(prompt, text):  # the reference decides, whatever the text
+        return prompt["answer"] == "right"
+
+    curated = [{**q, "prompt": {**q["prompt"], "answer": "wrong"}} for q in curated_set(8)]
+    store = RunStore(tmp_path / "run")
+    run_mix(cfg, store, curated, student, teacher, grade=grade)
+    rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
+    pid = next(p for p in sorted(rollouts) if rollouts[p]["verdict"] == "incorrect")
+    fixed = [{**q, "prompt": {**q["prompt"], "answer": "right"}} if q["prompt"]["id"] == pid else q for q in curated]
+    rewrite = RunStore.drop_records
+
+    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
+        if name == "rollouts":
+            raise Crash()
+        return rewrite(self, stage, name, drop, add)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunStore, "drop_records", killed)
+        with pytest.raises(Crash):
+            run_mix(cfg, store, fixed, student, teacher, grade=grade)
+    old = {e["prompt_id"]: e for e in store.read("mix", "examples")}[pid]
+    # a response three times as long: a larger cap, a longer rollout, a later cut
+    final = [{**q, "teacher_text": q["teacher_text"] * 3} if q["prompt"]["id"] == pid else q for q in fixed]
+    assert run_mix(cfg, store, final, student, teacher, grade=grade)["new"] == 1
+    assert {r["prompt_id"]: r["verdict"] for r in store.read("mix", "rollouts")}[pid] == "kept"
+    fresh = RunStore(tmp_path / "fresh")
+    run_mix(cfg, fresh, final, student, teacher, grade=grade)
+    assert _contents(store) == _contents(fresh)
+    assert old not in list(store.read("mix", "examples"))
+
+
 def test_one_mix_reads_its_rollouts_once(e2e, mix_engines, tmp_path, monkeypatch):
     """`dasd mix` read RUN/mix/rollouts three times (the stale rollouts, the done ones, the funnel):
     now once, whether the run starts fresh, resumes or has nothing left to do, with the same funnel

@@ -168,7 +168,8 @@ def run_mix(
         bar.close()
     funnel = funnel_of(known.values())
     funnel["new"] = len(todo)
-    funnel["stale_examples_removed"] = _drop_stale_examples(store, {example_id(r) for r in rid.values()})
+    funnel["stale_examples_removed"] = _drop_stale_examples(
+        store, {k["example_id"] for k in known.values() if k["verdict"] == "kept"})
     runs.record_faults(store, STAGE, [student_engine, teacher_engine])
     store.end_stage(STAGE, funnel)
     log.info(funnel_table(funnel))
@@ -200,13 +201,13 @@ def _update_rollouts(store: RunStore, cfg: MixConfig, questions: list[dict], rid
             return True
         return r.get("teacher_text_id") not in (None, text_ids.get(r["prompt_id"], r.get("teacher_text_id")))
 
-    gone: dict[str, tuple[str, str | None]] = {}  # rollout id -> (verdict, example id)
+    gone: dict[str, str] = {}  # rollout id -> verdict
     again: dict[str, dict] = {}  # rollout id -> the fields judging again changes
     unkept: set[str] = set()  # examples of judged-again questions no longer kept
     known: dict[str, dict] = {}
     for r in store.read(STAGE, "rollouts"):
         if stale(r):
-            gone[r["id"]] = (r["verdict"], r.get("example_id"))
+            gone[r["id"]] = r["verdict"]
             continue
         if r["id"] not in drawn:
             continue
@@ -225,12 +226,13 @@ def _update_rollouts(store: RunStore, cfg: MixConfig, questions: list[dict], rid
                     prefix = r["student"]["text"][: r["prefix_chars"]]
                     p = prompts[r["prompt_id"]]
                     wx.add(make_example(p, prefix, r["continuation"]["text"], again[r["id"]]["example_id"], prompt_id=p["id"]))
-    dropped = unkept | {ex for _, ex in gone.values() if ex}
+    # a removed question's example, by id: also one a killed run wrote before its rollout said kept
+    dropped = unkept | {example_id(i) for i in gone}
     if dropped:
         store.drop_records(STAGE, "examples", lambda e: e["id"] in dropped)
     store.drop_records(STAGE, "rollouts", lambda r: r["id"] in gone or r["id"] in again,
                        add=({**r, **again[r["id"]]} for r in store.read(STAGE, "rollouts") if r["id"] in again))
-    too_long = sum(verdict in TOO_LONG for verdict, _ in gone.values())
+    too_long = sum(verdict in TOO_LONG for verdict in gone.values())
     if too_long:
         log.info(f"{too_long} question(s) skipped as too long for another context of the student or teacher: judged again")
     if len(gone) > too_long:
@@ -256,9 +258,13 @@ def _judge_again(rollout: dict, prompt: dict, cfg: MixConfig, grade) -> dict:
 
 
 def _drop_stale_examples(store: RunStore, keep: set[str]) -> int:
-    """Make ``RUN/mix/examples`` hold only this draw's examples; return how many were removed.
+    """Make ``RUN/mix/examples`` hold only the examples of this draw's kept rollouts (``keep``);
+    return how many were removed.
 
-    Examples of an earlier config, student or larger draw would otherwise be trained on silently.
+    Examples of an earlier config, student or larger draw would otherwise be trained on silently, and
+    so would one written before its rollout was (examples are flushed first) or rewritten (a rerun
+    judging it again) by a run killed in between, whose rollout is not kept now (judged against
+    another record of its prompt, or asked again and answered otherwise).
     ``RunStore.drop_records`` writes the kept ones to a new shard before it deletes the old ones, so
     a process killed meanwhile keeps every current example (the rerun finishes the removal).
     """
