@@ -791,7 +791,8 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
     if _lost(store, {k: v for k, v in read.items() if k == f"sample/{PROMPTS}"}):
         return "`dasd mix` judged against prompt records the run has replaced since (a reference answer corrected)"
     if _lost(store, {k: v for k, v in read.items() if k.startswith(f"select/{SELECTED}-")}):
-        return "`dasd select` chose other teacher responses since `dasd mix` ran (they set the student's caps)"
+        return ("`dasd select` wrote its selections again since `dasd mix` ran (a selected response sets the student's "
+                "cap; `dasd mix` asks again only the questions whose response changed)")
     return None
 
 

@@ -1367,7 +1367,8 @@ def test_a_selection_made_again_after_mix_keeps_its_examples_out_of_training_unt
     assert before != after  # the selection changed
     store = RunStore.open(tmp_path / "run")
     assert mix_not_current(cfg("select.method=random", "select.seed=3"), store) == (
-        "`dasd select` chose other teacher responses since `dasd mix` ran (they set the student's caps)")
+        "`dasd select` wrote its selections again since `dasd mix` ran (a selected response sets the student's cap; "
+        "`dasd mix` asks again only the questions whose response changed)")
     assert "mixed" not in named_pools(cfg("select.method=random", "select.seed=3"), store)
     funnel = run_mix_stage(cfg("select.method=random", "select.seed=3"))
     changed = {pid for pid in before if before[pid] != after.get(pid)}
