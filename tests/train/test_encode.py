@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
@@ -152,7 +153,6 @@ def test_response_tokens_are_the_training_tokens_of_the_response(tiny_lm_dir, te
     """response_tokens: the ids training gives the response, right after the ids of its context, and
     each token's span in the response as given (through the whitespace a Qwen3-style template re-lays;
     byte pieces of one character share it)."""
-    from dasd.engines.offsets import token_bytes
     from dasd.train.encode import response_tokens
 
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
@@ -161,21 +161,144 @@ def test_response_tokens_are_the_training_tokens_of_the_response(tiny_lm_dir, te
     response = "<think>Café 日本: 3 + 4 = 7.</think>So 7. 😀"
     example = _example(answer=response)
     (rt,) = response_tokens(tok, [(example["messages"][:-1], response)])
-    enc = encode_example(tok, example)
+    after = _check_training_tokens(tok, example["messages"][:-1], response, rt, verbatim=template is None)
+    assert after[0] == "<|im_end|>"
+    assert rt.offsets[0, 0] == 0 and rt.offsets[-1, 1] == len(response)
+
+
+def _check_training_tokens(tok, messages, response, rt, verbatim):
+    """``rt`` (``response_tokens``) holds the ids training gives ``response`` after ``messages``, right
+    after the ids of its context, and each token's span in the response as given; returns the
+    tokens training gives after them."""
+    from dasd.engines.offsets import token_bytes
+
+    enc = encode_example(tok, {"messages": [*messages, {"role": "assistant", "content": response}]})
     ctx = tok(rt.context, add_special_tokens=False)["input_ids"]
     assert enc.input_ids[: len(ctx) + len(rt.ids)] == ctx + rt.ids
     assert all(enc.loss_mask[len(ctx) : len(ctx) + len(rt.ids)])
-    assert tok.convert_ids_to_tokens(enc.input_ids[len(ctx) + len(rt.ids)]) == "<|im_end|>"
+    after = tok.convert_ids_to_tokens(enc.input_ids[len(ctx) + len(rt.ids) :])
+    assert not "".join(after[: after.index("<|im_end|>")]).replace("Ċ", "")  # at most a newline the template added
     assert b"".join(token_bytes(tok, rt.ids)).decode() == rt.text
+    assert "".join(rt.text.split()) == "".join(response.split())  # every non-space character, nothing else
     pieces = [p.decode("utf-8", errors="ignore") for p in token_bytes(tok, rt.ids)]
-    for piece, (s, e) in zip(pieces, rt.offsets):
+    assert rt.offsets.dtype == np.int64 and rt.offsets.shape == (len(rt.ids), 2)
+    offsets = [tuple(o) for o in rt.offsets.tolist()]
+    for piece, (s, e) in zip(pieces, offsets):
         if piece:  # a whole character or more: the same non-space text in the response
             assert "".join(piece.split()) == "".join(response[s:e].split()), (piece, response[s:e])
-    assert rt.offsets[0][0] == 0 and rt.offsets[-1][1] == len(response)
-    assert all(a <= c and b <= d for (a, b), (c, d) in zip(rt.offsets, rt.offsets[1:]))
-    if template is None:  # verbatim: the spans tile the response (pieces of one character share its span)
-        spans = [sp for k, sp in enumerate(rt.offsets) if k == 0 or sp != rt.offsets[k - 1]]
+    assert all(0 <= a <= b <= len(response) for a, b in offsets)
+    assert all(a <= c and b <= d for (a, b), (c, d) in zip(offsets, offsets[1:]))
+    if verbatim:  # the spans tile the response (pieces of one character share its span)
+        spans = [sp for k, sp in enumerate(offsets) if k == 0 or sp != offsets[k - 1]]
         assert "".join(response[s:e] for s, e in spans) == response
+    return after
+
+
+def _random_response(rng, think: bool) -> str:
+    """Toy reasoning with every kind of whitespace and multi-byte characters; with ``think``, a
+    ``<think>R</think>A`` that a Qwen3-style template re-lays only the whitespace of."""
+    pieces = ["3", " + ", "4 = 7.", " ", "  ", "\n", "\n\n", "\t", "\u3000", "\xa0", "\u2028", "Café", "日本", "😀", "So", "Check"]
+
+    def words(k):
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(1, k))).strip()
+
+    text = words(40)
+    if think:
+        text = f"<think>{rng.choice(['', chr(10)])}{text}{rng.choice(['', chr(10)])}</think>{rng.choice(['', chr(10)])}{words(8)}"
+    return text or "7"
+
+
+@pytest.mark.parametrize("template", [None, QWEN_LIKE], ids=["chatml", "qwen"])
+def test_response_tokens_are_the_training_tokens_of_random_responses(tiny_lm_dir, template):
+    """The same on many random responses (several to a prompt, several prompts in one call): the
+    vectorised alignment finds the training tokens of every one."""
+    import random
+
+    from dasd.train.encode import response_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    if template:
+        tok.chat_template = template
+    rng = random.Random(0)
+    prompts = [[{"role": "user", "content": q}] for q in ("3+4?", "Café  日本?\n", "x")]
+    pairs = [(rng.choice(prompts), _random_response(rng, think=template is not None or rng.random() < 0.5))
+             for _ in range(120)]
+    found = response_tokens(tok, pairs)
+    assert all(rt is not None for rt in found)
+    for (messages, response), rt in zip(pairs, found):
+        _check_training_tokens(tok, messages, response, rt, verbatim=template is None)
+
+
+def test_response_tokens_tokenise_a_shared_context_once(tiny_lm_dir, monkeypatch):
+    """The responses to one prompt share their context: it is tokenised once to check it, not once per
+    response (a long prompt is the cost of every check)."""
+    import dasd.engines.base as base
+    from dasd.train.encode import response_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    seen = []
+
+    def counting(tokenizer, text):
+        seen.append(text)
+        return real(tokenizer, text)
+
+    real = base.encode_text
+    monkeypatch.setattr(base, "encode_text", counting)
+    prompts = [[{"role": "user", "content": "3+4? " * 20}], [{"role": "user", "content": "5-2?"}]]
+    pairs = [(prompts[i % 2], f"{i} + 4 = 7. So 7.") for i in range(8)]
+    found = response_tokens(tok, pairs)
+    assert all(rt is not None for rt in found)
+    assert sorted(seen) == sorted({rt.context for rt in found}) and len(seen) == 2
+
+
+def _align_nonspace_by_character(content, text, start, stop):
+    """``_align_nonspace`` as the character loop it was (the reference for the vectorised one)."""
+    want = [c for c in content if not c.isspace()]
+    found = []
+    for pos in range(start, stop):
+        if len(found) == len(want):
+            break
+        c = text[pos]
+        if c.isspace():
+            continue
+        if c != want[len(found)]:
+            return None
+        found.append(pos)
+    return found if len(found) == len(want) else None
+
+
+def test_align_nonspace_is_the_character_loop():
+    """On random texts (every kind of whitespace, astral and lone surrogate characters, re-laid
+    whitespace, a changed, missing or extra character, any window) the vectorised alignment gives
+    the character loop's answer."""
+    import random
+
+    from dasd.train.encode import _align_nonspace
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", "<", "é", "日", "😀", "\ud800", " ", "\n", "\t", "\u3000", "\xa0", "\u2028", "\x1c", "\x85"]
+    kinds = {"none": 0, "some": 0}
+    for _ in range(3000):
+        content = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        laid = [c if not c.isspace() or rng.random() < 0.5 else rng.choice(["", " ", "\n\n"]) for c in content]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 5))) + "".join(laid) + "<|im_end|>"
+        if rng.random() < 0.3 and text:
+            k = rng.randrange(len(text))
+            text = text[:k] + rng.choice(["", "x", " ", "日"]) + text[k + 1 :]
+        start = rng.randint(0, len(text))
+        stop = rng.randint(start, len(text))
+        want = _align_nonspace_by_character(content, text, start, stop)
+        got = _align_nonspace(content, text, start, stop)
+        assert (None if got is None else got.tolist()) == want, (content, text, start, stop)
+        kinds["none" if want is None else "some"] += 1
+    assert min(kinds.values()) > 300  # both answers are exercised
+
+
+def test_spaces_are_every_character_isspace_holds_for():
+    """The whitespace table of the vectorised alignment is exactly ``str.isspace`` over all of Unicode."""
+    from dasd.train.encode import _SPACES
+
+    assert _SPACES.tolist() == [c for c in range(0x110000) if chr(c).isspace()]
 
 
 def test_response_tokens_none_when_the_template_changes_the_response(tiny_lm_dir):

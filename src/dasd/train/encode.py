@@ -23,6 +23,7 @@ earlier turns' reasoning) break the character mapping; that is detected and repo
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import numpy as np
 
@@ -101,24 +102,34 @@ def _render_one(tokenizer, example: dict, where: str) -> tuple[str, list[tuple[i
     return text, spans, prefix_span
 
 
-def _align_nonspace(content: str, text: str, start: int, stop: int) -> list[int] | None:
+# Every character ``str.isspace`` holds true for: all lie below U+3001 (tests/train/test_encode.py
+# checks this list against every code point).
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def _codes(text: str) -> np.ndarray:
+    """The code points of ``text`` (a lone surrogate, which a JSON string can hold, is kept as one)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _nonspace(codes: np.ndarray) -> np.ndarray:
+    """The positions of the code points that are not whitespace (``str.isspace``)."""
+    return np.flatnonzero(~np.isin(codes, _SPACES))
+
+
+def _align_nonspace(content: str, text: str, start: int, stop: int) -> np.ndarray | None:
     """Where each non-whitespace character of ``content`` is in ``text[start:stop]``, when the
     template changed only whitespace (Qwen3-style templates re-render ``<think>R</think>A`` as
     ``<think>\nR\n</think>\n\nA``): the rendered span holds the same non-whitespace characters in
     the same order (anything after them, e.g. the end-of-turn tag, is left alone). None when that
     does not hold."""
-    want = [c for c in content if not c.isspace()]
-    found: list[int] = []
-    for pos in range(start, stop):
-        if len(found) == len(want):
-            break
-        c = text[pos]
-        if c.isspace():
-            continue
-        if c != want[len(found)]:
-            return None
-        found.append(pos)
-    return found if len(found) == len(want) else None
+    want = _codes(content)
+    want = want[_nonspace(want)]
+    span = _codes(text[start:stop])
+    found = _nonspace(span)[: len(want)]
+    if len(found) < len(want) or not np.array_equal(span[found], want):
+        return None
+    return found + start
 
 
 def _map_through_whitespace(content: str, n: int, text: str, start: int, stop: int) -> int | None:
@@ -130,7 +141,7 @@ def _map_through_whitespace(content: str, n: int, text: str, start: int, stop: i
     if found is None:
         return None
     k = sum(1 for c in content[:n] if not c.isspace())
-    return start if k == 0 else found[k - 1] + 1
+    return start if k == 0 else int(found[k - 1]) + 1
 
 
 def _masks(offsets: np.ndarray, spans, prefix_span) -> tuple[np.ndarray, np.ndarray]:
@@ -175,12 +186,12 @@ class ResponseTokens:
     characters in the rendered conversation; ``context``, the rendered text before the first of them
     (it tokenises to exactly the ids before them); ``text``, the rendered text they cover; and
     ``offsets``, each token's character span in the response as given (``engines.offsets``' rule,
-    carried through any whitespace the template re-laid)."""
+    carried through any whitespace the template re-laid), a ``(len(ids), 2)`` int64 array."""
 
     context: str
     text: str
     ids: list[int]
-    offsets: list[tuple[int, int]]
+    offsets: np.ndarray
 
 
 # How far back into the generation prompt a response may begin: a template whose generation prompt
@@ -222,41 +233,48 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     if not todo:
         return out
     enc = tokenizer([rendered[k][0] for k in todo], add_special_tokens=False, return_offsets_mapping=True)
+    contexts: dict[str, list[int]] = {}  # context -> its ids: the responses to one prompt share it
     for k, ids, offs in zip(todo, enc["input_ids"], enc["offset_mapping"]):
         text, (head_end, turn_end) = rendered[k]
         response = pairs[k][1]
-        solid = np.asarray([i for i, c in enumerate(response) if not c.isspace()], dtype=np.int64)
+        solid = _nonspace(_codes(response))
         if text.startswith(response, head_end):  # kept verbatim (ChatML and most templates)
             where = solid + head_end  # rendered position of each non-space character of the response
         else:
-            found = _align_response(response, text, head_end, turn_end)
-            where = np.asarray(found or [], dtype=np.int64)
-        if not len(where):
+            where = _align_response(response, text, head_end, turn_end)
+        if where is None or not len(where):
             continue
         lo = max(head_end, int(where[0] - solid[0]))
         hi = int(where[-1]) + 1
         tail = len(response) - int(solid[-1]) - 1  # trailing whitespace: trained where the template keeps it
         while hi < turn_end and tail and text[hi].isspace():
             hi, tail = hi + 1, tail - 1
-        offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+        offs = _pairs(offs)
         held = np.flatnonzero((offs[:, 1] > offs[:, 0]) & (offs[:, 0] < hi) & (lo < offs[:, 1]))
         if not len(held):
             continue
         first, last = int(held[0]), int(held[-1])
         start, end = int(offs[first, 0]), int(offs[last, 1])
         context, covered, cut = text[:start], text[start:end], list(ids[first : last + 1])
-        if encode_text(tokenizer, context) != list(ids[:first]):
+        if context not in contexts:
+            contexts[context] = encode_text(tokenizer, context)
+        if contexts[context] != ids[:first]:
             continue
         try:
-            spans = np.asarray(token_offsets(tokenizer, cut, covered), dtype=np.int64).reshape(-1, 2) + start
+            spans = _pairs(token_offsets(tokenizer, cut, covered)) + start
         except DasdError:
             continue
-        mapped = _to_response(spans, where, solid, len(response))
-        out[k] = ResponseTokens(context, covered, cut, [(int(s), int(e)) for s, e in mapped])
+        out[k] = ResponseTokens(context, covered, cut, _to_response(spans, where, solid, len(response)))
     return out
 
 
-def _align_response(response: str, text: str, head_end: int, turn_end: int) -> list[int] | None:
+def _pairs(pairs) -> np.ndarray:
+    """A sequence of ``(start, end)`` pairs as a ``(n, 2)`` int64 array (faster than ``np.asarray``
+    on a list of tuples)."""
+    return np.fromiter(chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs)).reshape(-1, 2)
+
+
+def _align_response(response: str, text: str, head_end: int, turn_end: int) -> np.ndarray | None:
     """``_align_nonspace`` of the response in the rendered turn; where that fails, from a start inside
     the end of the generation prompt (a prompt that already opens the response: ``<think>``)."""
     found = _align_nonspace(response, text, head_end, turn_end)
