@@ -2,8 +2,9 @@
 
 ``world_checks(toy_dir)`` samples the teacher on a small pool of held-out ``dev`` prompts with the hf
 engine (k samples per prompt at each temperature, raw log-probs), keeps the finished, correct ones
-(as ``filter.require_correct`` does), scores them with the student through the hf engine's
-``score`` and ``dasd.rules.das.score_sample``, selects m per prompt and temperature with
+(as ``filter.require_correct`` does), scores them with the student as ``dasd score`` does (the hf
+engine on the tokens training gives each response, ``dasd.train.encode.score_as_trained``) and
+``dasd.rules.das.score_sample``, selects m per prompt and temperature with
 ``dasd.rules.das.select_grouped`` (DAS and random at the same budget), and then fine-tunes a copy of the
 student base on the DAS-selected samples for a few epochs and measures it on held-out ``test``
 problems beside the base and the teacher. It answers three questions, each with a pass flag:
@@ -38,10 +39,12 @@ from dasd.rules.das import DASConfig, score_sample, select_grouped
 from dasd.engines.base import GenerateRequest, ScoreRequest
 from dasd.engines.config import EngineConfig
 from dasd.engines.hf import HFEngine
+from dasd.errors import ContextLengthError
 from dasd.log import logger
 from dasd.toy import world
 from dasd.toy.encode import encode_examples, pad_batch
 from dasd.toy.measure import evaluate_accuracy, style_shares
+from dasd.train.encode import score_as_trained
 
 
 def _seed(*parts) -> int:
@@ -83,8 +86,14 @@ def sample_pool(
 
 
 def score_pool(student: HFEngine, samples: list[dict], cfg: DASConfig) -> list[dict]:
-    """Each sample scored by the student (teacher-forced, its own tokenizer) and typed by DAS."""
-    results = student.score([ScoreRequest(id=s["id"], messages=s["messages"], continuation=s["text"]) for s in samples])
+    """Each sample scored by the student as ``dasd score`` scores it (teacher-forced on the tokens
+    training gives the response, ``score_as_trained``) and typed by DAS; a sample longer than the
+    student's context stops the checks with the engine's words."""
+    results, _ = score_as_trained(student, [ScoreRequest(id=s["id"], messages=s["messages"], continuation=s["text"])
+                                            for s in samples])
+    refused = next((r for r in results if isinstance(r, ContextLengthError)), None)
+    if refused is not None:
+        raise refused
     return [score_sample(s, r.offsets, r.logprobs, cfg) for s, r in zip(samples, results)]
 
 
