@@ -13,17 +13,7 @@ from dasd.toy import world
 from dasd.toy.build import default_toy_dir
 from dasd.toy.checks import sample_pool, score_pool
 from dasd.train.encode import encode_example
-
-# A Qwen3-style template: it re-renders <think>R</think>A as <think>\nR\n</think>\n\nA, so the toy
-# world's "...\n</think>\nThe answer..." is trained with one more newline than it was written with.
-QWEN_LIKE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
-    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
-    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from train.test_encode import QWEN_LIKE  # re-lays <think>R</think>A as <think>\nR\n</think>\n\nA
 
 
 @pytest.fixture(scope="module")
