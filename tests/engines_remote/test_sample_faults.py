@@ -209,3 +209,91 @@ def test_a_failed_stage_keeps_its_retries_in_the_manifest(serve, tmp_path):
     assert not info["complete"]
     assert info["faults"]["retries"] == info["faults"]["by_kind"]["429"] == injected > 0
     assert info["faults"]["requests"] == injected + 1 and info["faults"]["seconds_lost"] >= 0
+
+
+class _Asked:
+    """The server's real engine, keeping the last message of every request it is asked to sample for."""
+
+    def __init__(self, engine):
+        self.engine, self.prompts = engine, []
+
+    def generate(self, requests):
+        self.prompts += [r.messages[-1]["content"] for r in requests]
+        return self.engine.generate(requests)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAfterARefusal:
+    """The stage's real openai engine, killed at the first sample it hands back after the server
+    refused a request as too long (the stage has judged the refusal and taken that sample)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate_iter(self, requests, skip=None, too_long=None):
+        from contextlib import closing
+
+        refused = []
+
+        def seen(r, err):
+            refused.append(r)
+            too_long(r, err)
+
+        with closing(self.engine.generate_iter(requests, skip=skip, too_long=seen)) as it:
+            for item in it:
+                yield item
+                if refused:
+                    raise _Killed()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_a_refusal_judged_before_a_crash_mid_pool_is_not_asked_again(serve, tiny_lm_dir, tmp_path):
+    """A prompt the server refused as too long is quarantined as it is judged, not when its pool ends:
+    a run killed later in the same pool keeps the verdict, the resumed run does not send the prompt to
+    the server again (it used to: the verdicts of an unfinished pool were lost), and its counts are an
+    uninterrupted run's."""
+    import pytest
+
+    from dasd.engines import EngineConfig, make_engine
+    from dasd.runs import open_engine
+
+    prompts = tmp_path / "prompts.jsonl"  # "long" first: refused before the short prompts are asked
+    rows = [{"id": "long", "prompt": LONG}] + [{"id": f"p{i}", "prompt": f"Compute {i} + {i + 1}."} for i in range(4)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cfg_of(run):
+        return load_config(None, [
+            f"run_dir={tmp_path / run}", f"data.prompts={prompts}", "teacher.kind=openai", "teacher.model=tiny",
+            f"teacher.openai.base_urls=[{srv.base_url}]", "teacher.openai.concurrency=1",
+            "teacher.openai.backoff_s=0.01", "teacher.openai.timeout_s=5.0",
+            "sample.k=2", "sample.max_tokens=8", "sample.temperatures=[0.6, 1.0]"])
+
+    def without_new(counts):
+        return {pool: {k: v for k, v in c.items() if k != "new"} for pool, c in counts.items()}
+
+    asked = _Asked(make_engine(EngineConfig(model=tiny_lm_dir, device="cpu", batch_size=8, max_model_len=100)))
+    with serve(engine=asked) as srv:
+        want = without_new(run_sample(cfg_of("ref")))
+        cfg = cfg_of("killed")
+        asked.prompts.clear()
+        with pytest.raises(_Killed):
+            run_sample(cfg, engine=_DiesAfterARefusal(open_engine(cfg.teacher)))
+        assert asked.prompts[0] == LONG and "Compute 0 + 1." in asked.prompts  # refused, then a sample of p0 came back
+        assert [r["id"] for r in RunStore.open(cfg.run_dir).read("sample", "rejects")] == ["too-long-long"]
+        asked.prompts.clear()
+        again = run_sample(cfg)
+    assert LONG not in asked.prompts  # the verdict was kept: not sent again
+    assert len(asked.prompts) == 15  # the 16 samples of the 4 short prompts (k=2, 2 pools) but the one on disk
+    assert {pool: c["new"] for pool, c in again.items()} == {"T0.6": 7, "T1": 8}
+    assert without_new(again) == want
+    assert want["T0.6"]["quarantined"] == want["T0.6"]["refused_too_long"] == 1 == want["T1"]["refused_too_long"]
+    assert want["T0.6"]["samples"] == want["T1"]["samples"] == 8
+    assert RunStore.open(cfg.run_dir).count("sample", "rejects") == 1

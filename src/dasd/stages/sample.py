@@ -49,7 +49,8 @@ as vLLM counts), a prompt the teacher's server refuses as longer than its contex
 ``ContextLengthError``, the server's message as the reason; counted in ``refused_too_long``), and a
 sample whose log-probs are not all
 finite (NaN or infinite, from any engine); such a sample is not written, so the next run asks for
-it again. A too-long prompt is not asked again while the teacher's context is the same
+it again. A verdict is written as it is judged (flushed with the samples), so a run stopped mid-pool
+keeps it: a resumed run does not send a refused prompt to the server again. A too-long prompt is not asked again while the teacher's context is the same
 (``_context_key``: the teacher's kind, model, tokenizer, their versions and ``max_model_len``, and
 for kind openai ``sample.max_tokens``);
 when it changed, its too-long records are dropped from the rejects and those prompts judged again
@@ -69,7 +70,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -144,18 +145,29 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         the too-long prompts that the teacher's server refused."""
         nonlocal engine, opened
         pool = pool_name(temp)
-        quarantine: list[dict] = []
+        judged = {"records": 0, "non_finite": 0, "refused": 0}  # this run's verdicts in the pool
+        first: dict[str, str] = {}  # the first of them, and the first prompt refused: for the warnings
 
         def sid_of(pid: str, index: int) -> str:
             return sample_id(pid, model_name, temp, s.top_p, s.seed, index)
 
-        with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w:
+        # the verdicts are written as they are judged, with the samples (flushed when they are): a stage
+        # stopped mid-pool keeps them, and a resumed run does not judge (or ask the server) again
+        with store.writer(STAGE, output(SAMPLE_POOL, pool), shard_size=64, flush_seconds=20) as w, \
+                store.writer(STAGE, "rejects", shard_size=64, flush_seconds=20) as wq:
+
+            def quarantine(record: dict) -> None:
+                wq.add(record)  # a non-finite sample quarantined by an earlier run is on disk already
+                rejected.add(record["id"])
+                judged["records"] += 1
+                judged["non_finite"] += not _is_too_long(record)
+                first.setdefault("record", f"{record['where']}: {record['reason']}")
+
             # the id pass: which prompts miss samples (the rest are not read again)
             todo = IdSet(pid for pid in asked if _too_long_id({"id": pid}) not in rejected
                          and any(sid_of(pid, i) not in w for i in range(s.k)))
             if len(todo) and engine is None:
                 engine = opened = open_engine(cfg.teacher)
-            refused: list[str] = []  # prompts the teacher's server refused as longer than its context
             rate_p, rate_t = Rate(), Rate()
             bar = progress(len(todo), f"sample {pool}", "prompt")
 
@@ -190,9 +202,11 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 for r, g in _generations(engine, reqs, skip=lambda r, i: r not in live or sid_of(live[r]["id"], i) in w):
                     p = live[r]
                     if isinstance(g, ContextLengthError):
-                        refused.append(p["id"])
-                        quarantine.append({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
-                                           "reason": f"{REFUSED}: {g}"})
+                        judged["refused"] += 1
+                        first.setdefault("refused", p["id"])
+                        refused_ids.add(_too_long_id(p))
+                        quarantine({"id": _too_long_id(p), "where": f"prompt {p['id']}", "context": context,
+                                    "reason": f"{REFUSED}: {g}"})
                         bar.update(1)
                         continue
                     left[r] -= 1
@@ -201,10 +215,11 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                     sid = sid_of(p["id"], g.index)
                     bad = next((j for j, x in enumerate(g.logprobs) if not math.isfinite(x)), None)
                     if bad is not None:
-                        quarantine.append({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
-                                           "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
-                                                     "not kept, asked again on the next run", "raw": g.text[:2000]})
+                        quarantine({"id": sid, "where": f"prompt {p['id']} sample {g.index} ({pool})",
+                                    "reason": f"non-finite teacher log-prob {g.logprobs[bad]} at token {bad}; "
+                                              "not kept, asked again on the next run", "raw": g.text[:2000]})
                         continue
+                    flushed = w.written
                     w.add(
                         {
                             "id": sid, "prompt_id": p["id"], "model": model_name,
@@ -216,6 +231,8 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                             },
                         }
                     )
+                    if w.written != flushed:  # samples went to disk: the verdicts judged before them go too
+                        wq.flush()
                     rate_t.add(len(g.logprobs))  # token_ids are empty from an openai server without openai.token_ids
                     if r not in left:
                         rate_p.add(1)
@@ -224,18 +241,15 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
                 live.clear()
                 left.clear()
             bar.close()
-        if refused:
-            log.warning(f"{pool}: {len(refused)} prompt(s) refused by the teacher's server as longer than its context "
-                        f"(e.g. {refused[0]}): quarantined, not asked again while the teacher and its context stay the same")
-        if quarantine:
-            store.write_rejects(STAGE, quarantine)
-            q = quarantine[0]
-            log.warning(f"{pool}: {len(quarantine)} record(s) quarantined, e.g. {q['where']}: {q['reason']}; "
+        if judged["refused"]:
+            log.warning(f"{pool}: {judged['refused']} prompt(s) refused by the teacher's server as longer than its "
+                        f"context (e.g. {first['refused']}): quarantined, not asked again while the teacher and its "
+                        "context stay the same")
+        if judged["records"]:
+            log.warning(f"{pool}: {judged['records']} record(s) quarantined, e.g. {first['record']}; "
                         f"see {store.root / STAGE}/rejects-*.jsonl")
-            rejected.update(x["id"] for x in quarantine)
-            refused_ids.update(_too_long_id({"id": pid}) for pid in refused)
         too_long = sum(_too_long_id({"id": pid}) in rejected for pid in asked)
-        return {"quarantined": too_long + sum(not _is_too_long(x) for x in quarantine),
+        return {"quarantined": too_long + judged["non_finite"],
                 "refused_too_long": sum(_too_long_id({"id": pid}) in refused_ids for pid in asked), "new": w.written,
                 "tok_s": rate_t.per_s()}
 
@@ -355,10 +369,10 @@ def _check_room(cfg) -> None:
 MAX_CHARS_PER_TOKEN = 64
 
 
-def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str, max_tokens: int) -> bool:
-    """True (and a quarantine record, keeping the ``context`` it was judged against) when ``prompt``
-    does not fit the engine's context: the hf engine needs room for one token (it stops generation
-    at its context), a server that counts prompt + ``max_tokens`` (``engine.reserves_max_tokens``,
+def _quarantine_long(engine, prompt: dict, quarantine: Callable[[dict], None], context: str, max_tokens: int) -> bool:
+    """True (and a quarantine record handed to ``quarantine``, keeping the ``context`` it was judged
+    against) when ``prompt`` does not fit the engine's context: the hf engine needs room for one token
+    (it stops generation at its context), a server that counts prompt + ``max_tokens`` (``engine.reserves_max_tokens``,
     the openai engine: vLLM refuses more) room for ``max_tokens``."""
     limit = getattr(engine, "max_len", None)
     if not limit:
@@ -376,8 +390,7 @@ def _quarantine_long(engine, prompt: dict, quarantine: list[dict], context: str,
             reason += f" and the server counts the prompt + sample.max_tokens ({max_tokens})"
     else:
         return False
-    quarantine.append({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason,
-                       "context": context})
+    quarantine({"id": _too_long_id(prompt), "where": f"prompt {prompt['id']}", "reason": reason, "context": context})
     return True
 
 
