@@ -397,6 +397,38 @@ def test_a_mistyped_companion_or_tokenizer_leaves_the_earlier_import_in_place(tm
     assert run_import(load_config(None, [*base, f"import.logprobs={lp}"])) == first and _pool_files(run) == files
 
 
+def test_a_tokenizer_that_cannot_be_loaded_on_a_new_run_leaves_no_run_folder_and_names_the_key_set(
+        tmp_path, o200k_harmony_dir):
+    """On a run directory that does not exist yet, a teacher tokenizer that cannot be loaded (or a
+    mistyped companion or source) fails before the run folder is made (it was left holding only
+    manifest.json), and the one-line error names the key the user set: teacher.model when only it is
+    given (it used to say teacher.tokenizer), teacher.tokenizer when that is given, with its path."""
+    from dasd.errors import ConfigError, InputError
+
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    body = "We need to add 3 and 4. That is 7."
+    data, lp = _released(tmp_path, 3, body), _companion(tmp_path, tok, 3, body)
+    run = tmp_path / "run"
+    base = [f"run_dir={run}", f"import.source={data}", f"import.logprobs={lp}"]
+    missing, not_a_tokenizer = tmp_path / "no-such-model", tmp_path  # a folder of data files
+    with pytest.raises(ConfigError) as err:
+        run_import(load_config(None, [*base, f"teacher.model={missing}"]))
+    assert str(err.value).startswith(f"teacher.model: cannot load a tokenizer from {str(missing)!r} to align the "
+                                     "imported token ids (import.logprobs): ")
+    with pytest.raises(ConfigError) as err:
+        run_import(load_config(None, [*base, f"teacher.model={o200k_harmony_dir}", f"teacher.tokenizer={not_a_tokenizer}"]))
+    assert str(err.value).startswith(f"teacher.tokenizer: cannot load a tokenizer from {str(not_a_tokenizer)!r} ")
+    assert "\n" not in str(err.value)  # transformers' own message spans several lines
+    with pytest.raises(InputError, match="no such file"):
+        run_import(load_config(None, [*base[:2], f"import.logprobs={tmp_path / 'logprobs.jsonl'}",
+                                      f"teacher.model={o200k_harmony_dir}"]))
+    with pytest.raises(InputError, match="no such file"):
+        run_import(load_config(None, [base[0], f"import.source={tmp_path / 'dat.jsonl'}"]))
+    assert not run.exists()
+    counts = run_import(load_config(None, [*base, f"teacher.model={o200k_harmony_dir}"]))
+    assert (counts["imported"], counts["with_logprobs"]) == (3, 3)
+
+
 def test_a_reimport_after_an_interrupted_one_writes_shards_under_new_names(tmp_path, tiny_lm_dir, monkeypatch):
     """A re-import with another source was killed after it removed the earlier import's shards: the
     next run still names its shards after those, so `dasd filter` sees the pool changed (a shard of

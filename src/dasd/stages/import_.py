@@ -30,9 +30,10 @@ pool in the manifest (``stages.import.pools``) and on every imported record and 
 does nothing; any change (or shards gone, e.g. dropped by `dasd sample` for another teacher)
 removes that pool's imported shards and rejects of another key first and imports again into new
 shard files (records sampled into the same pool stay); the companion, the tokenizer and the source
-are opened before that, so a mistyped path fails with the earlier import in place. Shards of an interrupted import with the same key are
-kept and resumed: their rows are not looked up or aligned again. Shards an earlier dasd imported
-under ids without the pool are kept while the pool is up to date and no other pool holds their ids;
+are opened before that, so a mistyped path fails with the earlier import in place (on a run
+directory with no run yet, before the directory is made: a failed import leaves no run folder).
+Shards of an interrupted import with the same key are kept and resumed: their rows are not looked
+up or aligned again. Shards an earlier dasd imported under ids without the pool are kept while the pool is up to date and no other pool holds their ids;
 otherwise they count as another key's. Removed shards are removed through the store
 (``RunStore.remove_shards``), so the new ones get new names even after a kill in between; later
 stages see the removed shards and drop what they made from them (``runs.drop_if_inputs_rewritten``).
@@ -72,7 +73,7 @@ from dasd.rules.importing import ImportConfig, finish_reason, parse_chat
 from dasd.rules.released import Aligned, Mismatch, align_row, check_teacher_tokenizer, parse_row, resolve_logprob_mode
 from dasd.runs import PROMPTS, SAMPLE_POOL, FileDigests, model_versions, output, pool_name, pools, resolve_model
 from dasd.sources import HubSource, KeyedRows, iter_rows, parse_source
-from dasd.store import RunStore, config_hash, shard_paths
+from dasd.store import MANIFEST, RunStore, config_hash, shard_paths
 
 STAGE = "sample"  # imported responses land in the sample stage's pools
 log = logger("import")
@@ -81,15 +82,33 @@ DIGESTS = "import-digests.json"  # in RUN/sample: the sha256 of the sources' fil
 
 
 def _teacher_tokenizer(cfg):
+    """The teacher tokenizer that aligns imported token ids: ``teacher.tokenizer``, else
+    ``teacher.model``'s; a ``ConfigError`` (one line) names the key that was set and its path."""
     from transformers import AutoTokenizer
 
-    name = resolve_model(cfg.teacher.tokenizer or cfg.teacher.model)
+    key = "teacher.tokenizer" if cfg.teacher.tokenizer else "teacher.model"
+    given = cfg.teacher.tokenizer or cfg.teacher.model
+    name = resolve_model(given)
     try:
         tok = AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise ConfigError(f"teacher.tokenizer {name!r} cannot be loaded to align imported token ids ({e})") from e
+    except Exception as e:  # transformers raises OSError/ValueError variously, some over several lines
+        where = given if name == given else f"{given} ({name})"
+        raise ConfigError(f"{key}: cannot load a tokenizer from {where!r} to align the imported token ids "
+                          f"(import.logprobs): {' '.join(str(e).split())}") from None
     check_teacher_tokenizer(tok)
     return tok
+
+
+def _open_inputs(cfg):
+    """The companion (indexed by ``sample_uuid``; None without ``import.logprobs``), the teacher
+    tokenizer that aligns it (None without it) and the source's rows (its first read: an empty or
+    unreadable source is an ``InputError`` now). A mistyped path fails here, before the stage changes
+    anything."""
+    ic: ImportConfig = cfg.import_
+    index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
+    tokenizer = _teacher_tokenizer(cfg) if index is not None else None
+    rows = iter_rows(ic.source)
+    return index, tokenizer, itertools.chain([next(rows)], rows)
 
 
 def source_version(spec: str, digests: FileDigests | None = None) -> str:
@@ -222,6 +241,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
     ic: ImportConfig = cfg.import_
     if not ic.source:
         raise ConfigError("dasd import needs import.source (a JSONL or Parquet file, a datasets folder or hf:<repo>)")
+    # no run there yet (nothing can be up to date): the inputs are opened before the run directory is
+    # made, so a mistyped path leaves no run folder behind
+    inputs = _open_inputs(cfg) if store is None and not (Path(cfg.run_dir) / MANIFEST).is_file() else None
     store = store or RunStore(cfg.run_dir)
     pool = pool_name(ic.temperature)
     digests = FileDigests(store.root / STAGE / DIGESTS)
@@ -240,10 +262,7 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                     "importing it again under ids that name the pool")
     # open the companion, the tokenizer and the source before removing anything: a path mistyped
     # fails here and leaves the pool's earlier import in place
-    index = KeyedRows(ic.logprobs, "sample_uuid") if ic.logprobs else None
-    tokenizer = _teacher_tokenizer(cfg) if index is not None else None
-    rows = iter_rows(ic.source)
-    rows = itertools.chain([next(rows)], rows)  # an empty or unreadable source is an InputError now
+    index, tokenizer, rows = inputs or _open_inputs(cfg)
     mode = resolve_logprob_mode(ic.logprob_mode, ic.temperature, ic.top_p)
     store.begin_stage("import", stage_cfg)  # from here until it ends, later stages refuse to read the pools
     stale = [p for p, k in mine.items() if k != key]
