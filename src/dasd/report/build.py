@@ -26,7 +26,7 @@ from dasd.jsonl import atomic_open
 from dasd.log import logger
 from dasd.report import data, models
 from dasd.report.html import Raw, esc, fmt, page, section
-from dasd.report.view import RunView
+from dasd.report.view import PIPELINE, RunView
 from dasd.store import RunStore
 
 log = logger("report")
@@ -134,20 +134,22 @@ def _facts(view: RunView, scan: dict) -> list[tuple[str, str]]:
         out.append(("prompts sampled", fmt(len(prompts))))
     for p, ps in scan.items():
         bits = [f"{ps.samples:,} responses"] if ps.samples else []
-        f = view.counts("filter").get(p)
-        if isinstance(f, dict) and f.get("out") is not None:
-            bits.append(f"{f['out']:,} kept by filters")
+        c = data.pool_counts(view, p, ps)
+        if c["kept"] is not None:
+            bits.append(f"{c['kept']:,} kept by filters")
         if ps.scored:
             bits.append(f"{ps.scored:,} scored")
-        s = view.counts("select").get(p)
-        if isinstance(s, dict):
-            bits.append(f"{(s.get('selected') or {}).get('n', 0):,} selected")
+        if c["selected"] is not None:
+            bits.append(f"{c['selected']:,} selected")
         if bits:
             out.append((f"pool {p}", ", ".join(bits)))
-    mix = view.counts("mix")
+    mix = data.mix_funnel(view)
     if mix.get("kept") is not None:
         out.append(("mixed-policy examples", f"{mix['kept']:,} of {mix.get('questions', 0):,} questions"))
     dirs = view.train_stage_dirs()
     if dirs:
         out.append(("training stages", ", ".join(d.name + ("" if view.done(d) else " (unfinished)") for d in dirs)))
+    unfinished = [s for s in ("import", *PIPELINE) if view.unfinished(s) and view.info(s)]
+    if unfinished:
+        out.append(("interrupted (or running)", ", ".join(unfinished) + ": their sections say what is on disk so far"))
     return out

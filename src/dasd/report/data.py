@@ -17,6 +17,7 @@ from typing import Any
 from dasd.errors import DasdError
 from dasd.records import teacher_signal
 from dasd.rules.das import DASConfig, das_summary, retype
+from dasd.rules.mixing import funnel_of
 from dasd.report import plots
 from dasd.report.html import Raw, details, esc, figure, fmt, not_run, para, pre, section, table
 from dasd.report.view import RunView, mean
@@ -170,25 +171,45 @@ def _shares(lists: dict[str, list[float]]) -> dict[str, float]:
 
 
 # -- sections -------------------------------------------------------------------------------------
+def pool_counts(view: RunView, pool: str, ps: PoolScan) -> dict[str, Any]:
+    """What the stages hold of ``pool`` for the funnel: ``filter`` (filter's funnel row, None while it
+    is unfinished), ``kept``, ``scored``, ``quarantined``, ``selected``, ``rejected``. From each stage's
+    manifest counts when it finished; while it is unfinished (those counts are of an earlier run), what
+    its outputs hold so far (``kept`` and the selected and rejected ones from disk, ``scored`` from
+    ``scan_data``), and None for what it counts only when it finishes (filter's drops per rule,
+    score's quarantined)."""
+    def row(stage: str) -> dict | None:
+        c = view.counts(stage).get(pool)
+        return c if isinstance(c, dict) else None
+
+    f, s, se = row("filter"), row("score"), row("select")
+    out: dict[str, Any] = {"filter": f, "kept": f.get("out") if f else None,
+                           "scored": s.get("scored") if s else None, "quarantined": s.get("rejected") if s else None,
+                           "selected": ((se or {}).get("selected") or {}).get("n"),
+                           "rejected": ((se or {}).get("rejected") or {}).get("n")}
+    if view.unfinished("filter"):
+        out["kept"] = view.count("filter", f"kept-{pool}")
+    if view.unfinished("score"):
+        out["scored"] = ps.scored
+    if view.unfinished("select"):
+        out["selected"], out["rejected"] = len(ps.das["selected"]), len(ps.das["rejected"])
+    return out
+
+
 def funnel_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     """Per pool: sampled -> through each filter rule -> kept -> scored -> selected."""
     if not view.ran("sample"):
         return section("funnel", "Data funnel", [not_run("No samples yet: `dasd sample` (or `dasd import`) has not run.")])
-    fc, sc, sel = view.counts("filter"), view.counts("score"), view.counts("select")
-    rules = _rule_order(fc)
+    rules = _rule_order(view.counts("filter"))
     head = ["pool", "sampled", *(f"− {r}" for r in rules), "kept (filter)", "scored", "quarantined (score)",
             "selected", "not selected"]
     rows, chart = [], {}
     for p, ps in scan.items():
-        f = fc.get(p) if isinstance(fc.get(p), dict) else None
+        c = pool_counts(view, p, ps)
+        f = c["filter"]
         dropped = (f or {}).get("dropped") or {}
-        s = sc.get(p) if isinstance(sc.get(p), dict) else None
-        se = sel.get(p) if isinstance(sel.get(p), dict) else None
-        n_sel = ((se or {}).get("selected") or {}).get("n")
-        n_rej = ((se or {}).get("rejected") or {}).get("n")
         rows.append([p, fmt(ps.samples), *(fmt(dropped.get(r, 0)) if f else "–" for r in rules),
-                     fmt(f.get("out")) if f else "–", fmt(s.get("scored")) if s else "–",
-                     fmt(s.get("rejected")) if s else "–", fmt(n_sel), fmt(n_rej)])
+                     fmt(c["kept"]), fmt(c["scored"]), fmt(c["quarantined"]), fmt(c["selected"]), fmt(c["rejected"])])
         steps = [("sampled", ps.samples)]
         if f:
             left = int(f.get("in", ps.samples))
@@ -198,11 +219,12 @@ def funnel_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
                 if dropped.get(r):
                     left -= int(dropped[r])
                     steps.append((f"after {r}", left))
-            steps.append(("kept by filter", int(f.get("out", left))))
-        if s and isinstance(s.get("scored"), int):
-            steps.append(("scored", s["scored"]))
-        if isinstance(n_sel, int):
-            steps.append(("selected", n_sel))
+        if isinstance(c["kept"], int):
+            steps.append(("kept by filter", c["kept"]))
+        if isinstance(c["scored"], int):
+            steps.append(("scored", c["scored"]))
+        if isinstance(c["selected"], int):
+            steps.append(("selected", c["selected"]))
         chart[p] = steps
     parts: list[str] = [
         para("Every teacher response from sampling to the training set, per temperature pool. "
@@ -211,9 +233,12 @@ def funnel_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
         table(head, rows),
         figure(plots.funnel_bars(chart), "Responses left after each step (percent of sampled).", "data funnel"),
     ]
-    for stage, what in (("filter", "dasd filter"), ("score", "dasd score"), ("select", "dasd select")):
+    for stage, what in (("sample", "dasd sample"), ("filter", "dasd filter"), ("score", "dasd score"),
+                        ("select", "dasd select")):
         if not view.ran(stage):
             parts.append(not_run(f"{stage}: not run yet ({what})."))
+        elif view.unfinished(stage):
+            parts.append(para(view.unfinished_text(stage), "warn"))
     return section("funnel", "Data funnel", parts)
 
 
@@ -285,6 +310,9 @@ def filtering_section(view: RunView) -> Raw:
     if not view.ran("filter"):
         return section("filter", "Filters", [not_run("Not run yet (`dasd filter`).")])
     fc = view.counts("filter")
+    unfinished = view.unfinished("filter")
+    if unfinished:  # nothing counted yet: what the kept outputs hold so far
+        fc = {p: {"in": None, "out": view.count("filter", f"kept-{p}"), "dropped": {}} for p in view.pools("filter", "kept")}
     rules = _rule_order(fc)
     rows = []
     tot = Counter()
@@ -299,8 +327,9 @@ def filtering_section(view: RunView) -> Raw:
         for r in rules:
             tot[r] += d.get(r, 0)
     if len(rows) > 1:
-        rows.append(["total", fmt(tot["in"]), *(fmt(tot[r]) for r in rules), fmt(tot["out"]),
-                     fmt(tot["out"] / tot["in"] if tot["in"] else None, ".1f", pct=True)])
+        n_in = None if unfinished else tot["in"]
+        rows.append(["total", fmt(n_in), *(fmt(tot[r]) for r in rules), fmt(tot["out"]),
+                     fmt(tot["out"] / n_in if n_in else None, ".1f", pct=True)])
     parts: list[str] = [table(["pool", "in", *(f"dropped: {r}" for r in rules), "kept", "kept %"], rows,
                               total_last=len(rows) > 1)]
     cfg = view.info("filter").get("config")
@@ -373,6 +402,9 @@ def selection_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     method = ((cfg.get("select") or {}).get("method")) or "?"
     m = (cfg.get("select") or {}).get("m")
     head = ["pool", "set", "n", "DAS score", "teacher %", "student %", "chars", "teacher log-prob/token", "accuracy"]
+    if view.unfinished("select"):  # nothing counted yet: how many records its outputs hold so far
+        sel = {p: {kind: {"n": len(ps.das[kind])} for kind in ("selected", "rejected")}
+               for p, ps in scan.items() if ps.das["selected"] or ps.das["rejected"]}
     rows = []
     for p, c in sel.items():
         if not isinstance(c, dict):
@@ -430,7 +462,7 @@ def mix_section(view: RunView) -> Raw:
     """The mixed-policy funnel and what the kept examples look like (student prefix share)."""
     if not view.ran("mix"):
         return section("mix", "Mixed-policy data", [not_run("Not run yet (`dasd mix`).")])
-    f = view.counts("mix")
+    f = mix_funnel(view)
     parts: list[str] = []
     if f:
         rows = [("questions", fmt(f.get("questions")), ""),
@@ -460,6 +492,14 @@ def mix_section(view: RunView) -> Raw:
     return section("mix", "Mixed-policy data", parts)
 
 
+def mix_funnel(view: RunView) -> dict:
+    """The mixed-policy funnel: mix's manifest counts when it finished; while it is unfinished, that of
+    the rollouts on disk so far (``rules.mixing.funnel_of``, as the stage counts at its end)."""
+    if view.unfinished("mix"):
+        return funnel_of(view.read("mix", "rollouts")) if "rollouts" in view.outputs("mix") else {}
+    return view.counts("mix")
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def _prefix_training(view: RunView) -> str:
     """How the training stages on mixed-policy data treat the student prefix, from the train config
@@ -477,9 +517,8 @@ def _prefix_training(view: RunView) -> str:
 
 def _state_note(view: RunView, stage: str) -> Raw:
     info = view.info(stage)
-    if view.stage_state(stage) == "incomplete":
-        return para(f"{stage}: started {info.get('started', '?')} but not finished (running, or interrupted: "
-                    "re-run the same command to resume). Numbers above cover what is on disk.", "warn")
+    if view.unfinished(stage):
+        return para(view.unfinished_text(stage), "warn")
     if info.get("seconds") is not None:
         return para(f"{stage}: finished {info.get('finished', '?')} in {fmt(info.get('seconds'), ',.1f')} s; "
                     f"config hash {info.get('config_hash', '?')}.", "sub")

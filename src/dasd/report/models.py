@@ -1,7 +1,7 @@
 """Report sections about models: the accuracy summary, training curves, evaluation, analysis, run facts.
 
-``scan_eval`` reads the evaluation results once (summaries from the manifest when there, else
-recomputed with ``grading.metrics.summarize``; the protocols always from the results themselves,
+``scan_eval`` reads the evaluation results once (summaries from the manifest when there and eval
+finished, else recomputed from the results on disk with ``grading.metrics.summarize``; the protocols always from the results themselves,
 since every result carries the protocol that produced it).
 """
 
@@ -65,7 +65,7 @@ def scan_eval(view: RunView) -> EvalScan:
                 if b not in protos:
                     protos[b] = r.get("protocol") if isinstance(r.get("protocol"), dict) else {}
         except DasdError as e:
-            scan.problems.append(f"eval: {e} (model {label}: the manifest's summary is shown, if any)")
+            scan.problems.append(f"eval: {e} (model {label}: the summary eval recorded when it last finished is shown, if any)")
             continue
         by_label[label], protocols[label], scan.cut_off[label] = recs, protos, cut
     labels = [m for m in cfg_models if m in counts or m in by_label]
@@ -219,8 +219,8 @@ def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
     cfg = view.info("eval").get("config")
     if isinstance(cfg, dict):
         parts.append(details("eval settings", pre(json.dumps(cfg, indent=2, ensure_ascii=False, default=str))))
-    if view.stage_state("eval") == "incomplete":
-        parts.append(para("eval: started but not finished; the tables cover the results on disk.", "warn"))
+    if view.unfinished("eval"):
+        parts.append(para(view.unfinished_text("eval"), "warn"))
     return section("eval", "Evaluation", parts)
 
 
@@ -296,6 +296,9 @@ def analysis_section(view: RunView) -> Raw:
     title = "Analysis (sentence types vs correctness)"
     if not view.ran("analyze"):
         return section("analyze", title, [not_run("Not run yet (`dasd analyze`).")])
+    if view.unfinished("analyze"):  # the profile in the manifest is an earlier run's
+        return section("analyze", title, [para(view.unfinished_text("analyze") + " Its profile is computed when it "
+                                               "finishes.", "warn")])
     a = view.counts("analyze")
     parts: list[str] = [
         para("Sentences of the distilled model's own evaluation responses, typed with the teacher, the student base "
@@ -318,8 +321,6 @@ def analysis_section(view: RunView) -> Raw:
             parts.append(table(["quantity", "value"], scalars))
         if not panels and not scalars:
             parts.append(para("The analysis recorded no numbers.", "warn"))
-    if view.stage_state("analyze") == "incomplete":
-        parts.append(para("analyze: started but not finished.", "warn"))
     return section("analyze", title, parts)
 
 

@@ -33,8 +33,16 @@ class RunView:
         return v if isinstance(v, dict) else {}
 
     def counts(self, stage: str) -> dict:
+        """The counts ``stage`` recorded when it last finished; ``{}`` while it is ``unfinished``: they
+        would be of an earlier run's outputs, not of what the stage holds on disk now."""
+        if self.unfinished(stage):
+            return {}
         c = self.info(stage).get("counts")
         return c if isinstance(c, dict) else {}
+
+    def count(self, stage: str, name: str) -> int | None:
+        """How many records output ``name`` of ``stage`` holds on disk (``RunStore.count``); None when it has none."""
+        return self.store.count(stage, name) if name in self.outputs(stage) else None
 
     def outputs(self, stage: str) -> list[str]:
         return self.store.outputs(stage)
@@ -66,6 +74,21 @@ class RunView:
 
     def ran(self, stage: str) -> bool:
         return self.stage_state(stage) != "not run"
+
+    def unfinished(self, stage: str) -> bool:
+        """True when ``stage`` began and did not finish (interrupted, or still running)."""
+        return self.stage_state(stage) == "incomplete"
+
+    def unfinished_text(self, stage: str) -> str:
+        """The line that marks an ``unfinished`` stage in the sections showing its numbers ("" when it is not)."""
+        if not self.unfinished(stage):
+            return ""
+        if stage == "sample" and not self.info(stage) and self.info("import"):
+            stage = "import"
+        again = f"`dasd {stage}`" + (" (or `dasd run`)" if stage in PIPELINE else "")
+        return (f"{stage}: interrupted (began {self.info(stage).get('started', '?')} and did not finish; or still "
+                f"running): resume with {again}. Its numbers here count what its outputs hold so far; those it counts "
+                "only when it finishes are left empty (–).")
 
     # -- training --------------------------------------------------------------------------------
     def train_stage_dirs(self) -> list[Path]:
