@@ -178,3 +178,42 @@ def test_every_named_pool_of_the_default_schedule_has_a_card_note():
     assert notes["mixed+replay"] == ("student prefixes continued by the teacher (mixed policy), with replayed "
                                      "T=1 teacher samples, DAS-selected")
     assert data_notes(load_config(None, ["mix.replay.ratio=0"]))["mixed+replay"] == notes["mixed"]
+
+
+def test_the_card_of_an_evaluated_stage_shows_the_share_of_answers_cut_off(tmp_path):
+    """`dasd eval` of a stage model (here the shipped toy student as stage1_low's final model) with a
+    cap shorter than some of its answers rewrites the stage's card with a `cut off` column: the share
+    of each benchmark's samples that stopped at the token limit, as `dasd eval`'s own table and the
+    report say, and what the column means under the table."""
+    import shutil
+
+    from dasd.config import load_config
+    from dasd.runs import resolve_model, results_name
+    from dasd.stages.eval import run_evaluation
+    from dasd.store import RunStore
+
+    stage = tmp_path / "run" / "train" / "stage1_low"
+    shutil.copytree(resolve_model("toy:student"), stage / "final")
+    (stage / "done.json").write_text(json.dumps({
+        "name": "stage1_low", "init": "toy:student", "base_model": "toy:student", "data": "low",
+        "data_counts": {"examples": 5, "sequences": 2, "tokens": 90, "loss_tokens": 40, "dropped_over_context": 0},
+        "steps": 2, "final_loss": 1.5, "recipe": {"lr": 1e-4}}))
+    cfg = load_config(None, [
+        f"run_dir={tmp_path / 'run'}", "eval.benchmarks=[{name: toy, format: toy, limit: 3}]",
+        "eval.protocol={name: short, temperature: 1.0, n: 2, max_tokens: 60}", "eval.models=[stage1_low]",
+        "eval.workers=0", "eval.batch_requests=2"])
+    summary = run_evaluation(cfg)["stage1_low"]
+    results = list(RunStore.open(cfg.run_dir).read("eval", results_name("stage1_low")))
+    cut = sum(r["finish_reason"] == "length" for r in results)
+    assert len(results) == 6 and 0 < cut < 6, [r["finish_reason"] for r in results]
+    assert {r["cut_off"] for r in summary} == {cut}
+    text = (stage / "final" / "README.md").read_text()
+    assert "| benchmark | problems | k | avg@k | 95% CI | pass@k | maj@k | no answer | cut off |" in text
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (toy|all) \| 3 \| 2 \| .*$", text, re.M)}
+    assert set(rows) == {"toy", "all"}
+    assert all(row.endswith(f" | {100 * cut / 6:.1f} |") for row in rows.values())
+    assert "cut off = samples that stopped at the token limit" in text
+    # results that do not say how they ended (given to `dasd grade` without finish_reason): "-"
+    model_card.refresh_card(stage, [{k: v for k, v in r.items() if k != "finish_reason"} for r in results])
+    text = (stage / "final" / "README.md").read_text()
+    assert re.search(r"^\| toy \| 3 \| 2 \| .* \| - \|$", text, re.M)

@@ -4,8 +4,8 @@ The card is written by the main process beside each final model when its stage f
 rewritten with the evaluation table when ``dasd eval`` has evaluated that stage's model
 (``refresh_card``). It says what the model is: the base model, the training stages that led to it
 (each with its data, the temperature of its teacher samples, its data counts and recipe), and, when
-evaluation results exist, avg@k / pass@k / maj@k per benchmark with the protocol they were sampled
-under. Everything comes from the stages' ``done.json`` files (followed through each stage's ``init``)
+evaluation results exist, avg@k / pass@k / maj@k per benchmark, the share of samples cut off at the
+token limit, and the protocol they were sampled under. Everything comes from the stages' ``done.json`` files (followed through each stage's ``init``)
 and the evaluation results, so the card can be rebuilt at any time.
 
 ``push`` uploads a final model directory (weights, tokenizer, card) with ``huggingface_hub``'s
@@ -77,15 +77,20 @@ def evaluation_table(results: list[dict]) -> list[str]:
     from dasd.grading.metrics import summarize
 
     rows = [r for r in summarize(results) if r["kind"] in ("benchmark", "all")]
-    lines = ["| benchmark | problems | k | avg@k | 95% CI | pass@k | maj@k | no answer |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | problems | k | avg@k | 95% CI | pass@k | maj@k | no answer | cut off |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["avg@k_ci"]
+        cut = "-" if r.get("cut_off") is None else f"{100 * r['cut_off'] / r['samples']:.1f}"
         lines.append(f"| {r['name']} | {r['problems']} | {r['k']} | {100 * r['avg@k']:.1f} | [{100 * lo:.1f}, {100 * hi:.1f}] "
-                     f"| {100 * r['pass@k']:.1f} | {100 * r['maj@k']:.1f} | {100 * r['no_answer']:.1f} |")
+                     f"| {100 * r['pass@k']:.1f} | {100 * r['maj@k']:.1f} | {100 * r['no_answer']:.1f} | {cut} |")
     protos: dict[str, dict] = {}
     for res in results:
         protos.setdefault(res.get("benchmark") or res.get("domain") or "unknown", res.get("protocol") or {})
-    lines += ["", "Protocol (how the samples were drawn; avg@k = mean fraction correct over the first k samples "
+    lines += ["", "Scores in percent; cut off = samples that stopped at the token limit (max tokens below, or the "
+              "model's context): their answers were never written and are graded wrong, so the scores understate the "
+              "model by up to that share (- where the results do not say how they ended).",
+              "", "Protocol (how the samples were drawn; avg@k = mean fraction correct over the first k samples "
               "per problem, CI = percentile bootstrap over problems):", "",
               "| benchmark | protocol | temperature | top_p | max tokens | samples (n) | seed | system prompt |",
               "|---|---|---|---|---|---|---|---|"]
