@@ -494,6 +494,7 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
     before = (store.stage_info(stage).get("config") or {}).get("models")
     if before is None or before == models:
         return 0
+    store.mark_unfinished(stage)  # a kill before the stage begins again leaves it unfinished
     names = store.remove_outputs(stage, prefixes)
     changed = ", ".join(sorted(k for k in set(before) | set(models) if before.get(k) != models.get(k)))
     logger(stage).info(f"the {changed} model changed since this stage last ran: its {len(names)} stored output(s) "
@@ -537,6 +538,7 @@ def drop_if_settings_changed(store: RunStore, stage: str, config: dict, prefixes
     changed = [c for c in _changed_settings(before, config) if not any(c == k or c.startswith(k + ".") for k in skip)]
     if before is None or not changed or not prefixes:
         return 0
+    store.mark_unfinished(stage)  # a kill before the stage begins again leaves it unfinished
     names = store.remove_outputs(stage, prefixes)
     logger(stage).info(f"{', '.join(changed)} changed since this stage last ran: its {len(names)} stored output(s) "
                        "dropped, made again")
@@ -604,6 +606,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
     lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
     if not lost:
         return 0
+    store.mark_unfinished(stage)  # a kill before the stage begins again leaves it unfinished
 
     def made_from_lost(name: str) -> bool:
         return bool(lost & set(_chain(stage, name))) if kind_of(stage, name) else True
@@ -699,7 +702,9 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     unchanged when the stage gives ``made_from``), or when a setting that shapes its records did
     (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
-    ``config``, so a run killed in between drops again when it is run again.
+    ``config``, so a run killed in between drops again when it is run again; the stage is marked
+    unfinished before the first drop (``RunStore.mark_unfinished``), so meanwhile later stages do
+    not take what is left of its outputs as finished.
     """
     require_finished(store, (*reads, "import"), stage)
     require_ran(store, reads, stage)

@@ -451,6 +451,17 @@ class RunStore:
         if gone:
             logger(stage).info(f"{len(gone)} temp file(s) left by an interrupted write removed from {d}")
 
+    def mark_unfinished(self, stage: str) -> None:
+        """Mark a finished ``stage`` unfinished, its config kept: called before its outputs are
+        dropped for a new run of it (``runs.drop_if_settings_changed`` and the like), so that a kill
+        before it begins again leaves it unfinished (later stages refuse its partial outputs:
+        ``runs.require_finished``; the report says so) and its re-run compares with the config it
+        last ran with, dropping again what that one made."""
+        info = self.manifest["stages"].get(stage)
+        if info and info.get("complete"):
+            info["complete"] = False
+            self.save_manifest()
+
     def end_stage(self, stage: str, counts: dict[str, Any], **extra: Any) -> None:
         info = self.manifest["stages"].setdefault(stage, {})
         info.update(counts=counts, finished=_now(), complete=True, **extra)

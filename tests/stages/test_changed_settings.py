@@ -158,3 +158,31 @@ def test_filter_killed_while_dropping_for_new_rules_drops_them_on_the_next_run(t
     run_filter(load_config(None, [*base, "filter.drop_cutoff=false"]), store)
     assert sorted(s["id"] for s in store.read("filter", "kept-T1")) == ["cut", "ok"]
     assert {r["id"] for r in store.read("filter", "rejects")} == set()
+
+
+def test_a_stage_killed_after_dropping_for_new_settings_is_unfinished_and_later_stages_wait(tmp_path, monkeypatch):
+    """Filter run again with other rules drops its outputs before it begins with the new settings.
+    Killed in between, it was still recorded as finished (with its old counts) while its outputs were
+    gone, so `dasd select` (through score) would read nothing as if it were the data. Now it is
+    unfinished from the first drop: a later stage refuses it in one line, and its re-run makes what
+    the new rules keep."""
+    from dasd.runs import require_finished
+
+    base, store = _sampled_run(tmp_path, _sample("ok", THINK), _sample("cut", THINK, finish="length"))
+    run_filter(load_config(None, base), store)
+    assert store.stage_info("filter")["complete"]
+
+    def killed(self, stage, *args, **kwargs):  # the drops are done: killed as the stage begins again
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RunStore, "begin_stage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(load_config(None, [*base, "filter.drop_cutoff=false"]), store)
+    monkeypatch.undo()
+    assert list(store.read("filter", "kept-T1")) == []  # dropped
+    reopened = RunStore.open(tmp_path / "run")
+    assert not reopened.stage_info("filter")["complete"]
+    with pytest.raises(DasdError, match="stage 'filter' began at .* and did not finish"):
+        require_finished(reopened, "filter", "score")
+    run_filter(load_config(None, [*base, "filter.drop_cutoff=false"]), reopened)
+    assert sorted(s["id"] for s in reopened.read("filter", "kept-T1")) == ["cut", "ok"]
+    assert reopened.stage_info("filter")["complete"]

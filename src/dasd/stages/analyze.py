@@ -65,6 +65,8 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                  "tokens": "as trained"}  # responses of earlier versions: scored on their own tokens
     drop_if_models_changed(store, STAGE, stage_cfg["models"], ("responses",))
     before = store.stage_info(STAGE).get("config")
+    if before is not None and before.get("tokens") != stage_cfg["tokens"]:
+        store.mark_unfinished(STAGE)  # a kill before the stage begins again leaves it unfinished
     if before is not None and before.get("tokens") != stage_cfg["tokens"] and store.remove_outputs(STAGE, ("responses",)):
         log.info("responses scored by an earlier dasd on their own tokens, not those training gives them: scored again")
     store.begin_stage(STAGE, stage_cfg)
