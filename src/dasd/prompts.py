@@ -98,12 +98,18 @@ def load_prompts(source: str | Path, system_prompt: str | None, limit: int | Non
     return prompts, rejects
 
 
+def check_prompt_source(source: str | Path) -> None:
+    """Refuse (``InputError``, one line) a local prompt source that does not exist (a hub data set is
+    checked when it is read)."""
+    if not str(source).startswith(HUB_PREFIX) and not Path(source).exists():
+        raise InputError(f"{source}: prompt file or folder not found")
+
+
 def iter_prompts(source: str | Path, system_prompt: str | None, limit: int | None = None,
                  rejects: list[dict] | None = None) -> Iterator[dict]:
     """``load_prompts`` as a stream: the prompts as they are read (only digests of their ids are held,
     ``dasd.idset.IdSet``, to reject a duplicate), the rejects appended to ``rejects`` as they are met."""
-    if not str(source).startswith(HUB_PREFIX) and not Path(source).exists():
-        raise InputError(f"{source}: prompt file or folder not found")
+    check_prompt_source(source)
     rejects = [] if rejects is None else rejects
     seen = IdSet()
     n = 0

@@ -116,3 +116,13 @@ def test_grading_an_empty_responses_file_is_an_error(tmp_path):
     with pytest.raises(InputError, match="responses.jsonl: no responses to grade"):
         run_grade(problems, responses, tmp_path / "graded.jsonl")
     assert not (tmp_path / "graded.jsonl").exists()
+
+
+def test_a_missing_prompt_file_on_a_new_run_directory_leaves_no_run_folder(tmp_path, tiny_lm_dir):
+    """`dasd sample` with a mistyped data.prompts on a run directory with no run yet fails in one
+    line and creates nothing (it left a run folder holding only its lock and manifest)."""
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={tmp_path / 'nope.jsonl'}",
+                             f"teacher.model={tiny_lm_dir}"])
+    with pytest.raises(InputError, match=r"nope\.jsonl: prompt file or folder not found"):
+        run_sample(cfg)
+    assert not (tmp_path / "run").exists()

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -80,11 +81,12 @@ from dasd.errors import ConfigError, ContextLengthError
 from dasd.idset import IdSet
 from dasd.log import Rate, chunks, logger, progress
 from dasd.prompt_edits import EditedPrompts, StagedPrompts
+from dasd.prompts import check_prompt_source
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
 from dasd.runs import (PROMPTS, SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before,
                        open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
-from dasd.store import RunStore, config_hash
+from dasd.store import MANIFEST, RunStore, config_hash
 
 if TYPE_CHECKING:
     from dasd.config import RunConfig
@@ -96,6 +98,8 @@ log = logger(STAGE)
 def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
     """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
     _check_room(cfg)
+    if store is None and cfg.data.prompts and not (Path(cfg.run_dir) / MANIFEST).is_file():
+        check_prompt_source(cfg.data.prompts)  # no run there yet: a mistyped path leaves no run folder behind
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
     stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
