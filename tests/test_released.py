@@ -306,7 +306,7 @@ def test_a_tokenizer_without_harmony_tokens_is_a_config_error(tiny_lm_dir):
     from dasd.errors import ConfigError
 
     other = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    with pytest.raises(ConfigError, match=r"teacher.tokenizer has no harmony tokens \['<\|start\|>'"):
+    with pytest.raises(ConfigError, match=r"the teacher tokenizer '.+' \(teacher.tokenizer, else teacher.model\) has no harmony tokens \['<\|start\|>'"):
         check_teacher_tokenizer(other)
     with pytest.raises(ConfigError):
         align_companion("<think>\nx\n</think>\ny", [1, 2], [-1.0, -1.0], other)

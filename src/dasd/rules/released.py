@@ -223,8 +223,10 @@ class _HarmonyIds:
         ids = {name: by_name.get(name) for name in self.NAMES}
         missing = [n for n in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>") if ids[n] is None]
         if missing:
-            raise ConfigError(f"teacher.tokenizer has no harmony tokens {missing}: the released ids need gpt-oss's "
-                              "tokenizer (o200k with the harmony tokens), e.g. openai/gpt-oss-120b")
+            name = getattr(tokenizer, "name_or_path", "") or "?"
+            raise ConfigError(f"the teacher tokenizer {name!r} (teacher.tokenizer, else teacher.model) has no harmony "
+                              f"tokens {missing}: the released ids need gpt-oss's tokenizer (o200k with the harmony "
+                              "tokens), e.g. openai/gpt-oss-120b")
         self.start, self.channel, self.message, self.end = (ids[n] for n in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>"))
         self.stop = {i for i in (ids["<|return|>"], ids["<|call|>"]) if i is not None}
         self.constrain = ids["<|constrain|>"]
