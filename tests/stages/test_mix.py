@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -477,6 +478,23 @@ def test_prefix_chars_flags_exactly_the_prefix_tokens_in_training(e2e, mix_engin
 
 class Crash(Exception):
     pass
+
+
+@contextmanager
+def killed_before_the_rollouts_are_rewritten():
+    """Run the block as a mix killed once it changed the examples, before it rewrites the rollouts
+    (``RunStore.drop_records`` on them raises ``Crash``); the block must be killed there."""
+    rewrite = RunStore.drop_records
+
+    def killed(self, stage, name, drop, add=()):
+        if name == "rollouts":
+            raise Crash()
+        return rewrite(self, stage, name, drop, add)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(RunStore, "drop_records", killed)
+        with pytest.raises(Crash):
+            yield
 
 
 class CrashAfter:
@@ -1142,17 +1160,8 @@ def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path,
     fresh = RunStore(tmp_path / "fresh")
     fresh.manifest["stages"].pop("mix")
     fresh.save_manifest()
-    rewrite = RunStore.drop_records
-
-    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
-        if name == "rollouts":
-            raise Crash()
-        return rewrite(self, stage, name, drop, add)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(RunStore, "drop_records", killed)
-        with pytest.raises(Crash):
-            run_mix_stage(cfg("run"))
+    with killed_before_the_rollouts_are_rewritten():
+        run_mix_stage(cfg("run"))
     assert {e["prompt_id"] for e in RunStore.open(tmp_path / "run").read("mix", "examples")} >= {wrong}
     assert mix_not_current(cfg("run"), RunStore.open(tmp_path / "run")) == "`dasd mix` has not finished"
     caplog.clear()
@@ -1212,17 +1221,8 @@ def test_an_example_written_by_a_killed_rejudge_goes_when_its_rollout_is_not_kep
     fixed = grade_one(next(p for p in rows if p["id"] == wrong), full)["extracted"]  # its continuation passes it
     write([{**p, "answer": fixed} if p["id"] == wrong else p for p in rows])
     run_sample(cfg)
-    rewrite = RunStore.drop_records
-
-    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
-        if name == "rollouts":
-            raise Crash()
-        return rewrite(self, stage, name, drop, add)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(RunStore, "drop_records", killed)
-        with pytest.raises(Crash):
-            run_mix_stage(cfg)
+    with killed_before_the_rollouts_are_rewritten():
+        run_mix_stage(cfg)
     assert wrong in {e["prompt_id"] for e in RunStore.open(tmp_path / "run").read("mix", "examples")}
 
     write(rows)  # the correction taken back: the rollout on disk was judged against this record
@@ -1252,17 +1252,8 @@ def test_a_question_asked_again_after_a_killed_rejudge_gets_the_example_of_its_n
     rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
     pid = next(p for p in sorted(rollouts) if rollouts[p]["verdict"] == "incorrect")
     fixed = [{**q, "prompt": {**q["prompt"], "answer": "right"}} if q["prompt"]["id"] == pid else q for q in curated]
-    rewrite = RunStore.drop_records
-
-    def killed(self, stage, name, drop, add=()):  # killed once the examples changed, before the rollouts do
-        if name == "rollouts":
-            raise Crash()
-        return rewrite(self, stage, name, drop, add)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(RunStore, "drop_records", killed)
-        with pytest.raises(Crash):
-            run_mix(cfg, store, fixed, student, teacher, grade=grade)
+    with killed_before_the_rollouts_are_rewritten():
+        run_mix(cfg, store, fixed, student, teacher, grade=grade)
     old = {e["prompt_id"]: e for e in store.read("mix", "examples")}[pid]
     # a response three times as long: a larger cap, a longer rollout, a later cut
     final = [{**q, "teacher_text": q["teacher_text"] * 3} if q["prompt"]["id"] == pid else q for q in fixed]
