@@ -98,7 +98,7 @@ log = logger(STAGE)
 def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> dict:
     """Sample every pool; return per-pool counts and statistics (also saved in the manifest)."""
     _check_room(cfg)
-    if store is None and cfg.data.prompts and not (Path(cfg.run_dir) / MANIFEST).is_file():
+    if store is None and cfg.data.prompts != "toy" and not (Path(cfg.run_dir) / MANIFEST).is_file():
         check_prompt_source(cfg.data.prompts)  # no run there yet: a mistyped path leaves no run folder behind
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
