@@ -302,10 +302,46 @@ def open_engine(cfg: EngineConfig):
     return make_engine(cfg.model_copy(update={"model": resolve_model(cfg.model)}))
 
 
+def training_not_current(stage_dir: Path) -> str | None:
+    """Why the training stage in ``stage_dir`` (``RUN/train/<stage>``) has a folder but no current
+    result, in one line, or None (finished and current, or never begun). Not current: it began
+    training and has no ``done.json`` (trained again after its folder was deleted, or killed, also
+    between writing ``final/`` and ``done.json``), or it was trained from another stage's model of
+    this training folder that has been trained again since (its ``init_version`` is no longer that
+    model's ``model_version``)."""
+    stage_dir = Path(stage_dir)
+    name = stage_dir.name
+    done = stage_dir / "done.json"
+    if not done.is_file():
+        if any((stage_dir / part).exists() for part in ("checkpoints", "curve.jsonl", "final")):
+            return (f"stage {name!r} is being trained (it began and has not finished: no {done}): run `dasd train` "
+                    "to finish it")
+        return None
+    try:
+        rec = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        return f"{done}: not readable ({err}): run `dasd train` to finish the stage again"
+    init, version = rec.get("init"), rec.get("init_version")
+    if isinstance(init, str) and version is not None:
+        path = Path(os.path.normpath(stage_dir / init))  # a stage of this training folder: ../<stage>/final
+        if path.name == "final" and path.parent.parent == Path(os.path.normpath(stage_dir.parent)) \
+                and model_version(str(path)) != version:
+            return (f"stage {name!r} was trained from {path.parent.name!r} before that stage was trained again, so "
+                    f"its model is not the current one: delete {stage_dir} and run `dasd train` to train it again")
+    return None
+
+
 def final_model(store: RunStore, stage_name: str) -> str | None:
-    """The final model directory of a finished training stage, or None."""
-    p = Path(store.root) / "train" / stage_name / "final"
-    return str(p) if (p / "config.json").is_file() else None
+    """The final model directory of a finished training stage, or None when it has not begun
+    training; a ``DasdError`` naming the stage (``training_not_current``) when it began and has not
+    finished or was trained from an earlier version of a stage before it: its old ``final/``, or a
+    ``final/`` written just before the crash, is never served as the stage's model."""
+    stage_dir = Path(store.root) / "train" / stage_name
+    why = training_not_current(stage_dir)
+    if why is not None:
+        raise DasdError(f"{store.root}: {why}")
+    p = stage_dir / "final"
+    return str(p) if (p / "config.json").is_file() and (stage_dir / "done.json").is_file() else None
 
 
 def model_key(store: RunStore, model: str) -> str:
@@ -317,7 +353,9 @@ def model_key(store: RunStore, model: str) -> str:
 
 
 def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str, str]:
-    """(label, model dir) of the newest trained student (stages before ``before``), else the base."""
+    """(label, model dir) of the newest trained student (stages before ``before``), else the base; a
+    ``DasdError`` (``final_model``) when one of those stages is being trained or is out of date, since
+    the newest student is then not known."""
     latest = ("student", cfg.student.model)
     for st in cfg.train.stages:
         if st.name == before:
@@ -332,7 +370,8 @@ def model_for(cfg, store: RunStore, label: str):
     """The engine config of a model label, or None when that model does not exist yet.
 
     Labels: ``teacher``, ``student`` (the base), a training stage name (its final model in this
-    run), or a model directory.
+    run; a ``DasdError`` when that stage is being trained or is out of date, ``final_model``), or a
+    model directory.
     """
     if label == "teacher":
         return cfg.teacher
@@ -787,7 +826,10 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
             != config_hash({k: v for k, v in want.items() if k not in MIX_FREE_SETTINGS}):
         return "`dasd mix` ran with other mix settings"
     mixed = [s.name for s in cfg.train.stages if s.data in MIXED_POOLS]
-    label, path = latest_student(cfg, store, before=mixed[0] if mixed else None)
+    try:
+        label, path = latest_student(cfg, store, before=mixed[0] if mixed else None)
+    except DasdError as err:  # a stage before the mixed one is being trained: its rollouts are not the student's
+        return f"the student it would use is not known ({err})"
     for role, model, who in (("student", path, label), ("teacher", cfg.teacher.model, "the teacher")):
         name, at, version = str(ran.get(role) or "").rpartition("@")
         if at and version != model_version(model):

@@ -246,7 +246,11 @@ def figure_or_empty(uri: str | None, caption: str, alt: str) -> Raw:
 
 
 def training_section(view: RunView) -> Raw:
-    """Per training stage: data, steps, losses, throughput; loss and lr curves across stages."""
+    """Per training stage: data, steps, losses, throughput; loss and lr curves across stages. A stage
+    trained from an earlier version of a stage before it is marked out of date, with what to do
+    (``runs.training_not_current``), not shown as done."""
+    from dasd.runs import training_not_current
+
     dirs = view.train_stage_dirs()
     if not dirs:
         return section("train", "Training", [not_run("Not run yet (`dasd train`).")])
@@ -257,7 +261,8 @@ def training_section(view: RunView) -> Raw:
         done = view.done(d) or {}
         c = counts.get(d.name) if isinstance(counts.get(d.name), dict) else {}
         losses = [r.get("loss") for r in curve]
-        status = "done" if done else f"interrupted or running ({len(curve)} steps so far)"
+        stale = training_not_current(d) if done else None
+        status = f"out of date: {stale}" if stale else "done" if done else f"interrupted or running ({len(curve)} steps so far)"
         if not done and curve and isinstance(curve[-1].get("eta_s"), (int, float)):
             status += f", ETA {curve[-1]['eta_s']:,.0f} s when it last logged"
         rows.append([d.name, status, fmt(done.get("examples", c.get("examples"))), fmt(done.get("tokens", c.get("tokens"))),
