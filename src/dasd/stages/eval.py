@@ -147,7 +147,9 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     """Evaluate each model label; return {label: summary rows} (also in the manifest).
 
     A training stage's label whose model this run has not trained yet is refused (``DasdError``
-    naming it and `dasd train`) before anything is evaluated or recorded, and so are a model that is
+    naming it and `dasd train`) before anything is evaluated or recorded, as is one whose stage is
+    being trained (again) or was trained from an earlier version of a stage before it (``runs.final_model``:
+    its old model is not evaluated as the stage's), and so are a model that is
     not a toy model under the implicit demo protocol (``require_eval_protocol``) and a benchmark that
     cannot be read or graded (``InputError`` naming file and line, or problem); an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
