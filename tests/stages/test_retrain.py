@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from dasd.config import load_config
 from dasd.errors import DasdError
 from dasd.report.build import render_report
-from dasd.runs import latest_student, model_for, model_version
+from dasd.runs import latest_student, mix_not_current, model_for, model_version
 from dasd.stages.eval import run_evaluation
 from dasd.stages.train import run_train
 from dasd.store import RunStore
@@ -92,6 +92,12 @@ def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_
     status = _train_status(run)
     assert status["s"].startswith("interrupted or running (2 steps so far)")
     assert status["t"] == "out of date: " + stale.removeprefix(f"{run}: ")
+
+    # a finished `dasd mix` (made with the old models) is not current while s trains, and `dasd train`,
+    # which asks it (``named_pools``), still runs
+    store.begin_stage("mix", {"mix": new.mix.model_dump(mode="json")})
+    store.end_stage("mix", {})
+    assert mix_not_current(new, store) == f"the student it would use is not known ({being})"
 
     # t is deleted as the line says; the next `dasd train` resumes s and trains t from it
     shutil.rmtree(run / "train" / "t")
