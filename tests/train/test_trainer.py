@@ -221,7 +221,8 @@ def test_a_checkpoint_is_refused_when_the_previous_stage_was_retrained_since(tin
     with pytest.raises(ConfigError) as err:
         run_training(_cfg(tiny_lm_dir, save_every=2, stages=stages), tmp_path / "run", data)
     assert str(err.value) == (f"{tmp_path / 'run' / 's2' / 'checkpoints' / 'step-000002'}: checkpoint trained from "
-                              "another version of its init model (it has changed since); use a new output directory")
+                              f"another version of its init model (it has changed since); delete {tmp_path / 'run' / 's2'} "
+                              "to train the stage again, or use a new output directory")
 
 
 def test_a_rerun_from_a_relative_directory_hands_on_the_same_init(tiny_lm_dir, tmp_path, monkeypatch):

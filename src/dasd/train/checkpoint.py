@@ -148,10 +148,12 @@ def read_done(stage_dir: Path, fp: str, name: str, init_version: str | None = No
     done = json.loads(path.read_text(encoding="utf-8"))
     if init_version is not None and done.get("init_version") not in (None, init_version):
         raise ConfigError(f"{stage_dir}: stage {name!r} was trained from another version of its init model "
-                          f"({done.get('init')}: it has changed since); use a new output directory")
+                          f"({done.get('init')}: it has changed since); delete {stage_dir} to train the stage again, "
+                          "or use a new output directory")
     if done.get("fingerprint") not in (fp, also or fp):
         raise ConfigError(f"{stage_dir}: stage {name!r} was finished with a different config, data or "
-                          "global batch; use a new output directory")
+                          f"global batch; delete {stage_dir} to train the stage again, or set the config back, or use a new "
+                          "output directory")
     return {**done, **{k: absolute(done[k], stage_dir) for k in PATH_KEYS if isinstance(done.get(k), str)}}
 
 
@@ -300,10 +302,11 @@ def load_checkpoint(acc, scheduler, ck: Path, fp: str, global_batch: int = 0, al
     matches = state.get("fingerprint") in (fp, also or fp)
     check_geometry(ck, state, geometry(acc, global_batch), matches)
     if not matches:
-        raise ConfigError(f"{ck}: checkpoint of a different config or data; use a new output directory")
+        raise ConfigError(f"{ck}: checkpoint of a different config or data; delete {ck.parent.parent} to train the "
+                          "stage again, or set the config back, or use a new output directory")
     if init_version is not None and state.get("init_version") not in (None, init_version):
         raise ConfigError(f"{ck}: checkpoint trained from another version of its init model (it has changed "
-                          "since); use a new output directory")
+                          f"since); delete {ck.parent.parent} to train the stage again, or use a new output directory")
     acc.load_state(str(ck))
     scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
     return state["step"]
