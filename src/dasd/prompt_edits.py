@@ -67,12 +67,17 @@ class EditedPrompts:
       ``dasd filter``, which judges them against the run's prompts, judges them again (the
       prompts output lost its old shards: ``runs.drop_if_inputs_rewritten``), and a sample it
       kept that the new answer fails makes it make that pool's kept samples again.
+
+    ``ignore``: fields whose difference alone is no correction: the kept record stays, counted in
+    ``kept_as_is`` (`dasd import` passes ``meta``: a chat row's own ``usage`` or ``model`` lands there,
+    and describes that response, not the question).
     """
 
-    def __init__(self, store: RunStore, log: logging.Logger):
-        self.store, self.log = store, log
+    def __init__(self, store: RunStore, log: logging.Logger, ignore: tuple[str, ...] = ()):
+        self.store, self.log, self.ignore = store, log, ignore
         self.kept = RunPrompts(store) if PROMPTS in store.outputs(STAGE) else None
         self.n, self.first = 0, None
+        self.kept_as_is = 0  # prompts that differ from their kept record only in ``ignore`` fields
         self.changed = IdSet()  # ids whose kept record has other fields than the prompt read now
         self.fields: dict[str, int] = {}  # field -> how many of those prompts have another one
         self.example: tuple | None = None  # (id, field, kept value, new value) of the first
@@ -91,8 +96,11 @@ class EditedPrompts:
         kept = self.kept.get(prompt["id"])
         if kept is None or kept == prompt:
             return
-        self.changed.add(prompt["id"])
         fields = sorted(k for k in kept.keys() | prompt.keys() if kept.get(k) != prompt.get(k))
+        if all(f in self.ignore for f in fields):
+            self.kept_as_is += 1
+            return
+        self.changed.add(prompt["id"])
         for f in fields:
             self.fields[f] = self.fields.get(f, 0) + 1
         if self.example is None:

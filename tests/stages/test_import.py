@@ -996,3 +996,38 @@ def test_a_datasets_folder_counts_each_of_its_files_whole(tmp_path):
         fh.seek(a)
         fh.write(b"\xff")
     assert source_version(str(folder)) != before
+
+
+def test_a_second_pool_whose_rows_differ_only_in_their_own_fields_keeps_the_runs_prompt_records(tmp_path, tiny_lm_dir,
+                                                                                               caplog):
+    """Two chat sources of the same questions and answers, one per temperature, whose rows carry their
+    own `usage` (it lands in the prompt's meta): importing the second replaced every prompt record
+    as a correction, with a warning, and made filter judge every pool again. Meta is not graded
+    against: the run keeps its records (one line counts them) and the prompts output is not
+    rewritten, while a corrected answer with another usage is still a correction."""
+    from dasd.runs import read_shards
+
+    def chat(path, usage, c1="2"):
+        jsonl(path, [{**r, "usage": {"tokens": usage}} for r in
+                     (json.loads(line) for line in _graded_chat(path, c1=c1).read_text(encoding="utf-8").splitlines())])
+        return path
+
+    low, high, run = chat(tmp_path / "low.jsonl", 5), chat(tmp_path / "high.jsonl", 9), tmp_path / "run"
+    run_import(_graded_cfg(run, low, 0.6, tiny_lm_dir))
+    before = read_shards(RunStore.open(run), ("sample",))["sample/prompts"]
+    caplog.clear()
+    run_import(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+    store = RunStore.open(run)
+    assert read_shards(store, ("sample",))["sample/prompts"] == before  # not rewritten
+    assert {p["id"]: p["meta"] for p in store.read("sample", "prompts")} == {f"c{i}": {"usage": {"tokens": 5}} for i in (1, 2, 3)}
+    assert "other fields than the run kept" not in caplog.text
+    assert ("3 prompt(s) of the source differ from the run's record only in meta (e.g. a chat row's own usage or "
+            "model): the run keeps its records") in caplog.text
+    chat(high, 9, c1="3")  # now c1's answer is corrected too: its record is replaced, usage and all
+    caplog.clear()
+    run_import(_graded_cfg(run, high, 1.0, tiny_lm_dir))
+    prompts = {p["id"]: p for p in RunStore.open(run).read("sample", "prompts")}
+    assert (prompts["c1"]["answer"], prompts["c1"]["meta"], prompts["c2"]["meta"]) == ("3", {"usage": {"tokens": 9}},
+                                                                                        {"usage": {"tokens": 5}})
+    assert "1 prompt(s) have the same messages and other fields than the run kept under their id: answer (1), meta (1)" \
+        in caplog.text

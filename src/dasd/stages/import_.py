@@ -41,15 +41,18 @@ Prompts written by an earlier import stay in ``RUN/sample/prompts`` (a prompt no
 is not used). A row whose prompt id the run keeps with other messages (a chat row's own ``id``,
 from an earlier import or from ``data.prompts``) is quarantined: its response would be joined to
 the other text. A prompt the run keeps with the same messages and another ``answer``, ``choices``,
-``tests``, ``domain`` or ``meta`` (a reference answer corrected in the source) has its record
-replaced as `dasd sample` does (``prompt_edits.EditedPrompts``: one warning; the prompts of the
+``tests`` or ``domain`` (a reference answer corrected in the source; ``meta`` then comes with them)
+has its record replaced as `dasd sample` does (``prompt_edits.EditedPrompts``: one warning; the prompts of the
 source's first rows are staged in a temp file, ``prompt_edits.StagedPrompts``, and written once the
 rows are read, before the import ends, so a killed import does it on its next run), and `dasd
 filter` judges the responses of every pool again. The run keeps one record of a prompt, from its
 first row in the source: a later row of it (several responses to one question) with another
 ``answer``, ``choices`` or ``tests`` (``REFERENCE``: what its responses are graded against) is
 quarantined and counted (``disagreeing``); one that differs only in ``domain`` or ``meta`` (a chat
-row's own ``model`` or ``usage``) is imported under the first row's record.
+row's own ``model`` or ``usage``) is imported under the first row's record. Likewise a prompt the
+run keeps (from another pool's import, or ``data.prompts``) that differs only in ``meta`` keeps the
+run's record (counted in one line): meta is not graded against, and a chat row's own fields describe
+its response, so importing a second pool does not make every pool judged again.
 """
 
 from __future__ import annotations
@@ -284,7 +287,10 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
               "logprobs_mismatched": 0}
     seen_uuids = IdSet()  # as digests (``dasd.idset``): a Python set of 448K uuids is tens of MB
     quarantined = IdSet()  # uuids of rows quarantined for their own fields: their log-prob rows are no orphans
-    edits = EditedPrompts(store, log)  # the run's prompts: an id kept with other messages is not joined to this row's
+    # the run's prompts: an id kept with other messages is not joined to this row's; one kept with
+    # other reference fields or domain is replaced; one that differs only in meta (a chat row's own
+    # usage or model, another pool's) is kept as it is
+    edits = EditedPrompts(store, log, ignore=("meta",))
     firsts = _FirstRows()
     disagreeing: dict | None = None  # the first row quarantined for disagreeing with its prompt's first row
     with StagedPrompts(store.root) as staged:  # the first rows of the prompts whose kept record changes
@@ -366,6 +372,9 @@ def run_import(cfg, store: RunStore | None = None) -> dict:
                 )
                 counts["imported"] += 1
         edits.update(staged, ic.source)
+    if edits.kept_as_is:
+        log.info(f"{edits.kept_as_is} prompt(s) of the source differ from the run's record only in meta (e.g. a chat "
+                 "row's own usage or model): the run keeps its records")
     if disagreeing is not None:
         log.warning(f"{counts['disagreeing']} row(s) quarantined for disagreeing with an earlier row of their prompt "
                     f"(e.g. {disagreeing['where']}: {disagreeing['reason']}); see {store.root / STAGE}/rejects-*.jsonl")
