@@ -1,18 +1,23 @@
-"""Token character offsets on multi-byte text, checked against a brute-force reference."""
+"""Token character offsets on multi-byte text, checked against a brute-force reference and against
+the rule's first, per-byte and per-token Python version (``Reference``), which the vectorised one
+must equal on every input."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from dasd.engines.offsets import (
+    _ByteTable,
     decode_with_char_index,
     generation_spans,
     spans_from_bytes,
     token_bytes,
     token_offsets,
+    token_spans,
 )
 from dasd.errors import DasdError
 
@@ -181,6 +186,7 @@ def test_a_held_back_generation_text_is_its_ids_text(sentencepiece_tokenizer):
 @given(st.binary(max_size=40))
 def test_decode_with_char_index_matches_python(data):
     text, index = decode_with_char_index(data)
+    index = index.tolist()
     assert text == data.decode("utf-8", errors="replace")
     assert index == sorted(index)
     if data:
@@ -216,3 +222,194 @@ def test_unsupported_decoder_is_an_error_not_a_misalignment():
     assert fast.decode(ids) == text
     with pytest.raises(DasdError, match="not supported"):
         token_offsets(fast, ids, text)
+
+
+
+# -- the vectorised rule equals its first version ----------------------------------------------------
+
+
+class Reference:
+    """The offsets rule as first written, with per-byte and per-token Python loops (dasd 2707293):
+    the reference the vectorised ``engines.offsets`` must equal on every input."""
+
+    @staticmethod
+    def token_bytes(tokenizer, ids) -> list[bytes]:
+        table = _ByteTable(tokenizer)
+        return [table.piece_bytes(tokenizer, i, p) for i, p in zip(ids, tokenizer.convert_ids_to_tokens(list(ids)))]
+
+    @staticmethod
+    def decode_with_char_index(data: bytes) -> tuple[str, list[int]]:
+        index: list[int] = [0] * len(data)
+        parts: list[str] = []
+        n_chars = 0
+        pos = 0
+        while pos < len(data):
+            try:
+                chunk = data[pos:].decode("utf-8")
+                valid_end, bad_end = len(data), len(data)
+            except UnicodeDecodeError as err:
+                chunk = data[pos : pos + err.start].decode("utf-8")
+                valid_end, bad_end = pos + err.start, pos + err.end
+            for j in range(pos, valid_end):
+                if data[j] & 0xC0 != 0x80:
+                    n_chars += 1
+                index[j] = n_chars - 1
+            parts.append(chunk)
+            if bad_end > valid_end:
+                parts.append("\ufffd")
+                n_chars += 1
+                for j in range(valid_end, bad_end):
+                    index[j] = n_chars - 1
+            pos = bad_end
+        return "".join(parts), index
+
+    @classmethod
+    def pieces_spans(cls, pieces):
+        data = b"".join(pieces)
+        text, index = cls.decode_with_char_index(data)
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for piece in pieces:
+            b0, b1 = pos, pos + len(piece)
+            if b1 > b0:
+                spans.append((index[b0], index[b1 - 1] + 1))
+            elif b0 == len(data):
+                spans.append((len(text), len(text)))
+            elif b0 == 0 or index[b0] != index[b0 - 1]:
+                spans.append((index[b0], index[b0]))
+            else:
+                spans.append((index[b0], index[b0] + 1))
+            pos = b1
+        return text, index, spans
+
+    @classmethod
+    def spans_from_bytes(cls, pieces):
+        text, _, spans = cls.pieces_spans(pieces)
+        return text, spans
+
+    @classmethod
+    def generation_spans(cls, pieces):
+        text, index, spans = cls.pieces_spans(pieces)
+        cut = 0
+        end = sum(len(p) for p in pieces)
+        for piece in reversed(pieces):
+            if end == 0:
+                break
+            whole = end == len(index) or index[end] != index[end - 1]
+            if whole and text[index[end - 1]] != "\ufffd":
+                cut = index[end - 1] + 1
+                break
+            end -= len(piece)
+        return text[:cut], [(min(s, cut), min(e, cut)) for s, e in spans]
+
+    @classmethod
+    def token_offsets(cls, tokenizer, ids, text):
+        pieces = cls.token_bytes(tokenizer, ids)
+        decoded, spans = cls.spans_from_bytes(pieces)
+        if decoded == text:
+            return spans
+        held, held_spans = cls.generation_spans(pieces)
+        if held == text:
+            return held_spans
+        shift = len(decoded) - len(text)
+        if shift > 0 and decoded.endswith(text) and not decoded[:shift].strip():
+            return [(max(s - shift, 0), max(e - shift, 0)) for s, e in spans]
+        raise DasdError("not this text's tokens")
+
+
+# bytes that make UTF-8 edge cases: ASCII, continuation bytes, lead bytes of 2, 3 and 4-byte characters
+# (overlong, surrogate and out-of-range ones included), never-valid bytes, and whole characters
+# (U+FFFD itself, CJK, an emoji, the sentencepiece word-start)
+EDGE_BYTES = [bytes([b]) for b in (0x20, 0x41, 0x0A, 0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xED,
+                                   0xEF, 0xF0, 0xF4, 0xF5, 0xFF)]
+EDGE_BYTES += [c.encode() for c in ("\ufffd", "\u00e9", "\u65e5", "\U0001f600", "\u2581")]
+soup = st.lists(st.one_of(st.sampled_from(EDGE_BYTES), st.binary(max_size=3)), max_size=6).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(soup, max_size=14))
+def test_vectorised_spans_equal_the_first_version_on_byte_soup(pieces):
+    """Random pieces of UTF-8 edge-case bytes (characters split across pieces, invalid runs, U+FFFD
+    in the text, empty pieces): the same text, byte index, spans and held-back generation."""
+    text, index = decode_with_char_index(b"".join(pieces))
+    assert (text, index.tolist()) == Reference.decode_with_char_index(b"".join(pieces))
+    assert spans_from_bytes(pieces) == Reference.spans_from_bytes(pieces)
+    assert generation_spans(pieces) == Reference.generation_spans(pieces)
+
+
+def trained_bpe():
+    """A byte-level BPE trained here on emoji, CJK and accented text, with added tokens (one special)."""
+    from dasd.toy.tokenizer import build_tokenizer
+
+    corpus = TEXTS * 5 + ["\u6570\u5b66\u306e\u554f\u984c \U0001f600\U0001f600 \u00e9t\u00e9 caf\u00e9 \u2581\u2581 \ufffd"] * 5
+    tok = build_tokenizer(corpus, vocab_size=420)
+    tok.add_tokens(["<tool>", "\u00e9t\u00e9!"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|sep|>"]})
+    return tok
+
+
+def tokenizer_zoo(tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """Real tokenizers of every kind the rule knows: byte-level BPE (the toy teacher's and student's, two
+    tiny ones, one trained here with added tokens), sentencepiece-style with byte fallback (with and
+    without a pad token and merges), and one whose decoder the rule does not know (WordPiece)."""
+    from sp_tokenizer import llama2_style_tokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dasd.toy.build import default_toy_dir
+
+    wp = Tokenizer(models.WordPiece(vocab={"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "##s": 4, "on": 5}, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    wp.decoder = decoders.WordPiece()
+    return {
+        "toy teacher": AutoTokenizer.from_pretrained(default_toy_dir() / "teacher"),
+        "toy student": AutoTokenizer.from_pretrained(default_toy_dir() / "student"),
+        "tiny": AutoTokenizer.from_pretrained(tiny_lm_dir),
+        "tiny other": AutoTokenizer.from_pretrained(tiny_lm_dir_other_vocab),
+        "trained BPE": trained_bpe(),
+        "sentencepiece": llama2_style_tokenizer([("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("a", "n")]),
+        "sentencepiece, pad": llama2_style_tokenizer([], pad=True),
+        "wordpiece": PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]"),
+    }
+
+
+def outcome(f, *args):
+    """``f(*args)``, or the fact that it raised a DasdError."""
+    try:
+        return f(*args)
+    except DasdError:
+        return "DasdError"
+
+
+def test_vectorised_offsets_equal_the_first_version_on_random_ids(tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """token_offsets (and token_spans, as an array) == the first version, for random ids of every kind
+    of tokenizer (byte soup, split emoji and CJK, byte-fallback pieces, added and special tokens) and
+    for real encodings cut at random points, against each text the ids may be asked with: their
+    decoded bytes, a generation's held-back text, the tokenizer's own decoding (sentencepiece strips
+    the leading space), the text less its first character, and a text they are not."""
+    rng = np.random.default_rng(0)
+    zoo = tokenizer_zoo(tiny_lm_dir, tiny_lm_dir_other_vocab)
+    seen = {"split": 0, "held back": 0, "shifted": 0, "error": 0}
+    for name, tok in zoo.items():
+        encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+        cases = [rng.integers(0, len(tok), size=rng.integers(0, 30)).tolist() for _ in range(150)]
+        for _ in range(150):
+            ids = encoded[rng.integers(len(encoded))]
+            a, b = sorted(rng.integers(0, len(ids) + 1, size=2))
+            cases.append(ids[a:b])
+        cases += [[], [tok.all_special_ids[0]], encoded[0] + encoded[1]]
+        for ids in cases:
+            pieces = Reference.token_bytes(tok, ids)
+            assert token_bytes(tok, ids) == pieces
+            full, spans = Reference.spans_from_bytes(pieces)
+            held, _ = Reference.generation_spans(pieces)
+            for text in {full, held, tok.decode(ids), full[1:], full + "x"}:
+                want = outcome(Reference.token_offsets, tok, ids, text)
+                assert outcome(token_offsets, tok, ids, text) == want, (name, ids, text)
+                got = outcome(token_spans, tok, np.asarray(ids, dtype=np.int32), text)
+                assert want == (got if isinstance(got, str) else [tuple(s) for s in got.tolist()])
+                seen["error"] += want == "DasdError"
+                seen["held back"] += text == held != full and want != "DasdError"
+                seen["shifted"] += len(text) < len(full) and text != held and want != "DasdError"
+            seen["split"] += any(e > s2 for (_, e), (s2, _) in zip(spans, spans[1:]))
+    assert min(seen.values()) >= 20, seen  # every branch of the rule was taken, many times

@@ -36,11 +36,15 @@ text's tokens), never a silent misalignment.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
+import threading
 import weakref
 from collections.abc import Sequence
 from functools import lru_cache
+
+import numpy as np
 
 from dasd.errors import DasdError
 
@@ -86,13 +90,16 @@ def _decoder_kind(tokenizer) -> str:
 
 
 class _ByteTable:
-    """Per-tokenizer memo of id -> bytes (built lazily; rebuilt if the vocabulary grows)."""
+    """Per-tokenizer memo of id -> bytes (filled lazily; rebuilt if the vocabulary grows): ``pieces``
+    (the bytes, None where not yet known) and ``lengths`` (their lengths, -1 where not yet known),
+    so that a sequence's lengths are one numpy gather."""
 
     def __init__(self, tokenizer):
         self.kind = _decoder_kind(tokenizer)
         self.size = len(tokenizer)
         self.added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
-        self.known: dict[int, bytes] = {}
+        self.pieces: list[bytes | None] = [None] * self.size
+        self.lengths = np.full(self.size, -1, dtype=np.int64)
 
     def piece_bytes(self, tokenizer, i: int, piece: str) -> bytes:
         if i in self.added:
@@ -108,79 +115,143 @@ class _ByteTable:
         # unknown decoder: the token decoded alone; token_offsets checks the result against the text
         return tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8")
 
+    def lookup(self, tokenizer, ids: np.ndarray) -> np.ndarray:
+        """The byte lengths of ``ids`` (an int64 array), learning the ids not seen before; an id the
+        tokenizer does not have is a DasdError."""
+        if not ids.size:
+            return np.zeros(0, dtype=np.int64)
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0:
+            raise DasdError(f"token id {lo} is not in the tokenizer's vocabulary ({len(tokenizer)} entries)")
+        if hi >= len(self.lengths):  # past len(tokenizer): known only to a vocabulary with holes
+            beyond = sorted({int(i) for i in ids[ids >= len(self.lengths)]})
+            try:
+                pieces = tokenizer.convert_ids_to_tokens(beyond)
+            except OverflowError:
+                pieces = [None]
+            if None in pieces:
+                i = beyond[pieces.index(None)] if len(pieces) == len(beyond) else hi
+                raise DasdError(f"token id {i} is not in the tokenizer's vocabulary ({len(tokenizer)} entries)")
+            self.pieces += [None] * (hi + 1 - len(self.pieces))
+            self.lengths = np.concatenate([self.lengths, np.full(hi + 1 - len(self.lengths), -1, dtype=np.int64)])
+        lengths = self.lengths[ids]
+        if (lengths < 0).any():
+            missing = np.unique(ids[lengths < 0]).tolist()
+            for i, piece in zip(missing, tokenizer.convert_ids_to_tokens(missing)):
+                if piece is None:
+                    raise DasdError(f"token id {i} is not in the tokenizer's vocabulary ({len(tokenizer)} entries)")
+                self.pieces[i] = data = self.piece_bytes(tokenizer, i, piece)
+                self.lengths[i] = len(data)
+            lengths = self.lengths[ids]
+        return lengths
+
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def token_bytes(tokenizer, ids: Sequence[int]) -> list[bytes]:
-    """The bytes each token id stands for in decoded text (see the module docstring)."""
+def _table(tokenizer) -> _ByteTable:
     table = _TABLES.get(tokenizer)
     if table is None or table.size != len(tokenizer):
         table = _TABLES[tokenizer] = _ByteTable(tokenizer)
-    missing = sorted({int(i) for i in ids} - table.known.keys())
-    if missing:
-        for i, piece in zip(missing, tokenizer.convert_ids_to_tokens(missing)):
-            if piece is None:
-                raise DasdError(f"token id {i} is not in the tokenizer's vocabulary ({len(tokenizer)} entries)")
-            table.known[i] = table.piece_bytes(tokenizer, i, piece)
-    return [table.known[int(i)] for i in ids]
+    return table
 
 
-def decode_with_char_index(data: bytes) -> tuple[str, list[int]]:
-    """Decode UTF-8 like ``data.decode(errors="replace")``; also return each byte's character index.
+def _token_data(tokenizer, ids: Sequence[int]) -> tuple[np.ndarray, bytes]:
+    """Each token's byte length and the tokens' bytes, concatenated."""
+    table = _table(tokenizer)
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    lengths = table.lookup(tokenizer, arr)
+    return lengths, b"".join(map(table.pieces.__getitem__, arr.tolist()))
+
+
+def token_bytes(tokenizer, ids: Sequence[int]) -> list[bytes]:
+    """The bytes each token id stands for in decoded text (see the module docstring)."""
+    table = _table(tokenizer)
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    table.lookup(tokenizer, arr)
+    return list(map(table.pieces.__getitem__, arr.tolist()))
+
+
+# ``bytes.decode`` with this error handler is ``errors="replace"`` (one U+FFFD for each invalid byte
+# run the decoder reports) that also records each run's byte range in ``_BAD.runs`` (per thread).
+_BAD = threading.local()
+_RECORD_REPLACE = "dasd.offsets.record_replace"
+
+
+def _record_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+    _BAD.runs.append((err.start, err.end))
+    return "\ufffd", err.end
+
+
+codecs.register_error(_RECORD_REPLACE, _record_replace)
+
+
+def decode_with_char_index(data: bytes) -> tuple[str, np.ndarray]:
+    """Decode UTF-8 like ``data.decode(errors="replace")``; also return each byte's character index
+    (an int64 array).
 
     Valid multi-byte sequences map all their bytes to one character; each maximal invalid byte run
-    (a character cut short, a stray continuation byte) maps to the one U+FFFD that replaces it.
+    (a character cut short, a stray continuation byte) maps to the one U+FFFD that replaces it. So a
+    byte starts a character when it is not a continuation byte (``10xxxxxx``) of valid text, or when
+    it is the first byte of an invalid run; the index is the running count of those, less one.
     """
-    index: list[int] = [0] * len(data)
-    parts: list[str] = []
-    n_chars = 0
-    pos = 0
-    while pos < len(data):
-        try:
-            chunk = data[pos:].decode("utf-8")
-            valid_end, bad_end = len(data), len(data)
-        except UnicodeDecodeError as err:
-            chunk = data[pos : pos + err.start].decode("utf-8")
-            valid_end, bad_end = pos + err.start, pos + err.end
-        for j in range(pos, valid_end):
-            if data[j] & 0xC0 != 0x80:  # a lead byte starts a character
-                n_chars += 1
-            index[j] = n_chars - 1
-        parts.append(chunk)
-        if bad_end > valid_end:
-            parts.append("\ufffd")
-            n_chars += 1
-            for j in range(valid_end, bad_end):
-                index[j] = n_chars - 1
-        pos = bad_end
-    return "".join(parts), index
+    starts = (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        _BAD.runs = []
+        text = data.decode("utf-8", errors=_RECORD_REPLACE)
+        runs = np.asarray(_BAD.runs, dtype=np.int64).reshape(-1, 2)
+        depth = np.zeros(len(data) + 1, dtype=np.int64)
+        depth[runs[:, 0]] += 1  # the runs do not overlap: each start, and each end, is there once
+        depth[runs[:, 1]] -= 1
+        starts[np.cumsum(depth[:-1]) > 0] = False
+        starts[runs[:, 0]] = True
+    return text, np.cumsum(starts, dtype=np.int64) - 1
 
 
-def _pieces_spans(pieces: Sequence[bytes]) -> tuple[str, list[int], list[tuple[int, int]]]:
-    """The text the concatenated ``pieces`` decode to, each byte's character index, each piece's span."""
-    data = b"".join(pieces)
+def _pieces_spans(lengths: np.ndarray, data: bytes) -> tuple[str, np.ndarray, np.ndarray]:
+    """The text ``data`` (pieces of byte ``lengths``, concatenated) decodes to, each byte's character
+    index, and each piece's span (an ``(n, 2)`` int64 array; the rule of the module docstring)."""
     text, index = decode_with_char_index(data)
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for piece in pieces:
-        b0, b1 = pos, pos + len(piece)
-        if b1 > b0:
-            spans.append((index[b0], index[b1 - 1] + 1))
-        elif b0 == len(data):
-            spans.append((len(text), len(text)))
-        elif b0 == 0 or index[b0] != index[b0 - 1]:  # empty token at a character boundary
-            spans.append((index[b0], index[b0]))
-        else:  # empty token inside a character: that character, like its neighbours
-            spans.append((index[b0], index[b0] + 1))
-        pos = b1
-    return text, index, spans
+    at = np.append(index, len(text))  # the character at each byte position; the text's end after the last
+    ends = np.cumsum(lengths, dtype=np.int64)
+    b0 = ends - lengths
+    start = at[b0]
+    # an empty piece inside a character (the bytes on both sides belong to it) gets that character
+    inside = (lengths == 0) & (b0 > 0) & (b0 < len(data)) & (start == at[b0 - 1])
+    end = np.where(lengths > 0, at[np.maximum(ends - 1, 0)] + 1, start + inside)
+    return text, index, np.stack([start, end], axis=1)
+
+
+def _held_back(text: str, index: np.ndarray, lengths: np.ndarray, spans: np.ndarray) -> tuple[str, np.ndarray]:
+    """``generation_spans`` from what ``_pieces_spans`` gave: the text ends at the end of the last
+    piece after which the text so far splits no character and does not end in U+FFFD."""
+    ends = np.cumsum(lengths, dtype=np.int64)
+    ends = ends[ends > 0]
+    cut = 0
+    if ends.size:
+        at = np.append(index, len(text))
+        last = at[ends - 1]  # the character each piece's last byte is in
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # decoded text: no surrogates
+        ok = np.flatnonzero((at[ends] != last) & (codes[last] != 0xFFFD))
+        cut = int(last[ok[-1]]) + 1 if ok.size else 0
+    return text[:cut], np.minimum(spans, cut)
+
+
+def _tuples(spans: np.ndarray) -> list[tuple[int, int]]:
+    """An ``(n, 2)`` span array as a list of ``(start, end)`` tuples of ints."""
+    return list(zip(spans[:, 0].tolist(), spans[:, 1].tolist()))
+
+
+def _bytes_of(pieces: Sequence[bytes]) -> tuple[np.ndarray, bytes]:
+    return np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)), b"".join(pieces)
 
 
 def spans_from_bytes(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
     """The text the concatenated ``pieces`` decode to, and each piece's character span in it."""
-    text, _, spans = _pieces_spans(pieces)
-    return text, spans
+    text, _, spans = _pieces_spans(*_bytes_of(pieces))
+    return text, _tuples(spans)
 
 
 def generation_spans(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
@@ -195,18 +266,29 @@ def generation_spans(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]
     character's first bytes instead of ending in U+FFFD. The tokens whose bytes were dropped get the
     empty span at the end of the text; the others keep their ``spans_from_bytes`` spans.
     """
-    text, index, spans = _pieces_spans(pieces)
-    cut = 0
-    end = sum(len(p) for p in pieces)
-    for piece in reversed(pieces):  # ``end``: where the text so far ends after this token
-        if end == 0:
-            break
-        whole = end == len(index) or index[end] != index[end - 1]  # no character split at ``end``
-        if whole and text[index[end - 1]] != "\ufffd":
-            cut = index[end - 1] + 1
-            break
-        end -= len(piece)
-    return text[:cut], [(min(s, cut), min(e, cut)) for s, e in spans]
+    lengths, data = _bytes_of(pieces)
+    text, index, spans = _pieces_spans(lengths, data)
+    held, held_spans = _held_back(text, index, lengths, spans)
+    return held, _tuples(held_spans)
+
+
+def token_spans(tokenizer, ids: Sequence[int], text: str) -> np.ndarray:
+    """``token_offsets`` as an ``(len(ids), 2)`` int64 array."""
+    lengths, data = _token_data(tokenizer, ids)
+    decoded, index, spans = _pieces_spans(lengths, data)
+    if decoded == text:
+        return spans
+    held, held_spans = _held_back(decoded, index, lengths, spans)
+    if held == text:  # a generation's text: its trailing cut character held back (generation_spans)
+        return held_spans
+    shift = len(decoded) - len(text)
+    if shift > 0 and decoded.endswith(text) and not decoded[:shift].strip():
+        return np.maximum(spans - shift, 0)
+    raise DasdError(
+        f"token offsets: the {len(lengths)} token ids decode to {decoded[:60]!r}... but the text is "
+        f"{text[:60]!r}...; the ids are not this text's tokens, or this tokenizer's decoder "
+        f"({_decoder_kind(tokenizer)}) is not supported by dasd.engines.offsets"
+    )
 
 
 def token_offsets(tokenizer, ids: Sequence[int], text: str) -> list[tuple[int, int]]:
@@ -215,20 +297,6 @@ def token_offsets(tokenizer, ids: Sequence[int], text: str) -> list[tuple[int, i
     ``text`` may also be the ids' text as a generation has it (``generation_spans``: a character cut
     at the end held back), so a sample is re-scored with its own ids. Raises DasdError if the ids'
     bytes do not decode to ``text`` (up to a leading space that the tokenizer's decoder strips),
-    rather than returning misaligned spans.
+    rather than returning misaligned spans. ``token_spans`` gives the same as an array.
     """
-    pieces = token_bytes(tokenizer, ids)
-    decoded, spans = spans_from_bytes(pieces)
-    if decoded == text:
-        return spans
-    held, held_spans = generation_spans(pieces)
-    if held == text:  # a generation's text: its trailing cut character held back (generation_spans)
-        return held_spans
-    shift = len(decoded) - len(text)
-    if shift > 0 and decoded.endswith(text) and not decoded[:shift].strip():
-        return [(max(s - shift, 0), max(e - shift, 0)) for s, e in spans]
-    raise DasdError(
-        f"token offsets: the {len(ids)} token ids decode to {decoded[:60]!r}... but the text is "
-        f"{text[:60]!r}...; the ids are not this text's tokens, or this tokenizer's decoder "
-        f"({_decoder_kind(tokenizer)}) is not supported by dasd.engines.offsets"
-    )
+    return _tuples(token_spans(tokenizer, ids, text))

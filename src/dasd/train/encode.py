@@ -214,7 +214,7 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     tokens do not decode to the text they cover (a token joined with the template's text after it).
     """
     from dasd.engines.base import encode_text
-    from dasd.engines.offsets import token_offsets
+    from dasd.engines.offsets import token_spans
     from dasd.errors import DasdError
 
     out: list[ResponseTokens | None] = [None] * len(pairs)
@@ -261,7 +261,7 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
         if contexts[context] != ids[:first]:
             continue
         try:
-            spans = _pairs(token_offsets(tokenizer, cut, covered)) + start
+            spans = token_spans(tokenizer, cut, covered) + start
         except DasdError:
             continue
         out[k] = ResponseTokens(context, covered, cut, _to_response(spans, where, solid, len(response)))
