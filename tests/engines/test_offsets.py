@@ -413,3 +413,19 @@ def test_vectorised_offsets_equal_the_first_version_on_random_ids(tiny_lm_dir, t
                 seen["shifted"] += len(text) < len(full) and text != held and want != "DasdError"
             seen["split"] += any(e > s2 for (_, e), (s2, _) in zip(spans, spans[1:]))
     assert min(seen.values()) >= 20, seen  # every branch of the rule was taken, many times
+
+
+def test_ids_outside_the_vocabulary_are_an_error_naming_the_id():
+    """A vocabulary with holes (WordLevel ids 0, 1, 7: len 3) has its ids past len(tokenizer) too; an id it
+    does not have, negative or too large for the tokenizer's integers, is a DasdError naming it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    wl = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1, "b": 7}, unk_token="[UNK]"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="[UNK]")
+    assert len(tok) == 3 and token_bytes(tok, [7, 1, 7]) == Reference.token_bytes(tok, [7, 1, 7]) == [b"b", b"a", b"b"]
+    assert token_offsets(tok, [1, 7], "ab") == Reference.token_offsets(tok, [1, 7], "ab") == [(0, 1), (1, 2)]
+    for bad, named in (([1, 5], 5), ([-1], -1), ([2**40, 1], 2**40)):
+        with pytest.raises(DasdError, match=rf"token id {named} is not in the tokenizer's vocabulary"):
+            token_offsets(tok, bad, "ab")
