@@ -221,6 +221,32 @@ def test_score_ids_that_are_not_the_text_fail_before_compute(hf_engine):
                          ScoreRequest(id="bad", prefix="x", continuation="hello there", continuation_ids=ids)])
 
 
+def test_score_returns_the_offsets_a_request_gives_without_computing_them(hf_engine):
+    """score_as_trained hands the engine the cut response's ids with their spans in the response: the
+    engine returns those spans as given (not computed again from the cut text, which with re-laid
+    whitespace is not the response), and the log-probs are those of the same request without them."""
+    import numpy as np
+
+    from dasd.engines.offsets import token_offsets
+    from dasd.train.encode import response_tokens, score_as_trained
+
+    response = "<think>\n\nStart with 5. Caf\u00e9 \U0001f600\n</think>\n\nSo \\boxed{3}."
+    (cut,) = response_tokens(hf_engine.tokenizer, [(MESSAGES, response)])
+    plain = ScoreRequest(id="r", prefix=cut.context, continuation=cut.text, continuation_ids=cut.ids)
+    given = ScoreRequest(id="r", prefix=cut.context, continuation=cut.text, continuation_ids=cut.ids, offsets=cut.offsets)
+    unchecked = ScoreRequest(id="r", prefix=cut.context, continuation="not the ids' text", continuation_ids=cut.ids,
+                             offsets=cut.offsets)
+    want, got, got_unchecked = hf_engine.score([plain, given, unchecked])
+    assert want.offsets == token_offsets(hf_engine.tokenizer, cut.ids, cut.text)
+    assert got.offsets is cut.offsets and got_unchecked.offsets is cut.offsets
+    assert got.logprobs == want.logprobs == got_unchecked.logprobs and got.token_ids == want.token_ids == cut.ids
+    ((via,), alone) = score_as_trained(hf_engine, [ScoreRequest(id="r", messages=MESSAGES, continuation=response)])
+    assert alone == 0 and np.array_equal(via.offsets, cut.offsets) and via.logprobs == want.logprobs
+    for bad in (dict(offsets=cut.offsets), dict(continuation_ids=cut.ids, offsets=cut.offsets[:-1])):
+        with pytest.raises(ValueError, match="offsets need continuation_ids, one span per id"):
+            ScoreRequest(id="r", prefix="x", continuation=cut.text, **bad)
+
+
 @pytest.fixture(scope="module")
 def peaked_engine(tiny_lm_dir, tmp_path_factory):
     """The tiny model with its final norm scaled x12: a peaked next-token distribution, so that

@@ -94,7 +94,10 @@ def test_score_equals_hf(serve, ref_engine, tiny_lm_dir, api):
     scores += [ScoreRequest(id="pre", prefix="Start with 5.", continuation=" 5 - 2 = 3. \U0001f600\u00e9"),
                ScoreRequest(id="ids", prefix="Compute", continuation=gens[0][0].text,
                             continuation_ids=gens[0][0].token_ids),
-               ScoreRequest(id="empty", prefix="Compute", continuation="")]
+               ScoreRequest(id="empty", prefix="Compute", continuation=""),
+               # spans the caller has already (score_as_trained) are returned as given, not computed again
+               ScoreRequest(id="given", prefix="Compute", continuation=gens[0][0].text, continuation_ids=gens[0][0].token_ids,
+                            offsets=[(0, 0)] * len(gens[0][0].token_ids))]
     with serve(faults=Faults(rate_429=0.15, rate_500=0.15, seed=1)) as srv:
         eng = make_engine(openai_config(tiny_lm_dir, [srv.base_url], score_api=api))
         got = eng.score(scores)
@@ -103,7 +106,8 @@ def test_score_equals_hf(serve, ref_engine, tiny_lm_dir, api):
         assert (a.request_id, a.token_ids, a.tokens, a.offsets) == (b.request_id, b.token_ids, b.tokens, b.offsets)
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
         assert a.logprob_mode == "raw" and a.extra == b.extra
-    assert got[-1].logprobs == [] and got[0].logprobs
+    assert got[-2].logprobs == [] and got[0].logprobs
+    assert got[-1].offsets is scores[-1].offsets and got[-1].logprobs == pytest.approx(got[-3].logprobs, abs=1e-5)
 
 
 def test_top_logprobs_and_count_tokens(serve, ref_engine, tiny_lm_dir):

@@ -35,6 +35,9 @@ def test_vllm_matches_hf(tiny_lm_dir):
         ref = hf.score([ScoreRequest(id="a", messages=msgs, continuation=g.text, continuation_ids=g.token_ids)])[0]
         assert g.logprobs == pytest.approx(ref.logprobs, abs=2e-3)
         assert g.offsets == ref.offsets
+        given = ScoreRequest(id="a", messages=msgs, continuation=g.text, continuation_ids=g.token_ids,
+                             offsets=[(0, 0)] * len(g.token_ids))  # returned as given, not computed again
+        assert vl.score([given])[0].offsets is given.offsets
     reqs = [ScoreRequest(id="s", messages=msgs, continuation=" 3 + 4 = 7. \U0001f600")]
     a, b = vl.score(reqs)[0], hf.score(reqs)[0]
     assert a.token_ids == b.token_ids and a.offsets == b.offsets

@@ -11,7 +11,7 @@ no top-p), whatever temperature was used to sample: ``logprob_mode == "raw"``. A
 only return processed log-probs says ``"processed"`` so that downstream stages can re-score.
 
 Offsets are character spans ``(start, end)`` into the returned ``text`` (generate) or the
-``continuation`` (score). A token that covers only part of a multi-byte character (byte-level BPE)
+``continuation`` (score; or the request's own ``offsets``, returned as given). A token that covers only part of a multi-byte character (byte-level BPE)
 is mapped to the character it starts in; see ``engines.offsets`` for the exact rule.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -71,6 +71,11 @@ class ScoreRequest:
     If ``continuation_ids`` is given, exactly those token ids are scored (e.g. the ids a model
     sampled); otherwise the engine's tokenizer encodes ``continuation`` on its own, separately
     from the context, so that every token lies inside the continuation's characters.
+
+    ``offsets``, only with ``continuation_ids``: their spans when the caller has them already
+    (``train.encode.score_as_trained``: the spans in the response the ids were cut from, by the
+    ``engines.offsets`` rule); the engine returns them as its result's ``offsets`` (the same
+    object), neither computed again nor checked against ``continuation``.
     """
 
     id: str
@@ -78,10 +83,13 @@ class ScoreRequest:
     messages: Messages | None = None
     prefix: str | None = None
     continuation_ids: list[int] | None = None
+    offsets: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prefix is None):
             raise ValueError(f"request {self.id!r}: set exactly one of messages or prefix")
+        if self.offsets is not None and (self.continuation_ids is None or len(self.offsets) != len(self.continuation_ids)):
+            raise ValueError(f"request {self.id!r}: offsets need continuation_ids, one span per id")
 
 
 @dataclass

@@ -316,7 +316,7 @@ class HFEngine:
                     f"max_model_len is {self.max_len}"
                 )
             try:  # fail before any compute
-                offsets.append(token_offsets(self.tokenizer, cont, req.continuation))
+                offsets.append(req.offsets if req.offsets is not None else token_offsets(self.tokenizer, cont, req.continuation))
             except DasdError as err:
                 raise DasdError(f"request {req.id!r}: {err}") from None
             items.append((ctx, cont))

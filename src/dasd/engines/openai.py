@@ -674,7 +674,7 @@ class OpenAIEngine:
         what = f"score request {req.id!r}"
         ctx = self.context_ids(req.messages, req.prefix, req.id)
         cont = list(req.continuation_ids) if req.continuation_ids is not None else self.encode(req.continuation)
-        offsets = token_offsets(self.tokenizer, cont, req.continuation)
+        offsets = req.offsets if req.offsets is not None else token_offsets(self.tokenizer, cont, req.continuation)
         if not cont:
             lps: list[float] = []
         elif self.opt.score_api == "prompt_logprobs":

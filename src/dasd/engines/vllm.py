@@ -145,7 +145,8 @@ class VLLMEngine:
         return [
             ScoreResult(
                 request_id=req.id, tokens=self.tokenizer.convert_ids_to_tokens(cont), token_ids=cont,
-                offsets=token_offsets(self.tokenizer, cont, req.continuation), logprobs=lps.get(k, []),
+                offsets=req.offsets if req.offsets is not None else token_offsets(self.tokenizer, cont, req.continuation),
+                logprobs=lps.get(k, []),
                 logprob_mode=self.mode, extra={"context_tokens": len(ctx)},
             )
             for k, (req, (ctx, cont)) in enumerate(zip(requests, items))

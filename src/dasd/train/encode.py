@@ -316,8 +316,10 @@ def score_as_trained(engine, requests: list[ScoreRequest]) -> tuple[list[ScoreRe
     tok = getattr(engine, "tokenizer", None)
     cut = response_tokens(tok, [(r.messages, r.continuation) for r in requests]) \
         if tok is not None and getattr(tok, "chat_template", None) and requests else [None] * len(requests)
-    asked = [r if c is None else ScoreRequest(id=r.id, prefix=c.context, continuation=c.text, continuation_ids=c.ids)
+    asked = [r if c is None else ScoreRequest(id=r.id, prefix=c.context, continuation=c.text, continuation_ids=c.ids,
+                                              offsets=c.offsets)  # dasd's engines return them, not computed again
              for r, c in zip(requests, cut)]
+    # (set again here for an engine that does not take a request's offsets)
     results = [r if c is None or isinstance(r, ContextLengthError) else replace(r, offsets=c.offsets)
                for r, c in zip(score_or_refused(engine, asked), cut)]
     return results, sum(c is None for c in cut)
