@@ -92,6 +92,35 @@ def test_imported_without_logprobs_is_rescored_by_teacher(tmp_path, tiny_lm_dir,
     assert run_score(never)["T1"] == {"scored": 0, "rejected": 1, "new": 1}
 
 
+def test_a_rescored_teacher_signal_is_arrays_stored_as_the_lists_were(tmp_path):
+    """score's re-scoring teacher signal (``_signal``) keeps the result's offsets and log-probs as numpy
+    arrays (no per-token lists); the columnar store writes and reads back the same values it did
+    for the lists (int32 spans, float32 log-probs), for a cut response's array offsets and for an
+    engine's list of tuples alike."""
+    import numpy as np
+
+    from dasd.engines.base import ScoreResult
+    from dasd.stages.score import _signal
+
+    text = "ab \u00e9\U0001f600 c"
+    spans, lps = [(0, 1), (1, 3), (3, 4), (4, 5), (4, 5), (5, 7)], [-0.1234567891, -2.5e-9, 0.0, -17.25, -1e-3, -3.3]
+    old = {"offsets": [list(o) for o in spans], "logprobs": list(lps), "logprob_mode": "raw"}  # as _signal made it
+    store = RunStore(tmp_path / "run")
+    with store.writer("sample", "pool-T1") as w:
+        for k, offsets in enumerate((spans, np.asarray(spans, dtype=np.int64))):
+            sig = _signal(ScoreResult(request_id="r", tokens=[], token_ids=[], offsets=offsets, logprobs=lps))
+            assert sig["offsets"].dtype == np.int64 and sig["offsets"].shape == (6, 2) and sig["offsets"].tolist() == old["offsets"]
+            assert isinstance(sig["logprobs"], np.ndarray) and sig["logprobs"].tolist() == lps
+            w.add({"id": f"new{k}", "prompt_id": "p", "text": text, "teacher": {**sig, "rescored": True}})
+        w.add({"id": "old", "prompt_id": "p", "text": text, "teacher": {**old, "rescored": True}})
+    got = {r["id"]: r["teacher"] for r in store.read("sample", "pool-T1")}
+    for k in ("new0", "new1"):
+        for key in ("offsets", "logprobs"):
+            assert got[k][key].dtype == got["old"][key].dtype and np.array_equal(got[k][key], got["old"][key])
+        assert got[k]["logprob_mode"] == "raw" and got[k]["rescored"]
+    assert got["old"]["offsets"].tolist() == old["offsets"] and got["old"]["logprobs"].tolist() == np.float32(lps).tolist()
+
+
 def test_unusable_teacher_signals_are_quarantined_before_the_student_scores(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab,
                                                                             counting_scorer):
     """With ``score.rescore_teacher: never`` an imported response without teacher log-probs is
