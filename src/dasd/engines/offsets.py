@@ -161,7 +161,7 @@ def _token_data(tokenizer, ids: Sequence[int]) -> tuple[np.ndarray, bytes]:
     table = _table(tokenizer)
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     lengths = table.lookup(tokenizer, arr)
-    return lengths, b"".join(map(table.pieces.__getitem__, arr.tolist()))
+    return lengths, b"".join(map(table.pieces.__getitem__, ids if isinstance(ids, list) else arr.tolist()))
 
 
 def token_bytes(tokenizer, ids: Sequence[int]) -> list[bytes]:
