@@ -10,8 +10,8 @@ per teacher token, and CPU microseconds per teacher token. ``score`` gets a stan
 each response on the tokens training gives it (``train.encode.score_as_trained``: the conversation
 rendered and tokenised, the response's tokens cut out of it) as it does with a real student; the
 engine answers with random log-probs, and the CPU it spends (tokenising a response given as text,
-the offsets of one given as ids) is measured, printed apart (``engine us/tok``) and left out, so the
-score line is the stage's own work. ``--without-cut`` also scores each pool with the stand-in's chat
+the offsets of one given as ids without them) is measured, printed apart (``engine us/tok``) and left
+out, so the score line is the stage's own work. ``--without-cut`` also scores each pool with the stand-in's chat
 template taken away, each response on its own tokens (row ``score (alone)``: what score did before it
 scored the training tokens), interleaved with the other ``--repeat`` times.
 ``--response-tokens`` times ``train.encode.response_tokens`` alone on long responses (``cut_cost``).
@@ -143,9 +143,10 @@ class StandInStudent:
     away, so each response is scored on its own tokens, as ``score`` did before it scored the tokens
     training gives.
 
-    Like the hf engine, it encodes a continuation given as text and takes the offsets of one given
-    as ids from ``engines.offsets.token_offsets``; ``cpu_s`` is the CPU it spent, so the caller can
-    leave it out of the stage's own work."""
+    Like the hf engine, it encodes a continuation given as text, returns the offsets a request gives
+    with its ids (``ScoreRequest.offsets``: what ``score_as_trained`` asks with) and takes those of
+    ids given without them from ``engines.offsets.token_offsets``; ``cpu_s`` is the CPU it spent, so
+    the caller can leave it out of the stage's own work."""
 
     cut: bool = True
     cpu_s: float = 0.0
@@ -176,6 +177,8 @@ class StandInStudent:
             if r.continuation_ids is None:
                 enc = next(encoded)
                 ids, offs = enc.ids, enc.offsets
+            elif getattr(r, "offsets", None) is not None:  # (a dasd with ScoreRequest.offsets)
+                ids, offs = list(r.continuation_ids), r.offsets
             else:
                 ids, offs = list(r.continuation_ids), token_offsets(self.tokenizer, r.continuation_ids, r.continuation)
             offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
@@ -207,13 +210,16 @@ def cut_cost(repeat: int, chars: int = 40_000, n: int = 8, k: int = 4, seed: int
     token) and one of 2,000 entries trained here on toy-world reasoning (about 3). Each call is timed
     ``repeat`` times, the configurations interleaved, and beside it two of its parts done again on
     their own: tokenising the rendered conversations (``tokenise``) and the ``engines.offsets`` rule
-    on the cut tokens (``offsets``); microseconds per token of that tokenizer."""
+    on the cut tokens (``offsets``: ``token_spans``, as ``response_tokens`` calls it, or
+    ``token_offsets`` in a dasd without it); microseconds per token of that tokenizer."""
     from transformers import AutoTokenizer
 
-    from dasd.engines.offsets import token_offsets
+    from dasd.engines import offsets
     from dasd.toy.build import default_toy_dir
     from dasd.toy.tokenizer import build_tokenizer
     from dasd.train.encode import assistant_spans, response_tokens
+
+    rule = getattr(offsets, "token_spans", offsets.token_offsets)
 
     rng = random.Random(seed)
 
@@ -251,7 +257,7 @@ def cut_cost(repeat: int, chars: int = 40_000, n: int = 8, k: int = 4, seed: int
             t(texts, add_special_tokens=False, return_offsets_mapping=True)
             c1 = time.process_time()
             for r in got:
-                token_offsets(t, r.ids, r.text)
+                rule(t, r.ids, r.text)
             cpu[key]["tokenise"].append(c1 - c0)
             cpu[key]["offsets"].append(time.process_time() - c1)
     return [{"tokenizer": key[0], "template": key[1], "responses": n, "chars": sum(len(r) for _, r in pairs),
