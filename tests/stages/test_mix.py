@@ -1104,19 +1104,12 @@ def test_a_question_whose_selected_teacher_response_changed_is_asked_again(e2e, 
     assert {pid for pid in drawn if caps[pid] != old[pid]} == changed
 
 
-def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path, caplog):
-    """A toy run (sample, filter, score, select, mix); two prompts' reference answers are then
-    corrected with `dasd sample` (same messages, another answer: the run's prompt record is
-    replaced). A kept mixed example the new answer fails still fed training, and `dasd mix` took
-    its rollouts as done, judged against the old answer. Now training takes no mixed data until
-    `dasd mix` ran again, which judges again exactly those two questions' continuations, without
-    asking the student or teacher anything, and ends with what a fresh mix on the corrected run writes."""
-    import shutil
-
+def _graded_toy_mix(tmp_path):
+    """A toy run ``tmp_path/run`` of 12 prompts with reference answers, through sample, filter
+    (graded), score, select and mix; ``(rows, write(rows), cfg(run))``: the prompts, what rewrites
+    the prompts file, and the config of a run folder under ``tmp_path``."""
     from dasd.config import load_config
-    from dasd.grading.grade import grade_one
     from dasd.prompts import toy_prompts
-    from dasd.runs import mix_not_current, named_pools
     from dasd.stages.filter import run_filter
     from dasd.stages.mix import run_mix_stage
     from dasd.stages.sample import run_sample
@@ -1138,6 +1131,24 @@ def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path,
     write(rows)
     for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
         stage(cfg("run"))
+    return rows, write, cfg
+
+
+def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path, caplog):
+    """A toy run (sample, filter, score, select, mix); two prompts' reference answers are then
+    corrected with `dasd sample` (same messages, another answer: the run's prompt record is
+    replaced). A kept mixed example the new answer fails still fed training, and `dasd mix` took
+    its rollouts as done, judged against the old answer. Now training takes no mixed data until
+    `dasd mix` ran again, which judges again exactly those two questions' continuations, without
+    asking the student or teacher anything, and ends with what a fresh mix on the corrected run writes."""
+    import shutil
+
+    from dasd.grading.grade import grade_one
+    from dasd.runs import mix_not_current, named_pools
+    from dasd.stages.mix import run_mix_stage
+    from dasd.stages.sample import run_sample
+
+    rows, write, cfg = _graded_toy_mix(tmp_path)
     store = RunStore.open(tmp_path / "run")
     rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
     full = {pid: r["student"]["text"][: r["prefix_chars"]] + r["continuation"]["text"] for pid, r in rollouts.items()
@@ -1189,29 +1200,13 @@ def test_an_example_written_by_a_killed_rejudge_goes_when_its_rollout_is_not_kep
     (`dasd sample` with the first answer again). The rollout stands as incorrect, but its example
     stayed in RUN/mix/examples (the draw's example ids were all kept) and fed training. Now the
     examples are those of the draw's kept rollouts: what the mix before the correction wrote."""
-    from dasd.config import load_config
     from dasd.grading.grade import grade_one
-    from dasd.prompts import toy_prompts
     from dasd.runs import named_pools
-    from dasd.stages.filter import run_filter
     from dasd.stages.mix import run_mix_stage
     from dasd.stages.sample import run_sample
-    from dasd.stages.score import run_score
-    from dasd.stages.select import run_select
 
-    src = tmp_path / "prompts.jsonl"
-
-    def write(rows):
-        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.prompts={src}", "student.model=toy:student",
-                             "teacher.model=toy:teacher", "sample.k=1", "sample.temperatures=[0.6]",
-                             "sample.max_tokens=320", "filter.require_correct=true", "mix.n_questions=12",
-                             "mix.length_multiple=0.6", "mix.max_continuation_tokens=400"])
-    rows = toy_prompts(12, 0, "train", None)
-    write(rows)
-    for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
-        stage(cfg)
+    rows, write, config = _graded_toy_mix(tmp_path)
+    cfg = config("run")
     store = RunStore.open(tmp_path / "run")
     before = sorted(json.dumps(e, sort_keys=True) for e in store.read("mix", "examples"))
     rollouts = {r["prompt_id"]: r for r in store.read("mix", "rollouts")}
