@@ -71,9 +71,8 @@ def run_pipeline(cfg) -> dict:
 
 def closing_lines(cfg, outcome: dict) -> str:
     """What `dasd run` prints at the end: the accuracy table and where the report is."""
-    from dasd.grading.metrics import accuracy_table
-
     from dasd.grading.evaluate import Protocol
+    from dasd.grading.metrics import accuracy_table
 
     paper = cfg.eval.preset == "paper"  # the paper's protocol per domain, in place of eval.protocol
     p = Protocol.paper("math") if paper else cfg.eval.protocol

@@ -67,8 +67,8 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     before = store.stage_info(STAGE).get("config")
     if before is not None and before.get("tokens") != stage_cfg["tokens"]:
         store.mark_unfinished(STAGE)  # a kill before the stage begins again leaves it unfinished
-    if before is not None and before.get("tokens") != stage_cfg["tokens"] and store.remove_outputs(STAGE, ("responses",)):
-        log.info("responses scored by an earlier dasd on their own tokens, not those training gives them: scored again")
+        if store.remove_outputs(STAGE, ("responses",)):
+            log.info("responses scored by an earlier dasd on their own tokens, not those training gives them: scored again")
     store.begin_stage(STAGE, stage_cfg)
     engines = {}
     scored = []
