@@ -38,6 +38,7 @@ from dasd.store import RunStore
 from dasd.text.repetition import RepetitionConfig
 from dasd.text.sentences import segment
 from dasd.train.encode import IGNORE, encode_example
+from graded_runs import graded_toy_run
 
 MIX_CORPUS = [
     "<think>\nSchritt für Schritt: 3 + 4 = 7 ✓.\nThen 7 * 2 = 14.\n日本語の文。次の文。\n</think>\nThe answer is \\boxed{14}.",
@@ -1108,7 +1109,6 @@ def _graded_toy_mix(tmp_path):
     """A toy run ``tmp_path/run`` of 12 prompts with reference answers, through sample, filter
     (graded), score, select and mix; ``(rows, write(rows), cfg(run))``: the prompts, what rewrites
     the prompts file, and the config of a run folder under ``tmp_path``."""
-    from dasd.config import load_config
     from dasd.prompts import toy_prompts
     from dasd.stages.filter import run_filter
     from dasd.stages.mix import run_mix_stage
@@ -1116,16 +1116,8 @@ def _graded_toy_mix(tmp_path):
     from dasd.stages.score import run_score
     from dasd.stages.select import run_select
 
-    src = tmp_path / "prompts.jsonl"
-
-    def write(rows):
-        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-    def cfg(run):
-        return load_config(None, [f"run_dir={tmp_path / run}", f"data.prompts={src}", "student.model=toy:student",
-                                  "teacher.model=toy:teacher", "sample.k=1", "sample.temperatures=[0.6]",
-                                  "sample.max_tokens=320", "filter.require_correct=true", "mix.n_questions=12",
-                                  "mix.length_multiple=0.6", "mix.max_continuation_tokens=400"])
+    write, cfg = graded_toy_run(tmp_path, "sample.k=1", "sample.temperatures=[0.6]", "mix.n_questions=12",
+                                "mix.length_multiple=0.6", "mix.max_continuation_tokens=400")
 
     rows = toy_prompts(12, 0, "train", None)
     write(rows)

@@ -10,6 +10,7 @@ from dasd.config import load_config
 from dasd.runs import open_engine
 from dasd.stages.sample import run_sample
 from dasd.store import RunStore
+from graded_runs import graded_toy_run
 
 
 @pytest.fixture()
@@ -396,15 +397,7 @@ def test_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(t
     from dasd.runs import load_run_prompts
     from dasd.stages.filter import run_filter
 
-    src = tmp_path / "prompts.jsonl"
-
-    def write(rows):
-        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-    def cfg(run):
-        return load_config(None, [f"run_dir={tmp_path / run}", f"data.prompts={src}", "student.model=toy:student",
-                                  "teacher.model=toy:teacher", "sample.k=3", "sample.temperatures=[1.0]",
-                                  "sample.max_tokens=320", "filter.require_correct=true"])
+    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]")
 
     def verdicts(run):
         store = RunStore.open(tmp_path / run)

@@ -18,6 +18,7 @@ from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select
 from dasd.store import RunStore
+from graded_runs import graded_toy_run
 
 # each response scored in a batch of its own: its log-probs do not depend on which others are
 # scored with it (padding moves them by ~1e-7), so a fresh run's equal those kept exactly
@@ -44,15 +45,7 @@ def test_a_corrected_answer_that_drops_kept_samples_scores_nothing_again(tmp_pat
     score killed after writing the re-linked shards, before the old ones went, finishes the same."""
     from dasd.prompts import toy_prompts
 
-    src = tmp_path / "prompts.jsonl"
-
-    def write(rows):
-        src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-    def cfg(run):
-        return load_config(None, [f"run_dir={tmp_path / run}", f"data.prompts={src}", "student.model=toy:student",
-                                  "teacher.model=toy:teacher", "sample.k=3", "sample.temperatures=[1.0]",
-                                  "sample.max_tokens=320", "filter.require_correct=true", *ALONE])
+    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]", *ALONE)
 
     rows = toy_prompts(8, 0, "train", None)
     write(rows)
