@@ -29,7 +29,7 @@ FIRST = {"scored": ROWS - 1, "rejected": 1, "too_long": 1}  # what score holds f
 
 def _body(i: int, edited: bool = False) -> str:
     body = f"We need {i} + 4. {i} + 4 = {i + 4}." * (12 if i == 6 else 1)
-    return body + (" Check it: 4 + {i} too." if edited else "")
+    return body + (f" Check it: 4 + {i} too." if edited else "")
 
 
 def _write(folder, tok, order=range(ROWS), body_edited=None, answer_edited=None):
@@ -91,7 +91,7 @@ def _first_run(tmp_path, o200k_harmony_dir, counting_scorer):
 
 @pytest.fixture
 def first_run(tmp_path, o200k_harmony_dir, counting_scorer):
-    """``_first_run``."""
+    """The run ``_first_run`` makes."""
     return _first_run(tmp_path, o200k_harmony_dir, counting_scorer)
 
 
