@@ -11,7 +11,9 @@ Layout::
 
 Guarantees:
 - A shard is written whole (temp file + fsync + rename) or not at all, so every shard on disk is
-  complete; a crash loses at most the records still buffered in memory (one bounded shard).
+  complete; a crash loses at most the records still buffered in memory (one bounded shard). The
+  temp file of a write cut short is removed when its stage begins again, or when a writer of its
+  output opens (``RunStore.writer``: `dasd import` writes into ``RUN/sample``).
 - Records carry an ``id`` (a content hash); a ``ShardWriter`` loads the ids already on disk (only
   the id column of a Parquet shard) and skips them, so re-running a stage resumes it and never
   writes a record twice. Writers and readers hold those ids as digests (``dasd.idset.IdSet``,
@@ -49,6 +51,7 @@ from dasd.log import logger
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{5})\.(?P<ext>jsonl|parquet)$")
+_TEMP_RE = re.compile(r"^\.(?P<shard>.+\.(?:jsonl|parquet))\.[^.]+\.tmp$")  # a shard's temp file (atomic_open)
 _TRACKED_PACKAGES = ("dasd", "torch", "transformers", "tokenizers", "accelerate", "trl", "vllm", "deepspeed", "ray")
 
 
@@ -188,6 +191,7 @@ class RunStore:
         if self.root.exists() and not self.root.is_dir():
             raise DasdError(f"{self.root}: run directory path exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._locked = lock  # this process writes the run (the lock held): temp files of a killed writer may go
         if lock:
             hold_run_lock(self.root)
             for p in self.root.glob(f".{MANIFEST}.*.tmp"):  # left by a killed save of the manifest (lock held)
@@ -228,7 +232,12 @@ class RunStore:
 
     def writer(self, stage: str, name: str, **kw) -> ShardWriter:
         """A ``ShardWriter`` of output ``name``; its shards are numbered after any it had that were
-        removed (``remove_shards``), so a rewritten output never reuses a shard name."""
+        removed (``remove_shards``), so a rewritten output never reuses a shard name. The temp files
+        a killed writer of the output left are removed first (when this store holds the run lock):
+        a stage that writes into another's folder (`dasd import` into ``RUN/sample``) does not sweep
+        that folder when it begins."""
+        if self._locked:
+            self._sweep_temp_files(stage, name)
         first = (self.manifest.get("next_shard") or {}).get(f"{stage}/{name}", 0)
         return ShardWriter(self.stage_dir(stage), name, root=self.root, first=first, **kw)
 
@@ -440,12 +449,16 @@ class RunStore:
         self._t0 = time.monotonic()
         self.save_manifest()
 
-    def _sweep_temp_files(self, stage: str) -> None:
+    def _sweep_temp_files(self, stage: str, name: str | None = None) -> None:
         """Remove the temp files (``jsonl.atomic_open``'s ``.NAME.XXXX.tmp``) a killed writer left in
-        the stage's folder: never read as output, they would only take disk. Safe here: the run lock
-        keeps other processes out, and a stage opens its writers after it begins."""
+        the stage's folder (with ``name``: those of that output's shards only): never read as output,
+        they would only take disk. Safe where it is called: the run lock keeps other processes out, a
+        stage opens its writers after it begins, and a writer's temp file lives only while it writes."""
         d = self.root / stage
         gone = [p for p in d.glob(".*.tmp") if p.is_file()] if d.is_dir() else []
+        if name is not None:
+            shards = [_SHARD_RE.match(m["shard"]) if (m := _TEMP_RE.match(p.name)) else None for p in gone]
+            gone = [p for p, s in zip(gone, shards) if s and s["name"] == name]
         for p in gone:
             p.unlink(missing_ok=True)
         if gone:
