@@ -104,8 +104,8 @@ def test_sample_killed_mid_pool_twice_resumes_to_what_an_uninterrupted_run_has(s
         kill_when_written(dasd_sample(cfg), d / "pool-T0.6-00000.parquet", d / "rejects-00000.jsonl")
         first = samples(run)
         assert 64 <= len(first) < TOTAL and rejects(run) == ["too-long-long"] and not stage(run)["complete"]
-        # ... and again, resumed, when the second pool's first shard is
-        kill_when_written(dasd_sample(cfg), d / "pool-T1-00000.parquet")
+        # ... and again, resumed, when it wrote a shard of the second pool
+        kill_when_written(dasd_sample(cfg), d / f"pool-T1-{len(list(d.glob('pool-T1-*.parquet'))):05d}.parquet")
         second = samples(run)
         assert len(first) < len(second) < TOTAL and not stage(run)["complete"]
         assert all(second[sid] == first[sid] for sid in first)  # what was on disk stays as it was
