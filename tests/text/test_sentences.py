@@ -142,6 +142,68 @@ def test_dotted_abbreviations_and_initials(text, expected):
     _check_cover(text)
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # a middle initial between a given name and a surname
+        ("John F. Kennedy was president. Then he left.", ["John F. Kennedy was president. ", "Then he left."]),
+        ("It was George W. Bush who won.", ["It was George W. Bush who won."]),
+        ("Franklin D. Roosevelt and Harry S. Truman met.", ["Franklin D. Roosevelt and Harry S. Truman met."]),
+        ("Ask (John F. Kennedy) now.", ["Ask (John F. Kennedy) now."]),
+        ("**Mary K. Smith** agrees.", ["**Mary K. Smith** agrees."]),
+        ("Jos\u00e9 M. Garc\u00eda wrote it.", ["Jos\u00e9 M. Garc\u00eda wrote it."]),
+        # after a title, or after another initial
+        ("Dr. A. Smith agrees. Mr. J. Brown too.", ["Dr. A. Smith agrees. ", "Mr. J. Brown too."]),
+        ("Prof. R. Feynman taught it.", ["Prof. R. Feynman taught it."]),
+        ("The proof is by J. R. R. Tolkien and E. B. White.", ["The proof is by J. R. R. Tolkien and E. B. White."]),
+    ],
+)
+def test_initials_of_names_do_not_cut(text, expected):
+    """A lone capital and its dot between a given name, a title or an initial and a surname is an
+    initial: the old rule cut "John F. " and "Dr. A. " off as sentences of one or two letters, which
+    weighed as much as real sentences in the DAS fractions."""
+    assert sentences(text) == expected
+    _check_cover(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # letters that name things, after a lower-case word
+        ("The point is in group A. Then we add B.", ["The point is in group A. ", "Then we add B."]),
+        ("Take point A. Then draw a line to B.", ["Take point A. ", "Then draw a line to B."]),
+        ("Reflect it across vertex A. Point B moves.", ["Reflect it across vertex A. ", "Point B moves."]),
+        ("I pick option C. Kennedy would too.", ["I pick option C. ", "Kennedy would too."]),
+        ("Bob chose B. Alice chose C.", ["Bob chose B. ", "Alice chose C."]),
+        # (so does a name's lone initial there: the words alone do not tell it from the one above)
+        ("It is the theorem of J. Nash here.", ["It is the theorem of J. ", "Nash here."]),
+        # after a label noun, capitalised
+        ("Case A. Suppose x > 0.", ["Case A. ", "Suppose x > 0."]),
+        ("Vertex C. Point D lies on it.", ["Vertex C. ", "Point D lies on it."]),
+        ("Use Lemma B. Compute the sum.", ["Use Lemma B. ", "Compute the sum."]),
+        ("Consider Option D. Both fail.", ["Consider Option D. ", "Both fail."]),
+        ("Type A. Type B is rarer.", ["Type A. ", "Type B is rarer."]),
+        # before a sentence starter, a single letter, or a word that is not a surname
+        ("John F. Then he spoke.", ["John F. ", "Then he spoke."]),
+        ("So the answer is A. The rest is wrong.", ["So the answer is A. ", "The rest is wrong."]),
+        ("Then A. B is next.", ["Then A. ", "B is next."]),
+        ("John F. OK then.", ["John F. ", "OK then."]),
+        ("Dr. A. So it goes.", ["Dr. A. ", "So it goes."]),
+        # a closer at the dot, or nothing but a capital: no initial
+        ("So the answer is (B). So we stop.", ["So the answer is (B). ", "So we stop."]),
+        ("**Case A.** Suppose x.", ["**Case A.** ", "Suppose x."]),
+        ("We chose John F.\nKennedy came later.", ["We chose John F.\n", "Kennedy came later."]),
+        ("Let x = 5. The end.", ["Let x = 5. ", "The end."]),
+        ("Answer: B. Explanation follows.", ["Answer: B. ", "Explanation follows."]),
+    ],
+)
+def test_letters_that_name_things_still_cut(text, expected):
+    """The other side of the initials rule: in reasoning text a lone capital and its dot usually
+    ends a sentence (an option, a point, a case), and does unless a name surrounds it."""
+    assert sentences(text) == expected
+    _check_cover(text)
+
+
 def test_long_text_is_linear_on_many_unclosed_openers():
     text = "\\[ a. " * 5000 + "$$ b. " * 5000
     spans = _check_cover(text)

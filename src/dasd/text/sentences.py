@@ -23,8 +23,12 @@ It does not end at:
   joined by inner dots) end a sentence only before a common sentence starter (``The``, ``This``,
   ``It``, ``We``, ``In``, ``So``, ``But`` ...; ``_STARTERS``): ``in the U.S. The next year`` is two
   sentences, ``the U.S. Army won`` and ``the U.S. $5$ bill`` are one;
-- initials: a capital letter with a dot before another one (``J. R. R. Tolkien``), or after one
-  and before a capitalised word that is not a sentence starter;
+- initials: a lone capital letter, its dot, then only spaces, before another initial
+  (``J. R. R. Tolkien``) or before a surname (a capital then a lower-case letter: ``Kennedy``,
+  ``García``, not a sentence starter) when the word before the letter is an initial
+  (``J. R. Tolkien``), a title (``Dr. A. Smith``; ``_TITLES``) or a given name: a capitalised word
+  of letters that is neither a sentence starter nor a label noun (``John F. Kennedy``; ``_LABELS``:
+  ``Case``, ``Option``, ``Point``, ``Vertex``, ``Step``, ``Figure`` ...);
 - end punctuation followed, on the same line, by a lower-case letter (``approx. equal``,
   ``Is it 5? no, wait``); ellipses (``...``, ``…``) followed by anything but a capital;
 - anything inside LaTeX math, which is kept whole: ``$...$`` (pandoc's rule: no space after the
@@ -36,9 +40,19 @@ Code fences (a line starting with ````` ``` `````, up to the closing fence line,
 the text if unclosed, as in Markdown) are split into **line units**: each line of code is one span
 (its following blank lines and indentation attached), and sentence rules do not apply inside.
 
-Pitfalls: a lone middle initial ends a sentence before a capital (``John F. Kennedy`` is two
-spans), because in reasoning text ``option A. Then ...`` / ``vertex A. Point B ...`` are far more
-common and no rule on the letters alone tells them apart. An unclosed math opener is plain text (its closer is looked for within
+Pitfalls: every other lone capital and its dot ends a sentence before a capital, as letters that
+name things do in reasoning text: after a lower-case word (``is in group A. Then``, ``vertex A.
+Point B``), after a label noun (``Case A. Suppose``, ``Vertex C. Point D``), with a closer at its
+dot (``(B). So``, ``**A.** Next``) or before a sentence starter (``John F. Then``). The rule reads
+words, not meaning: a label noun missing from ``_LABELS`` before a letter, followed by a
+capitalised word that is no sentence starter (``Tower B. Draw ...``), is read as a name and not
+cut, and a name with a lone initial after a lower-case word (``the theorem of J. Nash``), whose given
+name is spelt like a label noun or whose surname like a sentence starter is cut (``Case B. Hope``,
+``Will A. Then``). These rules are in no stage setting or hash:
+a run scored before they changed keeps the sentence spans stored in its score records (select,
+the report and analyze read those rows as stored), so its DAS scores stay those of the rules it
+was scored with; a new run directory scores with the current rules.
+An unclosed math opener is plain text (its closer is looked for within
 ``MAX_MATH_CHARS`` characters only, which bounds the work on malformed text); ``$`` used for
 currency is text (``$5 and $10`` is not math), but a currency dollar followed on the same line
 by inline math (``costs $5. So $x$``) pairs with the math's opening dollar, as in pandoc. Speed: one compiled regex scan whose branches all
@@ -96,12 +110,27 @@ _ABBREV_BEFORE_NUMBER = frozenset(
 _DOTTED = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
 # The word after end punctuation (past opening quotes/brackets/emphasis), and whether a dot follows.
 _NEXT_WORD = re.compile(r"[\"'(\[*_\u201c\u2018]*([A-Za-z]+)(\.?)")
-_PREV_INITIAL = re.compile(r"(?:^|[^\w.])[A-Z]\.\s+$")
+_LETTERS = re.compile(r"[^\W\d_]+")
 # Words that start a new sentence after a dotted abbreviation or an initial (lower-cased).
 _STARTERS = frozenset(
     """a an the this that these those there then thus therefore hence so but and or yet however now
     next finally also it its i we he she they you in on at for if when where what why how who which
     let since after because although while as wait hmm yes no ok okay note here""".split()
+)
+# Titles before an initial (``Dr. A. Smith``), lower-cased, without their dot.
+_TITLES = frozenset("dr mr mrs ms prof sr st".split())
+# Capitalised words that name a letter in reasoning text (``Case A.``, ``Vertex C.``, ``Option B.``):
+# before a lone capital and its dot they are not a given name, so the dot ends the sentence.
+_LABELS = frozenset(
+    """answer appendix area angle array axiom bag block book box building car card case cases category cell
+    chapter choice circle city claim class column company condition corollary country course definition die
+    edge element equation event example exercise face figure floor form function gate gene grade graph group
+    hint hypothesis house item job lemma letter level line list machine matrix method model node note object
+    option options part person phase pile plan plane planet player point points population problem process
+    product project property proposition question region road room round route row rule sample scenario
+    school section segment server set shop side size solution species square stage star state statement step
+    store strain student table tank task team test theorem track train triangle type unit urn variable vector
+    version vertex vitamin volume zone""".split()
 )
 
 
@@ -135,16 +164,37 @@ def _ends_here(text: str, s: int, g: str) -> bool:
         return w is not None and w.group(1).lower() in _STARTERS
     if _ENUM.fullmatch(word) and _line_start(text, s - len(word), "-*+") >= 0:
         return False  # "1. First ..." at the start of a line
-    if len(word) == 1 and word.isupper():  # an initial?
-        w = _NEXT_WORD.match(text, s + len(g))
-        if w is None:
-            return True
-        if w.group(2) and len(w.group(1)) == 1 and w.group(1).isupper():
-            return False  # "J. R." : another initial follows
-        if _PREV_INITIAL.search(text, max(0, s - 5), s - 1) and w.group(1)[0].isupper() \
-                and w.group(1).lower() not in _STARTERS:
-            return False  # "R. Tolkien" after "J."
+    if len(word) == 1 and word.isupper() and g[1:].isspace():  # an initial?
+        return not _is_initial(text, s - 1, s + len(g))
     return True
+
+
+def _is_initial(text: str, k: int, after: int) -> bool:
+    """Whether the lone capital at ``k``, its dot and the spaces up to ``after`` are an initial of a
+    name (module doc): another initial follows, or a surname follows a given name, a title or an
+    initial."""
+    nxt = _LETTERS.match(text, after)
+    if nxt is None:
+        return False
+    name = nxt.group()
+    if len(name) == 1:  # "J. R.": another initial follows
+        return name.isupper() and text.startswith(".", nxt.end())
+    if not (name[0].isupper() and name[1].islower()) or name.lower() in _STARTERS:
+        return False  # not a surname ("Then", "OK", "x")
+    before = text[max(0, k - 24) : k]
+    head = before.rstrip(" \t\xa0")
+    if len(head) == len(before) or not head or head[-1] == "\n":
+        return False  # the letter starts the text or a line, or follows no space ("(A. Smith")
+    prev = head.rsplit(None, 1)[-1]
+    if len(prev) == len(head) and k > 24:
+        return False  # a word longer than a name
+    prev = prev.lstrip(_OPENERS)
+    if len(prev) == 2 and prev[0].isupper() and prev[1] == ".":
+        return True  # "J. R. Tolkien"
+    if prev.endswith(".") and prev[:-1].lower() in _TITLES:
+        return True  # "Dr. A. Smith"
+    return (len(prev) >= 2 and prev.isalpha() and prev[0].isupper() and prev[1:].islower()
+            and prev.lower() not in _STARTERS and prev.lower() not in _LABELS)  # "John F. Kennedy"
 
 
 def _line_start(text: str, k: int, bullets: str = "", blanks: str | None = None) -> int:
