@@ -388,3 +388,47 @@ def test_a_generation_cut_inside_a_character_ends_before_it_like_vllm(sentencepi
                 assert g.text[s:e] == g.tokens[-2].replace("\u2581", " ")
         (res,) = engine.score([ScoreRequest(id="c", messages=msgs, continuation=g.text, continuation_ids=g.token_ids)])
         assert res.offsets == g.offsets and close(res.logprobs, g.logprobs)
+
+
+@pytest.fixture(scope="module")
+def byte_level_cut_engine(tiny_lm_dir, tmp_path_factory):
+    """A tiny Llama on the toy byte-level BPE tokenizer, nudged towards the single-byte tokens of 'é'
+    ('Ã' 0xC3, '©' 0xA9) and of '中' ('ä' 0xE4, '¸' 0xB8, 'Ń' 0xAD), which its merges otherwise join."""
+    from sp_tokenizer import save_nudged_llama
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    out = save_nudged_llama(tok, ["\u00c3", "\u00a9", "\u00e4", "\u00b8", "\u0143"], tmp_path_factory.mktemp("bl_cut"), 256)
+    return make_engine(EngineConfig(model=out, device="cpu", batch_size=8))
+
+
+def test_a_byte_level_generation_cut_inside_a_character_ends_before_it_like_vllm(byte_level_cut_engine):
+    """Byte-level BPE (GPT-2, Qwen, Llama 3, gpt-oss): max_tokens stops samples after the first one or
+    two bytes of 'é' or '中'. vLLM's detokenizer (a tokenizers DecodeStream: no chunk while the text
+    so far ends in U+FFFD, nothing flushed at the end) returns the text before that character; so
+    does the hf engine (its decoded ids ended in U+FFFD), with the cut tokens' empty spans at the end
+    of the text, and the sample re-scores with its own ids to the same offsets and log-probs."""
+    from dasd.engines.offsets import token_bytes
+
+    engine = byte_level_cut_engine
+    tok = engine.tokenizer
+    msgs = [{"role": "user", "content": "Caf\u00e9?"}]
+    (gens,) = engine.generate([GenerateRequest(id="c", messages=msgs, n=64, max_tokens=3, seed=5)])
+    prompt = engine.context_ids(msgs, None, "c")
+    cut = []
+    for g in gens:
+        decoded = tok.decode(g.token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert g.text == vllm_text(tok, prompt, g.token_ids)
+        assert all(0 <= s <= e <= len(g.text) for s, e in g.offsets)
+        assert not g.offsets or g.offsets[-1][1] == len(g.text)
+        pieces = token_bytes(tok, g.token_ids)
+        if decoded.endswith("\ufffd"):  # what the hf engine returned before
+            assert not g.text.endswith("\ufffd") and decoded.startswith(g.text) and len(decoded) > len(g.text)
+            held = [k for k in range(len(pieces)) if g.offsets[k] == (len(g.text), len(g.text))]
+            assert held and held == list(range(held[0], len(pieces)))  # the tokens after the text's last character
+            assert b"".join(pieces[: held[0]]).decode("utf-8", errors="replace") == g.text
+            (res,) = engine.score([ScoreRequest(id="c", messages=msgs, continuation=g.text, continuation_ids=g.token_ids)])
+            assert res.offsets == g.offsets and close(res.logprobs, g.logprobs)
+            if g.text and "\ufffd" not in g.text and (pieces[-1] in (b"\xc3", b"\xe4") or pieces[-2:] == [b"\xe4", b"\xb8"]):
+                cut.append(g)  # valid text, then the first bytes of 'é' or '中'
+    assert len(cut) >= 3, [g.tokens for g in gens]  # the case at issue happened ('Ã', '©', 'Ã': 'é')

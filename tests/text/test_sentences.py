@@ -29,7 +29,7 @@ def _check_cover(text: str) -> list[tuple[int, int]]:
 _SPECIAL = st.sampled_from(
     list(".!?\u2026\u3002\uff01\uff1f\n $\\`{}[]()\"'*_ \t\r")
     + ["$$", "\\[", "\\]", "\\(", "\\)", "\\begin{a}", "\\end{a}", "```", "```\n", "e.g.", "1. ", "...", "Dr. "]
-    + ["U.S. ", "J. ", "A. ", "p.m. ", "The ", "Army "]
+    + ["U.S. ", "J. ", "A. ", "p.m. ", "The ", "Army ", "John ", "Dr. ", "Kennedy ", "Case "]
 )
 _TEXT = st.lists(st.one_of(st.text(max_size=6), _SPECIAL), max_size=60).map("".join)
 
