@@ -432,3 +432,59 @@ def test_a_byte_level_generation_cut_inside_a_character_ends_before_it_like_vllm
             if g.text and "\ufffd" not in g.text and (pieces[-1] in (b"\xc3", b"\xe4") or pieces[-2:] == [b"\xe4", b"\xb8"]):
                 cut.append(g)  # valid text, then the first bytes of 'é' or '中'
     assert len(cut) >= 3, [g.tokens for g in gens]  # the case at issue happened ('Ã', '©', 'Ã': 'é')
+
+
+class _VLLMStandIn:
+    """What ``vllm.LLM.generate`` returns (vllm/v1/engine/output_processor.py, detokenizer.py) for
+    samples whose ids are given: a ``CompletionOutput`` per prompt whose ``token_ids`` and per-token
+    ``logprobs`` hold the token that ended the turn (the detokenizer leaves it out of the text only),
+    ``finish_reason`` 'stop' or 'length', ``stop_reason`` None for the eos id, else the stop id.
+    vLLM itself does not run on this machine; its own equality test is tests/engines_remote."""
+
+    def __init__(self, model, **kwargs):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(kwargs.get("tokenizer") or model)
+        self.canned: list[tuple[list[int], list[int], list[float], bool]] = []  # context, ids, log-probs, stopped
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace as NS
+
+        outs = []
+        for prompt, (ctx, ids, lps, stopped) in zip(prompts, self.canned, strict=True):
+            assert prompt["prompt_token_ids"] == ctx
+            steps = [{t: NS(logprob=lp)} for t, lp in zip(ids, lps)]
+            if stopped:
+                eos = self.tokenizer.eos_token_id
+                ids, steps = ids + [eos], steps + [{eos: NS(logprob=-0.25)}]
+            outs.append(NS(outputs=[NS(token_ids=ids, logprobs=steps, finish_reason="stop" if stopped else "length",
+                                       stop_reason=None)]))
+        return outs
+
+
+def test_the_vllm_engine_gives_the_hf_engines_generation_for_the_same_tokens(hf_engine, tiny_lm_dir, monkeypatch):
+    """Given the ids the hf engine sampled, as vLLM returns them, the vllm engine's Generation is the hf
+    engine's: text, tokens, ids, offsets, log-probs. vLLM lists the eos that ended a turn in
+    ``token_ids`` and log-probs; the vllm engine kept it, so a stopped sample's text ended in
+    '<|im_end|>' and it had one token and log-prob more than the hf engine's."""
+    import sys
+    from types import SimpleNamespace as NS
+
+    monkeypatch.setitem(sys.modules, "vllm", NS(LLM=_VLLMStandIn, SamplingParams=lambda **kw: NS(**kw)))
+    vl = make_engine(EngineConfig(kind="vllm", model=tiny_lm_dir))
+    reqs = [GenerateRequest(id="a", messages=MESSAGES, n=6, max_tokens=12, seed=4),
+            GenerateRequest(id="b", messages=OTHER, n=6, max_tokens=12, seed=5)]
+    hf_gens = hf_engine.generate(reqs)
+    vl.llm.canned = [(hf_engine.context_ids(r.messages, None, r.id), g.token_ids, g.logprobs, g.finish_reason == "stop")
+                     for r, gens in zip(reqs, hf_gens) for g in gens]
+    stopped = 0
+    for hs, vs in zip(hf_gens, vl.generate(reqs), strict=True):
+        for h, v in zip(hs, vs, strict=True):
+            assert (v.text, v.tokens, v.token_ids, v.offsets, v.finish_reason) == \
+                   (h.text, h.tokens, h.token_ids, h.offsets, h.finish_reason)
+            assert v.logprobs == pytest.approx(h.logprobs) and len(v.logprobs) == len(v.token_ids)
+            stopped += h.finish_reason == "stop"
+    assert 0 < stopped < 12  # both kinds of end happened

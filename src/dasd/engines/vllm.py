@@ -16,7 +16,9 @@ What it guarantees, the same way as the hf and openai engines:
   exactly as the hf engine builds it (chat template with generation prompt; continuation encoded
   on its own).
 - Text is what the token ids add to the context (their bytes, special tokens kept), with exact
-  offsets (``engines.offsets``), exactly as the hf engine does.
+  offsets (``engines.offsets``), exactly as the hf engine does. The token that ended the turn
+  (vLLM lists it in ``token_ids`` and its log-probs, not in its text) is left out, as the hf
+  engine never keeps it: a stopped sample's tokens, log-probs and text are the hf engine's.
 
 Knobs: EngineConfig.model / tokenizer / dtype / max_model_len / trust_remote_code, and ``vllm``:
 tensor_parallel_size, data_parallel_size, gpu_memory_utilization, logprobs_mode, enforce_eager,
@@ -114,6 +116,10 @@ class VLLMEngine:
             lps = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids)]
             if len(lps) != len(ids):
                 raise DasdError(f"request {requests[k].id!r}: vllm returned {len(lps)} log-probs for {len(ids)} tokens")
+            if c.finish_reason == "stop" and ids and not isinstance(getattr(c, "stop_reason", None), str):
+                # vLLM lists the token that ended the turn (eos, or a stop token id: stop_reason), and
+                # its log-prob, but leaves it out of its text: not a text token, as in the hf engine
+                ids, lps = ids[:-1], lps[:-1]
             # what the tokens add to the context, as vLLM's own detokenizer and the hf engine give it (a
             # sentencepiece first token '▁The' is " The"; decoding the ids on their own strips the space)
             text, offsets = generation_spans(token_bytes(self.tokenizer, ids))
