@@ -110,6 +110,45 @@ def test_score_equals_hf(serve, ref_engine, tiny_lm_dir, api):
     assert got[-1].offsets is scores[-1].offsets and got[-1].logprobs == pytest.approx(got[-3].logprobs, abs=1e-5)
 
 
+class _ScoresAsked:
+    """The server's real engine, keeping every score request it is asked."""
+
+    def __init__(self, engine):
+        self.engine, self.asked = engine, []
+
+    def score(self, requests):
+        self.asked += requests
+        return self.engine.score(requests)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("api", ["prompt_logprobs", "echo"])
+def test_the_server_hands_its_engine_the_spans_it_has(serve, server_engine, ref_engine, tiny_lm_dir, api):
+    """The server spells a token-id prompt's continuation from its tokens' bytes, which gives their
+    spans too: it passes them on (``ScoreRequest.offsets``), the spans the engine would compute, and
+    the log-probs are those of the engine computing them itself."""
+    from dataclasses import replace
+
+    from dasd.engines.offsets import token_offsets
+
+    reqs = [ScoreRequest(id="pre", prefix="Start with 5.", continuation=" 5 - 2 = 3. \U0001f600\u00e9 done"),
+            ScoreRequest(id="chat", messages=[{"role": "user", "content": PROMPTS[2]}], continuation="Caf\u00e9 \U0001f600 ok.")]
+    asked = _ScoresAsked(server_engine)
+    with serve(engine=asked) as srv:
+        got = make_engine(openai_config(tiny_lm_dir, [srv.base_url], score_api=api)).score(reqs)
+    assert len(asked.asked) == len(reqs)
+    for req in asked.asked:
+        assert req.offsets is not None and len(req.offsets) == len(req.continuation_ids) > 5
+        assert list(req.offsets) == token_offsets(ref_engine.tokenizer, req.continuation_ids, req.continuation)
+        alone = ref_engine.score([replace(req, offsets=None)])[0]  # the engine computes the spans itself
+        assert ref_engine.score([req])[0].logprobs == alone.logprobs
+    for a, b in zip(got, ref_engine.score(reqs)):
+        assert (a.token_ids, a.offsets) == (b.token_ids, b.offsets)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
 def test_top_logprobs_and_count_tokens(serve, ref_engine, tiny_lm_dir):
     req = chat_requests(n_prompts=1, n=1, max_tokens=8)
     with serve() as srv:

@@ -445,8 +445,10 @@ class EngineServer:
             raise _BadRequest("cannot score this prompt: its first token does not re-encode to itself")
         from dasd.engines.offsets import spans_from_bytes
 
-        rest = spans_from_bytes([self._piece(t) for t in ids[1:]])[0]
-        res = self.engine.score([ScoreRequest(id=rid, prefix=first, continuation=rest, continuation_ids=ids[1:])])
+        rest, spans = spans_from_bytes([self._piece(t) for t in ids[1:]])
+        # the spans are the engines.offsets rule's for these ids in ``rest``: the engine takes them, not computing them again
+        res = self.engine.score([ScoreRequest(id=rid, prefix=first, continuation=rest, continuation_ids=ids[1:],
+                                              offsets=spans)])
         return list(res[0].logprobs)
 
     def _wrap(self, rid: str, obj: str, choices: list, gens: list[Generation]) -> dict:
