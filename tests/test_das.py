@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -355,6 +356,12 @@ def test_global_and_local_naturalness_hand_computed():
 
     assert global_naturalness(S_LP) == pytest.approx(-2.4 / 5)
     assert global_naturalness([]) is None
+    # an array (a stored record's float32, a re-scored float64) is summed exactly, as its values are
+    for dtype in (np.float32, np.float64):
+        lps = np.asarray([0.1, -1e16, 0.2, 1e16, -0.3], dtype=dtype)
+        want = math.fsum(float(x) for x in lps) / 5
+        assert global_naturalness(lps) == want and type(global_naturalness(lps)) is float
+    assert global_naturalness(np.zeros(0, dtype=np.float32)) is None
     # TEXT's sentences (0, 7), (7, 15), (15, 20); each sees the one sentence before it
     assert local_windows(TEXT, 1) == [(0, 0, 7), (0, 7, 15), (7, 15, 20)]
     assert local_windows(TEXT, 0) == [(0, 0, 7), (7, 7, 15), (15, 15, 20)]

@@ -279,7 +279,10 @@ NATURALNESS = ("global_naturalness", "local_naturalness")
 
 def global_naturalness(student_logprobs: Sequence[float]) -> float | None:
     """Global naturalness: the student's mean log-prob per token of the whole response (nats/token);
-    ``None`` for no token."""
+    ``None`` for no token. (``math.fsum`` is exact: an array is summed as its list of Python floats,
+    the same values, without a numpy scalar made for each.)"""
+    if isinstance(student_logprobs, np.ndarray):
+        student_logprobs = student_logprobs.tolist()
     return math.fsum(student_logprobs) / len(student_logprobs) if len(student_logprobs) else None
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -46,6 +47,21 @@ Span = tuple[int, int]
 def _whitespace_codepoints() -> np.ndarray:
     """Every code point ``str.isspace`` calls whitespace (all are below U+3001)."""
     return np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+@lru_cache(maxsize=1)
+def _is_space_table() -> np.ndarray:
+    """``table[min(c, 0x3001)]``: whether code point ``c`` is whitespace (``str.isspace``), by lookup."""
+    table = np.zeros(0x3002, dtype=bool)
+    table[_whitespace_codepoints()] = True
+    return table
+
+
+def _is_space(text: str) -> np.ndarray:
+    """Per character of ``text``, whether it is whitespace (a lone surrogate, which a JSON string can
+    hold, is one character and not whitespace)."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return _is_space_table()[np.minimum(codes, 0x3001)]
 
 
 def _offsets_array(offsets, side: str, n: int) -> np.ndarray:
@@ -70,8 +86,9 @@ def _offsets_array(offsets, side: str, n: int) -> np.ndarray:
 
 
 def _logprobs_array(logprobs, side: str) -> np.ndarray:
-    ok = isinstance(logprobs, np.ndarray) and logprobs.dtype.kind == "f"
-    if not ok:
+    """``logprobs`` as a float64 array; ``ValueError`` names the first that is not a finite number."""
+    ok = (isinstance(logprobs, np.ndarray) and logprobs.dtype.kind == "f") or set(map(type, logprobs)) <= {float, int}
+    if not ok:  # other than a float array or a list of Python numbers (an engine's): look at each one
         for i, lp in enumerate(logprobs):
             if isinstance(lp, bool) or not isinstance(lp, (int, float, np.integer, np.floating)):
                 raise ValueError(f"{side}.logprobs[{i}] = {lp!r}: not a finite number")
@@ -87,12 +104,18 @@ def check_token_signal(text: str, offsets: Sequence[Sequence[int]], logprobs: Se
     """Raise ``ValueError`` naming ``side`` and the token index if offsets/log-probs are unusable.
 
     Checked: same length, integer spans with ``0 <= s <= e <= len(text)``, finite log-probs.
-    Vectorised for numpy arrays (a columnar record's); lists are checked element by element.
+    Vectorised for numpy arrays (a columnar record's); lists of offsets, and lists of log-probs
+    that are not all Python numbers (an engine's are), are checked element by element.
     """
+    _signal_arrays(text, offsets, logprobs, side)
+
+
+def _signal_arrays(text: str, offsets, logprobs, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """``check_token_signal``, returning the offsets as an ``(k, 2)`` int64 array and the log-probs as
+    a float64 array."""
     if len(offsets) != len(logprobs):
         raise ValueError(f"{side}: {len(offsets)} offsets but {len(logprobs)} logprobs")
-    _offsets_array(offsets, side, len(text))
-    _logprobs_array(logprobs, side)
+    return _offsets_array(offsets, side, len(text)), _logprobs_array(logprobs, side)
 
 
 def token_anchor(text: str, start: int, end: int) -> int:
@@ -111,8 +134,7 @@ def token_anchors(text: str, offsets) -> np.ndarray:
     if not len(arr):
         return np.zeros(0, dtype=np.int64)
     n = len(text)
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    space = np.isin(codes, _whitespace_codepoints())
+    space = _is_space(text)
     # next_solid[i]: the first index >= i whose character is not whitespace (n if none)
     idx = np.where(space, n, np.arange(n, dtype=np.int64))
     next_solid = np.append(np.minimum.accumulate(idx[::-1])[::-1], n)
@@ -124,16 +146,21 @@ def token_anchors(text: str, offsets) -> np.ndarray:
 
 def assign_tokens(text: str, spans: Sequence[Span], offsets: Sequence[Sequence[int]]) -> list[int]:
     """Index of the sentence (in ``spans``) each token belongs to; ``spans`` must cover ``text``."""
-    return _assign(text, spans, offsets).tolist()
+    return _assign(text, _span_array(spans), offsets).tolist()
 
 
-def _assign(text: str, spans: Sequence[Span], offsets) -> np.ndarray:
-    if not spans:
+def _span_array(spans: Sequence[Span]) -> np.ndarray:
+    """``spans`` as an ``(n, 2)`` int64 array."""
+    return np.fromiter(chain.from_iterable(spans), dtype=np.int64, count=2 * len(spans)).reshape(-1, 2)
+
+
+def _assign(text: str, spans: np.ndarray, offsets) -> np.ndarray:
+    """``assign_tokens`` as an int64 array, the spans given as ``_span_array``'s."""
+    if not len(spans):
         if len(offsets):
             raise ValueError("tokens given for an empty text")
         return np.zeros(0, dtype=np.int64)
-    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
-    i = np.searchsorted(starts, token_anchors(text, offsets), side="right") - 1
+    i = np.searchsorted(spans[:, 0], token_anchors(text, offsets), side="right") - 1
     return np.clip(i, 0, len(spans) - 1)
 
 
@@ -144,11 +171,15 @@ def sentence_means(
 
     Sums run in token order in float64 (``np.bincount``), as a plain loop would add them.
     """
-    which = _assign(text, spans, offsets)
+    return _means(_assign(text, _span_array(spans), offsets), logprobs, len(spans))
+
+
+def _means(which: np.ndarray, logprobs, n: int) -> tuple[list[float | None], list[int]]:
+    """``sentence_means`` of tokens already assigned to the ``n`` sentences (``which``)."""
     lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
-    sums = np.bincount(which, weights=lp, minlength=len(spans)).tolist()
-    counts = np.bincount(which, minlength=len(spans)).tolist()
-    means = [sums[i] / counts[i] if counts[i] else None for i in range(len(spans))]
+    sums = np.bincount(which, weights=lp, minlength=n).tolist()
+    counts = np.bincount(which, minlength=n).tolist()
+    means = [sums[i] / counts[i] if counts[i] else None for i in range(n)]
     return means, counts
 
 
@@ -156,13 +187,54 @@ def sentence_bits_per_char(
     text: str, spans: Sequence[Span], offsets: Sequence[Sequence[int]], logprobs: Sequence[float]
 ) -> list[float | None]:
     """Per sentence: sum of the model's token log-probs in it / its characters / ln 2 (bits per
-    character, ``None`` if no token or an empty span)."""
-    sums = [0.0] * len(spans)
-    counts = [0] * len(spans)
-    for i, lp in zip(assign_tokens(text, spans, offsets), logprobs):
-        sums[i] += lp
-        counts[i] += 1
-    return [sums[i] / (e - s) / math.log(2) if counts[i] and e > s else None for i, (s, e) in enumerate(spans)]
+    character, ``None`` if no token or an empty span).
+
+    Vectorised, with the values and types of the per-token loop it replaced (``sums[i] += lp``
+    from ``0.0`` in token order, then ``sums[i] / (e - s) / math.log(2)``; tests/text/test_align.py
+    keeps it): the arithmetic is done in the type NumPy gives ``0.0 + lp`` (``_as_summed``). A list
+    of Python numbers, or a float64 or integer array, is summed in float64; a float32 array (a
+    columnar record's teacher log-probs) in float32, quotients included. A value is a Python float
+    for a list of Python numbers, else a numpy scalar of that type (so a float32 value minus a
+    Python float is float32, as it was). Only a list mixing Python floats with numpy float32
+    scalars, which nothing in dasd makes, is summed otherwise (in float64 throughout, where the loop
+    went over to float32 at its first numpy number).
+    """
+    sp = _span_array(spans)
+    return _bits_per_char(_assign(text, sp, offsets), sp, logprobs)
+
+
+def _as_summed(logprobs) -> tuple[np.ndarray, bool]:
+    """``logprobs`` as a flat array of the type a running Python sum of them has (``0.0 + lp``, by
+    NumPy's promotion: float32 for float32 numbers, float64 for Python and integer ones), and whether
+    that sum is a numpy scalar (an array, or a list of numpy numbers) rather than a Python float (a
+    list of Python numbers)."""
+    if not isinstance(logprobs, np.ndarray) or logprobs.dtype.kind not in "biuf":
+        values = logprobs.tolist() if isinstance(logprobs, np.ndarray) else logprobs
+        if set(map(type, values)) <= {float, int, bool}:
+            return np.asarray(values, dtype=np.float64).reshape(-1), False
+        logprobs = np.asarray(values)
+        if logprobs.dtype.kind not in "biuf":
+            raise TypeError(f"log-probs must be numbers, got {logprobs.dtype} values")
+    arr = logprobs.reshape(-1)
+    return arr.astype(type(0.0 + arr.dtype.type(0)), copy=False), True
+
+
+def _bits_per_char(which: np.ndarray, spans: np.ndarray, logprobs) -> list[float | None]:
+    """``sentence_bits_per_char`` of tokens already assigned to the sentences ``spans`` (``which``)."""
+    lp, scalars = _as_summed(logprobs)
+    n = len(spans)
+    k = min(len(which), len(lp))  # a loop over zip(which, logprobs) stops at the shorter
+    which, lp = which[:k], lp[:k]
+    counts = np.bincount(which, minlength=n)
+    if lp.dtype == np.float64:
+        sums = np.bincount(which, weights=lp, minlength=n)  # adds in token order, in float64
+    else:
+        sums = np.zeros(n, dtype=lp.dtype)
+        np.add.at(sums, which, lp)  # in token order, in the log-probs' own type
+    chars = spans[:, 1] - spans[:, 0]
+    ok = (counts > 0) & (chars > 0)
+    bits = sums / np.where(ok, chars, 1).astype(lp.dtype) / lp.dtype.type(math.log(2))
+    return [v if good else None for v, good in zip(list(bits) if scalars else bits.tolist(), ok.tolist())]
 
 
 def classify(delta: float, tau: float) -> str:
@@ -193,12 +265,14 @@ def score_sentences(
     """
     if unit not in ("token", "char"):
         raise ValueError(f"unit must be 'token' or 'char', got {unit!r}")
-    check_token_signal(text, teacher_offsets, teacher_logprobs, "teacher")
-    check_token_signal(text, student_offsets, student_logprobs, "student")
-    lp_t, n_t = sentence_means(text, spans, teacher_offsets, teacher_logprobs)
-    lp_s, n_s = sentence_means(text, spans, student_offsets, student_logprobs)
-    lpc_t = sentence_bits_per_char(text, spans, teacher_offsets, teacher_logprobs)
-    lpc_s = sentence_bits_per_char(text, spans, student_offsets, student_logprobs)
+    off_t, lp64_t = _signal_arrays(text, teacher_offsets, teacher_logprobs, "teacher")
+    off_s, lp64_s = _signal_arrays(text, student_offsets, student_logprobs, "student")
+    sp = _span_array(spans)
+    which_t, which_s = _assign(text, sp, off_t), _assign(text, sp, off_s)  # once a side
+    lp_t, n_t = _means(which_t, lp64_t, len(spans))
+    lp_s, n_s = _means(which_s, lp64_s, len(spans))
+    lpc_t = _bits_per_char(which_t, sp, teacher_logprobs)  # summed as given (float32 stays float32)
+    lpc_s = _bits_per_char(which_s, sp, student_logprobs)
     rows = []
     for k, (s, e) in enumerate(spans):
         scored = n_t[k] >= min_tokens and n_s[k] >= min_tokens and (unit == "token" or e > s)
