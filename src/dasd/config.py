@@ -341,10 +341,30 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     return None
 
 
+def _keys_named(name: str, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The dotted keys of ``model``'s sections (not the items of a list) whose last part is ``name``:
+    where a key given in the wrong section belongs (``lr`` -> ``train.lr``)."""
+    out = []
+    for field_name, field in model.model_fields.items():
+        key = field.alias or field_name
+        if key == name:
+            out.append(prefix + key)
+        ann = field.annotation
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None and "list" not in str(ann):
+            out += _keys_named(name, sub, f"{prefix}{key}.")
+    return out
+
+
+# pydantic's prefix of a message raised by a validator (``ValueError``, ``assert``): noise on a config error line
+_VALIDATOR_PREFIX = re.compile(r"^(?:Value error|Assertion failed), ")
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], source: str,
                             lines: dict | None = None, origins: dict | None = None) -> str:
     """One line per problem: ``WHERE: key.path: what is wrong (allowed: ...)``, ``WHERE`` being
-    ``FILE:LINE`` or the override that set the key (``_origin``)."""
+    ``FILE:LINE`` or the override that set the key (``_origin``). An unknown key is offered the
+    closest allowed one, else the keys of that name in other sections (``lr`` -> ``train.lr``)."""
     out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
@@ -352,14 +372,17 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
         where = _origin(loc, source, lines or {}, origins or {})
         if e["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
-            out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){did_you_mean(loc[-1], allowed)}")
+            hint = did_you_mean(loc[-1], allowed)
+            if not hint and (elsewhere := [k for k in _keys_named(loc[-1], model) if k != key]):
+                hint = f"; did you mean {' or '.join(repr(k) for k in elsewhere[:3])}?"
+            out.append(f"{where}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}")
         elif e["type"] == "too_short" and e.get("input") == []:  # the stage (or push) would do nothing
             out.append(f"{where}: {key}: empty, so nothing would be done; give at least one item, or leave the key "
                        "out for its default (`dasd config show` prints it)")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            out.append(f"{where}: {key}: {e['msg']}{got_s}")
+            out.append(f"{where}: {key}: {_VALIDATOR_PREFIX.sub('', e['msg'])}{got_s}")
     return "\n".join(out)
 
 

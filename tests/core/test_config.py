@@ -86,7 +86,7 @@ def test_every_error_names_the_yaml_line_or_the_override_that_set_the_key(tmp_pa
 def test_a_section_wide_rule_names_the_file_line_and_the_overrides_inside_the_section(tmp_path):
     p = write(tmp_path, "train:\n  lr: 1.0e-3\n  stages:\n    - {name: a, data: low}\n")
     with pytest.raises(ConfigError, match=rf"^{p}:1; override train.stages=\[{{name: a, data: high}}, {{name: a, data: low}}\]: "
-                                          r"train: Value error, stage names must be unique"):
+                                          r"train: stage names must be unique"):
         load_config(p, ["train.stages=[{name: a, data: high}, {name: a, data: low}]"])
 
 
@@ -132,7 +132,7 @@ def test_an_empty_run_dir_or_source_is_refused_naming_the_key(tmp_path):
         with pytest.raises(ConfigError, match=rf"^override run_dir={value}: run_dir: String should"):
             load_config(None, [f"run_dir={value}"])
     p = write(tmp_path, "data:\n  prompts: ''\n")
-    with pytest.raises(ConfigError, match=rf"^{p}:2: data.prompts: Value error, source '': expected a file path"):
+    with pytest.raises(ConfigError, match=rf"^{p}:2: data.prompts: source '': expected a file path"):
         load_config(p)
 
 
@@ -283,3 +283,33 @@ def test_a_replay_source_that_is_no_pool_of_the_run_is_refused_at_load(tmp_path)
         load_config(None, ["mix.replay.source=T0.7"])
     for ok in ("high", "low", "T0.6", "T1"):
         assert load_config(None, [f"mix.replay.source={ok}"]).mix.replay.source == ok
+
+
+def test_a_rule_of_a_section_is_said_without_pydantics_value_error_prefix(tmp_path):
+    # "train: Value error, stage names must be unique": the prefix names a Python exception, not the problem
+    p = write(tmp_path, "train:\n  stages:\n    - {name: a, data: low, init: base}\n    - {name: a, data: high}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}:1: train: stage names must be unique, repeated: ['a']"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sample.prompts_per_temperature=[10]"])
+    assert str(e.value) == ("override sample.prompts_per_temperature=[10]: sample: prompts_per_temperature has 1 "
+                            "count(s) for 2 temperature(s) [0.6, 1.0]: give one count per temperature")
+
+
+def test_a_key_given_in_the_wrong_section_is_offered_the_section_it_belongs_to(tmp_path):
+    # `lr=1e-4` or `sample.tau=1` listed the keys allowed where it was given, none of them close to it
+    with pytest.raises(ConfigError, match=r"^override lr=1e-4: unknown key 'lr' \(allowed here: run_dir, .*\); "
+                                          r"did you mean 'train.lr'\?$"):
+        load_config(None, ["lr=1e-4"])
+    with pytest.raises(ConfigError, match=r"^override sample.tau=1: unknown key 'sample.tau' .*; did you mean "
+                                          r"'das.tau' or 'analyze.tau'\?$"):
+        load_config(None, ["sample.tau=1"])
+    p = write(tmp_path, "run_dir: x\nepochs: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: unknown key 'epochs' .*; did you mean 'train.epochs'\?$"):
+        load_config(p)
+    # a close spelling in the same section comes first; a key of no section gets no guess
+    with pytest.raises(ConfigError, match=r"did you mean 'k'\?$"):
+        load_config(None, ["sample.kk=2"])
+    with pytest.raises(ConfigError, match=r"\(allowed here: [^)]*\)$"):
+        load_config(None, ["nosuch=1"])
