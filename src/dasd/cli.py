@@ -80,6 +80,10 @@ def split_args(config: Optional[Path], args: Optional[list[str]]) -> tuple[Optio
         config = Path(args.pop(0))
     elif config is not None and args and "=" not in args[0]:
         raise ConfigError(f"two configs given: --config {config} and {args[0]}")
+    for arg in args:  # a config file after an override, or a second one: not an override without '='
+        if "=" not in arg and Path(arg).suffix in (".yaml", ".yml"):
+            raise ConfigError(f"{arg}: a config file after {'the config ' + str(config) if config else 'an override'}; "
+                              "give one config, first, then the KEY=VALUE overrides")
     return config, args
 
 
@@ -208,12 +212,14 @@ def export_llamafactory(
                                              "left out, as dasd's trainer drops them."),
 ) -> None:
     """Selected data as LLaMA-Factory data files, dataset_info.json and stage YAMLs (the paper's settings)."""
-    from dasd.runs import named_pools
+    from dasd.runs import named_pools, require_ran
     from dasd.store import RunStore
     from dasd.train.export_llamafactory import export
 
     cfg = load(config, args)
     store = RunStore.open(cfg.run_dir)
+    if any(not s.optional and not Path(s.data).exists() for s in cfg.train.stages):  # a named pool: select's output
+        require_ran(store, ("select",), "export llamafactory")
     target = out or store.root / "export" / "llamafactory"
     summary = export(cfg.train, target, named_pools(cfg, store), template=template, gpus=gpus, deepspeed=deepspeed,
                      report_to=report_to, tokenizer=str(tokenizer) if tokenizer else None)

@@ -122,3 +122,27 @@ def test_an_unknown_toy_world_is_one_line_naming_the_worlds(tmp_path):
                           "'colum'", "chain, column")
     assert not (tmp_path / "w").exists()
     assert_one_line_error(dasd("demo", "--world", "colum"), "--world 'colum'", "chain, column")
+
+
+def test_export_before_select_names_the_stage_to_run(tmp_path):
+    """`dasd export llamafactory` on a run where `dasd select` has not run said "stage 'stage1_low':
+    data 'low' is neither a named pool nor an existing file"; now it names the stage to run, as
+    `dasd train` does."""
+    run = tmp_path / "run"
+    release_run_lock(RunStore(run).root)  # a run where nothing has run yet (its manifest written)
+    r = dasd("export", "llamafactory", f"run_dir={run}")
+    assert_one_line_error(r, f"{run}: stage 'select' has not run in this run directory",
+                          "`dasd export llamafactory` has nothing to read; run `dasd select` first")
+    assert not (run / "export").exists()
+
+
+@pytest.mark.parametrize("args,first", [(["sample.k=2", "c.yaml"], "an override"),
+                                        (["c.yaml", "other.yml"], "the config c.yaml"),
+                                        (["c.yaml", "sample.k=2", "other.yml"], "the config c.yaml")])
+def test_a_config_file_given_after_an_override_or_a_second_config_is_one_line_saying_so(tmp_path, args, first):
+    # was "override 'c.yaml': expected KEY=VALUE, e.g. sample.k=2"
+    (tmp_path / "c.yaml").write_text("run_dir: r\n", encoding="utf-8")
+    (tmp_path / "other.yml").write_text("run_dir: r\n", encoding="utf-8")
+    r = dasd("config", "show", *args, cwd=tmp_path)
+    assert_one_line_error(r, f"dasd: error: {args[-1]}: a config file after {first}; give one config, first, "
+                             "then the KEY=VALUE overrides")
