@@ -173,3 +173,33 @@ def test_mix_draws_each_question_once_though_every_pool_holds_it():
     rows = by_stage(plan(cfg))
     assert rows["mix rollouts"].requests == cfg.data.toy.n_train
     assert rows["mix continue"].requests == round(cfg.data.toy.n_train * Assumptions().mix_cutoff)
+
+
+def test_a_bad_assumption_is_named_by_the_option_that_set_it():
+    # "plan: keep and packing_efficiency must be in (0, 1], mix_cutoff in [0, 1]" for `--keep 2`: neither
+    # the option nor the value; and `--mix-cutoff 0` was refused as "mix_cutoff must be > 0" though [0, 1]
+    with pytest.raises(ConfigError, match=r"^plan: --keep must be in \(0, 1\], got 2 \(fraction of teacher responses"):
+        Assumptions(keep=2.0)
+    with pytest.raises(ConfigError, match=r"^plan: --mix-cutoff must be in \[0, 1\], got 1.5 \("):
+        Assumptions(mix_cutoff=1.5)
+    with pytest.raises(ConfigError, match=r"^plan: --train-tps must be > 0, got 0 \(training tokens per second"):
+        Assumptions(train_tps=0.0)
+    with pytest.raises(ConfigError, match=r"^plan: packing_efficiency must be in \(0, 1\], got 1.5 \("):
+        Assumptions(packing_efficiency=1.5)  # no option sets it: its field name
+    with pytest.raises(ConfigError, match=r"^plan: --prompts: 3 prompt counts for 2 temperatures \[0.6, 1.0\] "
+                                          r"\(sample.temperatures\); give one count for all, or one per temperature$"):
+        plan(load_config(ROOT / "configs" / "demo.yaml"), Assumptions(prompts=(1, 2, 3)))
+    rows = by_stage(plan(load_config(ROOT / "configs" / "demo.yaml"), Assumptions(mix_cutoff=0.0)))
+    assert rows["mix continue"].requests == 0 and "train stage3_mixed" not in rows  # no cut-off: no mixed data
+
+
+def test_the_assumptions_errors_name_as_options_are_the_options_of_dasd_plan():
+    import typer
+
+    from dasd.cli import app
+    from dasd.plan import CLI_OPTIONS, option
+
+    command = typer.main.get_command(app).commands["plan"]
+    opts = {o for p in command.params if p.param_type_name == "option" for o in p.opts}
+    assert {option(n) for n in CLI_OPTIONS} <= opts
+    assert {o for o in opts if o.startswith("--") and o != "--config"} == {option(n) for n in CLI_OPTIONS}

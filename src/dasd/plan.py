@@ -68,12 +68,27 @@ class Assumptions:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, float) and not v > 0:
-                raise ConfigError(f"plan: {f.name} must be > 0, got {v}")
-        if not 0 < self.keep <= 1 or not 0 <= self.mix_cutoff <= 1 or not 0 < self.packing_efficiency <= 1:
-            raise ConfigError("plan: keep and packing_efficiency must be in (0, 1], mix_cutoff in [0, 1]")
+            if isinstance(v, float) and not v > 0 and f.name != "mix_cutoff":  # no rollout cut off: none to continue
+                raise ConfigError(f"plan: {option(f.name)} must be > 0, got {v:g} ({f.metadata['help']})")
+        for name, low_open in (("keep", True), ("packing_efficiency", True), ("mix_cutoff", False)):
+            v = getattr(self, name)
+            if not (0 < v <= 1 if low_open else 0 <= v <= 1):
+                raise ConfigError(f"plan: {option(name)} must be in {'(0' if low_open else '[0'}, 1], got {v:g} "
+                                  f"({self.__dataclass_fields__[name].metadata['help']})")
         if self.prompts is not None and (not self.prompts or any(p < 1 for p in self.prompts)):
-            raise ConfigError(f"plan: prompts must be positive counts, got {self.prompts}")
+            raise ConfigError(f"plan: {option('prompts')} must be positive counts, got {self.prompts}")
+
+
+# Assumptions that `dasd plan` takes as an option (--keep, --train-tps, ...); the others keep their defaults there
+CLI_OPTIONS = {"prompts", "eval_problems", "prompt_tokens", "response_tokens", "eval_response_tokens", "keep",
+               "mix_cutoff", "teacher_decode_tps", "teacher_prefill_tps", "student_prefill_tps", "student_decode_tps",
+               "train_tps", "student_params"}
+
+
+def option(name: str) -> str:
+    """How an error names the assumption ``name``: as the `dasd plan` option that sets it (``--train-tps``),
+    else by its field name."""
+    return "--" + name.replace("_", "-") if name in CLI_OPTIONS else name
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
@@ -136,7 +151,8 @@ def _prompt_counts(cfg, a: Assumptions) -> list[int]:
     temps = cfg.sample.temperatures
     if a.prompts is not None:
         if len(a.prompts) not in (1, len(temps)):
-            raise ConfigError(f"plan: {len(a.prompts)} prompt counts for {len(temps)} temperatures {temps}")
+            raise ConfigError(f"plan: --prompts: {len(a.prompts)} prompt counts for {len(temps)} temperatures {temps} "
+                              "(sample.temperatures); give one count for all, or one per temperature")
         return list(a.prompts) * len(temps) if len(a.prompts) == 1 else list(a.prompts)
     per = cfg.sample.prompts_per_temperature
     path = Path(cfg.data.prompts)
