@@ -5,7 +5,8 @@ Models are named by label: ``teacher``, ``student`` (the student base), a traini
 model directory. Results go to ``RUN/eval/results-<label>`` (one EvalResult per sample, the protocol
 embedded), resumable per (benchmark problem, sample index) as long as the model, the benchmarks and
 the protocol are the ones the stored results were made with (``eval_key``, kept per label in the
-manifest); otherwise the label's stored results are deleted and it is evaluated again. The summary (avg@k with a bootstrap
+manifest); otherwise the label's stored results are deleted and it is evaluated again. The
+benchmarks are read once per `dasd eval` (``load_benchmarks``), for every model. The summary (avg@k with a bootstrap
 95% CI, pass@k, maj@k, the share cut off at the token limit) is printed per model and kept in the
 manifest; samples cut off at the token limit get a warning per model and benchmark
 (``cut_off_warning``). A config without ``eval.protocol`` or ``eval.preset`` gets the demo's protocol,
@@ -79,9 +80,28 @@ def cut_off_warning(label: str, benchmark: str, cut: int, samples: int, caps: li
             f"and are graded wrong; {fix}")
 
 
-def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecords | list | None:
+def load_benchmarks(ecfg) -> list[list[dict]]:
+    """The problems of each ``eval.benchmarks`` entry, in order, each benchmark read once; one that
+    cannot be read or has a problem that cannot be graded is an ``InputError`` naming file and line,
+    or problem, before any model is evaluated."""
+    out = []
+    for spec in ecfg.benchmarks:
+        problems = load_benchmark(spec)
+        for p in problems:
+            try:
+                grader_of(p)
+            except ValueError as e:
+                raise InputError(f"benchmark {spec.name!r} ({spec.path or spec.format}): {e}") from e
+        out.append(problems)
+    return out
+
+
+def evaluate_model(cfg, store: RunStore, label: str, engine=None,
+                   benchmarks: list[list[dict]] | None = None) -> StoredRecords | list | None:
     """Evaluate one model on every benchmark; return all its results, read from the run on each pass
     (never held: each holds a response), [] when there are none, None if the model does not exist.
+    ``benchmarks``: the problems of each ``eval.benchmarks`` entry (``load_benchmarks``, as
+    ``run_evaluation`` reads them once for all its models); None: read here.
 
     Results stored under ``label`` by an earlier call are reused only when ``eval_key`` is the same
     (same model files, however their path is spelled, benchmarks and protocol); otherwise they are deleted first, so a retrained
@@ -112,8 +132,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None) -> StoredRecor
         # a label's results hold ~28K responses of up to 100K tokens each, read back from the run when summarised
         existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r.get("finish_reason") == "length"
                     for r in store.read(STAGE, results_name(label))}
-        for spec in ecfg.benchmarks:
-            problems = load_benchmark(spec)
+        for spec, problems in zip(ecfg.benchmarks, benchmarks if benchmarks is not None else load_benchmarks(ecfg)):
             by_domain: dict[str, list[dict]] = {}
             for p in problems:
                 by_domain.setdefault(p.get("domain", "other"), []).append(p)
@@ -151,7 +170,8 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     being trained (again) or was trained from an earlier version of a stage before it (``runs.final_model``:
     its old model is not evaluated as the stage's), and so are a model that is
     not a toy model under the implicit demo protocol (``require_eval_protocol``) and a benchmark that
-    cannot be read or graded (``InputError`` naming file and line, or problem); an ``optional`` stage's,
+    cannot be read or graded (``InputError`` naming file and line, or problem: ``load_benchmarks``, which
+    reads each benchmark once for every model); an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
     a log line."""
     store = store or RunStore(cfg.run_dir)
@@ -162,16 +182,11 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     if untrained:
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
-    for spec in cfg.eval.benchmarks:  # a bad benchmark is refused before any model is evaluated (read again there)
-        for p in load_benchmark(spec):
-            try:
-                grader_of(p)
-            except ValueError as e:
-                raise InputError(f"benchmark {spec.name!r} ({spec.path or spec.format}): {e}") from e
+    benchmarks = load_benchmarks(cfg.eval)  # a bad benchmark is refused before any model is evaluated
     store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
     summary = {}
     for label in labels:
-        results = evaluate_model(cfg, store, label)
+        results = evaluate_model(cfg, store, label, benchmarks=benchmarks)
         if results:
             rows = summarize(results)
             summary[label] = rows
