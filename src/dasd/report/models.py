@@ -2,7 +2,10 @@
 
 ``scan_eval`` reads the evaluation results once (summaries from the manifest when there and eval
 finished, else recomputed from the results on disk with ``grading.metrics.summarize``; the protocols always from the results themselves,
-since every result carries the protocol that produced it).
+since every result carries the protocol that produced it). The results of a training stage that are
+not those of its model now (``stale_eval``: the stage is being trained again, was trained from an
+earlier version of a stage before it, or was trained again or deleted since `dasd eval` ran) are left
+out, with a line saying why (``stale_note``), as `dasd eval` would not report them either.
 """
 
 from __future__ import annotations
@@ -28,6 +31,34 @@ class EvalScan:
     results: dict[str, int] = field(default_factory=dict)  # label -> graded samples on disk
     problems: list[str] = field(default_factory=list)  # results that could not be read
     cut_off: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> group -> [cut off, known]
+    stale: dict[str, tuple[int, str]] = field(default_factory=dict)  # label -> (results on disk, why left out)
+
+
+def stale_eval(view: RunView, label: str) -> str | None:
+    """Why the evaluation results stored under ``label`` are not those of the model it names now; None
+    when they are, or when that cannot be told. Not: ``label`` is a training stage of the run
+    (``RunView.train_stage_names``) that is not current (``runs.training_not_current``: being trained
+    again, or trained from an earlier version of a stage before it; `dasd eval` refuses it), or whose
+    final model is not the one `dasd eval` recorded for it (``versions``, by ``runs.model_version``:
+    trained again since, or deleted; `dasd eval` would drop these results and evaluate it again)."""
+    from dasd.runs import model_version, training_not_current
+
+    if label not in view.train_stage_names():
+        return None
+    stage_dir = view.root / "train" / label
+    why = training_not_current(stage_dir)
+    if why is not None:
+        return f"{why}, then `dasd eval`"
+    recorded = (view.info("eval").get("versions") or {}).get(label)
+    if recorded is None:  # evaluated by a dasd that did not record versions, or not by `dasd eval`
+        return None
+    final = stage_dir / "final"
+    if not (final.is_dir() and (stage_dir / "done.json").is_file()):
+        return (f"stage {label!r} has no trained model in the run now (no {final} with its done.json): run `dasd train`, "
+                "then `dasd eval`")
+    if model_version(str(final)) != recorded:
+        return f"stage {label!r} was trained again since `dasd eval` evaluated it: run `dasd eval` to evaluate its new model"
+    return None
 
 
 def _count_cut(cut: dict[str, list[int]], r: dict) -> None:
@@ -73,6 +104,10 @@ def scan_eval(view: RunView) -> EvalScan:
     for label in labels:
         rows = counts.get(label)
         recs = by_label.get(label, [])
+        why = stale_eval(view, label)
+        if why is not None:
+            scan.stale[label] = (len(recs), why)
+            continue
         if not (isinstance(rows, list) and rows and isinstance(rows[0], dict)) and recs:
             rows = summarize(recs)
         if not rows:
@@ -101,6 +136,18 @@ def cut_off_note(ev: EvalScan) -> Raw:
     return Raw(f'<div class="warn"><p>Answers cut off at the token limit are graded wrong, so these accuracies '
                f"understate the models by up to the share cut off: raise eval.protocol.max_tokens (or set eval.preset: "
                f"paper for the paper's protocol) and run `dasd eval` again.</p><ul>{lis}</ul></div>")
+
+
+def stale_note(ev: EvalScan) -> Raw:
+    """A warning naming each model whose stored results are left out (``stale_eval``) and why; empty
+    when there are none."""
+    if not ev.stale:
+        return Raw("")
+    lis = "".join(f"<li>{esc(label)}: {esc(n)} result(s) of an earlier model left out: {esc(why)}</li>"
+                  for label, (n, why) in ev.stale.items())
+    return Raw(f'<div class="warn"><p>Evaluation results stored for a training stage whose model has changed or is '
+               f"being trained are not shown: they are not its model's (`dasd eval` would not report them either).</p>"
+               f"<ul>{lis}</ul></div>")
 
 
 def _overall(rows: list[dict]) -> dict | None:
@@ -171,8 +218,11 @@ def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -
         for text, users in distinct.items():
             parts.append(para(f"Protocol — {text}" + (f" (used for {_users(users, ev.order)})" if len(distinct) > 1 else "")))
         parts.append(cut_off_note(ev))
+        parts.append(stale_note(ev))
         parts.append(para("avg@k: mean accuracy over the first k samples of each problem (the paper's metric); pass@k: "
                           "unbiased estimator; 95% CIs: percentile bootstrap over problems.", "sub"))
+    elif ev.stale:
+        parts += [not_run("No current evaluation results (`dasd eval`): no accuracy to report."), stale_note(ev)]
     else:
         parts.append(not_run("No evaluation yet (`dasd eval`): no accuracy to report."))
     if facts:
@@ -184,6 +234,8 @@ def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -
 def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
     """Every summary row of every model, the protocol of each, and a chart per benchmark."""
     if not ev.order:
+        if ev.stale:
+            return section("eval", "Evaluation", [not_run("No current evaluation results (`dasd eval`)."), stale_note(ev)])
         return section("eval", "Evaluation", [not_run("Not run yet (`dasd eval`).")])
     head = ["model", "kind", "name", "problems", "samples", "k", "avg@k % [95% CI]", "pass@1 %", "pass@k % [95% CI]",
             "maj@k %", "no answer %", "cut off %"]
@@ -213,6 +265,7 @@ def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
                         "avg@k per benchmark and model with 95% bootstrap intervals.", "accuracy per benchmark"),
         table(head, rows, numeric_from=3),
         cut_off_note(ev),
+        stale_note(ev),
         Raw("<h3>Protocols (as recorded with the results)</h3>"),
         table(["model", "benchmark", *PROTOCOL_KEYS], prow, numeric_from=99),
     ]
@@ -296,7 +349,9 @@ def analysis_section(view: RunView) -> Raw:
 
     The profile is ``dasd.rules.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
     overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``, ``by_index``). Anything else found in the
-    counts is shown generically: numeric series as curves, scalars in a table.
+    counts is shown generically: numeric series as curves, scalars in a table. The profile of a
+    training stage whose evaluation results are not its model's now (``stale_eval``) is left out,
+    with a line saying why.
     """
     title = "Analysis (sentence types vs correctness)"
     if not view.ran("analyze"):
@@ -305,6 +360,12 @@ def analysis_section(view: RunView) -> Raw:
         return section("analyze", title, [para(view.unfinished_text("analyze") + " Its profile is computed when it "
                                                "finishes.", "warn")])
     a = view.counts("analyze")
+    label = a.get("model") or (view.info("analyze").get("config") or {}).get("model")
+    why = stale_eval(view, label) if isinstance(label, str) else None
+    if why is not None:  # the profile is of the responses of an earlier model of the stage
+        return section("analyze", title, [para(f"The profile of {label} is left out: it was made from the evaluation "
+                                               f"responses of an earlier model of the stage ({why}, then `dasd "
+                                               "analyze`).", "warn")])
     parts: list[str] = [
         para("Sentences of the distilled model's own evaluation responses, typed with the teacher, the student base "
              "and the distilled model: Teacher (delta > tau), Student (delta < −tau), Boosted (teacher and base agree "

@@ -107,6 +107,15 @@ class RunView:
                 out.append(found[name])
         return out
 
+    def train_stage_names(self) -> set[str]:
+        """The run's training stage names: those of the train configs the run recorded and the folders
+        under ``RUN/train`` (one deleted to be trained again is still named by the config)."""
+        cfgs = [self.info("train").get("config") or {}, (self.manifest.get("config") or {}).get("train") or {}]
+        names = {s.get("name") for c in cfgs if isinstance(c, dict) for s in c.get("stages") or [] if isinstance(s, dict)}
+        d = self.root / "train"
+        names |= {p.name for p in d.iterdir() if p.is_dir()} if d.is_dir() else set()
+        return {n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")}
+
     @staticmethod
     def curve(stage_dir: Path) -> list[dict]:
         path = stage_dir / "curve.jsonl"

@@ -5,7 +5,9 @@ Models are named by label: ``teacher``, ``student`` (the student base), a traini
 model directory. Results go to ``RUN/eval/results-<label>`` (one EvalResult per sample, the protocol
 embedded), resumable per (benchmark problem, sample index) as long as the model, the benchmarks and
 the protocol are the ones the stored results were made with (``eval_key``, kept per label in the
-manifest); otherwise the label's stored results are deleted and it is evaluated again. The
+manifest, beside the ``model_version`` of the model they were made with, kept per label under
+``versions``: the report tells by it a training stage's results of an earlier model of it,
+``report.models.stale_eval``); otherwise the label's stored results are deleted and it is evaluated again. The
 benchmarks are read once per `dasd eval` (``load_benchmarks``), for every model. The summary (avg@k with a bootstrap
 95% CI, pass@k, maj@k, the share cut off at the token limit) is printed per model and kept in the
 manifest; samples cut off at the token limit get a warning per model and benchmark
@@ -23,7 +25,8 @@ from dasd.grading.loaders import load_benchmark
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
-from dasd.runs import StoredRecords, faults_kept, model_for, model_identity, open_engine, record_faults, results_name
+from dasd.runs import (StoredRecords, faults_kept, model_for, model_identity, model_version, open_engine, record_faults,
+                       resolve_model, results_name)
 from dasd.store import RunStore, config_hash
 from dasd.train.card import refresh_card
 
@@ -105,7 +108,8 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None,
 
     Results stored under ``label`` by an earlier call are reused only when ``eval_key`` is the same
     (same model files, however their path is spelled, benchmarks and protocol); otherwise they are deleted first, so a retrained
-    stage or a changed protocol is never reported with another model's or protocol's numbers."""
+    stage or a changed protocol is never reported with another model's or protocol's numbers. The
+    model's ``model_version`` is kept beside the key (``versions``)."""
     ecfg = cfg.eval
     mcfg = model_for(cfg, store, label)
     if mcfg is None:
@@ -125,6 +129,11 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None,
         # its summary in the manifest was of the dropped results: until this evaluation ends, the
         # report recomputes it from the results on disk
         (store.manifest["stages"][STAGE].get("counts") or {}).pop(label, None)
+        store.save_manifest()
+    versions = store.manifest["stages"][STAGE].setdefault("versions", {})
+    version = model_version(resolve_model(mcfg.model))
+    if versions.get(label) != version:  # the label's stored results (if any) are this model's now
+        versions[label] = version
         store.save_manifest()
     with faults_kept(store, STAGE, lambda: [engine]), \
          store.writer(STAGE, results_name(label), shard_size=256, flush_seconds=20) as w:
