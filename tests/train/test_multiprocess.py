@@ -285,3 +285,118 @@ def test_a_write_that_fails_on_one_process_stops_both_processes_at_once_with_one
         assert last[0] == f"error: process 1 could not tokenise its share of stage 's1' (data {str(data)!r}): see its error"
         assert not (stage / "tokens").exists()
     assert not any("Traceback" in t for t in text)
+
+
+# Loaded by every process of the launches below (PYTHONPATH): $DASD_FAIL picks a failure outside the
+# blocks that end where the processes meet. "step": process 1 runs out of memory in the forward of step 2
+# (the other is then waiting in that step's gradient all-reduce); "hook": the main process's on_step
+# hook fails after step 1 (the other goes on into step 2 and waits there).
+_FAIL_ONE = '''
+import os
+_rank, _case = os.environ.get("RANK"), os.environ.get("DASD_FAIL", "")
+if _case == "step" and _rank == "1":
+    import torch
+    from dasd.train import loss
+    _forward, _calls = loss.LossModel.forward, []
+
+    def _forward_or_oom(self, *a, **k):
+        _calls.append(1)
+        if len(_calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return _forward(self, *a, **k)
+    loss.LossModel.forward = _forward_or_oom
+if _case == "hook" and _rank == "0":
+    from dasd.train import trainer
+    _run = trainer.run_training
+
+    def _hook(metrics):
+        if metrics["step"] == 1:
+            raise RuntimeError("the progress hook failed (simulated)")
+
+    def _with_hook(*a, **k):
+        return _run(*a, **k, on_step=_hook)
+    trainer.run_training = _with_hook
+'''
+
+_OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (simulated)"
+
+
+def _fail_env(tmp_path: Path, case: str) -> dict:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAIL_ONE)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_FAIL": case,
+            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_accelerate_launch_ends_the_run_when_one_process_fails_inside_a_step(tiny_lm_dir, tmp_path):
+    """How multi-process training is launched (`accelerate launch`, which runs torchrun's agent): when
+    process 1 runs out of memory inside a step, the agent stops the other process and the launch
+    ends with a non-zero exit naming process 1 as the root cause, its error in the output. The
+    subprocess deadline only guards against a hang."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
+    cfg = _config(tmp_path / "c.yaml", tiny_lm_dir, data, micro_batch=1, grad_accum=1)
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(_free_port()),
+                          "-m", "dasd.train", "--config", str(cfg), "--out", str(tmp_path / "out")],
+                         env=_fail_env(tmp_path, "step"), capture_output=True, text=True, timeout=600)
+    text = run.stdout + run.stderr
+    assert run.returncode == 1, text
+    assert f"[rank1]: torch.{_OOM}" in text
+    root = text.split("Root Cause (first observed failure):")[1]
+    assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: 1 ", root), root
+    assert [r["step"] for r in map(json.loads, (tmp_path / "out/s1/curve.jsonl").read_text().splitlines())] == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["step", "hook"])
+def test_a_failure_inside_a_step_or_a_hook_on_one_process_stops_the_other_at_once(tiny_lm_dir, tmp_path, case):
+    """Two gloo processes started as a cluster scheduler starts them (no launcher to stop the others),
+    the failed one kept alive as NCCL keeps its peers unaware of it. Process 1 runs out of memory in
+    step 2 ("step"), or the main process's on_step hook fails after step 1 ("hook"): outside any block
+    that ends where the processes meet, so the other one waited in step 2's collectives until
+    train.dist_timeout_s (here an hour). Now it learns of the failure through the process group's
+    store (``ranks.stop_together``) and exits with code 2 and one line naming the failed process and
+    its error; the failed one ends with its own error. The deadline only guards against the hang."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
+    cfg = yaml.safe_load(_config(tmp_path / "c.yaml", tiny_lm_dir, data, micro_batch=1, grad_accum=1).read_text())
+    cfg.update(dist_timeout_s=3600)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    env = {**_fail_env(tmp_path, case), "DASD_EXITS": str(exits), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    procs, logs = [], [tmp_path / f"rank{r}.log" for r in range(2)]
+    for r in range(2):
+        with logs[r].open("w") as fh:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _STAY, "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")],
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=fh, stderr=subprocess.STDOUT))
+    failed, other = (1, 0) if case == "step" else (0, 1)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ((exits / f"exit.{failed}").exists() and procs[other].poll() is not None):
+        time.sleep(0.2)
+    still = procs[other].poll() is None  # before the failed one is let go
+    (exits / "go").touch()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    text = [log.read_text() for log in logs]
+    assert not still, f"process {other} still waiting in a collective after 300 s: {text}"
+    assert procs[other].returncode == 2 and not (exits / f"exit.{other}").exists(), text
+    assert (exits / f"exit.{failed}").read_text() == "1", text
+    if case == "step":
+        assert text[1].splitlines()[-1] == f"torch.{_OOM}"
+        assert text[0].splitlines()[-1] == f"[train] error: process 1 failed while training ({_OOM}): see its error"
+    else:
+        assert text[0].splitlines()[-1] == "RuntimeError: the progress hook failed (simulated)"
+        assert text[1].splitlines()[-1] == ("[train] error: the main process failed while training (RuntimeError: the "
+                                           "progress hook failed (simulated)): see its error")
+    assert "Traceback" not in text[other]

@@ -52,7 +52,7 @@ from dasd.train.data import load_examples, prepare
 from dasd.train.loss import LossModel, liger_available
 from dasd.train.packing import collate
 from dasd.train.plan import Plan
-from dasd.train.ranks import fail_together, first_true
+from dasd.train.ranks import fail_together, first_true, stop_together
 from dasd.train.schedule import make_optimizer, make_scheduler
 
 StepHook = Callable[[dict[str, Any]], None]
@@ -401,7 +401,8 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
         raise ConfigError(str(e)) from None
     acc = _make_accelerator(cfg, out_dir)
     try:
-        return _run_stages(cfg, out_dir, acc, data, on_step, data_notes or {})
+        with stop_together(acc, "training"):  # a failure on one process, in a step or a hook, stops them all
+            return _run_stages(cfg, out_dir, acc, data, on_step, data_notes or {})
     finally:
         for tracker in acc.trackers:  # not acc.end_training(): that also ends torch.distributed
             tracker.finish()
