@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,6 +74,87 @@ def test_resume_after_crash_gives_the_same_curve_and_weights(tiny_lm_dir, tmp_pa
     # the result's padding share covers the whole stage, not only the steps after the resume
     assert (ref["padding_share"] > 0) == (batch["micro_batch"] > 1)  # rows of unequal length are padded
     assert res["padding_share"] == pytest.approx(ref["padding_share"], rel=1e-12)
+
+
+# Loaded by the killed run below (PYTHONPATH): accelerate's save of checkpoint $DASD_PAUSE_SAVE writes
+# its files into the temporary folder, then the process says so in $DASD_PAUSED and waits to be killed.
+_PAUSE_IN_SAVE = '''
+import os
+if os.environ.get("DASD_PAUSE_SAVE"):
+    import time
+    from pathlib import Path
+    import accelerate
+    _save = accelerate.Accelerator.save_state
+
+    def _save_then_wait(self, output_dir=None, *a, **k):
+        out = _save(self, output_dir, *a, **k)
+        if str(output_dir).endswith(".step-%06d.tmp" % int(os.environ["DASD_PAUSE_SAVE"])):
+            Path(os.environ["DASD_PAUSED"]).touch()
+            time.sleep(3600)
+        return out
+    accelerate.Accelerator.save_state = _save_then_wait
+'''
+
+_TIMING = ("elapsed_s", "eta_s", "tokens_per_s")  # wall-clock fields of a curve record
+
+
+@pytest.mark.slow
+def test_dasd_train_killed_mid_stage_resumes_to_the_same_weights_and_curve_bit_for_bit(tiny_lm_dir, tmp_path):
+    """`dasd train` killed with SIGKILL while it writes its second checkpoint (step 4: the first, step 2,
+    is complete; the curve has 4 steps; the step-4 temporary folder holds model and optimizer but no
+    trainer_state.json), then run again: it resumes from step 2, cuts the curve back to it, and ends
+    with the uninterrupted run's final weights and curve, bit for bit (CPU: the data order is a
+    function of seed and step, and model, optimizer, scheduler and RNG states are restored exactly).
+    The deadlines only guard against a hang."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_IN_SAVE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DASD_PROGRESS": "off",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    demo = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text())
+
+    def config(name):
+        cfg = {**demo, "run_dir": str(tmp_path / name),
+               "train": {"base_model": tiny_lm_dir, "context": 256, "micro_batch": 1, "grad_accum": 2, "lr": 2e-3,
+                         "min_lr": 2e-4, "warmup_ratio": 0.2, "save_every": 2, "report_to": "none",
+                         "stages": [{"name": "s1", "data": str(data), "init": "base", "max_steps": 6}]}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return ["-m", "dasd", "train", "-c", str(path)]
+
+    subprocess.run([sys.executable, *config("ref")], env=env, check=True, timeout=600, capture_output=True)
+
+    paused = tmp_path / "paused"
+    killed = subprocess.Popen([sys.executable, *config("run")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**env, "DASD_PAUSE_SAVE": "4", "DASD_PAUSED": str(paused)})
+    deadline = time.monotonic() + 600
+    while not paused.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL and paused.exists()
+    stage = tmp_path / "run/train/s1"
+    assert (stage / "checkpoints/step-000002/trainer_state.json").is_file()
+    assert (stage / "checkpoints/.step-000004.tmp").is_dir()
+    assert not (stage / "checkpoints/.step-000004.tmp/trainer_state.json").exists()
+    assert [r["step"] for r in _curve(stage / "curve.jsonl")] == [1, 2, 3, 4]
+    assert not (stage / "done.json").exists()
+
+    again = subprocess.run([sys.executable, *config("run")], env=env, timeout=600, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "[train] stage s1: resuming from step-000002" in again.stderr
+    assert sorted(p.name for p in (stage / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    ref = tmp_path / "ref/train/s1"
+    a, b = _curve(ref / "curve.jsonl"), _curve(stage / "curve.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [{k: v for k, v in r.items() if k not in _TIMING} for r in a] == [
+        {k: v for k, v in r.items() if k not in _TIMING} for r in b]
+    wa, wb = _weights(ref / "final"), _weights(stage / "final")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    done = [json.loads((d / "done.json").read_text()) for d in (ref, stage)]
+    assert done[0]["final_loss"] == done[1]["final_loss"] and done[0]["padding_share"] == done[1]["padding_share"]
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"]["train"]["complete"] is True
 
 
 def test_packed_training_equals_unpacked_training(tiny_lm_dir, tmp_path):
