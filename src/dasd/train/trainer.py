@@ -15,7 +15,9 @@ a stage whose config, data or global batch changed since its outputs were writte
 a new output directory). Only the main process writes files (besides each process's share of the
 token cache and its RNG state in checkpoints); trackers (``report_to``) get the per-step metrics.
 Each such write ends where all processes meet (``ranks.fail_together``): when it fails on one
-process, every process stops at once with one line, none waits for ``dist_timeout_s``.
+process, every process stops at once with one line, none waits for ``dist_timeout_s``. Any other
+failure on one process (out of memory in a step, an ``on_step`` hook) reaches the others through
+the process group's store (``ranks.stop_together``): they log one line naming it and exit.
 
 One optimizer step consumes ``micro_batch x grad_accum x processes`` packed sequences, in an order
 fixed by ``(seed + stage index, epoch)``. Its loss is the sum of token losses over the global batch divided by
@@ -388,7 +390,8 @@ def run_training(cfg: TrainConfig, out_dir: Path, data: dict[str, list[dict]] | 
     ``data`` maps pool names (a stage's ``data``) to lists of training examples; a stage whose
     ``data`` is not a key is read from that path as chat JSONL. ``on_step(metrics)`` is called on
     every process after each optimizer step (progress hooks; an exception there stops training as
-    a crash would, the next run resumes from the last checkpoint). Result keys: ``name``, ``final``
+    a crash would, on every process (``ranks.stop_together``), the next run resumes from the last
+    checkpoint). Result keys: ``name``, ``final``
     (model directory), ``steps``, ``final_loss``, ``curve`` (JSONL path), ``examples``,
     ``sequences``, ``tokens``, ``dropped``, ``init``, ``data_counts``, ``recipe``. Optional stages
     without data are skipped. ``data_notes`` maps a stage's ``data`` to a description for the model
