@@ -332,9 +332,10 @@ def _fail_env(tmp_path: Path, case: str) -> dict:
 @pytest.mark.slow
 def test_accelerate_launch_ends_the_run_when_one_process_fails_inside_a_step(tiny_lm_dir, tmp_path):
     """How multi-process training is launched (`accelerate launch`, which runs torchrun's agent): when
-    process 1 runs out of memory inside a step, the agent stops the other process and the launch
-    ends with a non-zero exit naming process 1 as the root cause, its error in the output. The
-    subprocess deadline only guards against a hang."""
+    process 1 runs out of memory inside a step, the agent stops the other process (SIGTERM) and the
+    launch ends with a non-zero exit naming process 1 as the root cause, its error in the output
+    (the other process, which learnt of the failure through the store, leaves the stopping to the
+    agent: ``ranks.LAUNCHER_GRACE_S``). The subprocess deadline only guards against a hang."""
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _pool()))
     cfg = _config(tmp_path / "c.yaml", tiny_lm_dir, data, micro_batch=1, grad_accum=1)
@@ -348,6 +349,7 @@ def test_accelerate_launch_ends_the_run_when_one_process_fails_inside_a_step(tin
     assert f"[rank1]: torch.{_OOM}" in text
     root = text.split("Root Cause (first observed failure):")[1]
     assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: 1 ", root), root
+    assert re.search(r"rank\s+: 0 \(local_rank: 0\)\s+exitcode\s+: -15 ", text), text  # stopped by the agent
     assert [r["step"] for r in map(json.loads, (tmp_path / "out/s1/curve.jsonl").read_text().splitlines())] == [1]
 
 

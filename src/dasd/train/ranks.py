@@ -134,6 +134,7 @@ class _Watcher(threading.Thread):
         self.store, self.key, self.rank, self.doing = store, key, rank, doing
         self.stopped = threading.Event()
         self.seen: tuple[int, str] | None = None  # (failed process, its error)
+        self.agent_here = False  # the failed process is on this node, under torchrun's agent
 
     def line(self) -> str:
         who, what = self.seen
@@ -148,12 +149,12 @@ class _Watcher(threading.Thread):
                 if not self.store.check([self.key]):
                     continue
                 who, host, what = self.store.get(self.key).decode().split("\t", 2)
+                self.agent_here = host == socket.gethostname() and "TORCHELASTIC_RUN_ID" in os.environ
                 self.seen = (int(who), what)
                 self.store.add(self.key + "/seen", 1)
             except Exception:  # the store is gone (the process that held it ended): nothing left to watch
                 return
-            agent_here = host == socket.gethostname() and "TORCHELASTIC_RUN_ID" in os.environ
-            if self.stopped.wait(LAUNCHER_GRACE_S if agent_here else WATCH_EVERY_S):  # stopped on its own
+            if self.stopped.wait(LAUNCHER_GRACE_S if self.agent_here else WATCH_EVERY_S):  # stopped on its own
                 return
             _log.error(self.line())
             sys.stdout.flush()
@@ -194,9 +195,10 @@ def stop_together(state, doing: str) -> Iterator[None]:
     is raised, stops every process (module docstring): the others log ``<who> failed while <doing>
     (<error>): see its error`` and exit with ``STOPPED_EXIT``, or, when they stop on their own
     meanwhile, raise their own error (a low-level one, e.g. gloo's ``Connection closed by peer``,
-    becomes a ``DasdError`` with that line). ``state``: accelerate's ``Accelerator`` or
-    ``PartialState``. An error every process raised (``fail_together``'s) and an interrupt are not
-    posted. On one process (or without a store) it does nothing."""
+    becomes a ``DasdError`` with that line, on the failed process's node under torchrun's agent
+    only after ``LAUNCHER_GRACE_S``, for the agent to stop it first). ``state``: accelerate's
+    ``Accelerator`` or ``PartialState``. An error every process raised (``fail_together``'s) and an
+    interrupt are not posted. On one process (or without a store) it does nothing."""
     store = _store_of(state)
     if store is None:
         yield
@@ -211,6 +213,8 @@ def stop_together(state, doing: str) -> Iterator[None]:
         if watcher.seen is not None:  # another process failed first: this follows from it
             if isinstance(err, DasdError):
                 raise
+            if watcher.agent_here:  # e.g. gloo's "Connection closed by peer": the agent is about to stop
+                time.sleep(LAUNCHER_GRACE_S)  # this process, and names the failed one as the root cause
             raise DasdError(watcher.line()) from err
         if not _known_everywhere(err):
             _post(store, key, state.process_index, state.num_processes, err)
