@@ -319,3 +319,35 @@ def test_checkpoint_of_a_tied_model_is_quiet_and_restores_the_tie(tmp_path, tiny
         assert model.lm.get_output_embeddings().weight.data_ptr() == model.lm.get_input_embeddings().weight.data_ptr()
     finally:
         acc.free_memory()
+
+
+def test_an_error_every_process_raised_at_a_meeting_is_not_posted_to_the_others_again():
+    """``ranks.stop_together`` posts a failure for the other processes only when they cannot know of
+    it: an error in a ``fail_together`` block (every process raises there), also once a save turned
+    it into its one-line error (``raise ... from err``), is not posted (the failed process would
+    wait for readers that have stopped); an error inside a step is, summed up in one line."""
+    from dasd.errors import DasdError, DiskFullError
+    from dasd.train.ranks import _known_everywhere, _summary, fail_together
+
+    flags = []
+
+    def agree(flag):  # one process's view of the meeting: the flags it sends; process 1 failed there
+        flags.append(flag)
+        return 0 if flag else 1
+
+    with pytest.raises(OSError) as own:
+        with fail_together(agree, "write the checkpoint of step 2"):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(DasdError, match="^process 1 could not write the checkpoint of step 2: see its error$") as other:
+        with fail_together(agree, "write the checkpoint of step 2"):
+            pass
+    assert flags == [True, False]
+    try:
+        raise DiskFullError("step-000002: cannot write the checkpoint of step 2") from own.value
+    except DiskFullError as e:
+        wrapped = e
+    assert _known_everywhere(own.value) and _known_everywhere(other.value) and _known_everywhere(wrapped)
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+    assert not _known_everywhere(oom) and not _known_everywhere(RuntimeError("hook"))
+    assert _summary(oom) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert _summary(KeyError()) == "KeyError" and len(_summary(ValueError("x" * 1000))) == 300
