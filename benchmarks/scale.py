@@ -190,24 +190,14 @@ class StandInStudent:
 
 # -- the cut alone: train.encode.response_tokens on long responses --------------------------------
 
-# A Qwen3-style template (tests/train/test_encode.py's QWEN_LIKE): it re-lays the whitespace around the
-# think block, so the response is found through _align_nonspace rather than verbatim.
-RELAYS_THINK = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
-    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
-    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def cut_cost(repeat: int, chars: int = 40_000, n: int = 8, k: int = 4, seed: int = 0) -> list[dict]:
     """CPU of ``train.encode.response_tokens`` alone (what ``score`` spends cutting each response out
     of its rendered conversation): ``n`` responses of about ``chars`` characters of toy-world
     reasoning, ``k`` to each prompt of about 2K characters, under the ChatML template and
-    ``RELAYS_THINK``, with two byte-level BPE tokenizers: the toy student's (about 1.4 characters a
-    token) and one of 2,000 entries trained here on toy-world reasoning (about 3). Each call is timed
+    ``dasd.toy.tokenizer.QWEN_LIKE_TEMPLATE`` (``relays-think``: it re-lays the whitespace around the
+    think block, so the response is found through ``_align_nonspace`` rather than verbatim), with two
+    byte-level BPE tokenizers: the toy student's (about 1.4 characters a token) and one of 2,000
+    entries trained here on toy-world reasoning (about 3). Each call is timed
     ``repeat`` times, the configurations interleaved, and beside it two of its parts done again on
     their own: tokenising the rendered conversations (``tokenise``) and the ``engines.offsets`` rule
     on the cut tokens (``offsets``: ``token_spans``, as ``response_tokens`` calls it, or
@@ -216,7 +206,7 @@ def cut_cost(repeat: int, chars: int = 40_000, n: int = 8, k: int = 4, seed: int
 
     from dasd.engines import offsets
     from dasd.toy.build import default_toy_dir
-    from dasd.toy.tokenizer import build_tokenizer
+    from dasd.toy.tokenizer import QWEN_LIKE_TEMPLATE, build_tokenizer
     from dasd.train.encode import assistant_spans, response_tokens
 
     rule = getattr(offsets, "token_spans", offsets.token_offsets)
@@ -240,7 +230,7 @@ def cut_cost(repeat: int, chars: int = 40_000, n: int = 8, k: int = 4, seed: int
         for template in ("chatml", "relays-think"):
             t = copy.deepcopy(tok)
             if template == "relays-think":
-                t.chat_template = RELAYS_THINK
+                t.chat_template = QWEN_LIKE_TEMPLATE
             runs[(tname, template)] = t
     cpu: dict[tuple, dict[str, list[float]]] = {key: {"all": [], "tokenise": [], "offsets": []} for key in runs}
     tokens = {}

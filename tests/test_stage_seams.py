@@ -34,6 +34,7 @@ from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select
 from dasd.store import RunStore
+from dasd.toy.tokenizer import QWEN_LIKE_TEMPLATE as QWEN_LIKE
 from dasd.train.data import load_examples, prepare
 from dasd.train.encode import IGNORE
 
@@ -267,13 +268,6 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 BRACKETS = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}[assistant] {% endif %}")
-QWEN_LIKE = (  # re-lays the whitespace around the think block, as Qwen3's template does
-    "{% for m in messages %}"
-    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
-    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
-    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 THINK_OPENS = QWEN_LIKE.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
 
 RESPONSES = [

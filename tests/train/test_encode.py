@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from dasd.errors import InputError
+from dasd.toy.tokenizer import QWEN_LIKE_TEMPLATE as QWEN_LIKE
 from dasd.train.encode import IGNORE, encode_example
 
 ANSWER = "Café 日本 is 7."
@@ -116,16 +117,6 @@ def test_multi_turn_every_assistant_turn_carries_loss(tok):
 def test_bad_prefix_is_an_error_naming_the_example(tok):
     with pytest.raises(InputError, match=r"data.jsonl:3.*prefix_chars"):
         encode_example(tok, _example(prefix_chars=999), where="data.jsonl:3")
-
-
-QWEN_LIKE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
-    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
-    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def test_prefix_survives_a_template_that_relays_think_whitespace(tiny_lm_dir):

@@ -29,6 +29,20 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# A Qwen3-style template: ``CHAT_TEMPLATE`` except that an assistant turn holding ``</think>`` is
+# re-laid as ``<think>\nR\n</think>\n\nA`` (the whitespace around the reasoning ``R`` and answer ``A``
+# changed, nothing else), so training finds a response in its rendered conversation through that
+# whitespace rather than verbatim. No toy model uses it; tests and benchmarks/scale.py put it on a
+# toy tokenizer.
+QWEN_LIKE_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
+    "<|im_start|>assistant\n<think>\n{{ m['content'].split('</think>')[0].split('<think>')[-1].strip('\n') }}"
+    "\n</think>\n\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool = False) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``corpus`` with at most ``vocab_size`` entries.
