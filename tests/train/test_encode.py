@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -137,6 +139,131 @@ def test_template_that_changes_content_is_refused_for_prefix_examples(tiny_lm_di
     with pytest.raises(InputError, match="rewrites the last assistant message"):
         encode_example(tok, ex)
     encode_example(tok, _example(answer="<think>a</think>b"))  # without a prefix the turn's span is all that matters
+
+
+def _assistant_spans_rendered_per_turn(tokenizer, messages, where="example"):
+    """``assistant_spans`` as it was: the conversation rendered again through every assistant turn,
+    the last one included (three renderings for a training example; the reference)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    spans, starts = [], []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, add_generation_prompt=False)
+        if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):
+            raise InputError(f"{where}: the chat template does not render assistant turn {i} as a prefix of the "
+                             "conversation (it rewrites earlier turns); cannot locate the assistant tokens")
+        spans.append((len(head), len(upto.rstrip())))
+        starts.append(len(head))
+    return text, spans, starts
+
+
+# Qwen3's habit of dropping the reasoning of every assistant turn but the last: earlier turns are
+# rewritten, which assistant_spans refuses (a multi-turn conversation) or does not see (one turn).
+DROPS_EARLIER_THINK = QWEN_LIKE.replace(
+    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}",
+    "{% if m['role'] == 'assistant' and '</think>' in m['content'] and not loop.last %}"
+    "<|im_start|>assistant\n{{ m['content'].split('</think>')[-1].lstrip('\n') }}<|im_end|>\n"
+    "{% elif m['role'] == 'assistant' and '</think>' in m['content'] %}")
+
+
+def _conversations(rng):
+    """Conversations of every shape assistant_spans meets: one assistant turn last (a training
+    example, with a student prefix or not), several, one ending in a user turn, none; responses
+    with every kind of whitespace, think blocks, trailing whitespace."""
+    out = [_example(), _example(prefix_chars=len("Café 日")),
+           {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "<think>x</think>first "},
+                         {"role": "user", "content": "b?"}, {"role": "assistant", "content": "<think>\ny\n</think>second\n"}]},
+           {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "first"},
+                         {"role": "user", "content": "b?"}]},
+           {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a?"}]}]
+    for _ in range(60):
+        turns = [{"role": "system", "content": "Be brief."}] if rng.random() < 0.5 else []
+        for _ in range(rng.choice([1, 1, 1, 2, 3])):
+            turns += [{"role": "user", "content": rng.choice(["3+4?", "Café  日本?\n", "x"])},
+                      {"role": "assistant", "content": _random_response(rng, think=rng.random() < 0.7)}]
+        last = turns[-1]["content"]
+        prefix = rng.randint(1, len(last)) if rng.random() < 0.4 else 0
+        out.append({"messages": turns, "prefix_chars": prefix})
+    return out
+
+
+@pytest.mark.parametrize("template", [None, QWEN_LIKE, DROPS_EARLIER_THINK], ids=["chatml", "qwen", "drops-think"])
+@pytest.mark.parametrize("which", ["tiny", "tiny other vocab", "toy student", "toy teacher"])
+def test_assistant_spans_and_encoding_are_those_of_a_rendering_per_turn(tiny_lm_dir, tiny_lm_dir_other_vocab, which,
+                                                                         template, monkeypatch):
+    """Rendering the conversation once less (its last turn is the full text) changes nothing: text,
+    spans and starts of every conversation, or the same error; and the ids, labels and masks
+    ``encode_batch`` makes from them, with every toy tokenizer under ChatML and Qwen-like templates."""
+    import random
+
+    import dasd.train.encode as encode
+    from dasd.toy.build import default_toy_dir
+
+    path = {"tiny": tiny_lm_dir, "tiny other vocab": tiny_lm_dir_other_vocab,
+            "toy student": default_toy_dir() / "student", "toy teacher": default_toy_dir() / "teacher"}[which]
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if template:
+        tok.chat_template = template
+    examples = _conversations(random.Random(3))
+    outcomes = {"spans": 0, "refused": 0}
+    for ex in examples:
+        messages = ex["messages"]
+        try:
+            want = _assistant_spans_rendered_per_turn(tok, messages, "ex")
+        except InputError as e:
+            with pytest.raises(InputError, match=re.escape(str(e))):
+                encode.assistant_spans(tok, messages, "ex")
+            outcomes["refused"] += 1
+            continue
+        assert encode.assistant_spans(tok, messages, "ex") == want
+        outcomes["spans"] += 1
+    assert outcomes["spans"] > 30 and (outcomes["refused"] > 10) == (template == DROPS_EARLIER_THINK)
+
+    trainable = []
+    for ex in examples:
+        try:
+            encode.encode_batch(tok, [ex])
+            trainable.append(ex)
+        except InputError:
+            pass
+    assert len(trainable) > 30
+    for mask_prefix in (False, True):
+        got = encode.encode_batch(tok, trainable, mask_prefix)
+        with monkeypatch.context() as m:
+            m.setattr(encode, "assistant_spans", _assistant_spans_rendered_per_turn)
+            want = encode.encode_batch(tok, trainable, mask_prefix)
+        assert len(got) == len(want) == len(trainable)
+        for g, w in zip(got, want):
+            assert all(a.dtype == b.dtype and a.tolist() == b.tolist() for a, b in zip(g, w))
+
+
+def test_a_training_example_is_rendered_twice(tiny_lm_dir):
+    """The chat template is applied twice per training example (the generation prompt, and the
+    whole conversation once: the long response is not rendered a second time), twice per assistant
+    turn of a multi-turn example, and twice per response ``response_tokens`` cuts out."""
+    from dasd.train.encode import encode_batch, response_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.chat_template = QWEN_LIKE
+    seen = []
+    real = tok.apply_chat_template
+
+    def counting(messages, **kwargs):
+        seen.append(len(messages))
+        return real(messages, **kwargs)
+
+    tok.apply_chat_template = counting  # the tokenizer's own method, each call recorded
+    examples = [_example(), _example(prefix_chars=3, answer="<think>3 + 4 = 7.</think>So 7."),
+                {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "first"},
+                              {"role": "user", "content": "b?"}, {"role": "assistant", "content": "second"}]}]
+    out = encode_batch(tok, examples)
+    assert [int((labels != IGNORE).sum()) > 0 for _, labels, _, _ in out] == [True] * 3
+    assert seen == [3, 2, 3, 2, 4, 1, 2, 3]  # each in full, then each prompt (and the middle turn through itself)
+    seen.clear()
+    found = response_tokens(tok, [(_example()["messages"][:-1], "So 7."), ([{"role": "user", "content": "x"}], "y")])
+    assert None not in found and seen == [3, 2, 2, 1]
 
 
 @pytest.mark.parametrize("template", [None, QWEN_LIKE], ids=["chatml", "qwen"])

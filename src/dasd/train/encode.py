@@ -58,7 +58,10 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "example") -> 
     """Render ``messages`` and return ``(text, loss spans, content starts)`` of the assistant turns.
 
     Spans are found by rendering the conversation up to each assistant turn (with the generation
-    prompt) and through it, and checking that both renderings are prefixes of the full text.
+    prompt) and through it, and checking that both renderings are prefixes of the full text. The
+    conversation through its last message is the full text itself and is not rendered again: ``a``
+    assistant turns take ``2a`` renderings when the last message is one of them (a training
+    example: two, its long response rendered once), ``2a + 1`` otherwise.
     """
     text = _render(tokenizer, messages, False)
     spans: list[tuple[int, int]] = []
@@ -67,7 +70,7 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "example") -> 
         if m["role"] != "assistant":
             continue
         head = _render(tokenizer, messages[:i], True)
-        upto = _render(tokenizer, messages[: i + 1], False)
+        upto = text if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1], False)
         if not text.startswith(head) or not text.startswith(upto) or len(upto) < len(head):
             raise InputError(f"{where}: the chat template does not render assistant turn {i} as a prefix of the "
                              "conversation (it rewrites earlier turns); cannot locate the assistant tokens")
