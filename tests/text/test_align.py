@@ -161,9 +161,11 @@ def test_token_anchors_is_token_anchor_on_texts_with_a_lone_surrogate():
 
 
 def test_the_whitespace_table_is_str_isspace_on_every_code_point():
-    from dasd.text.align import _is_space
+    """The one whitespace lookup (``train.encode`` aligns responses with it too), over all of Unicode."""
+    from dasd.text.align import codepoints, is_space
 
     every = "".join(map(chr, range(sys.maxunicode + 1)))
-    flags = _is_space(every)
+    assert codepoints(every).tolist() == list(range(sys.maxunicode + 1))
+    flags = is_space(codepoints(every))
     assert len(flags) == sys.maxunicode + 1
     assert np.flatnonzero(flags).tolist() == [c for c in range(sys.maxunicode + 1) if chr(c).isspace()]

@@ -412,11 +412,14 @@ def test_align_nonspace_is_the_character_loop():
     assert min(kinds.values()) > 300  # both answers are exercised
 
 
-def test_spaces_are_every_character_isspace_holds_for():
-    """The whitespace table of the vectorised alignment is exactly ``str.isspace`` over all of Unicode."""
-    from dasd.train.encode import _SPACES
+def test_nonspace_is_every_character_isspace_does_not_hold_for():
+    """The vectorised alignment's non-whitespace positions (``text.align``'s one whitespace table) are
+    exactly where ``str.isspace`` is false, over all of Unicode and a lone surrogate."""
+    from dasd.text.align import codepoints
+    from dasd.train.encode import _nonspace
 
-    assert _SPACES.tolist() == [c for c in range(0x110000) if chr(c).isspace()]
+    every = "".join(map(chr, range(0x110000)))
+    assert _nonspace(codepoints(every)).tolist() == [c for c in range(0x110000) if not chr(c).isspace()]
 
 
 def test_response_tokens_none_when_the_template_changes_the_response(tiny_lm_dir):

@@ -57,10 +57,15 @@ def _is_space_table() -> np.ndarray:
     return table
 
 
-def _is_space(text: str) -> np.ndarray:
-    """Per character of ``text``, whether it is whitespace (a lone surrogate, which a JSON string can
-    hold, is one character and not whitespace)."""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+def codepoints(text: str) -> np.ndarray:
+    """The code points of ``text``, one per character (a uint32 array; a lone surrogate, which a JSON
+    string can hold, is kept as one)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def is_space(codes: np.ndarray) -> np.ndarray:
+    """Per code point of ``codes`` (``codepoints``), whether it is whitespace (``str.isspace``; a lone
+    surrogate is not)."""
     return _is_space_table()[np.minimum(codes, 0x3001)]
 
 
@@ -134,7 +139,7 @@ def token_anchors(text: str, offsets) -> np.ndarray:
     if not len(arr):
         return np.zeros(0, dtype=np.int64)
     n = len(text)
-    space = _is_space(text)
+    space = is_space(codepoints(text))
     # next_solid[i]: the first index >= i whose character is not whitespace (n if none)
     idx = np.where(space, n, np.arange(n, dtype=np.int64))
     next_solid = np.append(np.minimum.accumulate(idx[::-1])[::-1], n)

@@ -29,6 +29,7 @@ import numpy as np
 
 from dasd.engines.base import ScoreRequest, ScoreResult, score_or_refused
 from dasd.errors import ContextLengthError, InputError
+from dasd.text.align import codepoints, is_space
 
 IGNORE = -100
 
@@ -105,19 +106,10 @@ def _render_one(tokenizer, example: dict, where: str) -> tuple[str, list[tuple[i
     return text, spans, prefix_span
 
 
-# Every character ``str.isspace`` holds true for: all lie below U+3001 (tests/train/test_encode.py
-# checks this list against every code point).
-_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-
-
-def _codes(text: str) -> np.ndarray:
-    """The code points of ``text`` (a lone surrogate, which a JSON string can hold, is kept as one)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
 def _nonspace(codes: np.ndarray) -> np.ndarray:
-    """The positions of the code points that are not whitespace (``str.isspace``)."""
-    return np.flatnonzero(~np.isin(codes, _SPACES))
+    """The positions of the code points (``text.align.codepoints``) that are not whitespace
+    (``str.isspace``, by ``text.align.is_space``'s table)."""
+    return np.flatnonzero(~is_space(codes))
 
 
 def _align_nonspace(content: str, text: str, start: int, stop: int) -> np.ndarray | None:
@@ -126,9 +118,9 @@ def _align_nonspace(content: str, text: str, start: int, stop: int) -> np.ndarra
     ``<think>\nR\n</think>\n\nA``): the rendered span holds the same non-whitespace characters in
     the same order (anything after them, e.g. the end-of-turn tag, is left alone). None when that
     does not hold."""
-    want = _codes(content)
+    want = codepoints(content)
     want = want[_nonspace(want)]
-    span = _codes(text[start:stop])
+    span = codepoints(text[start:stop])
     found = _nonspace(span)[: len(want)]
     if len(found) < len(want) or not np.array_equal(span[found], want):
         return None
@@ -240,7 +232,7 @@ def response_tokens(tokenizer, pairs: list[tuple[list[dict], str]]) -> list[Resp
     for k, ids, offs in zip(todo, enc["input_ids"], enc["offset_mapping"]):
         text, (head_end, turn_end) = rendered[k]
         response = pairs[k][1]
-        solid = _nonspace(_codes(response))
+        solid = _nonspace(codepoints(response))
         if text.startswith(response, head_end):  # kept verbatim (ChatML and most templates)
             where = solid + head_end  # rendered position of each non-space character of the response
         else:
