@@ -80,9 +80,10 @@ def _json_array(first: bytes) -> bool:
     return text.startswith(b"[") and text[1:].lstrip()[:1] in (b"{", b"")
 
 
-def open_jsonl(path: str | os.PathLike):
+def open_jsonl(path: str | os.PathLike, parquet: bool = False):
     """A JSON Lines file opened for binary reading; ``InputError`` when it is missing, a directory,
-    unreadable, or compressed or Parquet (``MAGIC``): one line saying what it is instead."""
+    unreadable, or compressed or Parquet (``MAGIC``): one line saying what it is instead. With
+    ``parquet``, a Parquet file is opened too (``dasd.sources`` reads it as one from this handle)."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected a JSON Lines file")
@@ -92,15 +93,16 @@ def open_jsonl(path: str | os.PathLike):
         fh = p.open("rb")
     except OSError as e:
         raise InputError(f"{p}: cannot open ({e.strerror})") from e
-    kind = file_kind(fh.read(8))
-    if kind:
+    head = fh.read(8)
+    kind = file_kind(head)
+    if kind and not (parquet and head.startswith(PARQUET_MAGIC)):
         fh.close()
         raise InputError(f"{p}: not JSON Lines text: {kind.replace('FILE', str(p))}")
     fh.seek(0)
     return fh
 
 
-def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
+def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None, fh=None
                ) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line yields a ``BadLine``.
 
@@ -109,10 +111,11 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None
     order mark at the start of the file is skipped. Input readers pass ``max_bytes=MAX_RECORD_BYTES``;
     the run's own files are read whole. A file that cannot be JSON Lines at all raises
     ``InputError`` saying what it is instead: missing, a directory, unreadable, compressed, Parquet
-    (``MAGIC``), or one JSON array (``[{...}, {...}]``) rather than one object a line.
+    (``MAGIC``), or one JSON array (``[{...}, {...}]``) rather than one object a line. ``fh``: ``path``
+    already opened by ``open_jsonl`` (at its start), read and closed here rather than opened again.
     """
     p = Path(path)
-    with open_jsonl(p) as fh:
+    with (open_jsonl(p) if fh is None else fh) as fh:
         lineno = 0
         first = True  # the first non-blank line is not read yet
         while True:

@@ -114,28 +114,40 @@ def _rows(spec: str | Path | Source, batch_rows: int) -> Iterator[tuple[str, dic
     if path.is_dir():
         for i, row in enumerate(_load_saved(path)):
             yield f"{path}[{i}]", dict(row)
-    elif _is_parquet(path):
-        import pyarrow.parquet as pq
+    elif path.suffix == ".parquet":
+        yield from _parquet_rows(path, path, batch_rows)
+    else:  # opened once: its first bytes say whether it is Parquet under another name, then it is read
+        with open_jsonl(path, parquet=True) as fh:
+            parquet = fh.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+            fh.seek(0)
+            if parquet:
+                yield from _parquet_rows(path, fh, batch_rows)
+            else:
+                for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES, fh):
+                    yield f"{path}:{lineno}", obj
 
+
+def _parquet_rows(path: Path, file, batch_rows: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` of the Parquet file at ``path``, read from ``file`` (the path, or the file
+    already open), ``batch_rows`` rows decoded at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+    i = 0
+    batches = pf.iter_batches(batch_size=batch_rows)
+    while True:
         try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:
-            raise InputError(f"{path}: not a readable Parquet file ({e})") from e
-        i = 0
-        batches = pf.iter_batches(batch_size=batch_rows)
-        while True:
-            try:
-                batch = next(batches, None)
-            except Exception as e:  # a damaged row group: Parquet cannot skip just the bad rows
-                raise InputError(f"{path}: cannot read on after its first {i} rows ({type(e).__name__}: {e})") from e
-            if batch is None:
-                return
-            for row in batch.to_pylist():
-                yield f"{path}[{i}]", row
-                i += 1
-    else:
-        for lineno, obj in iter_jsonl(path, MAX_RECORD_BYTES):
-            yield f"{path}:{lineno}", obj
+            batch = next(batches, None)
+        except Exception as e:  # a damaged row group: Parquet cannot skip just the bad rows
+            raise InputError(f"{path}: cannot read on after its first {i} rows ({type(e).__name__}: {e})") from e
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            yield f"{path}[{i}]", row
+            i += 1
 
 
 def count_rows(spec: str | Path | Source) -> int | None:
