@@ -169,3 +169,37 @@ def test_the_whitespace_table_is_str_isspace_on_every_code_point():
     flags = is_space(codepoints(every))
     assert len(flags) == sys.maxunicode + 1
     assert np.flatnonzero(flags).tolist() == [c for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+
+
+def test_float32_sums_are_far_too_close_to_float64_to_move_a_decision_at_tau():
+    """Measured, not changed: a 32K-token response of ~2,600 sentences whose teacher log-probs are
+    float32 (a columnar record's, summed in float32) against the same numbers summed in float64,
+    per character: the values differ by under 2e-7 bits/char (under 1e-6 of ``das.tau_char``'s 0.25),
+    and no sentence changes type; one sentence of 32K tokens (the longest sum) stays under 1e-6."""
+    rng = np.random.default_rng(0)
+    words = ["step", "so", "we", "keep", "add", "3", "+", "4", "=", "7", "mod", "1000", "check", "even", "odd"]
+    sentences = [" ".join(rng.choice(words, size=rng.integers(3, 25))).capitalize() + "." for _ in range(2700)]
+    text = " ".join(sentences)[:128_000]
+    spans = segment(text)
+
+    def tokens(mean):
+        cuts = np.cumsum(np.maximum(1, rng.exponential(mean, len(text)).astype(np.int64)))
+        cuts = np.concatenate([[0], cuts[cuts < len(text)], [len(text)]])
+        return np.stack([cuts[:-1], cuts[1:]], axis=1)
+
+    t_off, s_off = tokens(4.0), tokens(3.5)
+    t32 = (-rng.exponential(0.5, len(t_off))).astype(np.float32)
+    s_lp = (-rng.exponential(0.5, len(s_off))).tolist()
+    assert len(t_off) > 30_000 and len(spans) > 2000
+    as32 = score_sentences(text, spans, t_off, t32, s_off, s_lp, tau=0.25, unit="char")
+    as64 = score_sentences(text, spans, t_off, t32.astype(np.float64), s_off, s_lp, tau=0.25, unit="char")
+    scored = [(a, b) for a, b in zip(as32, as64) if a["delta"] is not None]
+    assert len(scored) > 2000 and all(type(a["lpc_teacher"]) is np.float32 for a, _ in scored)
+    worst = max(abs(float(a["lpc_teacher"]) - b["lpc_teacher"]) for a, b in scored)
+    assert 0 < worst < 2e-7
+    assert [a["type"] for a in as32] == [b["type"] for b in as64]
+
+    one = [(0, len(text))]  # every token in one sentence: the longest float32 sum
+    lp32 = sentence_bits_per_char(text, one, t_off, t32)[0]
+    lp64 = sentence_bits_per_char(text, one, t_off, t32.astype(np.float64))[0]
+    assert 0 < abs(float(lp32) - lp64) < 1e-6

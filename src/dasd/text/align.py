@@ -202,7 +202,10 @@ def sentence_bits_per_char(
     for a list of Python numbers, else a numpy scalar of that type (so a float32 value minus a
     Python float is float32, as it was). Only a list mixing Python floats with numpy float32
     scalars, which nothing in dasd makes, is summed otherwise (in float64 throughout, where the loop
-    went over to float32 at its first numpy number).
+    went over to float32 at its first numpy number). Float32 sums are left as they are: against
+    float64 they differ by under 2e-7 bits/char on a 32K-token response and under 1e-6 for one
+    32K-token sentence (tests/text/test_align.py measures it), about a millionth of
+    ``das.tau_char`` (0.25), so they can move only a delta already that close to +-tau.
     """
     sp = _span_array(spans)
     return _bits_per_char(_assign(text, sp, offsets), sp, logprobs)
