@@ -99,3 +99,27 @@ def test_summary_pass_at_k_by_hand_with_unequal_sample_counts():
     assert r["pass@1"] == pytest.approx((2 / 4 + 1 / 2) / 2)
     assert r["avg@k"] == pytest.approx((1 / 2 + 1 / 2) / 2)
     assert r["maj@k"] == pytest.approx(1 / 2)  # p: "y" then correct, a tie to the first seen; q: correct first
+
+
+def test_the_all_row_uses_each_benchmarks_own_k_when_benchmarks_differ_in_k():
+    """AIME-like sampled 4 times, GPQA-like once: the "all" (and the shared domain) row averages each
+    problem over its benchmark's k samples, not over one sample of every problem; its k is "mixed".
+    By hand: aime a1 2/4 correct, a2 4/4; gpqa g1 0/1, g2 1/1."""
+    res = _results([("aime", "a1", [0, 0, 1, 1]), ("aime", "a2", [1, 1, 1, 1])])
+    res += [{**r, "domain": "math"} for r in _results([("gpqa", "g1", [0]), ("gpqa", "g2", [1])])]
+    rows = summarize(res, n_boot=50)
+    by = {(r["kind"], r["name"]): r for r in rows}
+    assert by[("benchmark", "aime")]["k"] == 4 and by[("benchmark", "aime")]["avg@k"] == pytest.approx(3 / 4)
+    assert by[("benchmark", "gpqa")]["k"] == 1 and by[("benchmark", "gpqa")]["avg@k"] == pytest.approx(1 / 2)
+    for key in (("domain", "math"), ("all", "all")):
+        r = by[key]
+        assert (r["problems"], r["samples"], r["k"]) == (4, 10, "mixed")
+        # the old k = 1 for every problem gave (0 + 1 + 0 + 1) / 4 = 0.5
+        assert r["avg@k"] == pytest.approx((2 / 4 + 4 / 4 + 0 + 1) / 4)
+        assert r["pass@k"] == pytest.approx((1 + 1 + 0 + 1) / 4)  # a1: 1 - C(2,4)/C(4,4) = 1
+        assert r["maj@k"] == pytest.approx((0 + 1 + 0 + 1) / 4)  # a1: a 2-2 tie goes to "y", seen first
+        assert r["pass@1"] == pytest.approx((2 / 4 + 1 + 0 + 1) / 4)
+    assert "mixed" in format_table(rows).splitlines()[-1]
+    from dasd.grading.metrics import accuracy_table
+    line = accuracy_table({"m": rows}, ["m"]).splitlines()[1]
+    assert line.split()[-2:] == ["mixed", "4"] and line.split()[1:2] + line.split()[-3:-2] == ["62.5%", "75.0%"]

@@ -92,23 +92,25 @@ def _benchmark(r: dict[str, Any]) -> str:
     return r.get("benchmark") or r.get("domain") or "unknown"
 
 
-def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+def _group_rows(name: str, kind: str, results: list[dict[str, Any]], n_boot: int,
+                k_of: dict[str, int]) -> dict[str, Any]:
     # a problem is (benchmark, id): two benchmarks may use the same ids (files numbered 0, 1, ...)
     by_problem: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_problem[(_benchmark(r), r["problem_id"])].append(r)
     samples = [sorted(rs, key=lambda r: r.get("sample_index", 0)) for rs in by_problem.values()]
-    k = min(len(s) for s in samples)
+    ks = [k_of[bench] for bench, _ in by_problem]  # each problem's k: its benchmark's
     correct = [[bool(r["correct"]) for r in s] for s in samples]
-    per_avg = [sum(c[:k]) / k for c in correct]
-    per_pass = [pass_at_k(len(c), sum(c), k) for c in correct]
-    per_maj = [float(majority_correct([(r.get("extracted"), bool(r["correct"])) for r in s[:k]])) for s in samples]
+    per_avg = [sum(c[:k]) / k for c, k in zip(correct, ks)]
+    per_pass = [pass_at_k(len(c), sum(c), k) for c, k in zip(correct, ks)]
+    per_maj = [float(majority_correct([(r.get("extracted"), bool(r["correct"])) for r in s[:k]]))
+               for s, k in zip(samples, ks)]
     return {
         "name": name,
         "kind": kind,
         "problems": len(samples),
         "samples": sum(len(s) for s in samples),
-        "k": k,
+        "k": ks[0] if len(set(ks)) == 1 else MIXED_K,
         "avg@k": sum(per_avg) / len(per_avg),
         "avg@k_ci": list(bootstrap_ci(per_avg, n_boot=n_boot)),
         "pass@1": sum(pass_at_k(len(c), sum(c), 1) for c in correct) / len(correct),
@@ -131,6 +133,7 @@ def cut_off(results: Iterable[dict[str, Any]]) -> int | None:
     return cut if known else None
 
 
+MIXED_K = "mixed"  # the k of a summary row whose benchmarks were sampled a different number of times
 SUMMARY_FIELDS = ("benchmark", "domain", "problem_id", "sample_index", "correct", "extracted", "finish_reason")
 
 
@@ -138,23 +141,34 @@ def summarize(results: Iterable[dict[str, Any]], n_boot: int = 1000) -> list[dic
     """Table rows: one per benchmark, then one per domain, then "all" (EvalResult dicts in).
 
     A result's benchmark is ``result["benchmark"]`` (falling back to its domain), its domain
-    ``result["domain"]`` (falling back to "unknown"). ``k`` of a row is the smallest number of samples
-    any of its problems has; avg@k, pass@k and maj@k use the first k samples (by ``sample_index``);
-    ``no_answer`` is a share of all its samples, ``cut_off`` a count of them (``cut_off()``). A problem is a (benchmark, problem_id) pair: benchmarks that share ids stay apart in the domain
+    ``result["domain"]`` (falling back to "unknown"). A benchmark's ``k`` is the smallest number of
+    samples any of its problems has; avg@k, pass@k and maj@k of a problem use its benchmark's k (the
+    first k samples by ``sample_index``), in every row, so a domain or "all" row is the mean over its
+    problems of what their benchmark rows count: AIME at k = 16 beside GPQA at k = 1 gives an "all"
+    avg@k of each AIME problem's mean over its 16 samples and each GPQA problem's one sample, not of
+    one sample of every problem. Such a row's ``k`` is ``MIXED_K`` ("mixed") when its benchmarks' k
+    differ. ``no_answer`` is a share of all its samples, ``cut_off`` a count of them (``cut_off()``).
+    A problem is a (benchmark, problem_id) pair: benchmarks that share ids stay apart in the domain
     and "all" rows. ``results`` is read once (a stream such as ``RunStore.read`` will do) and only the
     ``SUMMARY_FIELDS`` of each are kept, never the response texts.
     """
     results = [{k: r[k] for k in SUMMARY_FIELDS if k in r} for r in results]
     if not results:
         return []
+    per_problem: dict[tuple[str, str], int] = defaultdict(int)
+    for r in results:
+        per_problem[(_benchmark(r), r["problem_id"])] += 1
+    k_of: dict[str, int] = {}
+    for (bench, _), n in per_problem.items():
+        k_of[bench] = min(n, k_of.get(bench, n))
     rows = []
     for kind, key in (("benchmark", _benchmark),
                       ("domain", lambda r: r.get("domain") or "unknown")):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in results:
             groups[key(r)].append(r)
-        rows += [_group_rows(name, kind, rs, n_boot) for name, rs in sorted(groups.items())]
-    rows.append(_group_rows("all", "all", results, n_boot))
+        rows += [_group_rows(name, kind, rs, n_boot, k_of) for name, rs in sorted(groups.items())]
+    rows.append(_group_rows("all", "all", results, n_boot, k_of))
     return rows
 
 
@@ -186,5 +200,5 @@ def accuracy_table(summary: dict[str, list[dict]], order: list[str]) -> str:
             continue
         r = next(x for x in rows if x["kind"] == "all")
         lo, hi = r["avg@k_ci"]
-        lines.append(f"{label:16s} {100 * r['avg@k']:6.1f}% [{100 * lo:5.1f}, {100 * hi:5.1f}] {100 * r['pass@k']:6.1f}% {r['k']:3d} {r['problems']:8d}")
+        lines.append(f"{label:16s} {100 * r['avg@k']:6.1f}% [{100 * lo:5.1f}, {100 * hi:5.1f}] {100 * r['pass@k']:6.1f}% {r['k']!s:>3s} {r['problems']:8d}")
     return "\n".join(lines)
