@@ -10,7 +10,9 @@ typed sentence tables) and the profile into the manifest (``stages.analyze.count
 Scored responses are resumed by id (the eval result's id, which carries the distilled model's
 version) and typed again under the current ``analyze`` thresholds (``tau``, ``tau_boost``,
 ``boosted``) before the profile, so changing those needs no new scoring; when the teacher or the student base changed under its name since the stage last began
-(``runs.model_versions``), the stored responses are dropped and scored again.
+(``runs.model_versions``), the stored responses are dropped and scored again. The prompts of the
+responses come from the ``eval.benchmarks`` (``grading.benchmarks.load_benchmarks``: in `dasd run`,
+those `dasd eval` read, not read again).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import heapq
 
 from dasd.engines.base import ScoreRequest
 from dasd.errors import ContextLengthError, DasdError
-from dasd.grading.loaders import load_benchmark
+from dasd.grading.benchmarks import load_benchmarks
 from dasd.log import chunks, logger
 from dasd.records import content_id
 from dasd.rules.analysis import AnalyzeConfig, position_profile, retype, score_response
@@ -52,9 +54,9 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
                               key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
     if not results:
         raise DasdError(f"dasd analyze: no evaluation responses of {label!r} (run `dasd eval` first)")
-    problems = {}
-    for spec in cfg.eval.benchmarks:
-        for p in load_benchmark(spec):
+    problems = {}  # read once: in `dasd run`, those `dasd eval` read before (the same store)
+    for spec, probs in zip(cfg.eval.benchmarks, load_benchmarks(cfg.eval, store)):
+        for p in probs:
             problems[(spec.name, p["id"])] = p
     stray = next((r for r in results if (r["benchmark"], r["problem_id"]) not in problems), None)
     if stray is not None:  # scoring needs the problem's messages: refused before anything is begun

@@ -8,7 +8,8 @@ the protocol are the ones the stored results were made with (``eval_key``, kept 
 manifest, beside the ``model_version`` of the model they were made with, kept per label under
 ``versions``: the report tells by it a training stage's results of an earlier model of it,
 ``report.models.stale_eval``); otherwise the label's stored results are deleted and it is evaluated again. The
-benchmarks are read once per `dasd eval` (``load_benchmarks``), for every model. The summary (avg@k with a bootstrap
+benchmarks are read once per `dasd eval` (``grading.benchmarks.load_benchmarks``, which names a bad entry by its
+place in ``eval.benchmarks``), for every model, and once with `dasd analyze` in `dasd run`. The summary (avg@k with a bootstrap
 95% CI, pass@k, maj@k, the share cut off at the token limit) is printed per model and kept in the
 manifest; samples cut off at the token limit get a warning per model and benchmark
 (``cut_off_warning``). A config without ``eval.protocol`` or ``eval.preset`` gets the demo's protocol,
@@ -18,10 +19,9 @@ which is for the toy models only: evaluating any other model with it is refused
 
 from __future__ import annotations
 
-from dasd.errors import ConfigError, DasdError, InputError
+from dasd.errors import ConfigError, DasdError
 from dasd.grading.evaluate import PAPER_MAX_TOKENS, PAPER_MAX_TOKENS_OTHER, Protocol, run_eval
-from dasd.grading.grade import grader_of
-from dasd.grading.loaders import load_benchmark
+from dasd.grading.benchmarks import load_benchmarks
 from dasd.grading.metrics import format_table, summarize
 from dasd.log import logger
 from dasd.records import content_id
@@ -83,22 +83,6 @@ def cut_off_warning(label: str, benchmark: str, cut: int, samples: int, caps: li
             f"and are graded wrong; {fix}")
 
 
-def load_benchmarks(ecfg) -> list[list[dict]]:
-    """The problems of each ``eval.benchmarks`` entry, in order, each benchmark read once; one that
-    cannot be read or has a problem that cannot be graded is an ``InputError`` naming file and line,
-    or problem, before any model is evaluated."""
-    out = []
-    for spec in ecfg.benchmarks:
-        problems = load_benchmark(spec)
-        for p in problems:
-            try:
-                grader_of(p)
-            except ValueError as e:
-                raise InputError(f"benchmark {spec.name!r} ({spec.path or spec.format}): {e}") from e
-        out.append(problems)
-    return out
-
-
 def evaluate_model(cfg, store: RunStore, label: str, engine=None,
                    benchmarks: list[list[dict]] | None = None) -> StoredRecords | list | None:
     """Evaluate one model on every benchmark; return all its results, read from the run on each pass
@@ -141,7 +125,7 @@ def evaluate_model(cfg, store: RunStore, label: str, engine=None,
         # a label's results hold ~28K responses of up to 100K tokens each, read back from the run when summarised
         existing = {(r["benchmark"], r["problem_id"], r["sample_index"]): r.get("finish_reason") == "length"
                     for r in store.read(STAGE, results_name(label))}
-        for spec, problems in zip(ecfg.benchmarks, benchmarks if benchmarks is not None else load_benchmarks(ecfg)):
+        for spec, problems in zip(ecfg.benchmarks, benchmarks if benchmarks is not None else load_benchmarks(ecfg, store)):
             by_domain: dict[str, list[dict]] = {}
             for p in problems:
                 by_domain.setdefault(p.get("domain", "other"), []).append(p)
@@ -179,8 +163,9 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     being trained (again) or was trained from an earlier version of a stage before it (``runs.final_model``:
     its old model is not evaluated as the stage's), and so are a model that is
     not a toy model under the implicit demo protocol (``require_eval_protocol``) and a benchmark that
-    cannot be read or graded (``InputError`` naming file and line, or problem: ``load_benchmarks``, which
-    reads each benchmark once for every model); an ``optional`` stage's,
+    is not there or cannot be read or graded (``InputError`` naming its ``eval.benchmarks`` entry, then file and
+    line, or problem: ``grading.benchmarks.load_benchmarks``, which reads each benchmark once for every model);
+    an ``optional`` stage's,
     once `dasd train` finished (it skips such a stage when its data does not exist), is skipped with
     a log line."""
     store = store or RunStore(cfg.run_dir)
@@ -191,7 +176,7 @@ def run_evaluation(cfg, store: RunStore | None = None, labels: list[str] | None 
     if untrained:
         raise DasdError(f"{store.root}: eval.models: {', '.join(map(repr, untrained))} not trained in this run yet "
                         "(no train/<stage>/final); run `dasd train` first, or leave it out of eval.models")
-    benchmarks = load_benchmarks(cfg.eval)  # a bad benchmark is refused before any model is evaluated
+    benchmarks = load_benchmarks(cfg.eval, store)  # a bad benchmark is refused before any model is evaluated
     store.begin_stage(STAGE, cfg.eval.model_dump(mode="json"))
     summary = {}
     for label in labels:
