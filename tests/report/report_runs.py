@@ -17,6 +17,7 @@ from dasd.rules.das import DASConfig, score_sample, select_grouped
 from dasd.grading.metrics import summarize
 from dasd.jsonl import dumps
 from dasd.records import content_id, sample_id
+from dasd.runs import model_version
 from dasd.rules.mixing import funnel_of
 from dasd.stages.select import _stats, candidate, training_example
 from dasd.store import RunStore
@@ -167,7 +168,7 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
     tcounts = {}
     for si, name in enumerate(TRAIN_STAGES):
         d = root / "train" / name
-        d.mkdir(parents=True)
+        (d / "final").mkdir(parents=True)  # (no weights: the report reads none)
         steps = 20
         loss = 3.0 - si
         lines = []
@@ -237,7 +238,9 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
                         w.add(r)
                         results.append(r)
         ecounts[label] = summarize(results, n_boot=200)
-    store.end_stage("eval", ecounts)
+    # as `dasd eval` keeps them: each label's key and each training stage's model version
+    store.end_stage("eval", ecounts, keys={label: f"key-{label}" for label in labels},
+                    versions={s: model_version(str(root / "train" / s / "final")) for s in TRAIN_STAGES})
     if last < 7:
         return root
 
@@ -256,5 +259,6 @@ def build_run(root: Path, upto: str = "analyze", n_prompts: int = 12, k: int = 4
         responses.append({"id": f"r{i}", "correct": correct, "text": "x" * 100, "sentences": sents})
     profile = position_profile(responses, AnalysisConfig())
     profile["model"] = "stage3_mixed"
+    profile["eval_key"] = "key-stage3_mixed"
     store.end_stage("analyze", profile)
     return root

@@ -5,7 +5,10 @@ finished, else recomputed from the results on disk with ``grading.metrics.summar
 since every result carries the protocol that produced it). The results of a training stage that are
 not those of its model now (``stale_eval``: the stage is being trained again, was trained from an
 earlier version of a stage before it, or was trained again or deleted since `dasd eval` ran) are left
-out, with a line saying why (``stale_note``), as `dasd eval` would not report them either.
+out, with a line saying why (``stale_note``), as `dasd eval` would not report them either; those
+of a stage evaluated by a dasd that did not record its model's version are shown with a line saying
+so (``version_unknown``, ``unknown_note``). An analysis profile that is not of the current
+evaluation responses of its model is left out the same way (``stale_analysis``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class EvalScan:
     problems: list[str] = field(default_factory=list)  # results that could not be read
     cut_off: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> group -> [cut off, known]
     stale: dict[str, tuple[int, str]] = field(default_factory=dict)  # label -> (results on disk, why left out)
+    unknown: list[str] = field(default_factory=list)  # shown labels whose model version eval did not record
 
 
 def stale_eval(view: RunView, label: str) -> str | None:
@@ -40,7 +44,9 @@ def stale_eval(view: RunView, label: str) -> str | None:
     (``RunView.train_stage_names``) that is not current (``runs.training_not_current``: being trained
     again, or trained from an earlier version of a stage before it; `dasd eval` refuses it), or whose
     final model is not the one `dasd eval` recorded for it (``versions``, by ``runs.model_version``:
-    trained again since, or deleted; `dasd eval` would drop these results and evaluate it again)."""
+    trained again since, or deleted; `dasd eval` would drop these results and evaluate it again). Results
+    evaluated by a dasd that did not record the version (``version_unknown``) are taken as the stage's
+    model's when it has one and is current: they are shown, marked (``unknown_note``)."""
     from dasd.runs import model_version, training_not_current
 
     if label not in view.train_stage_names():
@@ -49,16 +55,61 @@ def stale_eval(view: RunView, label: str) -> str | None:
     why = training_not_current(stage_dir)
     if why is not None:
         return f"{why}, then `dasd eval`"
-    recorded = (view.info("eval").get("versions") or {}).get(label)
-    if recorded is None:  # evaluated by a dasd that did not record versions, or not by `dasd eval`
-        return None
     final = stage_dir / "final"
     if not (final.is_dir() and (stage_dir / "done.json").is_file()):
         return (f"stage {label!r} has no trained model in the run now (no {final} with its done.json): run `dasd train`, "
                 "then `dasd eval`")
+    recorded = (view.info("eval").get("versions") or {}).get(label)
+    if recorded is None:  # evaluated by a dasd that did not record versions: ``version_unknown``
+        return None
     if model_version(str(final)) != recorded:
         return f"stage {label!r} was trained again since `dasd eval` evaluated it: run `dasd eval` to evaluate its new model"
     return None
+
+
+def version_unknown(view: RunView, label: str) -> bool:
+    """True when ``label`` is a training stage of the run whose evaluation results were made by a dasd
+    that did not record the model's version (no ``versions`` entry for it in the eval stage): whether
+    the stage was trained again since cannot be told from the run, so they are shown, with a line
+    saying so (``unknown_note``). `dasd eval` tells it: it keeps them when the model is the one they
+    were made with (their key holds the model's files) and records the version, and otherwise drops
+    them and evaluates the model again."""
+    return label in view.train_stage_names() and (view.info("eval").get("versions") or {}).get(label) is None
+
+
+def stale_analysis(view: RunView, profile: dict) -> str | None:
+    """Why the analysis ``profile`` (`dasd analyze`'s counts) is not of the current evaluation responses
+    of its model, with what to run; None when it is, or when that cannot be told (a profile of a dasd
+    that did not record its ``eval_key``: ``analysis_doubt``). Not: its training stage's results are
+    not the stage's model's (``stale_eval``), or `dasd eval` has replaced the responses it was made
+    from (the label's key in the eval stage is not the ``eval_key`` the profile recorded: the model
+    was trained again, or the benchmarks or protocol changed, and `dasd eval` ran)."""
+    label = profile.get("model") or (view.info("analyze").get("config") or {}).get("model")
+    if not isinstance(label, str):
+        return None
+    why = stale_eval(view, label)
+    if why is not None:
+        return (f"it was made from the evaluation responses of an earlier model of the stage ({why}, then `dasd "
+                "analyze`)")
+    if "eval_key" in profile and profile["eval_key"] != (view.info("eval").get("keys") or {}).get(label):
+        return (f"it was made from evaluation responses of {label} that `dasd eval` has replaced since (the model was "
+                "trained again, or the benchmarks or protocol changed): run `dasd analyze` to analyse the current ones")
+    return None
+
+
+def analysis_doubt(view: RunView, profile: dict) -> str | None:
+    """A line for a profile made by a dasd that did not record which evaluation responses it analysed
+    (no ``eval_key``) when `dasd eval` began after `dasd analyze` last began (the manifest's
+    ``started`` times): it may be of responses `dasd eval` has replaced since; None otherwise."""
+    if "eval_key" in profile:
+        return None
+    ev, an = view.info("eval").get("started"), view.info("analyze").get("started")
+    if not (isinstance(ev, str) and isinstance(an, str) and ev > an):
+        return None
+    label = profile.get("model") or "the model"
+    return (f"This profile was made by an earlier dasd, which did not record which evaluation responses it analysed, "
+            f"and `dasd eval` ran after it (began {ev}; `dasd analyze` began {an}): if that evaluated {label} "
+            "again, the profile is of the earlier responses. Run `dasd analyze` to be sure.")
 
 
 def _count_cut(cut: dict[str, list[int]], r: dict) -> None:
@@ -113,6 +164,8 @@ def scan_eval(view: RunView) -> EvalScan:
         if not rows:
             continue
         scan.order.append(label)
+        if version_unknown(view, label):
+            scan.unknown.append(label)
         scan.rows[label] = rows
         scan.results[label] = len(recs)
         scan.protocols[label] = protocols.get(label, {})
@@ -148,6 +201,17 @@ def stale_note(ev: EvalScan) -> Raw:
     return Raw(f'<div class="warn"><p>Evaluation results stored for a training stage whose model has changed or is '
                f"being trained are not shown: they are not its model's (`dasd eval` would not report them either).</p>"
                f"<ul>{lis}</ul></div>")
+
+
+def unknown_note(ev: EvalScan) -> Raw:
+    """A line naming the training stages whose results are shown though `dasd eval` did not record the
+    version of the model they were made with (``version_unknown``); empty when there are none."""
+    if not ev.unknown:
+        return Raw("")
+    return para(f"Model version unknown for {', '.join(ev.unknown)}: evaluated by an earlier dasd, which did not "
+                "record it, so these results are shown as the current model's without a check that the stage was not "
+                "trained again since. `dasd eval` checks it (it keeps the results if the model is the same, and "
+                "records the version).", "warn")
 
 
 def _overall(rows: list[dict]) -> dict | None:
@@ -219,6 +283,7 @@ def summary_section(view: RunView, ev: EvalScan, facts: list[tuple[str, str]]) -
             parts.append(para(f"Protocol — {text}" + (f" (used for {_users(users, ev.order)})" if len(distinct) > 1 else "")))
         parts.append(cut_off_note(ev))
         parts.append(stale_note(ev))
+        parts.append(unknown_note(ev))
         parts.append(para("avg@k: mean accuracy over the first k samples of each problem (the paper's metric); pass@k: "
                           "unbiased estimator; 95% CIs: percentile bootstrap over problems.", "sub"))
     elif ev.stale:
@@ -266,6 +331,7 @@ def evaluation_section(view: RunView, ev: EvalScan) -> Raw:
         table(head, rows, numeric_from=3),
         cut_off_note(ev),
         stale_note(ev),
+        unknown_note(ev),
         Raw("<h3>Protocols (as recorded with the results)</h3>"),
         table(["model", "benchmark", *PROTOCOL_KEYS], prow, numeric_from=99),
     ]
@@ -349,9 +415,11 @@ def analysis_section(view: RunView) -> Raw:
 
     The profile is ``dasd.rules.analysis.position_profile``'s dict (``types.<type>.{correct, incorrect,
     overall, area, abs_area, n_bins_used}``, ``edges``, ``n_responses``, ``by_index``). Anything else found in the
-    counts is shown generically: numeric series as curves, scalars in a table. The profile of a
-    training stage whose evaluation results are not its model's now (``stale_eval``) is left out,
-    with a line saying why.
+    counts is shown generically: numeric series as curves, scalars in a table. A profile that is not
+    of the current evaluation responses of its model (``stale_analysis``: the stage's results are not
+    its model's now, or `dasd eval` replaced them after `dasd analyze` ran) is left out, with a line
+    saying why and what to run; one of an earlier dasd that may be is shown under a line saying so
+    (``analysis_doubt``).
     """
     title = "Analysis (sentence types vs correctness)"
     if not view.ran("analyze"):
@@ -361,12 +429,12 @@ def analysis_section(view: RunView) -> Raw:
                                                "finishes.", "warn")])
     a = view.counts("analyze")
     label = a.get("model") or (view.info("analyze").get("config") or {}).get("model")
-    why = stale_eval(view, label) if isinstance(label, str) else None
-    if why is not None:  # the profile is of the responses of an earlier model of the stage
-        return section("analyze", title, [para(f"The profile of {label} is left out: it was made from the evaluation "
-                                               f"responses of an earlier model of the stage ({why}, then `dasd "
-                                               "analyze`).", "warn")])
-    parts: list[str] = [
+    why = stale_analysis(view, a)
+    if why is not None:  # the profile is of responses that are not those of the model now
+        return section("analyze", title, [para(f"The profile of {label} is left out: {why}.", "warn")])
+    doubt = analysis_doubt(view, a)
+    parts: list[str] = [para(doubt, "warn")] if doubt else []
+    parts += [
         para("Sentences of the distilled model's own evaluation responses, typed with the teacher, the student base "
              "and the distilled model: Teacher (delta > tau), Student (delta < −tau), Boosted (teacher and base agree "
              "but the distilled model's probability differs from both by more than tau_boost: two-sided, or only "

@@ -12,7 +12,10 @@ version) and typed again under the current ``analyze`` thresholds (``tau``, ``ta
 ``boosted``) before the profile, so changing those needs no new scoring; when the teacher or the student base changed under its name since the stage last began
 (``runs.model_versions``), the stored responses are dropped and scored again. The prompts of the
 responses come from the ``eval.benchmarks`` (``grading.benchmarks.load_benchmarks``: in `dasd run`,
-those `dasd eval` read, not read again).
+those `dasd eval` read, not read again). The profile records the ``eval_key`` of the label's evaluation
+responses it was made from (``stages.eval.keys``): once `dasd eval` replaces them (a model trained again,
+other benchmarks or protocol), the report leaves the profile out until `dasd analyze` runs again
+(``report.models.stale_analysis``).
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def run_analyze(cfg, store: RunStore | None = None) -> dict:
     # resumed responses were typed under the settings of their run: type every one under the current ones
     profile = position_profile([{**r, "sentences": retype(r["sentences"], ac)} for r in scored], ac)
     profile["model"] = label
+    # which evaluation responses these are: the report leaves the profile out once `dasd eval` replaced them
+    profile["eval_key"] = (store.stage_info("eval").get("keys") or {}).get(label)
     record_faults(store, STAGE, engines.values())
     store.end_stage(STAGE, profile)
     log.info(format_profile(profile))
