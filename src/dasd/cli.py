@@ -97,10 +97,25 @@ def load(config: Optional[Path], args: Optional[list[str]]):
 
 def _stage_verb(stage: registry.Stage):
     def verb(args: Optional[list[str]] = ArgsArg, config: Optional[Path] = ConfigOpt) -> None:
-        stage.load()(load(config, args))
+        cfg = load(config, args)
+        if stage.name == "eval":
+            _eval_needs_run(cfg)
+        stage.load()(cfg)
 
     verb.__doc__ = stage.help
     return verb
+
+
+def _eval_needs_run(cfg) -> None:
+    """Refuse `dasd eval` of a training stage's model where there is no run (a mistyped ``run_dir``),
+    before its driver makes the run directory: no stage can have been trained there. Base models
+    (``student``, ``teacher``) and model directories alone may be evaluated in a new run."""
+    from dasd.runs import require_run
+
+    trained = [label for label in cfg.eval.models if label in {s.name for s in cfg.train.stages}]
+    if trained:
+        require_run(cfg.run_dir, "eval", f"no trained model of eval.models {', '.join(map(repr, trained))}",
+                    " (or leave them out of eval.models)")
 
 
 for _stage in registry.STAGES:

@@ -768,12 +768,19 @@ def unfinished(store: RunStore, stage: str) -> bool:
 def existing_run(run_dir, by: str) -> RunStore:
     """The run directory a stage that reads earlier stages' outputs (``by``) writes to, opened to
     write; refused before anything is created when it does not exist or is empty (a failed command
-    leaves no run directory behind)."""
+    leaves no run directory behind: ``require_run``)."""
+    require_run(run_dir, by)
+    return RunStore(run_dir)
+
+
+def require_run(run_dir, by: str, needs: str = "nothing to read", instead: str = "") -> None:
+    """Refuse (``DasdError``, one line) to let command ``by`` start where there is no run: ``run_dir``
+    does not exist or is an empty directory (a mistyped ``run_dir``). The line says what ``by``
+    ``needs`` and what to run first (or do ``instead``); nothing is created."""
     path = Path(run_dir)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        raise DasdError(f"{run_dir}: no dasd run here, so `dasd {by}` has nothing to read; run `dasd sample` "
-                        "(or `dasd import`) first, or `dasd run` for the whole pipeline")
-    return RunStore(run_dir)
+        raise DasdError(f"{run_dir}: no dasd run here, so `dasd {by}` has {needs}; run `dasd sample` "
+                        f"(or `dasd import`) first, or `dasd run` for the whole pipeline{instead}")
 
 
 def require_finished(store: RunStore, stages: tuple[str, ...] | str, by: str) -> None:

@@ -146,3 +146,32 @@ def test_a_config_file_given_after_an_override_or_a_second_config_is_one_line_sa
     r = dasd("config", "show", *args, cwd=tmp_path)
     assert_one_line_error(r, f"dasd: error: {args[-1]}: a config file after {first}; give one config, first, "
                              "then the KEY=VALUE overrides")
+
+
+@pytest.mark.parametrize("verb", [s.name for s in __import__("dasd.registry").registry.STAGES
+                                  if s.name not in ("sample", "import")])
+def test_every_stage_verb_that_reads_a_run_refuses_a_missing_one_and_creates_nothing(tmp_path, verb):
+    """A mistyped ``run_dir`` given to any stage verb but `dasd sample` and `dasd import` (which start
+    runs): one line naming the path (and, for a stage, the stage to run first), exit 2, and no folder
+    left behind. `dasd train` (its stages read the named pools) and `dasd eval` (its models include
+    the training stages) used to make the run directory and its manifest before refusing."""
+    run = tmp_path / "nowhere" / "run"
+    r = dasd(verb, f"run_dir={run}")
+    if verb == "report":
+        assert_one_line_error(r, f"{run}: no such run directory")
+    else:
+        assert_one_line_error(r, f"{run}: no dasd run here, so `dasd {verb}` has ",
+                              "run `dasd sample` (or `dasd import`) first, or `dasd run` for the whole pipeline")
+    assert not (tmp_path / "nowhere").exists()
+    run.mkdir(parents=True)  # an empty directory made beforehand stays empty
+    r = dasd(verb, f"run_dir={run}")
+    assert_one_line_error(r, str(run))
+    assert not any(run.iterdir())
+
+
+def test_eval_without_a_run_names_the_training_stages_it_would_evaluate(tmp_path):
+    run = tmp_path / "run"
+    r = dasd("eval", f"run_dir={run}", "eval.models=[student,stage2_high]")
+    assert_one_line_error(r, f"{run}: no dasd run here, so `dasd eval` has no trained model of eval.models "
+                             "'stage2_high'; run `dasd sample`", "(or leave them out of eval.models)")
+    assert not run.exists()

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from dasd.log import logger
-from dasd.runs import named_pools, pool_name, require_ran, resolve_model, scoring_tokenizer_warnings
+from dasd.runs import existing_run, named_pools, pool_name, require_ran, resolve_model, scoring_tokenizer_warnings
 from dasd.store import RunStore
 
 STAGE = "train"
@@ -42,16 +42,18 @@ def run_train(cfg, store: RunStore | None = None, stages: list[str] | None = Non
     state = process_state(tcfg)
     main = state.is_main_process
     together = partial(fail_together, partial(first_true, state))  # a block the main process does alone
-    with together(f"open the run directory {cfg.run_dir}"):
-        if main:  # creates the run directory and manifest if needed; the other processes then only read it
-            store = store or RunStore(cfg.run_dir)
-    store = store or RunStore(cfg.run_dir)
     if tcfg.push_to_hub is not None:  # "the last stage" is the schedule's, also when only some stages run now
         tcfg = tcfg.model_copy(update={"push_to_hub": tcfg.push_to_hub.model_copy(update={"stages": tcfg.pushed_stages()})})
     if stages is not None:
         keep = [s for s in tcfg.stages if s.name in stages]
         tcfg = tcfg.model_copy(update={"stages": keep})
-    if any(not s.optional and not Path(s.data).exists() for s in tcfg.stages):  # a named pool: select's output
+    pooled = any(not s.optional and not Path(s.data).exists() for s in tcfg.stages)  # a named pool: select's output
+    with together(f"open the run directory {cfg.run_dir}"):
+        if main:  # named pools: the run must exist (nothing is created when it does not); chat JSONL files alone
+            # may start a run. The other processes then only read it.
+            store = store or (existing_run(cfg.run_dir, STAGE) if pooled else RunStore(cfg.run_dir))
+    store = store or RunStore(cfg.run_dir)
+    if pooled:
         require_ran(store, ("select",), STAGE)
     with together(f"record the start of the train stage in {store.root / 'manifest.json'}"):
         if main:
