@@ -78,6 +78,15 @@ class RunConfig(StrictModel):
         return data
 
 
+    @model_validator(mode="after")
+    def _name_engines(self) -> RunConfig:
+        """The teacher's and student's engine settings know their section, so an engine's error names
+        the key a user set (``student.tokenizer``, not ``engine.tokenizer``)."""
+        self.teacher.named("teacher")
+        self.student.named("student")
+        return self
+
+
 _SECTIONS = {f.alias or name for name, f in RunConfig.model_fields.items()
              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
 """The keys of RunConfig's sections (``import``, not ``import_``)."""

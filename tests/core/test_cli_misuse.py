@@ -175,3 +175,32 @@ def test_eval_without_a_run_names_the_training_stages_it_would_evaluate(tmp_path
     assert_one_line_error(r, f"{run}: no dasd run here, so `dasd eval` has no trained model of eval.models "
                              "'stage2_high'; run `dasd sample`", "(or leave them out of eval.models)")
     assert not run.exists()
+
+
+def _toy_files(src, dst, names):
+    dst.mkdir()
+    for n in names:
+        (dst / n).write_bytes((src / n).read_bytes())
+    return dst
+
+
+def test_an_engine_that_cannot_load_its_tokenizer_names_the_key_the_user_set(tmp_path):
+    """The error named `engine.tokenizer`, a key no config has: it names `teacher.tokenizer` or
+    `student.tokenizer` when that is set, else `teacher.model` / `student.model` (the tokenizer is the
+    model's), with the path, in one line (transformers' message spans several)."""
+    from dasd.toy.build import default_toy_dir
+
+    toy = default_toy_dir() / "teacher"
+    no_tokenizer = _toy_files(toy, tmp_path / "weights", ["config.json", "generation_config.json", "model.safetensors"])
+    broken = _toy_files(toy, tmp_path / "tok", ["tokenizer_config.json"])
+    (broken / "tokenizer.json").write_text('{"broken":', encoding="utf-8")
+    small = ["data.toy.n_train=2", "sample.k=1"]
+    r = dasd("sample", f"run_dir={tmp_path / 'r1'}", f"teacher.model={no_tokenizer}", *small)
+    assert_one_line_error(r, f"dasd: error: teacher.model: cannot load a tokenizer from '{no_tokenizer}': ")
+    r = dasd("sample", f"run_dir={tmp_path / 'r2'}", f"teacher.tokenizer={broken}", *small)
+    assert_one_line_error(r, f"dasd: error: teacher.tokenizer: cannot load a tokenizer from '{broken}': ")
+    r = dasd("eval", f"run_dir={tmp_path / 'r3'}", "eval.models=[student]", f"student.tokenizer={broken}")
+    assert_one_line_error(r, f"dasd: error: student.tokenizer: cannot load a tokenizer from '{broken}': ")
+    r = dasd("eval", f"run_dir={tmp_path / 'r4'}", "eval.models=[student]", f"student.model={tmp_path / 'none'}",
+             "eval.protocol={temperature: 1.0, n: 1, max_tokens: 32}")
+    assert_one_line_error(r, f"dasd: error: student.model: '{tmp_path / 'none'}' does not exist or is not a directory")

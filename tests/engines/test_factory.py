@@ -66,3 +66,32 @@ def test_extra_body_cannot_override_what_dasd_sets(tiny_lm_dir):
         path, body = engine._body(req, 1)
         assert body["seed"] != req.seed and body["temperature"] == 0.6 and body["top_k"] == 20
         assert set(body) - set(ok.openai.extra_body) <= SET_BY_DASD  # every field dasd sets is protected
+
+
+def test_engine_errors_name_the_config_section_the_settings_came_from(tmp_path, tiny_lm_dir):
+    """An engine built from a run config's `teacher` or `student` section names that section's key
+    (was `engine.tokenizer` / `engine.model`, keys no config has); a bare EngineConfig says `engine`,
+    and a copy with another model (a trained stage's, in eval and mix) keeps its section."""
+    from dasd.config import load_config
+    from dasd.errors import ConfigError
+
+    broken = tmp_path / "tok"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text('{"broken":', encoding="utf-8")
+    cfg = load_config(None, ["student.kind=openai", "student.openai.base_urls=[http://127.0.0.1:9/v1]",
+                             f"student.tokenizer={broken}", f"teacher.model={tmp_path / 'none'}"])
+    assert (cfg.teacher.section, cfg.student.section) == ("teacher", "student")
+    with pytest.raises(ConfigError, match=rf"^student\.tokenizer: cannot load a tokenizer from '{broken}': [^\n]+$"):
+        make_engine(cfg.student)  # the openai engine loads its local tokenizer when built
+    with pytest.raises(DasdError, match=rf"^teacher\.model: '{tmp_path / 'none'}' does not exist or is not a directory$"):
+        make_engine(cfg.teacher)
+    hf = cfg.student.model_copy(update={"kind": "hf", "model": str(tmp_path), "tokenizer": None})
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")  # a model folder without a tokenizer
+    with pytest.raises(DasdError, match=rf"^student\.model: cannot load a tokenizer from '{tmp_path}': [^\n]+$"):
+        make_engine(hf)
+    with pytest.raises(DasdError, match=rf"^student\.tokenizer: cannot load a tokenizer from '{broken}'"):
+        make_engine(hf.model_copy(update={"model": tiny_lm_dir, "tokenizer": str(broken)}))
+    with pytest.raises(DasdError, match=rf"^engine\.tokenizer: cannot load a tokenizer from '{broken}'"):
+        make_engine(EngineConfig(model=tiny_lm_dir, tokenizer=str(broken)))
+    with pytest.raises(DasdError, match=r"^student\.gguf_file: 'model\.gguf' not found"):
+        make_engine(cfg.student.model_copy(update={"kind": "hf", "model": tiny_lm_dir, "gguf_file": "model.gguf"}))

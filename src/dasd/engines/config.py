@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from dasd.configbase import StrictModel
 
@@ -153,6 +153,29 @@ class EngineConfig(StrictModel):
     ray: RayOptions | None = Field(
         None, description="Fan sample/score/eval records out over engine replicas with Ray; None = one process."
     )
+
+    # The config section these settings were given in (``teacher``, ``student``: ``dasd.config.RunConfig``
+    # names its own; kept by ``model_copy``), so that an engine's errors name the key a user set.
+    _section: str = PrivateAttr("engine")
+
+    def named(self, section: str) -> EngineConfig:
+        """These settings, as the config section ``section`` (e.g. ``student``) gives them; returns self."""
+        self._section = section
+        return self
+
+    @property
+    def section(self) -> str:
+        """The config section these settings were given in (``engine`` when none said)."""
+        return self._section
+
+    def key(self, name: str) -> str:
+        """The dotted config key of setting ``name``: ``student.tokenizer`` (``engine.tokenizer`` when no
+        section gave these settings)."""
+        return f"{self._section}.{name}"
+
+    def tokenizer_key(self) -> tuple[str, str]:
+        """``(key, value)`` of the setting that names the tokenizer: ``tokenizer``, else ``model``."""
+        return (self.key("tokenizer"), self.tokenizer) if self.tokenizer else (self.key("model"), self.model)
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

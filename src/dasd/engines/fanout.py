@@ -53,10 +53,11 @@ def import_ray():
 
 
 class _Replica:
-    """Ray actor body: one engine built from the config (without its ``ray`` part)."""
+    """Ray actor body: one engine built from the config (without its ``ray`` part) of the config
+    section ``section`` (its errors name that section's keys)."""
 
-    def __init__(self, cfg: dict, make_engine):
-        self.engine = make_engine(EngineConfig.model_validate(cfg))
+    def __init__(self, cfg: dict, make_engine, section: str = "engine"):
+        self.engine = make_engine(EngineConfig.model_validate(cfg).named(section))
 
     def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
         return self.engine.generate(requests)
@@ -99,17 +100,17 @@ class RayEngine:
                 else:
                     ray.init(address=r.address, log_to_driver=False)
             except Exception as err:  # ConnectionError, RuntimeError, ...
-                raise DasdError(f"engine.ray.address: cannot start or join Ray at {r.address!r}: {err}")
+                raise DasdError(f"{cfg.key('ray.address')}: cannot start or join Ray at {r.address!r}: {err}")
             self._started = True
         inner = cfg.model_copy(update={"ray": None}).model_dump(mode="json")
         actor = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(_Replica)
-        self.replicas = [actor.remote(inner, make_engine) for _ in range(r.replicas)]
+        self.replicas = [actor.remote(inner, make_engine, cfg.section) for _ in range(r.replicas)]
         try:  # fail here, with the replica's message, if the engine cannot be built
             ray.get([a.count_tokens.remote("") for a in self.replicas])
             limits = ray.get(self.replicas[0].limits.remote())
         except Exception as err:
             self.close()
-            raise DasdError(f"engine.ray: a replica could not build its engine: {_cause(err)}")
+            raise DasdError(f"{cfg.key('ray')}: a replica could not build its engine: {_cause(err)}")
         # as one engine of the config: its context, and the tokenizer the stages judge a prompt's length with
         # (sample quarantines a too-long prompt before asking, mix skips a too-long teacher context)
         self.max_len: int | None = limits["max_len"]
@@ -143,7 +144,7 @@ class RayEngine:
                 cause = getattr(err, "cause", None)
                 if isinstance(cause, ContextLengthError):  # a request's own fault, as from one engine
                     raise ContextLengthError(str(cause)) from None
-                raise DasdError(f"engine.ray: a replica failed: {_cause(err)}")
+                raise DasdError(f"{self.cfg.key('ray')}: a replica failed: {_cause(err)}")
             yield s, res
 
     def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
@@ -166,7 +167,7 @@ class RayEngine:
     def context_ids(self, messages, prefix: str | None, rid: str) -> list[int]:
         """Prompt ids as a replica builds them (chat template with the generation prompt, or the prefix)."""
         if self.tokenizer is None:
-            raise DasdError(f"engine.ray: the {self.cfg.kind} replicas have no local tokenizer to build request {rid!r}")
+            raise DasdError(f"{self.cfg.key('ray')}: the {self.cfg.kind} replicas have no local tokenizer to build request {rid!r}")
         return build_context_ids(self.tokenizer, str(self.cfg.tokenizer or self.cfg.model), messages, prefix, rid)
 
     def close(self) -> None:

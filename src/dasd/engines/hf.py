@@ -93,40 +93,40 @@ class HFEngine:
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DasdError("engine.device is 'cuda' but no CUDA device is available")
+            raise DasdError(f"{cfg.key('device')} is 'cuda' but no CUDA device is available")
         if cfg.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.dtype = _DTYPES[cfg.dtype]
-        _check_source(cfg.model, "engine.model", cfg.gguf_file)
-        tok_source = cfg.tokenizer or cfg.model
+        _check_source(cfg.model, cfg.key("model"), cfg.gguf_file, cfg.key("gguf_file"))
+        tok_key, tok_source = cfg.tokenizer_key()
         if cfg.tokenizer:
-            _check_source(cfg.tokenizer, "engine.tokenizer", None)
+            _check_source(cfg.tokenizer, tok_key, None)
         gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tok_source, trust_remote_code=cfg.trust_remote_code,
                 **(gguf if cfg.tokenizer is None else {}),
             )
-        except Exception as err:  # transformers raises OSError/ValueError/ImportError variously
-            raise DasdError(f"engine.tokenizer: cannot load a tokenizer from {tok_source!r}: {err}")
+        except Exception as err:  # transformers raises OSError/ValueError/ImportError variously, some over lines
+            raise DasdError(f"{tok_key}: cannot load a tokenizer from {tok_source!r}: {' '.join(str(err).split())}")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 cfg.model, dtype=self.dtype, trust_remote_code=cfg.trust_remote_code, **gguf
             )
         except Exception as err:
-            raise DasdError(f"engine.model: cannot load a causal LM from {cfg.model!r}: {err}")
+            raise DasdError(f"{cfg.key('model')}: cannot load a causal LM from {cfg.model!r}: {err}")
         self.model.to(self.device).eval()
         self.base = self.model.base_model
         self.head = self.model.get_output_embeddings()
         if self.base is self.model or self.head is None:
-            raise DasdError(f"engine.model: {cfg.model!r} has no separate base model and lm head")
+            raise DasdError(f"{cfg.key('model')}: {cfg.model!r} has no separate base model and lm head")
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         limit = cfg.max_model_len or getattr(self.model.config, "max_position_embeddings", None)
         self.max_len: int | None = limit
         self.stop_ids = _stop_ids(self.tokenizer, self.model)
         if not self.stop_ids:
-            raise DasdError(f"engine.model: {cfg.model!r} names no eos token; cannot stop generation")
+            raise DasdError(f"{cfg.key('model')}: {cfg.model!r} names no eos token; cannot stop generation")
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids)
         self._self_check()
@@ -177,7 +177,7 @@ class HFEngine:
         tol = 1e-3 if self.dtype == torch.float32 else 5e-2
         if not torch.allclose(got, want, atol=tol, rtol=0):
             raise DasdError(
-                f"engine.model: {self.name!r} post-processes its logits in a way the hf engine "
+                f"{self.cfg.key('model')}: {self.name!r} post-processes its logits in a way the hf engine "
                 f"does not reproduce (max diff {float((got - want).abs().max()):.3g}); unsupported"
             )
 
@@ -372,8 +372,10 @@ class HFEngine:
             at += size
 
 
-def _check_source(path: str, what: str, gguf_file: str | None) -> None:
-    """A local path must exist and hold a model; anything else is taken as a hub name."""
+def _check_source(path: str, what: str, gguf_file: str | None, gguf_key: str = "") -> None:
+    """A local path must exist and hold a model (``gguf_file`` in it, when given: the setting
+    ``gguf_key``), or a tokenizer when ``what`` (the config key named in errors) is not a ``.model``
+    key; anything else is taken as a hub name."""
     local = os.path.exists(path) or os.path.isabs(path) or path.startswith((".", "~"))
     if not local:
         return
@@ -381,9 +383,9 @@ def _check_source(path: str, what: str, gguf_file: str | None) -> None:
         raise DasdError(f"{what}: {path!r} does not exist or is not a directory")
     if gguf_file is not None:
         if not os.path.isfile(os.path.join(path, gguf_file)):
-            raise DasdError(f"engine.gguf_file: {gguf_file!r} not found in {path!r}")
+            raise DasdError(f"{gguf_key}: {gguf_file!r} not found in {path!r}")
         return
-    markers = ("config.json",) if what == "engine.model" else ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    markers = ("config.json",) if what.endswith(".model") else ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     if not any(os.path.isfile(os.path.join(path, m)) for m in markers):
         raise DasdError(f"{what}: {path!r} is not a transformers model directory (no {' or '.join(markers)})")
 

@@ -282,14 +282,14 @@ class OpenAIEngine:
         self.opt = cfg.openai
         self.name = cfg.model
         if not self.opt.base_urls:
-            raise ConfigError("engine.openai.base_urls: kind openai needs at least one server URL")
+            raise ConfigError(f"{cfg.key('openai.base_urls')}: kind openai needs at least one server URL")
         self.urls = [u.rstrip("/") for u in self.opt.base_urls]
         self.headers = {}
         if self.opt.api_key_env:
             key = os.environ.get(self.opt.api_key_env)
             if not key:
                 raise ConfigError(
-                    f"engine.openai.api_key_env: environment variable {self.opt.api_key_env} is not set"
+                    f"{cfg.key('openai.api_key_env')}: environment variable {self.opt.api_key_env} is not set"
                 )
             self.headers["Authorization"] = f"Bearer {key}"
         self.tokenizer = None
@@ -298,10 +298,11 @@ class OpenAIEngine:
 
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
-            except Exception as err:  # transformers raises OSError/ValueError variously
-                raise ConfigError(f"engine.tokenizer: cannot load a tokenizer from {cfg.tokenizer!r}: {err}")
+            except Exception as err:  # transformers raises OSError/ValueError variously, some over several lines
+                raise ConfigError(f"{cfg.key('tokenizer')}: cannot load a tokenizer from {cfg.tokenizer!r}: "
+                                  f"{' '.join(str(err).split())}")
         if self.opt.token_ids and self.tokenizer is None:
-            raise ConfigError("engine.openai.token_ids needs engine.tokenizer (the server model's tokenizer)")
+            raise ConfigError(f"{cfg.key('openai.token_ids')} needs {cfg.key('tokenizer')} (the server model's tokenizer)")
         self.max_len: int | None = cfg.max_model_len  # known only when configured
         self.inflight = {u: 0 for u in self.urls}
         self._vocab_bytes: list[bytes] | None = None
@@ -358,7 +359,7 @@ class OpenAIEngine:
         ``too_long(request_index, error)``: when given, a request the server refuses as longer than
         its context is handed to it (its result is None) and the other requests go on."""
         if self.tokenizer is None:
-            raise ConfigError("engine.tokenizer: kind openai needs the server model's tokenizer to score")
+            raise ConfigError(f"{self.cfg.key('tokenizer')}: kind openai needs the server model's tokenizer to score")
         jobs = [((k, 0), lambda c, req=req: self._score(c, req)) for k, req in enumerate(requests)]
         out: list[ScoreResult | None] = [None] * len(requests)
         for (k, _), res in self._stream(jobs, soft=too_long is not None):
@@ -377,7 +378,7 @@ class OpenAIEngine:
 
     async def _count(self, client, text: str) -> int:
         """The server's ``/tokenize`` count (vLLM's, dasd's), with the retries of any request."""
-        what = "count_tokens (the server's /tokenize; set engine.tokenizer to count locally)"
+        what = f"count_tokens (the server's /tokenize; set {self.cfg.key('tokenizer')} to count locally)"
         body = {"model": self.name, "prompt": text, "add_special_tokens": False}
         data = await self._post(client, "/tokenize", body, what, root=True)
         try:

@@ -81,7 +81,7 @@ class VLLMEngine:
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as err:  # vLLM raises many kinds at load
-            raise DasdError(f"engine.model: vllm cannot load {cfg.model!r}: {type(err).__name__}: {err}")
+            raise DasdError(f"{cfg.key('model')}: vllm cannot load {cfg.model!r}: {type(err).__name__}: {err}")
         self.tokenizer = self.llm.get_tokenizer()
         self.mode = "raw" if v.logprobs_mode == "raw_logprobs" else "processed"
         self._SamplingParams = vllm.SamplingParams
