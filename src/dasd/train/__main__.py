@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from dasd.train.trainer import run_training
 
     setup()
+    from transformers.utils import logging as hf_logging
+
+    # transformers' own bars (loading the weights, writing the model's shards) on every process, also
+    # into a log file: off, as in `dasd train`; the trainer's step progress is the main process's only
+    hf_logging.disable_progress_bar()
 
     env = os.environ
     if env.get("MASTER_ADDR") and env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and not any(
