@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, upstream_output
 from dasd.engines.base import EngineStats
-from dasd.engines.config import EngineConfig
+from dasd.engines.config import EngineConfig, transport_settings
 from dasd.errors import ConfigError, DasdError, InputError
 from dasd.jsonl import BadLine, atomic_write_json, parse_line
 from dasd.log import logger
@@ -522,6 +522,70 @@ def name_as_before(name: str, version: str, before_name: str | None, before_vers
     this a path spelled another way (relative vs absolute, a copy of the same files) would give the
     stored records new ids and the stage would make them all again beside the old ones."""
     return before_name if before_name and version and before_version == version else name
+
+
+def engine_identity(engine: dict) -> dict:
+    """A dumped engine config (``EngineConfig.model_dump``) as a stage records it: without its
+    transport-only settings (``engines.config.transport_settings``: server addresses, API key
+    variable, concurrency, timeouts, retries and backoff, Ray), which change how requests travel and
+    not what comes back. A stage's config and the hashes of what it made then stay the same when a
+    farm of servers gets new addresses or more concurrency, so nothing is redone; the settings that
+    change results (model, tokenizer, dtype, ``max_model_len``, ``logprob_mode``, ``extra_body``, ...)
+    stay in."""
+    out = json.loads(json.dumps(engine, default=str))
+    for key in transport_settings():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+# The keys of a stage's manifest config that hold an engine config (``engine_identity``).
+ENGINE_SECTIONS = ("teacher", "student")
+
+
+def with_transport(config: dict) -> bool:
+    """Whether a stage's manifest ``config`` records transport-only engine settings (an earlier dasd did)."""
+    return any(isinstance(config.get(k), dict) and engine_identity(config[k]) != config[k] for k in ENGINE_SECTIONS)
+
+
+def as_recorded(store: RunStore, stage: str, config: dict) -> dict:
+    """``config``, or the config ``stage`` last began with when that one differs from it only by the
+    transport-only settings an earlier dasd recorded in its engine sections (``ENGINE_SECTIONS``, its
+    ``teacher`` or ``student`` whole): the stage's recorded config and hash are kept, so neither it
+    nor the stages that fingerprint it (``RunStore.fingerprint``) are redone by the change of dasd,
+    nor by a new server address or concurrency afterwards."""
+    before = store.stage_info(stage).get("config")
+    if not isinstance(before, dict) or not with_transport(before):
+        return config
+    bare = {k: engine_identity(v) if k in ENGINE_SECTIONS and isinstance(v, dict) else v for k, v in before.items()}
+    return before if config_hash(bare) == config_hash(config) else config
+
+
+def teacher_as_hashed_before(store: RunStore, cfg) -> list[dict]:
+    """The teacher config whole, as an earlier dasd hashed it into a stage's inputs and verdicts
+    (with its transport settings): as configured now, and as `dasd sample` recorded it (kept by
+    ``as_recorded`` while only transport settings change)."""
+    out = [cfg.teacher.model_dump(mode="json")]
+    recorded = (store.stage_info("sample").get("config") or {}).get("teacher")
+    if isinstance(recorded, dict) and recorded != engine_identity(recorded):
+        out.append(recorded)
+    return out
+
+
+def recorded_extra(store: RunStore, stage: str, reads: tuple[str, ...], extras: list):
+    """The first of ``extras`` with which ``RunStore.fingerprint`` of ``reads`` is the one ``stage``
+    recorded when it began (an earlier dasd's ``extra``), else the first: what a stage that hashed
+    engine settings into its inputs passes to ``begin_unless_up_to_date``."""
+    recorded = store.stage_info(stage).get("inputs")
+    if recorded is not None:
+        for extra in extras:
+            if store.fingerprint(reads, extra=extra) == recorded:
+                return extra
+    return extras[0]
 
 
 def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], prefixes: tuple[str, ...]) -> int:

@@ -8,6 +8,12 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from dasd.configbase import StrictModel
 
+TRANSPORT = {"transport": True}
+"""``json_schema_extra`` of a transport-only engine setting: it changes how requests travel to the model
+(which server, how many at once, how long to wait, how often to retry, over which replicas), not what
+comes back. Such settings are left out of a stage's identity (``transport_settings``), so a new server
+address or more concurrency redoes nothing."""
+
 
 class OpenAIOptions(StrictModel):
     """``kind: openai``: how to reach an OpenAI-compatible server (vLLM serve, SGLang, hosted APIs)."""
@@ -16,19 +22,26 @@ class OpenAIOptions(StrictModel):
         default_factory=list,
         description="Server base URLs ending in /v1, e.g. [http://10.0.0.5:8000/v1]. Several are "
         "load-balanced (fewest requests in flight); a retried request may go to another one.",
+        json_schema_extra=TRANSPORT,
     )
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (sent as a Bearer "
         "token). None = no key. The key itself never goes in a config file.",
+        json_schema_extra=TRANSPORT,
     )
-    concurrency: int = Field(32, ge=1, description="Requests in flight at once (all URLs together).")
-    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds; a timeout is retried.")
+    concurrency: int = Field(32, ge=1, description="Requests in flight at once (all URLs together).",
+                             json_schema_extra=TRANSPORT)
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds; a timeout is retried.",
+                             json_schema_extra=TRANSPORT)
     max_retries: int = Field(
         8, ge=0, description="Retries of one request on 429, 5xx, timeouts and dropped connections "
         "(jittered exponential backoff; a Retry-After header is honoured). Other errors fail at once.",
+        json_schema_extra=TRANSPORT,
     )
-    backoff_s: float = Field(1.0, gt=0, description="Backoff base: retry k waits uniform(0, backoff_s * 2^k).")
-    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between retries (Retry-After included).")
+    backoff_s: float = Field(1.0, gt=0, description="Backoff base: retry k waits uniform(0, backoff_s * 2^k).",
+                             json_schema_extra=TRANSPORT)
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between retries (Retry-After included).",
+                                 json_schema_extra=TRANSPORT)
     top_logprobs: int = Field(0, ge=0, le=20, description="Also ask for this many top log-probs per token.")
     logprob_mode: Literal["auto", "raw", "processed"] = Field(
         "auto", description="What the server's log-probs are. auto = what the server says "
@@ -151,7 +164,8 @@ class EngineConfig(StrictModel):
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions, description="kind: openai settings.")
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="kind: vllm settings.")
     ray: RayOptions | None = Field(
-        None, description="Fan sample/score/eval records out over engine replicas with Ray; None = one process."
+        None, description="Fan sample/score/eval records out over engine replicas with Ray; None = one process.",
+        json_schema_extra=TRANSPORT,
     )
 
     # The config section these settings were given in (``teacher``, ``student``: ``dasd.config.RunConfig``
@@ -189,3 +203,15 @@ class EngineConfig(StrictModel):
         if self.kind == "openai" and not self.openai.base_urls:
             raise ValueError("kind openai needs openai.base_urls (e.g. [http://localhost:8000/v1])")
         return self
+
+
+def transport_settings(model: type[StrictModel] = EngineConfig, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of ``model``'s transport-only settings (marked ``TRANSPORT``), down its sections:
+    ``("openai.base_urls", ..., "ray")`` for ``EngineConfig``."""
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        if (field.json_schema_extra or {}).get("transport"):
+            out.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, StrictModel):
+            out += transport_settings(field.annotation, f"{prefix}{name}.")
+    return tuple(out)

@@ -84,8 +84,9 @@ from dasd.prompt_edits import EditedPrompts, StagedPrompts
 from dasd.prompts import check_prompt_source
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
-from dasd.runs import (PROMPTS, SAMPLE_POOL, drop_if_models_changed, faults_kept, model_versions, name_as_before,
-                       open_engine, output, pool_name, pools, record_faults, training_prompt_ids)
+from dasd.runs import (PROMPTS, SAMPLE_POOL, as_recorded, drop_if_models_changed, engine_identity, faults_kept,
+                       model_versions, name_as_before, open_engine, output, pool_name, pools, record_faults,
+                       training_prompt_ids)
 from dasd.store import MANIFEST, RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         check_prompt_source(cfg.data.prompts)  # no run there yet: a mistyped path leaves no run folder behind
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
-    stage_cfg = {"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
+    stage_cfg = {"sample": dump_config(s), "teacher": engine_identity(dump_config(cfg.teacher)), "data": dump_config(cfg.data),
                  "models": model_versions(cfg, "teacher")}
     if s.prompts_per_temperature is None:  # as the config was before the knob: a run's later stages stay up to date
         del stage_cfg["sample"]["prompts_per_temperature"]
@@ -110,6 +111,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     model_name = stage_cfg["teacher"]["model"] = name_as_before(
         cfg.teacher.model, stage_cfg["models"]["teacher"], (before.get("teacher") or {}).get("model"),
         (before.get("models") or {}).get("teacher"))
+    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with the teacher's transport settings
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])

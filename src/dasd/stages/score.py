@@ -52,9 +52,9 @@ from dasd.idset import IdSet
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, begin_unless_up_to_date, existing_run, faults_kept,
-                       model_versions, open_engine, output, pools, record_faults,
-                       scoring_tokenizer_warnings)
+from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, as_recorded, begin_unless_up_to_date, engine_identity,
+                       existing_run, faults_kept, model_versions, open_engine, output, pools, record_faults,
+                       recorded_extra, scoring_tokenizer_warnings, teacher_as_hashed_before, with_transport)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
 
@@ -156,9 +156,14 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     store = store or existing_run(cfg.run_dir, STAGE)
     sc: ScoreConfig = cfg.score
     local = wants_local_naturalness(cfg)
-    stage_cfg = {"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
+    stage_cfg = {"score": sc.model_dump(), "student": engine_identity(cfg.student.model_dump()), "das": cfg.das.model_dump(),
                  "local_naturalness": local, "tokens": "as trained",  # scores of earlier versions: each response's own tokens
                  "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
+    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with the student's transport settings
+    # the teacher's settings that change results (its transport ones do not); an earlier dasd hashed them all
+    teachers = [engine_identity(cfg.teacher.model_dump(mode="json"))]
+    if with_transport(stage_cfg):
+        teachers += teacher_as_hashed_before(store, cfg)
     had_local = (store.stage_info(STAGE).get("config") or {}).get("local_naturalness", local)
     prompts: RunPrompts | None = None  # read when first needed: not for a stage that is up to date
 
@@ -168,7 +173,8 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         return scored_input(prompts, sample)
 
     # a rewritten kept output (filter made it again) keeps the scores of the samples it still holds unchanged
-    done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"), extra=cfg.teacher.model_dump(mode="json"),
+    done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"),
+                                   extra=recorded_extra(store, STAGE, ("sample", "filter"), teachers),
                                    outputs=(SCORED + "-", "rejects"), made_from=made_from)
     if done is not None:
         return done
@@ -178,8 +184,9 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         names = store.remove_outputs(STAGE, (SCORED + "-",))
         log.info(f"local naturalness is wanted now and was not computed before: {len(names)} scored output(s) "
                  "dropped, scored again")
-    judged = config_hash([stage_cfg, cfg.teacher.model_dump(mode="json")])  # what a quarantine verdict depends on
-    stale = store.drop_records(STAGE, "rejects", lambda r: "judged" in r and r["judged"] != judged)
+    judged = config_hash([stage_cfg, teachers[0]])  # what a quarantine verdict depends on
+    current = {config_hash([stage_cfg, t]) for t in teachers}  # and how an earlier dasd hashed it
+    stale = store.drop_records(STAGE, "rejects", lambda r: "judged" in r and r["judged"] not in current)
     if stale:
         log.info(f"{stale} sample(s) quarantined under other settings or models: judged again")
     prompts = prompts or RunPrompts(store)
