@@ -1,0 +1,209 @@
+"""Transport-only engine settings are not part of a stage's identity: a run sampled and scored through
+loopback OpenAI-compatible servers, run again against other servers serving the same models with
+other concurrency, timeouts, retries and backoff, asks no engine anything and redoes no stage; a
+setting that changes results still redoes what it must; a run an earlier dasd recorded with those
+settings in its stage configs is not redone by the change of dasd."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import pytest
+
+from dasd.config import load_config
+from dasd.engines import EngineConfig, make_engine
+from dasd.engines.server import EngineServer, ServerThread
+from dasd.prompts import iter_prompts
+from dasd.stages.filter import run_filter
+from dasd.stages.sample import run_sample
+from dasd.stages.score import run_score
+from dasd.stages.select import run_select
+
+RELAXED = ["filter.require_structure=false", "filter.drop_cutoff=false", "filter.repetition.enabled=false"]
+LONG = "Compute 3 + 4 then times 2. " * 6
+STAGES = ("sample", "filter", "score", "select")
+# the same config as it travels otherwise: every transport-only setting of both engines changed (and the servers)
+OTHER_TRANSPORT = ["teacher.openai.concurrency=3", "teacher.openai.timeout_s=77", "teacher.openai.max_retries=2",
+                   "teacher.openai.backoff_s=0.5", "teacher.openai.backoff_max_s=9", "student.openai.concurrency=5",
+                   "student.openai.timeout_s=66", "student.openai.max_retries=3"]
+
+
+class Counting:
+    """A real engine that counts the generate and score requests it is asked (``generated``, ``scored``)."""
+
+    def __init__(self, engine):
+        self.engine, self.generated, self.scored = engine, 0, 0
+
+    def generate(self, reqs):
+        self.generated += len(reqs)
+        return self.engine.generate(reqs)
+
+    def score(self, reqs):
+        self.scored += len(reqs)
+        return self.engine.score(reqs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.fixture
+def world(tmp_path, tiny_lm_dir, tiny_lm_dir_other_vocab):
+    """Prompts (3 short, 1 long), the teacher engine and a student engine whose context the long
+    prompt's responses do not fit (their scoring is refused by its server: quarantined in score)."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "prompt": f"Say {i}."} for i in range(3)] + [{"id": "long", "prompt": LONG}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    system = load_config(None, []).data.system_prompt
+    plain = make_engine(EngineConfig(model=tiny_lm_dir_other_vocab, device="cpu"))
+    long_prompt = next(p for p in iter_prompts(prompts, system) if p["id"] == "long")
+    limit = len(plain.context_ids(long_prompt["messages"], None, "long"))
+    teacher = Counting(make_engine(EngineConfig(model=tiny_lm_dir, device="cpu")))
+    student = Counting(make_engine(EngineConfig(model=tiny_lm_dir_other_vocab, device="cpu", max_model_len=limit)))
+
+    def overrides(urls: tuple[str, str], *extra: str, teacher_name: str = "teacher") -> list[str]:
+        return [f"run_dir={tmp_path / 'run'}", f"data.prompts={prompts}", "teacher.kind=openai",
+                f"teacher.model={teacher_name}", f"teacher.tokenizer={tiny_lm_dir}", f"teacher.openai.base_urls=[{urls[0]}]",
+                "student.kind=openai", "student.model=student", f"student.tokenizer={tiny_lm_dir_other_vocab}",
+                f"student.openai.base_urls=[{urls[1]}]", "student.openai.logprob_mode=raw", "sample.k=2",
+                "sample.max_tokens=12", "sample.temperatures=[1.0]", "score.batch=8", *RELAXED, *extra]
+
+    return tmp_path / "run", teacher, student, overrides
+
+
+@contextmanager
+def servers(teacher, student, teacher_name: str = "teacher"):
+    """A teacher and a student server on loopback (fresh ports); their base URLs."""
+    with ServerThread(EngineServer(teacher, served_name=teacher_name)) as t, \
+            ServerThread(EngineServer(student, served_name="student")) as s:
+        yield t.base_url, s.base_url
+
+
+def run_stages(cfg) -> dict:
+    return {"sample": run_sample(cfg), "filter": run_filter(cfg), "score": run_score(cfg), "select": run_select(cfg)}
+
+
+def state(run) -> dict:
+    """Per stage: its manifest config hash, inputs fingerprint and start time, and its files (names, sizes)."""
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    return {st: (manifest["stages"][st]["config_hash"], manifest["stages"][st].get("inputs"),
+                 manifest["stages"][st]["started"], sorted((p.name, p.stat().st_size) for p in (run / st).iterdir()))
+            for st in STAGES}
+
+
+def stage_configs(run) -> dict:
+    return {st: info["config"] for st, info in json.loads((run / "manifest.json").read_text())["stages"].items()}
+
+
+FIRST = {"scored": 6, "rejected": 2, "too_long": 2, "new": 8}  # score's counts of the first run
+
+
+def test_other_servers_and_concurrency_ask_nothing_and_redo_no_stage(world, capsys):
+    run, teacher, student, overrides = world
+    with servers(teacher, student) as urls_a:
+        first = run_stages(load_config(None, overrides(urls_a)))
+    assert first["sample"]["T1"]["samples"] == 8 and first["score"]["T1"] == FIRST
+    asked = (teacher.generated, student.scored)
+    assert asked == (8, 8)  # the server's engine: 2 samples of each of 4 prompts; 8 responses scored, 2 refused
+    before = state(run)
+    capsys.readouterr()
+    with servers(teacher, student) as urls_b:
+        assert urls_b != urls_a
+        again = run_stages(load_config(None, overrides(urls_b, *OTHER_TRANSPORT)))
+    assert (teacher.generated, student.scored) == asked  # no engine was asked anything
+    assert again["sample"]["T1"]["new"] == 0 and again["score"]["T1"] == FIRST  # the score counts as recorded
+    after = state(run)
+    assert after["sample"][:2] == before["sample"][:2] and after["sample"][3] == before["sample"][3]
+    for st in ("filter", "score", "select"):  # not begun again: the same entry and the same files
+        assert after[st] == before[st], st
+    err = capsys.readouterr().err
+    for st in ("filter", "score", "select"):
+        assert f"[{st}] up to date" in err
+    assert "judged again" not in err
+    recorded = stage_configs(run)
+    assert recorded["sample"]["teacher"]["openai"] == {"top_logprobs": 0, "logprob_mode": "auto", "token_ids": False,
+                                                       "score_api": "prompt_logprobs", "extra_body": {}}
+    assert "ray" not in recorded["sample"]["teacher"] and "ray" not in recorded["score"]["student"]
+    assert recorded["score"]["student"]["openai"]["logprob_mode"] == "raw"
+    assert "base_urls" not in recorded["score"]["student"]["openai"]
+
+
+def test_settings_that_change_results_still_redo_what_they_must(world, capsys):
+    run, teacher, student, overrides = world
+    with servers(teacher, student) as urls:
+        run_stages(load_config(None, overrides(urls)))
+    asked = (teacher.generated, student.scored)
+    before = state(run)
+    # the student's context length: the 2 quarantined responses are judged again (its server still refuses them)
+    with servers(teacher, student) as urls:
+        counts = run_stages(load_config(None, overrides(urls, "student.max_model_len=4096")))
+    assert counts["score"]["T1"] == {**FIRST, "new": 2}
+    assert (teacher.generated, student.scored) == (asked[0], asked[1] + 2)
+    assert "2 sample(s) quarantined under other settings or models: judged again" in capsys.readouterr().err
+    assert state(run)["filter"] == before["filter"]
+    # another teacher (the same weights served under another name): sampled again, and the new samples scored
+    with servers(teacher, student, teacher_name="teacher-b") as urls:
+        counts = run_stages(load_config(None, overrides(urls, "student.max_model_len=4096", teacher_name="teacher-b")))
+    assert counts["sample"]["T1"]["new"] == 8 and teacher.generated == 2 * asked[0]
+    # the new samples scored (2 refused), and the 2 quarantined before judged again: the teacher is in their verdict
+    assert counts["score"]["T1"] == {"scored": 12, "rejected": 4, "too_long": 4, "new": 10}
+    assert student.scored == asked[1] + 2 + 8 + 2
+    after = state(run)
+    assert all(after[st][2] != before[st][2] for st in STAGES)
+
+
+def test_a_run_recorded_with_transport_settings_by_an_earlier_dasd_is_not_redone(world, capsys, monkeypatch):
+    """A run written as dasd wrote runs before transport settings were left out (every engine setting
+    in the sample and score configs, the whole teacher config in score's inputs and verdicts): run
+    again with the same config, then with other servers and concurrency, it asks nothing and redoes
+    nothing; the recorded configs (and so every hash later stages compare) are kept."""
+    run, teacher, student, overrides = world
+    with servers(teacher, student) as urls_a:
+        with monkeypatch.context() as m:
+            m.setattr("dasd.runs.transport_settings", lambda: (), raising=False)  # as an earlier dasd recorded them: all
+            run_stages(load_config(None, overrides(urls_a)))
+        old = stage_configs(run)
+        assert old["sample"]["teacher"]["openai"]["base_urls"] == [urls_a[0]]
+        assert old["score"]["student"]["openai"]["base_urls"] == [urls_a[1]]
+        asked = (teacher.generated, student.scored)
+        before = state(run)
+        capsys.readouterr()
+        run_stages(load_config(None, overrides(urls_a)))
+    assert (teacher.generated, student.scored) == asked
+    assert {st: v for st, v in state(run).items() if st != "sample"} == {st: v for st, v in before.items() if st != "sample"}
+    assert stage_configs(run)["sample"] == old["sample"] and stage_configs(run)["score"] == old["score"]
+    with servers(teacher, student) as urls_b:
+        counts = run_stages(load_config(None, overrides(urls_b, *OTHER_TRANSPORT)))
+    assert (teacher.generated, student.scored) == asked
+    assert counts["score"]["T1"] == FIRST
+    after = state(run)
+    assert after["sample"][0] == before["sample"][0]
+    for st in ("filter", "score", "select"):
+        assert after[st] == before[st], st
+    err = capsys.readouterr().err
+    assert "judged again" not in err and err.count("up to date") == 6
+    # a setting that changes results makes the stage record its config as dasd does now, without them
+    with servers(teacher, student) as urls_b:
+        run_stages(load_config(None, overrides(urls_b, "student.max_model_len=4096")))
+    assert student.scored == asked[1] + 2
+    assert "base_urls" not in stage_configs(run)["score"]["student"]["openai"]
+
+
+def test_transport_settings_are_those_that_change_how_requests_travel():
+    from dasd.engines.config import transport_settings
+    from dasd.runs import engine_identity
+
+    assert transport_settings() == ("openai.base_urls", "openai.api_key_env", "openai.concurrency", "openai.timeout_s",
+                                    "openai.max_retries", "openai.backoff_s", "openai.backoff_max_s", "ray")
+    full = EngineConfig(kind="openai", model="m", tokenizer="t", dtype="bfloat16", max_model_len=4096,
+                        openai={"base_urls": ["http://a/v1"], "api_key_env": "KEY", "concurrency": 3, "timeout_s": 9.0,
+                                "max_retries": 1, "backoff_s": 2.0, "backoff_max_s": 5.0, "logprob_mode": "raw",
+                                "top_logprobs": 2, "token_ids": True, "score_api": "echo",
+                                "extra_body": {"top_k": 20}},
+                        ray={"address": "local", "replicas": 4}).model_dump(mode="json")
+    kept = engine_identity(full)
+    assert kept == {k: v for k, v in full.items() if k not in ("openai", "ray")} | {
+        "openai": {"logprob_mode": "raw", "top_logprobs": 2, "token_ids": True, "score_api": "echo",
+                   "extra_body": {"top_k": 20}}}
+    assert kept["model"] == "m" and kept["tokenizer"] == "t" and kept["dtype"] == "bfloat16" and kept["max_model_len"] == 4096
+    assert full["openai"]["base_urls"] == ["http://a/v1"]  # the dump itself is left as it was
