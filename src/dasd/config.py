@@ -429,9 +429,20 @@ def _shown(value: Any) -> str:
                 if isinstance(value, (list, tuple)) else value)
 
 
-def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names: tuple[str, ...] | None = None) -> str:
+TRANSPORT_NOTE = " Transport only: not part of a stage's identity, so changing it redoes nothing (docs/scale-out.md)."
+"""What docs/config.md adds to a setting marked transport-only (``engines.config.TRANSPORT``)."""
+
+
+def _transport(field) -> bool:
+    """Whether a field is marked transport-only (``engines.config.TRANSPORT``)."""
+    return bool((field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}).get("transport"))
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names: tuple[str, ...] | None = None,
+                     note: str = "") -> str:
     """Markdown reference of every config key: type, default and description (docs/config.md). A default
-    is what a run config that leaves the key out gets (``names``: the field names down from RunConfig)."""
+    is what a run config that leaves the key out gets (``names``: the field names down from RunConfig);
+    ``note`` follows the section's description."""
     lines = []
     if names is None and model is RunConfig:
         names = ()
@@ -466,13 +477,14 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names
                 default = "(computed)"
         typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
         typ = re.sub(r"Annotated\[(\w+), [^\]]*\)\]", r"\1", typ)  # a validated str (e.g. a source spec) reads as str
-        desc = ((field.description or "") + given).replace("|", "\\|").replace("\n", " ")
+        desc = ((field.description or "") + given + (TRANSPORT_NOTE if _transport(field) else "")).replace("|", "\\|").replace("\n", " ")
         simple.append(f"| `{key}` | `{_cell(typ)}` | `{_cell(default)}` | {desc} |")
     if simple:
-        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        doc = ((model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "") + note
         lines += [f"## `{prefix[:-1] or 'top level'}`", "", doc, "", "| key | type | default | description |", "|---|---|---|---|", *simple, ""]
-    for key, sub, _, name in nested:
-        lines.append(config_reference(sub, key + ".", (*names, name) if names is not None else None))
+    for key, sub, field, name in nested:
+        lines.append(config_reference(sub, key + ".", (*names, name) if names is not None else None,
+                                      TRANSPORT_NOTE if _transport(field) else ""))
     return "\n".join(lines)
 
 

@@ -207,3 +207,14 @@ def test_transport_settings_are_those_that_change_how_requests_travel():
                    "extra_body": {"top_k": 20}}}
     assert kept["model"] == "m" and kept["tokenizer"] == "t" and kept["dtype"] == "bfloat16" and kept["max_model_len"] == 4096
     assert full["openai"]["base_urls"] == ["http://a/v1"]  # the dump itself is left as it was
+
+
+def test_the_config_reference_says_which_settings_are_transport_only():
+    from dasd.config import TRANSPORT_NOTE, config_reference
+
+    rows = {line.split("|")[1].strip(" `"): line for line in config_reference().splitlines() if line.startswith("| `")}
+    marked = sorted(key for key, line in rows.items() if TRANSPORT_NOTE.strip().replace("|", "\\|") in line)
+    assert marked == sorted(f"{role}.openai.{k}" for role in ("teacher", "student") for k in
+                            ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s", "backoff_max_s"))
+    sections = [line for line in config_reference().splitlines() if line.endswith(TRANSPORT_NOTE.strip())]
+    assert sections == ["Fan records out over engine replicas with Ray (``dasd.engines.fanout``)." + TRANSPORT_NOTE] * 2
