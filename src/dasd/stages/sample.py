@@ -21,7 +21,9 @@ model, temperature, top_p, seed, index), so a re-run skips what exists and resum
 engine derives each sample's random stream from (request seed, index), so a resumed run samples
 the same responses as an uninterrupted one. The teacher is named in ids as it was when its pools
 were first sampled (``runs.name_as_before``): the same model under another spelling of its path
-resumes them. Samples are resumed only from the same teacher: when the
+resumes them. The stage's config records the teacher without its transport-only settings
+(``runs.engine_identity``: server addresses, concurrency, timeouts, retries), so a new server farm
+leaves the later stages up to date. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
 (``runs.drop_if_models_changed``). Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``

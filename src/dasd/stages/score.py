@@ -14,7 +14,9 @@ re-scoring teacher's) context (a ``ContextLengthError``: an hf engine's ``max_mo
 server's refusal; counted in the pool's ``too_long``), is quarantined in ``RUN/score/rejects``
 with the reason, and the rest are scored. A quarantined sample is not scored again while the
 stage's settings, models and teacher config are the same (its record keeps their hash,
-``judged``); when they changed, it is judged again.
+``judged``); when they changed, it is judged again. Neither that hash nor the stage's config holds
+the engines' transport-only settings (``runs.engine_identity``: server addresses, concurrency,
+timeouts, retries), so a new server farm redoes nothing.
 
 With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local_naturalness``), the
 student also scores every sentence after the prompt and only its ``score.local_window`` preceding
