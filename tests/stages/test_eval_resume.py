@@ -148,6 +148,7 @@ def test_eval_of_a_stage_not_trained_yet_is_an_error_naming_it(tmp_path, tiny_lm
                      "eval.benchmarks=[{name: toy, format: toy, limit: 2}]", f"eval.models=[{models}]",
                      "eval.protocol={name: mini, temperature: 1.0, n: 1, max_tokens: 8}", "eval.workers=0"])
 
+    RunStore(run)  # a run that exists (where no run does, the CLI says so first: tests/core/test_cli_misuse.py)
     for models, named in (("student, stage1_low", "'stage1_low'"), ("stage3_mixed", "'stage3_mixed'")):
         code = dasd_eval(models)  # stage3_mixed is optional, but training has not run to skip it
         err = capsys.readouterr().err.strip().splitlines()
