@@ -516,6 +516,20 @@ def model_versions(cfg, *roles: str) -> dict[str, str]:
     return {role: model_version(paths[role]) for role in roles}
 
 
+def model_names(config: dict) -> dict[str, str]:
+    """The names of the models a stage's manifest ``config`` holds an engine section for
+    (``ENGINE_SECTIONS``), by the roles of ``model_versions``: ``teacher`` / ``student`` (its
+    ``model``) and ``teacher_tokenizer`` / ``student_tokenizer`` (its ``tokenizer``, else its
+    ``model``). What tells two models without a version apart (``drop_if_models_changed``)."""
+    out = {}
+    for side in ENGINE_SECTIONS:
+        section = config.get(side)
+        if isinstance(section, dict) and isinstance(section.get("model"), str):
+            out[side] = section["model"]
+            out[f"{side}_tokenizer"] = section.get("tokenizer") or section["model"]
+    return out
+
+
 def name_as_before(name: str, version: str, before_name: str | None, before_version: str | None) -> str:
     """How a stage's ids name a model: as it was named when the stage last ran with the same model
     (the same non-empty ``model_version``), else ``name``. Ids hash the model's name, so without
@@ -588,21 +602,29 @@ def recorded_extra(store: RunStore, stage: str, reads: tuple[str, ...], extras: 
     return extras[0]
 
 
-def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], prefixes: tuple[str, ...]) -> int:
+def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], prefixes: tuple[str, ...],
+                           names: dict[str, str] | None = None) -> int:
     """Delete ``stage``'s outputs whose names start with one of ``prefixes`` when the stage last
     began with other model versions (``models``, from ``model_versions``) than now: its records were
-    made by models that have changed since, so none of them is resumed or reused. A stage whose
-    manifest entry has no versions (run before they were recorded) keeps its outputs. Return how
-    many outputs were removed."""
-    before = (store.stage_info(stage).get("config") or {}).get("models")
-    if before is None or before == models:
+    made by models that have changed since, so none of them is resumed or reused. With ``names``
+    (``model_names`` of the stage's config now), a model that has no version now nor had one then
+    (a served name, a hub id) changed when its name did (the recorded config's ``model_names``): a
+    student served under another name is another student. A stage whose manifest entry has no
+    versions (run before they were recorded) keeps its outputs. Return how many outputs were removed."""
+    recorded = store.stage_info(stage).get("config") or {}
+    before = recorded.get("models")
+    if before is None:
+        return 0
+    now, was = names or {}, model_names(recorded) if names else {}
+    changed = ", ".join(sorted(k for k in set(before) | set(models) if before.get(k) != models.get(k)
+                               or (not models.get(k) and k in was and k in now and was[k] != now[k])))
+    if not changed:
         return 0
     store.mark_unfinished(stage)  # a kill before the stage begins again leaves it unfinished
-    names = store.remove_outputs(stage, prefixes)
-    changed = ", ".join(sorted(k for k in set(before) | set(models) if before.get(k) != models.get(k)))
-    logger(stage).info(f"the {changed} model changed since this stage last ran: its {len(names)} stored output(s) "
+    removed = store.remove_outputs(stage, prefixes)
+    logger(stage).info(f"the {changed} model changed since this stage last ran: its {len(removed)} stored output(s) "
                        f"dropped, made again")
-    return len(names)
+    return len(removed)
 
 
 # Settings in a stage's manifest config (dotted paths) whose change resumes the stage instead of
@@ -816,7 +838,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
         logger(stage).info(f"up to date (same settings, models and {' and '.join(reads)} outputs); nothing to do")
         return store.stage_info(stage)["counts"]
     if "models" in config:
-        drop_if_models_changed(store, stage, config["models"], outputs)
+        drop_if_models_changed(store, stage, config["models"], outputs, model_names(config))
     drop_if_settings_changed(store, stage, config, outputs)
     drop_if_inputs_rewritten(store, stage, reads, outputs, made_from)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))

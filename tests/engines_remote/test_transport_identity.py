@@ -14,6 +14,7 @@ import pytest
 from dasd.config import load_config
 from dasd.engines import EngineConfig, make_engine
 from dasd.engines.server import EngineServer, ServerThread
+from dasd.errors import ConfigError
 from dasd.prompts import iter_prompts
 from dasd.stages.filter import run_filter
 from dasd.stages.sample import run_sample
@@ -141,13 +142,19 @@ def test_settings_that_change_results_still_redo_what_they_must(world, capsys):
     assert (teacher.generated, student.scored) == (asked[0], asked[1] + 2)
     assert "2 sample(s) quarantined under other settings or models: judged again" in capsys.readouterr().err
     assert state(run)["filter"] == before["filter"]
-    # another teacher (the same weights served under another name): sampled again, and the new samples scored
+    # another teacher (the same weights served under another name): refused while its pools are there
+    # (tests/engines_remote/test_renamed_models.py); with them deleted, sampled again and the new samples scored
     with servers(teacher, student, teacher_name="teacher-b") as urls:
+        with pytest.raises(ConfigError, match="teacher.model 'teacher' -> 'teacher-b'"):
+            run_stages(load_config(None, overrides(urls, "student.max_model_len=4096", teacher_name="teacher-b")))
+        assert teacher.generated == asked[0]
+        for p in (run / "sample").glob("pool-*"):
+            p.unlink()
         counts = run_stages(load_config(None, overrides(urls, "student.max_model_len=4096", teacher_name="teacher-b")))
     assert counts["sample"]["T1"]["new"] == 8 and teacher.generated == 2 * asked[0]
-    # the new samples scored (2 refused), and the 2 quarantined before judged again: the teacher is in their verdict
-    assert counts["score"]["T1"] == {"scored": 12, "rejected": 4, "too_long": 4, "new": 10}
-    assert student.scored == asked[1] + 2 + 8 + 2
+    # the new samples scored (2 refused); the old ones' scores and verdicts went with their pool
+    assert counts["score"]["T1"] == FIRST
+    assert student.scored == asked[1] + 2 + 8
     after = state(run)
     assert all(after[st][2] != before[st][2] for st in STAGES)
 

@@ -26,9 +26,13 @@ resumes them. The stage's config records the teacher without its transport-only 
 leaves the later stages up to date. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
-(``runs.drop_if_models_changed``). Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``
-are not sampled on (``_refuse_other_sampling``: one line, nothing written): a pool would hold
-samples of both settings; the user sets it back or deletes the pools. Nor is a prompt whose
+(``runs.drop_if_models_changed``). A teacher with no version to compare (a served name, kind
+openai; a hub id not on disk) is known only by its name: when ``teacher.model`` names another one
+than the pools were sampled with, they are not sampled on (``_refuse_other_teacher``: one line,
+before any request, nothing written): each prompt would get k more samples from the other teacher
+and later stages would mix both. Pools drawn under another ``top_p``, ``seed`` or ``max_tokens``
+are not sampled on either (``_refuse_other_sampling``): a pool would hold samples of both
+settings. The user sets it back, deletes the pools or uses another run_dir. Nor is a prompt whose
 messages differ from those ``RUN/sample/prompts`` keeps under its id
 (``prompt_edits.EditedPrompts``: the prompts file edited, or ``data.system_prompt`` changed; one
 line, nothing written): its samples answer the old text, which would also be asked again and
@@ -117,6 +121,7 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])
+    _refuse_other_teacher(store, (before.get("teacher") or {}).get("model"), model_name)
     with StagedPrompts(store.root) as staged:
         edits = EditedPrompts(store, log)
 
@@ -330,6 +335,20 @@ def _refuse_other_sampling(store: RunStore, before: dict, now: dict) -> None:
         raise ConfigError(f"{', '.join(changed)} since the pools in {store.root / STAGE} were sampled: sampling on would "
                           f"mix samples of both settings in one pool; set it back, or delete {store.root / STAGE}/pool-* "
                           "to sample again, or use another run_dir")
+
+
+def _refuse_other_teacher(store: RunStore, before: str | None, now: str) -> None:
+    """Refuse (``ConfigError``, one line) to sample on into pools of a teacher named otherwise
+    (``before``, as the stage last recorded it) when the pools are still there: its model had no
+    version to tell (``runs.model_version`` is empty for a served name or a hub id, or the stage
+    recorded none), so ``drop_if_models_changed`` kept them, and ``name_as_before`` keeps a name
+    only for the same known model. Ids hash the name, so each prompt would get k more samples from
+    the other teacher beside the old ones, and later stages would use both."""
+    if before and before != now and any(o.startswith(SAMPLE_POOL + "-") for o in store.outputs(STAGE)):
+        raise ConfigError(f"teacher.model {before!r} -> {now!r} since the pools in {store.root / STAGE} were sampled, "
+                          "and dasd cannot tell from files whether it is the same model (a served name or a hub id): "
+                          "sampling on would mix both teachers' samples in one pool; set it back, or delete "
+                          f"{store.root / STAGE}/pool-* to sample again, or use another run_dir")
 
 
 def _too_long_id(prompt: dict) -> str:

@@ -31,8 +31,10 @@ filter setting, a pool imported again), the scored and quarantined records of th
 keeps with the same ``input_digest`` are kept, re-linked to their new kept rows, and only the
 others are scored (``runs.drop_if_inputs_rewritten``); records of an earlier dasd, which have no
 digest, are scored again. The models count by name and by version (``runs.model_versions``: teacher, student
-and its tokenizer): when one changed under its name, the scored pools and rejects are dropped and
-every kept sample is scored again, so no student signal of an earlier model is resumed.
+and its tokenizer): when one changed under its name, or a student (or its tokenizer) with no
+version (a served name, a hub id) is named otherwise (``runs.model_names``), the scored pools and
+rejects are dropped and every kept sample is scored again, so no student signal of an earlier
+model is resumed; a local student under another spelling of its path resumes.
 
 A pool's counts in the manifest (``pool_counts``) say what the stage holds for it, whichever run
 judged it, so a run resumed after a crash (or after a re-link) records an uninterrupted run's:
