@@ -366,6 +366,15 @@ def latest_student(cfg, store: RunStore, before: str | None = None) -> tuple[str
     return latest
 
 
+def trained_model(cfg, stage: str, path: str) -> EngineConfig:
+    """The student's engine settings loading training stage ``stage``'s final model at ``path``
+    (``final_model``), as eval, analyze and mix open it: its load errors name the stage (with the
+    path they give), not ``student.model``, which names the base model; ``stage`` ``student`` is
+    ``student.model`` itself (``latest_student`` before any stage is trained)."""
+    mcfg = cfg.student.model_copy(update={"model": path})
+    return mcfg if stage == "student" else mcfg.model_named(f"training stage {stage!r}")
+
+
 def model_for(cfg, store: RunStore, label: str):
     """The engine config of a model label, or None when that model does not exist yet.
 
@@ -379,9 +388,9 @@ def model_for(cfg, store: RunStore, label: str):
         return cfg.student
     if label in {s.name for s in cfg.train.stages}:
         path = final_model(store, label)
-        return cfg.student.model_copy(update={"model": path}) if path else None
+        return trained_model(cfg, label, path) if path else None
     if Path(resolve_model(label)).is_dir():
-        return cfg.student.model_copy(update={"model": label})
+        return cfg.student.model_copy(update={"model": label}).model_named(f"eval.models {label!r}")
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 

@@ -171,10 +171,19 @@ class EngineConfig(StrictModel):
     # The config section these settings were given in (``teacher``, ``student``: ``dasd.config.RunConfig``
     # names its own; kept by ``model_copy``), so that an engine's errors name the key a user set.
     _section: str = PrivateAttr("engine")
+    # What names ``model`` in errors when no config key does (a training stage's final model, loaded
+    # with the student's settings: ``student.model`` names another model); None: ``<section>.model``.
+    _model_named: str | None = PrivateAttr(None)
 
     def named(self, section: str) -> EngineConfig:
         """These settings, as the config section ``section`` (e.g. ``student``) gives them; returns self."""
         self._section = section
+        return self
+
+    def model_named(self, what: str) -> EngineConfig:
+        """These settings, loading a ``model`` that ``what`` names in errors (e.g. ``training stage
+        'distill-low'``) instead of the section's ``model`` key; returns self."""
+        self._model_named = what
         return self
 
     @property
@@ -184,7 +193,9 @@ class EngineConfig(StrictModel):
 
     def key(self, name: str) -> str:
         """The dotted config key of setting ``name``: ``student.tokenizer`` (``engine.tokenizer`` when no
-        section gave these settings)."""
+        section gave these settings); for ``model``, what ``model_named`` said names it, if it did."""
+        if name == "model" and self._model_named:
+            return self._model_named
         return f"{self._section}.{name}"
 
     def tokenizer_key(self) -> tuple[str, str]:

@@ -38,26 +38,31 @@ from dasd.engines.config import EngineConfig
 from dasd.errors import ContextLengthError, DasdError
 
 MISSING = (
-    "engine.ray needs the optional ray package, which is not installed: pip install 'dasd[ray]' "
-    "(or ray==2.60.0); or remove engine.ray to run in one process."
+    "{key} needs the optional ray package, which is not installed: pip install 'dasd[ray]' "
+    "(or ray==2.60.0); or remove {key} to run in one process."
 )
 
 
-def import_ray():
-    """``ray`` itself, or a DasdError saying how to install it."""
+def import_ray(key: str = "engine.ray"):
+    """``ray`` itself, or a DasdError saying how to install it, naming the config ``key`` that asked
+    for it (``teacher.ray``: ``EngineConfig.key``)."""
     try:
         import ray
     except ImportError as err:
-        raise DasdError(f"{MISSING} ({err})") from err
+        raise DasdError(f"{MISSING.format(key=key)} ({err})") from err
     return ray
 
 
 class _Replica:
     """Ray actor body: one engine built from the config (without its ``ray`` part) of the config
-    section ``section`` (its errors name that section's keys)."""
+    section ``section`` (its errors name that section's keys, and its model as ``model_key``:
+    ``EngineConfig.key``)."""
 
-    def __init__(self, cfg: dict, make_engine, section: str = "engine"):
-        self.engine = make_engine(EngineConfig.model_validate(cfg).named(section))
+    def __init__(self, cfg: dict, make_engine, section: str = "engine", model_key: str | None = None):
+        engine_cfg = EngineConfig.model_validate(cfg).named(section)
+        if model_key and model_key != engine_cfg.key("model"):
+            engine_cfg.model_named(model_key)
+        self.engine = make_engine(engine_cfg)
 
     def generate(self, requests: list[GenerateRequest]) -> list[list[Generation]]:
         return self.engine.generate(requests)
@@ -85,8 +90,8 @@ class RayEngine:
 
     def __init__(self, cfg: EngineConfig, make_engine):
         if cfg.ray is None:
-            raise DasdError("RayEngine needs engine.ray")
-        ray = import_ray()
+            raise DasdError(f"RayEngine needs {cfg.key('ray')}")
+        ray = import_ray(cfg.key("ray"))
         self.ray = ray
         self.cfg = cfg
         self.name = cfg.model
@@ -104,7 +109,7 @@ class RayEngine:
             self._started = True
         inner = cfg.model_copy(update={"ray": None}).model_dump(mode="json")
         actor = ray.remote(num_cpus=r.num_cpus, num_gpus=r.num_gpus)(_Replica)
-        self.replicas = [actor.remote(inner, make_engine, cfg.section) for _ in range(r.replicas)]
+        self.replicas = [actor.remote(inner, make_engine, cfg.section, cfg.key("model")) for _ in range(r.replicas)]
         try:  # fail here, with the replica's message, if the engine cannot be built
             ray.get([a.count_tokens.remote("") for a in self.replicas])
             limits = ray.get(self.replicas[0].limits.remote())

@@ -98,10 +98,10 @@ class HFEngine:
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.dtype = _DTYPES[cfg.dtype]
-        _check_source(cfg.model, cfg.key("model"), cfg.gguf_file, cfg.key("gguf_file"))
+        _check_source(cfg.model, cfg.key("model"), cfg.gguf_file, cfg.key("gguf_file"), holds="model")
         tok_key, tok_source = cfg.tokenizer_key()
         if cfg.tokenizer:
-            _check_source(cfg.tokenizer, tok_key, None)
+            _check_source(cfg.tokenizer, tok_key, None, holds="tokenizer")
         gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -372,10 +372,10 @@ class HFEngine:
             at += size
 
 
-def _check_source(path: str, what: str, gguf_file: str | None, gguf_key: str = "") -> None:
-    """A local path must exist and hold a model (``gguf_file`` in it, when given: the setting
-    ``gguf_key``), or a tokenizer when ``what`` (the config key named in errors) is not a ``.model``
-    key; anything else is taken as a hub name."""
+def _check_source(path: str, what: str, gguf_file: str | None, gguf_key: str = "", holds: str = "model") -> None:
+    """A local path must exist and hold what it ``holds``: a model (``gguf_file`` in it, when given:
+    the setting ``gguf_key``) or a tokenizer; anything else is taken as a hub name. ``what``: the
+    config key (or training stage) named in errors."""
     local = os.path.exists(path) or os.path.isabs(path) or path.startswith((".", "~"))
     if not local:
         return
@@ -385,7 +385,7 @@ def _check_source(path: str, what: str, gguf_file: str | None, gguf_key: str = "
         if not os.path.isfile(os.path.join(path, gguf_file)):
             raise DasdError(f"{gguf_key}: {gguf_file!r} not found in {path!r}")
         return
-    markers = ("config.json",) if what.endswith(".model") else ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    markers = ("config.json",) if holds == "model" else ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     if not any(os.path.isfile(os.path.join(path, m)) for m in markers):
         raise DasdError(f"{what}: {path!r} is not a transformers model directory (no {' or '.join(markers)})")
 

@@ -42,18 +42,19 @@ from dasd.engines.openai import sample_seed
 from dasd.errors import DasdError
 
 MISSING = (
-    "engine.kind 'vllm' needs vLLM in dasd's environment, which no pinned set provides (vLLM 0.33.0 pins "
+    "{key} 'vllm' needs vLLM in dasd's environment, which no pinned set provides (vLLM 0.33.0 pins "
     "torch 2.14.0): use kind: openai against `vllm serve` (requirements-vllm.txt, docs/scale-out.md), "
     "or kind: hf without a GPU"
 )
 
 
-def import_vllm():
-    """``vllm`` itself, or a DasdError saying how to install it."""
+def import_vllm(key: str = "engine.kind"):
+    """``vllm`` itself, or a DasdError saying how to install it, naming the config ``key`` that asked
+    for it (``teacher.kind``: ``EngineConfig.key``)."""
     try:
         import vllm
     except ImportError as err:
-        raise DasdError(f"{MISSING} ({err})") from err
+        raise DasdError(f"{MISSING.format(key=key)} ({err})") from err
     return vllm
 
 
@@ -61,7 +62,7 @@ class VLLMEngine:
     """A ``vllm.LLM`` behind the Engine protocol (see the module docstring)."""
 
     def __init__(self, cfg: EngineConfig):
-        vllm = import_vllm()
+        vllm = import_vllm(cfg.key("kind"))
         self.cfg = cfg
         self.name = cfg.model
         v = cfg.vllm

@@ -395,7 +395,7 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     mixed_stages = [s.name for s in cfg.train.stages if s.data in runs.MIXED_POOLS]
     label, path = runs.latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
     log.info(f"student: {label} ({path})")
-    student = runs.open_engine(cfg.student.model_copy(update={"model": path}))
+    student = runs.open_engine(runs.trained_model(cfg, label, path))
     teacher = runs.open_engine(cfg.teacher)
     before = store.stage_info(STAGE).get("config") or {}
 
