@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, upstream_output
+from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, read_table, upstream_output
 from dasd.engines.base import EngineStats
 from dasd.engines.config import EngineConfig, transport_settings
 from dasd.errors import ConfigError, DasdError, InputError
+from dasd.idset import IdSet
 from dasd.jsonl import BadLine, atomic_write_json, parse_line
 from dasd.log import logger
 from dasd.prompts import iter_prompts, toy_prompts
@@ -720,7 +721,8 @@ INPUT_DIGEST = "input_digest"
 
 
 def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...],
-                             made_from: Callable[[dict], str] | None = None) -> int:
+                             made_from: Callable[[dict], str] | None = None,
+                             relocated: Callable[[dict, str, int], dict] | None = None) -> int:
     """Delete ``stage``'s outputs named by ``prefixes`` that may hold what was made from input
     records that are gone: an output of ``reads`` lost a shard it had when the stage last began
     (removed, or rewritten under another size: an import redone, a pool dropped, a filter that made
@@ -732,10 +734,12 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
 
     ``made_from(input record)``: a digest (128 bits, 32 hex digits) of what the stage makes of an
     input record, its id included (``score``: the
-    prompt's messages, the text and the teacher signal), which the stage stores on each record of
-    those outputs under ``INPUT_DIGEST``. Then a record whose input record is still there with the
-    same digest is kept and only the others are dropped (``_keep_unchanged``), so only new or
-    changed inputs are made again."""
+    prompt's messages, the text and the teacher signal; ``filter``: the fields its rules read), which
+    the stage stores on each record of those outputs under ``INPUT_DIGEST``. Then a record whose
+    input record is still there with the same digest is kept and only the others are dropped
+    (``_keep_unchanged``), so only new or changed inputs are made again. ``relocated(record, shard,
+    row)``: a kept record of a JSONL output (``rejects``) as it is to be written now that its input
+    is at ``(shard file name, row)`` (filter's rejects name where their sample is); None: as it is."""
     before = store.stage_info(stage).get("read")
     lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
     if not lost:
@@ -746,7 +750,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
         return bool(lost & set(_chain(stage, name))) if kind_of(stage, name) else True
 
     if made_from is not None:
-        return _keep_unchanged(store, stage, prefixes, made_from_lost, made_from, lost)
+        return _keep_unchanged(store, stage, prefixes, made_from_lost, made_from, lost, relocated)
     names = store.remove_outputs(stage, prefixes, made_from_lost)
     logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
                        "made from them dropped, made again")
@@ -754,13 +758,14 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
 
 
 def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made_from_lost: Callable[[str], bool],
-                    made_from: Callable[[dict], str], lost: set[str]) -> int:
+                    made_from: Callable[[dict], str], lost: set[str],
+                    relocated: Callable[[dict, str, int], dict] | None = None) -> int:
     """``drop_if_inputs_rewritten`` with ``made_from``: each output it would drop keeps the records
     whose ``INPUT_DIGEST`` is ``made_from`` of a record of the stage's input now (the outputs its
     columnar outputs refer to, ``columnar.upstream_output``; a columnar output's own upstream
     output): a columnar output is written again referring to those records' rows
     (``RunStore.relink``: what was made is copied, nothing is made again), another (``rejects``)
-    keeps them (``RunStore.drop_records``). The rest, and records without a digest (made by an
+    keeps them (``RunStore.drop_records``; written as ``relocated`` gives them, when given). The rest, and records without a digest (made by an
     earlier dasd), are dropped. Both write the kept records before the old shards go, and happen
     before the stage begins, so a run killed in between does it again. Memory: 24 bytes per input
     record (``_Rows``); the records are streamed."""
@@ -775,8 +780,18 @@ def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made
             index = rows.get(upstream_output(kind, name))
             k, d = store.relink(stage, name, lambda r, index=index: index.get(r.get(INPUT_DIGEST)) if index else None)
         else:
-            d = store.drop_records(stage, name, lambda r: not any(x.get(r.get(INPUT_DIGEST)) for x in rows.values()))
-            k = sum(1 for _ in store.read(stage, name))
+            def at(r):  # where the record's input is now, else None
+                return next((w for x in rows.values() if (w := x.get(r.get(INPUT_DIGEST)))), None)
+
+            if relocated is None:
+                d = store.drop_records(stage, name, lambda r: at(r) is None)
+                k = sum(1 for _ in store.read(stage, name))
+            else:  # every record written again (read from the old shards, which go after the new one is written)
+                n = sum(1 for _ in store.read(stage, name))
+                store.drop_records(stage, name, lambda r: True, add=(relocated(r, *w) for r in store.read(stage, name)
+                                                                     if (w := at(r)) is not None))
+                k = sum(1 for _ in store.read(stage, name))
+                d = n - k
         kept, dropped = kept + k, dropped + d
     logger(stage).info(f"{', '.join(sorted(lost))} lost records since this stage last ran: its {len(names)} output(s) "
                        f"made from them keep the {kept} record(s) whose input is there unchanged; {dropped} dropped, "
@@ -822,8 +837,38 @@ class _Rows:
         return None
 
 
+def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
+    """The ``INPUT_DIGEST`` of each record of output ``name`` of ``stage`` that has one (records of an
+    earlier dasd have none), as an ``IdSet``: a stage that keeps its records of unchanged inputs skips
+    an input whose digest (``made_from``) is in it, since what it made of that input is there. A
+    columnar output's digests are read from its ``extra`` column alone (nothing joined)."""
+    digests = IdSet()
+    kind = kind_of(stage, name)
+    if kind is None:
+        digests.update(r[INPUT_DIGEST] for r in store.read(stage, name) if INPUT_DIGEST in r)
+        return digests
+    for path in shard_paths(store.root / stage, name):
+        if path.suffix != ".parquet":
+            continue  # a JSONL shard of an earlier dasd: no digests (reading it is refused with its own error)
+        for extra in read_table(path, kind, ["extra"])["extra"].to_pylist():
+            d = json.loads(extra).get(INPUT_DIGEST) if extra else None
+            if d is not None:
+                digests.add(d)
+    return digests
+
+
+def rewritten_since(store: RunStore, stage: str, prefix: str) -> list[str]:
+    """The outputs (``<stage>/<output>`` starting with ``prefix``, e.g. ``sample/pool-``) that ``stage``
+    read when it last began and that lost a shard since (``_lost``: written again, e.g. a pool imported again): what the stage made of them
+    is older than they are, and its columnar rows may refer to rows that are gone. Sorted; empty for a
+    stage that has not run or recorded no shards."""
+    read = store.stage_info(stage).get("read") or {}
+    return sorted(_lost(store, {k: v for k, v in read.items() if k.startswith(prefix)}))
+
+
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
-                            outputs: tuple[str, ...] = (), made_from: Callable[[dict], str] | None = None) -> dict | None:
+                            outputs: tuple[str, ...] = (), made_from: Callable[[dict], str] | None = None,
+                            relocated: Callable[[dict, str, int], dict] | None = None) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
     up to date; then return its manifest counts (and log one line), else None.
 
@@ -833,7 +878,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
     records since (``drop_if_inputs_rewritten``, which keeps the records of inputs still there
-    unchanged when the stage gives ``made_from``), or when a setting that shapes its records did
+    unchanged when the stage gives ``made_from``, written as ``relocated`` gives them), or when a setting that shapes its records did
     (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
     ``config``, so a run killed in between drops again when it is run again; the stage is marked
@@ -849,7 +894,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs, model_names(config))
     drop_if_settings_changed(store, stage, config, outputs)
-    drop_if_inputs_rewritten(store, stage, reads, outputs, made_from)
+    drop_if_inputs_rewritten(store, stage, reads, outputs, made_from, relocated)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None
 

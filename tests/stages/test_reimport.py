@@ -1,7 +1,8 @@
 """A pool imported again (`dasd import` under another ``import_key``) whose records come back the
-same: `dasd score` keeps what it made of them and asks the student and the teacher about none; a
-row edited in the source is the only one they are asked about. Release rows with their -Logprob
-companion (gpt-oss's ids: o200k + harmony), the toy student and teacher engines, counted."""
+same: `dasd filter` keeps its verdicts on them and judges none, `dasd score` keeps what it made of
+them and asks the student and the teacher about none; a row edited in the source is the only one
+judged and asked about. Release rows with their -Logprob companion (gpt-oss's ids: o200k + harmony), the toy student
+and teacher engines, counted."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
+import dasd.stages.filter as filter_stage
 from dasd.columnar import plain
 from dasd.config import load_config
 from dasd.runs import open_engine
@@ -60,6 +62,11 @@ def _scored(run) -> dict[str, dict]:
     out = {r["id"]: plain(r) for r in store.read("score", "pool-T1")}
     out.update({r["id"]: r for r in store.read("score", "rejects")})
     return {k: {f: v for f, v in r.items() if f != "import_key"} for k, r in out.items()}
+
+
+def _judged(run) -> dict[str, int]:
+    """How many samples of each pool the last `dasd filter` that ran judged (its manifest's ``judged``)."""
+    return RunStore.open(run).stage_info("filter")["judged"]
 
 
 def _first_run(tmp_path, o200k_harmony_dir, counting_scorer):
@@ -114,6 +121,7 @@ def test_a_reimport_of_the_same_records_asks_the_engines_about_none(tmp_path, fi
         assert (key() != old) == rekeyed, step
         got = score(c)
         assert got == ({**FIRST, "new": 0 if rekeyed else ROWS}, 0, 0), step  # up to date: the first run's counts
+        assert _judged(run) == {"T1": 0 if rekeyed else ROWS}, step  # filter judged none (up to date: the first run's)
         assert _scored(run) == before, step
 
     for f in src.iterdir():  # the same content under another stat, then at another path
@@ -150,6 +158,7 @@ def test_a_reimport_with_one_row_edited_asks_the_engines_about_that_record_only(
     _write(src, tok, answer_edited=1)
     assert run_import(cfg(src))["with_logprobs"] == ROWS - 1
     assert score(cfg(src)) == ({**FIRST, "new": 1}, 1, 0)
+    assert _judged(run) == {"T1": 1}
     after = _scored(run)
     assert after[ids["u1"]]["text"].endswith("Indeed.") and after[ids["u1"]]["sentences"] != before[ids["u1"]]["sentences"]
     assert {k: r for k, r in after.items() if k != ids["u1"]} == {k: r for k, r in before.items() if k != ids["u1"]}
@@ -159,6 +168,7 @@ def test_a_reimport_with_one_row_edited_asks_the_engines_about_that_record_only(
     counts = run_import(cfg(src))
     assert (counts["with_logprobs"], counts["logprobs_mismatched"], counts["logprobs_missing"]) == (ROWS - 2, 1, 1)
     assert score(cfg(src)) == ({**FIRST, "new": 1}, 1, 1)
+    assert _judged(run) == {"T1": 1}
     after = _scored(run)
     assert after[ids["u2"]]["teacher"]["rescored"] and "Check it" in after[ids["u2"]]["text"]
     assert {k: r for k, r in after.items() if k != ids["u2"]} == {k: r for k, r in before.items() if k != ids["u2"]}
@@ -181,6 +191,7 @@ def test_a_pool_of_an_earlier_dasds_ids_imported_again_is_scored_again_once(tmp_
     assert run_import(cfg(src))["imported"] == ROWS
     counts, asked_student, asked_teacher = score(cfg(src))
     assert counts == {**FIRST, "new": ROWS} and asked_student > ROWS and asked_teacher == 1
+    assert _judged(tmp_path / "run") == {"T1": ROWS}  # other ids: other samples to filter too
     after = _scored(tmp_path / "run")
     assert not set(after) & set(before)
     by_uuid = {r["source_id"]: r["sentences"] for r in before.values() if "source_id" in r}
@@ -189,4 +200,60 @@ def test_a_pool_of_an_earlier_dasds_ids_imported_again_is_scored_again_once(tmp_
     _write(src, tok)
     assert run_import(cfg(src))["imported"] == ROWS
     assert score(cfg(src)) == ({**FIRST, "new": 0}, 0, 0)
+    assert _judged(tmp_path / "run") == {"T1": 0}
     assert _scored(tmp_path / "run") == after
+
+
+def _verdicts(run) -> tuple[list[str], dict[str, dict]]:
+    """Filter's verdicts on pool T1: the kept ids in order, and the rejects by id (their ``where`` left out)."""
+    store = RunStore.open(run)
+    rejects = {r["id"]: {k: v for k, v in r.items() if k != "where"} for r in store.read("filter", "rejects")}
+    return [s["id"] for s in store.read("filter", "kept-T1")], rejects
+
+
+def test_filter_judges_only_the_samples_a_reimport_changed(tmp_path, o200k_harmony_dir, monkeypatch):
+    """Filter applied its rules to every sample of a pool imported again, the same ones too. Now a
+    sample whose verdict is on disk made from it as it is now (text, teacher signal, ...; not its
+    import key) keeps it: the same records in another order are judged by no rule, a row edited is
+    the one judged, and the funnel, kept samples and rejects are those of a fresh run; a reject names
+    where its sample is now. Another filter setting judges them all again. Counted twice: the rules
+    applied (``apply_filters``) and the manifest's ``judged``."""
+    tok = AutoTokenizer.from_pretrained(o200k_harmony_dir)
+    src, run = tmp_path / "src", tmp_path / "run"
+    src.mkdir()
+    calls = []
+    rules = filter_stage.apply_filters
+    monkeypatch.setattr(filter_stage, "apply_filters", lambda s, *a: calls.append(s["source_id"]) or rules(s, *a))
+
+    def filtered(c, judged: list[str]):
+        calls.clear()
+        assert run_import(c)["imported"] == ROWS
+        funnel = run_filter(c)
+        assert sorted(calls) == judged and _judged(c.run_dir) == {"T1": len(judged)}
+        store = RunStore.open(c.run_dir)
+        where = {s["id"]: f"{store.root / 'sample' / s['_ref'].shard} row {s['_ref'].row} sample {s['id']}"
+                 for s in store.read("sample", "pool-T1")}
+        assert {r["id"]: r["where"] for r in store.read("filter", "rejects")} == \
+            {k: where[k] for k in _verdicts(c.run_dir)[1]}
+        return funnel
+
+    short = "filter.max_student_tokens=100"  # u6, the long one, is dropped
+    _write(src, tok)
+    first = filtered(_cfg(run, src, o200k_harmony_dir, short), [f"u{i}" for i in range(ROWS)])
+    assert first == {"T1": {"in": ROWS, "dropped": {"length": 1}, "out": ROWS - 1}}
+    kept, rejects = _verdicts(run)
+    assert [r["rule"] for r in rejects.values()] == ["length"] and len(kept) == ROWS - 1
+
+    _write(src, tok, order=[3, 6, 5, 0, 4, 1, 2])  # another import key, the same records
+    assert filtered(_cfg(run, src, o200k_harmony_dir, short), []) == first
+    assert _verdicts(run) == (kept, rejects)
+
+    _write(src, tok, answer_edited=1)
+    assert filtered(_cfg(run, src, o200k_harmony_dir, short), ["u1"]) == first
+    fresh = tmp_path / "fresh"  # the edited source filtered from the start
+    assert filtered(_cfg(fresh, src, o200k_harmony_dir, short), [f"u{i}" for i in range(ROWS)]) == first
+    assert sorted(_verdicts(run)[0]) == sorted(_verdicts(fresh)[0]) and _verdicts(run)[1] == _verdicts(fresh)[1]
+
+    assert filtered(_cfg(run, src, o200k_harmony_dir), [f"u{i}" for i in range(ROWS)]) == \
+        {"T1": {"in": ROWS, "dropped": {}, "out": ROWS}}
+

@@ -22,6 +22,10 @@ filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quaranti
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+
+import numpy as np
 
 from dasd.errors import DasdError
 from dasd.grading.grade import is_correct
@@ -29,8 +33,9 @@ from dasd.log import logger
 from dasd.columnar import REF
 from dasd.records import content_id
 from dasd.rules.mixing import has_reference
-from dasd.runs import (KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, model_versions, output, pools,
-                       resolve_model)
+from dasd.idset import IdSet
+from dasd.runs import (INPUT_DIGEST, KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, input_digests,
+                       model_versions, output, pools, resolve_model)
 from dasd.store import RunStore
 from dasd.text.filters import Drop, Funnel, apply_filters
 
@@ -73,6 +78,37 @@ def malformed(sample: dict) -> str | None:
     return None
 
 
+# The sample fields filter's rules and normalisation read (``text.filters.apply_filters``), besides
+# the teacher signal; ``judged_input`` digests them.
+JUDGED_FIELDS = ("id", "prompt_id", "text", "reasoning_content", "reasoning", "tool_calls", "function_call",
+                 "finish_reason")
+
+
+def judged_input(sample: dict, prompt: dict | None = None) -> str:
+    """What filter's verdict on a sample (and the kept record it writes) is made from, as a digest
+    (BLAKE2b-128, 32 hex digits): the sample's ``JUDGED_FIELDS`` and its whole teacher signal (token
+    ids, offsets, log-probs, mode, tokens) and, with ``filter.require_correct``, the reference the
+    answer is graded against (``prompt``'s ``answer``, ``choices`` and ``tests``; None when not
+    graded). Not its ``import_key``, ``source_id`` or other metadata: a pool imported again gives the
+    same digests to the same records. Stored on each kept and rejected record (``runs.INPUT_DIGEST``):
+    a record whose sample has the same digest now is not judged again. Any record can be digested
+    (a malformed one too)."""
+    teacher = sample.get("teacher") if isinstance(sample.get("teacher"), dict) else {}
+    head = [[sample.get(f) for f in JUDGED_FIELDS], sorted((k, v) for k, v in teacher.items() if not isinstance(v, np.ndarray)),
+            None if prompt is None else [prompt.get("answer"), prompt.get("choices"), prompt.get("tests")]]
+    h = hashlib.blake2b(json.dumps(head, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass"), digest_size=16)
+    for k in sorted(k for k, v in teacher.items() if isinstance(v, np.ndarray)):
+        a = np.ascontiguousarray(teacher[k])
+        h.update(json.dumps([k, a.dtype.str, a.shape]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _where(store: RunStore, shard: str, row: int) -> str:
+    """Where a sample is, as a reject names it: its shard file and row."""
+    return f"{store.root / 'sample' / shard} row {row}"
+
+
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or existing_run(cfg.run_dir, STAGE)
@@ -80,11 +116,25 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
     stage_cfg = {**fc.model_dump(mode="json"), "models": model_versions(cfg, "teacher", "student_tokenizer")}
     if fc.require_correct:  # a filter of an earlier dasd graded only prompts with an answer: its verdicts are made again
         stage_cfg["graded"] = "answer, choices, tests"
+    prompts: RunPrompts | None = None  # read when first needed: not for a stage that is up to date
+
+    def made_from(sample: dict) -> str:
+        nonlocal prompts
+        if not fc.require_correct:
+            return judged_input(sample)
+        prompts = prompts or RunPrompts(store)
+        return judged_input(sample, prompts.get(sample.get("prompt_id"), {}))
+
+    def relocated(reject: dict, shard: str, row: int) -> dict:
+        where = _where(store, shard, row)
+        return {**reject, "where": where if reject.get("rule") == "malformed" else f"{where} sample {reject['id']}"}
+
+    # a sample pool written again (imported again) keeps the verdicts of the samples that came back unchanged
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
-                                   outputs=(KEPT + "-", "rejects"))
+                                   outputs=(KEPT + "-", "rejects"), made_from=made_from, relocated=relocated)
     if done is not None:
         return done
-    prompts = RunPrompts(store)
+    prompts = prompts or RunPrompts(store)
     count_tokens = student_token_counter(cfg) if fc.max_student_tokens is not None else None
 
     def correct(sample: dict) -> bool:
@@ -96,43 +146,67 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         except ValueError as err:  # the prompt's reference cannot be graded (bad tests, an answer that is no choice)
             raise DasdError(f"filter.require_correct: cannot grade prompt {p.get('id')!r}: {err}") from None
 
-    def judge(pool: str, funnel: Funnel, rejects) -> int:
-        """Filter ``pool`` into ``kept-<pool>`` (resumed: the ids on disk are skipped) and the rejects;
-        return how many samples the kept output holds that the rules drop now."""
-        stale = 0
+    rejected: dict[tuple, IdSet] = {}  # (pool, rule) -> the digests of the samples quarantined under it
+    for r in store.read(STAGE, "rejects"):
+        if INPUT_DIGEST in r:
+            rejected.setdefault((r.get("pool"), r.get("rule")), IdSet()).add(r[INPUT_DIGEST])
+
+    def judge(pool: str, funnel: Funnel, rejects) -> tuple[int, int]:
+        """Filter ``pool`` into ``kept-<pool>`` and the rejects: a sample whose verdict is on disk made
+        from it as it is now (its ``judged_input``) keeps it and is counted, not judged again (an
+        interrupted run resumed, a pool imported again); return how many samples were judged and how
+        many of them the kept output holds that the rules drop now."""
+        judged = stale = 0
+        kept_digests = input_digests(store, STAGE, output(KEPT, pool))
+        quarantined = {rule: ids for (p, rule), ids in rejected.items() if p == pool}
         with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
             for s in store.read("sample", output(SAMPLE_POOL, pool)):
+                digest = made_from(s)
+                if digest in kept_digests:
+                    funnel.add(pool, None)
+                    continue
+                rule = next((rule for rule, ids in quarantined.items() if digest in ids), None)
+                if rule is not None:
+                    funnel.add(pool, Drop(rule))
+                    stale += s.get("id") in kept
+                    continue
+                judged += 1
                 ref = s.get(REF)
-                where = f"{store.root / 'sample' / ref.shard} row {ref.row}" if ref else f"{store.root / 'sample'} pool-{pool}"
+                where = _where(store, ref.shard, ref.row) if ref else f"{store.root / 'sample'} pool-{pool}"
                 bad = malformed(s)
                 if bad is not None:  # hand-edited or imported records: quarantined, never a traceback
                     funnel.add(pool, Drop("malformed", bad))
                     rid = str(s.get("id") or content_id("malformed", pool, sorted(s), repr(s.get("text"))[:2000]))
                     rejects.add({"id": rid, "pool": pool, "rule": "malformed", "reason": bad,
-                                 "where": where, "text": repr(s.get("text"))[:2000]})
+                                 "where": where, "text": repr(s.get("text"))[:2000], INPUT_DIGEST: digest})
                     continue
                 out, drop = apply_filters(s, fc, count_tokens, correct if fc.require_correct else None)
                 funnel.add(pool, drop)
                 if out is not None:
-                    kept.add(out)
+                    kept.add({**out, INPUT_DIGEST: digest})
                 else:
                     stale += s["id"] in kept
                     rejects.add({"id": s["id"], "pool": pool, "rule": drop.rule, "reason": str(drop),
-                                 "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000]})
-        return stale
+                                 "where": f"{where} sample {s['id']}", "text": (s.get("text") or "")[:2000],
+                                 INPUT_DIGEST: digest})
+        return judged, stale
 
     funnel = Funnel()
+    judged = {}
     with store.writer(STAGE, "rejects") as rejects:
         for pool in pools(store, "sample", SAMPLE_POOL):
             before = copy.deepcopy(funnel)
-            stale = judge(pool, funnel, rejects)
+            judged[pool], stale = judge(pool, funnel, rejects)
             if stale:  # kept under a reference answer corrected since (`dasd sample` updated the run's prompts)
                 log.warning(f"{pool}: {stale} sample(s) kept by an earlier run are dropped by the rules now (a prompt's "
                             f"reference answer changed since): {output(KEPT, pool)} is made again")
                 store.remove_output(STAGE, output(KEPT, pool))
                 funnel = before
-                judge(pool, funnel, rejects)
+                judged[pool], _ = judge(pool, funnel, rejects)
+            n = funnel.to_dict().get(pool, {}).get("in", 0)
+            log.info(f"{pool}: {judged[pool]} of {n} sample(s) judged now"
+                     + (f" (the verdicts on the other {n - judged[pool]}, whose input is unchanged, kept)" if n > judged[pool] else ""))
     log.info(f"funnel\n{funnel.format()}")
     counts = funnel.to_dict()
-    store.end_stage(STAGE, counts)
+    store.end_stage(STAGE, counts, judged=judged)
     return counts
