@@ -1,7 +1,8 @@
 """A pool imported again (`dasd import` under another ``import_key``) whose records come back the
 same: `dasd filter` keeps its verdicts on them and judges none, `dasd score` keeps what it made of
 them and asks the student and the teacher about none; a row edited in the source is the only one
-judged and asked about. Release rows with their -Logprob companion (gpt-oss's ids: o200k + harmony), the toy student
+judged and asked about. `dasd score` run after the import and before `dasd filter` says so in one
+line. Release rows with their -Logprob companion (gpt-oss's ids: o200k + harmony), the toy student
 and teacher engines, counted."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer
 import dasd.stages.filter as filter_stage
 from dasd.columnar import plain
 from dasd.config import load_config
+from dasd.errors import DasdError
 from dasd.runs import open_engine
 from dasd.stages.filter import run_filter
 from dasd.stages.import_ import run_import
@@ -257,3 +259,20 @@ def test_filter_judges_only_the_samples_a_reimport_changed(tmp_path, o200k_harmo
     assert filtered(_cfg(run, src, o200k_harmony_dir), [f"u{i}" for i in range(ROWS)]) == \
         {"T1": {"in": ROWS, "dropped": {}, "out": ROWS}}
 
+
+def test_score_after_a_reimport_before_filter_says_to_run_filter(tmp_path, first_run):
+    """`dasd score` run after a pool was imported again and before `dasd filter` said only that a
+    kept row refers to a shard that is missing. Now one line: filter's output is older than the pool
+    it read, which pool, and to run `dasd filter`; after it, score asks the engines about nothing."""
+    tok, cfg, score, before = first_run
+    src, run = tmp_path / "src", tmp_path / "run"
+    _write(src, tok, order=reversed(range(ROWS)))
+    assert run_import(cfg(src))["imported"] == ROWS
+    with pytest.raises(DasdError) as err:
+        run_score(cfg(src))
+    assert str(err.value) == (
+        f"{run}: `dasd filter`'s output is older than the sample pools it read (pool T1 was written again since, e.g. "
+        "imported again), so samples it kept are missing or out of date; run `dasd filter` (it keeps its verdicts on "
+        "unchanged samples), then `dasd score`")
+    assert score(cfg(src)) == ({**FIRST, "new": 0}, 0, 0) and _judged(run) == {"T1": 0}
+    assert _scored(run) == before
