@@ -9,14 +9,22 @@ math, multiple choice, code in the sandbox) and wrong ones dropped. Samples stre
 shard order; a kept sample is written as a reference to its sample row (no copy of its token
 arrays) unless normalisation rewrote it. A reject records the rule, the reason, where the sample
 is (shard and row) and the start of its text. A finished filter with the same settings and the
-same sample pools is not redone; an interrupted one re-applies the rules and skips what it wrote; one
-run again with other ``filter`` settings drops its outputs and makes them again. When `dasd sample`
+same sample pools is not redone; one run again with other ``filter`` settings (or another teacher or
+student tokenizer) drops its outputs and judges every sample again.
+
+Each kept and rejected record carries ``input_digest``: what its verdict was made from
+(``judged_input``: the sample's text, teacher signal and the other fields the rules read, and with
+``require_correct`` the prompt's reference; not its import key). A sample whose verdict is on disk
+with its digest as it is now is counted in the funnel and not judged again: an interrupted run
+resumes so, and when a sample pool was written again (imported again), its kept rows whose sample
+came back unchanged are re-linked to the new rows and its rejects kept, naming where the sample is
+now (``runs.drop_if_inputs_rewritten`` with ``made_from``); only new or changed samples are judged.
+The manifest's ``judged`` says how many samples of each pool the run judged. When `dasd sample`
 updated the run's prompts (a reference answer corrected under the same id and messages), filter
-judges every sample again: its rejects are made again (``runs.drop_if_inputs_rewritten``: the
-prompts lost their old shards), a sample the new answer passes is added to the kept ones, and a pool
-whose kept output holds a sample the rules now drop has that output made again (one warning). A record that cannot be
-filtered (``id``, ``prompt_id`` or ``text`` missing or not a string) is quarantined under rule
-``malformed``.
+with ``require_correct`` judges that prompt's samples again: a sample the new answer passes is
+added to the kept ones, and a pool whose kept output holds a sample the rules now drop has that
+output made again (one warning). A record that cannot be filtered (``id``, ``prompt_id`` or
+``text`` missing or not a string) is quarantined under rule ``malformed``.
 """
 
 from __future__ import annotations
