@@ -88,9 +88,10 @@ def test_a_killed_stage_is_marked_and_its_numbers_are_what_is_on_disk(tmp_path, 
     write_prompts(prompts, 6)
     run_sample(cfg)  # 12 samples a pool now
 
-    # filter killed in its second pool (read in shard order: its 6 earlier samples, then 2 new ones)
+    # filter killed in its second pool (read in shard order: its 6 earlier samples, whose verdicts are kept
+    # and not judged again, then 2 new ones), after judging the first pool's 6 new samples
     with monkeypatch.context() as m:
-        m.setattr(filter_stage, "apply_filters", dies_after(12 + 6 + 2, filter_stage.apply_filters))
+        m.setattr(filter_stage, "apply_filters", dies_after(6 + 2, filter_stage.apply_filters))
         with pytest.raises(Killed):
             run_filter(cfg)
     store = RunStore.open(cfg.run_dir)
