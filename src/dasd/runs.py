@@ -765,8 +765,8 @@ def _keep_unchanged(store: RunStore, stage: str, prefixes: tuple[str, ...], made
     columnar outputs refer to, ``columnar.upstream_output``; a columnar output's own upstream
     output): a columnar output is written again referring to those records' rows
     (``RunStore.relink``: what was made is copied, nothing is made again), another (``rejects``)
-    keeps them (``RunStore.drop_records``; written as ``relocated`` gives them, when given). The rest, and records without a digest (made by an
-    earlier dasd), are dropped. Both write the kept records before the old shards go, and happen
+    keeps them (``RunStore.drop_records``; written as ``relocated`` gives them, when given). The
+    rest, and records without a digest (made by an earlier dasd), are dropped. Both write the kept records before the old shards go, and happen
     before the stage begins, so a run killed in between does it again. Memory: 24 bytes per input
     record (``_Rows``); the records are streamed."""
     names = [n for n in store.outputs(stage) if n.startswith(prefixes) and made_from_lost(n)]
@@ -838,15 +838,14 @@ class _Rows:
 
 
 def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
-    """The ``INPUT_DIGEST`` of each record of output ``name`` of ``stage`` that has one (records of an
-    earlier dasd have none), as an ``IdSet``: a stage that keeps its records of unchanged inputs skips
-    an input whose digest (``made_from``) is in it, since what it made of that input is there. A
-    columnar output's digests are read from its ``extra`` column alone (nothing joined)."""
-    digests = IdSet()
+    """The ``INPUT_DIGEST`` of each record of columnar output ``name`` of ``stage`` that has one
+    (records of an earlier dasd have none), as an ``IdSet``: a stage that keeps its records of
+    unchanged inputs skips an input whose digest (``made_from``) is in it, since what it made of that
+    input is there. Read from the shards' ``extra`` column alone (nothing joined)."""
     kind = kind_of(stage, name)
     if kind is None:
-        digests.update(r[INPUT_DIGEST] for r in store.read(stage, name) if INPUT_DIGEST in r)
-        return digests
+        raise ValueError(f"{stage}/{name}: input_digests reads a columnar output only")
+    digests = IdSet()
     for path in shard_paths(store.root / stage, name):
         if path.suffix != ".parquet":
             continue  # a JSONL shard of an earlier dasd: no digests (reading it is refused with its own error)
@@ -859,9 +858,9 @@ def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
 
 def rewritten_since(store: RunStore, stage: str, prefix: str) -> list[str]:
     """The outputs (``<stage>/<output>`` starting with ``prefix``, e.g. ``sample/pool-``) that ``stage``
-    read when it last began and that lost a shard since (``_lost``: written again, e.g. a pool imported again): what the stage made of them
-    is older than they are, and its columnar rows may refer to rows that are gone. Sorted; empty for a
-    stage that has not run or recorded no shards."""
+    read when it last began and that lost a shard since (``_lost``: written again, e.g. a pool
+    imported again): what the stage made of them is older than they are, and its columnar rows may
+    refer to rows that are gone. Sorted; empty for a stage that has not run or recorded no shards."""
     read = store.stage_info(stage).get("read") or {}
     return sorted(_lost(store, {k: v for k, v in read.items() if k.startswith(prefix)}))
 
@@ -878,8 +877,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
     records since (``drop_if_inputs_rewritten``, which keeps the records of inputs still there
-    unchanged when the stage gives ``made_from``, written as ``relocated`` gives them), or when a setting that shapes its records did
-    (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
+    unchanged when the stage gives ``made_from``, written as ``relocated`` gives them), or when a
+    setting that shapes its records did (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
     ``config``, so a run killed in between drops again when it is run again; the stage is marked
     unfinished before the first drop (``RunStore.mark_unfinished``), so meanwhile later stages do
