@@ -856,13 +856,39 @@ def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
     return digests
 
 
-def rewritten_since(store: RunStore, stage: str, prefix: str) -> list[str]:
-    """The outputs (``<stage>/<output>`` starting with ``prefix``, e.g. ``sample/pool-``) that ``stage``
-    read when it last began and that lost a shard since (``_lost``: written again, e.g. a pool
-    imported again): what the stage made of them is older than they are, and its columnar rows may
-    refer to rows that are gone. Sorted; empty for a stage that has not run or recorded no shards."""
-    read = store.stage_info(stage).get("read") or {}
-    return sorted(_lost(store, {k: v for k, v in read.items() if k.startswith(prefix)}))
+def changed_since(store: RunStore, stage: str) -> list[str]:
+    """What changed, since ``stage`` last began, in the outputs it read (``read_shards`` recorded by
+    ``begin_unless_up_to_date``): ``<stage>/<output> written again`` (it lost a shard: ``_lost``),
+    ``... grew`` (more shards) or ``... is new`` (an output of a stage it read that it did not read).
+    Empty when nothing did, or for a stage that has not run or recorded no shards."""
+    before = store.stage_info(stage).get("read") or {}
+    lost = _lost(store, before)
+    now = read_shards(store, tuple(sorted({k.split("/", 1)[0] for k in before})))
+    out = []
+    for name in sorted(set(before) | set(now)):
+        if name in lost:
+            out.append(f"{name} written again")
+        elif name not in before:
+            out.append(f"{name} is new")
+        elif now.get(name, before[name])[0] > before[name][0]:
+            out.append(f"{name} grew")
+    return out
+
+
+def require_current(store: RunStore, stages: tuple[str, ...], by: str) -> None:
+    """Refuse (``DasdError``, one line) to let stage ``by`` read the outputs of a finished stage
+    whose own inputs changed since it ran (``changed_since``): e.g. `dasd score` after a pool was
+    sampled further or imported again and before `dasd filter` (filter's kept rows would leave the
+    new samples unscored, or refer to rows that are gone), `dasd select` after `dasd filter` and
+    before `dasd score`. `dasd run` runs the stages in order, so it never meets this."""
+    for stage in stages:
+        if unfinished(store, stage):
+            continue  # ``require_finished`` says so
+        changed = changed_since(store, stage)
+        if changed:
+            raise DasdError(f"{store.root}: `dasd {stage}`'s output is older than what it read "
+                            f"({'; '.join(changed)} since it ran), so `dasd {by}` would read out-of-date "
+                            f"records; run `dasd {stage}`, then `dasd {by}`")
 
 
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
@@ -872,7 +898,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     up to date; then return its manifest counts (and log one line), else None.
 
     Refused (``require_finished``) when a stage it reads, or ``import`` (which writes into ``sample``),
-    began and did not finish, and (``require_ran``) when a stage it reads has not run here. Up to date: finished with this ``config`` on inputs with the same
+    began and did not finish, (``require_ran``) when a stage it reads has not run here, and
+    (``require_current``) when one's own inputs changed since it ran. Up to date: finished with this ``config`` on inputs with the same
     ``RunStore.fingerprint`` (of ``reads`` and ``extra``). Otherwise its outputs named by the
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
@@ -886,6 +913,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     """
     require_finished(store, (*reads, "import"), stage)
     require_ran(store, reads, stage)
+    require_current(store, reads, stage)
     inputs = store.fingerprint(reads, extra=extra)
     if store.up_to_date(stage, config, inputs):
         logger(stage).info(f"up to date (same settings, models and {' and '.join(reads)} outputs); nothing to do")

@@ -271,8 +271,7 @@ def test_score_after_a_reimport_before_filter_says_to_run_filter(tmp_path, first
     with pytest.raises(DasdError) as err:
         run_score(cfg(src))
     assert str(err.value) == (
-        f"{run}: `dasd filter`'s output is older than the sample pools it read (pool T1 was written again since, e.g. "
-        "imported again), so samples it kept are missing or out of date; run `dasd filter` (it keeps its verdicts on "
-        "unchanged samples), then `dasd score`")
+        f"{run}: `dasd filter`'s output is older than what it read (sample/pool-T1 written again since it ran), so "
+        "`dasd score` would read out-of-date records; run `dasd filter`, then `dasd score`")
     assert score(cfg(src)) == ({**FIRST, "new": 0}, 0, 0) and _judged(run) == {"T1": 0}
     assert _scored(run) == before

@@ -51,14 +51,14 @@ import json
 import numpy as np
 
 from dasd.engines.base import ScoreRequest
-from dasd.errors import ContextLengthError, DasdError
+from dasd.errors import ContextLengthError
 from dasd.idset import IdSet
 from dasd.log import Rate, chunks, logger, progress
 from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
-from dasd.runs import (INPUT_DIGEST, KEPT, SAMPLE_POOL, SCORED, RunPrompts, as_recorded, begin_unless_up_to_date,
+from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, as_recorded, begin_unless_up_to_date,
                        engine_identity, existing_run, faults_kept, model_versions, open_engine, output, pools,
-                       record_faults, recorded_extra, rewritten_since, scoring_tokenizer_warnings,
+                       record_faults, recorded_extra, scoring_tokenizer_warnings,
                        teacher_as_hashed_before, with_transport)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
@@ -177,13 +177,6 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
         prompts = prompts or RunPrompts(store)
         return scored_input(prompts, sample)
 
-    rewritten = rewritten_since(store, "filter", f"sample/{SAMPLE_POOL}-")
-    if rewritten:  # the kept rows refer to samples that are gone, and samples new to the pool are not filtered
-        names = ", ".join(o.split("-", 1)[1] for o in rewritten)
-        which = f"pool {names} was" if len(rewritten) == 1 else f"pools {names} were"
-        raise DasdError(f"{store.root}: `dasd filter`'s output is older than the sample pools it read ({which} written "
-                        f"again since, e.g. imported again), so samples it kept are missing or out of date; run `dasd "
-                        f"filter` (it keeps its verdicts on unchanged samples), then `dasd score`")
     # a rewritten kept output (filter made it again) keeps the scores of the samples it still holds unchanged
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample", "filter"),
                                    extra=recorded_extra(store, STAGE, ("sample", "filter"), teachers),
