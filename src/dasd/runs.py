@@ -1075,12 +1075,13 @@ def named_pools(cfg, store: RunStore) -> dict[str, StoredRecords | list[dict]]:
     mixed-policy sets, as small as ``mix.n_questions``, are lists.
 
     ``low`` / ``high``: the selected examples of the lowest / highest temperature pool (`dasd select`
-    must have finished); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
+    must have finished, on the scores as they are: ``require_current``); ``mixed``: the mixed-policy examples, only once `dasd mix` has finished
     with the current ``mix`` config and the student and teacher it would use now
     (``mix_not_current``; an interrupted mix never feeds training); ``mixed+replay``:
     those plus off-policy examples of ``mix.replay.source`` (``dasd.rules.mixing.replay_examples``).
     """
     require_finished(store, "select", "train")
+    require_current(store, ("select",), "train")
     data: dict[str, StoredRecords | list[dict]] = {}
     for pool in pools(store, "select", TRAIN):
         data[pool] = StoredRecords(store, "select", output(TRAIN, pool))

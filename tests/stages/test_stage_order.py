@@ -1,7 +1,8 @@
 """A stage run out of order on a run whose earlier stage is out of date: `dasd score` after the
 pools grew and before `dasd filter` judged the new samples (they were silently left unscored), and
 `dasd select` after `dasd filter` made its kept output again and before `dasd score` (select read
-scores of rows that are gone). Each is refused in one line naming the stage to run
+scores of rows that are gone), training data and `dasd mix` after `dasd score` and before `dasd
+select` (a selection of the old scores). Each is refused in one line naming the stage to run
 (``runs.require_current``); run in order, the stages go on as before."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import pytest
 
 from dasd.errors import DasdError
 from dasd.prompts import toy_prompts
-from dasd.runs import changed_since
+from dasd.runs import changed_since, named_pools
 from dasd.stages.filter import run_filter
+from dasd.stages.mix import run_mix_stage
 from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select
@@ -52,4 +54,9 @@ def test_a_stage_whose_inputs_changed_since_it_ran_is_not_read_before_it_runs_ag
         run_select(changed)
     run_score(changed)
     assert changed_since(RunStore.open(run), "score") == []
+    # score scored again; select's selection is of the old scores: training data and mix are refused
+    for read in (lambda: named_pools(changed, RunStore.open(run)), lambda: run_mix_stage(changed)):
+        with pytest.raises(DasdError, match=r"`dasd select`'s output is older than what it read \(score/pool-T1 written again "):
+            read()
     run_select(changed)
+    assert set(named_pools(changed, RunStore.open(run))) >= {"low", "high"}

@@ -391,6 +391,7 @@ def run_mix_stage(cfg, store: RunStore | None = None) -> dict:
     """`dasd mix`: the latest student (before the mixed-policy stage) writes, the teacher continues."""
     store = store or runs.existing_run(cfg.run_dir, STAGE)
     runs.require_finished(store, ("sample", "import", "select"), STAGE)
+    runs.require_current(store, ("select",), STAGE)  # selected from the scores (and pools) as they are now
     curated = curated_from_run(store)  # before any model is loaded: no selected pools is an error at once
     mixed_stages = [s.name for s in cfg.train.stages if s.data in runs.MIXED_POOLS]
     label, path = runs.latest_student(cfg, store, before=mixed_stages[0] if mixed_stages else None)
