@@ -42,14 +42,16 @@ def holder(root: str | Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def hold_run_lock(root: str | Path) -> None:
-    """Take the run directory's writer lock for this process (a no-op if it holds it already)."""
+def hold_run_lock(root: str | Path) -> bool:
+    """Take the run directory's writer lock for this process (a no-op if it holds it already); True
+    when this process holds it, False for a rank > 0 of a distributed job (rank 0 holds it for the
+    job, and alone writes the run's own files)."""
     if os.environ.get("RANK", "0") not in ("", "0"):
-        return  # a rank > 0 of a distributed job: rank 0 holds the lock for the job
+        return False  # a rank > 0 of a distributed job: rank 0 holds the lock for the job
     key = os.path.realpath(root)
     with _guard:
         if key in _held:
-            return
+            return True
         path = Path(root) / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -66,6 +68,7 @@ def hold_run_lock(root: str | Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode() + b"\n", 0)
         _held[key] = fd
+        return True
 
 
 def release_run_lock(root: str | Path) -> None:

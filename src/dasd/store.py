@@ -191,13 +191,14 @@ class RunStore:
         if self.root.exists() and not self.root.is_dir():
             raise DasdError(f"{self.root}: run directory path exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._locked = lock  # this process writes the run (the lock held): temp files of a killed writer may go
-        if lock:
-            hold_run_lock(self.root)
+        # this process holds the run lock: temp files of a killed writer may go. A rank > 0 of a
+        # distributed job does not (rank 0 holds it, and may be saving the manifest meanwhile)
+        self._locked = lock and hold_run_lock(self.root)
+        if self._locked:
             for p in self.root.glob(f".{MANIFEST}.*.tmp"):  # left by a killed save of the manifest (lock held)
                 if p.is_file():
                     p.unlink(missing_ok=True)
-        if not (self.root / MANIFEST).exists():
+        if self._locked and not (self.root / MANIFEST).exists():
             atomic_write_json(self.root / MANIFEST, {"created": _now(), "packages": package_versions(), "stages": {}})
         self.manifest = self._load_manifest()
         self._tables: OrderedDict[Path, object] = OrderedDict()  # upstream shards being joined (a few)

@@ -84,3 +84,28 @@ def test_the_ranks_of_one_distributed_job_are_one_writer(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_rank_above_0_leaves_the_run_files_to_rank_0(tmp_path):
+    """Rank 0 may be saving the manifest (its temp file ``.manifest.json.XXXX.tmp`` about to be
+    renamed) while another rank opens the run: that rank neither removes the temp file (rank 0's
+    rename then failed: 'No such file or directory', seen in the two-process training test) nor
+    writes a manifest of its own; its writers do not sweep temp files either."""
+    run = tmp_path / "run"
+    proc = hold(tmp_path, run)  # rank 0, holding the lock, with its manifest
+    try:
+        saving = run / ".manifest.json.a1b2c3.tmp"
+        saving.write_text("{}", encoding="utf-8")
+        shard_tmp = run / "train" / ".cache-00000.jsonl.x9y8.tmp"
+        shard_tmp.parent.mkdir()
+        shard_tmp.write_text("", encoding="utf-8")
+        manifest = (run / "manifest.json").read_bytes()
+        code = (f"from dasd.store import RunStore; s = RunStore({str(run)!r}); s.writer('train', 'cache').close(); "
+                "print(s._locked)")
+        env = {**os.environ, "RANK": "1", "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+        assert saving.is_file() and shard_tmp.is_file() and (run / "manifest.json").read_bytes() == manifest
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
