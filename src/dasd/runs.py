@@ -988,7 +988,8 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
     answer corrected since by `dasd sample` replaces its record: `dasd mix` judges that question's
     continuation again) and selected responses (`dasd select` run again since with other settings
     replaces them: `dasd mix` asks again the questions whose response, which sets the student's cap,
-    changed). Models are compared where `dasd mix` recorded them as ``NAME@VERSION``; a mix
+    changed). Models are compared where `dasd mix` recorded them as ``NAME@VERSION`` (by version; one
+    without a version, a served name or a hub id, by name); a mix
     made through the library with bare names, or by a dasd that did not record the prompts it read,
     is taken as it is."""
     info = store.stage_info("mix")
@@ -1006,7 +1007,7 @@ def mix_not_current(cfg, store: RunStore) -> str | None:
         return f"the student it would use is not known ({err})"
     for role, model, who in (("student", path, label), ("teacher", cfg.teacher.model, "the teacher")):
         name, at, version = str(ran.get(role) or "").rpartition("@")
-        if at and version != model_version(model):
+        if at and (version != model_version(model) or (not version and name != str(model))):  # no version: by name
             return f"`dasd mix` ran with another {role} than {who} as it is now (retrained or replaced since)"
     read = info.get("read") or {}
     if _lost(store, {k: v for k, v in read.items() if k == f"sample/{PROMPTS}"}):

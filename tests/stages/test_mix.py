@@ -1352,3 +1352,27 @@ def test_a_selection_made_again_after_mix_keeps_its_examples_out_of_training_unt
     changed = {pid for pid in before if before[pid] != after.get(pid)}
     assert funnel["new"] == len(changed & {r["prompt_id"] for r in RunStore.open(tmp_path / "run").read("mix", "rollouts")})
     assert mix_not_current(cfg("select.method=random", "select.seed=3"), RunStore.open(tmp_path / "run")) is None
+
+
+def test_mixed_examples_of_a_teacher_known_by_name_only_are_not_current_once_it_is_renamed(tmp_path):
+    """A teacher with no version (a served name, a hub id) is told apart by its name: mixed examples
+    made with `served/teacher-a` do not feed training once teacher.model names `served/teacher-b`
+    (before, two empty versions compared equal and they did)."""
+    from dasd.config import load_config
+    from dasd.runs import latest_student, mix_not_current, model_version
+
+    run = tmp_path / "run"
+
+    def cfg(teacher):
+        return load_config(None, [f"run_dir={run}", "student.model=toy:student", f"teacher.model={teacher}",
+                                  "train.stages=[{name: s, data: mixed, init: base}]"])
+
+    store = RunStore(run)
+    _, student = latest_student(cfg("served/teacher-a"), store, before="s")
+    assert model_version("served/teacher-a") == "" and model_version(student) != ""
+    store.begin_stage("mix", {"mix": cfg("served/teacher-a").mix.model_dump(), "student": f"{student}@{model_version(student)}",
+                              "teacher": "served/teacher-a@"})  # as `dasd mix` records them
+    store.end_stage("mix", {})
+    assert mix_not_current(cfg("served/teacher-a"), store) is None
+    assert mix_not_current(cfg("served/teacher-b"), store) == (
+        "`dasd mix` ran with another teacher than the teacher as it is now (retrained or replaced since)")
