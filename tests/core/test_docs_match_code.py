@@ -19,6 +19,7 @@ kinds of drift from coming back.
 - every ```python block parses, and what it imports from dasd exists;
 - the layouts of README.md and docs/design.md name every top-level module and package;
 - every default docs/config.md shows is what a run config without the key gets.
+- every hand-written ``| field | default |`` table names one config section's fields and their defaults.
 
 (docs/config.md is generated from the config models: tests/core/test_config.py keeps it current.)
 """
@@ -588,6 +589,86 @@ def test_the_engines_page_example_runs_on_the_shipped_toy_teacher(monkeypatch):
     assert len(gens) == 1 and [g.index for g in gens[0]] == [0, 1, 2, 3]
     assert len(res.logprobs) == len(gens[0][0].token_ids) > 0
     np.testing.assert_allclose(res.logprobs, gens[0][0].logprobs, atol=1e-4)
+
+
+# -- hand-written tables of a section's fields ----------------------------------------------------
+
+# Default cells of those tables that say in words what the default is, with what the code has.
+DESCRIBED_DEFAULTS = {
+    "(required)": "no default (EngineConfig.model), or required once kind is openai (openai.base_urls)",
+    "`model`": "EngineConfig.tokenizer None: the model's own tokenizer",
+    "model's `max_position_embeddings`": "EngineConfig.max_model_len None: the model's context",
+    "filters' defaults": "MixConfig.repetition: a RepetitionConfig with its defaults",
+}
+
+
+def config_models() -> list[type[BaseModel]]:
+    """Every config model reachable from RunConfig (its sections and their nested models)."""
+    seen: list[type[BaseModel]] = []
+    stack: list[typing.Any] = [RunConfig]
+    while stack:
+        model = stack.pop()
+        if model in seen:
+            continue
+        seen.append(model)
+        stack += [m for f in model.model_fields.values() if (m := nested_model(f.annotation)) is not None]
+    return seen
+
+
+def field_tables(page: Path) -> list[list[tuple[str, str]]]:
+    """The ``| field | default | ...`` tables of a page, as ``[(field, default cell)]``: a row naming
+    several fields (`` `cut_low`, `cut_high` | 0.5, 1.0 ``) gives one pair a field."""
+    tables = []
+    text = page.read_text(encoding="utf-8")
+    for m in re.finditer(r"^\| field \| default \|.*\n\|[-| ]+\|\n((?:\|.*\n)+)", text, re.MULTILINE):
+        pairs = []
+        for line in m.group(1).splitlines():
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            names = re.findall(r"`([^`]+)`", cells[0])
+            defaults = [d.strip() for d in cells[1].split(", ")] if len(names) > 1 else [cells[1]]
+            pairs += list(zip(names, defaults))
+        tables.append(pairs)
+    return tables
+
+
+def check_field_table(pairs: list[tuple[str, str]]) -> list[str]:
+    """What is wrong with one table: its fields are those of one config model, and each default cell
+    (its first code span, else its first word; ``none`` is None) is that field's default."""
+    import yaml
+
+    names = {n for n, _ in pairs}
+    owners = [m for m in config_models() if names <= set(m.model_fields)]
+    if not owners:
+        return [f"no config model has the fields {sorted(names)}"]
+    problems = []
+    for model in owners[:1]:
+        for name, cell in pairs:
+            if cell in DESCRIBED_DEFAULTS:
+                continue
+            code = re.findall(r"`([^`]*)`", cell)
+            shown = yaml.safe_load(code[0] if code else cell.split()[0])
+            shown = None if shown in ("none", "None") else shown
+            default = model.model_fields[name].get_default(call_default_factory=True)
+            if not (shown == default or (isinstance(shown, float) and isinstance(default, float)
+                                         and abs(shown - default) <= 5e-4 * abs(default))):
+                problems.append(f"{model.__name__}.{name}: the table says {cell!r}, the default is {default!r}")
+    return problems
+
+
+def test_check_field_table_sees_drift():
+    assert check_field_table([("tau", "`0.693` (ln 2)"), ("unit", "`token`"), ("penalty", "1.0")]) == []
+    assert check_field_table([("cut_low", "0.5"), ("after_think", "cut_in_thinking"), ("require_correct", "true")]) == []
+    assert check_field_table([("tau", "0.5")])
+    assert check_field_table([("n_questions", "500")])
+    assert check_field_table([("tau", "0.693"), ("no_such_field", "1")])
+
+
+@pytest.mark.parametrize("page", [p for p in DOCS if field_tables(p)], ids=_name)
+def test_every_field_table_shows_the_fields_defaults(page):
+    """A page's own ``| field | default | meaning |`` table of a config section (docs/das.md's
+    `DASConfig`, docs/mixed-policy.md's `MixConfig`, ...) names that section's fields and their defaults."""
+    problems = [p for pairs in field_tables(page) for p in check_field_table(pairs)]
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
 # -- config descriptions ---------------------------------------------------------------------------
