@@ -7,7 +7,7 @@ Every verb that needs a config takes it the same way: an optional YAML path firs
     dasd sample configs/demo.yaml sample.k=2
     dasd sample -c configs/demo.yaml sample.k=2      # the same
     dasd run configs/demo.yaml
-    dasd config show configs/demo.yaml train.lr=1e-4
+    dasd config show configs/demo.yaml train.lr=1e-3
     dasd demo
 
 ``-q`` keeps only warnings and errors, ``-v`` adds debug lines (``dasd.log``). Errors a user can fix

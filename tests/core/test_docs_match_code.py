@@ -221,6 +221,48 @@ def test_every_dasd_command_shown_exists_with_its_options_and_keys(page):
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
+def shipped_config_and_overrides(cmd: str) -> tuple[str, list[str]] | None:
+    """``(configs/X.yaml, [KEY=VALUE, ...])`` of a shown ``dasd`` command that names a shipped config
+    (first argument or ``-c/--config``), or None; overrides with shell expansions (``$(cat ...)``) are left out."""
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        return None
+    config = next((w for w in words if re.fullmatch(r"configs/[\w./-]+\.yaml", w) and (ROOT / w).is_file()), None)
+    if config is None:
+        return None
+    overrides = [w for w in words if re.fullmatch(r"[a-z_][\w.]*=\S*", w) and "$" not in w]
+    return config, overrides
+
+
+def test_shipped_config_and_overrides():
+    assert shipped_config_and_overrides("dasd config show configs/demo.yaml train.lr=1e-3") == \
+        ("configs/demo.yaml", ["train.lr=1e-3"])
+    assert shipped_config_and_overrides("dasd sample -c configs/dasd-4b.yaml teacher.openai.base_urls=\"$(cat x)\"") == \
+        ("configs/dasd-4b.yaml", [])
+    assert shipped_config_and_overrides("dasd import my.yaml import.temperature=0.6") is None
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_name)
+def test_every_shipped_config_shown_loads_with_the_overrides_shown(page):
+    """A shown command on a shipped config (`dasd config show configs/demo.yaml train.lr=...`) is
+    one the config accepts: each key exists (checked above) and the values pass its validation too
+    (demo.yaml's `min_lr` 2e-4 refuses `train.lr=1e-4`)."""
+    from dasd.config import load_config
+    from dasd.errors import DasdError
+
+    problems = []
+    for cmd in dasd_commands(page):
+        found = shipped_config_and_overrides(cmd)
+        if found is None:
+            continue
+        try:
+            load_config(ROOT / found[0], found[1])
+        except DasdError as e:
+            problems.append(f"{cmd!r}: {e}")
+    assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
+
+
 def test_the_readme_shows_the_verbs():
     shown = {shlex.split(c)[1] for c in dasd_commands(ROOT / "README.md") if not shlex.split(c)[1].startswith("-")}
     assert {"run", "sample", "select", "report", "config", "grade", "import", "toy", "plan", "export"} <= shown
