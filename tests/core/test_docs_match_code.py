@@ -857,6 +857,30 @@ def test_every_config_key_and_dasd_name_shown_exists(page):
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
 
 
+def test_every_section_named_is_a_config_section():
+    """A page's "the `X` section" (`eval.protocol`, `mix`, an engine's `ray`) names a config model:
+    a key of RunConfig, or a field that holds a model in one of its sections."""
+    sections = {f.alias or n for m in config_models() for n, f in m.model_fields.items() if nested_model(f.annotation)}
+    problems = []
+    for page in DOCS:
+        _, prose = _split(page.read_text(encoding="utf-8"))
+        for name in re.findall(r"`([a-z_][\w.]*)` section", "\n".join(prose)):
+            if not (config_key_exists(name) and nested_model(_annotation(name))) and name not in sections:
+                problems.append(f"{_name(page)}: `{name}` section: no such config section")
+    assert not problems, "\n".join(problems)
+
+
+def _annotation(dotted: str):
+    """The annotation of the config key ``dotted`` (which exists)."""
+    model: typing.Any = RunConfig
+    ann = None
+    for part in dotted.split("."):
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        ann = fields[part].annotation
+        model = nested_model(ann) or ann
+    return ann
+
+
 # -- tests named -----------------------------------------------------------------------------------
 
 
