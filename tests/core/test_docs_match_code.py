@@ -20,6 +20,8 @@ kinds of drift from coming back.
 - the layouts of README.md and docs/design.md name every top-level module and package;
 - every default docs/config.md shows is what a run config without the key gets.
 - every hand-written ``| field | default |`` table names one config section's fields and their defaults.
+- the figures docs/toy-world.md quotes from the shipped models' manifests, and the ablation tables
+  of the README and docs/toy-world.md, are those of the manifests and of ``benchmarks/results/*.json``.
 
 (docs/config.md is generated from the config models: tests/core/test_config.py keeps it current.)
 """
@@ -711,6 +713,124 @@ def test_every_field_table_shows_the_fields_defaults(page):
     `DASConfig`, docs/mixed-policy.md's `MixConfig`, ...) names that section's fields and their defaults."""
     problems = [p for pairs in field_tables(page) for p in check_field_table(pairs)]
     assert not problems, f"{_name(page)}:\n" + "\n".join(problems)
+
+
+# -- figures quoted from the shipped models and the published results ---------------------------
+
+
+def shows(cell: str, value: float) -> bool:
+    """Whether a number as a page prints it (``0.90``, ``77.1``, ``+1.8``) is ``value`` rounded to the
+    digits it shows."""
+    digits = len(cell.split(".")[1]) if "." in cell else 0
+    return abs(float(cell) - value) <= 0.5 * 10 ** -digits + 1e-9
+
+
+def numbers(cell: str) -> list[str]:
+    return re.findall(r"[-+]?\d+(?:\.\d+)?", cell)
+
+
+def test_shows():
+    assert shows("0.90", 0.9032) and shows("77.1", 77.0833) and shows("+1.8", 1.79) and shows("0", 0.0)
+    assert not shows("0.90", 0.9064) and not shows("77.1", 77.2)
+
+
+def table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the rows of the table whose header line starts with ``header``."""
+    block = text[text.index(header):].split("\n\n")[0].splitlines()[2:]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
+
+
+def test_the_toy_world_page_shows_the_shipped_models_measurements():
+    """docs/toy-world.md's table of the shipped chain-world models, its `[checks]` block and its
+    column-world figures are those of the manifests the models ship with: a rebuild that changes
+    them makes the page say so (das.md and filters.md once quoted a world the models had left)."""
+    import json
+
+    from dasd.toy.checks import format_checks
+
+    page = (ROOT / "docs" / "toy-world.md").read_text(encoding="utf-8")
+    chain = json.loads((ROOT / "src" / "dasd" / "data" / "toy" / "manifest.json").read_text(encoding="utf-8"))
+    wrong = [line for line in format_checks(chain["checks"]) if line not in page]
+    for model, temp, acc, by_length, styles in table_rows(page, "| model | T | accuracy |"):
+        ev = chain["models"][model]["eval"][f"T={temp}"]
+        expected = [ev["accuracy"], *(ev["accuracy_by_chain_length"][str(n)] for n in range(2, 8)),
+                    *(ev["style_shares"][s] for s in ("steps", "compact", "check", "none"))]
+        shown = [acc, *by_length.split(" / "), *styles.split(" / ")]
+        if len(shown) != len(expected) or not all(map(shows, shown, expected)):
+            wrong.append(f"{model} T={temp}: the page says {shown}, the manifest {expected}")
+    column = json.loads((ROOT / "src" / "dasd" / "data" / "toy" / "column" / "manifest.json").read_text(encoding="utf-8"))
+    said = page[page.index("Measured after the build (`src/dasd/data/toy/column/manifest.json`"):].split("\n\n")[0]
+    m = re.search(r"teacher ([\d.]+)% / ([\d.]+)% at T=0.6 / 1.0, writing columns in ([\d.]+)% / ([\d.]+)%.*?"
+                  r"student base ([\d.]+)% / ([\d.]+)%", said, re.DOTALL)
+    ev = {who: column["models"][who]["eval"] for who in ("teacher", "student")}
+    expected = [100 * ev["teacher"]["T=0.6"]["accuracy"], 100 * ev["teacher"]["T=1.0"]["accuracy"],
+                100 * ev["teacher"]["T=0.6"]["column_share"], 100 * ev["teacher"]["T=1.0"]["column_share"],
+                100 * ev["student"]["T=0.6"]["accuracy"], 100 * ev["student"]["T=1.0"]["accuracy"]]
+    if not m or not all(map(shows, m.groups(), expected)):
+        wrong.append(f"the column world's models: the page says {m and m.groups()}, the manifest {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
+# The arms of the README's and docs/toy-world.md's ablation tables, by the label those tables give them.
+ARM_LABELS = {
+    "student base (untrained)": ["student"], "student base": ["student"], "teacher": ["teacher"],
+    "RS, T=0.6": ["rs_low"], "RS, T=1.0": ["rs_high"], "RS, 0.6 -> 1.0": ["rs_low_high"],
+    "RS, 1.0 -> 1.0 (control: two stages)": ["rs_high_high"],
+    "DAS, T=0.6": ["das_low"], "DAS, T=1.0": ["das_high"], "DAS, 0.6 -> 1.0": ["das_low_high"],
+    "DAS, 1.0 -> 0.6 (control: the same examples, the other order)": ["das_high_low"],
+    "+ mixed policy, prefix unmasked / masked": ["mixed_unmasked", "mixed_masked"],
+    "+ mixed policy with replay, unmasked / masked": ["mixed_replay", "mixed_masked_replay"],
+    "+ mixed policy, prefix masked": ["mixed_masked"], "+ mixed policy, prefix unmasked": ["mixed_unmasked"],
+}
+
+# The README's contrasts of the paper's directions, by label: (a, b).
+CONTRAST_LABELS = {
+    "RS T=1.0 - RS T=0.6": ("rs_high", "rs_low"), "RS 0.6->1.0 - RS T=1.0": ("rs_low_high", "rs_high"),
+    "control: RS 0.6->1.0 - RS 1.0->1.0 (two stages both)": ("rs_low_high", "rs_high_high"),
+    "DAS - RS at T=0.6": ("das_low", "rs_low"), "DAS - RS at T=1.0": ("das_high", "rs_high"),
+    "mixed policy: unmasked - masked prefix": ("mixed_unmasked", "mixed_masked"),
+    "the same with replay": ("mixed_replay", "mixed_masked_replay"),
+}
+
+
+def check_arm_cell(cell: str, arms: list[str], aggregate: dict, key: str, scale: float) -> bool:
+    """An arm table's cell: ``mean [lo, hi]`` of one arm, or ``mean / mean`` of several."""
+    shown = numbers(cell)
+    if len(arms) == 1 and len(shown) == 3 and key == "accuracy":
+        return all(map(shows, shown, [scale * x for x in aggregate[arms[0]][key]]))
+    return len(shown) == len(arms) and all(shows(s, scale * aggregate[a][key][0]) for s, a in zip(shown, arms))
+
+
+@pytest.mark.parametrize("page, header, results, columns", [
+    ("README.md", "| arm | toy accuracy % |", "ablation-paper.json", ("accuracy", "kl")),
+    ("docs/toy-world.md", "| arm | accuracy % | paper", "column-world-ablation.json", ("accuracy",)),
+])
+def test_the_ablation_tables_shown_are_the_published_results(page, header, results, columns):
+    """The arm tables the README (chain world) and docs/toy-world.md (column world) show are the
+    results files' numbers (accuracy in points with its interval, KL in nats per response)."""
+    import json
+
+    aggregate = json.loads((ROOT / "benchmarks" / "results" / results).read_text(encoding="utf-8"))["aggregate"]
+    wrong = []
+    for row in table_rows((ROOT / page).read_text(encoding="utf-8"), header):
+        arms = ARM_LABELS[row[0]]
+        for key, cell in zip(columns, row[1:]):
+            if not check_arm_cell(cell, arms, aggregate, key, 100 if key == "accuracy" else 1):
+                wrong.append(f"{row[0]} ({'/'.join(arms)}), {key}: the page says {cell!r}")
+    assert not wrong, f"{page} vs benchmarks/results/{results}:\n" + "\n".join(wrong)
+
+
+def test_the_readmes_contrasts_are_the_published_results():
+    import json
+
+    paired = json.loads((ROOT / "benchmarks" / "results" / "ablation-paper.json").read_text(encoding="utf-8"))["paired"]
+    by_pair = {(p["a"], p["b"]): [100 * x for x in p["accuracy"]] for p in paired}
+    wrong = []
+    for row in table_rows((ROOT / "README.md").read_text(encoding="utf-8"), "| paper's table | contrast |"):
+        shown, expected = numbers(row[2]), by_pair[CONTRAST_LABELS[row[1]]]
+        if len(shown) != 3 or not all(map(shows, shown, expected)):
+            wrong.append(f"{row[1]}: the README says {row[2]!r}, the results {[round(x, 2) for x in expected]}")
+    assert not wrong, "\n".join(wrong)
 
 
 # -- config descriptions ---------------------------------------------------------------------------
