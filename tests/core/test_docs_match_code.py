@@ -635,6 +635,18 @@ def test_the_engines_page_example_runs_on_the_shipped_toy_teacher(monkeypatch):
     np.testing.assert_allclose(res.logprobs, gens[0][0].logprobs, atol=1e-4)
 
 
+def test_the_design_pages_scored_sample_names_every_field_of_a_sentence_row():
+    """docs/design.md's record table lists the fields of a scored sample's sentence rows: those
+    `rules.das.sentence_table` gives (it once left out `delta` and the per-character `lpc_*`)."""
+    from dasd.rules.das import sentence_table
+
+    text = "One. Two."
+    rows = sentence_table(text, [(0, 4), (4, 9)], [-0.1, -0.2], [(0, 4), (4, 9)], [-0.3, -0.4])
+    row = (ROOT / "docs" / "design.md").read_text(encoding="utf-8").split("\n| scored sample |")[1].split("\n")[0]
+    listed = set(re.findall(r"`(\w+)`", row.split("`sentences` (")[1].split(")")[0]))
+    assert listed == set(rows[0]), f"docs/design.md lists {sorted(listed)}, a sentence row has {sorted(rows[0])}"
+
+
 # -- hand-written tables of a section's fields ----------------------------------------------------
 
 # Default cells of those tables that say in words what the default is, with what the code has.
