@@ -198,8 +198,8 @@ def toy_build(
                               "$DASD_CACHE/toy-column)."),
 ) -> None:
     """Deterministically build a toy world's teacher and student base (ordinary transformers format). The chain
-    world also runs its mechanism checks: minutes on 2 CPU cores (about 8 for the models and 9 for the checks on a
-    loaded machine); the column world's models take 12-15."""
+    world also runs its mechanism checks: minutes on 2 CPU cores (8-11 for the models and one or two for the checks
+    on a loaded machine); the column world's models take 12-15."""
     from dasd.toy import WORLDS
     from dasd.toy.build import build_toy_world, cached_dir
 

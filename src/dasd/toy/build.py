@@ -21,8 +21,8 @@ Run::
 
 or ``build_toy_world(out_dir)``; ``default_toy_dir()`` finds the shipped models (or builds them once
 into the cache). The same seed and thread count give the same weights on the same machine.
-The two models train side by side in two processes, one thread each: about 8 minutes on a 2-core
-machine, then about 9 for the mechanism checks (about 2 MB of weights in all). Log lines go through
+The two models train side by side in two processes, one thread each: 8-11 minutes on a loaded 2-core
+machine, then one or two for the mechanism checks (about 2 MB of weights in all). Log lines go through
 ``dasd.log`` (``[toy] ...`` on stderr).
 """
 
@@ -330,7 +330,7 @@ def build_toy_world(
     ``dasd.toy.checks.world_checks`` on them, with ``check_kw`` as its keyword arguments, print its
     lines and store its result under ``checks`` in the manifest; needs ``evaluate``; the chain world's
     checks, not run for the column world).
-    About 8 minutes on a 2-core machine (the teacher's training dominates), plus about 9 for the checks.
+    8-11 minutes on a loaded 2-core machine (the teacher's training dominates), plus one or two for the checks.
 
     Pitfall: one model with two intra-op threads is only ~1.4x faster than with one on an idle
     machine and several times slower on a busy one (the threads spin-wait on each other), so the two
