@@ -354,10 +354,12 @@ def test_every_script_command_shown_uses_options_the_script_has(page):
 def check_pip_install(cmd: str) -> list[str]:
     """What is wrong with a shown ``pip install``: dasd is installed from the checkout (``-e .``,
     ``.[extra]`` with an extra pyproject.toml declares), everything else from a pinned requirements
-    file that exists; a bare name (``'dasd[deepspeed]'``) would fetch whatever an index has."""
+    file that exists or at requirements.txt's exact pin (``torch==2.13.0`` from the CPU index); a
+    bare name (``'dasd[deepspeed]'``) would fetch whatever an index has."""
     import tomllib
 
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"])
+    pinned = set((ROOT / "requirements.txt").read_text(encoding="utf-8").split())
     problems = []
     for m in re.finditer(r"pip install((?:\s+[^\s;&|#]+)*)", cmd):
         try:
@@ -367,10 +369,15 @@ def check_pip_install(cmd: str) -> list[str]:
         i = 0
         while i < len(words):
             w = words[i]
-            if w in ("-r", "--requirement", "--report"):
-                if w != "--report" and not (ROOT / words[i + 1]).is_file():
+            if w in ("-r", "--requirement", "--report", "--index-url", "--extra-index-url"):
+                if w in ("-r", "--requirement") and not (ROOT / words[i + 1]).is_file():
                     problems.append(f"{cmd!r}: no requirements file {words[i + 1]}")
                 i += 2
+                continue
+            if re.fullmatch(r"[\w.-]+==[\w.+-]+", w):  # one package at requirements.txt's exact pin
+                if w not in pinned:
+                    problems.append(f"{cmd!r}: {w} is not requirements.txt's pin")
+                i += 1
                 continue
             if not w.startswith("-"):
                 spec = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", w)
@@ -389,6 +396,8 @@ def test_check_pip_install_sees_drift():
     assert check_pip_install("pip install 'dasd[deepspeed]'")
     assert check_pip_install("pip install -e '.[vllm]'")
     assert check_pip_install("pip install -r requirements-nope.txt")
+    assert check_pip_install("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") == []
+    assert check_pip_install("pip install torch==2.12.0 --index-url https://download.pytorch.org/whl/cpu")
 
 
 @pytest.mark.parametrize("page", DOCS, ids=_name)
