@@ -220,6 +220,19 @@ def _limit_files(limit: int):
     return apply
 
 
+def _let_go(exits, procs, logs) -> list[str]:
+    """Let the processes held at their exit go on (``exits/go``), wait for them (killed after 60 s)
+    and return their logs."""
+    (exits / "go").touch()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return [log.read_text() for log in logs]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["checkpoint", "final", "share"])
 def test_a_write_that_fails_on_one_process_stops_both_processes_at_once_with_one_line_each(tiny_lm_dir, tmp_path,
@@ -257,14 +270,7 @@ def test_a_write_that_fails_on_one_process_stops_both_processes_at_once_with_one
     while time.monotonic() < deadline and not all((exits / f"exit.{r}").exists() for r in range(2)):
         time.sleep(0.2)
     waiting = [r for r in range(2) if not (exits / f"exit.{r}").exists()]  # before either is let go
-    (exits / "go").touch()
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    text = [log.read_text() for log in logs]
+    text = _let_go(exits, procs, logs)
     assert waiting == [], f"rank(s) {waiting} still waiting at a barrier after 300 s"
     assert [(exits / f"exit.{r}").read_text() for r in range(2)] == ["2", "2"], text
     last = [t.splitlines()[-1] for t in text]
@@ -383,14 +389,7 @@ def test_a_failure_inside_a_step_or_a_hook_on_one_process_stops_the_other_at_onc
     while time.monotonic() < deadline and not ((exits / f"exit.{failed}").exists() and procs[other].poll() is not None):
         time.sleep(0.2)
     still = procs[other].poll() is None  # before the failed one is let go
-    (exits / "go").touch()
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    text = [log.read_text() for log in logs]
+    text = _let_go(exits, procs, logs)
     assert not still, f"process {other} still waiting in a collective after 300 s: {text}"
     assert procs[other].returncode == 2 and not (exits / f"exit.{other}").exists(), text
     assert (exits / f"exit.{failed}").read_text() == "1", text
