@@ -152,4 +152,5 @@ def _facts(view: RunView, scan: dict) -> list[tuple[str, str]]:
     unfinished = [s for s in ("import", *PIPELINE) if view.unfinished(s) and view.info(s)]
     if unfinished:
         out.append(("interrupted (or running)", ", ".join(unfinished) + ": their sections say what is on disk so far"))
+    out += [("out of date", view.stale_text(s)) for s in PIPELINE if view.out_of_date(s)]
     return out

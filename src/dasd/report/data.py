@@ -60,7 +60,8 @@ def scan_data(view: RunView) -> tuple[dict[str, PoolScan], list[str]]:
     """One streaming pass over sample, score and select outputs: ``(pools by temperature, problems)``.
 
     A stage whose files cannot be read (a corrupt shard) adds a problem naming file and line, keeps
-    what was read before it, and the other stages are still read.
+    what was read before it, and the other stages are still read. A stage whose records refer to rows
+    that are gone (``RunView.gone``: an out-of-date stage's) is not read: its sections say so.
     """
     pools: dict[str, PoolScan] = {}
     names = view.pools("sample", "pool") + view.pools("score", "pool") + view.pools("select", "selected")
@@ -68,6 +69,8 @@ def scan_data(view: RunView) -> tuple[dict[str, PoolScan], list[str]]:
         pools.setdefault(p, PoolScan())
     problems = []
     for stage, fn in (("sample", _scan_sample), ("score", _scan_score), ("select", _scan_select)):
+        if view.gone(stage):
+            continue
         try:
             fn(view, pools)
         except DasdError as e:
@@ -239,6 +242,8 @@ def funnel_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
             parts.append(not_run(f"{stage}: not run yet ({what})."))
         elif view.unfinished(stage):
             parts.append(para(view.unfinished_text(stage), "warn"))
+        elif view.out_of_date(stage):
+            parts.append(para(view.stale_text(stage), "warn"))
     return section("funnel", "Data funnel", parts)
 
 
@@ -356,6 +361,8 @@ def sentences_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     """Sentence-type shares (all scored / selected / rejected) and the per-sentence delta histogram."""
     if not view.ran("score"):
         return section("sentences", "Sentence types (DAS scoring)", [not_run("Not run yet (`dasd score`).")])
+    if view.gone("score"):
+        return section("sentences", "Sentence types (DAS scoring)", [para(view.gone_text("score"), "warn")])
     rows, share_rows, deltas = [], [], {}
     tau, unit = None, "token"
     for p, ps in scan.items():
@@ -397,6 +404,8 @@ def selection_section(view: RunView, scan: dict[str, PoolScan]) -> Raw:
     """Selected vs rejected: summary table, DAS score histograms, and the best selected response."""
     if not view.ran("select"):
         return section("select", "Selection", [not_run("Not run yet (`dasd select`).")])
+    if view.gone("select"):
+        return section("select", "Selection (DAS vs rejected)", [para(view.gone_text("select"), "warn")])
     sel = view.counts("select")
     cfg = view.info("select").get("config") or {}
     method = ((cfg.get("select") or {}).get("method")) or "?"
@@ -516,13 +525,16 @@ def _prefix_training(view: RunView) -> str:
 
 
 def _state_note(view: RunView, stage: str) -> Raw:
+    """How ``stage`` stands under its section: interrupted, else when it finished (and, when what it
+    read changed since, that it is out of date: ``RunView.stale_text``)."""
     info = view.info(stage)
     if view.unfinished(stage):
         return para(view.unfinished_text(stage), "warn")
+    stale = para(view.stale_text(stage), "warn") if view.out_of_date(stage) else ""
     if info.get("seconds") is not None:
-        return para(f"{stage}: finished {info.get('finished', '?')} in {fmt(info.get('seconds'), ',.1f')} s; "
-                    f"config hash {info.get('config_hash', '?')}.", "sub")
-    return Raw("")
+        return Raw(stale + para(f"{stage}: finished {info.get('finished', '?')} in {fmt(info.get('seconds'), ',.1f')} s; "
+                                f"config hash {info.get('config_hash', '?')}.", "sub"))
+    return Raw(stale)
 
 
 def _clip(text: str, n: int) -> str:

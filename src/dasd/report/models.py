@@ -557,7 +557,10 @@ def stages_table(view: RunView) -> Raw:
     for s in names:
         info = view.info(s)
         state = view.stage_state(s)
-        rows.append([s, Raw(f'<span class="{_state_cls(state)}">{state}</span>'), info.get("finished", "–"),
+        cls = _state_cls(state)
+        if s in PIPELINE and view.out_of_date(s):
+            state, cls = f"{state} (out of date)", "warn"
+        rows.append([s, Raw(f'<span class="{cls}">{esc(state)}</span>'), info.get("finished", "–"),
                      fmt(info.get("seconds"), ",.1f"), info.get("config_hash", "–")])
     return table(["stage", "state", "finished", "seconds", "config hash"], rows, numeric_from=3)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dasd import registry
+from dasd.columnar import kind_of, upstream_output
+from dasd.runs import changed_since
 from dasd.store import RunStore
 
 PIPELINE = tuple(registry.pipeline_names())
@@ -27,6 +29,7 @@ class RunView:
         self.root = Path(store.root)
         self.manifest: dict[str, Any] = store.manifest
         self.stages: dict[str, dict] = self.manifest.get("stages") or {}
+        self._changed: dict[str, list[str]] = {}
 
     def info(self, stage: str) -> dict:
         v = self.stages.get(stage)
@@ -89,6 +92,59 @@ class RunView:
         return (f"{stage}: interrupted (began {self.info(stage).get('started', '?')} and did not finish; or still "
                 f"running): resume with {again}. Its numbers here count what its outputs hold so far; those it counts "
                 "only when it finishes are left empty (–).")
+
+    def changed(self, stage: str) -> list[str]:
+        """What changed in the outputs a finished ``stage`` read since it ran (``runs.changed_since``:
+        ``sample/pool-T1 grew``, ``... written again``, ``... is new``); ``[]`` when nothing did, or
+        while it has not run or is ``unfinished`` (its own run will read them as they are)."""
+        if stage not in self._changed:
+            done = self.info(stage).get("complete") and not self.unfinished(stage)
+            self._changed[stage] = changed_since(self.store, stage) if done else []
+        return self._changed[stage]
+
+    def out_of_date(self, stage: str) -> bool:
+        """True when ``stage`` finished and what it read changed since (``changed``)."""
+        return bool(self.changed(stage))
+
+    def rerun_from(self, stage: str) -> str:
+        """The first out-of-date stage of the pipeline up to ``stage``: the one to run again first
+        (a later stage is refused while an earlier one it reads is out of date: ``runs.require_current``)."""
+        return next((s for s in PIPELINE[: PIPELINE.index(stage) + 1] if self.out_of_date(s)), stage)
+
+    def stale_text(self, stage: str) -> str:
+        """The line that marks an ``out_of_date`` stage in the sections showing its numbers ("" when it is not)."""
+        if not self.out_of_date(stage):
+            return ""
+        first = self.rerun_from(stage)
+        return (f"{stage}: out of date ({'; '.join(self.changed(stage))} since it ran): run `dasd {first}` and the "
+                "stages after it (or `dasd run`)")
+
+    def gone(self, stage: str) -> str:
+        """The out-of-date stage because of which rows of ``stage``'s columnar outputs refer to rows that
+        are gone ("" when none): ``stage`` itself when an output its rows refer to (directly or further
+        up, ``columnar.upstream_output``) was written again since it ran, else the stage its rows refer
+        to when that one's are gone. Reading such records fails (``RunStore.read``)."""
+        if stage not in PIPELINE or not self.info(stage).get("complete") or self.unfinished(stage):
+            return ""
+        rewritten = {c.removesuffix(" written again") for c in self.changed(stage) if c.endswith(" written again")}
+        ups = set()
+        for name in self.outputs(stage):
+            kind, at = kind_of(stage, name), name
+            while kind is not None and kind.upstream is not None:
+                up_stage, at = upstream_output(kind, at)
+                if f"{up_stage}/{at}" in rewritten:
+                    return stage
+                ups.add(up_stage)
+                kind = kind_of(up_stage, at)
+        return next((g for up in sorted(ups, key=PIPELINE.index, reverse=True) if (g := self.gone(up))), "")
+
+    def gone_text(self, stage: str) -> str:
+        """The line shown instead of the numbers of a section made from ``stage``'s records when they
+        refer to rows that are gone (``gone``; "" when they do not)."""
+        blamed = self.gone(stage)
+        if not blamed:
+            return ""
+        return f"Not shown: the records of {stage} refer to rows that are gone. {self.stale_text(blamed)}."
 
     # -- training --------------------------------------------------------------------------------
     def train_stage_dirs(self) -> list[Path]:
