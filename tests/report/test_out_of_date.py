@@ -17,6 +17,7 @@ from dasd.prompts import toy_prompts
 from dasd.report.build import render_report
 from dasd.stages.filter import run_filter
 from dasd.stages.import_ import run_import
+from dasd.stages.mix import run_mix_stage
 from dasd.stages.sample import run_sample
 from dasd.stages.score import run_score
 from dasd.stages.select import run_select
@@ -43,7 +44,10 @@ def report(run):
     return rep.html, sections(rep.html)
 
 
-def test_stages_out_of_date_after_the_pools_grew_and_after_filter_ran_again(tmp_path):
+def graded_run(tmp_path):
+    """``(write(n), cfg(*overrides))``: ``write`` puts the first ``n`` of 6 toy prompts (with reference
+    answers) in the prompts file; ``cfg`` is the config of the run ``tmp_path/run`` on it: the toy
+    teacher and student, 2 samples a prompt at T 1, graded by filter, then ``overrides``."""
     src = tmp_path / "prompts.jsonl"
     rows = toy_prompts(6, 0, "train", None)
 
@@ -55,6 +59,11 @@ def test_stages_out_of_date_after_the_pools_grew_and_after_filter_ran_again(tmp_
                                   "teacher.model=toy:teacher", "sample.max_tokens=320", "filter.require_correct=true",
                                   "sample.k=2", "sample.temperatures=[1.0]", *more])
 
+    return write, cfg
+
+
+def test_stages_out_of_date_after_the_pools_grew_and_after_filter_ran_again(tmp_path):
+    write, cfg = graded_run(tmp_path)
     run = tmp_path / "run"
     write(4)
     for stage in (run_sample, run_filter, run_score, run_select):
@@ -150,3 +159,22 @@ def test_stages_out_of_date_after_a_pool_was_imported_again(tmp_path):
         stage(cfg)
     page, secs = report(run)
     assert "out of date" not in page and table_rows(page, "sentences")["T1"][0] == "5"
+
+
+def test_mix_out_of_date_after_select_ran_again(tmp_path):
+    """`dasd select` again (2 per prompt) after `dasd mix`: mix is marked, its numbers still shown."""
+    write, cfg = graded_run(tmp_path)
+    run = tmp_path / "run"
+    write(4)
+    for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
+        stage(cfg())
+    page, secs = report(run)
+    assert "out of date" not in page
+    run_select(cfg("select.m=2"))
+    page, secs = report(run)
+    mark = ("mix: out of date (select/rejected-T1 written again; select/selected-T1 written again; select/train-T1 "
+            "written again since it ran): run `dasd mix`" + AGAIN)
+    assert mark in secs["mix"] and mark in secs["summary"] and "mix complete (out of date)" in secs["run"]
+    assert page.count("out of date (") == 2  # no other stage is
+    assert table_rows(page, "mix")["questions"] == ["4", ""]
+    assert "pool T1 8 responses, 6 kept by filters, 6 scored, 6 selected" in secs["summary"]

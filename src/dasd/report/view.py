@@ -99,7 +99,10 @@ class RunView:
         while it has not run or is ``unfinished`` (its own run will read them as they are)."""
         if stage not in self._changed:
             done = self.info(stage).get("complete") and not self.unfinished(stage)
-            self._changed[stage] = changed_since(self.store, stage) if done else []
+            try:
+                self._changed[stage] = changed_since(self.store, stage) if done else []
+            except OSError:  # a shard removed while listed, by a stage running now (marked as such)
+                self._changed[stage] = []
         return self._changed[stage]
 
     def out_of_date(self, stage: str) -> bool:
