@@ -129,6 +129,7 @@ class RunView:
         to when that one's are gone. Reading such records fails (``RunStore.read``)."""
         if stage not in PIPELINE or not self.info(stage).get("complete") or self.unfinished(stage):
             return ""
+        # changed_since's "<stage>/<output> written again": that output lost a shard (``runs._lost``)
         rewritten = {c.removesuffix(" written again") for c in self.changed(stage) if c.endswith(" written again")}
         ups = set()
         for name in self.outputs(stage):
