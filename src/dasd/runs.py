@@ -856,23 +856,31 @@ def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
     return digests
 
 
-def changed_since(store: RunStore, stage: str) -> list[str]:
+REWRITTEN, GREW, NEW = "written again", "grew", "is new"  # how an output a stage read changed (``changes_since``)
+
+
+def changes_since(store: RunStore, stage: str) -> list[tuple[str, str]]:
     """What changed, since ``stage`` last began, in the outputs it read (``read_shards`` recorded by
-    ``begin_unless_up_to_date``): ``<stage>/<output> written again`` (it lost a shard: ``_lost``),
-    ``... grew`` (more shards) or ``... is new`` (an output of a stage it read that it did not read).
-    Empty when nothing did, or for a stage that has not run or recorded no shards."""
+    ``begin_unless_up_to_date``): ``(<stage>/<output>, how)``, sorted, ``how`` one of ``REWRITTEN`` (it
+    lost a shard: ``_lost``), ``GREW`` (more shards) or ``NEW`` (an output of a stage it read that it
+    did not read). Empty when nothing did, or for a stage that has not run or recorded no shards."""
     before = store.stage_info(stage).get("read") or {}
     lost = _lost(store, before)
     now = read_shards(store, tuple(sorted({k.split("/", 1)[0] for k in before})))
     out = []
     for name in sorted(set(before) | set(now)):
         if name in lost:
-            out.append(f"{name} written again")
+            out.append((name, REWRITTEN))
         elif name not in before:
-            out.append(f"{name} is new")
+            out.append((name, NEW))
         elif now.get(name, before[name])[0] > before[name][0]:
-            out.append(f"{name} grew")
+            out.append((name, GREW))
     return out
+
+
+def changed_since(store: RunStore, stage: str) -> list[str]:
+    """``changes_since`` in words: ``sample/pool-T1 grew``, ``... written again``, ``... is new``."""
+    return [f"{name} {how}" for name, how in changes_since(store, stage)]
 
 
 def require_current(store: RunStore, stages: tuple[str, ...], by: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from dasd import registry
 from dasd.columnar import kind_of, upstream_output
-from dasd.runs import changed_since
+from dasd.runs import REWRITTEN, changes_since
 from dasd.store import RunStore
 
 PIPELINE = tuple(registry.pipeline_names())
@@ -29,7 +29,7 @@ class RunView:
         self.root = Path(store.root)
         self.manifest: dict[str, Any] = store.manifest
         self.stages: dict[str, dict] = self.manifest.get("stages") or {}
-        self._changed: dict[str, list[str]] = {}
+        self._changes: dict[str, list[tuple[str, str]]] = {}
 
     def info(self, stage: str) -> dict:
         v = self.stages.get(stage)
@@ -93,17 +93,21 @@ class RunView:
                 f"running): resume with {again}. Its numbers here count what its outputs hold so far; those it counts "
                 "only when it finishes are left empty (–).")
 
-    def changed(self, stage: str) -> list[str]:
-        """What changed in the outputs a finished ``stage`` read since it ran (``runs.changed_since``:
-        ``sample/pool-T1 grew``, ``... written again``, ``... is new``); ``[]`` when nothing did, or
-        while it has not run or is ``unfinished`` (its own run will read them as they are)."""
-        if stage not in self._changed:
+    def changes(self, stage: str) -> list[tuple[str, str]]:
+        """What changed in the outputs a finished ``stage`` read since it ran (``runs.changes_since``:
+        ``(sample/pool-T1, "grew")``, ``written again``, ``is new``); ``[]`` when nothing did, or while
+        it has not run or is ``unfinished`` (its own run will read them as they are)."""
+        if stage not in self._changes:
             done = self.info(stage).get("complete") and not self.unfinished(stage)
             try:
-                self._changed[stage] = changed_since(self.store, stage) if done else []
+                self._changes[stage] = changes_since(self.store, stage) if done else []
             except OSError:  # a shard removed while listed, by a stage running now (marked as such)
-                self._changed[stage] = []
-        return self._changed[stage]
+                self._changes[stage] = []
+        return self._changes[stage]
+
+    def changed(self, stage: str) -> list[str]:
+        """``changes`` in words (``runs.changed_since``'s): ``sample/pool-T1 grew``, ..."""
+        return [f"{name} {how}" for name, how in self.changes(stage)]
 
     def out_of_date(self, stage: str) -> bool:
         """True when ``stage`` finished and what it read changed since (``changed``)."""
@@ -129,8 +133,7 @@ class RunView:
         to when that one's are gone. Reading such records fails (``RunStore.read``)."""
         if stage not in PIPELINE or not self.info(stage).get("complete") or self.unfinished(stage):
             return ""
-        # changed_since's "<stage>/<output> written again": that output lost a shard (``runs._lost``)
-        rewritten = {c.removesuffix(" written again") for c in self.changed(stage) if c.endswith(" written again")}
+        rewritten = {name for name, how in self.changes(stage) if how == REWRITTEN}  # lost a shard (``runs._lost``)
         ups = set()
         for name in self.outputs(stage):
             kind, at = kind_of(stage, name), name
