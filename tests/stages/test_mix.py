@@ -1106,9 +1106,12 @@ def test_a_question_whose_selected_teacher_response_changed_is_asked_again(e2e, 
 
 
 def _graded_toy_mix(tmp_path):
-    """A toy run ``tmp_path/run`` of 12 prompts with reference answers, through sample, filter
-    (graded), score, select and mix; ``(rows, write(rows), cfg(run))``: the prompts, what rewrites
-    the prompts file, and the config of a run folder under ``tmp_path``."""
+    """A toy run ``tmp_path/run`` of 12 prompts with reference answers, through sample, filter, score,
+    select and mix (graded); ``(rows, write(rows), cfg(run))``: the prompts, what rewrites the prompts
+    file, and the config of a run folder under ``tmp_path``. Filter does not grade
+    (``filter.require_correct=false``): a corrected answer changes what mix judges, not which teacher
+    responses are selected, so the stages before mix, run again after it (``_resample``), keep their
+    records."""
     from dasd.prompts import toy_prompts
     from dasd.stages.filter import run_filter
     from dasd.stages.mix import run_mix_stage
@@ -1117,13 +1120,27 @@ def _graded_toy_mix(tmp_path):
     from dasd.stages.select import run_select
 
     write, cfg = graded_toy_run(tmp_path, "sample.k=1", "sample.temperatures=[0.6]", "mix.n_questions=12",
-                                "mix.length_multiple=0.6", "mix.max_continuation_tokens=400")
+                                "mix.length_multiple=0.6", "mix.max_continuation_tokens=400",
+                                "filter.require_correct=false")
 
     rows = toy_prompts(12, 0, "train", None)
     write(rows)
     for stage in (run_sample, run_filter, run_score, run_select, run_mix_stage):
         stage(cfg("run"))
     return rows, write, cfg
+
+
+def _resample(cfg) -> None:
+    """`dasd sample` with the prompts file as it is now (a corrected answer replaces the run's prompt
+    record), then filter, score and select, which read the prompt records and must have done so
+    before mix reads them (``runs.require_current``): nothing else changes for them."""
+    from dasd.stages.filter import run_filter
+    from dasd.stages.sample import run_sample
+    from dasd.stages.score import run_score
+    from dasd.stages.select import run_select
+
+    for stage in (run_sample, run_filter, run_score, run_select):
+        stage(cfg)
 
 
 def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path, caplog):
@@ -1138,7 +1155,6 @@ def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path,
     from dasd.grading.grade import grade_one
     from dasd.runs import mix_not_current, named_pools
     from dasd.stages.mix import run_mix_stage
-    from dasd.stages.sample import run_sample
 
     rows, write, cfg = _graded_toy_mix(tmp_path)
     store = RunStore.open(tmp_path / "run")
@@ -1151,7 +1167,7 @@ def test_a_corrected_answer_makes_mix_judge_again_without_new_rollouts(tmp_path,
     fixed = {kept: str((int(by_id[kept]["answer"]) + 1) % 10),  # its kept example now fails
              wrong: grade_one(by_id[wrong], full[wrong])["extracted"]}  # its dropped continuation now passes
     write([{**p, "answer": fixed.get(p["id"], p["answer"])} for p in rows])
-    run_sample(cfg("run"))
+    _resample(cfg("run"))
 
     store = RunStore.open(tmp_path / "run")
     assert mix_not_current(cfg("run"), store) == ("`dasd mix` judged against prompt records the run has replaced "
@@ -1195,7 +1211,6 @@ def test_an_example_written_by_a_killed_rejudge_goes_when_its_rollout_is_not_kep
     from dasd.grading.grade import grade_one
     from dasd.runs import named_pools
     from dasd.stages.mix import run_mix_stage
-    from dasd.stages.sample import run_sample
 
     rows, write, config = _graded_toy_mix(tmp_path)
     cfg = config("run")
@@ -1207,13 +1222,13 @@ def test_an_example_written_by_a_killed_rejudge_goes_when_its_rollout_is_not_kep
     full = r["student"]["text"][: r["prefix_chars"]] + r["continuation"]["text"]
     fixed = grade_one(next(p for p in rows if p["id"] == wrong), full)["extracted"]  # its continuation passes it
     write([{**p, "answer": fixed} if p["id"] == wrong else p for p in rows])
-    run_sample(cfg)
+    _resample(cfg)
     with killed_before_the_rollouts_are_rewritten():
         run_mix_stage(cfg)
     assert wrong in {e["prompt_id"] for e in RunStore.open(tmp_path / "run").read("mix", "examples")}
 
     write(rows)  # the correction taken back: the rollout on disk was judged against this record
-    run_sample(cfg)
+    _resample(cfg)
     run_mix_stage(cfg)
     store = RunStore.open(tmp_path / "run")
     assert {r["prompt_id"]: r["verdict"] for r in store.read("mix", "rollouts")}[wrong] == "incorrect"
