@@ -22,7 +22,7 @@ import struct
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -837,16 +837,19 @@ class _Rows:
         return None
 
 
-def input_digests(store: RunStore, stage: str, name: str) -> IdSet:
+def input_digests(store: RunStore, stage: str, name: str, leave_out: Collection[str] = ()) -> IdSet:
     """The ``INPUT_DIGEST`` of each record of columnar output ``name`` of ``stage`` that has one
     (records of an earlier dasd have none), as an ``IdSet``: a stage that keeps its records of
     unchanged inputs skips an input whose digest (``made_from``) is in it, since what it made of that
-    input is there. Read from the shards' ``extra`` column alone (nothing joined)."""
+    input is there. Read from the shards' ``extra`` column alone (nothing joined), but those whose
+    file names are in ``leave_out`` (filter: the shards on disk when this run of it began)."""
     kind = kind_of(stage, name)
     if kind is None:
         raise ValueError(f"{stage}/{name}: input_digests reads a columnar output only")
     digests = IdSet()
     for path in shard_paths(store.root / stage, name):
+        if path.name in leave_out:
+            continue
         if path.suffix != ".parquet":
             continue  # a JSONL shard of an earlier dasd: no digests (reading it is refused with its own error)
         for extra in read_table(path, kind, ["extra"])["extra"].to_pylist():

@@ -19,7 +19,10 @@ with its digest as it is now is counted in the funnel and not judged again: an i
 resumes so, and when a sample pool was written again (imported again), its kept rows whose sample
 came back unchanged are re-linked to the new rows and its rejects kept, naming where the sample is
 now (``runs.drop_if_inputs_rewritten`` with ``made_from``); only new or changed samples are judged.
-The manifest's ``judged`` says how many samples of each pool the run judged. When `dasd sample`
+The manifest's ``judged`` says how many samples of each pool the run judged, counting those an
+interrupted attempt of it (begun with the same settings and inputs) judged before it was killed, so
+a resumed run records an uninterrupted one's; each pool's verdicts are on disk before the next pool
+is judged, so a run killed in one judges none of the pools before it again. When `dasd sample`
 updated the run's prompts (a reference answer corrected under the same id and messages), filter
 with ``require_correct`` judges that prompt's samples again: a sample the new answer passes is
 added to the kept ones, and a pool whose kept output holds a sample the rules now drop has that
@@ -44,7 +47,7 @@ from dasd.rules.mixing import has_reference
 from dasd.idset import IdSet
 from dasd.runs import (INPUT_DIGEST, KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, input_digests,
                        model_versions, output, pools, resolve_model)
-from dasd.store import RunStore
+from dasd.store import RunStore, read_jsonl_shard, shard_paths
 from dasd.text.filters import Drop, Funnel, apply_filters
 
 STAGE = "filter"
@@ -117,6 +120,26 @@ def _where(store: RunStore, shard: str, row: int) -> str:
     return f"{store.root / 'sample' / shard} row {row}"
 
 
+def _verdict_shards(store: RunStore) -> list[str]:
+    """The file names of the shards of filter's kept outputs and rejects on disk."""
+    return sorted(p.name for n in store.outputs(STAGE) if n.startswith(KEPT + "-") or n == "rejects"
+                  for p in shard_paths(store.root / STAGE, n))
+
+
+def _shards_before(store: RunStore) -> set[str]:
+    """The shards of verdicts (``_verdict_shards``) that were on disk when this run of the stage
+    began: its settings and inputs (``config_hash``, ``inputs``) recorded with them in the manifest
+    (``judging``) the first time it began; a run interrupted and begun again with the same ones is
+    the same run, and the verdicts in the other shards were made by it (the manifest's ``judged``)."""
+    info = store.stage_info(STAGE)
+    run = [info.get("config_hash"), info.get("inputs")]
+    judging = info.get("judging")
+    if not (isinstance(judging, dict) and judging.get("run") == run and isinstance(judging.get("before"), list)):
+        info["judging"] = judging = {"run": run, "before": _verdict_shards(store)}
+        store.save_manifest()
+    return set(judging["before"])
+
+
 def run_filter(cfg, store: RunStore | None = None) -> dict:
     """Filter every sample pool; return the funnel (also in the manifest)."""
     store = store or existing_run(cfg.run_dir, STAGE)
@@ -154,28 +177,40 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
         except ValueError as err:  # the prompt's reference cannot be graded (bad tests, an answer that is no choice)
             raise DasdError(f"filter.require_correct: cannot grade prompt {p.get('id')!r}: {err}") from None
 
+    shards_before = _shards_before(store)
     rejected: dict[tuple, IdSet] = {}  # (pool, rule) -> the digests of the samples quarantined under it
-    for r in store.read(STAGE, "rejects"):
-        if INPUT_DIGEST in r:
-            rejected.setdefault((r.get("pool"), r.get("rule")), IdSet()).add(r[INPUT_DIGEST])
+    rejected_now: dict[str, IdSet] = {}  # pool -> those of them quarantined by this run (interrupted since)
+    seen = IdSet()  # each id once, the first, as ``RunStore.read`` gives them
+    for path in shard_paths(store.root / STAGE, "rejects"):
+        for r in read_jsonl_shard(path):
+            if (r.get("id") is None or seen.add(r["id"])) and INPUT_DIGEST in r:
+                rejected.setdefault((r.get("pool"), r.get("rule")), IdSet()).add(r[INPUT_DIGEST])
+                if path.name not in shards_before:
+                    rejected_now.setdefault(r.get("pool"), IdSet()).add(r[INPUT_DIGEST])
 
     def judge(pool: str, funnel: Funnel, rejects) -> tuple[int, int]:
         """Filter ``pool`` into ``kept-<pool>`` and the rejects: a sample whose verdict is on disk made
         from it as it is now (its ``judged_input``) keeps it and is counted, not judged again (an
         interrupted run resumed, a pool imported again); return how many samples were judged and how
-        many of them the kept output holds that the rules drop now."""
+        many of them the kept output holds that the rules drop now. Judged: by this run, or by an
+        interrupted attempt of it (a verdict in a shard written since it began, ``_shards_before``),
+        so a resumed run counts what an uninterrupted one does."""
         judged = stale = 0
         kept_digests = input_digests(store, STAGE, output(KEPT, pool))
+        kept_now = input_digests(store, STAGE, output(KEPT, pool), leave_out=shards_before)
+        quarantined_now = rejected_now.get(pool, IdSet())
         quarantined = {rule: ids for (p, rule), ids in rejected.items() if p == pool}
         with store.writer(STAGE, output(KEPT, pool), shard_size=256) as kept:
             for s in store.read("sample", output(SAMPLE_POOL, pool)):
                 digest = made_from(s)
                 if digest in kept_digests:
                     funnel.add(pool, None)
+                    judged += digest in kept_now
                     continue
                 rule = next((rule for rule, ids in quarantined.items() if digest in ids), None)
                 if rule is not None:
                     funnel.add(pool, Drop(rule))
+                    judged += digest in quarantined_now
                     stale += s.get("id") in kept
                     continue
                 judged += 1
@@ -211,10 +246,12 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
                 store.remove_output(STAGE, output(KEPT, pool))
                 funnel = before
                 judged[pool], _ = judge(pool, funnel, rejects)
+            rejects.flush()  # the pool's verdicts on disk, all of them: a run killed in the next judges none again
             n = funnel.to_dict().get(pool, {}).get("in", 0)
-            log.info(f"{pool}: {judged[pool]} of {n} sample(s) judged now"
+            log.info(f"{pool}: {judged[pool]} of {n} sample(s) judged by this run"
                      + (f" (the verdicts on the other {n - judged[pool]}, whose input is unchanged, kept)" if n > judged[pool] else ""))
     log.info(f"funnel\n{funnel.format()}")
     counts = funnel.to_dict()
+    store.stage_info(STAGE).pop("judging", None)
     store.end_stage(STAGE, counts, judged=judged)
     return counts
