@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,3 +110,14 @@ def o200k_harmony_dir(tmp_path_factory):
     o200k = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(o200k)
     return o200k.save_harmony_tokenizer(tmp_path_factory.mktemp("o200k_harmony"))
+
+
+@pytest.fixture
+def sums_chat_file(tmp_path):
+    """``tmp_path/ex.jsonl``: six chat training examples (a sum asked, answered with a think block)."""
+    path = tmp_path / "ex.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"{i} + {i % 3}?"},
+                          {"role": "assistant", "content": f"<think>{i} + {i % 3} = {i + i % 3}.</think> {i + i % 3}"}]}
+            for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -6,7 +6,6 @@ trained again or deleted and not evaluated since, they are left out with a line 
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -21,15 +20,6 @@ from dasd.stages.analyze import run_analyze
 from dasd.stages.eval import run_evaluation
 from dasd.stages.train import run_train
 from dasd.store import RunStore
-
-
-def _data(tmp_path: Path) -> Path:
-    path = tmp_path / "ex.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"{i} + {i % 3}?"},
-                          {"role": "assistant", "content": f"<think>{i} + {i % 3} = {i + i % 3}.</think> {i + i % 3}"}]}
-            for i in range(6)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _cfg(run: Path, data: Path, lr: float):
@@ -76,8 +66,8 @@ def _left_out(section: str) -> list[str]:
     return re.findall(r"<li>(.*?)</li>", m.group(1)) if m else []
 
 
-def test_results_of_a_stage_being_trained_again_are_left_out_of_the_report_until_it_is_evaluated_again(tmp_path):
-    data, run = _data(tmp_path), tmp_path / "run"
+def test_results_of_a_stage_being_trained_again_are_left_out_of_the_report_until_it_is_evaluated_again(tmp_path, sums_chat_file):
+    data, run = sums_chat_file, tmp_path / "run"
     cfg = _cfg(run, data, 2e-3)
     run_train(cfg, RunStore(run))
     old = run_evaluation(cfg)
@@ -187,12 +177,12 @@ def _as_before_versions(run: Path, eval_started: str | None = None, analyze_star
     store.save_manifest()
 
 
-def test_results_and_analysis_of_a_dasd_that_did_not_record_versions(tmp_path):
+def test_results_and_analysis_of_a_dasd_that_did_not_record_versions(tmp_path, sums_chat_file):
     """A run evaluated and analysed by a dasd that recorded neither the model versions nor the eval
     key: the stage's results are shown (not dropped) with a line saying its version is unknown; its
     analysis is shown, under a line when `dasd eval` began after it; `dasd eval` keeps the results
     (same model), records the version and the line goes; a stage deleted since is left out."""
-    data, run = _data(tmp_path), tmp_path / "run"
+    data, run = sums_chat_file, tmp_path / "run"
     cfg = load_config(None, [
         f"run_dir={run}", "eval.models=[s]", "eval.workers=0", "eval.benchmarks=[{name: toy, format: toy, limit: 2}]",
         "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",

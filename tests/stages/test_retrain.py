@@ -5,7 +5,6 @@ or a model trained from it, as the stage's current one; once it finishes they us
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -22,15 +21,6 @@ from dasd.stages.eval import run_evaluation
 from dasd.stages.train import run_train
 from dasd.store import RunStore
 from dasd.train import checkpoint as ckpt
-
-
-def _data(tmp_path: Path) -> Path:
-    path = tmp_path / "ex.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"{i} + {i % 3}?"},
-                          {"role": "assistant", "content": f"<think>{i} + {i % 3} = {i + i % 3}.</think> {i + i % 3}"}]}
-            for i in range(6)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _cfg(run: Path, data: Path, lr: float):
@@ -57,8 +47,8 @@ def _weights(final) -> dict:
     return load_file(str(Path(final) / "model.safetensors"))
 
 
-def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_model_is(tmp_path):
-    data = _data(tmp_path)
+def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_model_is(tmp_path, sums_chat_file):
+    data = sums_chat_file
     run = tmp_path / "run"
     cfg = _cfg(run, data, 2e-3)
     old_s, old_t = run_train(cfg, RunStore(run))
@@ -121,10 +111,10 @@ def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_
         assert got["final_loss"] == pytest.approx(ref["final_loss"], abs=1e-6)
 
 
-def test_a_stage_killed_between_its_final_model_and_done_json_is_not_served(tmp_path, monkeypatch):
+def test_a_stage_killed_between_its_final_model_and_done_json_is_not_served(tmp_path, sums_chat_file, monkeypatch):
     """``final/`` is written before ``done.json``: a kill in between leaves a final model that is not
     the stage's result yet (its model card, its Hub upload and done.json are still to come)."""
-    data = _data(tmp_path)
+    data = sums_chat_file
     run = tmp_path / "run"
     cfg = _cfg(run, data, 2e-3)
 
