@@ -8,7 +8,11 @@ functions, and under ``TYPE_CHECKING``):
 - the pure rule modules (``dasd.rules``, ``dasd.text``) import only other rules, the record and
   config bases, errors and the tokenizer byte-offset helpers: no store, no engines, no drivers;
 - every registered stage has exactly one driver module in ``dasd/stages/`` and every driver module
-  is registered.
+  is registered;
+- no test imports a ``conftest`` by its absolute name (``from .conftest`` in a test package is
+  fine): pytest loads the conftest.py of each folder without ``__init__.py`` as a module named
+  ``conftest``, so which one such an import finds depends on the tests collected before it (share
+  a helper through a fixture, or a plain module beside the tests).
 """
 
 from __future__ import annotations
@@ -159,3 +163,14 @@ def test_one_driver_per_registered_stage():
 def test_run_order_trains_again_after_mix():
     names = [s.name for s in registry.run_order()]
     assert names == ["sample", "filter", "score", "select", "train", "mix", "train", "eval", "analyze", "report"]
+
+
+def test_no_test_imports_a_conftest_by_name():
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [
+                a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(tests)}:{node.lineno}" for n in names if n == "conftest"]
+    assert found == []

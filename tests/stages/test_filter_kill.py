@@ -80,7 +80,7 @@ def _state(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reimported(tmp_path_factory):
+def reimported(tmp_path_factory, counting_scorer):
     """A run whose two pools were imported, filtered and scored, then imported again with one row of
     each edited, two rows added and the rows in another order (``before``); the same run filtered
     without interruption and scored (``ref``): ``(before, ref, its state, the samples it judged,
@@ -108,15 +108,13 @@ def reimported(tmp_path_factory):
     assert sorted(judged) == sorted(set(judged)) and len(judged) == 7
     assert {n: len(v) for n, v in state["kept"].items()} == {"kept-T0.6": 6, "kept-T1": 6}
     assert sorted(r["rule"] for r in state["rejects"]) == ["length"] * 4 + ["repetition"] * 6 + ["structure"] * 6
-    return src, run, ref, state, sorted(judged), _score(ref, src)
+    return src, run, ref, state, sorted(judged), _score(ref, src, counting_scorer)
 
 
-def _score(run: Path, src: Path) -> tuple[int, dict, dict]:
-    """`dasd score` on ``run`` with the toy student, counted: how many requests it answered, the
-    counts and what score holds (plain values)."""
-    from conftest import CountingScorer
-
-    student = CountingScorer(open_engine(_cfg(run, src).student))
+def _score(run: Path, src: Path, counting) -> tuple[int, dict, dict]:
+    """`dasd score` on ``run`` with the toy student wrapped in ``counting`` (the conftest fixture
+    counting_scorer): how many requests it answered, the counts and what score holds (plain values)."""
+    student = counting(open_engine(_cfg(run, src).student))
     counts = run_score(_cfg(run, src), student=student)
     store = RunStore.open(run)
     held = {n: {r["id"]: plain(r) for r in store.read("score", n)} for n in store.outputs("score")}
@@ -159,7 +157,7 @@ POINTS = {
 }
 
 
-def _resumed(tmp_path, reimported, interrupt) -> None:
+def _resumed(tmp_path, reimported, interrupt, counting) -> None:
     """Copy the re-imported run, ``interrupt(run, judged)`` a filter of it, filter it again and check
     it against the uninterrupted run."""
     src, before, ref, want, want_judged, want_score = reimported
@@ -178,12 +176,12 @@ def _resumed(tmp_path, reimported, interrupt) -> None:
     assert got["kept"] == want["kept"]
     assert got["rejects"] == want["rejects"]
     assert got == want
-    asked, score_counts, held = _score(run, src)
+    asked, score_counts, held = _score(run, src, counting)
     assert (asked, score_counts, held) == want_score
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_a_filter_interrupted_on_the_keep_path_finishes_as_an_uninterrupted_one(tmp_path, reimported, point):
+def test_a_filter_interrupted_on_the_keep_path_finishes_as_an_uninterrupted_one(tmp_path, reimported, counting_scorer, point):
     src = reimported[0]
 
     def interrupt(run, judged):
@@ -194,7 +192,7 @@ def test_a_filter_interrupted_on_the_keep_path_finishes_as_an_uninterrupted_one(
             with pytest.raises(Killed):
                 run_filter(_cfg(run, src))
 
-    _resumed(tmp_path, reimported, interrupt)
+    _resumed(tmp_path, reimported, interrupt, counting_scorer)
 
 
 # A `dasd filter` process that SIGKILLs itself on the ``nth`` call of ``RunStore.<method>`` or
@@ -227,7 +225,7 @@ sys.exit(main())
 
 
 @pytest.mark.parametrize("point", [p for p in POINTS if POINTS[p][0] != "RunStore.begin_stage"])
-def test_a_filter_process_killed_on_the_keep_path_finishes_as_an_uninterrupted_one(tmp_path, reimported, point):
+def test_a_filter_process_killed_on_the_keep_path_finishes_as_an_uninterrupted_one(tmp_path, reimported, counting_scorer, point):
     src = reimported[0]
 
     def interrupt(run, judged):
@@ -239,4 +237,4 @@ def test_a_filter_process_killed_on_the_keep_path_finishes_as_an_uninterrupted_o
         assert proc.returncode == -9, proc.stderr[-3000:]
         judged.extend(ids.read_text().split() if ids.exists() else [])
 
-    _resumed(tmp_path, reimported, interrupt)
+    _resumed(tmp_path, reimported, interrupt, counting_scorer)
