@@ -722,7 +722,8 @@ INPUT_DIGEST = "input_digest"
 
 def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...], prefixes: tuple[str, ...],
                              made_from: Callable[[dict], str] | None = None,
-                             relocated: Callable[[dict, str, int], dict] | None = None) -> int:
+                             relocated: Callable[[dict, str, int], dict] | None = None,
+                             also_made_from: tuple[str, ...] = ()) -> int:
     """Delete ``stage``'s outputs named by ``prefixes`` that may hold what was made from input
     records that are gone: an output of ``reads`` lost a shard it had when the stage last began
     (removed, or rewritten under another size: an import redone, a pool dropped, a filter that made
@@ -739,7 +740,12 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
     input record is still there with the same digest is kept and only the others are dropped
     (``_keep_unchanged``), so only new or changed inputs are made again. ``relocated(record, shard,
     row)``: a kept record of a JSONL output (``rejects``) as it is to be written now that its input
-    is at ``(shard file name, row)`` (filter's rejects name where their sample is); None: as it is."""
+    is at ``(shard file name, row)`` (filter's rejects name where their sample is); None: as it is.
+    ``also_made_from``: the outputs (``<stage>/<output>``) that ``made_from`` reads besides a
+    columnar output's own rows (filter with ``require_correct``: ``sample/prompts``, whose reference
+    answers its verdicts are graded against): one of them losing a shard goes through the columnar
+    outputs too, so a kept record made against a prompt record replaced since is dropped, not kept
+    under its old digest."""
     before = store.stage_info(stage).get("read")
     lost = _lost(store, {k: v for k, v in (before or {}).items() if k.split("/", 1)[0] in reads})
     if not lost:
@@ -747,7 +753,7 @@ def drop_if_inputs_rewritten(store: RunStore, stage: str, reads: tuple[str, ...]
     store.mark_unfinished(stage)  # a kill before the stage begins again leaves it unfinished
 
     def made_from_lost(name: str) -> bool:
-        return bool(lost & set(_chain(stage, name))) if kind_of(stage, name) else True
+        return bool(lost & {*_chain(stage, name), *also_made_from}) if kind_of(stage, name) else True
 
     if made_from is not None:
         return _keep_unchanged(store, stage, prefixes, made_from_lost, made_from, lost, relocated)
@@ -904,7 +910,8 @@ def require_current(store: RunStore, stages: tuple[str, ...], by: str) -> None:
 
 def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tuple[str, ...], extra=None,
                             outputs: tuple[str, ...] = (), made_from: Callable[[dict], str] | None = None,
-                            relocated: Callable[[dict, str, int], dict] | None = None) -> dict | None:
+                            relocated: Callable[[dict, str, int], dict] | None = None,
+                            also_made_from: tuple[str, ...] = ()) -> dict | None:
     """Begin ``stage``, which derives its outputs from those of the stages it ``reads``, unless it is
     up to date; then return its manifest counts (and log one line), else None.
 
@@ -915,7 +922,8 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     prefixes ``outputs`` are dropped first when ``config["models"]`` (``model_versions``) differs
     from the one the stage last began with (``drop_if_models_changed``), when an input lost
     records since (``drop_if_inputs_rewritten``, which keeps the records of inputs still there
-    unchanged when the stage gives ``made_from``, written as ``relocated`` gives them), or when a
+    unchanged when the stage gives ``made_from``, written as ``relocated`` gives them; ``also_made_from``
+    names what else ``made_from`` reads), or when a
     setting that shapes its records did (``drop_if_settings_changed``); then ``RunStore.begin_stage``, recording the
     shards read (``read_shards``). Every drop is done before the stage begins with the new
     ``config``, so a run killed in between drops again when it is run again; the stage is marked
@@ -932,7 +940,7 @@ def begin_unless_up_to_date(store: RunStore, stage: str, config: dict, reads: tu
     if "models" in config:
         drop_if_models_changed(store, stage, config["models"], outputs, model_names(config))
     drop_if_settings_changed(store, stage, config, outputs)
-    drop_if_inputs_rewritten(store, stage, reads, outputs, made_from, relocated)
+    drop_if_inputs_rewritten(store, stage, reads, outputs, made_from, relocated, also_made_from)
     store.begin_stage(stage, config, inputs=inputs, read=read_shards(store, reads))
     return None
 

@@ -683,8 +683,9 @@ def test_a_reimport_with_a_corrected_answer_takes_effect_and_filter_judges_the_r
     the run's old prompt records (the prompts output skips an id it has), so filter went on grading
     every pool against the old answers, silently. Now the import replaces the records as `dasd
     sample` does (one warning: how many, which fields, an example), and `dasd filter` judges the
-    responses of the other pool again too: one the new answer fails is dropped, one it passes is
-    kept; the verdicts of a fresh run that imported the corrected source last."""
+    responses to the corrected prompts again, in the other pool too, and only those: one the new
+    answer fails is dropped, one it passes is kept; the verdicts of a fresh run that imported the
+    corrected source last."""
     from dasd.stages.filter import run_filter
 
     low, high, run = _graded_chat(tmp_path / "low.jsonl"), _graded_chat(tmp_path / "high.jsonl"), tmp_path / "run"
@@ -705,7 +706,9 @@ def test_a_reimport_with_a_corrected_answer_takes_effect_and_filter_judges_the_r
     caplog.clear()
     run_filter(cfg)
     assert _kept_prompts(run) == {"T0.6": ["c2", "c3"], "T1": ["c2", "c3"]}
-    assert "T1: 1 sample(s) kept by an earlier run are dropped by the rules now" in caplog.text
+    # only the responses to c1 and c3 judged again, in each pool; the kept outputs re-linked, not made again
+    assert RunStore.open(run).stage_info("filter")["judged"] == {"T0.6": 2, "T1": 2}
+    assert "dropped by the rules now" not in caplog.text
 
     fresh = tmp_path / "fresh"  # the corrected source imported last, from the start
     run_import(_graded_cfg(fresh, high, 1.0, tiny_lm_dir))

@@ -384,14 +384,16 @@ def test_a_prompt_edited_under_its_id_is_refused_and_removed_ones_lowered_k_and_
     assert "pool(s) T1 in " in caplog.text and "are not at a temperature of sample.temperatures [0.6]" in caplog.text
 
 
-def test_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(tmp_path, caplog):
+def test_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(tmp_path, caplog, monkeypatch):
     """A prompt whose reference answer or meta changed under the same id and messages kept its
     first record in RUN/sample/prompts, and filter judged against the old answer, silently. Now
     `dasd sample` replaces the record (one warning: how many, which fields, an example; no sample
-    asked again) and `dasd filter` judges again: the kept samples the new answer fails are dropped
-    (their pool's kept output made again), a rejected one it passes is kept: the verdicts of a fresh
-    run on the corrected prompts. A run killed after the new prompts shard was written and before
-    the old one went (the old shard back beside it) is finished by the next run."""
+    asked again) and `dasd filter` judges again the samples of the prompts whose answer changed, and
+    only those (a meta change is not graded): the kept samples the new answer fails are dropped
+    (the kept output re-linked without them, not made again), a rejected one it passes is kept: the
+    verdicts of a fresh run on the corrected prompts. A run killed after the new prompts shard was
+    written and before the old one went (the old shard back beside it) is finished by the next run."""
+    import dasd.stages.filter as filter_stage
     from dasd.grading.grade import grade_one
     from dasd.prompts import toy_prompts
     from dasd.runs import load_run_prompts
@@ -439,13 +441,18 @@ def test_a_corrected_answer_takes_effect_and_filter_judges_the_responses_again(t
     assert len(list((tmp_path / "run" / "sample").glob("prompts-*"))) == 1
 
     caplog.clear()
+    judged, rules = [], filter_stage.apply_filters
+    monkeypatch.setattr(filter_stage, "apply_filters", lambda s, *a: judged.append(s["id"]) or rules(s, *a))
     funnel = run_filter(cfg("run"))
     got_kept, got_rejected = verdicts("run")
     assert not any(s["id"] in got_kept for s in samples if s["prompt_id"] == right["id"])
     assert any(s["id"] in got_kept and s["text"] == text for s in samples if s["prompt_id"] == wrong["id"])
     stale = kept - got_kept  # right's kept samples, and wrong's that passed the old answer
-    assert {s["prompt_id"] for s in samples if s["id"] in stale} <= {right["id"], wrong["id"]}
-    assert f"T1: {len(stale)} sample(s) kept by an earlier run are dropped by the rules now" in caplog.text
+    assert stale and {s["prompt_id"] for s in samples if s["id"] in stale} <= {right["id"], wrong["id"]}
+    assert sorted(judged) == sorted(s["id"] for s in samples if s["prompt_id"] in (right["id"], wrong["id"]))
+    assert RunStore.open(tmp_path / "run").stage_info("filter")["judged"] == {"T1": 6}
+    assert "sample/prompts lost records since this stage last ran: its 2 output(s)" in caplog.text
+    assert "dropped by the rules now" not in caplog.text  # no kept output made again
 
     run_sample(cfg("fresh"), engine=engine)  # the corrected prompts from the start
     fresh_funnel = run_filter(cfg("fresh"))

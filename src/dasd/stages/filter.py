@@ -24,9 +24,12 @@ interrupted attempt of it (begun with the same settings and inputs) judged befor
 a resumed run records an uninterrupted one's; each pool's verdicts are on disk before the next pool
 is judged, so a run killed in one judges none of the pools before it again. When `dasd sample`
 updated the run's prompts (a reference answer corrected under the same id and messages), filter
-with ``require_correct`` judges that prompt's samples again: a sample the new answer passes is
-added to the kept ones, and a pool whose kept output holds a sample the rules now drop has that
-output made again (one warning). A record that cannot be filtered (``id``, ``prompt_id`` or
+with ``require_correct`` judges that prompt's samples again, and only those: the prompts output is
+then an input its verdicts are made from (``also_made_from``), so the kept outputs are re-linked
+without the samples whose digest changed and the rejects keep only the others; a sample the new
+answer passes is kept, one it fails rejected. A kept output that still holds a sample the rules
+now drop (a filter of an earlier dasd, which did not record the shards it read) is made again,
+with one warning. A record that cannot be filtered (``id``, ``prompt_id`` or
 ``text`` missing or not a string) is quarantined under rule ``malformed``.
 """
 
@@ -45,7 +48,7 @@ from dasd.columnar import REF
 from dasd.records import content_id
 from dasd.rules.mixing import has_reference
 from dasd.idset import IdSet
-from dasd.runs import (INPUT_DIGEST, KEPT, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, input_digests,
+from dasd.runs import (INPUT_DIGEST, KEPT, PROMPTS, SAMPLE_POOL, RunPrompts, begin_unless_up_to_date, existing_run, input_digests,
                        model_versions, output, pools, resolve_model)
 from dasd.store import RunStore, read_jsonl_shard, shard_paths
 from dasd.text.filters import Drop, Funnel, apply_filters
@@ -162,7 +165,8 @@ def run_filter(cfg, store: RunStore | None = None) -> dict:
 
     # a sample pool written again (imported again) keeps the verdicts of the samples that came back unchanged
     done = begin_unless_up_to_date(store, STAGE, stage_cfg, ("sample",), extra=cfg.student.tokenizer or cfg.student.model,
-                                   outputs=(KEPT + "-", "rejects"), made_from=made_from, relocated=relocated)
+                                   outputs=(KEPT + "-", "rejects"), made_from=made_from, relocated=relocated,
+                                   also_made_from=(f"sample/{PROMPTS}",) if fc.require_correct else ())
     if done is not None:
         return done
     prompts = prompts or RunPrompts(store)
