@@ -371,9 +371,13 @@ def trained_model(cfg, stage: str, path: str) -> EngineConfig:
     """The student's engine settings loading training stage ``stage``'s final model at ``path``
     (``final_model``), as eval, analyze and mix open it: its load errors name the stage (with the
     path they give), not ``student.model``, which names the base model; ``stage`` ``student`` is
-    ``student.model`` itself (``latest_student`` before any stage is trained)."""
-    mcfg = cfg.student.model_copy(update={"model": path})
-    return mcfg if stage == "student" else mcfg.model_named(f"training stage {stage!r}")
+    ``student.model`` itself (``latest_student`` before any stage is trained). A trained model is
+    loaded with the tokenizer saved beside it, the one it was trained with (``train.base_model``'s,
+    whose chat template its examples were rendered with), not ``student.tokenizer``, which names the
+    tokenizer the base student is scored with."""
+    if stage == "student":
+        return cfg.student.model_copy(update={"model": path})
+    return cfg.student.model_copy(update={"model": path, "tokenizer": None}).model_named(f"training stage {stage!r}")
 
 
 def model_for(cfg, store: RunStore, label: str):

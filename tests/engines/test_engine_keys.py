@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from transformers import AutoTokenizer
+
 from dasd.config import load_config
 from dasd.engines import make_engine
 from dasd.errors import DasdError
@@ -64,6 +66,27 @@ def test_a_trained_stage_that_cannot_load_names_the_stage_and_its_path(trained_r
     assert "\n" not in str(err.value)
     assert model_for(cfg, store, "student").key("model") == "student.model"  # the base: the key the user set
     assert cfg.student.key("model") == "student.model"  # the config it was copied from is left as it was
+
+
+def test_a_trained_stage_is_loaded_with_the_tokenizer_it_was_trained_with(tmp_path, tiny_lm_dir,
+                                                                          tiny_lm_dir_other_vocab):
+    """With ``student.tokenizer`` set (the tokenizer the base student is scored with), a trained
+    stage's model was loaded with that tokenizer, not the one saved beside it, which its examples
+    were rendered and tokenised with: eval, analyze and mix would prompt it in another vocabulary."""
+    run = tmp_path / "run"
+    final = run / "train" / "s" / "final"
+    shutil.copytree(tiny_lm_dir, final)
+    (final.parent / "done.json").write_text(json.dumps({"steps": 1}), encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={run}", f"student.model={tiny_lm_dir}", f"teacher.model={tiny_lm_dir}",
+                             f"student.tokenizer={tiny_lm_dir_other_vocab}", "student.device=cpu", "teacher.device=cpu",
+                             "train.stages=[{name: s, data: kept-T1, init: base}]"])
+    mcfg = model_for(cfg, RunStore(run), "s")
+    assert mcfg.tokenizer_key() == ("training stage 's'", str(final))
+    text = "Compute 12 + 30."
+    want = AutoTokenizer.from_pretrained(tiny_lm_dir)(text)["input_ids"]
+    assert want != AutoTokenizer.from_pretrained(tiny_lm_dir_other_vocab)(text)["input_ids"]
+    assert open_engine(mcfg).tokenizer(text)["input_ids"] == want
+    assert model_for(cfg, RunStore(run), "student").tokenizer == tiny_lm_dir_other_vocab  # the base: as set
 
 
 def test_mix_names_the_trained_stage_whose_model_it_cannot_load(trained_run):
