@@ -433,9 +433,15 @@ TRANSPORT_NOTE = " Transport only: not part of a stage's identity, so changing i
 """What docs/config.md adds to a setting marked transport-only (``engines.config.TRANSPORT``)."""
 
 
-def _transport(field) -> bool:
-    """Whether a field is marked transport-only (``engines.config.TRANSPORT``)."""
-    return bool((field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}).get("transport"))
+SPEED_NOTE = " Speed only: not part of a stage's identity, so changing it on a finished run redoes nothing."
+"""What docs/config.md adds to a setting marked speed-only (``configbase.SPEED``)."""
+
+
+def _note(field) -> str:
+    """``TRANSPORT_NOTE`` or ``SPEED_NOTE`` for a field marked so (``engines.config.TRANSPORT``,
+    ``configbase.SPEED``), else ""."""
+    marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return TRANSPORT_NOTE if marks.get("transport") else SPEED_NOTE if marks.get("speed") else ""
 
 
 def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names: tuple[str, ...] | None = None,
@@ -477,14 +483,14 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "", names
                 default = "(computed)"
         typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
         typ = re.sub(r"Annotated\[(\w+), [^\]]*\)\]", r"\1", typ)  # a validated str (e.g. a source spec) reads as str
-        desc = ((field.description or "") + given + (TRANSPORT_NOTE if _transport(field) else "")).replace("|", "\\|").replace("\n", " ")
+        desc = ((field.description or "") + given + _note(field)).replace("|", "\\|").replace("\n", " ")
         simple.append(f"| `{key}` | `{_cell(typ)}` | `{_cell(default)}` | {desc} |")
     if simple:
         doc = ((model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "") + note
         lines += [f"## `{prefix[:-1] or 'top level'}`", "", doc, "", "| key | type | default | description |", "|---|---|---|---|", *simple, ""]
     for key, sub, field, name in nested:
         lines.append(config_reference(sub, key + ".", (*names, name) if names is not None else None,
-                                      TRANSPORT_NOTE if _transport(field) else ""))
+                                      _note(field)))
     return "\n".join(lines)
 
 

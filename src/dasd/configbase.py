@@ -15,6 +15,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+SPEED = {"speed": True}
+"""``json_schema_extra`` of a speed-only setting: it changes how fast a stage runs (how many rows or
+prompts go to an engine at once, how many positions its lm head turns into log-probs at a time, how
+much GPU memory vLLM takes), not what it writes: sampling seeds are per sample and batch-invariant,
+and a log-prob is the same in any batch or chunk up to float rounding. Such settings are left out of
+a stage's identity (``runs.stage_identity``), so changing one on a finished run redoes nothing."""
+
+
+def marked_settings(model: type[BaseModel], marker: str, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of ``model``'s settings whose ``json_schema_extra`` sets ``marker`` (``"speed"``,
+    ``"transport"``), down its sections."""
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        if (field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}).get(marker):
+            out.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += marked_settings(field.annotation, marker, f"{prefix}{name}.")
+    return tuple(out)
+
+
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 """A seed field's type: 0 to 2**32 - 1, what numpy (and so ``accelerate.set_seed``) accepts, checked
 at load time rather than as a crash in the middle of a stage."""

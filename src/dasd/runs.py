@@ -28,14 +28,15 @@ from pathlib import Path
 
 from dasd.columnar import KINDS, OUTPUTS, REF, kind_of, read_table, upstream_output
 from dasd.engines.base import EngineStats
-from dasd.engines.config import EngineConfig, transport_settings
+from dasd.engines.config import EngineConfig, speed_settings, transport_settings
 from dasd.errors import ConfigError, DasdError, InputError
 from dasd.idset import IdSet
 from dasd.jsonl import BadLine, atomic_write_json, parse_line
 from dasd.log import logger
 from dasd.prompts import iter_prompts, toy_prompts
+from dasd.rules.das import ScoreConfig
 from dasd.rules.mixing import replay_examples
-from dasd.rules.sampling import pool_name
+from dasd.rules.sampling import SampleConfig, pool_name
 from dasd.store import RunStore, config_hash, shard_paths
 
 # Output name prefixes (an output is ``<prefix>-<pool>``; see the module docstring).
@@ -552,16 +553,10 @@ def name_as_before(name: str, version: str, before_name: str | None, before_vers
     return before_name if before_name and version and before_version == version else name
 
 
-def engine_identity(engine: dict) -> dict:
-    """A dumped engine config (``EngineConfig.model_dump``) as a stage records it: without its
-    transport-only settings (``engines.config.transport_settings``: server addresses, API key
-    variable, concurrency, timeouts, retries and backoff, Ray), which change how requests travel and
-    not what comes back. A stage's config and the hashes of what it made then stay the same when a
-    farm of servers gets new addresses or more concurrency, so nothing is redone; the settings that
-    change results (model, tokenizer, dtype, ``max_model_len``, ``logprob_mode``, ``extra_body``, ...)
-    stay in."""
-    out = json.loads(json.dumps(engine, default=str))
-    for key in transport_settings():
+def _without(config: dict, keys: Iterable[str]) -> dict:
+    """A copy of JSON data ``config`` without the dotted ``keys`` (those it has)."""
+    out = json.loads(json.dumps(config, default=str))
+    for key in keys:
         *path, last = key.split(".")
         node = out
         for part in path:
@@ -571,32 +566,56 @@ def engine_identity(engine: dict) -> dict:
     return out
 
 
-# The keys of a stage's manifest config that hold an engine config (``engine_identity``).
+def engine_identity(engine: dict) -> dict:
+    """A dumped engine config (``EngineConfig.model_dump``) as a stage records it: without its
+    transport-only settings (``engines.config.transport_settings``: server addresses, API key
+    variable, concurrency, timeouts, retries and backoff, Ray), which change how requests travel and
+    not what comes back, nor its speed-only ones (``engines.config.speed_settings``: batch sizes, the
+    log-prob chunk, vLLM's memory share, data parallelism and CUDA graphs), which change how fast. A
+    stage's config and the hashes of what it made then stay the same when a farm of servers gets new
+    addresses or more concurrency, or a batch size is tuned, so nothing is redone; the settings that
+    change results (model, tokenizer, dtype, ``max_model_len``, ``logprob_mode``, ``extra_body``,
+    ``tensor_parallel_size``, ...) stay in."""
+    return _without(engine, (*transport_settings(), *speed_settings()))
+
+
+# The keys of a stage's manifest config that hold an engine config (``engine_identity``), and those
+# that hold a stage's own settings, with the model that marks its speed-only ones (``stage_identity``).
 ENGINE_SECTIONS = ("teacher", "student")
+STAGE_SECTIONS = {"sample": SampleConfig, "score": ScoreConfig}
+
+
+def stage_identity(config: dict) -> dict:
+    """A stage's manifest ``config`` as it is recorded and hashed: its engine sections as
+    ``engine_identity`` gives them, and its own settings (``STAGE_SECTIONS``: ``sample``, ``score``)
+    without their speed-only ones (``sample.batch_prompts``, ``score.batch``)."""
+    return {k: engine_identity(v) if k in ENGINE_SECTIONS and isinstance(v, dict) else
+            _without(v, speed_settings(STAGE_SECTIONS[k])) if k in STAGE_SECTIONS and isinstance(v, dict) else v
+            for k, v in config.items()}
 
 
 def with_transport(config: dict) -> bool:
-    """Whether a stage's manifest ``config`` records transport-only engine settings (an earlier dasd did)."""
-    return any(isinstance(config.get(k), dict) and engine_identity(config[k]) != config[k] for k in ENGINE_SECTIONS)
+    """Whether a stage's manifest ``config`` records transport-only or speed-only settings (an
+    earlier dasd did: ``stage_identity`` leaves them out)."""
+    return stage_identity(config) != config
 
 
 def as_recorded(store: RunStore, stage: str, config: dict) -> dict:
     """``config``, or the config ``stage`` last began with when that one differs from it only by the
-    transport-only settings an earlier dasd recorded in its engine sections (``ENGINE_SECTIONS``, its
-    ``teacher`` or ``student`` whole): the stage's recorded config and hash are kept, so neither it
-    nor the stages that fingerprint it (``RunStore.fingerprint``) are redone by the change of dasd,
-    nor by a new server address or concurrency afterwards."""
+    transport-only and speed-only settings an earlier dasd recorded (``stage_identity``): the stage's
+    recorded config and hash are kept, so neither it nor the stages that fingerprint it
+    (``RunStore.fingerprint``) are redone by the change of dasd, nor by a new server address,
+    concurrency or batch size afterwards."""
     before = store.stage_info(stage).get("config")
     if not isinstance(before, dict) or not with_transport(before):
         return config
-    bare = {k: engine_identity(v) if k in ENGINE_SECTIONS and isinstance(v, dict) else v for k, v in before.items()}
-    return before if config_hash(bare) == config_hash(config) else config
+    return before if config_hash(stage_identity(before)) == config_hash(config) else config
 
 
 def teacher_as_hashed_before(store: RunStore, cfg) -> list[dict]:
     """The teacher config whole, as an earlier dasd hashed it into a stage's inputs and verdicts
-    (with its transport settings): as configured now, and as `dasd sample` recorded it (kept by
-    ``as_recorded`` while only transport settings change)."""
+    (with its transport or speed settings): as configured now, and as `dasd sample` recorded it
+    (kept by ``as_recorded`` while only such settings change)."""
     out = [cfg.teacher.model_dump(mode="json")]
     recorded = (store.stage_info("sample").get("config") or {}).get("teacher")
     if isinstance(recorded, dict) and recorded != engine_identity(recorded):
@@ -642,8 +661,8 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
 
 
 # Settings in a stage's manifest config (dotted paths) whose change resumes the stage instead of
-# dropping its outputs (``drop_if_settings_changed``): those that change how fast it runs or how a
-# model is reached, not the records it writes. ``models`` (the model versions,
+# dropping its outputs (``drop_if_settings_changed``): those that change how a model is reached or
+# run, not the records it writes (the speed-only ones are not in the config: ``stage_identity``). ``models`` (the model versions,
 # ``drop_if_models_changed``) stands for the model and tokenizer names; score's
 # ``local_naturalness`` is handled by the score stage itself. Score's ``das`` settings type the
 # sentences, which select and the report type again from the stored log-probs under the current
@@ -651,9 +670,8 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
 # student ``max_model_len`` changes only which responses are too long: those rejects are judged again
 # (score's ``judged``), the scores stand.
 RESUMED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "score": ("models", "local_naturalness", "das", "score.batch", "score.local_naturalness", "student.model",
-              "student.tokenizer", "student.device", "student.batch_size", "student.score_batch_tokens",
-              "student.logprob_chunk", "student.max_model_len", "student.openai", "student.vllm", "student.ray"),
+    "score": ("models", "local_naturalness", "das", "score.local_naturalness", "student.model", "student.tokenizer",
+              "student.device", "student.max_model_len", "student.openai", "student.vllm", "student.ray"),
 }
 
 

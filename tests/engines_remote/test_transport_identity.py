@@ -1,8 +1,8 @@
-"""Transport-only engine settings are not part of a stage's identity: a run sampled and scored through
-loopback OpenAI-compatible servers, run again against other servers serving the same models with
-other concurrency, timeouts, retries and backoff, asks no engine anything and redoes no stage; a
-setting that changes results still redoes what it must; a run an earlier dasd recorded with those
-settings in its stage configs is not redone by the change of dasd."""
+"""Transport-only and speed-only settings are not part of a stage's identity: a run sampled and scored
+through loopback OpenAI-compatible servers, run again against other servers serving the same models
+with other concurrency, timeouts, retries and backoff, or with other batch sizes, asks no engine
+anything and redoes no stage; a setting that changes results still redoes what it must; a run an
+earlier dasd recorded with those settings in its stage configs is not redone by the change of dasd."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ STAGES = ("sample", "filter", "score", "select")
 OTHER_TRANSPORT = ["teacher.openai.concurrency=3", "teacher.openai.timeout_s=77", "teacher.openai.max_retries=2",
                    "teacher.openai.backoff_s=0.5", "teacher.openai.backoff_max_s=9", "student.openai.concurrency=5",
                    "student.openai.timeout_s=66", "student.openai.max_retries=3"]
+# every speed-only setting of the sample and score stages and of both engines changed
+OTHER_SPEED = ["sample.batch_prompts=3", "score.batch=2", "teacher.batch_size=3", "teacher.score_batch_tokens=999",
+               "teacher.logprob_chunk=7", "teacher.vllm.gpu_memory_utilization=0.5", "teacher.vllm.data_parallel_size=2",
+               "teacher.vllm.enforce_eager=true", "student.batch_size=5", "student.score_batch_tokens=777",
+               "student.logprob_chunk=9", "student.vllm.gpu_memory_utilization=0.6"]
 
 
 class Counting:
@@ -129,6 +134,29 @@ def test_other_servers_and_concurrency_ask_nothing_and_redo_no_stage(world, caps
     assert "base_urls" not in recorded["score"]["student"]["openai"]
 
 
+def test_other_batch_sizes_ask_nothing_and_redo_no_stage(world, capsys):
+    """Changing a batch size on a finished run (sample.batch_prompts, teacher.batch_size, ...) changed
+    sample's and score's recorded configs, so filter, score and select began again, each going through
+    every record to find nothing to do, and select wrote its selections again (mix then ran again)."""
+    run, teacher, student, overrides = world
+    with servers(teacher, student) as urls:
+        run_stages(load_config(None, overrides(urls)))
+        asked, before = (teacher.generated, student.scored), state(run)
+        capsys.readouterr()
+        again = run_stages(load_config(None, overrides(urls, *OTHER_SPEED)))
+    assert (teacher.generated, student.scored) == asked and again["score"]["T1"] == FIRST
+    after = state(run)
+    assert after["sample"][:2] == before["sample"][:2]
+    for st in ("filter", "score", "select"):
+        assert after[st] == before[st], st
+    err = capsys.readouterr().err
+    assert all(f"[{st}] up to date" in err for st in ("filter", "score", "select"))
+    recorded = stage_configs(run)
+    assert "batch_prompts" not in recorded["sample"]["sample"] and "batch" not in recorded["score"]["score"]
+    assert not {"batch_size", "score_batch_tokens", "logprob_chunk"} & set(recorded["sample"]["teacher"])
+    assert not {"gpu_memory_utilization", "data_parallel_size", "enforce_eager"} & set(recorded["score"]["student"]["vllm"])
+
+
 def test_settings_that_change_results_still_redo_what_they_must(world, capsys):
     run, teacher, student, overrides = world
     with servers(teacher, student) as urls:
@@ -168,6 +196,7 @@ def test_a_run_recorded_with_transport_settings_by_an_earlier_dasd_is_not_redone
     with servers(teacher, student) as urls_a:
         with monkeypatch.context() as m:
             m.setattr("dasd.runs.transport_settings", lambda: (), raising=False)  # as an earlier dasd recorded them: all
+            m.setattr("dasd.runs.speed_settings", lambda *a: (), raising=False)
             run_stages(load_config(None, overrides(urls_a)))
         old = stage_configs(run)
         assert old["sample"]["teacher"]["openai"]["base_urls"] == [urls_a[0]]
@@ -196,6 +225,32 @@ def test_a_run_recorded_with_transport_settings_by_an_earlier_dasd_is_not_redone
     assert "base_urls" not in stage_configs(run)["score"]["student"]["openai"]
 
 
+def test_a_run_recorded_with_speed_settings_by_an_earlier_dasd_is_not_redone(world, capsys, monkeypatch):
+    """A run written as dasd wrote runs before speed settings were left out (transport ones already
+    out): run again, with the same batch sizes and then with others, it asks nothing and redoes
+    nothing; the recorded configs are kept."""
+    run, teacher, student, overrides = world
+    with servers(teacher, student) as urls:
+        with monkeypatch.context() as m:
+            m.setattr("dasd.runs.speed_settings", lambda *a: (), raising=False)  # as an earlier dasd recorded them
+            run_stages(load_config(None, overrides(urls)))
+        old = stage_configs(run)
+        assert old["sample"]["sample"]["batch_prompts"] == 16 and old["score"]["student"]["batch_size"] == 8
+        assert "base_urls" not in old["sample"]["teacher"]["openai"]
+        asked, before = (teacher.generated, student.scored), state(run)
+        capsys.readouterr()
+        run_stages(load_config(None, overrides(urls)))
+        run_stages(load_config(None, overrides(urls, *OTHER_SPEED)))
+    assert (teacher.generated, student.scored) == asked
+    after = state(run)
+    assert after["sample"][0] == before["sample"][0]
+    for st in ("filter", "score", "select"):
+        assert after[st] == before[st], st
+    assert stage_configs(run)["sample"] == old["sample"] and stage_configs(run)["score"] == old["score"]
+    err = capsys.readouterr().err
+    assert "judged again" not in err and err.count("up to date") == 6
+
+
 def test_transport_settings_are_those_that_change_how_requests_travel():
     from dasd.engines.config import transport_settings
     from dasd.runs import engine_identity
@@ -209,11 +264,29 @@ def test_transport_settings_are_those_that_change_how_requests_travel():
                                 "extra_body": {"top_k": 20}},
                         ray={"address": "local", "replicas": 4}).model_dump(mode="json")
     kept = engine_identity(full)
-    assert kept == {k: v for k, v in full.items() if k not in ("openai", "ray")} | {
+    speed = ("batch_size", "score_batch_tokens", "logprob_chunk", "vllm")  # speed-only (vllm's in part)
+    assert kept == {k: v for k, v in full.items() if k not in ("openai", "ray", *speed)} | {
         "openai": {"logprob_mode": "raw", "top_logprobs": 2, "token_ids": True, "score_api": "echo",
-                   "extra_body": {"top_k": 20}}}
+                   "extra_body": {"top_k": 20}},
+        "vllm": {"tensor_parallel_size": 1, "logprobs_mode": "raw_logprobs", "extra": {}}}
     assert kept["model"] == "m" and kept["tokenizer"] == "t" and kept["dtype"] == "bfloat16" and kept["max_model_len"] == 4096
     assert full["openai"]["base_urls"] == ["http://a/v1"]  # the dump itself is left as it was
+
+
+def test_speed_settings_are_those_that_change_how_fast():
+    from dasd.engines.config import speed_settings
+    from dasd.runs import STAGE_SECTIONS, stage_identity
+
+    assert speed_settings() == ("batch_size", "score_batch_tokens", "logprob_chunk", "vllm.data_parallel_size",
+                                "vllm.gpu_memory_utilization", "vllm.enforce_eager")
+    assert {k: speed_settings(m) for k, m in STAGE_SECTIONS.items()} == {"sample": ("batch_prompts",),
+                                                                        "score": ("batch",)}
+    cfg = load_config(None, ["teacher.batch_size=3", "sample.batch_prompts=2"])
+    full = {"sample": cfg.sample.model_dump(mode="json"), "teacher": cfg.teacher.model_dump(mode="json"), "m": 1}
+    kept = stage_identity(full)
+    assert kept["sample"] == {k: v for k, v in full["sample"].items() if k != "batch_prompts"} and kept["m"] == 1
+    assert kept["teacher"]["vllm"] == {"tensor_parallel_size": 1, "logprobs_mode": "raw_logprobs", "extra": {}}
+    assert "batch_size" not in kept["teacher"] and kept["teacher"]["max_model_len"] == full["teacher"]["max_model_len"]
 
 
 def test_the_config_reference_says_which_settings_are_transport_only():
@@ -225,3 +298,14 @@ def test_the_config_reference_says_which_settings_are_transport_only():
                             ("base_urls", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s", "backoff_max_s"))
     sections = [line for line in config_reference().splitlines() if line.endswith(TRANSPORT_NOTE.strip())]
     assert sections == ["Fan records out over engine replicas with Ray (``dasd.engines.fanout``)." + TRANSPORT_NOTE] * 2
+
+
+def test_the_config_reference_says_which_settings_are_speed_only():
+    from dasd.config import SPEED_NOTE, config_reference
+
+    rows = {line.split("|")[1].strip(" `"): line for line in config_reference().splitlines() if line.startswith("| `")}
+    marked = sorted(key for key, line in rows.items() if SPEED_NOTE.strip() in line)
+    assert marked == sorted(["sample.batch_prompts", "score.batch"] + [
+        f"{role}.{k}" for role in ("teacher", "student") for k in ("batch_size", "score_batch_tokens", "logprob_chunk",
+                                                                  "vllm.data_parallel_size", "vllm.gpu_memory_utilization",
+                                                                  "vllm.enforce_eager")])

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from dasd.configbase import StrictModel
+from dasd.configbase import SPEED, StrictModel, marked_settings
 
 TRANSPORT = {"transport": True}
 """``json_schema_extra`` of a transport-only engine setting: it changes how requests travel to the model
@@ -88,14 +88,15 @@ class VLLMOptions(StrictModel):
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model copy is split over.")
     data_parallel_size: int = Field(
-        1, ge=1, description="Model copies inside vLLM. For many nodes prefer `ray.replicas`.",
+        1, ge=1, description="Model copies inside vLLM. For many nodes prefer `ray.replicas`.", json_schema_extra=SPEED,
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.",
+                                          json_schema_extra=SPEED)
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
         "raw_logprobs", description="raw = untempered log-softmax of the model (what dasd wants); "
         "processed = after temperature/top-p.",
     )
-    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower).")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower).", json_schema_extra=SPEED)
     extra: dict = Field(default_factory=dict, description="Other keyword arguments for vllm.LLM.")
 
 
@@ -135,18 +136,18 @@ class EngineConfig(StrictModel):
         "auto", description="auto = cuda if available, else cpu."
     )
     batch_size: int = Field(
-        8, ge=1, description="Generation rows (samples, not requests) decoded together."
+        8, ge=1, description="Generation rows (samples, not requests) decoded together.", json_schema_extra=SPEED,
     )
     score_batch_tokens: int = Field(
         16384, ge=1,
         description="Scoring batch budget in padded tokens (rows x longest row). A single longer "
-        "sequence is still scored, alone.",
+        "sequence is still scored, alone.", json_schema_extra=SPEED,
     )
     logprob_chunk: int = Field(
         512, ge=1,
         description="Positions per chunk when the lm head turns hidden states into log-probs. "
         "Peak extra memory is about logprob_chunk x vocab x 4 bytes (0.3 GiB for a 152K "
-        "vocabulary at 512); full [sequence x vocab] logits are never built.",
+        "vocabulary at 512); full [sequence x vocab] logits are never built.", json_schema_extra=SPEED,
     )
     max_model_len: int | None = Field(
         None, ge=2,
@@ -216,13 +217,13 @@ class EngineConfig(StrictModel):
         return self
 
 
-def transport_settings(model: type[StrictModel] = EngineConfig, prefix: str = "") -> tuple[str, ...]:
+def transport_settings(model: type[StrictModel] = EngineConfig) -> tuple[str, ...]:
     """Dotted keys of ``model``'s transport-only settings (marked ``TRANSPORT``), down its sections:
     ``("openai.base_urls", ..., "ray")`` for ``EngineConfig``."""
-    out: list[str] = []
-    for name, field in model.model_fields.items():
-        if (field.json_schema_extra or {}).get("transport"):
-            out.append(prefix + name)
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, StrictModel):
-            out += transport_settings(field.annotation, f"{prefix}{name}.")
-    return tuple(out)
+    return marked_settings(model, "transport")
+
+
+def speed_settings(model: type[StrictModel] = EngineConfig) -> tuple[str, ...]:
+    """Dotted keys of ``model``'s speed-only settings (marked ``configbase.SPEED``): ``("batch_size",
+    "score_batch_tokens", "logprob_chunk", "vllm.data_parallel_size", ...)`` for ``EngineConfig``."""
+    return marked_settings(model, "speed")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dasd.configbase import Seed, StrictModel
+from dasd.configbase import SPEED, Seed, StrictModel
 from dasd.text.align import classify, score_sentences, sentence_means
 from dasd.text.sentences import segment
 
@@ -387,7 +387,7 @@ def select_grouped(
 class ScoreConfig(StrictModel):
     """`dasd score` settings (YAML section ``score``)."""
 
-    batch: int = Field(16, ge=1, description="responses per engine call")
+    batch: int = Field(16, ge=1, description="Responses per engine call.", json_schema_extra=SPEED)
     rescore_teacher: Literal["auto", "always", "never"] = Field(
         "auto",
         description="re-score responses with the teacher engine: auto = only those whose teacher "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from dasd.configbase import Seed, StrictModel
+from dasd.configbase import SPEED, Seed, StrictModel
 from dasd.records import content_id
 
 
@@ -27,7 +27,7 @@ class SampleConfig(StrictModel):
                          "(with temperature 1, sampled log-probs are then raw)")
     max_tokens: int = Field(1024, ge=1, description="generation cap in teacher tokens")
     seed: Seed = Field(0, description="base seed; each (prompt, temperature) derives its own")
-    batch_prompts: int = Field(16, ge=1, description="prompts sent to the engine per call")
+    batch_prompts: int = Field(16, ge=1, description="Prompts sent to the engine per call.", json_schema_extra=SPEED)
     prompts_per_temperature: list[int] | None = Field(
         None, description="Questions asked at each temperature, one count per entry of temperatures (the paper: "
         "[105000, 330000]); null = every prompt at every temperature. Temperature i asks the first N_i prompts of "

@@ -22,8 +22,9 @@ engine derives each sample's random stream from (request seed, index), so a resu
 the same responses as an uninterrupted one. The teacher is named in ids as it was when its pools
 were first sampled (``runs.name_as_before``): the same model under another spelling of its path
 resumes them. The stage's config records the teacher without its transport-only settings
-(``runs.engine_identity``: server addresses, concurrency, timeouts, retries), so a new server farm
-leaves the later stages up to date. Samples are resumed only from the same teacher: when the
+(``runs.engine_identity``: server addresses, concurrency, timeouts, retries) and without the
+speed-only ones (``runs.stage_identity``: ``teacher.batch_size``, ``sample.batch_prompts``, ...),
+so a new server farm or another batch size leaves the later stages up to date. Samples are resumed only from the same teacher: when the
 model under ``teacher.model`` changed since the stage last began (``runs.model_version``: its files'
 names, sizes and sampled contents), the stored pools are dropped first and sampled again
 (``runs.drop_if_models_changed``). A teacher with no version to compare (a served name, kind
@@ -90,9 +91,9 @@ from dasd.prompt_edits import EditedPrompts, StagedPrompts
 from dasd.prompts import check_prompt_source
 from dasd.records import sample_id, teacher_signal
 from dasd.rules.sampling import derived_seed, picks_by_temperature
-from dasd.runs import (PROMPTS, SAMPLE_POOL, as_recorded, drop_if_models_changed, engine_identity, faults_kept,
+from dasd.runs import (PROMPTS, SAMPLE_POOL, as_recorded, drop_if_models_changed, faults_kept,
                        model_versions, name_as_before, open_engine, output, pool_name, pools, record_faults,
-                       training_prompt_ids)
+                       stage_identity, training_prompt_ids)
 from dasd.store import MANIFEST, RunStore, config_hash
 
 if TYPE_CHECKING:
@@ -109,15 +110,15 @@ def run_sample(cfg: RunConfig, store: RunStore | None = None, engine=None) -> di
         check_prompt_source(cfg.data.prompts)  # no run there yet: a mistyped path leaves no run folder behind
     store = store or RunStore(cfg.run_dir)
     s = cfg.sample
-    stage_cfg = {"sample": dump_config(s), "teacher": engine_identity(dump_config(cfg.teacher)), "data": dump_config(cfg.data),
-                 "models": model_versions(cfg, "teacher")}
+    stage_cfg = stage_identity({"sample": dump_config(s), "teacher": dump_config(cfg.teacher), "data": dump_config(cfg.data),
+                                "models": model_versions(cfg, "teacher")})
     if s.prompts_per_temperature is None:  # as the config was before the knob: a run's later stages stay up to date
         del stage_cfg["sample"]["prompts_per_temperature"]
     before = store.stage_info(STAGE).get("config") or {}
     model_name = stage_cfg["teacher"]["model"] = name_as_before(
         cfg.teacher.model, stage_cfg["models"]["teacher"], (before.get("teacher") or {}).get("model"),
         (before.get("models") or {}).get("teacher"))
-    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with the teacher's transport settings
+    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with transport or speed settings
     if drop_if_models_changed(store, STAGE, stage_cfg["models"], (SAMPLE_POOL + "-",)) and store.stage_info("import"):
         log.warning("imported responses were in those pools too and are gone with them: run `dasd import` again")
     _refuse_other_sampling(store, before.get("sample") or {}, stage_cfg["sample"])

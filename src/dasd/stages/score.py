@@ -16,7 +16,8 @@ with the reason, and the rest are scored. A quarantined sample is not scored aga
 stage's settings, models and teacher config are the same (its record keeps their hash,
 ``judged``); when they changed, it is judged again. Neither that hash nor the stage's config holds
 the engines' transport-only settings (``runs.engine_identity``: server addresses, concurrency,
-timeouts, retries), so a new server farm redoes nothing.
+timeouts, retries) or the speed-only ones (``runs.stage_identity``: batch sizes, ``logprob_chunk``,
+``score.batch``), so a new server farm or another batch size redoes nothing.
 
 With ``score.local_naturalness`` on (``auto``: when ``select.method`` is ``local_naturalness``), the
 student also scores every sentence after the prompt and only its ``score.local_window`` preceding
@@ -58,7 +59,7 @@ from dasd.records import teacher_signal
 from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, local_windows, score_sample
 from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, as_recorded, begin_unless_up_to_date,
                        engine_identity, existing_run, faults_kept, model_versions, open_engine, output, pools,
-                       record_faults, recorded_extra, scoring_tokenizer_warnings,
+                       record_faults, recorded_extra, scoring_tokenizer_warnings, stage_identity,
                        teacher_as_hashed_before, with_transport)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
@@ -161,11 +162,11 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     store = store or existing_run(cfg.run_dir, STAGE)
     sc: ScoreConfig = cfg.score
     local = wants_local_naturalness(cfg)
-    stage_cfg = {"score": sc.model_dump(), "student": engine_identity(cfg.student.model_dump()), "das": cfg.das.model_dump(),
-                 "local_naturalness": local, "tokens": "as trained",  # scores of earlier versions: each response's own tokens
-                 "models": model_versions(cfg, "teacher", "student", "student_tokenizer")}
-    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with the student's transport settings
-    # the teacher's settings that change results (its transport ones do not); an earlier dasd hashed them all
+    stage_cfg = stage_identity({"score": sc.model_dump(), "student": cfg.student.model_dump(), "das": cfg.das.model_dump(),
+                                "local_naturalness": local, "tokens": "as trained",  # earlier ones: each response's own tokens
+                                "models": model_versions(cfg, "teacher", "student", "student_tokenizer")})
+    stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with transport or speed settings
+    # the teacher's settings that change results (its transport and speed ones do not); an earlier dasd hashed them
     teachers = [engine_identity(cfg.teacher.model_dump(mode="json"))]
     if with_transport(stage_cfg):
         teachers += teacher_as_hashed_before(store, cfg)
