@@ -9,6 +9,8 @@ student, graded (tests/stages/graded_runs.py)."""
 
 from __future__ import annotations
 
+import json
+
 import dasd.stages.filter as filter_stage
 from dasd.grading.grade import grade_one
 from dasd.prompts import toy_prompts
@@ -83,3 +85,36 @@ def test_samples_judged_again_under_a_corrected_answer_replace_their_rejects(tmp
     assert run_filter(cfg("run")) == fresh_funnel
     assert calls == [] and RunStore.open(tmp_path / "run").stage_info("filter")["judged"] == {"T1": 0}
     assert _rejects(tmp_path / "run") == got
+
+
+def test_a_filter_that_recorded_no_shards_makes_a_kept_output_again_under_a_corrected_answer(tmp_path, caplog):
+    """A filter of an earlier dasd recorded no shards it read, so a corrected answer does not re-link
+    its kept outputs before it begins (``also_made_from``): a kept sample the new answer fails would
+    stay kept beside its new reject. Its pool's kept output is made again instead (one warning): the
+    kept samples, the funnel and which samples are rejected by which rule are a fresh run's (a sample
+    rejected again keeps its reject as it was written, with the digest of then)."""
+    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]")
+    rows = toy_prompts(8, 0, "train", None)
+    write(rows)
+    engine = open_engine(cfg("run").teacher)
+    run_sample(cfg("run"), engine=engine)
+    run_filter(cfg("run"))
+    store = RunStore.open(tmp_path / "run")
+    kept = store.ids("filter", "kept-T1")
+    right = next(s["prompt_id"] for s in store.read("sample", "pool-T1") if s["id"] in kept)
+    write([{**p, **({"answer": str(int(p["answer"]) + 1000)} if p["id"] == right else {})} for p in rows])
+    run_sample(cfg("run"), engine=engine)
+    manifest = tmp_path / "run" / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    del data["stages"]["filter"]["read"]  # as an earlier dasd wrote it
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+
+    caplog.clear()
+    funnel = run_filter(cfg("run"))
+    assert "sample(s) kept by an earlier run are dropped by the rules now" in caplog.text
+    run_sample(cfg("fresh"), engine=engine)
+    assert funnel == run_filter(cfg("fresh"))
+    got, fresh = RunStore.open(tmp_path / "run"), RunStore.open(tmp_path / "fresh")
+    assert got.ids("filter", "kept-T1") == fresh.ids("filter", "kept-T1")
+    assert {k: v[:3] for k, v in _rejects(tmp_path / "run").items()} == \
+        {k: v[:3] for k, v in _rejects(tmp_path / "fresh").items()}
