@@ -594,7 +594,7 @@ def stage_identity(config: dict) -> dict:
             for k, v in config.items()}
 
 
-def with_transport(config: dict) -> bool:
+def with_settings_left_out(config: dict) -> bool:
     """Whether a stage's manifest ``config`` records transport-only or speed-only settings (an
     earlier dasd did: ``stage_identity`` leaves them out)."""
     return stage_identity(config) != config
@@ -607,7 +607,7 @@ def as_recorded(store: RunStore, stage: str, config: dict) -> dict:
     (``RunStore.fingerprint``) are redone by the change of dasd, nor by a new server address,
     concurrency or batch size afterwards."""
     before = store.stage_info(stage).get("config")
-    if not isinstance(before, dict) or not with_transport(before):
+    if not isinstance(before, dict) or not with_settings_left_out(before):
         return config
     return before if config_hash(stage_identity(before)) == config_hash(config) else config
 
@@ -662,8 +662,8 @@ def drop_if_models_changed(store: RunStore, stage: str, models: dict[str, str], 
 
 # Settings in a stage's manifest config (dotted paths) whose change resumes the stage instead of
 # dropping its outputs (``drop_if_settings_changed``): those that change how a model is reached or
-# run, not the records it writes (the speed-only ones are not in the config: ``stage_identity``). ``models`` (the model versions,
-# ``drop_if_models_changed``) stands for the model and tokenizer names; score's
+# run, not the records it writes (the speed-only ones are not in the config: ``stage_identity``).
+# ``models`` (the model versions, ``drop_if_models_changed``) stands for the model and tokenizer names; score's
 # ``local_naturalness`` is handled by the score stage itself. Score's ``das`` settings type the
 # sentences, which select and the report type again from the stored log-probs under the current
 # settings (``rules.das.retype``): changing ``das.tau`` re-ranks without a new student pass. A

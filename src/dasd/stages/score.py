@@ -60,7 +60,7 @@ from dasd.rules.das import ScoreConfig, local_naturalness, local_sentence_lp, lo
 from dasd.runs import (INPUT_DIGEST, KEPT, SCORED, RunPrompts, as_recorded, begin_unless_up_to_date,
                        engine_identity, existing_run, faults_kept, model_versions, open_engine, output, pools,
                        record_faults, recorded_extra, scoring_tokenizer_warnings, stage_identity,
-                       teacher_as_hashed_before, with_transport)
+                       teacher_as_hashed_before, with_settings_left_out)
 from dasd.store import RunStore, config_hash
 from dasd.train.encode import score_as_trained
 
@@ -168,7 +168,7 @@ def run_score(cfg, store: RunStore | None = None, student=None, teacher=None) ->
     stage_cfg = as_recorded(store, STAGE, stage_cfg)  # an earlier dasd's, with transport or speed settings
     # the teacher's settings that change results (its transport and speed ones do not); an earlier dasd hashed them
     teachers = [engine_identity(cfg.teacher.model_dump(mode="json"))]
-    if with_transport(stage_cfg):
+    if with_settings_left_out(stage_cfg):
         teachers += teacher_as_hashed_before(store, cfg)
     had_local = (store.stage_info(STAGE).get("config") or {}).get("local_naturalness", local)
     prompts: RunPrompts | None = None  # read when first needed: not for a stage that is up to date
