@@ -386,7 +386,8 @@ def model_for(cfg, store: RunStore, label: str):
 
     Labels: ``teacher``, ``student`` (the base), a training stage name (its final model in this
     run; a ``DasdError`` when that stage is being trained or is out of date, ``final_model``), or a
-    model directory.
+    model directory (loaded with the student's settings and its own tokenizer, or
+    ``student.tokenizer`` when it has none).
     """
     if label == "teacher":
         return cfg.teacher
@@ -395,8 +396,11 @@ def model_for(cfg, store: RunStore, label: str):
     if label in {s.name for s in cfg.train.stages}:
         path = final_model(store, label)
         return trained_model(cfg, label, path) if path else None
-    if Path(resolve_model(label)).is_dir():
-        return cfg.student.model_copy(update={"model": label}).model_named(f"eval.models {label!r}")
+    path = Path(resolve_model(label))
+    if path.is_dir():  # with its own tokenizer when it has one (a checkpoint of weights only: the student's)
+        own = any((path / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json"))
+        return cfg.student.model_copy(update={"model": label, **({"tokenizer": None} if own else {})}).model_named(
+            f"eval.models {label!r}")
     raise ConfigError(f"eval.models: {label!r} is not teacher, student, a training stage name or a model directory")
 
 

@@ -68,7 +68,7 @@ def test_a_trained_stage_that_cannot_load_names_the_stage_and_its_path(trained_r
     assert cfg.student.key("model") == "student.model"  # the config it was copied from is left as it was
 
 
-def test_a_trained_stage_is_loaded_with_the_tokenizer_it_was_trained_with(tmp_path, tiny_lm_dir,
+def test_a_trained_stage_or_model_directory_is_loaded_with_its_own_tokenizer(tmp_path, tiny_lm_dir,
                                                                           tiny_lm_dir_other_vocab):
     """With ``student.tokenizer`` set (the tokenizer the base student is scored with), a trained
     stage's model was loaded with that tokenizer, not the one saved beside it, which its examples
@@ -87,6 +87,15 @@ def test_a_trained_stage_is_loaded_with_the_tokenizer_it_was_trained_with(tmp_pa
     assert want != AutoTokenizer.from_pretrained(tiny_lm_dir_other_vocab)(text)["input_ids"]
     assert open_engine(mcfg).tokenizer(text)["input_ids"] == want
     assert model_for(cfg, RunStore(run), "student").tokenizer == tiny_lm_dir_other_vocab  # the base: as set
+    # a model directory in eval.models: its own tokenizer too, unless it has none (weights only)
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_lm_dir, other)
+    assert model_for(cfg, RunStore(run), str(other)).tokenizer_key() == (f"eval.models {str(other)!r}", str(other))
+    weights = tmp_path / "weights-only"
+    weights.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(other / name, weights / name)
+    assert model_for(cfg, RunStore(run), str(weights)).tokenizer == tiny_lm_dir_other_vocab
 
 
 def test_mix_names_the_trained_stage_whose_model_it_cannot_load(trained_run):
