@@ -121,3 +121,29 @@ def sums_chat_file(tmp_path):
             for i in range(6)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def two_stage_config():
+    """``two_stage_config(run, data, lr, *overrides)``: the config of training stage ``s`` (the toy
+    student trained 3 steps at ``lr`` on chat file ``data``) and ``t`` (``s`` trained 2 steps more),
+    both in ``eval.models``, a checkpoint at every step."""
+    from dasd.config import load_config
+
+    def make(run, data, lr: float, *overrides: str):
+        return load_config(None, [
+            f"run_dir={run}", "train.save_every=1", "eval.models=[s, t]",
+            f"train.stages=[{{name: s, data: '{data}', init: base, max_steps: 3, lr: {lr}}}, "
+            f"{{name: t, data: '{data}', init: previous, max_steps: 2}}]", *overrides])
+    return make
+
+
+@pytest.fixture(scope="session")
+def crash_at():
+    """``crash_at(stage, step)``: an ``on_step`` hook for ``run_train`` that raises at that step of that stage."""
+    def make(stage: str, step: int):
+        def hook(m):
+            if m["stage"] == stage and m["step"] == step:
+                raise RuntimeError("simulated crash")
+        return hook
+    return make

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dasd.configbase import Seed, StrictModel, dump_config  # noqa: F401 (re-exported)
+from dasd.configbase import Seed, StrictModel, dump_config, field_marks  # noqa: F401 (re-exported)
 from dasd.engines.config import EngineConfig
 from dasd.errors import ConfigError
 from dasd.grading.evaluate import EvalConfig
@@ -440,7 +440,7 @@ SPEED_NOTE = " Speed only: not part of a stage's identity, so changing it on a f
 def _note(field) -> str:
     """``TRANSPORT_NOTE`` or ``SPEED_NOTE`` for a field marked so (``engines.config.TRANSPORT``,
     ``configbase.SPEED``), else ""."""
-    marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    marks = field_marks(field)
     return TRANSPORT_NOTE if marks.get("transport") else SPEED_NOTE if marks.get("speed") else ""
 
 

@@ -23,12 +23,17 @@ and a log-prob is the same in any batch or chunk up to float rounding. Such sett
 a stage's identity (``runs.stage_identity``), so changing one on a finished run redoes nothing."""
 
 
+def field_marks(field) -> dict:
+    """The marks a pydantic field carries in its ``json_schema_extra`` (``SPEED``, ``TRANSPORT``), or {}."""
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
 def marked_settings(model: type[BaseModel], marker: str, prefix: str = "") -> tuple[str, ...]:
     """Dotted keys of ``model``'s settings whose ``json_schema_extra`` sets ``marker`` (``"speed"``,
     ``"transport"``), down its sections."""
     out: list[str] = []
     for name, field in model.model_fields.items():
-        if (field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}).get(marker):
+        if field_marks(field).get(marker):
             out.append(prefix + name)
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             out += marked_settings(field.annotation, marker, f"{prefix}{name}.")

@@ -22,21 +22,9 @@ from dasd.stages.train import run_train
 from dasd.store import RunStore
 
 
-def _cfg(run: Path, data: Path, lr: float):
-    """Stage s from the toy student, t from s; both evaluated on 2 toy problems, 2 samples each."""
-    return load_config(None, [
-        f"run_dir={run}", "train.save_every=1", "eval.models=[s, t]", "eval.workers=0",
-        "eval.benchmarks=[{name: toy, format: toy, limit: 2}]",
-        "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",
-        f"train.stages=[{{name: s, data: '{data}', init: base, max_steps: 3, lr: {lr}}}, "
-        f"{{name: t, data: '{data}', init: previous, max_steps: 2}}]"])
-
-
-def _crash_at(stage: str, step: int):
-    def hook(m):
-        if m["stage"] == stage and m["step"] == step:
-            raise RuntimeError("simulated crash")
-    return hook
+# stage s from the toy student, t from s; both evaluated on 2 toy problems, 2 samples each
+EVAL = ("eval.workers=0", "eval.benchmarks=[{name: toy, format: toy, limit: 2}]",
+        "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}")
 
 
 def _page(run: Path) -> dict[str, str]:
@@ -66,9 +54,10 @@ def _left_out(section: str) -> list[str]:
     return re.findall(r"<li>(.*?)</li>", m.group(1)) if m else []
 
 
-def test_results_of_a_stage_being_trained_again_are_left_out_of_the_report_until_it_is_evaluated_again(tmp_path, sums_chat_file):
+def test_results_of_a_stage_being_trained_again_are_left_out_of_the_report_until_it_is_evaluated_again(
+        tmp_path, sums_chat_file, two_stage_config, crash_at):
     data, run = sums_chat_file, tmp_path / "run"
-    cfg = _cfg(run, data, 2e-3)
+    cfg = two_stage_config(run, data, 2e-3, *EVAL)
     run_train(cfg, RunStore(run))
     old = run_evaluation(cfg)
     page = _page(run)
@@ -83,9 +72,9 @@ def test_results_of_a_stage_being_trained_again_are_left_out_of_the_report_until
     # s trained again (its folder deleted, another lr), killed mid-way: its results on disk and in the
     # manifest are its old model's, and t's are of a model trained from that old s
     shutil.rmtree(run / "train" / "s")
-    new = _cfg(run, data, 1e-3)
+    new = two_stage_config(run, data, 1e-3, *EVAL)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(new, RunStore(run), on_step=_crash_at("s", 2))
+        run_train(new, RunStore(run), on_step=crash_at("s", 2))
     store = RunStore(run)
     assert len(list(store.read("eval", results_name("s")))) == 4 and store.stage_info("eval")["counts"]["s"] == old["s"]
     with pytest.raises(DasdError) as refused:  # what `dasd eval` says of s
@@ -183,10 +172,8 @@ def test_results_and_analysis_of_a_dasd_that_did_not_record_versions(tmp_path, s
     analysis is shown, under a line when `dasd eval` began after it; `dasd eval` keeps the results
     (same model), records the version and the line goes; a stage deleted since is left out."""
     data, run = sums_chat_file, tmp_path / "run"
-    cfg = load_config(None, [
-        f"run_dir={run}", "eval.models=[s]", "eval.workers=0", "eval.benchmarks=[{name: toy, format: toy, limit: 2}]",
-        "eval.protocol={name: mini, temperature: 1.0, n: 2, max_tokens: 24}",
-        f"train.stages=[{{name: s, data: '{data}', init: base, max_steps: 3, lr: 2e-3}}]"])
+    cfg = load_config(None, [f"run_dir={run}", "eval.models=[s]", *EVAL,
+                             f"train.stages=[{{name: s, data: '{data}', init: base, max_steps: 3, lr: 2e-3}}]"])
     run_train(cfg, RunStore(run))
     run_evaluation(cfg)
     texts = _texts(run, "s")

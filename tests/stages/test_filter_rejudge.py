@@ -28,6 +28,18 @@ def _rejects(root) -> dict[str, tuple]:
             for r in store.read("filter", "rejects")}
 
 
+def _sampled_and_filtered(tmp_path):
+    """A graded toy run ``run`` of 8 prompts (k 3, T=1.0) sampled and filtered: ``(write, cfg, the
+    prompts, the teacher engine)`` (``graded_toy_run``'s ``write`` and ``cfg``)."""
+    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]")
+    rows = toy_prompts(8, 0, "train", None)
+    write(rows)
+    engine = open_engine(cfg("run").teacher)
+    run_sample(cfg("run"), engine=engine)
+    run_filter(cfg("run"))
+    return write, cfg, rows, engine
+
+
 def test_samples_judged_again_under_a_corrected_answer_replace_their_rejects(tmp_path, monkeypatch):
     """Two answers corrected: one to another wrong answer (its rejected samples are rejected again,
     its kept ones now fail), one to what a rejected sample answers (that sample is kept now). The
@@ -38,12 +50,7 @@ def test_samples_judged_again_under_a_corrected_answer_replace_their_rejects(tmp
     calls = []
     rules = filter_stage.apply_filters
     monkeypatch.setattr(filter_stage, "apply_filters", lambda s, *a: calls.append(s["id"]) or rules(s, *a))
-    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]")
-    rows = toy_prompts(8, 0, "train", None)
-    write(rows)
-    engine = open_engine(cfg("run").teacher)
-    run_sample(cfg("run"), engine=engine)
-    run_filter(cfg("run"))
+    write, cfg, rows, engine = _sampled_and_filtered(tmp_path)
 
     store = RunStore.open(tmp_path / "run")
     samples = list(store.read("sample", "pool-T1"))
@@ -93,12 +100,7 @@ def test_a_filter_that_recorded_no_shards_makes_a_kept_output_again_under_a_corr
     stay kept beside its new reject. Its pool's kept output is made again instead (one warning): the
     kept samples, the funnel and which samples are rejected by which rule are a fresh run's (a sample
     rejected again keeps its reject as it was written, with the digest of then)."""
-    write, cfg = graded_toy_run(tmp_path, "sample.k=3", "sample.temperatures=[1.0]")
-    rows = toy_prompts(8, 0, "train", None)
-    write(rows)
-    engine = open_engine(cfg("run").teacher)
-    run_sample(cfg("run"), engine=engine)
-    run_filter(cfg("run"))
+    write, cfg, rows, engine = _sampled_and_filtered(tmp_path)
     store = RunStore.open(tmp_path / "run")
     kept = store.ids("filter", "kept-T1")
     right = next(s["prompt_id"] for s in store.read("sample", "pool-T1") if s["id"] in kept)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dasd.config import load_config
 from dasd.errors import DasdError
 from dasd.report.build import render_report
 from dasd.runs import latest_student, mix_not_current, model_for, model_version
@@ -21,20 +20,6 @@ from dasd.stages.eval import run_evaluation
 from dasd.stages.train import run_train
 from dasd.store import RunStore
 from dasd.train import checkpoint as ckpt
-
-
-def _cfg(run: Path, data: Path, lr: float):
-    return load_config(None, [
-        f"run_dir={run}", "train.save_every=1", "eval.models=[s, t]",
-        f"train.stages=[{{name: s, data: '{data}', init: base, max_steps: 3, lr: {lr}}}, "
-        f"{{name: t, data: '{data}', init: previous, max_steps: 2}}]"])
-
-
-def _crash_at(stage: str, step: int):
-    def hook(m):
-        if m["stage"] == stage and m["step"] == step:
-            raise RuntimeError("simulated crash")
-    return hook
 
 
 def _train_status(root: Path) -> dict[str, str]:
@@ -47,10 +32,11 @@ def _weights(final) -> dict:
     return load_file(str(Path(final) / "model.safetensors"))
 
 
-def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_model_is(tmp_path, sums_chat_file):
+def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_model_is(tmp_path, sums_chat_file,
+                                                                                       two_stage_config, crash_at):
     data = sums_chat_file
     run = tmp_path / "run"
-    cfg = _cfg(run, data, 2e-3)
+    cfg = two_stage_config(run, data, 2e-3)
     old_s, old_t = run_train(cfg, RunStore(run))
     store = RunStore(run)
     assert model_for(cfg, store, "s").model == old_s["final"]
@@ -59,9 +45,9 @@ def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_
 
     # train s again with another lr (its folder deleted, as docs/training.md says), killed mid-way
     shutil.rmtree(run / "train" / "s")
-    new = _cfg(run, data, 1e-3)
+    new = two_stage_config(run, data, 1e-3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(new, RunStore(run), on_step=_crash_at("s", 2))
+        run_train(new, RunStore(run), on_step=crash_at("s", 2))
     store = RunStore(run)
     assert not store.stage_info("train")["complete"]
     being = f"{run}: stage 's' is being trained (it began and has not finished: no {run / 'train' / 's' / 'done.json'}): " \
@@ -102,7 +88,7 @@ def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_
 
     # resumed == uninterrupted: the same retrained model as a fresh run with the new lr
     fresh = tmp_path / "fresh"
-    ref_s, ref_t = run_train(_cfg(fresh, data, 1e-3), RunStore(fresh))
+    ref_s, ref_t = run_train(two_stage_config(fresh, data, 1e-3), RunStore(fresh))
     for got, ref in ((s, ref_s), (t, ref_t)):
         a, b = _weights(got["final"]), _weights(ref["final"])
         assert a.keys() == b.keys()
@@ -111,12 +97,13 @@ def test_a_stage_trained_again_is_not_served_until_it_finishes_and_then_the_new_
         assert got["final_loss"] == pytest.approx(ref["final_loss"], abs=1e-6)
 
 
-def test_a_stage_killed_between_its_final_model_and_done_json_is_not_served(tmp_path, sums_chat_file, monkeypatch):
+def test_a_stage_killed_between_its_final_model_and_done_json_is_not_served(tmp_path, sums_chat_file, monkeypatch,
+                                                                           two_stage_config):
     """``final/`` is written before ``done.json``: a kill in between leaves a final model that is not
     the stage's result yet (its model card, its Hub upload and done.json are still to come)."""
     data = sums_chat_file
     run = tmp_path / "run"
-    cfg = _cfg(run, data, 2e-3)
+    cfg = two_stage_config(run, data, 2e-3)
 
     def killed(stage_dir, result):
         raise RuntimeError("simulated crash")
