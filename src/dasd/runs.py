@@ -553,8 +553,22 @@ def name_as_before(name: str, version: str, before_name: str | None, before_vers
     """How a stage's ids name a model: as it was named when the stage last ran with the same model
     (the same non-empty ``model_version``), else ``name``. Ids hash the model's name, so without
     this a path spelled another way (relative vs absolute, a copy of the same files) would give the
-    stored records new ids and the stage would make them all again beside the old ones."""
-    return before_name if before_name and version and before_version == version else name
+    stored records new ids and the stage would make them all again beside the old ones. A stage
+    recorded before model versions were (``before_version`` None) keeps its name for the same
+    directory spelled another way (the same one on disk now); a copy of it is another model then."""
+    if not (before_name and version):
+        return name
+    if before_version == version or before_version is None and _same_dir(before_name, name):
+        return before_name
+    return name
+
+
+def _same_dir(a: str, b: str) -> bool:
+    """Whether model names ``a`` and ``b`` are the same directory on disk (``os.path.samefile``)."""
+    try:
+        return Path(resolve_model(a)).is_dir() and os.path.samefile(resolve_model(a), resolve_model(b))
+    except (OSError, ConfigError):
+        return False
 
 
 def _without(config: dict, keys: Iterable[str]) -> dict:

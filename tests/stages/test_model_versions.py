@@ -6,8 +6,11 @@ makes them again; an unchanged rerun does nothing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+
+import pytest
 
 from dasd.config import load_config
 from dasd.runs import open_engine
@@ -168,6 +171,33 @@ def test_the_same_teacher_spelled_another_way_resumes_its_pools(tmp_path, tiny_l
     counts = run_sample(_run_cfg(tmp_path, "teacher", tiny_lm_dir))
     assert counts["T1"]["new"] == 6 and counts["T1"]["samples"] == 6
     assert RunStore.open(tmp_path / "run").stage_info("sample")["config"]["teacher"]["model"] == "teacher"
+
+
+def test_a_run_recorded_before_model_versions_resumes_its_teacher_spelled_another_way(tmp_path, tiny_lm_dir,
+                                                                                      monkeypatch):
+    """A run whose sample stage recorded no model versions (an earlier dasd) refused the same teacher
+    directory spelled another way (relative instead of absolute) as another teacher; it resumes its
+    pools now. A copy of the directory is still refused: with no version recorded, dasd cannot tell
+    it is the same model."""
+    from dasd.errors import ConfigError
+
+    teacher = _copy(tiny_lm_dir, tmp_path / "teacher")
+    assert run_sample(_run_cfg(tmp_path, teacher.absolute(), tiny_lm_dir))["T1"]["new"] == 6
+    manifest = tmp_path / "run" / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    del data["stages"]["sample"]["config"]["models"]  # as an earlier dasd recorded it
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    counts = run_sample(_run_cfg(tmp_path, "teacher", tiny_lm_dir))
+    assert counts["T1"]["new"] == 0 and counts["T1"]["samples"] == 6
+    assert RunStore.open(tmp_path / "run").stage_info("sample")["config"]["teacher"]["model"] == str(teacher.absolute())
+
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    del data["stages"]["sample"]["config"]["models"]
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    _copy(teacher, tmp_path / "copy")
+    with pytest.raises(ConfigError, match=re.escape(f"teacher.model {str(teacher.absolute())!r} -> 'copy'")):
+        run_sample(_run_cfg(tmp_path, "copy", tiny_lm_dir))
 
 
 def test_name_as_before_keeps_a_name_only_for_the_same_known_model():
